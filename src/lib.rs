@@ -1,1 +1,12 @@
+//! `ghl-sync`: keeps Lusha, Lucky Orange and outbound webhooks in step with GoHighLevel.
+//! See `ARCHITECTURE.md` in the repository for the design.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod domain;
 pub mod sandbox;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;

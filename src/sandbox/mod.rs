@@ -42,10 +42,7 @@ impl Sandbox {
         let ghl = ghl::FakeGhl::new(options.ghl);
         let lusha = lusha::FakeLusha::new(options.lusha);
         let sink = sink::Sink::new(options.sink);
-        let app = axum::Router::new()
-            .merge(ghl.router())
-            .nest("/lusha", lusha.router())
-            .nest("/sink", sink.router());
+        let app = axum::Router::new().merge(ghl.router()).nest("/lusha", lusha.router()).nest("/sink", sink.router());
         let listener = tokio::net::TcpListener::bind(bind)
             .await
             .with_context(|| format!("Failed to bind the sandbox to {bind}"))?;
@@ -53,9 +50,8 @@ impl Sandbox {
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stopped.cancelled().await })
-                .await;
+            let served =
+                axum::serve(listener, app).with_graceful_shutdown(async move { stopped.cancelled().await }).await;
             if let Err(error) = served {
                 tracing::error!(error = %error, "Sandbox server failed");
             }
@@ -91,6 +87,8 @@ impl Sandbox {
     /// Stops the server and waits for it to finish.
     pub async fn stop(self) {
         self.stop.cancel();
-        let _ = self.task.await;
+        if let Err(error) = self.task.await {
+            tracing::warn!(error = %error, "Sandbox server task ended abnormally");
+        }
     }
 }

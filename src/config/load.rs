@@ -1,0 +1,242 @@
+//! Reading the file and the environment into [`Settings`], collecting every problem.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::{Config, Settings, validate};
+
+/// Env var naming the config file when `--config` is not given.
+pub const CONFIG_PATH_ENV: &str = "GHL_SYNC_CONFIG";
+/// The file used when neither `--config` nor `GHL_SYNC_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/ghl-sync.toml";
+
+/// Where a configuration came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    File(PathBuf),
+    InCode,
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigSource::File(path) => write!(f, "{}", path.display()),
+            ConfigSource::InCode => f.write_str("built-in settings"),
+        }
+    }
+}
+
+/// One problem with a key path, e.g. `connectors.webhook.slack.url: relative URL without a base`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigProblem {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { key: key.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.key, self.message) }
+    }
+}
+
+/// Why a configuration could not be used. Every variant maps to exit code 78 (`EX_CONFIG`).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path} could not be read: {error}")]
+    Unreadable { path: PathBuf, error: std::io::Error },
+    #[error("{origin} is not valid TOML: {message}")]
+    Syntax { origin: ConfigSource, message: String },
+    #[error("{origin} has {} problem(s):\n{}", problems.len(), list(problems))]
+    Invalid { origin: ConfigSource, problems: Vec<ConfigProblem> },
+}
+
+fn list(problems: &[ConfigProblem]) -> String {
+    problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")
+}
+
+impl ConfigError {
+    /// The process exit code for a configuration error (`EX_CONFIG`).
+    pub const EXIT_CODE: u8 = 78;
+
+    /// Every problem, one per entry, for printing.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid { problems, .. } => problems.iter().map(ToString::to_string).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// Which file to read: `--config`, else `GHL_SYNC_CONFIG`, else `config/ghl-sync.toml`.
+pub fn config_path(explicit: Option<&Path>) -> PathBuf {
+    if let Some(path) = explicit {
+        return path.to_path_buf();
+    }
+    match std::env::var_os(CONFIG_PATH_ENV) {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(DEFAULT_CONFIG_PATH),
+    }
+}
+
+/// Loads the config file (see [`config_path`]) with `GHL_SYNC__…` env overrides and validates it.
+pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+    let path = config_path(explicit);
+    let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::Unreadable { path: path.clone(), error })?;
+    let env = std::env::vars().collect();
+    load_from_str(&text, ConfigSource::File(path), env)
+}
+
+/// Loads from TOML text and an explicit environment (tests pass their own map).
+pub fn load_from_str(
+    text: &str,
+    source: ConfigSource,
+    env: std::collections::HashMap<String, String>,
+) -> Result<Config, ConfigError> {
+    let tree = merge(text, &source, env)?;
+    let (settings, mut problems) = deserialize_collecting(tree);
+    let Some(settings) = settings else {
+        return Err(ConfigError::Invalid { origin: source, problems });
+    };
+    let (secrets, semantic) = validate::validate(&settings);
+    problems.extend(semantic);
+    if problems.is_empty() {
+        Ok(Config { settings, secrets, source })
+    } else {
+        Err(ConfigError::Invalid { origin: source, problems })
+    }
+}
+
+/// File < environment, merged by the `config` crate into one JSON tree.
+fn merge(
+    text: &str,
+    source: &ConfigSource,
+    env: std::collections::HashMap<String, String>,
+) -> Result<Value, ConfigError> {
+    let env = config::Environment::with_prefix("GHL_SYNC")
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+        .source(Some(env.into_iter().collect()));
+    let built = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .add_source(env)
+        .build()
+        .map_err(|e| ConfigError::Syntax { origin: source.clone(), message: e.to_string() })?;
+    built.try_deserialize::<Value>().map_err(|e| ConfigError::Syntax { origin: source.clone(), message: e.to_string() })
+}
+
+/// Deserializes, and on each error records it with its key path, removes the offending
+/// key and tries again, so one run reports every structural problem.
+fn deserialize_collecting(mut tree: Value) -> (Option<Settings>, Vec<ConfigProblem>) {
+    let mut problems = Vec::new();
+    // Each round removes one key, so this terminates; the bound guards against surprises.
+    for _ in 0..256 {
+        let error = match serde_path_to_error::deserialize::<_, Settings>(&tree) {
+            Ok(settings) => return (Some(settings), problems),
+            Err(error) => error,
+        };
+        let mut segments = path_segments(error.path());
+        let message = error.inner().to_string();
+        if let Some(field) = quoted_after(&message, "unknown field `") {
+            if segments.last().is_none_or(|last| *last != Segment::Key(field.clone())) {
+                segments.push(Segment::Key(field));
+            }
+            let message = message.split(", expected").next().unwrap_or(&message).to_owned();
+            problems.push(ConfigProblem::new(render(&segments), message));
+        } else if let Some(field) = quoted_after(&message, "missing field `") {
+            let mut key = segments.clone();
+            key.push(Segment::Key(field));
+            let key = render(&key);
+            // A required key removed after its own error was reported is not missing twice.
+            if !problems.iter().any(|p| p.key == key) {
+                problems.push(ConfigProblem::new(key, "missing (this key is required)"));
+            }
+        } else {
+            problems.push(ConfigProblem::new(render(&segments), clean(&message)));
+        }
+        if segments.is_empty() || !remove(&mut tree, &segments) {
+            // The root itself is wrong, or the path could not be found: nothing more to learn.
+            return (None, problems);
+        }
+    }
+    (None, problems)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+fn path_segments(path: &serde_path_to_error::Path) -> Vec<Segment> {
+    path.iter()
+        .filter_map(|segment| match segment {
+            serde_path_to_error::Segment::Map { key } => Some(Segment::Key(key.clone())),
+            serde_path_to_error::Segment::Seq { index } => Some(Segment::Index(*index)),
+            serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => None,
+        })
+        .collect()
+}
+
+fn render(segments: &[Segment]) -> String {
+    let mut out = String::new();
+    for segment in segments {
+        match segment {
+            Segment::Key(key) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Index(index) => out.push_str(&format!("[{index}]")),
+        }
+    }
+    out
+}
+
+fn quoted_after(message: &str, prefix: &str) -> Option<String> {
+    let rest = message.split_once(prefix)?.1;
+    Some(rest.split('`').next()?.to_owned())
+}
+
+/// serde's messages mention Rust types; keep them but drop the noise users can't act on.
+fn clean(message: &str) -> String {
+    message.replace("invalid type: ", "wrong type: ")
+}
+
+/// Removes the node at `segments`, or its nearest existing ancestor's child on the way.
+fn remove(tree: &mut Value, segments: &[Segment]) -> bool {
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut node = tree;
+    for segment in parents {
+        let next = match (segment, node) {
+            (Segment::Key(key), Value::Object(map)) => map.get_mut(key),
+            (Segment::Index(index), Value::Array(items)) => items.get_mut(*index),
+            _ => None,
+        };
+        match next {
+            Some(next) => node = next,
+            None => return false,
+        }
+    }
+    match (last, node) {
+        (Segment::Key(key), Value::Object(map)) => map.remove(key).is_some(),
+        (Segment::Index(index), Value::Array(items)) if *index < items.len() => {
+            // Later entries shift down by one: a second broken entry in the same list is
+            // reported with its shifted index. Rare enough to accept.
+            items.remove(*index);
+            true
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,438 @@
+//! Typed configuration: one TOML file plus `GHL_SYNC__SECTION__KEY` environment overrides.
+//!
+//! Loading never stops at the first problem: every unknown key, wrong type, missing secret and
+//! unsafe URL is collected with its key path, so `ghl-sync validate` can print them all at once.
+
+mod duration;
+mod load;
+mod secret;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+pub use duration::Dur;
+pub use load::{ConfigError, ConfigProblem, ConfigSource, load, load_from_str};
+pub use secret::Secret;
+
+/// The whole configuration, as read from the file and the environment.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub store: StoreSettings,
+    pub ghl: GhlSettings,
+    pub sync: SyncSettings,
+    pub limits: LimitSettings,
+    pub server: ServerSettings,
+    pub connectors: ConnectorSettings,
+    pub log: LogSettings,
+    pub daemon: DaemonSettings,
+}
+
+/// `[store]`: where the SQLite database lives and how secrets in it are encrypted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// Database file. Empty: `$STATE_DIRECTORY/ghl-sync.db` under systemd, else `./data/ghl-sync.db`.
+    pub path: Option<PathBuf>,
+    /// How long a writer waits for SQLite's lock before failing.
+    pub busy_timeout: Dur,
+    /// Key that encrypts OAuth tokens at rest (32 bytes, base64 or hex).
+    pub master_key: Option<Secret>,
+    pub master_key_env: Option<String>,
+    pub master_key_file: Option<PathBuf>,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self { path: None, busy_timeout: Dur::secs(5), master_key: None, master_key_env: None, master_key_file: None }
+    }
+}
+
+impl StoreSettings {
+    /// The database path after applying the defaults.
+    pub fn resolved_path(&self) -> PathBuf {
+        if let Some(path) = &self.path {
+            return path.clone();
+        }
+        match std::env::var_os("STATE_DIRECTORY") {
+            // systemd may pass several colon-separated directories; the first is ours.
+            Some(dirs) => {
+                let first = dirs.to_string_lossy().split(':').next().unwrap_or("").to_owned();
+                PathBuf::from(first).join("ghl-sync.db")
+            }
+            None => PathBuf::from("data").join("ghl-sync.db"),
+        }
+    }
+}
+
+/// `[ghl]`: the GHL API, the OAuth app and the locations to sync.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GhlSettings {
+    pub base_url: Url,
+    pub api_version: String,
+    pub oauth: Option<OAuthSettings>,
+    pub locations: Vec<LocationSettings>,
+    pub webhooks: GhlWebhookSettings,
+}
+
+impl Default for GhlSettings {
+    fn default() -> Self {
+        Self {
+            base_url: Url::parse("https://services.leadconnectorhq.com")
+                .unwrap_or_else(|_| unreachable!("constant URL parses")),
+            api_version: "2021-07-28".to_owned(),
+            oauth: None,
+            locations: Vec::new(),
+            webhooks: GhlWebhookSettings::default(),
+        }
+    }
+}
+
+/// `[ghl.oauth]`: the marketplace app's client credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthSettings {
+    pub client_id: String,
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Where GHL redirects after an install (served by the daemon's listener).
+    #[serde(default = "default_redirect_url")]
+    pub redirect_url: Url,
+    /// Refresh access tokens this long before they expire.
+    #[serde(default = "default_refresh_margin")]
+    pub refresh_margin: Dur,
+    /// The install page (white-label agencies use their own host).
+    #[serde(default = "default_install_url")]
+    pub install_url: Url,
+}
+
+fn default_redirect_url() -> Url {
+    Url::parse("http://127.0.0.1:8089/oauth/callback").unwrap_or_else(|_| unreachable!("constant URL parses"))
+}
+
+fn default_install_url() -> Url {
+    Url::parse("https://marketplace.gohighlevel.com/v2/oauth/chooselocation")
+        .unwrap_or_else(|_| unreachable!("constant URL parses"))
+}
+
+fn default_refresh_margin() -> Dur {
+    Dur::secs(300)
+}
+
+/// One `[[ghl.locations]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocationSettings {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// How this location authenticates: a private integration token, or an OAuth grant
+    /// stored by `ghl-sync auth install`.
+    #[serde(default)]
+    pub auth: LocationAuth,
+    #[serde(default)]
+    pub pit: Option<Secret>,
+    #[serde(default)]
+    pub pit_env: Option<String>,
+    #[serde(default)]
+    pub pit_file: Option<PathBuf>,
+    /// Set false to keep the location configured but not synced.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LocationAuth {
+    /// A private integration token (`pit`, `pit_env` or `pit_file`).
+    #[default]
+    Pit,
+    /// An OAuth grant in the store (installed with `ghl-sync auth install`).
+    Oauth,
+}
+
+/// `[ghl.webhooks]`: verification of GHL's signed webhooks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GhlWebhookSettings {
+    /// Ed25519 public keys (base64 SPKI, as GHL publishes them); several allow rotation.
+    pub public_keys: Vec<String>,
+    /// Deliveries older than this are rejected as replays.
+    pub max_age: Dur,
+    /// How long webhook ids are remembered for de-duplication.
+    pub dedupe_for: Dur,
+}
+
+/// GHL's published webhook key (reference/ghl.md §8.2). Check it against the guide.
+pub const GHL_WEBHOOK_PUBLIC_KEY: &str = "MCowBQYDK2VwAyEAi2HR1srL4o18O8BRa7gVJY7G7bupbN3H9AwJrHCDiOg=";
+
+impl Default for GhlWebhookSettings {
+    fn default() -> Self {
+        Self {
+            public_keys: vec![GHL_WEBHOOK_PUBLIC_KEY.to_owned()],
+            max_age: Dur::secs(300),
+            dedupe_for: Dur::secs(3 * 24 * 3600),
+        }
+    }
+}
+
+/// `[sync]`: what is polled, how often, and with which safety margins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncSettings {
+    /// How often each location's contacts are polled.
+    pub contacts_interval: Dur,
+    /// Re-read this much before the watermark on every poll (covers the search index lag).
+    pub overlap: Dur,
+    /// Never move the watermark past `now - index_lag_margin`.
+    pub index_lag_margin: Dur,
+    /// Contacts per search page (GHL allows up to 500).
+    pub page_size: u32,
+    /// Every contact's tasks and notes are re-read at least once per this period.
+    pub children_sweep_period: Dur,
+    /// Share of the daily request budget the tasks/notes sweep may use (0–1).
+    pub children_sweep_budget_share: f64,
+    /// How often deletes are reconciled by listing ids.
+    pub reconcile_interval: Dur,
+    /// Locations synced at the same time.
+    pub max_concurrent_locations: usize,
+    /// Webhook hints are gathered for this long before the contact is fetched.
+    pub dirty_debounce: Dur,
+    /// Whether to fetch tasks and notes at all.
+    pub tasks: bool,
+    pub notes: bool,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            contacts_interval: Dur::secs(60),
+            overlap: Dur::secs(300),
+            index_lag_margin: Dur::secs(120),
+            page_size: 500,
+            children_sweep_period: Dur::secs(24 * 3600),
+            children_sweep_budget_share: 0.2,
+            reconcile_interval: Dur::secs(24 * 3600),
+            max_concurrent_locations: 4,
+            dirty_debounce: Dur::millis(500),
+            tasks: true,
+            notes: true,
+        }
+    }
+}
+
+/// `[limits]`: outbound HTTP limits (GHL's quotas and our own timeouts).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// GHL's burst quota per location and window.
+    pub ghl_burst_max: u32,
+    pub ghl_burst_window: Dur,
+    /// Share of the burst quota the daemon uses (0–1); the rest is headroom for other apps.
+    pub ghl_burst_share: f64,
+    /// Requests per location per day the daemon allows itself (GHL's cap is 200,000).
+    pub ghl_daily_budget: u64,
+    pub connect_timeout: Dur,
+    pub request_timeout: Dur,
+    /// Retries of a retryable failure before giving up for this run.
+    pub max_retries: u32,
+    /// Upper bound for one backoff sleep.
+    pub max_backoff: Dur,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            ghl_burst_max: 100,
+            ghl_burst_window: Dur::secs(10),
+            ghl_burst_share: 0.9,
+            ghl_daily_budget: 180_000,
+            connect_timeout: Dur::secs(5),
+            request_timeout: Dur::secs(30),
+            max_retries: 6,
+            max_backoff: Dur::secs(60),
+        }
+    }
+}
+
+/// `[server]`: the inbound HTTP listener (webhooks, health, metrics, status page).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// Bearer token for admin pages (status details, contact view). None: admin pages are off.
+    pub admin_token: Option<Secret>,
+    pub admin_token_env: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8089)),
+            admin_token: None,
+            admin_token_env: None,
+            admin_token_file: None,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `ghl_sync=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { format: LogFormat::Pretty, level: "info".to_owned() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+/// `[daemon]`: process lifecycle.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonSettings {
+    /// In-flight work gets this long to finish after SIGTERM (Docker kills after 10 s).
+    pub shutdown_grace: Dur,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        Self { shutdown_grace: Dur::secs(8) }
+    }
+}
+
+/// `[connectors]`: one table per connector kind; webhooks are named.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectorSettings {
+    /// `[connectors.webhook.NAME]`
+    pub webhook: BTreeMap<String, WebhookConnectorSettings>,
+}
+
+/// `[connectors.webhook.NAME]`: POST each change as JSON to a URL.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConnectorSettings {
+    pub url: Url,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// HMAC-SHA256 signing secret (`X-Ghl-Sync-Signature`).
+    #[serde(default)]
+    pub secret: Option<Secret>,
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Event types to deliver (`contact.created`, `task.completed`, …); empty: all.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Only contacts carrying one of these tags; empty: all.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Only these locations; empty: all.
+    #[serde(default)]
+    pub locations: Vec<String>,
+    /// Body shape: the JSON envelope, or a Slack / Microsoft Teams message.
+    #[serde(default)]
+    pub template: WebhookTemplate,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Attempts before a change goes to dead letters.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_batch_size() -> usize {
+    50
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_max_attempts() -> u32 {
+    12
+}
+fn default_webhook_timeout() -> Dur {
+    Dur::secs(10)
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookTemplate {
+    #[default]
+    Envelope,
+    Slack,
+    Teams,
+}
+
+/// Every secret the configuration names, resolved from inline values, env vars or files.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    pub master_key: Option<SecretString>,
+    pub oauth_client_secret: Option<SecretString>,
+    pub admin_token: Option<SecretString>,
+    /// By location id.
+    pub pits: BTreeMap<String, SecretString>,
+    /// By webhook connector name.
+    pub webhook_secrets: BTreeMap<String, SecretString>,
+}
+
+/// A loaded, validated configuration with its secrets resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub settings: Settings,
+    pub secrets: Secrets,
+    /// Where it came from, for messages.
+    pub source: ConfigSource,
+}
+
+impl Config {
+    /// Builds a config from settings in code (tests, demo); runs the same validation.
+    pub fn from_settings(settings: Settings) -> Result<Self, ConfigError> {
+        let (secrets, problems) = validate::validate(&settings);
+        if problems.is_empty() {
+            Ok(Self { settings, secrets, source: ConfigSource::InCode })
+        } else {
+            Err(ConfigError::Invalid { origin: ConfigSource::InCode, problems })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,162 @@
+use std::collections::HashMap;
+
+use secrecy::ExposeSecret;
+
+use super::*;
+
+fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let env: HashMap<String, String> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    load_from_str(text, ConfigSource::InCode, env)
+}
+
+fn problems(text: &str) -> Vec<String> {
+    load(text, &[]).err().map(|e| e.problems()).unwrap_or_default()
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let text = include_str!("../../config/ghl-sync.example.toml");
+    let config = load(text, &[]).unwrap();
+    assert_eq!(config.settings.sync.page_size, 500);
+    assert_eq!(config.settings.daemon.shutdown_grace.get(), std::time::Duration::from_secs(8));
+}
+
+#[test]
+fn an_empty_file_gives_the_documented_defaults() {
+    let config = load("", &[]).unwrap();
+    assert_eq!(config.settings.ghl.api_version, "2021-07-28");
+    assert_eq!(config.settings.limits.ghl_burst_max, 100);
+    assert_eq!(config.settings.server.listen.to_string(), "127.0.0.1:8089");
+}
+
+#[test]
+fn four_different_mistakes_are_all_reported_with_their_key_paths() {
+    let text = r#"
+        [sync]
+        contacts_intervall = "1m"
+        page_size = "many"
+
+        [[ghl.locations]]
+        id = "loc1"
+        pit_file = "/nonexistent/ghl-sync-test/pit"
+
+        [connectors.webhook.slack]
+        url = "http://hooks.example.com/x"
+    "#;
+    let found = problems(text);
+    assert_eq!(found.len(), 4, "{found:#?}");
+    assert!(found.iter().any(|p| p.starts_with("sync.contacts_intervall: unknown field")), "{found:#?}");
+    assert!(found.iter().any(|p| p.starts_with("sync.page_size: wrong type")), "{found:#?}");
+    assert!(found.iter().any(|p| p.starts_with("ghl.locations[0].pit_file: cannot read /nonexistent")), "{found:#?}");
+    assert!(
+        found.iter().any(|p| p.starts_with("connectors.webhook.slack.url: plain http to a remote host")),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn a_relative_url_names_its_key() {
+    let found = problems("[connectors.webhook.slack]\nurl = \"/hook\"\n");
+    assert_eq!(found, vec!["connectors.webhook.slack.url: relative URL without a base: \"/hook\"".to_owned()]);
+}
+
+#[test]
+fn missing_required_keys_and_bad_durations_are_named() {
+    let found = problems("[daemon]\nshutdown_grace = \"soon\"\n[[ghl.locations]]\nname = \"x\"\n");
+    assert!(found.iter().any(|p| p.starts_with("daemon.shutdown_grace: invalid duration")), "{found:#?}");
+    assert!(found.iter().any(|p| p == "ghl.locations[0].id: missing (this key is required)"), "{found:#?}");
+}
+
+#[test]
+fn loopback_http_is_allowed_and_other_schemes_are_not() {
+    assert!(problems("[ghl]\nbase_url = \"http://127.0.0.1:9999\"\n").is_empty());
+    assert!(problems("[ghl]\nbase_url = \"http://localhost:9999\"\n").is_empty());
+    let found = problems("[ghl]\nbase_url = \"ftp://example.com\"\n");
+    assert!(found[0].starts_with("ghl.base_url: unsupported scheme"), "{found:#?}");
+}
+
+#[test]
+fn the_environment_overrides_the_file() {
+    let text = "[sync]\ncontacts_interval = \"1m\"\npage_size = 100\n";
+    let config =
+        load(text, &[("GHL_SYNC__SYNC__CONTACTS_INTERVAL", "30s"), ("GHL_SYNC__LOG__FORMAT", "json")]).unwrap();
+    assert_eq!(config.settings.sync.contacts_interval.get(), std::time::Duration::from_secs(30));
+    assert_eq!(config.settings.sync.page_size, 100, "keys not in the environment keep the file's value");
+    assert_eq!(config.settings.log.format, LogFormat::Json);
+}
+
+#[test]
+fn an_env_var_reaches_a_nested_connector_key() {
+    let text = "[connectors.webhook.team]\nurl = \"https://hooks.example.com/a\"\n";
+    let config = load(
+        text,
+        &[
+            ("GHL_SYNC__CONNECTORS__WEBHOOK__TEAM__URL", "https://hooks.example.com/b"),
+            ("GHL_SYNC__CONNECTORS__WEBHOOK__TEAM__BATCH_SIZE", "7"),
+        ],
+    )
+    .unwrap();
+    let hook = &config.settings.connectors.webhook["team"];
+    assert_eq!(hook.url.as_str(), "https://hooks.example.com/b");
+    assert_eq!(hook.batch_size, 7);
+}
+
+#[test]
+fn unrelated_env_vars_are_ignored() {
+    assert!(load("", &[("GHL_SYNC_CONFIG", "/x.toml"), ("GHL_SYNC_MASTER_KEY", "abc"), ("PATH", "/bin")]).is_ok());
+}
+
+#[test]
+fn secrets_come_inline_from_env_vars_or_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pit");
+    std::fs::write(&file, "pit-from-file\n").unwrap();
+    // A process-unique variable name: tests run in parallel in one process.
+    let var = "GHL_SYNC_TEST_PIT_SECRETS_COME_INLINE";
+    let text = format!(
+        "[[ghl.locations]]\nid = \"a\"\npit = \"pit-inline\"\n[[ghl.locations]]\nid = \"b\"\npit_file = \"{}\"\n[[ghl.locations]]\nid = \"c\"\npit_env = \"{var}\"\n",
+        file.display()
+    );
+    let found = problems(&text);
+    assert_eq!(found, vec![format!("ghl.locations[2].pit_env: environment variable {var} is not set")]);
+    let text = text.replace(&format!("pit_env = \"{var}\""), "pit = \"pit-c\"");
+    let config = load(&text, &[]).unwrap();
+    assert_eq!(config.secrets.pits["a"].expose_secret(), "pit-inline");
+    assert_eq!(config.secrets.pits["b"].expose_secret(), "pit-from-file");
+}
+
+#[test]
+fn two_sources_for_one_secret_are_refused() {
+    let found = problems("[[ghl.locations]]\nid = \"a\"\npit = \"x\"\npit_file = \"/y\"\n");
+    assert_eq!(found, vec!["ghl.locations[0].pit: set only one of ghl.locations[0].pit, ghl.locations[0].pit_env and ghl.locations[0].pit_file".to_owned()]);
+}
+
+#[test]
+fn oauth_without_a_master_key_is_refused() {
+    let text =
+        "[ghl.oauth]\nclient_id = \"id\"\nclient_secret = \"s\"\n[[ghl.locations]]\nid = \"a\"\nauth = \"oauth\"\n";
+    let found = problems(text);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(found[0].starts_with("store.master_key: OAuth tokens are stored encrypted"));
+    let with_key = format!("[store]\nmaster_key = \"{}\"\n{text}", "ab".repeat(32));
+    assert!(load(&with_key, &[]).is_ok());
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let config = load("[[ghl.locations]]\nid = \"a\"\npit = \"pit-very-secret-value\"\n", &[]).unwrap();
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("pit-very-secret-value"), "{debug}");
+}
+
+#[test]
+fn unknown_event_types_in_filters_are_named() {
+    let found = problems("[connectors.webhook.t]\nurl = \"https://x.example\"\nevents = [\"task.complete\"]\n");
+    assert_eq!(found.len(), 1);
+    assert!(found[0].starts_with("connectors.webhook.t.events[0]: unknown event type \"task.complete\""), "{found:#?}");
+}
+
+#[test]
+fn invalid_toml_is_a_syntax_error() {
+    assert!(matches!(load("[sync\n", &[]), Err(ConfigError::Syntax { .. })));
+}

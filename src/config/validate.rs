@@ -1,0 +1,287 @@
+//! Cross-field and semantic checks: ranges, URLs, secrets that must exist.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use secrecy::SecretString;
+use url::Url;
+
+use super::{ConfigProblem, LocationAuth, Secret, Secrets, Settings};
+
+/// Checks everything serde cannot, and resolves secrets. Returns every problem found.
+pub(super) fn validate(settings: &Settings) -> (Secrets, Vec<ConfigProblem>) {
+    let mut problems = Vec::new();
+    let mut secrets = Secrets::default();
+    let mut check = |ok: bool, key: &str, message: &str| {
+        if !ok {
+            problems.push(ConfigProblem::new(key, message));
+        }
+    };
+
+    // [store]
+    let store = &settings.store;
+    check(!store.busy_timeout.get().is_zero(), "store.busy_timeout", "must be greater than zero");
+
+    // [sync]
+    let sync = &settings.sync;
+    check((1..=500).contains(&sync.page_size), "sync.page_size", "must be between 1 and 500 (GHL's maximum)");
+    check(!sync.contacts_interval.get().is_zero(), "sync.contacts_interval", "must be greater than zero");
+    check(!sync.reconcile_interval.get().is_zero(), "sync.reconcile_interval", "must be greater than zero");
+    check(!sync.children_sweep_period.get().is_zero(), "sync.children_sweep_period", "must be greater than zero");
+    check(
+        share(sync.children_sweep_budget_share),
+        "sync.children_sweep_budget_share",
+        "must be a share between 0 and 1",
+    );
+    check(sync.max_concurrent_locations >= 1, "sync.max_concurrent_locations", "must be at least 1");
+
+    // [limits]
+    let limits = &settings.limits;
+    check(limits.ghl_burst_max >= 1, "limits.ghl_burst_max", "must be at least 1");
+    check(!limits.ghl_burst_window.get().is_zero(), "limits.ghl_burst_window", "must be greater than zero");
+    check(
+        share(limits.ghl_burst_share) && limits.ghl_burst_share > 0.0,
+        "limits.ghl_burst_share",
+        "must be a share greater than 0 and at most 1",
+    );
+    check(limits.ghl_daily_budget >= 1, "limits.ghl_daily_budget", "must be at least 1");
+    check(!limits.request_timeout.get().is_zero(), "limits.request_timeout", "must be greater than zero");
+    check(!limits.connect_timeout.get().is_zero(), "limits.connect_timeout", "must be greater than zero");
+
+    // [daemon]
+    check(
+        settings.daemon.shutdown_grace.get() <= std::time::Duration::from_secs(300),
+        "daemon.shutdown_grace",
+        "must be at most 5m",
+    );
+
+    // [ghl]
+    let ghl = &settings.ghl;
+    check_remote_url(&ghl.base_url, "ghl.base_url", &mut problems);
+    if ghl.api_version.trim().is_empty() {
+        problems.push(ConfigProblem::new("ghl.api_version", "must not be empty"));
+    }
+    for (i, key) in ghl.webhooks.public_keys.iter().enumerate() {
+        if crate::config::validate::decode_ed25519_spki(key).is_none() {
+            problems.push(ConfigProblem::new(
+                format!("ghl.webhooks.public_keys[{i}]"),
+                "not a base64 Ed25519 public key (SPKI, as GHL publishes it)",
+            ));
+        }
+    }
+    if let Some(oauth) = &ghl.oauth {
+        if oauth.client_id.trim().is_empty() {
+            problems.push(ConfigProblem::new("ghl.oauth.client_id", "must not be empty"));
+        }
+        secrets.oauth_client_secret = resolve(
+            "ghl.oauth.client_secret",
+            (&oauth.client_secret, &oauth.client_secret_env, &oauth.client_secret_file),
+            true,
+            &mut problems,
+        );
+        check_remote_url(&oauth.install_url, "ghl.oauth.install_url", &mut problems);
+        check_remote_url(&oauth.redirect_url, "ghl.oauth.redirect_url", &mut problems);
+    }
+    let mut seen = BTreeSet::new();
+    let mut any_oauth = false;
+    for (i, location) in ghl.locations.iter().enumerate() {
+        let key = format!("ghl.locations[{i}]");
+        if location.id.trim().is_empty() {
+            problems.push(ConfigProblem::new(format!("{key}.id"), "must not be empty"));
+        } else if !seen.insert(location.id.clone()) {
+            problems.push(ConfigProblem::new(format!("{key}.id"), format!("location {} is listed twice", location.id)));
+        }
+        match location.auth {
+            LocationAuth::Pit => {
+                let pit = resolve(
+                    &format!("{key}.pit"),
+                    (&location.pit, &location.pit_env, &location.pit_file),
+                    true,
+                    &mut problems,
+                );
+                if let Some(pit) = pit {
+                    secrets.pits.insert(location.id.clone(), pit);
+                }
+            }
+            LocationAuth::Oauth => {
+                any_oauth = true;
+                if location.pit.is_some() || location.pit_env.is_some() || location.pit_file.is_some() {
+                    problems.push(ConfigProblem::new(
+                        format!("{key}.pit"),
+                        "a private integration token is set but auth = \"oauth\"; remove one",
+                    ));
+                }
+                if ghl.oauth.is_none() {
+                    problems.push(ConfigProblem::new(
+                        format!("{key}.auth"),
+                        "auth = \"oauth\" needs the app's credentials in [ghl.oauth]",
+                    ));
+                }
+            }
+        }
+    }
+
+    secrets.master_key = resolve(
+        "store.master_key",
+        (&store.master_key, &store.master_key_env, &store.master_key_file),
+        false,
+        &mut problems,
+    );
+    if let Some(key) = &secrets.master_key {
+        if crate::crypto::MasterKey::parse(key).is_err() {
+            problems.push(ConfigProblem::new(
+                "store.master_key",
+                "must be 32 bytes written as 64 hex digits or base64 (generate one with `openssl rand -hex 32`)",
+            ));
+        }
+    } else if any_oauth || ghl.oauth.is_some() {
+        problems.push(ConfigProblem::new(
+            "store.master_key",
+            "OAuth tokens are stored encrypted: set store.master_key_env (e.g. GHL_SYNC_MASTER_KEY) or store.master_key_file",
+        ));
+    }
+
+    // [server]
+    let server = &settings.server;
+    secrets.admin_token = resolve(
+        "server.admin_token",
+        (&server.admin_token, &server.admin_token_env, &server.admin_token_file),
+        false,
+        &mut problems,
+    );
+    if server.max_body_bytes < 1024 {
+        problems.push(ConfigProblem::new("server.max_body_bytes", "must be at least 1024"));
+    }
+
+    // [connectors.webhook.NAME]
+    for (name, hook) in &settings.connectors.webhook {
+        let key = format!("connectors.webhook.{name}");
+        check_remote_url(&hook.url, &format!("{key}.url"), &mut problems);
+        if let Some(secret) =
+            resolve(&format!("{key}.secret"), (&hook.secret, &hook.secret_env, &hook.secret_file), false, &mut problems)
+        {
+            secrets.webhook_secrets.insert(name.clone(), secret);
+        }
+        if !(1..=1000).contains(&hook.batch_size) {
+            problems.push(ConfigProblem::new(format!("{key}.batch_size"), "must be between 1 and 1000"));
+        }
+        if hook.concurrency == 0 {
+            problems.push(ConfigProblem::new(format!("{key}.concurrency"), "must be at least 1"));
+        }
+        if hook.max_attempts == 0 {
+            problems.push(ConfigProblem::new(format!("{key}.max_attempts"), "must be at least 1"));
+        }
+        for (i, event) in hook.events.iter().enumerate() {
+            if !crate::domain::EVENT_TYPES.contains(&event.as_str()) {
+                problems.push(ConfigProblem::new(
+                    format!("{key}.events[{i}]"),
+                    format!("unknown event type {event:?}; known: {}", crate::domain::EVENT_TYPES.join(", ")),
+                ));
+            }
+        }
+    }
+
+    (secrets, problems)
+}
+
+fn share(value: f64) -> bool {
+    (0.0..=1.0).contains(&value)
+}
+
+/// Plain HTTP is only allowed to this machine; everything else must be HTTPS.
+fn check_remote_url(url: &Url, key: &str, problems: &mut Vec<ConfigProblem>) {
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(url) => {}
+        "http" => problems.push(ConfigProblem::new(
+            key,
+            format!("plain http to a remote host ({}) is not allowed; use https", url.host_str().unwrap_or("?")),
+        )),
+        other => problems.push(ConfigProblem::new(key, format!("unsupported scheme {other:?}; use https"))),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// Resolves `key`, `key_env` or `key_file` into a secret. At most one may be set.
+fn resolve(
+    key: &str,
+    (inline, env, file): (&Option<Secret>, &Option<String>, &Option<PathBuf>),
+    required: bool,
+    problems: &mut Vec<ConfigProblem>,
+) -> Option<SecretString> {
+    let set = usize::from(inline.is_some()) + usize::from(env.is_some()) + usize::from(file.is_some());
+    if set > 1 {
+        problems.push(ConfigProblem::new(key, format!("set only one of {key}, {key}_env and {key}_file")));
+        return None;
+    }
+    if let Some(secret) = inline {
+        if secret.is_empty() {
+            problems.push(ConfigProblem::new(key, "is empty"));
+            return None;
+        }
+        return Some(secret.secret().clone());
+    }
+    if let Some(var) = env {
+        return match std::env::var(var) {
+            Ok(value) if !value.trim().is_empty() => Some(SecretString::from(value.trim().to_owned())),
+            Ok(_) => {
+                problems.push(ConfigProblem::new(format!("{key}_env"), format!("environment variable {var} is empty")));
+                None
+            }
+            Err(_) => {
+                problems
+                    .push(ConfigProblem::new(format!("{key}_env"), format!("environment variable {var} is not set")));
+                None
+            }
+        };
+    }
+    if let Some(path) = file {
+        return match std::fs::read_to_string(path) {
+            Ok(value) if !value.trim().is_empty() => Some(SecretString::from(value.trim().to_owned())),
+            Ok(_) => {
+                problems.push(ConfigProblem::new(format!("{key}_file"), format!("file {} is empty", path.display())));
+                None
+            }
+            Err(error) => {
+                problems.push(ConfigProblem::new(
+                    format!("{key}_file"),
+                    format!("cannot read {}: {error}", path.display()),
+                ));
+                None
+            }
+        };
+    }
+    if required {
+        problems.push(ConfigProblem::new(key, format!("missing: set {key}, {key}_env or {key}_file")));
+    }
+    None
+}
+
+/// Decodes GHL's published key format (base64 SPKI DER) into the raw 32-byte Ed25519 key.
+pub fn decode_ed25519_spki(text: &str) -> Option<[u8; 32]> {
+    use base64::Engine as _;
+    // SPKI header for Ed25519: SEQUENCE { SEQUENCE { OID 1.3.101.112 }, BIT STRING (33 bytes) }
+    const PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+    let cleaned: String = text
+        .lines()
+        .filter(|line| !line.starts_with("-----"))
+        .collect::<String>()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(cleaned).ok()?;
+    match der.len() {
+        44 if der[..12] == PREFIX => der[12..].try_into().ok(),
+        32 => der.as_slice().try_into().ok(),
+        _ => None,
+    }
+}

@@ -1,0 +1,59 @@
+//! SIGINT/SIGTERM handling: the first signal cancels one token (stop taking work, finish
+//! what is in flight within the grace period); a second signal exits at once.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Exit code after a second signal forced the exit.
+pub const FORCED_EXIT_CODE: i32 = 130;
+
+/// Spawns the signal listener and returns the token it cancels on the first signal.
+pub fn listen_for_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("Shutdown requested; finishing in-flight work (a second signal exits at once)");
+        cancel.cancel();
+        wait_for_signal().await;
+        tracing::warn!("Second signal: exiting now");
+        std::process::exit(FORCED_EXIT_CODE);
+    });
+    token
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the process can still be stopped by SIGKILL; never return.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Waits for tracked tasks to finish, at most `grace`. Returns whether they all finished.
+pub async fn drain(tracker: &TaskTracker, grace: Duration) -> bool {
+    tracker.close();
+    match tokio::time::timeout(grace, tracker.wait()).await {
+        Ok(()) => true,
+        Err(_) => {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "In-flight work did not finish within the shutdown grace; exiting anyway"
+            );
+            false
+        }
+    }
+}

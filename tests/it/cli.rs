@@ -1,0 +1,90 @@
+//! The binary as a user runs it: `validate`, `version`, `run` and its shutdown.
+
+use std::time::Duration;
+
+use crate::helpers::{signal, spawn, wait_for_file, wait_with_limit, write_config};
+
+#[test]
+fn validate_says_ok_for_the_example_config() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/ghl-sync.example.toml");
+    let (status, stdout, _) = wait_with_limit(spawn(&["validate", "--config", example], &[]), Duration::from_secs(20));
+    assert!(status.success());
+    assert_eq!(stdout.trim(), "ok");
+}
+
+#[test]
+fn validate_prints_every_problem_with_its_key_and_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        r#"
+[sync]
+contacts_intervall = "1m"
+page_size = "many"
+
+[[ghl.locations]]
+id = "loc1"
+pit_file = "/nonexistent/ghl-sync-it/pit"
+
+[connectors.webhook.slack]
+url = "http://hooks.example.com/x"
+"#,
+    );
+    let (status, _, stderr) =
+        wait_with_limit(spawn(&["validate", "--config", path.to_str().unwrap()], &[]), Duration::from_secs(20));
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    for key in
+        ["sync.contacts_intervall:", "sync.page_size:", "ghl.locations[0].pit_file:", "connectors.webhook.slack.url:"]
+    {
+        assert!(stderr.contains(key), "missing {key} in:\n{stderr}");
+    }
+}
+
+#[test]
+fn every_command_refuses_a_bad_config_with_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), "[sync]\npage_size = 9000\n");
+    let (status, _, stderr) =
+        wait_with_limit(spawn(&["run", "--config", path.to_str().unwrap()], &[]), Duration::from_secs(20));
+    assert_eq!(status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("sync.page_size: must be between 1 and 500"), "{stderr}");
+}
+
+#[test]
+fn the_config_path_can_come_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), "[log]\nformat = \"xml\"\n");
+    let (status, _, stderr) =
+        wait_with_limit(spawn(&["validate"], &[("GHL_SYNC_CONFIG", path.to_str().unwrap())]), Duration::from_secs(20));
+    assert_eq!(status.code(), Some(78));
+    assert!(stderr.contains("log.format: unknown variant `xml`"), "{stderr}");
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let (status, stdout, _) = wait_with_limit(spawn(&["version"], &[]), Duration::from_secs(20));
+    assert!(status.success());
+    assert_eq!(stdout.trim(), format!("ghl-sync {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn run_stops_cleanly_on_sigterm_within_the_grace_and_never_logs_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state/ghl-sync.db");
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "[store]\npath = \"{}\"\n[server]\nenabled = false\n[daemon]\nshutdown_grace = \"2s\"\n[log]\nlevel = \"trace\"\n\
+             [[ghl.locations]]\nid = \"loc1\"\npit = \"pit-shutdown-test-secret\"\n",
+            db.display()
+        ),
+    );
+    let child = spawn(&["run", "--config", path.to_str().unwrap()], &[]);
+    wait_for_file(&db, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, "TERM");
+    let (status, _, stderr) = wait_with_limit(child, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("ghl-sync stopped"), "{stderr}");
+    assert!(!stderr.contains("pit-shutdown-test-secret"), "secret leaked into logs:\n{stderr}");
+}
