@@ -1,5 +1,12 @@
 //! The one integration test binary: starts the real daemon (in-process or as a child
 //! process) against the in-repo sandbox on 127.0.0.1.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::disallowed_methods,
+    reason = "test code: a panic is a failed test, and blocking sleeps poll child processes"
+)]
+
 mod cli;
 mod helpers;
