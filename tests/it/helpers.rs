@@ -46,7 +46,7 @@ pub fn wait_with_limit(mut child: Child, limit: Duration) -> (std::process::Exit
             );
         }
         if started.elapsed() > limit {
-            let _ = child.kill();
+            child.kill().ok();
             let output = child.wait_with_output().unwrap();
             panic!("process did not exit within {limit:?}; stderr:\n{}", String::from_utf8_lossy(&output.stderr));
         }
