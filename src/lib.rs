@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod ghl;
 pub mod http;
 pub mod sandbox;
 pub mod shutdown;
