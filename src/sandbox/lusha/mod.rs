@@ -782,15 +782,14 @@ impl FakeLusha {
         let mut delay = None;
         let mut after = None;
         match fault {
-            Some(Fault::Error { status, rate }) => {
-                if state.rng.f64() < rate {
-                    state.stats.faults_fired += 1;
-                    let status =
-                        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-                    let message = status.canonical_reason().unwrap_or("Server error");
-                    return reply(state, status, error_body(status, json!(message)));
-                }
+            Some(Fault::Error { status, rate }) if state.rng.f64() < rate => {
+                state.stats.faults_fired += 1;
+                let status =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let message = status.canonical_reason().unwrap_or("Server error");
+                return reply(state, status, error_body(status, json!(message)));
             }
+            Some(Fault::Error { .. }) => {}
             Some(Fault::Hang(duration)) => {
                 state.stats.faults_fired += 1;
                 let mut answer = reply(
@@ -955,7 +954,7 @@ fn parse_identity(index: usize, item: &Value) -> Result<Identity, String> {
 
 /// Shuffles deterministically (per seed and request body) and guarantees that a batch of two
 /// or more does not come back in input order.
-fn shuffle_results(seed: u64, request: &Value, results: &mut Vec<(usize, Value)>) {
+fn shuffle_results(seed: u64, request: &Value, results: &mut [(usize, Value)]) {
     let words = people::digest(seed, &request.to_string());
     let mut rng = fastrand::Rng::with_seed(words[0]);
     rng.shuffle(results);

@@ -327,13 +327,8 @@ pub fn lead(seed: u64, index: usize) -> Person {
 fn synthesize(seed: u64, key: &str, identity: &Identity, eu: bool) -> Person {
     let words = digest(seed, key);
     let [w0, w1, w2, w3] = words;
-    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
-        [w1.to_le_bytes(), w2.to_le_bytes()]
-            .concat()
-            .iter()
-            .copied()
-            .collect::<Vec<u8>>(),
-    );
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode([w1.to_le_bytes(), w2.to_le_bytes()].concat());
     let id = if w3 % 5 == 0 {
         format!("{}", 1_000_000_000 + w2 % 8_999_999_999)
     } else {
