@@ -307,7 +307,7 @@ pub fn lookup(seed: u64, identity: &Identity) -> Lookup {
         0..85 => Lookup::Found(Box::new(synthesize(seed, &key, identity, bucket >= 80))),
         85..92 => Lookup::ComplianceRestricted,
         _ => Lookup::NotFound {
-            dropped: words[1] % 3 == 0,
+            dropped: words[1].is_multiple_of(3),
         },
     }
 }
