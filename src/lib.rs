@@ -11,4 +11,5 @@ pub mod http;
 pub mod sandbox;
 pub mod shutdown;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
