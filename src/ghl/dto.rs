@@ -200,9 +200,8 @@ mod tests {
 
     #[test]
     fn location_task_search_items_use_underscore_id() {
-        let list: TaskList =
-            serde_json::from_str(r#"{"tasks":[{"_id":"t1","contactId":"c1","completed":false}]}"#).unwrap();
-        assert_eq!(list.tasks[0].id, "t1");
+        let task: Task = serde_json::from_str(r#"{"_id":"t1","contactId":"c1","completed":false}"#).unwrap();
+        assert_eq!(task.id, "t1");
     }
 
     #[test]

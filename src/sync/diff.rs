@@ -16,7 +16,7 @@ pub struct ChildRecord {
 }
 
 /// What the snapshot knows of a child.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KnownChild {
     pub hash: Hash,
     /// Tasks only: whether it was completed.
@@ -40,7 +40,9 @@ pub fn diff_children(known: &HashMap<String, KnownChild>, current: Vec<ChildReco
     for child in current {
         seen.insert(child.id.clone());
         match known.get(&child.id) {
-            None => changes.push(ChildChange { id: child.id.clone(), operation: Operation::Created, record: Some(child) }),
+            None => {
+                changes.push(ChildChange { id: child.id.clone(), operation: Operation::Created, record: Some(child) })
+            }
             Some(old) if old.hash == child.hash => {}
             Some(old) => {
                 let now_completed = is_completed(&child.record);
@@ -88,7 +90,10 @@ mod tests {
     }
 
     fn known(children: &[&ChildRecord]) -> HashMap<String, KnownChild> {
-        children.iter().map(|c| (c.id.clone(), KnownChild { hash: c.hash, completed: is_completed(&c.record) })).collect()
+        children
+            .iter()
+            .map(|c| (c.id.clone(), KnownChild { hash: c.hash, completed: is_completed(&c.record) }))
+            .collect()
     }
 
     #[test]
@@ -104,7 +109,8 @@ mod tests {
             same.clone(),
             child("t5", json!({"title": "Fresh"})),
         ];
-        let ops: Vec<(String, Operation)> = diff_children(&before, now).into_iter().map(|c| (c.id, c.operation)).collect();
+        let ops: Vec<(String, Operation)> =
+            diff_children(&before, now).into_iter().map(|c| (c.id, c.operation)).collect();
         assert_eq!(
             ops,
             vec![

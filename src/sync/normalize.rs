@@ -13,7 +13,8 @@ pub type Hash = [u8; 32];
 
 /// Fields that change without the contact changing, or that only exist in one read path.
 /// They are kept out of the hash (and, for search-only fields, out of the stored record).
-const CONTACT_VOLATILE: &[&str] = &["dateUpdated", "lastActivity", "lastSessionActivityAt", "searchAfter", "sort", "score"];
+const CONTACT_VOLATILE: &[&str] =
+    &["dateUpdated", "lastActivity", "lastSessionActivityAt", "searchAfter", "sort", "score"];
 
 /// Derived fields that only search items carry (`contactName` is `firstName lastName`, …).
 const SEARCH_ONLY: &[&str] = &[
@@ -48,10 +49,10 @@ pub fn normalize_contact(mut contact: Map<String, Value>) -> Map<String, Value> 
     if let Some(address) = contact.remove("address") {
         contact.entry("address1").or_insert(address);
     }
-    if let Some(Value::Number(millis)) = contact.get("dateOfBirth") {
-        if let Some(date) = millis.as_i64().and_then(epoch_ms_to_date) {
-            contact.insert("dateOfBirth".into(), Value::String(date));
-        }
+    if let Some(Value::Number(millis)) = contact.get("dateOfBirth")
+        && let Some(date) = millis.as_i64().and_then(epoch_ms_to_date)
+    {
+        contact.insert("dateOfBirth".into(), Value::String(date));
     }
     // Tag order carries no meaning; GHL returns them in insertion order.
     if let Some(Value::Array(tags)) = contact.get_mut("tags") {
@@ -208,7 +209,8 @@ pub fn parse_timestamp_ms(text: &str) -> Option<i64> {
 pub fn format_timestamp_ms(millis: i64) -> String {
     let time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
     time.format(&format).unwrap_or_default()
 }
 
@@ -250,8 +252,16 @@ mod tests {
     fn hash_tables() {
         let base = normalize_contact(obj(json!({"id": "c1", "email": "a@example.test", "tags": ["x"]})));
         let cases: Vec<(&str, Value, bool)> = vec![
-            ("dateUpdated only", json!({"id": "c1", "email": "a@example.test", "tags": ["x"], "dateUpdated": "2030-01-01T00:00:00.000Z"}), true),
-            ("lastActivity only", json!({"id": "c1", "email": "a@example.test", "tags": ["x"], "lastActivity": 5}), true),
+            (
+                "dateUpdated only",
+                json!({"id": "c1", "email": "a@example.test", "tags": ["x"], "dateUpdated": "2030-01-01T00:00:00.000Z"}),
+                true,
+            ),
+            (
+                "lastActivity only",
+                json!({"id": "c1", "email": "a@example.test", "tags": ["x"], "lastActivity": 5}),
+                true,
+            ),
             ("email changed", json!({"id": "c1", "email": "b@example.test", "tags": ["x"]}), false),
             ("tag added", json!({"id": "c1", "email": "a@example.test", "tags": ["x", "y"]}), false),
             ("null field", json!({"id": "c1", "email": "a@example.test", "tags": ["x"], "phone": null}), true),
@@ -264,8 +274,12 @@ mod tests {
 
     #[test]
     fn bookkeeping_custom_fields_are_not_hashed() {
-        let a = normalize_contact(obj(json!({"id": "c", "customFields": [{"id": "lusha_at", "value": "1"}, {"id": "f", "value": 2}]})));
-        let b = normalize_contact(obj(json!({"id": "c", "customFields": [{"id": "lusha_at", "value": "2"}, {"id": "f", "value": 2}]})));
+        let a = normalize_contact(obj(
+            json!({"id": "c", "customFields": [{"id": "lusha_at", "value": "1"}, {"id": "f", "value": 2}]}),
+        ));
+        let b = normalize_contact(obj(
+            json!({"id": "c", "customFields": [{"id": "lusha_at", "value": "2"}, {"id": "f", "value": 2}]}),
+        ));
         assert_ne!(contact_hash(&a, &[]), contact_hash(&b, &[]));
         let ignored = vec!["lusha_at".to_owned()];
         assert_eq!(contact_hash(&a, &ignored), contact_hash(&b, &ignored));
@@ -274,7 +288,9 @@ mod tests {
     #[test]
     fn location_task_items_match_per_contact_items() {
         let listed = normalize_task(obj(json!({"id": "t1", "title": "Call", "completed": false, "contactId": "c1"})));
-        let searched = normalize_task(obj(json!({"_id": "t1", "id": "t1", "title": "Call", "completed": false, "contactId": "c1", "contactDetails": {"firstName": "Ada"}})));
+        let searched = normalize_task(obj(
+            json!({"_id": "t1", "id": "t1", "title": "Call", "completed": false, "contactId": "c1", "contactDetails": {"firstName": "Ada"}}),
+        ));
         assert_eq!(value_hash(&listed), value_hash(&searched));
     }
 
