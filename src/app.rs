@@ -1,45 +1,219 @@
 //! The composition root: builds every component from the config, spawns the long-lived
 //! tasks and shuts them down. The only place that knows concrete types.
 
+use std::sync::Arc;
+
 use anyhow::Context;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::store::{ProcessLock, Store};
+use crate::ghl::{GhlClient, StaticTokens, TokenProvider};
+use crate::http::{ApiClient, ClientSettings, HeaderScheme, QuotaSettings, RateLimits, RetryPolicy};
+use crate::store::{ProcessLock, Store, now_ms};
+use crate::sync::engine::{Engine, EngineSettings, RunOptions, RunSummary, Subscriber};
+use crate::sync::scheduler::{self, ScheduleSettings};
 
 /// A built daemon, ready to run.
 pub struct App {
     pub config: Config,
     pub store: Store,
+    pub ghl: GhlClient,
+    pub engine: Arc<Engine>,
+    /// Webhook hints wake the scheduler through this.
+    pub wake: Arc<Notify>,
     _lock: ProcessLock,
     tracker: TaskTracker,
+    /// Cancels retry sleeps of outbound calls at shutdown.
+    calls: CancellationToken,
+}
+
+/// The user agent of every outbound request.
+pub fn user_agent() -> String {
+    format!("ghl-sync/{}", env!("CARGO_PKG_VERSION"))
 }
 
 impl App {
-    /// Opens the store (taking the one-daemon-per-database lock) and registers locations.
+    /// Opens the store (taking the one-daemon-per-database lock), registers the configured
+    /// locations and builds the GHL client and the sync engine.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let path = config.settings.store.resolved_path();
+        let settings = &config.settings;
+        let path = settings.store.resolved_path();
         let lock = ProcessLock::acquire(&path)?;
-        let store = Store::connect(&path, config.settings.store.busy_timeout.get())
+        let store = Store::connect(&path, settings.store.busy_timeout.get())
             .await
             .with_context(|| format!("Failed to open the store at {}", path.display()))?;
-        tracing::info!(
-            database = %path.display(),
-            locations = config.settings.ghl.locations.len(),
-            "Store ready"
+        register_locations(&store, &config).await?;
+
+        let calls = CancellationToken::new();
+        let limits = Arc::new(RateLimits::new(QuotaSettings {
+            burst_max: settings.limits.ghl_burst_max,
+            window: settings.limits.ghl_burst_window.get(),
+            share: settings.limits.ghl_burst_share,
+            daily_budget: settings.limits.ghl_daily_budget,
+        }));
+        let api = ApiClient::new(
+            ClientSettings {
+                service: "ghl",
+                connect_timeout: settings.limits.connect_timeout.get(),
+                request_timeout: settings.limits.request_timeout.get(),
+                retry: RetryPolicy {
+                    max_retries: settings.limits.max_retries,
+                    max_backoff: settings.limits.max_backoff.get(),
+                    ..RetryPolicy::default()
+                },
+                headers: HeaderScheme::Ghl,
+                user_agent: user_agent(),
+            },
+            Some(limits),
+            calls.clone(),
+        )?;
+        let tokens: Arc<dyn TokenProvider> = Arc::new(StaticTokens::new(config.secrets.pits.clone()));
+        let ghl = GhlClient::new(api, settings.ghl.base_url.clone(), settings.ghl.api_version.clone(), tokens);
+        let engine = Arc::new(Engine::new(
+            store.clone(),
+            ghl.clone(),
+            EngineSettings::from_config(settings),
+            subscribers(&config),
+        ));
+        tracing::info!(database = %path.display(), locations = settings.ghl.locations.len(), "Store ready");
+        Ok(Self {
+            config,
+            store,
+            ghl,
+            engine,
+            wake: Arc::new(Notify::new()),
+            _lock: lock,
+            tracker: TaskTracker::new(),
+            calls,
+        })
+    }
+
+    /// Reports sync progress (a terminal progress bar) from now on.
+    pub fn with_progress(mut self, progress: Arc<dyn crate::sync::engine::Progress>) -> Self {
+        let engine = Engine::new(
+            self.store.clone(),
+            self.ghl.clone(),
+            self.engine.settings().clone(),
+            self.engine.subscribers().to_vec(),
         );
-        Ok(Self { config, store, _lock: lock, tracker: TaskTracker::new() })
+        self.engine = Arc::new(engine.with_progress(progress));
+        self
+    }
+
+    /// Locations to sync: active ones in the store (configured or installed by OAuth).
+    pub async fn locations(&self) -> anyhow::Result<Vec<String>> {
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM locations WHERE status NOT IN ('disabled', 'uninstalled') ORDER BY id")
+                .fetch_all(self.store.pool())
+                .await?;
+        Ok(ids)
+    }
+
+    /// One run for each location (or the one named), concurrently within the configured
+    /// bound. Errors are per location and do not stop the others.
+    pub async fn sync_once(
+        &self,
+        only: Option<&str>,
+        options: RunOptions,
+    ) -> anyhow::Result<Vec<(String, Result<RunSummary, crate::sync::engine::SyncError>)>> {
+        let mut locations = self.locations().await?;
+        if let Some(only) = only {
+            anyhow::ensure!(locations.iter().any(|l| l == only), "location {only} is not configured (or is disabled)");
+            locations.retain(|l| l == only);
+        }
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.config.settings.sync.max_concurrent_locations.max(1)));
+        let runs = locations.into_iter().map(|location| {
+            let engine = self.engine.clone();
+            let permits = permits.clone();
+            async move {
+                let _permit = permits.acquire().await;
+                let result = engine.run_once(&location, options).await;
+                (location, result)
+            }
+        });
+        Ok(futures_util::future::join_all(runs).await)
     }
 
     /// Runs until `stop` is cancelled, then lets in-flight work finish within the grace.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(version = env!("CARGO_PKG_VERSION"), "ghl-sync running");
+        let settings = &self.config.settings;
+        let locations = self.locations().await?;
+        if locations.is_empty() {
+            tracing::warn!("No locations to sync: add [[ghl.locations]] to the config or run `ghl-sync auth install`");
+        }
+        scheduler::spawn(
+            self.engine.clone(),
+            locations.clone(),
+            ScheduleSettings {
+                contacts_interval: settings.sync.contacts_interval.get(),
+                reconcile_interval: settings.sync.reconcile_interval.get(),
+                max_concurrent_locations: settings.sync.max_concurrent_locations,
+                dirty_debounce: settings.sync.dirty_debounce.get(),
+            },
+            self.wake.clone(),
+            stop.clone(),
+            &self.tracker,
+        );
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), locations = locations.len(), "ghl-sync running");
         stop.cancelled().await;
-        let grace = self.config.settings.daemon.shutdown_grace.get();
-        crate::shutdown::drain(&self.tracker, grace).await;
+        let grace = settings.daemon.shutdown_grace.get();
+        let finished = crate::shutdown::drain(&self.tracker, grace).await;
+        // Abort retry sleeps of calls still waiting, then close the store.
+        self.calls.cancel();
+        if !finished {
+            tracing::warn!("Stopping with work in flight; it is committed page by page and resumes on the next start");
+        }
         self.store.close().await;
         tracing::info!("ghl-sync stopped");
         Ok(())
     }
+}
+
+/// Connectors as sync subscribers: which changes each one wants in its outbox.
+fn subscribers(config: &Config) -> Vec<Subscriber> {
+    let mut subscribers = Vec::new();
+    for (name, hook) in &config.settings.connectors.webhook {
+        if !hook.enabled {
+            continue;
+        }
+        let events = hook.events.clone();
+        let locations = hook.locations.clone();
+        subscribers.push(Subscriber {
+            id: format!("webhook.{name}"),
+            wants: Arc::new(move |event, location| {
+                (events.is_empty() || events.iter().any(|e| e == event))
+                    && (locations.is_empty() || locations.iter().any(|l| l == location))
+            }),
+        });
+    }
+    subscribers
+}
+
+/// Configured locations become rows in `locations`. A location disabled in the config is
+/// marked so. `needs_reauth` is kept for OAuth locations (a new install clears it) and cleared
+/// for private-integration-token locations: the operator may have fixed the token, and a
+/// still-bad token is caught again by the first request.
+async fn register_locations(store: &Store, config: &Config) -> anyhow::Result<()> {
+    let now = now_ms();
+    for location in &config.settings.ghl.locations {
+        let status = if location.enabled { "active" } else { "disabled" };
+        let pit = location.auth == crate::config::LocationAuth::Pit;
+        sqlx::query(
+            "INSERT INTO locations (id, name, status, updated_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET name = COALESCE(excluded.name, name), updated_at = excluded.updated_at, \
+             status = CASE WHEN excluded.status = 'disabled' OR ? THEN excluded.status \
+                           WHEN status = 'disabled' THEN 'active' ELSE status END",
+        )
+        .bind(&location.id)
+        .bind(&location.name)
+        .bind(status)
+        .bind(now)
+        .bind(pit)
+        .execute(store.pool())
+        .await
+        .context("Failed to register the configured locations")?;
+    }
+    Ok(())
 }

@@ -27,6 +27,24 @@ pub enum Command {
     Validate,
     /// Print the version.
     Version,
+    /// Sync once and exit, printing a summary (with a progress bar on a terminal).
+    Sync {
+        /// Run once and exit (the daemon is `run`).
+        #[arg(long, required = true)]
+        once: bool,
+        /// Only this location.
+        #[arg(long, value_name = "ID")]
+        location: Option<String>,
+        /// Compute and print what would be delivered; write nothing, call no connector.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show per-location sync state and per-connector queues, from the store.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -50,6 +68,37 @@ pub async fn execute(cli: Cli) -> ExitCode {
             };
             crate::telemetry::init(&config.settings.log);
             finish(run_daemon(config).await)
+        }
+        Command::Sync { once: _, location, dry_run } => {
+            let config = match load(cli.config.as_deref()) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            crate::telemetry::init(&config.settings.log);
+            let result = async {
+                let app = App::build(config).await?;
+                crate::sync::cli::sync_once(app, location.as_deref(), dry_run).await
+            }
+            .await;
+            match result {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(error) => finish(Err(error)),
+            }
+        }
+        Command::Status { json } => {
+            let config = match load(cli.config.as_deref()) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            let result = async {
+                let settings = &config.settings.store;
+                let store =
+                    crate::store::Store::connect(&settings.resolved_path(), settings.busy_timeout.get()).await?;
+                crate::sync::cli::print_status(&store, json).await
+            }
+            .await;
+            finish(result)
         }
     }
 }

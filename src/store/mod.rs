@@ -84,6 +84,14 @@ impl Store {
         &self.pool
     }
 
+    /// Starts a write transaction with `BEGIN IMMEDIATE`: it takes SQLite's write lock up
+    /// front (waiting up to `busy_timeout`), so it cannot fail half-way with "database is
+    /// locked" when it upgrades from reading to writing while another writer is active.
+    /// Every transaction that writes must start here.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -185,6 +185,10 @@ impl Engine {
         &self.settings
     }
 
+    pub fn subscribers(&self) -> &[Subscriber] {
+        &self.subscribers
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -303,7 +307,7 @@ impl Engine {
         counter: &mut Counter,
     ) -> Result<(), SyncError> {
         let known = self.known_contacts(location, records.iter().map(|r| r.id.as_str())).await?;
-        let mut tx = self.store.pool().begin().await?;
+        let mut tx = self.store.begin_write().await?;
         let now = now_ms();
         let mut wrote_outbox = false;
         for record in records {
@@ -546,7 +550,7 @@ impl Engine {
         options: RunOptions,
         counter: &mut Counter,
     ) -> Result<(), SyncError> {
-        let mut tx = self.store.pool().begin().await?;
+        let mut tx = self.store.begin_write().await?;
         let last: Option<(Vec<u8>, Vec<u8>)> =
             sqlx::query_as("SELECT hash, record FROM contacts WHERE location_id = ? AND contact_id = ?")
                 .bind(location)
@@ -712,7 +716,7 @@ impl Engine {
         options: RunOptions,
         counter: &mut Counter,
     ) -> Result<(), SyncError> {
-        let mut tx = self.store.pool().begin().await?;
+        let mut tx = self.store.begin_write().await?;
         let mut wrote = false;
         for (kind, items) in [(EntityKind::Task, fetched.tasks), (EntityKind::Note, fetched.notes)] {
             let Some(items) = items else { continue };
@@ -912,7 +916,7 @@ impl Engine {
 
     async fn finish_run(&self, id: i64, summary: &RunSummary, error: Option<&SyncError>) -> Result<(), SyncError> {
         let outcome = if error.is_some() { "failed" } else { "ok" };
-        let mut tx = self.store.pool().begin().await?;
+        let mut tx = self.store.begin_write().await?;
         sqlx::query(
             "UPDATE runs SET finished_at = ?, outcome = ?, pages = ?, records_seen = ?, changes = ?, requests = ?, error = ? WHERE id = ?",
         )

@@ -11,10 +11,25 @@ use sha2::{Digest, Sha256};
 /// A 32-byte content hash.
 pub type Hash = [u8; 32];
 
-/// Fields that change without the contact changing, or that only exist in one read path.
-/// They are kept out of the hash (and, for search-only fields, out of the stored record).
-const CONTACT_VOLATILE: &[&str] =
-    &["dateUpdated", "lastActivity", "lastSessionActivityAt", "searchAfter", "sort", "score"];
+/// Fields kept out of the contact's hash: those that change without the contact changing
+/// (`dateUpdated`, `lastActivity`), and those only one read path returns, so a contact read
+/// by search and by `GET` hashes the same. `name` is derived from first and last name;
+/// `attachments` is documented but never filled (#324); `dndSettings` and
+/// `inboundDndSettings` are missing from search items (reference/ghl.md §6.2), so a change of
+/// the per-channel DND settings alone is seen only through a `ContactDndUpdate` hint (the
+/// `dnd` flag itself is hashed). They stay in the stored record when read.
+const CONTACT_VOLATILE: &[&str] = &[
+    "dateUpdated",
+    "lastActivity",
+    "lastSessionActivityAt",
+    "searchAfter",
+    "sort",
+    "score",
+    "name",
+    "attachments",
+    "dndSettings",
+    "inboundDndSettings",
+];
 
 /// Derived fields that only search items carry (`contactName` is `firstName lastName`, …).
 const SEARCH_ONLY: &[&str] = &[

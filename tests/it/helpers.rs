@@ -62,3 +62,61 @@ pub fn wait_for_file(path: &Path, limit: Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+use ghl_sync::config::{Config, LocationSettings, Settings};
+use ghl_sync::sandbox::ghl::GhlOptions;
+use ghl_sync::sandbox::{Sandbox, SandboxOptions};
+
+/// Sandbox options for fast tests: generous rate limits so tests are not paced.
+pub fn fast_ghl(contacts_per_location: usize) -> GhlOptions {
+    GhlOptions {
+        contacts_per_location,
+        burst_max: 100_000,
+        burst_window: Duration::from_secs(1),
+        daily_max: 10_000_000,
+        ..GhlOptions::default()
+    }
+}
+
+/// Starts the sandbox on 127.0.0.1 with a random port.
+pub async fn start_sandbox(ghl: GhlOptions) -> Sandbox {
+    Sandbox::start(SandboxOptions { ghl, ..Default::default() }, "127.0.0.1:0".parse().unwrap()).await.unwrap()
+}
+
+/// Daemon settings aimed at the sandbox: every sandbox location with its PIT, a database in
+/// `dir`, limits high enough not to pace tests, and one webhook connector `test`.
+pub fn settings_for(sandbox: &Sandbox, dir: &Path) -> Settings {
+    let mut settings = Settings::default();
+    settings.store.path = Some(dir.join("ghl-sync.db"));
+    settings.ghl.base_url = sandbox.ghl_url();
+    settings.ghl.locations = sandbox
+        .ghl
+        .locations()
+        .into_iter()
+        .map(|l| LocationSettings {
+            id: l.id,
+            name: Some(l.name),
+            auth: ghl_sync::config::LocationAuth::Pit,
+            pit: Some(ghl_sync::config::Secret::new(l.pit)),
+            pit_env: None,
+            pit_file: None,
+            enabled: true,
+        })
+        .collect();
+    settings.limits.ghl_burst_max = 100_000;
+    settings.limits.ghl_burst_window = ghl_sync::config::Dur::secs(1);
+    settings.limits.ghl_daily_budget = 10_000_000;
+    settings.limits.max_backoff = ghl_sync::config::Dur::millis(200);
+    settings.sync.dirty_debounce = ghl_sync::config::Dur::millis(0);
+    settings.sync.index_lag_margin = ghl_sync::config::Dur::secs(0);
+    settings.server.enabled = false;
+    let hook: ghl_sync::config::WebhookConnectorSettings =
+        toml::from_str(&format!("url = \"{}\"", sandbox.sink_url("test"))).unwrap();
+    settings.connectors.webhook.insert("test".into(), hook);
+    settings
+}
+
+/// A validated config from settings.
+pub fn config(settings: Settings) -> Config {
+    Config::from_settings(settings).unwrap()
+}

@@ -1,0 +1,219 @@
+//! `ghl-sync sync --once` and `ghl-sync status`.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::engine::{Progress, RunOptions};
+use crate::app::App;
+use crate::store::{Store, now_ms};
+
+/// A terminal progress bar for pages and children.
+struct Bar {
+    bar: ProgressBar,
+}
+
+impl Progress for Bar {
+    fn page(&self, _location: &str, contacts: u64, total: Option<u64>) {
+        if let Some(total) = total {
+            let length = self.bar.length().unwrap_or(0).max(total);
+            self.bar.set_length(length);
+        }
+        self.bar.inc(contacts);
+    }
+
+    fn children(&self, _location: &str, contacts: u64) {
+        self.bar.set_message(format!("tasks/notes read for {contacts} more contact(s)"));
+    }
+}
+
+/// `sync --once [--location ID] [--dry-run]`: one run, a summary, exit 1 if any location failed.
+pub async fn sync_once(app: App, location: Option<&str>, dry_run: bool) -> anyhow::Result<bool> {
+    let app = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {pos}/{len} contacts {wide_bar} {elapsed} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let progress: Arc<dyn Progress> = Arc::new(Bar { bar });
+        app.with_progress(progress)
+    } else {
+        app
+    };
+    let results = app.sync_once(location, RunOptions { dry_run, skip_sweep: false }).await?;
+    let mut ok = true;
+    if dry_run {
+        println!("Dry run: nothing was written and no connector was called.");
+    }
+    for (location, result) in results {
+        match result {
+            Ok(summary) => {
+                println!(
+                    "{location}: {} page(s), {} contact(s) read, {} changed, {} with tasks/notes read, {} request(s), {} set aside",
+                    summary.pages,
+                    summary.contacts_seen,
+                    summary.contacts_changed,
+                    summary.children_read_for,
+                    summary.requests,
+                    summary.dead_letters
+                );
+                let verb = if dry_run { "would be queued" } else { "queued" };
+                if summary.events.is_empty() {
+                    println!("  no deliveries {verb}");
+                }
+                for (event, count) in &summary.events {
+                    println!("  {event}: {count} deliver(ies) {verb}");
+                }
+            }
+            Err(error) => {
+                ok = false;
+                println!("{location}: FAILED: {error}");
+            }
+        }
+    }
+    app.store.close().await;
+    Ok(ok)
+}
+
+/// One location's state for `status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LocationStatus {
+    pub id: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub backfill_done: bool,
+    pub watermark_ms: Option<i64>,
+    pub cursor_age_secs: Option<i64>,
+    pub contacts: i64,
+    pub last_run_at: Option<i64>,
+    pub last_run_outcome: Option<String>,
+    pub last_error: Option<String>,
+    pub requests_today: i64,
+}
+
+/// One connector's queue for `status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConnectorStatus {
+    pub connector: String,
+    pub pending: i64,
+    pub oldest_pending_age_secs: Option<i64>,
+    pub delivered: i64,
+    pub dead_letters: i64,
+}
+
+/// Everything `status` shows, also used by the status page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Status {
+    pub locations: Vec<LocationStatus>,
+    pub connectors: Vec<ConnectorStatus>,
+}
+
+/// Reads the status from the store alone (no GHL calls).
+pub async fn read_status(store: &Store) -> anyhow::Result<Status> {
+    let now = now_ms();
+    let day: String = super::normalize::format_timestamp_ms(now).chars().take(10).collect();
+    let rows: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT id, status, status_reason FROM locations ORDER BY id").fetch_all(store.pool()).await?;
+    let mut locations = Vec::with_capacity(rows.len());
+    for (id, status, reason) in rows {
+        let cursor: Option<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT watermark_ms, backfill_done, updated_at FROM cursors WHERE location_id = ? AND stream = 'contacts'",
+        )
+        .bind(&id)
+        .fetch_optional(store.pool())
+        .await?;
+        let contacts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE location_id = ?")
+            .bind(&id)
+            .fetch_one(store.pool())
+            .await?;
+        let last_run: Option<(Option<i64>, String, Option<String>)> = sqlx::query_as(
+            "SELECT finished_at, outcome, error FROM runs WHERE location_id = ? ORDER BY id DESC LIMIT 1",
+        )
+        .bind(&id)
+        .fetch_optional(store.pool())
+        .await?;
+        let requests_today: Option<i64> =
+            sqlx::query_scalar("SELECT requests FROM request_budget WHERE location_id = ? AND day = ?")
+                .bind(&id)
+                .bind(&day)
+                .fetch_optional(store.pool())
+                .await?;
+        locations.push(LocationStatus {
+            status,
+            reason,
+            backfill_done: cursor.is_some_and(|c| c.1 == 1),
+            watermark_ms: cursor.map(|c| c.0),
+            cursor_age_secs: cursor.map(|c| (now - c.2) / 1000),
+            contacts,
+            last_run_at: last_run.as_ref().and_then(|r| r.0),
+            last_run_outcome: last_run.as_ref().map(|r| r.1.clone()),
+            last_error: last_run.and_then(|r| r.2),
+            requests_today: requests_today.unwrap_or(0),
+            id,
+        });
+    }
+    let rows: Vec<(String, i64, Option<i64>, i64)> = sqlx::query_as(
+        "SELECT connector, SUM(status = 'pending'), MIN(CASE WHEN status = 'pending' THEN created_at END), SUM(status = 'done') \
+         FROM outbox GROUP BY connector ORDER BY connector",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    let mut connectors = Vec::with_capacity(rows.len());
+    for (connector, pending, oldest, delivered) in rows {
+        let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE connector = ?")
+            .bind(&connector)
+            .fetch_one(store.pool())
+            .await?;
+        connectors.push(ConnectorStatus {
+            connector,
+            pending,
+            oldest_pending_age_secs: oldest.map(|o| (now - o) / 1000),
+            delivered,
+            dead_letters: dead,
+        });
+    }
+    Ok(Status { locations, connectors })
+}
+
+/// `status [--json]`.
+pub async fn print_status(store: &Store, json: bool) -> anyhow::Result<()> {
+    let status = read_status(store).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!("LOCATIONS");
+    if status.locations.is_empty() {
+        println!("  none configured");
+    }
+    for l in &status.locations {
+        let backfill = if l.backfill_done { "backfill done" } else { "backfill in progress" };
+        let cursor = l.cursor_age_secs.map_or("never polled".to_owned(), |s| format!("cursor moved {s}s ago"));
+        println!(
+            "  {} [{}] {} contacts, {backfill}, {cursor}, {} request(s) today",
+            l.id, l.status, l.contacts, l.requests_today
+        );
+        if let Some(reason) = &l.reason {
+            println!("    reason: {reason}");
+        }
+        if let (Some(outcome), Some(at)) = (&l.last_run_outcome, l.last_run_at) {
+            println!("    last run: {outcome}, {}s ago", (now_ms() - at) / 1000);
+        }
+        if let Some(error) = &l.last_error {
+            println!("    last error: {error}");
+        }
+    }
+    println!("CONNECTORS");
+    if status.connectors.is_empty() {
+        println!("  no deliveries queued yet");
+    }
+    for c in &status.connectors {
+        let oldest = c.oldest_pending_age_secs.map_or(String::new(), |s| format!(", oldest pending {s}s"));
+        println!(
+            "  {}: {} pending{oldest}, {} delivered, {} dead letter(s)",
+            c.connector, c.pending, c.delivered, c.dead_letters
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! Runs the engine per location on its intervals: concurrent across locations (bounded), a
+//! failing location never stalls another, webhook hints wake a location early.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::engine::{Engine, RunOptions, SyncError};
+
+/// Scheduler settings, from `[sync]`.
+#[derive(Debug, Clone)]
+pub struct ScheduleSettings {
+    pub contacts_interval: Duration,
+    pub reconcile_interval: Duration,
+    pub max_concurrent_locations: usize,
+    pub dirty_debounce: Duration,
+}
+
+/// Spawns one loop per location on `tracker`; they stop when `stop` is cancelled, at a safe
+/// point (between runs; a run in progress finishes its page and stops).
+pub fn spawn(
+    engine: Arc<Engine>,
+    locations: Vec<String>,
+    settings: ScheduleSettings,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let permits = Arc::new(Semaphore::new(settings.max_concurrent_locations.max(1)));
+    for location in locations {
+        let span = tracing::info_span!("location", location.id = %location);
+        tracker.spawn(
+            location_loop(engine.clone(), location, settings.clone(), wake.clone(), stop.clone(), permits.clone())
+                .instrument(span),
+        );
+    }
+}
+
+async fn location_loop(
+    engine: Arc<Engine>,
+    location: String,
+    settings: ScheduleSettings,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+    permits: Arc<Semaphore>,
+) {
+    let mut tick = tokio::time::interval(settings.contacts_interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut failures: u32 = 0;
+    let mut again = false;
+    loop {
+        if again {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(settings.dirty_debounce) => {},
+            }
+        } else {
+            tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {},
+            _ = wake.notified() => {
+                // Gather hints that arrive together into one run.
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(settings.dirty_debounce) => {},
+                }
+            },
+            }
+        }
+        let Ok(_permit) = permits.acquire().await else { break };
+        if stop.is_cancelled() {
+            break;
+        }
+        let outcome = tokio::select! {
+            // Cancelling drops the run between awaits: every committed page stays committed,
+            // the page in flight is rolled back and read again next time.
+            _ = stop.cancelled() => break,
+            outcome = run(&engine, &location, &settings) => outcome,
+        };
+        match outcome {
+            Ok(()) => failures = 0,
+            Err(SyncError::NeedsReauth(_)) => {
+                // Paused until someone re-authorises; check again on the next tick.
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                tracing::error!(location.id = %location, failures, error = %format!("{error:#}"), "Sync run for `{location}` failed; retrying on the next interval");
+            }
+        }
+        // Hints that arrived during the run: go again without waiting for the interval.
+        again = failures == 0 && engine.has_hints(&location).await.unwrap_or(false);
+    }
+}
+
+async fn run(engine: &Engine, location: &str, settings: &ScheduleSettings) -> Result<(), SyncError> {
+    let summary = engine.run_once(location, RunOptions::default()).await?;
+    if summary.changes() > 0 || summary.dead_letters > 0 {
+        tracing::info!(
+            location.id = %location,
+            pages = summary.pages,
+            contacts_seen = summary.contacts_seen,
+            changes = summary.changes(),
+            requests = summary.requests,
+            "Synced `{location}`: {} change(s)", summary.changes()
+        );
+    } else {
+        tracing::debug!(location.id = %location, requests = summary.requests, "Synced `{location}`: no changes");
+    }
+    let due = match engine.last_reconcile(location).await? {
+        Some(last) => crate::store::now_ms() - last >= settings.reconcile_interval.as_millis() as i64,
+        // Reconcile only after the first full backfill has populated the snapshot.
+        None => true,
+    };
+    if due {
+        let summary = engine.reconcile(location, RunOptions::default()).await?;
+        tracing::info!(location.id = %location, listed = summary.contacts_seen, deletes = summary.changes(), "Reconciled `{location}`");
+    }
+    Ok(())
+}
