@@ -186,7 +186,7 @@ async fn incremental_changes_reach_the_outbox(bump: bool) {
     // Children of a deleted contact leave with it (only contact.deleted is sent): ignore them.
     let deleted_contacts: BTreeSet<String> = touched
         .iter()
-        .filter(|((e, id), _)| e == "contact" && !ghl.contact(id).is_some())
+        .filter(|((e, id), _)| e == "contact" && ghl.contact(id).is_none())
         .map(|((_, id), _)| id.clone())
         .collect();
     let child_of_deleted = |entity: &str, id: &str| {
