@@ -10,6 +10,9 @@
 //! `JSON.stringify` emits, key order kept) before rejecting.
 //!
 //! Turning a stored signal into GHL notes/tags is the write-back service's job (later).
+// TODO(issue 10): the write-back service reads `lusha_signals WHERE processed_at IS NULL`,
+// maps each signal (promotion, companyChange, …) to a GHL note/tag on the contact linked to
+// `entity_id`, and sets `processed_at` (or `error`). Nothing consumes the table yet.
 
 use axum::Json;
 use axum::body::Bytes;

@@ -630,3 +630,22 @@ fn the_prometheus_checker_rejects_broken_lines() {
     assert!(check_prometheus_text("# TYPE a counter\n# TYPE a gauge\n").is_err());
     assert!(check_prometheus_text("a{b=\"c\" 1\n").is_err());
 }
+
+#[tokio::test]
+async fn the_health_command_exits_zero_when_the_daemon_answers_and_one_when_not() {
+    let server = TestServer::start(false).await;
+    let url = server.url.clone();
+    let run = |url: String| {
+        tokio::task::spawn_blocking(move || {
+            let child = crate::helpers::spawn(&["health", "--url", &url], &[]);
+            crate::helpers::wait_with_limit(child, Duration::from_secs(20))
+        })
+    };
+    let (status, stdout, _) = run(url.clone()).await.unwrap();
+    assert!(status.success(), "health failed against a running server");
+    assert_eq!(stdout.trim(), "ok");
+    server.stop().await;
+    let (status, _, stderr) = run(url).await.unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("unhealthy"), "{stderr}");
+}
