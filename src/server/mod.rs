@@ -275,6 +275,30 @@ mod tests {
         assert!(!constant_time_eq(b"token", b"token2"));
     }
 
+    #[tokio::test]
+    async fn slow_requests_are_answered_503_after_the_timeout() {
+        async fn slow() -> &'static str {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            "late"
+        }
+        let app = Router::new()
+            .route("/webhooks/ghl", get(slow))
+            .layer(middleware::from_fn_with_state(Duration::from_millis(50), request_timeout));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let shutdown = stop.clone();
+        let task =
+            tokio::spawn(
+                async move { axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await },
+            );
+        let client = reqwest::Client::builder().build().unwrap();
+        let response = client.get(format!("http://{addr}/webhooks/ghl")).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 503);
+        stop.cancel();
+        task.await.unwrap().unwrap();
+    }
+
     #[test]
     fn routes_are_labelled_without_ids() {
         assert_eq!(route_label("/contacts/abc123"), "/contacts/:id");
