@@ -12,4 +12,5 @@ pub mod sandbox;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod sync;
 pub mod telemetry;

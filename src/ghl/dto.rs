@@ -96,12 +96,13 @@ impl SearchRequest {
     }
 }
 
-/// `POST /contacts/search` answer.
+/// `POST /contacts/search` answer. Items stay raw JSON so one malformed item can be set
+/// aside (dead-lettered) without failing the page; convert with `Contact::try_from`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SearchResponse {
     #[serde(default)]
-    pub contacts: Vec<Contact>,
+    pub contacts: Vec<Value>,
     #[serde(default)]
     pub total: Option<u64>,
     #[serde(default)]
@@ -129,10 +130,11 @@ pub struct Task {
     pub extra: Map<String, Value>,
 }
 
+/// Task lists stay raw JSON per item (see [`SearchResponse`]).
 #[derive(Debug, Clone, Deserialize)]
 pub struct TaskList {
     #[serde(default)]
-    pub tasks: Vec<Task>,
+    pub tasks: Vec<Value>,
 }
 
 /// A note: only `dateAdded`, no `dateUpdated` (reference/ghl.md §6.5).
@@ -146,10 +148,18 @@ pub struct Note {
     pub extra: Map<String, Value>,
 }
 
+/// Note lists stay raw JSON per item (see [`SearchResponse`]).
 #[derive(Debug, Clone, Deserialize)]
 pub struct NoteList {
     #[serde(default)]
-    pub notes: Vec<Note>,
+    pub notes: Vec<Value>,
+}
+
+impl TryFrom<Value> for Contact {
+    type Error = serde_json::Error;
+    fn try_from(value: Value) -> Result<Self, Self::Error> {
+        serde_json::from_value(value)
+    }
 }
 
 /// `POST /locations/:locationId/tasks/search` body.
@@ -190,9 +200,8 @@ mod tests {
 
     #[test]
     fn location_task_search_items_use_underscore_id() {
-        let list: TaskList =
-            serde_json::from_str(r#"{"tasks":[{"_id":"t1","contactId":"c1","completed":false}]}"#).unwrap();
-        assert_eq!(list.tasks[0].id, "t1");
+        let task: Task = serde_json::from_str(r#"{"_id":"t1","contactId":"c1","completed":false}"#).unwrap();
+        assert_eq!(task.id, "t1");
     }
 
     #[test]

@@ -11,10 +11,8 @@ use url::Url;
 
 use crate::http::{ApiClient, ApiRequest, ApiResponse, HttpError, Method, Priority, StatusCode};
 pub use auth::{AuthError, StaticTokens, TokenProvider};
-use dto::{
-    Contact, ContactEnvelope, ErrorBody, Note, NoteList, SearchRequest, SearchResponse, Task, TaskList,
-    TaskSearchRequest,
-};
+use dto::{Contact, ContactEnvelope, ErrorBody, NoteList, SearchRequest, SearchResponse, TaskList, TaskSearchRequest};
+use serde_json::Value;
 
 /// A failed GHL call.
 #[derive(Debug, thiserror::Error)]
@@ -193,7 +191,7 @@ impl GhlClient {
         location: &str,
         contact_id: &str,
         priority: Priority,
-    ) -> Result<Vec<Task>, GhlError> {
+    ) -> Result<Vec<Value>, GhlError> {
         let url = self.url(&format!("/contacts/{}/tasks", encode(contact_id)));
         let list: TaskList = self
             .call(location, || {
@@ -209,7 +207,7 @@ impl GhlClient {
         location: &str,
         contact_id: &str,
         priority: Priority,
-    ) -> Result<Vec<Note>, GhlError> {
+    ) -> Result<Vec<Value>, GhlError> {
         let url = self.url(&format!("/contacts/{}/notes", encode(contact_id)));
         let list: NoteList = self
             .call(location, || {
@@ -225,7 +223,7 @@ impl GhlClient {
         location: &str,
         request: &TaskSearchRequest,
         priority: Priority,
-    ) -> Result<Vec<Task>, GhlError> {
+    ) -> Result<Vec<Value>, GhlError> {
         let url = self.url(&format!("/locations/{}/tasks/search", encode(location)));
         let list: TaskList = self
             .call(location, || {

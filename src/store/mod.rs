@@ -7,6 +7,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 pub mod codec;
+pub mod outbox;
 
 /// Errors the store reports to its callers.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,148 @@
+//! Pure diffing: what changed between the snapshot and what GHL returned.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use super::normalize::Hash;
+use crate::domain::Operation;
+
+/// A child record (task or note) as read from GHL, normalised and hashed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChildRecord {
+    pub id: String,
+    pub hash: Hash,
+    pub record: Map<String, Value>,
+}
+
+/// What the snapshot knows of a child.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KnownChild {
+    pub hash: Hash,
+    /// Tasks only: whether it was completed.
+    pub completed: bool,
+}
+
+/// One change to a child.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChildChange {
+    pub id: String,
+    pub operation: Operation,
+    /// The new record; for deletes, `None` (the caller loads the last known one).
+    pub record: Option<ChildRecord>,
+}
+
+/// Set diff of one contact's children: created, updated (or completed, for a task that went
+/// from open to done) and deleted. Unchanged children produce nothing. Output is ordered by id.
+pub fn diff_children(known: &HashMap<String, KnownChild>, current: Vec<ChildRecord>) -> Vec<ChildChange> {
+    let mut changes = Vec::new();
+    let mut seen = std::collections::HashSet::with_capacity(current.len());
+    for child in current {
+        seen.insert(child.id.clone());
+        match known.get(&child.id) {
+            None => {
+                changes.push(ChildChange { id: child.id.clone(), operation: Operation::Created, record: Some(child) })
+            }
+            Some(old) if old.hash == child.hash => {}
+            Some(old) => {
+                let now_completed = is_completed(&child.record);
+                let operation = if now_completed && !old.completed { Operation::Completed } else { Operation::Updated };
+                changes.push(ChildChange { id: child.id.clone(), operation, record: Some(child) });
+            }
+        }
+    }
+    for id in known.keys() {
+        if !seen.contains(id) {
+            changes.push(ChildChange { id: id.clone(), operation: Operation::Deleted, record: None });
+        }
+    }
+    changes.sort_by(|a, b| a.id.cmp(&b.id));
+    changes
+}
+
+/// Whether a task record says it is completed.
+pub fn is_completed(record: &Map<String, Value>) -> bool {
+    record.get("completed").and_then(Value::as_bool).unwrap_or(false)
+}
+
+/// How a pending outbox row and a newer change to the same record combine: the target sees
+/// the latest state, but a record it never saw created still arrives as `created`.
+pub fn coalesce(pending: Operation, newer: Operation) -> Operation {
+    match (pending, newer) {
+        (_, Operation::Deleted) => Operation::Deleted,
+        (Operation::Created, _) => Operation::Created,
+        (Operation::Completed, Operation::Updated) => Operation::Completed,
+        (_, newer) => newer,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::sync::normalize::value_hash;
+
+    fn child(id: &str, value: Value) -> ChildRecord {
+        let Value::Object(mut record) = value else { panic!() };
+        record.insert("id".into(), json!(id));
+        ChildRecord { id: id.into(), hash: value_hash(&record), record }
+    }
+
+    fn known(children: &[&ChildRecord]) -> HashMap<String, KnownChild> {
+        children
+            .iter()
+            .map(|c| (c.id.clone(), KnownChild { hash: c.hash, completed: is_completed(&c.record) }))
+            .collect()
+    }
+
+    #[test]
+    fn set_diff_finds_created_updated_completed_and_deleted() {
+        let open = child("t1", json!({"title": "Call", "completed": false}));
+        let renamed = child("t2", json!({"title": "Old"}));
+        let gone = child("t3", json!({"title": "Bye"}));
+        let same = child("t4", json!({"title": "Same"}));
+        let before = known(&[&open, &renamed, &gone, &same]);
+        let now = vec![
+            child("t1", json!({"title": "Call", "completed": true})),
+            child("t2", json!({"title": "New"})),
+            same.clone(),
+            child("t5", json!({"title": "Fresh"})),
+        ];
+        let ops: Vec<(String, Operation)> =
+            diff_children(&before, now).into_iter().map(|c| (c.id, c.operation)).collect();
+        assert_eq!(
+            ops,
+            vec![
+                ("t1".into(), Operation::Completed),
+                ("t2".into(), Operation::Updated),
+                ("t3".into(), Operation::Deleted),
+                ("t5".into(), Operation::Created),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unchanged_set_produces_nothing() {
+        let a = child("a", json!({"body": "x"}));
+        assert!(diff_children(&known(&[&a]), vec![a.clone()]).is_empty());
+        assert!(diff_children(&HashMap::new(), Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn coalescing_keeps_creates_and_deletes_meaningful() {
+        use Operation::*;
+        let table = [
+            (Created, Updated, Created),
+            (Created, Completed, Created),
+            (Created, Deleted, Deleted),
+            (Updated, Updated, Updated),
+            (Updated, Completed, Completed),
+            (Completed, Updated, Completed),
+            (Updated, Deleted, Deleted),
+        ];
+        for (pending, newer, expected) in table {
+            assert_eq!(coalesce(pending, newer), expected, "{pending:?} + {newer:?}");
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! The sync engine: polls GHL, diffs against the snapshot, and commits snapshot + outbox +
+//! cursor in one transaction per page.
+
+pub mod diff;
+pub mod engine;
+pub mod normalize;
