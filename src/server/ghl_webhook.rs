@@ -10,11 +10,13 @@
 //! - `maybe_deleted = 1` after `ContactDelete`: the scheduler confirms with a GET (404)
 //!   before it emits a delete. The flag is sticky until the row is consumed.
 //! - Task/Note events without `contactId` (TaskCreate often lacks it, ghl.md §8.1) are kept
-//!   as `contact_id = "task:<taskId>"` / `"note:<noteId>"`: the scheduler resolves the contact
-//!   through the location task search. GHL ids never contain ':', so such a row cannot clash
-//!   with a real contact id, and several unresolved hints do not overwrite each other (the
-//!   primary key is `(location_id, contact_id)`).
-//! - `created_at` keeps the first hint's time, so a stream of hints cannot starve a contact.
+//!   as `contact_id = ''` with `reason = "task:<taskId>"` / `"note:<noteId>"`. The sync
+//!   engine drops such rows and leaves the task to the location task search / children
+//!   sweep; the reason keeps the id for a future resolver. (The primary key is
+//!   `(location_id, contact_id)`, so only the latest unresolved hint per location is kept.)
+//! - `created_at` is refreshed by every new hint: the engine deletes a hint only
+//!   `WHERE created_at <= <the one it handled>`, so a hint that arrives while the contact is
+//!   being read survives for the next run.
 //!
 //! The legacy RSA `x-wh-signature` (deprecated by GHL on 2026-07-01) is not implemented: RSA
 //! verification would need a new dependency. A delivery that carries only it gets a 401 and a
@@ -143,6 +145,12 @@ fn action_for(event: &Envelope) -> Action {
         reason: event_type.to_owned(),
         maybe_deleted,
     };
+    let unresolved = |location_id: String, reason: String| Action::Dirty {
+        location_id,
+        contact_id: String::new(),
+        reason,
+        maybe_deleted: false,
+    };
     match event_type {
         "INSTALL" => Action::Install { location_id: location, company_id: event.company_id.clone() },
         "UNINSTALL" => Action::Uninstall { location_id: location, company_id: event.company_id.clone() },
@@ -154,7 +162,7 @@ fn action_for(event: &Envelope) -> Action {
             let prefix = if t.starts_with("Task") { "task" } else { "note" };
             match (location, contact, id) {
                 (Some(l), Some(c), _) => dirty(l, c, false),
-                (Some(l), None, Some(child)) => dirty(l, format!("{prefix}:{child}"), false),
+                (Some(l), None, Some(child)) => unresolved(l, format!("{prefix}:{child}")),
                 _ => Action::Nothing,
             }
         }
@@ -289,7 +297,8 @@ async fn record(state: &ServerState, event_id: &str, type_label: &str, action: &
                     "INSERT INTO dirty_contacts (location_id, contact_id, reason, maybe_deleted, created_at) \
                      VALUES (?, ?, ?, ?, ?) \
                      ON CONFLICT (location_id, contact_id) DO UPDATE SET reason = excluded.reason, \
-                     maybe_deleted = MAX(dirty_contacts.maybe_deleted, excluded.maybe_deleted)",
+                     maybe_deleted = MAX(dirty_contacts.maybe_deleted, excluded.maybe_deleted), \
+                     created_at = MAX(dirty_contacts.created_at, excluded.created_at)",
                 )
                 .bind(location_id)
                 .bind(contact_id)
@@ -499,9 +508,12 @@ mod tests {
             envelope(serde_json::json!({"type": "TaskComplete", "locationId": "L", "id": "T", "contactId": "C"}));
         assert!(matches!(action_for(&with), Action::Dirty { ref contact_id, .. } if contact_id == "C"));
         let without = envelope(serde_json::json!({"type": "TaskCreate", "locationId": "L", "id": "T"}));
-        assert!(matches!(action_for(&without), Action::Dirty { ref contact_id, .. } if contact_id == "task:T"));
+        assert!(matches!(
+            action_for(&without),
+            Action::Dirty { ref contact_id, ref reason, .. } if contact_id.is_empty() && reason == "task:T"
+        ));
         let note = envelope(serde_json::json!({"type": "NoteCreate", "locationId": "L", "id": "N"}));
-        assert!(matches!(action_for(&note), Action::Dirty { ref contact_id, .. } if contact_id == "note:N"));
+        assert!(matches!(action_for(&note), Action::Dirty { ref reason, .. } if reason == "note:N"));
     }
 
     #[test]

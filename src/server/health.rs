@@ -26,21 +26,54 @@ pub(super) async fn not_ready(state: &ServerState) -> Vec<String> {
     let pool = state.store.pool();
     match sqlx::query_scalar::<_, i64>("SELECT 1").fetch_one(pool).await {
         Err(_) => problems.push("store: not open".to_owned()),
-        Ok(_) => {
-            let authorised: Result<i64, _> = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM locations l WHERE l.status = 'active' \
-                 AND NOT EXISTS (SELECT 1 FROM grants g WHERE g.resource_id = l.id AND g.needs_reauth = 1)",
-            )
-            .fetch_one(pool)
-            .await;
-            match authorised {
-                Ok(0) => problems.push("locations: none active and authorised".to_owned()),
-                Ok(_) => {}
-                Err(_) => problems.push("store: query failed".to_owned()),
-            }
-        }
+        Ok(_) => match authorised_locations(state).await {
+            Ok(0) => problems.push("locations: none active and authorised".to_owned()),
+            Ok(_) => {}
+            Err(_) => problems.push("store: query failed".to_owned()),
+        },
     }
     problems
+}
+
+/// Locations that can sync now. A location counts when its `locations` row is `active`,
+/// or when it is configured (enabled) and has no row yet (the engine writes one only when
+/// something goes wrong); never when its grant is flagged `needs_reauth`, and a configured
+/// OAuth location also needs a stored grant.
+async fn authorised_locations(state: &ServerState) -> Result<usize, sqlx::Error> {
+    use std::collections::BTreeMap;
+    let pool = state.store.pool();
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, status FROM locations").fetch_all(pool).await?;
+    let grants: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT resource_id, needs_reauth FROM grants WHERE access_token IS NOT NULL OR needs_reauth = 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    let status: BTreeMap<String, String> = rows.into_iter().collect();
+    let grants: BTreeMap<String, bool> = grants.into_iter().map(|(id, flag)| (id, flag != 0)).collect();
+    let configured = &state.config.settings.ghl.locations;
+    let mut ids: Vec<&str> = status.keys().map(String::as_str).collect();
+    ids.extend(configured.iter().filter(|l| l.enabled).map(|l| l.id.as_str()));
+    ids.sort_unstable();
+    ids.dedup();
+    let count = ids
+        .into_iter()
+        .filter(|id| {
+            let config = configured.iter().find(|l| l.id == *id);
+            if config.is_some_and(|l| !l.enabled) || grants.get(*id) == Some(&true) {
+                return false;
+            }
+            let oauth = config.is_some_and(|l| l.auth == crate::config::LocationAuth::Oauth);
+            if oauth && !grants.contains_key(*id) {
+                return false;
+            }
+            match status.get(*id).map(String::as_str) {
+                Some("active") => true,
+                Some(_) => false,
+                None => config.is_some(),
+            }
+        })
+        .count();
+    Ok(count)
 }
 
 /// 200 `{"ready":true}` or 503 `{"ready":false,"not_ready":[…]}`.

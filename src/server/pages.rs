@@ -88,18 +88,31 @@ async fn render_status(state: &ServerState) -> Result<Html<String>, StoreError> 
         write!(b, "<p class=\"bad\">Not ready: {}</p>", esc(&problems.join("; "))).ok();
     }
 
-    // Locations.
-    let locations = sqlx::query(
-        "SELECT l.id, l.name, l.status, l.status_reason, \
-           (SELECT watermark_ms FROM cursors c WHERE c.location_id = l.id AND c.stream = 'contacts') AS watermark, \
-           (SELECT requests FROM request_budget r WHERE r.location_id = l.id AND r.day = ?) AS requests_today, \
-           (SELECT COUNT(*) FROM dirty_contacts d WHERE d.location_id = l.id) AS dirty, \
-           (SELECT COUNT(*) FROM contacts k WHERE k.location_id = l.id) AS contacts \
-         FROM locations l ORDER BY l.id",
-    )
-    .bind(&today)
-    .fetch_all(pool)
-    .await?;
+    // Locations: those in the store plus configured ones the engine has not written yet.
+    let configured = &state.config.settings.ghl.locations;
+    let mut ids: Vec<String> = sqlx::query_scalar("SELECT id FROM locations").fetch_all(pool).await?;
+    ids.extend(configured.iter().filter(|l| l.enabled).map(|l| l.id.clone()));
+    ids.sort_unstable();
+    ids.dedup();
+    let mut locations = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let config_name = configured.iter().find(|l| &l.id == id).and_then(|l| l.name.clone());
+        let row = sqlx::query(
+            "SELECT ?1 AS id, COALESCE((SELECT name FROM locations WHERE id = ?1), ?3) AS name, \
+               COALESCE((SELECT status FROM locations WHERE id = ?1), 'configured') AS status, \
+               (SELECT status_reason FROM locations WHERE id = ?1) AS status_reason, \
+               (SELECT watermark_ms FROM cursors c WHERE c.location_id = ?1 AND c.stream = 'contacts') AS watermark, \
+               (SELECT requests FROM request_budget r WHERE r.location_id = ?1 AND r.day = ?2) AS requests_today, \
+               (SELECT COUNT(*) FROM dirty_contacts d WHERE d.location_id = ?1) AS dirty, \
+               (SELECT COUNT(*) FROM contacts k WHERE k.location_id = ?1) AS contacts",
+        )
+        .bind(id)
+        .bind(&today)
+        .bind(config_name)
+        .fetch_one(pool)
+        .await?;
+        locations.push(row);
+    }
     b.push_str(
         "<h2>Locations</h2><table><tr><th>Location</th><th>Status</th><th>Contacts</th><th>Cursor</th>\
          <th>Lag</th><th>Last run</th><th>Requests today</th><th>Dirty</th></tr>",
@@ -140,7 +153,7 @@ async fn render_status(state: &ServerState) -> Result<Html<String>, StoreError> 
             }
             None => "<span class=\"muted\">none</span>".to_owned(),
         };
-        let status_class = if status == "active" { "ok" } else { "bad" };
+        let status_class = if matches!(status.as_str(), "active" | "configured") { "ok" } else { "bad" };
         let label = match name {
             Some(name) => format!("{} <span class=\"muted\">{}</span>", esc(&name), esc(&id)),
             None => esc(&id),

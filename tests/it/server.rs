@@ -38,6 +38,7 @@ struct TestServer {
     url: String,
     store: Store,
     wake: Arc<Notify>,
+    readiness: server::ReadinessFlags,
     stop: CancellationToken,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
@@ -73,11 +74,12 @@ impl TestServer {
             .unwrap();
         let wake = Arc::new(Notify::new());
         let state = ServerState::new(store.clone(), Arc::new(config), wake.clone(), server::install_metrics());
+        let readiness = state.readiness();
         let stop = CancellationToken::new();
         let running = server::start("127.0.0.1:0".parse().unwrap(), state, stop.clone()).await.unwrap();
         let url = running.url();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-        Self { running: Some(running), url, store, wake, stop, http, _dir: dir }
+        Self { running: Some(running), url, store, wake, readiness, stop, http, _dir: dir }
     }
 
     async fn post_ghl(&self, body: &[u8], signature: Option<&str>) -> (u16, String) {
@@ -166,14 +168,17 @@ async fn a_signed_webhook_is_accepted_and_its_dirty_hint_is_durable() {
     assert_eq!(server.post_ghl(&update, Some(&sign(&update))).await.0, 200);
     assert_eq!(server.count("SELECT maybe_deleted FROM dirty_contacts WHERE contact_id = 'contact_a'").await, 1);
 
-    // A task event without contactId leaves a resolvable task hint.
+    // A task event without contactId leaves an unresolved hint (contact '' , reason task:<id>).
     let task = serde_json::to_vec(&serde_json::json!({
         "type": "TaskCreate", "locationId": LOCATION, "id": "task_9", "title": "Call back",
         "timestamp": iso_now_offset(Duration::ZERO, true), "webhookId": "wh-accept-4",
     }))
     .unwrap();
     assert_eq!(server.post_ghl(&task, Some(&sign(&task))).await.0, 200);
-    assert_eq!(server.count("SELECT COUNT(*) FROM dirty_contacts WHERE contact_id = 'task:task_9'").await, 1);
+    assert_eq!(
+        server.count("SELECT COUNT(*) FROM dirty_contacts WHERE contact_id = '' AND reason = 'task:task_9'").await,
+        1
+    );
     server.stop().await;
 }
 
@@ -352,6 +357,17 @@ async fn readyz_flips_to_503_when_the_only_location_needs_reauth() {
     .await
     .unwrap();
     assert_eq!(server.get("/readyz", None).await.0, 503);
+
+    // A configured location the engine has not written a row for yet counts as ready.
+    sqlx::query("DELETE FROM grants").execute(server.store.pool()).await.unwrap();
+    sqlx::query("DELETE FROM locations").execute(server.store.pool()).await.unwrap();
+    assert_eq!(server.get("/readyz", None).await.0, 200);
+    // Once stopping, readiness is withdrawn.
+    let ready = server.readiness.clone();
+    ready.set_shutting_down();
+    let (status, body) = server.get("/readyz", None).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("shutting down"), "{body}");
     server.stop().await;
 }
 

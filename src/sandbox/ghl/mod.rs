@@ -189,10 +189,7 @@ impl FakeGhl {
     pub fn new(options: GhlOptions) -> Self {
         Self {
             inner: Arc::new(Mutex::new(State::new(options))),
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
+            client: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap_or_default(),
         }
     }
 
@@ -210,11 +207,7 @@ impl FakeGhl {
         self.lock()
             .locs
             .iter()
-            .map(|l| LocationInfo {
-                id: l.id.as_str().to_owned(),
-                name: l.name.clone(),
-                pit: l.pit.clone(),
-            })
+            .map(|l| LocationInfo { id: l.id.as_str().to_owned(), name: l.name.clone(), pit: l.pit.clone() })
             .collect()
     }
 
@@ -312,9 +305,7 @@ impl FakeGhl {
     /// Updates a contact (`UpdateContactDto` fields); false if missing or invalid.
     pub fn update_contact(&self, id: &str, fields: Value) -> bool {
         self.write(|s| {
-            let (_, events) = s
-                .update_contact(Cid::parse(id)?, fields.as_object()?)
-                .ok()?;
+            let (_, events) = s.update_contact(Cid::parse(id)?, fields.as_object()?).ok()?;
             Some(((), events))
         })
         .is_some()
@@ -322,16 +313,13 @@ impl FakeGhl {
 
     /// Deletes a contact with its tasks and notes.
     pub fn delete_contact(&self, id: &str) -> bool {
-        self.write(|s| Some(((), s.delete_contact(Cid::parse(id)?).ok()?)))
-            .is_some()
+        self.write(|s| Some(((), s.delete_contact(Cid::parse(id)?).ok()?))).is_some()
     }
 
     /// Creates a task (`{title, body, dueDate, completed, assignedTo}`) on a contact.
     pub fn create_task(&self, contact_id: &str, fields: Value) -> Option<String> {
         self.write(|s| {
-            let (t, events) = s
-                .create_task(Cid::parse(contact_id)?, fields.as_object()?)
-                .ok()?;
+            let (t, events) = s.create_task(Cid::parse(contact_id)?, fields.as_object()?).ok()?;
             Some((t.id.as_str().to_owned(), events))
         })
     }
@@ -339,9 +327,7 @@ impl FakeGhl {
     /// Updates a task by id.
     pub fn update_task(&self, task_id: &str, fields: Value) -> bool {
         self.write(|s| {
-            let (_, events) = s
-                .update_task(Cid::parse(task_id)?, fields.as_object()?, false)
-                .ok()?;
+            let (_, events) = s.update_task(Cid::parse(task_id)?, fields.as_object()?, false).ok()?;
             Some(((), events))
         })
         .is_some()
@@ -351,9 +337,7 @@ impl FakeGhl {
     pub fn complete_task(&self, task_id: &str, completed: bool) -> bool {
         self.write(|s| {
             let body = serde_json::json!({ "completed": completed });
-            let (_, events) = s
-                .update_task(Cid::parse(task_id)?, body.as_object()?, true)
-                .ok()?;
+            let (_, events) = s.update_task(Cid::parse(task_id)?, body.as_object()?, true).ok()?;
             Some(((), events))
         })
         .is_some()
@@ -361,16 +345,13 @@ impl FakeGhl {
 
     /// Deletes a task by id.
     pub fn delete_task(&self, task_id: &str) -> bool {
-        self.write(|s| Some(((), s.delete_task(Cid::parse(task_id)?).ok()?)))
-            .is_some()
+        self.write(|s| Some(((), s.delete_task(Cid::parse(task_id)?).ok()?))).is_some()
     }
 
     /// Creates a note (`{body, userId, title, color, pinned}`) on a contact.
     pub fn create_note(&self, contact_id: &str, fields: Value) -> Option<String> {
         self.write(|s| {
-            let (n, events) = s
-                .create_note(Cid::parse(contact_id)?, fields.as_object()?)
-                .ok()?;
+            let (n, events) = s.create_note(Cid::parse(contact_id)?, fields.as_object()?).ok()?;
             Some((n.id.as_str().to_owned(), events))
         })
     }
@@ -378,9 +359,7 @@ impl FakeGhl {
     /// Updates a note by id.
     pub fn update_note(&self, note_id: &str, fields: Value) -> bool {
         self.write(|s| {
-            let (_, events) = s
-                .update_note(Cid::parse(note_id)?, fields.as_object()?)
-                .ok()?;
+            let (_, events) = s.update_note(Cid::parse(note_id)?, fields.as_object()?).ok()?;
             Some(((), events))
         })
         .is_some()
@@ -388,8 +367,7 @@ impl FakeGhl {
 
     /// Deletes a note by id.
     pub fn delete_note(&self, note_id: &str) -> bool {
-        self.write(|s| Some(((), s.delete_note(Cid::parse(note_id)?).ok()?)))
-            .is_some()
+        self.write(|s| Some(((), s.delete_note(Cid::parse(note_id)?).ok()?))).is_some()
     }
 
     /// The live contact as `GET /contacts/:id` renders it.
@@ -405,12 +383,8 @@ impl FakeGhl {
         let Some(loc) = s.loc_of(location_id) else {
             return Vec::new();
         };
-        let mut ids: Vec<String> = s
-            .contacts
-            .values()
-            .filter(|c| c.loc == loc)
-            .map(|c| c.id.as_str().to_owned())
-            .collect();
+        let mut ids: Vec<String> =
+            s.contacts.values().filter(|c| c.loc == loc).map(|c| c.id.as_str().to_owned()).collect();
         ids.sort();
         ids
     }
@@ -418,17 +392,13 @@ impl FakeGhl {
     /// The contact's tasks as `GET /contacts/:id/tasks` renders them.
     pub fn tasks(&self, contact_id: &str) -> Vec<Value> {
         let s = self.lock();
-        Cid::parse(contact_id)
-            .map(|c| s.tasks_of(c).iter().map(|t| t.render()).collect())
-            .unwrap_or_default()
+        Cid::parse(contact_id).map(|c| s.tasks_of(c).iter().map(|t| t.render()).collect()).unwrap_or_default()
     }
 
     /// The contact's notes as `GET /contacts/:id/notes` renders them.
     pub fn notes(&self, contact_id: &str) -> Vec<Value> {
         let s = self.lock();
-        Cid::parse(contact_id)
-            .map(|c| s.notes_of(c).iter().map(|n| n.render()).collect())
-            .unwrap_or_default()
+        Cid::parse(contact_id).map(|c| s.notes_of(c).iter().map(|n| n.render()).collect()).unwrap_or_default()
     }
 
     /// Counters since start or the last [`FakeGhl::reset_stats`].
@@ -470,11 +440,7 @@ impl FakeGhl {
 
     /// Webhooks sent so far (most recent 10,000), as JSON.
     pub fn sent_webhooks(&self) -> Vec<Value> {
-        self.lock()
-            .sent
-            .iter()
-            .map(|w| serde_json::to_value(w).unwrap_or(Value::Null))
-            .collect()
+        self.lock().sent.iter().map(|w| serde_json::to_value(w).unwrap_or(Value::Null)).collect()
     }
 
     /// Replaces all data with a fresh seed (keeps the webhook URL and faults).

@@ -33,10 +33,7 @@ impl Cid {
 
     pub(crate) fn parse(text: &str) -> Option<Self> {
         let bytes: [u8; 20] = text.as_bytes().try_into().ok()?;
-        bytes
-            .iter()
-            .all(u8::is_ascii_alphanumeric)
-            .then_some(Cid(bytes))
+        bytes.iter().all(u8::is_ascii_alphanumeric).then_some(Cid(bytes))
     }
 }
 
@@ -48,10 +45,7 @@ pub(crate) fn random_hex(rng: &mut fastrand::Rng, len: usize) -> String {
 
 /// Milliseconds since the Unix epoch, from the system clock.
 pub(crate) fn system_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
 
 /// ISO-8601 UTC with milliseconds, e.g. `2021-07-02T05:18:26.704Z`.
@@ -81,17 +75,11 @@ pub(crate) fn parse_ms(value: &Value) -> Option<i64> {
                 return Some(n);
             }
             let parsed =
-                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                    .ok()
-                    .or_else(|| {
-                        // Date only: YYYY-MM-DD.
-                        let date = time::Date::parse(
-                            s,
-                            time::macros::format_description!("[year]-[month]-[day]"),
-                        )
-                        .ok()?;
-                        Some(date.midnight().assume_utc())
-                    })?;
+                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok().or_else(|| {
+                    // Date only: YYYY-MM-DD.
+                    let date = time::Date::parse(s, time::macros::format_description!("[year]-[month]-[day]")).ok()?;
+                    Some(date.midnight().assume_utc())
+                })?;
             i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).ok()
         }
         _ => None,
@@ -188,8 +176,8 @@ impl Fields {
 }
 
 const FIRST: &[&str] = &[
-    "Ada", "Bo", "Cyd", "Dee", "Eli", "Fen", "Gus", "Hal", "Ivo", "Jo", "Kit", "Lu", "Mo", "Nia",
-    "Oz", "Pip", "Quin", "Rue", "Sol", "Tam", "Uma", "Vi", "Wes", "Xan", "Yui", "Zed",
+    "Ada", "Bo", "Cyd", "Dee", "Eli", "Fen", "Gus", "Hal", "Ivo", "Jo", "Kit", "Lu", "Mo", "Nia", "Oz", "Pip", "Quin",
+    "Rue", "Sol", "Tam", "Uma", "Vi", "Wes", "Xan", "Yui", "Zed",
 ];
 const CITIES: &[(&str, &str, &str)] = &[
     ("Testville", "CA", "US"),
@@ -199,39 +187,15 @@ const CITIES: &[(&str, &str, &str)] = &[
     ("Stubham", "ON", "CA"),
     ("Dummyport", "BE", "DE"),
 ];
-const TIMEZONES: &[&str] = &[
-    "America/Los_Angeles",
-    "America/Chicago",
-    "America/New_York",
-    "Europe/Berlin",
-];
+const TIMEZONES: &[&str] = &["America/Los_Angeles", "America/Chicago", "America/New_York", "Europe/Berlin"];
 const SOURCES: &[&str] = &["public api", "web form", "import", "chat widget"];
 const TAGS: &[&str] = &["lead", "customer", "vip", "newsletter", "trial", "cold"];
-const COMPANIES: &[&str] = &[
-    "Acme Test Co",
-    "Example Labs",
-    "Sample Widgets",
-    "Fixture Inc",
-];
-pub(crate) const TASK_TITLES: &[&str] = &[
-    "Call back",
-    "Send quote",
-    "Follow up",
-    "Book demo",
-    "Check renewal",
-];
-pub(crate) const TASK_BODIES: &[&str] = &[
-    "Ask about the budget.",
-    "Mention the new plan.",
-    "Confirm the meeting time.",
-    "",
-];
-pub(crate) const NOTE_BODIES: &[&str] = &[
-    "Spoke briefly; interested.",
-    "Prefers email over phone.",
-    "Asked for pricing sheet.",
-    "Left a voicemail.",
-];
+const COMPANIES: &[&str] = &["Acme Test Co", "Example Labs", "Sample Widgets", "Fixture Inc"];
+pub(crate) const TASK_TITLES: &[&str] = &["Call back", "Send quote", "Follow up", "Book demo", "Check renewal"];
+pub(crate) const TASK_BODIES: &[&str] =
+    &["Ask about the budget.", "Mention the new plan.", "Confirm the meeting time.", ""];
+pub(crate) const NOTE_BODIES: &[&str] =
+    &["Spoke briefly; interested.", "Prefers email over phone.", "Asked for pricing sheet.", "Left a voicemail."];
 pub(crate) const USER_FIRST: &[&str] = &["Sam", "Alex", "Robin", "Casey"];
 pub(crate) const USER_LAST: &[&str] = &["Agent", "Seller", "Closer", "Helper"];
 
@@ -245,11 +209,7 @@ pub(crate) fn generate_fields(seed: u64, loc_index: u16, loc: &Loc, n: u32) -> F
         seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (u64::from(loc_index) << 40) ^ u64::from(n),
     );
     let (city, state, country) = CITIES[rng.usize(..CITIES.len())];
-    let mut tags: Vec<String> = TAGS
-        .iter()
-        .filter(|_| rng.u8(..4) == 0)
-        .map(|t| (*t).to_owned())
-        .collect();
+    let mut tags: Vec<String> = TAGS.iter().filter(|_| rng.u8(..4) == 0).map(|t| (*t).to_owned()).collect();
     tags.sort();
     let global = u64::from(loc_index) * 10_000_000 + u64::from(n);
     let assigned = if loc.users.is_empty() || rng.bool() {
@@ -260,11 +220,7 @@ pub(crate) fn generate_fields(seed: u64, loc_index: u16, loc: &Loc, n: u32) -> F
     let business = if loc.businesses.is_empty() || rng.u8(..3) != 0 {
         None
     } else {
-        Some(
-            loc.businesses[rng.usize(..loc.businesses.len())]
-                .0
-                .to_string(),
-        )
+        Some(loc.businesses[rng.usize(..loc.businesses.len())].0.to_string())
     };
     let custom_fields = match loc.custom_fields.first() {
         Some((id, ..)) if rng.u8(..3) == 0 => {
@@ -283,22 +239,13 @@ pub(crate) fn generate_fields(seed: u64, loc_index: u16, loc: &Loc, n: u32) -> F
         state: Some(state.to_owned()),
         postal_code: Some(format!("{:05}", rng.u32(..100_000))),
         country: Some(country.to_owned()),
-        website: rng
-            .bool()
-            .then(|| format!("https://site{global}.example.test")),
+        website: rng.bool().then(|| format!("https://site{global}.example.test")),
         timezone: Some(TIMEZONES[rng.usize(..TIMEZONES.len())].to_owned()),
         source: Some(SOURCES[rng.usize(..SOURCES.len())].to_owned()),
-        company_name: (rng.u8(..3) == 0)
-            .then(|| COMPANIES[rng.usize(..COMPANIES.len())].to_owned()),
+        company_name: (rng.u8(..3) == 0).then(|| COMPANIES[rng.usize(..COMPANIES.len())].to_owned()),
         assigned_to: assigned,
-        date_of_birth: (rng.u8(..2) == 0).then(|| {
-            format!(
-                "{}-{:02}-{:02}",
-                rng.u16(1950..2005),
-                rng.u8(1..13),
-                rng.u8(1..29)
-            )
-        }),
+        date_of_birth: (rng.u8(..2) == 0)
+            .then(|| format!("{}-{:02}-{:02}", rng.u16(1950..2005), rng.u8(1..13), rng.u8(1..29))),
         gender: None,
         dnd: rng.u8(..20) == 0,
         dnd_settings: None,
@@ -329,9 +276,7 @@ fn opt(v: &Option<String>) -> Value {
 }
 
 fn lower(v: &Option<String>) -> Value {
-    v.as_ref()
-        .map(|s| Value::String(s.to_lowercase()))
-        .unwrap_or(Value::Null)
+    v.as_ref().map(|s| Value::String(s.to_lowercase())).unwrap_or(Value::Null)
 }
 
 /// Renders a contact. `loc_id` is the location's id string.
@@ -342,11 +287,8 @@ pub(crate) fn render_contact(c: &Contact, f: &Fields, loc_id: &str, shape: Shape
             m.insert(k.to_owned(), v);
         }
     };
-    let custom_fields: Vec<Value> = f
-        .custom_fields
-        .iter()
-        .map(|(id, value)| json!({"id": id, "value": value}))
-        .collect();
+    let custom_fields: Vec<Value> =
+        f.custom_fields.iter().map(|(id, value)| json!({"id": id, "value": value})).collect();
     put("id", json!(c.id.as_str()));
     put("locationId", json!(loc_id));
     put("firstName", opt(&f.first_name));
@@ -374,10 +316,7 @@ pub(crate) fn render_contact(c: &Contact, f: &Fields, loc_id: &str, shape: Shape
             put("address", opt(&f.address1));
             put("contactName", json!(f.contact_name()));
             put("dateUpdated", json!(iso(c.updated)));
-            let dob = f
-                .date_of_birth
-                .as_ref()
-                .and_then(|d| parse_ms(&Value::String(d.clone())));
+            let dob = f.date_of_birth.as_ref().and_then(|d| parse_ms(&Value::String(d.clone())));
             put("dateOfBirth", dob.map(Value::from).unwrap_or(Value::Null));
             put("phoneLabel", json!("Mobile"));
             put("businessName", opt(&f.company_name));

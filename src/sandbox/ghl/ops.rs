@@ -68,8 +68,7 @@ const UPDATE_FIELDS: &[&str] = &[
 pub(crate) type Written = (Value, Vec<Value>);
 
 fn as_object(body: &Value) -> Result<&Map<String, Value>, ApiError> {
-    body.as_object()
-        .ok_or_else(|| ApiError::new(400, "Body must be a JSON object"))
+    body.as_object().ok_or_else(|| ApiError::new(400, "Body must be a JSON object"))
 }
 
 fn check_props(obj: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
@@ -87,12 +86,7 @@ fn check_props(obj: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiErro
 }
 
 impl State {
-    fn apply_fields(
-        &self,
-        loc: u16,
-        f: &mut Fields,
-        obj: &Map<String, Value>,
-    ) -> Result<(), ApiError> {
+    fn apply_fields(&self, loc: u16, f: &mut Fields, obj: &Map<String, Value>) -> Result<(), ApiError> {
         let mut problems = Vec::new();
         for (key, value) in obj {
             let text = || -> Result<Option<String>, String> {
@@ -109,10 +103,7 @@ impl State {
                     "name" => f.name = text()?,
                     "email" => {
                         let email = text()?;
-                        if email
-                            .as_ref()
-                            .is_some_and(|e| !e.is_empty() && !e.contains('@'))
-                        {
+                        if email.as_ref().is_some_and(|e| !e.is_empty() && !e.contains('@')) {
                             return Err("email must be an email".to_owned());
                         }
                         f.email = email.filter(|e| !e.is_empty());
@@ -133,28 +124,20 @@ impl State {
                         f.date_of_birth = match value {
                             Value::Null => None,
                             other => {
-                                let ms = parse_ms(other)
-                                    .ok_or_else(|| "dateOfBirth must be a valid date".to_owned())?;
+                                let ms =
+                                    parse_ms(other).ok_or_else(|| "dateOfBirth must be a valid date".to_owned())?;
                                 Some(iso(ms)[..10].to_owned())
                             }
                         }
                     }
-                    "dnd" => {
-                        f.dnd = value
-                            .as_bool()
-                            .ok_or_else(|| "dnd must be a boolean value".to_owned())?
-                    }
+                    "dnd" => f.dnd = value.as_bool().ok_or_else(|| "dnd must be a boolean value".to_owned())?,
                     "dndSettings" => f.dnd_settings = Some(value.clone()),
                     "inboundDndSettings" => f.inbound_dnd_settings = Some(value.clone()),
                     "tags" => {
-                        let tags = value
-                            .as_array()
-                            .ok_or_else(|| "tags must be an array".to_owned())?;
+                        let tags = value.as_array().ok_or_else(|| "tags must be an array".to_owned())?;
                         let mut out = Vec::new();
                         for t in tags {
-                            let t = t
-                                .as_str()
-                                .ok_or_else(|| "each value in tags must be a string".to_owned())?;
+                            let t = t.as_str().ok_or_else(|| "each value in tags must be a string".to_owned())?;
                             let t = t.trim().to_lowercase();
                             if !t.is_empty() && !out.contains(&t) {
                                 out.push(t);
@@ -163,30 +146,19 @@ impl State {
                         f.tags = out;
                     }
                     "customFields" => {
-                        let items = value
-                            .as_array()
-                            .ok_or_else(|| "customFields must be an array".to_owned())?;
+                        let items = value.as_array().ok_or_else(|| "customFields must be an array".to_owned())?;
                         for item in items {
                             let id = item.get("id").and_then(Value::as_str).map(str::to_owned);
                             let key = item.get("key").and_then(Value::as_str);
                             let id = id.or_else(|| {
                                 let key = key?;
-                                self.locs
-                                    .get(usize::from(loc))?
-                                    .custom_fields
-                                    .iter()
-                                    .find_map(|(id, _, fk, _)| {
-                                        (*fk == key || fk.strip_prefix("contact.") == Some(key))
-                                            .then(|| id.to_string())
-                                    })
+                                self.locs.get(usize::from(loc))?.custom_fields.iter().find_map(|(id, _, fk, _)| {
+                                    (*fk == key || fk.strip_prefix("contact.") == Some(key)).then(|| id.to_string())
+                                })
                             });
-                            let id =
-                                id.ok_or_else(|| "customFields.id should not be empty".to_owned())?;
-                            let v = item
-                                .get("field_value")
-                                .or_else(|| item.get("value"))
-                                .cloned()
-                                .unwrap_or(Value::Null);
+                            let id = id.ok_or_else(|| "customFields.id should not be empty".to_owned())?;
+                            let v =
+                                item.get("field_value").or_else(|| item.get("value")).cloned().unwrap_or(Value::Null);
                             f.custom_fields.retain(|(existing, _)| *existing != id);
                             if !v.is_null() {
                                 f.custom_fields.push((id, v));
@@ -201,11 +173,7 @@ impl State {
                 problems.push(problem);
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::unprocessable(problems))
-        }
+        if problems.is_empty() { Ok(()) } else { Err(ApiError::unprocessable(problems)) }
     }
 
     pub(crate) fn contact_event(&self, kind: &str, c: &Contact) -> Value {
@@ -258,14 +226,8 @@ impl State {
         if let Some(next) = self.next_n.get_mut(li) {
             *next += 1;
         }
-        let contact = Contact {
-            id: Cid::random(&mut self.rng),
-            loc,
-            n,
-            added: now,
-            updated: now,
-            fields: Some(Arc::new(f)),
-        };
+        let contact =
+            Contact { id: Cid::random(&mut self.rng), loc, n, added: now, updated: now, fields: Some(Arc::new(f)) };
         self.contacts.insert(contact.id, contact.clone());
         self.reindex(loc, IndexOp::Upsert(contact.clone()));
         let event = self.contact_event("ContactCreate", &contact);
@@ -278,19 +240,11 @@ impl State {
         id: Cid,
         edit: impl FnOnce(&State, &mut Fields) -> Result<(), ApiError>,
     ) -> Result<Contact, ApiError> {
-        let contact = self
-            .contacts
-            .get(&id)
-            .cloned()
-            .ok_or_else(ApiError::contact_not_found)?;
+        let contact = self.contacts.get(&id).cloned().ok_or_else(ApiError::contact_not_found)?;
         let mut fields = (*self.fields_of(&contact)).clone();
         edit(self, &mut fields)?;
         let now = self.stamp();
-        let updated = Contact {
-            updated: now,
-            fields: Some(Arc::new(fields)),
-            ..contact
-        };
+        let updated = Contact { updated: now, fields: Some(Arc::new(fields)), ..contact };
         self.contacts.insert(id, updated.clone());
         self.reindex(updated.loc, IndexOp::Upsert(updated.clone()));
         Ok(updated)
@@ -303,11 +257,7 @@ impl State {
         obj: &Map<String, Value>,
     ) -> Result<(Contact, Vec<Value>), ApiError> {
         check_props(obj, UPDATE_FIELDS)?;
-        let loc = self
-            .contacts
-            .get(&id)
-            .map(|c| c.loc)
-            .ok_or_else(ApiError::contact_not_found)?;
+        let loc = self.contacts.get(&id).map(|c| c.loc).ok_or_else(ApiError::contact_not_found)?;
         let tags_changed = obj.contains_key("tags");
         let c = self.edit_contact(id, |s, f| s.apply_fields(loc, f, obj))?;
         let mut events = vec![self.contact_event("ContactUpdate", &c)];
@@ -318,10 +268,7 @@ impl State {
     }
 
     pub(crate) fn delete_contact(&mut self, id: Cid) -> Result<Vec<Value>, ApiError> {
-        let c = self
-            .contacts
-            .remove(&id)
-            .ok_or_else(ApiError::contact_not_found)?;
+        let c = self.contacts.remove(&id).ok_or_else(ApiError::contact_not_found)?;
         let event = self.contact_event("ContactDelete", &c);
         self.reindex(c.loc, IndexOp::Remove(id));
         if let Some(kids) = self.children.remove(&id) {
@@ -339,21 +286,12 @@ impl State {
     }
 
     /// Adds (`add`) or removes tags; returns the contact's tags afterwards.
-    pub(crate) fn change_tags(
-        &mut self,
-        id: Cid,
-        body: &Value,
-        add: bool,
-    ) -> Result<Written, ApiError> {
+    pub(crate) fn change_tags(&mut self, id: Cid, body: &Value, add: bool) -> Result<Written, ApiError> {
         let tags: Vec<String> = body
             .get("tags")
             .and_then(Value::as_array)
             .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(|t| t.trim().to_lowercase())
-                    .filter(|t| !t.is_empty())
-                    .collect()
+                a.iter().filter_map(Value::as_str).map(|t| t.trim().to_lowercase()).filter(|t| !t.is_empty()).collect()
             })
             .ok_or_else(|| ApiError::unprocessable(vec!["tags must be an array".to_owned()]))?;
         let c = self.edit_contact(id, |_, f| {
@@ -381,12 +319,7 @@ impl State {
 
     // ---------------------------------------------------------------- tasks
 
-    fn apply_task(
-        &self,
-        t: &mut Task,
-        obj: &Map<String, Value>,
-        create: bool,
-    ) -> Result<(), ApiError> {
+    fn apply_task(&self, t: &mut Task, obj: &Map<String, Value>, create: bool) -> Result<(), ApiError> {
         let mut problems = Vec::new();
         if create {
             if !obj.get("title").is_some_and(Value::is_string) {
@@ -406,9 +339,7 @@ impl State {
                 "assignedTo" => t.assigned_to = v.as_str().map(Arc::from),
                 "dueDate" => match parse_ms(v) {
                     Some(ms) => t.due = ms,
-                    None => {
-                        problems.push("dueDate must be a valid ISO 8601 date string".to_owned())
-                    }
+                    None => problems.push("dueDate must be a valid ISO 8601 date string".to_owned()),
                 },
                 "completed" => match v.as_bool() {
                     Some(b) => t.completed = b,
@@ -435,11 +366,7 @@ impl State {
         contact: Cid,
         obj: &Map<String, Value>,
     ) -> Result<(Task, Vec<Value>), ApiError> {
-        let c = self
-            .contacts
-            .get(&contact)
-            .cloned()
-            .ok_or_else(ApiError::contact_not_found)?;
+        let c = self.contacts.get(&contact).cloned().ok_or_else(ApiError::contact_not_found)?;
         let now = self.stamp();
         let mut task = Task {
             id: Cid::random(&mut self.rng),
@@ -457,11 +384,7 @@ impl State {
         if let Some(set) = self.loc_tasks.get_mut(usize::from(c.loc)) {
             set.insert(task.id);
         }
-        self.children
-            .entry(contact)
-            .or_default()
-            .tasks
-            .push(task.id);
+        self.children.entry(contact).or_default().tasks.push(task.id);
         self.bump_for_child(contact);
         let event = self.task_event("TaskCreate", &task);
         Ok((task, vec![event]))
@@ -474,19 +397,13 @@ impl State {
         obj: &Map<String, Value>,
         completed_only: bool,
     ) -> Result<(Task, Vec<Value>), ApiError> {
-        let mut task = self
-            .tasks
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found("Task"))?;
+        let mut task = self.tasks.get(&id).cloned().ok_or_else(|| ApiError::not_found("Task"))?;
         let was_completed = task.completed;
         if completed_only {
             match obj.get("completed").and_then(Value::as_bool) {
                 Some(b) => task.completed = b,
                 None => {
-                    return Err(ApiError::unprocessable(vec![
-                        "completed must be a boolean value".to_owned(),
-                    ]));
+                    return Err(ApiError::unprocessable(vec!["completed must be a boolean value".to_owned()]));
                 }
             }
         } else {
@@ -495,19 +412,13 @@ impl State {
         self.tasks.insert(id, task.clone());
         self.bump_for_child(task.contact);
         // There is no TaskUpdate webhook in GHL (ghl.md §7); completion fires TaskComplete.
-        let events = if task.completed && !was_completed {
-            vec![self.task_event("TaskComplete", &task)]
-        } else {
-            Vec::new()
-        };
+        let events =
+            if task.completed && !was_completed { vec![self.task_event("TaskComplete", &task)] } else { Vec::new() };
         Ok((task, events))
     }
 
     pub(crate) fn delete_task(&mut self, id: Cid) -> Result<Vec<Value>, ApiError> {
-        let task = self
-            .tasks
-            .remove(&id)
-            .ok_or_else(|| ApiError::not_found("Task"))?;
+        let task = self.tasks.remove(&id).ok_or_else(|| ApiError::not_found("Task"))?;
         if let Some(set) = self.loc_tasks.get_mut(usize::from(task.loc)) {
             set.remove(&id);
         }
@@ -527,12 +438,7 @@ impl State {
 
     // ---------------------------------------------------------------- notes
 
-    fn apply_note(
-        &self,
-        n: &mut Note,
-        obj: &Map<String, Value>,
-        create: bool,
-    ) -> Result<(), ApiError> {
+    fn apply_note(&self, n: &mut Note, obj: &Map<String, Value>, create: bool) -> Result<(), ApiError> {
         let mut problems = Vec::new();
         if create && !obj.get("body").is_some_and(Value::is_string) {
             problems.push("body must be a string".to_owned());
@@ -563,11 +469,7 @@ impl State {
         contact: Cid,
         obj: &Map<String, Value>,
     ) -> Result<(Note, Vec<Value>), ApiError> {
-        let c = self
-            .contacts
-            .get(&contact)
-            .cloned()
-            .ok_or_else(ApiError::contact_not_found)?;
+        let c = self.contacts.get(&contact).cloned().ok_or_else(ApiError::contact_not_found)?;
         let now = self.stamp();
         let mut note = Note {
             id: Cid::random(&mut self.rng),
@@ -582,26 +484,14 @@ impl State {
         };
         self.apply_note(&mut note, obj, true)?;
         self.notes.insert(note.id, note.clone());
-        self.children
-            .entry(contact)
-            .or_default()
-            .notes
-            .push(note.id);
+        self.children.entry(contact).or_default().notes.push(note.id);
         self.bump_for_child(contact);
         let event = self.note_event("NoteCreate", &note);
         Ok((note, vec![event]))
     }
 
-    pub(crate) fn update_note(
-        &mut self,
-        id: Cid,
-        obj: &Map<String, Value>,
-    ) -> Result<(Note, Vec<Value>), ApiError> {
-        let mut note = self
-            .notes
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found("Note"))?;
+    pub(crate) fn update_note(&mut self, id: Cid, obj: &Map<String, Value>) -> Result<(Note, Vec<Value>), ApiError> {
+        let mut note = self.notes.get(&id).cloned().ok_or_else(|| ApiError::not_found("Note"))?;
         self.apply_note(&mut note, obj, false)?;
         self.notes.insert(id, note.clone());
         self.bump_for_child(note.contact);
@@ -610,10 +500,7 @@ impl State {
     }
 
     pub(crate) fn delete_note(&mut self, id: Cid) -> Result<Vec<Value>, ApiError> {
-        let note = self
-            .notes
-            .remove(&id)
-            .ok_or_else(|| ApiError::not_found("Note"))?;
+        let note = self.notes.remove(&id).ok_or_else(|| ApiError::not_found("Note"))?;
         if let Some(kids) = self.children.get_mut(&note.contact) {
             kids.notes.retain(|t| *t != id);
         }
@@ -634,12 +521,7 @@ impl State {
     pub(crate) fn task_search(&self, loc: u16, body: &Value) -> Value {
         let ids = |k: &str| -> Option<Vec<String>> {
             match body.get(k)? {
-                Value::Array(a) => Some(
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned)
-                        .collect(),
-                ),
+                Value::Array(a) => Some(a.iter().filter_map(Value::as_str).map(str::to_owned).collect()),
                 Value::String(s) => Some(vec![s.clone()]),
                 _ => None,
             }
@@ -647,10 +529,7 @@ impl State {
         let contact_filter = ids("contactId");
         let assigned_filter = ids("assignedTo");
         let completed = body.get("completed").and_then(Value::as_bool);
-        let query = body
-            .get("query")
-            .and_then(Value::as_str)
-            .map(str::to_lowercase);
+        let query = body.get("query").and_then(Value::as_str).map(str::to_lowercase);
         let limit = body.get("limit").and_then(Value::as_u64).unwrap_or(25) as usize;
         let skip = body.get("skip").and_then(Value::as_u64).unwrap_or(0) as usize;
         let candidates: Box<dyn Iterator<Item = Cid> + '_> = match &contact_filter {
@@ -658,51 +537,30 @@ impl State {
                 let set: BTreeSet<Cid> = contacts
                     .iter()
                     .filter_map(|c| Cid::parse(c))
-                    .flat_map(|c| {
-                        self.children
-                            .get(&c)
-                            .map(|k| k.tasks.clone())
-                            .unwrap_or_default()
-                    })
+                    .flat_map(|c| self.children.get(&c).map(|k| k.tasks.clone()).unwrap_or_default())
                     .collect();
                 Box::new(set.into_iter())
             }
-            None => Box::new(
-                self.loc_tasks
-                    .get(usize::from(loc))
-                    .into_iter()
-                    .flat_map(|s| s.iter().copied()),
-            ),
+            None => Box::new(self.loc_tasks.get(usize::from(loc)).into_iter().flat_map(|s| s.iter().copied())),
         };
-        let users = self
-            .locs
-            .get(usize::from(loc))
-            .map(|l| l.users.clone())
-            .unwrap_or_default();
+        let users = self.locs.get(usize::from(loc)).map(|l| l.users.clone()).unwrap_or_default();
         let tasks: Vec<Value> = candidates
             .filter_map(|id| self.tasks.get(&id))
             .filter(|t| t.loc == loc)
             .filter(|t| completed.is_none_or(|c| t.completed == c))
             .filter(|t| {
-                assigned_filter.as_ref().is_none_or(|a| {
-                    t.assigned_to
-                        .as_deref()
-                        .is_some_and(|u| a.iter().any(|x| x == u))
-                })
+                assigned_filter
+                    .as_ref()
+                    .is_none_or(|a| t.assigned_to.as_deref().is_some_and(|u| a.iter().any(|x| x == u)))
             })
             .filter(|t| {
-                query.as_ref().is_none_or(|q| {
-                    t.title.to_lowercase().contains(q) || t.body.to_lowercase().contains(q)
-                })
+                query.as_ref().is_none_or(|q| t.title.to_lowercase().contains(q) || t.body.to_lowercase().contains(q))
             })
             .skip(skip)
             .take(limit)
             .map(|t| {
                 let contact = self.contacts.get(&t.contact).map(|c| self.fields_of(c));
-                let user = t
-                    .assigned_to
-                    .as_deref()
-                    .and_then(|u| users.iter().find(|x| &*x.0 == u));
+                let user = t.assigned_to.as_deref().and_then(|u| users.iter().find(|x| &*x.0 == u));
                 json!({
                     "_id": t.id.as_str(),
                     "title": t.title,
@@ -742,13 +600,9 @@ impl State {
         }
         let page_limit = obj.get("pageLimit").and_then(Value::as_u64);
         match page_limit {
-            None => problems.push(
-                "pageLimit must be a number conforming to the specified constraints".to_owned(),
-            ),
+            None => problems.push("pageLimit must be a number conforming to the specified constraints".to_owned()),
             Some(0) => problems.push("pageLimit must not be less than 1".to_owned()),
-            Some(n) if n > 500 => {
-                problems.push("pageLimit must not be greater than 500".to_owned())
-            }
+            Some(n) if n > 500 => problems.push("pageLimit must not be greater than 500".to_owned()),
             _ => {}
         }
         let page = match obj.get("page") {
@@ -796,10 +650,7 @@ impl State {
             Some(Value::Array(a)) if a.is_empty() => (false, true),
             Some(Value::Array(a)) => {
                 let field = a[0].get("field").and_then(Value::as_str).unwrap_or("");
-                let dir = a[0]
-                    .get("direction")
-                    .and_then(Value::as_str)
-                    .unwrap_or("asc");
+                let dir = a[0].get("direction").and_then(Value::as_str).unwrap_or("asc");
                 if field != "dateUpdated" && field != "dateAdded" {
                     problems.push(format!("sort field {field} is not supported"));
                 }
@@ -823,11 +674,7 @@ impl State {
                 }
             },
         };
-        let query = obj
-            .get("query")
-            .and_then(Value::as_str)
-            .map(str::to_lowercase)
-            .filter(|q| !q.is_empty());
+        let query = obj.get("query").and_then(Value::as_str).map(str::to_lowercase).filter(|q| !q.is_empty());
         if query.as_ref().is_some_and(|q| q.chars().count() > 75) {
             problems.push("query must be shorter than or equal to 75 characters".to_owned());
         }
@@ -837,11 +684,7 @@ impl State {
         let loc = self.check_loc(auth, location_id)?;
         self.catch_up();
 
-        let sort_field = if sort_updated {
-            "dateUpdated"
-        } else {
-            "dateAdded"
-        };
+        let sort_field = if sort_updated { "dateUpdated" } else { "dateAdded" };
         // Narrow the scan with top-level range filters on the sort field.
         let mut lower: Bound<(i64, Cid)> = Bound::Unbounded;
         let mut upper: Bound<(i64, Cid)> = Bound::Unbounded;
@@ -865,11 +708,7 @@ impl State {
         }
         let needs_fields = filters.iter().any(Filter::needs_fields) || query.is_some();
         let index = &self.index[usize::from(loc)];
-        let set = if sort_updated {
-            &index.by_updated
-        } else {
-            &index.by_added
-        };
+        let set = if sort_updated { &index.by_updated } else { &index.by_added };
         let matches = |key: &(i64, Cid)| -> bool {
             let Some(c) = index.docs.get(&key.1) else {
                 return false;
@@ -879,13 +718,9 @@ impl State {
                 && query.as_ref().is_none_or(|q| {
                     fields.as_deref().is_some_and(|f| {
                         f.contact_name().to_lowercase().contains(q)
-                            || f.email
-                                .as_deref()
-                                .is_some_and(|e| e.to_lowercase().contains(q))
+                            || f.email.as_deref().is_some_and(|e| e.to_lowercase().contains(q))
                             || f.phone.as_deref().is_some_and(|p| p.contains(q))
-                            || f.company_name
-                                .as_deref()
-                                .is_some_and(|p| p.to_lowercase().contains(q))
+                            || f.company_name.as_deref().is_some_and(|p| p.to_lowercase().contains(q))
                     })
                 })
         };
@@ -893,20 +728,9 @@ impl State {
         let page_keys: Vec<(i64, Cid)> = if valid_range(&lower, &upper) {
             let range = set.range((lower, upper));
             if desc {
-                range
-                    .rev()
-                    .filter(|k| matches(k))
-                    .skip(skip)
-                    .take(limit as usize)
-                    .copied()
-                    .collect()
+                range.rev().filter(|k| matches(k)).skip(skip).take(limit as usize).copied().collect()
             } else {
-                range
-                    .filter(|k| matches(k))
-                    .skip(skip)
-                    .take(limit as usize)
-                    .copied()
-                    .collect()
+                range.filter(|k| matches(k)).skip(skip).take(limit as usize).copied().collect()
             }
         } else {
             Vec::new()
@@ -915,18 +739,12 @@ impl State {
         let total = if filters.is_empty() && query.is_none() {
             index.docs.len() as u64
         } else {
-            let key = (
-                loc,
-                serde_json::to_string(&json!([obj.get("filters"), query, sort_field]))
-                    .unwrap_or_default(),
-            );
+            let key = (loc, serde_json::to_string(&json!([obj.get("filters"), query, sort_field])).unwrap_or_default());
             match self.total_cache.get(&key) {
                 Some((generation, total)) if *generation == index.generation => *total,
                 _ => {
                     let total = if valid_range(&scan_lower, &scan_upper) {
-                        set.range((scan_lower, scan_upper))
-                            .filter(|k| matches(k))
-                            .count() as u64
+                        set.range((scan_lower, scan_upper)).filter(|k| matches(k)).count() as u64
                     } else {
                         0
                     };
@@ -942,10 +760,7 @@ impl State {
             .filter_map(|k| index.docs.get(&k.1))
             .map(|c| {
                 let mut v = self.render(c, Shape::Search);
-                v["searchAfter"] = json!([
-                    if sort_updated { c.updated } else { c.added },
-                    c.id.as_str()
-                ]);
+                v["searchAfter"] = json!([if sort_updated { c.updated } else { c.added }, c.id.as_str()]);
                 v
             })
             .collect();
@@ -975,8 +790,7 @@ impl State {
             .filter(|c| {
                 query.as_ref().is_none_or(|q| {
                     let f = self.fields_of(c);
-                    f.contact_name().to_lowercase().contains(q)
-                        || f.email.as_deref().is_some_and(|e| e.contains(q))
+                    f.contact_name().to_lowercase().contains(q) || f.email.as_deref().is_some_and(|e| e.contains(q))
                 })
             })
             .take(limit)
@@ -1014,12 +828,7 @@ impl State {
             let at = self.rng.i64(first..=last);
             let key = (at, Cid::random(&mut self.rng));
             let index = &self.index[usize::from(loc)];
-            let found = index
-                .by_added
-                .range(key..)
-                .next()
-                .or_else(|| index.by_added.last())
-                .map(|k| k.1);
+            let found = index.by_added.range(key..).next().or_else(|| index.by_added.last()).map(|k| k.1);
             if let Some(id) = found
                 && self.contacts.contains_key(&id)
             {
@@ -1027,11 +836,7 @@ impl State {
             }
         }
         let index = &self.index[usize::from(loc)];
-        index
-            .by_added
-            .iter()
-            .map(|k| k.1)
-            .find(|id| self.contacts.contains_key(id))
+        index.by_added.iter().map(|k| k.1).find(|id| self.contacts.contains_key(id))
     }
 
     /// One seeded random mutation in `loc`.
@@ -1072,16 +877,8 @@ impl State {
             return Some((mutation(kind, c.id, c.id), events));
         }
         let contact = self.random_contact(loc)?;
-        let task = |s: &State| {
-            s.children
-                .get(&contact)
-                .and_then(|k| k.tasks.first().copied())
-        };
-        let note = |s: &State| {
-            s.children
-                .get(&contact)
-                .and_then(|k| k.notes.first().copied())
-        };
+        let task = |s: &State| s.children.get(&contact).and_then(|k| k.tasks.first().copied());
+        let note = |s: &State| s.children.get(&contact).and_then(|k| k.notes.first().copied());
         match kind {
             K::ContactUpdate => {
                 let choices = [
@@ -1152,11 +949,7 @@ impl State {
         let mut locations = Vec::new();
         for (li, loc) in self.locs.iter().enumerate() {
             let index = &self.index[li];
-            let mut ids: Vec<&Contact> = self
-                .contacts
-                .values()
-                .filter(|c| usize::from(c.loc) == li)
-                .collect();
+            let mut ids: Vec<&Contact> = self.contacts.values().filter(|c| usize::from(c.loc) == li).collect();
             ids.sort_by_key(|c| (c.updated, c.id));
             let total = ids.len();
             let contacts: Vec<Value> = ids
@@ -1164,18 +957,8 @@ impl State {
                 .take(limit)
                 .map(|c| {
                     let mut v = self.render(c, Shape::Full);
-                    v["tasks"] = json!(
-                        self.tasks_of(c.id)
-                            .iter()
-                            .map(|t| t.render())
-                            .collect::<Vec<_>>()
-                    );
-                    v["notes"] = json!(
-                        self.notes_of(c.id)
-                            .iter()
-                            .map(|n| n.render())
-                            .collect::<Vec<_>>()
-                    );
+                    v["tasks"] = json!(self.tasks_of(c.id).iter().map(|t| t.render()).collect::<Vec<_>>());
+                    v["notes"] = json!(self.notes_of(c.id).iter().map(|n| n.render()).collect::<Vec<_>>());
                     v
                 })
                 .collect();
@@ -1199,31 +982,14 @@ impl State {
 /// A parsed search filter.
 #[derive(Debug)]
 pub(crate) enum Filter {
-    Group {
-        any: bool,
-        items: Vec<Filter>,
-    },
-    Cond {
-        field: String,
-        op: String,
-        value: Value,
-    },
+    Group { any: bool, items: Vec<Filter> },
+    Cond { field: String, op: String, value: Value },
 }
 
-const OPERATORS: &[&str] = &[
-    "eq",
-    "not_eq",
-    "contains",
-    "not_contains",
-    "exists",
-    "not_exists",
-    "range",
-];
+const OPERATORS: &[&str] = &["eq", "not_eq", "contains", "not_contains", "exists", "not_exists", "range"];
 
 fn parse_filters(v: &Value) -> Result<Vec<Filter>, String> {
-    let items = v
-        .as_array()
-        .ok_or_else(|| "filters must be an array".to_owned())?;
+    let items = v.as_array().ok_or_else(|| "filters must be an array".to_owned())?;
     items.iter().map(parse_filter).collect()
 }
 
@@ -1237,19 +1003,11 @@ fn parse_filter(v: &Value) -> Result<Filter, String> {
         let items = parse_filters(v.get("filters").unwrap_or(&Value::Null))?;
         return Ok(Filter::Group { any, items });
     }
-    let field = v
-        .get("field")
-        .and_then(Value::as_str)
-        .ok_or_else(|| "filters.field should not be empty".to_owned())?;
-    let op = v
-        .get("operator")
-        .and_then(Value::as_str)
-        .ok_or_else(|| "filters.operator should not be empty".to_owned())?;
+    let field = v.get("field").and_then(Value::as_str).ok_or_else(|| "filters.field should not be empty".to_owned())?;
+    let op =
+        v.get("operator").and_then(Value::as_str).ok_or_else(|| "filters.operator should not be empty".to_owned())?;
     if !OPERATORS.contains(&op) {
-        return Err(format!(
-            "operator {op} must be one of: {}",
-            OPERATORS.join(", ")
-        ));
+        return Err(format!("operator {op} must be one of: {}", OPERATORS.join(", ")));
     }
     let value = v.get("value").cloned().unwrap_or(Value::Null);
     if op == "range" {
@@ -1258,9 +1016,7 @@ fn parse_filter(v: &Value) -> Result<Filter, String> {
         }
         let ok = value.as_object().is_some_and(|o| {
             !o.is_empty()
-                && o.iter().all(|(k, v)| {
-                    ["gte", "gt", "lte", "lt"].contains(&k.as_str()) && parse_ms(v).is_some()
-                })
+                && o.iter().all(|(k, v)| ["gte", "gt", "lte", "lt"].contains(&k.as_str()) && parse_ms(v).is_some())
         });
         if !ok {
             return Err("range value must be an object of gte/gt/lte/lt dates".to_owned());
@@ -1271,11 +1027,7 @@ fn parse_filter(v: &Value) -> Result<Filter, String> {
     {
         return Err("filter value must be shorter than or equal to 75 characters".to_owned());
     }
-    Ok(Filter::Cond {
-        field: field.to_owned(),
-        op: op.to_owned(),
-        value,
-    })
+    Ok(Filter::Cond { field: field.to_owned(), op: op.to_owned(), value })
 }
 
 fn text_eq(a: &Value, b: &Value) -> bool {
@@ -1299,10 +1051,7 @@ impl Filter {
     fn needs_fields(&self) -> bool {
         match self {
             Filter::Group { items, .. } => items.iter().any(Filter::needs_fields),
-            Filter::Cond { field, .. } => !matches!(
-                field.as_str(),
-                "id" | "dateAdded" | "dateUpdated" | "locationId"
-            ),
+            Filter::Cond { field, .. } => !matches!(field.as_str(), "id" | "dateAdded" | "dateUpdated" | "locationId"),
         }
     }
 
@@ -1409,9 +1158,7 @@ fn valid_range<K: Ord>(lower: &Bound<K>, upper: &Bound<K>) -> bool {
     match (lower, upper) {
         (Bound::Unbounded, _) | (_, Bound::Unbounded) => true,
         (Bound::Included(a), Bound::Included(b)) => a <= b,
-        (Bound::Included(a), Bound::Excluded(b)) | (Bound::Excluded(a), Bound::Included(b)) => {
-            a < b
-        }
+        (Bound::Included(a), Bound::Excluded(b)) | (Bound::Excluded(a), Bound::Included(b)) => a < b,
         (Bound::Excluded(a), Bound::Excluded(b)) => a < b,
     }
 }

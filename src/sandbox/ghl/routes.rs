@@ -31,35 +31,14 @@ pub(crate) fn router(ghl: FakeGhl) -> Router {
         .route("/contacts/", get(list_contacts).post(create_contact))
         .route("/contacts", get(list_contacts).post(create_contact))
         .route("/contacts/business/{businessId}", get(business_contacts))
-        .route(
-            "/contacts/{contactId}",
-            get(get_contact).put(update_contact).delete(delete_contact),
-        )
-        .route(
-            "/contacts/{contactId}/tags",
-            post(add_tags).delete(remove_tags),
-        )
+        .route("/contacts/{contactId}", get(get_contact).put(update_contact).delete(delete_contact))
+        .route("/contacts/{contactId}/tags", post(add_tags).delete(remove_tags))
         .route("/contacts/{contactId}/appointments", get(appointments))
-        .route(
-            "/contacts/{contactId}/tasks",
-            get(list_tasks).post(create_task),
-        )
-        .route(
-            "/contacts/{contactId}/tasks/{taskId}",
-            get(get_task).put(update_task).delete(delete_task),
-        )
-        .route(
-            "/contacts/{contactId}/tasks/{taskId}/completed",
-            put(complete_task),
-        )
-        .route(
-            "/contacts/{contactId}/notes",
-            get(list_notes).post(create_note),
-        )
-        .route(
-            "/contacts/{contactId}/notes/{id}",
-            get(get_note).put(update_note).delete(delete_note),
-        )
+        .route("/contacts/{contactId}/tasks", get(list_tasks).post(create_task))
+        .route("/contacts/{contactId}/tasks/{taskId}", get(get_task).put(update_task).delete(delete_task))
+        .route("/contacts/{contactId}/tasks/{taskId}/completed", put(complete_task))
+        .route("/contacts/{contactId}/notes", get(list_notes).post(create_note))
+        .route("/contacts/{contactId}/notes/{id}", get(get_note).put(update_note).delete(delete_note))
         .route("/locations/{locationId}", get(get_location))
         .route("/locations/{locationId}/customFields", get(custom_fields))
         .route("/locations/{locationId}/tasks/search", post(task_search))
@@ -98,10 +77,7 @@ fn trace_id() -> String {
 fn json_response(status: u16, body: &Value) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = (code, body.to_string()).into_response();
-    response.headers_mut().insert(
-        "content-type",
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
+    response.headers_mut().insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
     response
 }
 
@@ -129,11 +105,7 @@ fn parse_form(bytes: &Bytes) -> HashMap<String, String> {
 
 impl FakeGhl {
     /// Runs a write or read under the lock, dispatches its events, renders the answer.
-    fn answer(
-        &self,
-        status: u16,
-        f: impl FnOnce(&mut State) -> Result<Written, ApiError>,
-    ) -> Response {
+    fn answer(&self, status: u16, f: impl FnOnce(&mut State) -> Result<Written, ApiError>) -> Response {
         let result = f(&mut self.lock());
         match result {
             Ok((body, events)) => {
@@ -153,10 +125,7 @@ fn add_rate_headers(headers: &mut HeaderMap, r: &RateHeaders) {
     };
     put("x-ratelimit-limit-daily", r.daily_limit.to_string());
     put("x-ratelimit-daily-remaining", r.daily_remaining.to_string());
-    put(
-        "x-ratelimit-interval-milliseconds",
-        r.interval_ms.to_string(),
-    );
+    put("x-ratelimit-interval-milliseconds", r.interval_ms.to_string());
     put("x-ratelimit-max", r.max.to_string());
     put("x-ratelimit-remaining", r.remaining.to_string());
 }
@@ -181,16 +150,10 @@ async fn gate(AxState(ghl): AxState<FakeGhl>, mut req: Request, next: Next) -> R
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(|v| v.trim().to_owned());
-    let version_ok = req
-        .headers()
-        .get("version")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim() == API_VERSION);
+    let version_ok =
+        req.headers().get("version").and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() == API_VERSION);
 
     let (fault, fault_key, auth) = {
         let mut s = ghl.lock();
@@ -203,11 +166,7 @@ async fn gate(AxState(ghl): AxState<FakeGhl>, mut req: Request, next: Next) -> R
             None
         };
         let fault = fault_key.as_ref().and_then(|k| s.faults.get(k).cloned());
-        let auth = if token_route {
-            None
-        } else {
-            bearer.as_deref().and_then(|t| s.resolve_token(t))
-        };
+        let auth = if token_route { None } else { bearer.as_deref().and_then(|t| s.resolve_token(t)) };
         (fault, fault_key, auth)
     };
     let bucket = auth.as_ref().map(|a| a.bucket.clone());
@@ -284,21 +243,14 @@ async fn gate(AxState(ghl): AxState<FakeGhl>, mut req: Request, next: Next) -> R
         if f.malformed_json {
             let status = response.status();
             response = (status, "{\"contacts\":[{\"id\":\"trunc").into_response();
-            response.headers_mut().insert(
-                "content-type",
-                HeaderValue::from_static("application/json; charset=utf-8"),
-            );
+            response.headers_mut().insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
         }
     }
     finish(&ghl, response, &headers)
 }
 
 fn reason_text(status: u16) -> String {
-    StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("Error")
-        .to_owned()
+    StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error").to_owned()
 }
 
 fn finish(ghl: &FakeGhl, mut response: Response, headers: &RateHeaders) -> Response {
@@ -319,11 +271,7 @@ async fn oauth_token(AxState(ghl): AxState<FakeGhl>, body: Bytes) -> Response {
     ghl.answer(200, |s| Ok((s.oauth_token(&form)?, Vec::new())))
 }
 
-async fn location_token(
-    AxState(ghl): AxState<FakeGhl>,
-    Extension(auth): Extension<AuthCtx>,
-    body: Bytes,
-) -> Response {
+async fn location_token(AxState(ghl): AxState<FakeGhl>, Extension(auth): Extension<AuthCtx>, body: Bytes) -> Response {
     let form = parse_form(&body);
     ghl.answer(201, |s| Ok((s.location_token(&auth, &form)?, Vec::new())))
 }
@@ -353,23 +301,14 @@ async fn installed_locations(
                        "installedAt": iso(super::model::SEED_BASE_MS)})
             })
             .collect();
-        Ok((
-            json!({"locations": locations, "count": s.locs.len(), "installToFutureLocations": false}),
-            Vec::new(),
-        ))
+        Ok((json!({"locations": locations, "count": s.locs.len(), "installToFutureLocations": false}), Vec::new()))
     })
 }
 
 // -------------------------------------------------------------------- contacts
 
-async fn search(
-    AxState(ghl): AxState<FakeGhl>,
-    Extension(auth): Extension<AuthCtx>,
-    body: Bytes,
-) -> Response {
-    ghl.answer(200, |s| {
-        Ok((s.search(&auth, &parse_body(&body)?)?, Vec::new()))
-    })
+async fn search(AxState(ghl): AxState<FakeGhl>, Extension(auth): Extension<AuthCtx>, body: Bytes) -> Response {
+    ghl.answer(200, |s| Ok((s.search(&auth, &parse_body(&body)?)?, Vec::new())))
 }
 
 async fn get_contact(
@@ -391,15 +330,10 @@ async fn update_contact(
 ) -> Response {
     ghl.answer(200, |s| {
         let body = parse_body(&body)?;
-        let obj = body
-            .as_object()
-            .ok_or_else(|| ApiError::new(400, "Body must be a JSON object"))?;
+        let obj = body.as_object().ok_or_else(|| ApiError::new(400, "Body must be a JSON object"))?;
         let c = s.contact_for(&auth, &id)?;
         let (c, events) = s.update_contact(c.id, obj)?;
-        Ok((
-            json!({"succeded": true, "contact": s.render(&c, Shape::Full)}),
-            events,
-        ))
+        Ok((json!({"succeded": true, "contact": s.render(&c, Shape::Full)}), events))
     })
 }
 
@@ -414,21 +348,13 @@ async fn delete_contact(
     })
 }
 
-async fn create_contact(
-    AxState(ghl): AxState<FakeGhl>,
-    Extension(auth): Extension<AuthCtx>,
-    body: Bytes,
-) -> Response {
+async fn create_contact(AxState(ghl): AxState<FakeGhl>, Extension(auth): Extension<AuthCtx>, body: Bytes) -> Response {
     ghl.answer(201, |s| {
         let body = parse_body(&body)?;
-        let obj = body
-            .as_object()
-            .ok_or_else(|| ApiError::new(400, "Body must be a JSON object"))?;
+        let obj = body.as_object().ok_or_else(|| ApiError::new(400, "Body must be a JSON object"))?;
         let location = obj.get("locationId").and_then(Value::as_str).unwrap_or("");
         if location.is_empty() {
-            return Err(ApiError::unprocessable(vec![
-                "locationId should not be empty".to_owned(),
-            ]));
+            return Err(ApiError::unprocessable(vec!["locationId should not be empty".to_owned()]));
         }
         let loc = s.check_loc(&auth, location)?;
         let (c, events) = s.create_contact(loc, obj)?;
@@ -436,47 +362,30 @@ async fn create_contact(
     })
 }
 
-async fn upsert_contact(
-    AxState(ghl): AxState<FakeGhl>,
-    Extension(auth): Extension<AuthCtx>,
-    body: Bytes,
-) -> Response {
+async fn upsert_contact(AxState(ghl): AxState<FakeGhl>, Extension(auth): Extension<AuthCtx>, body: Bytes) -> Response {
     ghl.answer(200, |s| {
         let body = parse_body(&body)?;
-        let mut obj = body
-            .as_object()
-            .cloned()
-            .ok_or_else(|| ApiError::new(400, "Body must be a JSON object"))?;
-        let location = obj
-            .get("locationId")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
+        let mut obj = body.as_object().cloned().ok_or_else(|| ApiError::new(400, "Body must be a JSON object"))?;
+        let location = obj.get("locationId").and_then(Value::as_str).unwrap_or("").to_owned();
         if location.is_empty() {
-            return Err(ApiError::unprocessable(vec![
-                "locationId should not be empty".to_owned(),
-            ]));
+            return Err(ApiError::unprocessable(vec!["locationId should not be empty".to_owned()]));
         }
         let loc = s.check_loc(&auth, &location)?;
         obj.remove("createNewIfDuplicateAllowed");
-        let email = obj
-            .get("email")
-            .and_then(Value::as_str)
-            .map(str::to_lowercase);
+        let email = obj.get("email").and_then(Value::as_str).map(str::to_lowercase);
         let phone = obj.get("phone").and_then(Value::as_str).map(str::to_owned);
         // Linear scan: upsert is rare in tests.
-        let mut existing: Vec<(i64, Cid)> =
-            s.contacts
-                .values()
-                .filter(|c| c.loc == loc)
-                .filter(|c| {
-                    let f = s.fields_of(c);
-                    email.as_ref().is_some_and(|e| {
-                        f.email.as_deref().map(str::to_lowercase).as_ref() == Some(e)
-                    }) || phone.as_ref().is_some_and(|p| f.phone.as_ref() == Some(p))
-                })
-                .map(|c| (c.added, c.id))
-                .collect();
+        let mut existing: Vec<(i64, Cid)> = s
+            .contacts
+            .values()
+            .filter(|c| c.loc == loc)
+            .filter(|c| {
+                let f = s.fields_of(c);
+                email.as_ref().is_some_and(|e| f.email.as_deref().map(str::to_lowercase).as_ref() == Some(e))
+                    || phone.as_ref().is_some_and(|p| f.phone.as_ref() == Some(p))
+            })
+            .map(|c| (c.added, c.id))
+            .collect();
         existing.sort();
         match existing.first() {
             Some(&(_, id)) => {
@@ -485,17 +394,11 @@ async fn upsert_contact(
                 obj.remove("gender");
                 obj.remove("companyName");
                 let (c, events) = s.update_contact(id, &obj)?;
-                Ok((
-                    json!({"new": false, "contact": s.render(&c, Shape::Full)}),
-                    events,
-                ))
+                Ok((json!({"new": false, "contact": s.render(&c, Shape::Full)}), events))
             }
             None => {
                 let (c, events) = s.create_contact(loc, &obj)?;
-                Ok((
-                    json!({"new": true, "contact": s.render(&c, Shape::Full)}),
-                    events,
-                ))
+                Ok((json!({"new": true, "contact": s.render(&c, Shape::Full)}), events))
             }
         }
     })
@@ -509,18 +412,14 @@ async fn list_contacts(
     ghl.answer(200, |s| {
         let location = q.get("locationId").map(String::as_str).unwrap_or("");
         if location.is_empty() {
-            return Err(ApiError::unprocessable(vec![
-                "locationId should not be empty".to_owned(),
-            ]));
+            return Err(ApiError::unprocessable(vec!["locationId should not be empty".to_owned()]));
         }
         let limit = match q.get("limit") {
             None => 20,
             Some(v) => match v.parse::<usize>() {
                 Ok(n) if (1..=100).contains(&n) => n,
                 _ => {
-                    return Err(ApiError::unprocessable(vec![
-                        "limit must not be greater than 100".to_owned(),
-                    ]));
+                    return Err(ApiError::unprocessable(vec!["limit must not be greater than 100".to_owned()]));
                 }
             },
         };
@@ -530,10 +429,7 @@ async fn list_contacts(
             (Some(ms), None) => ms.parse::<i64>().ok().map(|ms| (ms, Cid::MIN)),
             _ => None,
         };
-        Ok((
-            s.list_contacts(loc, limit, start_after, q.get("query").map(String::as_str)),
-            Vec::new(),
-        ))
+        Ok((s.list_contacts(loc, limit, start_after, q.get("query").map(String::as_str)), Vec::new()))
     })
 }
 
@@ -546,31 +442,20 @@ async fn business_contacts(
     ghl.answer(200, |s| {
         let location = q.get("locationId").map(String::as_str).unwrap_or("");
         if location.is_empty() {
-            return Err(ApiError::unprocessable(vec![
-                "locationId should not be empty".to_owned(),
-            ]));
+            return Err(ApiError::unprocessable(vec!["locationId should not be empty".to_owned()]));
         }
         let loc = s.check_loc(&auth, location)?;
-        let limit = q
-            .get("limit")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(25usize);
+        let limit = q.get("limit").and_then(|v| v.parse().ok()).unwrap_or(25usize);
         let skip = q.get("skip").and_then(|v| v.parse().ok()).unwrap_or(0usize);
         let mut matching: Vec<_> = s
             .contacts
             .values()
-            .filter(|c| {
-                c.loc == loc && s.fields_of(c).business_id.as_deref() == Some(business.as_str())
-            })
+            .filter(|c| c.loc == loc && s.fields_of(c).business_id.as_deref() == Some(business.as_str()))
             .collect();
         matching.sort_by_key(|c| (c.added, c.id));
         let count = matching.len();
-        let contacts: Vec<Value> = matching
-            .into_iter()
-            .skip(skip)
-            .take(limit)
-            .map(|c| s.render(c, Shape::List))
-            .collect();
+        let contacts: Vec<Value> =
+            matching.into_iter().skip(skip).take(limit).map(|c| s.render(c, Shape::List)).collect();
         Ok((json!({"contacts": contacts, "count": count}), Vec::new()))
     })
 }
@@ -606,9 +491,9 @@ async fn appointments(
 ) -> Response {
     ghl.answer(200, |s| {
         let c = s.contact_for(&auth, &id)?;
-        let mut rng = fastrand::Rng::with_seed(c.id.0.iter().fold(s.opts.seed, |h, b| {
-            h.wrapping_mul(31).wrapping_add(u64::from(*b))
-        }));
+        let mut rng = fastrand::Rng::with_seed(
+            c.id.0.iter().fold(s.opts.seed, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(*b))),
+        );
         let fmt = |ms: i64| iso(ms).replace('T', " ")[..19].to_owned();
         let events: Vec<Value> = (0..rng.usize(0..=2))
             .map(|_| {
@@ -904,14 +789,8 @@ async fn admin_mutate(AxState(ghl): AxState<FakeGhl>, body: Bytes) -> Response {
     admin_json(&json!({"mutations": mutations}))
 }
 
-async fn admin_state(
-    AxState(ghl): AxState<FakeGhl>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let limit = q
-        .get("limit")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(usize::MAX);
+async fn admin_state(AxState(ghl): AxState<FakeGhl>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let limit = q.get("limit").and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
     let dump = {
         let mut s = ghl.lock();
         s.catch_up();
@@ -1001,11 +880,7 @@ async fn admin_webhooks(AxState(ghl): AxState<FakeGhl>) -> Response {
 
 async fn admin_emit(AxState(ghl): AxState<FakeGhl>, body: Bytes) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
-    let mode: WebhookMode = body
-        .get("mode")
-        .cloned()
-        .and_then(|m| serde_json::from_value(m).ok())
-        .unwrap_or_default();
+    let mode: WebhookMode = body.get("mode").cloned().and_then(|m| serde_json::from_value(m).ok()).unwrap_or_default();
     let event = body.get("event").cloned().unwrap_or(json!({}));
     ghl.emit_webhook(event, mode);
     admin_json(&json!({"ok": true}))
@@ -1013,10 +888,7 @@ async fn admin_emit(AxState(ghl): AxState<FakeGhl>, body: Bytes) -> Response {
 
 async fn admin_webhook_url(AxState(ghl): AxState<FakeGhl>, body: Bytes) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
-    let url = body
-        .get("url")
-        .and_then(Value::as_str)
-        .and_then(|u| url::Url::parse(u).ok());
+    let url = body.get("url").and_then(Value::as_str).and_then(|u| url::Url::parse(u).ok());
     ghl.set_webhook_url(url);
     admin_json(&json!({"ok": true}))
 }
@@ -1031,10 +903,7 @@ async fn admin_clock(AxState(ghl): AxState<FakeGhl>, body: Bytes) -> Response {
 async fn admin_daily_exhausted(AxState(ghl): AxState<FakeGhl>, body: Bytes) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
     let location = body.get("locationId").and_then(Value::as_str).unwrap_or("");
-    let exhausted = body
-        .get("exhausted")
-        .and_then(Value::as_bool)
-        .unwrap_or(true);
+    let exhausted = body.get("exhausted").and_then(Value::as_bool).unwrap_or(true);
     ghl.set_daily_exhausted(location, exhausted);
     admin_json(&json!({"ok": true}))
 }

@@ -9,9 +9,8 @@ use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
 
 use super::model::{
-    Cid, Contact, Fields, Loc, NOTE_BODIES, Note, SEED_BASE_MS, SEED_SPAN_MS, Shape, TASK_BODIES,
-    TASK_TITLES, Task, USER_FIRST, USER_LAST, generate_fields, random_hex, render_contact,
-    system_ms,
+    Cid, Contact, Fields, Loc, NOTE_BODIES, Note, SEED_BASE_MS, SEED_SPAN_MS, Shape, TASK_BODIES, TASK_TITLES, Task,
+    USER_FIRST, USER_LAST, generate_fields, random_hex, render_contact, system_ms,
 };
 use super::{Fault, GhlOptions, GhlStats};
 
@@ -45,10 +44,7 @@ fn reason(status: u16) -> &'static str {
 impl ApiError {
     /// `{statusCode, message, error}` — the common GHL body (ghl.md §5).
     pub(crate) fn new(status: u16, message: impl Into<Value>) -> Self {
-        Self {
-            status,
-            body: json!({"statusCode": status, "message": message.into(), "error": reason(status)}),
-        }
+        Self { status, body: json!({"statusCode": status, "message": message.into(), "error": reason(status)}) }
     }
 
     /// 422 with an ARRAY `message`, as class-validator produces.
@@ -58,10 +54,7 @@ impl ApiError {
 
     pub(crate) fn contact_not_found() -> Self {
         // Quoted body (ghl.md §5): no `error` key.
-        Self {
-            status: 404,
-            body: json!({"statusCode": 404, "message": "Contact not found"}),
-        }
+        Self { status: 404, body: json!({"statusCode": 404, "message": "Contact not found"}) }
     }
 
     pub(crate) fn not_found(what: &str) -> Self {
@@ -276,11 +269,7 @@ impl State {
             let users = (0..3)
                 .map(|u| {
                     let uid: Arc<str> = Arc::from(Cid::random(&mut rng).as_str());
-                    (
-                        uid,
-                        USER_FIRST[u % USER_FIRST.len()],
-                        USER_LAST[(u + i) % USER_LAST.len()],
-                    )
+                    (uid, USER_FIRST[u % USER_FIRST.len()], USER_LAST[(u + i) % USER_LAST.len()])
                 })
                 .collect();
             let businesses = (0..2)
@@ -290,18 +279,8 @@ impl State {
                 })
                 .collect();
             let custom_fields = vec![
-                (
-                    Arc::from(Cid::random(&mut rng).as_str()),
-                    "Lusha ID",
-                    "contact.lusha_id",
-                    "TEXT",
-                ),
-                (
-                    Arc::from(Cid::random(&mut rng).as_str()),
-                    "Lusha Enriched At",
-                    "contact.lusha_enriched_at",
-                    "TEXT",
-                ),
+                (Arc::from(Cid::random(&mut rng).as_str()), "Lusha ID", "contact.lusha_id", "TEXT"),
+                (Arc::from(Cid::random(&mut rng).as_str()), "Lusha Enriched At", "contact.lusha_enriched_at", "TEXT"),
                 (
                     Arc::from(Cid::random(&mut rng).as_str()),
                     "Lucky Orange Recording",
@@ -311,21 +290,8 @@ impl State {
             ];
             let index = u16::try_from(i).unwrap_or(u16::MAX);
             loc_by_id.insert(id.as_str().to_owned(), index);
-            tokens.insert(
-                pit.clone(),
-                AccessTok {
-                    principal: Principal::Location(index),
-                    expires: None,
-                },
-            );
-            locs.push(Loc {
-                id,
-                name: format!("Sandbox Location {}", i + 1),
-                pit,
-                users,
-                businesses,
-                custom_fields,
-            });
+            tokens.insert(pit.clone(), AccessTok { principal: Principal::Location(index), expires: None });
+            locs.push(Loc { id, name: format!("Sandbox Location {}", i + 1), pit, users, businesses, custom_fields });
         }
         let runtime_rng = fastrand::Rng::with_seed(opts.seed ^ 0x005E_ED0F_FA4E_0001);
         let mut state = Self {
@@ -382,14 +348,8 @@ impl State {
                 } else {
                     (added + rng.i64(0..30 * 24 * 3600 * 1000)).min(SEED_BASE_MS + SEED_SPAN_MS)
                 };
-                let contact = Contact {
-                    id,
-                    loc,
-                    n: u32::try_from(n).unwrap_or(u32::MAX),
-                    added,
-                    updated,
-                    fields: None,
-                };
+                let contact =
+                    Contact { id, loc, n: u32::try_from(n).unwrap_or(u32::MAX), added, updated, fields: None };
                 self.contacts.insert(id, contact.clone());
                 self.index[li].upsert(contact);
                 let mut kids = Children::default();
@@ -420,8 +380,7 @@ impl State {
             loc,
             title: TASK_TITLES[rng.usize(..TASK_TITLES.len())].into(),
             body: TASK_BODIES[rng.usize(..TASK_BODIES.len())].into(),
-            assigned_to: (!users.is_empty() && rng.bool())
-                .then(|| users[rng.usize(..users.len())].0.clone()),
+            assigned_to: (!users.is_empty() && rng.bool()).then(|| users[rng.usize(..users.len())].0.clone()),
             due: after + rng.i64(0..60 * 24 * 3600 * 1000),
             completed: rng.u8(..3) == 0,
             added: after,
@@ -469,10 +428,7 @@ impl State {
     }
 
     pub(crate) fn loc_id(&self, loc: u16) -> &str {
-        self.locs
-            .get(usize::from(loc))
-            .map(|l| l.id.as_str())
-            .unwrap_or("")
+        self.locs.get(usize::from(loc)).map(|l| l.id.as_str()).unwrap_or("")
     }
 
     /// Resolves a location id and checks the caller may touch it.
@@ -485,9 +441,7 @@ impl State {
 
     /// Finds a live contact the caller may see (404 if missing, 403 if another location's).
     pub(crate) fn contact_for(&self, auth: &AuthCtx, id: &str) -> Result<Contact, ApiError> {
-        let contact = Cid::parse(id)
-            .and_then(|cid| self.contacts.get(&cid))
-            .ok_or_else(ApiError::contact_not_found)?;
+        let contact = Cid::parse(id).and_then(|cid| self.contacts.get(&cid)).ok_or_else(ApiError::contact_not_found)?;
         match auth.principal {
             Principal::Location(mine) if mine == contact.loc => Ok(contact.clone()),
             _ => Err(ApiError::forbidden()),
@@ -548,35 +502,19 @@ impl State {
     /// Issues an access + refresh token pair in (new or existing) grant `grant`.
     pub(crate) fn issue(&mut self, principal: Principal, grant: Option<usize>) -> Issued {
         let grant = grant.unwrap_or_else(|| {
-            self.grants.push(Grant {
-                principal,
-                dead: false,
-                access: Vec::new(),
-                refresh: Vec::new(),
-            });
+            self.grants.push(Grant { principal, dead: false, access: Vec::new(), refresh: Vec::new() });
             self.grants.len() - 1
         });
         let access = self.new_token("eyJhbGciOiJSUzI1NiJ9.fake-");
         let refresh = self.new_token("rt-");
         let expires = self.now() + self.opts.access_token_ttl;
-        self.tokens.insert(
-            access.clone(),
-            AccessTok {
-                principal,
-                expires: Some(expires),
-            },
-        );
-        self.refresh
-            .insert(refresh.clone(), RefreshRec { grant, used: None });
+        self.tokens.insert(access.clone(), AccessTok { principal, expires: Some(expires) });
+        self.refresh.insert(refresh.clone(), RefreshRec { grant, used: None });
         if let Some(g) = self.grants.get_mut(grant) {
             g.access.push(access.clone());
             g.refresh.push(refresh.clone());
         }
-        Issued {
-            access,
-            refresh,
-            expires,
-        }
+        Issued { access, refresh, expires }
     }
 
     /// Resolves a bearer token (None: unknown, expired or revoked).
@@ -589,10 +527,7 @@ impl State {
             Principal::Location(loc) => format!("location:{}", self.loc_id(loc)),
             Principal::Company => format!("company:{}", self.company.as_str()),
         };
-        Some(AuthCtx {
-            principal: tok.principal,
-            bucket,
-        })
+        Some(AuthCtx { principal: tok.principal, bucket })
     }
 
     /// Kills a grant: every access and refresh token of the chain stops working.
@@ -608,16 +543,8 @@ impl State {
     }
 
     pub(crate) fn token_body(&self, issued: &Issued, principal: Principal) -> Value {
-        let expires_in = issued
-            .expires
-            .saturating_duration_since(self.now())
-            .as_secs();
-        let user_id = self
-            .locs
-            .first()
-            .and_then(|l| l.users.first())
-            .map(|u| u.0.to_string())
-            .unwrap_or_default();
+        let expires_in = issued.expires.saturating_duration_since(self.now()).as_secs();
+        let user_id = self.locs.first().and_then(|l| l.users.first()).map(|u| u.0.to_string()).unwrap_or_default();
         let mut body = json!({
             "access_token": issued.access,
             "token_type": "Bearer",
@@ -635,18 +562,14 @@ impl State {
             Principal::Company => {
                 body["userType"] = json!("Company");
                 body["isBulkInstallation"] = json!(true);
-                body["approvedLocations"] =
-                    json!(self.locs.iter().map(|l| l.id.as_str()).collect::<Vec<_>>());
+                body["approvedLocations"] = json!(self.locs.iter().map(|l| l.id.as_str()).collect::<Vec<_>>());
             }
         }
         body
     }
 
     /// `POST /oauth/token`.
-    pub(crate) fn oauth_token(
-        &mut self,
-        form: &HashMap<String, String>,
-    ) -> Result<Value, ApiError> {
+    pub(crate) fn oauth_token(&mut self, form: &HashMap<String, String>) -> Result<Value, ApiError> {
         let field = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
         let mut missing = Vec::new();
         for k in ["client_id", "client_secret", "grant_type"] {
@@ -690,11 +613,8 @@ impl State {
                 };
                 let grant = rec.grant;
                 let used = rec.used.clone();
-                let (principal, dead) = self
-                    .grants
-                    .get(grant)
-                    .map(|g| (g.principal, g.dead))
-                    .unwrap_or((Principal::Company, true));
+                let (principal, dead) =
+                    self.grants.get(grant).map(|g| (g.principal, g.dead)).unwrap_or((Principal::Company, true));
                 if dead {
                     self.stats.invalid_grants += 1;
                     return Err(invalid_grant("Refresh token has been revoked"));
@@ -718,26 +638,15 @@ impl State {
                     }
                 }
             }
-            Some(other) => Err(ApiError::unprocessable(vec![format!(
-                "grant_type {other} is not supported"
-            )])),
-            None => Err(ApiError::unprocessable(vec![
-                "grant_type should not be empty".to_owned(),
-            ])),
+            Some(other) => Err(ApiError::unprocessable(vec![format!("grant_type {other} is not supported")])),
+            None => Err(ApiError::unprocessable(vec!["grant_type should not be empty".to_owned()])),
         }
     }
 
     /// `POST /oauth/locationToken` (agency bearer).
-    pub(crate) fn location_token(
-        &mut self,
-        auth: &AuthCtx,
-        form: &HashMap<String, String>,
-    ) -> Result<Value, ApiError> {
+    pub(crate) fn location_token(&mut self, auth: &AuthCtx, form: &HashMap<String, String>) -> Result<Value, ApiError> {
         if auth.principal != Principal::Company {
-            return Err(ApiError::new(
-                401,
-                "This route is not yet supported by the IAM Service",
-            ));
+            return Err(ApiError::new(401, "This route is not yet supported by the IAM Service"));
         }
         let company = form.get("companyId").map(String::as_str).unwrap_or("");
         let location = form.get("locationId").map(String::as_str).unwrap_or("");
@@ -754,9 +663,7 @@ impl State {
         if company != self.company.as_str() {
             return Err(ApiError::forbidden());
         }
-        let loc = self
-            .loc_of(location)
-            .ok_or_else(|| ApiError::new(400, "Location not found"))?;
+        let loc = self.loc_of(location).ok_or_else(|| ApiError::new(400, "Location not found"))?;
         let issued = self.issue(Principal::Location(loc), None);
         self.stats.location_token_grants += 1;
         let mut body = self.token_body(&issued, Principal::Location(loc));
@@ -777,21 +684,13 @@ impl State {
                 let exhausted = self.daily_exhausted.contains(key);
                 let b = self.buckets.entry(key.to_owned()).or_default();
                 prune(b, now, window, day);
-                (
-                    u32::try_from(b.hits.len()).unwrap_or(u32::MAX),
-                    b.daily_used,
-                    exhausted,
-                )
+                (u32::try_from(b.hits.len()).unwrap_or(u32::MAX), b.daily_used, exhausted)
             }
             None => (0, 0, false),
         };
         RateHeaders {
             daily_limit: self.opts.daily_max,
-            daily_remaining: if exhausted {
-                0
-            } else {
-                self.opts.daily_max.saturating_sub(daily_used)
-            },
+            daily_remaining: if exhausted { 0 } else { self.opts.daily_max.saturating_sub(daily_used) },
             interval_ms: window.as_millis(),
             max: self.opts.burst_max,
             remaining: self.opts.burst_max.saturating_sub(burst_used),
@@ -811,11 +710,7 @@ impl State {
         }
         (
             true,
-            RateHeaders {
-                daily_remaining: headers.daily_remaining - 1,
-                remaining: headers.remaining - 1,
-                ..headers
-            },
+            RateHeaders { daily_remaining: headers.daily_remaining - 1, remaining: headers.remaining - 1, ..headers },
         )
     }
 
@@ -845,11 +740,7 @@ impl State {
 }
 
 fn prune(b: &mut Bucket, now: Instant, window: Duration, day: i64) {
-    while b
-        .hits
-        .front()
-        .is_some_and(|t| now.saturating_duration_since(*t) >= window)
-    {
+    while b.hits.front().is_some_and(|t| now.saturating_duration_since(*t) >= window) {
         b.hits.pop_front();
     }
     if b.day != day {

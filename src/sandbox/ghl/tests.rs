@@ -19,27 +19,10 @@ struct Env {
 
 impl Env {
     async fn start(ghl: GhlOptions) -> anyhow::Result<Self> {
-        let sandbox = Sandbox::start(
-            SandboxOptions {
-                ghl,
-                ..Default::default()
-            },
-            "127.0.0.1:0".parse()?,
-        )
-        .await?;
-        let base = sandbox
-            .ghl_url()
-            .to_string()
-            .trim_end_matches('/')
-            .to_owned();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()?;
-        Ok(Self {
-            sandbox,
-            http,
-            base,
-        })
+        let sandbox = Sandbox::start(SandboxOptions { ghl, ..Default::default() }, "127.0.0.1:0".parse()?).await?;
+        let base = sandbox.ghl_url().to_string().trim_end_matches('/').to_owned();
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
+        Ok(Self { sandbox, http, base })
     }
 
     fn ghl(&self) -> &FakeGhl {
@@ -56,10 +39,7 @@ impl Env {
 
     /// A request with Version and bearer.
     fn req(&self, method: reqwest::Method, path: &str, token: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, self.url(path))
-            .header("Version", "2021-07-28")
-            .bearer_auth(token)
+        self.http.request(method, self.url(path)).header("Version", "2021-07-28").bearer_auth(token)
     }
 
     async fn send(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
@@ -70,24 +50,16 @@ impl Env {
     }
 
     async fn search(&self, token: &str, body: Value) -> anyhow::Result<(u16, Value)> {
-        self.send(
-            self.req(reqwest::Method::POST, "/contacts/search", token)
-                .json(&body),
-        )
-        .await
+        self.send(self.req(reqwest::Method::POST, "/contacts/search", token).json(&body)).await
     }
 
     async fn token(&self, form: &[(&str, &str)]) -> anyhow::Result<(u16, Value)> {
-        self.send(self.http.post(self.url("/oauth/token")).form(form))
-            .await
+        self.send(self.http.post(self.url("/oauth/token")).form(form)).await
     }
 }
 
 fn small() -> GhlOptions {
-    GhlOptions {
-        contacts_per_location: 20,
-        ..GhlOptions::default()
-    }
+    GhlOptions { contacts_per_location: 20, ..GhlOptions::default() }
 }
 
 #[tokio::test]
@@ -98,22 +70,14 @@ async fn auth_version_and_location_scoping() -> anyhow::Result<()> {
     let path = format!("/contacts/{contact}");
 
     // Missing Version → 400 with the GHL body.
-    let response = env
-        .http
-        .get(env.url(&path))
-        .bearer_auth(&a.pit)
-        .send()
-        .await?;
+    let response = env.http.get(env.url(&path)).bearer_auth(&a.pit).send().await?;
     assert_eq!(response.status().as_u16(), 400);
     let body: Value = response.json().await?;
     assert_eq!(body["statusCode"], 400);
     assert_eq!(body["error"], "Bad Request");
 
     // Bad token → 401, rate-limit headers still present.
-    let response = env
-        .req(reqwest::Method::GET, &path, "pit-nope")
-        .send()
-        .await?;
+    let response = env.req(reqwest::Method::GET, &path, "pit-nope").send().await?;
     assert_eq!(response.status().as_u16(), 401);
     assert!(response.headers().contains_key("x-ratelimit-remaining"));
     let body: Value = response.json().await?;
@@ -123,35 +87,20 @@ async fn auth_version_and_location_scoping() -> anyhow::Result<()> {
     );
 
     // Good token → contact with traceId; other location's PIT → 403.
-    let (status, body) = env
-        .send(env.req(reqwest::Method::GET, &path, &a.pit))
-        .await?;
+    let (status, body) = env.send(env.req(reqwest::Method::GET, &path, &a.pit)).await?;
     assert_eq!(status, 200);
     assert_eq!(body["contact"]["id"], contact.as_str());
     assert_eq!(body["contact"]["locationId"], a.id.as_str());
     assert!(body["traceId"].is_string());
-    let (status, _) = env
-        .send(env.req(reqwest::Method::GET, &path, &b.pit))
-        .await?;
+    let (status, _) = env.send(env.req(reqwest::Method::GET, &path, &b.pit)).await?;
     assert_eq!(status, 403);
-    let (status, _) = env
-        .search(&b.pit, json!({"locationId": a.id, "pageLimit": 10}))
-        .await?;
+    let (status, _) = env.search(&b.pit, json!({"locationId": a.id, "pageLimit": 10})).await?;
     assert_eq!(status, 403);
 
     // Missing contact → 404 body.
-    let (status, body) = env
-        .send(env.req(
-            reqwest::Method::GET,
-            "/contacts/AAAAAAAAAAAAAAAAAAAA",
-            &a.pit,
-        ))
-        .await?;
+    let (status, body) = env.send(env.req(reqwest::Method::GET, "/contacts/AAAAAAAAAAAAAAAAAAAA", &a.pit)).await?;
     assert_eq!(status, 404);
-    assert_eq!(
-        body,
-        json!({"statusCode":404,"message":"Contact not found"})
-    );
+    assert_eq!(body, json!({"statusCode":404,"message":"Contact not found"}));
     let stats = env.ghl().stats();
     assert!(stats.requests["GET /contacts/:contactId"] >= 5);
     env.sandbox.stop().await;
@@ -160,11 +109,7 @@ async fn auth_version_and_location_scoping() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn access_token_expires() -> anyhow::Result<()> {
-    let env = Env::start(GhlOptions {
-        access_token_ttl: Duration::from_secs(1),
-        ..small()
-    })
-    .await?;
+    let env = Env::start(GhlOptions { access_token_ttl: Duration::from_secs(1), ..small() }).await?;
     let a = env.loc(0);
     let (id, secret) = env.ghl().oauth_client();
     let code = env.ghl().authorization_code(Some(&a.id));
@@ -187,10 +132,7 @@ async fn access_token_expires() -> anyhow::Result<()> {
     assert_eq!(status, 400);
     assert_eq!(body["error"], "invalid_grant");
 
-    let access = token["access_token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let access = token["access_token"].as_str().unwrap_or_default().to_owned();
     let search = json!({"locationId": a.id, "pageLimit": 1});
     assert_eq!(env.search(&access, search.clone()).await?.0, 200);
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -201,26 +143,14 @@ async fn access_token_expires() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn refresh_tokens_rotate_single_use_with_grace() -> anyhow::Result<()> {
-    let env = Env::start(GhlOptions {
-        refresh_grace: Duration::from_millis(300),
-        ..small()
-    })
-    .await?;
+    let env = Env::start(GhlOptions { refresh_grace: Duration::from_millis(300), ..small() }).await?;
     let a = env.loc(0);
     let (id, secret) = env.ghl().oauth_client();
     let code = env.ghl().authorization_code(Some(&a.id));
     let (_, first) = env
-        .token(&[
-            ("client_id", &id),
-            ("client_secret", &secret),
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-        ])
+        .token(&[("client_id", &id), ("client_secret", &secret), ("grant_type", "authorization_code"), ("code", &code)])
         .await?;
-    let r1 = first["refresh_token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let r1 = first["refresh_token"].as_str().unwrap_or_default().to_owned();
     let refresh = |r: String| {
         let (id, secret) = (id.clone(), secret.clone());
         let env = &env;
@@ -237,14 +167,8 @@ async fn refresh_tokens_rotate_single_use_with_grace() -> anyhow::Result<()> {
     };
     let (status, second) = refresh(r1.clone()).await?;
     assert_eq!(status, 200);
-    let a2 = second["access_token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let r2 = second["refresh_token"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let a2 = second["access_token"].as_str().unwrap_or_default().to_owned();
+    let r2 = second["refresh_token"].as_str().unwrap_or_default().to_owned();
     assert_ne!(r2, r1);
     assert_ne!(a2, first["access_token"].as_str().unwrap_or_default());
 
@@ -262,9 +186,7 @@ async fn refresh_tokens_rotate_single_use_with_grace() -> anyhow::Result<()> {
     let (status, body) = refresh(r2.clone()).await?;
     assert_eq!(status, 400);
     assert_eq!(body["error"], "invalid_grant");
-    let (status, _) = env
-        .search(&a2, json!({"locationId": a.id, "pageLimit": 1}))
-        .await?;
+    let (status, _) = env.search(&a2, json!({"locationId": a.id, "pageLimit": 1})).await?;
     assert_eq!(status, 401);
 
     let stats = env.ghl().stats();
@@ -293,25 +215,18 @@ async fn agency_token_mints_location_tokens() -> anyhow::Result<()> {
     assert_eq!(company["userType"], "Company");
     let agency = company["access_token"].as_str().unwrap_or_default();
     // Company tokens cannot read location data directly.
-    let (status, _) = env
-        .search(agency, json!({"locationId": a.id, "pageLimit": 1}))
-        .await?;
+    let (status, _) = env.search(agency, json!({"locationId": a.id, "pageLimit": 1})).await?;
     assert_eq!(status, 403);
     let response = env
         .req(reqwest::Method::POST, "/oauth/locationToken", agency)
-        .form(&[
-            ("companyId", env.ghl().company_id().as_str()),
-            ("locationId", a.id.as_str()),
-        ])
+        .form(&[("companyId", env.ghl().company_id().as_str()), ("locationId", a.id.as_str())])
         .send()
         .await?;
     assert_eq!(response.status().as_u16(), 201);
     let body: Value = response.json().await?;
     assert!(body["refresh_token"].is_string());
     let location = body["access_token"].as_str().unwrap_or_default();
-    let (status, _) = env
-        .search(location, json!({"locationId": a.id, "pageLimit": 1}))
-        .await?;
+    let (status, _) = env.search(location, json!({"locationId": a.id, "pageLimit": 1})).await?;
     assert_eq!(status, 200);
     env.sandbox.stop().await;
     Ok(())
@@ -364,19 +279,12 @@ async fn search_pages_every_contact_once_in_order() -> anyhow::Result<()> {
     assert_eq!(sorted, seen);
 
     // Validation: 422 with array messages.
-    let (status, body) = env
-        .search(&a.pit, json!({"locationId": a.id, "pageLimit": 501}))
-        .await?;
+    let (status, body) = env.search(&a.pit, json!({"locationId": a.id, "pageLimit": 501})).await?;
     assert_eq!(status, 422);
     assert!(body["message"].is_array());
     let (status, _) = env.search(&a.pit, json!({"pageLimit": 10})).await?;
     assert_eq!(status, 422);
-    let (status, _) = env
-        .search(
-            &a.pit,
-            json!({"locationId": a.id, "pageLimit": 100, "page": 101}),
-        )
-        .await?;
+    let (status, _) = env.search(&a.pit, json!({"locationId": a.id, "pageLimit": 100, "page": 101})).await?;
     assert_eq!(status, 422);
 
     // Range + eq filters.
@@ -406,32 +314,24 @@ async fn search_pages_every_contact_once_in_order() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn search_lags_behind_writes() -> anyhow::Result<()> {
-    let env = Env::start(GhlOptions {
-        search_lag: Duration::from_millis(500),
-        ..small()
-    })
-    .await?;
+    let env = Env::start(GhlOptions { search_lag: Duration::from_millis(500), ..small() }).await?;
     let a = env.loc(0);
     let (status, created) = env
-        .send(env.req(reqwest::Method::POST, "/contacts/", &a.pit).json(
-            &json!({"locationId": a.id, "firstName": "Ada", "lastName": "Lagtest",
-                              "email": "lag1@example.test", "gender": "female"}),
-        ))
+        .send(
+            env.req(reqwest::Method::POST, "/contacts/", &a.pit)
+                .json(&json!({"locationId": a.id, "firstName": "Ada", "lastName": "Lagtest",
+                              "email": "lag1@example.test", "gender": "female"})),
+        )
         .await?;
     assert_eq!(status, 201, "{created}");
-    let id = created["contact"]["id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let id = created["contact"]["id"].as_str().unwrap_or_default().to_owned();
     assert_eq!(created["contact"]["deleted"], false);
     let by_id = json!({"locationId": a.id, "pageLimit": 5,
                        "filters": [{"field": "id", "operator": "eq", "value": id}]});
     let (_, body) = env.search(&a.pit, by_id.clone()).await?;
     assert_eq!(body["total"], 0, "fresh create must be invisible");
     // GET sees it immediately.
-    let (status, _) = env
-        .send(env.req(reqwest::Method::GET, &format!("/contacts/{id}"), &a.pit))
-        .await?;
+    let (status, _) = env.send(env.req(reqwest::Method::GET, &format!("/contacts/{id}"), &a.pit)).await?;
     assert_eq!(status, 200);
     env.ghl().advance_clock(Duration::from_millis(600));
     let (_, body) = env.search(&a.pit, by_id.clone()).await?;
@@ -457,29 +357,16 @@ async fn search_lags_behind_writes() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn burst_limit_answers_429_with_headers() -> anyhow::Result<()> {
-    let env = Env::start(GhlOptions {
-        burst_max: 5,
-        burst_window: Duration::from_secs(1),
-        ..small()
-    })
-    .await?;
+    let env = Env::start(GhlOptions { burst_max: 5, burst_window: Duration::from_secs(1), ..small() }).await?;
     let a = env.loc(0);
     let body = json!({"locationId": a.id, "pageLimit": 1});
     for i in 0..5u32 {
-        let response = env
-            .req(reqwest::Method::POST, "/contacts/search", &a.pit)
-            .json(&body)
-            .send()
-            .await?;
+        let response = env.req(reqwest::Method::POST, "/contacts/search", &a.pit).json(&body).send().await?;
         assert_eq!(response.status().as_u16(), 200);
         let remaining = &response.headers()["x-ratelimit-remaining"];
         assert_eq!(remaining.to_str()?, (4 - i).to_string());
     }
-    let response = env
-        .req(reqwest::Method::POST, "/contacts/search", &a.pit)
-        .json(&body)
-        .send()
-        .await?;
+    let response = env.req(reqwest::Method::POST, "/contacts/search", &a.pit).json(&body).send().await?;
     assert_eq!(response.status().as_u16(), 429);
     let h = response.headers().clone();
     assert_eq!(h["x-ratelimit-remaining"].to_str()?, "0");
@@ -489,30 +376,18 @@ async fn burst_limit_answers_429_with_headers() -> anyhow::Result<()> {
     assert_eq!(h["x-ratelimit-daily-remaining"].to_str()?, "199995");
     assert!(!h.contains_key("retry-after"));
     let json: Value = response.json().await?;
-    assert_eq!(
-        json,
-        json!({"statusCode":429,"message":"Too many requests","error":"Too Many Requests"})
-    );
+    assert_eq!(json, json!({"statusCode":429,"message":"Too many requests","error":"Too Many Requests"}));
     // Another bucket is unaffected; the window slides.
     let b = env.loc(1);
-    let (status, _) = env
-        .search(&b.pit, json!({"locationId": b.id, "pageLimit": 1}))
-        .await?;
+    let (status, _) = env.search(&b.pit, json!({"locationId": b.id, "pageLimit": 1})).await?;
     assert_eq!(status, 200);
     env.ghl().advance_clock(Duration::from_millis(1001));
     assert_eq!(env.search(&a.pit, body.clone()).await?.0, 200);
 
     env.ghl().set_daily_exhausted(&a.id, true);
-    let response = env
-        .req(reqwest::Method::POST, "/contacts/search", &a.pit)
-        .json(&body)
-        .send()
-        .await?;
+    let response = env.req(reqwest::Method::POST, "/contacts/search", &a.pit).json(&body).send().await?;
     assert_eq!(response.status().as_u16(), 429);
-    assert_eq!(
-        response.headers()["x-ratelimit-daily-remaining"].to_str()?,
-        "0"
-    );
+    assert_eq!(response.headers()["x-ratelimit-daily-remaining"].to_str()?, "0");
     assert_eq!(env.ghl().stats().too_many_requests, 2);
     env.sandbox.stop().await;
     Ok(())
@@ -524,12 +399,8 @@ async fn put_rejects_unknown_properties_and_tags_replace() -> anyhow::Result<()>
     let a = env.loc(0);
     let id = env.ghl().contact_ids(&a.id)[3].clone();
     let path = format!("/contacts/{id}");
-    let (status, body) = env
-        .send(
-            env.req(reqwest::Method::PUT, &path, &a.pit)
-                .json(&json!({"gender": "male"})),
-        )
-        .await?;
+    let (status, body) =
+        env.send(env.req(reqwest::Method::PUT, &path, &a.pit).json(&json!({"gender": "male"}))).await?;
     assert_eq!(status, 422);
     assert_eq!(
         body,
@@ -537,10 +408,7 @@ async fn put_rejects_unknown_properties_and_tags_replace() -> anyhow::Result<()>
     );
     let before = env.ghl().contact(&id).unwrap_or_default();
     let (status, body) = env
-        .send(
-            env.req(reqwest::Method::PUT, &path, &a.pit)
-                .json(&json!({"firstName": "Zed", "tags": ["only"]})),
-        )
+        .send(env.req(reqwest::Method::PUT, &path, &a.pit).json(&json!({"firstName": "Zed", "tags": ["only"]})))
         .await?;
     assert_eq!(status, 200);
     assert_eq!(body["succeded"], true);
@@ -550,31 +418,18 @@ async fn put_rejects_unknown_properties_and_tags_replace() -> anyhow::Result<()>
 
     // Tag endpoints: 201 on add, DELETE with a JSON body.
     let tags = format!("{path}/tags");
-    let (status, body) = env
-        .send(
-            env.req(reqwest::Method::POST, &tags, &a.pit)
-                .json(&json!({"tags": ["x"]})),
-        )
-        .await?;
+    let (status, body) = env.send(env.req(reqwest::Method::POST, &tags, &a.pit).json(&json!({"tags": ["x"]}))).await?;
     assert_eq!(status, 201);
     assert_eq!(body["tags"], json!(["only", "x"]));
-    let (status, body) = env
-        .send(
-            env.req(reqwest::Method::DELETE, &tags, &a.pit)
-                .json(&json!({"tags": ["only"]})),
-        )
-        .await?;
+    let (status, body) =
+        env.send(env.req(reqwest::Method::DELETE, &tags, &a.pit).json(&json!({"tags": ["only"]}))).await?;
     assert_eq!(status, 200);
     assert_eq!(body["tags"], json!(["x"]));
 
-    let (status, body) = env
-        .send(env.req(reqwest::Method::DELETE, &path, &a.pit))
-        .await?;
+    let (status, body) = env.send(env.req(reqwest::Method::DELETE, &path, &a.pit)).await?;
     assert_eq!(status, 200);
     assert_eq!(body["succeded"], true);
-    let (status, _) = env
-        .send(env.req(reqwest::Method::GET, &path, &a.pit))
-        .await?;
+    let (status, _) = env.send(env.req(reqwest::Method::GET, &path, &a.pit)).await?;
     assert_eq!(status, 404);
     env.sandbox.stop().await;
     Ok(())
@@ -588,60 +443,33 @@ async fn tasks_and_notes_have_real_shapes() -> anyhow::Result<()> {
     let base = format!("/contacts/{id}");
     let (status, created) = env
         .send(
-            env.req(reqwest::Method::POST, &format!("{base}/tasks"), &a.pit)
-                .json(&json!({"title": "Call", "body": "b", "dueDate": "2026-01-01T00:00:00.000Z", "completed": false})),
+            env.req(reqwest::Method::POST, &format!("{base}/tasks"), &a.pit).json(
+                &json!({"title": "Call", "body": "b", "dueDate": "2026-01-01T00:00:00.000Z", "completed": false}),
+            ),
         )
         .await?;
     assert_eq!(status, 201, "{created}");
     let task = created["task"].clone();
-    let mut keys: Vec<&String> = task
-        .as_object()
-        .map(|o| o.keys().collect())
-        .unwrap_or_default();
+    let mut keys: Vec<&String> = task.as_object().map(|o| o.keys().collect()).unwrap_or_default();
     keys.sort();
-    assert_eq!(
-        keys,
-        [
-            "assignedTo",
-            "body",
-            "completed",
-            "contactId",
-            "dueDate",
-            "id",
-            "title"
-        ]
-    );
+    assert_eq!(keys, ["assignedTo", "body", "completed", "contactId", "dueDate", "id", "title"]);
     let task_id = task["id"].as_str().unwrap_or_default().to_owned();
     let (status, done) = env
         .send(
-            env.req(
-                reqwest::Method::PUT,
-                &format!("{base}/tasks/{task_id}/completed"),
-                &a.pit,
-            )
-            .json(&json!({"completed": true})),
+            env.req(reqwest::Method::PUT, &format!("{base}/tasks/{task_id}/completed"), &a.pit)
+                .json(&json!({"completed": true})),
         )
         .await?;
     assert_eq!(status, 200);
     assert_eq!(done["task"]["completed"], true);
-    let (_, list) = env
-        .send(env.req(reqwest::Method::GET, &format!("{base}/tasks"), &a.pit))
-        .await?;
-    assert!(
-        list["tasks"]
-            .as_array()
-            .is_some_and(|t| t.iter().any(|t| t["id"] == task_id.as_str()))
-    );
+    let (_, list) = env.send(env.req(reqwest::Method::GET, &format!("{base}/tasks"), &a.pit)).await?;
+    assert!(list["tasks"].as_array().is_some_and(|t| t.iter().any(|t| t["id"] == task_id.as_str())));
 
     // Location task search: `_id` items, stable order, skip/limit.
     let (status, found) = env
         .send(
-            env.req(
-                reqwest::Method::POST,
-                &format!("/locations/{}/tasks/search", a.id),
-                &a.pit,
-            )
-            .json(&json!({"contactId": [id], "limit": 25, "skip": 0})),
+            env.req(reqwest::Method::POST, &format!("/locations/{}/tasks/search", a.id), &a.pit)
+                .json(&json!({"contactId": [id], "limit": 25, "skip": 0})),
         )
         .await?;
     assert_eq!(status, 200);
@@ -654,39 +482,19 @@ async fn tasks_and_notes_have_real_shapes() -> anyhow::Result<()> {
     assert!(items[0]["contactDetails"].is_object());
 
     let (status, note) = env
-        .send(
-            env.req(reqwest::Method::POST, &format!("{base}/notes"), &a.pit)
-                .json(&json!({"body": "hello"})),
-        )
+        .send(env.req(reqwest::Method::POST, &format!("{base}/notes"), &a.pit).json(&json!({"body": "hello"})))
         .await?;
     assert_eq!(status, 201);
     assert!(note["note"]["dateAdded"].is_string());
     assert!(note["note"].get("dateUpdated").is_none());
     let note_id = note["note"]["id"].as_str().unwrap_or_default().to_owned();
-    let (status, body) = env
-        .send(env.req(
-            reqwest::Method::DELETE,
-            &format!("{base}/notes/{note_id}"),
-            &a.pit,
-        ))
-        .await?;
+    let (status, body) = env.send(env.req(reqwest::Method::DELETE, &format!("{base}/notes/{note_id}"), &a.pit)).await?;
     assert_eq!(status, 200);
     assert_eq!(body["succeded"], true);
-    let (status, body) = env
-        .send(env.req(
-            reqwest::Method::DELETE,
-            &format!("{base}/tasks/{task_id}"),
-            &a.pit,
-        ))
-        .await?;
+    let (status, body) = env.send(env.req(reqwest::Method::DELETE, &format!("{base}/tasks/{task_id}"), &a.pit)).await?;
     assert_eq!(status, 200);
     assert_eq!(body["succeded"], true);
-    assert!(
-        env.ghl()
-            .tasks(&id)
-            .iter()
-            .all(|t| t["id"] != task_id.as_str())
-    );
+    assert!(env.ghl().tasks(&id).iter().all(|t| t["id"] != task_id.as_str()));
     env.sandbox.stop().await;
     Ok(())
 }
@@ -718,28 +526,18 @@ async fn webhooks_are_signed_with_the_public_key() -> anyhow::Result<()> {
     });
 
     let env = Env::start(small()).await?;
-    env.ghl()
-        .set_webhook_url(Some(url::Url::parse(&format!("http://{addr}/hook"))?));
+    env.ghl().set_webhook_url(Some(url::Url::parse(&format!("http://{addr}/hook"))?));
     let a = env.loc(0);
     let id = env.ghl().contact_ids(&a.id)[0].clone();
     assert!(env.ghl().update_contact(&id, json!({"city": "Hooktown"})));
 
     let spki = STANDARD.decode(env.ghl().webhook_public_key())?;
-    assert!(
-        env.ghl()
-            .webhook_public_key()
-            .starts_with("MCowBQYDK2VwAyEA")
-    );
+    assert!(env.ghl().webhook_public_key().starts_with("MCowBQYDK2VwAyEA"));
     let key_bytes: [u8; 32] = spki[spki.len() - 32..].try_into()?;
     let key = VerifyingKey::from_bytes(&key_bytes)?;
 
-    async fn recv(
-        rx: &mut tokio::sync::mpsc::UnboundedReceiver<(HeaderMap, Bytes)>,
-    ) -> Option<(HeaderMap, Bytes)> {
-        tokio::time::timeout(Duration::from_secs(2), rx.recv())
-            .await
-            .ok()
-            .flatten()
+    async fn recv(rx: &mut tokio::sync::mpsc::UnboundedReceiver<(HeaderMap, Bytes)>) -> Option<(HeaderMap, Bytes)> {
+        tokio::time::timeout(Duration::from_secs(2), rx.recv()).await.ok().flatten()
     }
     let Some((headers, body)) = recv(&mut rx).await else {
         anyhow::bail!("no webhook arrived");
@@ -760,25 +558,17 @@ async fn webhooks_are_signed_with_the_public_key() -> anyhow::Result<()> {
     assert!(event.get("dateUpdated").is_none());
 
     // Modes: duplicate (same webhookId twice) and bad signature.
-    env.ghl().emit_webhook(
-        json!({"type": "NoteCreate", "locationId": a.id, "id": "x"}),
-        WebhookMode::Duplicate,
-    );
+    env.ghl().emit_webhook(json!({"type": "NoteCreate", "locationId": a.id, "id": "x"}), WebhookMode::Duplicate);
     let one = recv(&mut rx).await;
     let two = recv(&mut rx).await;
     let ids: Vec<Value> = [one, two]
         .into_iter()
         .flatten()
-        .map(|(_, b)| {
-            serde_json::from_slice::<Value>(&b).unwrap_or(Value::Null)["webhookId"].clone()
-        })
+        .map(|(_, b)| serde_json::from_slice::<Value>(&b).unwrap_or(Value::Null)["webhookId"].clone())
         .collect();
     assert_eq!(ids.len(), 2);
     assert_eq!(ids[0], ids[1]);
-    env.ghl().emit_webhook(
-        json!({"type": "NoteDelete", "locationId": a.id, "id": "y"}),
-        WebhookMode::BadSignature,
-    );
+    env.ghl().emit_webhook(json!({"type": "NoteDelete", "locationId": a.id, "id": "y"}), WebhookMode::BadSignature);
     let Some((headers, body)) = recv(&mut rx).await else {
         anyhow::bail!("no webhook arrived");
     };
@@ -795,62 +585,27 @@ async fn faults_storm_status_and_malformed() -> anyhow::Result<()> {
     let env = Env::start(small()).await?;
     let a = env.loc(0);
     let body = json!({"locationId": a.id, "pageLimit": 1});
-    env.ghl().set_fault(
-        "POST /contacts/search",
-        Fault {
-            storm_429: Some(2),
-            ..Fault::default()
-        },
-    );
+    env.ghl().set_fault("POST /contacts/search", Fault { storm_429: Some(2), ..Fault::default() });
     assert_eq!(env.search(&a.pit, body.clone()).await?.0, 429);
     assert_eq!(env.search(&a.pit, body.clone()).await?.0, 429);
     assert_eq!(env.search(&a.pit, body.clone()).await?.0, 200);
-    env.ghl().set_fault(
-        "*",
-        Fault {
-            status: Some(502),
-            ..Fault::default()
-        },
-    );
+    env.ghl().set_fault("*", Fault { status: Some(502), ..Fault::default() });
     env.ghl().clear_faults();
-    env.ghl().set_fault(
-        "*",
-        Fault {
-            error_rate: 1.0,
-            ..Fault::default()
-        },
-    );
+    env.ghl().set_fault("*", Fault { error_rate: 1.0, ..Fault::default() });
     let (status, body503) = env.search(&a.pit, body.clone()).await?;
     assert_eq!(status, 503);
     assert_eq!(body503["statusCode"], 503);
-    env.ghl().set_fault(
-        "POST /contacts/search",
-        Fault {
-            malformed_json: true,
-            ..Fault::default()
-        },
-    );
-    let response = env
-        .req(reqwest::Method::POST, "/contacts/search", &a.pit)
-        .json(&body)
-        .send()
-        .await?;
+    env.ghl().set_fault("POST /contacts/search", Fault { malformed_json: true, ..Fault::default() });
+    let response = env.req(reqwest::Method::POST, "/contacts/search", &a.pit).json(&body).send().await?;
     assert_eq!(response.status().as_u16(), 200);
     assert!(response.json::<Value>().await.is_err());
     env.ghl().clear_faults();
     // 422 yet created.
-    env.ghl().set_fault(
-        "POST /contacts/",
-        Fault {
-            status_after_write: true,
-            ..Fault::default()
-        },
-    );
+    env.ghl().set_fault("POST /contacts/", Fault { status_after_write: true, ..Fault::default() });
     let before = env.ghl().contact_ids(&a.id).len();
     let (status, _) = env
         .send(
-            env.req(reqwest::Method::POST, "/contacts/", &a.pit)
-                .json(&json!({"locationId": a.id, "firstName": "Dup"})),
+            env.req(reqwest::Method::POST, "/contacts/", &a.pit).json(&json!({"locationId": a.id, "firstName": "Dup"})),
         )
         .await?;
     assert_eq!(status, 422);
@@ -875,11 +630,7 @@ async fn seeding_and_mutations_are_deterministic() -> anyhow::Result<()> {
     let m1 = one.mutate(Some(&loc), 40);
     let m2 = two.mutate(Some(&loc), 40);
     assert_eq!(m1.len(), 40);
-    let kinds = |m: &[Mutation]| {
-        m.iter()
-            .map(|m| (m.kind, m.contact_id.clone()))
-            .collect::<Vec<_>>()
-    };
+    let kinds = |m: &[Mutation]| m.iter().map(|m| (m.kind, m.contact_id.clone())).collect::<Vec<_>>();
     assert_eq!(kinds(&m1), kinds(&m2));
     let other = FakeGhl::new(GhlOptions { seed: 7, ..small() });
     assert_ne!(other.locations(), one.locations());
@@ -889,36 +640,20 @@ async fn seeding_and_mutations_are_deterministic() -> anyhow::Result<()> {
 #[tokio::test]
 async fn admin_routes_work() -> anyhow::Result<()> {
     let env = Env::start(small()).await?;
-    let (status, creds) = env
-        .send(env.http.get(env.url("/__admin/ghl/credentials")))
-        .await?;
+    let (status, creds) = env.send(env.http.get(env.url("/__admin/ghl/credentials"))).await?;
     assert_eq!(status, 200);
     assert_eq!(creds["locations"].as_array().map(Vec::len), Some(2));
     assert!(creds["oauth"]["authorizationCode"].is_string());
-    let (status, m) = env
-        .send(
-            env.http
-                .post(env.url("/__admin/ghl/mutate"))
-                .json(&json!({"count": 5})),
-        )
-        .await?;
+    let (status, m) = env.send(env.http.post(env.url("/__admin/ghl/mutate")).json(&json!({"count": 5}))).await?;
     assert_eq!(status, 200);
     assert_eq!(m["mutations"].as_array().map(Vec::len), Some(5));
     let (status, _) = env
-        .send(
-            env.http
-                .post(env.url("/__admin/ghl/seed"))
-                .json(&json!({"locations": 1, "contacts_per_location": 7})),
-        )
+        .send(env.http.post(env.url("/__admin/ghl/seed")).json(&json!({"locations": 1, "contacts_per_location": 7})))
         .await?;
     assert_eq!(status, 200);
-    let (_, state) = env
-        .send(env.http.get(env.url("/__admin/ghl/state")))
-        .await?;
+    let (_, state) = env.send(env.http.get(env.url("/__admin/ghl/state"))).await?;
     assert_eq!(state["locations"][0]["contactCount"], 7);
-    let (_, stats) = env
-        .send(env.http.get(env.url("/__admin/ghl/stats")))
-        .await?;
+    let (_, stats) = env.send(env.http.get(env.url("/__admin/ghl/stats"))).await?;
     assert!(stats["requests"].is_object());
     env.sandbox.stop().await;
     Ok(())
@@ -927,11 +662,7 @@ async fn admin_routes_work() -> anyhow::Result<()> {
 #[test]
 fn seeds_a_large_location_quickly() {
     let started = std::time::Instant::now();
-    let ghl = FakeGhl::new(GhlOptions {
-        locations: 2,
-        contacts_per_location: 10_000,
-        ..GhlOptions::default()
-    });
+    let ghl = FakeGhl::new(GhlOptions { locations: 2, contacts_per_location: 10_000, ..GhlOptions::default() });
     assert_eq!(ghl.contact_ids(&ghl.locations()[1].id).len(), 10_000);
     assert!(started.elapsed() < Duration::from_secs(3));
 }

@@ -10,9 +10,7 @@ use super::state::SentWebhook;
 use super::{FakeGhl, WebhookMode};
 
 /// DER prefix of an Ed25519 SubjectPublicKeyInfo; the 32 key bytes follow.
-const SPKI_PREFIX: [u8; 12] = [
-    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-];
+const SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
 
 pub(crate) fn public_key_spki(key: &SigningKey) -> String {
     let mut der = SPKI_PREFIX.to_vec();
@@ -49,8 +47,7 @@ impl FakeGhl {
                     }
                     obj.entry("webhookId").or_insert(json!(webhook_id));
                     obj.entry("appId").or_insert(json!(s.app_id.as_str()));
-                    obj.entry("versionId")
-                        .or_insert(json!(s.version_id.as_str()));
+                    obj.entry("versionId").or_insert(json!(s.version_id.as_str()));
                 }
                 let body = serde_json::to_string(&event).unwrap_or_default();
                 let mut signature = s.signing_key.sign(body.as_bytes()).to_bytes();
