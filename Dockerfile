@@ -29,6 +29,8 @@ ENV GHL_SYNC_CONFIG=/etc/ghl-sync/config.toml \
 VOLUME ["/var/lib/ghl-sync"]
 EXPOSE 8089
 STOPSIGNAL SIGTERM
-# HEALTHCHECK arrives with `ghl-sync health` (the ops issue); no curl in this image.
+# No curl in this image: the binary checks its own /healthz (server.listen, loopback for 0.0.0.0).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 \
+    CMD ["/usr/local/bin/ghl-sync", "health"]
 ENTRYPOINT ["/usr/local/bin/ghl-sync"]
 CMD ["run"]

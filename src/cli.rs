@@ -45,6 +45,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check a running daemon: GET /healthz (exit 0 when healthy, 1 otherwise). Docker's HEALTHCHECK.
+    Health {
+        /// Base URL of the daemon (default: http://<server.listen>/ from the config).
+        #[arg(long, value_name = "URL")]
+        url: Option<url::Url>,
+    },
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -61,6 +67,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
             }
             Err(error) => config_failure(&error),
         },
+        Command::Health { url } => health(cli.config.as_deref(), url).await,
         Command::Run => {
             let config = match load(cli.config.as_deref()) {
                 Ok(config) => config,
@@ -99,6 +106,34 @@ pub async fn execute(cli: Cli) -> ExitCode {
             }
             .await;
             finish(result)
+        }
+    }
+}
+
+/// `ghl-sync health`: without `--url`, the address comes from the config when it loads
+/// (secrets may be missing in a health-check shell) and from the defaults otherwise.
+async fn health(config_path: Option<&Path>, url: Option<url::Url>) -> ExitCode {
+    let url = match url {
+        Some(url) => Ok(url),
+        None => {
+            let listen = config::load(config_path)
+                .map(|c| c.settings.server.listen)
+                .unwrap_or_else(|_| config::ServerSettings::default().listen);
+            crate::server::local_url(listen)
+        }
+    };
+    let result = match url {
+        Ok(url) => crate::server::check_health(&url).await,
+        Err(error) => Err(error),
+    };
+    match result {
+        Ok(()) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("unhealthy: {error:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod domain;
 pub mod ghl;
 pub mod http;
 pub mod sandbox;
+pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod sync;

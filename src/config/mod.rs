@@ -19,6 +19,7 @@ use url::Url;
 pub use duration::Dur;
 pub use load::{ConfigError, ConfigProblem, ConfigSource, load, load_from_str};
 pub use secret::Secret;
+pub use validate::decode_ed25519_spki;
 
 /// The whole configuration, as read from the file and the environment.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -282,6 +283,12 @@ pub struct ServerSettings {
     pub admin_token_file: Option<PathBuf>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// A request that takes longer than this is answered 503 (webhook senders retry).
+    pub request_timeout: Dur,
+    /// HMAC secret of Lusha signal webhooks (`POST /webhooks/lusha`). None: that route is off.
+    pub lusha_webhook_secret: Option<Secret>,
+    pub lusha_webhook_secret_env: Option<String>,
+    pub lusha_webhook_secret_file: Option<PathBuf>,
 }
 
 impl Default for ServerSettings {
@@ -293,6 +300,10 @@ impl Default for ServerSettings {
             admin_token_env: None,
             admin_token_file: None,
             max_body_bytes: 1024 * 1024,
+            request_timeout: Dur::secs(10),
+            lusha_webhook_secret: None,
+            lusha_webhook_secret_env: None,
+            lusha_webhook_secret_file: None,
         }
     }
 }
@@ -407,6 +418,8 @@ pub struct Secrets {
     pub master_key: Option<SecretString>,
     pub oauth_client_secret: Option<SecretString>,
     pub admin_token: Option<SecretString>,
+    /// Verifies Lusha's signal webhooks (`[server] lusha_webhook_secret`).
+    pub lusha_webhook_secret: Option<SecretString>,
     /// By location id.
     pub pits: BTreeMap<String, SecretString>,
     /// By webhook connector name.

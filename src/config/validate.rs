@@ -150,6 +150,13 @@ pub(super) fn validate(settings: &Settings) -> (Secrets, Vec<ConfigProblem>) {
         false,
         &mut problems,
     );
+    secrets.lusha_webhook_secret = resolve(
+        "server.lusha_webhook_secret",
+        (&server.lusha_webhook_secret, &server.lusha_webhook_secret_env, &server.lusha_webhook_secret_file),
+        false,
+        &mut problems,
+    );
+    check_request_timeout(server.request_timeout.get(), &mut problems);
     if server.max_body_bytes < 1024 {
         problems.push(ConfigProblem::new("server.max_body_bytes", "must be at least 1024"));
     }
@@ -183,6 +190,12 @@ pub(super) fn validate(settings: &Settings) -> (Secrets, Vec<ConfigProblem>) {
     }
 
     (secrets, problems)
+}
+
+fn check_request_timeout(timeout: std::time::Duration, problems: &mut Vec<ConfigProblem>) {
+    if timeout.is_zero() || timeout > std::time::Duration::from_secs(300) {
+        problems.push(ConfigProblem::new("server.request_timeout", "must be greater than zero and at most 5m"));
+    }
 }
 
 fn share(value: f64) -> bool {

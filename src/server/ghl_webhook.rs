@@ -1,0 +1,537 @@
+//! `POST /webhooks/ghl`: GHL's signed webhooks become durable "dirty" hints.
+//!
+//! Recipe (reference/ghl.md §8.5): verify the Ed25519 `x-ghl-signature` over the raw body,
+//! parse, check the timestamp window, dedupe on `webhookId` and mark the contact dirty in ONE
+//! transaction, answer 200, wake the scheduler. The payload is a hint, never data: the
+//! scheduler re-reads the contact from the API.
+//!
+//! `dirty_contacts` conventions (read by the scheduler):
+//! - `reason` is the GHL event type (`ContactUpdate`, `TaskComplete`, `NoteCreate`, …).
+//! - `maybe_deleted = 1` after `ContactDelete`: the scheduler confirms with a GET (404)
+//!   before it emits a delete. The flag is sticky until the row is consumed.
+//! - Task/Note events without `contactId` (TaskCreate often lacks it, ghl.md §8.1) are kept
+//!   as `contact_id = ''` with `reason = "task:<taskId>"` / `"note:<noteId>"`. The sync
+//!   engine drops such rows and leaves the task to the location task search / children
+//!   sweep; the reason keeps the id for a future resolver. (The primary key is
+//!   `(location_id, contact_id)`, so only the latest unresolved hint per location is kept.)
+//! - `created_at` is refreshed by every new hint: the engine deletes a hint only
+//!   `WHERE created_at <= <the one it handled>`, so a hint that arrives while the contact is
+//!   being read survives for the next run.
+//!
+//! The legacy RSA `x-wh-signature` (deprecated by GHL on 2026-07-01) is not implemented: RSA
+//! verification would need a new dependency. A delivery that carries only it gets a 401 and a
+//! log line saying so.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use ed25519_dalek::{Signature, Verifier as _};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::ServerState;
+use crate::store::{Store, StoreError, now_ms};
+
+/// The GHL event types we label metrics with; anything else is counted as `other`
+/// (the type field is attacker-controlled until the signature is checked, and unbounded).
+const KNOWN_TYPES: &[&str] = &[
+    "ContactCreate",
+    "ContactUpdate",
+    "ContactDelete",
+    "ContactTagUpdate",
+    "ContactDndUpdate",
+    "TaskCreate",
+    "TaskComplete",
+    "TaskDelete",
+    "NoteCreate",
+    "NoteUpdate",
+    "NoteDelete",
+    "INSTALL",
+    "UNINSTALL",
+];
+
+/// How a delivery ended, for `ghl_sync_webhook_events_total{verdict}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    Accepted,
+    Duplicate,
+    MissingSignature,
+    LegacySignature,
+    BadSignature,
+    Stale,
+    Malformed,
+    UnknownType,
+    IgnoredLocation,
+    Error,
+}
+
+impl Verdict {
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Verdict::Accepted => "accepted",
+            Verdict::Duplicate => "duplicate",
+            Verdict::MissingSignature => "missing_signature",
+            Verdict::LegacySignature => "legacy_signature",
+            Verdict::BadSignature => "bad_signature",
+            Verdict::Stale => "stale",
+            Verdict::Malformed => "malformed",
+            Verdict::UnknownType => "unknown_type",
+            Verdict::IgnoredLocation => "ignored_location",
+            Verdict::Error => "error",
+        }
+    }
+}
+
+pub(super) fn count(source: &'static str, event_type: &'static str, verdict: Verdict) {
+    metrics::counter!(
+        "ghl_sync_webhook_events_total",
+        "source" => source,
+        "type" => event_type,
+        "verdict" => verdict.label()
+    )
+    .increment(1);
+}
+
+/// The fields we read; everything else in the payload is ignored.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope {
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    location_id: Option<String>,
+    company_id: Option<String>,
+    id: Option<String>,
+    contact_id: Option<String>,
+    webhook_id: Option<String>,
+    timestamp: Option<serde_json::Value>,
+}
+
+/// What a (verified, fresh) event asks of the store.
+#[derive(Debug, PartialEq, Eq)]
+enum Action {
+    /// Mark a contact (or an unresolved task/note hint) dirty.
+    Dirty {
+        location_id: String,
+        contact_id: String,
+        reason: String,
+        maybe_deleted: bool,
+    },
+    Install {
+        location_id: Option<String>,
+        company_id: Option<String>,
+    },
+    Uninstall {
+        location_id: Option<String>,
+        company_id: Option<String>,
+    },
+    /// Known shape but nothing to do (e.g. a task event without any id).
+    Nothing,
+    Unknown,
+}
+
+fn action_for(event: &Envelope) -> Action {
+    let event_type = event.event_type.as_deref().unwrap_or("");
+    let location = event.location_id.clone().filter(|l| !l.is_empty());
+    let id = event.id.clone().filter(|i| !i.is_empty());
+    let contact = event.contact_id.clone().filter(|c| !c.is_empty());
+    let dirty = |location_id: String, contact_id: String, maybe_deleted: bool| Action::Dirty {
+        location_id,
+        contact_id,
+        reason: event_type.to_owned(),
+        maybe_deleted,
+    };
+    let unresolved = |location_id: String, reason: String| Action::Dirty {
+        location_id,
+        contact_id: String::new(),
+        reason,
+        maybe_deleted: false,
+    };
+    match event_type {
+        "INSTALL" => Action::Install { location_id: location, company_id: event.company_id.clone() },
+        "UNINSTALL" => Action::Uninstall { location_id: location, company_id: event.company_id.clone() },
+        t if t.starts_with("Contact") && KNOWN_TYPES.contains(&t) => match (location, id) {
+            (Some(l), Some(c)) => dirty(l, c, t == "ContactDelete"),
+            _ => Action::Nothing,
+        },
+        t if (t.starts_with("Task") || t.starts_with("Note")) && KNOWN_TYPES.contains(&t) => {
+            let prefix = if t.starts_with("Task") { "task" } else { "note" };
+            match (location, contact, id) {
+                (Some(l), Some(c), _) => dirty(l, c, false),
+                (Some(l), None, Some(child)) => unresolved(l, format!("{prefix}:{child}")),
+                _ => Action::Nothing,
+            }
+        }
+        _ => Action::Unknown,
+    }
+}
+
+/// Parses GHL's `timestamp`: ISO 8601 text, or a number of seconds / milliseconds.
+fn timestamp_ms(value: &serde_json::Value) -> Option<i64> {
+    match value {
+        serde_json::Value::String(text) => {
+            let parsed = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+            i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).ok()
+        }
+        serde_json::Value::Number(n) => {
+            let n = n.as_i64()?;
+            // Seconds until the year 5138; anything larger is milliseconds.
+            Some(if n < 100_000_000_000 { n.saturating_mul(1000) } else { n })
+        }
+        _ => None,
+    }
+}
+
+fn verify(state: &ServerState, headers: &HeaderMap, body: &[u8]) -> Result<(), Verdict> {
+    let Some(header) = headers.get("x-ghl-signature") else {
+        if headers.contains_key("x-wh-signature") {
+            tracing::warn!(
+                "GHL webhook carries only the legacy RSA x-wh-signature, which ghl-sync does not verify; \
+                 enable Ed25519 (x-ghl-signature) signing for the app"
+            );
+            return Err(Verdict::LegacySignature);
+        }
+        return Err(Verdict::MissingSignature);
+    };
+    let signature = header
+        .to_str()
+        .ok()
+        .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text.trim()).ok())
+        .and_then(|bytes| Signature::from_slice(&bytes).ok())
+        .ok_or(Verdict::BadSignature)?;
+    if state.ghl_keys.iter().any(|key| key.verify(body, &signature).is_ok()) {
+        Ok(())
+    } else {
+        Err(Verdict::BadSignature)
+    }
+}
+
+fn reject(status: StatusCode, event_type: &'static str, verdict: Verdict, message: &'static str) -> Response {
+    count("ghl", event_type, verdict);
+    (status, message).into_response()
+}
+
+pub(super) async fn receive(State(state): State<ServerState>, headers: HeaderMap, body: Bytes) -> Response {
+    // 1. Authenticity first, over the untouched bytes.
+    if let Err(verdict) = verify(&state, &headers, &body) {
+        return reject(StatusCode::UNAUTHORIZED, "unknown", verdict, "invalid signature\n");
+    }
+    // 2. Parse.
+    let event: Envelope = match serde_json::from_slice(&body) {
+        Ok(event) => event,
+        Err(_) => return reject(StatusCode::BAD_REQUEST, "unknown", Verdict::Malformed, "malformed JSON\n"),
+    };
+    let type_label =
+        event.event_type.as_deref().and_then(|t| KNOWN_TYPES.iter().find(|k| **k == t).copied()).unwrap_or("other");
+    // 3. Freshness. A stale or far-future delivery is answered 401, not 400: the payload is
+    // well-formed, but a correctly signed old body is exactly what a replay looks like, and
+    // freshness is part of GHL's webhook authentication (WebhookAuthentication doc). The
+    // window is `ghl.webhooks.max_age` both ways (it also absorbs clock skew). A genuine
+    // delivery retried later than that is lost as a hint; polling still picks the change up.
+    let max_age_ms = i64::try_from(state.config.settings.ghl.webhooks.max_age.get().as_millis()).unwrap_or(i64::MAX);
+    let Some(sent_at) = event.timestamp.as_ref().and_then(timestamp_ms) else {
+        return reject(StatusCode::BAD_REQUEST, type_label, Verdict::Malformed, "missing or unreadable timestamp\n");
+    };
+    let now = now_ms();
+    if now.saturating_sub(sent_at) > max_age_ms || sent_at.saturating_sub(now) > max_age_ms {
+        tracing::warn!(event.r#type = type_label, age_ms = now - sent_at, "Rejected a stale GHL webhook");
+        return reject(StatusCode::UNAUTHORIZED, type_label, Verdict::Stale, "stale timestamp\n");
+    }
+    // A delivery without webhookId still dedupes exact re-sends by its body hash.
+    let event_id = event
+        .webhook_id
+        .clone()
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| format!("sha256:{}", hex(&Sha256::digest(&body))));
+    let action = action_for(&event);
+    // 4. Durable record, then answer.
+    match record(&state, &event_id, type_label, &action).await {
+        Ok(verdict) => {
+            count("ghl", type_label, verdict);
+            if verdict == Verdict::Accepted && matches!(action, Action::Dirty { .. }) {
+                state.wake.notify_one();
+            }
+            match verdict {
+                Verdict::Duplicate => (StatusCode::OK, "duplicate\n").into_response(),
+                Verdict::IgnoredLocation => (StatusCode::OK, "ignored\n").into_response(),
+                Verdict::UnknownType => (StatusCode::OK, "unknown type\n").into_response(),
+                _ => (StatusCode::OK, "ok\n").into_response(),
+            }
+        }
+        Err(error) => {
+            tracing::error!(error = %error, event.r#type = type_label, "Failed to record a GHL webhook");
+            count("ghl", type_label, Verdict::Error);
+            // GHL retries non-2xx deliveries.
+            (StatusCode::SERVICE_UNAVAILABLE, "try again\n").into_response()
+        }
+    }
+}
+
+/// Inbox insert and the action in one transaction. The insert comes first so the
+/// transaction takes SQLite's write lock at once (no read-then-upgrade busy errors).
+async fn record(state: &ServerState, event_id: &str, type_label: &str, action: &Action) -> Result<Verdict, StoreError> {
+    let now = now_ms();
+    let mut tx = state.store.pool().begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO webhook_inbox (source, event_id, event_type, received_at) VALUES ('ghl', ?, ?, ?) \
+         ON CONFLICT (source, event_id) DO NOTHING",
+    )
+    .bind(event_id)
+    .bind(type_label)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        tx.rollback().await?;
+        return Ok(Verdict::Duplicate);
+    }
+    let verdict = match action {
+        Action::Dirty { location_id, contact_id, reason, maybe_deleted } => {
+            if synced_location(&mut tx, state, location_id).await? {
+                sqlx::query(
+                    "INSERT INTO dirty_contacts (location_id, contact_id, reason, maybe_deleted, created_at) \
+                     VALUES (?, ?, ?, ?, ?) \
+                     ON CONFLICT (location_id, contact_id) DO UPDATE SET reason = excluded.reason, \
+                     maybe_deleted = MAX(dirty_contacts.maybe_deleted, excluded.maybe_deleted), \
+                     created_at = MAX(dirty_contacts.created_at, excluded.created_at)",
+                )
+                .bind(location_id)
+                .bind(contact_id)
+                .bind(reason)
+                .bind(i64::from(*maybe_deleted))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                Verdict::Accepted
+            } else {
+                Verdict::IgnoredLocation
+            }
+        }
+        Action::Install { location_id, company_id } => {
+            install(&mut tx, location_id.as_deref(), company_id.as_deref(), now).await?;
+            Verdict::Accepted
+        }
+        Action::Uninstall { location_id, company_id } => {
+            uninstall(&mut tx, location_id.as_deref(), company_id.as_deref(), now).await?;
+            Verdict::Accepted
+        }
+        Action::Nothing => Verdict::Accepted,
+        Action::Unknown => Verdict::UnknownType,
+    };
+    tx.commit().await?;
+    Ok(verdict)
+}
+
+/// Whether hints for this location are worth keeping: configured and enabled, or known from
+/// an install and not uninstalled/disabled. `needs_reauth` locations keep collecting hints.
+async fn synced_location(
+    tx: &mut sqlx::SqliteConnection,
+    state: &ServerState,
+    location_id: &str,
+) -> Result<bool, StoreError> {
+    let configured = state.config.settings.ghl.locations.iter().find(|l| l.id == location_id);
+    if configured.is_some_and(|l| !l.enabled) {
+        return Ok(false);
+    }
+    let status: Option<String> =
+        sqlx::query_scalar("SELECT status FROM locations WHERE id = ?").bind(location_id).fetch_optional(tx).await?;
+    Ok(match status.as_deref() {
+        Some("uninstalled" | "disabled") => false,
+        Some(_) => true,
+        None => configured.is_some(),
+    })
+}
+
+/// INSTALL: remember the location (and its company). A location whose grant is present and
+/// usable becomes `active`; otherwise `needs_reauth` until the OAuth callback stores one.
+async fn install(
+    tx: &mut sqlx::SqliteConnection,
+    location_id: Option<&str>,
+    company_id: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
+    let Some(location_id) = location_id else {
+        // An agency-level install: per-location grants arrive through OAuth.
+        tracing::info!(company.id = company_id.unwrap_or(""), "GHL app installed for a company");
+        return Ok(());
+    };
+    let granted: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM grants WHERE resource_id = ? AND needs_reauth = 0 AND access_token IS NOT NULL)",
+    )
+    .bind(location_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    let (status, reason) =
+        if granted { ("active", None) } else { ("needs_reauth", Some("installed; waiting for the OAuth grant")) };
+    sqlx::query(
+        "INSERT INTO locations (id, company_id, status, status_reason, updated_at) VALUES (?, ?, ?, ?, ?) \
+         ON CONFLICT (id) DO UPDATE SET company_id = COALESCE(excluded.company_id, locations.company_id), \
+         status = CASE WHEN locations.status IN ('uninstalled', 'needs_reauth') THEN excluded.status \
+                       ELSE locations.status END, \
+         status_reason = CASE WHEN locations.status IN ('uninstalled', 'needs_reauth') THEN excluded.status_reason \
+                       ELSE locations.status_reason END, \
+         updated_at = excluded.updated_at",
+    )
+    .bind(location_id)
+    .bind(company_id)
+    .bind(status)
+    .bind(reason)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tracing::info!(location.id = location_id, status, "GHL app installed for location `{location_id}`");
+    Ok(())
+}
+
+/// UNINSTALL: stop syncing (status `uninstalled`, grant flagged), keep every row of data.
+async fn uninstall(
+    tx: &mut sqlx::SqliteConnection,
+    location_id: Option<&str>,
+    company_id: Option<&str>,
+    now: i64,
+) -> Result<(), StoreError> {
+    const REASON: &str = "app uninstalled (GHL webhook)";
+    if let Some(location_id) = location_id {
+        sqlx::query(
+            "INSERT INTO locations (id, company_id, status, status_reason, updated_at) \
+             VALUES (?, ?, 'uninstalled', ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET status = 'uninstalled', status_reason = excluded.status_reason, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(location_id)
+        .bind(company_id)
+        .bind(REASON)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE grants SET needs_reauth = 1, reauth_reason = ?, updated_at = ? WHERE resource_id = ?")
+            .bind(REASON)
+            .bind(now)
+            .bind(location_id)
+            .execute(&mut *tx)
+            .await?;
+        tracing::warn!(location.id = location_id, "GHL app uninstalled from location `{location_id}`; syncing stops");
+    } else if let Some(company_id) = company_id {
+        sqlx::query(
+            "UPDATE locations SET status = 'uninstalled', status_reason = ?, updated_at = ? WHERE company_id = ?",
+        )
+        .bind(REASON)
+        .bind(now)
+        .bind(company_id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE grants SET needs_reauth = 1, reauth_reason = ?, updated_at = ? \
+             WHERE resource_id = ? OR company_id = ?",
+        )
+        .bind(REASON)
+        .bind(now)
+        .bind(company_id)
+        .bind(company_id)
+        .execute(&mut *tx)
+        .await?;
+        tracing::warn!(company.id = company_id, "GHL app uninstalled from company `{company_id}`; syncing stops");
+    }
+    Ok(())
+}
+
+pub(super) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+        // Writing to a String cannot fail.
+        write!(out, "{b:02x}").ok();
+        out
+    })
+}
+
+/// Deletes `webhook_inbox` rows (every source) received more than `older_than` ago.
+/// Returns how many were removed.
+pub async fn purge_webhook_inbox(store: &Store, older_than: Duration) -> Result<u64, StoreError> {
+    let cutoff = now_ms().saturating_sub(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX));
+    let result =
+        sqlx::query("DELETE FROM webhook_inbox WHERE received_at < ?").bind(cutoff).execute(store.pool()).await?;
+    Ok(result.rows_affected())
+}
+
+/// How often [`purge_inbox_periodically`] runs.
+pub const INBOX_PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Purges the inbox every hour (first run at once) until `stop`. Spawn it on the tracker.
+pub async fn purge_inbox_periodically(store: Store, dedupe_for: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(INBOX_PURGE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match purge_webhook_inbox(&store, dedupe_for).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(removed, "Purged old webhook ids"),
+            Err(error) => tracing::warn!(error = %error, "Failed to purge old webhook ids"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(json: serde_json::Value) -> Envelope {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn contact_events_mark_the_contact_and_deletes_are_flagged() {
+        let update = envelope(serde_json::json!({"type": "ContactUpdate", "locationId": "L", "id": "C"}));
+        assert_eq!(
+            action_for(&update),
+            Action::Dirty {
+                location_id: "L".into(),
+                contact_id: "C".into(),
+                reason: "ContactUpdate".into(),
+                maybe_deleted: false
+            }
+        );
+        let delete = envelope(serde_json::json!({"type": "ContactDelete", "locationId": "L", "id": "C"}));
+        assert!(matches!(action_for(&delete), Action::Dirty { maybe_deleted: true, .. }));
+    }
+
+    #[test]
+    fn task_events_use_the_contact_id_or_keep_a_task_hint() {
+        let with =
+            envelope(serde_json::json!({"type": "TaskComplete", "locationId": "L", "id": "T", "contactId": "C"}));
+        assert!(matches!(action_for(&with), Action::Dirty { ref contact_id, .. } if contact_id == "C"));
+        let without = envelope(serde_json::json!({"type": "TaskCreate", "locationId": "L", "id": "T"}));
+        assert!(matches!(
+            action_for(&without),
+            Action::Dirty { ref contact_id, ref reason, .. } if contact_id.is_empty() && reason == "task:T"
+        ));
+        let note = envelope(serde_json::json!({"type": "NoteCreate", "locationId": "L", "id": "N"}));
+        assert!(matches!(action_for(&note), Action::Dirty { ref reason, .. } if reason == "note:N"));
+    }
+
+    #[test]
+    fn unknown_and_install_events_are_classified() {
+        let odd = envelope(serde_json::json!({"type": "OpportunityCreate", "locationId": "L", "id": "O"}));
+        assert_eq!(action_for(&odd), Action::Unknown);
+        let contactish = envelope(serde_json::json!({"type": "ContactSomethingNew", "locationId": "L", "id": "C"}));
+        assert_eq!(action_for(&contactish), Action::Unknown);
+        let uninstall = envelope(serde_json::json!({"type": "UNINSTALL", "locationId": "L", "appId": "A"}));
+        assert!(matches!(action_for(&uninstall), Action::Uninstall { location_id: Some(_), .. }));
+    }
+
+    #[test]
+    fn timestamps_parse_as_iso_seconds_or_milliseconds() {
+        let iso = timestamp_ms(&serde_json::json!("2025-01-02T03:04:05.678Z")).unwrap();
+        assert_eq!(iso, 1_735_787_045_678);
+        assert_eq!(timestamp_ms(&serde_json::json!(1_735_787_045)), Some(1_735_787_045_000));
+        assert_eq!(timestamp_ms(&serde_json::json!(1_735_787_045_678i64)), Some(1_735_787_045_678));
+        assert_eq!(timestamp_ms(&serde_json::json!("yesterday")), None);
+    }
+}

@@ -1,0 +1,667 @@
+//! The inbound HTTP server: signed webhooks, health, readiness, metrics, pages.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use ed25519_dalek::{Signer as _, SigningKey};
+use futures_util::StreamExt as _;
+use ghl_sync::config::{Config, LocationSettings, Secret, Settings};
+use ghl_sync::server::{self, RunningServer, ServerState};
+use ghl_sync::store::{Store, codec, now_ms};
+use hmac::Mac as _;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+const LOCATION: &str = "loc_server_1";
+const ADMIN: &str = "admin-token-for-tests";
+const LUSHA_SECRET: &str = "whsec_test_secret";
+
+fn signing_key() -> SigningKey {
+    SigningKey::from_bytes(&[7u8; 32])
+}
+
+/// The test key as GHL publishes keys: base64 of the 44-byte SPKI DER.
+fn public_key_spki() -> String {
+    let mut der = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+    der.extend_from_slice(&signing_key().verifying_key().to_bytes());
+    base64::engine::general_purpose::STANDARD.encode(der)
+}
+
+fn sign(body: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(signing_key().sign(body).to_bytes())
+}
+
+struct TestServer {
+    running: Option<RunningServer>,
+    url: String,
+    store: Store,
+    wake: Arc<Notify>,
+    readiness: server::ReadinessFlags,
+    stop: CancellationToken,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    async fn start(admin: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::default();
+        settings.store.path = Some(dir.path().join("ghl-sync.db"));
+        settings.ghl.webhooks.public_keys = vec![public_key_spki()];
+        settings.ghl.locations = vec![LocationSettings {
+            id: LOCATION.to_owned(),
+            name: Some("Server test".to_owned()),
+            auth: Default::default(),
+            pit: Some(Secret::new("pit-test".to_owned())),
+            pit_env: None,
+            pit_file: None,
+            enabled: true,
+        }];
+        settings.server.max_body_bytes = 64 * 1024;
+        if admin {
+            settings.server.admin_token = Some(Secret::new(ADMIN.to_owned()));
+        }
+        settings.server.lusha_webhook_secret = Some(Secret::new(LUSHA_SECRET.to_owned()));
+        let config = Config::from_settings(settings).unwrap();
+        let store = Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
+        sqlx::query("INSERT INTO locations (id, name, status, updated_at) VALUES (?, 'Server test', 'active', ?)")
+            .bind(LOCATION)
+            .bind(now_ms())
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let wake = Arc::new(Notify::new());
+        let state = ServerState::new(store.clone(), Arc::new(config), wake.clone(), server::install_metrics());
+        let readiness = state.readiness();
+        let stop = CancellationToken::new();
+        let running = server::start("127.0.0.1:0".parse().unwrap(), state, stop.clone()).await.unwrap();
+        let url = running.url();
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+        Self { running: Some(running), url, store, wake, readiness, stop, http, _dir: dir }
+    }
+
+    async fn post_ghl(&self, body: &[u8], signature: Option<&str>) -> (u16, String) {
+        let mut request = self
+            .http
+            .post(format!("{}/webhooks/ghl", self.url))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        if let Some(signature) = signature {
+            request = request.header("x-ghl-signature", signature);
+        }
+        let response = request.send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        let mut request = self.http.get(format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(self.store.pool()).await.unwrap()
+    }
+
+    async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(running) = self.running.take() {
+            tokio::time::timeout(Duration::from_secs(5), running.stopped()).await.unwrap().unwrap();
+        }
+    }
+}
+
+fn iso_now_offset(offset: Duration, past: bool) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let at = if past { now - offset } else { now + offset };
+    at.format(&time::format_description::well_known::Rfc3339).unwrap()
+}
+
+fn event(kind: &str, webhook_id: &str, contact: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "type": kind,
+        "locationId": LOCATION,
+        "id": contact,
+        "email": "someone@example.com",
+        "timestamp": iso_now_offset(Duration::ZERO, true),
+        "webhookId": webhook_id,
+        "appId": "app_test",
+    }))
+    .unwrap()
+}
+
+/// Sum of `ghl_sync_webhook_events_total` samples whose labels contain every `needle`.
+async fn webhook_counter(server: &TestServer, needles: &[&str]) -> f64 {
+    let (_, text) = server.get("/metrics", None).await;
+    text.lines()
+        .filter(|l| l.starts_with("ghl_sync_webhook_events_total{") && needles.iter().all(|n| l.contains(n)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_signed_webhook_is_accepted_and_its_dirty_hint_is_durable() {
+    let server = TestServer::start(false).await;
+    let body = event("ContactUpdate", "wh-accept-1", "contact_a");
+    let (status, _) = server.post_ghl(&body, Some(&sign(&body))).await;
+    assert_eq!(status, 200);
+    // The scheduler is woken (notify_one stores a permit when nobody waits yet).
+    tokio::time::timeout(Duration::from_secs(1), server.wake.notified()).await.unwrap();
+    let row: (String, String, i64) =
+        sqlx::query_as("SELECT contact_id, reason, maybe_deleted FROM dirty_contacts WHERE location_id = ?")
+            .bind(LOCATION)
+            .fetch_one(server.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(row, ("contact_a".to_owned(), "ContactUpdate".to_owned(), 0));
+    assert_eq!(server.count("SELECT COUNT(*) FROM webhook_inbox WHERE event_id = 'wh-accept-1'").await, 1);
+
+    // A delete is only a hint: flagged for confirmation, and the flag survives a later update.
+    let delete = event("ContactDelete", "wh-accept-2", "contact_a");
+    assert_eq!(server.post_ghl(&delete, Some(&sign(&delete))).await.0, 200);
+    let update = event("ContactUpdate", "wh-accept-3", "contact_a");
+    assert_eq!(server.post_ghl(&update, Some(&sign(&update))).await.0, 200);
+    assert_eq!(server.count("SELECT maybe_deleted FROM dirty_contacts WHERE contact_id = 'contact_a'").await, 1);
+
+    // A task event without contactId leaves an unresolved hint (contact '' , reason task:<id>).
+    let task = serde_json::to_vec(&serde_json::json!({
+        "type": "TaskCreate", "locationId": LOCATION, "id": "task_9", "title": "Call back",
+        "timestamp": iso_now_offset(Duration::ZERO, true), "webhookId": "wh-accept-4",
+    }))
+    .unwrap();
+    assert_eq!(server.post_ghl(&task, Some(&sign(&task))).await.0, 200);
+    assert_eq!(
+        server.count("SELECT COUNT(*) FROM dirty_contacts WHERE contact_id = '' AND reason = 'task:task_9'").await,
+        1
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn tampered_unsigned_badly_signed_and_stale_deliveries_are_rejected_and_counted() {
+    let server = TestServer::start(false).await;
+    let bad_before = webhook_counter(&server, &["source=\"ghl\"", "verdict=\"bad_signature\""]).await;
+    let missing_before = webhook_counter(&server, &["source=\"ghl\"", "verdict=\"missing_signature\""]).await;
+    let stale_before = webhook_counter(&server, &["source=\"ghl\"", "verdict=\"stale\""]).await;
+
+    let body = event("ContactUpdate", "wh-reject-1", "contact_b");
+    let signature = sign(&body);
+    // Tampered: one byte of the body changed after signing.
+    let mut tampered = body.clone();
+    let at = tampered.iter().position(|b| *b == b'@').unwrap();
+    tampered[at] = b'#';
+    assert_eq!(server.post_ghl(&tampered, Some(&signature)).await.0, 401);
+    // Signed by another key.
+    let other =
+        base64::engine::general_purpose::STANDARD.encode(SigningKey::from_bytes(&[9u8; 32]).sign(&body).to_bytes());
+    assert_eq!(server.post_ghl(&body, Some(&other)).await.0, 401);
+    // Not base64 at all.
+    assert_eq!(server.post_ghl(&body, Some("%%%")).await.0, 401);
+    // No signature; only the legacy RSA header.
+    assert_eq!(server.post_ghl(&body, None).await.0, 401);
+    let legacy = server
+        .http
+        .post(format!("{}/webhooks/ghl", server.url))
+        .header("x-wh-signature", "c2lnbmF0dXJl")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(legacy.status().as_u16(), 401);
+    // Correctly signed but ten minutes old, or ten minutes in the future.
+    for past in [true, false] {
+        let stale = serde_json::to_vec(&serde_json::json!({
+            "type": "ContactUpdate", "locationId": LOCATION, "id": "contact_b",
+            "timestamp": iso_now_offset(Duration::from_secs(600), past), "webhookId": format!("wh-stale-{past}"),
+        }))
+        .unwrap();
+        assert_eq!(server.post_ghl(&stale, Some(&sign(&stale))).await.0, 401);
+    }
+
+    assert_eq!(server.count("SELECT COUNT(*) FROM dirty_contacts").await, 0);
+    assert_eq!(server.count("SELECT COUNT(*) FROM webhook_inbox").await, 0);
+    // Counters are process-wide (other tests run alongside): check they grew by at least ours.
+    assert!(webhook_counter(&server, &["source=\"ghl\"", "verdict=\"bad_signature\""]).await >= bad_before + 3.0);
+    assert!(
+        webhook_counter(&server, &["source=\"ghl\"", "verdict=\"missing_signature\""]).await >= missing_before + 1.0
+    );
+    assert!(webhook_counter(&server, &["source=\"ghl\"", "verdict=\"stale\""]).await >= stale_before + 2.0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_duplicate_webhook_id_is_acknowledged_once() {
+    let server = TestServer::start(false).await;
+    let before = webhook_counter(&server, &["verdict=\"duplicate\""]).await;
+    let body = event("ContactCreate", "wh-dup-1", "contact_c");
+    let signature = sign(&body);
+    assert_eq!(server.post_ghl(&body, Some(&signature)).await, (200, "ok\n".to_owned()));
+    assert_eq!(server.post_ghl(&body, Some(&signature)).await, (200, "duplicate\n".to_owned()));
+    assert_eq!(server.count("SELECT COUNT(*) FROM webhook_inbox WHERE source = 'ghl'").await, 1);
+    assert_eq!(server.count("SELECT COUNT(*) FROM dirty_contacts").await, 1);
+    assert!(webhook_counter(&server, &["verdict=\"duplicate\""]).await >= before + 1.0);
+    // Old ids are purged after dedupe_for.
+    sqlx::query("UPDATE webhook_inbox SET received_at = received_at - 86400000")
+        .execute(server.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(server::purge_webhook_inbox(&server.store, Duration::from_secs(3600)).await.unwrap(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_burst_of_a_thousand_webhooks_is_acknowledged_without_loss() {
+    let server = TestServer::start(false).await;
+    let bodies: Vec<Vec<u8>> =
+        (0..1000).map(|i| event("ContactUpdate", &format!("wh-burst-{i}"), &format!("burst_{i}"))).collect();
+    let statuses: Vec<u16> = futures_util::stream::iter(bodies.iter())
+        .map(|body| async { server.post_ghl(body, Some(&sign(body))).await.0 })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert_eq!(statuses.len(), 1000);
+    assert!(statuses.iter().all(|s| *s == 200), "not all acknowledged: {:?}", statuses.iter().collect::<BTreeSet<_>>());
+    assert_eq!(server.count("SELECT COUNT(*) FROM webhook_inbox WHERE event_id LIKE 'wh-burst-%'").await, 1000);
+    assert_eq!(server.count("SELECT COUNT(*) FROM dirty_contacts WHERE contact_id LIKE 'burst_%'").await, 1000);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_types_and_unsynced_locations_are_acknowledged_and_ignored() {
+    let server = TestServer::start(false).await;
+    let odd = serde_json::to_vec(&serde_json::json!({
+        "type": "OpportunityCreate", "locationId": LOCATION, "id": "opp_1",
+        "timestamp": iso_now_offset(Duration::ZERO, true), "webhookId": "wh-odd-1",
+    }))
+    .unwrap();
+    assert_eq!(server.post_ghl(&odd, Some(&sign(&odd))).await, (200, "unknown type\n".to_owned()));
+    let elsewhere = serde_json::to_vec(&serde_json::json!({
+        "type": "ContactUpdate", "locationId": "someone_else", "id": "c_x",
+        "timestamp": iso_now_offset(Duration::ZERO, true), "webhookId": "wh-else-1",
+    }))
+    .unwrap();
+    assert_eq!(server.post_ghl(&elsewhere, Some(&sign(&elsewhere))).await, (200, "ignored\n".to_owned()));
+    assert_eq!(server.count("SELECT COUNT(*) FROM dirty_contacts").await, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn uninstall_stops_the_location_and_keeps_its_data() {
+    let server = TestServer::start(false).await;
+    let uninstall = serde_json::to_vec(&serde_json::json!({
+        "type": "UNINSTALL", "appId": "app_test", "locationId": LOCATION,
+        "timestamp": iso_now_offset(Duration::ZERO, true), "webhookId": "wh-uninstall-1",
+    }))
+    .unwrap();
+    assert_eq!(server.post_ghl(&uninstall, Some(&sign(&uninstall))).await.0, 200);
+    let status: String = sqlx::query_scalar("SELECT status FROM locations WHERE id = ?")
+        .bind(LOCATION)
+        .fetch_one(server.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(status, "uninstalled");
+    let body = event("ContactUpdate", "wh-after-uninstall", "contact_d");
+    assert_eq!(server.post_ghl(&body, Some(&sign(&body))).await, (200, "ignored\n".to_owned()));
+    assert_eq!(server.get("/readyz", None).await.0, 503);
+
+    // Re-installing without a stored grant waits for OAuth.
+    let install = serde_json::to_vec(&serde_json::json!({
+        "type": "INSTALL", "appId": "app_test", "locationId": LOCATION, "companyId": "comp_1",
+        "timestamp": iso_now_offset(Duration::ZERO, true), "webhookId": "wh-install-1",
+    }))
+    .unwrap();
+    assert_eq!(server.post_ghl(&install, Some(&sign(&install))).await.0, 200);
+    let status: String = sqlx::query_scalar("SELECT status FROM locations WHERE id = ?")
+        .bind(LOCATION)
+        .fetch_one(server.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(status, "needs_reauth");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_flips_to_503_when_the_only_location_needs_reauth() {
+    let server = TestServer::start(false).await;
+    assert_eq!(server.get("/healthz", None).await, (200, "ok".to_owned()));
+    let (status, body) = server.get("/readyz", None).await;
+    assert_eq!(status, 200, "{body}");
+    sqlx::query("UPDATE locations SET status = 'needs_reauth' WHERE id = ?")
+        .bind(LOCATION)
+        .execute(server.store.pool())
+        .await
+        .unwrap();
+    let (status, body) = server.get("/readyz", None).await;
+    assert_eq!(status, 503);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["ready"], false);
+    assert!(json["not_ready"][0].as_str().unwrap().contains("locations"), "{body}");
+
+    // Same when the location is active but its grant needs re-authorisation.
+    sqlx::query("UPDATE locations SET status = 'active' WHERE id = ?")
+        .bind(LOCATION)
+        .execute(server.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(server.get("/readyz", None).await.0, 200);
+    sqlx::query(
+        "INSERT INTO grants (resource_id, resource_kind, needs_reauth, updated_at) VALUES (?, 'location', 1, 0)",
+    )
+    .bind(LOCATION)
+    .execute(server.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(server.get("/readyz", None).await.0, 503);
+
+    // A configured location the engine has not written a row for yet counts as ready.
+    sqlx::query("DELETE FROM grants").execute(server.store.pool()).await.unwrap();
+    sqlx::query("DELETE FROM locations").execute(server.store.pool()).await.unwrap();
+    assert_eq!(server.get("/readyz", None).await.0, 200);
+    // Once stopping, readiness is withdrawn.
+    let ready = server.readiness.clone();
+    ready.set_shutting_down();
+    let (status, body) = server.get("/readyz", None).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("shutting down"), "{body}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_are_valid_prometheus_text_with_store_gauges() {
+    let server = TestServer::start(false).await;
+    let now = now_ms();
+    for (connector, status) in [("webhook.crm", "pending"), ("webhook.crm", "done"), ("lusha", "pending")] {
+        sqlx::query(
+            "INSERT INTO outbox (connector, location_id, entity, entity_id, contact_id, operation, record, \
+             content_hash, idempotency_key, status, next_attempt_at, changed_at, created_at, updated_at) \
+             VALUES (?, ?, 'contact', 'c1', 'c1', 'updated', NULL, x'00', 'k', ?, ?, ?, ?, ?)",
+        )
+        .bind(connector)
+        .bind(LOCATION)
+        .bind(status)
+        .bind(now)
+        .bind(now)
+        .bind(now - 30_000)
+        .bind(now)
+        .execute(server.store.pool())
+        .await
+        .unwrap();
+    }
+    sqlx::query("INSERT INTO cursors (location_id, stream, watermark_ms, updated_at) VALUES (?, 'contacts', ?, ?)")
+        .bind(LOCATION)
+        .bind(now - 90_000)
+        .bind(now)
+        .execute(server.store.pool())
+        .await
+        .unwrap();
+    let body = event("ContactUpdate", "wh-metrics-1", "contact_m");
+    assert_eq!(server.post_ghl(&body, Some(&sign(&body))).await.0, 200);
+
+    let response = server.http.get(format!("{}/metrics", server.url)).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    if let Err(problem) = check_prometheus_text(&text) {
+        panic!("invalid exposition: {problem}\n{text}");
+    }
+    assert!(text.contains("ghl_sync_outbox_depth{connector=\"webhook.crm\"} 1"), "{text}");
+    assert!(text.contains("ghl_sync_outbox_depth{connector=\"lusha\"} 1"), "{text}");
+    assert!(text.contains("ghl_sync_outbox_oldest_pending_age_seconds{connector=\"lusha\"}"), "{text}");
+    assert!(text.contains(&format!("ghl_sync_sync_lag_seconds{{location=\"{LOCATION}\",stream=\"contacts\"}}")));
+    assert!(text.contains("ghl_sync_webhook_events_total{"), "{text}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_contact_view_requires_the_admin_token() {
+    let server = TestServer::start(true).await;
+    let now = now_ms();
+    let record = serde_json::json!({"id": "contact_v", "firstName": "Ada", "email": "ada@example.com"});
+    sqlx::query(
+        "INSERT INTO contacts (location_id, contact_id, hash, record, first_seen_at, updated_at) \
+         VALUES (?, 'contact_v', x'00', ?, ?, ?)",
+    )
+    .bind(LOCATION)
+    .bind(codec::pack(&record))
+    .bind(now)
+    .bind(now)
+    .execute(server.store.pool())
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO children (location_id, contact_id, kind, child_id, hash, record, updated_at) \
+         VALUES (?, 'contact_v', 'task', 'task_v', x'00', ?, ?)",
+    )
+    .bind(LOCATION)
+    .bind(codec::pack(&serde_json::json!({"id": "task_v", "title": "Send the quote"})))
+    .bind(now)
+    .execute(server.store.pool())
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO dead_letters (source, connector, location_id, entity, entity_id, contact_id, operation, \
+         attempts, reason, created_at) VALUES ('delivery', 'webhook.crm', ?, 'contact', 'contact_v', 'contact_v', \
+         'updated', 12, 'HTTP 410 from webhook.crm', ?)",
+    )
+    .bind(LOCATION)
+    .bind(now)
+    .execute(server.store.pool())
+    .await
+    .unwrap();
+
+    assert_eq!(server.get("/contacts/contact_v", None).await.0, 401);
+    assert_eq!(server.get("/contacts/contact_v", Some("wrong")).await.0, 401);
+    let (status, html) = server.get("/contacts/contact_v", Some(ADMIN)).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("ada@example.com") && html.contains("Send the quote") && html.contains("HTTP 410"));
+    assert_eq!(server.get("/contacts/nobody", Some(ADMIN)).await.0, 404);
+
+    // The public status page shows aggregates, never the contact's data.
+    let (status, page) = server.get("/", None).await;
+    assert_eq!(status, 200);
+    assert!(page.contains(LOCATION) && page.contains("<svg") && page.contains("webhook.crm"));
+    assert!(!page.contains("ada@example.com"));
+    server.stop().await;
+
+    // Without an admin token the admin routes do not exist.
+    let server = TestServer::start(false).await;
+    assert_eq!(server.get("/contacts/contact_v", Some(ADMIN)).await.0, 404);
+    server.stop().await;
+}
+
+fn lusha_signature(timestamp: &str, body: &[u8]) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(LUSHA_SECRET.as_bytes()).unwrap();
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn lusha_signals_are_verified_deduplicated_and_stored() {
+    let server = TestServer::start(false).await;
+    let body = serde_json::to_vec(&serde_json::json!({
+        "id": "9b2f6c1e-0000-4000-8000-000000000001", "type": "promotion", "entityType": "contact",
+        "entityId": "lusha_person_1", "subscriptionId": "sub_1",
+        "data": {"personId": "p1", "currentTitle": "CTO"}, "timestamp": "2026-01-01T00:00:00Z",
+        "billing": {"creditsCharged": 1},
+    }))
+    .unwrap();
+    let timestamp = (now_ms() / 1000).to_string();
+    let post = |signature: String, timestamp: String| {
+        server
+            .http
+            .post(format!("{}/webhooks/lusha", server.url))
+            .header("content-type", "application/json")
+            .header("x-lusha-timestamp", timestamp)
+            .header("x-lusha-signature", signature)
+            .body(body.clone())
+            .send()
+    };
+    let response = post(lusha_signature(&timestamp, &body), timestamp.clone()).await.unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let ack: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(ack["received"], true);
+    assert_eq!(ack["webhookId"], "9b2f6c1e-0000-4000-8000-000000000001");
+    assert!(ack["timestamp"].is_string());
+    // Duplicate: same answer, one stored signal.
+    assert_eq!(post(lusha_signature(&timestamp, &body), timestamp.clone()).await.unwrap().status().as_u16(), 201);
+    assert_eq!(server.count("SELECT COUNT(*) FROM lusha_signals WHERE processed_at IS NULL").await, 1);
+    // Bad signature and stale timestamp.
+    assert_eq!(post("00".repeat(32), timestamp.clone()).await.unwrap().status().as_u16(), 401);
+    let old = (now_ms() / 1000 - 3600).to_string();
+    assert_eq!(post(lusha_signature(&old, &body), old.clone()).await.unwrap().status().as_u16(), 401);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_and_health_checks_pass() {
+    let server = TestServer::start(false).await;
+    let big = vec![b' '; 128 * 1024];
+    assert_eq!(server.post_ghl(&big, Some(&sign(&big))).await.0, 413);
+    let url = url::Url::parse(&server.url).unwrap();
+    server::check_health(&url).await.unwrap();
+    server.stop().await;
+    // After a graceful stop nothing answers.
+    assert!(server::check_health(&url).await.is_err());
+}
+
+/// A small checker of the Prometheus text exposition format (version 0.0.4).
+fn check_prometheus_text(text: &str) -> Result<(), String> {
+    fn is_name(name: &str) -> bool {
+        let mut chars = name.chars();
+        matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+    fn is_value(value: &str) -> bool {
+        matches!(value, "NaN" | "+Inf" | "-Inf") || value.parse::<f64>().is_ok()
+    }
+    let mut typed = BTreeSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let at = |why: &str| format!("line {}: {why}: {line:?}", n + 1);
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let (Some(name), Some(kind), None) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(at("TYPE needs a name and a type"));
+            };
+            if !is_name(name) || !matches!(kind, "counter" | "gauge" | "histogram" | "summary" | "untyped") {
+                return Err(at("bad TYPE"));
+            }
+            if !typed.insert(name.to_owned()) {
+                return Err(at("TYPE repeated"));
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            if !rest.split(' ').next().is_some_and(is_name) {
+                return Err(at("bad HELP"));
+            }
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        // name{labels} value [timestamp]
+        let (name, rest) = match line.find(['{', ' ']) {
+            Some(i) => line.split_at(i),
+            None => return Err(at("sample without value")),
+        };
+        if !is_name(name) {
+            return Err(at("bad metric name"));
+        }
+        let rest = if let Some(labels) = rest.strip_prefix('{') {
+            // Walk label pairs: key="escaped value", separated by commas.
+            let mut chars = labels.char_indices().peekable();
+            let mut end = None;
+            loop {
+                let start = match chars.peek() {
+                    Some((_, '}')) => {
+                        end = chars.next().map(|(i, _)| i);
+                        break;
+                    }
+                    Some((i, _)) => *i,
+                    None => break,
+                };
+                let eq = labels[start..].find('=').map(|i| start + i).ok_or_else(|| at("label without ="))?;
+                if !is_name(&labels[start..eq]) {
+                    return Err(at("bad label name"));
+                }
+                while chars.peek().is_some_and(|(i, _)| *i <= eq) {
+                    chars.next();
+                }
+                if chars.next().map(|(_, c)| c) != Some('"') {
+                    return Err(at("label value not quoted"));
+                }
+                let mut closed = false;
+                while let Some((_, c)) = chars.next() {
+                    match c {
+                        '\\' => match chars.next() {
+                            Some((_, '\\' | '"' | 'n')) => {}
+                            _ => return Err(at("bad escape")),
+                        },
+                        '"' => {
+                            closed = true;
+                            break;
+                        }
+                        '\n' => return Err(at("newline in label value")),
+                        _ => {}
+                    }
+                }
+                if !closed {
+                    return Err(at("unterminated label value"));
+                }
+                if chars.peek().map(|(_, c)| *c) == Some(',') {
+                    chars.next();
+                }
+            }
+            let end = end.ok_or_else(|| at("unterminated label set"))?;
+            &labels[end + 1..]
+        } else {
+            rest
+        };
+        let mut fields = rest.split_whitespace();
+        match (fields.next(), fields.next(), fields.next()) {
+            (Some(value), None, None) if is_value(value) => {}
+            (Some(value), Some(ts), None) if is_value(value) && ts.parse::<i64>().is_ok() => {}
+            _ => return Err(at("bad value")),
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_prometheus_checker_rejects_broken_lines() {
+    assert!(check_prometheus_text("# TYPE a counter\na{b=\"c\\\"d\",e=\"f\"} 1\na 2 1700000000\n").is_ok());
+    assert!(check_prometheus_text("a{b=c} 1\n").is_err());
+    assert!(check_prometheus_text("a{b=\"c\"} x\n").is_err());
+    assert!(check_prometheus_text("1a 1\n").is_err());
+    assert!(check_prometheus_text("# TYPE a counter\n# TYPE a gauge\n").is_err());
+    assert!(check_prometheus_text("a{b=\"c\" 1\n").is_err());
+}
+
+#[tokio::test]
+async fn the_health_command_exits_zero_when_the_daemon_answers_and_one_when_not() {
+    let server = TestServer::start(false).await;
+    let url = server.url.clone();
+    let run = |url: String| {
+        tokio::task::spawn_blocking(move || {
+            let child = crate::helpers::spawn(&["health", "--url", &url], &[]);
+            crate::helpers::wait_with_limit(child, Duration::from_secs(20))
+        })
+    };
+    let (status, stdout, _) = run(url.clone()).await.unwrap();
+    assert!(status.success(), "health failed against a running server");
+    assert_eq!(stdout.trim(), "ok");
+    server.stop().await;
+    let (status, _, stderr) = run(url).await.unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("unhealthy"), "{stderr}");
+}
