@@ -83,8 +83,7 @@ pub struct DeadLetter {
     pub created_at: i64,
 }
 
-const DL_COLUMNS: &str =
-    "id, source, connector, location_id, entity, entity_id, contact_id, operation, attempts, reason, changed_at, created_at";
+const DL_COLUMNS: &str = "id, source, connector, location_id, entity, entity_id, contact_id, operation, attempts, reason, changed_at, created_at";
 
 fn dead_letter_from(row: &sqlx::sqlite::SqliteRow) -> Result<DeadLetter, sqlx::Error> {
     Ok(DeadLetter {
@@ -105,7 +104,8 @@ fn dead_letter_from(row: &sqlx::sqlite::SqliteRow) -> Result<DeadLetter, sqlx::E
 
 /// Dead letters, oldest first.
 pub async fn list_dead_letters(store: &Store, connector: Option<&str>, limit: i64) -> anyhow::Result<Vec<DeadLetter>> {
-    let sql = format!("SELECT {DL_COLUMNS} FROM dead_letters WHERE (?1 IS NULL OR connector = ?1) ORDER BY id LIMIT ?2");
+    let sql =
+        format!("SELECT {DL_COLUMNS} FROM dead_letters WHERE (?1 IS NULL OR connector = ?1) ORDER BY id LIMIT ?2");
     let rows = sqlx::query(&sql).bind(connector).bind(limit).fetch_all(store.pool()).await?;
     Ok(rows.iter().map(dead_letter_from).collect::<Result<_, _>>()?)
 }
@@ -137,15 +137,16 @@ pub async fn retry_dead_letters(
     id: Option<i64>,
     connector: Option<&str>,
 ) -> anyhow::Result<Vec<(i64, Retried)>> {
-    let ids: Vec<i64> = match id {
-        Some(id) => vec![id],
-        None => sqlx::query_scalar(
-            "SELECT id FROM dead_letters WHERE source = 'delivery' AND (?1 IS NULL OR connector = ?1) ORDER BY id",
-        )
-        .bind(connector)
-        .fetch_all(store.pool())
-        .await?,
-    };
+    let ids: Vec<i64> =
+        match id {
+            Some(id) => vec![id],
+            None => sqlx::query_scalar(
+                "SELECT id FROM dead_letters WHERE source = 'delivery' AND (?1 IS NULL OR connector = ?1) ORDER BY id",
+            )
+            .bind(connector)
+            .fetch_all(store.pool())
+            .await?,
+        };
     let mut results = Vec::with_capacity(ids.len());
     for id in ids {
         let Some((letter, record, hash)) = dead_letter(store, id).await? else {
@@ -556,7 +557,9 @@ pub async fn run_check(config: &Config, extra: Vec<CheckLine>) -> anyhow::Result
                         println!("\nsample for {} (one real contact, as it would be sent):", connector.id());
                         println!("{}", serde_json::to_string_pretty(&body)?);
                     }
-                    Ok(None) => println!("\nsample for {}: no contact in the store yet (run a sync first)", connector.id()),
+                    Ok(None) => {
+                        println!("\nsample for {}: no contact in the store yet (run a sync first)", connector.id())
+                    }
                     Err(error) => {
                         println!("\nsample for {}: cannot map: {error:#}", connector.id());
                         lines.push(CheckLine {

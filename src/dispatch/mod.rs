@@ -407,11 +407,8 @@ mod tests {
 
     #[test]
     fn retry_delays_honour_retry_after_grow_and_are_capped() {
-        let settings = DispatchSettings {
-            backoff_base: Dur::secs(1),
-            backoff_max: Dur::secs(60),
-            ..DispatchSettings::default()
-        };
+        let settings =
+            DispatchSettings { backoff_base: Dur::secs(1), backoff_max: Dur::secs(60), ..DispatchSettings::default() };
         for _ in 0..50 {
             let first = retry_delay(&settings, 1, None);
             assert!(first >= Duration::from_millis(100) && first <= Duration::from_secs(1), "{first:?}");

@@ -65,8 +65,7 @@ pub async fn due(pool: &SqlitePool, connector: &str, now: i64, limit: usize) -> 
 /// Why a row cannot become a [`Delivery`].
 pub fn to_delivery(row: &OutboxRow, contact: Option<Value>) -> Result<Delivery, String> {
     let entity = EntityKind::parse(&row.entity).ok_or_else(|| format!("unknown entity {:?}", row.entity))?;
-    let operation =
-        Operation::parse(&row.operation).ok_or_else(|| format!("unknown operation {:?}", row.operation))?;
+    let operation = Operation::parse(&row.operation).ok_or_else(|| format!("unknown operation {:?}", row.operation))?;
     let record = match &row.record {
         Some(bytes) => codec::unpack(bytes).map_err(|e| e.to_string())?,
         None => Value::Null,
@@ -185,7 +184,8 @@ pub async fn dead_letter(
 
 /// Deletes delivered rows last touched before `before`.
 pub async fn prune(pool: &SqlitePool, before: i64) -> Result<u64, StoreError> {
-    let done = sqlx::query("DELETE FROM outbox WHERE status = 'done' AND updated_at < ?").bind(before).execute(pool).await?;
+    let done =
+        sqlx::query("DELETE FROM outbox WHERE status = 'done' AND updated_at < ?").bind(before).execute(pool).await?;
     Ok(done.rows_affected())
 }
 
@@ -205,11 +205,10 @@ pub async fn depth(pool: &SqlitePool) -> Result<Vec<(String, i64, Option<i64>)>,
 
 /// Dead letters per connector.
 pub async fn dead_letter_counts(pool: &SqlitePool) -> Result<Vec<(String, i64)>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT COALESCE(connector, '') AS connector, COUNT(*) AS n FROM dead_letters GROUP BY connector",
-    )
-    .fetch_all(pool)
-    .await?;
+    let rows =
+        sqlx::query("SELECT COALESCE(connector, '') AS connector, COUNT(*) AS n FROM dead_letters GROUP BY connector")
+            .fetch_all(pool)
+            .await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         out.push((row.try_get("connector")?, row.try_get("n")?));

@@ -56,14 +56,7 @@ impl Sandbox {
                 tracing::error!(error = %error, "Sandbox server failed");
             }
         });
-        Ok(Self {
-            addr,
-            ghl,
-            lusha,
-            sink,
-            stop,
-            task,
-        })
+        Ok(Self { addr, ghl, lusha, sink, stop, task })
     }
 
     pub fn addr(&self) -> SocketAddr {

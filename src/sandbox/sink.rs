@@ -64,10 +64,7 @@ pub struct Delivery {
 impl Delivery {
     /// First header with this (case-insensitive) name.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
+        self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
     }
 
     /// The body parsed as JSON, if it is JSON.
@@ -81,14 +78,8 @@ impl Delivery {
     }
 }
 
-fn serialize_system_time<S: serde::Serializer>(
-    time: &SystemTime,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    let millis = time
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis())
-        .unwrap_or(0);
+fn serialize_system_time<S: serde::Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    let millis = time.duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis()).unwrap_or(0);
     serializer.serialize_u128(millis)
 }
 
@@ -123,10 +114,7 @@ impl Sink {
     /// The axum router to nest under `/sink`.
     pub fn router(&self) -> axum::Router {
         axum::Router::new()
-            .route(
-                "/__admin/deliveries",
-                get(admin_deliveries).delete(admin_clear),
-            )
+            .route("/__admin/deliveries", get(admin_deliveries).delete(admin_clear))
             .route("/__admin/mode", post(admin_mode))
             .route("/{name}", post(deliver))
             .with_state(self.clone())
@@ -166,12 +154,7 @@ impl Sink {
 
     /// Waits until at least `count` deliveries (for `name`, or all) were recorded, or `timeout`
     /// passes; returns what was recorded either way.
-    pub async fn wait_for(
-        &self,
-        name: Option<&str>,
-        count: usize,
-        timeout: Duration,
-    ) -> Vec<Delivery> {
+    pub async fn wait_for(&self, name: Option<&str>, count: usize, timeout: Duration) -> Vec<Delivery> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let got = self.deliveries(name);
@@ -183,12 +166,7 @@ impl Sink {
     }
 }
 
-async fn deliver(
-    State(sink): State<Sink>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn deliver(State(sink): State<Sink>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
     let received_at = SystemTime::now();
     let (mode, fail) = {
         let mut state = sink.lock();
@@ -207,14 +185,10 @@ async fn deliver(
         SinkMode::FailRate(_) if !fail => ok(),
         SinkMode::FailRate(_) => error(StatusCode::INTERNAL_SERVER_ERROR),
         SinkMode::Down => error(StatusCode::SERVICE_UNAVAILABLE),
-        SinkMode::Reject(code) => {
-            error(StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST))
-        }
+        SinkMode::Reject(code) => error(StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST)),
         SinkMode::RetryAfter(secs) => {
             let (status, mut response) = error(StatusCode::TOO_MANY_REQUESTS);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
             (status, response)
         }
     };
@@ -222,12 +196,7 @@ async fn deliver(
         name,
         headers: headers
             .iter()
-            .map(|(key, value)| {
-                (
-                    key.as_str().to_owned(),
-                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
-                )
-            })
+            .map(|(key, value)| (key.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
             .collect(),
         body: String::from_utf8_lossy(&body).into_owned(),
         received_at,
@@ -238,10 +207,7 @@ async fn deliver(
 }
 
 fn ok() -> (StatusCode, Response) {
-    (
-        StatusCode::OK,
-        (StatusCode::OK, Json(serde_json::json!({"ok": true}))).into_response(),
-    )
+    (StatusCode::OK, (StatusCode::OK, Json(serde_json::json!({"ok": true}))).into_response())
 }
 
 fn error(status: StatusCode) -> (StatusCode, Response) {
@@ -258,10 +224,7 @@ struct NameQuery {
     name: Option<String>,
 }
 
-async fn admin_deliveries(
-    State(sink): State<Sink>,
-    Query(query): Query<NameQuery>,
-) -> Json<Vec<Delivery>> {
+async fn admin_deliveries(State(sink): State<Sink>, Query(query): Query<NameQuery>) -> Json<Vec<Delivery>> {
     Json(sink.deliveries(query.name.as_deref()))
 }
 
@@ -292,10 +255,7 @@ async fn admin_mode(State(sink): State<Sink>, body: Bytes) -> Response {
     let request: ModeRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(error) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(serde_json::json!({"ok": false, "error": error.to_string()})),
-            )
+            return (StatusCode::BAD_REQUEST, Json(serde_json::json!({"ok": false, "error": error.to_string()})))
                 .into_response();
         }
     };
@@ -335,17 +295,11 @@ mod tests {
             .send()
             .await?;
         assert_eq!(response.status(), 200);
-        assert_eq!(
-            response.json::<serde_json::Value>().await?,
-            serde_json::json!({"ok": true})
-        );
+        assert_eq!(response.json::<serde_json::Value>().await?, serde_json::json!({"ok": true}));
         let got = sandbox.sink.deliveries(Some("hook"));
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].header("X-Signature"), Some("abc"));
-        assert_eq!(
-            got[0].json(),
-            Some(serde_json::json!({"event": "contact.created"}))
-        );
+        assert_eq!(got[0].json(), Some(serde_json::json!({"event": "contact.created"})));
         assert_eq!(sandbox.sink.accepted(None).len(), 1);
         assert!(sandbox.sink.deliveries(Some("other")).is_empty());
 
@@ -354,10 +308,7 @@ mod tests {
         let listed: serde_json::Value = client.get(base).send().await?.json().await?;
         assert_eq!(listed.as_array().map(Vec::len), Some(1));
         assert_eq!(listed[0]["status"], 200);
-        let cleared = client
-            .delete(url(&sandbox, "/sink/__admin/deliveries"))
-            .send()
-            .await?;
+        let cleared = client.delete(url(&sandbox, "/sink/__admin/deliveries")).send().await?;
         assert_eq!(cleared.status(), 204);
         assert!(sandbox.sink.deliveries(None).is_empty());
         sandbox.stop().await;
@@ -379,24 +330,13 @@ mod tests {
         sandbox.sink.set_mode("busy", SinkMode::RetryAfter(7));
         let busy = post("busy").await?;
         assert_eq!(busy.status(), 429);
-        assert_eq!(
-            busy.headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok()),
-            Some("7")
-        );
+        assert_eq!(busy.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("7"));
 
-        sandbox
-            .sink
-            .set_mode("slow", SinkMode::Slow(Duration::from_millis(300)));
+        sandbox.sink.set_mode("slow", SinkMode::Slow(Duration::from_millis(300)));
         let started = std::time::Instant::now();
         assert_eq!(post("slow").await?.status(), 200);
         assert!(started.elapsed() >= Duration::from_millis(300));
-        let timed_out = client
-            .post(sandbox.sink_url("slow"))
-            .timeout(Duration::from_millis(50))
-            .send()
-            .await;
+        let timed_out = client.post(sandbox.sink_url("slow")).timeout(Duration::from_millis(50)).send().await;
         assert!(timed_out.is_err());
 
         sandbox.sink.set_mode("always", SinkMode::FailRate(1.0));
@@ -430,17 +370,11 @@ mod tests {
 
         // Failed attempts are recorded with the status answered, so redeliveries can be counted.
         let down = sandbox.sink.deliveries(Some("down"));
-        assert_eq!(
-            down.iter().map(|d| d.status).collect::<Vec<_>>(),
-            vec![503, 200]
-        );
+        assert_eq!(down.iter().map(|d| d.status).collect::<Vec<_>>(), vec![503, 200]);
         assert_eq!(sandbox.sink.accepted(Some("down")).len(), 1);
         assert_eq!(sandbox.sink.deliveries(Some("reject")).len(), 2);
         assert!(sandbox.sink.accepted(Some("reject")).is_empty());
-        let waited = sandbox
-            .sink
-            .wait_for(Some("half"), 40, Duration::from_millis(100))
-            .await;
+        let waited = sandbox.sink.wait_for(Some("half"), 40, Duration::from_millis(100)).await;
         assert_eq!(waited.len(), 40);
         sandbox.stop().await;
         Ok(())

@@ -71,7 +71,9 @@ pub fn classify(result: Result<(), HttpError>) -> Outcome {
     };
     match &error {
         HttpError::Status { status, retry_after, .. } if is_retryable_status(*status) => Outcome::Retry(*retry_after),
-        HttpError::Status { status, .. } => Outcome::Permanent(format!("the webhook answered {}", status_text(*status))),
+        HttpError::Status { status, .. } => {
+            Outcome::Permanent(format!("the webhook answered {}", status_text(*status)))
+        }
         HttpError::RateLimited { retry_after, .. } => Outcome::Retry(*retry_after),
         HttpError::Timeout { .. }
         | HttpError::Transport { .. }
@@ -117,7 +119,9 @@ mod tests {
         assert_eq!(classify(status(500, None)), Outcome::Retry(None));
         assert_eq!(classify(status(503, Some(7))), Outcome::Retry(Some(Duration::from_secs(7))));
         assert_eq!(classify(status(408, None)), Outcome::Retry(None));
-        assert!(matches!(classify(status(400, None)), Outcome::Permanent(reason) if reason == "the webhook answered 400 Bad Request"));
+        assert!(
+            matches!(classify(status(400, None)), Outcome::Permanent(reason) if reason == "the webhook answered 400 Bad Request")
+        );
         assert!(matches!(classify(status(410, None)), Outcome::Permanent(_)));
         assert!(matches!(classify(status(501, None)), Outcome::Permanent(_)));
         let limited = Err(HttpError::RateLimited {

@@ -66,9 +66,8 @@ pub fn message(config: &WebhookConfig, delivery: &Delivery) -> String {
 }
 
 fn default_message(delivery: &Delivery) -> String {
-    let contact = contact_name(delivery.contact_record()).unwrap_or_else(|| {
-        delivery.contact_id.clone().map_or_else(|| "unknown".to_owned(), |id| format!("id {id}"))
-    });
+    let contact = contact_name(delivery.contact_record())
+        .unwrap_or_else(|| delivery.contact_id.clone().map_or_else(|| "unknown".to_owned(), |id| format!("id {id}")));
     let field = |name: &str| delivery.record.get(name).map(display).filter(|t| !t.trim().is_empty());
     let verb = match delivery.operation {
         Operation::Created => "created",
@@ -197,8 +196,11 @@ mod tests {
             teams["attachments"][0]["content"]["body"][0]["text"],
             "Task completed: Call back (contact Ada Lovelace)"
         );
-        let custom = body(&config("template = \"slack\"\nmessage = \"{@event}: {title} for {contact.firstName}\""), &task_completed())
-            .unwrap();
+        let custom = body(
+            &config("template = \"slack\"\nmessage = \"{@event}: {title} for {contact.firstName}\""),
+            &task_completed(),
+        )
+        .unwrap();
         assert_eq!(custom, json!({"text": "task.completed: Call back for Ada"}));
     }
 

@@ -56,7 +56,8 @@ impl WebhookConnector {
 
     fn body_bytes(&self, delivery: &Delivery) -> Result<Vec<u8>, ConnectorError> {
         let body = mapping::body(&self.config, delivery)?;
-        serde_json::to_vec(&body).map_err(|e| ConnectorError::Other { connector: self.id.clone(), detail: e.to_string() })
+        serde_json::to_vec(&body)
+            .map_err(|e| ConnectorError::Other { connector: self.id.clone(), detail: e.to_string() })
     }
 
     async fn deliver_one(&self, delivery: &Delivery) -> Outcome {

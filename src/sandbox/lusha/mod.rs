@@ -114,11 +114,7 @@ pub struct Ledger {
 impl Ledger {
     /// Sum of charges of one kind (`search`, `email`, `phone`).
     pub fn spent_on(&self, kind: &str) -> i64 {
-        self.charges
-            .iter()
-            .filter(|charge| charge.kind == kind)
-            .map(|charge| charge.credits)
-            .sum()
+        self.charges.iter().filter(|charge| charge.kind == kind).map(|charge| charge.credits).sum()
     }
 }
 
@@ -179,13 +175,8 @@ pub enum Fault {
 }
 
 /// The API routes, by the names used in stats, charges and faults.
-const ROUTES: &[&str] = &[
-    "contacts/search",
-    "contacts/enrich",
-    "contacts/search-and-enrich",
-    "contacts/prospecting",
-    "account/usage",
-];
+const ROUTES: &[&str] =
+    &["contacts/search", "contacts/enrich", "contacts/search-and-enrich", "contacts/prospecting", "account/usage"];
 
 /// Normalises a route name for [`FakeLusha::set_fault`]: accepts `contacts/search`,
 /// `/v3/contacts/search`, `/lusha/v3/contacts/search`, `search`, `usage`, `*`.
@@ -208,11 +199,7 @@ struct Window {
 
 impl Window {
     fn new(length: Duration) -> Self {
-        Self {
-            length,
-            started: None,
-            count: 0,
-        }
+        Self { length, started: None, count: 0 }
     }
 
     fn roll(&mut self, now: Instant) {
@@ -232,9 +219,7 @@ impl Window {
     }
 
     fn resets_in(&self, now: Instant) -> Duration {
-        self.started
-            .map(|started| (started + self.length).saturating_duration_since(now))
-            .unwrap_or(self.length)
+        self.started.map(|started| (started + self.length).saturating_duration_since(now)).unwrap_or(self.length)
     }
 
     fn full(&self, limit: u32) -> bool {
@@ -298,13 +283,9 @@ impl LushaState {
 
     fn add_person(&mut self, person: Person, as_lead: bool) {
         for email in &person.emails {
-            self.overrides
-                .insert(Identity::email(email.email.clone()).key(), person.clone());
+            self.overrides.insert(Identity::email(email.email.clone()).key(), person.clone());
         }
-        self.overrides.insert(
-            Identity::linkedin(person.linkedin_url.clone()).key(),
-            person.clone(),
-        );
+        self.overrides.insert(Identity::linkedin(person.linkedin_url.clone()).key(), person.clone());
         if as_lead && !self.leads.contains(&person.id) {
             self.leads.push(person.id.clone());
         }
@@ -323,9 +304,7 @@ impl LushaState {
         }
         let result = people::lookup(self.options.seed, identity);
         if let Lookup::Found(person) = &result {
-            self.registry
-                .entry(person.id.clone())
-                .or_insert_with(|| (**person).clone());
+            self.registry.entry(person.id.clone()).or_insert_with(|| (**person).clone());
         }
         result
     }
@@ -338,12 +317,7 @@ impl LushaState {
     }
 
     /// Credits a reveal of `kind` would cost now, given `pending` reveals of this request.
-    fn reveal_cost(
-        &self,
-        person: &Person,
-        kind: RevealKind,
-        pending: &HashSet<(String, String)>,
-    ) -> i64 {
+    fn reveal_cost(&self, person: &Person, kind: RevealKind, pending: &HashSet<(String, String)>) -> i64 {
         person
             .datapoints(kind)
             .into_iter()
@@ -361,9 +335,7 @@ impl LushaState {
             [RevealKind::Emails, RevealKind::Phones]
                 .into_iter()
                 .filter(|kind| person.has(*kind))
-                .map(|kind| {
-                    json!({"field": kind.as_str(), "credits": self.reveal_cost(person, kind, &none)})
-                })
+                .map(|kind| json!({"field": kind.as_str(), "credits": self.reveal_cost(person, kind, &none)}))
                 .collect(),
         )
     }
@@ -392,10 +364,7 @@ impl LushaState {
             ("x-hourly-requests-left", left(o.per_hour, self.hour.count)),
             ("x-hourly-usage", self.hour.count.to_string()),
             ("x-rate-limit-minute", o.per_minute.to_string()),
-            (
-                "x-minute-requests-left",
-                left(o.per_minute, self.minute.count),
-            ),
+            ("x-minute-requests-left", left(o.per_minute, self.minute.count)),
             ("x-minute-usage", self.minute.count.to_string()),
         ]
     }
@@ -403,9 +372,7 @@ impl LushaState {
     fn window_json(&self, window: &Window, limit: u32, now: Instant) -> Value {
         let resets_at = time::OffsetDateTime::now_utc()
             + time::Duration::try_from(window.resets_in(now)).unwrap_or(time::Duration::ZERO);
-        let resets_at = resets_at
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
+        let resets_at = resets_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
         json!({
             "limit": limit,
             "used": window.count,
@@ -419,14 +386,7 @@ impl LushaState {
         format!("sandbox-req-{:08}", self.request_seq)
     }
 
-    fn charge(
-        &mut self,
-        person_id: &str,
-        kind: &str,
-        credits: i64,
-        datapoint: Option<String>,
-        route: &str,
-    ) {
+    fn charge(&mut self, person_id: &str, kind: &str, credits: i64, datapoint: Option<String>, route: &str) {
         self.balance -= credits;
         self.spent += credits;
         self.charges.push(Charge {
@@ -493,9 +453,7 @@ pub struct FakeLusha {
 impl FakeLusha {
     /// Creates the fake with a fresh ledger and the generated prospecting leads.
     pub fn new(options: LushaOptions) -> Self {
-        Self {
-            state: Arc::new(Mutex::new(LushaState::new(options))),
-        }
+        Self { state: Arc::new(Mutex::new(LushaState::new(options))) }
     }
 
     fn lock(&self) -> MutexGuard<'_, LushaState> {
@@ -507,10 +465,7 @@ impl FakeLusha {
         axum::Router::new()
             .route("/v3/contacts/search", post(api_search))
             .route("/v3/contacts/enrich", post(api_enrich))
-            .route(
-                "/v3/contacts/search-and-enrich",
-                post(api_search_and_enrich),
-            )
+            .route("/v3/contacts/search-and-enrich", post(api_search_and_enrich))
             .route("/v3/contacts/prospecting", post(api_prospecting))
             .route("/v3/account/usage", get(api_usage))
             .route("/__admin/ledger", get(admin_ledger))
@@ -518,10 +473,7 @@ impl FakeLusha {
             .route("/__admin/credits", post(admin_credits))
             .route("/__admin/stats", get(admin_stats))
             .route("/__admin/leads", post(admin_leads))
-            .route(
-                "/__admin/faults",
-                post(admin_fault).delete(admin_clear_faults),
-            )
+            .route("/__admin/faults", post(admin_fault).delete(admin_clear_faults))
             .route("/__admin/rate-limits/reset", post(admin_rate_reset))
             .route("/__admin/reset", post(admin_reset))
             .route("/__admin/lookup", get(admin_lookup))
@@ -580,12 +532,7 @@ impl FakeLusha {
     pub fn reset_rate_limits(&self) {
         let mut guard = self.lock();
         let state = &mut *guard;
-        for window in [
-            &mut state.minute,
-            &mut state.hour,
-            &mut state.day,
-            &mut state.usage_minute,
-        ] {
+        for window in [&mut state.minute, &mut state.hour, &mut state.day, &mut state.usage_minute] {
             window.started = None;
             window.count = 0;
         }
@@ -683,11 +630,7 @@ impl FakeLusha {
     fn process(&self, route: &'static str, headers: &HeaderMap, body: &[u8]) -> Answer {
         let mut state = self.lock();
         let answer = self.process_locked(&mut state, route, headers, body);
-        *state
-            .stats
-            .statuses
-            .entry(answer.status.as_u16())
-            .or_default() += 1;
+        *state.stats.statuses.entry(answer.status.as_u16()).or_default() += 1;
         match answer.status.as_u16() {
             400 => state.stats.bad_requests += 1,
             401 => state.stats.unauthorized += 1,
@@ -698,21 +641,10 @@ impl FakeLusha {
         answer
     }
 
-    fn process_locked(
-        &self,
-        state: &mut LushaState,
-        route: &'static str,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Answer {
+    fn process_locked(&self, state: &mut LushaState, route: &'static str, headers: &HeaderMap, body: &[u8]) -> Answer {
         *state.stats.requests.entry(route.to_owned()).or_default() += 1;
         let now = Instant::now();
-        for window in [
-            &mut state.minute,
-            &mut state.hour,
-            &mut state.day,
-            &mut state.usage_minute,
-        ] {
+        for window in [&mut state.minute, &mut state.hour, &mut state.day, &mut state.usage_minute] {
             window.roll(now);
         }
         let reply = |state: &LushaState, status: StatusCode, body: Vec<u8>| Answer {
@@ -726,10 +658,7 @@ impl FakeLusha {
         let key = headers.get("api_key").and_then(|v| v.to_str().ok());
         match key {
             None => {
-                let body = error_body(
-                    StatusCode::UNAUTHORIZED,
-                    json!("No API key found in request"),
-                );
+                let body = error_body(StatusCode::UNAUTHORIZED, json!("No API key found in request"));
                 return reply(state, StatusCode::UNAUTHORIZED, body);
             }
             Some(key) if key != state.options.api_key => {
@@ -744,10 +673,7 @@ impl FakeLusha {
         let limited = if o.trial_limit.is_some_and(|limit| state.lifetime >= limit) {
             Some("You've reached your trial limit, please contact support for upgrade".to_owned())
         } else if state.day.full(o.per_day) {
-            Some(format!(
-                "Daily API quota limit exceeded. Limit {} calls per day",
-                o.per_day
-            ))
+            Some(format!("Daily API quota limit exceeded. Limit {} calls per day", o.per_day))
         } else if state.hour.full(o.per_hour) {
             Some(format!(
                 "Hourly API rate limit exceeded. Limit: {} calls per hour. Reset in {} seconds",
@@ -774,19 +700,14 @@ impl FakeLusha {
         state.lifetime += 1;
 
         // Faults.
-        let fault = state
-            .faults
-            .get(route)
-            .or_else(|| state.faults.get("*"))
-            .cloned();
+        let fault = state.faults.get(route).or_else(|| state.faults.get("*")).cloned();
         let mut delay = None;
         let mut after = None;
         match fault {
             Some(Fault::Error { status, rate }) => {
                 if state.rng.f64() < rate {
                     state.stats.faults_fired += 1;
-                    let status =
-                        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                     let message = status.canonical_reason().unwrap_or("Server error");
                     return reply(state, status, error_body(status, json!(message)));
                 }
@@ -830,21 +751,13 @@ impl FakeLusha {
             },
         };
         let mut answer = match result {
-            Ok(Handled::Json(value)) => reply(
-                state,
-                StatusCode::OK,
-                serde_json::to_vec(&value).unwrap_or_default(),
-            ),
-            Ok(Handled::Payment(message)) => reply(
-                state,
-                StatusCode::PAYMENT_REQUIRED,
-                error_body(StatusCode::PAYMENT_REQUIRED, json!(message)),
-            ),
-            Err(violations) => reply(
-                state,
-                StatusCode::BAD_REQUEST,
-                error_body(StatusCode::BAD_REQUEST, json!(violations)),
-            ),
+            Ok(Handled::Json(value)) => reply(state, StatusCode::OK, serde_json::to_vec(&value).unwrap_or_default()),
+            Ok(Handled::Payment(message)) => {
+                reply(state, StatusCode::PAYMENT_REQUIRED, error_body(StatusCode::PAYMENT_REQUIRED, json!(message)))
+            }
+            Err(violations) => {
+                reply(state, StatusCode::BAD_REQUEST, error_body(StatusCode::BAD_REQUEST, json!(violations)))
+            }
         };
         answer.delay = delay;
         if answer.status == StatusCode::OK {
@@ -894,11 +807,7 @@ fn parse_reveal(request: &Value) -> Result<Vec<RevealKind>, Vec<String>> {
                     )),
                 }
             }
-            if errors.is_empty() {
-                Ok(kinds)
-            } else {
-                Err(errors)
-            }
+            if errors.is_empty() { Ok(kinds) } else { Err(errors) }
         }
         Some(_) => Err(vec!["reveal must be an array".to_owned()]),
     }
@@ -907,17 +816,13 @@ fn parse_reveal(request: &Value) -> Result<Vec<RevealKind>, Vec<String>> {
 fn batch<'a>(request: &'a Value, field: &str) -> Result<&'a Vec<Value>, Vec<String>> {
     match request.get(field) {
         Some(Value::Array(items)) if (1..=100).contains(&items.len()) => Ok(items),
-        Some(Value::Array(_)) => Err(vec![format!(
-            "{field} must contain between 1 and 100 items"
-        )]),
+        Some(Value::Array(_)) => Err(vec![format!("{field} must contain between 1 and 100 items")]),
         _ => Err(vec![format!("{field} must be an array of 1 to 100 items")]),
     }
 }
 
 fn non_empty_str<'a>(item: &'a Value, field: &str) -> Option<&'a str> {
-    item.get(field)
-        .and_then(Value::as_str)
-        .filter(|text| !text.trim().is_empty())
+    item.get(field).and_then(Value::as_str).filter(|text| !text.trim().is_empty())
 }
 
 fn parse_identity(index: usize, item: &Value) -> Result<Identity, String> {
@@ -935,16 +840,13 @@ fn parse_identity(index: usize, item: &Value) -> Result<Identity, String> {
     }
     if let Some(email) = item.get("email") {
         return match email.as_str() {
-            Some(email) if email.contains('@') && !email.trim().starts_with('@') => {
-                Ok(Identity::email(email))
-            }
+            Some(email) if email.contains('@') && !email.trim().starts_with('@') => Ok(Identity::email(email)),
             _ => Err(format!("contacts.{index}.email must be an email")),
         };
     }
     let first = non_empty_str(item, "firstName");
     let last = non_empty_str(item, "lastName");
-    let company =
-        non_empty_str(item, "companyDomain").or_else(|| non_empty_str(item, "companyName"));
+    let company = non_empty_str(item, "companyDomain").or_else(|| non_empty_str(item, "companyName"));
     match (first, last, company) {
         (Some(first), Some(last), Some(company)) => Ok(Identity::name(first, last, company)),
         _ => Err(format!(
@@ -969,25 +871,14 @@ fn item_error(reference: Option<&Value>, code: &str, message: &str) -> Value {
     if let Some(reference) = reference {
         map.insert("clientReferenceId".to_owned(), reference.clone());
     }
-    map.insert(
-        "error".to_owned(),
-        json!({"code": code, "message": message}),
-    );
+    map.insert("error".to_owned(), json!({"code": code, "message": message}));
     Value::Object(map)
 }
 
 fn contacts_search(state: &mut LushaState, request: &Value, enrich: bool) -> Handling {
-    let route = if enrich {
-        "contacts/search-and-enrich"
-    } else {
-        "contacts/search"
-    };
+    let route = if enrich { "contacts/search-and-enrich" } else { "contacts/search" };
     let items = batch(request, "contacts")?;
-    let kinds = if enrich {
-        parse_reveal(request)?
-    } else {
-        Vec::new()
-    };
+    let kinds = if enrich { parse_reveal(request)? } else { Vec::new() };
     let mut errors = Vec::new();
     let mut identities = Vec::new();
     for (index, item) in items.iter().enumerate() {
@@ -1053,10 +944,9 @@ fn contacts_search(state: &mut LushaState, request: &Value, enrich: bool) -> Han
                 ),
             )),
             Lookup::NotFound { dropped: true } => {}
-            Lookup::NotFound { dropped: false } => results.push((
-                index,
-                item_error(reference, "NOT_FOUND", "Contact not found"),
-            )),
+            Lookup::NotFound { dropped: false } => {
+                results.push((index, item_error(reference, "NOT_FOUND", "Contact not found")))
+            }
         }
     }
     shuffle_results(state.options.seed, request, &mut results);
@@ -1080,10 +970,7 @@ fn contacts_enrich(state: &mut LushaState, request: &Value) -> Handling {
         return Err(vec!["waterfallEnabled must be a boolean value".to_owned()]);
     }
     let ids: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
-    let lookups: Vec<Lookup> = ids
-        .iter()
-        .map(|id| state.lookup(&Identity::Id((*id).to_owned())))
-        .collect();
+    let lookups: Vec<Lookup> = ids.iter().map(|id| state.lookup(&Identity::Id((*id).to_owned()))).collect();
     let mut cost = 0;
     let mut pending = HashSet::new();
     for lookup in &lookups {
@@ -1115,10 +1002,9 @@ fn contacts_enrich(state: &mut LushaState, request: &Value) -> Handling {
                 returned += 1;
                 results.push((index, Value::Object(map)));
             }
-            _ => results.push((
-                index,
-                json!({"id": id, "error": {"code": "NOT_FOUND", "message": "Contact not found"}}),
-            )),
+            _ => {
+                results.push((index, json!({"id": id, "error": {"code": "NOT_FOUND", "message": "Contact not found"}})))
+            }
         }
     }
     shuffle_results(state.options.seed, request, &mut results);
@@ -1133,10 +1019,7 @@ fn contacts_enrich(state: &mut LushaState, request: &Value) -> Handling {
 /// Lower-cased strings of `filters.<side>.<section>.<field>`.
 fn filter_values(request: &Value, side: &str, section: &str, field: &str) -> Vec<String> {
     let mut values = Vec::new();
-    if let Some(items) = request
-        .pointer(&format!("/filters/{side}/{section}/{field}"))
-        .and_then(Value::as_array)
-    {
+    if let Some(items) = request.pointer(&format!("/filters/{side}/{section}/{field}")).and_then(Value::as_array) {
         for item in items {
             match item {
                 Value::String(text) => values.push(text.to_lowercase()),
@@ -1157,51 +1040,17 @@ fn filter_values(request: &Value, side: &str, section: &str, field: &str) -> Vec
 
 fn lead_matches(request: &Value, person: &Person) -> bool {
     let fields: [(&str, &str, Vec<String>); 7] = [
-        (
-            "contacts",
-            "departments",
-            person
-                .departments
-                .iter()
-                .map(|d| d.to_lowercase())
-                .collect(),
-        ),
-        (
-            "contacts",
-            "seniority",
-            vec![person.seniority.to_lowercase()],
-        ),
-        (
-            "contacts",
-            "jobTitles",
-            vec![person.job_title.to_lowercase()],
-        ),
+        ("contacts", "departments", person.departments.iter().map(|d| d.to_lowercase()).collect()),
+        ("contacts", "seniority", vec![person.seniority.to_lowercase()]),
+        ("contacts", "jobTitles", vec![person.job_title.to_lowercase()]),
         (
             "contacts",
             "countries",
-            vec![
-                person.location.country.to_lowercase(),
-                person.location.country_iso2.to_lowercase(),
-            ],
+            vec![person.location.country.to_lowercase(), person.location.country_iso2.to_lowercase()],
         ),
-        (
-            "contacts",
-            "locations",
-            vec![
-                person.location.country.to_lowercase(),
-                person.location.city.to_lowercase(),
-            ],
-        ),
-        (
-            "companies",
-            "domains",
-            vec![person.company.domain.to_lowercase()],
-        ),
-        (
-            "companies",
-            "names",
-            vec![person.company.name.to_lowercase()],
-        ),
+        ("contacts", "locations", vec![person.location.country.to_lowercase(), person.location.city.to_lowercase()]),
+        ("companies", "domains", vec![person.company.domain.to_lowercase()]),
+        ("companies", "names", vec![person.company.name.to_lowercase()]),
     ];
     for (side, field, have) in fields {
         let include = filter_values(request, side, "include", field);
@@ -1213,10 +1062,7 @@ fn lead_matches(request: &Value, person: &Person) -> bool {
             return false;
         }
     }
-    let exclude_dnc = request
-        .get("excludeDnc")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let exclude_dnc = request.get("excludeDnc").and_then(Value::as_bool).unwrap_or(false);
     !(exclude_dnc && !person.phones.is_empty() && person.phones.iter().all(|p| p.do_not_call))
 }
 
@@ -1296,12 +1142,7 @@ fn account_usage(state: &mut LushaState, now: Instant) -> Handled {
     }))
 }
 
-async fn respond(
-    lusha: FakeLusha,
-    route: &'static str,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn respond(lusha: FakeLusha, route: &'static str, headers: HeaderMap, body: Bytes) -> Response {
     // A Latency fault must delay *before* the work, so peek at it first without charging.
     let pre_delay = {
         let state = lusha.lock();
@@ -1322,10 +1163,7 @@ async fn respond(
     }
     let mut response = (answer.status, answer.body).into_response();
     let map = response.headers_mut();
-    map.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=utf-8"),
-    );
+    map.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
     for (name, value) in answer.headers {
         if let Ok(value) = HeaderValue::from_str(&value) {
             map.insert(HeaderName::from_static(name), value);
@@ -1342,19 +1180,11 @@ async fn api_enrich(State(lusha): State<FakeLusha>, headers: HeaderMap, body: By
     respond(lusha, ROUTES[1], headers, body).await
 }
 
-async fn api_search_and_enrich(
-    State(lusha): State<FakeLusha>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn api_search_and_enrich(State(lusha): State<FakeLusha>, headers: HeaderMap, body: Bytes) -> Response {
     respond(lusha, ROUTES[2], headers, body).await
 }
 
-async fn api_prospecting(
-    State(lusha): State<FakeLusha>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn api_prospecting(State(lusha): State<FakeLusha>, headers: HeaderMap, body: Bytes) -> Response {
     respond(lusha, ROUTES[3], headers, body).await
 }
 
@@ -1365,12 +1195,7 @@ async fn api_usage(State(lusha): State<FakeLusha>, headers: HeaderMap) -> Respon
 async fn not_found(method: Method, uri: Uri) -> Response {
     let status = StatusCode::NOT_FOUND;
     let body = error_body(status, json!(format!("Cannot {method} {}", uri.path())));
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
-        body,
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, "application/json; charset=utf-8")], body).into_response()
 }
 
 async fn admin_ledger(State(lusha): State<FakeLusha>) -> Json<Ledger> {
@@ -1394,11 +1219,7 @@ async fn admin_ledger_reset(State(lusha): State<FakeLusha>, body: Bytes) -> Json
 }
 
 fn bad_admin(message: String) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({"ok": false, "error": message})),
-    )
-        .into_response()
+    (StatusCode::BAD_REQUEST, Json(json!({"ok": false, "error": message}))).into_response()
 }
 
 #[derive(Deserialize)]
@@ -1511,10 +1332,7 @@ struct LookupQuery {
     id: Option<String>,
 }
 
-async fn admin_lookup(
-    State(lusha): State<FakeLusha>,
-    Query(query): Query<LookupQuery>,
-) -> Response {
+async fn admin_lookup(State(lusha): State<FakeLusha>, Query(query): Query<LookupQuery>) -> Response {
     let identity = if let Some(email) = query.email {
         Identity::email(email)
     } else if let Some(url) = query.linkedin_url {

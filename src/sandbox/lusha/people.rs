@@ -44,16 +44,8 @@ impl Identity {
     }
 
     /// Shorthand for [`Identity::Name`].
-    pub fn name(
-        first: impl Into<String>,
-        last: impl Into<String>,
-        company: impl Into<String>,
-    ) -> Self {
-        Self::Name {
-            first: first.into(),
-            last: last.into(),
-            company: company.into(),
-        }
+    pub fn name(first: impl Into<String>, last: impl Into<String>, company: impl Into<String>) -> Self {
+        Self::Name { first: first.into(), last: last.into(), company: company.into() }
     }
 
     /// The normalised key the person is derived from.
@@ -62,11 +54,7 @@ impl Identity {
             Self::Id(id) => format!("id:{}", id.trim()),
             Self::Email(email) => format!("email:{}", normalize_email(email)),
             Self::Linkedin(url) => format!("linkedin:{}", normalize_linkedin(url)),
-            Self::Name {
-                first,
-                last,
-                company,
-            } => format!(
+            Self::Name { first, last, company } => format!(
                 "name:{}|{}|{}",
                 first.trim().to_lowercase(),
                 last.trim().to_lowercase(),
@@ -84,10 +72,7 @@ pub fn normalize_email(email: &str) -> String {
 /// `linkedin.com/in/slug` form of a LinkedIn URL.
 pub fn normalize_linkedin(url: &str) -> String {
     let lower = url.trim().to_lowercase();
-    let no_scheme = lower
-        .strip_prefix("https://")
-        .or_else(|| lower.strip_prefix("http://"))
-        .unwrap_or(&lower);
+    let no_scheme = lower.strip_prefix("https://").or_else(|| lower.strip_prefix("http://")).unwrap_or(&lower);
     let no_www = no_scheme.strip_prefix("www.").unwrap_or(no_scheme);
     let no_query = no_www.split(['?', '#']).next().unwrap_or(no_www);
     no_query.trim_end_matches('/').to_owned()
@@ -95,15 +80,8 @@ pub fn normalize_linkedin(url: &str) -> String {
 
 fn normalize_company(company: &str) -> String {
     let lower = company.trim().to_lowercase();
-    let no_scheme = lower
-        .strip_prefix("https://")
-        .or_else(|| lower.strip_prefix("http://"))
-        .unwrap_or(&lower);
-    no_scheme
-        .strip_prefix("www.")
-        .unwrap_or(no_scheme)
-        .trim_end_matches('/')
-        .to_owned()
+    let no_scheme = lower.strip_prefix("https://").or_else(|| lower.strip_prefix("http://")).unwrap_or(&lower);
+    no_scheme.strip_prefix("www.").unwrap_or(no_scheme).trim_end_matches('/').to_owned()
 }
 
 /// Outcome of looking an identity up.
@@ -213,9 +191,9 @@ pub struct Person {
 }
 
 const LAST_NAMES: &[&str] = &[
-    "Ashdown", "Barlow", "Carrow", "Dunmore", "Elling", "Fenwick", "Garrick", "Hollis", "Ingram",
-    "Jessop", "Kestrel", "Lowther", "Marlow", "Norcott", "Oakley", "Pryce", "Quill", "Rowan",
-    "Stroud", "Thorne", "Upton", "Vail", "Wexley", "Yardley",
+    "Ashdown", "Barlow", "Carrow", "Dunmore", "Elling", "Fenwick", "Garrick", "Hollis", "Ingram", "Jessop", "Kestrel",
+    "Lowther", "Marlow", "Norcott", "Oakley", "Pryce", "Quill", "Rowan", "Stroud", "Thorne", "Upton", "Vail", "Wexley",
+    "Yardley",
 ];
 
 const TITLES: &[(&str, &str, &str)] = &[
@@ -223,11 +201,7 @@ const TITLES: &[(&str, &str, &str)] = &[
     ("VP of Sales", "Sales", "VP"),
     ("Head of Marketing", "Marketing", "Director"),
     ("Engineering Manager", "Engineering & Technical", "Manager"),
-    (
-        "Senior Software Engineer",
-        "Engineering & Technical",
-        "Senior",
-    ),
+    ("Senior Software Engineer", "Engineering & Technical", "Senior"),
     ("Account Executive", "Sales", "Senior"),
     ("Operations Coordinator", "Operations", "Entry"),
     ("Finance Director", "Finance", "Director"),
@@ -235,31 +209,13 @@ const TITLES: &[(&str, &str, &str)] = &[
     ("Customer Success Manager", "Customer Service", "Manager"),
 ];
 
-const INDUSTRIES: &[&str] = &[
-    "Software",
-    "Marketing & Advertising",
-    "Financial Services",
-    "Healthcare",
-    "Retail",
-    "Manufacturing",
-];
+const INDUSTRIES: &[&str] =
+    &["Software", "Marketing & Advertising", "Financial Services", "Healthcare", "Retail", "Manufacturing"];
 
 /// (country, iso2, state, city, continent)
 const NON_EU: &[(&str, &str, &str, &str, &str)] = &[
-    (
-        "United States",
-        "US",
-        "California",
-        "San Francisco",
-        "North America",
-    ),
-    (
-        "United States",
-        "US",
-        "New York",
-        "New York",
-        "North America",
-    ),
+    ("United States", "US", "California", "San Francisco", "North America"),
+    ("United States", "US", "New York", "New York", "North America"),
     ("United States", "US", "Texas", "Austin", "North America"),
     ("Canada", "CA", "Ontario", "Toronto", "North America"),
     ("Australia", "AU", "New South Wales", "Sydney", "Oceania"),
@@ -306,9 +262,7 @@ pub fn lookup(seed: u64, identity: &Identity) -> Lookup {
     match bucket {
         0..85 => Lookup::Found(Box::new(synthesize(seed, &key, identity, bucket >= 80))),
         85..92 => Lookup::ComplianceRestricted,
-        _ => Lookup::NotFound {
-            dropped: words[1] % 3 == 0,
-        },
+        _ => Lookup::NotFound { dropped: words[1] % 3 == 0 },
     }
 }
 
@@ -327,18 +281,9 @@ pub fn lead(seed: u64, index: usize) -> Person {
 fn synthesize(seed: u64, key: &str, identity: &Identity, eu: bool) -> Person {
     let words = digest(seed, key);
     let [w0, w1, w2, w3] = words;
-    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
-        [w1.to_le_bytes(), w2.to_le_bytes()]
-            .concat()
-            .iter()
-            .copied()
-            .collect::<Vec<u8>>(),
-    );
-    let id = if w3 % 5 == 0 {
-        format!("{}", 1_000_000_000 + w2 % 8_999_999_999)
-    } else {
-        format!("v1.{token}")
-    };
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode([w1.to_le_bytes(), w2.to_le_bytes()].concat().iter().copied().collect::<Vec<u8>>());
+    let id = if w3 % 5 == 0 { format!("{}", 1_000_000_000 + w2 % 8_999_999_999) } else { format!("v1.{token}") };
     let (first_name, last_name) = match identity {
         Identity::Name { first, last, .. } => (first.trim().to_owned(), last.trim().to_owned()),
         _ => ("Test".to_owned(), pick(LAST_NAMES, w1 >> 7).to_owned()),
@@ -351,52 +296,31 @@ fn synthesize(seed: u64, key: &str, identity: &Identity, eu: bool) -> Person {
                 let label = normalized.split('.').next().unwrap_or(&normalized);
                 (format!("Test {}", capitalize(label)), normalized)
             } else {
-                let slug: String = normalized
-                    .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-                    .collect();
+                let slug: String =
+                    normalized.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
                 (company.trim().to_owned(), format!("{slug}.example.test"))
             }
         }
-        _ => (
-            format!("Test Company {company_index}"),
-            format!("company{company_index}.example.test"),
-        ),
+        _ => (format!("Test Company {company_index}"), format!("company{company_index}.example.test")),
     };
     let (title, department, seniority) = pick(TITLES, w2 >> 11);
-    let place = if eu {
-        pick(EU, w3 >> 5)
-    } else {
-        pick(NON_EU, w3 >> 5)
-    };
+    let place = if eu { pick(EU, w3 >> 5) } else { pick(NON_EU, w3 >> 5) };
     let email = match identity {
         Identity::Email(email) => normalize_email(email),
-        _ => format!(
-            "test.{}.{}@{company_domain}",
-            slugify(&last_name),
-            w0 % 10_000
-        ),
+        _ => format!("test.{}.{}@{company_domain}", slugify(&last_name), w0 % 10_000),
     };
     let confidence = pick(&["A+", "A", "B"], w0 >> 9);
     let phone_count = (w1 >> 21) % 3;
     let phones = (0..phone_count)
         .map(|index| PhoneNumber {
-            number: format!(
-                "+1 555 {:03} {:04}",
-                (w2 >> (index * 10)) % 1000,
-                (w3 >> (index * 14)) % 10_000
-            ),
+            number: format!("+1 555 {:03} {:04}", (w2 >> (index * 10)) % 1000, (w3 >> (index * 14)) % 10_000),
             kind: if index == 0 { "mobile" } else { "direct" }.to_owned(),
             do_not_call: (w0 >> (20 + index * 3)) % 4 == 0,
         })
         .collect();
     let linkedin_url = match identity {
         Identity::Linkedin(url) => format!("https://www.{}", normalize_linkedin(url)),
-        _ => format!(
-            "https://www.linkedin.com/in/test-{}-{}",
-            slugify(&last_name),
-            w2 % 100_000
-        ),
+        _ => format!("https://www.linkedin.com/in/test-{}-{}", slugify(&last_name), w2 % 100_000),
     };
     Person {
         id,
@@ -419,34 +343,20 @@ fn synthesize(seed: u64, key: &str, identity: &Identity, eu: bool) -> Person {
             continent: place.4.to_owned(),
             is_eu_contact: eu,
         },
-        emails: vec![EmailAddress {
-            email,
-            kind: "work".to_owned(),
-            confidence: confidence.to_owned(),
-        }],
+        emails: vec![EmailAddress { email, kind: "work".to_owned(), confidence: confidence.to_owned() }],
         phones,
         linkedin_url,
-        update_date: format!(
-            "2025-{:02}-{:02}T00:00:00.000Z",
-            1 + (w3 >> 40) % 12,
-            1 + (w3 >> 48) % 28
-        ),
+        update_date: format!("2025-{:02}-{:02}T00:00:00.000Z", 1 + (w3 >> 40) % 12, 1 + (w3 >> 48) % 28),
     }
 }
 
 fn capitalize(text: &str) -> String {
     let mut chars = text.chars();
-    chars
-        .next()
-        .map(|first| first.to_uppercase().chain(chars).collect())
-        .unwrap_or_default()
+    chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
 }
 
 fn slugify(text: &str) -> String {
-    text.to_lowercase()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect()
+    text.to_lowercase().chars().filter(|c| c.is_ascii_alphanumeric()).collect()
 }
 
 /// Builds a person from a test-supplied lead JSON (lenient; missing fields are synthesised
@@ -464,12 +374,10 @@ pub fn from_lead_json(seed: u64, lead: &Value) -> Person {
         }
     };
     let email = text(lead.get("email")).or_else(|| {
-        lead.get("emails")?.as_array()?.first().and_then(|first| {
-            first
-                .as_str()
-                .map(str::to_owned)
-                .or_else(|| text(first.get("email")))
-        })
+        lead.get("emails")?
+            .as_array()?
+            .first()
+            .and_then(|first| first.as_str().map(str::to_owned).or_else(|| text(first.get("email"))))
     });
     let id = text(lead.get("id"));
     let key = match (&id, &email) {
@@ -480,10 +388,8 @@ pub fn from_lead_json(seed: u64, lead: &Value) -> Person {
     let words = digest(seed, &key);
     let mut person = synthesize(seed, &key, &Identity::Id(key.clone()), false);
     if id.is_none() {
-        person.id = format!(
-            "v1.added-{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(words[1].to_le_bytes())
-        );
+        person.id =
+            format!("v1.added-{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(words[1].to_le_bytes()));
     }
     if let Some(id) = id {
         person.id = id;
@@ -498,10 +404,7 @@ pub fn from_lead_json(seed: u64, lead: &Value) -> Person {
         person.emails = emails
             .iter()
             .filter_map(|item| {
-                let address = item
-                    .as_str()
-                    .map(str::to_owned)
-                    .or_else(|| text(item.get("email")))?;
+                let address = item.as_str().map(str::to_owned).or_else(|| text(item.get("email")))?;
                 Some(EmailAddress {
                     email: address,
                     kind: text(item.get("type")).unwrap_or_else(|| "work".to_owned()),
@@ -510,27 +413,17 @@ pub fn from_lead_json(seed: u64, lead: &Value) -> Person {
             })
             .collect();
     } else if let Some(email) = email {
-        person.emails = vec![EmailAddress {
-            email,
-            kind: "work".to_owned(),
-            confidence: "A+".to_owned(),
-        }];
+        person.emails = vec![EmailAddress { email, kind: "work".to_owned(), confidence: "A+".to_owned() }];
     }
     if let Some(phones) = lead.get("phones").and_then(Value::as_array) {
         person.phones = phones
             .iter()
             .filter_map(|item| {
-                let number = item
-                    .as_str()
-                    .map(str::to_owned)
-                    .or_else(|| text(item.get("number")))?;
+                let number = item.as_str().map(str::to_owned).or_else(|| text(item.get("number")))?;
                 Some(PhoneNumber {
                     number,
                     kind: text(item.get("type")).unwrap_or_else(|| "mobile".to_owned()),
-                    do_not_call: item
-                        .get("doNotCall")
-                        .and_then(Value::as_bool)
-                        .unwrap_or(false),
+                    do_not_call: item.get("doNotCall").and_then(Value::as_bool).unwrap_or(false),
                 })
             })
             .collect();
@@ -562,10 +455,7 @@ pub fn from_lead_json(seed: u64, lead: &Value) -> Person {
                 person.seniority = seniority;
             }
             if let Some(departments) = object.get("departments").and_then(Value::as_array) {
-                person.departments = departments
-                    .iter()
-                    .filter_map(|d| d.as_str().map(str::to_owned))
-                    .collect();
+                person.departments = departments.iter().filter_map(|d| d.as_str().map(str::to_owned)).collect();
             }
         }
         _ => {}
@@ -633,16 +523,8 @@ impl Person {
     /// The revealable datapoints of one kind, as ledger keys (`email:<addr>`, `phone:<number>`).
     pub fn datapoints(&self, kind: RevealKind) -> Vec<String> {
         match kind {
-            RevealKind::Emails => self
-                .emails
-                .iter()
-                .map(|e| format!("email:{}", e.email))
-                .collect(),
-            RevealKind::Phones => self
-                .phones
-                .iter()
-                .map(|p| format!("phone:{}", p.number))
-                .collect(),
+            RevealKind::Emails => self.emails.iter().map(|e| format!("email:{}", e.email)).collect(),
+            RevealKind::Phones => self.phones.iter().map(|p| format!("phone:{}", p.number)).collect(),
         }
     }
 
@@ -745,10 +627,7 @@ mod tests {
                     if person.location.is_eu_contact {
                         eu += 1;
                     }
-                    assert_eq!(
-                        person.emails[0].email,
-                        format!("test.user{index}@example.test")
-                    );
+                    assert_eq!(person.emails[0].email, format!("test.user{index}@example.test"));
                     assert!(person.phones.len() <= 2);
                 }
                 Lookup::ComplianceRestricted => restricted += 1,
@@ -760,10 +639,7 @@ mod tests {
         assert!((50..150).contains(&eu), "{eu}");
         assert!((90..200).contains(&restricted), "{restricted}");
         assert!(dropped > 10, "{dropped}");
-        assert_ne!(
-            lookup(42, &Identity::email("a@b.test")),
-            lookup(43, &Identity::email("a@b.test"))
-        );
+        assert_ne!(lookup(42, &Identity::email("a@b.test")), lookup(43, &Identity::email("a@b.test")));
     }
 
     #[test]

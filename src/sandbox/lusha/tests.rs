@@ -14,10 +14,7 @@ struct Harness {
 
 impl Harness {
     async fn start(lusha: LushaOptions) -> anyhow::Result<Self> {
-        let options = SandboxOptions {
-            lusha,
-            ..SandboxOptions::default()
-        };
+        let options = SandboxOptions { lusha, ..SandboxOptions::default() };
         let sandbox = Sandbox::start(options, "127.0.0.1:0".parse()?).await?;
         let base = sandbox.lusha_url().to_string();
         let key = sandbox.lusha.api_key();
@@ -34,13 +31,7 @@ impl Harness {
     }
 
     async fn post(&self, path: &str, body: &Value) -> anyhow::Result<reqwest::Response> {
-        Ok(self
-            .client
-            .post(format!("{}{path}", self.base))
-            .header("api_key", &self.key)
-            .json(body)
-            .send()
-            .await?)
+        Ok(self.client.post(format!("{}{path}", self.base)).header("api_key", &self.key).json(body).send().await?)
     }
 
     async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
@@ -57,9 +48,7 @@ fn header<'a>(response: &'a reqwest::Response, name: &str) -> Option<&'a str> {
 /// Emails of found, non-EU persons with at least one phone.
 fn rich_emails(lusha: &FakeLusha, count: usize) -> Vec<String> {
     lusha.sample_emails(count, |lookup| {
-        lookup
-            .person()
-            .is_some_and(|p| !p.phones.is_empty() && !p.location.is_eu_contact)
+        lookup.person().is_some_and(|p| !p.phones.is_empty() && !p.location.is_eu_contact)
     })
 }
 
@@ -84,24 +73,13 @@ async fn missing_or_wrong_api_key_is_401() -> anyhow::Result<()> {
     let missing: Value = missing.json().await?;
     assert_eq!(missing["statusCode"], 401);
 
-    let wrong = h
-        .client
-        .post(&url)
-        .header("api_key", "nope")
-        .json(&body)
-        .send()
-        .await?;
+    let wrong = h.client.post(&url).header("api_key", "nope").json(&body).send().await?;
     assert_eq!(wrong.status(), 401);
     let wrong: Value = wrong.json().await?;
     assert_eq!(wrong["message"], "Invalid API key");
 
     // `Authorization` is not how Lusha authenticates.
-    let bearer = h
-        .client
-        .get(format!("{}/v3/account/usage", h.base))
-        .bearer_auth(&h.key)
-        .send()
-        .await?;
+    let bearer = h.client.get(format!("{}/v3/account/usage", h.base)).bearer_auth(&h.key).send().await?;
     assert_eq!(bearer.status(), 401);
 
     let ok = h.post("/v3/contacts/search", &body).await?;
@@ -138,39 +116,21 @@ async fn ledger_charges_once_per_person_and_field() -> anyhow::Result<()> {
     let predicted = lusha.predict_cost(&identities, &["emails", "phones"], true);
 
     // Search: 1 credit per found result, canReveal shows full prices.
-    let (status, search) = h
-        .post_json("/v3/contacts/search", &contacts(&emails))
-        .await?;
+    let (status, search) = h.post_json("/v3/contacts/search", &contacts(&emails)).await?;
     assert_eq!(status, 200);
     assert_eq!(search["billing"]["creditsCharged"], 3);
     assert_eq!(search["billing"]["resultsReturned"], 3);
     let first = &search["results"][0];
     assert!(first.get("emails").is_none(), "search never reveals");
     let can_reveal = first["canReveal"].as_array().cloned().unwrap_or_default();
-    assert!(
-        can_reveal
-            .iter()
-            .any(|c| c["field"] == "emails" && c["credits"] == 1)
-    );
-    assert!(
-        can_reveal
-            .iter()
-            .any(|c| c["field"] == "phones" && c["credits"].as_i64().unwrap_or(0) >= 5)
-    );
-    let ids: Vec<Value> = search["results"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|r| r["id"].clone())
-        .collect();
+    assert!(can_reveal.iter().any(|c| c["field"] == "emails" && c["credits"] == 1));
+    assert!(can_reveal.iter().any(|c| c["field"] == "phones" && c["credits"].as_i64().unwrap_or(0) >= 5));
+    let ids: Vec<Value> =
+        search["results"].as_array().cloned().unwrap_or_default().iter().map(|r| r["id"].clone()).collect();
 
     // Enrich emails only: 1 credit each.
     let (status, enriched) = h
-        .post_json(
-            "/v3/contacts/enrich",
-            &json!({"ids": ids, "reveal": ["emails"], "waterfallEnabled": false}),
-        )
+        .post_json("/v3/contacts/enrich", &json!({"ids": ids, "reveal": ["emails"], "waterfallEnabled": false}))
         .await?;
     assert_eq!(status, 200);
     assert_eq!(enriched["billing"]["creditsCharged"], 3);
@@ -179,21 +139,14 @@ async fn ledger_charges_once_per_person_and_field() -> anyhow::Result<()> {
     assert!(result.get("phones").is_none(), "phones were not asked for");
 
     // Enrich both: emails are free now, only phones cost.
-    let (_, both) = h
-        .post_json("/v3/contacts/enrich", &json!({"ids": ids}))
-        .await?;
+    let (_, both) = h.post_json("/v3/contacts/enrich", &json!({"ids": ids})).await?;
     let ledger = lusha.ledger();
     assert_eq!(both["billing"]["creditsCharged"], ledger.spent_on("phone"));
     assert_eq!(ledger.spent, 3 + 3 + ledger.spent_on("phone"));
     assert_eq!(predicted, ledger.spent, "search + all reveals = prediction");
 
     // Enrich again: everything already revealed → 0.
-    let (_, again) = h
-        .post_json(
-            "/v3/contacts/enrich",
-            &json!({"ids": ids, "reveal": ["phones", "emails"]}),
-        )
-        .await?;
+    let (_, again) = h.post_json("/v3/contacts/enrich", &json!({"ids": ids, "reveal": ["phones", "emails"]})).await?;
     assert_eq!(again["billing"]["creditsCharged"], 0);
     assert_eq!(again["billing"]["resultsReturned"], 3);
     assert!(again["results"][0]["phones"].is_array());
@@ -202,19 +155,14 @@ async fn ledger_charges_once_per_person_and_field() -> anyhow::Result<()> {
 
     // Search-and-enrich of the same people: pays search again, reveals are free, and
     // canReveal now says 0.
-    let (_, sae) = h
-        .post_json("/v3/contacts/search-and-enrich", &contacts(&emails))
-        .await?;
+    let (_, sae) = h.post_json("/v3/contacts/search-and-enrich", &contacts(&emails)).await?;
     assert_eq!(sae["billing"]["creditsCharged"], 3);
     for result in sae["results"].as_array().cloned().unwrap_or_default() {
         for can in result["canReveal"].as_array().cloned().unwrap_or_default() {
             assert_eq!(can["credits"], 0);
         }
     }
-    assert_eq!(
-        lusha.predict_cost(&identities, &["emails", "phones"], false),
-        0
-    );
+    assert_eq!(lusha.predict_cost(&identities, &["emails", "phones"], false), 0);
 
     // Charges are itemised per person and datapoint, never duplicated.
     let ledger = lusha.ledger();
@@ -230,36 +178,18 @@ async fn ledger_charges_once_per_person_and_field() -> anyhow::Result<()> {
     assert_eq!(reveals.len(), before);
 
     // Admin ledger over HTTP, and reset keeps the reveal history.
-    let admin: Value = h
-        .client
-        .get(format!("{}/__admin/ledger", h.base))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let admin: Value = h.client.get(format!("{}/__admin/ledger", h.base)).send().await?.json().await?;
     assert_eq!(admin["spent"], ledger.spent);
-    let reset = h
-        .client
-        .post(format!("{}/__admin/ledger/reset", h.base))
-        .send()
-        .await?;
+    let reset = h.client.post(format!("{}/__admin/ledger/reset", h.base)).send().await?;
     assert_eq!(reset.status(), 200);
     assert_eq!(lusha.ledger().spent, 0);
     assert_eq!(lusha.ledger().balance, 10_000);
-    let (_, after_reset) = h
-        .post_json("/v3/contacts/enrich", &json!({"ids": ids}))
-        .await?;
+    let (_, after_reset) = h.post_json("/v3/contacts/enrich", &json!({"ids": ids})).await?;
     assert_eq!(after_reset["billing"]["creditsCharged"], 0);
 
     // Usage reads the ledger.
-    let usage: Value = h
-        .client
-        .get(format!("{}/v3/account/usage", h.base))
-        .header("api_key", &h.key)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let usage: Value =
+        h.client.get(format!("{}/v3/account/usage", h.base)).header("api_key", &h.key).send().await?.json().await?;
     assert_eq!(usage["credits"]["remaining"], 10_000);
     assert_eq!(usage["pricing"]["revealPhone"]["credits"], 5);
     assert!(usage["rateLimits"]["daily"]["resetsAt"].is_string());
@@ -278,22 +208,15 @@ async fn results_echo_reference_and_come_out_of_order() -> anyhow::Result<()> {
     emails.extend(restricted.iter().cloned());
     emails.extend(reported.iter().cloned());
     emails.extend(dropped.iter().cloned());
-    let (status, body) = h
-        .post_json("/v3/contacts/search-and-enrich", &contacts(&emails))
-        .await?;
+    let (status, body) = h.post_json("/v3/contacts/search-and-enrich", &contacts(&emails)).await?;
     assert_eq!(status, 200);
     let results = body["results"].as_array().cloned().unwrap_or_default();
     assert_eq!(results.len(), 10, "the dropped NOT_FOUND is simply absent");
-    let references: Vec<String> = results
-        .iter()
-        .map(|r| r["clientReferenceId"].as_str().unwrap_or("").to_owned())
-        .collect();
+    let references: Vec<String> =
+        results.iter().map(|r| r["clientReferenceId"].as_str().unwrap_or("").to_owned()).collect();
     let mut sorted = references.clone();
     sorted.sort_by_key(|r| r.trim_start_matches("ghl-").parse::<usize>().unwrap_or(0));
-    assert_ne!(
-        references, sorted,
-        "results must not come back in input order"
-    );
+    assert_ne!(references, sorted, "results must not come back in input order");
     assert!(!references.contains(&"ghl-10".to_owned()));
     for result in &results {
         let reference = result["clientReferenceId"].as_str().unwrap_or("");
@@ -309,23 +232,13 @@ async fn results_echo_reference_and_come_out_of_order() -> anyhow::Result<()> {
     // Errors are not charged: 8 searches + reveals of 8 persons.
     let identities: Vec<Identity> = emails.iter().take(8).map(Identity::email).collect();
     let search_only = 8;
-    assert_eq!(
-        body["billing"]["creditsCharged"].as_i64(),
-        Some(lusha.ledger().spent)
-    );
+    assert_eq!(body["billing"]["creditsCharged"].as_i64(), Some(lusha.ledger().spent));
     assert!(lusha.ledger().spent > search_only);
-    assert_eq!(
-        lusha.predict_cost(&identities, &["emails", "phones"], false),
-        0
-    );
+    assert_eq!(lusha.predict_cost(&identities, &["emails", "phones"], false), 0);
 
     // Deterministic: the same request gives the same order.
-    let (_, again) = h
-        .post_json("/v3/contacts/search", &contacts(&emails))
-        .await?;
-    let (_, third) = h
-        .post_json("/v3/contacts/search", &contacts(&emails))
-        .await?;
+    let (_, again) = h.post_json("/v3/contacts/search", &contacts(&emails)).await?;
+    let (_, third) = h.post_json("/v3/contacts/search", &contacts(&emails)).await?;
     assert_eq!(again["results"], third["results"]);
     h.sandbox.stop().await;
     Ok(())
@@ -335,9 +248,7 @@ async fn results_echo_reference_and_come_out_of_order() -> anyhow::Result<()> {
 async fn validation_errors_are_400() -> anyhow::Result<()> {
     let h = Harness::start(LushaOptions::default()).await?;
     let emails: Vec<String> = (0..101).map(|i| format!("t{i}@example.test")).collect();
-    let (status, body) = h
-        .post_json("/v3/contacts/search", &contacts(&emails))
-        .await?;
+    let (status, body) = h.post_json("/v3/contacts/search", &contacts(&emails)).await?;
     assert_eq!(status, 400);
     assert_eq!(body["statusCode"], 400);
     assert_eq!(body["error"], "Bad Request");
@@ -346,31 +257,13 @@ async fn validation_errors_are_400() -> anyhow::Result<()> {
     let cases = [
         ("/v3/contacts/search", json!({"contacts": []})),
         ("/v3/contacts/search", json!({})),
-        (
-            "/v3/contacts/search",
-            json!({"contacts": [{"firstName": "Ada", "lastName": "Test"}]}),
-        ),
-        (
-            "/v3/contacts/search",
-            json!({"contacts": [{"email": "not-an-email"}]}),
-        ),
+        ("/v3/contacts/search", json!({"contacts": [{"firstName": "Ada", "lastName": "Test"}]})),
+        ("/v3/contacts/search", json!({"contacts": [{"email": "not-an-email"}]})),
         ("/v3/contacts/enrich", json!({"ids": [123]})),
-        (
-            "/v3/contacts/enrich",
-            json!({"ids": (0..101).map(|i| i.to_string()).collect::<Vec<_>>()}),
-        ),
-        (
-            "/v3/contacts/enrich",
-            json!({"ids": ["x"], "reveal": ["fax"]}),
-        ),
-        (
-            "/v3/contacts/search-and-enrich",
-            json!({"contacts": [{"email": "a@example.test"}], "reveal": []}),
-        ),
-        (
-            "/v3/contacts/prospecting",
-            json!({"pagination": {"page": 0, "size": 500}}),
-        ),
+        ("/v3/contacts/enrich", json!({"ids": (0..101).map(|i| i.to_string()).collect::<Vec<_>>()})),
+        ("/v3/contacts/enrich", json!({"ids": ["x"], "reveal": ["fax"]})),
+        ("/v3/contacts/search-and-enrich", json!({"contacts": [{"email": "a@example.test"}], "reveal": []})),
+        ("/v3/contacts/prospecting", json!({"pagination": {"page": 0, "size": 500}})),
     ];
     for (path, body) in cases {
         let (status, answer) = h.post_json(path, &body).await?;
@@ -392,45 +285,29 @@ async fn validation_errors_are_400() -> anyhow::Result<()> {
         )
         .await?;
     assert_eq!(status, 200);
-    let (status, unknown) = h
-        .post_json("/v3/contacts/enrich", &json!({"ids": ["v1.unknown"]}))
-        .await?;
+    let (status, unknown) = h.post_json("/v3/contacts/enrich", &json!({"ids": ["v1.unknown"]})).await?;
     assert_eq!(status, 200);
     assert_eq!(unknown["results"][0]["error"]["code"], "NOT_FOUND");
     assert_eq!(unknown["billing"]["creditsCharged"], 0);
-    assert_eq!(
-        h.lusha().ledger().spent,
-        h.lusha().ledger().spent_on("search")
-    );
+    assert_eq!(h.lusha().ledger().spent, h.lusha().ledger().spent_on("search"));
     h.sandbox.stop().await;
     Ok(())
 }
 
 #[tokio::test]
 async fn insufficient_balance_is_402_and_charges_nothing() -> anyhow::Result<()> {
-    let h = Harness::start(LushaOptions {
-        credits: 0,
-        ..LushaOptions::default()
-    })
-    .await?;
+    let h = Harness::start(LushaOptions { credits: 0, ..LushaOptions::default() }).await?;
     let lusha = h.lusha().clone();
     let emails = rich_emails(&lusha, 2);
-    let (status, body) = h
-        .post_json("/v3/contacts/search", &contacts(&emails))
-        .await?;
+    let (status, body) = h.post_json("/v3/contacts/search", &contacts(&emails)).await?;
     assert_eq!(status, 402);
     assert_eq!(body["statusCode"], 402);
     let ledger = lusha.ledger();
-    assert_eq!(
-        (ledger.balance, ledger.spent, ledger.charges.len()),
-        (0, 0, 0)
-    );
+    assert_eq!((ledger.balance, ledger.spent, ledger.charges.len()), (0, 0, 0));
 
     // Enough for the searches but not the reveals: still 402, still nothing charged.
     lusha.set_credits(3);
-    let (status, _) = h
-        .post_json("/v3/contacts/search-and-enrich", &contacts(&emails))
-        .await?;
+    let (status, _) = h.post_json("/v3/contacts/search-and-enrich", &contacts(&emails)).await?;
     assert_eq!(status, 402);
     assert_eq!(lusha.ledger().balance, 3);
     assert!(lusha.ledger().charges.is_empty());
@@ -438,30 +315,16 @@ async fn insufficient_balance_is_402_and_charges_nothing() -> anyhow::Result<()>
     // Over the admin route; then the same call succeeds and charges exactly the prediction.
     let identities: Vec<Identity> = emails.iter().map(Identity::email).collect();
     let cost = lusha.predict_cost(&identities, &["emails", "phones"], true);
-    let set = h
-        .client
-        .post(format!("{}/__admin/credits", h.base))
-        .json(&json!({"balance": cost}))
-        .send()
-        .await?;
+    let set = h.client.post(format!("{}/__admin/credits", h.base)).json(&json!({"balance": cost})).send().await?;
     assert_eq!(set.status(), 200);
-    let (status, body) = h
-        .post_json("/v3/contacts/search-and-enrich", &contacts(&emails))
-        .await?;
+    let (status, body) = h.post_json("/v3/contacts/search-and-enrich", &contacts(&emails)).await?;
     assert_eq!(status, 200);
     assert_eq!(body["billing"]["creditsCharged"].as_i64(), Some(cost));
     assert_eq!(lusha.ledger().balance, 0);
     // Re-reveals at zero balance are free, so they are allowed.
-    let ids: Vec<Value> = body["results"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|r| r["id"].clone())
-        .collect();
-    let (status, _) = h
-        .post_json("/v3/contacts/enrich", &json!({"ids": ids}))
-        .await?;
+    let ids: Vec<Value> =
+        body["results"].as_array().cloned().unwrap_or_default().iter().map(|r| r["id"].clone()).collect();
+    let (status, _) = h.post_json("/v3/contacts/enrich", &json!({"ids": ids})).await?;
     assert_eq!(status, 200);
     assert_eq!(lusha.stats().payment_required, 2);
     h.sandbox.stop().await;
@@ -470,13 +333,7 @@ async fn insufficient_balance_is_402_and_charges_nothing() -> anyhow::Result<()>
 
 #[tokio::test]
 async fn rate_limits_answer_three_distinct_429s() -> anyhow::Result<()> {
-    let h = Harness::start(LushaOptions {
-        per_minute: 3,
-        per_hour: 0,
-        per_day: 0,
-        ..LushaOptions::default()
-    })
-    .await?;
+    let h = Harness::start(LushaOptions { per_minute: 3, per_hour: 0, per_day: 0, ..LushaOptions::default() }).await?;
     let body = contacts(&["a@example.test".to_owned()]);
     for expected_left in ["2", "1", "0"] {
         let ok = h.post("/v3/contacts/search", &body).await?;
@@ -490,10 +347,7 @@ async fn rate_limits_answer_three_distinct_429s() -> anyhow::Result<()> {
     assert_eq!(header(&limited, "x-rate-limit-minute"), Some("3"));
     let message: Value = limited.json().await?;
     let text = message["message"].as_str().unwrap_or("");
-    assert!(
-        !text.contains("Daily") && !text.contains("Hourly"),
-        "{text}"
-    );
+    assert!(!text.contains("Daily") && !text.contains("Hourly"), "{text}");
     assert_eq!(h.lusha().stats().rate_limited, 1);
 
     // Hourly variant.
@@ -507,10 +361,7 @@ async fn rate_limits_answer_three_distinct_429s() -> anyhow::Result<()> {
     assert_eq!(header(&hourly, "x-hourly-requests-left"), Some("0"));
     let text: Value = hourly.json().await?;
     let text = text["message"].as_str().unwrap_or("").to_owned();
-    assert!(
-        text.starts_with("Hourly API rate limit exceeded. Limit: 2 calls per hour. Reset in "),
-        "{text}"
-    );
+    assert!(text.starts_with("Hourly API rate limit exceeded. Limit: 2 calls per hour. Reset in "), "{text}");
 
     // Daily variant, recognisable from the header even without reading the text.
     h.lusha().reset_rate_limits();
@@ -520,30 +371,17 @@ async fn rate_limits_answer_three_distinct_429s() -> anyhow::Result<()> {
     assert_eq!(daily.status(), 429);
     assert_eq!(header(&daily, "x-daily-requests-left"), Some("0"));
     let text: Value = daily.json().await?;
-    assert_eq!(
-        text["message"],
-        "Daily API quota limit exceeded. Limit 1 calls per day"
-    );
+    assert_eq!(text["message"], "Daily API quota limit exceeded. Limit 1 calls per day");
 
     // Usage endpoint: 5 per minute on its own.
     h.lusha().reset_rate_limits();
     h.lusha().set_limits(0, 0, 0);
     let usage = format!("{}/v3/account/usage", h.base);
     for _ in 0..5 {
-        let ok = h
-            .client
-            .get(&usage)
-            .header("api_key", &h.key)
-            .send()
-            .await?;
+        let ok = h.client.get(&usage).header("api_key", &h.key).send().await?;
         assert_eq!(ok.status(), 200);
     }
-    let limited = h
-        .client
-        .get(&usage)
-        .header("api_key", &h.key)
-        .send()
-        .await?;
+    let limited = h.client.get(&usage).header("api_key", &h.key).send().await?;
     assert_eq!(limited.status(), 429);
     assert_eq!(h.post("/v3/contacts/search", &body).await?.status(), 200);
     h.sandbox.stop().await;
@@ -556,16 +394,8 @@ async fn faults_fire_as_configured() -> anyhow::Result<()> {
     let lusha = h.lusha().clone();
     let emails = rich_emails(&lusha, 1);
 
-    lusha.set_fault(
-        "search",
-        Fault::Error {
-            status: 503,
-            rate: 1.0,
-        },
-    );
-    let (status, _) = h
-        .post_json("/v3/contacts/search", &contacts(&emails))
-        .await?;
+    lusha.set_fault("search", Fault::Error { status: 503, rate: 1.0 });
+    let (status, _) = h.post_json("/v3/contacts/search", &contacts(&emails)).await?;
     assert_eq!(status, 503);
     assert_eq!(lusha.ledger().spent, 0, "pre-work faults charge nothing");
 
@@ -574,16 +404,9 @@ async fn faults_fire_as_configured() -> anyhow::Result<()> {
     assert_eq!(malformed.status(), 200);
     let text = malformed.text().await?;
     assert!(serde_json::from_str::<Value>(&text).is_err());
-    assert_eq!(
-        lusha.ledger().spent,
-        1,
-        "malformed answers were still charged"
-    );
+    assert_eq!(lusha.ledger().spent, 1, "malformed answers were still charged");
 
-    lusha.set_fault(
-        "/v3/contacts/search-and-enrich",
-        Fault::HangAfterCharge(Duration::from_millis(800)),
-    );
+    lusha.set_fault("/v3/contacts/search-and-enrich", Fault::HangAfterCharge(Duration::from_millis(800)));
     let hung = h
         .client
         .post(format!("{}/v3/contacts/search-and-enrich", h.base))
@@ -593,10 +416,7 @@ async fn faults_fire_as_configured() -> anyhow::Result<()> {
         .send()
         .await;
     assert!(hung.is_err(), "client must time out");
-    assert!(
-        lusha.ledger().spent > 1,
-        "charged although the client never saw an answer"
-    );
+    assert!(lusha.ledger().spent > 1, "charged although the client never saw an answer");
 
     lusha.set_fault("*", Fault::ClientClosedAfterCharge);
     let closed = h.post("/v3/contacts/prospecting", &json!({})).await?;
@@ -611,24 +431,13 @@ async fn faults_fire_as_configured() -> anyhow::Result<()> {
         .await?;
     assert_eq!(set.status(), 200);
     let started = std::time::Instant::now();
-    let slow = h
-        .client
-        .get(format!("{}/v3/account/usage", h.base))
-        .header("api_key", &h.key)
-        .send()
-        .await?;
+    let slow = h.client.get(format!("{}/v3/account/usage", h.base)).header("api_key", &h.key).send().await?;
     assert_eq!(slow.status(), 200);
     assert!(started.elapsed() >= Duration::from_millis(150));
 
-    let cleared = h
-        .client
-        .delete(format!("{}/__admin/faults", h.base))
-        .send()
-        .await?;
+    let cleared = h.client.delete(format!("{}/__admin/faults", h.base)).send().await?;
     assert_eq!(cleared.status(), 204);
-    let (status, _) = h
-        .post_json("/v3/contacts/search", &contacts(&emails))
-        .await?;
+    let (status, _) = h.post_json("/v3/contacts/search", &contacts(&emails)).await?;
     assert_eq!(status, 200);
     assert!(lusha.stats().faults_fired >= 4);
     Ok(())
@@ -636,17 +445,12 @@ async fn faults_fire_as_configured() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn prospecting_pages_through_generated_and_added_leads() -> anyhow::Result<()> {
-    let h = Harness::start(LushaOptions {
-        prospecting_leads: 30,
-        ..LushaOptions::default()
-    })
-    .await?;
+    let h = Harness::start(LushaOptions { prospecting_leads: 30, ..LushaOptions::default() }).await?;
     let lusha = h.lusha().clone();
-    let ids = lusha.add_leads(vec![
-        json!({"firstName": "Test", "lastName": "Existing", "email": "existing@example.test",
+    let ids =
+        lusha.add_leads(vec![json!({"firstName": "Test", "lastName": "Existing", "email": "existing@example.test",
                "phones": [{"number": "+1 555 000 0001", "doNotCall": true}],
-               "company": {"name": "Test Existing Co", "domain": "existing.example.test"}}),
-    ]);
+               "company": {"name": "Test Existing Co", "domain": "existing.example.test"}})]);
     let over_http: Value = h
         .client
         .post(format!("{}/__admin/leads", h.base))
@@ -678,24 +482,14 @@ async fn prospecting_pages_through_generated_and_added_leads() -> anyhow::Result
     assert!(seen.contains(&ids[0]));
 
     // Enrich the added lead by id: its email comes back; it is also searchable by email.
-    let (_, enriched) = h
-        .post_json(
-            "/v3/contacts/enrich",
-            &json!({"ids": [ids[0].clone(), "4389064654"]}),
-        )
-        .await?;
+    let (_, enriched) = h.post_json("/v3/contacts/enrich", &json!({"ids": [ids[0].clone(), "4389064654"]})).await?;
     let results = enriched["results"].as_array().cloned().unwrap_or_default();
     assert!(
         results
             .iter()
-            .any(|r| r["emails"][0]["email"] == "existing@example.test"
-                && r["phones"][0]["doNotCall"] == true)
+            .any(|r| r["emails"][0]["email"] == "existing@example.test" && r["phones"][0]["doNotCall"] == true)
     );
-    assert!(
-        results
-            .iter()
-            .any(|r| r["emails"][0]["email"] == "second@example.test")
-    );
+    assert!(results.iter().any(|r| r["emails"][0]["email"] == "second@example.test"));
     let (_, found) = h
         .post_json(
             "/v3/contacts/search",
