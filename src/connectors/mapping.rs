@@ -166,7 +166,9 @@ pub fn apply(fields: &[FieldMapping], input: MapInput<'_>) -> Result<Value, Mapp
 fn map_field(field: &FieldMapping, input: MapInput<'_>) -> Result<Option<Value>, MappingError> {
     let source = field.from.clone().unwrap_or_else(|| field.template.clone().unwrap_or_default());
     let mut value = match (&field.template, &field.from) {
-        (Some(template), _) => Some(Value::String(render(template, |path| input.lookup(path)))),
+        (Some(template), _) => {
+            Some(render(template, |path| input.lookup(path))).filter(|t| !t.is_empty()).map(Value::String)
+        }
         (None, Some(from)) => input.lookup(from),
         (None, None) => None,
     };

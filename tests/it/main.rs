@@ -9,4 +9,5 @@
 )]
 
 mod cli;
+mod dispatch;
 mod helpers;
