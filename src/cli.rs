@@ -51,6 +51,12 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         url: Option<url::Url>,
     },
+    /// Dead letters: list, show, retry, drop.
+    Dlq(crate::dispatch::cli::DlqArgs),
+    /// Re-send records from the snapshot to one connector (e.g. after a mapping change).
+    Replay(crate::dispatch::cli::ReplayArgs),
+    /// Test every connection and print one real contact mapped for each connector.
+    Check,
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -68,6 +74,22 @@ pub async fn execute(cli: Cli) -> ExitCode {
             Err(error) => config_failure(&error),
         },
         Command::Health { url } => health(cli.config.as_deref(), url).await,
+        Command::Dlq(args) => match load(cli.config.as_deref()) {
+            Ok(config) => finish_with(crate::dispatch::cli::run_dlq(&config, args).await),
+            Err(code) => code,
+        },
+        Command::Replay(args) => match load(cli.config.as_deref()) {
+            Ok(config) => finish_with(crate::dispatch::cli::run_replay(&config, args).await),
+            Err(code) => code,
+        },
+        Command::Check => match load(cli.config.as_deref()) {
+            Ok(config) => {
+                // Hook for the GHL token and scope checks: one `CheckLine` per location/grant.
+                let ghl_checks: Vec<crate::dispatch::cli::CheckLine> = Vec::new();
+                finish_with(crate::dispatch::cli::run_check(&config, ghl_checks).await)
+            }
+            Err(code) => code,
+        },
         Command::Run => {
             let config = match load(cli.config.as_deref()) {
                 Ok(config) => config,
@@ -161,6 +183,16 @@ fn finish(result: anyhow::Result<()>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = %format!("{error:#}"), "ghl-sync failed");
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn finish_with(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }

@@ -4,7 +4,9 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod connectors;
 pub mod crypto;
+pub mod dispatch;
 pub mod domain;
 pub mod ghl;
 pub mod http;

@@ -33,6 +33,7 @@ pub struct Settings {
     pub connectors: ConnectorSettings,
     pub log: LogSettings,
     pub daemon: DaemonSettings,
+    pub dispatch: DispatchSettings,
 }
 
 /// `[store]`: where the SQLite database lives and how secrets in it are encrypted.
@@ -388,6 +389,84 @@ pub struct WebhookConnectorSettings {
     pub max_attempts: u32,
     #[serde(default = "default_webhook_timeout")]
     pub timeout: Dur,
+    /// Field mapping of the `data` object; empty: the whole record.
+    #[serde(default)]
+    pub fields: Vec<FieldMapping>,
+    /// Slack/Teams message template (`"{@event}: {title}"`); empty: the built-in message.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// One entry of a connector's `fields = [...]`: where a GHL field goes and how it is shaped.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FieldMapping {
+    /// Source path: `email`, `tags`, `customFields.<id or key>`, `contact.<field>` (task/note events),
+    /// `@event` / `@location_id` / `@entity_id` / `@contact_id` / `@changed_at`.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Target key in the mapped object; dots nest (`person.email`).
+    pub to: String,
+    #[serde(default)]
+    pub transform: Option<FieldTransform>,
+    /// `"{firstName} {lastName}"`: placeholders are source paths (instead of `from`).
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Used when the source is missing, null or empty.
+    #[serde(default)]
+    pub default: Option<serde_json::Value>,
+    /// `join`: the separator (default `", "`).
+    #[serde(default)]
+    pub separator: Option<String>,
+    /// `format_date`: `rfc3339` (default), `unix`, `unix_ms` or a `time` format such as `[year]-[month]-[day]`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// A record without a value here (after the default) cannot be mapped: it goes to dead letters.
+    #[serde(default)]
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldTransform {
+    Lowercase,
+    Uppercase,
+    Trim,
+    /// An array joined into one string.
+    Join,
+    /// An ISO-8601 or epoch-ms date re-written in `format`.
+    FormatDate,
+}
+
+/// `[dispatch]`: how the outbox is drained.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatchSettings {
+    /// How often each connector's worker looks for due rows (the sync also wakes it).
+    pub poll_interval: Dur,
+    /// First retry delay; doubles per attempt, with jitter.
+    pub backoff_base: Dur,
+    /// Longest retry delay.
+    pub backoff_max: Dur,
+    /// Consecutive failed batches that open a connector's circuit.
+    pub breaker_threshold: u32,
+    /// How long an open circuit waits before probing with one batch.
+    pub breaker_cooldown: Dur,
+    /// Delivered rows are kept this long (for `replay` and inspection), then pruned.
+    pub retention: Dur,
+}
+
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        Self {
+            poll_interval: Dur::millis(200),
+            backoff_base: Dur::secs(1),
+            backoff_max: Dur::secs(600),
+            breaker_threshold: 5,
+            breaker_cooldown: Dur::secs(30),
+            retention: Dur::secs(7 * 24 * 3600),
+        }
+    }
 }
 
 fn default_batch_size() -> usize {

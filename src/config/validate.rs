@@ -56,6 +56,17 @@ pub(super) fn validate(settings: &Settings) -> (Secrets, Vec<ConfigProblem>) {
         "must be at most 5m",
     );
 
+    // [dispatch]
+    let dispatch = &settings.dispatch;
+    check(!dispatch.poll_interval.get().is_zero(), "dispatch.poll_interval", "must be greater than zero");
+    check(!dispatch.backoff_base.get().is_zero(), "dispatch.backoff_base", "must be greater than zero");
+    check(
+        dispatch.backoff_max.get() >= dispatch.backoff_base.get(),
+        "dispatch.backoff_max",
+        "must be at least dispatch.backoff_base",
+    );
+    check(dispatch.breaker_threshold >= 1, "dispatch.breaker_threshold", "must be at least 1");
+
     // [ghl]
     let ghl = &settings.ghl;
     check_remote_url(&ghl.base_url, "ghl.base_url", &mut problems);
@@ -178,6 +189,14 @@ pub(super) fn validate(settings: &Settings) -> (Secrets, Vec<ConfigProblem>) {
         }
         if hook.max_attempts == 0 {
             problems.push(ConfigProblem::new(format!("{key}.max_attempts"), "must be at least 1"));
+        }
+        for (suffix, message) in crate::connectors::mapping::validate_fields(&hook.fields) {
+            problems.push(ConfigProblem::new(format!("{key}.fields{suffix}"), message));
+        }
+        if let Some(template) = &hook.message {
+            for message in crate::connectors::mapping::validate_template(template) {
+                problems.push(ConfigProblem::new(format!("{key}.message"), message));
+            }
         }
         for (i, event) in hook.events.iter().enumerate() {
             if !crate::domain::EVENT_TYPES.contains(&event.as_str()) {

@@ -9,6 +9,7 @@
 )]
 
 mod cli;
+mod dispatch;
 mod helpers;
 mod sync;
 mod server;

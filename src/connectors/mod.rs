@@ -1,0 +1,175 @@
+//! The connector seam: one trait, one folder per connector (same file names in each), and
+//! `build`, a `match` over the closed set of connector kinds.
+//!
+//! A connector turns outbox rows ([`Delivery`]) into per-item [`Outcome`]s. The dispatcher
+//! (`crate::dispatch`) owns batching, retries, dead letters and the circuit breaker; a connector
+//! only says what happened to each item.
+
+pub mod mapping;
+pub mod webhook;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::domain::{EntityKind, Operation};
+
+/// One outbox row, unpacked, as handed to [`Connector::deliver`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    /// `outbox.id`.
+    pub id: i64,
+    pub location_id: String,
+    pub entity: EntityKind,
+    pub entity_id: String,
+    pub contact_id: Option<String>,
+    pub operation: Operation,
+    /// When the change happened (ms since the epoch).
+    pub changed_at_ms: i64,
+    pub idempotency_key: String,
+    /// The record as of the change (contact: normalised contact JSON; task/note: the child JSON).
+    pub record: Value,
+    /// Task/note events: the parent contact's current snapshot from the `contacts` table, when known.
+    /// Contact events: `None` (the record is the contact).
+    pub contact: Option<Value>,
+    /// 1 on the first attempt.
+    pub attempt: u32,
+}
+
+impl Delivery {
+    /// `contact.created`, `task.completed`, …
+    pub fn event_type(&self) -> String {
+        crate::domain::event_type(self.entity, self.operation)
+    }
+
+    /// The contact this change is about: the record for contact events, else the parent snapshot.
+    pub fn contact_record(&self) -> Option<&Value> {
+        match self.entity {
+            EntityKind::Contact => Some(&self.record),
+            EntityKind::Task | EntityKind::Note => self.contact.as_ref(),
+        }
+    }
+
+    /// The change's metadata, readable in mappings as `@event`, `@changed_at`, …
+    pub fn meta(&self) -> serde_json::Map<String, Value> {
+        let mut meta = serde_json::Map::new();
+        meta.insert("event".into(), Value::String(self.event_type()));
+        meta.insert("location_id".into(), Value::String(self.location_id.clone()));
+        meta.insert("entity".into(), Value::String(self.entity.as_str().into()));
+        meta.insert("entity_id".into(), Value::String(self.entity_id.clone()));
+        meta.insert("contact_id".into(), self.contact_id.clone().map_or(Value::Null, Value::String));
+        meta.insert("changed_at".into(), Value::String(rfc3339_ms(self.changed_at_ms)));
+        meta
+    }
+}
+
+/// Milliseconds since the epoch as RFC 3339 (UTC).
+pub fn rfc3339_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// What happened to one item of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Delivered (or already delivered: the target acknowledged it).
+    Done,
+    /// Try again later; the target may have said when.
+    Retry(Option<Duration>),
+    /// Will never succeed as is: goes to dead letters with this reason (no personal data).
+    Permanent(String),
+    /// Deliberately not delivered (a filter): marked done with this reason.
+    Skip(String),
+}
+
+/// Per-connector delivery settings the dispatcher reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliverySettings {
+    pub batch_size: usize,
+    /// Batches in flight at once.
+    pub concurrency: usize,
+    /// Attempts before a change goes to dead letters.
+    pub max_attempts: u32,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self { batch_size: 50, concurrency: 1, max_attempts: 12 }
+    }
+}
+
+/// The result of a successful [`Connector::check`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    /// One line for the operator (`POST https://host/… answered 200 in 35 ms`); no secrets.
+    pub detail: String,
+}
+
+/// A connector-level failure (not per item).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
+    #[error("{0}")]
+    Mapping(#[from] mapping::MappingError),
+    #[error("{connector}: {detail}")]
+    Other { connector: String, detail: String },
+}
+
+impl ConnectorError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ConnectorError::Http(error) => error.is_retryable(),
+            ConnectorError::Mapping(_) | ConnectorError::Other { .. } => false,
+        }
+    }
+}
+
+/// The one seam between the dispatcher and a target.
+#[async_trait::async_trait]
+pub trait Connector: Send + Sync {
+    /// The outbox `connector` value: `webhook.<name>`, `lusha`, `lucky_orange`.
+    fn id(&self) -> &str;
+
+    /// Pure config filter the sync engine calls before writing an outbox row for this connector.
+    /// Record-level filters (tags) are applied at delivery and answer [`Outcome::Skip`].
+    fn interested(&self, event_type: &str, location: &str) -> bool;
+
+    /// Batch size, concurrency and attempts for the dispatcher.
+    fn settings(&self) -> DeliverySettings {
+        DeliverySettings::default()
+    }
+
+    /// Tests the connection (used by `ghl-sync check`).
+    async fn check(&self) -> Result<CheckReport, ConnectorError>;
+
+    /// What `deliver` would send for this item (for `ghl-sync check`); no I/O.
+    fn preview(&self, delivery: &Delivery) -> Result<Value, ConnectorError>;
+
+    /// Delivers a batch; returns exactly one outcome per item, in the same order.
+    async fn deliver(&self, batch: &[Delivery]) -> Vec<Outcome>;
+}
+
+/// Builds every enabled connector from the config. `cancel` aborts in-flight HTTP at shutdown.
+pub fn build(config: &Config, cancel: &CancellationToken) -> anyhow::Result<Vec<Arc<dyn Connector>>> {
+    let mut connectors: Vec<Arc<dyn Connector>> = Vec::new();
+    for (name, settings) in &config.settings.connectors.webhook {
+        if !settings.enabled {
+            continue;
+        }
+        let secret = config.secrets.webhook_secrets.get(name).cloned();
+        let connector = webhook::WebhookConnector::new(name, settings, secret, &config.settings, cancel.clone())?;
+        connectors.push(Arc::new(connector));
+    }
+    Ok(connectors)
+}
+
+/// Whether any connector wants this event (the sync engine's shortcut before diffing children).
+pub fn any_interested(connectors: &[Arc<dyn Connector>], event_type: &str, location: &str) -> bool {
+    connectors.iter().any(|c| c.interested(event_type, location))
+}

@@ -1,0 +1,529 @@
+//! Delivery end to end: hand-written outbox rows (as the sync engine writes them, per the
+//! outbox contract) → dispatcher → webhook connector → the sandbox's webhook sink.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ghl_sync::config::{Config, ConfigSource, load_from_str};
+use ghl_sync::connectors::{self, Connector};
+use ghl_sync::dispatch::cli::{self as dcli, ReplayFilter, Retried};
+use ghl_sync::dispatch::{Dispatcher, idempotency_key};
+use ghl_sync::sandbox::sink::{Delivery as SinkDelivery, SinkMode};
+use ghl_sync::sandbox::{Sandbox, SandboxOptions};
+use ghl_sync::store::{Store, codec, now_ms};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "s3cret";
+
+struct Env {
+    sandbox: Sandbox,
+    store: Store,
+    dir: tempfile::TempDir,
+}
+
+async fn env() -> Env {
+    let sandbox = Sandbox::start(SandboxOptions::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
+    Env { sandbox, store, dir }
+}
+
+impl Env {
+    /// A config with fast retries and the given connector tables (`{sink:NAME}` → the sink URL).
+    fn config(&self, connectors: &str) -> Config {
+        let mut text = format!(
+            "[store]\npath = {:?}\n[dispatch]\nbackoff_base = \"10ms\"\nbackoff_max = \"40ms\"\n\
+             breaker_threshold = 3\nbreaker_cooldown = \"30ms\"\n{connectors}",
+            self.dir.path().join("ghl-sync.db")
+        );
+        for name in ["crm", "ops", "bad"] {
+            text = text.replace(&format!("{{sink:{name}}}"), self.sandbox.sink_url(name).as_str());
+        }
+        load_from_str(&text, ConfigSource::InCode, HashMap::new()).unwrap()
+    }
+
+    fn dispatcher(&self, config: &Config) -> (Dispatcher, Vec<Arc<dyn Connector>>) {
+        let connectors = connectors::build(config, &CancellationToken::new()).unwrap();
+        (Dispatcher::new(self.store.clone(), connectors.clone(), config.settings.dispatch.clone()), connectors)
+    }
+
+    async fn pending(&self) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")
+            .fetch_one(self.store.pool())
+            .await
+            .unwrap()
+    }
+
+    async fn dead(&self) -> Vec<(String, String, String)> {
+        sqlx::query_as("SELECT connector, entity_id, reason FROM dead_letters ORDER BY id")
+            .fetch_all(self.store.pool())
+            .await
+            .unwrap()
+    }
+
+    /// Runs passes until nothing is pending (bounded).
+    async fn drain(&self, dispatcher: &Dispatcher) {
+        for _ in 0..400 {
+            dispatcher.run_once().await;
+            if self.pending().await == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("outbox not drained: {} pending", self.pending().await);
+    }
+}
+
+fn hash(record: &Value) -> Vec<u8> {
+    Sha256::digest(serde_json::to_vec(record).unwrap()).to_vec()
+}
+
+/// Writes a change the way the sync engine does: one pending row per record; a newer change
+/// overwrites the pending row (created + updated stays created).
+async fn put(store: &Store, connector: &str, entity: &str, id: &str, contact: &str, operation: &str, record: &Value) {
+    let now = now_ms();
+    let content_hash = hash(record);
+    let pending: Option<(i64, String)> = sqlx::query_as(
+        "SELECT id, operation FROM outbox WHERE connector = ? AND entity = ? AND entity_id = ? AND status = 'pending'",
+    )
+    .bind(connector)
+    .bind(entity)
+    .bind(id)
+    .fetch_optional(store.pool())
+    .await
+    .unwrap();
+    match pending {
+        Some((row_id, old_op)) => {
+            let op = if old_op == "created" && operation == "updated" { "created" } else { operation };
+            let key = idempotency_key(connector, entity, id, &content_hash, op);
+            sqlx::query(
+                "UPDATE outbox SET operation = ?, record = ?, content_hash = ?, idempotency_key = ?, changed_at = ?, \
+                 next_attempt_at = ?, updated_at = ? WHERE id = ?",
+            )
+            .bind(op)
+            .bind(codec::pack(record))
+            .bind(&content_hash)
+            .bind(key)
+            .bind(now)
+            .bind(now)
+            .bind(now)
+            .bind(row_id)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        }
+        None => {
+            let key = idempotency_key(connector, entity, id, &content_hash, operation);
+            sqlx::query(
+                "INSERT INTO outbox (connector, location_id, entity, entity_id, contact_id, operation, record, \
+                 content_hash, idempotency_key, status, attempts, next_attempt_at, changed_at, created_at, updated_at) \
+                 VALUES (?, 'loc1', ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)",
+            )
+            .bind(connector)
+            .bind(entity)
+            .bind(id)
+            .bind(contact)
+            .bind(operation)
+            .bind(codec::pack(record))
+            .bind(&content_hash)
+            .bind(key)
+            .bind(now)
+            .bind(now)
+            .bind(now)
+            .bind(now)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        }
+    }
+}
+
+/// The sync engine's snapshot of a contact.
+async fn snapshot(store: &Store, id: &str, record: &Value) {
+    let now = now_ms();
+    sqlx::query(
+        "INSERT OR REPLACE INTO contacts (location_id, contact_id, hash, record, date_updated_ms, first_seen_at, updated_at) \
+         VALUES ('loc1', ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(id)
+    .bind(hash(record))
+    .bind(codec::pack(record))
+    .bind(now)
+    .bind(now)
+    .bind(now)
+    .execute(store.pool())
+    .await
+    .unwrap();
+}
+
+fn contact(id: &str, version: u32) -> Value {
+    json!({"id": id, "firstName": "Ada", "lastName": format!("L{id}"), "email": format!("{id}@example.test"),
+           "tags": ["vip"], "version": version})
+}
+
+fn verify_signature(delivery: &SinkDelivery) {
+    let timestamp = delivery.header("x-ghl-sync-timestamp").expect("timestamp header");
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.{}", delivery.body).as_bytes());
+    let expected = format!("sha256={}", ghl_sync::connectors::webhook::client::hex(&mac.finalize().into_bytes()));
+    assert_eq!(delivery.header("x-ghl-sync-signature"), Some(expected.as_str()));
+}
+
+const CRM: &str = "[connectors.webhook.crm]\nurl = \"{sink:crm}\"\nsecret = \"s3cret\"\nbatch_size = 4\nconcurrency = 3\nmax_attempts = 100\ntimeout = \"2s\"\n";
+
+#[tokio::test]
+async fn every_outbox_row_becomes_exactly_one_accepted_delivery_per_connector() {
+    let env = env().await;
+    let ops = "[connectors.webhook.ops]\nurl = \"{sink:ops}\"\ntemplate = \"slack\"\nevents = [\"task.completed\"]\n";
+    let config = env.config(&format!("{CRM}{ops}"));
+    let (dispatcher, connectors) = env.dispatcher(&config);
+    env.sandbox.sink.set_mode("crm", SinkMode::FailRate(0.3));
+
+    let mut expected_keys = BTreeSet::new();
+    for i in 0..30 {
+        let id = format!("c{i:02}");
+        let record = contact(&id, 1);
+        snapshot(&env.store, &id, &record).await;
+        put(&env.store, "webhook.crm", "contact", &id, &id, "created", &record).await;
+        expected_keys.insert(idempotency_key("webhook.crm", "contact", &id, &hash(&record), "created"));
+    }
+    for i in 0..5 {
+        let task =
+            json!({"id": format!("t{i}"), "title": format!("Call back {i}"), "completed": true, "contactId": "c01"});
+        for connector in &connectors {
+            if connector.interested("task.completed", "loc1") {
+                put(&env.store, connector.id(), "task", &format!("t{i}"), "c01", "completed", &task).await;
+            }
+        }
+        expected_keys.insert(idempotency_key("webhook.crm", "task", &format!("t{i}"), &hash(&task), "completed"));
+    }
+    assert!(!connectors[1].interested("contact.created", "loc1"));
+
+    env.drain(&dispatcher).await;
+
+    let accepted = env.sandbox.sink.accepted(Some("crm"));
+    let keys: Vec<String> = accepted.iter().map(|d| d.header("idempotency-key").unwrap().to_owned()).collect();
+    assert_eq!(keys.iter().cloned().collect::<BTreeSet<_>>(), expected_keys);
+    assert_eq!(accepted.len(), expected_keys.len(), "one accepted delivery per row");
+    let attempts = env.sandbox.sink.deliveries(Some("crm"));
+    // Redeliveries only after failures, always with the same key; bounded.
+    assert!(attempts.len() < expected_keys.len() * 4, "{} attempts", attempts.len());
+    let failed_keys: BTreeSet<&str> =
+        attempts.iter().filter(|d| !d.accepted()).map(|d| d.header("idempotency-key").unwrap()).collect();
+    assert!(failed_keys.iter().all(|k| expected_keys.contains(*k)));
+    for delivery in &accepted {
+        verify_signature(delivery);
+        let body = delivery.json().unwrap();
+        assert_eq!(body["id"].as_str(), delivery.header("idempotency-key"));
+        assert_eq!(body["location_id"], "loc1");
+        assert!(body["changed_at"].as_str().unwrap().ends_with('Z'));
+        match body["entity"].as_str().unwrap() {
+            "contact" => {
+                assert_eq!(body["type"], "contact.created");
+                assert_eq!(body["data"]["id"], body["entity_id"]);
+            }
+            "task" => {
+                assert_eq!(body["type"], "task.completed");
+                assert_eq!(body["contact_id"], "c01");
+            }
+            other => panic!("unexpected entity {other}"),
+        }
+    }
+
+    let slack = env.sandbox.sink.accepted(Some("ops"));
+    assert_eq!(slack.len(), 5);
+    let texts: BTreeSet<String> =
+        slack.iter().map(|d| d.json().unwrap()["text"].as_str().unwrap().to_owned()).collect();
+    assert!(texts.contains("Task completed: Call back 0 (contact Ada Lc01)"), "{texts:?}");
+    assert!(slack[0].header("x-ghl-sync-signature").is_none(), "no secret, no signature");
+
+    // A second pass sends nothing.
+    let before = env.sandbox.sink.deliveries(None).len();
+    let summary = dispatcher.run_once().await;
+    assert_eq!(summary.total().delivered, 0);
+    assert_eq!(env.sandbox.sink.deliveries(None).len(), before);
+    assert!(env.dead().await.is_empty());
+    env.sandbox.stop().await;
+}
+
+#[tokio::test]
+async fn a_sink_down_for_a_while_then_back_gets_everything_in_order_per_record_and_nothing_dead() {
+    let env = env().await;
+    let config = env.config(CRM);
+    let (dispatcher, _) = env.dispatcher(&config);
+    let dispatcher = Arc::new(dispatcher);
+    env.sandbox.sink.set_mode("crm", SinkMode::Down);
+    for i in 0..10 {
+        let id = format!("c{i}");
+        put(&env.store, "webhook.crm", "contact", &id, &id, "created", &contact(&id, 1)).await;
+    }
+    let stop = CancellationToken::new();
+    let runner = tokio::spawn({
+        let dispatcher = dispatcher.clone();
+        let stop = stop.clone();
+        async move { dispatcher.run(stop).await }
+    });
+    let waker = dispatcher.waker();
+    // Failing for a while; newer changes replace pending ones meanwhile.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..5 {
+        let id = format!("c{i}");
+        put(&env.store, "webhook.crm", "contact", &id, &id, "updated", &contact(&id, 2)).await;
+    }
+    waker.wake();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(env.sandbox.sink.accepted(Some("crm")).is_empty());
+    assert!(env.sandbox.sink.deliveries(Some("crm")).len() >= 10, "it kept trying");
+    env.sandbox.sink.set_mode("crm", SinkMode::Ok);
+    waker.wake();
+    for _ in 0..300 {
+        if env.pending().await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(env.pending().await, 0);
+    // One more change per record after recovery, delivered in order.
+    for i in 0..10 {
+        let id = format!("c{i}");
+        put(&env.store, "webhook.crm", "contact", &id, &id, "updated", &contact(&id, 3)).await;
+    }
+    waker.wake();
+    for _ in 0..300 {
+        if env.pending().await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    runner.await.unwrap();
+
+    assert!(env.dead().await.is_empty());
+    let mut versions: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for delivery in env.sandbox.sink.accepted(Some("crm")) {
+        let body = delivery.json().unwrap();
+        versions
+            .entry(body["entity_id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(body["data"]["version"].as_u64().unwrap());
+    }
+    assert_eq!(versions.len(), 10);
+    for (id, seen) in &versions {
+        let latest_before = if id.as_str() < "c5" { 2 } else { 1 };
+        assert_eq!(seen, &vec![latest_before, 3], "{id}: latest state once, then the newer change");
+    }
+    env.sandbox.stop().await;
+}
+
+#[tokio::test]
+async fn a_change_that_replaces_a_row_in_flight_is_delivered_after_it_not_lost() {
+    let env = env().await;
+    let config = env.config(CRM);
+    let (dispatcher, _) = env.dispatcher(&config);
+    let dispatcher = Arc::new(dispatcher);
+    env.sandbox.sink.set_mode("crm", SinkMode::Slow(Duration::from_millis(300)));
+    put(&env.store, "webhook.crm", "contact", "c1", "c1", "created", &contact("c1", 1)).await;
+    let pass = tokio::spawn({
+        let dispatcher = dispatcher.clone();
+        async move { dispatcher.run_once().await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    put(&env.store, "webhook.crm", "contact", "c1", "c1", "updated", &contact("c1", 2)).await;
+    let summary = pass.await.unwrap();
+    assert_eq!(summary.total().superseded, 1);
+    assert_eq!(env.pending().await, 1, "the newer content stays pending");
+    env.sandbox.sink.set_mode("crm", SinkMode::Ok);
+    env.drain(&dispatcher).await;
+    let versions: Vec<u64> = env
+        .sandbox
+        .sink
+        .accepted(Some("crm"))
+        .iter()
+        .map(|d| d.json().unwrap()["data"]["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, vec![1, 2]);
+    let ops: Vec<String> = env
+        .sandbox
+        .sink
+        .accepted(Some("crm"))
+        .iter()
+        .map(|d| d.json().unwrap()["type"].as_str().unwrap().into())
+        .collect();
+    assert_eq!(ops, vec!["contact.created", "contact.created"], "created + updated stays created");
+    env.sandbox.stop().await;
+}
+
+#[tokio::test]
+async fn a_rejecting_sink_fills_dead_letters_and_dlq_retry_delivers_them_after_the_fix() {
+    let env = env().await;
+    let config = env.config(CRM);
+    let (dispatcher, _) = env.dispatcher(&config);
+    env.sandbox.sink.set_mode("crm", SinkMode::Reject(400));
+    for i in 0..4 {
+        let id = format!("c{i}");
+        snapshot(&env.store, &id, &contact(&id, 1)).await;
+        put(&env.store, "webhook.crm", "contact", &id, &id, "created", &contact(&id, 1)).await;
+    }
+    let summary = dispatcher.run_once().await;
+    assert_eq!(summary.total().dead, 4);
+    let dead = env.dead().await;
+    assert_eq!(dead.len(), 4);
+    assert!(dead.iter().all(|(c, _, reason)| c == "webhook.crm" && reason == "the webhook answered 400 Bad Request"));
+    assert_eq!(env.sandbox.sink.deliveries(Some("crm")).len(), 4, "a permanent refusal is not retried");
+    let listed = dcli::list_dead_letters(&env.store, Some("webhook.crm"), 100).await.unwrap();
+    assert_eq!(listed.len(), 4);
+
+    // c0 changes and is delivered while its old version sits in dead letters.
+    env.sandbox.sink.set_mode("crm", SinkMode::Ok);
+    snapshot(&env.store, "c0", &contact("c0", 2)).await;
+    put(&env.store, "webhook.crm", "contact", "c0", "c0", "updated", &contact("c0", 2)).await;
+    env.drain(&dispatcher).await;
+    env.sandbox.sink.clear();
+
+    let retried = dcli::retry_dead_letters(&env.store, None, Some("webhook.crm")).await.unwrap();
+    let outcomes: Vec<Retried> = retried.iter().map(|(_, r)| *r).collect();
+    assert_eq!(outcomes, vec![Retried::RequeuedCurrent, Retried::Requeued, Retried::Requeued, Retried::Requeued]);
+    assert!(env.dead().await.is_empty());
+    env.drain(&dispatcher).await;
+    let mut got: Vec<(String, u64)> = env
+        .sandbox
+        .sink
+        .accepted(Some("crm"))
+        .iter()
+        .map(|d| {
+            let body = d.json().unwrap();
+            (body["entity_id"].as_str().unwrap().to_owned(), body["data"]["version"].as_u64().unwrap())
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![("c0".into(), 2), ("c1".into(), 1), ("c2".into(), 1), ("c3".into(), 1)], "c0 never regresses");
+
+    // drop
+    env.sandbox.sink.set_mode("crm", SinkMode::Reject(410));
+    put(&env.store, "webhook.crm", "contact", "c9", "c9", "created", &contact("c9", 1)).await;
+    dispatcher.run_once().await;
+    let letter = dcli::list_dead_letters(&env.store, None, 10).await.unwrap();
+    assert_eq!(letter.len(), 1);
+    assert!(dcli::drop_dead_letter(&env.store, letter[0].id).await.unwrap());
+    assert!(env.dead().await.is_empty());
+    env.sandbox.stop().await;
+}
+
+#[tokio::test]
+async fn retries_are_exhausted_into_dead_letters_after_max_attempts() {
+    let env = env().await;
+    let config = env.config(&CRM.replace("max_attempts = 100", "max_attempts = 3"));
+    let (dispatcher, _) = env.dispatcher(&config);
+    env.sandbox.sink.set_mode("crm", SinkMode::Down);
+    put(&env.store, "webhook.crm", "contact", "c1", "c1", "created", &contact("c1", 1)).await;
+    env.drain(&dispatcher).await;
+    let dead = env.dead().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].2, "gave up after 3 attempts (target unavailable)");
+    assert_eq!(env.sandbox.sink.deliveries(Some("crm")).len(), 3);
+    env.sandbox.stop().await;
+}
+
+#[tokio::test]
+async fn an_unmappable_record_goes_to_dead_letters_with_the_reason_while_the_rest_flow() {
+    let env = env().await;
+    let fields = "fields = [{ from = \"email\", to = \"email\", transform = \"lowercase\", required = true }, \
+                  { to = \"name\", template = \"{firstName} {lastName}\" }, { from = \"tags\", to = \"tags\", transform = \"join\" }]\n";
+    let config = env.config(&format!("{CRM}{fields}"));
+    let (dispatcher, _) = env.dispatcher(&config);
+    put(
+        &env.store,
+        "webhook.crm",
+        "contact",
+        "c1",
+        "c1",
+        "created",
+        &json!({"id": "c1", "email": "A@X.TEST", "firstName": "Ada", "tags": ["a", "b"]}),
+    )
+    .await;
+    put(
+        &env.store,
+        "webhook.crm",
+        "contact",
+        "c2",
+        "c2",
+        "created",
+        &json!({"id": "c2", "firstName": "No", "lastName": "Email"}),
+    )
+    .await;
+    put(&env.store, "webhook.crm", "contact", "c3", "c3", "created", &json!({"id": "c3", "email": "c@x.test"})).await;
+    env.drain(&dispatcher).await;
+    let dead = env.dead().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].1, "c2");
+    assert_eq!(dead[0].2, "cannot map the record: required field `email` has no value (source `email`)");
+    let data: Vec<Value> =
+        env.sandbox.sink.accepted(Some("crm")).iter().map(|d| d.json().unwrap()["data"].clone()).collect();
+    assert_eq!(data, vec![json!({"email": "a@x.test", "name": "Ada", "tags": "a, b"}), json!({"email": "c@x.test"})]);
+    env.sandbox.stop().await;
+}
+
+#[tokio::test]
+async fn mapping_mistakes_in_config_are_caught_by_validate_with_key_paths() {
+    let text = "[connectors.webhook.crm]\nurl = \"https://hooks.example.test/x\"\n\
+                fields = [{ from = \"email\", to = \"email\" }, { from = \"emial\", to = \"e\" }, \
+                { to = \"n\", template = \"{firstName} {surname}\" }]\nmessage = \"{nope}\"\n";
+    let error = load_from_str(text, ConfigSource::InCode, HashMap::new()).unwrap_err();
+    let problems = error.problems();
+    assert!(
+        problems.iter().any(|p| p.starts_with("connectors.webhook.crm.fields[1].from: unknown source field \"emial\"")),
+        "{problems:#?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("connectors.webhook.crm.fields[2].template: unknown source field \"surname\"")),
+        "{problems:#?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.starts_with("connectors.webhook.crm.message: unknown source field \"nope\"")),
+        "{problems:#?}"
+    );
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+}
+
+#[tokio::test]
+async fn replay_resends_the_snapshot_in_the_new_shape_and_check_probes_each_connector() {
+    let env = env().await;
+    for i in 0..3 {
+        let id = format!("c{i}");
+        snapshot(&env.store, &id, &contact(&id, 7)).await;
+    }
+    let fields = "fields = [{ from = \"email\", to = \"mail\" }, { from = \"@event\", to = \"event\" }]\n";
+    let config = env.config(&format!("{CRM}{fields}"));
+    let (dispatcher, connectors) = env.dispatcher(&config);
+    let summary = dcli::replay(&env.store, connectors[0].as_ref(), &ReplayFilter::default()).await.unwrap();
+    assert_eq!(summary.enqueued, 3);
+    let one = ReplayFilter { contact: Some("c1".into()), ..ReplayFilter::default() };
+    assert_eq!(dcli::replay(&env.store, connectors[0].as_ref(), &one).await.unwrap().already_pending, 1);
+    env.drain(&dispatcher).await;
+    let data: Vec<Value> =
+        env.sandbox.sink.accepted(Some("crm")).iter().map(|d| d.json().unwrap()["data"].clone()).collect();
+    assert_eq!(data.len(), 3);
+    assert_eq!(data[0], json!({"mail": "c0@example.test", "event": "contact.updated"}));
+
+    // check: a signed probe, and a sample of a real contact mapped for the connector.
+    env.sandbox.sink.clear();
+    let lines = dcli::check_connectors(&connectors).await;
+    assert!(lines[0].ok, "{lines:?}");
+    let probe = &env.sandbox.sink.deliveries(Some("crm"))[0];
+    assert_eq!(probe.json().unwrap()["type"], "ghl_sync.check");
+    verify_signature(probe);
+    let sample = dcli::sample(&env.store, connectors[0].as_ref()).await.unwrap().unwrap();
+    assert_eq!(sample["type"], "contact.updated");
+    assert!(sample["data"]["mail"].as_str().unwrap().ends_with("@example.test"));
+    env.sandbox.sink.set_mode("crm", SinkMode::Reject(404));
+    let lines = dcli::check_connectors(&connectors).await;
+    assert!(!lines[0].ok);
+    assert_eq!(lines[0].name, "webhook.crm");
+    env.sandbox.stop().await;
+}
