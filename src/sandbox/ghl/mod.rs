@@ -1,0 +1,494 @@
+//! A faithful fake of the GoHighLevel (LeadConnector) API v2, built from
+//! `shared/reference/ghl.md` (§10 lists what it emulates) and the OpenAPI specs.
+//!
+//! - OAuth (`/oauth/token`, `/oauth/locationToken`) with single-use rotating refresh tokens,
+//!   a grace window and grant death on reuse; Private Integration Tokens per location.
+//! - Contacts (search with `searchAfter`, lagged index, shape drift), tasks, notes, tags,
+//!   appointments, the deprecated listing, business listing, location info, custom fields.
+//! - Per-bucket sliding-window and daily rate limits with the five `X-RateLimit-*` headers.
+//! - Ed25519-signed webhooks for every write, with duplicate / stale / bad-signature modes.
+//! - Fault injection per route template and an admin API under `/__admin/ghl/`.
+//!
+//! All data is synthetic and deterministic from [`GhlOptions::seed`].
+
+mod model;
+mod ops;
+mod routes;
+mod state;
+#[cfg(test)]
+mod tests;
+mod webhook;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use model::Cid;
+use state::{Principal, State};
+
+/// Start-up options of the fake GHL.
+#[derive(Debug, Clone)]
+pub struct GhlOptions {
+    /// Seed of all generated data (ids, names, tokens, keys).
+    pub seed: u64,
+    /// Number of seeded locations.
+    pub locations: usize,
+    /// Seeded contacts per location.
+    pub contacts_per_location: usize,
+    /// Each seeded contact gets `0..=max` tasks.
+    pub max_tasks_per_contact: usize,
+    /// Each seeded contact gets `0..=max` notes.
+    pub max_notes_per_contact: usize,
+    /// Life of OAuth access tokens (`expires_in`).
+    pub access_token_ttl: Duration,
+    /// Reusing a refresh token within this window returns the same new pair.
+    pub refresh_grace: Duration,
+    /// Writes become visible to `POST /contacts/search` only after this.
+    pub search_lag: Duration,
+    /// Requests allowed per `burst_window` (sliding) per bucket.
+    pub burst_max: u32,
+    /// Length of the burst window.
+    pub burst_window: Duration,
+    /// Requests allowed per UTC day per bucket.
+    pub daily_max: u64,
+    /// Whether task/note writes bump the contact's `dateUpdated` (unknown in GHL, ghl.md §7).
+    pub children_bump_contact: bool,
+    /// Where webhook events are POSTed.
+    pub webhook_url: Option<url::Url>,
+}
+
+impl Default for GhlOptions {
+    fn default() -> Self {
+        Self {
+            seed: 42,
+            locations: 2,
+            contacts_per_location: 50,
+            max_tasks_per_contact: 3,
+            max_notes_per_contact: 2,
+            access_token_ttl: Duration::from_secs(86_399),
+            refresh_grace: Duration::from_secs(30),
+            search_lag: Duration::ZERO,
+            burst_max: 100,
+            burst_window: Duration::from_secs(10),
+            daily_max: 200_000,
+            children_bump_contact: false,
+            webhook_url: None,
+        }
+    }
+}
+
+/// A seeded location and its Private Integration Token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LocationInfo {
+    /// GHL location id (20 alphanumerics).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// `pit-…` token valid for this location only.
+    pub pit: String,
+}
+
+/// Request/response counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GhlStats {
+    /// Requests per `"METHOD /route/:template"`.
+    pub requests: BTreeMap<String, u64>,
+    /// Responses per HTTP status code.
+    pub statuses: BTreeMap<u16, u64>,
+    /// 429 responses served (rate limit and storms).
+    pub too_many_requests: u64,
+    /// `grant_type=refresh_token` calls to `/oauth/token` (successful or not).
+    pub refresh_grants: u64,
+    /// `invalid_grant` answers.
+    pub invalid_grants: u64,
+    /// Successful `authorization_code` grants.
+    pub authorization_code_grants: u64,
+    /// Successful `/oauth/locationToken` calls.
+    pub location_token_grants: u64,
+    /// Webhook deliveries attempted.
+    pub webhooks_sent: u64,
+}
+
+/// A fault injected on a route template (`"METHOD /template"`, e.g.
+/// `"POST /contacts/search"`, or `"*"` for every route).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fault {
+    /// Probability (0..=1) of answering 503 with a GHL body.
+    pub error_rate: f64,
+    /// Added delay before answering.
+    pub latency: Duration,
+    /// Never answer.
+    pub hang: bool,
+    /// Answer with a truncated, invalid JSON body.
+    pub malformed_json: bool,
+    /// Force this status (with a GHL body) without running the handler.
+    pub status: Option<u16>,
+    /// The next N requests get 429.
+    pub storm_429: Option<u32>,
+    /// Run the handler (the write happens) but answer `status` (default 422) anyway:
+    /// "create returns 422 yet creates" (ghl.md §6.8, #64).
+    pub status_after_write: bool,
+}
+
+/// How [`FakeGhl::emit_webhook`] delivers an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum WebhookMode {
+    /// One signed delivery.
+    #[default]
+    Normal,
+    /// The same delivery twice (same `webhookId`).
+    Duplicate,
+    /// `timestamp` one hour old.
+    StaleTimestamp,
+    /// A signature byte flipped.
+    BadSignature,
+}
+
+/// What a mutation changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MutationKind {
+    ContactCreate,
+    ContactUpdate,
+    ContactDelete,
+    TaskCreate,
+    TaskUpdate,
+    TaskComplete,
+    TaskDelete,
+    NoteCreate,
+    NoteUpdate,
+    NoteDelete,
+}
+
+/// One change made by [`FakeGhl::mutate`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Mutation {
+    /// What happened.
+    pub kind: MutationKind,
+    /// Location of the contact.
+    pub location_id: String,
+    /// The contact (for contact mutations, the same as `object_id`).
+    pub contact_id: String,
+    /// The contact, task or note id.
+    pub object_id: String,
+}
+
+/// The fake GHL server. Cheap to clone; all clones share one state.
+#[derive(Clone)]
+pub struct FakeGhl {
+    inner: Arc<Mutex<State>>,
+    client: reqwest::Client,
+}
+
+impl FakeGhl {
+    /// Builds and seeds the fake.
+    pub fn new(options: GhlOptions) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(State::new(options))),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// All GHL routes plus `/__admin/ghl/*`.
+    pub fn router(&self) -> axum::Router {
+        routes::router(self.clone())
+    }
+
+    /// The seeded locations with their PITs.
+    pub fn locations(&self) -> Vec<LocationInfo> {
+        self.lock()
+            .locs
+            .iter()
+            .map(|l| LocationInfo {
+                id: l.id.as_str().to_owned(),
+                name: l.name.clone(),
+                pit: l.pit.clone(),
+            })
+            .collect()
+    }
+
+    /// The agency (company) id.
+    pub fn company_id(&self) -> String {
+        self.lock().company.as_str().to_owned()
+    }
+
+    /// `(client_id, client_secret)` accepted by `/oauth/token`.
+    pub fn oauth_client(&self) -> (String, String) {
+        let s = self.lock();
+        (s.client_id.clone(), s.client_secret.clone())
+    }
+
+    /// A one-time authorization code; `None` means a Company (agency) install.
+    /// An unknown location id yields a code that fails with `invalid_grant`.
+    pub fn authorization_code(&self, location_id: Option<&str>) -> String {
+        let mut s = self.lock();
+        let code = model::random_hex(&mut s.rng, 40);
+        let principal = match location_id {
+            None => Some(Principal::Company),
+            Some(id) => s.loc_of(id).map(Principal::Location),
+        };
+        if let Some(principal) = principal {
+            s.codes.insert(code.clone(), (principal, false));
+        }
+        code
+    }
+
+    /// The webhook Ed25519 public key: base64 of the SPKI DER (`MCowBQYDK2VwAyEA…`).
+    pub fn webhook_public_key(&self) -> String {
+        webhook::public_key_spki(&self.lock().signing_key)
+    }
+
+    /// Sets (or clears) where webhooks go.
+    pub fn set_webhook_url(&self, url: Option<url::Url>) {
+        self.lock().webhook_url = url;
+    }
+
+    /// Advances the fake's clock (token expiry, refresh grace, search lag, rate windows,
+    /// timestamps of later writes).
+    pub fn advance_clock(&self, by: Duration) {
+        self.lock().clock_offset += by;
+    }
+
+    /// `count` seeded random changes (in `location_id`, or random locations); emits webhooks.
+    pub fn mutate(&self, location_id: Option<&str>, count: usize) -> Vec<Mutation> {
+        let mut out = Vec::with_capacity(count);
+        let mut events = Vec::new();
+        {
+            let mut s = self.lock();
+            let fixed = location_id.map(|id| s.loc_of(id));
+            if fixed == Some(None) || s.locs.is_empty() {
+                return out;
+            }
+            for _ in 0..count {
+                let loc = match fixed {
+                    Some(Some(loc)) => loc,
+                    _ => {
+                        let n = s.locs.len();
+                        u16::try_from(s.rng.usize(..n)).unwrap_or(0)
+                    }
+                };
+                if let Some((m, e)) = s.mutate_one(loc) {
+                    out.push(m);
+                    events.extend(e);
+                }
+            }
+        }
+        self.dispatch(events, WebhookMode::Normal);
+        out
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&mut State) -> Option<(T, Vec<Value>)>) -> Option<T> {
+        let result = f(&mut self.lock());
+        result.map(|(value, events)| {
+            self.dispatch(events, WebhookMode::Normal);
+            value
+        })
+    }
+
+    /// Creates a contact (fields as `CreateContactDto`, `locationId` optional); returns its id
+    /// (empty string if the location is unknown or the fields are invalid).
+    pub fn create_contact(&self, location_id: &str, fields: Value) -> String {
+        self.write(|s| {
+            let loc = s.loc_of(location_id)?;
+            let mut obj = fields.as_object().cloned().unwrap_or_default();
+            obj.remove("locationId");
+            let (c, events) = s.create_contact(loc, &obj).ok()?;
+            Some((c.id.as_str().to_owned(), events))
+        })
+        .unwrap_or_default()
+    }
+
+    /// Updates a contact (`UpdateContactDto` fields); false if missing or invalid.
+    pub fn update_contact(&self, id: &str, fields: Value) -> bool {
+        self.write(|s| {
+            let (_, events) = s
+                .update_contact(Cid::parse(id)?, fields.as_object()?)
+                .ok()?;
+            Some(((), events))
+        })
+        .is_some()
+    }
+
+    /// Deletes a contact with its tasks and notes.
+    pub fn delete_contact(&self, id: &str) -> bool {
+        self.write(|s| Some(((), s.delete_contact(Cid::parse(id)?).ok()?)))
+            .is_some()
+    }
+
+    /// Creates a task (`{title, body, dueDate, completed, assignedTo}`) on a contact.
+    pub fn create_task(&self, contact_id: &str, fields: Value) -> Option<String> {
+        self.write(|s| {
+            let (t, events) = s
+                .create_task(Cid::parse(contact_id)?, fields.as_object()?)
+                .ok()?;
+            Some((t.id.as_str().to_owned(), events))
+        })
+    }
+
+    /// Updates a task by id.
+    pub fn update_task(&self, task_id: &str, fields: Value) -> bool {
+        self.write(|s| {
+            let (_, events) = s
+                .update_task(Cid::parse(task_id)?, fields.as_object()?, false)
+                .ok()?;
+            Some(((), events))
+        })
+        .is_some()
+    }
+
+    /// Sets a task's `completed` flag (fires `TaskComplete` when it becomes true).
+    pub fn complete_task(&self, task_id: &str, completed: bool) -> bool {
+        self.write(|s| {
+            let body = serde_json::json!({ "completed": completed });
+            let (_, events) = s
+                .update_task(Cid::parse(task_id)?, body.as_object()?, true)
+                .ok()?;
+            Some(((), events))
+        })
+        .is_some()
+    }
+
+    /// Deletes a task by id.
+    pub fn delete_task(&self, task_id: &str) -> bool {
+        self.write(|s| Some(((), s.delete_task(Cid::parse(task_id)?).ok()?)))
+            .is_some()
+    }
+
+    /// Creates a note (`{body, userId, title, color, pinned}`) on a contact.
+    pub fn create_note(&self, contact_id: &str, fields: Value) -> Option<String> {
+        self.write(|s| {
+            let (n, events) = s
+                .create_note(Cid::parse(contact_id)?, fields.as_object()?)
+                .ok()?;
+            Some((n.id.as_str().to_owned(), events))
+        })
+    }
+
+    /// Updates a note by id.
+    pub fn update_note(&self, note_id: &str, fields: Value) -> bool {
+        self.write(|s| {
+            let (_, events) = s
+                .update_note(Cid::parse(note_id)?, fields.as_object()?)
+                .ok()?;
+            Some(((), events))
+        })
+        .is_some()
+    }
+
+    /// Deletes a note by id.
+    pub fn delete_note(&self, note_id: &str) -> bool {
+        self.write(|s| Some(((), s.delete_note(Cid::parse(note_id)?).ok()?)))
+            .is_some()
+    }
+
+    /// The live contact as `GET /contacts/:id` renders it.
+    pub fn contact(&self, id: &str) -> Option<Value> {
+        let s = self.lock();
+        let c = s.contacts.get(&Cid::parse(id)?)?;
+        Some(s.render(c, model::Shape::Full))
+    }
+
+    /// Ids of the live contacts of a location, sorted.
+    pub fn contact_ids(&self, location_id: &str) -> Vec<String> {
+        let s = self.lock();
+        let Some(loc) = s.loc_of(location_id) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<String> = s
+            .contacts
+            .values()
+            .filter(|c| c.loc == loc)
+            .map(|c| c.id.as_str().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// The contact's tasks as `GET /contacts/:id/tasks` renders them.
+    pub fn tasks(&self, contact_id: &str) -> Vec<Value> {
+        let s = self.lock();
+        Cid::parse(contact_id)
+            .map(|c| s.tasks_of(c).iter().map(|t| t.render()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The contact's notes as `GET /contacts/:id/notes` renders them.
+    pub fn notes(&self, contact_id: &str) -> Vec<Value> {
+        let s = self.lock();
+        Cid::parse(contact_id)
+            .map(|c| s.notes_of(c).iter().map(|n| n.render()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Counters since start or the last [`FakeGhl::reset_stats`].
+    pub fn stats(&self) -> GhlStats {
+        self.lock().stats.clone()
+    }
+
+    /// Zeroes the counters.
+    pub fn reset_stats(&self) {
+        self.lock().stats = GhlStats::default();
+    }
+
+    /// Injects a fault on `route` (`"METHOD /template"` such as `"GET /contacts/:contactId"`,
+    /// or `"*"`).
+    pub fn set_fault(&self, route: &str, fault: Fault) {
+        self.lock().faults.insert(route.to_owned(), fault);
+    }
+
+    /// Removes every fault.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
+    /// Forces (or lifts) "daily quota exhausted" for a location's bucket.
+    pub fn set_daily_exhausted(&self, location_id: &str, exhausted: bool) {
+        let key = format!("location:{location_id}");
+        let mut s = self.lock();
+        if exhausted {
+            s.daily_exhausted.insert(key);
+        } else {
+            s.daily_exhausted.remove(&key);
+        }
+    }
+
+    /// Sends an arbitrary event (missing `timestamp`/`webhookId`/`appId`/`versionId` are filled).
+    pub fn emit_webhook(&self, event: Value, mode: WebhookMode) {
+        self.dispatch(vec![event], mode);
+    }
+
+    /// Webhooks sent so far (most recent 10,000), as JSON.
+    pub fn sent_webhooks(&self) -> Vec<Value> {
+        self.lock()
+            .sent
+            .iter()
+            .map(|w| serde_json::to_value(w).unwrap_or(Value::Null))
+            .collect()
+    }
+
+    /// Replaces all data with a fresh seed (keeps the webhook URL and faults).
+    pub fn reseed(&self, options: GhlOptions) {
+        let mut s = self.lock();
+        let url = s.webhook_url.clone();
+        let faults = std::mem::take(&mut s.faults);
+        *s = State::new(options);
+        s.webhook_url = url;
+        s.faults = faults;
+    }
+
+    /// The current options.
+    pub fn options(&self) -> GhlOptions {
+        self.lock().opts.clone()
+    }
+}

@@ -1,0 +1,508 @@
+//! Data model of the fake GHL: compact records, deterministic generation and JSON rendering.
+//!
+//! Seeded contacts are stored as a 64-byte record (`Contact`); their fields are generated
+//! from `(seed, location, n)` when rendered, and only materialised (`Fields`) when written.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value, json};
+
+const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+/// A GHL-style id: 20 ASCII alphanumerics, stored inline.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub(crate) struct Cid(pub(crate) [u8; 20]);
+
+impl Cid {
+    pub(crate) const MIN: Cid = Cid([0; 20]);
+    pub(crate) const MAX: Cid = Cid([255; 20]);
+
+    pub(crate) fn random(rng: &mut fastrand::Rng) -> Self {
+        let mut bytes = [0u8; 20];
+        for byte in &mut bytes {
+            *byte = ALNUM[rng.usize(..ALNUM.len())];
+        }
+        Cid(bytes)
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        let bytes: [u8; 20] = text.as_bytes().try_into().ok()?;
+        bytes
+            .iter()
+            .all(u8::is_ascii_alphanumeric)
+            .then_some(Cid(bytes))
+    }
+}
+
+/// Random token-ish string (hex) of `len` chars.
+pub(crate) fn random_hex(rng: &mut fastrand::Rng, len: usize) -> String {
+    const HEX: &[u8] = b"0123456789abcdef";
+    (0..len).map(|_| HEX[rng.usize(..16)] as char).collect()
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub(crate) fn system_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// ISO-8601 UTC with milliseconds, e.g. `2021-07-02T05:18:26.704Z`.
+pub(crate) fn iso(ms: i64) -> String {
+    let nanos = i128::from(ms) * 1_000_000;
+    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
+        ),
+        Err(_) => "1970-01-01T00:00:00.000Z".to_owned(),
+    }
+}
+
+/// Parses an ISO-8601 / RFC 3339 timestamp (or epoch ms as a number or digit string) to ms.
+pub(crate) fn parse_ms(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Value::String(s) => {
+            if let Ok(n) = s.parse::<i64>() {
+                return Some(n);
+            }
+            let parsed =
+                time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                    .ok()
+                    .or_else(|| {
+                        // Date only: YYYY-MM-DD.
+                        let date = time::Date::parse(
+                            s,
+                            time::macros::format_description!("[year]-[month]-[day]"),
+                        )
+                        .ok()?;
+                        Some(date.midnight().assume_utc())
+                    })?;
+            i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).ok()
+        }
+        _ => None,
+    }
+}
+
+/// A seeded location.
+#[derive(Debug, Clone)]
+pub(crate) struct Loc {
+    pub(crate) id: Cid,
+    pub(crate) name: String,
+    pub(crate) pit: String,
+    pub(crate) users: Vec<(Arc<str>, &'static str, &'static str)>,
+    pub(crate) businesses: Vec<(Arc<str>, String)>,
+    pub(crate) custom_fields: Vec<(Arc<str>, &'static str, &'static str, &'static str)>,
+}
+
+/// The compact contact record. `fields == None` means "as generated from `n`".
+#[derive(Debug, Clone)]
+pub(crate) struct Contact {
+    pub(crate) id: Cid,
+    pub(crate) loc: u16,
+    pub(crate) n: u32,
+    pub(crate) added: i64,
+    pub(crate) updated: i64,
+    pub(crate) fields: Option<Arc<Fields>>,
+}
+
+/// Materialised contact fields.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Fields {
+    pub(crate) first_name: Option<String>,
+    pub(crate) last_name: Option<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) email: Option<String>,
+    pub(crate) phone: Option<String>,
+    pub(crate) address1: Option<String>,
+    pub(crate) city: Option<String>,
+    pub(crate) state: Option<String>,
+    pub(crate) postal_code: Option<String>,
+    pub(crate) country: Option<String>,
+    pub(crate) website: Option<String>,
+    pub(crate) timezone: Option<String>,
+    pub(crate) source: Option<String>,
+    pub(crate) company_name: Option<String>,
+    pub(crate) assigned_to: Option<String>,
+    pub(crate) date_of_birth: Option<String>,
+    pub(crate) gender: Option<String>,
+    pub(crate) dnd: bool,
+    pub(crate) dnd_settings: Option<Value>,
+    pub(crate) inbound_dnd_settings: Option<Value>,
+    pub(crate) tags: Vec<String>,
+    pub(crate) custom_fields: Vec<(String, Value)>,
+    pub(crate) business_id: Option<String>,
+}
+
+impl Fields {
+    pub(crate) fn contact_name(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        let first = self.first_name.as_deref().unwrap_or("");
+        let last = self.last_name.as_deref().unwrap_or("");
+        format!("{first} {last}").trim().to_owned()
+    }
+
+    /// Looks up a field the way the search filters name it.
+    pub(crate) fn get(&self, field: &str) -> Value {
+        let text = |v: &Option<String>| v.clone().map(Value::String).unwrap_or(Value::Null);
+        match field {
+            "firstName" | "firstNameLowerCase" => text(&self.first_name),
+            "lastName" | "lastNameLowerCase" => text(&self.last_name),
+            "contactName" | "name" | "fullNameLowerCase" => Value::String(self.contact_name()),
+            "email" | "emailLowerCase" => text(&self.email),
+            "phone" => text(&self.phone),
+            "address" | "address1" => text(&self.address1),
+            "city" => text(&self.city),
+            "state" => text(&self.state),
+            "postalCode" => text(&self.postal_code),
+            "country" => text(&self.country),
+            "website" => text(&self.website),
+            "timezone" => text(&self.timezone),
+            "source" => text(&self.source),
+            "companyName" | "businessName" => text(&self.company_name),
+            "assignedTo" => text(&self.assigned_to),
+            "dateOfBirth" => text(&self.date_of_birth),
+            "businessId" => text(&self.business_id),
+            "dnd" => Value::Bool(self.dnd),
+            "tags" => json!(self.tags),
+            "type" => json!("lead"),
+            _ => Value::Null,
+        }
+    }
+}
+
+const FIRST: &[&str] = &[
+    "Ada", "Bo", "Cyd", "Dee", "Eli", "Fen", "Gus", "Hal", "Ivo", "Jo", "Kit", "Lu", "Mo", "Nia",
+    "Oz", "Pip", "Quin", "Rue", "Sol", "Tam", "Uma", "Vi", "Wes", "Xan", "Yui", "Zed",
+];
+const CITIES: &[(&str, &str, &str)] = &[
+    ("Testville", "CA", "US"),
+    ("Sampleton", "TX", "US"),
+    ("Mockford", "NY", "US"),
+    ("Fakeburg", "WA", "US"),
+    ("Stubham", "ON", "CA"),
+    ("Dummyport", "BE", "DE"),
+];
+const TIMEZONES: &[&str] = &[
+    "America/Los_Angeles",
+    "America/Chicago",
+    "America/New_York",
+    "Europe/Berlin",
+];
+const SOURCES: &[&str] = &["public api", "web form", "import", "chat widget"];
+const TAGS: &[&str] = &["lead", "customer", "vip", "newsletter", "trial", "cold"];
+const COMPANIES: &[&str] = &[
+    "Acme Test Co",
+    "Example Labs",
+    "Sample Widgets",
+    "Fixture Inc",
+];
+pub(crate) const TASK_TITLES: &[&str] = &[
+    "Call back",
+    "Send quote",
+    "Follow up",
+    "Book demo",
+    "Check renewal",
+];
+pub(crate) const TASK_BODIES: &[&str] = &[
+    "Ask about the budget.",
+    "Mention the new plan.",
+    "Confirm the meeting time.",
+    "",
+];
+pub(crate) const NOTE_BODIES: &[&str] = &[
+    "Spoke briefly; interested.",
+    "Prefers email over phone.",
+    "Asked for pricing sheet.",
+    "Left a voicemail.",
+];
+pub(crate) const USER_FIRST: &[&str] = &["Sam", "Alex", "Robin", "Casey"];
+pub(crate) const USER_LAST: &[&str] = &["Agent", "Seller", "Closer", "Helper"];
+
+/// Seeded data starts here (2025-01-01T00:00:00Z) and spans a year.
+pub(crate) const SEED_BASE_MS: i64 = 1_735_689_600_000;
+pub(crate) const SEED_SPAN_MS: i64 = 365 * 24 * 3600 * 1000;
+
+/// Generates the seeded fields of contact `n` of location `loc`.
+pub(crate) fn generate_fields(seed: u64, loc_index: u16, loc: &Loc, n: u32) -> Fields {
+    let mut rng = fastrand::Rng::with_seed(
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (u64::from(loc_index) << 40) ^ u64::from(n),
+    );
+    let (city, state, country) = CITIES[rng.usize(..CITIES.len())];
+    let mut tags: Vec<String> = TAGS
+        .iter()
+        .filter(|_| rng.u8(..4) == 0)
+        .map(|t| (*t).to_owned())
+        .collect();
+    tags.sort();
+    let global = u64::from(loc_index) * 10_000_000 + u64::from(n);
+    let assigned = if loc.users.is_empty() || rng.bool() {
+        None
+    } else {
+        Some(loc.users[rng.usize(..loc.users.len())].0.to_string())
+    };
+    let business = if loc.businesses.is_empty() || rng.u8(..3) != 0 {
+        None
+    } else {
+        Some(
+            loc.businesses[rng.usize(..loc.businesses.len())]
+                .0
+                .to_string(),
+        )
+    };
+    let custom_fields = match loc.custom_fields.first() {
+        Some((id, ..)) if rng.u8(..3) == 0 => {
+            vec![(id.to_string(), json!(format!("seed-{global}")))]
+        }
+        _ => Vec::new(),
+    };
+    Fields {
+        first_name: Some(FIRST[rng.usize(..FIRST.len())].to_owned()),
+        last_name: Some(format!("Test{n}")),
+        name: None,
+        email: Some(format!("user{global}@example.test")),
+        phone: Some(format!("+1555{:07}", rng.u32(..10_000_000))),
+        address1: Some(format!("{} Fixture St", rng.u16(1..999))),
+        city: Some(city.to_owned()),
+        state: Some(state.to_owned()),
+        postal_code: Some(format!("{:05}", rng.u32(..100_000))),
+        country: Some(country.to_owned()),
+        website: rng
+            .bool()
+            .then(|| format!("https://site{global}.example.test")),
+        timezone: Some(TIMEZONES[rng.usize(..TIMEZONES.len())].to_owned()),
+        source: Some(SOURCES[rng.usize(..SOURCES.len())].to_owned()),
+        company_name: (rng.u8(..3) == 0)
+            .then(|| COMPANIES[rng.usize(..COMPANIES.len())].to_owned()),
+        assigned_to: assigned,
+        date_of_birth: (rng.u8(..2) == 0).then(|| {
+            format!(
+                "{}-{:02}-{:02}",
+                rng.u16(1950..2005),
+                rng.u8(1..13),
+                rng.u8(1..29)
+            )
+        }),
+        gender: None,
+        dnd: rng.u8(..20) == 0,
+        dnd_settings: None,
+        inbound_dnd_settings: None,
+        tags,
+        custom_fields,
+        business_id: business,
+    }
+}
+
+/// Which JSON shape to render a contact in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// `GET /contacts/:id`, update, upsert.
+    Full,
+    /// 201 of `POST /contacts/`.
+    Created,
+    /// Items of `POST /contacts/search` (shape drift, §6.2).
+    Search,
+    /// Items of deprecated `GET /contacts/` and business listing.
+    List,
+    /// Webhook payloads (no `dateUpdated`).
+    Webhook,
+}
+
+fn opt(v: &Option<String>) -> Value {
+    v.clone().map(Value::String).unwrap_or(Value::Null)
+}
+
+fn lower(v: &Option<String>) -> Value {
+    v.as_ref()
+        .map(|s| Value::String(s.to_lowercase()))
+        .unwrap_or(Value::Null)
+}
+
+/// Renders a contact. `loc_id` is the location's id string.
+pub(crate) fn render_contact(c: &Contact, f: &Fields, loc_id: &str, shape: Shape) -> Value {
+    let mut m = Map::new();
+    let mut put = |k: &str, v: Value| {
+        if !v.is_null() {
+            m.insert(k.to_owned(), v);
+        }
+    };
+    let custom_fields: Vec<Value> = f
+        .custom_fields
+        .iter()
+        .map(|(id, value)| json!({"id": id, "value": value}))
+        .collect();
+    put("id", json!(c.id.as_str()));
+    put("locationId", json!(loc_id));
+    put("firstName", opt(&f.first_name));
+    put("lastName", opt(&f.last_name));
+    put("email", opt(&f.email));
+    put("phone", opt(&f.phone));
+    put("city", opt(&f.city));
+    put("state", opt(&f.state));
+    put("country", opt(&f.country));
+    put("postalCode", opt(&f.postal_code));
+    put("website", opt(&f.website));
+    put("timezone", opt(&f.timezone));
+    put("source", opt(&f.source));
+    put("companyName", opt(&f.company_name));
+    put("assignedTo", opt(&f.assigned_to));
+    put("businessId", opt(&f.business_id));
+    put("dnd", json!(f.dnd));
+    put("tags", json!(f.tags));
+    put("customFields", json!(custom_fields));
+    put("dateAdded", json!(iso(c.added)));
+    put("type", json!("lead"));
+    match shape {
+        Shape::Search => {
+            // Shape drift (ghl.md §6.2): `address`, epoch-ms `dateOfBirth`, `contactName`, …
+            put("address", opt(&f.address1));
+            put("contactName", json!(f.contact_name()));
+            put("dateUpdated", json!(iso(c.updated)));
+            let dob = f
+                .date_of_birth
+                .as_ref()
+                .and_then(|d| parse_ms(&Value::String(d.clone())));
+            put("dateOfBirth", dob.map(Value::from).unwrap_or(Value::Null));
+            put("phoneLabel", json!("Mobile"));
+            put("businessName", opt(&f.company_name));
+            put("validEmail", json!(f.email.is_some()));
+            put("additionalEmails", json!([]));
+            put("additionalPhones", json!([]));
+            put("followers", json!([]));
+            put("firstNameLowerCase", lower(&f.first_name));
+            put("lastNameLowerCase", lower(&f.last_name));
+        }
+        Shape::Webhook => {
+            put("address1", opt(&f.address1));
+            put("name", json!(f.contact_name()));
+            put("dateOfBirth", opt(&f.date_of_birth));
+            put("attachments", json!([]));
+        }
+        Shape::Full | Shape::Created | Shape::List => {
+            put("address1", opt(&f.address1));
+            put("dateUpdated", json!(iso(c.updated)));
+            put("dateOfBirth", opt(&f.date_of_birth));
+            put("firstNameLowerCase", lower(&f.first_name));
+            put("lastNameLowerCase", lower(&f.last_name));
+            put("fullNameLowerCase", json!(f.contact_name().to_lowercase()));
+            put("emailLowerCase", lower(&f.email));
+            if shape == Shape::Full || shape == Shape::List {
+                put("name", json!(f.contact_name()));
+                put("attachments", json!([]));
+                put("additionalEmails", json!([]));
+            }
+            if let Some(d) = &f.dnd_settings {
+                put("dndSettings", d.clone());
+            } else if shape == Shape::Full {
+                put("dndSettings", json!({}));
+            }
+            if let Some(d) = &f.inbound_dnd_settings {
+                put("inboundDndSettings", d.clone());
+            }
+            if shape == Shape::Created {
+                put("deleted", json!(false));
+                put("bounceEmail", json!(false));
+                put("unsubscribeEmail", json!(false));
+                put("offers", json!([]));
+                put("products", json!([]));
+                if let Some(dob) = &f.date_of_birth {
+                    let parts: Vec<&str> = dob.split('-').collect();
+                    if let [_, month, day] = parts.as_slice() {
+                        put("birthMonth", json!(month.parse::<u32>().unwrap_or(0)));
+                        put("birthDay", json!(day.parse::<u32>().unwrap_or(0)));
+                    }
+                }
+            }
+            if shape == Shape::Full {
+                put("lastActivity", json!(iso(c.updated)));
+            }
+        }
+    }
+    Value::Object(m)
+}
+
+/// A task. No timestamps are exposed by REST (`date_added` is for webhooks only).
+#[derive(Debug, Clone)]
+pub(crate) struct Task {
+    pub(crate) id: Cid,
+    pub(crate) contact: Cid,
+    pub(crate) loc: u16,
+    pub(crate) title: Cow<'static, str>,
+    pub(crate) body: Cow<'static, str>,
+    pub(crate) assigned_to: Option<Arc<str>>,
+    pub(crate) due: i64,
+    pub(crate) completed: bool,
+    pub(crate) added: i64,
+}
+
+impl Task {
+    pub(crate) fn render(&self) -> Value {
+        json!({
+            "id": self.id.as_str(),
+            "title": self.title,
+            "body": self.body,
+            "assignedTo": self.assigned_to.as_deref(),
+            "dueDate": iso(self.due),
+            "completed": self.completed,
+            "contactId": self.contact.as_str(),
+        })
+    }
+}
+
+/// A note. No `dateUpdated`.
+#[derive(Debug, Clone)]
+pub(crate) struct Note {
+    pub(crate) id: Cid,
+    pub(crate) contact: Cid,
+    pub(crate) loc: u16,
+    pub(crate) body: Cow<'static, str>,
+    pub(crate) user_id: Option<Arc<str>>,
+    pub(crate) added: i64,
+    pub(crate) title: Option<String>,
+    pub(crate) color: Option<String>,
+    pub(crate) pinned: bool,
+}
+
+impl Note {
+    pub(crate) fn render(&self) -> Value {
+        json!({
+            "id": self.id.as_str(),
+            "body": self.body,
+            "userId": self.user_id.as_deref(),
+            "dateAdded": iso(self.added),
+            "contactId": self.contact.as_str(),
+            "title": self.title,
+            "color": self.color,
+            "pinned": self.pinned,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_round_trips() {
+        let ms = 1_625_203_106_704;
+        assert_eq!(iso(ms), "2021-07-02T05:18:26.704Z");
+        assert_eq!(parse_ms(&json!(iso(ms))), Some(ms));
+        assert_eq!(parse_ms(&json!("2021-07-02")), Some(1_625_184_000_000));
+    }
+}
