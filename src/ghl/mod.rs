@@ -1,7 +1,12 @@
 //! Typed GHL endpoints over the rate-limited `ApiClient`, plus the token seam.
 
 pub mod auth;
+pub mod auth_cli;
 pub mod dto;
+pub mod grants;
+pub mod oauth;
+pub mod tokens;
+pub mod write;
 
 use std::sync::Arc;
 
@@ -11,6 +16,8 @@ use url::Url;
 
 use crate::http::{ApiClient, ApiRequest, ApiResponse, HttpError, Method, Priority, StatusCode};
 pub use auth::{AuthError, StaticTokens, TokenProvider};
+pub use oauth::{OAuthClient, OAuthError, TokenResponse, UserType};
+pub use tokens::{TokenManager, missing_scopes, needed_scopes};
 use dto::{
     Contact, ContactEnvelope, ErrorBody, Note, NoteList, SearchRequest, SearchResponse, Task, TaskList,
     TaskSearchRequest,
