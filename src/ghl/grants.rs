@@ -220,11 +220,7 @@ pub async fn rotate(
 
 /// Parks a grant at `generation` and the locations it serves: `needs_reauth` with `reason`.
 /// Returns false when the row moved on meanwhile (a newer token exists: nothing parked).
-pub async fn mark_needs_reauth(
-    pool: &SqlitePool,
-    grant: &GrantRow,
-    reason: &str,
-) -> Result<bool, sqlx::Error> {
+pub async fn mark_needs_reauth(pool: &SqlitePool, grant: &GrantRow, reason: &str) -> Result<bool, sqlx::Error> {
     let now = now_ms();
     let mut tx = pool.begin().await?;
     let updated = sqlx::query(
@@ -314,7 +310,10 @@ mod tests {
         let (_dir, store) = store().await;
         let pool = store.pool();
         let location = LocationRow { id: "loc".into(), name: Some("A".into()), company_id: Some("co".into()) };
-        assert_eq!(store_grant(pool, &grant("loc", GrantKind::Location), &[location.clone()]).await.unwrap(), 1);
+        assert_eq!(
+            store_grant(pool, &grant("loc", GrantKind::Location), std::slice::from_ref(&location)).await.unwrap(),
+            1
+        );
         let row = load(pool, "loc").await.unwrap().unwrap();
         assert!(mark_needs_reauth(pool, &row, "refresh token revoked").await.unwrap());
         assert_eq!(location_status(pool, "loc").await.unwrap().unwrap().0, "needs_reauth");

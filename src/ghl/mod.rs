@@ -16,12 +16,12 @@ use url::Url;
 
 use crate::http::{ApiClient, ApiRequest, ApiResponse, HttpError, Method, Priority, StatusCode};
 pub use auth::{AuthError, StaticTokens, TokenProvider};
-pub use oauth::{OAuthClient, OAuthError, TokenResponse, UserType};
-pub use tokens::{TokenManager, missing_scopes, needed_scopes};
 use dto::{
     Contact, ContactEnvelope, ErrorBody, Note, NoteList, SearchRequest, SearchResponse, Task, TaskList,
     TaskSearchRequest,
 };
+pub use oauth::{OAuthClient, OAuthError, TokenResponse, UserType};
+pub use tokens::{TokenManager, missing_scopes, needed_scopes};
 
 /// A failed GHL call.
 #[derive(Debug, thiserror::Error)]

@@ -77,9 +77,8 @@ impl OAuthError {
         // A refused *client* (wrong secret) is a config error, not a dead grant: don't park
         // every location over a typo.
         let client_refused = message.to_ascii_lowercase().contains("client");
-        let dead_token = refresh
-            && !client_refused
-            && (*status == StatusCode::BAD_REQUEST || *status == StatusCode::UNAUTHORIZED);
+        let dead_token =
+            refresh && !client_refused && (*status == StatusCode::BAD_REQUEST || *status == StatusCode::UNAUTHORIZED);
         if invalid_grant || dead_token {
             OAuthError::InvalidGrant { status: *status, message }
         } else if status.is_client_error() && *status != StatusCode::TOO_MANY_REQUESTS {
@@ -273,7 +272,11 @@ impl OAuthClient {
     /// `POST /oauth/token`, `grant_type=refresh_token`. Marked idempotent: repeating it with
     /// the same refresh token inside GHL's 30 s grace returns the same new pair, so the
     /// client retries timeouts and 5xx promptly (§3.5 step 5).
-    pub async fn refresh(&self, refresh_token: &SecretString, user_type: UserType) -> Result<TokenResponse, OAuthError> {
+    pub async fn refresh(
+        &self,
+        refresh_token: &SecretString,
+        user_type: UserType,
+    ) -> Result<TokenResponse, OAuthError> {
         let form = TokenForm {
             client_id: &self.client_id,
             client_secret: self.client_secret.expose_secret(),
@@ -395,7 +398,8 @@ mod tests {
 
     #[test]
     fn invalid_grant_and_dead_refresh_tokens_are_a_distinct_error() {
-        let oauth = status(400, r#"{"error":"invalid_grant","error_description":"Refresh token has already been used"}"#);
+        let oauth =
+            status(400, r#"{"error":"invalid_grant","error_description":"Refresh token has already been used"}"#);
         assert!(matches!(
             OAuthError::from_http(oauth, false),
             OAuthError::InvalidGrant { ref message, .. } if message == "Refresh token has already been used"
@@ -427,7 +431,10 @@ mod tests {
             .form(&form)
             .unwrap();
         let Some(crate::http::Body::Form(text)) = request.body else { panic!("form body expected") };
-        assert_eq!(text, "client_id=cid&client_secret=sec&grant_type=refresh_token&refresh_token=rt&user_type=Location");
+        assert_eq!(
+            text,
+            "client_id=cid&client_secret=sec&grant_type=refresh_token&refresh_token=rt&user_type=Location"
+        );
     }
 
     #[tokio::test]

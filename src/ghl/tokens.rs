@@ -190,7 +190,8 @@ impl TokenManager {
             .transpose()
             .map_err(|e| AuthError::Config(e.to_string()))?;
         let oauth = oauth_client(config, cancel)?;
-        let margin = config.settings.ghl.oauth.as_ref().map(|o| o.refresh_margin.get()).unwrap_or(Duration::from_secs(300));
+        let margin =
+            config.settings.ghl.oauth.as_ref().map(|o| o.refresh_margin.get()).unwrap_or(Duration::from_secs(300));
         let pits = StaticTokens::new(config.secrets.pits.clone());
         let mut manager = Self::new(store, key, oauth, pits, margin);
         if let crate::config::ConfigSource::File(path) = &config.source {
@@ -320,9 +321,9 @@ impl TokenManager {
         let company = token.company_id.clone();
         let (resource, kind) = match (token.user_type, &token.location_id) {
             (Some(UserType::Company), _) | (None, None) => {
-                let company = company.clone().ok_or_else(|| {
-                    AuthError::Config("GHL returned a company token without a companyId".to_owned())
-                })?;
+                let company = company
+                    .clone()
+                    .ok_or_else(|| AuthError::Config("GHL returned a company token without a companyId".to_owned()))?;
                 (company, GrantKind::Company)
             }
             (_, Some(location)) => (location.clone(), GrantKind::Location),
@@ -396,8 +397,12 @@ impl TokenManager {
         })?;
         let refresh_token = self.open(row.refresh_token.as_ref(), resource)?;
         let user_type = if row.kind == GrantKind::Company { UserType::Company } else { UserType::Location };
-        tracing::debug!(grant.resource = resource, grant.kind = row.kind.as_str(), generation = row.generation,
-            "Refreshing the GHL access token of `{resource}`");
+        tracing::debug!(
+            grant.resource = resource,
+            grant.kind = row.kind.as_str(),
+            generation = row.generation,
+            "Refreshing the GHL access token of `{resource}`"
+        );
         match oauth.refresh(&refresh_token, user_type).await {
             Ok(answer) => {
                 let expires_at = answer.expires_at(self.now());
@@ -422,8 +427,12 @@ impl TokenManager {
                 }
                 self.state().rejected.remove(resource);
                 self.remember(resource, &answer.access_token, Some(expires_at), Source::Grant);
-                tracing::info!(grant.resource = resource, grant.kind = row.kind.as_str(),
-                    expires_in_s = answer.expires_in.unwrap_or_default(), "Refreshed the GHL access token of `{resource}`");
+                tracing::info!(
+                    grant.resource = resource,
+                    grant.kind = row.kind.as_str(),
+                    expires_in_s = answer.expires_in.unwrap_or_default(),
+                    "Refreshed the GHL access token of `{resource}`"
+                );
                 Ok(answer.access_token)
             }
             Err(OAuthError::InvalidGrant { message, .. }) => {
@@ -494,8 +503,11 @@ impl TokenManager {
                 Ok(answer) => {
                     let expires_at = answer.expires_at(self.now());
                     self.remember(location, &answer.access_token, Some(expires_at), Source::Minted);
-                    tracing::info!(location.id = location, company.id = company,
-                        "Minted a GHL location token for `{location}` from the agency grant");
+                    tracing::info!(
+                        location.id = location,
+                        company.id = company,
+                        "Minted a GHL location token for `{location}` from the agency grant"
+                    );
                     return Ok(answer.access_token);
                 }
                 Err(OAuthError::Http(HttpError::Status { status: StatusCode::UNAUTHORIZED, .. }))
@@ -546,12 +558,8 @@ pub fn oauth_client(config: &Config, cancel: CancellationToken) -> Result<Option
         .oauth_client_secret
         .clone()
         .ok_or_else(|| AuthError::Config("ghl.oauth.client_secret is not set".to_owned()))?;
-    let api = ApiClient::new(
-        OAuthClient::client_settings(config.settings.limits.connect_timeout.get()),
-        None,
-        cancel,
-    )
-    .map_err(AuthError::Http)?;
+    let api = ApiClient::new(OAuthClient::client_settings(config.settings.limits.connect_timeout.get()), None, cancel)
+        .map_err(AuthError::Http)?;
     Ok(Some(OAuthClient::new(
         api,
         config.settings.ghl.base_url.clone(),
