@@ -374,8 +374,8 @@ impl State {
     }
 
     fn bump_for_child(&mut self, contact: Cid) {
-        if self.opts.children_bump_contact {
-            let _ = self.edit_contact(contact, |_, _| Ok(()));
+        if self.opts.children_bump_contact && self.edit_contact(contact, |_, _| Ok(())).is_err() {
+            tracing::debug!("child write on a missing contact");
         }
     }
 
@@ -855,7 +855,7 @@ impl State {
                 upper = min_upper(upper, u);
             }
         }
-        let (scan_lower, scan_upper) = (lower.clone(), upper.clone());
+        let (scan_lower, scan_upper) = (lower, upper);
         if let Some(sa) = search_after {
             if desc {
                 upper = min_upper(upper, Bound::Excluded(sa));
@@ -1353,7 +1353,9 @@ impl Filter {
     }
 }
 
-fn range_bounds(value: &Value) -> (Bound<(i64, Cid)>, Bound<(i64, Cid)>) {
+type Key = (i64, Cid);
+
+fn range_bounds(value: &Value) -> (Bound<Key>, Bound<Key>) {
     let get = |k: &str| value.get(k).and_then(parse_ms);
     let mut lower = Bound::Unbounded;
     let mut upper = Bound::Unbounded;

@@ -227,13 +227,11 @@ async fn gate(AxState(ghl): AxState<FakeGhl>, mut req: Request, next: Next) -> R
         let mut early = None;
         if let Some(k) = &fault_key
             && let Some(f) = s.faults.get_mut(k)
+            && let Some(n) = f.storm_429
+            && n > 0
         {
-            if let Some(n) = f.storm_429
-                && n > 0
-            {
-                f.storm_429 = Some(n - 1);
-                early = Some(ApiError::too_many());
-            }
+            f.storm_429 = Some(n - 1);
+            early = Some(ApiError::too_many());
         }
         if early.is_none()
             && let Some(f) = &fault

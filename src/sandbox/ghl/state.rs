@@ -327,7 +327,7 @@ impl State {
                 custom_fields,
             });
         }
-        let runtime_rng = fastrand::Rng::with_seed(opts.seed ^ 0x5EED_0F_FA4E_0001);
+        let runtime_rng = fastrand::Rng::with_seed(opts.seed ^ 0x005E_ED0F_FA4E_0001);
         let mut state = Self {
             company,
             client_id,
