@@ -27,6 +27,11 @@ pub enum Command {
     Validate,
     /// Print the version.
     Version,
+    /// Manage GHL credentials: OAuth install, private integration tokens, status.
+    Auth {
+        #[command(subcommand)]
+        command: crate::ghl::auth_cli::AuthCommand,
+    },
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -43,6 +48,14 @@ pub async fn execute(cli: Cli) -> ExitCode {
             }
             Err(error) => config_failure(&error),
         },
+        Command::Auth { command } => {
+            let config = match load(cli.config.as_deref()) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            crate::telemetry::init(&config.settings.log);
+            finish(crate::ghl::auth_cli::run(config, command).await)
+        }
         Command::Run => {
             let config = match load(cli.config.as_deref()) {
                 Ok(config) => config,
