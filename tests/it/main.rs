@@ -8,5 +8,6 @@
     reason = "test code: a panic is a failed test, and blocking sleeps poll child processes"
 )]
 
+mod auth;
 mod cli;
 mod helpers;
