@@ -412,3 +412,106 @@ async fn tokens_are_neither_stored_in_plain_text_nor_logged_through_a_refresh_cy
     }
     env.sandbox.stop().await;
 }
+
+#[tokio::test]
+async fn write_endpoints_round_trip_against_the_fake() {
+    use ghl_sync::ghl::write::{CreateContact, DeleteOutcome, NewTask, NoteWrite, TaskUpdate, UpdateContact};
+    let env = Env::start(options()).await;
+    let info = env.sandbox.ghl.locations()[0].clone();
+    auth_cli::import_pit(&env.tokens, &info.id, SecretString::from(info.pit.clone())).await.unwrap();
+    let client = env.client();
+    let loc = info.id.as_str();
+
+    let created = client
+        .create_contact(&CreateContact {
+            location_id: info.id.clone(),
+            first_name: Some("Ada".into()),
+            email: Some("ada@example.test".into()),
+            gender: Some("female".into()),
+            tags: vec!["vip".into()],
+            ..CreateContact::default()
+        })
+        .await
+        .unwrap();
+    let id = created.id.clone();
+    let update = UpdateContact { last_name: Some("Lovelace".into()), ..UpdateContact::default() };
+    client.update_contact(loc, &id, &update).await.unwrap();
+    assert_eq!(env.sandbox.ghl.contact(&id).unwrap()["lastName"], "Lovelace");
+    let tags = client.add_tags(loc, &id, &["lusha".into()]).await.unwrap();
+    assert!(tags.contains(&"lusha".to_owned()) && tags.contains(&"vip".to_owned()), "{tags:?}");
+    let tags = client.remove_tags(loc, &id, &["vip".into()]).await.unwrap();
+    assert!(!tags.contains(&"vip".to_owned()), "{tags:?}");
+
+    let task = NewTask {
+        title: "Call".into(),
+        body: None,
+        due_date: "2026-01-01T00:00:00.000Z".into(),
+        completed: false,
+        assigned_to: None,
+    };
+    let task = client.create_task(loc, &id, &task).await.unwrap();
+    let updated = TaskUpdate { title: Some("Call back".into()), ..TaskUpdate::default() };
+    client.update_task(loc, &id, &task.id, &updated).await.unwrap();
+    let done = client.complete_task(loc, &id, &task.id, true).await.unwrap();
+    assert_eq!(done.completed, Some(true));
+    let fetched = client.get_task(loc, &id, &task.id, Priority::Poll).await.unwrap().unwrap();
+    assert_eq!(fetched.extra["title"], "Call back");
+    assert_eq!(client.delete_task(loc, &id, &task.id).await.unwrap(), DeleteOutcome::Deleted);
+    assert!(client.get_task(loc, &id, &task.id, Priority::Poll).await.unwrap().is_none());
+
+    let note = NoteWrite { body: Some("enriched".into()), ..NoteWrite::default() };
+    let note = client.create_note(loc, &id, &note).await.unwrap();
+    let edit = NoteWrite { body: Some("enriched again".into()), ..NoteWrite::default() };
+    client.update_note(loc, &id, &note.id, &edit).await.unwrap();
+    let fetched = client.get_note(loc, &id, &note.id, Priority::Poll).await.unwrap().unwrap();
+    assert_eq!(fetched.extra["body"], "enriched again");
+    assert_eq!(client.delete_note(loc, &id, &note.id).await.unwrap(), DeleteOutcome::Deleted);
+
+    client.list_appointments(loc, &id, Priority::Poll).await.unwrap();
+    let fields = client.custom_fields(loc, Some("contact"), Priority::Poll).await.unwrap();
+    assert!(fields.iter().all(|f| !f.id.is_empty()));
+    client.business_contacts(loc, "no-such-business", 25, 0, Priority::Poll).await.unwrap();
+
+    assert_eq!(client.delete_contact(loc, &id).await.unwrap(), DeleteOutcome::Deleted);
+    assert_eq!(client.delete_contact(loc, &id).await.unwrap(), DeleteOutcome::NotFound);
+    assert_eq!(env.sandbox.ghl.stats().statuses.get(&422), None, "no body was rejected");
+    env.sandbox.stop().await;
+}
+
+#[tokio::test]
+async fn creates_are_never_blindly_repeated_after_a_timeout_or_a_422() {
+    use ghl_sync::ghl::write::CreateContact;
+    use ghl_sync::sandbox::ghl::Fault;
+    let env = Env::start(options()).await;
+    let info = env.sandbox.ghl.locations()[0].clone();
+    auth_cli::import_pit(&env.tokens, &info.id, SecretString::from(info.pit.clone())).await.unwrap();
+    let settings = ClientSettings {
+        service: "ghl",
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_millis(200),
+        retry: RetryPolicy {
+            max_retries: 3,
+            base_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+        },
+        headers: HeaderScheme::Ghl,
+        user_agent: "ghl-sync-test".into(),
+    };
+    let api = ApiClient::new(settings, None, CancellationToken::new()).unwrap();
+    let client = GhlClient::new(api, env.sandbox.ghl_url(), "2021-07-28".into(), env.tokens.clone());
+    let contact =
+        CreateContact { location_id: info.id.clone(), first_name: Some("T".into()), ..CreateContact::default() };
+    let route = "POST /contacts/";
+
+    env.sandbox.ghl.set_fault(route, Fault { latency: Duration::from_millis(600), ..Fault::default() });
+    let error = client.create_contact(&contact).await.unwrap_err();
+    assert!(error.is_retryable(), "{error}");
+    assert_eq!(env.sandbox.ghl.stats().requests.get(route), Some(&1), "a timed-out create is sent once");
+
+    env.sandbox.ghl.set_fault(route, Fault { status: Some(422), status_after_write: true, ..Fault::default() });
+    let error = client.create_contact(&contact).await.unwrap_err();
+    assert!(matches!(error, GhlError::Api { ref message, .. } if message == "Unprocessable Entity"), "{error}");
+    assert!(!error.is_retryable());
+    assert_eq!(env.sandbox.ghl.stats().requests.get(route), Some(&2));
+    env.sandbox.stop().await;
+}
