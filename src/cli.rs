@@ -57,6 +57,11 @@ pub enum Command {
     Replay(crate::dispatch::cli::ReplayArgs),
     /// Test every connection and print one real contact mapped for each connector.
     Check,
+    /// Manage GHL credentials: OAuth install, private integration tokens, status.
+    Auth {
+        #[command(subcommand)]
+        command: crate::ghl::auth_cli::AuthCommand,
+    },
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -90,6 +95,14 @@ pub async fn execute(cli: Cli) -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Auth { command } => {
+            let config = match load(cli.config.as_deref()) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            crate::telemetry::init(&config.settings.log);
+            finish(crate::ghl::auth_cli::run(config, command).await)
+        }
         Command::Run => {
             let config = match load(cli.config.as_deref()) {
                 Ok(config) => config,

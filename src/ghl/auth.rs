@@ -17,6 +17,10 @@ pub enum AuthError {
     Http(#[from] HttpError),
     #[error("token store failed: {0}")]
     Store(String),
+    /// A setup problem no retry fixes (missing or wrong master key, no OAuth app configured,
+    /// client credentials refused).
+    #[error("GHL credentials are misconfigured: {0}")]
+    Config(String),
 }
 
 impl AuthError {
@@ -24,7 +28,7 @@ impl AuthError {
         match self {
             AuthError::Http(error) => error.is_retryable(),
             AuthError::Store(_) => true,
-            AuthError::NoGrant { .. } | AuthError::NeedsReauth { .. } => false,
+            AuthError::NoGrant { .. } | AuthError::NeedsReauth { .. } | AuthError::Config(_) => false,
         }
     }
 }
@@ -49,6 +53,16 @@ pub struct StaticTokens {
 impl StaticTokens {
     pub fn new(tokens: BTreeMap<String, SecretString>) -> Self {
         Self { tokens }
+    }
+
+    /// Whether `location` has a token here.
+    pub fn contains(&self, location: &str) -> bool {
+        self.tokens.contains_key(location)
+    }
+
+    /// The locations with a token.
+    pub fn locations(&self) -> impl Iterator<Item = &str> {
+        self.tokens.keys().map(String::as_str)
     }
 }
 

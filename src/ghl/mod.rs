@@ -1,7 +1,12 @@
 //! Typed GHL endpoints over the rate-limited `ApiClient`, plus the token seam.
 
 pub mod auth;
+pub mod auth_cli;
 pub mod dto;
+pub mod grants;
+pub mod oauth;
+pub mod tokens;
+pub mod write;
 
 use std::sync::Arc;
 
@@ -12,7 +17,9 @@ use url::Url;
 use crate::http::{ApiClient, ApiRequest, ApiResponse, HttpError, Method, Priority, StatusCode};
 pub use auth::{AuthError, StaticTokens, TokenProvider};
 use dto::{Contact, ContactEnvelope, ErrorBody, NoteList, SearchRequest, SearchResponse, TaskList, TaskSearchRequest};
+pub use oauth::{OAuthClient, OAuthError, TokenResponse, UserType};
 use serde_json::Value;
+pub use tokens::{TokenManager, missing_scopes, needed_scopes};
 
 /// A failed GHL call.
 #[derive(Debug, thiserror::Error)]

@@ -8,8 +8,9 @@
     reason = "test code: a panic is a failed test, and blocking sleeps poll child processes"
 )]
 
+mod auth;
 mod cli;
 mod dispatch;
 mod helpers;
-mod sync;
 mod server;
+mod sync;

@@ -1,0 +1,432 @@
+//! `ghl-sync auth …`: install the marketplace app (OAuth), import a private integration
+//! token, and show the stored grants (never a token).
+//!
+//! `auth install` prints the install URL and receives GHL's redirect (`?code=…`) on a small
+//! one-shot listener at the host:port of `ghl.oauth.redirect_url` (or `server.listen` when the
+//! redirect URL is a public host behind a reverse proxy). Run it while the daemon is stopped:
+//! it takes the database lock, and the daemon's listener would hold the same port.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use secrecy::SecretString;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use super::encode;
+use super::grants::{GrantKind, LocationRow};
+use super::oauth::UserType;
+use super::tokens::{GrantStatus, TokenManager, missing_scopes, needed_scopes};
+use crate::config::Config;
+use crate::store::{ProcessLock, Store};
+
+/// `ghl-sync auth <command>`.
+#[derive(Debug, clap::Subcommand)]
+pub enum AuthCommand {
+    /// Install the app on a location or agency: prints the install URL, waits for GHL's
+    /// redirect and stores the grant(s).
+    Install {
+        /// Also ask for `contacts.write` (needed by write-back connectors).
+        #[arg(long)]
+        write: bool,
+        /// Exchange this authorization code (from the redirect URL) instead of listening.
+        #[arg(long, value_name = "CODE")]
+        code: Option<String>,
+        /// How long to wait for the redirect.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Store a private integration token for a location; the token is read from stdin.
+    ImportPit {
+        /// The GHL location (sub-account) id.
+        #[arg(long)]
+        location: String,
+    },
+    /// Show the stored grants: kind, expiry, scopes, re-authorisation needs. Never a token.
+    Status,
+}
+
+/// Options of `auth install`.
+#[derive(Debug, Clone)]
+pub struct InstallOptions {
+    pub write: bool,
+    pub code: Option<String>,
+    pub timeout: Duration,
+}
+
+/// What an install stored.
+#[derive(Debug, Clone)]
+pub struct InstallReport {
+    pub resource_id: String,
+    pub kind: GrantKind,
+    pub generation: i64,
+    pub locations: Vec<String>,
+    pub missing_scopes: Vec<String>,
+}
+
+impl std::fmt::Display for InstallReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "Stored a {} grant for {} (generation {}).",
+            self.kind.as_str(),
+            self.resource_id,
+            self.generation
+        )?;
+        if self.kind == GrantKind::Company {
+            writeln!(f, "Installed locations ({}):", self.locations.len())?;
+            for location in &self.locations {
+                writeln!(f, "  {location}")?;
+            }
+        }
+        if !self.missing_scopes.is_empty() {
+            writeln!(f, "Warning: the grant lacks scopes: {}", self.missing_scopes.join(" "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs an `auth` command: takes the database lock, opens the store, dispatches.
+pub async fn run(config: Config, command: AuthCommand) -> anyhow::Result<()> {
+    let path = config.settings.store.resolved_path();
+    let _lock = ProcessLock::acquire(&path).context("Failed to lock the database (stop the daemon first)")?;
+    let store = Store::connect(&path, config.settings.store.busy_timeout.get())
+        .await
+        .with_context(|| format!("Failed to open the store at {}", path.display()))?;
+    let tokens = TokenManager::from_config(&config, store.clone(), CancellationToken::new())?;
+    let result = match command {
+        AuthCommand::Install { write, code, timeout } => {
+            let options = InstallOptions { write, code, timeout };
+            let report = install(&config, &tokens, options, |url| {
+                println!("Open this URL in a browser and choose the location(s) to install ghl-sync on:\n\n  {url}\n");
+                println!(
+                    "Waiting for GHL to redirect to {} …",
+                    redirect_url(&config).map(|u| u.to_string()).unwrap_or_default()
+                );
+            })
+            .await;
+            report.map(|report| print!("{report}"))
+        }
+        AuthCommand::ImportPit { location } => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text).context("Failed to read the token from stdin")?;
+            import_pit(&tokens, &location, SecretString::from(text)).await.map(|message| println!("{message}"))
+        }
+        AuthCommand::Status => status_report(&config, &tokens).await.map(|report| print!("{report}")),
+    };
+    store.close().await;
+    result
+}
+
+fn redirect_url(config: &Config) -> anyhow::Result<&Url> {
+    config
+        .settings
+        .ghl
+        .oauth
+        .as_ref()
+        .map(|o| &o.redirect_url)
+        .context("`auth install` needs the app's credentials in [ghl.oauth] (client_id, client_secret)")
+}
+
+/// GHL's install (authorization) URL: `install_url?response_type=code&redirect_uri=…&client_id=…&scope=…`.
+pub fn install_url(install: &Url, client_id: &str, redirect: &Url, scopes: &[&str]) -> Url {
+    let mut url = install.clone();
+    // Spaces as %20, not `+`: the scope list is space-separated.
+    let query = format!(
+        "response_type=code&redirect_uri={}&client_id={}&scope={}",
+        encode(redirect.as_str()),
+        encode(client_id),
+        encode(&scopes.join(" "))
+    );
+    url.set_query(Some(&query));
+    url
+}
+
+/// The full install: URL → code (listener or `--code`) → token → grant(s) in the store.
+pub async fn install(
+    config: &Config,
+    tokens: &TokenManager,
+    options: InstallOptions,
+    on_url: impl FnOnce(&Url),
+) -> anyhow::Result<InstallReport> {
+    let settings = config.settings.ghl.oauth.as_ref().context("`auth install` needs [ghl.oauth]")?;
+    let oauth = tokens.oauth().context("`auth install` needs [ghl.oauth] with a client secret")?;
+    let scopes = needed_scopes(options.write);
+    let url = install_url(&settings.install_url, &settings.client_id, &settings.redirect_url, &scopes);
+    on_url(&url);
+    let code = match options.code {
+        Some(code) => code,
+        None => {
+            let bind = callback_address(config).await?;
+            wait_for_code(bind, settings.redirect_url.path(), options.timeout).await?
+        }
+    };
+    let answer = oauth
+        .exchange_code(&SecretString::from(code.trim().to_owned()), settings.redirect_url.as_str(), None)
+        .await
+        .context("GHL refused the authorization code")?;
+    let company_install = answer.user_type == Some(UserType::Company) || answer.location_id.is_none();
+    let mut rows = Vec::new();
+    if company_install {
+        let company = answer.company_id.clone().context("GHL returned a company token without a companyId")?;
+        let installed = oauth
+            .installed_locations(&answer.access_token, &company)
+            .await
+            .context("Failed to list the agency's installed locations")?;
+        rows = installed
+            .into_iter()
+            .map(|l| LocationRow { id: l.id, name: l.name, company_id: Some(company.clone()) })
+            .collect();
+    }
+    let (resource_id, kind, generation) = tokens.store_install(&answer, &rows).await?;
+    let locations =
+        if kind == GrantKind::Company { rows.into_iter().map(|r| r.id).collect() } else { vec![resource_id.clone()] };
+    let missing = missing_scopes(answer.scope.as_deref().unwrap_or(""), &scopes);
+    tracing::info!(grant.resource = %resource_id, grant.kind = kind.as_str(), locations = locations.len(), "Stored a GHL grant");
+    Ok(InstallReport { resource_id, kind, generation, locations, missing_scopes: missing })
+}
+
+/// Where to listen for the redirect: the redirect URL's own host:port when it is local,
+/// else the daemon's `server.listen` (a reverse proxy forwards the public URL there).
+async fn callback_address(config: &Config) -> anyhow::Result<SocketAddr> {
+    let redirect = redirect_url(config)?;
+    let host = redirect.host_str().context("ghl.oauth.redirect_url has no host")?;
+    let port = redirect.port_or_known_default().context("ghl.oauth.redirect_url has no port")?;
+    let local = host.eq_ignore_ascii_case("localhost")
+        || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !local {
+        return Ok(config.settings.server.listen);
+    }
+    let host = if host.eq_ignore_ascii_case("localhost") { "127.0.0.1" } else { host.trim_matches(['[', ']']) };
+    let addr = tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("Cannot resolve {host}:{port}"))?
+        .next()
+        .with_context(|| format!("Cannot resolve {host}:{port}"))?;
+    Ok(addr)
+}
+
+type CodeSender = Arc<Mutex<Option<oneshot::Sender<Result<String, String>>>>>;
+
+/// Serves `path` on `bind` until one request brings `?code=…` (or `?error=…`), or `timeout`.
+pub async fn wait_for_code(bind: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("Failed to listen on {bind} for the OAuth redirect (is the daemon running?)"))?;
+    let (sender, receiver) = oneshot::channel();
+    let sender: CodeSender = Arc::new(Mutex::new(Some(sender)));
+    let path = if path.is_empty() { "/" } else { path };
+    let app = axum::Router::new().route(path, get(callback)).with_state(sender);
+    let stop = CancellationToken::new();
+    let stopped = stop.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move { stopped.cancelled().await }).await
+    });
+    let outcome = tokio::time::timeout(timeout, receiver).await;
+    // Let the browser get its answer, then stop.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop.cancel();
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(error = %error, "The OAuth redirect listener failed"),
+        Err(error) => tracing::warn!(error = %error, "The OAuth redirect listener task ended abnormally"),
+    }
+    match outcome {
+        Err(_) => bail!("No redirect from GHL within {}", humantime::format_duration(timeout)),
+        Ok(Err(_)) => bail!("The OAuth redirect listener stopped unexpectedly"),
+        Ok(Ok(Err(error))) => bail!("GHL redirected with an error: {error}"),
+        Ok(Ok(Ok(code))) => Ok(code),
+    }
+}
+
+async fn callback(
+    State(sender): State<CodeSender>,
+    Query(query): Query<HashMap<String, String>>,
+) -> (StatusCode, &'static str) {
+    let result = match (query.get("code"), query.get("error")) {
+        (Some(code), _) if !code.trim().is_empty() => Ok(code.clone()),
+        (_, Some(error)) => Err(error.chars().take(200).collect()),
+        _ => return (StatusCode::BAD_REQUEST, "ghl-sync: the redirect carries no ?code=\n"),
+    };
+    let ok = result.is_ok();
+    if let Some(sender) = sender.lock().unwrap_or_else(|e| e.into_inner()).take()
+        && sender.send(result).is_err()
+    {
+        tracing::debug!("The install stopped waiting before the redirect arrived");
+    }
+    if ok {
+        (StatusCode::OK, "ghl-sync: installation received. You can close this tab.\n")
+    } else {
+        (StatusCode::BAD_REQUEST, "ghl-sync: GHL reported an error; see the terminal.\n")
+    }
+}
+
+/// Stores a PIT read from stdin for `location`.
+pub async fn import_pit(tokens: &TokenManager, location: &str, text: SecretString) -> anyhow::Result<String> {
+    use secrecy::ExposeSecret;
+    let location = location.trim();
+    if location.is_empty() {
+        bail!("--location must not be empty");
+    }
+    let token = text.expose_secret().trim();
+    if token.is_empty() {
+        bail!("No token on stdin (pipe it in: `ghl-sync auth import-pit --location ID < token.txt`)");
+    }
+    if token.contains(char::is_whitespace) {
+        bail!("The token on stdin contains whitespace; expected one `pit-…` token");
+    }
+    let note = if token.starts_with("pit-") { "" } else { " (note: it does not start with `pit-`)" };
+    let generation = tokens.import_pit(location, &SecretString::from(token.to_owned())).await?;
+    let shadowed = if tokens.config_pit_locations().iter().any(|l| l == location) {
+        "\nNote: the config also sets a token for this location; the config token is used."
+    } else {
+        ""
+    };
+    Ok(format!("Stored the private integration token for {location} (generation {generation}){note}.{shadowed}"))
+}
+
+fn iso(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+fn status_line(grant: &GrantStatus, needed: &[&str]) -> String {
+    let mut line = format!("{:<9} {}", grant.kind.as_str(), grant.resource_id);
+    if let Some(company) = grant.company_id.as_deref().filter(|c| *c != grant.resource_id) {
+        line.push_str(&format!("  company={company}"));
+    }
+    if let Some(expires) = grant.expires_at {
+        line.push_str(&format!("  expires={}", iso(expires)));
+    }
+    if let Some(scope) = &grant.scope {
+        line.push_str(&format!("  scopes=\"{scope}\""));
+        let missing = missing_scopes(scope, needed);
+        if !missing.is_empty() {
+            line.push_str(&format!("  missing=\"{}\"", missing.join(" ")));
+        }
+    }
+    line.push_str(&format!("  generation={}", grant.generation));
+    if grant.needs_reauth {
+        line.push_str(&format!(
+            "  NEEDS REAUTH: {} (run `ghl-sync auth install`)",
+            grant.reauth_reason.as_deref().unwrap_or("no reason recorded")
+        ));
+    } else {
+        line.push_str("  ok");
+    }
+    line
+}
+
+/// `auth status` text: one line per stored grant and per config PIT.
+pub async fn status_report(config: &Config, tokens: &TokenManager) -> anyhow::Result<String> {
+    let grants = tokens.grant_statuses().await?;
+    let needed = needed_scopes(false);
+    let mut out = String::new();
+    for grant in &grants {
+        out.push_str(&status_line(grant, &needed));
+        out.push('\n');
+    }
+    for location in tokens.config_pit_locations() {
+        out.push_str(&format!("{:<9} {location}  (from the config)  ok\n", "pit"));
+    }
+    let configured_oauth = config
+        .settings
+        .ghl
+        .locations
+        .iter()
+        .filter(|l| l.auth == crate::config::LocationAuth::Oauth)
+        .filter(|l| !grants.iter().any(|g| g.resource_id == l.id))
+        .map(|l| l.id.as_str())
+        .collect::<Vec<_>>();
+    for location in configured_oauth {
+        out.push_str(&format!(
+            "{:<9} {location}  no grant of its own (served by an agency grant, or run `ghl-sync auth install`)\n",
+            "-"
+        ));
+    }
+    if out.is_empty() {
+        out.push_str("No grants stored and no private integration tokens configured.\n");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_install_url_carries_the_least_scopes_space_separated() {
+        let url = install_url(
+            &Url::parse("https://marketplace.gohighlevel.com/v2/oauth/chooselocation").unwrap(),
+            "66ab-lxyz",
+            &Url::parse("http://127.0.0.1:8089/oauth/callback").unwrap(),
+            &needed_scopes(false),
+        );
+        let text = url.as_str();
+        assert!(text.starts_with("https://marketplace.gohighlevel.com/v2/oauth/chooselocation?response_type=code&"));
+        assert!(text.contains("redirect_uri=http%3A%2F%2F127.0.0.1%3A8089%2Foauth%2Fcallback"), "{text}");
+        assert!(text.contains("client_id=66ab-lxyz"));
+        assert!(text.contains("scope=contacts.readonly%20locations%2Ftasks.readonly%20"), "{text}");
+        assert!(!text.contains("contacts.write"));
+        let pairs: HashMap<String, String> = url.query_pairs().into_owned().collect();
+        assert_eq!(pairs["scope"].split(' ').count(), 4);
+        let write = install_url(&url, "c", &Url::parse("http://127.0.0.1/cb").unwrap(), &needed_scopes(true));
+        assert!(write.as_str().contains("contacts.write"));
+    }
+
+    #[test]
+    fn status_lines_show_expiry_scopes_and_reauth_but_no_token() {
+        let grant = GrantStatus {
+            resource_id: "loc1".into(),
+            kind: GrantKind::Location,
+            company_id: Some("co".into()),
+            expires_at: Some(0),
+            scope: Some("contacts.readonly".into()),
+            generation: 3,
+            needs_reauth: true,
+            reauth_reason: Some("GHL refused the refresh token: used".into()),
+        };
+        let line = status_line(&grant, &needed_scopes(false));
+        assert!(line.starts_with("location  loc1  company=co  expires=1970-01-01T00:00:00Z"), "{line}");
+        assert!(line.contains("missing=\"locations/tasks.readonly"));
+        assert!(line.contains("NEEDS REAUTH: GHL refused the refresh token: used"));
+    }
+
+    #[tokio::test]
+    async fn the_callback_listener_returns_the_code_once() {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        let waiting = tokio::spawn(wait_for_code(addr, "/oauth/callback", Duration::from_secs(10)));
+        let http = reqwest::Client::builder().build().unwrap();
+        let url = format!("http://{addr}/oauth/callback?code=abc123");
+        let mut answered = None;
+        for _ in 0..100 {
+            match http.get(&url).send().await {
+                Ok(response) => {
+                    answered = Some(response.status());
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        assert_eq!(answered, Some(reqwest::StatusCode::OK));
+        assert_eq!(waiting.await.unwrap().unwrap(), "abc123");
+    }
+
+    #[tokio::test]
+    async fn the_callback_listener_gives_up_after_the_timeout() {
+        let error = wait_for_code("127.0.0.1:0".parse().unwrap(), "/cb", Duration::from_millis(50)).await.unwrap_err();
+        assert!(error.to_string().contains("No redirect"), "{error}");
+    }
+}

@@ -1,0 +1,358 @@
+//! The `grants` table (and the `locations` rows grants create or park): OAuth grants and
+//! imported private integration tokens, tokens sealed with the master key.
+
+use sqlx::sqlite::SqlitePool;
+use sqlx::{Row, SqliteConnection};
+
+use crate::store::now_ms;
+
+/// What a grant row authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantKind {
+    /// An OAuth grant of one location (sub-account install).
+    Location,
+    /// An agency OAuth grant; location tokens are minted from it.
+    Company,
+    /// A private integration token imported with `ghl-sync auth import-pit`.
+    Pit,
+}
+
+impl GrantKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GrantKind::Location => "location",
+            GrantKind::Company => "company",
+            GrantKind::Pit => "pit",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "location" => Some(GrantKind::Location),
+            "company" => Some(GrantKind::Company),
+            "pit" => Some(GrantKind::Pit),
+            _ => None,
+        }
+    }
+}
+
+/// A token sealed with the master key; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sealed(pub Vec<u8>);
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sealed({} bytes)", self.0.len())
+    }
+}
+
+/// One row of `grants`.
+#[derive(Debug, Clone)]
+pub struct GrantRow {
+    /// Location id, or company id for agency grants.
+    pub resource_id: String,
+    pub kind: GrantKind,
+    pub company_id: Option<String>,
+    pub access_token: Option<Sealed>,
+    pub refresh_token: Option<Sealed>,
+    /// Epoch ms; `None` for PITs.
+    pub expires_at: Option<i64>,
+    pub scope: Option<String>,
+    pub generation: i64,
+    pub needs_reauth: bool,
+    pub reauth_reason: Option<String>,
+    pub updated_at: i64,
+}
+
+/// Tokens to store for a new or re-installed grant.
+#[derive(Debug, Clone)]
+pub struct NewGrant {
+    pub resource_id: String,
+    pub kind: GrantKind,
+    pub company_id: Option<String>,
+    pub access_token: Sealed,
+    pub refresh_token: Option<Sealed>,
+    pub expires_at: Option<i64>,
+    pub scope: Option<String>,
+}
+
+/// A location row to create or refresh alongside a grant.
+#[derive(Debug, Clone)]
+pub struct LocationRow {
+    pub id: String,
+    pub name: Option<String>,
+    pub company_id: Option<String>,
+}
+
+const COLUMNS: &str = "resource_id, resource_kind, company_id, access_token, refresh_token, expires_at, scope, \
+                       generation, needs_reauth, reauth_reason, updated_at";
+
+fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<GrantRow, sqlx::Error> {
+    let kind: String = row.try_get("resource_kind")?;
+    let kind = GrantKind::parse(&kind).ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: "resource_kind".into(),
+        source: format!("unknown grant kind {kind:?}").into(),
+    })?;
+    Ok(GrantRow {
+        resource_id: row.try_get("resource_id")?,
+        kind,
+        company_id: row.try_get("company_id")?,
+        access_token: row.try_get::<Option<Vec<u8>>, _>("access_token")?.map(Sealed),
+        refresh_token: row.try_get::<Option<Vec<u8>>, _>("refresh_token")?.map(Sealed),
+        expires_at: row.try_get("expires_at")?,
+        scope: row.try_get("scope")?,
+        generation: row.try_get("generation")?,
+        needs_reauth: row.try_get::<i64, _>("needs_reauth")? != 0,
+        reauth_reason: row.try_get("reauth_reason")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// The grant row of `resource_id`, if any.
+pub async fn load(pool: &SqlitePool, resource_id: &str) -> Result<Option<GrantRow>, sqlx::Error> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM grants WHERE resource_id = ?"))
+        .bind(resource_id)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Every grant, ordered by kind and id.
+pub async fn list(pool: &SqlitePool) -> Result<Vec<GrantRow>, sqlx::Error> {
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM grants ORDER BY resource_kind, resource_id"))
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// The agency a location belongs to, as recorded by an install.
+pub async fn company_of_location(pool: &SqlitePool, location_id: &str) -> Result<Option<String>, sqlx::Error> {
+    let company: Option<Option<String>> = sqlx::query_scalar("SELECT company_id FROM locations WHERE id = ?")
+        .bind(location_id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(company.flatten())
+}
+
+async fn upsert_location(conn: &mut SqliteConnection, location: &LocationRow, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO locations (id, name, company_id, status, status_reason, updated_at) \
+         VALUES (?, ?, ?, 'active', NULL, ?) \
+         ON CONFLICT(id) DO UPDATE SET name = COALESCE(excluded.name, locations.name), \
+           company_id = COALESCE(excluded.company_id, locations.company_id), \
+           status = CASE WHEN locations.status = 'needs_reauth' THEN 'active' ELSE locations.status END, \
+           status_reason = CASE WHEN locations.status = 'needs_reauth' THEN NULL ELSE locations.status_reason END, \
+           updated_at = excluded.updated_at",
+    )
+    .bind(&location.id)
+    .bind(&location.name)
+    .bind(&location.company_id)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Stores a new grant (or replaces one on re-install: the generation moves on and any
+/// `needs_reauth` mark is cleared), plus its location rows, in one transaction.
+/// Returns the new generation.
+pub async fn store_grant(pool: &SqlitePool, grant: &NewGrant, locations: &[LocationRow]) -> Result<i64, sqlx::Error> {
+    let now = now_ms();
+    let mut tx = pool.begin().await?;
+    let generation: i64 = sqlx::query_scalar(
+        "INSERT INTO grants (resource_id, resource_kind, company_id, access_token, refresh_token, expires_at, scope, \
+           generation, needs_reauth, reauth_reason, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, 1, 0, NULL, ?) \
+         ON CONFLICT(resource_id) DO UPDATE SET resource_kind = excluded.resource_kind, \
+           company_id = excluded.company_id, access_token = excluded.access_token, \
+           refresh_token = excluded.refresh_token, expires_at = excluded.expires_at, scope = excluded.scope, \
+           generation = grants.generation + 1, needs_reauth = 0, reauth_reason = NULL, \
+           updated_at = excluded.updated_at \
+         RETURNING generation",
+    )
+    .bind(&grant.resource_id)
+    .bind(grant.kind.as_str())
+    .bind(&grant.company_id)
+    .bind(&grant.access_token.0)
+    .bind(grant.refresh_token.as_ref().map(|t| &t.0))
+    .bind(grant.expires_at)
+    .bind(&grant.scope)
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    for location in locations {
+        upsert_location(&mut tx, location, now).await?;
+    }
+    tx.commit().await?;
+    Ok(generation)
+}
+
+/// Stores a rotated token pair if the row is still at `generation`; returns the new
+/// generation, or `None` when someone else rotated first (nothing written).
+/// The commit happens before the caller may use the new access token.
+pub async fn rotate(
+    pool: &SqlitePool,
+    resource_id: &str,
+    generation: i64,
+    access_token: &Sealed,
+    refresh_token: Option<&Sealed>,
+    expires_at: i64,
+    scope: Option<&str>,
+) -> Result<Option<i64>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let updated: Option<i64> = sqlx::query_scalar(
+        "UPDATE grants SET access_token = ?, refresh_token = COALESCE(?, refresh_token), expires_at = ?, \
+           scope = COALESCE(?, scope), generation = generation + 1, updated_at = ? \
+         WHERE resource_id = ? AND generation = ? RETURNING generation",
+    )
+    .bind(&access_token.0)
+    .bind(refresh_token.map(|t| &t.0))
+    .bind(expires_at)
+    .bind(scope)
+    .bind(now_ms())
+    .bind(resource_id)
+    .bind(generation)
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(updated)
+}
+
+/// Parks a grant at `generation` and the locations it serves: `needs_reauth` with `reason`.
+/// Returns false when the row moved on meanwhile (a newer token exists: nothing parked).
+pub async fn mark_needs_reauth(pool: &SqlitePool, grant: &GrantRow, reason: &str) -> Result<bool, sqlx::Error> {
+    let now = now_ms();
+    let mut tx = pool.begin().await?;
+    let updated = sqlx::query(
+        "UPDATE grants SET needs_reauth = 1, reauth_reason = ?, updated_at = ? \
+         WHERE resource_id = ? AND generation = ?",
+    )
+    .bind(reason)
+    .bind(now)
+    .bind(&grant.resource_id)
+    .bind(grant.generation)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    match grant.kind {
+        GrantKind::Company => {
+            // Every location of the agency that has no grant of its own.
+            sqlx::query(
+                "UPDATE locations SET status = 'needs_reauth', status_reason = ?, updated_at = ? \
+                 WHERE company_id = ? AND id NOT IN (SELECT resource_id FROM grants WHERE resource_kind != 'company')",
+            )
+            .bind(reason)
+            .bind(now)
+            .bind(&grant.resource_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        GrantKind::Location | GrantKind::Pit => {
+            sqlx::query(
+                "INSERT INTO locations (id, company_id, status, status_reason, updated_at) \
+                 VALUES (?, ?, 'needs_reauth', ?, ?) \
+                 ON CONFLICT(id) DO UPDATE SET status = 'needs_reauth', status_reason = excluded.status_reason, \
+                   updated_at = excluded.updated_at",
+            )
+            .bind(&grant.resource_id)
+            .bind(&grant.company_id)
+            .bind(reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// `(status, status_reason)` of a location row.
+pub async fn location_status(
+    pool: &SqlitePool,
+    location_id: &str,
+) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
+    let row = sqlx::query("SELECT status, status_reason FROM locations WHERE id = ?")
+        .bind(location_id)
+        .fetch_optional(pool)
+        .await?;
+    row.map(|r| Ok((r.try_get("status")?, r.try_get("status_reason")?))).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&dir.path().join("t.db"), std::time::Duration::from_secs(5)).await.unwrap();
+        (dir, store)
+    }
+
+    fn grant(id: &str, kind: GrantKind) -> NewGrant {
+        NewGrant {
+            resource_id: id.into(),
+            kind,
+            company_id: Some("co".into()),
+            access_token: Sealed(vec![1, 2, 3]),
+            refresh_token: Some(Sealed(vec![4])),
+            expires_at: Some(10),
+            scope: Some("contacts.readonly".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn reinstalling_bumps_the_generation_and_clears_the_reauth_mark() {
+        let (_dir, store) = store().await;
+        let pool = store.pool();
+        let location = LocationRow { id: "loc".into(), name: Some("A".into()), company_id: Some("co".into()) };
+        assert_eq!(
+            store_grant(pool, &grant("loc", GrantKind::Location), std::slice::from_ref(&location)).await.unwrap(),
+            1
+        );
+        let row = load(pool, "loc").await.unwrap().unwrap();
+        assert!(mark_needs_reauth(pool, &row, "refresh token revoked").await.unwrap());
+        assert_eq!(location_status(pool, "loc").await.unwrap().unwrap().0, "needs_reauth");
+        assert_eq!(store_grant(pool, &grant("loc", GrantKind::Location), &[location]).await.unwrap(), 2);
+        let row = load(pool, "loc").await.unwrap().unwrap();
+        assert!(!row.needs_reauth && row.reauth_reason.is_none());
+        assert_eq!(location_status(pool, "loc").await.unwrap().unwrap(), ("active".into(), None));
+    }
+
+    #[tokio::test]
+    async fn rotation_only_applies_to_the_generation_it_read() {
+        let (_dir, store) = store().await;
+        let pool = store.pool();
+        store_grant(pool, &grant("loc", GrantKind::Location), &[]).await.unwrap();
+        let new = Sealed(vec![9]);
+        assert_eq!(rotate(pool, "loc", 1, &new, Some(&new), 99, None).await.unwrap(), Some(2));
+        assert_eq!(rotate(pool, "loc", 1, &new, Some(&new), 99, None).await.unwrap(), None);
+        let row = load(pool, "loc").await.unwrap().unwrap();
+        assert_eq!((row.generation, row.expires_at, row.scope.as_deref()), (2, Some(99), Some("contacts.readonly")));
+        // A stale park does nothing.
+        let stale = GrantRow { generation: 1, ..row };
+        assert!(!mark_needs_reauth(pool, &stale, "x").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_parked_company_grant_parks_its_locations_without_own_grants() {
+        let (_dir, store) = store().await;
+        let pool = store.pool();
+        let locs: Vec<LocationRow> = ["a", "b"]
+            .iter()
+            .map(|id| LocationRow { id: (*id).into(), name: None, company_id: Some("co".into()) })
+            .collect();
+        store_grant(pool, &grant("co", GrantKind::Company), &locs).await.unwrap();
+        store_grant(pool, &grant("b", GrantKind::Location), &[]).await.unwrap();
+        let row = load(pool, "co").await.unwrap().unwrap();
+        assert!(mark_needs_reauth(pool, &row, "gone").await.unwrap());
+        assert_eq!(location_status(pool, "a").await.unwrap().unwrap().0, "needs_reauth");
+        assert_eq!(location_status(pool, "b").await.unwrap().unwrap().0, "active");
+        assert_eq!(company_of_location(pool, "a").await.unwrap().as_deref(), Some("co"));
+        assert_eq!(list(pool).await.unwrap().len(), 2);
+    }
+}
