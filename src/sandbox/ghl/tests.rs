@@ -935,3 +935,44 @@ fn seeds_a_large_location_quickly() {
     assert_eq!(ghl.contact_ids(&ghl.locations()[1].id).len(), 10_000);
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+/// Rough seeding/search cost at scale: `cargo test --release -- --ignored big_seed --nocapture`.
+#[test]
+#[ignore = "benchmark"]
+fn big_seed_and_full_scan() {
+    let started = std::time::Instant::now();
+    let ghl = FakeGhl::new(GhlOptions {
+        locations: 10,
+        contacts_per_location: 100_000,
+        ..GhlOptions::default()
+    });
+    let seeded = started.elapsed();
+    let loc = ghl.locations()[0].clone();
+    let started = std::time::Instant::now();
+    let auth = state::AuthCtx {
+        principal: state::Principal::Location(0),
+        bucket: String::new(),
+    };
+    let mut after: Option<Value> = None;
+    let mut seen = 0usize;
+    loop {
+        let mut body = json!({"locationId": loc.id, "pageLimit": 500,
+            "filters": [{"field": "dateUpdated", "operator": "range", "value": {"gte": "2020-01-01T00:00:00.000Z"}}],
+            "sort": [{"field": "dateUpdated", "direction": "asc"}]});
+        if let Some(sa) = &after {
+            body["searchAfter"] = sa.clone();
+        }
+        let page = ghl.lock().search(&auth, &body).unwrap_or_default();
+        let contacts = page["contacts"].as_array().cloned().unwrap_or_default();
+        seen += contacts.len();
+        if contacts.len() < 500 {
+            break;
+        }
+        after = contacts.last().map(|c| c["searchAfter"].clone());
+    }
+    assert_eq!(seen, 100_000);
+    eprintln!(
+        "seeded 1M in {seeded:?}; scanned 100k via search in {:?}",
+        started.elapsed()
+    );
+}
