@@ -452,10 +452,15 @@ impl FakeGhl {
         self.lock().faults.clear();
     }
 
-    /// Forces (or lifts) "daily quota exhausted" for a location's bucket.
+    /// Forces (or lifts) "daily quota exhausted" for a location's bucket (or the company's,
+    /// when given the company id).
     pub fn set_daily_exhausted(&self, location_id: &str, exhausted: bool) {
-        let key = format!("location:{location_id}");
         let mut s = self.lock();
+        let key = if location_id == s.company.as_str() {
+            format!("company:{location_id}")
+        } else {
+            format!("location:{location_id}")
+        };
         if exhausted {
             s.daily_exhausted.insert(key);
         } else {

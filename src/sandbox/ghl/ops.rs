@@ -1150,13 +1150,14 @@ impl State {
     /// The full dump for `GET /__admin/ghl/state` (capped at `limit` contacts per location).
     pub(crate) fn dump(&self, limit: usize) -> Value {
         let mut locations = Vec::new();
-        for (li, loc) in self.locs.iter().enumerate() {
+        let mut grouped: Vec<Vec<&Contact>> = vec![Vec::new(); self.locs.len()];
+        for c in self.contacts.values() {
+            if let Some(group) = grouped.get_mut(usize::from(c.loc)) {
+                group.push(c);
+            }
+        }
+        for ((li, loc), mut ids) in self.locs.iter().enumerate().zip(grouped) {
             let index = &self.index[li];
-            let mut ids: Vec<&Contact> = self
-                .contacts
-                .values()
-                .filter(|c| usize::from(c.loc) == li)
-                .collect();
             ids.sort_by_key(|c| (c.updated, c.id));
             let total = ids.len();
             let contacts: Vec<Value> = ids

@@ -325,7 +325,7 @@ async fn location_token(
     body: Bytes,
 ) -> Response {
     let form = parse_form(&body);
-    ghl.answer(201, |s| Ok((s.location_token(&auth, &form)?, Vec::new())))
+    ghl.answer(200, |s| Ok((s.location_token(&auth, &form)?, Vec::new())))
 }
 
 async fn installed_locations(
