@@ -121,7 +121,7 @@ pub struct Fault {
     pub error_rate: f64,
     /// Added delay before answering.
     pub latency: Duration,
-    /// Never answer.
+    /// Never answer (until the fault is cleared; at most ten minutes).
     pub hang: bool,
     /// Answer with a truncated, invalid JSON body.
     pub malformed_json: bool,

@@ -214,7 +214,15 @@ async fn gate(AxState(ghl): AxState<FakeGhl>, mut req: Request, next: Next) -> R
 
     if let Some(f) = &fault {
         if f.hang {
-            std::future::pending::<()>().await;
+            // Hang until the fault is cleared (so tests and shutdown can release it),
+            // at most ten minutes.
+            let hang_key = fault_key.clone().unwrap_or_default();
+            for _ in 0..12_000 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if !ghl.lock().faults.get(&hang_key).is_some_and(|f| f.hang) {
+                    break;
+                }
+            }
         }
         if !f.latency.is_zero() {
             tokio::time::sleep(f.latency).await;

@@ -838,6 +838,22 @@ async fn faults_storm_status_and_malformed() -> anyhow::Result<()> {
     assert_eq!(response.status().as_u16(), 200);
     assert!(response.json::<Value>().await.is_err());
     env.ghl().clear_faults();
+    // Hang: no answer until the fault is cleared.
+    env.ghl().set_fault(
+        "POST /contacts/search",
+        Fault {
+            hang: true,
+            ..Fault::default()
+        },
+    );
+    let hung = env
+        .req(reqwest::Method::POST, "/contacts/search", &a.pit)
+        .timeout(Duration::from_millis(200))
+        .json(&body)
+        .send()
+        .await;
+    assert!(hung.is_err_and(|e| e.is_timeout()));
+    env.ghl().clear_faults();
     // 422 yet created.
     env.ghl().set_fault(
         "POST /contacts/",
