@@ -375,9 +375,25 @@ async fn search(
     Extension(auth): Extension<AuthCtx>,
     body: Bytes,
 ) -> Response {
-    ghl.answer(200, |s| {
-        Ok((s.search(&auth, &parse_body(&body)?)?, Vec::new()))
-    })
+    let result = parse_body(&body).and_then(|body| ghl.lock().search_raw(&auth, &body));
+    match result {
+        Ok((items, total)) => {
+            let mut out = String::with_capacity(items.iter().map(String::len).sum::<usize>() + 96);
+            out.push_str("{\"contacts\":[");
+            out.push_str(&items.join(","));
+            out.push_str(&format!(
+                "],\"total\":{total},\"traceId\":\"{}\"}}",
+                trace_id()
+            ));
+            let mut response = (StatusCode::OK, out).into_response();
+            response.headers_mut().insert(
+                "content-type",
+                HeaderValue::from_static("application/json; charset=utf-8"),
+            );
+            response
+        }
+        Err(error) => failure(&error),
+    }
 }
 
 async fn get_contact(
