@@ -733,15 +733,6 @@ impl State {
     // ---------------------------------------------------------------- contact search
 
     /// `POST /contacts/search` (ghl.md §6.2). Sees the lagged index.
-    pub(crate) fn search(&mut self, auth: &AuthCtx, body: &Value) -> Result<Value, ApiError> {
-        let (items, total) = self.search_raw(auth, body)?;
-        let contacts: Vec<Value> = items
-            .iter()
-            .map(|i| serde_json::from_str(i).unwrap_or(Value::Null))
-            .collect();
-        Ok(json!({"contacts": contacts, "total": total}))
-    }
-
     /// The search page as serialized items (fast path for the HTTP handler) plus `total`.
     pub(crate) fn search_raw(
         &mut self,
