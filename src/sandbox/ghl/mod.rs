@@ -10,6 +10,21 @@
 //! - Fault injection per route template and an admin API under `/__admin/ghl/`.
 //!
 //! All data is synthetic and deterministic from [`GhlOptions::seed`].
+//!
+//! Admin routes (no auth, loopback only), under `/__admin/ghl/`:
+//! `POST seed {seed?, locations?, contacts_per_location?, max_tasks_per_contact?,
+//! max_notes_per_contact?}` (reseed; answers credentials), `POST mutate {locationId?, count}`,
+//! `GET state?limit=N`, `GET stats`, `POST stats/reset`,
+//! `POST faults {route, errorRate, latencyMs, hang, malformedJson, status, storm429,
+//! statusAfterWrite}`, `DELETE faults`, `GET credentials`, `GET webhooks` (sent log),
+//! `POST webhooks/emit {event, mode}`, `POST webhooks/url {url}`, `POST clock/advance {ms}`,
+//! `POST daily-exhausted {locationId, exhausted}`.
+//!
+//! Where the OpenAPI spec and `reference/ghl.md` disagree, the reference wins (comments mark
+//! the spots): search answers `{contacts, total}` with `searchAfter` items (spec: `count`, no
+//! body fields); location task search items carry `_id` (spec: `array<array>`);
+//! `/oauth/locationToken` also returns `refresh_token`; the deprecated `GET /contacts/` adds
+//! `meta`.
 
 mod model;
 mod ops;
