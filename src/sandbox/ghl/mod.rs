@@ -10,6 +10,21 @@
 //! - Fault injection per route template and an admin API under `/__admin/ghl/`.
 //!
 //! All data is synthetic and deterministic from [`GhlOptions::seed`].
+//!
+//! Admin routes (no auth, loopback only), under `/__admin/ghl/`:
+//! `POST seed {seed?, locations?, contacts_per_location?, max_tasks_per_contact?,
+//! max_notes_per_contact?}` (reseed; answers credentials), `POST mutate {locationId?, count}`,
+//! `GET state?limit=N`, `GET stats`, `POST stats/reset`,
+//! `POST faults {route, errorRate, latencyMs, hang, malformedJson, status, storm429,
+//! statusAfterWrite}`, `DELETE faults`, `GET credentials`, `GET webhooks` (sent log),
+//! `POST webhooks/emit {event, mode}`, `POST webhooks/url {url}`, `POST clock/advance {ms}`,
+//! `POST daily-exhausted {locationId, exhausted}`.
+//!
+//! Where the OpenAPI spec and `reference/ghl.md` disagree, the reference wins (comments mark
+//! the spots): search answers `{contacts, total}` with `searchAfter` items (spec: `count`, no
+//! body fields); location task search items carry `_id` (spec: `array<array>`);
+//! `/oauth/locationToken` also returns `refresh_token`; the deprecated `GET /contacts/` adds
+//! `meta`.
 
 mod model;
 mod ops;
@@ -121,7 +136,7 @@ pub struct Fault {
     pub error_rate: f64,
     /// Added delay before answering.
     pub latency: Duration,
-    /// Never answer.
+    /// Never answer (until the fault is cleared; at most ten minutes).
     pub hang: bool,
     /// Answer with a truncated, invalid JSON body.
     pub malformed_json: bool,
@@ -422,10 +437,15 @@ impl FakeGhl {
         self.lock().faults.clear();
     }
 
-    /// Forces (or lifts) "daily quota exhausted" for a location's bucket.
+    /// Forces (or lifts) "daily quota exhausted" for a location's bucket (or the company's,
+    /// when given the company id).
     pub fn set_daily_exhausted(&self, location_id: &str, exhausted: bool) {
-        let key = format!("location:{location_id}");
         let mut s = self.lock();
+        let key = if location_id == s.company.as_str() {
+            format!("company:{location_id}")
+        } else {
+            format!("location:{location_id}")
+        };
         if exhausted {
             s.daily_exhausted.insert(key);
         } else {

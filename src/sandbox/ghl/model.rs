@@ -263,8 +263,6 @@ pub(crate) enum Shape {
     Full,
     /// 201 of `POST /contacts/`.
     Created,
-    /// Items of `POST /contacts/search` (shape drift, §6.2).
-    Search,
     /// Items of deprecated `GET /contacts/` and business listing.
     List,
     /// Webhook payloads (no `dateUpdated`).
@@ -311,22 +309,6 @@ pub(crate) fn render_contact(c: &Contact, f: &Fields, loc_id: &str, shape: Shape
     put("dateAdded", json!(iso(c.added)));
     put("type", json!("lead"));
     match shape {
-        Shape::Search => {
-            // Shape drift (ghl.md §6.2): `address`, epoch-ms `dateOfBirth`, `contactName`, …
-            put("address", opt(&f.address1));
-            put("contactName", json!(f.contact_name()));
-            put("dateUpdated", json!(iso(c.updated)));
-            let dob = f.date_of_birth.as_ref().and_then(|d| parse_ms(&Value::String(d.clone())));
-            put("dateOfBirth", dob.map(Value::from).unwrap_or(Value::Null));
-            put("phoneLabel", json!("Mobile"));
-            put("businessName", opt(&f.company_name));
-            put("validEmail", json!(f.email.is_some()));
-            put("additionalEmails", json!([]));
-            put("additionalPhones", json!([]));
-            put("followers", json!([]));
-            put("firstNameLowerCase", lower(&f.first_name));
-            put("lastNameLowerCase", lower(&f.last_name));
-        }
         Shape::Webhook => {
             put("address1", opt(&f.address1));
             put("name", json!(f.contact_name()));
@@ -374,6 +356,110 @@ pub(crate) fn render_contact(c: &Contact, f: &Fields, loc_id: &str, shape: Shape
         }
     }
     Value::Object(m)
+}
+
+/// One `POST /contacts/search` item, serialized directly (hot path).
+/// Shape drift (ghl.md §6.2): `address` not `address1`, epoch-ms `dateOfBirth`,
+/// extra `contactName`, `phoneLabel`, `businessName`, `validEmail`, `searchAfter`, …;
+/// no `dndSettings`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SearchItem<'a> {
+    id: &'a str,
+    location_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_name_lower_case: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_name_lower_case: Option<String>,
+    contact_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    email: Option<&'a str>,
+    valid_email: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phone: Option<&'a str>,
+    phone_label: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    address: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    city: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    country: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    postal_code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    website: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timezone: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    company_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    business_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    assigned_to: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    business_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    date_of_birth: Option<i64>,
+    dnd: bool,
+    tags: &'a [String],
+    custom_fields: Vec<Value>,
+    additional_emails: [(); 0],
+    additional_phones: [(); 0],
+    followers: [(); 0],
+    #[serde(rename = "type")]
+    kind: &'static str,
+    date_added: String,
+    date_updated: String,
+    search_after: (i64, &'a str),
+}
+
+/// Serializes one search item; `sort_ms` is the sort field's value for `searchAfter`.
+pub(crate) fn search_item(c: &Contact, f: &Fields, loc_id: &str, sort_ms: i64) -> String {
+    let item = SearchItem {
+        id: c.id.as_str(),
+        location_id: loc_id,
+        first_name: f.first_name.as_deref(),
+        last_name: f.last_name.as_deref(),
+        first_name_lower_case: f.first_name.as_ref().map(|s| s.to_lowercase()),
+        last_name_lower_case: f.last_name.as_ref().map(|s| s.to_lowercase()),
+        contact_name: f.contact_name(),
+        email: f.email.as_deref(),
+        valid_email: f.email.is_some(),
+        phone: f.phone.as_deref(),
+        phone_label: "Mobile",
+        address: f.address1.as_deref(),
+        city: f.city.as_deref(),
+        state: f.state.as_deref(),
+        country: f.country.as_deref(),
+        postal_code: f.postal_code.as_deref(),
+        website: f.website.as_deref(),
+        timezone: f.timezone.as_deref(),
+        source: f.source.as_deref(),
+        company_name: f.company_name.as_deref(),
+        business_name: f.company_name.as_deref(),
+        assigned_to: f.assigned_to.as_deref(),
+        business_id: f.business_id.as_deref(),
+        date_of_birth: f.date_of_birth.as_ref().and_then(|d| parse_ms(&Value::String(d.clone()))),
+        dnd: f.dnd,
+        tags: &f.tags,
+        custom_fields: f.custom_fields.iter().map(|(id, value)| json!({"id": id, "value": value})).collect(),
+        additional_emails: [],
+        additional_phones: [],
+        followers: [],
+        kind: "lead",
+        date_added: iso(c.added),
+        date_updated: iso(c.updated),
+        search_after: (sort_ms, c.id.as_str()),
+    };
+    serde_json::to_string(&item).unwrap_or_default()
 }
 
 /// A task. No timestamps are exposed by REST (`date_added` is for webhooks only).

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use super::model::{Cid, Contact, Fields, Note, Shape, Task, iso, parse_ms};
+use super::model::{Cid, Contact, Fields, Note, Shape, Task, iso, parse_ms, search_item};
 use super::state::{ApiError, AuthCtx, IndexOp, State};
 use super::{Mutation, MutationKind};
 
@@ -591,7 +591,8 @@ impl State {
     // ---------------------------------------------------------------- contact search
 
     /// `POST /contacts/search` (ghl.md §6.2). Sees the lagged index.
-    pub(crate) fn search(&mut self, auth: &AuthCtx, body: &Value) -> Result<Value, ApiError> {
+    /// The search page as serialized items (fast path for the HTTP handler) plus `total`.
+    pub(crate) fn search_raw(&mut self, auth: &AuthCtx, body: &Value) -> Result<(Vec<String>, u64), ApiError> {
         let obj = as_object(body)?;
         let mut problems = Vec::new();
         let location_id = obj.get("locationId").and_then(Value::as_str).unwrap_or("");
@@ -755,16 +756,17 @@ impl State {
             }
         };
         let index = &self.index[usize::from(loc)];
-        let contacts: Vec<Value> = page_keys
+        let loc_id = self.loc_id(loc);
+        let contacts: Vec<String> = page_keys
             .iter()
             .filter_map(|k| index.docs.get(&k.1))
             .map(|c| {
-                let mut v = self.render(c, Shape::Search);
-                v["searchAfter"] = json!([if sort_updated { c.updated } else { c.added }, c.id.as_str()]);
-                v
+                let f = self.fields_of(c);
+                let sort_ms = if sort_updated { c.updated } else { c.added };
+                search_item(c, &f, loc_id, sort_ms)
             })
             .collect();
-        Ok(json!({"contacts": contacts, "total": total}))
+        Ok((contacts, total))
     }
 
     /// Deprecated `GET /contacts/`: newest `dateAdded` first, from the (lagged) index.
@@ -947,9 +949,14 @@ impl State {
     /// The full dump for `GET /__admin/ghl/state` (capped at `limit` contacts per location).
     pub(crate) fn dump(&self, limit: usize) -> Value {
         let mut locations = Vec::new();
-        for (li, loc) in self.locs.iter().enumerate() {
+        let mut grouped: Vec<Vec<&Contact>> = vec![Vec::new(); self.locs.len()];
+        for c in self.contacts.values() {
+            if let Some(group) = grouped.get_mut(usize::from(c.loc)) {
+                group.push(c);
+            }
+        }
+        for ((li, loc), mut ids) in self.locs.iter().enumerate().zip(grouped) {
             let index = &self.index[li];
-            let mut ids: Vec<&Contact> = self.contacts.values().filter(|c| usize::from(c.loc) == li).collect();
             ids.sort_by_key(|c| (c.updated, c.id));
             let total = ids.len();
             let contacts: Vec<Value> = ids

@@ -173,7 +173,15 @@ async fn gate(AxState(ghl): AxState<FakeGhl>, mut req: Request, next: Next) -> R
 
     if let Some(f) = &fault {
         if f.hang {
-            std::future::pending::<()>().await;
+            // Hang until the fault is cleared (so tests and shutdown can release it),
+            // at most ten minutes.
+            let hang_key = fault_key.clone().unwrap_or_default();
+            for _ in 0..12_000 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if !ghl.lock().faults.get(&hang_key).is_some_and(|f| f.hang) {
+                    break;
+                }
+            }
         }
         if !f.latency.is_zero() {
             tokio::time::sleep(f.latency).await;
@@ -273,7 +281,7 @@ async fn oauth_token(AxState(ghl): AxState<FakeGhl>, body: Bytes) -> Response {
 
 async fn location_token(AxState(ghl): AxState<FakeGhl>, Extension(auth): Extension<AuthCtx>, body: Bytes) -> Response {
     let form = parse_form(&body);
-    ghl.answer(201, |s| Ok((s.location_token(&auth, &form)?, Vec::new())))
+    ghl.answer(200, |s| Ok((s.location_token(&auth, &form)?, Vec::new())))
 }
 
 async fn installed_locations(
@@ -308,7 +316,19 @@ async fn installed_locations(
 // -------------------------------------------------------------------- contacts
 
 async fn search(AxState(ghl): AxState<FakeGhl>, Extension(auth): Extension<AuthCtx>, body: Bytes) -> Response {
-    ghl.answer(200, |s| Ok((s.search(&auth, &parse_body(&body)?)?, Vec::new())))
+    let result = parse_body(&body).and_then(|body| ghl.lock().search_raw(&auth, &body));
+    match result {
+        Ok((items, total)) => {
+            let mut out = String::with_capacity(items.iter().map(String::len).sum::<usize>() + 96);
+            out.push_str("{\"contacts\":[");
+            out.push_str(&items.join(","));
+            out.push_str(&format!("],\"total\":{total},\"traceId\":\"{}\"}}", trace_id()));
+            let mut response = (StatusCode::OK, out).into_response();
+            response.headers_mut().insert("content-type", HeaderValue::from_static("application/json; charset=utf-8"));
+            response
+        }
+        Err(error) => failure(&error),
+    }
 }
 
 async fn get_contact(

@@ -2,6 +2,7 @@
 //! tokens, rate-limit buckets and statistics.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -115,6 +116,27 @@ pub(crate) struct RefreshRec {
     pub(crate) used: Option<(Instant, Issued)>,
 }
 
+/// A fast, non-DoS-resistant hasher for our random 20-byte ids (FxHash-style).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut buf = [0u8; 8];
+            buf[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(buf)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+}
+
+/// `HashMap` keyed by ids, with [`IdHasher`].
+pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
 /// Rate-limit bucket: sliding window of accepted request instants plus a daily counter.
 #[derive(Debug, Default)]
 pub(crate) struct Bucket {
@@ -136,7 +158,7 @@ pub(crate) struct RateHeaders {
 /// The search index of one location: a snapshot of contacts as search sees them.
 #[derive(Debug, Default)]
 pub(crate) struct SearchIndex {
-    pub(crate) docs: HashMap<Cid, Contact>,
+    pub(crate) docs: FastMap<Cid, Contact>,
     pub(crate) by_updated: BTreeSet<(i64, Cid)>,
     pub(crate) by_added: BTreeSet<(i64, Cid)>,
     pub(crate) generation: u64,
@@ -202,14 +224,14 @@ pub(crate) struct State {
     pub(crate) version_id: Cid,
     pub(crate) locs: Vec<Loc>,
     pub(crate) loc_by_id: HashMap<String, u16>,
-    pub(crate) contacts: HashMap<Cid, Contact>,
+    pub(crate) contacts: FastMap<Cid, Contact>,
     pub(crate) index: Vec<SearchIndex>,
     pub(crate) pending: VecDeque<(Instant, u16, IndexOp)>,
     pub(crate) total_cache: HashMap<(u16, String), (u64, u64)>,
-    pub(crate) tasks: HashMap<Cid, Task>,
+    pub(crate) tasks: FastMap<Cid, Task>,
     pub(crate) loc_tasks: Vec<BTreeSet<Cid>>,
-    pub(crate) notes: HashMap<Cid, Note>,
-    pub(crate) children: HashMap<Cid, Children>,
+    pub(crate) notes: FastMap<Cid, Note>,
+    pub(crate) children: FastMap<Cid, Children>,
     pub(crate) next_n: Vec<u32>,
     pub(crate) rng: fastrand::Rng,
     pub(crate) clock_offset: Duration,
@@ -301,14 +323,14 @@ impl State {
             app_id,
             version_id,
             loc_by_id,
-            contacts: HashMap::new(),
+            contacts: FastMap::default(),
             index: (0..locs.len()).map(|_| SearchIndex::default()).collect(),
             pending: VecDeque::new(),
             total_cache: HashMap::new(),
-            tasks: HashMap::new(),
+            tasks: FastMap::default(),
             loc_tasks: (0..locs.len()).map(|_| BTreeSet::new()).collect(),
-            notes: HashMap::new(),
-            children: HashMap::new(),
+            notes: FastMap::default(),
+            children: FastMap::default(),
             next_n: vec![0; locs.len()],
             locs,
             rng: runtime_rng,
@@ -336,10 +358,18 @@ impl State {
         let per = self.opts.contacts_per_location;
         let max_tasks = self.opts.max_tasks_per_contact;
         let max_notes = self.opts.max_notes_per_contact;
-        self.contacts.reserve(per * self.locs.len());
+        let total = per * self.locs.len();
+        self.contacts.reserve(total);
+        self.tasks.reserve(total * max_tasks / 2);
+        self.notes.reserve(total * max_notes / 2);
+        self.children.reserve(total);
         for li in 0..self.locs.len() {
             let loc = u16::try_from(li).unwrap_or(u16::MAX);
-            self.index[li].docs.reserve(per);
+            let mut docs = FastMap::default();
+            docs.reserve(per);
+            let mut by_updated = Vec::with_capacity(per);
+            let mut by_added = Vec::with_capacity(per);
+            let mut task_ids = Vec::with_capacity(per * max_tasks / 2);
             for n in 0..per {
                 let id = Cid::random(rng);
                 let added = SEED_BASE_MS + rng.i64(0..SEED_SPAN_MS);
@@ -350,24 +380,38 @@ impl State {
                 };
                 let contact =
                     Contact { id, loc, n: u32::try_from(n).unwrap_or(u32::MAX), added, updated, fields: None };
+                by_updated.push((updated, id));
+                by_added.push((added, id));
                 self.contacts.insert(id, contact.clone());
-                self.index[li].upsert(contact);
-                let mut kids = Children::default();
-                for _ in 0..rng.usize(0..=max_tasks) {
+                docs.insert(id, contact);
+                let task_count = rng.usize(0..=max_tasks);
+                let note_count = rng.usize(0..=max_notes);
+                if task_count + note_count == 0 {
+                    continue;
+                }
+                let mut kids =
+                    Children { tasks: Vec::with_capacity(task_count), notes: Vec::with_capacity(note_count) };
+                for _ in 0..task_count {
                     let task = self.new_task_seeded(rng, loc, id, added);
                     kids.tasks.push(task.id);
-                    self.loc_tasks[li].insert(task.id);
+                    task_ids.push(task.id);
                     self.tasks.insert(task.id, task);
                 }
-                for _ in 0..rng.usize(0..=max_notes) {
+                for _ in 0..note_count {
                     let note = self.new_note_seeded(rng, loc, id, added);
                     kids.notes.push(note.id);
                     self.notes.insert(note.id, note);
                 }
-                if !kids.tasks.is_empty() || !kids.notes.is_empty() {
-                    self.children.insert(id, kids);
-                }
+                self.children.insert(id, kids);
             }
+            // Bulk-building B-trees from vectors is much faster than random inserts.
+            self.index[li] = SearchIndex {
+                docs,
+                by_updated: by_updated.into_iter().collect(),
+                by_added: by_added.into_iter().collect(),
+                generation: 1,
+            };
+            self.loc_tasks[li] = task_ids.into_iter().collect();
             self.next_n[li] = u32::try_from(per).unwrap_or(u32::MAX);
         }
     }
