@@ -9,8 +9,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::ghl::{GhlClient, StaticTokens, TokenProvider};
+use crate::connectors::{self, Connector};
+use crate::dispatch::Dispatcher;
+use crate::ghl::{GhlClient, TokenManager, TokenProvider, needed_scopes};
 use crate::http::{ApiClient, ClientSettings, HeaderScheme, QuotaSettings, RateLimits, RetryPolicy};
+use crate::server::{ServerState, install_metrics};
 use crate::store::{ProcessLock, Store, now_ms};
 use crate::sync::engine::{Engine, EngineSettings, RunOptions, RunSummary, Subscriber};
 use crate::sync::scheduler::{self, ScheduleSettings};
@@ -21,8 +24,13 @@ pub struct App {
     pub store: Store,
     pub ghl: GhlClient,
     pub engine: Arc<Engine>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub connectors: Vec<Arc<dyn Connector>>,
+    pub tokens: Arc<TokenManager>,
     /// Webhook hints wake the scheduler through this.
     pub wake: Arc<Notify>,
+    /// The HTTP listener, bound at build time so a taken port fails start-up.
+    listener: Option<tokio::net::TcpListener>,
     _lock: ProcessLock,
     tracker: TaskTracker,
     /// Cancels retry sleeps of outbound calls at shutdown.
@@ -45,6 +53,8 @@ impl App {
             .await
             .with_context(|| format!("Failed to open the store at {}", path.display()))?;
         register_locations(&store, &config).await?;
+        // Metrics first: every component records into the one Prometheus recorder.
+        install_metrics();
 
         let calls = CancellationToken::new();
         let limits = Arc::new(RateLimits::new(QuotaSettings {
@@ -69,21 +79,36 @@ impl App {
             Some(limits),
             calls.clone(),
         )?;
-        let tokens: Arc<dyn TokenProvider> = Arc::new(StaticTokens::new(config.secrets.pits.clone()));
-        let ghl = GhlClient::new(api, settings.ghl.base_url.clone(), settings.ghl.api_version.clone(), tokens);
-        let engine = Arc::new(Engine::new(
-            store.clone(),
-            ghl.clone(),
-            EngineSettings::from_config(settings),
-            subscribers(&config),
-        ));
+        let tokens = Arc::new(
+            TokenManager::from_config(&config, store.clone(), calls.clone())
+                .context("Failed to set up GHL credentials")?,
+        );
+        tokens.check_grants().await.context("Stored GHL credentials cannot be used")?;
+        let connectors = connectors::build(&config, &calls)?;
+        let write_back = false;
+        for (resource, missing) in tokens.scope_report(&needed_scopes(write_back)).await? {
+            tracing::warn!(resource, missing = %missing.join(" "), "The GHL grant of `{resource}` lacks scopes; reinstall the app with them");
+        }
+        let provider: Arc<dyn TokenProvider> = tokens.clone();
+        let ghl = GhlClient::new(api, settings.ghl.base_url.clone(), settings.ghl.api_version.clone(), provider);
+        let dispatcher = Arc::new(Dispatcher::new(store.clone(), connectors.clone(), settings.dispatch.clone()));
+        let waker = dispatcher.waker();
+        let engine = Arc::new(
+            Engine::new(store.clone(), ghl.clone(), EngineSettings::from_config(settings), subscribers(&connectors))
+                .on_commit(Arc::new(move || waker.wake())),
+        );
+        let listener = if settings.server.enabled { Some(crate::server::bind(&settings.server).await?) } else { None };
         tracing::info!(database = %path.display(), locations = settings.ghl.locations.len(), "Store ready");
         Ok(Self {
             config,
             store,
             ghl,
             engine,
+            dispatcher,
+            connectors,
+            tokens,
             wake: Arc::new(Notify::new()),
+            listener,
             _lock: lock,
             tracker: TaskTracker::new(),
             calls,
@@ -92,12 +117,14 @@ impl App {
 
     /// Reports sync progress (a terminal progress bar) from now on.
     pub fn with_progress(mut self, progress: Arc<dyn crate::sync::engine::Progress>) -> Self {
+        let waker = self.dispatcher.waker();
         let engine = Engine::new(
             self.store.clone(),
             self.ghl.clone(),
             self.engine.settings().clone(),
             self.engine.subscribers().to_vec(),
-        );
+        )
+        .on_commit(Arc::new(move || waker.wake()));
         self.engine = Arc::new(engine.with_progress(progress));
         self
     }
@@ -137,8 +164,27 @@ impl App {
     }
 
     /// Runs until `stop` is cancelled, then lets in-flight work finish within the grace.
-    pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(mut self, stop: CancellationToken) -> anyhow::Result<()> {
+        let server_state =
+            ServerState::new(self.store.clone(), Arc::new(self.config.clone()), self.wake.clone(), install_metrics());
+        let readiness = server_state.readiness();
+        if let Some(listener) = self.listener.take() {
+            let stop = stop.clone();
+            self.tracker.spawn(async move {
+                if let Err(error) = crate::server::serve(listener, server_state, stop).await {
+                    tracing::error!(error = %format!("{error:#}"), "HTTP server failed");
+                }
+            });
+        }
         let settings = &self.config.settings;
+        self.tracker.spawn(crate::server::purge_inbox_periodically(
+            self.store.clone(),
+            settings.ghl.webhooks.dedupe_for.get(),
+            stop.clone(),
+        ));
+        let dispatcher = self.dispatcher.clone();
+        let dispatch_stop = stop.clone();
+        self.tracker.spawn(async move { dispatcher.run(dispatch_stop).await });
         let locations = self.locations().await?;
         if locations.is_empty() {
             tracing::warn!("No locations to sync: add [[ghl.locations]] to the config or run `ghl-sync auth install`");
@@ -156,8 +202,12 @@ impl App {
             stop.clone(),
             &self.tracker,
         );
+        self.tracker.spawn(crate::server::notify::run_watchdog(stop.clone()));
+        crate::server::notify::ready();
         tracing::info!(version = env!("CARGO_PKG_VERSION"), locations = locations.len(), "ghl-sync running");
         stop.cancelled().await;
+        readiness.set_shutting_down();
+        crate::server::notify::stopping();
         let grace = settings.daemon.shutdown_grace.get();
         let finished = crate::shutdown::drain(&self.tracker, grace).await;
         // Abort retry sleeps of calls still waiting, then close the store.
@@ -172,23 +222,17 @@ impl App {
 }
 
 /// Connectors as sync subscribers: which changes each one wants in its outbox.
-fn subscribers(config: &Config) -> Vec<Subscriber> {
-    let mut subscribers = Vec::new();
-    for (name, hook) in &config.settings.connectors.webhook {
-        if !hook.enabled {
-            continue;
-        }
-        let events = hook.events.clone();
-        let locations = hook.locations.clone();
-        subscribers.push(Subscriber {
-            id: format!("webhook.{name}"),
-            wants: Arc::new(move |event, location| {
-                (events.is_empty() || events.iter().any(|e| e == event))
-                    && (locations.is_empty() || locations.iter().any(|l| l == location))
-            }),
-        });
-    }
-    subscribers
+fn subscribers(connectors: &[Arc<dyn Connector>]) -> Vec<Subscriber> {
+    connectors
+        .iter()
+        .map(|connector| {
+            let filter = connector.clone();
+            Subscriber {
+                id: connector.id().to_owned(),
+                wants: Arc::new(move |event: &str, location: &str| filter.interested(event, location)),
+            }
+        })
+        .collect()
 }
 
 /// Configured locations become rows in `locations`. A location disabled in the config is

@@ -12,7 +12,6 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 use sqlx::{Row, SqliteConnection};
-use tokio::sync::Notify;
 
 use super::diff::{ChildRecord, KnownChild, diff_children, is_completed};
 use super::normalize::{
@@ -149,7 +148,7 @@ pub struct Engine {
     ghl: GhlClient,
     settings: EngineSettings,
     subscribers: Vec<Subscriber>,
-    committed: Arc<Notify>,
+    on_commit: Option<Arc<dyn Fn() + Send + Sync>>,
     progress: Option<Arc<dyn Progress>>,
 }
 
@@ -168,12 +167,13 @@ impl Counter {
 
 impl Engine {
     pub fn new(store: Store, ghl: GhlClient, settings: EngineSettings, subscribers: Vec<Subscriber>) -> Self {
-        Self { store, ghl, settings, subscribers, committed: Arc::new(Notify::new()), progress: None }
+        Self { store, ghl, settings, subscribers, on_commit: None, progress: None }
     }
 
-    /// Notified after every commit that wrote outbox rows (the dispatcher listens).
-    pub fn committed(&self) -> Arc<Notify> {
-        self.committed.clone()
+    /// Called after every commit that wrote outbox rows (wakes the dispatcher).
+    pub fn on_commit(mut self, callback: Arc<dyn Fn() + Send + Sync>) -> Self {
+        self.on_commit = Some(callback);
+        self
     }
 
     pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
@@ -226,6 +226,11 @@ impl Engine {
             self.sweep_children(location, options, counter).await?;
         }
         Ok(())
+    }
+
+    /// Locations that have webhook hints waiting.
+    pub async fn locations_with_hints(&self) -> Result<Vec<String>, SyncError> {
+        Ok(sqlx::query_scalar("SELECT DISTINCT location_id FROM dirty_contacts").fetch_all(self.store.pool()).await?)
     }
 
     /// Whether webhook hints are waiting for `location` (the scheduler runs again at once).
@@ -382,8 +387,8 @@ impl Engine {
             tx.rollback().await?;
         } else {
             tx.commit().await?;
-            if wrote_outbox {
-                self.committed.notify_waiters();
+            if wrote_outbox && let Some(callback) = &self.on_commit {
+                callback();
             }
         }
         Ok(())

@@ -1,7 +1,9 @@
 //! Runs the engine per location on its intervals: concurrent across locations (bounded), a
 //! failing location never stalls another, webhook hints wake a location early.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore};
@@ -32,12 +34,43 @@ pub fn spawn(
     tracker: &TaskTracker,
 ) {
     let permits = Arc::new(Semaphore::new(settings.max_concurrent_locations.max(1)));
+    let mut wakes = HashMap::new();
     for location in locations {
+        let own = Arc::new(Notify::new());
+        wakes.insert(location.clone(), own.clone());
         let span = tracing::info_span!("location", location.id = %location);
         tracker.spawn(
-            location_loop(engine.clone(), location, settings.clone(), wake.clone(), stop.clone(), permits.clone())
+            location_loop(engine.clone(), location, settings.clone(), own, stop.clone(), permits.clone())
                 .instrument(span),
         );
+    }
+    tracker.spawn(route_hints(engine, wakes, wake, stop));
+}
+
+/// The webhook receiver wakes one shared `Notify`; this wakes exactly the locations that
+/// have hints waiting.
+async fn route_hints(
+    engine: Arc<Engine>,
+    wakes: HashMap<String, Arc<Notify>>,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = wake.notified() => {},
+        }
+        match engine.locations_with_hints().await {
+            Ok(locations) => {
+                for location in locations {
+                    if let Some(own) = wakes.get(&location) {
+                        // Stores a permit when the location is busy: the hint is never lost.
+                        own.notify_one();
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(error = %format!("{error:#}"), "Could not read webhook hints"),
+        }
     }
 }
 
