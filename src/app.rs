@@ -115,6 +115,11 @@ impl App {
         })
     }
 
+    /// The address the HTTP server listens on (useful with port 0).
+    pub fn server_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Reports sync progress (a terminal progress bar) from now on.
     pub fn with_progress(mut self, progress: Arc<dyn crate::sync::engine::Progress>) -> Self {
         let waker = self.dispatcher.waker();

@@ -27,6 +27,33 @@ pub enum Command {
     Validate,
     /// Print the version.
     Version,
+    /// Run the fake GHL, Lusha and webhook sink until Ctrl-C (prints URLs and tokens).
+    Sandbox {
+        /// Seed of the generated data.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Port on 127.0.0.1 (0: any free port).
+        #[arg(long, default_value_t = 8090)]
+        port: u16,
+        /// Contacts per location.
+        #[arg(long, default_value_t = 50)]
+        contacts: usize,
+    },
+    /// Run the real daemon against the built-in sandbox: no setup, no credentials.
+    Demo {
+        /// Contacts per location (two locations).
+        #[arg(long, default_value_t = 1500)]
+        contacts: usize,
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Seconds between rounds of simulated user edits.
+        #[arg(long, default_value_t = 3)]
+        edit_every: u64,
+        /// Seed of the generated data.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// Sync once and exit, printing a summary (with a progress bar on a terminal).
     Sync {
         /// Run once and exit (the daemon is `run`).
@@ -70,6 +97,21 @@ pub async fn execute(cli: Cli) -> ExitCode {
         Command::Version => {
             println!("ghl-sync {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
+        }
+        Command::Sandbox { seed, port, contacts } => {
+            finish(crate::demo::run_sandbox(crate::demo::SandboxArgs { seed, port, contacts }).await)
+        }
+        Command::Demo { contacts, seconds, edit_every, seed } => {
+            crate::telemetry::init(&crate::config::LogSettings { level: "warn".into(), ..Default::default() });
+            finish(
+                crate::demo::run_demo(crate::demo::DemoArgs {
+                    contacts,
+                    duration: seconds.map(std::time::Duration::from_secs),
+                    edit_every: std::time::Duration::from_secs(edit_every.max(1)),
+                    seed,
+                })
+                .await,
+            )
         }
         Command::Validate => match config::load(cli.config.as_deref()) {
             Ok(_) => {

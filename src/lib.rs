@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod connectors;
 pub mod crypto;
+pub mod demo;
 pub mod dispatch;
 pub mod domain;
 pub mod ghl;

@@ -1,0 +1,226 @@
+//! `ghl-sync sandbox` and `ghl-sync demo`: the fakes on their own, and the real daemon
+//! running against them with a temporary database. Every number the demo prints is read
+//! from real traffic: the sandbox's request counters and the daemon's store.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::config::{self, Config, Dur, LocationAuth, LocationSettings, Secret, Settings};
+use crate::sandbox::ghl::GhlOptions;
+use crate::sandbox::{Sandbox, SandboxOptions};
+
+/// Options of `ghl-sync sandbox`.
+#[derive(Debug, Clone)]
+pub struct SandboxArgs {
+    pub seed: u64,
+    pub port: u16,
+    pub contacts: usize,
+}
+
+/// Runs the fakes until Ctrl-C, printing what a user needs to point a daemon at them.
+pub async fn run_sandbox(args: SandboxArgs) -> anyhow::Result<()> {
+    let ghl = GhlOptions { seed: args.seed, contacts_per_location: args.contacts, ..GhlOptions::default() };
+    let sandbox = Sandbox::start(
+        SandboxOptions { ghl, ..SandboxOptions::default() },
+        SocketAddr::from(([127, 0, 0, 1], args.port)),
+    )
+    .await?;
+    let (client_id, client_secret) = sandbox.ghl.oauth_client();
+    println!("ghl-sync sandbox (seed {}) listening on {}", args.seed, sandbox.addr());
+    println!();
+    println!("Fake GHL      {}", sandbox.ghl_url());
+    println!("Fake Lusha    {}   (header api_key: {})", sandbox.lusha_url(), sandbox.lusha.api_key());
+    println!("Webhook sink  {}", sandbox.sink_url("NAME"));
+    println!("OAuth client  id {client_id}  secret {client_secret}");
+    println!("Webhook key   {}", sandbox.ghl.webhook_public_key());
+    println!();
+    println!("Locations (private integration tokens):");
+    for location in sandbox.ghl.locations() {
+        println!("  {}  {}  pit {}", location.id, location.name, location.pit);
+    }
+    println!();
+    println!(
+        "Admin: GET {0}__admin/ghl/stats | GET {0}__admin/ghl/state | POST {0}__admin/ghl/mutate {{\"count\":10}}",
+        sandbox.ghl_url()
+    );
+    println!(
+        "       GET {0}/__admin/ledger | GET {1}/__admin/deliveries",
+        sandbox.lusha_url(),
+        sandbox.sink_url("").as_str().trim_end_matches('/')
+    );
+    println!();
+    println!("A config for the daemon:");
+    println!("{}", sample_config(&sandbox));
+    println!("Ctrl-C stops the sandbox.");
+    tokio::signal::ctrl_c().await.context("Failed to wait for Ctrl-C")?;
+    sandbox.stop().await;
+    Ok(())
+}
+
+fn sample_config(sandbox: &Sandbox) -> String {
+    let mut text = format!("[ghl]\nbase_url = \"{}\"\n", sandbox.ghl_url());
+    text.push_str(&format!("[ghl.webhooks]\npublic_keys = [\"{}\"]\n", sandbox.ghl.webhook_public_key()));
+    for location in sandbox.ghl.locations() {
+        text.push_str(&format!("[[ghl.locations]]\nid = \"{}\"\npit = \"{}\"\n", location.id, location.pit));
+    }
+    text.push_str(&format!("[connectors.webhook.demo]\nurl = \"{}\"\n", sandbox.sink_url("demo")));
+    text
+}
+
+/// Options of `ghl-sync demo`.
+#[derive(Debug, Clone)]
+pub struct DemoArgs {
+    pub contacts: usize,
+    /// Stop after this long (None: until Ctrl-C).
+    pub duration: Option<Duration>,
+    /// Seconds between rounds of simulated user edits.
+    pub edit_every: Duration,
+    pub seed: u64,
+}
+
+/// Requests per 10 s the demo's fake GHL allows (real GHL: 100). Higher so the demo's
+/// backfill finishes in a minute or two; the daemon is configured to the same limit.
+const DEMO_BURST: u32 = 1_000;
+
+/// Starts the sandbox, runs the real daemon against it, edits records like users do and
+/// prints what flows, until Ctrl-C (or `duration`).
+pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
+    let ghl = GhlOptions {
+        seed: args.seed,
+        locations: 2,
+        contacts_per_location: args.contacts,
+        burst_max: DEMO_BURST,
+        ..GhlOptions::default()
+    };
+    let sandbox = Sandbox::start(SandboxOptions { ghl, ..SandboxOptions::default() }, "127.0.0.1:0".parse()?).await?;
+    let dir = tempfile_dir()?;
+    let config = demo_config(&sandbox, &dir)?;
+    let app = App::build(config).await?;
+    let addr = app.server_addr().context("the demo's HTTP server did not start")?;
+    sandbox.ghl.set_webhook_url(Some(url::Url::parse(&format!("http://{addr}/webhooks/ghl"))?));
+    let store = app.store.clone();
+
+    println!("ghl-sync demo: the real daemon against the built-in sandbox (nothing leaves this machine)");
+    println!(
+        "  fake GHL {}  ·  2 locations × {} contacts  ·  database {}",
+        sandbox.ghl_url(),
+        args.contacts,
+        dir.display()
+    );
+    println!("  status page http://{addr}/   metrics http://{addr}/metrics");
+    println!(
+        "  simulated users edit contacts, tasks and notes every {}s; GHL webhooks hint the daemon",
+        args.edit_every.as_secs()
+    );
+    println!("  Ctrl-C to stop");
+    println!();
+
+    let stop = CancellationToken::new();
+    let daemon = tokio::spawn(app.run_until_stopped(stop.clone()));
+    let started = Instant::now();
+    let mut edits = tokio::time::interval(args.edit_every);
+    let mut report = tokio::time::interval(Duration::from_secs(2));
+    let mut edited: usize = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sleep_until_end(started, args.duration) => break,
+            _ = edits.tick() => {
+                if started.elapsed() > Duration::from_secs(5) {
+                    edited += sandbox.ghl.mutate(None, 6).len();
+                }
+            }
+            _ = report.tick() => print_line(&sandbox, &store, started, edited).await,
+        }
+    }
+    println!();
+    println!("Stopping the daemon…");
+    stop.cancel();
+    match daemon.await {
+        Ok(result) => result?,
+        Err(error) => anyhow::bail!("the daemon task failed: {error}"),
+    }
+    print_line(&sandbox, &store_reopen(&dir).await?, started, edited).await;
+    sandbox.stop().await;
+    if let Err(error) = std::fs::remove_dir_all(&dir) {
+        tracing::debug!(error = %error, "Could not remove the demo's temporary directory");
+    }
+    println!("Demo finished.");
+    Ok(())
+}
+
+async fn sleep_until_end(started: Instant, duration: Option<Duration>) {
+    match duration {
+        Some(duration) => tokio::time::sleep(duration.saturating_sub(started.elapsed())).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn store_reopen(dir: &std::path::Path) -> anyhow::Result<crate::store::Store> {
+    Ok(crate::store::Store::connect(&dir.join("ghl-sync.db"), Duration::from_secs(5)).await?)
+}
+
+/// One status line, read from the sandbox's counters and the daemon's store.
+async fn print_line(sandbox: &Sandbox, store: &crate::store::Store, started: Instant, edited: usize) {
+    let stats = sandbox.ghl.stats();
+    let requests: u64 = stats.requests.values().sum();
+    let contacts: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM contacts").fetch_one(store.pool()).await.unwrap_or_default();
+    let children: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM children").fetch_one(store.pool()).await.unwrap_or_default();
+    let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap_or_default();
+    let dead: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(store.pool()).await.unwrap_or_default();
+    let delivered = sandbox.sink.accepted(Some("demo")).len();
+    println!(
+        "[{:>4}s] contacts synced {contacts:>6} · tasks+notes {children:>6} · delivered to webhook.demo {delivered:>6} \
+         (pending {pending}, dead {dead}) · user edits {edited} · GHL requests {requests} · webhooks {} · 429s {}",
+        started.elapsed().as_secs(),
+        stats.webhooks_sent,
+        stats.too_many_requests,
+    );
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("ghl-sync-demo-{}-{}", std::process::id(), crate::store::now_ms()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("Failed to create {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn demo_config(sandbox: &Sandbox, dir: &std::path::Path) -> anyhow::Result<Config> {
+    let mut settings = Settings::default();
+    settings.store.path = Some(dir.join("ghl-sync.db"));
+    settings.ghl.base_url = sandbox.ghl_url();
+    settings.ghl.webhooks.public_keys = vec![sandbox.ghl.webhook_public_key()];
+    settings.ghl.locations = sandbox
+        .ghl
+        .locations()
+        .into_iter()
+        .map(|l| LocationSettings {
+            id: l.id,
+            name: Some(l.name),
+            auth: LocationAuth::Pit,
+            pit: Some(Secret::new(l.pit)),
+            pit_env: None,
+            pit_file: None,
+            enabled: true,
+        })
+        .collect();
+    settings.limits.ghl_burst_max = DEMO_BURST;
+    settings.sync.contacts_interval = Dur::secs(5);
+    settings.sync.overlap = Dur::secs(30);
+    settings.sync.index_lag_margin = Dur::secs(2);
+    settings.sync.dirty_debounce = Dur::millis(200);
+    settings.server.listen = "127.0.0.1:0".parse()?;
+    settings.log.level = "warn".to_owned();
+    let hook: config::WebhookConnectorSettings = toml::from_str(&format!("url = \"{}\"", sandbox.sink_url("demo")))?;
+    settings.connectors.webhook.insert("demo".to_owned(), hook);
+    Config::from_settings(settings).map_err(|e| anyhow::anyhow!("{e}"))
+}
