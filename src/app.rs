@@ -42,6 +42,56 @@ pub fn user_agent() -> String {
     format!("ghl-sync/{}", env!("CARGO_PKG_VERSION"))
 }
 
+/// The parts rebuilt on a config reload (SIGHUP): the GHL client (limits), connectors and
+/// their mappings, the dispatcher and the sync engine (intervals, subscribers).
+struct Workers {
+    ghl: GhlClient,
+    engine: Arc<Engine>,
+    dispatcher: Arc<Dispatcher>,
+    connectors: Vec<Arc<dyn Connector>>,
+}
+
+fn build_workers(
+    config: &Config,
+    store: &Store,
+    tokens: &Arc<TokenManager>,
+    calls: &CancellationToken,
+) -> anyhow::Result<Workers> {
+    let settings = &config.settings;
+    let limits = Arc::new(RateLimits::new(QuotaSettings {
+        burst_max: settings.limits.ghl_burst_max,
+        window: settings.limits.ghl_burst_window.get(),
+        share: settings.limits.ghl_burst_share,
+        daily_budget: settings.limits.ghl_daily_budget,
+    }));
+    let api = ApiClient::new(
+        ClientSettings {
+            service: "ghl",
+            connect_timeout: settings.limits.connect_timeout.get(),
+            request_timeout: settings.limits.request_timeout.get(),
+            retry: RetryPolicy {
+                max_retries: settings.limits.max_retries,
+                max_backoff: settings.limits.max_backoff.get(),
+                ..RetryPolicy::default()
+            },
+            headers: HeaderScheme::Ghl,
+            user_agent: user_agent(),
+        },
+        Some(limits),
+        calls.clone(),
+    )?;
+    let connectors = connectors::build(config, calls)?;
+    let provider: Arc<dyn TokenProvider> = tokens.clone();
+    let ghl = GhlClient::new(api, settings.ghl.base_url.clone(), settings.ghl.api_version.clone(), provider);
+    let dispatcher = Arc::new(Dispatcher::new(store.clone(), connectors.clone(), settings.dispatch.clone()));
+    let waker = dispatcher.waker();
+    let engine = Arc::new(
+        Engine::new(store.clone(), ghl.clone(), EngineSettings::from_config(settings), subscribers(&connectors))
+            .on_commit(Arc::new(move || waker.wake())),
+    );
+    Ok(Workers { ghl, engine, dispatcher, connectors })
+}
+
 impl App {
     /// Opens the store (taking the one-daemon-per-database lock), registers the configured
     /// locations and builds the GHL client and the sync engine.
@@ -57,46 +107,16 @@ impl App {
         install_metrics();
 
         let calls = CancellationToken::new();
-        let limits = Arc::new(RateLimits::new(QuotaSettings {
-            burst_max: settings.limits.ghl_burst_max,
-            window: settings.limits.ghl_burst_window.get(),
-            share: settings.limits.ghl_burst_share,
-            daily_budget: settings.limits.ghl_daily_budget,
-        }));
-        let api = ApiClient::new(
-            ClientSettings {
-                service: "ghl",
-                connect_timeout: settings.limits.connect_timeout.get(),
-                request_timeout: settings.limits.request_timeout.get(),
-                retry: RetryPolicy {
-                    max_retries: settings.limits.max_retries,
-                    max_backoff: settings.limits.max_backoff.get(),
-                    ..RetryPolicy::default()
-                },
-                headers: HeaderScheme::Ghl,
-                user_agent: user_agent(),
-            },
-            Some(limits),
-            calls.clone(),
-        )?;
         let tokens = Arc::new(
             TokenManager::from_config(&config, store.clone(), calls.clone())
                 .context("Failed to set up GHL credentials")?,
         );
         tokens.check_grants().await.context("Stored GHL credentials cannot be used")?;
-        let connectors = connectors::build(&config, &calls)?;
         let write_back = false;
         for (resource, missing) in tokens.scope_report(&needed_scopes(write_back)).await? {
             tracing::warn!(resource, missing = %missing.join(" "), "The GHL grant of `{resource}` lacks scopes; reinstall the app with them");
         }
-        let provider: Arc<dyn TokenProvider> = tokens.clone();
-        let ghl = GhlClient::new(api, settings.ghl.base_url.clone(), settings.ghl.api_version.clone(), provider);
-        let dispatcher = Arc::new(Dispatcher::new(store.clone(), connectors.clone(), settings.dispatch.clone()));
-        let waker = dispatcher.waker();
-        let engine = Arc::new(
-            Engine::new(store.clone(), ghl.clone(), EngineSettings::from_config(settings), subscribers(&connectors))
-                .on_commit(Arc::new(move || waker.wake())),
-        );
+        let Workers { ghl, engine, dispatcher, connectors } = build_workers(&config, &store, &tokens, &calls)?;
         let listener = if settings.server.enabled { Some(crate::server::bind(&settings.server).await?) } else { None };
         tracing::info!(database = %path.display(), locations = settings.ghl.locations.len(), "Store ready");
         Ok(Self {
@@ -169,6 +189,8 @@ impl App {
     }
 
     /// Runs until `stop` is cancelled, then lets in-flight work finish within the grace.
+    /// SIGHUP reloads the config file: connectors, mappings, schedules and limits change in
+    /// place; a bad file is rejected and the running config kept.
     pub async fn run_until_stopped(mut self, stop: CancellationToken) -> anyhow::Result<()> {
         let server_state =
             ServerState::new(self.store.clone(), Arc::new(self.config.clone()), self.wake.clone(), install_metrics());
@@ -181,40 +203,58 @@ impl App {
                 }
             });
         }
-        let settings = &self.config.settings;
         self.tracker.spawn(crate::server::purge_inbox_periodically(
             self.store.clone(),
-            settings.ghl.webhooks.dedupe_for.get(),
+            self.config.settings.ghl.webhooks.dedupe_for.get(),
             stop.clone(),
         ));
-        let dispatcher = self.dispatcher.clone();
-        let dispatch_stop = stop.clone();
-        self.tracker.spawn(async move { dispatcher.run(dispatch_stop).await });
-        let locations = self.locations().await?;
-        if locations.is_empty() {
-            tracing::warn!("No locations to sync: add [[ghl.locations]] to the config or run `ghl-sync auth install`");
-        }
-        scheduler::spawn(
-            self.engine.clone(),
-            locations.clone(),
-            ScheduleSettings {
-                contacts_interval: settings.sync.contacts_interval.get(),
-                reconcile_interval: settings.sync.reconcile_interval.get(),
-                max_concurrent_locations: settings.sync.max_concurrent_locations,
-                dirty_debounce: settings.sync.dirty_debounce.get(),
-            },
-            self.wake.clone(),
-            stop.clone(),
-            &self.tracker,
-        );
         self.tracker.spawn(crate::server::notify::run_watchdog(stop.clone()));
+
+        let mut workers_stop = stop.child_token();
+        let mut workers = TaskTracker::new();
+        let locations = self.spawn_workers(&workers, &workers_stop).await?;
         crate::server::notify::ready();
-        tracing::info!(version = env!("CARGO_PKG_VERSION"), locations = locations.len(), "ghl-sync running");
-        stop.cancelled().await;
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), locations, "ghl-sync running");
+
+        let mut reloads = crate::shutdown::reload_signals();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = reloads.recv() => {
+                    if let Some(config) = self.reload_config() {
+                        crate::server::notify::reloading();
+                        // Stop the old workers at a safe point, then start the new ones.
+                        workers_stop.cancel();
+                        workers.close();
+                        workers.wait().await;
+                        match build_workers(&config, &self.store, &self.tokens, &self.calls) {
+                            Ok(built) => {
+                                self.ghl = built.ghl;
+                                self.engine = built.engine;
+                                self.dispatcher = built.dispatcher;
+                                self.connectors = built.connectors;
+                                self.config = config;
+                                tracing::info!("Configuration reloaded");
+                            }
+                            Err(error) => {
+                                tracing::error!(error = %format!("{error:#}"), "Reloaded configuration could not be applied; keeping the running one");
+                            }
+                        }
+                        workers_stop = stop.child_token();
+                        workers = TaskTracker::new();
+                        self.spawn_workers(&workers, &workers_stop).await?;
+                        crate::server::notify::ready();
+                    }
+                }
+            }
+        }
         readiness.set_shutting_down();
         crate::server::notify::stopping();
-        let grace = settings.daemon.shutdown_grace.get();
-        let finished = crate::shutdown::drain(&self.tracker, grace).await;
+        let grace = self.config.settings.daemon.shutdown_grace.get();
+        workers.close();
+        let started = std::time::Instant::now();
+        let finished = crate::shutdown::drain(&workers, grace).await
+            && crate::shutdown::drain(&self.tracker, grace.saturating_sub(started.elapsed())).await;
         // Abort retry sleeps of calls still waiting, then close the store.
         self.calls.cancel();
         if !finished {
@@ -224,6 +264,95 @@ impl App {
         tracing::info!("ghl-sync stopped");
         Ok(())
     }
+
+    /// Starts the dispatcher and the per-location scheduler; returns the number of locations.
+    async fn spawn_workers(&self, tracker: &TaskTracker, stop: &CancellationToken) -> anyhow::Result<usize> {
+        let settings = &self.config.settings;
+        let dispatcher = self.dispatcher.clone();
+        let dispatch_stop = stop.clone();
+        tracker.spawn(async move { dispatcher.run(dispatch_stop).await });
+        let locations = self.locations().await?;
+        if locations.is_empty() {
+            tracing::warn!("No locations to sync: add [[ghl.locations]] to the config or run `ghl-sync auth install`");
+        }
+        let count = locations.len();
+        scheduler::spawn(
+            self.engine.clone(),
+            locations,
+            ScheduleSettings {
+                contacts_interval: settings.sync.contacts_interval.get(),
+                reconcile_interval: settings.sync.reconcile_interval.get(),
+                max_concurrent_locations: settings.sync.max_concurrent_locations,
+                dirty_debounce: settings.sync.dirty_debounce.get(),
+            },
+            self.wake.clone(),
+            stop.clone(),
+            tracker,
+        );
+        Ok(count)
+    }
+
+    /// Re-reads the config file. Returns the new config when it is valid; logs every problem
+    /// and returns `None` otherwise (the running config stays). Settings that need a restart
+    /// are reported and keep their running values.
+    fn reload_config(&self) -> Option<Config> {
+        let crate::config::ConfigSource::File(path) = &self.config.source else {
+            tracing::warn!("SIGHUP ignored: this daemon's config did not come from a file");
+            return None;
+        };
+        let mut config = match crate::config::load(Some(path)) {
+            Ok(config) => config,
+            Err(error) => {
+                for problem in error.problems() {
+                    tracing::error!(problem = %problem, "Config reload rejected");
+                }
+                tracing::error!(file = %path.display(), "The new config is invalid; keeping the running one");
+                return None;
+            }
+        };
+        let restart_only = restart_only_changes(&self.config, &config);
+        if !restart_only.is_empty() {
+            tracing::warn!(
+                keys = %restart_only.join(", "),
+                "These settings changed but take effect only after a restart; keeping their running values"
+            );
+            // Keep what cannot change in place, so the running daemon stays consistent.
+            config.settings.store = self.config.settings.store.clone();
+            config.settings.server = self.config.settings.server.clone();
+            config.settings.ghl = self.config.settings.ghl.clone();
+            config.settings.log = self.config.settings.log.clone();
+            config.secrets = self.config.secrets.clone();
+        }
+        Some(config)
+    }
+}
+
+/// Keys whose change needs a restart: the database, the listener, GHL credentials and
+/// locations, the webhook keys, logging.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (a, b) = (&old.settings, &new.settings);
+    let mut changed = Vec::new();
+    if a.store.resolved_path() != b.store.resolved_path() {
+        changed.push("store.path");
+    }
+    if a.server.listen != b.server.listen || a.server.enabled != b.server.enabled {
+        changed.push("server.listen");
+    }
+    if a.ghl.base_url != b.ghl.base_url || a.ghl.api_version != b.ghl.api_version {
+        changed.push("ghl.base_url");
+    }
+    let ids =
+        |s: &crate::config::Settings| s.ghl.locations.iter().map(|l| (l.id.clone(), l.enabled)).collect::<Vec<_>>();
+    if ids(a) != ids(b) {
+        changed.push("ghl.locations");
+    }
+    if a.ghl.webhooks.public_keys != b.ghl.webhooks.public_keys {
+        changed.push("ghl.webhooks.public_keys");
+    }
+    if a.log.level != b.log.level || a.log.format != b.log.format {
+        changed.push("log");
+    }
+    changed
 }
 
 /// Connectors as sync subscribers: which changes each one wants in its outbox.

@@ -43,6 +43,38 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// A stream of SIGHUP signals (config reload requests). Never yields where signals are not
+/// available.
+pub struct ReloadSignals {
+    #[cfg(unix)]
+    inner: Option<tokio::signal::unix::Signal>,
+}
+
+impl ReloadSignals {
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.inner
+            && signal.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Listens for SIGHUP.
+pub fn reload_signals() -> ReloadSignals {
+    #[cfg(unix)]
+    {
+        let inner = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        ReloadSignals { inner }
+    }
+    #[cfg(not(unix))]
+    {
+        ReloadSignals {}
+    }
+}
+
 /// Waits for tracked tasks to finish, at most `grace`. Returns whether they all finished.
 pub async fn drain(tracker: &TaskTracker, grace: Duration) -> bool {
     tracker.close();

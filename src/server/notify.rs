@@ -67,6 +67,11 @@ pub fn ready() {
     send_from_env("READY=1");
 }
 
+/// `RELOADING=1`: a config reload began (`ready()` follows when it is done).
+pub fn reloading() {
+    send_from_env("RELOADING=1");
+}
+
 /// `STOPPING=1`: shutdown began.
 pub fn stopping() {
     send_from_env("STOPPING=1");

@@ -14,3 +14,4 @@ mod dispatch;
 mod helpers;
 mod server;
 mod sync;
+mod daemon;

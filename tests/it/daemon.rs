@@ -1,0 +1,134 @@
+//! The whole daemon: scheduler, dispatcher and HTTP server together, in-process and as a
+//! real child process (signals).
+
+use std::time::{Duration, Instant};
+
+use ghl_sync::app::App;
+use ghl_sync::config::Dur;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{config, fast_ghl, settings_for, signal, spawn, start_sandbox, wait_with_limit, write_config};
+
+/// Polls `check` every 20 ms until it is true or `limit` passes.
+async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    check()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_ghl_webhook_gets_the_change_delivered_within_a_second() {
+    let sandbox = start_sandbox(fast_ghl(30)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings_for(&sandbox, dir.path());
+    settings.server.enabled = true;
+    settings.server.listen = "127.0.0.1:0".parse().unwrap();
+    settings.ghl.webhooks.public_keys = vec![sandbox.ghl.webhook_public_key()];
+    // Polling alone would take a minute: only the webhook can make this fast.
+    settings.sync.contacts_interval = Dur::secs(60);
+    settings.sync.dirty_debounce = Dur::millis(50);
+    let app = App::build(config(settings)).await.unwrap();
+    let addr = app.server_addr().unwrap();
+    sandbox.ghl.set_webhook_url(Some(format!("http://{addr}/webhooks/ghl").parse().unwrap()));
+    let stop = CancellationToken::new();
+    let daemon = tokio::spawn(app.run_until_stopped(stop.clone()));
+
+    // The first (scheduled) run backfills and delivers everything.
+    assert!(eventually(Duration::from_secs(20), || sandbox.sink.accepted(Some("test")).len() >= 60).await);
+    let location = sandbox.ghl.locations()[0].id.clone();
+    let contact = sandbox.ghl.contact_ids(&location)[0].clone();
+    let delivered_before = sandbox.sink.accepted(Some("test")).len();
+
+    let changed = Instant::now();
+    assert!(sandbox.ghl.update_contact(&contact, serde_json::json!({"firstName": "Webhooked"})));
+    let arrived = eventually(Duration::from_secs(5), || {
+        sandbox.sink.accepted(Some("test")).iter().skip(delivered_before).any(|d| d.body.contains("Webhooked"))
+    })
+    .await;
+    let latency = changed.elapsed();
+    assert!(arrived, "the change was not delivered");
+    // Bound, not a benchmark: the interval is 60 s, so only the webhook path can meet it.
+    assert!(latency < Duration::from_secs(3), "took {latency:?}");
+
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    sandbox.stop().await;
+}
+
+fn daemon_config(sandbox: &ghl_sync::sandbox::Sandbox, dir: &std::path::Path, to: &str) -> String {
+    let mut text = format!(
+        "[store]\npath = \"{}\"\n[ghl]\nbase_url = \"{}\"\n[server]\nenabled = false\n\
+         [sync]\ncontacts_interval = \"1s\"\nindex_lag_margin = \"0s\"\n[limits]\nghl_burst_max = 100000\nghl_burst_window = \"1s\"\n\
+         [dispatch]\npoll_interval = \"100ms\"\n[log]\nlevel = \"info\"\nformat = \"json\"\n",
+        dir.join("ghl-sync.db").display(),
+        sandbox.ghl_url()
+    );
+    for location in sandbox.ghl.locations() {
+        text.push_str(&format!("[[ghl.locations]]\nid = \"{}\"\npit = \"{}\"\n", location.id, location.pit));
+    }
+    text.push_str(&format!(
+        "[connectors.webhook.test]\nurl = \"{}\"\nfields = [{{ from = \"firstName\", to = \"{to}\" }}]\n",
+        sandbox.sink_url("test")
+    ));
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_a_changed_mapping_and_keeps_the_old_config_when_the_new_one_is_broken() {
+    let sandbox = start_sandbox(fast_ghl(5)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &daemon_config(&sandbox, dir.path(), "first_name"));
+    let child = spawn(&["run", "--config", path.to_str().unwrap()], &[]);
+    let has = |key: &str| {
+        let key = format!("\"{key}\"");
+        move |sink: &ghl_sync::sandbox::sink::Sink| sink.accepted(Some("test")).iter().any(|d| d.body.contains(&key))
+    };
+    assert!(eventually(Duration::from_secs(20), || has("first_name")(&sandbox.sink)).await, "first shape never arrived");
+
+    // A broken file: rejected, logged, the daemon keeps running with the old mapping.
+    std::fs::write(&path, "[sync\nbroken").unwrap();
+    signal(&child, "HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let location = sandbox.ghl.locations()[0].id.clone();
+    let contact = sandbox.ghl.contact_ids(&location)[0].clone();
+    sandbox.ghl.update_contact(&contact, serde_json::json!({"firstName": "StillOld"}));
+    assert!(
+        eventually(Duration::from_secs(10), || sandbox
+            .sink
+            .accepted(Some("test"))
+            .iter()
+            .any(|d| d.body.contains("StillOld") && d.body.contains("\"first_name\"")))
+        .await,
+        "the old config stopped working after a bad reload"
+    );
+
+    // A good file with a new mapping: applied without a restart.
+    std::fs::write(&path, daemon_config(&sandbox, dir.path(), "given_name")).unwrap();
+    signal(&child, "HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sandbox.ghl.update_contact(&contact, serde_json::json!({"firstName": "Reloaded"}));
+    assert!(
+        eventually(Duration::from_secs(10), || sandbox
+            .sink
+            .accepted(Some("test"))
+            .iter()
+            .any(|d| d.body.contains("Reloaded") && d.body.contains("\"given_name\"")))
+        .await,
+        "the new mapping was not applied"
+    );
+
+    signal(&child, "TERM");
+    let (status, _, stderr) = wait_with_limit(child, Duration::from_secs(15));
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("keeping the running one"), "{stderr}");
+    assert!(stderr.contains("Configuration reloaded"), "{stderr}");
+    for location in sandbox.ghl.locations() {
+        assert!(!stderr.contains(&location.pit), "a token leaked into the logs");
+    }
+    sandbox.stop().await;
+}
