@@ -678,18 +678,23 @@ impl Engine {
                 .buffer_unordered(self.settings.children_concurrency.max(1))
                 .collect()
                 .await;
+        // One transaction for the whole chunk: a commit (and its fsync) per contact would cap
+        // the backfill at the disk's sync rate. A crash loses at most this chunk's reads.
         let mut first_error = None;
+        let mut tx = self.store.begin_write().await?;
+        let mut wrote = false;
         for (contact_id, result) in fetched {
             match result {
                 Ok(children) => {
                     counter.summary.requests += children.requests;
-                    self.commit_children(location, &contact_id, children, options, counter).await?;
+                    wrote |= self.commit_children(&mut tx, location, &contact_id, children, counter).await?;
                     counter.summary.children_read_for += 1;
                 }
                 Err(error) if first_error.is_none() => first_error = Some(error),
                 Err(_) => {}
             }
         }
+        self.finish_tx(tx, options, wrote).await?;
         if let Some(progress) = &self.progress {
             progress.children(location, contacts.len() as u64);
         }
@@ -715,13 +720,12 @@ impl Engine {
     /// One transaction per contact: child upserts/deletes, their outbox rows, and the mark.
     async fn commit_children(
         &self,
+        tx: &mut SqliteConnection,
         location: &str,
         contact_id: &str,
         fetched: FetchedChildren,
-        options: RunOptions,
         counter: &mut Counter,
-    ) -> Result<(), SyncError> {
-        let mut tx = self.store.begin_write().await?;
+    ) -> Result<bool, SyncError> {
         let mut wrote = false;
         for (kind, items) in [(EntityKind::Task, fetched.tasks), (EntityKind::Note, fetched.notes)] {
             let Some(items) = items else { continue };
@@ -730,12 +734,12 @@ impl Engine {
                 match parse_child(kind, item) {
                     Ok(child) => current.push(child),
                     Err((reason, raw)) => {
-                        dead_letter_record(&mut tx, location, kind, &reason, &raw).await?;
+                        dead_letter_record(&mut *tx, location, kind, &reason, &raw).await?;
                         counter.summary.dead_letters += 1;
                     }
                 }
             }
-            let known = known_children(&mut tx, location, contact_id, kind).await?;
+            let known = known_children(&mut *tx, location, contact_id, kind).await?;
             let known_states: HashMap<String, KnownChild> =
                 known.iter().map(|(id, (state, _))| (id.clone(), state.clone())).collect();
             let now = now_ms();
@@ -773,7 +777,7 @@ impl Engine {
                 };
                 wrote |= self
                     .enqueue_all(
-                        &mut tx,
+                        &mut *tx,
                         location,
                         kind,
                         &change.id,
@@ -792,7 +796,7 @@ impl Engine {
             .bind(contact_id)
             .execute(&mut *tx)
             .await?;
-        self.finish_tx(tx, options, wrote).await
+        Ok(wrote)
     }
 
     // ---- reconciliation --------------------------------------------------------------
