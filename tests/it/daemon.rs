@@ -88,7 +88,10 @@ async fn sighup_applies_a_changed_mapping_and_keeps_the_old_config_when_the_new_
         let key = format!("\"{key}\"");
         move |sink: &ghl_sync::sandbox::sink::Sink| sink.accepted(Some("test")).iter().any(|d| d.body.contains(&key))
     };
-    assert!(eventually(Duration::from_secs(20), || has("first_name")(&sandbox.sink)).await, "first shape never arrived");
+    assert!(
+        eventually(Duration::from_secs(20), || has("first_name")(&sandbox.sink)).await,
+        "first shape never arrived"
+    );
 
     // A broken file: rejected, logged, the daemon keeps running with the old mapping.
     std::fs::write(&path, "[sync\nbroken").unwrap();

@@ -10,8 +10,8 @@
 
 mod auth;
 mod cli;
+mod daemon;
 mod dispatch;
 mod helpers;
 mod server;
 mod sync;
-mod daemon;

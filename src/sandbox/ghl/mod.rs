@@ -73,6 +73,10 @@ pub struct GhlOptions {
     pub children_bump_contact: bool,
     /// Where webhook events are POSTed.
     pub webhook_url: Option<url::Url>,
+    /// Add `Retry-After` (burst window, seconds) to 429s. GHL documents none; default false.
+    pub retry_after: bool,
+    /// Accept any non-empty `Version` header (default false: only `2021-07-28`).
+    pub lenient_version: bool,
 }
 
 impl Default for GhlOptions {
@@ -91,6 +95,8 @@ impl Default for GhlOptions {
             daily_max: 200_000,
             children_bump_contact: false,
             webhook_url: None,
+            retry_after: false,
+            lenient_version: false,
         }
     }
 }

@@ -152,8 +152,12 @@ async fn gate(AxState(ghl): AxState<FakeGhl>, mut req: Request, next: Next) -> R
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(|v| v.trim().to_owned());
-    let version_ok =
-        req.headers().get("version").and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() == API_VERSION);
+    let version = req.headers().get("version").and_then(|v| v.to_str().ok()).map(|v| v.trim().to_owned());
+    let version_ok = match version.as_deref() {
+        Some(API_VERSION) => true,
+        Some(other) => !other.is_empty() && ghl.lock().opts.lenient_version,
+        None => false,
+    };
 
     let (fault, fault_key, auth) = {
         let mut s = ghl.lock();
@@ -268,6 +272,12 @@ fn finish(ghl: &FakeGhl, mut response: Response, headers: &RateHeaders) -> Respo
     *s.stats.statuses.entry(status).or_default() += 1;
     if status == 429 {
         s.stats.too_many_requests += 1;
+        if s.opts.retry_after {
+            let secs = s.opts.burst_window.as_secs().max(1);
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert("retry-after", v);
+            }
+        }
     }
     response
 }

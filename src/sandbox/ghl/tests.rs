@@ -386,6 +386,7 @@ async fn burst_limit_answers_429_with_headers() -> anyhow::Result<()> {
     env.ghl().advance_clock(Duration::from_millis(1001));
     assert_eq!(env.search(&a.pit, body.clone()).await?.0, 200);
 
+    assert_eq!(env.ghl().stats().too_many_requests, 1);
     env.ghl().set_daily_exhausted(&a.id, true);
     let response = env.req(reqwest::Method::POST, "/contacts/search", &a.pit).json(&body).send().await?;
     assert_eq!(response.status().as_u16(), 429);
