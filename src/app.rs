@@ -395,3 +395,56 @@ async fn register_locations(store: &Store, config: &Config) -> anyhow::Result<()
     }
     Ok(())
 }
+
+/// `ghl-sync check`, GHL part: for every location, a token and one cheap read (a search of
+/// one contact), plus missing scopes. When a daemon holds the database, the live check is
+/// skipped: two processes refreshing one OAuth grant is how installs get bricked.
+pub async fn check_ghl(config: &Config) -> Vec<crate::dispatch::cli::CheckLine> {
+    use crate::dispatch::cli::CheckLine;
+    let line = |name: &str, ok: bool, detail: String| CheckLine { name: name.to_owned(), ok, detail };
+    let path = config.settings.store.resolved_path();
+    let _lock = match ProcessLock::acquire(&path) {
+        Ok(lock) => lock,
+        Err(_) => {
+            return vec![line(
+                "ghl",
+                true,
+                "a running daemon holds the database; live GHL check skipped (see `ghl-sync auth status`)".into(),
+            )];
+        }
+    };
+    let result = async {
+        let store = Store::connect(&path, config.settings.store.busy_timeout.get()).await?;
+        register_locations(&store, config).await?;
+        let calls = CancellationToken::new();
+        let tokens = Arc::new(TokenManager::from_config(config, store.clone(), calls.clone())?);
+        let workers = build_workers(config, &store, &tokens, &calls)?;
+        let mut lines = Vec::new();
+        let locations: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM locations WHERE status NOT IN ('disabled', 'uninstalled') ORDER BY id")
+                .fetch_all(store.pool())
+                .await?;
+        if locations.is_empty() {
+            lines.push(line("ghl", false, "no locations configured".into()));
+        }
+        for location in locations {
+            let request = crate::ghl::dto::SearchRequest::updated_since(&location, 1, None);
+            let name = format!("ghl:{location}");
+            match workers.ghl.search_contacts(&request, crate::http::Priority::Poll).await {
+                Ok(page) => lines.push(line(
+                    &name,
+                    true,
+                    format!("token accepted; {} contact(s)", page.total.map_or("?".into(), |t| t.to_string())),
+                )),
+                Err(error) => lines.push(line(&name, false, error.to_string())),
+            }
+        }
+        for (resource, missing) in tokens.scope_report(&needed_scopes(false)).await? {
+            lines.push(line(&format!("ghl:{resource} scopes"), false, format!("missing {}", missing.join(" "))));
+        }
+        store.close().await;
+        anyhow::Ok(lines)
+    }
+    .await;
+    result.unwrap_or_else(|error| vec![line("ghl", false, format!("{error:#}"))])
+}

@@ -131,8 +131,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
         },
         Command::Check => match load(cli.config.as_deref()) {
             Ok(config) => {
-                // Hook for the GHL token and scope checks: one `CheckLine` per location/grant.
-                let ghl_checks: Vec<crate::dispatch::cli::CheckLine> = Vec::new();
+                let ghl_checks = crate::app::check_ghl(&config).await;
                 finish_with(crate::dispatch::cli::run_check(&config, ghl_checks).await)
             }
             Err(code) => code,

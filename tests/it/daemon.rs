@@ -135,3 +135,28 @@ async fn sighup_applies_a_changed_mapping_and_keeps_the_old_config_when_the_new_
     }
     sandbox.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_tests_the_ghl_token_of_every_location_and_names_a_bad_one() {
+    let sandbox = start_sandbox(fast_ghl(3)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = daemon_config(&sandbox, dir.path(), "first_name");
+    let path = write_config(dir.path(), &text);
+    let child = spawn(&["check", "--config", path.to_str().unwrap()], &[]);
+    let (status, stdout, stderr) =
+        tokio::task::spawn_blocking(move || wait_with_limit(child, Duration::from_secs(30))).await.unwrap();
+    assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
+    for location in sandbox.ghl.locations() {
+        assert!(stdout.contains(&format!("ok   ghl:{}: token accepted; 3 contact(s)", location.id)), "{stdout}");
+    }
+
+    let bad = sandbox.ghl.locations()[1].pit.clone();
+    std::fs::write(&path, text.replace(&bad, "pit-wrong")).unwrap();
+    let child = spawn(&["check", "--config", path.to_str().unwrap()], &[]);
+    let (status, stdout, _) =
+        tokio::task::spawn_blocking(move || wait_with_limit(child, Duration::from_secs(30))).await.unwrap();
+    assert_ne!(status.code(), Some(0));
+    assert!(stdout.contains(&format!("FAIL ghl:{}", sandbox.ghl.locations()[1].id)), "{stdout}");
+    assert!(!stdout.contains("pit-wrong"), "a token was printed");
+    sandbox.stop().await;
+}
