@@ -52,6 +52,49 @@ pub enum AuthCommand {
     },
     /// Show the stored grants: kind, expiry, scopes, re-authorisation needs. Never a token.
     Status,
+    /// Re-encrypt every stored token with the configured master key (key rotation). The old
+    /// key is read from an env var or a file; run with the daemon stopped.
+    Rekey {
+        /// Env var holding the old master key.
+        #[arg(long, value_name = "VAR", conflicts_with = "old_key_file")]
+        old_key_env: Option<String>,
+        /// File holding the old master key.
+        #[arg(long, value_name = "FILE")]
+        old_key_file: Option<std::path::PathBuf>,
+    },
+}
+
+/// Re-seals every token in `grants` from `old` to `new` in one transaction; returns how
+/// many grants were re-encrypted. Nothing changes if any token fails to open with `old`.
+pub async fn rekey(
+    store: &Store,
+    old: &crate::crypto::MasterKey,
+    new: &crate::crypto::MasterKey,
+) -> anyhow::Result<usize> {
+    let mut tx = store.begin_write().await?;
+    type Row = (String, Option<Vec<u8>>, Option<Vec<u8>>);
+    let rows: Vec<Row> =
+        sqlx::query_as("SELECT resource_id, access_token, refresh_token FROM grants").fetch_all(&mut *tx).await?;
+    let reseal = |sealed: Option<Vec<u8>>| -> anyhow::Result<Option<Vec<u8>>> {
+        match sealed {
+            None => Ok(None),
+            Some(bytes) => {
+                let plain = old.open(&bytes).context("A stored token does not open with the old key")?;
+                Ok(Some(new.seal(secrecy::ExposeSecret::expose_secret(&plain))?))
+            }
+        }
+    };
+    let count = rows.len();
+    for (resource, access, refresh) in rows {
+        sqlx::query("UPDATE grants SET access_token = ?, refresh_token = ? WHERE resource_id = ?")
+            .bind(reseal(access)?)
+            .bind(reseal(refresh)?)
+            .bind(resource)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(count)
 }
 
 /// Options of `auth install`.
@@ -121,6 +164,26 @@ pub async fn run(config: Config, command: AuthCommand) -> anyhow::Result<()> {
             import_pit(&tokens, &location, SecretString::from(text)).await.map(|message| println!("{message}"))
         }
         AuthCommand::Status => status_report(&config, &tokens).await.map(|report| print!("{report}")),
+        AuthCommand::Rekey { old_key_env, old_key_file } => {
+            let old = match (old_key_env, old_key_file) {
+                (Some(var), _) => {
+                    std::env::var(&var).with_context(|| format!("environment variable {var} is not set"))?
+                }
+                (None, Some(file)) => std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?
+                    .trim()
+                    .to_owned(),
+                (None, None) => anyhow::bail!("give the old key with --old-key-env VAR or --old-key-file FILE"),
+            };
+            let old = crate::crypto::MasterKey::parse(&SecretString::from(old))?;
+            let new = config
+                .secrets
+                .master_key
+                .as_ref()
+                .context("no new master key configured (store.master_key_env or store.master_key_file)")?;
+            let new = crate::crypto::MasterKey::parse(new)?;
+            rekey(&store, &old, &new).await.map(|n| println!("Re-encrypted {n} grant(s) with the new master key."))
+        }
     };
     store.close().await;
     result
@@ -428,5 +491,44 @@ mod tests {
     async fn the_callback_listener_gives_up_after_the_timeout() {
         let error = wait_for_code("127.0.0.1:0".parse().unwrap(), "/cb", Duration::from_millis(50)).await.unwrap_err();
         assert!(error.to_string().contains("No redirect"), "{error}");
+    }
+}
+
+#[cfg(test)]
+mod rekey_tests {
+    use secrecy::{ExposeSecret, SecretString};
+
+    use super::rekey;
+    use crate::crypto::MasterKey;
+    use crate::store::Store;
+
+    fn key(byte: &str) -> MasterKey {
+        MasterKey::parse(&SecretString::from(byte.repeat(32))).unwrap()
+    }
+
+    #[tokio::test]
+    async fn rekey_reseals_every_token_so_only_the_new_key_opens_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&dir.path().join("t.db"), std::time::Duration::from_secs(1)).await.unwrap();
+        let (old, new) = (key("ab"), key("cd"));
+        sqlx::query(
+            "INSERT INTO grants (resource_id, resource_kind, access_token, refresh_token, updated_at) VALUES ('loc', 'location', ?, ?, 0)",
+        )
+        .bind(old.seal("access-1").unwrap())
+        .bind(old.seal("refresh-1").unwrap())
+        .execute(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(rekey(&store, &old, &new).await.unwrap(), 1);
+        let (access, refresh): (Vec<u8>, Vec<u8>) =
+            sqlx::query_as("SELECT access_token, refresh_token FROM grants").fetch_one(store.pool()).await.unwrap();
+        assert_eq!(new.open(&access).unwrap().expose_secret(), "access-1");
+        assert_eq!(new.open(&refresh).unwrap().expose_secret(), "refresh-1");
+        assert!(old.open(&access).is_err());
+        // A wrong old key changes nothing.
+        assert!(rekey(&store, &old, &new).await.is_err());
+        let (still,): (Vec<u8>,) =
+            sqlx::query_as("SELECT access_token FROM grants").fetch_one(store.pool()).await.unwrap();
+        assert_eq!(new.open(&still).unwrap().expose_secret(), "access-1");
     }
 }
