@@ -11,6 +11,7 @@
 mod auth;
 mod cli;
 mod dispatch;
+mod export;
 mod helpers;
 mod server;
 mod sync;
