@@ -84,6 +84,8 @@ pub enum Command {
     Replay(crate::dispatch::cli::ReplayArgs),
     /// Test every connection and print one real contact mapped for each connector.
     Check,
+    /// Export one location's contacts from the snapshot as CSV or JSON Lines.
+    Export(crate::export::ExportArgs),
     /// Manage GHL credentials: OAuth install, private integration tokens, status.
     Auth {
         #[command(subcommand)]
@@ -134,6 +136,10 @@ pub async fn execute(cli: Cli) -> ExitCode {
                 let ghl_checks = crate::app::check_ghl(&config).await;
                 finish_with(crate::dispatch::cli::run_check(&config, ghl_checks).await)
             }
+            Err(code) => code,
+        },
+        Command::Export(args) => match load(cli.config.as_deref()) {
+            Ok(config) => finish(crate::export::run_export(&config, args).await),
             Err(code) => code,
         },
         Command::Auth { command } => {

@@ -9,6 +9,7 @@ pub mod crypto;
 pub mod demo;
 pub mod dispatch;
 pub mod domain;
+pub mod export;
 pub mod ghl;
 pub mod http;
 pub mod sandbox;

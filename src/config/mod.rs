@@ -34,6 +34,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub daemon: DaemonSettings,
     pub dispatch: DispatchSettings,
+    pub export: ExportSettings,
 }
 
 /// `[store]`: where the SQLite database lives and how secrets in it are encrypted.
@@ -467,6 +468,52 @@ impl Default for DispatchSettings {
             retention: Dur::secs(7 * 24 * 3600),
         }
     }
+}
+
+/// `[export]`: scheduled exports of each location's contacts from the snapshot (see `src/export.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportSettings {
+    pub schedule: ExportSchedule,
+    /// Time of day (UTC, `HH:MM`) of the scheduled export; weekly exports run on Sundays.
+    pub at: String,
+    /// Where files go. None: `exports/` next to the database.
+    pub directory: Option<PathBuf>,
+    pub format: ExportFormat,
+    /// Exports kept per location (older ones are deleted after each new one).
+    pub keep: usize,
+}
+
+impl Default for ExportSettings {
+    fn default() -> Self {
+        Self {
+            schedule: ExportSchedule::Off,
+            at: "03:00".to_owned(),
+            directory: None,
+            format: ExportFormat::Csv,
+            keep: 7,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportSchedule {
+    #[default]
+    Off,
+    Nightly,
+    Weekly,
+}
+
+/// File format of an export (also `ghl-sync export --format`).
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportFormat {
+    /// Fixed columns plus one `cf.<id>` column per custom field (RFC 4180).
+    #[default]
+    Csv,
+    /// One GHL contact record (JSON) per line.
+    Jsonl,
 }
 
 fn default_batch_size() -> usize {

@@ -160,3 +160,20 @@ fn unknown_event_types_in_filters_are_named() {
 fn invalid_toml_is_a_syntax_error() {
     assert!(matches!(load("[sync\n", &[]), Err(ConfigError::Syntax { .. })));
 }
+
+#[test]
+fn the_export_section_parses_and_bad_values_are_reported() {
+    let config = load(
+        "[export]\nschedule = \"weekly\"\nat = \"04:30\"\ndirectory = \"/tmp/x\"\nformat = \"jsonl\"\nkeep = 3\n",
+        &[],
+    )
+    .unwrap();
+    let export = &config.settings.export;
+    assert_eq!((export.schedule, export.format, export.keep), (ExportSchedule::Weekly, ExportFormat::Jsonl, 3));
+    assert_eq!(load("", &[]).unwrap().settings.export.schedule, ExportSchedule::Off);
+    let found = problems("[export]\nschedule = \"hourly\"\n");
+    assert!(found.iter().any(|p| p.contains("export.schedule")), "{found:?}");
+    let found = problems("[export]\nat = \"3am\"\nkeep = 0\n");
+    assert!(found.iter().any(|p| p.contains("export.at")), "{found:?}");
+    assert!(found.iter().any(|p| p.contains("export.keep")), "{found:?}");
+}

@@ -67,6 +67,16 @@ pub(super) fn validate(settings: &Settings) -> (Secrets, Vec<ConfigProblem>) {
     );
     check(dispatch.breaker_threshold >= 1, "dispatch.breaker_threshold", "must be at least 1");
 
+    // [export]
+    let export = &settings.export;
+    check(export.keep >= 1, "export.keep", "must be at least 1");
+    check(crate::export::parse_time_of_day(&export.at).is_some(), "export.at", "must be a UTC time of day as HH:MM");
+    check(
+        export.directory.as_ref().is_none_or(|d| !d.as_os_str().is_empty()),
+        "export.directory",
+        "must not be empty (leave it out for exports/ next to the database)",
+    );
+
     // [ghl]
     let ghl = &settings.ghl;
     check_remote_url(&ghl.base_url, "ghl.base_url", &mut problems);

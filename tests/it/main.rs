@@ -12,6 +12,7 @@ mod auth;
 mod cli;
 mod daemon;
 mod dispatch;
+mod export;
 mod helpers;
 mod server;
 mod sync;
