@@ -209,6 +209,11 @@ impl App {
             stop.clone(),
         ));
         self.tracker.spawn(crate::server::notify::run_watchdog(stop.clone()));
+        self.tracker.spawn(crate::export::run_scheduled_exports(
+            self.store.clone(),
+            self.config.settings.export.clone(),
+            stop.clone(),
+        ));
 
         let mut workers_stop = stop.child_token();
         let mut workers = TaskTracker::new();
