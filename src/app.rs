@@ -357,6 +357,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if a.log.level != b.log.level || a.log.format != b.log.format {
         changed.push("log");
     }
+    if format!("{:?}", a.export) != format!("{:?}", b.export) {
+        changed.push("export");
+    }
     changed
 }
 
