@@ -84,17 +84,29 @@ impl App {
                 .context("Failed to set up GHL credentials")?,
         );
         tokens.check_grants().await.context("Stored GHL credentials cannot be used")?;
-        let connectors = connectors::build(&config, &calls)?;
-        let write_back = false;
+        // Lusha (issue 8): the write-back needs GHL write scopes.
+        let write_back = settings.connectors.lusha.as_ref().is_some_and(|l| l.enabled);
         for (resource, missing) in tokens.scope_report(&needed_scopes(write_back)).await? {
             tracing::warn!(resource, missing = %missing.join(" "), "The GHL grant of `{resource}` lacks scopes; reinstall the app with them");
         }
         let provider: Arc<dyn TokenProvider> = tokens.clone();
         let ghl = GhlClient::new(api, settings.ghl.base_url.clone(), settings.ghl.api_version.clone(), provider);
+        // Lusha (issue 8): write-back connectors need the store and the GHL client, and the
+        // bookkeeping custom fields they write (lusha_id, lusha_enriched_at) stay out of the hash.
+        let mut engine_settings = EngineSettings::from_config(settings);
+        if let Some(lusha) = settings.connectors.lusha.as_ref().filter(|l| l.enabled) {
+            engine_settings.ignored_custom_fields = connectors::lusha::bookkeeping_field_ids(lusha, &ghl, &store).await;
+        }
+        let deps = connectors::Deps {
+            store: store.clone(),
+            ghl: ghl.clone(),
+            ignored_custom_fields: Arc::new(engine_settings.ignored_custom_fields.clone()),
+        };
+        let connectors = connectors::build_with(&config, &calls, Some(&deps))?;
         let dispatcher = Arc::new(Dispatcher::new(store.clone(), connectors.clone(), settings.dispatch.clone()));
         let waker = dispatcher.waker();
         let engine = Arc::new(
-            Engine::new(store.clone(), ghl.clone(), EngineSettings::from_config(settings), subscribers(&connectors))
+            Engine::new(store.clone(), ghl.clone(), engine_settings, subscribers(&connectors))
                 .on_commit(Arc::new(move || waker.wake())),
         );
         let listener = if settings.server.enabled { Some(crate::server::bind(&settings.server).await?) } else { None };
