@@ -12,5 +12,6 @@ mod auth;
 mod cli;
 mod dispatch;
 mod helpers;
+mod lusha;
 mod server;
 mod sync;

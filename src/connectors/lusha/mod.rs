@@ -615,6 +615,12 @@ impl LushaConnector {
                 "Lusha credit budget reached; the rest waits"
             );
             metrics::counter!("ghl_sync_lusha_held_by_budget_total").increment((calls.len() - allowed) as u64);
+            if !capped {
+                // Below the reserve: stop like after a 402 and re-read the balance afterwards.
+                let mut gates = self.gates();
+                gates.stopped_until = Some(Instant::now() + wait);
+                gates.usage_read_at = None;
+            }
             for job in calls.drain(allowed..) {
                 outcomes[job.index] = Some(Outcome::Retry(Some(wait)));
             }
