@@ -51,7 +51,7 @@ struct Workers {
     connectors: Vec<Arc<dyn Connector>>,
 }
 
-fn build_workers(
+async fn build_workers(
     config: &Config,
     store: &Store,
     tokens: &Arc<TokenManager>,
@@ -80,13 +80,24 @@ fn build_workers(
         Some(limits),
         calls.clone(),
     )?;
-    let connectors = connectors::build(config, calls)?;
     let provider: Arc<dyn TokenProvider> = tokens.clone();
     let ghl = GhlClient::new(api, settings.ghl.base_url.clone(), settings.ghl.api_version.clone(), provider);
+    // Write-back connectors (Lusha) need the store and the GHL client, and the bookkeeping
+    // custom fields they write (lusha_id, lusha_enriched_at) stay out of the contact hash.
+    let mut engine_settings = EngineSettings::from_config(settings);
+    if let Some(lusha) = settings.connectors.lusha.as_ref().filter(|l| l.enabled) {
+        engine_settings.ignored_custom_fields = connectors::lusha::bookkeeping_field_ids(lusha, &ghl, store).await;
+    }
+    let deps = connectors::Deps {
+        store: store.clone(),
+        ghl: ghl.clone(),
+        ignored_custom_fields: Arc::new(engine_settings.ignored_custom_fields.clone()),
+    };
+    let connectors = connectors::build_with(config, calls, Some(&deps))?;
     let dispatcher = Arc::new(Dispatcher::new(store.clone(), connectors.clone(), settings.dispatch.clone()));
     let waker = dispatcher.waker();
     let engine = Arc::new(
-        Engine::new(store.clone(), ghl.clone(), EngineSettings::from_config(settings), subscribers(&connectors))
+        Engine::new(store.clone(), ghl.clone(), engine_settings, subscribers(&connectors))
             .on_commit(Arc::new(move || waker.wake())),
     );
     Ok(Workers { ghl, engine, dispatcher, connectors })
@@ -112,11 +123,12 @@ impl App {
                 .context("Failed to set up GHL credentials")?,
         );
         tokens.check_grants().await.context("Stored GHL credentials cannot be used")?;
-        let write_back = false;
+        // Write-back connectors (Lusha) need GHL's write scope.
+        let write_back = settings.connectors.lusha.as_ref().is_some_and(|l| l.enabled);
         for (resource, missing) in tokens.scope_report(&needed_scopes(write_back)).await? {
             tracing::warn!(resource, missing = %missing.join(" "), "The GHL grant of `{resource}` lacks scopes; reinstall the app with them");
         }
-        let Workers { ghl, engine, dispatcher, connectors } = build_workers(&config, &store, &tokens, &calls)?;
+        let Workers { ghl, engine, dispatcher, connectors } = build_workers(&config, &store, &tokens, &calls).await?;
         let listener = if settings.server.enabled { Some(crate::server::bind(&settings.server).await?) } else { None };
         tracing::info!(database = %path.display(), locations = settings.ghl.locations.len(), "Store ready");
         Ok(Self {
@@ -232,7 +244,7 @@ impl App {
                         workers_stop.cancel();
                         workers.close();
                         workers.wait().await;
-                        match build_workers(&config, &self.store, &self.tokens, &self.calls) {
+                        match build_workers(&config, &self.store, &self.tokens, &self.calls).await {
                             Ok(built) => {
                                 self.ghl = built.ghl;
                                 self.engine = built.engine;
@@ -426,7 +438,7 @@ pub async fn check_ghl(config: &Config) -> Vec<crate::dispatch::cli::CheckLine> 
         register_locations(&store, config).await?;
         let calls = CancellationToken::new();
         let tokens = Arc::new(TokenManager::from_config(config, store.clone(), calls.clone())?);
-        let workers = build_workers(config, &store, &tokens, &calls)?;
+        let workers = build_workers(config, &store, &tokens, &calls).await?;
         let mut lines = Vec::new();
         let locations: Vec<String> =
             sqlx::query_scalar("SELECT id FROM locations WHERE status NOT IN ('disabled', 'uninstalled') ORDER BY id")

@@ -18,3 +18,4 @@ pub mod shutdown;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod writeback;

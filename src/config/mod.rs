@@ -21,6 +21,8 @@ pub use load::{ConfigError, ConfigProblem, ConfigSource, load, load_from_str};
 pub use secret::Secret;
 pub use validate::decode_ed25519_spki;
 
+pub use crate::connectors::lusha::config::LushaSettings;
+
 /// The whole configuration, as read from the file and the environment.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -353,6 +355,8 @@ impl Default for DaemonSettings {
 pub struct ConnectorSettings {
     /// `[connectors.webhook.NAME]`
     pub webhook: BTreeMap<String, WebhookConnectorSettings>,
+    /// `[connectors.lusha]`: enrichment with write-back to GHL.
+    pub lusha: Option<LushaSettings>,
 }
 
 /// `[connectors.webhook.NAME]`: POST each change as JSON to a URL.
@@ -550,6 +554,8 @@ pub struct Secrets {
     pub pits: BTreeMap<String, SecretString>,
     /// By webhook connector name.
     pub webhook_secrets: BTreeMap<String, SecretString>,
+    /// `[connectors.lusha] api_key`.
+    pub lusha_api_key: Option<SecretString>,
 }
 
 /// A loaded, validated configuration with its secrets resolved.

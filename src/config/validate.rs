@@ -218,6 +218,18 @@ pub(super) fn validate(settings: &Settings) -> (Secrets, Vec<ConfigProblem>) {
         }
     }
 
+    // [connectors.lusha]
+    if let Some(lusha) = &settings.connectors.lusha {
+        check_remote_url(&lusha.base_url, "connectors.lusha.base_url", &mut problems);
+        secrets.lusha_api_key = resolve(
+            "connectors.lusha.api_key",
+            (&lusha.api_key, &lusha.api_key_env, &lusha.api_key_file),
+            lusha.enabled,
+            &mut problems,
+        );
+        problems.extend(crate::connectors::lusha::config::validate(lusha));
+    }
+
     (secrets, problems)
 }
 

@@ -5,6 +5,7 @@
 //! (`crate::dispatch`) owns batching, retries, dead letters and the circuit breaker; a connector
 //! only says what happened to each item.
 
+pub mod lusha;
 pub mod mapping;
 pub mod webhook;
 
@@ -155,9 +156,43 @@ pub trait Connector: Send + Sync {
     async fn deliver(&self, batch: &[Delivery]) -> Vec<Outcome>;
 }
 
+/// What connectors that write back to GHL (Lusha) need besides their config.
+#[derive(Clone)]
+pub struct Deps {
+    pub store: crate::store::Store,
+    pub ghl: crate::ghl::GhlClient,
+    /// The sync engine's `ignored_custom_fields` (the write-back records hashes the same way).
+    pub ignored_custom_fields: Arc<Vec<String>>,
+}
+
 /// Builds every enabled connector from the config. `cancel` aborts in-flight HTTP at shutdown.
+/// Connectors that write back to GHL are left out (see [`build_with`]).
 pub fn build(config: &Config, cancel: &CancellationToken) -> anyhow::Result<Vec<Arc<dyn Connector>>> {
+    build_with(config, cancel, None)
+}
+
+/// Like [`build`], with what write-back connectors need; without `deps` a configured Lusha
+/// connector is left out (with a warning).
+pub fn build_with(
+    config: &Config,
+    cancel: &CancellationToken,
+    deps: Option<&Deps>,
+) -> anyhow::Result<Vec<Arc<dyn Connector>>> {
     let mut connectors: Vec<Arc<dyn Connector>> = Vec::new();
+    if let Some(settings) = config.settings.connectors.lusha.as_ref().filter(|s| s.enabled) {
+        match (deps, config.secrets.lusha_api_key.clone()) {
+            (Some(deps), Some(key)) => {
+                let writeback = crate::writeback::WriteBack::new(
+                    deps.store.clone(),
+                    deps.ghl.clone(),
+                    deps.ignored_custom_fields.clone(),
+                );
+                connectors.push(Arc::new(lusha::LushaConnector::new(settings, key, writeback, cancel.clone())?));
+            }
+            (None, _) => tracing::warn!("The Lusha connector needs the store and the GHL client; not built here"),
+            (_, None) => anyhow::bail!("connectors.lusha: the API key is missing"),
+        }
+    }
     for (name, settings) in &config.settings.connectors.webhook {
         if !settings.enabled {
             continue;

@@ -211,25 +211,12 @@ impl Dispatcher {
         tokio::join!(join_all(workers), housekeeping);
     }
 
-    /// Prunes delivered rows past the retention and refreshes the gauges.
+    /// Prunes delivered rows past the retention. The outbox / dead-letter gauges are rendered
+    /// from the store at scrape time (`server::prometheus`); setting them here as well made
+    /// `/metrics` repeat those families (an invalid exposition).
     async fn housekeeping(&self) -> Result<u64, StoreError> {
-        let now = now_ms();
         let retention = i64::try_from(self.settings.retention.get().as_millis()).unwrap_or(i64::MAX);
-        let pruned = outbox::prune(self.store.pool(), now.saturating_sub(retention)).await?;
-        let mut seen: BTreeMap<String, (i64, Option<i64>)> =
-            self.workers.iter().map(|w| (w.id.clone(), (0, None))).collect();
-        for (connector, n, oldest) in outbox::depth(self.store.pool()).await? {
-            seen.insert(connector, (n, oldest));
-        }
-        for (connector, (n, oldest)) in seen {
-            let age = oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
-            metrics::gauge!("ghl_sync_outbox_depth", "connector" => connector.clone()).set(n as f64);
-            metrics::gauge!("ghl_sync_outbox_oldest_pending_age_seconds", "connector" => connector).set(age);
-        }
-        for (connector, n) in outbox::dead_letter_counts(self.store.pool()).await? {
-            metrics::gauge!("ghl_sync_dead_letters", "connector" => connector).set(n as f64);
-        }
-        Ok(pruned)
+        outbox::prune(self.store.pool(), now_ms().saturating_sub(retention)).await
     }
 
     /// One round for one connector: read up to `concurrency` batches of due rows, deliver them

@@ -341,6 +341,13 @@ impl Engine {
             counter.summary.contacts_changed += 1;
             let packed = codec::pack(&Value::Object(record.record.clone()));
             upsert_contact(&mut tx, location, &record.id, &hash, &packed, record.date_updated_ms, now).await?;
+            // Echo suppression (issue 8): an update whose content is exactly what our own
+            // GHL write-back produced is kept in the snapshot but not sent to any connector.
+            if operation == Operation::Updated
+                && crate::writeback::is_own_write(&mut tx, location, &record.id, &hash).await?
+            {
+                continue;
+            }
             wrote_outbox |= self
                 .enqueue_all(
                     &mut tx,

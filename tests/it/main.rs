@@ -14,5 +14,6 @@ mod daemon;
 mod dispatch;
 mod export;
 mod helpers;
+mod lusha;
 mod server;
 mod sync;

@@ -1,0 +1,230 @@
+//! The Lusha V3 API over `ApiClient` (header `api_key`, one rate-limit bucket per key) and the
+//! classification of its failures (reference/lusha.md §5–§6).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+use super::config::LushaSettings;
+use crate::http::{
+    ApiClient, ApiRequest, ClientSettings, HeaderScheme, HttpError, LimitScope, Method, Priority, QuotaSettings,
+    RateLimits, RetryPolicy, StatusCode, TransportKind,
+};
+
+/// A failed Lusha call, classified for the connector.
+#[derive(Debug, thiserror::Error)]
+pub enum LushaError {
+    /// 402: the balance cannot cover the call. Nothing was charged.
+    #[error("Lusha {route}: not enough credits (402)")]
+    NoCredits { route: &'static str },
+    /// 429 (or our own limiter) for the minute window: wait about a minute.
+    #[error("Lusha {route}: rate-limited (minute window)")]
+    Minute { route: &'static str },
+    /// Hourly limit: park until it resets.
+    #[error("Lusha {route}: hourly limit reached")]
+    Hourly { route: &'static str, wait: Duration },
+    /// Daily limit (or trial limit): park until the next UTC day.
+    #[error("Lusha {route}: daily limit reached")]
+    Daily { route: &'static str },
+    /// The call may have reached Lusha and been charged (timeout, broken connection, 499,
+    /// 5xx, unreadable answer).
+    #[error("Lusha {route}: ambiguous failure ({detail})")]
+    Ambiguous { route: &'static str, detail: String },
+    /// 401/403: the key or the plan is wrong; nothing will work until the operator acts.
+    #[error("Lusha {route}: refused ({status}); check the API key and plan")]
+    Config { route: &'static str, status: u16 },
+    /// 400/404/412/422 and other answers that will not change on retry.
+    #[error("Lusha {route}: rejected the request ({status})")]
+    Rejected { route: &'static str, status: u16 },
+    /// Could not connect, or shutdown: nothing was sent.
+    #[error("Lusha {route}: not sent ({detail})")]
+    NotSent { route: &'static str, detail: String },
+}
+
+impl LushaError {
+    fn from_http(error: HttpError) -> Self {
+        match error {
+            // The ApiClient classified the window from the headers and message; Lusha sends no
+            // Retry-After, so an hourly limit parks for the longest the window can last.
+            HttpError::RateLimited { route, scope, .. } => match scope {
+                LimitScope::Daily => LushaError::Daily { route },
+                LimitScope::Hourly => LushaError::Hourly { route, wait: Duration::from_secs(3600) },
+                LimitScope::Burst => LushaError::Minute { route },
+            },
+            HttpError::BudgetExhausted { route, .. } => LushaError::Daily { route },
+            HttpError::Status { route, status, body, .. } => classify_status(route, status, &body),
+            HttpError::Timeout { route, .. } => LushaError::Ambiguous { route, detail: "timeout".into() },
+            HttpError::Transport { route, kind: TransportKind::Connect, .. } => {
+                LushaError::NotSent { route, detail: "could not connect".into() }
+            }
+            HttpError::Transport { route, kind, .. } => LushaError::Ambiguous { route, detail: kind.to_string() },
+            HttpError::Decode { route, detail, .. } => LushaError::Ambiguous { route, detail },
+            HttpError::Cancelled { route, .. } => LushaError::NotSent { route, detail: "shutdown".into() },
+            HttpError::Invalid { detail, .. } => {
+                LushaError::Rejected { route: "request", status: 0 }.with_detail(detail)
+            }
+        }
+    }
+
+    fn with_detail(self, detail: String) -> Self {
+        tracing::warn!(detail = %detail, "Invalid Lusha request");
+        self
+    }
+}
+
+fn classify_status(route: &'static str, status: StatusCode, body: &[u8]) -> LushaError {
+    let code = status.as_u16();
+    match code {
+        402 => LushaError::NoCredits { route },
+        401 | 403 => LushaError::Config { route, status: code },
+        429 => {
+            let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+            if text.contains("daily") || text.contains("trial") {
+                LushaError::Daily { route }
+            } else if text.contains("hour") {
+                LushaError::Hourly { route, wait: reset_in(&text).unwrap_or(Duration::from_secs(3600)) }
+            } else {
+                LushaError::Minute { route }
+            }
+        }
+        408 | 499 | 500..=599 => LushaError::Ambiguous { route, detail: format!("status {code}") },
+        _ => LushaError::Rejected { route, status: code },
+    }
+}
+
+/// "… Reset in 1234 seconds" → 1234 s.
+fn reset_in(text: &str) -> Option<Duration> {
+    let after = text.split("reset in").nth(1)?;
+    let digits: String = after.trim_start().chars().take_while(char::is_ascii_digit).collect();
+    digits.parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// The Lusha API for one key.
+#[derive(Clone)]
+pub struct LushaClient {
+    api: ApiClient,
+    base: Url,
+    key: SecretString,
+    /// Rate-limit bucket: a hash of the key, never the key.
+    bucket: String,
+}
+
+impl std::fmt::Debug for LushaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LushaClient").field("base", &self.base.as_str()).finish_non_exhaustive()
+    }
+}
+
+impl LushaClient {
+    pub fn new(settings: &LushaSettings, key: SecretString, cancel: CancellationToken) -> Result<Self, HttpError> {
+        let limits = Arc::new(RateLimits::new(QuotaSettings {
+            burst_max: settings.limits.per_minute,
+            window: Duration::from_secs(60),
+            share: 1.0,
+            daily_budget: u64::from(settings.limits.per_day),
+        }));
+        let api = ApiClient::new(
+            ClientSettings {
+                service: "lusha",
+                connect_timeout: Duration::from_secs(5),
+                request_timeout: settings.timeout.get(),
+                // Retries are the connector's decision: a search that may have been charged
+                // is repeated at most once.
+                retry: RetryPolicy { max_retries: 0, ..RetryPolicy::default() },
+                headers: HeaderScheme::Lusha,
+                user_agent: crate::app::user_agent(),
+            },
+            Some(limits),
+            cancel,
+        )?;
+        let digest = Sha256::digest(key.expose_secret().as_bytes());
+        let bucket = format!("lusha-key-{}", digest.iter().take(4).map(|b| format!("{b:02x}")).collect::<String>());
+        Ok(Self { api, base: settings.base_url.clone(), key, bucket })
+    }
+
+    fn url(&self, path: &str) -> Url {
+        let mut url = self.base.clone();
+        url.set_path(&format!("{}{}", self.base.path().trim_end_matches('/'), path));
+        url
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        route: &'static str,
+        body: Option<&Value>,
+    ) -> Result<Value, LushaError> {
+        let mut request = ApiRequest::new(method, self.url(path), route)
+            .bucket(self.bucket.clone())
+            // No share of the per-key daily budget is held back for other work: it is all ours.
+            .priority(Priority::Webhook)
+            .idempotent(false)
+            .header("accept", "application/json")
+            .secret_header("api_key", &self.key);
+        if let Some(body) = body {
+            request = request.json(body).map_err(LushaError::from_http)?;
+        }
+        let response = self.api.send(request).await.map_err(LushaError::from_http)?;
+        response.json::<Value>().map_err(LushaError::from_http)
+    }
+
+    /// `POST /v3/contacts/search-and-enrich` (charged: search + reveals).
+    pub async fn search_and_enrich(
+        &self,
+        items: &[Value],
+        reveal: &[String],
+        waterfall: bool,
+    ) -> Result<Value, LushaError> {
+        let body = json!({"contacts": items, "reveal": reveal, "waterfallEnabled": waterfall,
+            "options": {"includePartialProfiles": false}});
+        self.call(Method::POST, "/v3/contacts/search-and-enrich", "/v3/contacts/search-and-enrich", Some(&body)).await
+    }
+
+    /// `POST /v3/contacts/enrich` by Lusha ids (already revealed datapoints are free).
+    pub async fn enrich(&self, ids: &[String], reveal: &[String], waterfall: bool) -> Result<Value, LushaError> {
+        let body = json!({"ids": ids, "reveal": reveal, "waterfallEnabled": waterfall});
+        self.call(Method::POST, "/v3/contacts/enrich", "/v3/contacts/enrich", Some(&body)).await
+    }
+
+    /// `POST /v3/contacts/prospecting`: one page of a search (free: no reveals).
+    pub async fn prospecting(&self, filters: &Value, page: u64, size: u64) -> Result<Value, LushaError> {
+        let body = json!({"filters": filters, "pagination": {"page": page, "size": size}});
+        self.call(Method::POST, "/v3/contacts/prospecting", "/v3/contacts/prospecting", Some(&body)).await
+    }
+
+    /// `GET /v3/account/usage`: `credits.remaining` and the windows (free; 5 per minute).
+    pub async fn usage(&self) -> Result<Value, LushaError> {
+        self.call(Method::GET, "/v3/account/usage", "/v3/account/usage", None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_classified_per_the_reference() {
+        let c = |code: u16, body: &str| classify_status("/r", StatusCode::from_u16(code).unwrap(), body.as_bytes());
+        assert!(matches!(c(402, ""), LushaError::NoCredits { .. }));
+        assert!(matches!(c(401, ""), LushaError::Config { .. }));
+        assert!(matches!(
+            c(429, r#"{"message":"Daily API quota limit exceeded. Limit 5 calls per day"}"#),
+            LushaError::Daily { .. }
+        ));
+        assert!(matches!(c(429, "You've reached your trial limit"), LushaError::Daily { .. }));
+        match c(429, "Hourly API rate limit exceeded. Limit: 5 calls per hour. Reset in 120 seconds") {
+            LushaError::Hourly { wait, .. } => assert_eq!(wait, Duration::from_secs(120)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(c(429, "API rate limit exceeded"), LushaError::Minute { .. }));
+        assert!(matches!(c(499, ""), LushaError::Ambiguous { .. }));
+        assert!(matches!(c(503, ""), LushaError::Ambiguous { .. }));
+        assert!(matches!(c(400, ""), LushaError::Rejected { .. }));
+    }
+}

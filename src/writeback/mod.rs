@@ -1,0 +1,460 @@
+//! The GHL write-back service: every write the daemon makes to GHL (contact fields, custom
+//! fields, tags, notes, tasks) goes through [`WriteBack`] with an idempotency key.
+//!
+//! - The key is stored in `writebacks` (status `pending`) **before** the call and marked `done`
+//!   with the GHL id after it. A replay of a done key makes no call. GHL has no idempotency keys
+//!   and can even create on a 422 (reference/ghl.md §6.8), so a *pending* create found on a
+//!   retry or after a crash is first looked for in GHL (notes by body, tasks by title + body,
+//!   contacts by email) and only created when it is not there.
+//! - Echo suppression: after writing to a contact, [`WriteBack::settle`] reads it back and
+//!   records the hash of its content (the same normalisation and hash as the sync engine).
+//!   The engine calls [`is_own_write`] when a contact comes back changed: if the new hash is
+//!   the one our last write produced, the snapshot is stored but no connector hears of it.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::ghl::write::{CreateContact, NewTask, NoteWrite, UpdateContact};
+use crate::ghl::{GhlClient, GhlError};
+use crate::http::Priority;
+use crate::store::{Store, StoreError, now_ms};
+use crate::sync::normalize::{Hash, contact_hash, normalize_contact};
+
+/// A failed write-back.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteBackError {
+    #[error(transparent)]
+    Ghl(#[from] GhlError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for WriteBackError {
+    fn from(error: sqlx::Error) -> Self {
+        WriteBackError::Store(StoreError::Query(error))
+    }
+}
+
+impl WriteBackError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            WriteBackError::Ghl(error) => error.is_retryable(),
+            WriteBackError::Store(_) => true,
+        }
+    }
+}
+
+/// What a keyed write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// The call was made now; the GHL id of what it created or changed.
+    Now(Option<String>),
+    /// The key was already done (a replay): nothing was sent.
+    Already(Option<String>),
+    /// A pending create from an earlier attempt was found in GHL and adopted: nothing was sent.
+    Found(String),
+}
+
+impl Written {
+    /// The GHL id (note, task or contact), if the write has one.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Written::Now(id) | Written::Already(id) => id.as_deref(),
+            Written::Found(id) => Some(id),
+        }
+    }
+
+    /// Whether a request changed something in GHL just now.
+    pub fn sent(&self) -> bool {
+        matches!(self, Written::Now(_))
+    }
+}
+
+/// An idempotency key: hex sha256 of the parts joined by `|`.
+pub fn key(parts: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            hasher.update(b"|");
+        }
+        hasher.update(part.as_bytes());
+    }
+    hex(&hasher.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `hash` is the content our most recent write to this contact produced. The sync
+/// engine calls it for updated contacts (inside its write transaction).
+pub async fn is_own_write(
+    conn: &mut sqlx::SqliteConnection,
+    location: &str,
+    contact_id: &str,
+    hash: &Hash,
+) -> Result<bool, sqlx::Error> {
+    let latest: Option<Vec<u8>> = sqlx::query_scalar(
+        "SELECT content_hash FROM writebacks WHERE location_id = ? AND contact_id = ? AND status = 'done' \
+         AND content_hash IS NOT NULL ORDER BY updated_at DESC, rowid DESC LIMIT 1",
+    )
+    .bind(location)
+    .bind(contact_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(latest.is_some_and(|latest| latest.as_slice() == hash.as_slice()))
+}
+
+/// The state of a key before a write.
+enum Begun {
+    /// New (or pending from an earlier attempt that cannot have created anything).
+    Go,
+    /// Pending from an earlier attempt of a create: look in GHL before creating.
+    Resume,
+    Done(Option<String>),
+}
+
+/// The write-back service (cheap to clone).
+#[derive(Clone)]
+pub struct WriteBack {
+    store: Store,
+    ghl: GhlClient,
+    /// Custom field ids kept out of the contact hash (the engine's `ignored_custom_fields`).
+    ignored: Arc<Vec<String>>,
+}
+
+impl std::fmt::Debug for WriteBack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteBack").finish_non_exhaustive()
+    }
+}
+
+impl WriteBack {
+    /// `ignored` must be the sync engine's `ignored_custom_fields`, so the hash recorded here
+    /// is the hash the engine computes when the contact comes back.
+    pub fn new(store: Store, ghl: GhlClient, ignored: Arc<Vec<String>>) -> Self {
+        Self { store, ghl, ignored }
+    }
+
+    pub fn ghl(&self) -> &GhlClient {
+        &self.ghl
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    async fn begin(
+        &self,
+        key: &str,
+        location: &str,
+        contact_id: Option<&str>,
+        kind: &str,
+    ) -> Result<Begun, WriteBackError> {
+        let now = now_ms();
+        let inserted = sqlx::query(
+            "INSERT INTO writebacks (idempotency_key, location_id, contact_id, kind, status, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(location)
+        .bind(contact_id)
+        .bind(kind)
+        .bind(now)
+        .bind(now)
+        .execute(self.store.pool())
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(Begun::Go);
+        }
+        let row: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT status, target_id FROM writebacks WHERE idempotency_key = ?")
+                .bind(key)
+                .fetch_optional(self.store.pool())
+                .await?;
+        Ok(match row {
+            Some((status, target)) if status == "done" => Begun::Done(target),
+            _ => Begun::Resume,
+        })
+    }
+
+    async fn finish(&self, key: &str, target: Option<&str>) -> Result<(), WriteBackError> {
+        sqlx::query(
+            "UPDATE writebacks SET status = 'done', target_id = COALESCE(?, target_id), updated_at = ? \
+             WHERE idempotency_key = ?",
+        )
+        .bind(target)
+        .bind(now_ms())
+        .bind(key)
+        .execute(self.store.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// `PUT /contacts/:id` with only the set fields (idempotent: a pending key is just sent again).
+    pub async fn update_contact(
+        &self,
+        location: &str,
+        contact_id: &str,
+        key: &str,
+        update: &UpdateContact,
+    ) -> Result<Written, WriteBackError> {
+        if let Begun::Done(target) = self.begin(key, location, Some(contact_id), "contact_update").await? {
+            return Ok(Written::Already(target));
+        }
+        if !update.is_empty() {
+            self.ghl.update_contact(location, contact_id, update).await?;
+        }
+        self.finish(key, Some(contact_id)).await?;
+        Ok(Written::Now(Some(contact_id.to_owned())))
+    }
+
+    /// `POST /contacts/:id/tags` (adding twice is harmless).
+    pub async fn add_tags(
+        &self,
+        location: &str,
+        contact_id: &str,
+        key: &str,
+        tags: &[String],
+    ) -> Result<Written, WriteBackError> {
+        if let Begun::Done(target) = self.begin(key, location, Some(contact_id), "tag_add").await? {
+            return Ok(Written::Already(target));
+        }
+        if !tags.is_empty() {
+            self.ghl.add_tags(location, contact_id, tags).await?;
+        }
+        self.finish(key, Some(contact_id)).await?;
+        Ok(Written::Now(Some(contact_id.to_owned())))
+    }
+
+    /// `DELETE /contacts/:id/tags`.
+    pub async fn remove_tags(
+        &self,
+        location: &str,
+        contact_id: &str,
+        key: &str,
+        tags: &[String],
+    ) -> Result<Written, WriteBackError> {
+        if let Begun::Done(target) = self.begin(key, location, Some(contact_id), "tag_remove").await? {
+            return Ok(Written::Already(target));
+        }
+        if !tags.is_empty() {
+            self.ghl.remove_tags(location, contact_id, tags).await?;
+        }
+        self.finish(key, Some(contact_id)).await?;
+        Ok(Written::Now(Some(contact_id.to_owned())))
+    }
+
+    /// `POST /contacts/:id/notes`, at most once per key: a pending key from an earlier attempt
+    /// is first looked for among the contact's notes (same body).
+    pub async fn create_note(
+        &self,
+        location: &str,
+        contact_id: &str,
+        key: &str,
+        note: &NoteWrite,
+    ) -> Result<Written, WriteBackError> {
+        match self.begin(key, location, Some(contact_id), "note").await? {
+            Begun::Done(target) => return Ok(Written::Already(target)),
+            Begun::Resume => {
+                let notes = self.ghl.list_notes(location, contact_id, Priority::WriteBack).await?;
+                if let Some(id) = notes.iter().find(|n| same(n, "body", note.body.as_deref())).and_then(id_of) {
+                    self.finish(key, Some(&id)).await?;
+                    return Ok(Written::Found(id));
+                }
+            }
+            Begun::Go => {}
+        }
+        let created = self.ghl.create_note(location, contact_id, note).await?;
+        let id = created.id.clone();
+        self.finish(key, Some(&id)).await?;
+        Ok(Written::Now(Some(id)))
+    }
+
+    /// `POST /contacts/:id/tasks`, at most once per key (a pending key: looked for by title + body).
+    pub async fn create_task(
+        &self,
+        location: &str,
+        contact_id: &str,
+        key: &str,
+        task: &NewTask,
+    ) -> Result<Written, WriteBackError> {
+        match self.begin(key, location, Some(contact_id), "task").await? {
+            Begun::Done(target) => return Ok(Written::Already(target)),
+            Begun::Resume => {
+                let tasks = self.ghl.list_tasks(location, contact_id, Priority::WriteBack).await?;
+                let found = tasks
+                    .iter()
+                    .find(|t| same(t, "title", Some(&task.title)) && same(t, "body", task.body.as_deref()))
+                    .and_then(id_of);
+                if let Some(id) = found {
+                    self.finish(key, Some(&id)).await?;
+                    return Ok(Written::Found(id));
+                }
+            }
+            Begun::Go => {}
+        }
+        let created = self.ghl.create_task(location, contact_id, task).await?;
+        let id = created.id.clone();
+        self.finish(key, Some(&id)).await?;
+        Ok(Written::Now(Some(id)))
+    }
+
+    /// `PUT /contacts/:id/tasks/:taskId/completed` (idempotent).
+    pub async fn complete_task(
+        &self,
+        location: &str,
+        contact_id: &str,
+        task_id: &str,
+        key: &str,
+    ) -> Result<Written, WriteBackError> {
+        if let Begun::Done(target) = self.begin(key, location, Some(contact_id), "task_complete").await? {
+            return Ok(Written::Already(target));
+        }
+        self.ghl.complete_task(location, contact_id, task_id, true).await?;
+        self.finish(key, Some(task_id)).await?;
+        Ok(Written::Now(Some(task_id.to_owned())))
+    }
+
+    /// `POST /contacts/`, at most once per key. A pending key (an earlier attempt may have
+    /// created it even on an error) and `lookup_email` first look the contact up by email.
+    pub async fn create_contact(
+        &self,
+        key: &str,
+        contact: &CreateContact,
+        lookup_email: Option<&str>,
+    ) -> Result<Written, WriteBackError> {
+        let location = contact.location_id.as_str();
+        match self.begin(key, location, None, "contact_create").await? {
+            Begun::Done(target) => return Ok(Written::Already(target)),
+            Begun::Resume => {
+                if let Some(email) = lookup_email
+                    && let Some(id) = self.find_by_email(location, email).await?
+                {
+                    self.finish_create(key, &id).await?;
+                    return Ok(Written::Found(id));
+                }
+            }
+            Begun::Go => {}
+        }
+        let created = self.ghl.create_contact(contact).await?;
+        self.finish_create(key, &created.id).await?;
+        Ok(Written::Now(Some(created.id)))
+    }
+
+    async fn finish_create(&self, key: &str, id: &str) -> Result<(), WriteBackError> {
+        sqlx::query("UPDATE writebacks SET contact_id = ? WHERE idempotency_key = ?")
+            .bind(id)
+            .bind(key)
+            .execute(self.store.pool())
+            .await?;
+        self.finish(key, Some(id)).await
+    }
+
+    /// A contact of the location with exactly this email (search with an `eq` filter).
+    pub async fn find_by_email(&self, location: &str, email: &str) -> Result<Option<String>, WriteBackError> {
+        let wanted = email.trim().to_lowercase();
+        let mut request = crate::ghl::dto::SearchRequest::updated_since(location, 20, None);
+        request.filters = vec![serde_json::json!({"field": "email", "operator": "eq", "value": wanted})];
+        let page = self.ghl.search_contacts(&request, Priority::WriteBack).await?;
+        Ok(page
+            .contacts
+            .iter()
+            .find(|c| c.get("email").and_then(Value::as_str).is_some_and(|e| e.trim().to_lowercase() == wanted))
+            .and_then(id_of))
+    }
+
+    /// Reads the contact back after our writes and records its content hash on `keys`, so
+    /// the sync recognises the change as ours. Returns the normalised record.
+    pub async fn settle(
+        &self,
+        location: &str,
+        contact_id: &str,
+        keys: &[String],
+    ) -> Result<Option<Map<String, Value>>, WriteBackError> {
+        let Some(contact) = self.ghl.get_contact(location, contact_id, Priority::WriteBack).await? else {
+            return Ok(None);
+        };
+        let Value::Object(map) = serde_json::to_value(&contact).unwrap_or(Value::Null) else {
+            return Ok(None);
+        };
+        let record = normalize_contact(map);
+        let hash = contact_hash(&record, &self.ignored);
+        let now = now_ms();
+        for key in keys {
+            sqlx::query(
+                "UPDATE writebacks SET content_hash = ?, contact_id = COALESCE(contact_id, ?), updated_at = ? \
+                 WHERE idempotency_key = ?",
+            )
+            .bind(hash.as_slice())
+            .bind(contact_id)
+            .bind(now)
+            .bind(key)
+            .execute(self.store.pool())
+            .await?;
+        }
+        Ok(Some(record))
+    }
+}
+
+fn same(item: &Value, field: &str, wanted: Option<&str>) -> bool {
+    let have = item.get(field).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty());
+    have == wanted.map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn id_of(item: &Value) -> Option<String> {
+    item.get("id").or_else(|| item.get("_id")).and_then(Value::as_str).map(str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn keys_are_stable_and_separate_parts() {
+        assert_eq!(key(&["a", "b"]), key(&["a", "b"]));
+        assert_ne!(key(&["a", "b"]), key(&["ab"]));
+        assert_ne!(key(&["a|b"]), key(&["a", "bc"]));
+        assert_eq!(key(&["x"]).len(), 64);
+    }
+
+    #[test]
+    fn pending_creates_match_by_content() {
+        let note = json!({"id": "n1", "body": " Enriched by Lusha "});
+        assert!(same(&note, "body", Some("Enriched by Lusha")));
+        assert!(!same(&note, "body", Some("other")));
+        assert!(same(&json!({"id": "t"}), "body", None));
+        assert_eq!(id_of(&note).as_deref(), Some("n1"));
+    }
+
+    #[tokio::test]
+    async fn own_writes_are_the_latest_recorded_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&dir.path().join("t.db"), std::time::Duration::from_secs(5)).await.unwrap();
+        let mut conn = store.pool().acquire().await.unwrap();
+        let a: Hash = [1; 32];
+        let b: Hash = [2; 32];
+        assert!(!is_own_write(&mut conn, "l", "c", &a).await.unwrap());
+        for (key, hash, at) in [("k1", a, 1), ("k2", b, 2)] {
+            sqlx::query(
+                "INSERT INTO writebacks (idempotency_key, location_id, contact_id, kind, content_hash, status, created_at, updated_at) \
+                 VALUES (?, 'l', 'c', 'contact_update', ?, 'done', ?, ?)",
+            )
+            .bind(key)
+            .bind(hash.as_slice())
+            .bind(at)
+            .bind(at)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        }
+        assert!(is_own_write(&mut conn, "l", "c", &b).await.unwrap());
+        // An older state we wrote, come back later, is a user's change.
+        assert!(!is_own_write(&mut conn, "l", "c", &a).await.unwrap());
+        assert!(!is_own_write(&mut conn, "l", "other", &b).await.unwrap());
+    }
+}

@@ -1,0 +1,323 @@
+//! The Lusha connector end to end: GHL contacts (fake GHL) → sync → outbox → Lusha (fake
+//! Lusha, with its credit ledger) → write-back to GHL → the sync sees our own write and
+//! neither re-enriches nor re-delivers it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ghl_sync::app::App;
+use ghl_sync::config::{Dur, LushaSettings, Secret, Settings};
+use ghl_sync::ghl::write::NoteWrite;
+use ghl_sync::sandbox::ghl::GhlOptions;
+use ghl_sync::sandbox::lusha::{Identity, Lookup, LushaOptions};
+use ghl_sync::sandbox::{Sandbox, SandboxOptions};
+use ghl_sync::sync::engine::RunOptions;
+use ghl_sync::writeback::{WriteBack, Written};
+use serde_json::{Value, json};
+
+use crate::helpers::{config, settings_for};
+
+async fn sandbox() -> Sandbox {
+    let ghl = GhlOptions {
+        locations: 1,
+        contacts_per_location: 0,
+        max_tasks_per_contact: 0,
+        max_notes_per_contact: 0,
+        burst_max: 100_000,
+        burst_window: Duration::from_secs(1),
+        daily_max: 10_000_000,
+        ..GhlOptions::default()
+    };
+    let lusha = LushaOptions { usage_per_minute: 0, ..LushaOptions::default() };
+    Sandbox::start(SandboxOptions { ghl, lusha, ..Default::default() }, "127.0.0.1:0".parse().unwrap()).await.unwrap()
+}
+
+fn settings(sandbox: &Sandbox, dir: &std::path::Path, tweak: impl FnOnce(&mut LushaSettings)) -> Settings {
+    let mut settings = settings_for(sandbox, dir);
+    settings.dispatch.backoff_base = Dur::millis(5);
+    settings.dispatch.backoff_max = Dur::millis(20);
+    settings.dispatch.breaker_threshold = 1000;
+    let mut lusha = LushaSettings {
+        api_key: Some(Secret::new(sandbox.lusha.api_key())),
+        base_url: sandbox.lusha_url(),
+        daily_credit_cap: 0,
+        credit_reserve: 0,
+        stop_on_no_credits: Dur::millis(150),
+        ..LushaSettings::default()
+    };
+    lusha.limits.per_minute = 60_000;
+    lusha.limits.per_hour = 1_000_000;
+    lusha.limits.per_day = 1_000_000;
+    tweak(&mut lusha);
+    settings.connectors.lusha = Some(lusha);
+    settings
+}
+
+fn location(sandbox: &Sandbox) -> String {
+    sandbox.ghl.locations()[0].id.clone()
+}
+
+/// Creates one GHL contact per email (no phone), returns their ids.
+fn create_contacts(sandbox: &Sandbox, emails: &[String]) -> Vec<String> {
+    let location = location(sandbox);
+    emails
+        .iter()
+        .enumerate()
+        .map(|(i, email)| {
+            sandbox.ghl.create_contact(
+                &location,
+                json!({"firstName": format!("Test{i}"), "lastName": "Person", "email": email}),
+            )
+        })
+        .collect()
+}
+
+fn found(lookup: &Lookup) -> bool {
+    matches!(lookup, Lookup::Found(person) if !person.location.is_eu_contact)
+}
+
+async fn sync_all(app: &App) -> u64 {
+    let mut changed = 0;
+    for (location, result) in app.sync_once(None, RunOptions { dry_run: false, skip_sweep: true }).await.unwrap() {
+        changed += result.unwrap_or_else(|e| panic!("sync of {location} failed: {e}")).contacts_changed;
+    }
+    changed
+}
+
+async fn pending(app: &App, connector: &str) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND connector = ?")
+        .bind(connector)
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap()
+}
+
+/// Dispatcher passes until nothing is pending (bounded).
+async fn drain(app: &App) {
+    for _ in 0..300 {
+        app.dispatcher.run_once().await;
+        if pending(app, "lusha").await + pending(app, "webhook.test").await == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("outbox not drained: {} lusha rows pending", pending(app, "lusha").await);
+}
+
+fn tags(contact: &Value) -> Vec<String> {
+    contact["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect()
+}
+
+fn custom(contact: &Value, id: &str) -> Option<String> {
+    contact["customFields"]
+        .as_array()?
+        .iter()
+        .find(|f| f["id"] == id)
+        .and_then(|f| f["value"].as_str().map(str::to_owned))
+}
+
+/// Custom field key → id in the fake GHL location.
+async fn field_id(app: &App, location: &str, key: &str) -> String {
+    let fields = app.ghl.custom_fields(location, Some("contact"), ghl_sync::http::Priority::Poll).await.unwrap();
+    fields.into_iter().find(|f| f.field_key.as_deref() == Some(key)).unwrap().id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrichment_spends_exactly_the_predicted_credits_once_and_never_echoes() {
+    let sandbox = sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut emails = sandbox.lusha.sample_emails(8, found);
+    let missing = sandbox.lusha.sample_emails(2, |l| matches!(l, Lookup::NotFound { .. }));
+    emails.extend(missing.iter().cloned());
+    let ids = create_contacts(&sandbox, &emails);
+    let identities: Vec<Identity> = emails.iter().map(|e| Identity::email(e.clone())).collect();
+    let predicted = sandbox.lusha.predict_cost(&identities, &["emails", "phones"], true);
+    assert!(predicted > 0);
+
+    let app = App::build(config(settings(&sandbox, dir.path(), |_| {}))).await.unwrap();
+    assert_eq!(sync_all(&app).await, 10);
+    drain(&app).await;
+
+    // Exactly what the ledger predicted; one search-and-enrich call for the batch.
+    assert_eq!(sandbox.lusha.ledger().spent, predicted);
+    assert_eq!(sandbox.lusha.stats().requests_to("contacts/search-and-enrich"), 1);
+    let location = location(&sandbox);
+    let lusha_id_field = field_id(&app, &location, "contact.lusha_id").await;
+    let enriched_at_field = field_id(&app, &location, "contact.lusha_enriched_at").await;
+    let mut phones = 0;
+    for (i, id) in ids.iter().enumerate() {
+        let contact = sandbox.ghl.contact(id).unwrap();
+        if i < 8 {
+            assert!(tags(&contact).contains(&"lusha:enriched".to_owned()), "{contact}");
+            let person = sandbox.lusha.lookup(&identities[i]);
+            assert_eq!(custom(&contact, &lusha_id_field), person.person().map(|p| p.id.clone()));
+            if contact["phone"].as_str().is_some_and(|p| !p.is_empty()) {
+                phones += 1;
+            }
+        } else {
+            assert!(tags(&contact).contains(&"lusha:not_found".to_owned()), "{contact}");
+            assert_eq!(custom(&contact, &lusha_id_field), None);
+        }
+        assert!(custom(&contact, &enriched_at_field).is_some());
+    }
+    assert!(phones > 0, "some found persons have a callable phone");
+    let webhook_deliveries = sandbox.sink.accepted(Some("test")).len();
+    assert_eq!(webhook_deliveries, 10, "one contact.created each");
+
+    // The write-back comes back through the sync: stored, but neither enriched nor delivered.
+    let requests = sandbox.lusha.stats().total_requests();
+    assert_eq!(sync_all(&app).await, 10, "the sync sees the written-back contacts");
+    assert_eq!(pending(&app, "lusha").await + pending(&app, "webhook.test").await, 0);
+    drain(&app).await;
+    assert_eq!(sandbox.lusha.stats().total_requests(), requests, "no Lusha call for unchanged identities");
+    assert_eq!(sandbox.lusha.ledger().spent, predicted);
+    assert_eq!(sandbox.sink.accepted(Some("test")).len(), webhook_deliveries, "no echo delivered");
+
+    // A restart and a sync of unchanged contacts: zero Lusha calls.
+    drop(app);
+    let app = App::build(config(settings(&sandbox, dir.path(), |_| {}))).await.unwrap();
+    sync_all(&app).await;
+    drain(&app).await;
+    assert_eq!(sandbox.lusha.stats().total_requests(), requests);
+
+    // A replay of every Lusha delivery (even with the write-back marked unfinished) costs
+    // nothing and writes nothing twice.
+    sqlx::query("UPDATE lusha_cache SET written_at = NULL").execute(app.store.pool()).await.unwrap();
+    sqlx::query("UPDATE outbox SET status = 'pending' WHERE connector = 'lusha'")
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    let ghl_writes = |s: &Sandbox| {
+        s.ghl
+            .stats()
+            .requests
+            .iter()
+            .filter(|(r, _)| r.starts_with("PUT") || r.starts_with("POST /contacts/:"))
+            .map(|(_, n)| *n)
+            .sum::<u64>()
+    };
+    let writes_before = ghl_writes(&sandbox);
+    drain(&app).await;
+    assert_eq!(sandbox.lusha.stats().total_requests(), requests);
+    assert_eq!(ghl_writes(&sandbox), writes_before, "done write-back keys are not sent again");
+
+    // One contact changes its email: credits for that contact only.
+    let new_email = sandbox.lusha.sample_emails(20, found).into_iter().find(|e| !emails.contains(e)).unwrap();
+    let cost = sandbox.lusha.predict_cost(&[Identity::email(new_email.clone())], &["emails", "phones"], true);
+    sandbox.ghl.update_contact(&ids[0], json!({"email": new_email}));
+    sync_all(&app).await;
+    drain(&app).await;
+    assert_eq!(sandbox.lusha.ledger().spent, predicted + cost);
+    assert_eq!(sandbox.lusha.stats().requests_to("contacts/search-and-enrich"), 2);
+    assert_eq!(sandbox.sink.accepted(Some("test")).len(), webhook_deliveries + 1, "the user's change is delivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_credits_loses_nothing_and_resumes_when_credits_return() {
+    let sandbox = sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let emails = sandbox.lusha.sample_emails(12, found);
+    let ids = create_contacts(&sandbox, &emails);
+    let identities: Vec<Identity> = emails.iter().map(|e| Identity::email(e.clone())).collect();
+    let predicted = sandbox.lusha.predict_cost(&identities, &["emails", "phones"], true);
+    // Too few credits for any batch: the call is refused with 402 and charges nothing.
+    sandbox.lusha.set_credits(3);
+    let tweak = |l: &mut LushaSettings| {
+        l.batch_size = 4;
+        l.max_credits_per_contact = 1;
+        l.stop_on_no_credits = Dur::secs(1);
+    };
+    let app = App::build(config(settings(&sandbox, dir.path(), tweak))).await.unwrap();
+    sync_all(&app).await;
+    for _ in 0..5 {
+        app.dispatcher.run_once().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(pending(&app, "lusha").await, 12, "everything waits for credits");
+    assert_eq!(sandbox.lusha.stats().payment_required, 1, "one 402, then the connector stops");
+    assert_eq!(sandbox.lusha.ledger().spent, 0);
+    let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(app.store.pool()).await.unwrap();
+    assert_eq!(dead, 0);
+    // Stopped: no call at all while the balance is known to be too low.
+    let requests = sandbox.lusha.stats().total_requests();
+    app.dispatcher.run_once().await;
+    assert_eq!(sandbox.lusha.stats().total_requests(), requests);
+
+    sandbox.lusha.set_credits(100_000);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    drain(&app).await;
+    for id in &ids {
+        assert!(tags(&sandbox.ghl.contact(id).unwrap()).contains(&"lusha:enriched".to_owned()));
+    }
+    assert_eq!(sandbox.lusha.ledger().spent, predicted, "nothing paid twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hourly_and_daily_limits_park_instead_of_hammering() {
+    for (hour, day) in [(1, 100_000), (20_000, 1)] {
+        let sandbox = sandbox().await;
+        let dir = tempfile::tempdir().unwrap();
+        let emails = sandbox.lusha.sample_emails(3, found);
+        create_contacts(&sandbox, &emails);
+        let app = App::build(config(settings(&sandbox, dir.path(), |_| {}))).await.unwrap();
+        sync_all(&app).await;
+        // The balance read takes the one allowed request; the search gets the 429.
+        sandbox.lusha.set_limits(600, hour, day);
+        for _ in 0..3 {
+            app.dispatcher.run_once().await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        let stats = sandbox.lusha.stats();
+        assert!(
+            stats.rate_limited <= 1 && stats.total_requests() <= 2,
+            "one 429 at most, then parked ({hour}/{day}): {stats:?}"
+        );
+        for _ in 0..3 {
+            app.dispatcher.run_once().await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        assert_eq!(sandbox.lusha.stats().total_requests(), stats.total_requests(), "parked: no calls");
+        assert_eq!(pending(&app, "lusha").await, 3, "nothing lost");
+        assert_eq!(sandbox.lusha.ledger().spent, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_back_creates_a_note_once_even_after_a_crash_mid_create() {
+    let sandbox = sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ids = create_contacts(&sandbox, &["wb.test@example.test".to_owned()]);
+    let app = App::build(config(settings(&sandbox, dir.path(), |_| {}))).await.unwrap();
+    let location = location(&sandbox);
+    let writeback = WriteBack::new(app.store.clone(), app.ghl.clone(), Arc::new(Vec::new()));
+    let note = NoteWrite { body: Some("Enriched by Lusha — test".into()), ..NoteWrite::default() };
+
+    let first = writeback.create_note(&location, &ids[0], "key-1", &note).await.unwrap();
+    assert!(first.sent());
+    let again = writeback.create_note(&location, &ids[0], "key-1", &note).await.unwrap();
+    assert_eq!(again, Written::Already(first.id().map(str::to_owned)));
+    assert_eq!(sandbox.ghl.notes(&ids[0]).len(), 1);
+
+    // A crash after GHL created the note but before the key was marked done.
+    let other = NoteWrite { body: Some("second note".into()), ..NoteWrite::default() };
+    sqlx::query(
+        "INSERT INTO writebacks (idempotency_key, location_id, contact_id, kind, status, created_at, updated_at) \
+         VALUES ('key-2', ?, ?, 'note', 'pending', 0, 0)",
+    )
+    .bind(&location)
+    .bind(&ids[0])
+    .execute(app.store.pool())
+    .await
+    .unwrap();
+    let created = sandbox.ghl.create_note(&ids[0], json!({"body": "second note"})).unwrap();
+    let resumed = writeback.create_note(&location, &ids[0], "key-2", &other).await.unwrap();
+    assert_eq!(resumed, Written::Found(created));
+    assert_eq!(sandbox.ghl.notes(&ids[0]).len(), 2, "no duplicate");
+
+    // Tags are keyed too; settle() records the content the sync will see as our own.
+    writeback.add_tags(&location, &ids[0], "key-3", &["vip".to_owned()]).await.unwrap();
+    let record = writeback.settle(&location, &ids[0], &["key-3".to_owned()]).await.unwrap().unwrap();
+    let hash = ghl_sync::sync::normalize::contact_hash(&record, &[]);
+    let mut conn = app.store.pool().acquire().await.unwrap();
+    assert!(ghl_sync::writeback::is_own_write(&mut conn, &location, &ids[0], &hash).await.unwrap());
+}
