@@ -267,14 +267,7 @@ impl Engine {
             let page = self.ghl.search_contacts(&request, Priority::Poll).await?;
             let count = page.contacts.len();
             let last_cursor = page.contacts.last().and_then(search_after_of);
-            let mut records = Vec::with_capacity(count);
-            let mut bad = Vec::new();
-            for item in page.contacts {
-                match parse_contact(item) {
-                    Ok(record) => records.push(record),
-                    Err((reason, raw)) => bad.push((reason, raw)),
-                }
-            }
+            let (records, bad) = parse_page(page.contacts);
             let page_high = records.iter().filter_map(|r| r.date_updated_ms).max().unwrap_or(high);
             // Never move the watermark closer to now than the index lag margin, nor backwards.
             high = high.max(page_high.min(cap));
@@ -299,6 +292,19 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// The contacts stream's work on one page of raw search items, without the request:
+    /// normalise, hash, snapshot lookup and the page's transaction (snapshot, outbox, and the
+    /// cursor row, upserted without moving it). `benches/sync.rs` times it on unchanged pages.
+    pub async fn diff_page(&self, location: &str, items: Vec<Value>) -> Result<RunSummary, SyncError> {
+        let mut counter =
+            Counter { summary: RunSummary { location: location.to_owned(), pages: 1, ..Default::default() } };
+        let (records, bad) = parse_page(items);
+        counter.summary.contacts_seen = records.len() as u64;
+        self.commit_contacts_page(location, &records, &bad, Some((0, false)), RunOptions::default(), &mut counter)
+            .await?;
+        Ok(counter.summary)
     }
 
     /// One transaction: snapshot upserts, outbox rows per subscriber, dead letters, cursor.
@@ -993,6 +999,19 @@ struct ContactRecord {
     id: String,
     date_updated_ms: Option<i64>,
     record: Map<String, Value>,
+}
+
+/// Splits a search page into normalised contacts and unreadable items (with reasons).
+fn parse_page(items: Vec<Value>) -> (Vec<ContactRecord>, Vec<(String, Vec<u8>)>) {
+    let mut records = Vec::with_capacity(items.len());
+    let mut bad = Vec::new();
+    for item in items {
+        match parse_contact(item) {
+            Ok(record) => records.push(record),
+            Err((reason, raw)) => bad.push((reason, raw)),
+        }
+    }
+    (records, bad)
 }
 
 /// Validates and normalises one contact; a bad one comes back with a reason (no PII) and
