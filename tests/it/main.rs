@@ -12,5 +12,6 @@ mod auth;
 mod cli;
 mod dispatch;
 mod helpers;
+mod reliability;
 mod server;
 mod sync;
