@@ -366,11 +366,15 @@ impl Engine {
             counter.summary.dead_letters += 1;
             tracing::warn!(location.id = %location, reason = %reason, "A contact from GHL could not be read; set aside in dead letters");
         }
+        // Only when the cursor moves: a page that changed nothing then writes nothing, and
+        // its commit costs no fsync (a quiet re-poll, a re-read after a crash). `updated_at`
+        // is when the cursor last moved (`status` prints "cursor moved … ago").
         if let Some((watermark, done)) = cursor {
             sqlx::query(
                 "INSERT INTO cursors (location_id, stream, watermark_ms, backfill_done, updated_at) VALUES (?, ?, ?, ?, ?) \
                  ON CONFLICT (location_id, stream) DO UPDATE SET watermark_ms = MAX(watermark_ms, excluded.watermark_ms), \
-                 backfill_done = MAX(backfill_done, excluded.backfill_done), updated_at = excluded.updated_at",
+                 backfill_done = MAX(backfill_done, excluded.backfill_done), updated_at = excluded.updated_at \
+                 WHERE excluded.watermark_ms > cursors.watermark_ms OR excluded.backfill_done > cursors.backfill_done",
             )
             .bind(location)
             .bind(CONTACTS_STREAM)

@@ -164,7 +164,8 @@ async fn trace_level_logs_of_a_sync_with_storms_hold_no_token_secret_or_contact_
     let mut settings = settings_for(&sandbox, dir.path());
     settings.limits.max_retries = 10;
     let hook_secret = "whsec-bench-0123456789abcdef";
-    settings.connectors.webhook.get_mut("test").unwrap().secret = Some(ghl_sync::config::Secret::new(hook_secret.to_owned()));
+    settings.connectors.webhook.get_mut("test").unwrap().secret =
+        Some(ghl_sync::config::Secret::new(hook_secret.to_owned()));
     let app = App::build(config(settings)).await.unwrap();
     // Storms exercise the retry and rate-limit log lines too.
     sandbox.ghl.set_fault("POST /contacts/search", Fault { storm_429: Some(2), ..Fault::default() });
@@ -202,11 +203,8 @@ async fn trace_level_logs_of_a_sync_with_storms_hold_no_token_secret_or_contact_
 /// A config file for a `ghl-sync` child aimed at the sandbox (PIT locations, fast limits,
 /// one webhook connector `test`, no HTTP server).
 fn child_config(sandbox: &Sandbox, dir: &std::path::Path) -> std::path::PathBuf {
-    let mut text = format!(
-        "[store]\npath = {:?}\n[ghl]\nbase_url = \"{}\"\n",
-        dir.join("ghl-sync.db"),
-        sandbox.ghl_url()
-    );
+    let mut text =
+        format!("[store]\npath = {:?}\n[ghl]\nbase_url = \"{}\"\n", dir.join("ghl-sync.db"), sandbox.ghl_url());
     for location in sandbox.ghl.locations() {
         text.push_str(&format!("[[ghl.locations]]\nid = \"{}\"\npit = \"{}\"\n", location.id, location.pit));
     }
@@ -236,14 +234,16 @@ async fn kill_9_during_backfill_then_a_clean_run_loses_and_duplicates_nothing() 
         let delay = Duration::from_millis(150 + round * 250 + fastrand::u64(..250));
         let started = Instant::now();
         let mut child = child;
-        let exited = tokio::task::block_in_place(|| loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break Some(status);
+        let exited = tokio::task::block_in_place(|| {
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break Some(status);
+                }
+                if started.elapsed() >= delay {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(5));
             }
-            if started.elapsed() >= delay {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
         });
         match exited {
             Some(status) => {
