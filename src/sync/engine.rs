@@ -267,14 +267,7 @@ impl Engine {
             let page = self.ghl.search_contacts(&request, Priority::Poll).await?;
             let count = page.contacts.len();
             let last_cursor = page.contacts.last().and_then(search_after_of);
-            let mut records = Vec::with_capacity(count);
-            let mut bad = Vec::new();
-            for item in page.contacts {
-                match parse_contact(item) {
-                    Ok(record) => records.push(record),
-                    Err((reason, raw)) => bad.push((reason, raw)),
-                }
-            }
+            let (records, bad) = parse_page(page.contacts);
             let page_high = records.iter().filter_map(|r| r.date_updated_ms).max().unwrap_or(high);
             // Never move the watermark closer to now than the index lag margin, nor backwards.
             high = high.max(page_high.min(cap));
@@ -299,6 +292,19 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// The contacts stream's work on one page of raw search items, without the request:
+    /// normalise, hash, snapshot lookup and the page's transaction (snapshot, outbox, and the
+    /// cursor row, upserted without moving it). `benches/sync.rs` times it on unchanged pages.
+    pub async fn diff_page(&self, location: &str, items: Vec<Value>) -> Result<RunSummary, SyncError> {
+        let mut counter =
+            Counter { summary: RunSummary { location: location.to_owned(), pages: 1, ..Default::default() } };
+        let (records, bad) = parse_page(items);
+        counter.summary.contacts_seen = records.len() as u64;
+        self.commit_contacts_page(location, &records, &bad, Some((0, false)), RunOptions::default(), &mut counter)
+            .await?;
+        Ok(counter.summary)
     }
 
     /// One transaction: snapshot upserts, outbox rows per subscriber, dead letters, cursor.
@@ -367,11 +373,15 @@ impl Engine {
             counter.summary.dead_letters += 1;
             tracing::warn!(location.id = %location, reason = %reason, "A contact from GHL could not be read; set aside in dead letters");
         }
+        // Only when the cursor moves: a page that changed nothing then writes nothing, and
+        // its commit costs no fsync (a quiet re-poll, a re-read after a crash). `updated_at`
+        // is when the cursor last moved (`status` prints "cursor moved … ago").
         if let Some((watermark, done)) = cursor {
             sqlx::query(
                 "INSERT INTO cursors (location_id, stream, watermark_ms, backfill_done, updated_at) VALUES (?, ?, ?, ?, ?) \
                  ON CONFLICT (location_id, stream) DO UPDATE SET watermark_ms = MAX(watermark_ms, excluded.watermark_ms), \
-                 backfill_done = MAX(backfill_done, excluded.backfill_done), updated_at = excluded.updated_at",
+                 backfill_done = MAX(backfill_done, excluded.backfill_done), updated_at = excluded.updated_at \
+                 WHERE excluded.watermark_ms > cursors.watermark_ms OR excluded.backfill_done > cursors.backfill_done",
             )
             .bind(location)
             .bind(CONTACTS_STREAM)
@@ -1004,6 +1014,19 @@ struct ContactRecord {
     id: String,
     date_updated_ms: Option<i64>,
     record: Map<String, Value>,
+}
+
+/// Splits a search page into normalised contacts and unreadable items (with reasons).
+fn parse_page(items: Vec<Value>) -> (Vec<ContactRecord>, Vec<(String, Vec<u8>)>) {
+    let mut records = Vec::with_capacity(items.len());
+    let mut bad = Vec::new();
+    for item in items {
+        match parse_contact(item) {
+            Ok(record) => records.push(record),
+            Err((reason, raw)) => bad.push((reason, raw)),
+        }
+    }
+    (records, bad)
 }
 
 /// Validates and normalises one contact; a bad one comes back with a reason (no PII) and

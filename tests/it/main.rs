@@ -15,5 +15,6 @@ mod dispatch;
 mod export;
 mod helpers;
 mod lusha;
+mod reliability;
 mod server;
 mod sync;

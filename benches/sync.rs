@@ -1,0 +1,477 @@
+//! Sync engine benchmarks against the fake GHL on 127.0.0.1 (issue 6 "Measure", issue 7
+//! end-to-end latency). `cargo bench --bench sync` runs the full sizes; under
+//! `cargo test --all-targets` (no `--bench` argument) every section runs at a smoke size.
+//!
+//! Sections (select with `SYNC_BENCH=diff,backfill,rss,latency`; default all):
+//! - `diff`: one backfill of `SYNC_BENCH_CONTACTS` contacts (fast limits, tasks/notes off),
+//!   GHL requests per contact on it and on a quiet re-poll against the floor (contacts / page
+//!   size), then the diff throughput on unchanged pages: `Engine::diff_page` (normalise, hash,
+//!   snapshot lookup, the page's transaction) over every page again, HTTP excluded.
+//! - `backfill`: a backfill with tasks and notes under real-shaped limits (100 per
+//!   `SYNC_BENCH_WINDOW_MS`, default 2000; GHL's is 10000, share 0.9 as the daemon's default)
+//!   against the rate-limit floor (requests needed ÷ allowed rate); 429s.
+//! - `rss`: peak RSS (VmHWM) of a real `ghl-sync sync --once` child process syncing a large
+//!   location (`SYNC_BENCH_RSS`, default `100000,1000000` contacts, tasks/notes off) from a
+//!   sandbox in another child process (this binary re-executed), so the fake's memory is not
+//!   counted.
+//! - `latency`: the full daemon (`App::run_until_stopped`, HTTP server, dispatcher) — from a
+//!   GHL change (the fake emits its signed webhook) to the delivery at the webhook sink,
+//!   p50/p99, driven by webhook hints, then without webhooks (poll every
+//!   `SYNC_BENCH_POLL_MS`, default 2000).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods, reason = "benchmark code")]
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ghl_sync::app::App;
+use ghl_sync::config::{Config, Dur, LocationAuth, LocationSettings, Secret, Settings, WebhookConnectorSettings};
+use ghl_sync::ghl::dto::SearchRequest;
+use ghl_sync::http::Priority;
+use ghl_sync::sandbox::ghl::GhlOptions;
+use ghl_sync::sandbox::{Sandbox, SandboxOptions};
+use ghl_sync::sync::engine::RunOptions;
+use ghl_sync::sync::normalize::{contact_hash, normalize_contact};
+use tokio_util::sync::CancellationToken;
+
+const CHILD_ENV: &str = "GHL_SYNC_BENCH_SANDBOX_CONTACTS";
+
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn fast(contacts: usize, children: bool) -> GhlOptions {
+    GhlOptions {
+        locations: 1,
+        contacts_per_location: contacts,
+        max_tasks_per_contact: if children { 3 } else { 0 },
+        max_notes_per_contact: if children { 2 } else { 0 },
+        burst_max: 1_000_000,
+        burst_window: Duration::from_secs(1),
+        daily_max: 100_000_000,
+        ..GhlOptions::default()
+    }
+}
+
+async fn start(ghl: GhlOptions) -> Sandbox {
+    Sandbox::start(SandboxOptions { ghl, ..Default::default() }, "127.0.0.1:0".parse().unwrap()).await.unwrap()
+}
+
+/// Daemon settings for the sandbox: its locations with PITs, fast limits, one webhook
+/// connector `bench` to the sink, no HTTP server.
+fn settings_for(sandbox: &Sandbox, dir: &Path) -> Settings {
+    let mut settings = Settings::default();
+    settings.store.path = Some(dir.join("ghl-sync.db"));
+    settings.ghl.base_url = sandbox.ghl_url();
+    settings.ghl.locations = sandbox
+        .ghl
+        .locations()
+        .into_iter()
+        .map(|l| LocationSettings {
+            id: l.id,
+            name: Some(l.name),
+            auth: LocationAuth::Pit,
+            pit: Some(Secret::new(l.pit)),
+            pit_env: None,
+            pit_file: None,
+            enabled: true,
+        })
+        .collect();
+    settings.limits.ghl_burst_max = 1_000_000;
+    settings.limits.ghl_burst_window = Dur::secs(1);
+    settings.limits.ghl_daily_budget = 100_000_000;
+    settings.sync.index_lag_margin = Dur::secs(0);
+    settings.server.enabled = false;
+    settings.log.level = "warn".into();
+    let hook: WebhookConnectorSettings = toml::from_str(&format!("url = \"{}\"", sandbox.sink_url("bench"))).unwrap();
+    settings.connectors.webhook.insert("bench".into(), hook);
+    settings
+}
+
+fn config(settings: Settings) -> Config {
+    Config::from_settings(settings).unwrap()
+}
+
+fn requests(sandbox: &Sandbox) -> u64 {
+    sandbox.ghl.stats().requests.values().sum()
+}
+
+async fn count(app: &App, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(app.store.pool()).await.unwrap()
+}
+
+// ---- diff throughput and requests per contact -----------------------------------------------
+
+async fn diff(contacts: usize, rounds: usize) {
+    let sandbox = start(fast(contacts, false)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings_for(&sandbox, dir.path());
+    settings.sync.tasks = false;
+    settings.sync.notes = false;
+    let page_size = settings.sync.page_size;
+    let app = App::build(config(settings)).await.unwrap();
+    let location = sandbox.ghl.locations().remove(0).id;
+    let once = RunOptions { dry_run: false, skip_sweep: true };
+
+    sandbox.ghl.reset_stats();
+    let started = Instant::now();
+    let summary = app.engine.run_once(&location, once).await.unwrap();
+    let backfill = started.elapsed();
+    let backfill_requests = requests(&sandbox);
+    assert_eq!(summary.contacts_changed, contacts as u64);
+    let floor = contacts.div_ceil(page_size as usize).max(1) as u64;
+    println!(
+        "requests (tasks/notes off, page size {page_size}): backfill of {contacts} contacts: {backfill_requests} requests \
+         = {:.5} per contact (floor {floor} = {:.5}); {:.2} s, {:.0} contacts/s with fast limits",
+        backfill_requests as f64 / contacts as f64,
+        floor as f64 / contacts as f64,
+        backfill.as_secs_f64(),
+        contacts as f64 / backfill.as_secs_f64(),
+    );
+    sandbox.ghl.reset_stats();
+    let outbox_before = count(&app, "SELECT COUNT(*) FROM outbox").await;
+    let summary = app.engine.run_once(&location, once).await.unwrap();
+    let quiet = requests(&sandbox);
+    assert_eq!(summary.changes(), 0);
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM outbox").await, outbox_before);
+    println!(
+        "requests: quiet re-poll: {quiet} request(s) for {contacts} contacts ({} re-read in the overlap window), 0 changes",
+        summary.contacts_seen
+    );
+
+    // Every page as GHL sends it, read once; then the commit path alone, timed.
+    let mut pages = Vec::new();
+    let mut request = SearchRequest::updated_since(&location, page_size, None);
+    loop {
+        let page = app.ghl.search_contacts(&request, Priority::Poll).await.unwrap();
+        let n = page.contacts.len();
+        request.search_after = page.contacts.last().and_then(|c| c.get("searchAfter")).cloned();
+        pages.push(page.contacts);
+        if n < page_size as usize {
+            break;
+        }
+    }
+    let mut best = f64::MAX;
+    let mut total = Duration::ZERO;
+    for _ in 0..rounds {
+        let copies = pages.clone();
+        let started = Instant::now();
+        let mut seen = 0;
+        for page in copies {
+            let summary = app.engine.diff_page(&location, page).await.unwrap();
+            assert_eq!(summary.contacts_changed, 0, "nothing changed");
+            seen += summary.contacts_seen;
+        }
+        let elapsed = started.elapsed();
+        assert_eq!(seen, contacts as u64);
+        total += elapsed;
+        best = best.min(elapsed.as_secs_f64());
+    }
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM outbox").await, outbox_before);
+    // The CPU share of it: normalise + hash alone.
+    let copies = pages.clone();
+    let started = Instant::now();
+    for page in copies {
+        for item in page {
+            let serde_json::Value::Object(map) = item else { continue };
+            std::hint::black_box(contact_hash(&normalize_contact(map), &[]));
+        }
+    }
+    let cpu = started.elapsed().as_secs_f64();
+    println!(
+        "diff throughput (unchanged, {contacts} contacts in {} pages, {rounds} rounds): best {:.0} contacts/s, \
+         mean {:.0} contacts/s (normalise + hash alone: {:.0} contacts/s)",
+        pages.len(),
+        contacts as f64 / best,
+        (contacts * rounds) as f64 / total.as_secs_f64(),
+        contacts as f64 / cpu,
+    );
+    sandbox.stop().await;
+}
+
+// ---- backfill against the rate-limit floor ---------------------------------------------------
+
+async fn backfill(contacts: usize, window: Duration) {
+    let ghl = GhlOptions {
+        locations: 1,
+        contacts_per_location: contacts,
+        burst_max: 100,
+        burst_window: window,
+        ..GhlOptions::default()
+    };
+    let sandbox = start(ghl).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings_for(&sandbox, dir.path());
+    settings.limits = Default::default();
+    settings.limits.ghl_burst_window = Dur::millis(window.as_millis() as u64);
+    let quota = ghl_sync::http::QuotaSettings {
+        burst_max: settings.limits.ghl_burst_max,
+        window,
+        share: settings.limits.ghl_burst_share,
+        daily_budget: settings.limits.ghl_daily_budget,
+    };
+    let app = App::build(config(settings)).await.unwrap();
+    let location = sandbox.ghl.locations().remove(0).id;
+    sandbox.ghl.reset_stats();
+    let started = Instant::now();
+    let summary = app.engine.run_once(&location, RunOptions { dry_run: false, skip_sweep: true }).await.unwrap();
+    let wall = started.elapsed().as_secs_f64();
+    let stats = sandbox.ghl.stats();
+    let served: u64 = stats.requests.values().sum();
+    let ceiling = quota.ceiling_per_second();
+    let floor = served as f64 / ceiling;
+    println!(
+        "backfill (tasks+notes on, limit 100 per {window:?}, share {} -> {ceiling:.1} req/s): {contacts} contacts, \
+         {} changes, {served} requests in {wall:.2} s; floor {floor:.2} s; wall/floor {:.3}; 429s {}",
+        quota.share,
+        summary.changes(),
+        wall / floor,
+        stats.too_many_requests,
+    );
+    sandbox.stop().await;
+}
+
+// ---- peak RSS of a real `sync --once` ----------------------------------------------------------
+
+/// Child mode: serve a sandbox of `contacts` contacts until stdin closes.
+fn sandbox_child(contacts: usize) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let sandbox = start(fast(contacts, false)).await;
+        let location = sandbox.ghl.locations().remove(0);
+        println!("READY {} {} {} {}", sandbox.ghl_url(), location.id, location.pit, sandbox.sink_url("bench"));
+        std::io::stdout().flush().unwrap();
+        tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            while std::io::stdin().read_line(&mut line).map(|n| n > 0).unwrap_or(false) {}
+        })
+        .await
+        .unwrap();
+        sandbox.stop().await;
+    });
+}
+
+fn status_kb(pid: u32, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn rss(contacts: usize) {
+    let started = Instant::now();
+    let mut sandbox = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD_ENV, contacts.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(sandbox.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(parts.first(), Some(&"READY"), "sandbox child said {line:?}");
+    let (ghl_url, location, pit, sink) = (parts[1], parts[2], parts[3], parts[4]);
+    let seeded = started.elapsed();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ghl-sync.db");
+    let text = format!(
+        "[store]\npath = {db:?}\n[ghl]\nbase_url = \"{ghl_url}\"\n[[ghl.locations]]\nid = \"{location}\"\npit = \"{pit}\"\n\
+         [limits]\nghl_burst_max = 1000000\nghl_burst_window = \"1s\"\nghl_daily_budget = 100000000\n\
+         [sync]\ntasks = false\nnotes = false\n[server]\nenabled = false\n[log]\nlevel = \"warn\"\n\
+         [connectors.webhook.bench]\nurl = \"{sink}\"\n"
+    );
+    let path = dir.path().join("ghl-sync.toml");
+    std::fs::write(&path, text).unwrap();
+    let started = Instant::now();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_ghl-sync"))
+        .args(["--config", path.to_str().unwrap(), "sync", "--once"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = daemon.id();
+    let (mut hwm, mut rss_max) = (0, 0);
+    let status = loop {
+        if let Some(v) = status_kb(pid, "VmHWM:") {
+            hwm = hwm.max(v);
+        }
+        if let Some(v) = status_kb(pid, "VmRSS:") {
+            rss_max = rss_max.max(v);
+        }
+        if let Some(status) = daemon.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let wall = started.elapsed();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut daemon.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "sync --once failed: {stderr}");
+    let fake_hwm = status_kb(sandbox.id(), "VmHWM:").unwrap_or(0);
+    drop(sandbox.stdin.take());
+    sandbox.wait().unwrap();
+    let db_mb = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
+    println!(
+        "rss: sync --once of {contacts} contacts (tasks/notes off, 1 webhook connector): peak VmHWM {:.1} MB \
+         (max VmRSS sampled {:.1} MB); {:.1} s = {:.0} contacts/s; database {db_mb:.0} MB; \
+         (sandbox child seeded in {:.1} s, its own VmHWM {:.0} MB, not counted)",
+        hwm as f64 / 1024.0,
+        rss_max as f64 / 1024.0,
+        wall.as_secs_f64(),
+        contacts as f64 / wall.as_secs_f64(),
+        seeded.as_secs_f64(),
+        fake_hwm as f64 / 1024.0,
+    );
+}
+
+// ---- end-to-end latency ----------------------------------------------------------------------
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Waits until the backfill went out: a finished run and nothing pending.
+async fn settled(app_store: &ghl_sync::store::Store) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs WHERE finished_at IS NOT NULL")
+            .fetch_one(app_store.pool())
+            .await
+            .unwrap();
+        let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")
+            .fetch_one(app_store.pool())
+            .await
+            .unwrap();
+        if runs > 0 && pending == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the backfill did not settle");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Changes contacts one at a time and times each until its delivery reaches the sink.
+async fn changes(sandbox: &Sandbox, ids: &[String], count: usize, tag: &str, gap: Duration) -> Vec<Duration> {
+    let mut latencies = Vec::with_capacity(count);
+    for i in 0..count {
+        let id = &ids[i % ids.len()];
+        let marker = format!("{tag}{i}x{}", fastrand::u32(..));
+        let started = Instant::now();
+        assert!(sandbox.ghl.update_contact(id, serde_json::json!({ "lastName": marker })));
+        let deadline = started + Duration::from_secs(30);
+        loop {
+            if sandbox.sink.accepted(Some("bench")).iter().rev().take(20).any(|d| d.body.contains(&marker)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "change {i} was not delivered");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        latencies.push(started.elapsed());
+        tokio::time::sleep(gap.mul_f64(0.5 + fastrand::f64())).await;
+    }
+    latencies.sort();
+    latencies
+}
+
+fn report(what: &str, latencies: &[Duration]) {
+    println!(
+        "latency ({what}), {} changes: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        latencies.len(),
+        ms(percentile(latencies, 0.50)),
+        ms(percentile(latencies, 0.99)),
+        ms(latencies.last().copied().unwrap_or_default()),
+    );
+}
+
+async fn latency(hinted: usize, polled: usize, poll: Duration, window: Duration) {
+    let ghl = GhlOptions {
+        locations: 1,
+        contacts_per_location: 50,
+        burst_max: 100,
+        burst_window: window,
+        ..GhlOptions::default()
+    };
+    let sandbox = start(ghl).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ids = sandbox.ghl.contact_ids(&sandbox.ghl.locations()[0].id);
+    let build = |interval: Duration, webhooks: bool| {
+        let mut settings = settings_for(&sandbox, dir.path());
+        settings.limits = Default::default();
+        settings.limits.ghl_burst_window = Dur::millis(window.as_millis() as u64);
+        settings.sync.contacts_interval = Dur::millis(interval.as_millis() as u64);
+        settings.sync.index_lag_margin = Dur::secs(0);
+        settings.server.enabled = true;
+        settings.server.listen = "127.0.0.1:0".parse().unwrap();
+        if webhooks {
+            settings.ghl.webhooks.public_keys = vec![sandbox.ghl.webhook_public_key()];
+        }
+        config(settings)
+    };
+
+    // Driven by webhook hints: the poll interval is the default (60 s), far above the latency.
+    let app = App::build(build(Duration::from_secs(60), true)).await.unwrap();
+    let addr = app.server_addr().unwrap();
+    sandbox.ghl.set_webhook_url(Some(format!("http://{addr}/webhooks/ghl").parse().unwrap()));
+    let store = app.store.clone();
+    let stop = CancellationToken::new();
+    let daemon = tokio::spawn(app.run_until_stopped(stop.clone()));
+    settled(&store).await;
+    let hinted = changes(&sandbox, &ids, hinted, "hint", Duration::from_millis(300)).await;
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    drop(store);
+    report("GHL change -> webhook hint -> fetch -> outbox -> sink; debounce 500 ms, default", &hinted);
+
+    // Without webhooks: only the poll finds changes.
+    sandbox.ghl.set_webhook_url(None);
+    let app = App::build(build(poll, false)).await.unwrap();
+    let store = app.store.clone();
+    let stop = CancellationToken::new();
+    let daemon = tokio::spawn(app.run_until_stopped(stop.clone()));
+    settled(&store).await;
+    let polled = changes(&sandbox, &ids, polled, "poll", poll / 3).await;
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    report(&format!("no webhooks, contacts_interval {poll:?}"), &polled);
+    sandbox.stop().await;
+}
+
+fn main() {
+    if let Ok(contacts) = std::env::var(CHILD_ENV) {
+        sandbox_child(contacts.parse().unwrap());
+        return;
+    }
+    let full = std::env::args().any(|a| a == "--bench");
+    let sections: String = env("SYNC_BENCH", "diff,backfill,rss,latency".to_owned());
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let window = Duration::from_millis(env("SYNC_BENCH_WINDOW_MS", 2_000));
+    println!("machine: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    if sections.contains("diff") {
+        let contacts = if full { env("SYNC_BENCH_CONTACTS", 50_000) } else { 1_000 };
+        runtime.block_on(diff(contacts, if full { 3 } else { 1 }));
+    }
+    if sections.contains("backfill") {
+        let contacts = if full { env("SYNC_BENCH_BACKFILL_CONTACTS", 400) } else { 10 };
+        runtime.block_on(backfill(contacts, window));
+    }
+    if sections.contains("rss") {
+        let sizes = if full { env("SYNC_BENCH_RSS", "100000,1000000".to_owned()) } else { "2000".to_owned() };
+        for size in sizes.split(',').filter_map(|s| s.trim().parse().ok()) {
+            rss(size);
+        }
+    }
+    if sections.contains("latency") {
+        let (hinted, polled) =
+            if full { (env("SYNC_BENCH_HINTED", 100), env("SYNC_BENCH_POLLED", 20)) } else { (3, 2) };
+        let poll = Duration::from_millis(if full { env("SYNC_BENCH_POLL_MS", 2_000) } else { 500 });
+        runtime.block_on(latency(hinted, polled, poll, window));
+    }
+}
