@@ -282,12 +282,16 @@ impl App {
         Ok(())
     }
 
-    /// Starts the dispatcher and the per-location scheduler; returns the number of locations.
+    /// Starts the dispatcher, the connectors' own background work and the per-location
+    /// scheduler; returns the number of locations.
     async fn spawn_workers(&self, tracker: &TaskTracker, stop: &CancellationToken) -> anyhow::Result<usize> {
         let settings = &self.config.settings;
         let dispatcher = self.dispatcher.clone();
         let dispatch_stop = stop.clone();
         tracker.spawn(async move { dispatcher.run(dispatch_stop).await });
+        for connector in &self.connectors {
+            tracker.spawn(connector.clone().run_background(stop.clone()));
+        }
         let locations = self.locations().await?;
         if locations.is_empty() {
             tracing::warn!("No locations to sync: add [[ghl.locations]] to the config or run `ghl-sync auth install`");

@@ -154,6 +154,13 @@ pub trait Connector: Send + Sync {
 
     /// Delivers a batch; returns exactly one outcome per item, in the same order.
     async fn deliver(&self, batch: &[Delivery]) -> Vec<Outcome>;
+
+    /// Work the connector does on its own schedule besides deliveries (Lusha: the lead import
+    /// poller and the signal consumer). Runs until `stop`; the daemon restarts it with the
+    /// connector on a config reload. Default: nothing.
+    async fn run_background(self: Arc<Self>, stop: CancellationToken) {
+        stop.cancelled().await;
+    }
 }
 
 /// What connectors that write back to GHL (Lusha) need besides their config.

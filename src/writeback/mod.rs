@@ -357,14 +357,31 @@ impl WriteBack {
     /// A contact of the location with exactly this email (search with an `eq` filter).
     pub async fn find_by_email(&self, location: &str, email: &str) -> Result<Option<String>, WriteBackError> {
         let wanted = email.trim().to_lowercase();
+        self.find_by(location, "email", &wanted, |have| have.trim().to_lowercase() == wanted).await
+    }
+
+    /// A contact of the location with this phone number (compared by digits, so
+    /// `+1 (555) 010-2030` finds `+15550102030`).
+    pub async fn find_by_phone(&self, location: &str, phone: &str) -> Result<Option<String>, WriteBackError> {
+        let wanted = phone_digits(phone);
+        if wanted.len() < 6 {
+            return Ok(None);
+        }
+        let e164 = format!("+{wanted}");
+        self.find_by(location, "phone", &e164, |have| phone_digits(have) == wanted).await
+    }
+
+    async fn find_by(
+        &self,
+        location: &str,
+        field: &str,
+        value: &str,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<Option<String>, WriteBackError> {
         let mut request = crate::ghl::dto::SearchRequest::updated_since(location, 20, None);
-        request.filters = vec![serde_json::json!({"field": "email", "operator": "eq", "value": wanted})];
+        request.filters = vec![serde_json::json!({"field": field, "operator": "eq", "value": value})];
         let page = self.ghl.search_contacts(&request, Priority::WriteBack).await?;
-        Ok(page
-            .contacts
-            .iter()
-            .find(|c| c.get("email").and_then(Value::as_str).is_some_and(|e| e.trim().to_lowercase() == wanted))
-            .and_then(id_of))
+        Ok(page.contacts.iter().find(|c| c.get(field).and_then(Value::as_str).is_some_and(&matches)).and_then(id_of))
     }
 
     /// Reads the contact back after our writes and records its content hash on `keys`, so
@@ -398,6 +415,11 @@ impl WriteBack {
         }
         Ok(Some(record))
     }
+}
+
+/// The digits of a phone number (`+1 (555) 010-2030` → `15550102030`).
+pub fn phone_digits(phone: &str) -> String {
+    phone.chars().filter(char::is_ascii_digit).collect()
 }
 
 fn same(item: &Value, field: &str, wanted: Option<&str>) -> bool {

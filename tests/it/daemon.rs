@@ -7,19 +7,9 @@ use ghl_sync::app::App;
 use ghl_sync::config::Dur;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{config, fast_ghl, settings_for, signal, spawn, start_sandbox, wait_with_limit, write_config};
-
-/// Polls `check` every 20 ms until it is true or `limit` passes.
-async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if check() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    check()
-}
+use crate::helpers::{
+    config, eventually, fast_ghl, settings_for, signal, spawn, start_sandbox, wait_with_limit, write_config,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_ghl_webhook_gets_the_change_delivered_within_a_second() {

@@ -120,3 +120,15 @@ pub fn settings_for(sandbox: &Sandbox, dir: &Path) -> Settings {
 pub fn config(settings: Settings) -> Config {
     Config::from_settings(settings).unwrap()
 }
+
+/// Polls `check` every 20 ms until it is true or `limit` passes.
+pub async fn eventually(limit: std::time::Duration, mut check: impl FnMut() -> bool) -> bool {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    check()
+}

@@ -321,3 +321,182 @@ async fn write_back_creates_a_note_once_even_after_a_crash_mid_create() {
     let mut conn = app.store.pool().acquire().await.unwrap();
     assert!(ghl_sync::writeback::is_own_write(&mut conn, &location, &ids[0], &hash).await.unwrap());
 }
+
+fn lusha_signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Lusha → GHL: 50 prospecting leads (10 already in GHL by email) become 50 GHL contacts, each
+/// with its task, through the running daemon; the next poll creates nothing and spends
+/// nothing; the enrichment never pays again for an imported contact; a signal for a lead
+/// becomes a note and a tag on its contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prospecting_leads_become_ghl_contacts_once_and_signals_become_notes() {
+    let sandbox = sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let location = location(&sandbox);
+    let lead_ids = sandbox.lusha.lead_ids();
+    assert_eq!(lead_ids.len(), 50);
+    let persons: Vec<_> = lead_ids
+        .iter()
+        .map(|id| match sandbox.lusha.lookup(&Identity::Id(id.clone())) {
+            Lookup::Found(person) => person,
+            other => panic!("lead {id} does not resolve: {other:?}"),
+        })
+        .collect();
+    let known: Vec<usize> = (0..persons.len()).filter(|&i| !persons[i].location.is_eu_contact).take(10).collect();
+    let known_ids: Vec<String> = known
+        .iter()
+        .map(|&i| {
+            sandbox.ghl.create_contact(
+                &location,
+                json!({"firstName": "Known", "lastName": format!("Lead{i}"), "email": persons[i].emails[0].email}),
+            )
+        })
+        .collect();
+
+    // Phase 1: the enrichment connector handles the 10 known contacts first.
+    {
+        let app = App::build(config(settings(&sandbox, dir.path(), |_| {}))).await.unwrap();
+        sync_all(&app).await;
+        drain(&app).await;
+    }
+    let spent_before = sandbox.lusha.ledger().spent;
+    let searches_before = sandbox.lusha.stats().requests_to("contacts/search-and-enrich");
+    let all: Vec<Identity> = lead_ids.iter().map(|id| Identity::Id(id.clone())).collect();
+    let predicted = sandbox.lusha.predict_cost(&all, &["emails", "phones"], false);
+    assert!(predicted > 0);
+
+    // Phase 2: the daemon with a lead search, signals and the webhook listener.
+    const SECRET: &str = "whsec_leads";
+    let mut settings = settings(&sandbox, dir.path(), |lusha| {
+        lusha.signals_interval = Dur::millis(100);
+        lusha.leads = vec![
+            toml::from_str(&format!(
+                "name = \"all\"\nlocation = \"{location}\"\ninterval = \"300ms\"\n\
+                 task = {{ title = \"Call {{firstName}} at {{company}}\", due_in = \"2d\" }}"
+            ))
+            .unwrap(),
+        ];
+    });
+    settings.server.enabled = true;
+    settings.server.listen = "127.0.0.1:0".parse().unwrap();
+    settings.server.lusha_webhook_secret = Some(Secret::new(SECRET.to_owned()));
+    settings.sync.contacts_interval = Dur::millis(200);
+    let app = App::build(config(settings)).await.unwrap();
+    let addr = app.server_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let daemon = tokio::spawn(app.run_until_stopped(stop.clone()));
+
+    let lead_tagged = |s: &Sandbox| {
+        s.ghl
+            .contact_ids(&location)
+            .iter()
+            .filter_map(|id| s.ghl.contact(id))
+            .filter(|c| tags(c).contains(&"lusha:lead".to_owned()))
+            .count()
+    };
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(30), || lead_tagged(&sandbox) == 50).await,
+        "{} of 50 leads imported",
+        lead_tagged(&sandbox)
+    );
+    // Every contact of the location is a lead: 10 updated, 40 created, no duplicate email.
+    let contacts: Vec<Value> =
+        sandbox.ghl.contact_ids(&location).iter().filter_map(|id| sandbox.ghl.contact(id)).collect();
+    assert_eq!(contacts.len(), 50, "10 known contacts were updated, not duplicated");
+    for (&i, id) in known.iter().zip(&known_ids) {
+        let contact = sandbox.ghl.contact(id).unwrap();
+        assert_eq!(contact["firstName"], "Known", "an existing contact keeps its own values");
+        assert!(tags(&contact).contains(&"lusha:lead".to_owned()));
+        assert_eq!(contact["email"].as_str().unwrap().to_lowercase(), persons[i].emails[0].email.to_lowercase());
+    }
+    for contact in &contacts {
+        let id = contact["id"].as_str().unwrap();
+        let tasks = sandbox.ghl.tasks(id);
+        assert_eq!(tasks.len(), 1, "one lead task per contact");
+        assert!(tasks[0]["title"].as_str().unwrap().starts_with("Call "), "{}", tasks[0]);
+    }
+    let created_by_us: Vec<&Value> = contacts.iter().filter(|c| c["firstName"] != "Known").collect();
+    assert_eq!(created_by_us.len(), 40);
+    for person in persons.iter().filter(|p| !p.location.is_eu_contact) {
+        let email = person.emails[0].email.to_lowercase();
+        let same = contacts.iter().filter(|c| c["email"].as_str().is_some_and(|e| e.to_lowercase() == email)).count();
+        assert_eq!(same, 1, "exactly one GHL contact per lead email");
+    }
+    assert_eq!(
+        sandbox.lusha.ledger().spent - spent_before,
+        predicted,
+        "exactly the enrich cost of the leads; requests {:?}",
+        sandbox.lusha.stats()
+    );
+
+    // The next polls list the same leads and change nothing, and the sync of the imported
+    // contacts makes no enrichment call (their results are cached under their identities).
+    let polls = sandbox.lusha.stats().requests_to("contacts/prospecting");
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(10), || sandbox
+            .lusha
+            .stats()
+            .requests_to("contacts/prospecting")
+            >= polls + 3)
+        .await
+    );
+    let created =
+        |s: &Sandbox| s.sink.accepted(Some("test")).iter().filter(|d| d.body.contains("\"contact.created\"")).count();
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(20), || created(&sandbox) == 50).await,
+        "{} contact.created",
+        created(&sandbox)
+    );
+    assert_eq!(sandbox.ghl.contact_ids(&location).len(), 50);
+    assert_eq!(sandbox.lusha.ledger().spent - spent_before, predicted, "seen leads cost nothing");
+    assert_eq!(sandbox.lusha.stats().requests_to("contacts/enrich"), 1, "one enrich call for the 50 new leads");
+    assert_eq!(
+        sandbox.lusha.stats().requests_to("contacts/search-and-enrich"),
+        searches_before,
+        "imported contacts are not enriched again"
+    );
+
+    // A Lusha signal for a lead: a note and a tag on its contact.
+    let target = known_ids[0].clone();
+    let lead = &lead_ids[known[0]];
+    let body = serde_json::to_vec(&json!({
+        "id": "5d0c1a8e-0000-4000-8000-00000000abcd", "type": "companyChange", "entityType": "contact",
+        "entityId": lead, "subscriptionId": "sub_1",
+        "data": {"personId": lead, "currentTitle": "CTO", "currentCompanyName": "Initech", "previousCompanyName": "Acme"},
+        "timestamp": "2026-11-23T00:00:00Z", "billing": {"creditsCharged": 1},
+    }))
+    .unwrap();
+    let timestamp = (ghl_sync::store::now_ms() / 1000).to_string();
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/webhooks/lusha"))
+        .header("content-type", "application/json")
+        .header("x-lusha-timestamp", &timestamp)
+        .header("x-lusha-signature", lusha_signature(SECRET, &timestamp, &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let noted = |s: &Sandbox| {
+        let contact = s.ghl.contact(&target).unwrap();
+        tags(&contact).contains(&"lusha:signal:companychange".to_owned())
+            && s.ghl
+                .notes(&target)
+                .iter()
+                .any(|n| n["body"].as_str().is_some_and(|b| b.contains("Now: CTO at Initech")))
+    };
+    assert!(crate::helpers::eventually(Duration::from_secs(10), || noted(&sandbox)).await, "signal not written");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(sandbox.ghl.notes(&target).len(), 1, "one note per signal");
+
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    sandbox.stop().await;
+}

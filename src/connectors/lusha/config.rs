@@ -57,6 +57,8 @@ pub struct LushaSettings {
     pub timeout: Dur,
     /// Prospecting searches polled for new leads (Lusha → GHL).
     pub leads: Vec<LeadSearch>,
+    /// Pending Lusha signals (`/webhooks/lusha`) become GHL notes and tags this often.
+    pub signals_interval: Dur,
 }
 
 impl Default for LushaSettings {
@@ -88,6 +90,7 @@ impl Default for LushaSettings {
             stop_on_no_credits: Dur::secs(1800),
             timeout: Dur::secs(30),
             leads: Vec::new(),
+            signals_interval: Dur::secs(30),
         }
     }
 }
@@ -179,6 +182,8 @@ pub struct LushaTags {
     pub enriched: String,
     pub not_found: String,
     pub lead: String,
+    /// Prefix of the tag a Lusha signal adds (`lusha:signal:promotion`).
+    pub signal_prefix: String,
 }
 
 impl Default for LushaTags {
@@ -187,6 +192,7 @@ impl Default for LushaTags {
             enriched: "lusha:enriched".to_owned(),
             not_found: "lusha:not_found".to_owned(),
             lead: "lusha:lead".to_owned(),
+            signal_prefix: "lusha:signal:".to_owned(),
         }
     }
 }
@@ -221,6 +227,33 @@ pub struct LeadSearch {
     /// Leads imported per poll at most.
     #[serde(default = "default_max_leads")]
     pub max_per_poll: usize,
+    /// Result pages (50 leads each) listed per poll at most; listing is free of credits but
+    /// counts against Lusha's request limits. Leads beyond them are not seen: narrow the filters.
+    #[serde(default = "default_max_pages")]
+    pub max_pages: u64,
+    /// A GHL task created on each imported lead (once per lead and location).
+    #[serde(default)]
+    pub task: Option<LeadTask>,
+}
+
+/// `[connectors.lusha.leads.task]`: the initial task of an imported lead. Templates take
+/// `{firstName}`, `{lastName}`, `{jobTitle}`, `{company}`, `{email}`, `{phone}`, `{search}`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LeadTask {
+    pub title: String,
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Due this long after the import.
+    #[serde(default = "default_task_due")]
+    pub due_in: Dur,
+    /// GHL user id to assign it to.
+    #[serde(default)]
+    pub assigned_to: Option<String>,
+}
+
+fn default_task_due() -> Dur {
+    Dur::secs(86_400)
 }
 
 fn default_lead_interval() -> Dur {
@@ -229,6 +262,10 @@ fn default_lead_interval() -> Dur {
 
 fn default_max_leads() -> usize {
     100
+}
+
+fn default_max_pages() -> u64 {
+    10
 }
 
 const REVEAL_KINDS: &[&str] = &["emails", "phones"];
@@ -277,15 +314,31 @@ pub fn validate(settings: &LushaSettings) -> Vec<ConfigProblem> {
             "must be a custom field key (contact.…)".into(),
         );
     }
-    for (name, tag) in
-        [("enriched", &settings.tags.enriched), ("not_found", &settings.tags.not_found), ("lead", &settings.tags.lead)]
-    {
+    check(!settings.signals_interval.get().is_zero(), "signals_interval", "must be greater than zero".into());
+    for (name, tag) in [
+        ("enriched", &settings.tags.enriched),
+        ("not_found", &settings.tags.not_found),
+        ("lead", &settings.tags.lead),
+        ("signal_prefix", &settings.tags.signal_prefix),
+    ] {
         check(!tag.trim().is_empty(), &format!("tags.{name}"), "must not be empty".into());
     }
     for (i, search) in settings.leads.iter().enumerate() {
         check(!search.name.trim().is_empty(), &format!("leads[{i}].name"), "must not be empty".into());
         check(!search.location.trim().is_empty(), &format!("leads[{i}].location"), "must not be empty".into());
         check(!search.interval.get().is_zero(), &format!("leads[{i}].interval"), "must be greater than zero".into());
+        check(search.max_per_poll >= 1, &format!("leads[{i}].max_per_poll"), "must be at least 1".into());
+        check(search.max_pages >= 1, &format!("leads[{i}].max_pages"), "must be at least 1".into());
+        let duplicate = settings.leads[..i].iter().any(|s| s.name == search.name);
+        check(!duplicate, &format!("leads[{i}].name"), format!("{:?} is used by another search", search.name));
+        if let Some(task) = &search.task {
+            check(!task.title.trim().is_empty(), &format!("leads[{i}].task.title"), "must not be empty".into());
+            for (field, template) in [("title", Some(&task.title)), ("body", task.body.as_ref())] {
+                for problem in template.map(|t| validate_lead_template(t)).unwrap_or_default() {
+                    check(false, &format!("leads[{i}].task.{field}"), problem);
+                }
+            }
+        }
         if let Some(filters) = &search.filters {
             for problem in validate_filters(filters) {
                 check(false, &format!("leads[{i}].filters"), problem);
@@ -293,6 +346,25 @@ pub fn validate(settings: &LushaSettings) -> Vec<ConfigProblem> {
         }
     }
     problems
+}
+
+/// Placeholders a lead task template may use.
+pub const LEAD_TEMPLATE_FIELDS: &[&str] = &["firstName", "lastName", "jobTitle", "company", "email", "phone", "search"];
+
+fn validate_lead_template(template: &str) -> Vec<String> {
+    use crate::connectors::mapping::{Piece, parse_template};
+    match parse_template(template) {
+        Ok(pieces) => pieces
+            .into_iter()
+            .filter_map(|piece| match piece {
+                Piece::Field(name) if !LEAD_TEMPLATE_FIELDS.contains(&name.as_str()) => {
+                    Some(format!("unknown placeholder {{{name}}}; known: {}", LEAD_TEMPLATE_FIELDS.join(", ")))
+                }
+                _ => None,
+            })
+            .collect(),
+        Err(message) => vec![message],
+    }
 }
 
 /// Prospecting filter names Lusha's V3 API knows (reference/lusha.md; the fake matches them).

@@ -141,7 +141,7 @@ pub fn match_by_id(response: &Value, ids: &[String]) -> HashMap<String, Answer> 
     ids.iter().map(|id| (id.clone(), answers.remove(id).unwrap_or(Answer::NotFound))).collect()
 }
 
-fn reference_text(value: &Value) -> Option<String> {
+pub(super) fn reference_text(value: &Value) -> Option<String> {
     match value {
         Value::String(text) => Some(text.clone()),
         Value::Number(number) => Some(number.to_string()),

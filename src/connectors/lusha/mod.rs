@@ -20,6 +20,7 @@
 
 pub mod client;
 pub mod config;
+mod leads;
 pub mod mapping;
 
 use std::collections::HashMap;
@@ -101,6 +102,10 @@ pub struct LushaConnector {
     gates: Mutex<Gates>,
     /// Per location: custom field key → id.
     fields: tokio::sync::Mutex<HashMap<String, Arc<HashMap<String, String>>>>,
+    /// Held (write) by a lead import from its GHL create until its result is cached under the
+    /// new contact, and (read) by `deliver` while it plans: a contact the sync picks up that
+    /// fast is then seen as cached, never enriched (and paid for) a second time.
+    imports: tokio::sync::RwLock<()>,
 }
 
 impl std::fmt::Debug for LushaConnector {
@@ -158,6 +163,7 @@ impl LushaConnector {
             writeback,
             gates: Mutex::new(Gates::default()),
             fields: tokio::sync::Mutex::new(HashMap::new()),
+            imports: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -337,6 +343,16 @@ impl LushaConnector {
         }
     }
 
+    /// How many contacts may be enriched now under the daily cap and the balance above the
+    /// reserve, and whether the daily cap (rather than the balance) is the tighter bound.
+    async fn allowance(&self) -> (usize, bool) {
+        let spent = self.spent_today().await.unwrap_or(0);
+        let cap_left = (self.settings.daily_credit_cap > 0).then(|| self.settings.daily_credit_cap - spent);
+        let balance_left = self.balance().await.map(|b| b - self.settings.credit_reserve);
+        let capped = cap_left.is_some_and(|c| balance_left.is_none_or(|b| c <= b));
+        (affordable(cap_left, balance_left, self.settings.max_credits_per_contact), capped)
+    }
+
     /// Remembers limits and stops from an error; returns the wait before trying again.
     fn note_error(&self, error: &LushaError) -> Option<Duration> {
         let now = Instant::now();
@@ -475,7 +491,7 @@ impl LushaConnector {
             parts.push(what);
             crate::writeback::key(&parts)
         };
-        let update = self.update_for(job, cached, &ids);
+        let update = self.update_for(&job.record, cached, &ids);
         let tag = if cached.outcome == "found" { &self.settings.tags.enriched } else { &self.settings.tags.not_found };
         let (update_key, tag_key) = (key("update"), key("tag"));
         self.writeback.update_contact(location, contact_id, &update_key, &update).await?;
@@ -521,12 +537,12 @@ impl LushaConnector {
 
     /// The `PUT` body: mapped values (empty GHL fields only unless `overwrite`) plus the
     /// bookkeeping custom fields.
-    fn update_for(&self, job: &Job, cached: &Cached, ids: &HashMap<String, String>) -> UpdateContact {
+    fn update_for(&self, record: &Map<String, Value>, cached: &Cached, ids: &HashMap<String, String>) -> UpdateContact {
         let mut update = UpdateContact::default();
         let mut custom = Vec::new();
         let mut set_custom = |key: &str, value: Value, always: bool| {
             let Some(id) = ids.get(key) else { return };
-            if !always && !self.settings.overwrite && custom_value(&job.record, id).is_some() {
+            if !always && !self.settings.overwrite && custom_value(record, id).is_some() {
                 return;
             }
             custom.push(CustomFieldValue { id: id.clone(), key: None, field_value: value });
@@ -540,7 +556,7 @@ impl LushaConnector {
                     set_custom(target, Value::String(value), false);
                     continue;
                 }
-                let present = job.record.get(*target).and_then(Value::as_str).is_some_and(|s| !s.trim().is_empty());
+                let present = record.get(*target).and_then(Value::as_str).is_some_and(|s| !s.trim().is_empty());
                 if present && !self.settings.overwrite {
                     continue;
                 }
@@ -594,19 +610,14 @@ impl LushaConnector {
             return ready;
         }
 
-        // Budget: the daily cap and the balance above the reserve.
-        let spent = self.spent_today().await.unwrap_or(0);
-        let cap_left = (self.settings.daily_credit_cap > 0).then(|| self.settings.daily_credit_cap - spent);
-        let balance_left = self.balance().await.map(|b| b - self.settings.credit_reserve);
+        let (allowed, capped) = self.allowance().await;
         if let Some(wait) = self.blocked() {
             for job in &calls {
                 outcomes[job.index] = Some(Outcome::Retry(Some(wait)));
             }
             return ready;
         }
-        let allowed = affordable(cap_left, balance_left, self.settings.max_credits_per_contact);
         if calls.len() > allowed {
-            let capped = cap_left.is_some_and(|c| balance_left.is_none_or(|b| c <= b));
             let wait = if capped { until_next_utc_day(now_ms()) } else { self.settings.stop_on_no_credits.get() };
             tracing::warn!(
                 connector.id = ID,
@@ -775,10 +786,15 @@ impl Connector for LushaConnector {
         }
     }
 
+    async fn run_background(self: Arc<Self>, stop: CancellationToken) {
+        self.run_pollers(stop).await;
+    }
+
     async fn deliver(&self, batch: &[Delivery]) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
         let now = now_ms();
         let mut jobs = Vec::new();
+        let planning = self.imports.read().await;
         for (index, delivery) in batch.iter().enumerate() {
             let ids = match self.field_ids(&delivery.location_id).await {
                 Ok(ids) => ids,
@@ -825,6 +841,7 @@ impl Connector for LushaConnector {
                 plan,
             });
         }
+        drop(planning);
         let ready = self.enrich(jobs, &mut outcomes).await;
         for (job, cached) in ready {
             let outcome = self.write_back(&job, &cached).await;
