@@ -68,6 +68,11 @@ fn sample_config(sandbox: &Sandbox) -> String {
         text.push_str(&format!("[[ghl.locations]]\nid = \"{}\"\npit = \"{}\"\n", location.id, location.pit));
     }
     text.push_str(&format!("[connectors.webhook.demo]\nurl = \"{}\"\n", sandbox.sink_url("demo")));
+    text.push_str(&format!(
+        "[connectors.lusha]\napi_key = \"{}\"\nbase_url = \"{}\"\n",
+        sandbox.lusha.api_key(),
+        sandbox.lusha_url()
+    ));
     text
 }
 
@@ -116,6 +121,7 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         "  simulated users edit contacts, tasks and notes every {}s; GHL webhooks hint the daemon",
         args.edit_every.as_secs()
     );
+    println!("  Lusha (fake) enriches new contacts within a credit budget and imports 50 prospecting leads");
     println!("  Ctrl-C to stop");
     println!();
 
@@ -179,12 +185,25 @@ async fn print_line(sandbox: &Sandbox, store: &crate::store::Store, started: Ins
     let dead: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(store.pool()).await.unwrap_or_default();
     let delivered = sandbox.sink.accepted(Some("demo")).len();
+    let enriched: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT contact_id) FROM lusha_cache WHERE found = 1")
+        .fetch_one(store.pool())
+        .await
+        .unwrap_or_default();
+    let leads: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM lusha_leads WHERE status = 'imported'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap_or_default();
+    let lusha = sandbox.lusha.stats();
     println!(
         "[{:>4}s] contacts synced {contacts:>6} · tasks+notes {children:>6} · delivered to webhook.demo {delivered:>6} \
-         (pending {pending}, dead {dead}) · user edits {edited} · GHL requests {requests} · webhooks {} · 429s {}",
+         (pending {pending}, dead {dead}) · user edits {edited} · GHL requests {requests} · webhooks {} · 429s {} · \
+         Lusha: enriched {enriched}, leads imported {leads}, credits {}, requests {}, 429s {}",
         started.elapsed().as_secs(),
         stats.webhooks_sent,
         stats.too_many_requests,
+        sandbox.lusha.ledger().spent,
+        lusha.total_requests(),
+        lusha.rate_limited,
     );
 }
 
@@ -222,5 +241,16 @@ fn demo_config(sandbox: &Sandbox, dir: &std::path::Path) -> anyhow::Result<Confi
     settings.log.level = "warn".to_owned();
     let hook: config::WebhookConnectorSettings = toml::from_str(&format!("url = \"{}\"", sandbox.sink_url("demo")))?;
     settings.connectors.webhook.insert("demo".to_owned(), hook);
+    // Lusha: enrichment of every contact (credit-safe) and a prospecting search whose leads
+    // become contacts of the first location.
+    let first = settings.ghl.locations.first().map(|l| l.id.clone()).unwrap_or_default();
+    let lusha: config::LushaSettings = toml::from_str(&format!(
+        "api_key = \"{key}\"\nbase_url = \"{url}\"\ndaily_credit_cap = 0\nusage_interval = \"15s\"\n\
+         [[leads]]\nname = \"demo-leads\"\nlocation = \"{first}\"\ninterval = \"15s\"\n\
+         task = {{ title = \"Call {{firstName}} ({{jobTitle}} at {{company}})\", due_in = \"1d\" }}\n",
+        key = sandbox.lusha.api_key(),
+        url = sandbox.lusha_url(),
+    ))?;
+    settings.connectors.lusha = Some(lusha);
     Config::from_settings(settings).map_err(|e| anyhow::anyhow!("{e}"))
 }

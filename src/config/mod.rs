@@ -19,7 +19,7 @@ use url::Url;
 pub use duration::Dur;
 pub use load::{ConfigError, ConfigProblem, ConfigSource, load, load_from_str};
 pub use secret::Secret;
-pub use validate::decode_ed25519_spki;
+pub use validate::{decode_ed25519_spki, decode_rsa_spki};
 
 pub use crate::connectors::lusha::config::LushaSettings;
 
@@ -177,6 +177,10 @@ pub enum LocationAuth {
 pub struct GhlWebhookSettings {
     /// Ed25519 public keys (base64 SPKI, as GHL publishes them); several allow rotation.
     pub public_keys: Vec<String>,
+    /// RSA public keys (PEM) for GHL's legacy `x-wh-signature`, deprecated by GHL on
+    /// 2026-07-01. Empty (default): a delivery signed only that way is rejected. Set: it is
+    /// verified (RSA-SHA256) and accepted, with a deprecation warning.
+    pub legacy_rsa_public_keys: Vec<String>,
     /// Deliveries older than this are rejected as replays.
     pub max_age: Dur,
     /// How long webhook ids are remembered for de-duplication.
@@ -190,6 +194,7 @@ impl Default for GhlWebhookSettings {
     fn default() -> Self {
         Self {
             public_keys: vec![GHL_WEBHOOK_PUBLIC_KEY.to_owned()],
+            legacy_rsa_public_keys: Vec::new(),
             max_age: Dur::secs(300),
             dedupe_for: Dur::secs(3 * 24 * 3600),
         }

@@ -177,3 +177,32 @@ fn the_export_section_parses_and_bad_values_are_reported() {
     assert!(found.iter().any(|p| p.contains("export.at")), "{found:?}");
     assert!(found.iter().any(|p| p.contains("export.keep")), "{found:?}");
 }
+
+#[test]
+fn legacy_rsa_keys_decode_and_bad_ones_are_named() {
+    let pem = include_str!("../../tests/fixtures/legacy-rsa-test-key.pub.pem");
+    let pkcs1 = decode_rsa_spki(pem).expect("the fixture is a 2048-bit RSA SPKI");
+    assert_eq!(pkcs1[0], 0x30, "a DER SEQUENCE (RSAPublicKey)");
+    assert!(decode_rsa_spki(GHL_WEBHOOK_PUBLIC_KEY).is_none(), "an Ed25519 key is not RSA");
+    let truncated: String = pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>()[..200].to_owned();
+    assert!(decode_rsa_spki(&truncated).is_none());
+    assert!(decode_rsa_spki("not base64 at all").is_none());
+
+    let text = format!("[ghl.webhooks]\nlegacy_rsa_public_keys = [\"\"\"{pem}\"\"\", \"AAAA\"]\n");
+    assert_eq!(
+        problems(&text).iter().filter(|p| p.contains("legacy_rsa_public_keys")).collect::<Vec<_>>(),
+        [
+            "ghl.webhooks.legacy_rsa_public_keys[1]: not an RSA public key of at least 2048 bits (PEM \"BEGIN PUBLIC KEY\" or base64 SPKI)"
+        ]
+    );
+}
+
+proptest::proptest! {
+    #[test]
+    fn key_decoding_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+        use base64::Engine as _;
+        let text = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        let _ = decode_rsa_spki(&text);
+        let _ = decode_ed25519_spki(&text);
+    }
+}

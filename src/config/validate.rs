@@ -91,6 +91,14 @@ pub(super) fn validate(settings: &Settings) -> (Secrets, Vec<ConfigProblem>) {
             ));
         }
     }
+    for (i, key) in ghl.webhooks.legacy_rsa_public_keys.iter().enumerate() {
+        if decode_rsa_spki(key).is_none() {
+            problems.push(ConfigProblem::new(
+                format!("ghl.webhooks.legacy_rsa_public_keys[{i}]"),
+                "not an RSA public key of at least 2048 bits (PEM \"BEGIN PUBLIC KEY\" or base64 SPKI)",
+            ));
+        }
+    }
     if let Some(oauth) = &ghl.oauth {
         if oauth.client_id.trim().is_empty() {
             problems.push(ConfigProblem::new("ghl.oauth.client_id", "must not be empty"));
@@ -322,9 +330,19 @@ fn resolve(
 
 /// Decodes GHL's published key format (base64 SPKI DER) into the raw 32-byte Ed25519 key.
 pub fn decode_ed25519_spki(text: &str) -> Option<[u8; 32]> {
-    use base64::Engine as _;
     // SPKI header for Ed25519: SEQUENCE { SEQUENCE { OID 1.3.101.112 }, BIT STRING (33 bytes) }
     const PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+    let der = pem_or_base64_der(text)?;
+    match der.len() {
+        44 if der[..12] == PREFIX => der[12..].try_into().ok(),
+        32 => der.as_slice().try_into().ok(),
+        _ => None,
+    }
+}
+
+/// The DER bytes of a PEM block or of bare base64 (whitespace ignored).
+fn pem_or_base64_der(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
     let cleaned: String = text
         .lines()
         .filter(|line| !line.starts_with("-----"))
@@ -332,10 +350,46 @@ pub fn decode_ed25519_spki(text: &str) -> Option<[u8; 32]> {
         .chars()
         .filter(|c| !c.is_whitespace())
         .collect();
-    let der = base64::engine::general_purpose::STANDARD.decode(cleaned).ok()?;
-    match der.len() {
-        44 if der[..12] == PREFIX => der[12..].try_into().ok(),
-        32 => der.as_slice().try_into().ok(),
-        _ => None,
+    base64::engine::general_purpose::STANDARD.decode(cleaned).ok()
+}
+
+/// The PKCS#1 `RSAPublicKey` inside an RSA `SubjectPublicKeyInfo` (PEM or base64 DER), the
+/// form `ring` verifies with. `None` unless it is an RSA key of at least 2048 bits.
+pub fn decode_rsa_spki(text: &str) -> Option<Vec<u8>> {
+    // AlgorithmIdentifier starts with OID 1.2.840.113549.1.1.1 (rsaEncryption).
+    const RSA_OID: [u8; 11] = [0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+    let der = pem_or_base64_der(text)?;
+    let (spki, rest) = der_take(&der, 0x30)?;
+    let (algorithm, after) = der_take(spki, 0x30)?;
+    let (bits, _) = der_take(after, 0x03)?;
+    let (&unused_bits, key) = bits.split_first()?;
+    if !rest.is_empty() || !algorithm.starts_with(&RSA_OID) || unused_bits != 0 {
+        return None;
     }
+    // RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }
+    let (fields, _) = der_take(key, 0x30)?;
+    let (modulus, exponent) = der_take(fields, 0x02)?;
+    der_take(exponent, 0x02)?;
+    let significant = modulus.iter().skip_while(|b| **b == 0).count();
+    (significant >= 256).then(|| key.to_vec())
+}
+
+/// One DER element of type `tag` at the start of `input`: (its contents, what follows).
+fn der_take(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (&first, rest) = input.split_first()?;
+    let (&length, rest) = rest.split_first()?;
+    if first != tag {
+        return None;
+    }
+    let (length, rest) = if length < 0x80 {
+        (usize::from(length), rest)
+    } else {
+        let count = usize::from(length & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let (bytes, rest) = rest.split_at(count);
+        (bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b)), rest)
+    };
+    (rest.len() >= length).then(|| rest.split_at(length))
 }

@@ -18,15 +18,18 @@
 //!   `WHERE created_at <= <the one it handled>`, so a hint that arrives while the contact is
 //!   being read survives for the next run.
 //!
-//! The legacy RSA `x-wh-signature` (deprecated by GHL on 2026-07-01) is not implemented: RSA
-//! verification would need a new dependency. A delivery that carries only it gets a 401 and a
-//! log line saying so.
+//! The legacy RSA `x-wh-signature` (RSA-SHA256 PKCS#1 v1.5 over the raw body, deprecated by
+//! GHL on 2026-07-01) is checked only when `x-ghl-signature` is absent and
+//! `ghl.webhooks.legacy_rsa_public_keys` is configured; an accepted one logs a deprecation
+//! warning (at most hourly) and counts `ghl_sync_webhook_legacy_signatures_total`. Without
+//! configured keys such a delivery gets a 401 and a log line saying how to fix it.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use ed25519_dalek::{Signature, Verifier as _};
@@ -188,14 +191,10 @@ fn timestamp_ms(value: &serde_json::Value) -> Option<i64> {
 
 fn verify(state: &ServerState, headers: &HeaderMap, body: &[u8]) -> Result<(), Verdict> {
     let Some(header) = headers.get("x-ghl-signature") else {
-        if headers.contains_key("x-wh-signature") {
-            tracing::warn!(
-                "GHL webhook carries only the legacy RSA x-wh-signature, which ghl-sync does not verify; \
-                 enable Ed25519 (x-ghl-signature) signing for the app"
-            );
-            return Err(Verdict::LegacySignature);
-        }
-        return Err(Verdict::MissingSignature);
+        return match headers.get("x-wh-signature") {
+            Some(legacy) => verify_legacy(state, legacy, body),
+            None => Err(Verdict::MissingSignature),
+        };
     };
     let signature = header
         .to_str()
@@ -208,6 +207,43 @@ fn verify(state: &ServerState, headers: &HeaderMap, body: &[u8]) -> Result<(), V
     } else {
         Err(Verdict::BadSignature)
     }
+}
+
+/// The deprecated RSA `x-wh-signature`, only with configured keys.
+fn verify_legacy(state: &ServerState, header: &HeaderValue, body: &[u8]) -> Result<(), Verdict> {
+    if state.ghl_rsa_keys.is_empty() {
+        tracing::warn!(
+            "GHL webhook carries only the legacy RSA x-wh-signature, which is refused unless \
+             ghl.webhooks.legacy_rsa_public_keys is set; enable Ed25519 (x-ghl-signature) signing for the app"
+        );
+        return Err(Verdict::LegacySignature);
+    }
+    let signature = header
+        .to_str()
+        .ok()
+        .and_then(|text| base64::engine::general_purpose::STANDARD.decode(text.trim()).ok())
+        .ok_or(Verdict::BadSignature)?;
+    let valid = state.ghl_rsa_keys.iter().any(|key| {
+        ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, key)
+            .verify(body, &signature)
+            .is_ok()
+    });
+    if !valid {
+        return Err(Verdict::BadSignature);
+    }
+    metrics::counter!("ghl_sync_webhook_legacy_signatures_total").increment(1);
+    static LAST_WARNED_MS: AtomicI64 = AtomicI64::new(i64::MIN);
+    let now = now_ms();
+    let last = LAST_WARNED_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 3_600_000
+        && LAST_WARNED_MS.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    {
+        tracing::warn!(
+            "Accepted a GHL webhook signed only with the legacy RSA x-wh-signature, which GHL deprecated on \
+             2026-07-01; switch the app to Ed25519 (x-ghl-signature) and remove ghl.webhooks.legacy_rsa_public_keys"
+        );
+    }
+    Ok(())
 }
 
 fn reject(status: StatusCode, event_type: &'static str, verdict: Verdict, message: &'static str) -> Response {

@@ -75,6 +75,8 @@ pub struct ServerState {
     metrics: PrometheusHandle,
     /// `ghl.webhooks.public_keys`, decoded once.
     ghl_keys: Arc<[VerifyingKey]>,
+    /// `ghl.webhooks.legacy_rsa_public_keys` as PKCS#1 DER (empty: legacy signatures refused).
+    ghl_rsa_keys: Arc<[Vec<u8>]>,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -99,7 +101,23 @@ impl ServerState {
         if ghl_keys.is_empty() {
             tracing::warn!("No usable GHL webhook public key: every GHL webhook will be rejected");
         }
-        Self { store, config, wake, ready: ReadinessFlags::default(), metrics, ghl_keys: ghl_keys.into() }
+        let ghl_rsa_keys: Vec<Vec<u8>> = config
+            .settings
+            .ghl
+            .webhooks
+            .legacy_rsa_public_keys
+            .iter()
+            .filter_map(|key| crate::config::decode_rsa_spki(key))
+            .collect();
+        Self {
+            store,
+            config,
+            wake,
+            ready: ReadinessFlags::default(),
+            metrics,
+            ghl_keys: ghl_keys.into(),
+            ghl_rsa_keys: ghl_rsa_keys.into(),
+        }
     }
 
     /// Uses `ready` instead of fresh flags (when the app created them first).

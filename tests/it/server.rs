@@ -46,6 +46,10 @@ struct TestServer {
 
 impl TestServer {
     async fn start(admin: bool) -> Self {
+        Self::start_with(admin, |_| {}).await
+    }
+
+    async fn start_with(admin: bool, tweak: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = Settings::default();
         settings.store.path = Some(dir.path().join("ghl-sync.db"));
@@ -64,6 +68,7 @@ impl TestServer {
             settings.server.admin_token = Some(Secret::new(ADMIN.to_owned()));
         }
         settings.server.lusha_webhook_secret = Some(Secret::new(LUSHA_SECRET.to_owned()));
+        tweak(&mut settings);
         let config = Config::from_settings(settings).unwrap();
         let store = Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
         sqlx::query("INSERT INTO locations (id, name, status, updated_at) VALUES (?, 'Server test', 'active', ?)")
@@ -516,6 +521,64 @@ async fn lusha_signals_are_verified_deduplicated_and_stored() {
     assert_eq!(post("00".repeat(32), timestamp.clone()).await.unwrap().status().as_u16(), 401);
     let old = (now_ms() / 1000 - 3600).to_string();
     assert_eq!(post(lusha_signature(&old, &body), old.clone()).await.unwrap().status().as_u16(), 401);
+    server.stop().await;
+}
+
+async fn post_legacy(server: &TestServer, body: &[u8], signature: &str) -> u16 {
+    let response = server
+        .http
+        .post(format!("{}/webhooks/ghl", server.url))
+        .header("content-type", "application/json")
+        .header("x-wh-signature", signature)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    response.status().as_u16()
+}
+
+/// RSA-SHA256 (PKCS#1 v1.5) with the test-only fixture key, base64, as GHL's legacy header.
+fn sign_legacy(body: &[u8]) -> String {
+    let key = ring::signature::RsaKeyPair::from_pkcs8(include_bytes!("../fixtures/legacy-rsa-test-key.pk8")).unwrap();
+    let mut signature = vec![0; key.public().modulus_len()];
+    key.sign(&ring::signature::RSA_PKCS1_SHA256, &ring::rand::SystemRandom::new(), body, &mut signature).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(signature)
+}
+
+#[tokio::test]
+async fn legacy_rsa_signatures_are_accepted_only_with_a_configured_key() {
+    let body = event("ContactUpdate", "wh-legacy-1", "contact_l");
+    let signature = sign_legacy(&body);
+
+    // Not configured (the default): refused even when genuine.
+    let server = TestServer::start(false).await;
+    assert_eq!(post_legacy(&server, &body, &signature).await, 401);
+    assert_eq!(server.count("SELECT COUNT(*) FROM dirty_contacts").await, 0);
+    server.stop().await;
+
+    // Configured: a genuine one is recorded; tampered or foreign ones are not.
+    let pem = include_str!("../fixtures/legacy-rsa-test-key.pub.pem").to_owned();
+    let server = TestServer::start_with(false, |s| s.ghl.webhooks.legacy_rsa_public_keys = vec![pem]).await;
+    let mut tampered = body.clone();
+    let at = tampered.iter().position(|b| *b == b'@').unwrap();
+    tampered[at] = b'#';
+    assert_eq!(post_legacy(&server, &tampered, &signature).await, 401);
+    assert_eq!(post_legacy(&server, &body, "c2lnbmF0dXJl").await, 401);
+    assert_eq!(server.count("SELECT COUNT(*) FROM dirty_contacts").await, 0);
+    assert_eq!(post_legacy(&server, &body, &signature).await, 200);
+    assert_eq!(server.count("SELECT COUNT(*) FROM dirty_contacts WHERE contact_id = 'contact_l'").await, 1);
+    // Ed25519 still wins when both headers are present: a bad x-ghl-signature is not rescued.
+    let other = event("ContactUpdate", "wh-legacy-2", "contact_m");
+    let response = server
+        .http
+        .post(format!("{}/webhooks/ghl", server.url))
+        .header("x-ghl-signature", "%%%")
+        .header("x-wh-signature", sign_legacy(&other))
+        .body(other.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
     server.stop().await;
 }
 

@@ -154,29 +154,18 @@ impl LushaConnector {
     pub async fn poll_leads(&self, search: &LeadSearch, stop: &CancellationToken) -> Result<LeadReport, LeadError> {
         let mut report = LeadReport::default();
         let location = search.location.as_str();
-        let mut fresh = Vec::new();
         if let Some(wait) = self.blocked() {
             self.import_enriched(location, stop, &mut report).await?;
             return if report == LeadReport::default() { Err(LeadError::Blocked(wait)) } else { Ok(report) };
         }
-        let filters = search.filters.as_ref().map_or_else(|| json!({}), toml_to_json);
-        for page in 0..search.max_pages.max(1) {
-            let response = self.client.prospecting(&filters, page, PAGE_SIZE).await.inspect_err(|e| {
-                self.note_error(e);
-            })?;
-            let ids = lead_ids(&response);
-            report.listed += ids.len();
-            let known = self.known_leads(location, &ids).await?;
-            for id in ids {
-                if !known.contains(&id) && !fresh.contains(&id) {
-                    fresh.push(id);
-                }
+        let mut fresh = match self.list_new(search, stop, &mut report).await {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                // Leads enriched by an earlier poll still go to GHL.
+                self.import_enriched(location, stop, &mut report).await?;
+                return Err(error);
             }
-            let pages = response.get("totalPages").and_then(Value::as_u64).unwrap_or(0);
-            if page + 1 >= pages || fresh.len() >= search.max_per_poll || stop.is_cancelled() {
-                break;
-            }
-        }
+        };
         report.new = fresh.len();
         if fresh.len() > search.max_per_poll {
             report.held += fresh.len() - search.max_per_poll;
@@ -194,6 +183,36 @@ impl LushaConnector {
         self.enrich_leads(search, fresh, stop, &mut report).await?;
         self.import_enriched(location, stop, &mut report).await?;
         Ok(report)
+    }
+
+    /// Lists the search (free) and returns the lead ids not yet recorded for its location,
+    /// in result order, stopping once `max_per_poll` are found or after `max_pages` pages.
+    async fn list_new(
+        &self,
+        search: &LeadSearch,
+        stop: &CancellationToken,
+        report: &mut LeadReport,
+    ) -> Result<Vec<String>, LeadError> {
+        let filters = search.filters.as_ref().map_or_else(|| json!({}), toml_to_json);
+        let mut fresh = Vec::new();
+        for page in 0..search.max_pages.max(1) {
+            let response = self.client.prospecting(&filters, page, PAGE_SIZE).await.inspect_err(|e| {
+                self.note_error(e);
+            })?;
+            let ids = lead_ids(&response);
+            report.listed += ids.len();
+            let known = self.known_leads(&search.location, &ids).await?;
+            for id in ids {
+                if !known.contains(&id) && !fresh.contains(&id) {
+                    fresh.push(id);
+                }
+            }
+            let pages = response.get("totalPages").and_then(Value::as_u64).unwrap_or(0);
+            if page + 1 >= pages || fresh.len() >= search.max_per_poll || stop.is_cancelled() {
+                break;
+            }
+        }
+        Ok(fresh)
     }
 
     /// Lead ids of `ids` already recorded for the location (any status).
@@ -220,7 +239,7 @@ impl LushaConnector {
         fresh: Vec<String>,
         stop: &CancellationToken,
         report: &mut LeadReport,
-    ) -> Result<(), LeadError> {
+    ) -> Result<(), sqlx::Error> {
         let size = self.settings.batch_size.clamp(1, 100);
         let chunks: Vec<&[String]> = fresh.chunks(size).collect();
         for (n, chunk) in chunks.iter().enumerate() {
@@ -231,9 +250,12 @@ impl LushaConnector {
             let response = match self.call_once_more(false, &[], chunk).await {
                 Ok(response) => response,
                 Err(error) => {
+                    // Nothing of this chunk is recorded: the next poll lists these leads
+                    // again. Leads enriched so far are still imported.
                     self.note_error(&error);
+                    tracing::warn!(connector.id = ID, search = %search.name, error = %error, "Lusha enrich of new leads failed");
                     report.held += chunks[n..].iter().map(|c| c.len()).sum::<usize>();
-                    return Err(error.into());
+                    break;
                 }
             };
             let credits = credits_charged(&response);

@@ -472,6 +472,10 @@ impl LushaConnector {
                 }
                 Outcome::Done
             }
+            // Deleted in GHL meanwhile: the result stays cached, there is nothing to write to.
+            Err(WriteBackError::Ghl(error)) if error.status() == Some(crate::http::StatusCode::NOT_FOUND) => {
+                Outcome::Skip("the contact was deleted in GHL".into())
+            }
             Err(error) if error.is_retryable() => {
                 tracing::warn!(connector.id = ID, contact.id = %job.contact_id, error = %error, "Lusha write-back to GHL failed; will retry (from the cache, no Lusha call)");
                 Outcome::Retry(None)
