@@ -80,8 +80,12 @@ pub fn rfc3339_ms(ms: i64) -> String {
 pub enum Outcome {
     /// Delivered (or already delivered: the target acknowledged it).
     Done,
-    /// Try again later; the target may have said when.
+    /// Try again later; the target may have said when. Counts as an attempt.
     Retry(Option<Duration>),
+    /// Not attempted: the connector holds the item back (its own rate limit, credit budget
+    /// or a stop) for this long. Does not count as an attempt, so waiting out a daily limit
+    /// never ends in dead letters; the wait is not capped by `dispatch.backoff_max`.
+    Park(Duration),
     /// Will never succeed as is: goes to dead letters with this reason (no personal data).
     Permanent(String),
     /// Deliberately not delivered (a filter): marked done with this reason.

@@ -34,6 +34,8 @@ pub use outbox::{Enqueued, NewRow, OutboxRow, idempotency_key};
 pub struct ConnectorSummary {
     pub delivered: u64,
     pub retried: u64,
+    /// Held back by the connector (not an attempt).
+    pub parked: u64,
     pub dead: u64,
     pub skipped: u64,
     /// Rows whose content was replaced while in flight (they stay pending).
@@ -47,6 +49,7 @@ impl ConnectorSummary {
     fn add(&mut self, other: &ConnectorSummary) {
         self.delivered += other.delivered;
         self.retried += other.retried;
+        self.parked += other.parked;
         self.dead += other.dead;
         self.skipped += other.skipped;
         self.superseded += other.superseded;
@@ -318,6 +321,13 @@ impl Dispatcher {
                         "Delivery {} to `{}` was refused; moved to dead letters", row.id, worker.id);
                     outbox::dead_letter(&mut tx, row, reason, now).await?.then_some("dead")
                 }
+                Outcome::Park(wait) => {
+                    // The connector is healthy and chose to wait: no attempt, no breaker.
+                    answered = true;
+                    let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX).max(1);
+                    let reason = format!("parked by the connector for {} s", wait.as_secs());
+                    outbox::park(&mut tx, row, now.saturating_add(wait_ms), &reason, now).await?.then_some("park")
+                }
                 Outcome::Retry(_) if attempts >= worker.settings.max_attempts => {
                     let reason = format!("gave up after {attempts} attempts (target unavailable)");
                     tracing::warn!(connector.id = %worker.id, outbox.id = row.id, attempts,
@@ -337,6 +347,7 @@ impl Dispatcher {
                 Some("done") => summary.delivered += 1,
                 Some("skip") => summary.skipped += 1,
                 Some("dead") => summary.dead += 1,
+                Some("park") => summary.parked += 1,
                 Some(_) => summary.retried += 1,
                 None => summary.superseded += 1,
             }

@@ -143,6 +143,29 @@ pub async fn reschedule(
     Ok(done.rows_affected() == 1)
 }
 
+/// Holds a row back until `next_attempt_at` without counting an attempt (the connector
+/// parked it), only if it still holds the content that was handed over.
+pub async fn park(
+    tx: &mut Transaction<'_, Sqlite>,
+    row: &OutboxRow,
+    next_attempt_at: i64,
+    reason: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE outbox SET next_attempt_at = ?, last_error = ?, updated_at = ? \
+         WHERE id = ? AND content_hash = ? AND status = 'pending'",
+    )
+    .bind(next_attempt_at)
+    .bind(reason)
+    .bind(now)
+    .bind(row.id)
+    .bind(&row.content_hash)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Moves a row to dead letters (`source = 'delivery'`), only if it still holds the content
 /// that failed; a newer change in the row stays pending and goes out next.
 pub async fn dead_letter(

@@ -199,15 +199,17 @@ fn redirect_url(config: &Config) -> anyhow::Result<&Url> {
         .context("`auth install` needs the app's credentials in [ghl.oauth] (client_id, client_secret)")
 }
 
-/// GHL's install (authorization) URL: `install_url?response_type=code&redirect_uri=…&client_id=…&scope=…`.
-pub fn install_url(install: &Url, client_id: &str, redirect: &Url, scopes: &[&str]) -> Url {
+/// GHL's install (authorization) URL:
+/// `install_url?response_type=code&redirect_uri=…&client_id=…&scope=…&state=…`.
+pub fn install_url(install: &Url, client_id: &str, redirect: &Url, scopes: &[&str], state: &str) -> Url {
     let mut url = install.clone();
     // Spaces as %20, not `+`: the scope list is space-separated.
     let query = format!(
-        "response_type=code&redirect_uri={}&client_id={}&scope={}",
+        "response_type=code&redirect_uri={}&client_id={}&scope={}&state={}",
         encode(redirect.as_str()),
         encode(client_id),
-        encode(&scopes.join(" "))
+        encode(&scopes.join(" ")),
+        encode(state)
     );
     url.set_query(Some(&query));
     url
@@ -223,13 +225,14 @@ pub async fn install(
     let settings = config.settings.ghl.oauth.as_ref().context("`auth install` needs [ghl.oauth]")?;
     let oauth = tokens.oauth().context("`auth install` needs [ghl.oauth] with a client secret")?;
     let scopes = needed_scopes(options.write);
-    let url = install_url(&settings.install_url, &settings.client_id, &settings.redirect_url, &scopes);
+    let state = new_state()?;
+    let url = install_url(&settings.install_url, &settings.client_id, &settings.redirect_url, &scopes, &state);
     on_url(&url);
     let code = match options.code {
         Some(code) => code,
         None => {
             let bind = callback_address(config).await?;
-            wait_for_code(bind, settings.redirect_url.path(), options.timeout).await?
+            wait_for_code(bind, settings.redirect_url.path(), options.timeout, &state).await?
         }
     };
     let answer = oauth
@@ -277,17 +280,34 @@ async fn callback_address(config: &Config) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
+/// A fresh OAuth `state` (128 random bits, hex): the redirect must carry it back, so a
+/// redirect forged by another site (CSRF) cannot slip its own code into this install.
+pub fn new_state() -> anyhow::Result<String> {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| anyhow::anyhow!("no system randomness"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 type CodeSender = Arc<Mutex<Option<oneshot::Sender<Result<String, String>>>>>;
 
-/// Serves `path` on `bind` until one request brings `?code=…` (or `?error=…`), or `timeout`.
-pub async fn wait_for_code(bind: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<String> {
+#[derive(Clone)]
+struct Callback {
+    sender: CodeSender,
+    state: Arc<str>,
+}
+
+/// Serves `path` on `bind` until one request brings `?code=…` (or `?error=…`) with the
+/// expected `state`, or `timeout`. A redirect with another `state` is refused (400) and the
+/// wait goes on; one without any is accepted with a warning (it cannot be checked).
+pub async fn wait_for_code(bind: SocketAddr, path: &str, timeout: Duration, state: &str) -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .with_context(|| format!("Failed to listen on {bind} for the OAuth redirect (is the daemon running?)"))?;
     let (sender, receiver) = oneshot::channel();
-    let sender: CodeSender = Arc::new(Mutex::new(Some(sender)));
+    let callback_state = Callback { sender: Arc::new(Mutex::new(Some(sender))), state: state.into() };
     let path = if path.is_empty() { "/" } else { path };
-    let app = axum::Router::new().route(path, get(callback)).with_state(sender);
+    let app = axum::Router::new().route(path, get(callback)).with_state(callback_state);
     let stop = CancellationToken::new();
     let stopped = stop.clone();
     let server = tokio::spawn(async move {
@@ -311,9 +331,18 @@ pub async fn wait_for_code(bind: SocketAddr, path: &str, timeout: Duration) -> a
 }
 
 async fn callback(
-    State(sender): State<CodeSender>,
+    State(callback): State<Callback>,
     Query(query): Query<HashMap<String, String>>,
 ) -> (StatusCode, &'static str) {
+    match query.get("state") {
+        Some(state) if state.as_str() == &*callback.state => {}
+        Some(_) => {
+            tracing::warn!("Refused an OAuth redirect whose state does not match this install (forged or stale)");
+            return (StatusCode::BAD_REQUEST, "ghl-sync: this redirect does not belong to the running install\n");
+        }
+        None => tracing::warn!("GHL's redirect carried no state parameter; accepted, but it could not be checked"),
+    }
+    let sender = &callback.sender;
     let result = match (query.get("code"), query.get("error")) {
         (Some(code), _) if !code.trim().is_empty() => Ok(code.clone()),
         (_, Some(error)) => Err(error.chars().take(200).collect()),
@@ -434,6 +463,7 @@ mod tests {
             "66ab-lxyz",
             &Url::parse("http://127.0.0.1:8089/oauth/callback").unwrap(),
             &needed_scopes(false),
+            "0123abcd",
         );
         let text = url.as_str();
         assert!(text.starts_with("https://marketplace.gohighlevel.com/v2/oauth/chooselocation?response_type=code&"));
@@ -443,7 +473,8 @@ mod tests {
         assert!(!text.contains("contacts.write"));
         let pairs: HashMap<String, String> = url.query_pairs().into_owned().collect();
         assert_eq!(pairs["scope"].split(' ').count(), 4);
-        let write = install_url(&url, "c", &Url::parse("http://127.0.0.1/cb").unwrap(), &needed_scopes(true));
+        assert_eq!(pairs["state"], "0123abcd");
+        let write = install_url(&url, "c", &Url::parse("http://127.0.0.1/cb").unwrap(), &needed_scopes(true), "s");
         assert!(write.as_str().contains("contacts.write"));
     }
 
@@ -470,26 +501,37 @@ mod tests {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = probe.local_addr().unwrap();
         drop(probe);
-        let waiting = tokio::spawn(wait_for_code(addr, "/oauth/callback", Duration::from_secs(10)));
+        let state = new_state().unwrap();
+        assert_eq!(state.len(), 32);
+        assert_ne!(state, new_state().unwrap());
+        let expected = state.clone();
+        let waiting =
+            tokio::spawn(
+                async move { wait_for_code(addr, "/oauth/callback", Duration::from_secs(10), &expected).await },
+            );
         let http = reqwest::Client::builder().build().unwrap();
-        let url = format!("http://{addr}/oauth/callback?code=abc123");
-        let mut answered = None;
-        for _ in 0..100 {
-            match http.get(&url).send().await {
-                Ok(response) => {
-                    answered = Some(response.status());
-                    break;
+        let get = |query: String| {
+            let http = http.clone();
+            async move {
+                for _ in 0..100 {
+                    match http.get(format!("http://{addr}/oauth/callback?{query}")).send().await {
+                        Ok(response) => return Some(response.status()),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                None
             }
-        }
-        assert_eq!(answered, Some(reqwest::StatusCode::OK));
+        };
+        // A forged redirect (another state) is refused and the wait goes on.
+        assert_eq!(get("code=forged&state=0000".into()).await, Some(reqwest::StatusCode::BAD_REQUEST));
+        assert_eq!(get(format!("code=abc123&state={state}")).await, Some(reqwest::StatusCode::OK));
         assert_eq!(waiting.await.unwrap().unwrap(), "abc123");
     }
 
     #[tokio::test]
     async fn the_callback_listener_gives_up_after_the_timeout() {
-        let error = wait_for_code("127.0.0.1:0".parse().unwrap(), "/cb", Duration::from_millis(50)).await.unwrap_err();
+        let error =
+            wait_for_code("127.0.0.1:0".parse().unwrap(), "/cb", Duration::from_millis(50), "s").await.unwrap_err();
         assert!(error.to_string().contains("No redirect"), "{error}");
     }
 }

@@ -792,6 +792,13 @@ impl Engine {
                         (state.hash, packed)
                     }
                 };
+                // Echo suppression: a note or task our own write-back created (a Lusha note, a
+                // lead's task) is kept in the snapshot but not announced as a user's change.
+                if change.operation == Operation::Created
+                    && crate::writeback::is_own_child(&mut *tx, location, &change.id).await?
+                {
+                    continue;
+                }
                 wrote |= self
                     .enqueue_all(
                         &mut *tx,

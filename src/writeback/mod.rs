@@ -107,6 +107,24 @@ pub async fn is_own_write(
     Ok(latest.is_some_and(|latest| latest.as_slice() == hash.as_slice()))
 }
 
+/// Whether a note or task id is one our write-back created (the sync engine calls it for
+/// created children, inside its write transaction).
+pub async fn is_own_child(
+    conn: &mut sqlx::SqliteConnection,
+    location: &str,
+    child_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM writebacks WHERE location_id = ? AND target_id = ? AND kind IN ('note', 'task') \
+         AND status = 'done' LIMIT 1",
+    )
+    .bind(location)
+    .bind(child_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(found.is_some())
+}
+
 /// The state of a key before a write.
 enum Begun {
     /// New (or pending from an earlier attempt that cannot have created anything).

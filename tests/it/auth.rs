@@ -329,8 +329,10 @@ async fn install_receives_the_redirect_on_its_own_listener() {
     });
     let install_url = url_rx.await.unwrap();
     assert!(install_url.as_str().contains("contacts.write"));
+    // GHL sends the browser back with the code and the install's own state.
+    let state = install_url.query_pairs().find(|(k, _)| k == "state").map(|(_, v)| v.into_owned()).unwrap();
     let http = reqwest::Client::builder().build().unwrap();
-    let redirect = format!("http://127.0.0.1:{port}/oauth/callback?code={code}");
+    let redirect = format!("http://127.0.0.1:{port}/oauth/callback?code={code}&state={state}");
     let mut answered = false;
     for _ in 0..200 {
         if http.get(&redirect).send().await.is_ok_and(|r| r.status().is_success()) {

@@ -527,3 +527,61 @@ async fn replay_resends_the_snapshot_in_the_new_shape_and_check_probes_each_conn
     assert_eq!(lines[0].name, "webhook.crm");
     env.sandbox.stop().await;
 }
+
+/// A connector that holds everything back (`Park`) for its first calls, then delivers.
+struct Parking {
+    calls: std::sync::atomic::AtomicUsize,
+    park_first: usize,
+}
+
+#[async_trait::async_trait]
+impl Connector for Parking {
+    fn id(&self) -> &str {
+        "parking"
+    }
+
+    fn interested(&self, _: &str, _: &str) -> bool {
+        true
+    }
+
+    fn settings(&self) -> connectors::DeliverySettings {
+        connectors::DeliverySettings { batch_size: 10, concurrency: 1, max_attempts: 2 }
+    }
+
+    async fn check(&self) -> Result<connectors::CheckReport, connectors::ConnectorError> {
+        Ok(connectors::CheckReport { detail: "ok".into() })
+    }
+
+    fn preview(&self, _: &connectors::Delivery) -> Result<Value, connectors::ConnectorError> {
+        Ok(Value::Null)
+    }
+
+    async fn deliver(&self, batch: &[connectors::Delivery]) -> Vec<connectors::Outcome> {
+        let call = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let outcome = if call < self.park_first {
+            connectors::Outcome::Park(Duration::from_millis(5))
+        } else {
+            connectors::Outcome::Done
+        };
+        vec![outcome; batch.len()]
+    }
+}
+
+#[tokio::test]
+async fn parking_is_not_an_attempt_and_never_ends_in_dead_letters() {
+    let env = env().await;
+    let config = env.config("");
+    let parking = Arc::new(Parking { calls: Default::default(), park_first: 5 });
+    let dispatcher = Dispatcher::new(env.store.clone(), vec![parking.clone()], config.settings.dispatch.clone());
+    put(&env.store, "parking", "contact", "c1", "c1", "created", &contact("c1", 1)).await;
+    env.drain(&dispatcher).await;
+    // Parked five times with max_attempts = 2, then delivered: only the delivery counted.
+    assert_eq!(parking.calls.load(std::sync::atomic::Ordering::SeqCst), 6);
+    assert!(env.dead().await.is_empty());
+    let attempts: i64 = sqlx::query_scalar("SELECT attempts FROM outbox WHERE connector = 'parking'")
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(attempts, 1);
+    env.sandbox.stop().await;
+}

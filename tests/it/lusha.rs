@@ -495,6 +495,14 @@ async fn prospecting_leads_become_ghl_contacts_once_and_signals_become_notes() {
     assert!(crate::helpers::eventually(Duration::from_secs(10), || noted(&sandbox)).await, "signal not written");
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(sandbox.ghl.notes(&target).len(), 1, "one note per signal");
+    // The daemon's own tasks and notes are not announced as users' changes.
+    let announced = sandbox
+        .sink
+        .accepted(Some("test"))
+        .iter()
+        .filter(|d| d.body.contains("\"task.created\"") || d.body.contains("\"note.created\""))
+        .count();
+    assert_eq!(announced, 0, "own tasks/notes delivered as user changes");
 
     stop.cancel();
     daemon.await.unwrap().unwrap();

@@ -46,8 +46,9 @@ pub struct LushaSettings {
     pub note: bool,
     /// Contacts per Lusha call and per dispatcher batch (1–100).
     pub batch_size: usize,
-    /// Attempts before a change goes to dead letters. High: parking on a Lusha limit or on
-    /// an empty balance retries without calling Lusha.
+    /// Failed attempts (timeouts, 5xx, GHL write-back errors) before a change goes to dead
+    /// letters. Waiting on a Lusha limit, the credit budget or an empty balance is parking
+    /// and does not count.
     pub max_attempts: u32,
     pub limits: LushaLimits,
     /// `/v3/account/usage` is read at most this often (Lusha allows 5 per minute).
@@ -84,7 +85,7 @@ impl Default for LushaSettings {
             tags: LushaTags::default(),
             note: false,
             batch_size: 100,
-            max_attempts: 500,
+            max_attempts: 12,
             limits: LushaLimits::default(),
             usage_interval: Dur::secs(60),
             stop_on_no_credits: Dur::secs(1800),

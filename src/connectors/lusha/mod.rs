@@ -609,7 +609,7 @@ impl LushaConnector {
         }
         if let Some(wait) = self.blocked() {
             for job in &calls {
-                outcomes[job.index] = Some(Outcome::Retry(Some(wait)));
+                outcomes[job.index] = Some(Outcome::Park(wait));
             }
             return ready;
         }
@@ -617,7 +617,7 @@ impl LushaConnector {
         let (allowed, capped) = self.allowance().await;
         if let Some(wait) = self.blocked() {
             for job in &calls {
-                outcomes[job.index] = Some(Outcome::Retry(Some(wait)));
+                outcomes[job.index] = Some(Outcome::Park(wait));
             }
             return ready;
         }
@@ -637,7 +637,7 @@ impl LushaConnector {
                 gates.usage_read_at = None;
             }
             for job in calls.drain(allowed..) {
-                outcomes[job.index] = Some(Outcome::Retry(Some(wait)));
+                outcomes[job.index] = Some(Outcome::Park(wait));
             }
         }
 
@@ -722,11 +722,14 @@ impl LushaConnector {
                 }
                 Err(error) => {
                     let wait = self.note_error(&error);
-                    let outcome = match &error {
-                        LushaError::Rejected { status, .. } => {
+                    let outcome = match (&error, wait) {
+                        (LushaError::Rejected { status, .. }, _) => {
                             Outcome::Permanent(format!("Lusha rejected the request ({status})"))
                         }
-                        _ => Outcome::Retry(wait),
+                        // A limit, an empty balance or a refused key: wait without spending
+                        // attempts (nothing was charged, nothing is lost).
+                        (_, Some(wait)) => Outcome::Park(wait),
+                        (_, None) => Outcome::Retry(None),
                     };
                     tracing::warn!(connector.id = ID, error = %error, items = chunk.len(), "Lusha call failed");
                     if matches!(

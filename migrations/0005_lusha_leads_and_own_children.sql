@@ -26,3 +26,7 @@ CREATE TABLE lusha_leads (
     PRIMARY KEY (location_id, lead_id)
 ) WITHOUT ROWID;
 CREATE INDEX lusha_leads_pending ON lusha_leads (location_id, status);
+
+-- Echo suppression of children: the sync asks whether a created note or task is one the
+-- write-back made (writeback::is_own_child).
+CREATE INDEX writebacks_by_target ON writebacks (target_id) WHERE target_id IS NOT NULL;
