@@ -129,18 +129,7 @@ pub async fn reschedule(
     error: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?, updated_at = ? \
-         WHERE id = ? AND content_hash = ? AND status = 'pending'",
-    )
-    .bind(next_attempt_at)
-    .bind(error)
-    .bind(now)
-    .bind(row.id)
-    .bind(&row.content_hash)
-    .execute(&mut **tx)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    hold(tx, row, next_attempt_at, error, now, 1).await
 }
 
 /// Holds a row back until `next_attempt_at` without counting an attempt (the connector
@@ -152,10 +141,22 @@ pub async fn park(
     reason: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
+    hold(tx, row, next_attempt_at, reason, now, 0).await
+}
+
+async fn hold(
+    tx: &mut Transaction<'_, Sqlite>,
+    row: &OutboxRow,
+    next_attempt_at: i64,
+    reason: &str,
+    now: i64,
+    attempts: i64,
+) -> Result<bool, StoreError> {
     let done = sqlx::query(
-        "UPDATE outbox SET next_attempt_at = ?, last_error = ?, updated_at = ? \
+        "UPDATE outbox SET attempts = attempts + ?, next_attempt_at = ?, last_error = ?, updated_at = ? \
          WHERE id = ? AND content_hash = ? AND status = 'pending'",
     )
+    .bind(attempts)
     .bind(next_attempt_at)
     .bind(reason)
     .bind(now)

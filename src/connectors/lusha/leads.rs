@@ -703,21 +703,16 @@ pub fn signal_note(signal_type: &str, data: &Value) -> String {
         "companyChange" => "company change",
         other => other,
     };
-    let mut lines = vec![format!("Lusha signal: {label}")];
-    let now = match (text("currentTitle"), text("currentCompanyName")) {
+    let role = |title: &str, company: &str| match (text(title), text(company)) {
         (Some(title), Some(company)) => Some(format!("{title} at {company}")),
         (Some(one), None) | (None, Some(one)) => Some(one.to_owned()),
         (None, None) => None,
     };
-    if let Some(now) = now {
+    let mut lines = vec![format!("Lusha signal: {label}")];
+    if let Some(now) = role("currentTitle", "currentCompanyName") {
         lines.push(format!("Now: {now}"));
     }
-    let before = match (text("previousTitle"), text("previousCompanyName")) {
-        (Some(title), Some(company)) => Some(format!("{title} at {company}")),
-        (Some(one), None) | (None, Some(one)) => Some(one.to_owned()),
-        (None, None) => None,
-    };
-    if let Some(before) = before {
+    if let Some(before) = role("previousTitle", "previousCompanyName") {
         lines.push(format!("Before: {before}"));
     }
     if let Some(domain) = text("currentDomain") {
