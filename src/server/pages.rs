@@ -339,6 +339,80 @@ pub(super) async fn contact_view(
     }
 }
 
+/// The contact's Lusha story: each cached answer (when, what, credits, written back) and
+/// whether it came in as a prospecting lead.
+async fn lusha_section(b: &mut String, pool: &sqlx::SqlitePool, id: &str, now: i64) -> Result<(), StoreError> {
+    let cached = sqlx::query(
+        "SELECT location_id, outcome, lusha_id, reveal_set, credits, enriched_at, written_at, result FROM lusha_cache \
+         WHERE contact_id = ? ORDER BY enriched_at DESC",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    let leads = sqlx::query(
+        "SELECT location_id, lead_id, search, action, credits, updated_at FROM lusha_leads WHERE contact_id = ? \
+         ORDER BY updated_at DESC",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    if cached.is_empty() && leads.is_empty() {
+        return Ok(());
+    }
+    write!(
+        b,
+        "<h2>Lusha ({})</h2><table><tr><th>Outcome</th><th>Lusha id</th><th>Revealed</th><th>Credits</th>\
+         <th>Enriched</th><th>Written to GHL</th></tr>",
+        cached.len()
+    )
+    .ok();
+    let mut results = Vec::new();
+    for row in &cached {
+        let outcome: String = row.try_get("outcome")?;
+        let lusha_id: Option<String> = row.try_get("lusha_id")?;
+        let reveal: String = row.try_get("reveal_set")?;
+        let credits: i64 = row.try_get("credits")?;
+        let enriched: i64 = row.try_get("enriched_at")?;
+        let written: Option<i64> = row.try_get("written_at")?;
+        if let Some(result) = row.try_get::<Option<Vec<u8>>, _>("result")? {
+            results.push(result);
+        }
+        // enriched_at 0: expired by a signal (refreshed by Lusha id on the next change).
+        let enriched = if enriched == 0 { "expired by a signal".to_owned() } else { age(now, Some(enriched)) };
+        write!(
+            b,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{credits}</td><td>{}</td><td>{}</td></tr>",
+            esc(&outcome),
+            esc(lusha_id.as_deref().unwrap_or("—")),
+            esc(&reveal),
+            esc(&enriched),
+            age(now, written),
+        )
+        .ok();
+    }
+    b.push_str("</table>");
+    for lead in &leads {
+        let location: String = lead.try_get("location_id")?;
+        let search: String = lead.try_get("search")?;
+        let action: Option<String> = lead.try_get("action")?;
+        let credits: i64 = lead.try_get("credits")?;
+        let at: i64 = lead.try_get("updated_at")?;
+        write!(
+            b,
+            "<p>Imported as a Lusha lead from search <b>{}</b> into {} ({}, {credits} credit(s), {}).</p>",
+            esc(&search),
+            esc(&location),
+            esc(action.as_deref().unwrap_or("pending")),
+            age(now, Some(at)),
+        )
+        .ok();
+    }
+    if let Some(latest) = results.first() {
+        write!(b, "<details><summary>Latest Lusha result</summary><pre>{}</pre></details>", esc(&pretty(latest))).ok();
+    }
+    Ok(())
+}
+
 fn pretty(record: &[u8]) -> String {
     match codec::unpack(record) {
         Ok(value) => serde_json::to_string_pretty(&value).unwrap_or_default(),
@@ -424,8 +498,8 @@ async fn render_contact(state: &ServerState, id: &str) -> Result<Option<Html<Str
             .ok();
         }
     }
-    // TODO(issue 10): Lusha enrichment (when, what, credits) and Lucky Orange identification
-    // rows belong here once those connectors have their tables.
+    lusha_section(&mut b, pool, id, now).await?;
+    // Lucky Orange identification and replay links join here when that connector exists.
     write!(
         b,
         "<h2>Deliveries ({})</h2><table><tr><th>Connector</th><th>Entity</th><th>Operation</th><th>Status</th>\

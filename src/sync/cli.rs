@@ -102,11 +102,50 @@ pub struct ConnectorStatus {
     pub dead_letters: i64,
 }
 
+/// The Lusha connector's books for `status` (absent until it has done anything).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LushaStatus {
+    /// Credits spent today (UTC) and Lusha calls that spent them.
+    pub credits_today: i64,
+    pub calls_today: i64,
+    /// Cached answers: contacts found / not found (or restricted).
+    pub found: i64,
+    pub not_found: i64,
+    /// Prospecting leads by state.
+    pub leads_imported: i64,
+    pub leads_waiting: i64,
+    pub leads_failed: i64,
+    /// Signals received and not yet written to GHL.
+    pub signals_pending: i64,
+}
+
 /// Everything `status` shows, also used by the status page.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Status {
     pub locations: Vec<LocationStatus>,
     pub connectors: Vec<ConnectorStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lusha: Option<LushaStatus>,
+}
+
+async fn read_lusha_status(store: &Store, day: &str) -> Result<Option<LushaStatus>, sqlx::Error> {
+    let count = |sql: &'static str| async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(store.pool()).await };
+    let (credits_today, calls_today): (i64, i64) =
+        sqlx::query_as("SELECT COALESCE(SUM(spent), 0), COALESCE(SUM(calls), 0) FROM lusha_credits WHERE day = ?")
+            .bind(day)
+            .fetch_one(store.pool())
+            .await?;
+    let status = LushaStatus {
+        credits_today,
+        calls_today,
+        found: count("SELECT COUNT(*) FROM lusha_cache WHERE found = 1").await?,
+        not_found: count("SELECT COUNT(*) FROM lusha_cache WHERE found = 0").await?,
+        leads_imported: count("SELECT COUNT(*) FROM lusha_leads WHERE status = 'imported'").await?,
+        leads_waiting: count("SELECT COUNT(*) FROM lusha_leads WHERE status = 'enriched'").await?,
+        leads_failed: count("SELECT COUNT(*) FROM lusha_leads WHERE status = 'failed'").await?,
+        signals_pending: count("SELECT COUNT(*) FROM lusha_signals WHERE processed_at IS NULL").await?,
+    };
+    Ok((status != LushaStatus::default()).then_some(status))
 }
 
 /// Reads the status from the store alone (no GHL calls).
@@ -173,7 +212,8 @@ pub async fn read_status(store: &Store) -> anyhow::Result<Status> {
             dead_letters: dead,
         });
     }
-    Ok(Status { locations, connectors })
+    let lusha = read_lusha_status(store, &day).await?;
+    Ok(Status { locations, connectors, lusha })
 }
 
 /// `status [--json]`.
@@ -214,6 +254,18 @@ pub async fn print_status(store: &Store, json: bool) -> anyhow::Result<()> {
             "  {}: {} pending{oldest}, {} delivered, {} dead letter(s)",
             c.connector, c.pending, c.delivered, c.dead_letters
         );
+    }
+    if let Some(l) = &status.lusha {
+        println!("LUSHA");
+        println!("  credits today (UTC): {} in {} call(s)", l.credits_today, l.calls_today);
+        println!("  enriched contacts: {} found, {} not found (cached; never paid twice)", l.found, l.not_found);
+        println!(
+            "  leads: {} imported, {} enriched and waiting for GHL, {} failed",
+            l.leads_imported, l.leads_waiting, l.leads_failed
+        );
+        if l.signals_pending > 0 {
+            println!("  signals waiting for GHL: {}", l.signals_pending);
+        }
     }
     Ok(())
 }

@@ -387,6 +387,7 @@ async fn prospecting_leads_become_ghl_contacts_once_and_signals_become_notes() {
     settings.server.enabled = true;
     settings.server.listen = "127.0.0.1:0".parse().unwrap();
     settings.server.lusha_webhook_secret = Some(Secret::new(SECRET.to_owned()));
+    settings.server.admin_token = Some(Secret::new("admin-token".to_owned()));
     settings.sync.contacts_interval = Dur::millis(200);
     let app = App::build(config(settings)).await.unwrap();
     let addr = app.server_addr().unwrap();
@@ -401,8 +402,11 @@ async fn prospecting_leads_become_ghl_contacts_once_and_signals_become_notes() {
             .filter(|c| tags(c).contains(&"lusha:lead".to_owned()))
             .count()
     };
+    // Imported = tagged and given its task (the task is written right after the contact).
+    let imported =
+        |s: &Sandbox| lead_tagged(s) == 50 && s.ghl.contact_ids(&location).iter().all(|id| !s.ghl.tasks(id).is_empty());
     assert!(
-        crate::helpers::eventually(Duration::from_secs(30), || lead_tagged(&sandbox) == 50).await,
+        crate::helpers::eventually(Duration::from_secs(30), || imported(&sandbox)).await,
         "{} of 50 leads imported",
         lead_tagged(&sandbox)
     );
@@ -495,6 +499,18 @@ async fn prospecting_leads_become_ghl_contacts_once_and_signals_become_notes() {
     assert!(crate::helpers::eventually(Duration::from_secs(10), || noted(&sandbox)).await, "signal not written");
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(sandbox.ghl.notes(&target).len(), 1, "one note per signal");
+    // The contact view tells the Lusha story of a lead.
+    let created_id = created_by_us[0]["id"].as_str().unwrap().to_owned();
+    let view = reqwest::Client::new()
+        .get(format!("http://{addr}/contacts/{created_id}"))
+        .bearer_auth("admin-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(view.status().as_u16(), 200);
+    let html = view.text().await.unwrap();
+    assert!(html.contains("<h2>Lusha (1)</h2>"), "{html}");
+    assert!(html.contains("Imported as a Lusha lead from search <b>all</b>"), "{html}");
     // The daemon's own tasks and notes are not announced as users' changes.
     let announced = sandbox
         .sink
@@ -506,5 +522,11 @@ async fn prospecting_leads_become_ghl_contacts_once_and_signals_become_notes() {
 
     stop.cancel();
     daemon.await.unwrap().unwrap();
+    // `ghl-sync status` shows the books.
+    let store = ghl_sync::store::Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
+    let lusha = ghl_sync::sync::cli::read_status(&store).await.unwrap().lusha.expect("a Lusha section");
+    assert_eq!((lusha.leads_imported, lusha.leads_waiting, lusha.leads_failed), (50, 0, 0));
+    assert!(lusha.found >= 50, "{lusha:?}");
+    assert_eq!(lusha.signals_pending, 0);
     sandbox.stop().await;
 }
