@@ -122,10 +122,9 @@ async fn sighup_applies_a_changed_mapping_and_keeps_the_old_config_when_the_new_
             break;
         }
     }
-    assert!(applied, "the new mapping was not applied");
-
     signal(&child, "TERM");
     let (status, _, stderr) = wait_with_limit(child, Duration::from_secs(15));
+    assert!(applied, "the new mapping was not applied; daemon log:\n{stderr}");
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("keeping the running one"), "{stderr}");
     assert!(stderr.contains("Configuration reloaded"), "{stderr}");

@@ -16,7 +16,9 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
     path
 }
 
-/// Starts `ghl-sync ARGS` as a child process with stdout/stderr captured.
+/// Starts `ghl-sync ARGS` as a child process with stdout/stderr captured. Both pipes are
+/// drained by threads from the start: a daemon that logs more than a pipe buffer (64 KiB)
+/// while nobody reads would otherwise block on its next log line and stall.
 pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Child {
     let mut command = Command::new(binary());
     command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -24,7 +26,37 @@ pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Child {
     for (key, value) in env {
         command.env(key, value);
     }
-    command.spawn().unwrap()
+    let mut child = command.spawn().unwrap();
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                std::io::Read::read_to_end(&mut pipe, &mut bytes).ok();
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+    OUTPUTS.lock().unwrap().insert(child.id(), (stdout, stderr));
+    child
+}
+
+type Drained = std::thread::JoinHandle<Vec<u8>>;
+
+/// The drain threads of each spawned child, by process id.
+static OUTPUTS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<u32, (Drained, Drained)>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Everything the (exited) child wrote: (stdout, stderr).
+fn collect(child: &Child) -> (String, String) {
+    match OUTPUTS.lock().unwrap().remove(&child.id()) {
+        Some((stdout, stderr)) => (
+            String::from_utf8_lossy(&stdout.join().unwrap_or_default()).into(),
+            String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into(),
+        ),
+        None => (String::new(), String::new()),
+    }
 }
 
 /// Sends a signal to a child process (`TERM`, `INT`, `KILL`).
@@ -38,17 +70,14 @@ pub fn wait_with_limit(mut child: Child, limit: Duration) -> (std::process::Exit
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            let output = child.wait_with_output().unwrap();
-            return (
-                status,
-                String::from_utf8_lossy(&output.stdout).into(),
-                String::from_utf8_lossy(&output.stderr).into(),
-            );
+            let (stdout, stderr) = collect(&child);
+            return (status, stdout, stderr);
         }
         if started.elapsed() > limit {
             child.kill().ok();
-            let output = child.wait_with_output().unwrap();
-            panic!("process did not exit within {limit:?}; stderr:\n{}", String::from_utf8_lossy(&output.stderr));
+            child.wait().ok();
+            let (_, stderr) = collect(&child);
+            panic!("process did not exit within {limit:?}; stderr:\n{stderr}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
