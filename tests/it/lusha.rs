@@ -530,3 +530,72 @@ async fn prospecting_leads_become_ghl_contacts_once_and_signals_become_notes() {
     assert_eq!(lusha.signals_pending, 0);
     sandbox.stop().await;
 }
+
+/// A crash after a lead's Lusha result was stored but before (or right after) its GHL
+/// contact was written: the next poll imports it from the stored result without calling
+/// Lusha again, and a repeat never creates a second contact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_enriched_before_a_crash_is_imported_without_paying_again_and_only_once() {
+    use ghl_sync::connectors::lusha::LushaConnector;
+    let sandbox = sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let location = location(&sandbox);
+    let settings = settings(&sandbox, dir.path(), |lusha| {
+        lusha.leads = vec![toml::from_str(&format!("name = \"s\"\nlocation = \"{location}\"")).unwrap()];
+    });
+    let lusha_settings = settings.connectors.lusha.clone().unwrap();
+    let app = App::build(config(settings)).await.unwrap();
+    let writeback = WriteBack::new(app.store.clone(), app.ghl.clone(), Arc::new(Vec::new()));
+    let key = secrecy::SecretString::from(sandbox.lusha.api_key());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let connector = LushaConnector::new(&lusha_settings, key, writeback, stop.clone()).unwrap();
+    let search = &lusha_settings.leads[0];
+
+    // Before the crash: the lead was enriched (paid) and its result stored; every other lead
+    // of the search is already known.
+    let leads = sandbox.lusha.lead_ids();
+    let lead = leads.iter().find(|id| matches!(sandbox.lusha.lookup(&Identity::Id((*id).clone())), Lookup::Found(p) if !p.location.is_eu_contact)).unwrap().clone();
+    let reveal = vec!["emails".to_owned(), "phones".to_owned()];
+    let response = connector.lusha().enrich(std::slice::from_ref(&lead), &reveal, false).await.unwrap();
+    let result = response["results"][0].clone();
+    assert_eq!(result["id"].as_str(), Some(lead.as_str()));
+    let now = ghl_sync::store::now_ms();
+    for id in &leads {
+        let (status, packed) =
+            if *id == lead { ("enriched", Some(ghl_sync::store::codec::pack(&result))) } else { ("not_found", None) };
+        sqlx::query(
+            "INSERT INTO lusha_leads (location_id, lead_id, search, status, result, credits, first_seen, updated_at) \
+             VALUES (?, ?, 's', ?, ?, 6, ?, ?)",
+        )
+        .bind(&location)
+        .bind(id)
+        .bind(status)
+        .bind(packed)
+        .bind(now)
+        .bind(now)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    }
+    let enrich_calls = sandbox.lusha.stats().requests_to("contacts/enrich");
+    let spent = sandbox.lusha.ledger().spent;
+
+    let report = connector.poll_leads(search, &stop).await.unwrap();
+    assert_eq!((report.new, report.created, report.updated), (0, 1, 0), "{report:?}");
+    assert_eq!(sandbox.lusha.stats().requests_to("contacts/enrich"), enrich_calls, "no second Lusha call");
+    assert_eq!(sandbox.lusha.ledger().spent, spent);
+    assert_eq!(sandbox.ghl.contact_ids(&location).len(), 1);
+
+    // A crash right after the GHL create, before the lead was marked imported: the repeat
+    // finds its own done write and creates nothing.
+    sqlx::query("UPDATE lusha_leads SET status = 'enriched' WHERE lead_id = ?")
+        .bind(&lead)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    let again = connector.poll_leads(search, &stop).await.unwrap();
+    assert_eq!(again.created + again.updated, 1, "{again:?}");
+    assert_eq!(sandbox.ghl.contact_ids(&location).len(), 1, "no duplicate contact");
+    assert_eq!(sandbox.lusha.stats().requests_to("contacts/enrich"), enrich_calls);
+    sandbox.stop().await;
+}

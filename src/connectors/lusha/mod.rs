@@ -20,7 +20,7 @@
 
 pub mod client;
 pub mod config;
-mod leads;
+pub mod leads;
 pub mod mapping;
 
 use std::collections::HashMap;
