@@ -9,10 +9,9 @@
 //! bytes fails we try once more over the body with insignificant whitespace removed (what
 //! `JSON.stringify` emits, key order kept) before rejecting.
 //!
-//! Turning a stored signal into GHL notes/tags is the write-back service's job (later).
-// TODO(issue 10): the write-back service reads `lusha_signals WHERE processed_at IS NULL`,
-// maps each signal (promotion, companyChange, …) to a GHL note/tag on the contact linked to
-// `entity_id`, and sets `processed_at` (or `error`). Nothing consumes the table yet.
+//! The Lusha connector's background loop (`connectors::lusha::leads`) turns each stored
+//! signal into a GHL note and tag on the contacts enriched with that Lusha id, through the
+//! write-back service, and sets `processed_at` (or `error`).
 
 use axum::Json;
 use axum::body::Bytes;
