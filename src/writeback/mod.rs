@@ -212,6 +212,26 @@ impl WriteBack {
         Ok(())
     }
 
+    /// One idempotent write under `key`: nothing is sent when the key is already done;
+    /// otherwise `send` runs (again, for a pending key: repeating it is harmless) and the key
+    /// is marked done with `target`.
+    async fn idempotent(
+        &self,
+        key: &str,
+        location: &str,
+        contact_id: &str,
+        kind: &str,
+        target: &str,
+        send: impl std::future::Future<Output = Result<(), GhlError>>,
+    ) -> Result<Written, WriteBackError> {
+        if let Begun::Done(target) = self.begin(key, location, Some(contact_id), kind).await? {
+            return Ok(Written::Already(target));
+        }
+        send.await?;
+        self.finish(key, Some(target)).await?;
+        Ok(Written::Now(Some(target.to_owned())))
+    }
+
     /// `PUT /contacts/:id` with only the set fields (idempotent: a pending key is just sent again).
     pub async fn update_contact(
         &self,
@@ -220,14 +240,13 @@ impl WriteBack {
         key: &str,
         update: &UpdateContact,
     ) -> Result<Written, WriteBackError> {
-        if let Begun::Done(target) = self.begin(key, location, Some(contact_id), "contact_update").await? {
-            return Ok(Written::Already(target));
-        }
-        if !update.is_empty() {
-            self.ghl.update_contact(location, contact_id, update).await?;
-        }
-        self.finish(key, Some(contact_id)).await?;
-        Ok(Written::Now(Some(contact_id.to_owned())))
+        let send = async {
+            if !update.is_empty() {
+                self.ghl.update_contact(location, contact_id, update).await?;
+            }
+            Ok(())
+        };
+        self.idempotent(key, location, contact_id, "contact_update", contact_id, send).await
     }
 
     /// `POST /contacts/:id/tags` (adding twice is harmless).
@@ -238,14 +257,13 @@ impl WriteBack {
         key: &str,
         tags: &[String],
     ) -> Result<Written, WriteBackError> {
-        if let Begun::Done(target) = self.begin(key, location, Some(contact_id), "tag_add").await? {
-            return Ok(Written::Already(target));
-        }
-        if !tags.is_empty() {
-            self.ghl.add_tags(location, contact_id, tags).await?;
-        }
-        self.finish(key, Some(contact_id)).await?;
-        Ok(Written::Now(Some(contact_id.to_owned())))
+        let send = async {
+            if !tags.is_empty() {
+                self.ghl.add_tags(location, contact_id, tags).await?;
+            }
+            Ok(())
+        };
+        self.idempotent(key, location, contact_id, "tag_add", contact_id, send).await
     }
 
     /// `DELETE /contacts/:id/tags`.
@@ -256,14 +274,13 @@ impl WriteBack {
         key: &str,
         tags: &[String],
     ) -> Result<Written, WriteBackError> {
-        if let Begun::Done(target) = self.begin(key, location, Some(contact_id), "tag_remove").await? {
-            return Ok(Written::Already(target));
-        }
-        if !tags.is_empty() {
-            self.ghl.remove_tags(location, contact_id, tags).await?;
-        }
-        self.finish(key, Some(contact_id)).await?;
-        Ok(Written::Now(Some(contact_id.to_owned())))
+        let send = async {
+            if !tags.is_empty() {
+                self.ghl.remove_tags(location, contact_id, tags).await?;
+            }
+            Ok(())
+        };
+        self.idempotent(key, location, contact_id, "tag_remove", contact_id, send).await
     }
 
     /// `POST /contacts/:id/notes`, at most once per key: a pending key from an earlier attempt
@@ -329,12 +346,11 @@ impl WriteBack {
         task_id: &str,
         key: &str,
     ) -> Result<Written, WriteBackError> {
-        if let Begun::Done(target) = self.begin(key, location, Some(contact_id), "task_complete").await? {
-            return Ok(Written::Already(target));
-        }
-        self.ghl.complete_task(location, contact_id, task_id, true).await?;
-        self.finish(key, Some(task_id)).await?;
-        Ok(Written::Now(Some(task_id.to_owned())))
+        let send = async {
+            self.ghl.complete_task(location, contact_id, task_id, true).await?;
+            Ok(())
+        };
+        self.idempotent(key, location, contact_id, "task_complete", task_id, send).await
     }
 
     /// `POST /contacts/`, at most once per key. A pending key (an earlier attempt may have
