@@ -27,6 +27,8 @@ CREATE TABLE lusha_leads (
 ) WITHOUT ROWID;
 CREATE INDEX lusha_leads_pending ON lusha_leads (location_id, status);
 
--- Echo suppression of children: the sync asks whether a created note or task is one the
--- write-back made (writeback::is_own_child).
+-- Echo suppression: the sync asks whether a created note or task is one the write-back made
+-- (writeback::is_own_child: by id, or by content while pending) and whether an updated
+-- contact is our own write (writeback::is_own_write); both ran as full scans before.
 CREATE INDEX writebacks_by_target ON writebacks (target_id) WHERE target_id IS NOT NULL;
+CREATE INDEX writebacks_by_contact ON writebacks (location_id, contact_id);

@@ -794,8 +794,16 @@ impl Engine {
                 };
                 // Echo suppression: a note or task our own write-back created (a Lusha note, a
                 // lead's task) is kept in the snapshot but not announced as a user's change.
-                if change.operation == Operation::Created
-                    && crate::writeback::is_own_child(&mut *tx, location, &change.id).await?
+                if let (Operation::Created, Some(child)) = (change.operation, &change.record)
+                    && crate::writeback::is_own_child(
+                        &mut *tx,
+                        location,
+                        contact_id,
+                        kind.as_str(),
+                        &change.id,
+                        &child.record,
+                    )
+                    .await?
                 {
                     continue;
                 }

@@ -98,7 +98,7 @@ pub async fn is_own_write(
 ) -> Result<bool, sqlx::Error> {
     let latest: Option<Vec<u8>> = sqlx::query_scalar(
         "SELECT content_hash FROM writebacks WHERE location_id = ? AND contact_id = ? AND status = 'done' \
-         AND content_hash IS NOT NULL ORDER BY updated_at DESC, rowid DESC LIMIT 1",
+         AND content_hash IS NOT NULL AND kind NOT IN ('note', 'task') ORDER BY updated_at DESC, rowid DESC LIMIT 1",
     )
     .bind(location)
     .bind(contact_id)
@@ -107,22 +107,55 @@ pub async fn is_own_write(
     Ok(latest.is_some_and(|latest| latest.as_slice() == hash.as_slice()))
 }
 
-/// Whether a note or task id is one our write-back created (the sync engine calls it for
-/// created children, inside its write transaction).
+/// Whether a created note or task is one our write-back made (the sync engine calls it for
+/// created children, inside its write transaction): its id is a done write's target, or,
+/// while the write is still pending (the sync read the child between GHL's answer and our
+/// bookkeeping, or after a crash there), its content matches the pending write's.
 pub async fn is_own_child(
     conn: &mut sqlx::SqliteConnection,
     location: &str,
+    contact_id: &str,
+    kind: &str,
     child_id: &str,
+    record: &Map<String, Value>,
 ) -> Result<bool, sqlx::Error> {
-    let found: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM writebacks WHERE location_id = ? AND target_id = ? AND kind IN ('note', 'task') \
-         AND status = 'done' LIMIT 1",
+    let by_id: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM writebacks WHERE location_id = ? AND target_id = ? AND kind = ? AND status = 'done' LIMIT 1",
     )
     .bind(location)
     .bind(child_id)
+    .bind(kind)
     .fetch_optional(&mut *conn)
     .await?;
-    Ok(found.is_some())
+    if by_id.is_some() {
+        return Ok(true);
+    }
+    let text = |field: &str| record.get(field).and_then(Value::as_str);
+    let content = match kind {
+        "task" => child_content_key(text("title"), text("body")),
+        _ => child_content_key(None, text("body")),
+    };
+    let by_content: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM writebacks WHERE location_id = ? AND contact_id = ? AND kind = ? AND status = 'pending' \
+         AND content_hash = ? LIMIT 1",
+    )
+    .bind(location)
+    .bind(contact_id)
+    .bind(kind)
+    .bind(&content[..])
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(by_content.is_some())
+}
+
+/// What identifies a note (body) or task (title + body) we are about to create, compared
+/// trimmed as `same` compares them when a pending create is resumed.
+pub fn child_content_key(title: Option<&str>, body: Option<&str>) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(title.map(str::trim).unwrap_or("").as_bytes());
+    hasher.update([0u8]);
+    hasher.update(body.map(str::trim).unwrap_or("").as_bytes());
+    hasher.finalize().into()
 }
 
 /// The state of a key before a write.
@@ -170,16 +203,18 @@ impl WriteBack {
         location: &str,
         contact_id: Option<&str>,
         kind: &str,
+        content: Option<&[u8]>,
     ) -> Result<Begun, WriteBackError> {
         let now = now_ms();
         let inserted = sqlx::query(
-            "INSERT INTO writebacks (idempotency_key, location_id, contact_id, kind, status, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
+            "INSERT INTO writebacks (idempotency_key, location_id, contact_id, kind, content_hash, status, created_at, \
+             updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
         )
         .bind(key)
         .bind(location)
         .bind(contact_id)
         .bind(kind)
+        .bind(content)
         .bind(now)
         .bind(now)
         .execute(self.store.pool())
@@ -224,7 +259,7 @@ impl WriteBack {
         target: &str,
         send: impl std::future::Future<Output = Result<(), GhlError>>,
     ) -> Result<Written, WriteBackError> {
-        if let Begun::Done(target) = self.begin(key, location, Some(contact_id), kind).await? {
+        if let Begun::Done(target) = self.begin(key, location, Some(contact_id), kind, None).await? {
             return Ok(Written::Already(target));
         }
         send.await?;
@@ -292,7 +327,8 @@ impl WriteBack {
         key: &str,
         note: &NoteWrite,
     ) -> Result<Written, WriteBackError> {
-        match self.begin(key, location, Some(contact_id), "note").await? {
+        let content = child_content_key(None, note.body.as_deref());
+        match self.begin(key, location, Some(contact_id), "note", Some(&content)).await? {
             Begun::Done(target) => return Ok(Written::Already(target)),
             Begun::Resume => {
                 let notes = self.ghl.list_notes(location, contact_id, Priority::WriteBack).await?;
@@ -317,7 +353,8 @@ impl WriteBack {
         key: &str,
         task: &NewTask,
     ) -> Result<Written, WriteBackError> {
-        match self.begin(key, location, Some(contact_id), "task").await? {
+        let content = child_content_key(Some(&task.title), task.body.as_deref());
+        match self.begin(key, location, Some(contact_id), "task", Some(&content)).await? {
             Begun::Done(target) => return Ok(Written::Already(target)),
             Begun::Resume => {
                 let tasks = self.ghl.list_tasks(location, contact_id, Priority::WriteBack).await?;
@@ -362,7 +399,7 @@ impl WriteBack {
         lookup_email: Option<&str>,
     ) -> Result<Written, WriteBackError> {
         let location = contact.location_id.as_str();
-        match self.begin(key, location, None, "contact_create").await? {
+        match self.begin(key, location, None, "contact_create", None).await? {
             Begun::Done(target) => return Ok(Written::Already(target)),
             Begun::Resume => {
                 if let Some(email) = lookup_email
@@ -512,5 +549,41 @@ mod tests {
         // An older state we wrote, come back later, is a user's change.
         assert!(!is_own_write(&mut conn, "l", "c", &a).await.unwrap());
         assert!(!is_own_write(&mut conn, "l", "other", &b).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn own_children_are_known_by_id_when_done_and_by_content_while_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&dir.path().join("t.db"), std::time::Duration::from_secs(5)).await.unwrap();
+        let mut conn = store.pool().acquire().await.unwrap();
+        let task = json!({"title": "Call Ada", "body": " Lusha lead "});
+        let record = task.as_object().unwrap();
+        let content = child_content_key(Some("Call Ada"), Some("Lusha lead"));
+        for (key, kind, target, status) in [("k1", "task", None, "pending"), ("k2", "note", Some("n1"), "done")] {
+            sqlx::query(
+                "INSERT INTO writebacks (idempotency_key, location_id, contact_id, kind, target_id, content_hash, status, \
+                 created_at, updated_at) VALUES (?, 'l', 'c', ?, ?, ?, ?, 1, 1)",
+            )
+            .bind(key)
+            .bind(kind)
+            .bind(target)
+            .bind(&content[..])
+            .bind(status)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        }
+        // Pending: matched by content, whatever id GHL gave it; another contact's or a
+        // different task is the user's.
+        assert!(is_own_child(&mut conn, "l", "c", "task", "t9", record).await.unwrap());
+        assert!(!is_own_child(&mut conn, "l", "other", "task", "t9", record).await.unwrap());
+        let other = json!({"title": "Call Ada", "body": "something else"});
+        assert!(!is_own_child(&mut conn, "l", "c", "task", "t9", other.as_object().unwrap()).await.unwrap());
+        // Done: matched by id only.
+        assert!(is_own_child(&mut conn, "l", "c", "note", "n1", &Map::new()).await.unwrap());
+        assert!(!is_own_child(&mut conn, "l", "c", "note", "n2", &Map::new()).await.unwrap());
+        // Child rows never count as the contact's own content.
+        let hash: Hash = content;
+        assert!(!is_own_write(&mut conn, "l", "c", &hash).await.unwrap());
     }
 }
