@@ -215,21 +215,20 @@ impl LushaConnector {
         Ok(fresh)
     }
 
-    /// Lead ids of `ids` already recorded for the location (any status).
+    /// Lead ids of `ids` (one result page, at most 50) already recorded for the location.
     async fn known_leads(&self, location: &str, ids: &[String]) -> Result<HashSet<String>, sqlx::Error> {
-        let mut known = HashSet::new();
-        for id in ids {
-            let seen: Option<i64> =
-                sqlx::query_scalar("SELECT 1 FROM lusha_leads WHERE location_id = ? AND lead_id = ?")
-                    .bind(location)
-                    .bind(id)
-                    .fetch_optional(self.store.pool())
-                    .await?;
-            if seen.is_some() {
-                known.insert(id.clone());
-            }
+        if ids.is_empty() {
+            return Ok(HashSet::new());
         }
-        Ok(known)
+        let sql = format!(
+            "SELECT lead_id FROM lusha_leads WHERE location_id = ? AND lead_id IN ({})",
+            vec!["?"; ids.len()].join(",")
+        );
+        let mut query = sqlx::query_scalar::<_, String>(&sql).bind(location);
+        for id in ids {
+            query = query.bind(id);
+        }
+        Ok(query.fetch_all(self.store.pool()).await?.into_iter().collect())
     }
 
     /// Enriches new leads by Lusha id in batches and stores every answer before any GHL write.
@@ -259,9 +258,7 @@ impl LushaConnector {
                 }
             };
             let credits = credits_charged(&response);
-            if let Err(error) = self.record_spend(credits).await {
-                tracing::error!(error = %error, credits, "Lusha: could not record spent credits");
-            }
+            self.book_spend(credits).await;
             let answers = match_by_id(&response, chunk);
             let found = answers.values().filter(|a| matches!(a, Answer::Found(_))).count().max(1) as i64;
             let now = now_ms();
@@ -271,7 +268,7 @@ impl LushaConnector {
                     Some(Answer::Found(value)) => {
                         nth += 1;
                         report.enriched += 1;
-                        ("enriched", Some(codec::pack(value)), credits / found + i64::from(nth <= credits % found))
+                        ("enriched", Some(codec::pack(value)), super::credit_share(credits, found, nth))
                     }
                     Some(Answer::Failed(_)) => {
                         report.held += 1;

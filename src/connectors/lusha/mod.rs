@@ -132,6 +132,13 @@ pub fn until_next_utc_day(at_ms: i64) -> Duration {
     Duration::from_millis(u64::try_from(left).unwrap_or(0))
 }
 
+/// The credits a call charged, shared out over its `found` results: the `nth` (1-based)
+/// gets an equal part, the first `credits % found` one more, so the parts add up.
+pub fn credit_share(credits: i64, found: i64, nth: i64) -> i64 {
+    let found = found.max(1);
+    credits / found + i64::from(nth <= credits % found)
+}
+
 /// How many contacts may be enriched now: the smaller of what the daily cap and the balance
 /// above the reserve allow, divided by the per-contact upper bound. `None` cap: no cap.
 pub fn affordable(cap_left: Option<i64>, balance_left: Option<i64>, per_contact: i64) -> usize {
@@ -282,6 +289,13 @@ impl LushaConnector {
             enriched_at: now,
             written_at: None,
         }))
+    }
+
+    /// Books a call's credits; a failure to book is logged, never fatal to the call's results.
+    async fn book_spend(&self, credits: i64) {
+        if let Err(error) = self.record_spend(credits).await {
+            tracing::error!(error = %error, credits, "Lusha: could not record spent credits");
+        }
     }
 
     async fn record_spend(&self, credits: i64) -> Result<(), sqlx::Error> {
@@ -679,9 +693,7 @@ impl LushaConnector {
             match self.call_once_more(is_search, &payload, &ids).await {
                 Ok(response) => {
                     let credits = credits_charged(&response);
-                    if let Err(error) = self.record_spend(credits).await {
-                        tracing::error!(error = %error, credits, "Lusha: could not record spent credits");
-                    }
+                    self.book_spend(credits).await;
                     let answers = if is_search {
                         let refs: Vec<String> = chunk.iter().map(|j| j.contact_id.clone()).collect();
                         match_by_reference(&response, &refs)
@@ -704,7 +716,7 @@ impl LushaConnector {
                         }
                         let credits = if matches!(answer, Answer::Found(_)) {
                             nth_found += 1;
-                            credits / found + i64::from(nth_found <= credits % found)
+                            credit_share(credits, found, nth_found)
                         } else {
                             0
                         };
@@ -890,6 +902,14 @@ pub async fn bookkeeping_field_ids(settings: &LushaSettings, ghl: &GhlClient, st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credit_shares_add_up() {
+        for (credits, found) in [(0, 1), (7, 3), (12, 4), (5, 8)] {
+            let total: i64 = (1..=found).map(|nth| credit_share(credits, found, nth)).sum();
+            assert_eq!(total, credits, "{credits} over {found}");
+        }
+    }
 
     #[test]
     fn credit_budget_math() {
