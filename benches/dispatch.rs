@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use ghl_sync::config::{ConfigSource, load_from_str};
 use ghl_sync::dispatch::{Dispatcher, idempotency_key};
-use ghl_sync::sandbox::{Sandbox, SandboxOptions};
 use ghl_sync::store::{Store, codec, now_ms};
+use ghl_sync_sandbox::{Sandbox, SandboxOptions};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 

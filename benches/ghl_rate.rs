@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use ghl_sync::ghl::dto::SearchRequest;
 use ghl_sync::ghl::{GhlClient, StaticTokens, TokenProvider, secret};
 use ghl_sync::http::{ApiClient, ClientSettings, HeaderScheme, Priority, QuotaSettings, RateLimits, RetryPolicy};
-use ghl_sync::sandbox::ghl::GhlOptions;
-use ghl_sync::sandbox::{Sandbox, SandboxOptions};
+use ghl_sync_sandbox::ghl::GhlOptions;
+use ghl_sync_sandbox::{Sandbox, SandboxOptions};
 use tokio_util::sync::CancellationToken;
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {

@@ -30,10 +30,10 @@ use ghl_sync::app::App;
 use ghl_sync::config::{Config, Dur, LocationAuth, LocationSettings, Secret, Settings, WebhookConnectorSettings};
 use ghl_sync::ghl::dto::SearchRequest;
 use ghl_sync::http::Priority;
-use ghl_sync::sandbox::ghl::GhlOptions;
-use ghl_sync::sandbox::{Sandbox, SandboxOptions};
 use ghl_sync::sync::engine::RunOptions;
 use ghl_sync::sync::normalize::{contact_hash, normalize_contact};
+use ghl_sync_sandbox::ghl::GhlOptions;
+use ghl_sync_sandbox::{Sandbox, SandboxOptions};
 use tokio_util::sync::CancellationToken;
 
 const CHILD_ENV: &str = "GHL_SYNC_BENCH_SANDBOX_CONTACTS";

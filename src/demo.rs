@@ -10,8 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::config::{self, Config, Dur, LocationAuth, LocationSettings, Secret, Settings};
-use crate::sandbox::ghl::GhlOptions;
-use crate::sandbox::{Sandbox, SandboxOptions};
+use ghl_sync_sandbox::ghl::GhlOptions;
+use ghl_sync_sandbox::{Sandbox, SandboxOptions};
 
 /// Options of `ghl-sync sandbox`.
 #[derive(Debug, Clone)]

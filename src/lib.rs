@@ -12,7 +12,6 @@ pub mod domain;
 pub mod export;
 pub mod ghl;
 pub mod http;
-pub mod sandbox;
 pub mod server;
 pub mod shutdown;
 pub mod store;

@@ -16,9 +16,9 @@ use ghl_sync::ghl::oauth::UserType;
 use ghl_sync::ghl::tokens::TokenManager;
 use ghl_sync::ghl::{AuthError, GhlClient, GhlError, TokenProvider};
 use ghl_sync::http::{ApiClient, ClientSettings, HeaderScheme, Priority, RetryPolicy};
-use ghl_sync::sandbox::ghl::GhlOptions;
-use ghl_sync::sandbox::{Sandbox, SandboxOptions};
 use ghl_sync::store::Store;
+use ghl_sync_sandbox::ghl::GhlOptions;
+use ghl_sync_sandbox::{Sandbox, SandboxOptions};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -483,7 +483,7 @@ async fn write_endpoints_round_trip_against_the_fake() {
 #[tokio::test]
 async fn creates_are_never_blindly_repeated_after_a_timeout_or_a_422() {
     use ghl_sync::ghl::write::CreateContact;
-    use ghl_sync::sandbox::ghl::Fault;
+    use ghl_sync_sandbox::ghl::Fault;
     let env = Env::start(options()).await;
     let info = env.sandbox.ghl.locations()[0].clone();
     auth_cli::import_pit(&env.tokens, &info.id, SecretString::from(info.pit.clone())).await.unwrap();

@@ -50,7 +50,7 @@ async fn a_signed_ghl_webhook_gets_the_change_delivered_within_a_second() {
     sandbox.stop().await;
 }
 
-fn daemon_config(sandbox: &ghl_sync::sandbox::Sandbox, dir: &std::path::Path, to: &str) -> String {
+fn daemon_config(sandbox: &ghl_sync_sandbox::Sandbox, dir: &std::path::Path, to: &str) -> String {
     let mut text = format!(
         "[store]\npath = \"{}\"\n[ghl]\nbase_url = \"{}\"\n[server]\nenabled = false\n\
          [sync]\ncontacts_interval = \"1s\"\nindex_lag_margin = \"0s\"\n[limits]\nghl_burst_max = 100000\nghl_burst_window = \"1s\"\n\
@@ -76,7 +76,7 @@ async fn sighup_applies_a_changed_mapping_and_keeps_the_old_config_when_the_new_
     let child = spawn(&["run", "--config", path.to_str().unwrap()], &[]);
     let has = |key: &str| {
         let key = format!("\"{key}\"");
-        move |sink: &ghl_sync::sandbox::sink::Sink| sink.accepted(Some("test")).iter().any(|d| d.body.contains(&key))
+        move |sink: &ghl_sync_sandbox::sink::Sink| sink.accepted(Some("test")).iter().any(|d| d.body.contains(&key))
     };
     assert!(
         eventually(Duration::from_secs(20), || has("first_name")(&sandbox.sink)).await,

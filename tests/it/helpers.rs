@@ -93,8 +93,8 @@ pub fn wait_for_file(path: &Path, limit: Duration) {
 }
 
 use ghl_sync::config::{Config, LocationSettings, Settings};
-use ghl_sync::sandbox::ghl::GhlOptions;
-use ghl_sync::sandbox::{Sandbox, SandboxOptions};
+use ghl_sync_sandbox::ghl::GhlOptions;
+use ghl_sync_sandbox::{Sandbox, SandboxOptions};
 
 /// Sandbox options for fast tests: generous rate limits so tests are not paced.
 pub fn fast_ghl(contacts_per_location: usize) -> GhlOptions {

@@ -8,11 +8,11 @@ use std::time::Duration;
 use ghl_sync::app::App;
 use ghl_sync::config::{Dur, LushaSettings, Secret, Settings};
 use ghl_sync::ghl::write::NoteWrite;
-use ghl_sync::sandbox::ghl::GhlOptions;
-use ghl_sync::sandbox::lusha::{Identity, Lookup, LushaOptions};
-use ghl_sync::sandbox::{Sandbox, SandboxOptions};
 use ghl_sync::sync::engine::RunOptions;
 use ghl_sync::writeback::{WriteBack, Written};
+use ghl_sync_sandbox::ghl::GhlOptions;
+use ghl_sync_sandbox::lusha::{Identity, Lookup, LushaOptions};
+use ghl_sync_sandbox::{Sandbox, SandboxOptions};
 use serde_json::{Value, json};
 
 use crate::helpers::{config, settings_for};

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use ghl_sync::app::App;
 use ghl_sync::config::{LogFormat, LogSettings};
-use ghl_sync::sandbox::Sandbox;
-use ghl_sync::sandbox::ghl::Fault;
 use ghl_sync::store::Store;
 use ghl_sync::sync::engine::RunOptions;
+use ghl_sync_sandbox::Sandbox;
+use ghl_sync_sandbox::ghl::Fault;
 
 use crate::helpers::{config, fast_ghl, settings_for, signal, spawn, start_sandbox, wait_with_limit, write_config};
 

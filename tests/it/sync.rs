@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ghl_sync::app::App;
-use ghl_sync::sandbox::ghl::{Fault, GhlOptions, MutationKind};
 use ghl_sync::sync::engine::RunOptions;
+use ghl_sync_sandbox::ghl::{Fault, GhlOptions, MutationKind};
 
 use crate::helpers::{config, fast_ghl, settings_for, start_sandbox};
 
@@ -34,7 +34,7 @@ async fn sync_all(app: &App) {
     }
 }
 
-fn child_requests(stats: &ghl_sync::sandbox::ghl::GhlStats) -> u64 {
+fn child_requests(stats: &ghl_sync_sandbox::ghl::GhlStats) -> u64 {
     stats
         .requests
         .iter()
@@ -82,7 +82,7 @@ async fn backfill_puts_every_record_in_the_outbox_once_and_a_quiet_repoll_costs_
 }
 
 /// Applies mutations and returns the (entity, id) → last kind of each object they touched.
-fn touched(mutations: &[ghl_sync::sandbox::ghl::Mutation]) -> BTreeMap<(String, String), MutationKind> {
+fn touched(mutations: &[ghl_sync_sandbox::ghl::Mutation]) -> BTreeMap<(String, String), MutationKind> {
     let mut map = BTreeMap::new();
     for m in mutations {
         let entity = match m.kind {

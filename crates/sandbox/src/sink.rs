@@ -274,7 +274,7 @@ async fn admin_mode(State(sink): State<Sink>, body: Bytes) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::{Sandbox, SandboxOptions};
+    use crate::{Sandbox, SandboxOptions};
 
     fn url(sandbox: &Sandbox, path: &str) -> String {
         format!("http://{}{}", sandbox.addr(), path)

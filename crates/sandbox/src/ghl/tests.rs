@@ -9,7 +9,7 @@ use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::sandbox::{Sandbox, SandboxOptions};
+use crate::{Sandbox, SandboxOptions};
 
 struct Env {
     sandbox: Sandbox,

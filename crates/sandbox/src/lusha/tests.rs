@@ -3,7 +3,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::sandbox::{Sandbox, SandboxOptions};
+use crate::{Sandbox, SandboxOptions};
 
 struct Harness {
     sandbox: Sandbox,
