@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 
 use ghl_sync::app::App;
 use ghl_sync::config::{Config, Dur, LocationAuth, LocationSettings, Secret, Settings, WebhookConnectorSettings};
+use ghl_sync::domain::normalize::{contact_hash, normalize_contact};
 use ghl_sync::ghl::dto::SearchRequest;
 use ghl_sync::http::Priority;
 use ghl_sync::sync::engine::RunOptions;
-use ghl_sync::sync::normalize::{contact_hash, normalize_contact};
 use ghl_sync_sandbox::ghl::GhlOptions;
 use ghl_sync_sandbox::{Sandbox, SandboxOptions};
 use tokio_util::sync::CancellationToken;

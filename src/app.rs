@@ -44,14 +44,14 @@ pub fn user_agent() -> String {
 
 /// The parts rebuilt on a config reload (SIGHUP): the GHL client (limits), connectors and
 /// their mappings, the dispatcher and the sync engine (intervals, subscribers).
-struct Workers {
-    ghl: GhlClient,
-    engine: Arc<Engine>,
-    dispatcher: Arc<Dispatcher>,
-    connectors: Vec<Arc<dyn Connector>>,
+pub(crate) struct Workers {
+    pub(crate) ghl: GhlClient,
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) dispatcher: Arc<Dispatcher>,
+    pub(crate) connectors: Vec<Arc<dyn Connector>>,
 }
 
-async fn build_workers(
+pub(crate) async fn build_workers(
     config: &Config,
     store: &Store,
     tokens: &Arc<TokenManager>,
@@ -397,7 +397,7 @@ fn subscribers(connectors: &[Arc<dyn Connector>]) -> Vec<Subscriber> {
 /// marked so. `needs_reauth` is kept for OAuth locations (a new install clears it) and cleared
 /// for private-integration-token locations: the operator may have fixed the token, and a
 /// still-bad token is caught again by the first request.
-async fn register_locations(store: &Store, config: &Config) -> anyhow::Result<()> {
+pub(crate) async fn register_locations(store: &Store, config: &Config) -> anyhow::Result<()> {
     let now = now_ms();
     for location in &config.settings.ghl.locations {
         let status = if location.enabled { "active" } else { "disabled" };
@@ -418,57 +418,4 @@ async fn register_locations(store: &Store, config: &Config) -> anyhow::Result<()
         .context("Failed to register the configured locations")?;
     }
     Ok(())
-}
-
-/// `ghl-sync check`, GHL part: for every location, a token and one cheap read (a search of
-/// one contact), plus missing scopes. When a daemon holds the database, the live check is
-/// skipped: two processes refreshing one OAuth grant is how installs get bricked.
-pub async fn check_ghl(config: &Config) -> Vec<crate::dispatch::cli::CheckLine> {
-    use crate::dispatch::cli::CheckLine;
-    let line = |name: &str, ok: bool, detail: String| CheckLine { name: name.to_owned(), ok, detail };
-    let path = config.settings.store.resolved_path();
-    let _lock = match ProcessLock::acquire(&path) {
-        Ok(lock) => lock,
-        Err(_) => {
-            return vec![line(
-                "ghl",
-                true,
-                "a running daemon holds the database; live GHL check skipped (see `ghl-sync auth status`)".into(),
-            )];
-        }
-    };
-    let result = async {
-        let store = Store::connect(&path, config.settings.store.busy_timeout.get()).await?;
-        register_locations(&store, config).await?;
-        let calls = CancellationToken::new();
-        let tokens = Arc::new(TokenManager::from_config(config, store.clone(), calls.clone())?);
-        let workers = build_workers(config, &store, &tokens, &calls).await?;
-        let mut lines = Vec::new();
-        let locations: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM locations WHERE status NOT IN ('disabled', 'uninstalled') ORDER BY id")
-                .fetch_all(store.pool())
-                .await?;
-        if locations.is_empty() {
-            lines.push(line("ghl", false, "no locations configured".into()));
-        }
-        for location in locations {
-            let request = crate::ghl::dto::SearchRequest::updated_since(&location, 1, None);
-            let name = format!("ghl:{location}");
-            match workers.ghl.search_contacts(&request, crate::http::Priority::Poll).await {
-                Ok(page) => lines.push(line(
-                    &name,
-                    true,
-                    format!("token accepted; {} contact(s)", page.total.map_or("?".into(), |t| t.to_string())),
-                )),
-                Err(error) => lines.push(line(&name, false, error.to_string())),
-            }
-        }
-        for (resource, missing) in tokens.scope_report(&needed_scopes(false)).await? {
-            lines.push(line(&format!("ghl:{resource} scopes"), false, format!("missing {}", missing.join(" "))));
-        }
-        store.close().await;
-        anyhow::Ok(lines)
-    }
-    .await;
-    result.unwrap_or_else(|error| vec![line("ghl", false, format!("{error:#}"))])
 }

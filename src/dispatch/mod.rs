@@ -9,7 +9,6 @@
 //! pending and goes out next.
 
 mod breaker;
-pub mod cli;
 pub mod outbox;
 
 use std::collections::BTreeMap;

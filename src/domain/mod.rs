@@ -1,4 +1,9 @@
-//! Plain domain types shared by sync, store and connectors. Imports nothing from the crate.
+//! Plain domain types and pure domain code (normalise, hash, diff) shared by sync, store,
+//! write-back and connectors. Imports nothing from the crate outside `domain`: everything
+//! else imports it, downward.
+
+pub mod diff;
+pub mod normalize;
 
 use std::fmt;
 

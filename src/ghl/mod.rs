@@ -1,7 +1,6 @@
 //! Typed GHL endpoints over the rate-limited `ApiClient`, plus the token seam.
 
 pub mod auth;
-pub mod auth_cli;
 pub mod dto;
 pub mod grants;
 pub mod oauth;

@@ -5,8 +5,8 @@ use sha2::{Digest, Sha256};
 use sqlx::SqliteConnection;
 
 use super::{StoreError, now_ms};
+use crate::domain::diff::coalesce;
 use crate::domain::{EntityKind, Operation};
-use crate::sync::diff::coalesce;
 
 /// A change for one connector.
 #[derive(Debug, Clone, Copy)]

@@ -13,8 +13,8 @@ use futures_util::StreamExt;
 use serde_json::{Map, Value};
 use sqlx::{Row, SqliteConnection};
 
-use super::diff::{ChildRecord, KnownChild, diff_children, is_completed};
-use super::normalize::{
+use crate::domain::diff::{ChildRecord, KnownChild, diff_children, is_completed};
+use crate::domain::normalize::{
     Hash, contact_hash, format_timestamp_ms, normalize_contact, normalize_note, normalize_task, parse_timestamp_ms,
     value_hash,
 };

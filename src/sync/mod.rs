@@ -1,8 +1,5 @@
 //! The sync engine: polls GHL, diffs against the snapshot, and commits snapshot + outbox +
 //! cursor in one transaction per page.
 
-pub mod cli;
-pub mod diff;
 pub mod engine;
-pub mod normalize;
 pub mod scheduler;

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::domain::normalize::{Hash, contact_hash, normalize_contact};
 use crate::ghl::write::{CreateContact, NewTask, NoteWrite, UpdateContact};
 use crate::ghl::{GhlClient, GhlError};
 use crate::http::Priority;
 use crate::store::{Store, StoreError, now_ms};
-use crate::sync::normalize::{Hash, contact_hash, normalize_contact};
 
 /// A failed write-back.
 #[derive(Debug, thiserror::Error)]

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ghl_sync::cli::auth::{self as auth_cli, InstallOptions};
 use ghl_sync::config::{Config, Dur, LogFormat, LogSettings, OAuthSettings, Secret, Settings};
 use ghl_sync::crypto::MasterKey;
-use ghl_sync::ghl::auth_cli::{self, InstallOptions};
 use ghl_sync::ghl::dto::SearchRequest;
 use ghl_sync::ghl::grants;
 use ghl_sync::ghl::oauth::UserType;

@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ghl_sync::cli::dlq::{self as dcli, ReplayFilter, Retried};
 use ghl_sync::config::{Config, ConfigSource, load_from_str};
 use ghl_sync::connectors::{self, Connector};
-use ghl_sync::dispatch::cli::{self as dcli, ReplayFilter, Retried};
 use ghl_sync::dispatch::{Dispatcher, idempotency_key};
 use ghl_sync::store::{Store, codec, now_ms};
 use ghl_sync_sandbox::sink::{Delivery as SinkDelivery, SinkMode};
@@ -513,16 +513,16 @@ async fn replay_resends_the_snapshot_in_the_new_shape_and_check_probes_each_conn
 
     // check: a signed probe, and a sample of a real contact mapped for the connector.
     env.sandbox.sink.clear();
-    let lines = dcli::check_connectors(&connectors).await;
+    let lines = ghl_sync::cli::check::check_connectors(&connectors).await;
     assert!(lines[0].ok, "{lines:?}");
     let probe = &env.sandbox.sink.deliveries(Some("crm"))[0];
     assert_eq!(probe.json().unwrap()["type"], "ghl_sync.check");
     verify_signature(probe);
-    let sample = dcli::sample(&env.store, connectors[0].as_ref()).await.unwrap().unwrap();
+    let sample = ghl_sync::cli::check::sample(&env.store, connectors[0].as_ref()).await.unwrap().unwrap();
     assert_eq!(sample["type"], "contact.updated");
     assert!(sample["data"]["mail"].as_str().unwrap().ends_with("@example.test"));
     env.sandbox.sink.set_mode("crm", SinkMode::Reject(404));
-    let lines = dcli::check_connectors(&connectors).await;
+    let lines = ghl_sync::cli::check::check_connectors(&connectors).await;
     assert!(!lines[0].ok);
     assert_eq!(lines[0].name, "webhook.crm");
     env.sandbox.stop().await;

@@ -317,7 +317,7 @@ async fn write_back_creates_a_note_once_even_after_a_crash_mid_create() {
     // Tags are keyed too; settle() records the content the sync will see as our own.
     writeback.add_tags(&location, &ids[0], "key-3", &["vip".to_owned()]).await.unwrap();
     let record = writeback.settle(&location, &ids[0], &["key-3".to_owned()]).await.unwrap().unwrap();
-    let hash = ghl_sync::sync::normalize::contact_hash(&record, &[]);
+    let hash = ghl_sync::domain::normalize::contact_hash(&record, &[]);
     let mut conn = app.store.pool().acquire().await.unwrap();
     assert!(ghl_sync::writeback::is_own_write(&mut conn, &location, &ids[0], &hash).await.unwrap());
 }
@@ -524,7 +524,7 @@ async fn prospecting_leads_become_ghl_contacts_once_and_signals_become_notes() {
     daemon.await.unwrap().unwrap();
     // `ghl-sync status` shows the books.
     let store = ghl_sync::store::Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
-    let lusha = ghl_sync::sync::cli::read_status(&store).await.unwrap().lusha.expect("a Lusha section");
+    let lusha = ghl_sync::cli::sync::read_status(&store).await.unwrap().lusha.expect("a Lusha section");
     assert_eq!((lusha.leads_imported, lusha.leads_waiting, lusha.leads_failed), (50, 0, 0));
     assert!(lusha.found >= 50, "{lusha:?}");
     assert_eq!(lusha.signals_pending, 0);

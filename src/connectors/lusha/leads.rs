@@ -602,7 +602,7 @@ fn toml_to_json(value: &toml::Value) -> Value {
 
 fn contact_map(contact: &crate::ghl::dto::Contact) -> Map<String, Value> {
     match serde_json::to_value(contact) {
-        Ok(Value::Object(map)) => crate::sync::normalize::normalize_contact(map),
+        Ok(Value::Object(map)) => crate::domain::normalize::normalize_contact(map),
         _ => Map::new(),
     }
 }

@@ -3,18 +3,17 @@
 //! wrappers print and pick the exit code.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use serde_json::Value;
 use sqlx::Row;
 
 use crate::config::Config;
-use crate::connectors::{Connector, Delivery};
-use crate::domain::{EntityKind, Operation};
+use crate::connectors::Connector;
+use crate::domain::Operation;
 use crate::store::{Store, codec, now_ms};
 
-use super::outbox::{self, Enqueued, NewRow};
+use crate::dispatch::outbox::{self, Enqueued, NewRow};
 
 /// `ghl-sync dlq …`
 #[derive(Debug, clap::Args)]
@@ -372,64 +371,7 @@ pub fn parse_since(text: &str, now_ms: i64) -> anyhow::Result<i64> {
     Ok(now_ms.saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX)))
 }
 
-/// One line of `ghl-sync check`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckLine {
-    /// What was checked: a connector id, `ghl:<location>`, …
-    pub name: String,
-    pub ok: bool,
-    pub detail: String,
-}
-
-/// Runs every connector's `check()`. GHL token/scope checks are added by the caller
-/// (`extra`, see `run_check`).
-pub async fn check_connectors(connectors: &[Arc<dyn Connector>]) -> Vec<CheckLine> {
-    let mut lines = Vec::new();
-    for connector in connectors {
-        let line = match connector.check().await {
-            Ok(report) => CheckLine { name: connector.id().to_owned(), ok: true, detail: report.detail },
-            Err(error) => CheckLine { name: connector.id().to_owned(), ok: false, detail: error.to_string() },
-        };
-        lines.push(line);
-    }
-    lines
-}
-
-/// One real contact from the snapshot, mapped the way `connector` would send it
-/// (`Ok(None)`: no contact in the store for this connector's locations yet).
-pub async fn sample(store: &Store, connector: &dyn Connector) -> anyhow::Result<Option<Value>> {
-    let rows = sqlx::query(
-        "SELECT location_id, contact_id, record, COALESCE(date_updated_ms, updated_at) AS changed_at \
-         FROM contacts ORDER BY updated_at DESC LIMIT 200",
-    )
-    .fetch_all(store.pool())
-    .await?;
-    for row in rows {
-        let location: String = row.try_get("location_id")?;
-        if !connector.interested("contact.updated", &location) {
-            continue;
-        }
-        let contact_id: String = row.try_get("contact_id")?;
-        let record = codec::unpack(&row.try_get::<Vec<u8>, _>("record")?)?;
-        let delivery = Delivery {
-            id: 0,
-            location_id: location,
-            entity: EntityKind::Contact,
-            entity_id: contact_id.clone(),
-            contact_id: Some(contact_id),
-            operation: Operation::Updated,
-            changed_at_ms: row.try_get("changed_at")?,
-            idempotency_key: "sample".to_owned(),
-            record,
-            contact: None,
-            attempt: 1,
-        };
-        return Ok(Some(connector.preview(&delivery)?));
-    }
-    Ok(None)
-}
-
-async fn open_store(config: &Config) -> anyhow::Result<Store> {
+pub(crate) async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let path = config.settings.store.resolved_path();
     Store::connect(&path, config.settings.store.busy_timeout.get())
         .await
@@ -534,54 +476,6 @@ pub async fn run_replay(config: &Config, args: ReplayArgs) -> anyhow::Result<Exi
     );
     store.close().await;
     Ok(ExitCode::SUCCESS)
-}
-
-/// `ghl-sync check`: `extra` holds checks done elsewhere (the GHL token and scope checks);
-/// exits 1 naming every failed check.
-pub async fn run_check(config: &Config, extra: Vec<CheckLine>) -> anyhow::Result<ExitCode> {
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let connectors = crate::connectors::build(config, &cancel)?;
-    let mut lines = extra;
-    lines.extend(check_connectors(&connectors).await);
-    if connectors.is_empty() {
-        println!("no connectors configured");
-    }
-    for line in &lines {
-        println!("{} {}: {}", if line.ok { "ok  " } else { "FAIL" }, line.name, line.detail);
-    }
-    match open_store(config).await {
-        Ok(store) => {
-            for connector in &connectors {
-                match sample(&store, connector.as_ref()).await {
-                    Ok(Some(body)) => {
-                        println!("\nsample for {} (one real contact, as it would be sent):", connector.id());
-                        println!("{}", serde_json::to_string_pretty(&body)?);
-                    }
-                    Ok(None) => {
-                        println!("\nsample for {}: no contact in the store yet (run a sync first)", connector.id())
-                    }
-                    Err(error) => {
-                        println!("\nsample for {}: cannot map: {error:#}", connector.id());
-                        lines.push(CheckLine {
-                            name: format!("{} mapping", connector.id()),
-                            ok: false,
-                            detail: format!("{error:#}"),
-                        });
-                    }
-                }
-            }
-            store.close().await;
-        }
-        Err(error) => println!("\nno samples: {error:#}"),
-    }
-    let failed: Vec<&str> = lines.iter().filter(|l| !l.ok).map(|l| l.name.as_str()).collect();
-    if failed.is_empty() {
-        println!("\nall checks passed");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!("check failed: {}", failed.join(", "));
-        Ok(ExitCode::FAILURE)
-    }
 }
 
 #[cfg(test)]

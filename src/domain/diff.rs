@@ -81,7 +81,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::sync::normalize::value_hash;
+    use crate::domain::normalize::value_hash;
 
     fn child(id: &str, value: Value) -> ChildRecord {
         let Value::Object(mut record) = value else { panic!() };

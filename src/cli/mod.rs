@@ -1,5 +1,10 @@
 //! The command line: `ghl-sync <command>`. Each command validates the config first.
 
+pub mod auth;
+pub mod check;
+pub mod dlq;
+pub mod sync;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -79,9 +84,9 @@ pub enum Command {
         url: Option<url::Url>,
     },
     /// Dead letters: list, show, retry, drop.
-    Dlq(crate::dispatch::cli::DlqArgs),
+    Dlq(crate::cli::dlq::DlqArgs),
     /// Re-send records from the snapshot to one connector (e.g. after a mapping change).
-    Replay(crate::dispatch::cli::ReplayArgs),
+    Replay(crate::cli::dlq::ReplayArgs),
     /// Test every connection and print one real contact mapped for each connector.
     Check,
     /// Export one location's contacts from the snapshot as CSV or JSON Lines.
@@ -89,7 +94,7 @@ pub enum Command {
     /// Manage GHL credentials: OAuth install, private integration tokens, status.
     Auth {
         #[command(subcommand)]
-        command: crate::ghl::auth_cli::AuthCommand,
+        command: crate::cli::auth::AuthCommand,
     },
 }
 
@@ -124,17 +129,17 @@ pub async fn execute(cli: Cli) -> ExitCode {
         },
         Command::Health { url } => health(cli.config.as_deref(), url).await,
         Command::Dlq(args) => match load(cli.config.as_deref()) {
-            Ok(config) => finish_with(crate::dispatch::cli::run_dlq(&config, args).await),
+            Ok(config) => finish_with(crate::cli::dlq::run_dlq(&config, args).await),
             Err(code) => code,
         },
         Command::Replay(args) => match load(cli.config.as_deref()) {
-            Ok(config) => finish_with(crate::dispatch::cli::run_replay(&config, args).await),
+            Ok(config) => finish_with(crate::cli::dlq::run_replay(&config, args).await),
             Err(code) => code,
         },
         Command::Check => match load(cli.config.as_deref()) {
             Ok(config) => {
-                let ghl_checks = crate::app::check_ghl(&config).await;
-                finish_with(crate::dispatch::cli::run_check(&config, ghl_checks).await)
+                let ghl_checks = check::check_ghl(&config).await;
+                finish_with(check::run_check(&config, ghl_checks).await)
             }
             Err(code) => code,
         },
@@ -148,7 +153,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
                 Err(code) => return code,
             };
             crate::telemetry::init(&config.settings.log);
-            finish(crate::ghl::auth_cli::run(config, command).await)
+            finish(crate::cli::auth::run(config, command).await)
         }
         Command::Run => {
             let config = match load(cli.config.as_deref()) {
@@ -166,7 +171,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
             crate::telemetry::init(&config.settings.log);
             let result = async {
                 let app = App::build(config).await?;
-                crate::sync::cli::sync_once(app, location.as_deref(), dry_run).await
+                crate::cli::sync::sync_once(app, location.as_deref(), dry_run).await
             }
             .await;
             match result {
@@ -184,7 +189,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
                 let settings = &config.settings.store;
                 let store =
                     crate::store::Store::connect(&settings.resolved_path(), settings.busy_timeout.get()).await?;
-                crate::sync::cli::print_status(&store, json).await
+                crate::cli::sync::print_status(&store, json).await
             }
             .await;
             finish(result)

@@ -21,11 +21,11 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use super::encode;
-use super::grants::{GrantKind, LocationRow};
-use super::oauth::UserType;
-use super::tokens::{GrantStatus, TokenManager, missing_scopes, needed_scopes};
 use crate::config::Config;
+use crate::ghl::encode;
+use crate::ghl::grants::{GrantKind, LocationRow};
+use crate::ghl::oauth::UserType;
+use crate::ghl::tokens::{GrantStatus, TokenManager, missing_scopes, needed_scopes};
 use crate::store::{ProcessLock, Store};
 
 /// `ghl-sync auth <command>`.

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::engine::{Progress, RunOptions};
 use crate::app::App;
 use crate::store::{Store, now_ms};
+use crate::sync::engine::{Progress, RunOptions};
 
 /// A terminal progress bar for pages and children.
 struct Bar {
@@ -151,7 +151,7 @@ async fn read_lusha_status(store: &Store, day: &str) -> Result<Option<LushaStatu
 /// Reads the status from the store alone (no GHL calls).
 pub async fn read_status(store: &Store) -> anyhow::Result<Status> {
     let now = now_ms();
-    let day: String = super::normalize::format_timestamp_ms(now).chars().take(10).collect();
+    let day: String = crate::domain::normalize::format_timestamp_ms(now).chars().take(10).collect();
     let rows: Vec<(String, String, Option<String>)> =
         sqlx::query_as("SELECT id, status, status_reason FROM locations ORDER BY id").fetch_all(store.pool()).await?;
     let mut locations = Vec::with_capacity(rows.len());
