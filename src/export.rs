@@ -149,7 +149,7 @@ pub async fn export_location<W: Write>(
 ) -> anyhow::Result<ExportSummary> {
     const ROWS: &str = "SELECT contact_id, record FROM contacts WHERE location_id = ? ORDER BY contact_id";
     // A read transaction: every pass sees the same snapshot while the daemon writes.
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.begin_write("export").await?;
     let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE location_id = ?")
         .bind(location)
         .fetch_one(&mut *tx)

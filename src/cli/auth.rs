@@ -23,9 +23,9 @@ use url::Url;
 
 use crate::config::Config;
 use crate::ghl::encode;
-use crate::ghl::grants::{GrantKind, LocationRow};
 use crate::ghl::oauth::UserType;
 use crate::ghl::tokens::{GrantStatus, TokenManager, missing_scopes, needed_scopes};
+use crate::store::grants::{GrantKind, LocationRow};
 use crate::store::{ProcessLock, Store};
 
 /// `ghl-sync auth <command>`.
@@ -71,7 +71,7 @@ pub async fn rekey(
     old: &crate::crypto::MasterKey,
     new: &crate::crypto::MasterKey,
 ) -> anyhow::Result<usize> {
-    let mut tx = store.begin_write().await?;
+    let mut tx = store.begin_write("auth_rekey").await?;
     type Row = (String, Option<Vec<u8>>, Option<Vec<u8>>);
     let rows: Vec<Row> =
         sqlx::query_as("SELECT resource_id, access_token, refresh_token FROM grants").fetch_all(&mut *tx).await?;

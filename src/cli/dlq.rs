@@ -176,7 +176,7 @@ async fn retry_one(
         return Ok(Retried::NotADelivery);
     }
     let now = now_ms();
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.begin_write("dlq").await?;
     let newer_delivered: Option<i64> = sqlx::query_scalar(
         "SELECT id FROM outbox WHERE connector = ? AND entity = ? AND entity_id = ? AND status = 'done' \
          AND changed_at > ? LIMIT 1",
@@ -239,7 +239,7 @@ struct Snapshot {
 }
 
 async fn snapshot(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::SqliteConnection,
     location: &str,
     entity: &str,
     entity_id: &str,
@@ -251,7 +251,7 @@ async fn snapshot(
         )
         .bind(location)
         .bind(entity_id)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await?
     } else {
         sqlx::query(
@@ -261,7 +261,7 @@ async fn snapshot(
         .bind(location)
         .bind(entity)
         .bind(entity_id)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await?
     };
     let Some(row) = row else { return Ok(None) };
@@ -330,7 +330,7 @@ pub async fn replay(store: &Store, connector: &dyn Connector, filter: &ReplayFil
         rows.push((row.try_get("kind")?, row.try_get("child_id")?, row.try_get("contact_id")?, row));
     }
     for chunk in rows.chunks(500) {
-        let mut tx = store.pool().begin().await?;
+        let mut tx = store.begin_write("dlq").await?;
         for (entity, entity_id, contact_id, row) in chunk {
             let location: String = row.try_get("location_id")?;
             let event = format!("{entity}.updated");

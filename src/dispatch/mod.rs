@@ -295,7 +295,7 @@ impl Dispatcher {
 
         let now = now_ms();
         let mut answered = false;
-        let mut tx = self.store.pool().begin().await?;
+        let mut tx = self.store.begin_write("delivery_outcomes").await?;
         for (row, reason) in &broken {
             if outbox::dead_letter(&mut tx, row, reason, now).await? {
                 summary.dead += 1;

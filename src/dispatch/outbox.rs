@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use crate::connectors::Delivery;
 use crate::domain::{EntityKind, Operation};
@@ -103,7 +103,7 @@ pub async fn contact_snapshot(
 
 /// Marks a row done, only if it still holds the delivered content. Returns whether it did.
 pub async fn mark_done(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     row: &OutboxRow,
     note: Option<&str>,
     now: i64,
@@ -116,14 +116,14 @@ pub async fn mark_done(
     .bind(now)
     .bind(row.id)
     .bind(&row.content_hash)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// Schedules another attempt, only if the row still holds the content that failed.
 pub async fn reschedule(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     row: &OutboxRow,
     next_attempt_at: i64,
     error: &str,
@@ -135,7 +135,7 @@ pub async fn reschedule(
 /// Holds a row back until `next_attempt_at` without counting an attempt (the connector
 /// parked it), only if it still holds the content that was handed over.
 pub async fn park(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     row: &OutboxRow,
     next_attempt_at: i64,
     reason: &str,
@@ -145,7 +145,7 @@ pub async fn park(
 }
 
 async fn hold(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     row: &OutboxRow,
     next_attempt_at: i64,
     reason: &str,
@@ -162,7 +162,7 @@ async fn hold(
     .bind(now)
     .bind(row.id)
     .bind(&row.content_hash)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(done.rows_affected() == 1)
 }
@@ -170,7 +170,7 @@ async fn hold(
 /// Moves a row to dead letters (`source = 'delivery'`), only if it still holds the content
 /// that failed; a newer change in the row stays pending and goes out next.
 pub async fn dead_letter(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut SqliteConnection,
     row: &OutboxRow,
     reason: &str,
     now: i64,
@@ -178,7 +178,7 @@ pub async fn dead_letter(
     let deleted = sqlx::query("DELETE FROM outbox WHERE id = ? AND content_hash = ? AND status = 'pending'")
         .bind(row.id)
         .bind(&row.content_hash)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     if deleted.rows_affected() != 1 {
         return Ok(false);
@@ -201,7 +201,7 @@ pub async fn dead_letter(
     .bind(reason)
     .bind(row.changed_at)
     .bind(now)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(true)
 }
@@ -274,14 +274,14 @@ pub enum Enqueued {
 
 /// Inserts a pending row unless one is already pending for (connector, entity, entity_id):
 /// the contract allows one pending row per record, and the pending one is newer.
-pub async fn enqueue(tx: &mut Transaction<'_, Sqlite>, row: &NewRow<'_>, now: i64) -> Result<Enqueued, StoreError> {
+pub async fn enqueue(tx: &mut SqliteConnection, row: &NewRow<'_>, now: i64) -> Result<Enqueued, StoreError> {
     let pending: Option<i64> = sqlx::query_scalar(
         "SELECT id FROM outbox WHERE connector = ? AND entity = ? AND entity_id = ? AND status = 'pending' LIMIT 1",
     )
     .bind(row.connector)
     .bind(row.entity)
     .bind(row.entity_id)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await?;
     if pending.is_some() {
         return Ok(Enqueued::AlreadyPending);
@@ -305,7 +305,7 @@ pub async fn enqueue(tx: &mut Transaction<'_, Sqlite>, row: &NewRow<'_>, now: i6
     .bind(row.changed_at)
     .bind(now)
     .bind(now)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(Enqueued::Inserted)
 }

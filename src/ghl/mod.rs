@@ -2,7 +2,6 @@
 
 pub mod auth;
 pub mod dto;
-pub mod grants;
 pub mod oauth;
 pub mod tokens;
 pub mod write;

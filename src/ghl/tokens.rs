@@ -42,12 +42,12 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{AuthError, StaticTokens, TokenProvider};
-use super::grants::{self, GrantKind, GrantRow, Sealed};
 use super::oauth::{OAuthClient, OAuthError, TokenResponse, UserType};
 use crate::config::Config;
 use crate::crypto::MasterKey;
 use crate::http::{ApiClient, HttpError, StatusCode};
 use crate::store::Store;
+use crate::store::grants::{self, GrantKind, GrantRow, Sealed};
 
 /// Milliseconds since the Unix epoch; replaceable in tests.
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -154,7 +154,7 @@ fn digest(token: &SecretString) -> [u8; 32] {
     Sha256::digest(token.expose_secret().as_bytes()).into()
 }
 
-fn db(error: sqlx::Error) -> AuthError {
+fn db(error: crate::store::StoreError) -> AuthError {
     AuthError::Store(error.to_string())
 }
 
@@ -267,7 +267,7 @@ impl TokenManager {
     /// Checks every stored grant can be decrypted: call at start-up so a missing or wrong
     /// master key stops the daemon with a clear message. Returns the grants' status.
     pub async fn check_grants(&self) -> Result<Vec<GrantStatus>, AuthError> {
-        let rows = grants::list(self.store.pool()).await.map_err(db)?;
+        let rows = grants::list(&self.store).await.map_err(db)?;
         for row in &rows {
             self.open(row.access_token.as_ref(), &row.resource_id)?;
             if row.refresh_token.is_some() {
@@ -284,7 +284,7 @@ impl TokenManager {
 
     /// Per OAuth grant, the scopes of `needed` it lacks (only grants that lack some).
     pub async fn scope_report(&self, needed: &[&str]) -> Result<Vec<(String, Vec<String>)>, AuthError> {
-        let rows = grants::list(self.store.pool()).await.map_err(db)?;
+        let rows = grants::list(&self.store).await.map_err(db)?;
         Ok(rows
             .iter()
             .filter(|r| r.kind != GrantKind::Pit)
@@ -307,7 +307,7 @@ impl TokenManager {
             scope: None,
         };
         let row = grants::LocationRow { id: location.to_owned(), name: None, company_id: None };
-        let generation = grants::store_grant(self.store.pool(), &grant, &[row]).await.map_err(db)?;
+        let generation = grants::store_grant(&self.store, &grant, &[row]).await.map_err(db)?;
         self.forget(location);
         Ok(generation)
     }
@@ -347,7 +347,7 @@ impl TokenManager {
         if kind == GrantKind::Location {
             rows.push(grants::LocationRow { id: resource.clone(), name: None, company_id: company });
         }
-        let generation = grants::store_grant(self.store.pool(), &grant, &rows).await.map_err(db)?;
+        let generation = grants::store_grant(&self.store, &grant, &rows).await.map_err(db)?;
         self.forget(&resource);
         Ok((resource, kind, generation))
     }
@@ -368,7 +368,7 @@ impl TokenManager {
         if let Some(token) = self.cached_fresh(resource) {
             return Ok(token);
         }
-        let row = grants::load(self.store.pool(), resource)
+        let row = grants::load(&self.store, resource)
             .await
             .map_err(db)?
             .ok_or_else(|| AuthError::NoGrant { location: resource.to_owned() })?;
@@ -409,7 +409,7 @@ impl TokenManager {
                 let access = self.seal(&answer.access_token)?;
                 let rotated = answer.refresh_token.as_ref().map(|t| self.seal(t)).transpose()?;
                 let committed = grants::rotate(
-                    self.store.pool(),
+                    &self.store,
                     resource,
                     row.generation,
                     &access,
@@ -440,7 +440,7 @@ impl TokenManager {
                     return Ok(token);
                 }
                 let reason = format!("GHL refused the refresh token: {message}");
-                let parked = grants::mark_needs_reauth(self.store.pool(), &row, &reason).await.map_err(db)?;
+                let parked = grants::mark_needs_reauth(&self.store, &row, &reason).await.map_err(db)?;
                 if !parked && let Some(token) = self.use_newer(resource, row.generation).await? {
                     return Ok(token);
                 }
@@ -455,7 +455,7 @@ impl TokenManager {
 
     /// A token from a row newer than `generation`, if one was stored meanwhile.
     async fn use_newer(&self, resource: &str, generation: i64) -> Result<Option<SecretString>, AuthError> {
-        let Some(row) = grants::load(self.store.pool(), resource).await.map_err(db)? else {
+        let Some(row) = grants::load(&self.store, resource).await.map_err(db)? else {
             return Ok(None);
         };
         if row.generation <= generation || row.needs_reauth {
@@ -538,7 +538,7 @@ impl TokenManager {
 
     /// Status of every stored grant (never a token).
     pub async fn grant_statuses(&self) -> Result<Vec<GrantStatus>, AuthError> {
-        let rows = grants::list(self.store.pool()).await.map_err(db)?;
+        let rows = grants::list(&self.store).await.map_err(db)?;
         Ok(rows.iter().map(GrantStatus::from).collect())
     }
 
@@ -578,14 +578,14 @@ impl TokenProvider for TokenManager {
         if let Some(token) = self.cached_fresh(location) {
             return Ok(token);
         }
-        match grants::load(self.store.pool(), location).await.map_err(db)? {
+        match grants::load(&self.store, location).await.map_err(db)? {
             Some(row) if row.kind != GrantKind::Company => self.grant_token(location).await,
             _ => {
-                let company = grants::company_of_location(self.store.pool(), location).await.map_err(db)?;
+                let company = grants::company_of_location(&self.store, location).await.map_err(db)?;
                 let Some(company) = company else {
                     return Err(AuthError::NoGrant { location: location.to_owned() });
                 };
-                match grants::load(self.store.pool(), &company).await.map_err(db)? {
+                match grants::load(&self.store, &company).await.map_err(db)? {
                     Some(row) if row.kind == GrantKind::Company => self.minted_token(location, &company).await,
                     _ => Err(AuthError::NoGrant { location: location.to_owned() }),
                 }
@@ -600,7 +600,7 @@ impl TokenProvider for TokenManager {
         let source = self.state().cache.get(location).map(|c| c.source.clone());
         let source = match source {
             Some(source) => source,
-            None => match grants::load(self.store.pool(), location).await {
+            None => match grants::load(&self.store, location).await {
                 Ok(Some(row)) if row.kind == GrantKind::Pit => Source::Pit,
                 Ok(Some(_)) => Source::Grant,
                 Ok(None) => Source::Minted,

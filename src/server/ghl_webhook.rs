@@ -311,7 +311,7 @@ pub(super) async fn receive(State(state): State<ServerState>, headers: HeaderMap
 /// transaction takes SQLite's write lock at once (no read-then-upgrade busy errors).
 async fn record(state: &ServerState, event_id: &str, type_label: &str, action: &Action) -> Result<Verdict, StoreError> {
     let now = now_ms();
-    let mut tx = state.store.pool().begin().await?;
+    let mut tx = state.store.begin_write("ghl_webhook").await?;
     let inserted = sqlx::query(
         "INSERT INTO webhook_inbox (source, event_id, event_type, received_at) VALUES ('ghl', ?, ?, ?) \
          ON CONFLICT (source, event_id) DO NOTHING",

@@ -169,7 +169,7 @@ pub(super) async fn receive(State(state): State<ServerState>, headers: HeaderMap
 async fn record(state: &ServerState, id: &str, signal: &Signal) -> Result<Verdict, StoreError> {
     let now = now_ms();
     let signal_type = signal.signal_type.clone().unwrap_or_default();
-    let mut tx = state.store.pool().begin().await?;
+    let mut tx = state.store.begin_write("lusha_webhook").await?;
     let inserted = sqlx::query(
         "INSERT INTO webhook_inbox (source, event_id, event_type, received_at) VALUES ('lusha', ?, ?, ?) \
          ON CONFLICT (source, event_id) DO NOTHING",

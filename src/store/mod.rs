@@ -1,13 +1,35 @@
-//! The SQLite store: one pool, WAL, embedded migrations, one repository per table group.
+//! The store: every table, every SQL statement and every transaction of the daemon.
+//!
+//! Contract (what this module promises, and how it keeps it):
+//! - **SQL lives here only.** Every `sqlx::query*` call is under `src/store/`; clippy's
+//!   `disallowed-methods` rejects them anywhere else in the crate.
+//! - **One writer, fair, short.** All writes go through one dedicated connection behind a fair
+//!   (FIFO) async mutex: [`Store::begin_write`] takes it and starts `BEGIN IMMEDIATE`. Waiters
+//!   queue in order instead of polling SQLite's busy handler, so a webhook insert waits only for
+//!   the writes queued before it, never for a lucky sleeper. Write transactions are opened
+//!   inside the store's own operations, which take plain data: no caller can hold the write lock
+//!   across a network call.
+//! - **Reads cannot write.** Reads use a separate pool whose connections run with
+//!   `PRAGMA query_only = ON`: a write that bypasses the writer fails loudly instead of
+//!   contending for SQLite's lock.
+//! - **A failed transaction never poisons the writer.** A transaction that is dropped or fails
+//!   to commit is rolled back before the next one begins; if the rollback itself fails, the
+//!   connection is closed and a fresh one opened. The outcome of the last write is kept for
+//!   `/readyz` ([`Store::write_health`]).
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
 
-use sqlx::ConnectOptions as _;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions as _, Connection as _};
+use tokio::sync::{Mutex, MutexGuard};
 
 pub mod codec;
+pub mod grants;
 pub mod outbox;
 
 /// Errors the store reports to its callers.
@@ -15,8 +37,10 @@ pub mod outbox;
 pub enum StoreError {
     #[error("cannot create the database directory {path}: {source}")]
     Directory { path: PathBuf, source: std::io::Error },
-    #[error("cannot open the database {path}: {source}")]
-    Open { path: PathBuf, source: sqlx::Error },
+    #[error("cannot open the lock file {path}: {source}")]
+    LockFile { path: PathBuf, source: std::io::Error },
+    #[error("cannot open the database {path}: {source}{hint}")]
+    Open { path: PathBuf, source: sqlx::Error, hint: &'static str },
     #[error(
         "the database {path} was written by a newer ghl-sync (schema version {found}, this build knows up to {known}); \
          upgrade ghl-sync or point [store] path at another file"
@@ -30,16 +54,185 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("a stored record is corrupt: {0}")]
     Corrupt(String),
+    /// The writer was not free within the caller's deadline (only callers that set one, such
+    /// as the webhook receiver, see this; they answer "try again later").
+    #[error("the store is busy (no write slot within {0:?})")]
+    Busy(Duration),
+}
+
+impl StoreError {
+    /// Whether the error says the disk is full or the database cannot be written at all
+    /// (SQLite codes 13 `SQLITE_FULL`, 8 `SQLITE_READONLY`, 10 `SQLITE_IOERR`).
+    pub fn is_disk_problem(&self) -> bool {
+        let code = match self {
+            StoreError::Query(sqlx::Error::Database(db))
+            | StoreError::Open { source: sqlx::Error::Database(db), .. } => {
+                db.code().and_then(|c| c.parse::<i64>().ok())
+            }
+            _ => None,
+        };
+        matches!(code.map(|c| c & 0xff), Some(8 | 10 | 13))
+    }
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// How the last write went, for `/readyz` and `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteHealth {
+    /// The last write transaction failed (and none succeeded since): why, without data.
+    pub failing: Option<String>,
+    /// Epoch ms of the last successful commit.
+    pub last_ok_ms: Option<i64>,
+}
+
+/// The single write connection and what the last transaction left behind.
+struct WriterSlot {
+    conn: Option<SqliteConnection>,
+    /// A transaction was dropped without commit or rollback: roll back before the next.
+    dirty: bool,
+}
+
+struct Writer {
+    slot: Mutex<WriterSlot>,
+    options: SqliteConnectOptions,
+    health: StdMutex<WriteHealth>,
+}
+
 /// Handle to the database. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    /// Reads only (`query_only`): any write through it fails.
+    read: SqlitePool,
+    /// Transitional: a writable pool for code not yet moved behind the writer. Removed once
+    /// every write goes through [`Store::begin_write`].
+    legacy: SqlitePool,
+    writer: Arc<Writer>,
     path: PathBuf,
 }
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+/// An open write transaction on the store's one writer connection (`BEGIN IMMEDIATE`).
+/// Commit it with [`WriteTx::commit`]; dropping it rolls it back (before the next write).
+pub struct WriteTx<'a> {
+    slot: MutexGuard<'a, WriterSlot>,
+    writer: &'a Writer,
+    purpose: &'static str,
+    started: Instant,
+    finished: bool,
+}
+
+impl std::ops::Deref for WriteTx<'_> {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        // A WriteTx exists only with an open connection (begin_write guarantees it).
+        self.slot.conn.as_ref().unwrap_or_else(|| unreachable!("write transaction without a connection"))
+    }
+}
+
+impl std::ops::DerefMut for WriteTx<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.slot.conn.as_mut().unwrap_or_else(|| unreachable!("write transaction without a connection"))
+    }
+}
+
+impl WriteTx<'_> {
+    /// Commits. On failure the transaction is rolled back (or the connection replaced) so
+    /// the next writer starts clean, and the error is returned.
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        self.finished = true;
+        let result = match self.slot.conn.as_mut() {
+            Some(conn) => sqlx::query("COMMIT").execute(conn).await.map(|_| ()),
+            None => Ok(()),
+        };
+        match result {
+            Ok(()) => {
+                self.writer.record(self.purpose, self.started, None);
+                Ok(())
+            }
+            Err(error) => {
+                recover(&mut self.slot).await;
+                let error = StoreError::Query(error);
+                self.writer.record(self.purpose, self.started, Some(&error));
+                Err(error)
+            }
+        }
+    }
+
+    /// Rolls back (a dry run, or a decision to write nothing).
+    pub async fn rollback(mut self) -> Result<(), StoreError> {
+        self.finished = true;
+        if let Some(conn) = self.slot.conn.as_mut()
+            && sqlx::query("ROLLBACK").execute(conn).await.is_err()
+        {
+            recover(&mut self.slot).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WriteTx<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Cancelled or failed half-way: the next `begin_write` rolls back first.
+            self.slot.dirty = true;
+            let held = self.started.elapsed();
+            metrics::counter!("ghl_sync_store_writes_total", "purpose" => self.purpose, "outcome" => "rolled_back")
+                .increment(1);
+            metrics::histogram!("ghl_sync_store_write_hold_seconds", "purpose" => self.purpose)
+                .record(held.as_secs_f64());
+        }
+    }
+}
+
+/// Brings the writer connection back to "no transaction": a rollback, else a new connection.
+async fn recover(slot: &mut WriterSlot) {
+    slot.dirty = false;
+    let Some(conn) = slot.conn.as_mut() else { return };
+    match sqlx::query("ROLLBACK").execute(&mut *conn).await {
+        Ok(_) => {}
+        // "cannot rollback - no transaction is active": already clean.
+        Err(error) if error.to_string().contains("no transaction is active") => {}
+        Err(error) => {
+            tracing::warn!(error = %error, "The store's write connection could not roll back; reopening it");
+            if let Some(conn) = slot.conn.take() {
+                let _closed = conn.close().await;
+            }
+        }
+    }
+}
+
+impl Writer {
+    fn record(&self, purpose: &'static str, started: Instant, error: Option<&StoreError>) {
+        let held = started.elapsed();
+        let outcome = if error.is_some() { "failed" } else { "committed" };
+        metrics::counter!("ghl_sync_store_writes_total", "purpose" => purpose, "outcome" => outcome).increment(1);
+        metrics::histogram!("ghl_sync_store_write_hold_seconds", "purpose" => purpose).record(held.as_secs_f64());
+        if held > Duration::from_secs(2) {
+            tracing::warn!(
+                purpose,
+                held_ms = held.as_millis() as u64,
+                "A store write held the write lock for over 2 s"
+            );
+        }
+        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        match error {
+            None => {
+                health.failing = None;
+                health.last_ok_ms = Some(now_ms());
+            }
+            Some(error) => health.failing = Some(error.to_string()),
+        }
+    }
+}
+
+/// What a read-only connection is told on open.
+const QUERY_ONLY: &str = "query_only";
 
 impl Store {
     /// Opens (creating if needed) the database at `path`, refuses a newer schema and migrates.
@@ -47,25 +240,40 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory { path: dir.to_path_buf(), source })?;
         }
+        let open_error = |source: sqlx::Error| {
+            let hint = open_hint(path, &source);
+            StoreError::Open { path: path.to_path_buf(), source, hint }
+        };
         let options = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?
+            .map_err(open_error)?
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             // Token rotation must survive power loss; write volume is small (a commit per page).
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Only another process (a CLI command next to the daemon) can make the writer wait
+            // on SQLite's own lock; in-process writers queue on the writer mutex instead.
             .busy_timeout(busy_timeout)
             // Statements are logged at debug; only a really slow one (a stalled disk) warns.
             .log_statements(log::LevelFilter::Debug)
             .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
+        // The writer connects first: it creates the file and switches it to WAL.
+        let writer_conn = options.connect().await.map_err(open_error)?;
         restrict_permissions(path);
-        let store = Self { pool, path: path.to_path_buf() };
+        let legacy =
+            SqlitePoolOptions::new().max_connections(2).connect_with(options.clone()).await.map_err(open_error)?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.clone().pragma(QUERY_ONLY, "ON"))
+            .await
+            .map_err(open_error)?;
+        let writer = Arc::new(Writer {
+            slot: Mutex::new(WriterSlot { conn: Some(writer_conn), dirty: false }),
+            options,
+            health: StdMutex::new(WriteHealth::default()),
+        });
+        let store = Self { read, legacy, writer, path: path.to_path_buf() };
         store.migrate().await?;
         Ok(store)
     }
@@ -75,25 +283,96 @@ impl Store {
         let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
         // No migrations table yet (a new database) reads as None.
         let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.read)
             .await
             .unwrap_or_default();
         if let Some(found) = applied.filter(|v| *v > known) {
             return Err(StoreError::NewerSchema { path: self.path.clone(), found, known });
         }
-        MIGRATOR.run(&self.pool).await.map_err(|source| StoreError::Migrate { path: self.path.clone(), source })
+        let mut slot = self.writer.slot.lock().await;
+        let conn = self.writer_conn(&mut slot).await?;
+        MIGRATOR.run(conn).await.map_err(|source| StoreError::Migrate { path: self.path.clone(), source })
     }
 
+    /// Transitional: a writable pool for code not yet moved behind [`Store::begin_write`].
     pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+        &self.legacy
     }
 
-    /// Starts a write transaction with `BEGIN IMMEDIATE`: it takes SQLite's write lock up
-    /// front (waiting up to `busy_timeout`), so it cannot fail half-way with "database is
-    /// locked" when it upgrades from reading to writing while another writer is active.
-    /// Every transaction that writes must start here.
-    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    /// The read pool. Its connections are `query_only`: writing through it fails.
+    pub fn read_pool(&self) -> &SqlitePool {
+        &self.read
+    }
+
+    /// Starts a write transaction (`BEGIN IMMEDIATE`) on the one writer connection, waiting
+    /// in line (FIFO) for it. `purpose` labels metrics and slow-write warnings.
+    pub async fn begin_write(&self, purpose: &'static str) -> Result<WriteTx<'_>, StoreError> {
+        let waited = Instant::now();
+        let slot = self.writer.slot.lock().await;
+        metrics::histogram!("ghl_sync_store_write_wait_seconds", "purpose" => purpose)
+            .record(waited.elapsed().as_secs_f64());
+        self.begin_on(slot, purpose).await
+    }
+
+    /// Like [`Store::begin_write`], but gives up with [`StoreError::Busy`] when the writer is
+    /// not free within `deadline` (the webhook receiver answers 429 then, never 5xx).
+    pub async fn begin_write_within(
+        &self,
+        purpose: &'static str,
+        deadline: Duration,
+    ) -> Result<WriteTx<'_>, StoreError> {
+        let waited = Instant::now();
+        let slot = match tokio::time::timeout(deadline, self.writer.slot.lock()).await {
+            Ok(slot) => slot,
+            Err(_) => {
+                metrics::counter!("ghl_sync_store_busy_total", "purpose" => purpose).increment(1);
+                return Err(StoreError::Busy(deadline));
+            }
+        };
+        metrics::histogram!("ghl_sync_store_write_wait_seconds", "purpose" => purpose)
+            .record(waited.elapsed().as_secs_f64());
+        self.begin_on(slot, purpose).await
+    }
+
+    async fn begin_on<'a>(
+        &'a self,
+        mut slot: MutexGuard<'a, WriterSlot>,
+        purpose: &'static str,
+    ) -> Result<WriteTx<'a>, StoreError> {
+        let started = Instant::now();
+        if slot.dirty {
+            recover(&mut slot).await;
+        }
+        let begun = match self.writer_conn(&mut slot).await {
+            Ok(conn) => sqlx::query("BEGIN IMMEDIATE").execute(conn).await.map_err(StoreError::Query),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = begun {
+            // Whatever the state of this connection, the next writer gets a fresh one.
+            if let Some(conn) = slot.conn.take() {
+                let _closed = conn.close().await;
+            }
+            self.writer.record(purpose, started, Some(&error));
+            return Err(error);
+        }
+        Ok(WriteTx { slot, writer: &self.writer, purpose, started, finished: false })
+    }
+
+    /// The writer connection, reopened if an earlier failure closed it.
+    async fn writer_conn<'s>(&self, slot: &'s mut WriterSlot) -> Result<&'s mut SqliteConnection, StoreError> {
+        if slot.conn.is_none() {
+            let conn = self.writer.options.connect().await.map_err(|source| {
+                let hint = open_hint(&self.path, &source);
+                StoreError::Open { path: self.path.clone(), source, hint }
+            })?;
+            slot.conn = Some(conn);
+        }
+        slot.conn.as_mut().ok_or_else(|| StoreError::Corrupt("writer connection vanished".into()))
+    }
+
+    /// How the last write went (for `/readyz`).
+    pub fn write_health(&self) -> WriteHealth {
+        self.writer.health.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn path(&self) -> &Path {
@@ -103,15 +382,45 @@ impl Store {
     /// The newest schema version applied to this database.
     pub async fn schema_version(&self) -> Result<i64, StoreError> {
         let version: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.read)
             .await?;
         Ok(version.unwrap_or(0))
     }
 
-    /// Closes the pool, waiting for connections to finish.
+    /// Closes the pools and the writer, waiting for connections to finish.
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.read.close().await;
+        self.legacy.close().await;
+        let mut slot = self.writer.slot.lock().await;
+        if let Some(conn) = slot.conn.take() {
+            let _closed = conn.close().await;
+        }
     }
+}
+
+/// A plain-words hint for the errors users actually meet when opening a database.
+fn open_hint(path: &Path, error: &sqlx::Error) -> &'static str {
+    let code = match error {
+        sqlx::Error::Database(db) => db.code().and_then(|c| c.parse::<i64>().ok()).map(|c| c & 0xff),
+        _ => None,
+    };
+    match code {
+        Some(13) => " (the disk is full: free space on the volume holding the database)",
+        Some(10) if disk_nearly_full(path) => " (disk I/O error; the volume holding the database is full)",
+        Some(10) => " (disk I/O error: check the volume holding the database, e.g. free space or a read-only mount)",
+        Some(8) | Some(14) => " (the database or its directory is read-only or not writable by this user)",
+        _ => "",
+    }
+}
+
+/// Best effort: whether the directory holding `path` has (almost) no free space left.
+fn disk_nearly_full(path: &Path) -> bool {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // Creating a small file is the portable probe for "no space left on device".
+    let probe = dir.join(".ghl-sync-space-probe");
+    let result = std::fs::write(&probe, [0u8; 4096]);
+    let _removed = std::fs::remove_file(&probe);
+    matches!(result, Err(ref e) if e.raw_os_error() == Some(28))
 }
 
 /// The database holds OAuth tokens (encrypted) and personal data: owner-only.
@@ -154,7 +463,7 @@ impl ProcessLock {
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|source| StoreError::Directory { path: path.clone(), source })?;
+            .map_err(|source| StoreError::LockFile { path: path.clone(), source })?;
         match file.try_lock() {
             Ok(()) => Ok(Self { _file: file, path }),
             Err(_) => Err(StoreError::Locked { path: database.to_path_buf(), lock: path }),

@@ -22,7 +22,7 @@ use crate::domain::{EntityKind, Operation, event_type};
 use crate::ghl::dto::SearchRequest;
 use crate::ghl::{GhlClient, GhlError};
 use crate::http::Priority;
-use crate::store::outbox::{NewChange, dead_letter_record, enqueue};
+use crate::store::outbox::{EnqueuePolicy, NewChange, dead_letter_record, enqueue};
 use crate::store::{Store, StoreError, codec, now_ms};
 
 /// Decides from `(event type, location)` whether a connector wants a change.
@@ -318,7 +318,7 @@ impl Engine {
         counter: &mut Counter,
     ) -> Result<(), SyncError> {
         let known = self.known_contacts(location, records.iter().map(|r| r.id.as_str())).await?;
-        let mut tx = self.store.begin_write().await?;
+        let mut tx = self.store.begin_write("contacts_page").await?;
         let now = now_ms();
         let mut wrote_outbox = false;
         for record in records {
@@ -346,7 +346,8 @@ impl Engine {
             let Some(operation) = operation else { continue };
             counter.summary.contacts_changed += 1;
             let packed = codec::pack(&Value::Object(record.record.clone()));
-            upsert_contact(&mut tx, location, &record.id, &hash, &packed, record.date_updated_ms, now).await?;
+            let revision =
+                upsert_contact(&mut tx, location, &record.id, &hash, &packed, record.date_updated_ms, now).await?;
             // Echo suppression (issue 8): an update whose content is exactly what our own
             // GHL write-back produced is kept in the snapshot but not sent to any connector.
             if operation == Operation::Updated
@@ -364,6 +365,7 @@ impl Engine {
                     operation,
                     &packed,
                     &hash,
+                    revision,
                     counter,
                 )
                 .await?;
@@ -396,7 +398,7 @@ impl Engine {
 
     async fn finish_tx(
         &self,
-        tx: sqlx::Transaction<'_, sqlx::Sqlite>,
+        tx: crate::store::WriteTx<'_>,
         options: RunOptions,
         wrote_outbox: bool,
     ) -> Result<(), SyncError> {
@@ -453,6 +455,7 @@ impl Engine {
         operation: Operation,
         packed: &[u8],
         hash: &Hash,
+        revision: i64,
         counter: &mut Counter,
     ) -> Result<bool, SyncError> {
         let event = event_type(entity, operation);
@@ -472,8 +475,11 @@ impl Engine {
                     operation,
                     record: packed,
                     content_hash: hash,
+                    revision,
                     changed_at: now_ms(),
                 },
+                EnqueuePolicy::Fold,
+                None,
             )
             .await?;
             wrote += 1;
@@ -572,14 +578,14 @@ impl Engine {
         options: RunOptions,
         counter: &mut Counter,
     ) -> Result<(), SyncError> {
-        let mut tx = self.store.begin_write().await?;
-        let last: Option<(Vec<u8>, Vec<u8>)> =
-            sqlx::query_as("SELECT hash, record FROM contacts WHERE location_id = ? AND contact_id = ?")
+        let mut tx = self.store.begin_write("contact_delete").await?;
+        let last: Option<(Vec<u8>, Vec<u8>, i64)> =
+            sqlx::query_as("SELECT hash, record, revision FROM contacts WHERE location_id = ? AND contact_id = ?")
                 .bind(location)
                 .bind(contact_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let Some((hash, record)) = last else {
+        let Some((hash, record, revision)) = last else {
             tx.rollback().await?;
             return Ok(());
         };
@@ -604,6 +610,7 @@ impl Engine {
                 Operation::Deleted,
                 &record,
                 &hash,
+                revision + 1,
                 counter,
             )
             .await?;
@@ -698,7 +705,7 @@ impl Engine {
         // One transaction for the whole chunk: a commit (and its fsync) per contact would cap
         // the backfill at the disk's sync rate. A crash loses at most this chunk's reads.
         let mut first_error = None;
-        let mut tx = self.store.begin_write().await?;
+        let mut tx = self.store.begin_write("children").await?;
         let mut wrote = false;
         for (contact_id, result) in fetched {
             match result {
@@ -758,17 +765,17 @@ impl Engine {
             }
             let known = known_children(&mut *tx, location, contact_id, kind).await?;
             let known_states: HashMap<String, KnownChild> =
-                known.iter().map(|(id, (state, _))| (id.clone(), state.clone())).collect();
+                known.iter().map(|(id, (state, _, _))| (id.clone(), state.clone())).collect();
             let now = now_ms();
             for change in diff_children(&known_states, current) {
-                let (hash, packed) = match &change.record {
+                let (hash, packed, revision) = match &change.record {
                     Some(child) => {
                         let packed = codec::pack(&Value::Object(child.record.clone()));
-                        sqlx::query(
-                            "INSERT INTO children (location_id, contact_id, kind, child_id, hash, record, updated_at) \
-                             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (location_id, kind, child_id) DO UPDATE SET \
+                        let revision: i64 = sqlx::query_scalar(
+                            "INSERT INTO children (location_id, contact_id, kind, child_id, hash, record, revision, updated_at) \
+                             VALUES (?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT (location_id, kind, child_id) DO UPDATE SET \
                              contact_id = excluded.contact_id, hash = excluded.hash, record = excluded.record, \
-                             updated_at = excluded.updated_at",
+                             revision = children.revision + 1, updated_at = excluded.updated_at RETURNING revision",
                         )
                         .bind(location)
                         .bind(contact_id)
@@ -777,9 +784,9 @@ impl Engine {
                         .bind(&child.hash[..])
                         .bind(&packed)
                         .bind(now)
-                        .execute(&mut *tx)
+                        .fetch_one(&mut *tx)
                         .await?;
-                        (child.hash, packed)
+                        (child.hash, packed, revision)
                     }
                     None => {
                         sqlx::query("DELETE FROM children WHERE location_id = ? AND kind = ? AND child_id = ?")
@@ -788,8 +795,8 @@ impl Engine {
                             .bind(&change.id)
                             .execute(&mut *tx)
                             .await?;
-                        let (state, packed) = known.get(&change.id).cloned().unwrap_or_default();
-                        (state.hash, packed)
+                        let (state, packed, revision) = known.get(&change.id).cloned().unwrap_or_default();
+                        (state.hash, packed, revision + 1)
                     }
                 };
                 // Echo suppression: a note or task our own write-back created (a Lusha note, a
@@ -817,6 +824,7 @@ impl Engine {
                         change.operation,
                         &packed,
                         &hash,
+                        revision,
                         counter,
                     )
                     .await?;
@@ -957,7 +965,7 @@ impl Engine {
 
     async fn finish_run(&self, id: i64, summary: &RunSummary, error: Option<&SyncError>) -> Result<(), SyncError> {
         let outcome = if error.is_some() { "failed" } else { "ok" };
-        let mut tx = self.store.begin_write().await?;
+        let mut tx = self.store.begin_write("run_finish").await?;
         sqlx::query(
             "UPDATE runs SET finished_at = ?, outcome = ?, pages = ?, records_seen = ?, changes = ?, requests = ?, error = ? WHERE id = ?",
         )
@@ -1094,11 +1102,12 @@ async fn upsert_contact(
     packed: &[u8],
     date_updated_ms: Option<i64>,
     now: i64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO contacts (location_id, contact_id, hash, record, date_updated_ms, children_synced_at, first_seen_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, NULL, ?, ?) ON CONFLICT (location_id, contact_id) DO UPDATE SET hash = excluded.hash, \
-         record = excluded.record, date_updated_ms = excluded.date_updated_ms, children_synced_at = NULL, updated_at = excluded.updated_at",
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO contacts (location_id, contact_id, hash, record, date_updated_ms, children_synced_at, first_seen_at, revision, updated_at) \
+         VALUES (?, ?, ?, ?, ?, NULL, ?, 1, ?) ON CONFLICT (location_id, contact_id) DO UPDATE SET hash = excluded.hash, \
+         record = excluded.record, date_updated_ms = excluded.date_updated_ms, children_synced_at = NULL, \
+         revision = contacts.revision + 1, updated_at = excluded.updated_at RETURNING revision",
     )
     .bind(location)
     .bind(id)
@@ -1107,9 +1116,8 @@ async fn upsert_contact(
     .bind(date_updated_ms)
     .bind(now)
     .bind(now)
-    .execute(conn)
-    .await?;
-    Ok(())
+    .fetch_one(conn)
+    .await
 }
 
 /// The snapshot of one contact's children of one kind: state for the diff plus the packed
@@ -1119,9 +1127,9 @@ async fn known_children(
     location: &str,
     contact_id: &str,
     kind: EntityKind,
-) -> Result<HashMap<String, (KnownChild, Vec<u8>)>, sqlx::Error> {
-    let rows: Vec<(String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
-        "SELECT child_id, hash, record FROM children WHERE location_id = ? AND contact_id = ? AND kind = ?",
+) -> Result<HashMap<String, (KnownChild, Vec<u8>, i64)>, sqlx::Error> {
+    let rows: Vec<(String, Vec<u8>, Vec<u8>, i64)> = sqlx::query_as(
+        "SELECT child_id, hash, record, revision FROM children WHERE location_id = ? AND contact_id = ? AND kind = ?",
     )
     .bind(location)
     .bind(contact_id)
@@ -1130,11 +1138,11 @@ async fn known_children(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, hash, record)| {
+        .map(|(id, hash, record, revision)| {
             let completed = kind == EntityKind::Task
                 && codec::unpack(&record).ok().and_then(|v| v.as_object().map(is_completed)).unwrap_or(false);
             let hash = hash.as_slice().try_into().unwrap_or([0; 32]);
-            (id, (KnownChild { hash, completed }, record))
+            (id, (KnownChild { hash, completed }, record, revision))
         })
         .collect())
 }

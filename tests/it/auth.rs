@@ -11,12 +11,12 @@ use ghl_sync::cli::auth::{self as auth_cli, InstallOptions};
 use ghl_sync::config::{Config, Dur, LogFormat, LogSettings, OAuthSettings, Secret, Settings};
 use ghl_sync::crypto::MasterKey;
 use ghl_sync::ghl::dto::SearchRequest;
-use ghl_sync::ghl::grants;
 use ghl_sync::ghl::oauth::UserType;
 use ghl_sync::ghl::tokens::TokenManager;
 use ghl_sync::ghl::{AuthError, GhlClient, GhlError, TokenProvider};
 use ghl_sync::http::{ApiClient, ClientSettings, HeaderScheme, Priority, RetryPolicy};
 use ghl_sync::store::Store;
+use ghl_sync::store::grants;
 use ghl_sync_sandbox::ghl::GhlOptions;
 use ghl_sync_sandbox::{Sandbox, SandboxOptions};
 use secrecy::{ExposeSecret, SecretString};
@@ -115,7 +115,7 @@ impl Env {
 
     /// The refresh token stored for `resource`, decrypted.
     async fn stored_refresh_token(&self, resource: &str) -> SecretString {
-        let row = grants::load(self.store.pool(), resource).await.unwrap().unwrap();
+        let row = grants::load(&self.store, resource).await.unwrap().unwrap();
         let key = MasterKey::parse(&SecretString::from(KEY.to_owned())).unwrap();
         key.open(&row.refresh_token.unwrap().0).unwrap()
     }
@@ -156,7 +156,7 @@ async fn fifty_concurrent_callers_across_three_expiries_refresh_once_per_expiry(
     let stats = env.sandbox.ghl.stats();
     assert_eq!(stats.invalid_grants, 0, "no refresh token was ever reused");
     assert_eq!(stats.refresh_grants, 3);
-    let row = grants::load(env.store.pool(), &location).await.unwrap().unwrap();
+    let row = grants::load(&env.store, &location).await.unwrap().unwrap();
     assert_eq!(row.generation, 4, "install + three rotations, each committed");
     env.sandbox.stop().await;
 }
@@ -240,16 +240,16 @@ async fn invalid_grant_parks_one_location_while_another_keeps_working() {
 
     let error = env.tokens.bearer(&a).await.unwrap_err();
     assert!(matches!(error, AuthError::NeedsReauth { ref location, .. } if *location == a), "{error}");
-    let row = grants::load(env.store.pool(), &a).await.unwrap().unwrap();
+    let row = grants::load(&env.store, &a).await.unwrap().unwrap();
     assert!(row.needs_reauth);
     assert!(row.reauth_reason.as_deref().unwrap().contains("refused the refresh token"));
-    let (status, reason) = grants::location_status(env.store.pool(), &a).await.unwrap().unwrap();
+    let (status, reason) = grants::location_status(&env.store, &a).await.unwrap().unwrap();
     assert_eq!(status, "needs_reauth");
     assert!(reason.is_some());
 
     // B refreshes and reads as if nothing happened.
     assert_eq!(env.read(&client, &b).await.unwrap(), 5);
-    assert_eq!(grants::location_status(env.store.pool(), &b).await.unwrap().unwrap().0, "active");
+    assert_eq!(grants::location_status(&env.store, &b).await.unwrap().unwrap().0, "active");
 
     // A stays parked without hammering GHL; the client reports it as needing re-authorisation.
     let refreshes = env.sandbox.ghl.stats().refresh_grants;
@@ -266,7 +266,7 @@ async fn invalid_grant_parks_one_location_while_another_keeps_working() {
     // Re-installing clears the mark.
     env.install(Some(&a)).await;
     assert_eq!(env.read(&client, &a).await.unwrap(), 5);
-    assert_eq!(grants::location_status(env.store.pool(), &a).await.unwrap().unwrap().0, "active");
+    assert_eq!(grants::location_status(&env.store, &a).await.unwrap().unwrap().0, "active");
     env.sandbox.stop().await;
 }
 

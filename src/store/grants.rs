@@ -1,10 +1,9 @@
 //! The `grants` table (and the `locations` rows grants create or park): OAuth grants and
 //! imported private integration tokens, tokens sealed with the master key.
 
-use sqlx::sqlite::SqlitePool;
 use sqlx::{Row, SqliteConnection};
 
-use crate::store::now_ms;
+use super::{Store, StoreError, now_ms};
 
 /// What a grant row authenticates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,27 +108,27 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<GrantRow, sqlx::Error> {
 }
 
 /// The grant row of `resource_id`, if any.
-pub async fn load(pool: &SqlitePool, resource_id: &str) -> Result<Option<GrantRow>, sqlx::Error> {
+pub async fn load(store: &Store, resource_id: &str) -> Result<Option<GrantRow>, StoreError> {
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM grants WHERE resource_id = ?"))
         .bind(resource_id)
-        .fetch_optional(pool)
+        .fetch_optional(store.read_pool())
         .await?;
-    row.as_ref().map(from_row).transpose()
+    Ok(row.as_ref().map(from_row).transpose()?)
 }
 
 /// Every grant, ordered by kind and id.
-pub async fn list(pool: &SqlitePool) -> Result<Vec<GrantRow>, sqlx::Error> {
+pub async fn list(store: &Store) -> Result<Vec<GrantRow>, StoreError> {
     let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM grants ORDER BY resource_kind, resource_id"))
-        .fetch_all(pool)
+        .fetch_all(store.read_pool())
         .await?;
-    rows.iter().map(from_row).collect()
+    Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
 }
 
 /// The agency a location belongs to, as recorded by an install.
-pub async fn company_of_location(pool: &SqlitePool, location_id: &str) -> Result<Option<String>, sqlx::Error> {
+pub async fn company_of_location(store: &Store, location_id: &str) -> Result<Option<String>, StoreError> {
     let company: Option<Option<String>> = sqlx::query_scalar("SELECT company_id FROM locations WHERE id = ?")
         .bind(location_id)
-        .fetch_optional(pool)
+        .fetch_optional(store.read_pool())
         .await?;
     Ok(company.flatten())
 }
@@ -156,9 +155,9 @@ async fn upsert_location(conn: &mut SqliteConnection, location: &LocationRow, no
 /// Stores a new grant (or replaces one on re-install: the generation moves on and any
 /// `needs_reauth` mark is cleared), plus its location rows, in one transaction.
 /// Returns the new generation.
-pub async fn store_grant(pool: &SqlitePool, grant: &NewGrant, locations: &[LocationRow]) -> Result<i64, sqlx::Error> {
+pub async fn store_grant(store: &Store, grant: &NewGrant, locations: &[LocationRow]) -> Result<i64, StoreError> {
     let now = now_ms();
-    let mut tx = pool.begin().await?;
+    let mut tx = store.begin_write("grant_store").await?;
     let generation: i64 = sqlx::query_scalar(
         "INSERT INTO grants (resource_id, resource_kind, company_id, access_token, refresh_token, expires_at, scope, \
            generation, needs_reauth, reauth_reason, updated_at) \
@@ -191,15 +190,15 @@ pub async fn store_grant(pool: &SqlitePool, grant: &NewGrant, locations: &[Locat
 /// generation, or `None` when someone else rotated first (nothing written).
 /// The commit happens before the caller may use the new access token.
 pub async fn rotate(
-    pool: &SqlitePool,
+    store: &Store,
     resource_id: &str,
     generation: i64,
     access_token: &Sealed,
     refresh_token: Option<&Sealed>,
     expires_at: i64,
     scope: Option<&str>,
-) -> Result<Option<i64>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+) -> Result<Option<i64>, StoreError> {
+    let mut tx = store.begin_write("grant_rotate").await?;
     let updated: Option<i64> = sqlx::query_scalar(
         "UPDATE grants SET access_token = ?, refresh_token = COALESCE(?, refresh_token), expires_at = ?, \
            scope = COALESCE(?, scope), generation = generation + 1, updated_at = ? \
@@ -220,9 +219,9 @@ pub async fn rotate(
 
 /// Parks a grant at `generation` and the locations it serves: `needs_reauth` with `reason`.
 /// Returns false when the row moved on meanwhile (a newer token exists: nothing parked).
-pub async fn mark_needs_reauth(pool: &SqlitePool, grant: &GrantRow, reason: &str) -> Result<bool, sqlx::Error> {
+pub async fn mark_needs_reauth(store: &Store, grant: &GrantRow, reason: &str) -> Result<bool, StoreError> {
     let now = now_ms();
-    let mut tx = pool.begin().await?;
+    let mut tx = store.begin_write("grant_park").await?;
     let updated = sqlx::query(
         "UPDATE grants SET needs_reauth = 1, reauth_reason = ?, updated_at = ? \
          WHERE resource_id = ? AND generation = ?",
@@ -271,15 +270,12 @@ pub async fn mark_needs_reauth(pool: &SqlitePool, grant: &GrantRow, reason: &str
 }
 
 /// `(status, status_reason)` of a location row.
-pub async fn location_status(
-    pool: &SqlitePool,
-    location_id: &str,
-) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
+pub async fn location_status(store: &Store, location_id: &str) -> Result<Option<(String, Option<String>)>, StoreError> {
     let row = sqlx::query("SELECT status, status_reason FROM locations WHERE id = ?")
         .bind(location_id)
-        .fetch_optional(pool)
+        .fetch_optional(store.read_pool())
         .await?;
-    row.map(|r| Ok((r.try_get("status")?, r.try_get("status_reason")?))).transpose()
+    Ok(row.map(|r| Ok::<_, sqlx::Error>((r.try_get("status")?, r.try_get("status_reason")?))).transpose()?)
 }
 
 #[cfg(test)]
@@ -308,7 +304,7 @@ mod tests {
     #[tokio::test]
     async fn reinstalling_bumps_the_generation_and_clears_the_reauth_mark() {
         let (_dir, store) = store().await;
-        let pool = store.pool();
+        let pool = &store;
         let location = LocationRow { id: "loc".into(), name: Some("A".into()), company_id: Some("co".into()) };
         assert_eq!(
             store_grant(pool, &grant("loc", GrantKind::Location), std::slice::from_ref(&location)).await.unwrap(),
@@ -326,7 +322,7 @@ mod tests {
     #[tokio::test]
     async fn rotation_only_applies_to_the_generation_it_read() {
         let (_dir, store) = store().await;
-        let pool = store.pool();
+        let pool = &store;
         store_grant(pool, &grant("loc", GrantKind::Location), &[]).await.unwrap();
         let new = Sealed(vec![9]);
         assert_eq!(rotate(pool, "loc", 1, &new, Some(&new), 99, None).await.unwrap(), Some(2));
@@ -341,7 +337,7 @@ mod tests {
     #[tokio::test]
     async fn a_parked_company_grant_parks_its_locations_without_own_grants() {
         let (_dir, store) = store().await;
-        let pool = store.pool();
+        let pool = &store;
         let locs: Vec<LocationRow> = ["a", "b"]
             .iter()
             .map(|id| LocationRow { id: (*id).into(), name: None, company_id: Some("co".into()) })
