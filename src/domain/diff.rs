@@ -60,6 +60,36 @@ pub fn diff_children(known: &HashMap<String, KnownChild>, current: Vec<ChildReco
     changes
 }
 
+/// What a contact read means against the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContactChange {
+    /// `Created` (unknown id), `Updated` (other content), `None` (same content).
+    pub operation: Option<Operation>,
+    /// Its tasks and notes must be read: it changed, or only its `dateUpdated` moved (which may
+    /// mean a task or note changed; whether GHL bumps it is unknown).
+    pub children_due: bool,
+}
+
+/// Compares a contact read (its content hash and `dateUpdated`) with what the snapshot knows
+/// (`known`: hash and `dateUpdated`), pure. `get_only_changed`: a `GET` read differs from the
+/// stored record in a field only `GET` returns (`normalize::get_only_changed`).
+pub fn contact_change(
+    known: Option<(Hash, Option<i64>)>,
+    hash: Hash,
+    date_updated_ms: Option<i64>,
+    get_only_changed: bool,
+) -> ContactChange {
+    match known {
+        None => ContactChange { operation: Some(Operation::Created), children_due: true },
+        Some((old, _)) if old != hash || get_only_changed => {
+            ContactChange { operation: Some(Operation::Updated), children_due: true }
+        }
+        Some((_, old_updated)) => {
+            ContactChange { operation: None, children_due: date_updated_ms.is_some() && date_updated_ms != old_updated }
+        }
+    }
+}
+
 /// Whether a task record says it is completed.
 pub fn is_completed(record: &Map<String, Value>) -> bool {
     record.get("completed").and_then(Value::as_bool).unwrap_or(false)
@@ -120,6 +150,23 @@ mod tests {
                 ("t5".into(), Operation::Created),
             ]
         );
+    }
+
+    #[test]
+    fn a_contact_read_is_created_updated_or_unchanged_with_children_due_when_its_date_moved() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let table = [
+            (None, a, Some(5), false, Some(Operation::Created), true),
+            (Some((a, Some(5))), b, Some(5), false, Some(Operation::Updated), true),
+            (Some((a, Some(5))), a, Some(5), false, None, false),
+            (Some((a, Some(5))), a, Some(5), true, Some(Operation::Updated), true),
+            (Some((a, Some(5))), a, Some(6), false, None, true),
+            (Some((a, Some(5))), a, None, false, None, false),
+        ];
+        for (known, hash, updated, get_only, operation, children_due) in table {
+            let change = contact_change(known, hash, updated, get_only);
+            assert_eq!(change, ContactChange { operation, children_due }, "{known:?} {updated:?} {get_only}");
+        }
     }
 
     #[test]

@@ -122,6 +122,18 @@ pub fn idempotency_key(
     hex(&hasher.finalize())
 }
 
+/// What identifies a note (body) or task (title + body) the daemon is about to create,
+/// compared trimmed: the write-back records it before the call, and the sync recognises the
+/// created child by it while the write is still pending.
+pub fn child_content_key(title: Option<&str>, body: Option<&str>) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(title.map(str::trim).unwrap_or("").as_bytes());
+    hasher.update([0u8]);
+    hasher.update(body.map(str::trim).unwrap_or("").as_bytes());
+    hasher.finalize().into()
+}
+
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -131,6 +143,30 @@ pub fn hex(bytes: &[u8]) -> String {
         out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
     }
     out
+}
+
+/// Decides from `(event type, location)` whether a connector wants a change.
+pub type Interest = std::sync::Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
+/// A connector's interest in changes, decided by its config filters (event type, location):
+/// the sync writes an outbox row for it only when `wants` says so.
+#[derive(Clone)]
+pub struct Subscriber {
+    pub id: String,
+    pub wants: Interest,
+}
+
+impl fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriber").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Subscriber {
+    /// A subscriber that wants everything (tests, the demo).
+    pub fn all(id: &str) -> Self {
+        Self { id: id.to_owned(), wants: std::sync::Arc::new(|_, _| true) }
+    }
 }
 
 /// `contact.created`, `task.completed`, …

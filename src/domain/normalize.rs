@@ -1,9 +1,15 @@
 //! Pure normalisation of GHL records into one canonical shape, and their content hash.
 //!
-//! A contact read through `POST /contacts/search` and the same contact read through
-//! `GET /contacts/:id` differ in shape (reference/ghl.md §6.2): search says `address` where GET
-//! says `address1`, gives `dateOfBirth` as epoch milliseconds, and adds derived fields. Both
-//! are mapped to the GET shape here, so a contact's hash does not depend on how it was read.
+//! **Hash parity (issue 17).** A contact read through `POST /contacts/search` and the same
+//! contact read through `GET /contacts/:id` differ in shape (reference/ghl.md §6.2): search says
+//! `address` where GET says `address1`, gives `dateOfBirth` as epoch milliseconds, carries only
+//! lower-case names, and each path has fields the other lacks. The hash is therefore computed over
+//! one canonical projection, [`HASHED_CONTACT_FIELDS`]: exactly the fields both schemas have
+//! (`GetContectByIdSchema` in `ghl-openapi/apps/contacts.json` ∩ the search item `Contact` in
+//! `ghl-openapi/history/be089e5/contacts/contacts.json`), each mapped to one form. A field that
+//! only one read path returns is kept in the stored record but never hashed, so how a contact
+//! was read can never make it look changed. [`fill_from_snapshot`] carries GET-only fields over
+//! to a record read by search, so a later search read does not lose them.
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -11,27 +17,81 @@ use sha2::{Digest, Sha256};
 /// A 32-byte content hash.
 pub type Hash = [u8; 32];
 
-/// Fields kept out of the contact's hash: those that change without the contact changing
-/// (`dateUpdated`, `lastActivity`), and those only one read path returns, so a contact read
-/// by search and by `GET` hashes the same. `name` is derived from first and last name;
-/// `attachments` is documented but never filled (#324); `dndSettings` and
-/// `inboundDndSettings` are missing from search items (reference/ghl.md §6.2), so a change of
-/// the per-channel DND settings alone is seen only through a `ContactDndUpdate` hint (the
-/// `dnd` flag itself is hashed). They stay in the stored record when read.
-const CONTACT_VOLATILE: &[&str] = &[
-    "dateUpdated",
-    "lastActivity",
-    "lastSessionActivityAt",
-    "searchAfter",
-    "sort",
-    "score",
-    "name",
-    "attachments",
-    "dndSettings",
-    "inboundDndSettings",
+/// The fields a contact's hash covers: those both read paths carry (see the module doc), by
+/// their canonical (GET) names. Left out although both schemas list them: `dateUpdated` (moves
+/// without a content change), `dndSettings` (missing from search items in real answers,
+/// reference/ghl.md §6.2; the `dnd` flag is hashed, per-channel settings arrive by
+/// `ContactDndUpdate` hints). Names are hashed in their lower-case form, the only one search
+/// carries: a change of letter case alone is not a change.
+pub const HASHED_CONTACT_FIELDS: &[&str] = &[
+    "address1",
+    "assignedTo",
+    "businessId",
+    "city",
+    "companyName",
+    "country",
+    "customFields",
+    "dateAdded",
+    "dateOfBirth",
+    "dnd",
+    "email",
+    "firstNameLowerCase",
+    "id",
+    "lastNameLowerCase",
+    "locationId",
+    "phone",
+    "postalCode",
+    "source",
+    "state",
+    "tags",
+    "type",
 ];
 
-/// Derived fields that only search items carry (`contactName` is `firstName lastName`, …).
+/// Fields only `GET /contacts/:id` returns (`GetContectByIdSchema` minus the search item):
+/// kept in the record, carried over to later search reads, never hashed.
+pub const GET_ONLY_CONTACT_FIELDS: &[&str] = &[
+    "attachments",
+    "attributionSource",
+    "emailLowerCase",
+    "firstName",
+    "fullNameLowerCase",
+    "keyword",
+    "lastActivity",
+    "lastAttributionSource",
+    "lastName",
+    "name",
+    "ssn",
+    "timezone",
+    "visitorId",
+    "website",
+];
+
+/// GET-only fields compared between two reads of a contact: a change to one of them is a
+/// change, but only when the stored record has the field (it came from an earlier `GET`); a
+/// field the snapshot never saw is unknown, not changed. Derived (`name`, `fullNameLowerCase`,
+/// `emailLowerCase`) and volatile (`lastActivity`) fields are left out.
+const GET_ONLY_COMPARED: &[&str] = &[
+    "attachments",
+    "attributionSource",
+    "firstName",
+    "keyword",
+    "lastAttributionSource",
+    "lastName",
+    "ssn",
+    "timezone",
+    "visitorId",
+    "website",
+];
+
+/// Whether a contact read by `GET` (`new`) differs from its stored record (`old`) in a field
+/// only `GET` returns and the stored record knows. Such a change cannot show in the hash
+/// (search never returns the field), so a webhook-driven read decides it this way.
+pub fn get_only_changed(old: &Map<String, Value>, new: &Map<String, Value>) -> bool {
+    GET_ONLY_COMPARED.iter().any(|key| old.get(*key).is_some_and(|before| new.get(*key) != Some(before)))
+}
+
+/// Derived fields that only search items carry (`contactName` is `firstName lastName`, …),
+/// dropped from the record.
 const SEARCH_ONLY: &[&str] = &[
     "searchAfter",
     "sort",
@@ -43,13 +103,9 @@ const SEARCH_ONLY: &[&str] = &[
     "followers",
     "additionalPhones",
     "opportunities",
-    "emailLowerCase",
-    "firstNameLowerCase",
-    "lastNameLowerCase",
-    "fullNameLowerCase",
-    "companyNameLowerCase",
     "firstNameRaw",
     "lastNameRaw",
+    "companyNameLowerCase",
 ];
 
 /// Derived fields of location-wide task search items.
@@ -69,6 +125,14 @@ pub fn normalize_contact(mut contact: Map<String, Value>) -> Map<String, Value> 
     {
         contact.insert("dateOfBirth".into(), Value::String(date));
     }
+    // Search carries names only in lower case: derive that form from GET's names, so both
+    // read paths hash the same name.
+    for (name, lower) in [("firstName", "firstNameLowerCase"), ("lastName", "lastNameLowerCase")] {
+        if let Some(Value::String(text)) = contact.get(name) {
+            let lowered = Value::String(text.to_lowercase());
+            contact.insert(lower.into(), lowered);
+        }
+    }
     // Tag order carries no meaning; GHL returns them in insertion order.
     if let Some(Value::Array(tags)) = contact.get_mut("tags") {
         tags.sort_by(|a, b| a.as_str().unwrap_or("").cmp(b.as_str().unwrap_or("")));
@@ -77,6 +141,52 @@ pub fn normalize_contact(mut contact: Map<String, Value>) -> Map<String, Value> 
     sort_by_id(&mut contact, "customFields");
     drop_nulls(&mut contact);
     contact
+}
+
+/// How a contact was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadPath {
+    /// `POST /contacts/search`: the search item shape (no GET-only fields).
+    Search,
+    /// `GET /contacts/:id`: the full shape.
+    Get,
+}
+
+/// Carries GET-only fields from the stored record `old` over to `new`, a record read by
+/// search (which never has them), so delivered records keep them between GET reads. A name
+/// is carried only while it still matches the lower-case name search returned; derived
+/// fields that can be recomputed are recomputed instead.
+pub fn fill_from_snapshot(new: &mut Map<String, Value>, old: &Map<String, Value>) {
+    let lower = |map: &Map<String, Value>, key: &str| map.get(key).and_then(Value::as_str).map(str::to_owned);
+    for key in GET_ONLY_CONTACT_FIELDS {
+        if new.contains_key(*key) {
+            continue;
+        }
+        let Some(value) = old.get(*key) else { continue };
+        let consistent = match *key {
+            "firstName" | "lastName" => {
+                let lower_key = if *key == "firstName" { "firstNameLowerCase" } else { "lastNameLowerCase" };
+                value.as_str().map(str::to_lowercase) == lower(new, lower_key)
+            }
+            // Recomputed below from what search returned.
+            "name" | "fullNameLowerCase" | "emailLowerCase" => false,
+            _ => true,
+        };
+        if consistent {
+            new.insert((*key).to_owned(), value.clone());
+        }
+    }
+    if let Some(Value::String(email)) = new.get("email") {
+        let lowered = Value::String(email.to_lowercase());
+        new.insert("emailLowerCase".into(), lowered);
+    }
+    let first = new.get("firstName").and_then(Value::as_str);
+    let last = new.get("lastName").and_then(Value::as_str);
+    if first.is_some() || last.is_some() {
+        let name = [first, last].into_iter().flatten().collect::<Vec<_>>().join(" ");
+        new.insert("fullNameLowerCase".into(), Value::String(name.to_lowercase()));
+        new.insert("name".into(), Value::String(name));
+    }
 }
 
 /// Maps a task (per-contact list or location-wide search item) to one shape.
@@ -94,16 +204,16 @@ pub fn normalize_note(mut note: Map<String, Value>) -> Map<String, Value> {
     note
 }
 
-/// The contact's content hash: canonical JSON of everything but volatile fields and the
-/// bookkeeping fields the daemon writes itself (`ignored_custom_fields`, by custom field id).
+/// The contact's content hash over the canonical projection ([`HASHED_CONTACT_FIELDS`]),
+/// without the bookkeeping custom fields the daemon writes itself (`ignored_custom_fields`,
+/// by custom field id). `contact` must come from [`normalize_contact`].
 pub fn contact_hash(contact: &Map<String, Value>, ignored_custom_fields: &[String]) -> Hash {
     let mut hasher = Sha256::new();
     hasher.update(b"{");
-    for (key, value) in sorted(contact) {
-        if CONTACT_VOLATILE.contains(&key.as_str()) {
-            continue;
-        }
-        if key == "customFields" && !ignored_custom_fields.is_empty() {
+    // HASHED_CONTACT_FIELDS is sorted, so the projection is in canonical key order.
+    for key in HASHED_CONTACT_FIELDS {
+        let Some(value) = contact.get(*key) else { continue };
+        if *key == "customFields" {
             let kept: Vec<&Value> = value
                 .as_array()
                 .map(|items| {
@@ -316,6 +426,173 @@ mod tests {
         assert_eq!(parse_timestamp_ms("yesterday"), None);
     }
 
+    #[test]
+    fn a_get_only_field_counts_as_changed_only_when_the_snapshot_knew_it() {
+        let searched = normalize_contact(obj(json!({"id": "c", "firstNameLowerCase": "ada"})));
+        let got = normalize_contact(obj(json!({"id": "c", "firstName": "Ada", "website": "https://a.example"})));
+        assert!(!get_only_changed(&searched, &got), "never read by GET: unknown, not changed");
+        assert!(!get_only_changed(&got, &got.clone()));
+        let moved = normalize_contact(obj(json!({"id": "c", "firstName": "Ada", "website": "https://b.example"})));
+        assert!(get_only_changed(&got, &moved));
+        let recased = normalize_contact(obj(json!({"id": "c", "firstName": "ADA", "website": "https://a.example"})));
+        assert!(get_only_changed(&got, &recased), "a case-only name change shows in the GET-only name");
+        let cleared = normalize_contact(obj(json!({"id": "c", "firstName": "Ada"})));
+        assert!(get_only_changed(&got, &cleared));
+        assert!(GET_ONLY_COMPARED.iter().all(|f| GET_ONLY_CONTACT_FIELDS.contains(f)));
+    }
+
+    #[test]
+    fn the_hashed_projection_is_sorted_and_disjoint_from_the_get_only_fields() {
+        let mut sorted = HASHED_CONTACT_FIELDS.to_vec();
+        sorted.sort_unstable();
+        assert_eq!(sorted, HASHED_CONTACT_FIELDS, "contact_hash relies on the canonical (sorted) order");
+        for field in GET_ONLY_CONTACT_FIELDS {
+            assert!(!HASHED_CONTACT_FIELDS.contains(field), "{field} is GET-only and must not be hashed");
+        }
+    }
+
+    #[test]
+    fn a_search_read_keeps_get_only_fields_from_the_snapshot_while_they_still_match() {
+        let old = normalize_contact(obj(json!({
+            "id": "c1", "firstName": "Ada", "lastName": "Lovelace", "timezone": "Europe/London",
+            "website": "https://ada.example", "email": "Ada@Example.test"
+        })));
+        let mut renamed = normalize_contact(obj(json!({
+            "id": "c1", "firstNameLowerCase": "augusta", "lastNameLowerCase": "lovelace", "email": "ada@example.test"
+        })));
+        fill_from_snapshot(&mut renamed, &old);
+        assert_eq!(renamed["timezone"], "Europe/London");
+        assert_eq!(renamed["website"], "https://ada.example");
+        assert_eq!(renamed["lastName"], "Lovelace");
+        assert!(!renamed.contains_key("firstName"), "a stale first name is not carried over");
+        assert_eq!(renamed["name"], "Lovelace");
+        assert_eq!(renamed["emailLowerCase"], "ada@example.test");
+    }
+
+    /// One contact as GHL holds it; rendered below in the two shapes GHL's specs give it.
+    #[derive(Debug, Clone)]
+    struct Truth {
+        first: Option<String>,
+        last: Option<String>,
+        email: Option<String>,
+        phone: Option<String>,
+        address: Option<String>,
+        city: Option<String>,
+        company: Option<String>,
+        business: Option<String>,
+        dnd: Option<bool>,
+        birth_ms: Option<i64>,
+        tags: Vec<String>,
+        custom: Vec<(String, Value)>,
+        timezone: Option<String>,
+        website: Option<String>,
+    }
+
+    fn set(map: &mut Map<String, Value>, key: &str, value: Option<Value>) {
+        if let Some(value) = value {
+            map.insert(key.into(), value);
+        }
+    }
+
+    /// `GET /contacts/:id` (`GetContectByIdSchema`): GET-only fields, `address1`, ISO dates.
+    fn as_get(t: &Truth) -> Map<String, Value> {
+        let mut m = obj(json!({"id": "c1", "locationId": "loc", "dateAdded": "2026-01-01T00:00:00.000Z",
+            "dateUpdated": "2026-02-02T00:00:00.000Z", "type": "lead", "source": "form",
+            "attributionSource": {"url": "https://site.example/landing", "campaign": "spring"}}));
+        set(&mut m, "firstName", t.first.clone().map(Value::String));
+        set(&mut m, "lastName", t.last.clone().map(Value::String));
+        set(&mut m, "firstNameLowerCase", t.first.as_ref().map(|v| Value::String(v.to_lowercase())));
+        set(&mut m, "lastNameLowerCase", t.last.as_ref().map(|v| Value::String(v.to_lowercase())));
+        let name = [t.first.as_deref(), t.last.as_deref()].into_iter().flatten().collect::<Vec<_>>().join(" ");
+        set(&mut m, "name", (!name.is_empty()).then_some(Value::String(name)));
+        set(&mut m, "email", t.email.clone().map(Value::String));
+        set(&mut m, "emailLowerCase", t.email.as_ref().map(|v| Value::String(v.to_lowercase())));
+        set(&mut m, "phone", t.phone.clone().map(Value::String));
+        set(&mut m, "address1", t.address.clone().map(Value::String));
+        set(&mut m, "city", t.city.clone().map(Value::String));
+        set(&mut m, "companyName", t.company.clone().map(Value::String));
+        set(&mut m, "businessId", t.business.clone().map(Value::String));
+        set(&mut m, "dnd", t.dnd.map(Value::Bool));
+        set(&mut m, "dateOfBirth", t.birth_ms.and_then(epoch_ms_to_date).map(Value::String));
+        set(&mut m, "timezone", t.timezone.clone().map(Value::String));
+        set(&mut m, "website", t.website.clone().map(Value::String));
+        m.insert("tags".into(), json!(t.tags));
+        m.insert(
+            "customFields".into(),
+            json!(t.custom.iter().map(|(id, v)| json!({"id": id, "value": v})).collect::<Vec<_>>()),
+        );
+        m.insert("dndSettings".into(), json!({"Email": {"status": "active"}}));
+        m.insert("lastActivity".into(), json!(1_767_225_600_000i64));
+        m
+    }
+
+    /// A `POST /contacts/search` item (be089e5 `Contact`): `address`, epoch `dateOfBirth`,
+    /// lower-case names only, derived extras, reversed tag order, no GET-only fields.
+    fn as_search(t: &Truth) -> Map<String, Value> {
+        let mut m = obj(json!({"id": "c1", "locationId": "loc", "dateAdded": "2026-01-01T00:00:00.000Z",
+            "dateUpdated": "2026-03-03T00:00:00.000Z", "type": "lead", "source": "form",
+            "searchAfter": [1, "c1"], "followers": [], "additionalEmails": [], "additionalPhones": [],
+            "phoneLabel": "Mobile", "opportunities": []}));
+        set(&mut m, "firstNameLowerCase", t.first.as_ref().map(|v| Value::String(v.to_lowercase())));
+        set(&mut m, "lastNameLowerCase", t.last.as_ref().map(|v| Value::String(v.to_lowercase())));
+        set(&mut m, "email", t.email.clone().map(Value::String));
+        set(&mut m, "validEmail", t.email.as_ref().map(|_| Value::Bool(true)));
+        set(&mut m, "phone", t.phone.clone().map(Value::String));
+        set(&mut m, "address", t.address.clone().map(Value::String));
+        set(&mut m, "city", t.city.clone().map(Value::String));
+        set(&mut m, "companyName", t.company.clone().map(Value::String));
+        set(&mut m, "businessName", t.company.clone().map(Value::String));
+        set(&mut m, "businessId", t.business.clone().map(Value::String));
+        set(&mut m, "dnd", t.dnd.map(Value::Bool));
+        set(&mut m, "dateOfBirth", t.birth_ms.map(|ms| json!(ms)));
+        let mut tags = t.tags.clone();
+        tags.reverse();
+        m.insert("tags".into(), json!(tags));
+        let mut custom: Vec<Value> = t.custom.iter().map(|(id, v)| json!({"id": id, "value": v})).collect();
+        custom.reverse();
+        m.insert("customFields".into(), json!(custom));
+        m
+    }
+
+    fn truth() -> impl Strategy<Value = Truth> {
+        let text = || proptest::option::of("[A-Za-zÀ-ÿ' .-]{1,12}");
+        let mail = proptest::option::of("[A-Za-z0-9]{1,8}@[a-z]{1,6}\\.test");
+        (
+            (text(), text(), mail, proptest::option::of("\\+1[0-9]{10}"), text(), text(), text()),
+            (
+                proptest::option::of("[a-f0-9]{24}"),
+                proptest::option::of(any::<bool>()),
+                proptest::option::of(-2_000_000_000_000i64..2_000_000_000_000i64),
+                proptest::collection::btree_set("[a-z:]{1,8}", 0..5),
+                proptest::collection::btree_map("[a-zA-Z0-9]{4,8}", "[a-z0-9 ]{0,6}", 0..4),
+                text(),
+                text(),
+            ),
+        )
+            .prop_map(
+                |(
+                    (first, last, email, phone, address, city, company),
+                    (business, dnd, birth_ms, tags, custom, timezone, website),
+                )| Truth {
+                    first,
+                    last,
+                    email,
+                    phone,
+                    address,
+                    city,
+                    company,
+                    business,
+                    dnd,
+                    // Whole days: GET gives a date, search the epoch of that date.
+                    birth_ms: birth_ms.map(|ms| ms - ms.rem_euclid(86_400_000)),
+                    tags: tags.into_iter().collect(),
+                    custom: custom.into_iter().map(|(k, v)| (k, Value::String(v))).collect(),
+                    timezone,
+                    website,
+                },
+            )
+    }
+
     proptest! {
         #[test]
         fn the_hash_ignores_key_order_and_tag_order(keys in proptest::collection::btree_map("[a-z]{1,6}", "[a-z0-9]{0,6}", 0..12), tags in proptest::collection::vec("[a-z]{1,4}", 0..6)) {
@@ -328,6 +605,33 @@ mod tests {
             for (k, v) in keys.iter().rev() { backward.insert(k.clone(), Value::String(v.clone())); }
             backward.insert("tags".into(), json!(reversed_tags));
             prop_assert_eq!(contact_hash(&normalize_contact(forward), &[]), contact_hash(&normalize_contact(backward), &[]));
+        }
+
+        #[test]
+        fn a_contact_hashes_the_same_whether_read_by_get_or_by_search(t in truth()) {
+            let by_get = normalize_contact(as_get(&t));
+            let by_search = normalize_contact(as_search(&t));
+            prop_assert_eq!(contact_hash(&by_get, &[]), contact_hash(&by_search, &[]));
+            // And a search read filled from a GET snapshot keeps hashing the same.
+            let mut filled = by_search.clone();
+            fill_from_snapshot(&mut filled, &by_get);
+            prop_assert_eq!(contact_hash(&filled, &[]), contact_hash(&by_get, &[]));
+        }
+
+        #[test]
+        fn a_change_to_a_field_both_paths_carry_changes_the_hash_on_both(t in truth(), which in 0usize..6) {
+            let mut changed = t.clone();
+            match which {
+                0 => changed.email = Some(format!("x{}", t.email.clone().unwrap_or_default())),
+                1 => changed.phone = Some(format!("{}9", t.phone.clone().unwrap_or_default())),
+                2 => changed.tags.push("zz-new-tag".into()),
+                3 => changed.first = Some(format!("{}q", t.first.clone().unwrap_or_default())),
+                4 => changed.dnd = Some(!t.dnd.unwrap_or(false)),
+                _ => changed.custom.push(("zzfield".into(), json!("v"))),
+            }
+            let before = contact_hash(&normalize_contact(as_get(&t)), &[]);
+            prop_assert_ne!(before, contact_hash(&normalize_contact(as_get(&changed)), &[]));
+            prop_assert_ne!(before, contact_hash(&normalize_contact(as_search(&changed)), &[]));
         }
 
         #[test]

@@ -50,6 +50,31 @@ impl GhlError {
         )
     }
 
+    /// GHL says the resource does not exist: 404, or a 400 "not found" as GHL sometimes answers.
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            GhlError::Api { status, message, .. } => {
+                *status == StatusCode::NOT_FOUND
+                    || (*status == StatusCode::BAD_REQUEST && message.to_ascii_lowercase().contains("not found"))
+            }
+            _ => false,
+        }
+    }
+
+    /// GHL refused this one request for good (a 4xx other than auth, scope, not found and rate
+    /// limits): retrying the same request cannot help, so the record is set aside.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            GhlError::Api { status, retryable, .. } => {
+                status.is_client_error()
+                    && !*retryable
+                    && !matches!(status.as_u16(), 401 | 403 | 404 | 408 | 429)
+                    && !self.is_not_found()
+            }
+            _ => false,
+        }
+    }
+
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             GhlError::Api { status, .. } => Some(*status),
@@ -180,12 +205,7 @@ impl GhlClient {
             .await;
         match result {
             Ok(envelope) => Ok(Some(envelope.contact)),
-            Err(GhlError::Api { status, ref message, .. })
-                if status == StatusCode::NOT_FOUND
-                    || (status == StatusCode::BAD_REQUEST && message.to_ascii_lowercase().contains("not found")) =>
-            {
-                Ok(None)
-            }
+            Err(error) if error.is_not_found() => Ok(None),
             Err(error) => Err(error),
         }
     }

@@ -251,6 +251,10 @@ fn reject(status: StatusCode, event_type: &'static str, verdict: Verdict, messag
     (status, message).into_response()
 }
 
+/// How long a webhook waits for the store's writer before it is answered 429. Writers queue
+/// fairly and every write transaction is short, so this is only reached when the disk stalls.
+const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(4);
+
 pub(super) async fn receive(State(state): State<ServerState>, headers: HeaderMap, body: Bytes) -> Response {
     // 1. Authenticity first, over the untouched bytes.
     if let Err(verdict) = verify(&state, &headers, &body) {
@@ -299,10 +303,15 @@ pub(super) async fn receive(State(state): State<ServerState>, headers: HeaderMap
             }
         }
         Err(error) => {
-            tracing::error!(error = %error, event.r#type = type_label, "Failed to record a GHL webhook");
+            // 429, never 5xx: GHL's help centre says it retries a webhook only when answered
+            // 429 (reference/ghl.md §8.4); any other error may be final.
+            if matches!(error, StoreError::Busy(_)) {
+                tracing::warn!(event.r#type = type_label, "The store was busy; asked GHL to retry a webhook (429)");
+            } else {
+                tracing::error!(error = %error, event.r#type = type_label, "Failed to record a GHL webhook; asked GHL to retry (429)");
+            }
             count("ghl", type_label, Verdict::Error);
-            // GHL retries non-2xx deliveries.
-            (StatusCode::SERVICE_UNAVAILABLE, "try again\n").into_response()
+            (StatusCode::TOO_MANY_REQUESTS, [(axum::http::header::RETRY_AFTER, "30")], "try again\n").into_response()
         }
     }
 }
@@ -311,7 +320,7 @@ pub(super) async fn receive(State(state): State<ServerState>, headers: HeaderMap
 /// transaction takes SQLite's write lock at once (no read-then-upgrade busy errors).
 async fn record(state: &ServerState, event_id: &str, type_label: &str, action: &Action) -> Result<Verdict, StoreError> {
     let now = now_ms();
-    let mut tx = state.store.begin_write("ghl_webhook").await?;
+    let mut tx = state.store.begin_write_within("ghl_webhook", STORE_WAIT).await?;
     let inserted = sqlx::query(
         "INSERT INTO webhook_inbox (source, event_id, event_type, received_at) VALUES ('ghl', ?, ?, ?) \
          ON CONFLICT (source, event_id) DO NOTHING",

@@ -29,8 +29,14 @@ use sqlx::{ConnectOptions as _, Connection as _};
 use tokio::sync::{Mutex, MutexGuard};
 
 pub mod codec;
+pub mod cursors;
 pub mod grants;
+pub mod hints;
+pub mod locations;
 pub mod outbox;
+pub mod runs;
+pub mod snapshot;
+pub mod writebacks;
 
 /// Errors the store reports to its callers.
 #[derive(Debug, thiserror::Error)]
@@ -179,13 +185,18 @@ impl WriteTx<'_> {
 impl Drop for WriteTx<'_> {
     fn drop(&mut self) {
         if !self.finished {
-            // Cancelled or failed half-way: the next `begin_write` rolls back first.
+            // A statement failed (the caller returned its error) or the task was cancelled
+            // half-way: the next `begin_write` rolls back first. Until a later commit
+            // succeeds, readiness reports the store as failing to write: a full or read-only
+            // disk fails statements before it fails commits.
             self.slot.dirty = true;
             let held = self.started.elapsed();
-            metrics::counter!("ghl_sync_store_writes_total", "purpose" => self.purpose, "outcome" => "rolled_back")
+            metrics::counter!("ghl_sync_store_writes_total", "purpose" => self.purpose, "outcome" => "abandoned")
                 .increment(1);
             metrics::histogram!("ghl_sync_store_write_hold_seconds", "purpose" => self.purpose)
                 .record(held.as_secs_f64());
+            let mut health = self.writer.health.lock().unwrap_or_else(|e| e.into_inner());
+            health.failing = Some(format!("a `{}` write did not complete", self.purpose));
         }
     }
 }
@@ -370,6 +381,18 @@ impl Store {
         slot.conn.as_mut().ok_or_else(|| StoreError::Corrupt("writer connection vanished".into()))
     }
 
+    /// Fault injection for tests and drills: caps the database at `pages` pages on the
+    /// writer connection (SQLite's `max_page_count`), so a write that needs more space fails
+    /// exactly as on a full disk (`SQLITE_FULL`); `None` lifts the cap. A reopened writer
+    /// connection starts uncapped.
+    pub async fn limit_pages_for_tests(&self, pages: Option<u64>) -> Result<(), StoreError> {
+        let mut slot = self.writer.slot.lock().await;
+        let conn = self.writer_conn(&mut slot).await?;
+        let pages = pages.unwrap_or(1_073_741_823);
+        sqlx::query(&format!("PRAGMA max_page_count = {pages}")).execute(conn).await?;
+        Ok(())
+    }
+
     /// How the last write went (for `/readyz`).
     pub fn write_health(&self) -> WriteHealth {
         self.writer.health.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -524,6 +547,90 @@ mod tests {
         let error = Store::connect(&path, Duration::from_secs(1)).await.unwrap_err();
         assert!(matches!(error, StoreError::NewerSchema { found: 9999, .. }), "{error}");
         assert!(error.to_string().contains("newer ghl-sync"));
+    }
+
+    /// Issue 17, defect 6: after a failed commit the writer used to stay in a transaction
+    /// ("attempted to call begin_with at non-zero transaction depth") until a restart.
+    #[tokio::test]
+    async fn a_failed_write_on_a_full_disk_is_rolled_back_and_writes_resume_once_space_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&dir.path().join("t.db"), Duration::from_secs(1)).await.unwrap();
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(store.read_pool()).await.unwrap();
+        store.limit_pages_for_tests(Some(u64::try_from(pages).unwrap())).await.unwrap();
+        let big = vec![7u8; 64 * 1024];
+        for attempt in 0..3 {
+            let result = async {
+                let mut tx = store.begin_write("test").await?;
+                sqlx::query(
+                    "INSERT INTO webhook_inbox (source, event_id, event_type, received_at) VALUES ('t', ?, ?, 0)",
+                )
+                .bind(format!("e{attempt}"))
+                .bind(String::from_utf8_lossy(&big).into_owned())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await
+            }
+            .await;
+            let error = result.expect_err("the disk is full");
+            assert!(error.is_disk_problem(), "attempt {attempt}: {error}");
+            assert!(store.write_health().failing.is_some());
+        }
+        store.limit_pages_for_tests(None).await.unwrap();
+        let mut tx = store.begin_write("test").await.unwrap();
+        sqlx::query("INSERT INTO webhook_inbox (source, event_id, event_type, received_at) VALUES ('t', 'ok', 'x', 0)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(store.write_health().failing, None);
+        let rows: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM webhook_inbox").fetch_one(store.read_pool()).await.unwrap();
+        assert_eq!(rows, 1, "only the write after the disk was freed landed");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_write_transaction_is_rolled_back_before_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&dir.path().join("t.db"), Duration::from_secs(1)).await.unwrap();
+        {
+            let mut tx = store.begin_write("test").await.unwrap();
+            sqlx::query("INSERT INTO webhook_inbox (source, event_id, received_at) VALUES ('t', 'dropped', 0)")
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            // Dropped without commit: a cancelled run.
+        }
+        let mut tx = store.begin_write("test").await.unwrap();
+        sqlx::query("INSERT INTO webhook_inbox (source, event_id, received_at) VALUES ('t', 'kept', 0)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let ids: Vec<String> =
+            sqlx::query_scalar("SELECT event_id FROM webhook_inbox").fetch_all(store.read_pool()).await.unwrap();
+        assert_eq!(ids, vec!["kept".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn the_read_pool_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&dir.path().join("t.db"), Duration::from_secs(1)).await.unwrap();
+        let error = sqlx::query("INSERT INTO webhook_inbox (source, event_id, received_at) VALUES ('t', 'x', 0)")
+            .execute(store.read_pool())
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("readonly"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_webhook_writer_that_cannot_get_the_lock_in_time_is_told_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&dir.path().join("t.db"), Duration::from_secs(1)).await.unwrap();
+        let held = store.begin_write("long").await.unwrap();
+        let busy = store.begin_write_within("webhook", Duration::from_millis(50)).await;
+        assert!(matches!(busy, Err(StoreError::Busy(_))));
+        held.commit().await.unwrap();
+        store.begin_write_within("webhook", Duration::from_millis(50)).await.unwrap().commit().await.unwrap();
     }
 
     #[test]

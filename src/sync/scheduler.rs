@@ -87,25 +87,29 @@ async fn location_loop(
     let mut failures: u32 = 0;
     let mut again = false;
     loop {
-        if again {
+        // A poll tick runs a full pass; a webhook hint (or hints left after a pass) runs a
+        // hint-only pass: the named contacts' reads, not a whole search of the location.
+        let pass = if again {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(settings.dirty_debounce) => {},
             }
+            Pass::Hints
         } else {
             tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            _ = tick.tick() => {},
-            _ = wake.notified() => {
-                // Gather hints that arrive together into one run.
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(settings.dirty_debounce) => {},
-                }
-            },
+                biased;
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => Pass::Full,
+                _ = wake.notified() => {
+                    // Gather hints that arrive together into one run.
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(settings.dirty_debounce) => {},
+                    }
+                    Pass::Hints
+                },
             }
-        }
+        };
         let Ok(_permit) = permits.acquire().await else { break };
         if stop.is_cancelled() {
             break;
@@ -114,7 +118,7 @@ async fn location_loop(
             // Cancelling drops the run between awaits: every committed page stays committed,
             // the page in flight is rolled back and read again next time.
             _ = stop.cancelled() => break,
-            outcome = run(&engine, &location, &settings) => outcome,
+            outcome = run(&engine, &location, &settings, pass) => outcome,
         };
         match outcome {
             Ok(()) => failures = 0,
@@ -123,7 +127,7 @@ async fn location_loop(
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
-                tracing::error!(location.id = %location, failures, error = %format!("{error:#}"), "Sync run for `{location}` failed; retrying on the next interval");
+                tracing::error!(failures, error = %format!("{error:#}"), "Sync run for `{location}` failed; retrying on the next interval");
             }
         }
         // Hints that arrived during the run: go again without waiting for the interval.
@@ -131,19 +135,32 @@ async fn location_loop(
     }
 }
 
-async fn run(engine: &Engine, location: &str, settings: &ScheduleSettings) -> Result<(), SyncError> {
-    let summary = engine.run_once(location, RunOptions::default()).await?;
+/// What a scheduled run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Full,
+    Hints,
+}
+
+async fn run(engine: &Engine, location: &str, settings: &ScheduleSettings, pass: Pass) -> Result<(), SyncError> {
+    let summary = match pass {
+        Pass::Full => engine.run_once(location, RunOptions::default()).await?,
+        Pass::Hints => engine.run_hints(location, RunOptions::default()).await?,
+    };
     if summary.changes() > 0 || summary.dead_letters > 0 {
         tracing::info!(
-            location.id = %location,
             pages = summary.pages,
             contacts_seen = summary.contacts_seen,
             changes = summary.changes(),
             requests = summary.requests,
-            "Synced `{location}`: {} change(s)", summary.changes()
+            "Synced `{location}`: {} change(s)",
+            summary.changes()
         );
     } else {
-        tracing::debug!(location.id = %location, requests = summary.requests, "Synced `{location}`: no changes");
+        tracing::debug!(requests = summary.requests, "Synced `{location}`: no changes");
+    }
+    if pass == Pass::Hints {
+        return Ok(());
     }
     let due = match engine.last_reconcile(location).await? {
         Some(last) => crate::store::now_ms() - last >= settings.reconcile_interval.as_millis() as i64,
@@ -152,7 +169,7 @@ async fn run(engine: &Engine, location: &str, settings: &ScheduleSettings) -> Re
     };
     if due {
         let summary = engine.reconcile(location, RunOptions::default()).await?;
-        tracing::info!(location.id = %location, listed = summary.contacts_seen, deletes = summary.changes(), "Reconciled `{location}`");
+        tracing::info!(listed = summary.contacts_seen, deletes = summary.changes(), "Reconciled `{location}`");
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::domain::normalize::{Hash, contact_hash, normalize_contact};
+use crate::domain::normalize::{contact_hash, normalize_contact};
 use crate::ghl::write::{CreateContact, NewTask, NoteWrite, UpdateContact};
 use crate::ghl::{GhlClient, GhlError};
 use crate::http::Priority;
@@ -88,75 +88,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Whether `hash` is the content our most recent write to this contact produced. The sync
-/// engine calls it for updated contacts (inside its write transaction).
-pub async fn is_own_write(
-    conn: &mut sqlx::SqliteConnection,
-    location: &str,
-    contact_id: &str,
-    hash: &Hash,
-) -> Result<bool, sqlx::Error> {
-    let latest: Option<Vec<u8>> = sqlx::query_scalar(
-        "SELECT content_hash FROM writebacks WHERE location_id = ? AND contact_id = ? AND status = 'done' \
-         AND content_hash IS NOT NULL AND kind NOT IN ('note', 'task') ORDER BY updated_at DESC, rowid DESC LIMIT 1",
-    )
-    .bind(location)
-    .bind(contact_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(latest.is_some_and(|latest| latest.as_slice() == hash.as_slice()))
-}
-
-/// Whether a created note or task is one our write-back made (the sync engine calls it for
-/// created children, inside its write transaction): its id is a done write's target, or,
-/// while the write is still pending (the sync read the child between GHL's answer and our
-/// bookkeeping, or after a crash there), its content matches the pending write's.
-pub async fn is_own_child(
-    conn: &mut sqlx::SqliteConnection,
-    location: &str,
-    contact_id: &str,
-    kind: &str,
-    child_id: &str,
-    record: &Map<String, Value>,
-) -> Result<bool, sqlx::Error> {
-    let by_id: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM writebacks WHERE location_id = ? AND target_id = ? AND kind = ? AND status = 'done' LIMIT 1",
-    )
-    .bind(location)
-    .bind(child_id)
-    .bind(kind)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if by_id.is_some() {
-        return Ok(true);
-    }
-    let text = |field: &str| record.get(field).and_then(Value::as_str);
-    let content = match kind {
-        "task" => child_content_key(text("title"), text("body")),
-        _ => child_content_key(None, text("body")),
-    };
-    let by_content: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM writebacks WHERE location_id = ? AND contact_id = ? AND kind = ? AND status = 'pending' \
-         AND content_hash = ? LIMIT 1",
-    )
-    .bind(location)
-    .bind(contact_id)
-    .bind(kind)
-    .bind(&content[..])
-    .fetch_optional(&mut *conn)
-    .await?;
-    Ok(by_content.is_some())
-}
-
-/// What identifies a note (body) or task (title + body) we are about to create, compared
-/// trimmed as `same` compares them when a pending create is resumed.
-pub fn child_content_key(title: Option<&str>, body: Option<&str>) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    hasher.update(title.map(str::trim).unwrap_or("").as_bytes());
-    hasher.update([0u8]);
-    hasher.update(body.map(str::trim).unwrap_or("").as_bytes());
-    hasher.finalize().into()
-}
+pub use crate::domain::child_content_key;
 
 /// The state of a key before a write.
 enum Begun {
@@ -505,6 +437,8 @@ fn id_of(item: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::normalize::Hash;
+    use crate::store::writebacks::{is_own_child, is_own_write};
     use serde_json::json;
 
     #[test]

@@ -318,8 +318,7 @@ async fn write_back_creates_a_note_once_even_after_a_crash_mid_create() {
     writeback.add_tags(&location, &ids[0], "key-3", &["vip".to_owned()]).await.unwrap();
     let record = writeback.settle(&location, &ids[0], &["key-3".to_owned()]).await.unwrap().unwrap();
     let hash = ghl_sync::domain::normalize::contact_hash(&record, &[]);
-    let mut conn = app.store.pool().acquire().await.unwrap();
-    assert!(ghl_sync::writeback::is_own_write(&mut conn, &location, &ids[0], &hash).await.unwrap());
+    assert!(ghl_sync::store::writebacks::was_own_write(&app.store, &location, &ids[0], &hash).await.unwrap());
 }
 
 fn lusha_signature(secret: &str, timestamp: &str, body: &[u8]) -> String {

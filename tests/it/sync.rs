@@ -120,6 +120,20 @@ async fn max_outbox_id(app: &App) -> i64 {
     sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM outbox").fetch_one(app.store.pool()).await.unwrap()
 }
 
+/// Every contact's hash over the fields both read paths carry, from its full (GET) record.
+fn visible_contents(sandbox: &ghl_sync_sandbox::Sandbox) -> BTreeMap<String, [u8; 32]> {
+    use ghl_sync::domain::normalize::{contact_hash, normalize_contact};
+    let mut out = BTreeMap::new();
+    for location in sandbox.ghl.locations() {
+        for id in sandbox.ghl.contact_ids(&location.id) {
+            if let Some(serde_json::Value::Object(record)) = sandbox.ghl.contact(&id) {
+                out.insert(id, contact_hash(&normalize_contact(record), &[]));
+            }
+        }
+    }
+    out
+}
+
 /// Objects whose final state differs from the start: created-then-deleted objects vanish.
 fn expected_changes(
     before: &BTreeSet<(String, String)>,
@@ -141,6 +155,7 @@ async fn incremental_changes_reach_the_outbox(bump: bool) {
     sync_all(&app).await;
     let before: BTreeSet<(String, String)> = outbox(&app).await.keys().cloned().collect();
     let mark = max_outbox_id(&app).await;
+    let visible_before = visible_contents(&sandbox);
 
     let mutations = sandbox.ghl.mutate(None, 120);
     let touched = touched(&mutations);
@@ -181,8 +196,19 @@ async fn incremental_changes_reach_the_outbox(bump: bool) {
         }),
     };
     let expected = expected_changes(&before, &touched, exists);
+    // An edit of a field only `GET` returns (the sandbox edits `website`) is invisible to the
+    // search when the search item lacks the field (GHL's spec), and a `GET` read compares it
+    // only with a stored record that knew the field (domain::normalize::get_only_changed): such
+    // an edit may or may not be delivered, but never twice.
+    let visible_after = visible_contents(&sandbox);
+    let get_only_edit = |entity: &str, id: &str| {
+        entity == "contact"
+            && touched.get(&(entity.to_owned(), id.to_owned())) == Some(&MutationKind::ContactUpdate)
+            && visible_before.get(id) == visible_after.get(id)
+    };
+    let expected: BTreeSet<_> = expected.into_iter().filter(|(e, id)| !get_only_edit(e, id)).collect();
     let rows = new_rows(&app, mark).await;
-    let actual: BTreeSet<_> = rows.keys().cloned().collect();
+    let actual: BTreeSet<_> = rows.keys().filter(|(e, id)| !get_only_edit(e, id)).cloned().collect();
     // Children of a deleted contact leave with it (only contact.deleted is sent): ignore them.
     let deleted_contacts: BTreeSet<String> = touched
         .iter()

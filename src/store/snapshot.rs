@@ -1,0 +1,616 @@
+//! The snapshot: `contacts` and `children`, what the sync last read of every record, with its
+//! content hash and revision.
+//!
+//! The sync's commits live here, each one short write transaction that the caller cannot
+//! hold open: it hands over what it read (already normalised), and this module hashes, looks
+//! up, decides (with the pure `domain` functions), and writes the snapshot rows, their outbox
+//! rows for every interested connector, dead letters and the cursor together. A record's
+//! `revision` grows with each content change (and its delete), and its outbox rows carry it,
+//! so each record version has one idempotency key.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde_json::{Map, Value};
+use sqlx::{Row, SqliteConnection};
+
+use super::outbox::{EnqueuePolicy, NewChange, dead_letter_record, enqueue};
+use super::{Store, StoreError, codec, cursors, now_ms, writebacks};
+use crate::domain::diff::{ChildRecord, KnownChild, contact_change, diff_children, is_completed};
+use crate::domain::normalize::{Hash, ReadPath, contact_hash, fill_from_snapshot, get_only_changed};
+use crate::domain::{EntityKind, Operation, Subscriber, event_type};
+
+/// A contact as read from GHL, normalised (`domain::normalize::normalize_contact`).
+#[derive(Debug, Clone)]
+pub struct ContactRead {
+    pub id: String,
+    pub date_updated_ms: Option<i64>,
+    pub record: Map<String, Value>,
+    pub path: ReadPath,
+}
+
+/// A record that could not be read, set aside in dead letters (reason without personal data).
+#[derive(Debug, Clone)]
+pub struct BadRecord {
+    pub entity: EntityKind,
+    pub reason: String,
+    /// `codec::pack` of the raw item.
+    pub raw: Vec<u8>,
+}
+
+/// Where the contacts stream's cursor moves with a page.
+#[derive(Debug, Clone, Copy)]
+pub struct CursorAdvance {
+    pub watermark_ms: i64,
+    pub backfill_done: bool,
+}
+
+/// One contact's children as just read (kinds not read are `None` and left alone).
+#[derive(Debug, Clone, Default)]
+pub struct ChildrenRead {
+    pub contact_id: String,
+    pub tasks: Option<Vec<ChildRecord>>,
+    pub notes: Option<Vec<ChildRecord>>,
+    pub bad: Vec<BadRecord>,
+}
+
+/// Who a commit is for: the location, the connectors that may want its changes, dry run.
+#[derive(Debug, Clone, Copy)]
+pub struct Commit<'a> {
+    pub location: &'a str,
+    pub subscribers: &'a [Subscriber],
+    /// Decide everything, write nothing (the transaction is rolled back).
+    pub dry_run: bool,
+}
+
+/// What a commit did (or would do, in a dry run).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// Records whose content changed (created, updated, deleted).
+    pub changed: u64,
+    /// Outbox rows written, per event type.
+    pub events: BTreeMap<String, u64>,
+    pub dead_letters: u64,
+    /// Whether any outbox row was written (the dispatcher is woken).
+    pub wrote_outbox: bool,
+}
+
+impl Committed {
+    pub fn add(&mut self, other: Committed) {
+        self.changed += other.changed;
+        for (event, n) in other.events {
+            *self.events.entry(event).or_default() += n;
+        }
+        self.dead_letters += other.dead_letters;
+        self.wrote_outbox |= other.wrote_outbox;
+    }
+}
+
+/// Writes one outbox row per interested subscriber; counts them.
+#[allow(clippy::too_many_arguments)]
+async fn enqueue_all(
+    conn: &mut SqliteConnection,
+    commit: &Commit<'_>,
+    entity: EntityKind,
+    entity_id: &str,
+    contact_id: Option<&str>,
+    operation: Operation,
+    packed: &[u8],
+    hash: &Hash,
+    revision: i64,
+    done: &mut Committed,
+) -> Result<(), StoreError> {
+    let event = event_type(entity, operation);
+    let now = now_ms();
+    let mut wrote = 0;
+    for subscriber in commit.subscribers {
+        if !(subscriber.wants)(&event, commit.location) {
+            continue;
+        }
+        let change = NewChange {
+            connector: &subscriber.id,
+            location_id: commit.location,
+            entity,
+            entity_id,
+            contact_id,
+            operation,
+            record: packed,
+            content_hash: hash,
+            revision,
+            changed_at: now,
+        };
+        enqueue(&mut *conn, change, EnqueuePolicy::Fold, None).await?;
+        wrote += 1;
+    }
+    if wrote > 0 {
+        *done.events.entry(event).or_default() += wrote;
+        done.wrote_outbox = true;
+    }
+    Ok(())
+}
+
+/// Commits or (dry run) rolls back.
+async fn finish(tx: super::WriteTx<'_>, dry_run: bool) -> Result<(), StoreError> {
+    if dry_run { tx.rollback().await } else { tx.commit().await }
+}
+
+/// What the snapshot knows of a contact for the diff.
+struct KnownContact {
+    hash: Hash,
+    date_updated_ms: Option<i64>,
+}
+
+/// Hashes, revisions and `dateUpdated` of `ids` in `location`.
+async fn known_contacts(
+    store: &Store,
+    location: &str,
+    ids: &[&str],
+) -> Result<HashMap<String, KnownContact>, StoreError> {
+    let mut known = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let placeholders = vec!["?"; chunk.len()].join(",");
+        let sql = format!(
+            "SELECT contact_id, hash, date_updated_ms FROM contacts WHERE location_id = ? AND contact_id IN ({placeholders})"
+        );
+        let mut query = sqlx::query(&sql).bind(location);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(store.read_pool()).await? {
+            let id: String = row.try_get(0)?;
+            let hash: Vec<u8> = row.try_get(1)?;
+            if let Ok(hash) = <Hash>::try_from(hash.as_slice()) {
+                known.insert(id, KnownContact { hash, date_updated_ms: row.try_get(2)? });
+            }
+        }
+    }
+    Ok(known)
+}
+
+/// Stored records of `ids` (for [`fill_from_snapshot`]); unreadable ones are skipped.
+async fn stored_records(
+    store: &Store,
+    location: &str,
+    ids: &[&str],
+) -> Result<HashMap<String, Map<String, Value>>, StoreError> {
+    let mut records = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let placeholders = vec!["?"; chunk.len()].join(",");
+        let sql =
+            format!("SELECT contact_id, record FROM contacts WHERE location_id = ? AND contact_id IN ({placeholders})");
+        let mut query = sqlx::query(&sql).bind(location);
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(store.read_pool()).await? {
+            let id: String = row.try_get(0)?;
+            let blob: Vec<u8> = row.try_get(1)?;
+            if let Ok(Value::Object(record)) = codec::unpack(&blob) {
+                records.insert(id, record);
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// One page of contacts: snapshot upserts, outbox rows per subscriber, dead letters and the
+/// cursor, in one transaction. Unchanged contacts cost one index lookup; a page that changes
+/// nothing and moves no cursor opens no transaction at all (no lock, no fsync).
+/// `ignored_custom_fields` are the bookkeeping fields kept out of the hash.
+pub async fn commit_contacts(
+    store: &Store,
+    commit: &Commit<'_>,
+    mut contacts: Vec<ContactRead>,
+    bad: Vec<BadRecord>,
+    cursor: Option<CursorAdvance>,
+    ignored_custom_fields: &[String],
+) -> Result<Committed, StoreError> {
+    let ids: Vec<&str> = contacts.iter().map(|c| c.id.as_str()).collect();
+    let known = known_contacts(store, commit.location, &ids).await?;
+    // Decide outside the transaction (pure): hash, compare, and what to write.
+    let hashes: Vec<Hash> = contacts.iter().map(|c| contact_hash(&c.record, ignored_custom_fields)).collect();
+    // Stored records are needed only for two cases: a changed contact read by search keeps
+    // the GET-only fields its stored record has, and a contact read by GET whose hash did not
+    // move may still differ in a field only GET returns.
+    let wanted: Vec<&str> = contacts
+        .iter()
+        .zip(&hashes)
+        .filter(|(c, hash)| {
+            let same = known.get(&c.id).is_some_and(|k| k.hash == **hash);
+            let known = known.contains_key(&c.id);
+            known && (c.path == ReadPath::Get) == same
+        })
+        .map(|(c, _)| c.id.as_str())
+        .collect();
+    let stored =
+        if wanted.is_empty() { HashMap::new() } else { stored_records(store, commit.location, &wanted).await? };
+    let decisions: Vec<_> = contacts
+        .iter_mut()
+        .zip(&hashes)
+        .map(|(c, hash)| {
+            let old = known.get(&c.id).map(|k| (k.hash, k.date_updated_ms));
+            let previous = stored.get(&c.id);
+            let get_only = c.path == ReadPath::Get && previous.is_some_and(|p| get_only_changed(p, &c.record));
+            let decision = contact_change(old, *hash, c.date_updated_ms, get_only);
+            if c.path == ReadPath::Search
+                && decision.operation.is_some()
+                && let Some(previous) = previous
+            {
+                fill_from_snapshot(&mut c.record, previous);
+            }
+            decision
+        })
+        .collect();
+    let packed: Vec<Option<Vec<u8>>> = contacts
+        .iter()
+        .zip(&decisions)
+        .map(|(c, d)| d.operation.map(|_| codec::pack(&Value::Object(c.record.clone()))))
+        .collect();
+    let nothing_to_write =
+        bad.is_empty() && cursor.is_none() && decisions.iter().all(|d| d.operation.is_none() && !d.children_due);
+    let mut done = Committed::default();
+    if nothing_to_write {
+        return Ok(done);
+    }
+
+    let mut tx = store.begin_write("contacts_page").await?;
+    let now = now_ms();
+    for (((contact, hash), decision), packed) in contacts.iter().zip(&hashes).zip(&decisions).zip(&packed) {
+        let (Some(operation), Some(packed)) = (decision.operation, packed) else {
+            if decision.children_due {
+                // Same content, moved dateUpdated: maybe a task or note changed (whether GHL
+                // bumps it is unknown), so its children are read; nothing is sent.
+                sqlx::query(
+                    "UPDATE contacts SET date_updated_ms = ?, children_synced_at = NULL WHERE location_id = ? AND contact_id = ?",
+                )
+                .bind(contact.date_updated_ms)
+                .bind(commit.location)
+                .bind(&contact.id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            continue;
+        };
+        done.changed += 1;
+        let revision: i64 = sqlx::query_scalar(
+            "INSERT INTO contacts (location_id, contact_id, hash, record, date_updated_ms, children_synced_at, first_seen_at, \
+             revision, updated_at) VALUES (?, ?, ?, ?, ?, NULL, ?, 1, ?) ON CONFLICT (location_id, contact_id) DO UPDATE SET \
+             hash = excluded.hash, record = excluded.record, date_updated_ms = excluded.date_updated_ms, \
+             children_synced_at = NULL, revision = contacts.revision + 1, updated_at = excluded.updated_at RETURNING revision",
+        )
+        .bind(commit.location)
+        .bind(&contact.id)
+        .bind(&hash[..])
+        .bind(packed)
+        .bind(contact.date_updated_ms)
+        .bind(now)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        // Echo suppression: an update whose content is exactly what our own GHL write-back
+        // produced is kept in the snapshot but not sent to any connector.
+        if operation == Operation::Updated
+            && writebacks::is_own_write(&mut tx, commit.location, &contact.id, hash).await?
+        {
+            continue;
+        }
+        enqueue_all(
+            &mut tx,
+            commit,
+            EntityKind::Contact,
+            &contact.id,
+            Some(&contact.id),
+            operation,
+            packed,
+            hash,
+            revision,
+            &mut done,
+        )
+        .await?;
+    }
+    for record in &bad {
+        dead_letter_record(&mut tx, commit.location, record.entity, &record.reason, &record.raw).await?;
+        done.dead_letters += 1;
+    }
+    if let Some(cursor) = cursor {
+        cursors::advance_in(
+            &mut tx,
+            commit.location,
+            cursors::CONTACTS,
+            cursor.watermark_ms,
+            cursor.backfill_done,
+            now,
+        )
+        .await?;
+    }
+    finish(tx, commit.dry_run).await?;
+    Ok(done)
+}
+
+/// A confirmed delete (GHL answered 404): the contact and its children leave the snapshot and
+/// a `contact.deleted` with the last known record (next revision) goes to the outbox. A
+/// contact the snapshot does not know writes nothing.
+pub async fn delete_contact(store: &Store, commit: &Commit<'_>, contact_id: &str) -> Result<Committed, StoreError> {
+    let mut done = Committed::default();
+    let mut tx = store.begin_write("contact_delete").await?;
+    let last: Option<(Vec<u8>, Vec<u8>, i64)> =
+        sqlx::query_as("SELECT hash, record, revision FROM contacts WHERE location_id = ? AND contact_id = ?")
+            .bind(commit.location)
+            .bind(contact_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((hash, record, revision)) = last else {
+        tx.rollback().await?;
+        return Ok(done);
+    };
+    sqlx::query("DELETE FROM contacts WHERE location_id = ? AND contact_id = ?")
+        .bind(commit.location)
+        .bind(contact_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM children WHERE location_id = ? AND contact_id = ?")
+        .bind(commit.location)
+        .bind(contact_id)
+        .execute(&mut *tx)
+        .await?;
+    let hash: Hash = hash.as_slice().try_into().unwrap_or([0; 32]);
+    done.changed += 1;
+    enqueue_all(
+        &mut tx,
+        commit,
+        EntityKind::Contact,
+        contact_id,
+        Some(contact_id),
+        Operation::Deleted,
+        &record,
+        &hash,
+        revision + 1,
+        &mut done,
+    )
+    .await?;
+    finish(tx, commit.dry_run).await?;
+    Ok(done)
+}
+
+/// The snapshot of one contact's children of one kind: diff state, packed record (for delete
+/// events) and revision.
+async fn known_children(
+    conn: &mut SqliteConnection,
+    location: &str,
+    contact_id: &str,
+    kind: EntityKind,
+) -> Result<HashMap<String, (KnownChild, Vec<u8>, i64)>, sqlx::Error> {
+    let rows: Vec<(String, Vec<u8>, Vec<u8>, i64)> = sqlx::query_as(
+        "SELECT child_id, hash, record, revision FROM children WHERE location_id = ? AND contact_id = ? AND kind = ?",
+    )
+    .bind(location)
+    .bind(contact_id)
+    .bind(kind.as_str())
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, hash, record, revision)| {
+            let completed = kind == EntityKind::Task
+                && codec::unpack(&record).ok().and_then(|v| v.as_object().map(is_completed)).unwrap_or(false);
+            let hash = hash.as_slice().try_into().unwrap_or([0; 32]);
+            (id, (KnownChild { hash, completed }, record, revision))
+        })
+        .collect())
+}
+
+/// The children of a chunk of contacts, in one transaction (a commit per contact would cap a
+/// backfill at the disk's sync rate): set diff per contact and kind, child upserts/deletes,
+/// their outbox rows, dead letters, and each contact marked read.
+pub async fn commit_children(
+    store: &Store,
+    commit: &Commit<'_>,
+    reads: Vec<ChildrenRead>,
+) -> Result<Committed, StoreError> {
+    let mut done = Committed::default();
+    if reads.is_empty() {
+        return Ok(done);
+    }
+    let packed_reads: Vec<(ChildrenRead, HashMap<String, Vec<u8>>)> = reads
+        .into_iter()
+        .map(|read| {
+            let packed = read
+                .tasks
+                .iter()
+                .chain(read.notes.iter())
+                .flatten()
+                .map(|child| (child.id.clone(), codec::pack(&Value::Object(child.record.clone()))))
+                .collect();
+            (read, packed)
+        })
+        .collect();
+    let mut tx = store.begin_write("children").await?;
+    let now = now_ms();
+    for (read, packed) in packed_reads {
+        let contact_id = read.contact_id.as_str();
+        for record in &read.bad {
+            dead_letter_record(&mut tx, commit.location, record.entity, &record.reason, &record.raw).await?;
+            done.dead_letters += 1;
+        }
+        for (kind, children) in [(EntityKind::Task, read.tasks), (EntityKind::Note, read.notes)] {
+            let Some(children) = children else { continue };
+            let known = known_children(&mut tx, commit.location, contact_id, kind).await?;
+            let states: HashMap<String, KnownChild> =
+                known.iter().map(|(id, (state, _, _))| (id.clone(), state.clone())).collect();
+            for change in diff_children(&states, children) {
+                done.changed += 1;
+                let (hash, packed_record, revision) = match &change.record {
+                    Some(child) => {
+                        let record = packed.get(&child.id).cloned().unwrap_or_default();
+                        let revision: i64 = sqlx::query_scalar(
+                            "INSERT INTO children (location_id, contact_id, kind, child_id, hash, record, revision, updated_at) \
+                             VALUES (?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT (location_id, kind, child_id) DO UPDATE SET \
+                             contact_id = excluded.contact_id, hash = excluded.hash, record = excluded.record, \
+                             revision = children.revision + 1, updated_at = excluded.updated_at RETURNING revision",
+                        )
+                        .bind(commit.location)
+                        .bind(contact_id)
+                        .bind(kind.as_str())
+                        .bind(&change.id)
+                        .bind(&child.hash[..])
+                        .bind(&record)
+                        .bind(now)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        (child.hash, record, revision)
+                    }
+                    None => {
+                        sqlx::query("DELETE FROM children WHERE location_id = ? AND kind = ? AND child_id = ?")
+                            .bind(commit.location)
+                            .bind(kind.as_str())
+                            .bind(&change.id)
+                            .execute(&mut *tx)
+                            .await?;
+                        let (state, record, revision) = known.get(&change.id).cloned().unwrap_or_default();
+                        (state.hash, record, revision + 1)
+                    }
+                };
+                // Echo suppression: a note or task our own write-back created (a Lusha note, a
+                // lead's task) is kept in the snapshot but not announced as a user's change.
+                if let (Operation::Created, Some(child)) = (change.operation, &change.record)
+                    && writebacks::is_own_child(
+                        &mut tx,
+                        commit.location,
+                        contact_id,
+                        kind.as_str(),
+                        &change.id,
+                        &child.record,
+                    )
+                    .await?
+                {
+                    continue;
+                }
+                enqueue_all(
+                    &mut tx,
+                    commit,
+                    kind,
+                    &change.id,
+                    Some(contact_id),
+                    change.operation,
+                    &packed_record,
+                    &hash,
+                    revision,
+                    &mut done,
+                )
+                .await?;
+            }
+        }
+        sqlx::query("UPDATE contacts SET children_synced_at = ? WHERE location_id = ? AND contact_id = ?")
+            .bind(now)
+            .bind(commit.location)
+            .bind(contact_id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    finish(tx, commit.dry_run).await?;
+    Ok(done)
+}
+
+/// Marks a contact's children for reading on the next pass (a webhook named it).
+pub async fn mark_children_due(store: &Store, location: &str, contact_id: &str) -> Result<(), StoreError> {
+    let mut tx = store.begin_write("children_due").await?;
+    sqlx::query("UPDATE contacts SET children_synced_at = NULL WHERE location_id = ? AND contact_id = ?")
+        .bind(location)
+        .bind(contact_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// Contacts whose children are due (`children_synced_at IS NULL`), by id, skipping `skip`.
+pub async fn children_due(
+    store: &Store,
+    location: &str,
+    limit: usize,
+    skip: &HashSet<String>,
+) -> Result<Vec<String>, StoreError> {
+    let limit = i64::try_from(limit.saturating_add(skip.len())).unwrap_or(i64::MAX);
+    let due: Vec<String> = sqlx::query_scalar(
+        "SELECT contact_id FROM contacts WHERE location_id = ? AND children_synced_at IS NULL ORDER BY contact_id LIMIT ?",
+    )
+    .bind(location)
+    .bind(limit)
+    .fetch_all(store.read_pool())
+    .await?;
+    Ok(due.into_iter().filter(|id| !skip.contains(id)).collect())
+}
+
+/// Contacts whose children were read longest ago (before `stale_before`), for the sweep.
+pub async fn sweep_due(
+    store: &Store,
+    location: &str,
+    stale_before: i64,
+    limit: u64,
+) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT contact_id FROM contacts WHERE location_id = ? AND children_synced_at < ? ORDER BY children_synced_at LIMIT ?",
+    )
+    .bind(location)
+    .bind(stale_before)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(store.read_pool())
+    .await?)
+}
+
+/// Contacts of `location` in the snapshot.
+pub async fn contact_count(store: &Store, location: &str) -> Result<u64, StoreError> {
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE location_id = ?")
+        .bind(location)
+        .fetch_one(store.read_pool())
+        .await?;
+    Ok(u64::try_from(count).unwrap_or(0))
+}
+
+/// Whether the snapshot has `contact_id` in `location`.
+pub async fn has_contact(store: &Store, location: &str, contact_id: &str) -> Result<bool, StoreError> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM contacts WHERE location_id = ? AND contact_id = ?")
+        .bind(location)
+        .bind(contact_id)
+        .fetch_optional(store.read_pool())
+        .await?;
+    Ok(found.is_some())
+}
+
+// ---- reconciliation ----------------------------------------------------------------------
+
+/// Starts a reconciliation listing of `location`: forgets ids listed by an earlier one.
+pub async fn reconcile_reset(store: &Store, location: &str) -> Result<(), StoreError> {
+    let mut tx = store.begin_write("reconcile").await?;
+    sqlx::query("DELETE FROM reconcile_seen WHERE location_id = ?").bind(location).execute(&mut *tx).await?;
+    tx.commit().await
+}
+
+/// Records one listed page of ids (one short write per page; memory stays flat).
+pub async fn reconcile_seen(store: &Store, location: &str, ids: &[&str]) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut tx = store.begin_write("reconcile").await?;
+    for chunk in ids.chunks(400) {
+        let placeholders = vec!["(?, ?)"; chunk.len()].join(",");
+        let sql = format!("INSERT OR IGNORE INTO reconcile_seen (location_id, contact_id) VALUES {placeholders}");
+        let mut query = sqlx::query(&sql);
+        for id in chunk {
+            query = query.bind(location).bind(*id);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    tx.commit().await
+}
+
+/// Snapshot contacts first seen before `started` that the listing did not return: the
+/// candidates for deletion (each still to be confirmed by a read).
+pub async fn reconcile_candidates(store: &Store, location: &str, started: i64) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT contact_id FROM contacts c WHERE c.location_id = ? AND c.first_seen_at < ? AND NOT EXISTS \
+         (SELECT 1 FROM reconcile_seen s WHERE s.location_id = c.location_id AND s.contact_id = c.contact_id)",
+    )
+    .bind(location)
+    .bind(started)
+    .fetch_all(store.read_pool())
+    .await?)
+}

@@ -1,0 +1,291 @@
+//! Tasks and notes. GHL gives them no update timestamps, so they are read per contact: for
+//! contacts marked due (changed, moved `dateUpdated`, named by a webhook) and by a budgeted
+//! sweep. A chunk of contacts is read concurrently and committed in one transaction.
+//!
+//! One contact never fails a pass: a child read answering "contact not found" is confirmed
+//! with a read of the contact (gone: a delete; there: retried on the next pass), and any
+//! other refusal that retrying cannot fix is set aside in dead letters.
+
+use std::collections::HashSet;
+
+use futures_util::StreamExt;
+use serde_json::{Map, Value};
+
+use super::{Engine, EngineSettings, RunOptions, RunSummary, SyncError};
+use crate::domain::EntityKind;
+use crate::domain::diff::ChildRecord;
+use crate::domain::normalize::{normalize_note, normalize_task, value_hash};
+use crate::ghl::GhlError;
+use crate::http::Priority;
+use crate::store::snapshot::{self, BadRecord, ChildrenRead};
+use crate::store::{codec, now_ms};
+
+/// Contacts whose children are read and committed together.
+const CHUNK: usize = 200;
+
+/// What reading one contact's children gave.
+enum ChildFetch {
+    Read(ChildrenRead, u64),
+    /// GHL said the contact does not exist (404 on a child read): confirm, then delete.
+    ContactGone(u64),
+    /// GHL refused the read in a way retrying cannot fix: set it aside, move on.
+    SetAside(ChildrenRead, u64),
+}
+
+impl Engine {
+    /// Reads the children of every contact marked due (`children_synced_at IS NULL`).
+    pub(super) async fn sync_due_children(
+        &self,
+        location: &str,
+        options: RunOptions,
+        summary: &mut RunSummary,
+    ) -> Result<(), SyncError> {
+        if !self.settings.tasks && !self.settings.notes {
+            return Ok(());
+        }
+        // In a dry run nothing is marked read, and a contact left due (its existence could
+        // not be confirmed) stays due: each is read at most once per pass.
+        let mut seen: HashSet<String> = HashSet::new();
+        loop {
+            let due = snapshot::children_due(&self.store, location, CHUNK, &seen).await?;
+            if due.is_empty() {
+                return Ok(());
+            }
+            seen.extend(due.iter().cloned());
+            self.sync_children_of(location, &due, Priority::Sweep, options, summary).await?;
+        }
+    }
+
+    /// The budgeted sweep: re-reads the children of the contacts read longest ago, enough per
+    /// run to cover every contact within `children_sweep_period`, within the budget share.
+    pub(super) async fn sweep_children(
+        &self,
+        location: &str,
+        options: RunOptions,
+        summary: &mut RunSummary,
+    ) -> Result<(), SyncError> {
+        if !self.settings.tasks && !self.settings.notes {
+            return Ok(());
+        }
+        let total = snapshot::contact_count(&self.store, location).await?;
+        let quota = sweep_quota(&self.settings, total);
+        if quota == 0 {
+            return Ok(());
+        }
+        let stale_before = now_ms() - self.settings.contacts_interval.as_millis() as i64;
+        let due = snapshot::sweep_due(&self.store, location, stale_before, quota).await?;
+        for chunk in due.chunks(CHUNK) {
+            self.sync_children_of(location, chunk, Priority::Sweep, options, summary).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads and commits the children of `contacts`. A transient failure (GHL down, rate
+    /// limit exhausted, credentials) fails the pass after committing what was read.
+    pub(super) async fn sync_children_of(
+        &self,
+        location: &str,
+        contacts: &[String],
+        priority: Priority,
+        options: RunOptions,
+        summary: &mut RunSummary,
+    ) -> Result<(), SyncError> {
+        if contacts.is_empty() || (!self.settings.tasks && !self.settings.notes) {
+            return Ok(());
+        }
+        let fetched: Vec<(String, Result<ChildFetch, GhlError>)> = futures_util::stream::iter(contacts.iter().cloned())
+            .map(|contact_id| async move {
+                let result = self.fetch_children(location, &contact_id, priority).await;
+                (contact_id, result)
+            })
+            .buffer_unordered(self.settings.children_concurrency.max(1))
+            .collect()
+            .await;
+        let mut first_error = None;
+        let mut reads = Vec::with_capacity(fetched.len());
+        let mut gone = Vec::new();
+        for (contact_id, result) in fetched {
+            match result {
+                Ok(ChildFetch::Read(read, requests)) => {
+                    summary.requests += requests;
+                    summary.children_read_for += 1;
+                    reads.push(read);
+                }
+                Ok(ChildFetch::SetAside(read, requests)) => {
+                    summary.requests += requests;
+                    reads.push(read);
+                }
+                Ok(ChildFetch::ContactGone(requests)) => {
+                    summary.requests += requests;
+                    gone.push(contact_id);
+                }
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        let committed = snapshot::commit_children(&self.store, &self.commit(location, options), reads).await?;
+        self.committed(summary, committed, options);
+        for contact_id in gone {
+            self.confirm_gone(location, &contact_id, options, summary).await?;
+        }
+        if let Some(progress) = &self.progress {
+            progress.children(location, contacts.len() as u64);
+        }
+        match first_error {
+            Some(error) => Err(error.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// A child read said "contact not found": a `GET` decides. Gone: the contact is deleted
+    /// (snapshot, children, a `contact.deleted`). Still there: it stays due for the next pass.
+    async fn confirm_gone(
+        &self,
+        location: &str,
+        contact_id: &str,
+        options: RunOptions,
+        summary: &mut RunSummary,
+    ) -> Result<(), SyncError> {
+        summary.requests += 1;
+        match self.ghl.get_contact(location, contact_id, Priority::Webhook).await? {
+            None => {
+                tracing::info!(location.id = %location, contact.id = %contact_id, "Contact `{contact_id}` is gone from GHL; deleting it");
+                self.delete_contact(location, contact_id, options, summary).await
+            }
+            Some(_) => {
+                tracing::warn!(location.id = %location, contact.id = %contact_id,
+                    "GHL said contact `{contact_id}` was not found when reading its tasks/notes, but it exists; retrying next pass");
+                Ok(())
+            }
+        }
+    }
+
+    async fn fetch_children(
+        &self,
+        location: &str,
+        contact_id: &str,
+        priority: Priority,
+    ) -> Result<ChildFetch, GhlError> {
+        let mut read = ChildrenRead { contact_id: contact_id.to_owned(), ..ChildrenRead::default() };
+        let mut requests = 0;
+        for kind in [EntityKind::Task, EntityKind::Note] {
+            let wanted = match kind {
+                EntityKind::Task => self.settings.tasks,
+                _ => self.settings.notes,
+            };
+            if !wanted {
+                continue;
+            }
+            requests += 1;
+            let listed = match kind {
+                EntityKind::Task => self.ghl.list_tasks(location, contact_id, priority).await,
+                _ => self.ghl.list_notes(location, contact_id, priority).await,
+            };
+            let items = match listed {
+                Ok(items) => items,
+                Err(error) if error.is_not_found() => return Ok(ChildFetch::ContactGone(requests)),
+                Err(error) if error.is_refusal() => {
+                    tracing::warn!(location.id = %location, contact.id = %contact_id, error = %error,
+                        "GHL refused to list the {kind}s of contact `{contact_id}`; set aside in dead letters");
+                    read.bad.push(BadRecord {
+                        entity: kind,
+                        reason: format!("listing the {kind}s of contact {contact_id} was refused: {error}"),
+                        raw: codec::pack(&Value::Null),
+                    });
+                    return Ok(ChildFetch::SetAside(read, requests));
+                }
+                Err(error) => return Err(error),
+            };
+            let mut children = Vec::with_capacity(items.len());
+            for item in items {
+                match parse_child(kind, item) {
+                    Ok(child) => children.push(child),
+                    Err(bad) => read.bad.push(bad),
+                }
+            }
+            match kind {
+                EntityKind::Task => read.tasks = Some(children),
+                _ => read.notes = Some(children),
+            }
+        }
+        Ok(ChildFetch::Read(read, requests))
+    }
+}
+
+/// Contacts per run the sweep may read: enough to cover every contact once per sweep
+/// period, but no more than the budget share allows.
+pub fn sweep_quota(settings: &EngineSettings, contacts: u64) -> u64 {
+    let runs_per_period =
+        (settings.children_sweep_period.as_secs_f64() / settings.contacts_interval.as_secs_f64()).max(1.0);
+    let needed = (contacts as f64 / runs_per_period).ceil();
+    let requests_per_contact = f64::from(u8::from(settings.tasks) + u8::from(settings.notes)).max(1.0);
+    let runs_per_day = (86_400.0 / settings.contacts_interval.as_secs_f64()).max(1.0);
+    let budget =
+        settings.daily_budget as f64 * settings.children_sweep_budget_share / requests_per_contact / runs_per_day;
+    needed.min(budget.floor()).max(0.0) as u64
+}
+
+/// Validates and normalises one task or note (location-wide task search items say `_id`).
+fn parse_child(kind: EntityKind, value: Value) -> Result<ChildRecord, BadRecord> {
+    let bad = |reason: String, value: &Value| BadRecord { entity: kind, reason, raw: codec::pack(value) };
+    let Value::Object(map) = &value else {
+        return Err(bad(format!("{kind} is not a JSON object"), &value));
+    };
+    let mut map: Map<String, Value> = map.clone();
+    if !map.contains_key("id")
+        && let Some(id) = map.get("_id").cloned()
+    {
+        map.insert("id".into(), id);
+    }
+    let id = match map.get("id") {
+        Some(Value::String(id)) if !id.is_empty() && id.len() <= 128 => id.clone(),
+        _ => return Err(bad(format!("{kind} has no usable id"), &value)),
+    };
+    let record = match kind {
+        EntityKind::Task => normalize_task(map),
+        _ => normalize_note(map),
+    };
+    Ok(ChildRecord { id, hash: value_hash(&record), record })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn settings() -> EngineSettings {
+        EngineSettings {
+            page_size: 500,
+            overlap: Duration::from_secs(300),
+            index_lag_margin: Duration::from_secs(120),
+            tasks: true,
+            notes: true,
+            contacts_interval: Duration::from_secs(60),
+            children_sweep_period: Duration::from_secs(86_400),
+            children_sweep_budget_share: 0.2,
+            daily_budget: 180_000,
+            dirty_debounce: Duration::from_millis(0),
+            children_concurrency: 8,
+            ignored_custom_fields: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_sweep_covers_every_contact_within_the_period_unless_the_budget_forbids() {
+        let s = settings();
+        // 1,440 runs a day: 14,400 contacts need 10 per run.
+        assert_eq!(sweep_quota(&s, 14_400), 10);
+        // Budget: 180,000 × 0.2 / 2 requests / 1,440 runs = 12.5 contacts per run at most.
+        assert_eq!(sweep_quota(&s, 1_000_000), 12);
+        assert_eq!(sweep_quota(&s, 0), 0);
+    }
+
+    #[test]
+    fn children_from_the_location_search_use_underscore_id() {
+        let child = parse_child(EntityKind::Task, serde_json::json!({"_id": "t1", "title": "x"})).unwrap();
+        assert_eq!(child.id, "t1");
+        assert!(parse_child(EntityKind::Note, serde_json::json!({"body": "x"})).is_err());
+    }
+}

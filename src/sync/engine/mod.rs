@@ -1,0 +1,280 @@
+//! `Engine`: one location's sync work. The scheduler, `sync --once` and the tests call it.
+//!
+//! A full pass ([`Engine::run_once`]): webhook hints (each named contact re-read by `GET`) →
+//! the contacts stream (search by `dateUpdated` ascending from the watermark minus an overlap,
+//! one commit per page) → tasks and notes of every contact marked due (changed contacts, moved
+//! `dateUpdated`, hints) → the budgeted sweep. A hint-only pass ([`Engine::run_hints`]) costs
+//! the reads of the named contacts and their children, nothing else. Deletes come from
+//! confirmed hints, from child reads that answer "contact not found" (confirmed by a read), and
+//! from [`Engine::reconcile`].
+//!
+//! The engine reads GHL and hands what it read to the store (`store::snapshot`), which commits
+//! snapshot, outbox and cursor together; the engine never holds a transaction, so no GHL call
+//! can ever run inside one. One record that cannot be read is set aside in dead letters and
+//! never fails a pass.
+
+mod children;
+mod contacts;
+mod hints;
+mod reconcile;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ghl::{GhlClient, GhlError};
+use crate::store::snapshot::{Commit, Committed};
+use crate::store::{Store, StoreError, cursors, locations, runs};
+
+pub use crate::domain::{Interest, Subscriber};
+pub use children::sweep_quota;
+
+/// Engine tuning, from `[sync]` and `[limits]`.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub page_size: u32,
+    pub overlap: Duration,
+    pub index_lag_margin: Duration,
+    pub tasks: bool,
+    pub notes: bool,
+    pub contacts_interval: Duration,
+    pub children_sweep_period: Duration,
+    pub children_sweep_budget_share: f64,
+    pub daily_budget: u64,
+    pub dirty_debounce: Duration,
+    /// Contacts whose children are fetched at the same time, per location.
+    pub children_concurrency: usize,
+    /// Custom field ids the daemon writes itself: not part of the contact's hash.
+    pub ignored_custom_fields: Vec<String>,
+}
+
+impl EngineSettings {
+    pub fn from_config(settings: &crate::config::Settings) -> Self {
+        let sync = &settings.sync;
+        Self {
+            page_size: sync.page_size,
+            overlap: sync.overlap.get(),
+            index_lag_margin: sync.index_lag_margin.get(),
+            tasks: sync.tasks,
+            notes: sync.notes,
+            contacts_interval: sync.contacts_interval.get(),
+            children_sweep_period: sync.children_sweep_period.get(),
+            children_sweep_budget_share: sync.children_sweep_budget_share,
+            daily_budget: settings.limits.ghl_daily_budget,
+            dirty_debounce: sync.dirty_debounce.get(),
+            children_concurrency: 8,
+            ignored_custom_fields: Vec::new(),
+        }
+    }
+}
+
+/// Options of one run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Compute everything, write nothing (every transaction is rolled back).
+    pub dry_run: bool,
+    /// Skip the budgeted sweep (tests, `sync --once` of one location).
+    pub skip_sweep: bool,
+}
+
+/// Progress callbacks for a terminal progress bar.
+pub trait Progress: Send + Sync {
+    /// A page of `contacts` was committed; `total` is GHL's count for the query, if known.
+    fn page(&self, location: &str, contacts: u64, total: Option<u64>);
+    /// Children of `contacts` contacts were read.
+    fn children(&self, location: &str, contacts: u64);
+}
+
+/// What a run did, for logs, `status` and the final summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    pub location: String,
+    pub pages: u64,
+    pub contacts_seen: u64,
+    pub contacts_changed: u64,
+    pub children_read_for: u64,
+    pub requests: u64,
+    pub dead_letters: u64,
+    /// Outbox rows written (or that would be, in a dry run) per event type.
+    pub events: BTreeMap<String, u64>,
+    pub dry_run: bool,
+}
+
+impl RunSummary {
+    pub fn changes(&self) -> u64 {
+        self.events.values().sum()
+    }
+
+    fn absorb(&mut self, committed: Committed) {
+        for (event, n) in committed.events {
+            *self.events.entry(event).or_default() += n;
+        }
+        self.dead_letters += committed.dead_letters;
+    }
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Ghl(#[from] GhlError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("location {0} needs re-authorisation; not synced")]
+    NeedsReauth(String),
+}
+
+/// The sync engine for every location.
+pub struct Engine {
+    store: Store,
+    ghl: GhlClient,
+    settings: EngineSettings,
+    subscribers: Vec<Subscriber>,
+    on_commit: Option<Arc<dyn Fn() + Send + Sync>>,
+    progress: Option<Arc<dyn Progress>>,
+}
+
+/// Which work a run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Hints, contacts stream, due children, sweep.
+    Full,
+    /// Only the contacts webhooks named (and their children).
+    Hints,
+}
+
+impl Engine {
+    pub fn new(store: Store, ghl: GhlClient, settings: EngineSettings, subscribers: Vec<Subscriber>) -> Self {
+        Self { store, ghl, settings, subscribers, on_commit: None, progress: None }
+    }
+
+    /// Called after every commit that wrote outbox rows (wakes the dispatcher).
+    pub fn on_commit(mut self, callback: Arc<dyn Fn() + Send + Sync>) -> Self {
+        self.on_commit = Some(callback);
+        self
+    }
+
+    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    pub fn subscribers(&self) -> &[Subscriber] {
+        &self.subscribers
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// One full run for `location`: hints, contacts stream, due children, sweep.
+    pub async fn run_once(&self, location: &str, options: RunOptions) -> Result<RunSummary, SyncError> {
+        self.run(location, options, Pass::Full).await
+    }
+
+    /// A run for the contacts webhooks named in `location`: a `GET` per named contact (a 404
+    /// is a delete) and the children of those contacts; no search, no sweep.
+    pub async fn run_hints(&self, location: &str, options: RunOptions) -> Result<RunSummary, SyncError> {
+        self.run(location, options, Pass::Hints).await
+    }
+
+    async fn run(&self, location: &str, options: RunOptions, pass: Pass) -> Result<RunSummary, SyncError> {
+        let status = locations::status(&self.store, location).await?;
+        if matches!(status.as_deref(), Some("needs_reauth" | "uninstalled" | "disabled")) {
+            return Err(SyncError::NeedsReauth(location.to_owned()));
+        }
+        let kind = match pass {
+            Pass::Full => "contacts",
+            Pass::Hints => "dirty",
+        };
+        let run_id = if options.dry_run { None } else { Some(runs::start(&self.store, location, kind).await?) };
+        let mut summary = RunSummary { location: location.to_owned(), dry_run: options.dry_run, ..Default::default() };
+        let result = match pass {
+            Pass::Full => self.full_pass(location, options, &mut summary).await,
+            Pass::Hints => self.process_hints(location, options, &mut summary).await,
+        };
+        if let Some(run_id) = run_id {
+            let error = result.as_ref().err().map(ToString::to_string);
+            runs::finish(&self.store, run_id, location, self.counts(&summary), error.as_deref()).await?;
+        }
+        if let Err(error) = &result
+            && matches!(error, SyncError::Ghl(e) if e.needs_reauth())
+        {
+            locations::mark_needs_reauth(&self.store, location, &error.to_string()).await?;
+            tracing::error!(
+                location.id = %location,
+                "Location `{location}` needs re-authorisation and is paused; run `ghl-sync auth install` (OAuth) or fix its private integration token, then restart"
+            );
+        }
+        result.map(|()| summary)
+    }
+
+    fn counts(&self, summary: &RunSummary) -> runs::RunCounts {
+        runs::RunCounts {
+            pages: summary.pages,
+            records_seen: summary.contacts_seen,
+            changes: summary.changes(),
+            requests: summary.requests,
+        }
+    }
+
+    async fn full_pass(&self, location: &str, options: RunOptions, summary: &mut RunSummary) -> Result<(), SyncError> {
+        self.process_hints(location, options, summary).await?;
+        self.stream_contacts(location, options, summary).await?;
+        self.sync_due_children(location, options, summary).await?;
+        if !options.skip_sweep {
+            self.sweep_children(location, options, summary).await?;
+        }
+        Ok(())
+    }
+
+    /// Locations that have webhook hints waiting.
+    pub async fn locations_with_hints(&self) -> Result<Vec<String>, SyncError> {
+        Ok(crate::store::hints::locations_with_hints(&self.store).await?)
+    }
+
+    /// Whether webhook hints are waiting for `location` (the scheduler runs again at once).
+    pub async fn has_hints(&self, location: &str) -> Result<bool, SyncError> {
+        Ok(crate::store::hints::has_hints(&self.store, location).await?)
+    }
+
+    /// When reconciliation last completed for `location` (epoch ms).
+    pub async fn last_reconcile(&self, location: &str) -> Result<Option<i64>, SyncError> {
+        Ok(cursors::last_reconcile(&self.store, location).await?)
+    }
+
+    /// The commit context for `location`.
+    fn commit<'a>(&'a self, location: &'a str, options: RunOptions) -> Commit<'a> {
+        Commit { location, subscribers: &self.subscribers, dry_run: options.dry_run }
+    }
+
+    /// Books a commit into the summary and wakes the dispatcher when it wrote outbox rows.
+    fn committed(&self, summary: &mut RunSummary, committed: Committed, options: RunOptions) {
+        let wrote = committed.wrote_outbox;
+        summary.absorb(committed);
+        if wrote
+            && !options.dry_run
+            && let Some(callback) = &self.on_commit
+        {
+            callback();
+        }
+    }
+
+    /// A confirmed delete of one contact.
+    async fn delete_contact(
+        &self,
+        location: &str,
+        contact_id: &str,
+        options: RunOptions,
+        summary: &mut RunSummary,
+    ) -> Result<(), SyncError> {
+        let committed =
+            crate::store::snapshot::delete_contact(&self.store, &self.commit(location, options), contact_id).await?;
+        self.committed(summary, committed, options);
+        Ok(())
+    }
+}
