@@ -1,0 +1,331 @@
+//! Appointments of a contact: `GET /contacts/:contactId/appointments` (`GetEventSchema`),
+//! seeded for some contacts, and the writes the admin API and `mutate` make (create, update,
+//! cancel, delete), each firing its `Appointment*` webhook.
+//!
+//! GHL writes appointments through its calendars API, which is not part of the contacts spec;
+//! the sandbox offers those writes only through the Rust API and `/__admin/ghl/appointments`.
+//! A cancel keeps the appointment (`appointmentStatus: "cancelled"`) and fires
+//! `AppointmentUpdate`; a delete removes it and fires `AppointmentDelete`
+//! (`docs/webhook events/Appointment*.md`).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+
+use super::model::{Cid, iso, parse_ms};
+use super::state::{ApiError, State};
+
+/// `appointmentStatus` values GHL uses.
+const STATUSES: &[&str] = &["new", "confirmed", "cancelled", "showed", "noshow", "invalid"];
+/// Properties an appointment write accepts.
+const WRITABLE: &[&str] =
+    &["calendarId", "title", "startTime", "endTime", "appointmentStatus", "assignedUserId", "notes", "address"];
+const TITLES: &[&str] = &["Intro call", "Product demo", "Onboarding session", "Quarterly review"];
+const NOTES: &[&str] = &["", "Bring the pricing sheet.", "Wants to see the reporting module.", ""];
+pub(crate) const CALENDAR_NAMES: &[&str] = &["Sales calls", "Demos"];
+
+const MINUTE_MS: i64 = 60_000;
+const DAY_MS: i64 = 24 * 60 * MINUTE_MS;
+
+/// One appointment (calendar event) of a contact.
+#[derive(Debug, Clone)]
+pub(crate) struct Appointment {
+    pub(crate) id: Cid,
+    pub(crate) contact: Cid,
+    pub(crate) loc: u16,
+    pub(crate) calendar: Arc<str>,
+    pub(crate) group: Option<Arc<str>>,
+    pub(crate) title: Cow<'static, str>,
+    /// One of [`STATUSES`].
+    pub(crate) status: &'static str,
+    pub(crate) assigned_user: Option<Arc<str>>,
+    pub(crate) notes: Cow<'static, str>,
+    pub(crate) address: Cow<'static, str>,
+    pub(crate) source: &'static str,
+    pub(crate) start: i64,
+    pub(crate) end: i64,
+    pub(crate) added: i64,
+    pub(crate) updated: i64,
+}
+
+/// `2021-07-16 11:00:00`, the REST format of the spec's examples (UTC).
+fn spaced(ms: i64) -> String {
+    let text = iso(ms);
+    format!("{} {}", &text[..10], &text[11..19])
+}
+
+/// `2023-09-25T16:00:00+00:00`, the webhook format of the docs' examples.
+fn offset(ms: i64) -> String {
+    format!("{}+00:00", &iso(ms)[..19])
+}
+
+/// Parses a write's time: epoch ms, RFC 3339, or the REST `YYYY-MM-DD HH:MM:SS` (UTC).
+fn parse_time(value: &Value) -> Option<i64> {
+    if let Some(text) = value.as_str()
+        && text.len() == 19
+        && text.as_bytes().get(10) == Some(&b' ')
+    {
+        return parse_ms(&Value::String(format!("{}T{}Z", &text[..10], &text[11..])));
+    }
+    parse_ms(value)
+}
+
+impl Appointment {
+    /// The legacy `status` that goes with `appointmentStatus`.
+    fn legacy_status(&self) -> &'static str {
+        match self.status {
+            "cancelled" | "showed" | "noshow" | "invalid" => self.status,
+            _ => "booked",
+        }
+    }
+
+    fn users(&self) -> Vec<&str> {
+        self.assigned_user.as_deref().into_iter().collect()
+    }
+
+    /// One `events[]` item: exactly `schema::APPOINTMENT_FIELDS` (an unassigned appointment
+    /// or one outside a calendar group leaves `assignedUserId` / `groupId` out).
+    pub(crate) fn render(&self, loc_id: &str) -> Value {
+        let mut m = Map::new();
+        m.insert("id".into(), json!(self.id.as_str()));
+        m.insert("calendarId".into(), json!(&*self.calendar));
+        m.insert("status".into(), json!(self.legacy_status()));
+        m.insert("title".into(), json!(self.title));
+        if let Some(user) = &self.assigned_user {
+            m.insert("assignedUserId".into(), json!(&**user));
+        }
+        m.insert("notes".into(), json!(self.notes));
+        m.insert("startTime".into(), json!(spaced(self.start)));
+        m.insert("endTime".into(), json!(spaced(self.end)));
+        m.insert("address".into(), json!(self.address));
+        m.insert("locationId".into(), json!(loc_id));
+        m.insert("contactId".into(), json!(self.contact.as_str()));
+        if let Some(group) = &self.group {
+            m.insert("groupId".into(), json!(&**group));
+        }
+        m.insert("appointmentStatus".into(), json!(self.status));
+        m.insert("users".into(), json!(self.users()));
+        m.insert("dateAdded".into(), json!(spaced(self.added)));
+        m.insert("dateUpdated".into(), json!(spaced(self.updated)));
+        m.insert("assignedResources".into(), json!([]));
+        Value::Object(m)
+    }
+
+    /// An `Appointment*` webhook body (`{type, locationId, appointment}`).
+    pub(crate) fn event(&self, kind: &str, loc_id: &str) -> Value {
+        json!({
+            "type": kind,
+            "locationId": loc_id,
+            "appointment": {
+                "id": self.id.as_str(),
+                "address": self.address,
+                "title": self.title,
+                "calendarId": &*self.calendar,
+                "contactId": self.contact.as_str(),
+                "groupId": self.group.as_deref(),
+                "appointmentStatus": self.status,
+                "assignedUserId": self.assigned_user.as_deref(),
+                "users": self.users(),
+                "notes": self.notes,
+                "source": self.source,
+                "startTime": offset(self.start),
+                "endTime": offset(self.end),
+                "dateAdded": offset(self.added),
+                "dateUpdated": offset(self.updated),
+            },
+        })
+    }
+}
+
+impl State {
+    /// A seeded appointment of `contact` (added at `after`), drawn from `rng`.
+    pub(crate) fn new_appointment_seeded(
+        &self,
+        rng: &mut fastrand::Rng,
+        loc: u16,
+        contact: Cid,
+        after: i64,
+    ) -> Appointment {
+        let l = &self.locs[usize::from(loc)];
+        let (calendar, group) = match l.calendars.get(rng.usize(..l.calendars.len().max(1))) {
+            Some((id, group, _)) => (id.clone(), group.clone()),
+            None => (Arc::from(""), None),
+        };
+        let users = &l.users;
+        // Whole half hours, up to 60 days after the contact was added.
+        let start = (after + rng.i64(DAY_MS..60 * DAY_MS)) / (30 * MINUTE_MS) * (30 * MINUTE_MS);
+        let added = after + rng.i64(0..DAY_MS);
+        let status = ["confirmed", "confirmed", "new", "showed", "cancelled"][rng.usize(..5)];
+        Appointment {
+            id: Cid::random(rng),
+            contact,
+            loc,
+            calendar,
+            group,
+            title: TITLES[rng.usize(..TITLES.len())].into(),
+            status,
+            assigned_user: (!users.is_empty() && rng.u8(..4) != 0).then(|| users[rng.usize(..users.len())].0.clone()),
+            notes: NOTES[rng.usize(..NOTES.len())].into(),
+            address: if rng.bool() {
+                Cow::Owned(format!("https://meet.example.test/{}", Cid::random(rng).as_str()))
+            } else {
+                Cow::Borrowed("")
+            },
+            source: "booking_widget",
+            start,
+            end: start + [30, 60][rng.usize(..2)] * MINUTE_MS,
+            added,
+            updated: if status == "confirmed" { added } else { added + rng.i64(0..DAY_MS) },
+        }
+    }
+
+    fn apply_appointment(&self, a: &mut Appointment, obj: &Map<String, Value>) -> Result<(), ApiError> {
+        let mut problems: Vec<String> = obj
+            .keys()
+            .filter(|k| !WRITABLE.contains(&k.as_str()))
+            .map(|k| format!("property {k} should not exist"))
+            .collect();
+        let text = |v: &Value| v.as_str().map(str::to_owned);
+        for (key, value) in obj {
+            match key.as_str() {
+                "calendarId" => match text(value) {
+                    Some(id) => a.calendar = Arc::from(id.as_str()),
+                    None => problems.push("calendarId must be a string".to_owned()),
+                },
+                "title" => match text(value) {
+                    Some(t) => a.title = Cow::Owned(t),
+                    None => problems.push("title must be a string".to_owned()),
+                },
+                "notes" => a.notes = Cow::Owned(text(value).unwrap_or_default()),
+                "address" => a.address = Cow::Owned(text(value).unwrap_or_default()),
+                "assignedUserId" => a.assigned_user = value.as_str().map(Arc::from),
+                "startTime" | "endTime" => match parse_time(value) {
+                    Some(ms) if key == "startTime" => a.start = ms,
+                    Some(ms) => a.end = ms,
+                    None => problems.push(format!("{key} must be a valid ISO 8601 date string")),
+                },
+                "appointmentStatus" => match value.as_str().and_then(|s| STATUSES.iter().find(|x| **x == s)) {
+                    Some(status) => a.status = status,
+                    None => problems.push(format!("appointmentStatus must be one of: {}", STATUSES.join(", "))),
+                },
+                _ => {}
+            }
+        }
+        if a.end <= a.start {
+            if obj.contains_key("endTime") {
+                problems.push("endTime must be after startTime".to_owned());
+            } else {
+                a.end = a.start + 30 * MINUTE_MS;
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ApiError::unprocessable(problems)) }
+    }
+
+    /// Books an appointment for a live contact (`startTime` required; calendar defaults to
+    /// the location's first).
+    pub(crate) fn create_appointment(
+        &mut self,
+        contact: Cid,
+        obj: &Map<String, Value>,
+    ) -> Result<(Appointment, Vec<Value>), ApiError> {
+        let c = self.contacts.get(&contact).cloned().ok_or_else(ApiError::contact_not_found)?;
+        if !obj.contains_key("startTime") {
+            return Err(ApiError::unprocessable(vec!["startTime must be a valid ISO 8601 date string".to_owned()]));
+        }
+        let now = self.stamp();
+        let (calendar, group) = self
+            .locs
+            .get(usize::from(c.loc))
+            .and_then(|l| l.calendars.first())
+            .map(|(id, group, _)| (id.clone(), group.clone()))
+            .unwrap_or_else(|| (Arc::from(""), None));
+        let mut appointment = Appointment {
+            id: Cid::random(&mut self.rng),
+            contact,
+            loc: c.loc,
+            calendar,
+            group,
+            title: Cow::Borrowed("Appointment"),
+            status: "confirmed",
+            assigned_user: None,
+            notes: Cow::Borrowed(""),
+            address: Cow::Borrowed(""),
+            source: "third_party",
+            start: now,
+            end: now,
+            added: now,
+            updated: now,
+        };
+        self.apply_appointment(&mut appointment, obj)?;
+        self.appointments.insert(appointment.id, appointment.clone());
+        self.children.entry(contact).or_default().appointments.push(appointment.id);
+        self.bump_for_child(contact);
+        let event = appointment.event("AppointmentCreate", self.loc_id(c.loc));
+        Ok((appointment, vec![event]))
+    }
+
+    /// Edits an appointment (`WRITABLE` fields); fires `AppointmentUpdate`.
+    pub(crate) fn update_appointment(
+        &mut self,
+        id: Cid,
+        obj: &Map<String, Value>,
+    ) -> Result<(Appointment, Vec<Value>), ApiError> {
+        let mut appointment = self.appointments.get(&id).cloned().ok_or_else(|| ApiError::not_found("Appointment"))?;
+        self.apply_appointment(&mut appointment, obj)?;
+        appointment.updated = self.stamp();
+        self.appointments.insert(id, appointment.clone());
+        self.bump_for_child(appointment.contact);
+        let event = appointment.event("AppointmentUpdate", self.loc_id(appointment.loc));
+        Ok((appointment, vec![event]))
+    }
+
+    /// Cancels an appointment: it stays listed with `appointmentStatus: "cancelled"`.
+    pub(crate) fn cancel_appointment(&mut self, id: Cid) -> Result<(Appointment, Vec<Value>), ApiError> {
+        let body = json!({"appointmentStatus": "cancelled"});
+        let obj = body.as_object().cloned().unwrap_or_default();
+        self.update_appointment(id, &obj)
+    }
+
+    /// Deletes an appointment; fires `AppointmentDelete`.
+    pub(crate) fn delete_appointment(&mut self, id: Cid) -> Result<Vec<Value>, ApiError> {
+        let appointment = self.appointments.remove(&id).ok_or_else(|| ApiError::not_found("Appointment"))?;
+        if let Some(kids) = self.children.get_mut(&appointment.contact) {
+            kids.appointments.retain(|a| *a != id);
+        }
+        self.bump_for_child(appointment.contact);
+        Ok(vec![appointment.event("AppointmentDelete", self.loc_id(appointment.loc))])
+    }
+
+    /// The contact's appointments, earliest start first.
+    pub(crate) fn appointments_of(&self, contact: Cid) -> Vec<&Appointment> {
+        let mut list: Vec<&Appointment> = self
+            .children
+            .get(&contact)
+            .map(|k| k.appointments.iter().filter_map(|a| self.appointments.get(a)).collect())
+            .unwrap_or_default();
+        list.sort_by_key(|a| (a.start, a.id));
+        list
+    }
+
+    /// A random live appointment of `contact` (for `mutate`).
+    pub(crate) fn some_appointment(&mut self, contact: Cid, live_only: bool) -> Option<Cid> {
+        let ids: Vec<Cid> = self
+            .appointments_of(contact)
+            .into_iter()
+            .filter(|a| !live_only || a.status != "cancelled")
+            .map(|a| a.id)
+            .collect();
+        (!ids.is_empty()).then(|| ids[self.rng.usize(..ids.len())])
+    }
+
+    /// Rendered appointments of a contact.
+    pub(crate) fn render_appointments(&self, contact: Cid) -> Vec<Value> {
+        self.appointments_of(contact).iter().map(|a| a.render(self.loc_id(a.loc))).collect()
+    }
+
+    /// The start of a new appointment a `mutate` books: tomorrow, on the hour.
+    pub(crate) fn next_slot(&self) -> i64 {
+        (self.wall_ms() + DAY_MS) / (60 * MINUTE_MS) * (60 * MINUTE_MS)
+    }
+}
