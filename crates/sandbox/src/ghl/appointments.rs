@@ -149,7 +149,7 @@ impl State {
     ) -> Appointment {
         let l = &self.locs[usize::from(loc)];
         let (calendar, group) = match l.calendars.get(rng.usize(..l.calendars.len().max(1))) {
-            Some((id, group, _)) => (id.clone(), group.clone()),
+            Some(c) => (c.id.clone(), c.group.clone()),
             None => (Arc::from(""), None),
         };
         let users = &l.users;
@@ -238,7 +238,7 @@ impl State {
             .locs
             .get(usize::from(c.loc))
             .and_then(|l| l.calendars.first())
-            .map(|(id, group, _)| (id.clone(), group.clone()))
+            .map(|c| (c.id.clone(), c.group.clone()))
             .unwrap_or_else(|| (Arc::from(""), None));
         let mut appointment = Appointment {
             id: Cid::random(&mut self.rng),

@@ -3,22 +3,57 @@
 //!
 //! - OAuth (`/oauth/token`, `/oauth/locationToken`) with single-use rotating refresh tokens,
 //!   a grace window and grant death on reuse; Private Integration Tokens per location.
+//! - Scopes per token (reference/ghl.md §3.8): seeded PITs and default grants have all of
+//!   them; [`FakeGhl::create_pit`] and [`FakeGhl::authorization_code_with_scopes`] make
+//!   narrower ones. A token without a route's scope gets
+//!   `{"statusCode":401,"message":"The token is not authorized for this scope."}`
+//!   ([`GhlOptions::scope_denied_status`] makes it 403).
 //! - Contacts (search with `searchAfter`, lagged index, shape drift), tasks, notes, tags,
-//!   appointments, the deprecated listing, business listing, location info, custom fields.
+//!   appointments, businesses, the deprecated listing, location info, custom fields.
 //! - Per-bucket sliding-window and daily rate limits with the five `X-RateLimit-*` headers.
 //! - Ed25519-signed webhooks for every write, with duplicate / stale / bad-signature modes.
 //! - Fault injection per route template and an admin API under `/__admin/ghl/`.
 //!
 //! All data is synthetic and deterministic from [`GhlOptions::seed`].
 //!
+//! Read shapes (the field lists live in `schema.rs`, copied from the specs and checked against
+//! them by the tests): `GET /contacts/:id` answers exactly `GetContectByIdSchema`'s fields
+//! (`attributionSource`, `lastAttributionSource`, `timezone`, `dndSettings`, `businessId`,
+//! `visitorId`, `ssn`, `keyword`, …; a field without a value is left out), search items exactly
+//! the be089e5 `Contact` item fields plus the documented live extras (`firstName`, `lastName`,
+//! `contactName`, `website`), the business listing and deprecated `GET /contacts/`
+//! `ContactsSearchSchema`, the 201 of `POST /contacts/` `CreateContactSchema`. All shapes read
+//! one stored record, so a field two shapes carry has the same value in both (up to the
+//! drift: `address` / epoch `dateOfBirth` in search).
+//!
+//! Routes besides OAuth: `POST /contacts/search`, `GET|PUT|DELETE /contacts/:contactId`,
+//! `POST /contacts/` (201), `POST /contacts/upsert`, `GET /contacts/` (deprecated),
+//! `POST|DELETE /contacts/:contactId/tags` (201 / 200), `GET /contacts/:contactId/appointments`
+//! (`{events}`), `GET /contacts/business/:businessId?locationId&limit&skip&query`
+//! (`{contacts, count}`), `POST /contacts/bulk/business` (`{locationId, ids, businessId|null}`
+//! → `{success, ids}`), tasks (`GET|POST /contacts/:contactId/tasks`,
+//! `GET|PUT|DELETE …/tasks/:taskId`, `PUT …/tasks/:taskId/completed`), notes
+//! (`GET|POST /contacts/:contactId/notes`, `GET|PUT|DELETE …/notes/:id`),
+//! `GET /locations/:locationId`, `GET /locations/:locationId/customFields`,
+//! `POST /locations/:locationId/tasks/search` (scope `locations/tasks.readonly`; body
+//! `TaskSearchParamsDto`, 422 for anything else; items with `_id`, `contactDetails`,
+//! `assignedToUserDetails`, ordered by `(dateAdded, id)`, `skip`/`limit` paged, defaults 0 and
+//! 25). A child route of a deleted contact answers 404 `Contact not found`.
+//!
 //! Admin routes (no auth, loopback only), under `/__admin/ghl/`:
 //! `POST seed {seed?, locations?, contacts_per_location?, max_tasks_per_contact?,
-//! max_notes_per_contact?}` (reseed; answers credentials), `POST mutate {locationId?, count}`,
+//! max_notes_per_contact?}` (reseed; answers credentials), `POST mutate {locationId?, count,
+//! kinds?}` (`kinds`: [`MutationKind`] names; without it the default contacts/tasks/notes mix),
 //! `GET state?limit=N`, `GET stats`, `POST stats/reset`,
 //! `POST faults {route, errorRate, latencyMs, hang, malformedJson, status, storm429,
 //! statusAfterWrite}`, `DELETE faults`, `GET credentials`, `GET webhooks` (sent log),
 //! `POST webhooks/emit {event, mode}`, `POST webhooks/url {url}`, `POST clock/advance {ms}`,
-//! `POST daily-exhausted {locationId, exhausted}`.
+//! `POST daily-exhausted {locationId, exhausted}`, `POST pits {locationId, scopes}` (a PIT with
+//! those scopes), `POST codes {locationId?, scopes}` (an authorization code for such a grant),
+//! `POST appointments {contactId, startTime, …}`, `PUT appointments/:id {…}`,
+//! `POST appointments/:id/cancel`, `DELETE appointments/:id` (each fires its
+//! `Appointment*` webhook), `POST business {contactId, businessId|null}` (fires
+//! `ContactUpdate`).
 //!
 //! Where the OpenAPI spec and `reference/ghl.md` disagree, the reference wins (comments mark
 //! the spots): search answers `{contacts, total}` with `searchAfter` items (spec: `count`, no

@@ -97,8 +97,16 @@ pub(crate) struct Loc {
     pub(crate) users: Vec<(Arc<str>, &'static str, &'static str)>,
     pub(crate) businesses: Vec<(Arc<str>, String)>,
     pub(crate) custom_fields: Vec<(Arc<str>, &'static str, &'static str, &'static str)>,
-    /// `(calendar id, group id, name)`.
-    pub(crate) calendars: Vec<(Arc<str>, Option<Arc<str>>, &'static str)>,
+    pub(crate) calendars: Vec<Calendar>,
+}
+
+/// A calendar of a location (appointments are booked on one).
+#[derive(Debug, Clone)]
+pub(crate) struct Calendar {
+    pub(crate) id: Arc<str>,
+    /// The calendar group, if the calendar is in one.
+    pub(crate) group: Option<Arc<str>>,
+    pub(crate) name: &'static str,
 }
 
 /// The compact contact record. `fields == None` means "as generated from `n`".

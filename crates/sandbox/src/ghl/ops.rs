@@ -1102,6 +1102,10 @@ impl State {
                 "name": loc.name,
                 "pit": loc.pit,
                 "contactCount": total,
+                "businesses": loc.businesses.iter().map(|(id, name)| json!({"id": &**id, "name": name})).collect::<Vec<_>>(),
+                "calendars": loc.calendars.iter()
+                    .map(|c| json!({"id": &*c.id, "name": c.name, "groupId": c.group.as_deref()}))
+                    .collect::<Vec<_>>(),
                 "searchIndexCount": index.docs.len(),
                 "contacts": contacts,
             }));

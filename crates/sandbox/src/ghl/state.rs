@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use super::appointments::{Appointment, CALENDAR_NAMES};
 use super::model::{
-    Cid, Contact, Fields, Loc, NOTE_BODIES, Note, SEED_BASE_MS, SEED_SPAN_MS, Shape, TASK_BODIES, TASK_TITLES, Task,
-    USER_FIRST, USER_LAST, generate_fields, random_hex, render_contact, system_ms,
+    Calendar, Cid, Contact, Fields, Loc, NOTE_BODIES, Note, SEED_BASE_MS, SEED_SPAN_MS, Shape, TASK_BODIES,
+    TASK_TITLES, Task, USER_FIRST, USER_LAST, generate_fields, random_hex, render_contact, system_ms,
 };
 use super::schema::ScopeSet;
 use super::{Fault, GhlOptions, GhlStats};
@@ -343,7 +343,7 @@ impl State {
                 .enumerate()
                 .map(|(c, name)| {
                     let id: Arc<str> = Arc::from(Cid::random(&mut calendar_rng).as_str());
-                    (id, (c == 0).then(|| group.clone()), *name)
+                    Calendar { id, group: (c == 0).then(|| group.clone()), name }
                 })
                 .collect();
             locs.push(Loc {
