@@ -7,13 +7,18 @@
 //! A cancel keeps the appointment (`appointmentStatus: "cancelled"`) and fires
 //! `AppointmentUpdate`; a delete removes it and fires `AppointmentDelete`
 //! (`docs/webhook events/Appointment*.md`).
+//!
+//! Like contact fields, a seeded contact's appointments cost nothing until touched: they are
+//! generated from `(seed, location, n)` on read, and stored only when one of the contact's
+//! appointments is written. A seeded appointment's id is an invertible scramble of its
+//! contact's id, so a write by appointment id finds the contact without an index.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use super::model::{Cid, iso, parse_ms};
+use super::model::{ALNUM, Cid, Contact, iso, parse_ms};
 use super::state::{ApiError, State};
 
 /// `appointmentStatus` values GHL uses.
@@ -24,6 +29,9 @@ const WRITABLE: &[&str] =
 const TITLES: &[&str] = &["Intro call", "Product demo", "Onboarding session", "Quarterly review"];
 const NOTES: &[&str] = &["", "Bring the pricing sheet.", "Wants to see the reporting module.", ""];
 pub(crate) const CALENDAR_NAMES: &[&str] = &["Sales calls", "Demos"];
+
+/// Seeds the per-contact stream of seeded appointments.
+const SEED_STREAM: u64 = 0xA990_1D7E_5EED_0002;
 
 const MINUTE_MS: i64 = 60_000;
 const DAY_MS: i64 = 24 * 60 * MINUTE_MS;
@@ -47,6 +55,33 @@ pub(crate) struct Appointment {
     pub(crate) end: i64,
     pub(crate) added: i64,
     pub(crate) updated: i64,
+}
+
+fn alnum_index(byte: u8) -> Option<usize> {
+    ALNUM.iter().position(|b| *b == byte)
+}
+
+/// The id of seeded appointment `k` of `contact`: each character shifted in the id alphabet
+/// by an amount that depends on `k` and its position, the order reversed.
+fn seeded_id(contact: Cid, k: usize) -> Cid {
+    let n = ALNUM.len();
+    let mut out = [0u8; 20];
+    for (i, byte) in contact.0.iter().enumerate() {
+        let index = alnum_index(*byte).unwrap_or(0);
+        out[19 - i] = ALNUM[(index + 7 * (k + 1) + i) % n];
+    }
+    Cid(out)
+}
+
+/// The contact whose seeded appointment `k` would have id `id` (inverse of [`seeded_id`]).
+fn seeded_contact(id: Cid, k: usize) -> Option<Cid> {
+    let n = ALNUM.len();
+    let mut out = [0u8; 20];
+    for (i, slot) in out.iter_mut().enumerate() {
+        let index = alnum_index(id.0[19 - i])?;
+        *slot = ALNUM[(index + n * (k + 2) - (7 * (k + 1) + i) % n) % n];
+    }
+    Some(Cid(out))
 }
 
 /// `2021-07-16 11:00:00`, the REST format of the spec's examples (UTC).
@@ -139,45 +174,95 @@ impl Appointment {
 }
 
 impl State {
-    /// A seeded appointment of `contact` (added at `after`), drawn from `rng`.
-    pub(crate) fn new_appointment_seeded(
-        &self,
-        rng: &mut fastrand::Rng,
-        loc: u16,
-        contact: Cid,
-        after: i64,
-    ) -> Appointment {
-        let l = &self.locs[usize::from(loc)];
+    /// The appointments seeded contact `c` was born with: about one contact in four has
+    /// `1..=max_appointments_per_contact`; contacts created later have none.
+    fn seeded_appointments(&self, c: &Contact) -> Vec<Appointment> {
+        let max = self.opts.max_appointments_per_contact;
+        if max == 0 || usize::try_from(c.n).unwrap_or(usize::MAX) >= self.opts.contacts_per_location {
+            return Vec::new();
+        }
+        let mut rng = fastrand::Rng::with_seed(
+            self.opts.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ SEED_STREAM
+                ^ (u64::from(c.loc) << 40)
+                ^ u64::from(c.n),
+        );
+        if rng.u8(..4) != 0 {
+            return Vec::new();
+        }
+        (0..rng.usize(1..=max)).map(|k| self.new_appointment_seeded(&mut rng, c, seeded_id(c.id, k))).collect()
+    }
+
+    fn new_appointment_seeded(&self, rng: &mut fastrand::Rng, c: &Contact, id: Cid) -> Appointment {
+        let l = &self.locs[usize::from(c.loc)];
         let (calendar, group) = match l.calendars.get(rng.usize(..l.calendars.len().max(1))) {
-            Some(c) => (c.id.clone(), c.group.clone()),
+            Some(cal) => (cal.id.clone(), cal.group.clone()),
             None => (Arc::from(""), None),
         };
         let users = &l.users;
         // Whole half hours, up to 60 days after the contact was added.
-        let start = (after + rng.i64(DAY_MS..60 * DAY_MS)) / (30 * MINUTE_MS) * (30 * MINUTE_MS);
-        let added = after + rng.i64(0..DAY_MS);
+        let start = (c.added + rng.i64(DAY_MS..60 * DAY_MS)) / (30 * MINUTE_MS) * (30 * MINUTE_MS);
+        let added = c.added + rng.i64(0..DAY_MS);
         let status = ["confirmed", "confirmed", "new", "showed", "cancelled"][rng.usize(..5)];
+        let address = if rng.bool() {
+            Cow::Owned(format!("https://meet.example.test/{}", Cid::random(rng).as_str()))
+        } else {
+            Cow::Borrowed("")
+        };
         Appointment {
-            id: Cid::random(rng),
-            contact,
-            loc,
+            id,
+            contact: c.id,
+            loc: c.loc,
             calendar,
             group,
             title: TITLES[rng.usize(..TITLES.len())].into(),
             status,
             assigned_user: (!users.is_empty() && rng.u8(..4) != 0).then(|| users[rng.usize(..users.len())].0.clone()),
             notes: NOTES[rng.usize(..NOTES.len())].into(),
-            address: if rng.bool() {
-                Cow::Owned(format!("https://meet.example.test/{}", Cid::random(rng).as_str()))
-            } else {
-                Cow::Borrowed("")
-            },
+            address,
             source: "booking_widget",
             start,
             end: start + [30, 60][rng.usize(..2)] * MINUTE_MS,
             added,
             updated: if status == "confirmed" { added } else { added + rng.i64(0..DAY_MS) },
         }
+    }
+
+    fn appointments_stored(&self, contact: Cid) -> bool {
+        self.children.get(&contact).is_some_and(|k| k.appointments_stored)
+    }
+
+    /// Stores a contact's seeded appointments before the first write to any of them.
+    fn store_appointments(&mut self, contact: Cid) {
+        if self.appointments_stored(contact) {
+            return;
+        }
+        let seeded = self.contacts.get(&contact).map(|c| self.seeded_appointments(c)).unwrap_or_default();
+        let kids = self.children.entry(contact).or_default();
+        kids.appointments_stored = true;
+        kids.appointments = seeded.iter().map(|a| a.id).collect();
+        for a in seeded {
+            self.appointments.insert(a.id, a);
+        }
+    }
+
+    /// Finds a live appointment by id (storing its contact's seeded ones first).
+    fn find_appointment(&mut self, id: Cid) -> Result<Cid, ApiError> {
+        if self.appointments.contains_key(&id) {
+            return Ok(id);
+        }
+        for k in 0..self.opts.max_appointments_per_contact {
+            let Some(contact) = seeded_contact(id, k) else { continue };
+            if self.appointments_stored(contact) {
+                continue;
+            }
+            let seeded = self.contacts.get(&contact).map(|c| self.seeded_appointments(c)).unwrap_or_default();
+            if seeded.iter().any(|a| a.id == id) {
+                self.store_appointments(contact);
+                return Ok(id);
+            }
+        }
+        Err(ApiError::not_found("Appointment"))
     }
 
     fn apply_appointment(&self, a: &mut Appointment, obj: &Map<String, Value>) -> Result<(), ApiError> {
@@ -233,6 +318,7 @@ impl State {
         if !obj.contains_key("startTime") {
             return Err(ApiError::unprocessable(vec!["startTime must be a valid ISO 8601 date string".to_owned()]));
         }
+        self.store_appointments(contact);
         let now = self.stamp();
         let (calendar, group) = self
             .locs
@@ -271,6 +357,7 @@ impl State {
         id: Cid,
         obj: &Map<String, Value>,
     ) -> Result<(Appointment, Vec<Value>), ApiError> {
+        let id = self.find_appointment(id)?;
         let mut appointment = self.appointments.get(&id).cloned().ok_or_else(|| ApiError::not_found("Appointment"))?;
         self.apply_appointment(&mut appointment, obj)?;
         appointment.updated = self.stamp();
@@ -289,6 +376,7 @@ impl State {
 
     /// Deletes an appointment; fires `AppointmentDelete`.
     pub(crate) fn delete_appointment(&mut self, id: Cid) -> Result<Vec<Value>, ApiError> {
+        let id = self.find_appointment(id)?;
         let appointment = self.appointments.remove(&id).ok_or_else(|| ApiError::not_found("Appointment"))?;
         if let Some(kids) = self.children.get_mut(&appointment.contact) {
             kids.appointments.retain(|a| *a != id);
@@ -298,12 +386,13 @@ impl State {
     }
 
     /// The contact's appointments, earliest start first.
-    pub(crate) fn appointments_of(&self, contact: Cid) -> Vec<&Appointment> {
-        let mut list: Vec<&Appointment> = self
-            .children
-            .get(&contact)
-            .map(|k| k.appointments.iter().filter_map(|a| self.appointments.get(a)).collect())
-            .unwrap_or_default();
+    pub(crate) fn appointments_of(&self, contact: Cid) -> Vec<Appointment> {
+        let mut list: Vec<Appointment> = match self.children.get(&contact) {
+            Some(k) if k.appointments_stored => {
+                k.appointments.iter().filter_map(|a| self.appointments.get(a)).cloned().collect()
+            }
+            _ => self.contacts.get(&contact).map(|c| self.seeded_appointments(c)).unwrap_or_default(),
+        };
         list.sort_by_key(|a| (a.start, a.id));
         list
     }
@@ -327,5 +416,27 @@ impl State {
     /// The start of a new appointment a `mutate` books: tomorrow, on the hour.
     pub(crate) fn next_slot(&self) -> i64 {
         (self.wall_ms() + DAY_MS) / (60 * MINUTE_MS) * (60 * MINUTE_MS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeded_ids_lead_back_to_their_contact() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..200 {
+            let contact = Cid::random(&mut rng);
+            for k in 0..4 {
+                let id = seeded_id(contact, k);
+                assert_ne!(id, contact);
+                assert_eq!(seeded_contact(id, k), Some(contact));
+                assert_ne!(seeded_id(contact, k + 1), id);
+            }
+        }
+        assert_eq!(spaced(1_626_433_200_000), "2021-07-16 11:00:00");
+        assert_eq!(offset(1_626_433_200_000), "2021-07-16T11:00:00+00:00");
+        assert_eq!(parse_time(&Value::String("2021-07-16 11:00:00".into())), Some(1_626_433_200_000));
     }
 }

@@ -588,7 +588,7 @@ impl FakeGhl {
     pub fn search_item(&self, id: &str) -> Option<Value> {
         let s = self.lock();
         let c = s.contacts.get(&Cid::parse(id)?)?;
-        let f = s.fields_of(c);
+        let f = s.search_fields_of(c);
         serde_json::from_str(&model::search_item(c, &f, s.loc_id(c.loc), c.updated)).ok()
     }
 

@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::schema;
 
-const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+pub(crate) const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
 /// A GHL-style id: 20 ASCII alphanumerics, stored inline.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
@@ -222,8 +222,10 @@ pub(crate) const USER_LAST: &[&str] = &["Agent", "Seller", "Closer", "Helper"];
 pub(crate) const SEED_BASE_MS: i64 = 1_735_689_600_000;
 pub(crate) const SEED_SPAN_MS: i64 = 365 * 24 * 3600 * 1000;
 
-/// Generates the seeded fields of contact `n` of location `loc`.
-pub(crate) fn generate_fields(seed: u64, loc_index: u16, loc: &Loc, n: u32) -> Fields {
+/// Generates the seeded fields of contact `n` of location `loc`: every field when
+/// `get_only` (for `GET` and the other full shapes), or without the fields only `GET` shows
+/// (attribution, visitor id, keyword, ssn), which search never renders: search is the hot path.
+pub(crate) fn generate_fields(seed: u64, loc_index: u16, loc: &Loc, n: u32, get_only: bool) -> Fields {
     let mut rng = fastrand::Rng::with_seed(
         seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (u64::from(loc_index) << 40) ^ u64::from(n),
     );
@@ -272,8 +274,13 @@ pub(crate) fn generate_fields(seed: u64, loc_index: u16, loc: &Loc, n: u32) -> F
         business_id: business,
         ..Fields::default()
     };
-    // Drawn after every field above, so adding them left the older seeded values unchanged.
+    // Drawn after every field above, so adding it left the older seeded values unchanged.
     f.dnd_settings = seeded_dnd_settings(&mut rng, f.dnd);
+    if !get_only {
+        return f;
+    }
+    // A stream of its own: the fields above do not depend on whether these are drawn.
+    let mut rng = fastrand::Rng::with_seed(rng_seed_get_only(seed, loc_index, n));
     f.attribution_source = seeded_attribution(&mut rng, f.source.as_deref(), global, false);
     if f.attribution_source.is_some() && rng.u8(..3) == 0 {
         f.last_attribution_source = seeded_attribution(&mut rng, f.source.as_deref(), global, true);
@@ -289,6 +296,10 @@ pub(crate) fn generate_fields(seed: u64, loc_index: u16, loc: &Loc, n: u32) -> F
         f.ssn = Some(format!("000-{:02}-{:04}", rng.u8(1..100), rng.u16(1..10_000)));
     }
     f
+}
+
+fn rng_seed_get_only(seed: u64, loc_index: u16, n: u32) -> u64 {
+    (seed ^ 0x6E70_0001_A771_B0CE).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (u64::from(loc_index) << 40) ^ u64::from(n)
 }
 
 const KEYWORDS: &[&str] = &["pricing", "demo", "newsletter", "webinar"];

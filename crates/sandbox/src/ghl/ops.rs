@@ -775,7 +775,7 @@ impl State {
             let Some(c) = index.docs.get(&key.1) else {
                 return false;
             };
-            let fields = needs_fields.then(|| self.fields_of(c));
+            let fields = needs_fields.then(|| self.search_fields_of(c));
             filters.iter().all(|f| f.eval(c, fields.as_deref()))
                 && query.as_ref().is_none_or(|q| {
                     fields.as_deref().is_some_and(|f| {
@@ -822,7 +822,7 @@ impl State {
             .iter()
             .filter_map(|k| index.docs.get(&k.1))
             .map(|c| {
-                let f = self.fields_of(c);
+                let f = self.search_fields_of(c);
                 let sort_ms = if sort_updated { c.updated } else { c.added };
                 search_item(c, &f, loc_id, sort_ms)
             })

@@ -208,7 +208,10 @@ pub(crate) enum IndexOp {
 pub(crate) struct Children {
     pub(crate) tasks: Vec<Cid>,
     pub(crate) notes: Vec<Cid>,
+    /// Appointments once written; until then a seeded contact's appointments are generated
+    /// on read (see `appointments.rs`).
     pub(crate) appointments: Vec<Cid>,
+    pub(crate) appointments_stored: bool,
 }
 
 /// A one-time authorization code.
@@ -249,6 +252,7 @@ pub(crate) struct State {
     /// Task ids per location in the task search's order: `(dateAdded, id)`.
     pub(crate) loc_tasks: Vec<BTreeSet<(i64, Cid)>>,
     pub(crate) notes: FastMap<Cid, Note>,
+    /// Stored appointments (of contacts whose appointments were written).
     pub(crate) appointments: FastMap<Cid, Appointment>,
     pub(crate) children: FastMap<Cid, Children>,
     pub(crate) next_n: Vec<u32>,
@@ -400,7 +404,6 @@ impl State {
         let per = self.opts.contacts_per_location;
         let max_tasks = self.opts.max_tasks_per_contact;
         let max_notes = self.opts.max_notes_per_contact;
-        let max_appointments = self.opts.max_appointments_per_contact;
         let total = per * self.locs.len();
         self.contacts.reserve(total);
         self.tasks.reserve(total * max_tasks / 2);
@@ -413,9 +416,6 @@ impl State {
             let mut by_updated = Vec::with_capacity(per);
             let mut by_added = Vec::with_capacity(per);
             let mut task_ids = Vec::with_capacity(per * max_tasks / 2);
-            // Appointments draw from a stream of their own, so adding them left every other
-            // seeded value (and id) as it was.
-            let mut appointment_rng = fastrand::Rng::with_seed(self.opts.seed ^ 0xA990_1D7E ^ ((li as u64) << 32));
             for n in 0..per {
                 let id = Cid::random(rng);
                 let added = SEED_BASE_MS + rng.i64(0..SEED_SPAN_MS);
@@ -432,19 +432,13 @@ impl State {
                 docs.insert(id, contact);
                 let task_count = rng.usize(0..=max_tasks);
                 let note_count = rng.usize(0..=max_notes);
-                // About one contact in four has appointments.
-                let appointment_count = if max_appointments > 0 && appointment_rng.u8(..4) == 0 {
-                    appointment_rng.usize(1..=max_appointments)
-                } else {
-                    0
-                };
-                if task_count + note_count + appointment_count == 0 {
+                if task_count + note_count == 0 {
                     continue;
                 }
                 let mut kids = Children {
                     tasks: Vec::with_capacity(task_count),
                     notes: Vec::with_capacity(note_count),
-                    appointments: Vec::with_capacity(appointment_count),
+                    ..Children::default()
                 };
                 for _ in 0..task_count {
                     let task = self.new_task_seeded(rng, loc, id, added);
@@ -452,11 +446,7 @@ impl State {
                     task_ids.push((task.added, task.id));
                     self.tasks.insert(task.id, task);
                 }
-                for _ in 0..appointment_count {
-                    let appointment = self.new_appointment_seeded(&mut appointment_rng, loc, id, added);
-                    kids.appointments.push(appointment.id);
-                    self.appointments.insert(appointment.id, appointment);
-                }
+
                 for _ in 0..note_count {
                     let note = self.new_note_seeded(rng, loc, id, added);
                     kids.notes.push(note.id);
@@ -553,10 +543,20 @@ impl State {
     }
 
     pub(crate) fn fields_of(&self, c: &Contact) -> Arc<Fields> {
+        self.generated_fields(c, true)
+    }
+
+    /// Like [`State::fields_of`], without the fields only `GET` shows, for search's hot path
+    /// (a written contact's stored fields are returned whole).
+    pub(crate) fn search_fields_of(&self, c: &Contact) -> Arc<Fields> {
+        self.generated_fields(c, false)
+    }
+
+    fn generated_fields(&self, c: &Contact, get_only: bool) -> Arc<Fields> {
         match &c.fields {
             Some(f) => f.clone(),
             None => match self.locs.get(usize::from(c.loc)) {
-                Some(loc) => Arc::new(generate_fields(self.opts.seed, c.loc, loc, c.n)),
+                Some(loc) => Arc::new(generate_fields(self.opts.seed, c.loc, loc, c.n, get_only)),
                 None => Arc::new(Fields::default()),
             },
         }
