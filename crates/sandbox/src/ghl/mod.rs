@@ -31,7 +31,8 @@
 //! `POST|DELETE /contacts/:contactId/tags` (201 / 200), `GET /contacts/:contactId/appointments`
 //! (`{events}`), `GET /contacts/business/:businessId?locationId&limit&skip&query`
 //! (`{contacts, count}`), `POST /contacts/bulk/business` (`{locationId, ids, businessId|null}`
-//! → `{success, ids}`), tasks (`GET|POST /contacts/:contactId/tasks`,
+//! → `{success, ids}`), `POST /contacts/bulk/tags/update/:type` (`add`/`remove`;
+//! `{contacts, tags, locationId, removeAllTags}` → 201 `{succeded, errorCount, responses}`), tasks (`GET|POST /contacts/:contactId/tasks`,
 //! `GET|PUT|DELETE …/tasks/:taskId`, `PUT …/tasks/:taskId/completed`), notes
 //! (`GET|POST /contacts/:contactId/notes`, `GET|PUT|DELETE …/notes/:id`),
 //! `GET /locations/:locationId`, `GET /locations/:locationId/customFields`,

@@ -316,6 +316,89 @@ impl State {
         Ok((json!({"tags": all}), vec![event]))
     }
 
+    /// `POST /contacts/bulk/tags/update/:type` (`UpdateTagsDTO`; `:type` is `add` or
+    /// `remove`) for the caller's location: 201 `{succeded, errorCount, responses}` with one
+    /// response per listed contact, errors worded as the spec's example; each contact whose
+    /// tags changed fires `ContactTagUpdate`.
+    pub(crate) fn bulk_tags(&mut self, loc: u16, kind: &str, obj: &Map<String, Value>) -> Result<Written, ApiError> {
+        let mut problems: Vec<String> = obj
+            .keys()
+            .filter(|k| !["contacts", "tags", "locationId", "removeAllTags"].contains(&k.as_str()))
+            .map(|k| format!("property {k} should not exist"))
+            .collect();
+        let add = match kind {
+            "add" => true,
+            "remove" => false,
+            _ => {
+                problems.push("type must be one of the following values: add, remove".to_owned());
+                true
+            }
+        };
+        let mut strings = |key: &str| -> Vec<String> {
+            match obj.get(key) {
+                Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
+                    a.iter().filter_map(Value::as_str).map(str::to_owned).collect()
+                }
+                _ => {
+                    problems.push(format!("{key} must be an array of strings"));
+                    Vec::new()
+                }
+            }
+        };
+        let contacts = strings("contacts");
+        let tags: Vec<String> =
+            strings("tags").iter().map(|t| t.trim().to_lowercase()).filter(|t| !t.is_empty()).collect();
+        let remove_all = obj.get("removeAllTags").and_then(Value::as_bool).unwrap_or(false);
+        if remove_all && add {
+            problems.push("removeAllTags can only be used with remove".to_owned());
+        }
+        if !problems.is_empty() {
+            return Err(ApiError::unprocessable(problems));
+        }
+        let mut responses = Vec::with_capacity(contacts.len());
+        let mut events = Vec::new();
+        let mut errors = 0usize;
+        for id in contacts {
+            let error = |message: &str| json!({"contactId": id, "message": message, "type": "error"});
+            let Some(cid) = Cid::parse(&id) else {
+                errors += 1;
+                responses.push(error("contact id is not a valid firebase id"));
+                continue;
+            };
+            let Some(contact) = self.contacts.get(&cid) else {
+                errors += 1;
+                responses.push(error("contact is deleted"));
+                continue;
+            };
+            if contact.loc != loc {
+                errors += 1;
+                responses.push(error("contact does not belong to location"));
+                continue;
+            }
+            let old = self.fields_of(contact).tags.clone();
+            let new: Vec<String> = if add {
+                old.iter().cloned().chain(tags.iter().filter(|t| !old.contains(t)).cloned()).collect()
+            } else if remove_all {
+                Vec::new()
+            } else {
+                old.iter().filter(|t| !tags.contains(t)).cloned().collect()
+            };
+            let added: Vec<&String> = new.iter().filter(|t| !old.contains(t)).collect();
+            let removed: Vec<&String> = old.iter().filter(|t| !new.contains(t)).collect();
+            let response = json!({"contactId": id, "message": "Tags updated", "type": "success",
+                                  "oldTags": old, "tagsAdded": added, "tagsRemoved": removed});
+            if new != old {
+                let c = self.edit_contact(cid, |_, f| {
+                    f.tags = new.clone();
+                    Ok(())
+                })?;
+                events.push(self.contact_event("ContactTagUpdate", &c));
+            }
+            responses.push(response);
+        }
+        Ok((json!({"succeded": true, "errorCount": errors, "responses": responses}), events))
+    }
+
     pub(crate) fn bump_for_child(&mut self, contact: Cid) {
         if self.opts.children_bump_contact && self.edit_contact(contact, |_, _| Ok(())).is_err() {
             tracing::debug!("child write on a missing contact");

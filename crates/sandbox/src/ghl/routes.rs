@@ -33,6 +33,7 @@ pub(crate) fn router(ghl: FakeGhl) -> Router {
         .route("/contacts", get(list_contacts).post(create_contact))
         .route("/contacts/business/{businessId}", get(business_contacts))
         .route("/contacts/bulk/business", post(bulk_business))
+        .route("/contacts/bulk/tags/update/{type}", post(bulk_tags))
         .route("/contacts/{contactId}", get(get_contact).put(update_contact).delete(delete_contact))
         .route("/contacts/{contactId}/tags", post(add_tags).delete(remove_tags))
         .route("/contacts/{contactId}/appointments", get(appointments))
@@ -503,6 +504,24 @@ async fn bulk_business(AxState(ghl): AxState<FakeGhl>, Extension(auth): Extensio
         }
         let loc = s.check_loc(&auth, location)?;
         s.bulk_business(loc, obj)
+    })
+}
+
+async fn bulk_tags(
+    AxState(ghl): AxState<FakeGhl>,
+    Extension(auth): Extension<AuthCtx>,
+    Path(kind): Path<String>,
+    body: Bytes,
+) -> Response {
+    ghl.answer(201, |s| {
+        let body = parse_body(&body)?;
+        let obj = body.as_object().ok_or_else(|| ApiError::new(400, "Body must be a JSON object"))?;
+        let location = obj.get("locationId").and_then(Value::as_str).unwrap_or("");
+        if location.is_empty() {
+            return Err(ApiError::unprocessable(vec!["locationId should not be empty".to_owned()]));
+        }
+        let loc = s.check_loc(&auth, location)?;
+        s.bulk_tags(loc, &kind, obj)
     })
 }
 

@@ -284,7 +284,8 @@ impl ScopeSet {
 
 /// The scope a route needs (`"METHOD /template"` as the gate names it), after
 /// reference/ghl.md §3.8 and the spec's `security` blocks. `None`: no scope check (OAuth token
-/// endpoint). The bulk business route lists no scope in the spec; it is a contact write.
+/// endpoint). The bulk routes (business, tags) list no scope in the spec; they are contact
+/// writes.
 pub(crate) fn required_scope(route: &str) -> Option<&'static str> {
     let (method, path) = route.split_once(' ')?;
     match path {

@@ -524,6 +524,33 @@ async fn task_note_tag_and_contact_writes_answer_as_the_spec_says() -> anyhow::R
     assert_eq!((status, body["tags"].clone()), (201, json!(["a", "b"])));
     let (status, body) = send(reqwest::Method::DELETE, format!("{base}/tags"), Some(json!({"tags": ["a"]}))).await?;
     assert_eq!((status, body["tags"].clone()), (200, json!(["b"])));
+    // Bulk tags: 201, one response per contact, errors as in the spec's example.
+    let (status, body) = send(
+        reqwest::Method::POST,
+        "/contacts/bulk/tags/update/add".to_owned(),
+        Some(json!({"locationId": a.id, "contacts": [id, "abcdef"], "tags": ["c", "b"]})),
+    )
+    .await?;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!((body["succeded"].clone(), body["errorCount"].clone()), (json!(true), json!(1)));
+    assert_eq!(body["responses"][0]["tagsAdded"], json!(["c"]));
+    assert_eq!(body["responses"][1]["message"], "contact id is not a valid firebase id");
+    let (status, body) = send(
+        reqwest::Method::POST,
+        "/contacts/bulk/tags/update/remove".to_owned(),
+        Some(json!({"locationId": a.id, "contacts": [id], "tags": [], "removeAllTags": true})),
+    )
+    .await?;
+    assert_eq!((status, body["responses"][0]["tagsRemoved"].clone()), (201, json!(["b", "c"])));
+    assert_eq!(env.ghl().contact(&id).unwrap_or_default().get("tags"), Some(&json!([])));
+    let (status, _) = send(
+        reqwest::Method::POST,
+        "/contacts/bulk/tags/update/toggle".to_owned(),
+        Some(json!({"locationId": a.id, "contacts": [id], "tags": ["x"]})),
+    )
+    .await?;
+    assert_eq!(status, 422);
+
     let (status, body) = send(reqwest::Method::PUT, base.clone(), Some(json!({"lastName": "Engine"}))).await?;
     assert_eq!(
         (status, body["succeded"].clone(), body["contact"]["lastName"].clone()),
