@@ -6,6 +6,19 @@
 //! - `/` … the fake GHL API (`/oauth/token`, `/contacts/search`, …) and `/__admin/ghl/…`
 //! - `/lusha/…` the fake Lusha API (`/lusha/v3/…`) and `/lusha/__admin/…`
 //! - `/sink/…` the webhook sink (`POST /sink/{name}`) and `/sink/__admin/…`
+//!
+//! The fake GHL (see [`ghl`] for every route and knob) answers in the shapes of GHL's OpenAPI
+//! specs: `GET /contacts/:id`, search items, the business listing, appointments, tasks and
+//! notes carry exactly their schema's fields (`crates/sandbox/fixtures/ghl-schemas.json`
+//! holds the lists). Besides contacts, tasks and notes it serves appointments
+//! (`GET /contacts/:contactId/appointments`), businesses (`GET /contacts/business/:id`,
+//! `POST /contacts/bulk/business`) and the location-wide task search
+//! (`POST /locations/:locationId/tasks/search`, scope-checked). Tests drive it through
+//! [`ghl::FakeGhl`]: `mutate` (contacts, tasks, notes) and `mutate_kinds` (any
+//! [`ghl::MutationKind`], including appointment create / update / cancel / delete and business
+//! link / unlink) simulate users; `create_pit` / `authorization_code_with_scopes` make tokens
+//! without a scope; `GhlOptions::{max_appointments_per_contact, scope_denied_status}` are the
+//! new knobs.
 
 pub mod ghl;
 pub mod lusha;

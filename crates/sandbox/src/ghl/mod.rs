@@ -3,22 +3,58 @@
 //!
 //! - OAuth (`/oauth/token`, `/oauth/locationToken`) with single-use rotating refresh tokens,
 //!   a grace window and grant death on reuse; Private Integration Tokens per location.
+//! - Scopes per token (reference/ghl.md §3.8): seeded PITs and default grants have all of
+//!   them; [`FakeGhl::create_pit`] and [`FakeGhl::authorization_code_with_scopes`] make
+//!   narrower ones. A token without a route's scope gets
+//!   `{"statusCode":401,"message":"The token is not authorized for this scope."}`
+//!   ([`GhlOptions::scope_denied_status`] makes it 403).
 //! - Contacts (search with `searchAfter`, lagged index, shape drift), tasks, notes, tags,
-//!   appointments, the deprecated listing, business listing, location info, custom fields.
+//!   appointments, businesses, the deprecated listing, location info, custom fields.
 //! - Per-bucket sliding-window and daily rate limits with the five `X-RateLimit-*` headers.
 //! - Ed25519-signed webhooks for every write, with duplicate / stale / bad-signature modes.
 //! - Fault injection per route template and an admin API under `/__admin/ghl/`.
 //!
 //! All data is synthetic and deterministic from [`GhlOptions::seed`].
 //!
+//! Read shapes (the field lists live in `schema.rs`, copied from the specs and checked against
+//! them by the tests): `GET /contacts/:id` answers exactly `GetContectByIdSchema`'s fields
+//! (`attributionSource`, `lastAttributionSource`, `timezone`, `dndSettings`, `businessId`,
+//! `visitorId`, `ssn`, `keyword`, …; a field without a value is left out), search items exactly
+//! the be089e5 `Contact` item fields plus the documented live extras (`firstName`, `lastName`,
+//! `contactName`, `website`), the business listing and deprecated `GET /contacts/`
+//! `ContactsSearchSchema`, the 201 of `POST /contacts/` `CreateContactSchema`. All shapes read
+//! one stored record, so a field two shapes carry has the same value in both (up to the
+//! drift: `address` / epoch `dateOfBirth` in search).
+//!
+//! Routes besides OAuth: `POST /contacts/search`, `GET|PUT|DELETE /contacts/:contactId`,
+//! `POST /contacts/` (201), `POST /contacts/upsert`, `GET /contacts/` (deprecated),
+//! `POST|DELETE /contacts/:contactId/tags` (201 / 200), `GET /contacts/:contactId/appointments`
+//! (`{events}`), `GET /contacts/business/:businessId?locationId&limit&skip&query`
+//! (`{contacts, count}`), `POST /contacts/bulk/business` (`{locationId, ids, businessId|null}`
+//! → `{success, ids}`), `POST /contacts/bulk/tags/update/:type` (`add`/`remove`;
+//! `{contacts, tags, locationId, removeAllTags}` → 201 `{succeded, errorCount, responses}`), tasks (`GET|POST /contacts/:contactId/tasks`,
+//! `GET|PUT|DELETE …/tasks/:taskId`, `PUT …/tasks/:taskId/completed`), notes
+//! (`GET|POST /contacts/:contactId/notes`, `GET|PUT|DELETE …/notes/:id`),
+//! `GET /locations/:locationId`, `GET /locations/:locationId/customFields`,
+//! `POST /locations/:locationId/tasks/search` (scope `locations/tasks.readonly`; body
+//! `TaskSearchParamsDto`, 422 for anything else; items with `_id`, `contactDetails`,
+//! `assignedToUserDetails`, ordered by `(dateAdded, id)`, `skip`/`limit` paged, defaults 0 and
+//! 25). A child route of a deleted contact answers 404 `Contact not found`.
+//!
 //! Admin routes (no auth, loopback only), under `/__admin/ghl/`:
 //! `POST seed {seed?, locations?, contacts_per_location?, max_tasks_per_contact?,
-//! max_notes_per_contact?}` (reseed; answers credentials), `POST mutate {locationId?, count}`,
+//! max_notes_per_contact?}` (reseed; answers credentials), `POST mutate {locationId?, count,
+//! kinds?}` (`kinds`: [`MutationKind`] names; without it the default contacts/tasks/notes mix),
 //! `GET state?limit=N`, `GET stats`, `POST stats/reset`,
 //! `POST faults {route, errorRate, latencyMs, hang, malformedJson, status, storm429,
 //! statusAfterWrite}`, `DELETE faults`, `GET credentials`, `GET webhooks` (sent log),
 //! `POST webhooks/emit {event, mode}`, `POST webhooks/url {url}`, `POST clock/advance {ms}`,
-//! `POST daily-exhausted {locationId, exhausted}`.
+//! `POST daily-exhausted {locationId, exhausted}`, `POST pits {locationId, scopes}` (a PIT with
+//! those scopes), `POST codes {locationId?, scopes}` (an authorization code for such a grant),
+//! `POST appointments {contactId, startTime, …}`, `PUT appointments/:id {…}`,
+//! `POST appointments/:id/cancel`, `DELETE appointments/:id` (each fires its
+//! `Appointment*` webhook), `POST business {contactId, businessId|null}` (fires
+//! `ContactUpdate`).
 //!
 //! Where the OpenAPI spec and `reference/ghl.md` disagree, the reference wins (comments mark
 //! the spots): search answers `{contacts, total}` with `searchAfter` items (spec: `count`, no
@@ -26,12 +62,19 @@
 //! `/oauth/locationToken` also returns `refresh_token`; the deprecated `GET /contacts/` adds
 //! `meta`.
 
+mod appointments;
+mod business;
 mod model;
 mod ops;
 mod routes;
+mod schema;
 mod state;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_children;
+#[cfg(test)]
+mod tests_shapes;
 mod webhook;
 
 use std::collections::BTreeMap;
@@ -57,6 +100,8 @@ pub struct GhlOptions {
     pub max_tasks_per_contact: usize,
     /// Each seeded contact gets `0..=max` notes.
     pub max_notes_per_contact: usize,
+    /// About one seeded contact in four gets `1..=max` appointments (0: none).
+    pub max_appointments_per_contact: usize,
     /// Life of OAuth access tokens (`expires_in`).
     pub access_token_ttl: Duration,
     /// Reusing a refresh token within this window returns the same new pair.
@@ -77,6 +122,10 @@ pub struct GhlOptions {
     pub retry_after: bool,
     /// Accept any non-empty `Version` header (default false: only `2021-07-28`).
     pub lenient_version: bool,
+    /// Status of the answer to a token that lacks the route's scope. The spec lists only
+    /// 401 for these routes and reference/ghl.md §3.8 reports
+    /// `401 "The token is not authorized for this scope."`; default 401, 403 on request.
+    pub scope_denied_status: u16,
 }
 
 impl Default for GhlOptions {
@@ -87,6 +136,7 @@ impl Default for GhlOptions {
             contacts_per_location: 50,
             max_tasks_per_contact: 3,
             max_notes_per_contact: 2,
+            max_appointments_per_contact: 2,
             access_token_ttl: Duration::from_secs(86_399),
             refresh_grace: Duration::from_secs(30),
             search_lag: Duration::ZERO,
@@ -97,6 +147,7 @@ impl Default for GhlOptions {
             webhook_url: None,
             retry_after: false,
             lenient_version: false,
+            scope_denied_status: 401,
         }
     }
 }
@@ -182,6 +233,42 @@ pub enum MutationKind {
     NoteCreate,
     NoteUpdate,
     NoteDelete,
+    /// An appointment booked (`AppointmentCreate`). Not in `mutate`'s default mix.
+    AppointmentCreate,
+    /// An appointment edited (`AppointmentUpdate`). Not in the default mix.
+    AppointmentUpdate,
+    /// An appointment cancelled: it stays, `appointmentStatus: "cancelled"`
+    /// (`AppointmentUpdate`). Not in the default mix.
+    AppointmentCancel,
+    /// An appointment deleted (`AppointmentDelete`). Not in the default mix.
+    AppointmentDelete,
+    /// A contact linked to a business (`ContactUpdate`; `object_id` is the contact). Not in
+    /// the default mix.
+    BusinessLink,
+    /// A contact unlinked from its business (`ContactUpdate`). Not in the default mix.
+    BusinessUnlink,
+}
+
+impl MutationKind {
+    /// Every kind, for `FakeGhl::mutate_kinds`.
+    pub const ALL: &'static [MutationKind] = &[
+        MutationKind::ContactCreate,
+        MutationKind::ContactUpdate,
+        MutationKind::ContactDelete,
+        MutationKind::TaskCreate,
+        MutationKind::TaskUpdate,
+        MutationKind::TaskComplete,
+        MutationKind::TaskDelete,
+        MutationKind::NoteCreate,
+        MutationKind::NoteUpdate,
+        MutationKind::NoteDelete,
+        MutationKind::AppointmentCreate,
+        MutationKind::AppointmentUpdate,
+        MutationKind::AppointmentCancel,
+        MutationKind::AppointmentDelete,
+        MutationKind::BusinessLink,
+        MutationKind::BusinessUnlink,
+    ];
 }
 
 /// One change made by [`FakeGhl::mutate`].
@@ -194,8 +281,16 @@ pub struct Mutation {
     pub location_id: String,
     /// The contact (for contact mutations, the same as `object_id`).
     pub contact_id: String,
-    /// The contact, task or note id.
+    /// The contact, task, note or appointment id (the contact for business links).
     pub object_id: String,
+}
+
+/// A business of a seeded location (`GET /contacts/business/:businessId`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BusinessInfo {
+    /// 24 hex digits, like GHL's.
+    pub id: String,
+    pub name: String,
 }
 
 /// The fake GHL server. Cheap to clone; all clones share one state.
@@ -245,7 +340,16 @@ impl FakeGhl {
 
     /// A one-time authorization code; `None` means a Company (agency) install.
     /// An unknown location id yields a code that fails with `invalid_grant`.
+    /// Its grant has every scope the fake knows.
     pub fn authorization_code(&self, location_id: Option<&str>) -> String {
+        self.authorization_code_with_scopes(location_id, schema::KNOWN_SCOPES)
+    }
+
+    /// Like [`FakeGhl::authorization_code`], for a grant with only `scopes` (e.g. without
+    /// `locations/tasks.readonly`). Unknown scope names are ignored. Location tokens minted
+    /// from an agency token of this grant carry the same scopes.
+    pub fn authorization_code_with_scopes<S: AsRef<str>>(&self, location_id: Option<&str>, scopes: &[S]) -> String {
+        let scopes = schema::ScopeSet::parse(scopes);
         let mut s = self.lock();
         let code = model::random_hex(&mut s.rng, 40);
         let principal = match location_id {
@@ -253,9 +357,18 @@ impl FakeGhl {
             Some(id) => s.loc_of(id).map(Principal::Location),
         };
         if let Some(principal) = principal {
-            s.codes.insert(code.clone(), (principal, false));
+            s.codes.insert(code.clone(), state::Code { principal, used: false, scopes });
         }
         code
+    }
+
+    /// A new Private Integration Token for a seeded location with only `scopes` (unknown
+    /// names are ignored); `None` if the location is unknown. The seeded PITs
+    /// ([`FakeGhl::locations`]) have every scope.
+    pub fn create_pit<S: AsRef<str>>(&self, location_id: &str, scopes: &[S]) -> Option<String> {
+        let mut s = self.lock();
+        let loc = s.loc_of(location_id)?;
+        Some(s.new_pit(loc, schema::ScopeSet::parse(scopes)))
     }
 
     /// The webhook Ed25519 public key: base64 of the SPKI DER (`MCowBQYDK2VwAyEA…`).
@@ -275,7 +388,24 @@ impl FakeGhl {
     }
 
     /// `count` seeded random changes (in `location_id`, or random locations); emits webhooks.
+    /// The mix covers contacts, tasks and notes only (create 15 %, update 30 %, delete 5 %,
+    /// tasks 30 %, notes 20 %); [`FakeGhl::mutate_kinds`] reaches appointments and businesses.
     pub fn mutate(&self, location_id: Option<&str>, count: usize) -> Vec<Mutation> {
+        self.mutate_with(location_id, count, None)
+    }
+
+    /// `count` seeded random changes of kinds drawn uniformly from `kinds` (e.g.
+    /// `&[MutationKind::AppointmentCancel]`, or [`MutationKind::ALL`]); emits webhooks. A
+    /// kind that needs an object the chosen contact lacks creates one instead, and says so in
+    /// the returned [`Mutation`].
+    pub fn mutate_kinds(&self, location_id: Option<&str>, count: usize, kinds: &[MutationKind]) -> Vec<Mutation> {
+        if kinds.is_empty() {
+            return Vec::new();
+        }
+        self.mutate_with(location_id, count, Some(kinds))
+    }
+
+    fn mutate_with(&self, location_id: Option<&str>, count: usize, kinds: Option<&[MutationKind]>) -> Vec<Mutation> {
         let mut out = Vec::with_capacity(count);
         let mut events = Vec::new();
         {
@@ -292,7 +422,11 @@ impl FakeGhl {
                         u16::try_from(s.rng.usize(..n)).unwrap_or(0)
                     }
                 };
-                if let Some((m, e)) = s.mutate_one(loc) {
+                let one = match kinds {
+                    Some(kinds) => s.mutate_one_of(loc, kinds),
+                    None => s.mutate_one(loc),
+                };
+                if let Some((m, e)) = one {
                     out.push(m);
                     events.extend(e);
                 }
@@ -389,6 +523,74 @@ impl FakeGhl {
     /// Deletes a note by id.
     pub fn delete_note(&self, note_id: &str) -> bool {
         self.write(|s| Some(((), s.delete_note(Cid::parse(note_id)?).ok()?))).is_some()
+    }
+
+    /// The contact's appointments as `GET /contacts/:id/appointments` renders them.
+    pub fn appointments(&self, contact_id: &str) -> Vec<Value> {
+        let s = self.lock();
+        Cid::parse(contact_id).map(|c| s.render_appointments(c)).unwrap_or_default()
+    }
+
+    /// Books an appointment on a contact (`{startTime*, endTime, title, calendarId,
+    /// appointmentStatus, assignedUserId, notes, address}`; times as ISO-8601, epoch ms or
+    /// `YYYY-MM-DD HH:MM:SS` UTC); fires `AppointmentCreate`.
+    pub fn create_appointment(&self, contact_id: &str, fields: Value) -> Option<String> {
+        self.write(|s| {
+            let (a, events) = s.create_appointment(Cid::parse(contact_id)?, fields.as_object()?).ok()?;
+            Some((a.id.as_str().to_owned(), events))
+        })
+    }
+
+    /// Edits an appointment by id; fires `AppointmentUpdate`.
+    pub fn update_appointment(&self, appointment_id: &str, fields: Value) -> bool {
+        self.write(|s| {
+            let (_, events) = s.update_appointment(Cid::parse(appointment_id)?, fields.as_object()?).ok()?;
+            Some(((), events))
+        })
+        .is_some()
+    }
+
+    /// Cancels an appointment (it stays listed, `appointmentStatus: "cancelled"`); fires
+    /// `AppointmentUpdate`.
+    pub fn cancel_appointment(&self, appointment_id: &str) -> bool {
+        self.write(|s| Some(((), s.cancel_appointment(Cid::parse(appointment_id)?).ok()?.1))).is_some()
+    }
+
+    /// Deletes an appointment; fires `AppointmentDelete`.
+    pub fn delete_appointment(&self, appointment_id: &str) -> bool {
+        self.write(|s| Some(((), s.delete_appointment(Cid::parse(appointment_id)?).ok()?))).is_some()
+    }
+
+    /// The businesses of a seeded location.
+    pub fn businesses(&self, location_id: &str) -> Vec<BusinessInfo> {
+        let s = self.lock();
+        s.loc_of(location_id)
+            .and_then(|loc| s.locs.get(usize::from(loc)))
+            .map(|l| {
+                l.businesses.iter().map(|(id, name)| BusinessInfo { id: id.to_string(), name: name.clone() }).collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Links a contact to a business (`Some`) or unlinks it (`None`), as
+    /// `POST /contacts/bulk/business` does: bumps `dateUpdated` and fires `ContactUpdate`
+    /// (nothing when unchanged). False if the contact is missing.
+    pub fn set_business(&self, contact_id: &str, business_id: Option<&str>) -> bool {
+        self.write(|s| {
+            let (_, events) = s.set_business(Cid::parse(contact_id)?, business_id).ok()?;
+            Some(((), events))
+        })
+        .is_some()
+    }
+
+    /// The live contact as a `POST /contacts/search` item renders it (sorted by
+    /// `dateUpdated`, so `searchAfter` is `[dateUpdated ms, id]`), read from the live record
+    /// rather than the lagged index: for comparing the two read shapes of one contact.
+    pub fn search_item(&self, id: &str) -> Option<Value> {
+        let s = self.lock();
+        let c = s.contacts.get(&Cid::parse(id)?)?;
+        let f = s.search_fields_of(c);
+        serde_json::from_str(&model::search_item(c, &f, s.loc_id(c.loc), c.updated)).ok()
     }
 
     /// The live contact as `GET /contacts/:id` renders it.

@@ -9,7 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
-const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+use super::schema;
+
+pub(crate) const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 
 /// A GHL-style id: 20 ASCII alphanumerics, stored inline.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
@@ -95,6 +97,16 @@ pub(crate) struct Loc {
     pub(crate) users: Vec<(Arc<str>, &'static str, &'static str)>,
     pub(crate) businesses: Vec<(Arc<str>, String)>,
     pub(crate) custom_fields: Vec<(Arc<str>, &'static str, &'static str, &'static str)>,
+    pub(crate) calendars: Vec<Calendar>,
+}
+
+/// A calendar of a location (appointments are booked on one).
+#[derive(Debug, Clone)]
+pub(crate) struct Calendar {
+    pub(crate) id: Arc<str>,
+    /// The calendar group, if the calendar is in one.
+    pub(crate) group: Option<Arc<str>>,
+    pub(crate) name: &'static str,
 }
 
 /// The compact contact record. `fields == None` means "as generated from `n`".
@@ -134,6 +146,13 @@ pub(crate) struct Fields {
     pub(crate) tags: Vec<String>,
     pub(crate) custom_fields: Vec<(String, Value)>,
     pub(crate) business_id: Option<String>,
+    /// `AttributionSource` objects (GET only).
+    pub(crate) attribution_source: Option<Value>,
+    pub(crate) last_attribution_source: Option<Value>,
+    /// Live-chat visitor id (GET only).
+    pub(crate) visitor_id: Option<String>,
+    pub(crate) ssn: Option<String>,
+    pub(crate) keyword: Option<String>,
 }
 
 impl Fields {
@@ -203,8 +222,10 @@ pub(crate) const USER_LAST: &[&str] = &["Agent", "Seller", "Closer", "Helper"];
 pub(crate) const SEED_BASE_MS: i64 = 1_735_689_600_000;
 pub(crate) const SEED_SPAN_MS: i64 = 365 * 24 * 3600 * 1000;
 
-/// Generates the seeded fields of contact `n` of location `loc`.
-pub(crate) fn generate_fields(seed: u64, loc_index: u16, loc: &Loc, n: u32) -> Fields {
+/// Generates the seeded fields of contact `n` of location `loc`: every field when
+/// `get_only` (for `GET` and the other full shapes), or without the fields only `GET` shows
+/// (attribution, visitor id, keyword, ssn), which search never renders: search is the hot path.
+pub(crate) fn generate_fields(seed: u64, loc_index: u16, loc: &Loc, n: u32, get_only: bool) -> Fields {
     let mut rng = fastrand::Rng::with_seed(
         seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (u64::from(loc_index) << 40) ^ u64::from(n),
     );
@@ -228,7 +249,7 @@ pub(crate) fn generate_fields(seed: u64, loc_index: u16, loc: &Loc, n: u32) -> F
         }
         _ => Vec::new(),
     };
-    Fields {
+    let mut f = Fields {
         first_name: Some(FIRST[rng.usize(..FIRST.len())].to_owned()),
         last_name: Some(format!("Test{n}")),
         name: None,
@@ -248,25 +269,119 @@ pub(crate) fn generate_fields(seed: u64, loc_index: u16, loc: &Loc, n: u32) -> F
             .then(|| format!("{}-{:02}-{:02}", rng.u16(1950..2005), rng.u8(1..13), rng.u8(1..29))),
         gender: None,
         dnd: rng.u8(..20) == 0,
-        dnd_settings: None,
-        inbound_dnd_settings: None,
         tags,
         custom_fields,
         business_id: business,
+        ..Fields::default()
+    };
+    // Drawn after every field above, so adding it left the older seeded values unchanged.
+    f.dnd_settings = seeded_dnd_settings(&mut rng, f.dnd);
+    if !get_only {
+        return f;
     }
+    // A stream of its own: the fields above do not depend on whether these are drawn.
+    let mut rng = fastrand::Rng::with_seed(rng_seed_get_only(seed, loc_index, n));
+    f.attribution_source = seeded_attribution(&mut rng, f.source.as_deref(), global, false);
+    if f.attribution_source.is_some() && rng.u8(..3) == 0 {
+        f.last_attribution_source = seeded_attribution(&mut rng, f.source.as_deref(), global, true);
+    }
+    if f.source.as_deref() == Some("chat widget") {
+        f.visitor_id = Some(Cid::random(&mut rng).as_str().to_owned());
+    }
+    if rng.u8(..8) == 0 {
+        f.keyword = Some(KEYWORDS[rng.usize(..KEYWORDS.len())].to_owned());
+    }
+    if rng.u8(..25) == 0 {
+        // Synthetic: the 000 area number is never issued.
+        f.ssn = Some(format!("000-{:02}-{:04}", rng.u8(1..100), rng.u16(1..10_000)));
+    }
+    f
+}
+
+fn rng_seed_get_only(seed: u64, loc_index: u16, n: u32) -> u64 {
+    (seed ^ 0x6E70_0001_A771_B0CE).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (u64::from(loc_index) << 40) ^ u64::from(n)
+}
+
+const KEYWORDS: &[&str] = &["pricing", "demo", "newsletter", "webinar"];
+const DND_CHANNELS: &[&str] = &["Call", "Email", "SMS", "WhatsApp", "GMB", "FB"];
+
+/// `DndSettingsSchema`: every channel active for DND contacts, one channel set for a few
+/// others, none for most.
+fn seeded_dnd_settings(rng: &mut fastrand::Rng, dnd: bool) -> Option<Value> {
+    let setting = |status: &str| json!({"status": status, "message": "", "code": ""});
+    if dnd {
+        let all: Map<String, Value> = DND_CHANNELS.iter().map(|c| ((*c).to_owned(), setting("active"))).collect();
+        return Some(Value::Object(all));
+    }
+    match rng.u8(..6) {
+        0 => Some(json!({"Email": setting("inactive")})),
+        1 => Some(json!({"SMS": {"status": "permanent", "message": "Opted out by replying STOP", "code": "103"}})),
+        _ => None,
+    }
+}
+
+/// `AttributionSource`: where a contact came from (`url` is required by the schema).
+fn seeded_attribution(rng: &mut fastrand::Rng, source: Option<&str>, global: u64, last: bool) -> Option<Value> {
+    let page = if last { "pricing" } else { "contact" };
+    let mut m = Map::new();
+    match source {
+        Some("web form") => {
+            m.insert("url".into(), json!(format!("https://www.example.test/{page}")));
+            m.insert("medium".into(), json!("form"));
+            m.insert("mediumId".into(), json!(Cid::random(rng).as_str()));
+            if rng.bool() {
+                m.insert("utmSource".into(), json!("google"));
+                m.insert("utmMedium".into(), json!("cpc"));
+                m.insert("campaign".into(), json!(format!("spring-{}", global % 3)));
+                m.insert("gclid".into(), json!(random_hex(rng, 32)));
+            }
+            m.insert("referrer".into(), json!("https://www.google.com/"));
+        }
+        Some("chat widget") => {
+            m.insert("url".into(), json!(format!("https://www.example.test/{page}")));
+            m.insert("medium".into(), json!("chat_widget"));
+            m.insert("mediumId".into(), json!(Cid::random(rng).as_str()));
+        }
+        Some("import") if !last => {
+            m.insert("url".into(), json!("CRM UI"));
+            m.insert("medium".into(), json!("import"));
+        }
+        _ if rng.bool() => {
+            m.insert("url".into(), json!("Third Party"));
+            m.insert("medium".into(), json!("api"));
+        }
+        _ => return None,
+    }
+    // Documentation address range (RFC 5737), a generic agent: nothing personal.
+    m.insert("ip".into(), json!(format!("203.0.113.{}", rng.u8(1..255))));
+    m.insert("userAgent".into(), json!("Mozilla/5.0 (X11; Linux x86_64)"));
+    Some(Value::Object(m))
 }
 
 /// Which JSON shape to render a contact in.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Shape {
-    /// `GET /contacts/:id`, update, upsert.
+    /// `GET /contacts/:id`, update, upsert (`GetContectByIdSchema`).
     Full,
-    /// 201 of `POST /contacts/`.
+    /// 201 of `POST /contacts/` (`CreateContactSchema`).
     Created,
-    /// Items of deprecated `GET /contacts/` and business listing.
+    /// Items of the business listing and the deprecated `GET /contacts/`
+    /// (`ContactsSearchSchema`).
     List,
     /// Webhook payloads (no `dateUpdated`).
     Webhook,
+}
+
+impl Shape {
+    /// The keys this shape may carry (see `schema.rs`).
+    pub(crate) fn fields(self) -> [&'static [&'static str]; 2] {
+        match self {
+            Shape::Full => [schema::GET_CONTACT_FIELDS, schema::GET_CONTACT_EXTRAS],
+            Shape::Created => [schema::CREATED_CONTACT_FIELDS, &[]],
+            Shape::List => [schema::LIST_ITEM_FIELDS, &[]],
+            Shape::Webhook => [schema::WEBHOOK_CONTACT_FIELDS, &[]],
+        }
+    }
 }
 
 fn opt(v: &Option<String>) -> Value {
@@ -277,91 +392,99 @@ fn lower(v: &Option<String>) -> Value {
     v.as_ref().map(|s| Value::String(s.to_lowercase())).unwrap_or(Value::Null)
 }
 
-/// Renders a contact. `loc_id` is the location's id string.
+fn non_empty(s: String) -> Value {
+    if s.is_empty() { Value::Null } else { Value::String(s) }
+}
+
+/// `customFields` as every read shape renders them: `[{id, value}]`.
+fn custom_fields(f: &Fields) -> Value {
+    Value::Array(f.custom_fields.iter().map(|(id, value)| json!({"id": id, "value": value})).collect())
+}
+
+/// `(month, day)` of a `YYYY-MM-DD` date of birth.
+fn birth_month_day(dob: &str) -> Option<(u32, u32)> {
+    let mut parts = dob.split('-').skip(1);
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// One field of a contact under its `GET` name; `Null` when the contact has no value (the
+/// field is then left out). Every shape reads the same stored fields, so two shapes that
+/// carry a field carry the same value (up to the documented format drift).
+fn contact_value(key: &str, c: &Contact, f: &Fields, loc_id: &str, shape: Shape) -> Value {
+    match key {
+        "id" => json!(c.id.as_str()),
+        "locationId" => json!(loc_id),
+        "name" => non_empty(f.contact_name()),
+        "firstName" => opt(&f.first_name),
+        "lastName" => opt(&f.last_name),
+        "email" => opt(&f.email),
+        "emailLowerCase" => lower(&f.email),
+        "firstNameLowerCase" => lower(&f.first_name),
+        "lastNameLowerCase" => lower(&f.last_name),
+        "fullNameLowerCase" => non_empty(f.contact_name().to_lowercase()),
+        "timezone" => opt(&f.timezone),
+        "companyName" => opt(&f.company_name),
+        "phone" => opt(&f.phone),
+        "dnd" => json!(f.dnd),
+        "dndSettings" => f.dnd_settings.clone().unwrap_or(Value::Null),
+        "inboundDndSettings" => f.inbound_dnd_settings.clone().unwrap_or(Value::Null),
+        "type" => json!("lead"),
+        "source" => opt(&f.source),
+        "assignedTo" => opt(&f.assigned_to),
+        "address1" => opt(&f.address1),
+        "city" => opt(&f.city),
+        "state" => opt(&f.state),
+        "country" => opt(&f.country),
+        "postalCode" => opt(&f.postal_code),
+        "website" => opt(&f.website),
+        "tags" => json!(f.tags),
+        // CreateContactSchema documents a full timestamp; GET and webhooks the date.
+        "dateOfBirth" if shape == Shape::Created => f
+            .date_of_birth
+            .as_ref()
+            .and_then(|d| parse_ms(&Value::String(d.clone())))
+            .map(|ms| Value::String(iso(ms)))
+            .unwrap_or(Value::Null),
+        "dateOfBirth" => opt(&f.date_of_birth),
+        "birthMonth" => f.date_of_birth.as_deref().and_then(birth_month_day).map(|md| json!(md.0)).unwrap_or_default(),
+        "birthDay" => f.date_of_birth.as_deref().and_then(birth_month_day).map(|md| json!(md.1)).unwrap_or_default(),
+        "dateAdded" => json!(iso(c.added)),
+        "dateUpdated" => json!(iso(c.updated)),
+        "lastActivity" => json!(iso(c.updated)),
+        "attachments" | "followers" | "offers" | "products" => json!([]),
+        "deleted" | "bounceEmail" | "unsubscribeEmail" => json!(false),
+        "ssn" => opt(&f.ssn),
+        "keyword" => opt(&f.keyword),
+        "visitorId" => opt(&f.visitor_id),
+        "customFields" => custom_fields(f),
+        "businessId" => opt(&f.business_id),
+        "attributionSource" => f.attribution_source.clone().unwrap_or(Value::Null),
+        "lastAttributionSource" => f.last_attribution_source.clone().unwrap_or(Value::Null),
+        "attributions" => {
+            Value::Array([&f.attribution_source, &f.last_attribution_source].into_iter().flatten().cloned().collect())
+        }
+        // Never set by the sandbox: a documented field GHL leaves out until a session exists.
+        _ => Value::Null,
+    }
+}
+
+/// Renders a contact in `shape`: exactly the shape's keys that have a value.
 pub(crate) fn render_contact(c: &Contact, f: &Fields, loc_id: &str, shape: Shape) -> Value {
     let mut m = Map::new();
-    let mut put = |k: &str, v: Value| {
-        if !v.is_null() {
-            m.insert(k.to_owned(), v);
-        }
-    };
-    let custom_fields: Vec<Value> =
-        f.custom_fields.iter().map(|(id, value)| json!({"id": id, "value": value})).collect();
-    put("id", json!(c.id.as_str()));
-    put("locationId", json!(loc_id));
-    put("firstName", opt(&f.first_name));
-    put("lastName", opt(&f.last_name));
-    put("email", opt(&f.email));
-    put("phone", opt(&f.phone));
-    put("city", opt(&f.city));
-    put("state", opt(&f.state));
-    put("country", opt(&f.country));
-    put("postalCode", opt(&f.postal_code));
-    put("website", opt(&f.website));
-    put("timezone", opt(&f.timezone));
-    put("source", opt(&f.source));
-    put("companyName", opt(&f.company_name));
-    put("assignedTo", opt(&f.assigned_to));
-    put("businessId", opt(&f.business_id));
-    put("dnd", json!(f.dnd));
-    put("tags", json!(f.tags));
-    put("customFields", json!(custom_fields));
-    put("dateAdded", json!(iso(c.added)));
-    put("type", json!("lead"));
-    match shape {
-        Shape::Webhook => {
-            put("address1", opt(&f.address1));
-            put("name", json!(f.contact_name()));
-            put("dateOfBirth", opt(&f.date_of_birth));
-            put("attachments", json!([]));
-        }
-        Shape::Full | Shape::Created | Shape::List => {
-            put("address1", opt(&f.address1));
-            put("dateUpdated", json!(iso(c.updated)));
-            put("dateOfBirth", opt(&f.date_of_birth));
-            put("firstNameLowerCase", lower(&f.first_name));
-            put("lastNameLowerCase", lower(&f.last_name));
-            put("fullNameLowerCase", json!(f.contact_name().to_lowercase()));
-            put("emailLowerCase", lower(&f.email));
-            if shape == Shape::Full || shape == Shape::List {
-                put("name", json!(f.contact_name()));
-                put("attachments", json!([]));
-                put("additionalEmails", json!([]));
-            }
-            if let Some(d) = &f.dnd_settings {
-                put("dndSettings", d.clone());
-            } else if shape == Shape::Full {
-                put("dndSettings", json!({}));
-            }
-            if let Some(d) = &f.inbound_dnd_settings {
-                put("inboundDndSettings", d.clone());
-            }
-            if shape == Shape::Created {
-                put("deleted", json!(false));
-                put("bounceEmail", json!(false));
-                put("unsubscribeEmail", json!(false));
-                put("offers", json!([]));
-                put("products", json!([]));
-                if let Some(dob) = &f.date_of_birth {
-                    let parts: Vec<&str> = dob.split('-').collect();
-                    if let [_, month, day] = parts.as_slice() {
-                        put("birthMonth", json!(month.parse::<u32>().unwrap_or(0)));
-                        put("birthDay", json!(day.parse::<u32>().unwrap_or(0)));
-                    }
-                }
-            }
-            if shape == Shape::Full {
-                put("lastActivity", json!(iso(c.updated)));
-            }
+    for key in shape.fields().into_iter().flatten() {
+        let value = contact_value(key, c, f, loc_id, shape);
+        if !value.is_null() {
+            m.insert((*key).to_owned(), value);
         }
     }
     Value::Object(m)
 }
 
-/// One `POST /contacts/search` item, serialized directly (hot path).
-/// Shape drift (ghl.md §6.2): `address` not `address1`, epoch-ms `dateOfBirth`,
-/// extra `contactName`, `phoneLabel`, `businessName`, `validEmail`, `searchAfter`, …;
-/// no `dndSettings`.
+/// One `POST /contacts/search` item, serialized directly (hot path). Its keys are
+/// `schema::SEARCH_ITEM_FIELDS` plus `SEARCH_ITEM_EXTRAS`; the values come from the same
+/// stored fields as `GET`, with the search drift (ghl.md §6.2): `address` not `address1`,
+/// epoch-ms `dateOfBirth`, derived `contactName`, `phoneLabel`, `businessName`,
+/// `validEmail`, `searchAfter`.
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 struct SearchItem<'a> {
@@ -375,13 +498,16 @@ struct SearchItem<'a> {
     first_name_lower_case: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_name_lower_case: Option<String>,
-    contact_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    contact_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     email: Option<&'a str>,
-    valid_email: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    valid_email: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     phone: Option<&'a str>,
-    phone_label: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phone_label: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     address: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -395,8 +521,6 @@ struct SearchItem<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     website: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    timezone: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     source: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     company_name: Option<&'a str>,
@@ -409,11 +533,14 @@ struct SearchItem<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     date_of_birth: Option<i64>,
     dnd: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dnd_settings: Option<&'a Value>,
     tags: &'a [String],
-    custom_fields: Vec<Value>,
+    custom_fields: Value,
     additional_emails: [(); 0],
     additional_phones: [(); 0],
     followers: [(); 0],
+    opportunities: [(); 0],
     #[serde(rename = "type")]
     kind: &'static str,
     date_added: String,
@@ -423,6 +550,7 @@ struct SearchItem<'a> {
 
 /// Serializes one search item; `sort_ms` is the sort field's value for `searchAfter`.
 pub(crate) fn search_item(c: &Contact, f: &Fields, loc_id: &str, sort_ms: i64) -> String {
+    let contact_name = f.contact_name();
     let item = SearchItem {
         id: c.id.as_str(),
         location_id: loc_id,
@@ -430,18 +558,17 @@ pub(crate) fn search_item(c: &Contact, f: &Fields, loc_id: &str, sort_ms: i64) -
         last_name: f.last_name.as_deref(),
         first_name_lower_case: f.first_name.as_ref().map(|s| s.to_lowercase()),
         last_name_lower_case: f.last_name.as_ref().map(|s| s.to_lowercase()),
-        contact_name: f.contact_name(),
+        contact_name: (!contact_name.is_empty()).then_some(contact_name),
         email: f.email.as_deref(),
-        valid_email: f.email.is_some(),
+        valid_email: f.email.as_ref().map(|_| true),
         phone: f.phone.as_deref(),
-        phone_label: "Mobile",
+        phone_label: f.phone.as_ref().map(|_| "Mobile"),
         address: f.address1.as_deref(),
         city: f.city.as_deref(),
         state: f.state.as_deref(),
         country: f.country.as_deref(),
         postal_code: f.postal_code.as_deref(),
         website: f.website.as_deref(),
-        timezone: f.timezone.as_deref(),
         source: f.source.as_deref(),
         company_name: f.company_name.as_deref(),
         business_name: f.company_name.as_deref(),
@@ -449,11 +576,13 @@ pub(crate) fn search_item(c: &Contact, f: &Fields, loc_id: &str, sort_ms: i64) -
         business_id: f.business_id.as_deref(),
         date_of_birth: f.date_of_birth.as_ref().and_then(|d| parse_ms(&Value::String(d.clone()))),
         dnd: f.dnd,
+        dnd_settings: f.dnd_settings.as_ref(),
         tags: &f.tags,
-        custom_fields: f.custom_fields.iter().map(|(id, value)| json!({"id": id, "value": value})).collect(),
+        custom_fields: custom_fields(f),
         additional_emails: [],
         additional_phones: [],
         followers: [],
+        opportunities: [],
         kind: "lead",
         date_added: iso(c.added),
         date_updated: iso(c.updated),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use super::model::{Cid, Contact, Fields, Note, Shape, Task, iso, parse_ms, search_item};
+use super::schema::TASK_SEARCH_BODY_FIELDS;
 use super::state::{ApiError, AuthCtx, IndexOp, State};
 use super::{Mutation, MutationKind};
 
@@ -273,13 +274,17 @@ impl State {
         self.reindex(c.loc, IndexOp::Remove(id));
         if let Some(kids) = self.children.remove(&id) {
             for t in kids.tasks {
-                self.tasks.remove(&t);
-                if let Some(set) = self.loc_tasks.get_mut(usize::from(c.loc)) {
-                    set.remove(&t);
+                if let Some(task) = self.tasks.remove(&t)
+                    && let Some(set) = self.loc_tasks.get_mut(usize::from(c.loc))
+                {
+                    set.remove(&(task.added, t));
                 }
             }
             for n in kids.notes {
                 self.notes.remove(&n);
+            }
+            for a in kids.appointments {
+                self.appointments.remove(&a);
             }
         }
         Ok(vec![event])
@@ -311,7 +316,90 @@ impl State {
         Ok((json!({"tags": all}), vec![event]))
     }
 
-    fn bump_for_child(&mut self, contact: Cid) {
+    /// `POST /contacts/bulk/tags/update/:type` (`UpdateTagsDTO`; `:type` is `add` or
+    /// `remove`) for the caller's location: 201 `{succeded, errorCount, responses}` with one
+    /// response per listed contact, errors worded as the spec's example; each contact whose
+    /// tags changed fires `ContactTagUpdate`.
+    pub(crate) fn bulk_tags(&mut self, loc: u16, kind: &str, obj: &Map<String, Value>) -> Result<Written, ApiError> {
+        let mut problems: Vec<String> = obj
+            .keys()
+            .filter(|k| !["contacts", "tags", "locationId", "removeAllTags"].contains(&k.as_str()))
+            .map(|k| format!("property {k} should not exist"))
+            .collect();
+        let add = match kind {
+            "add" => true,
+            "remove" => false,
+            _ => {
+                problems.push("type must be one of the following values: add, remove".to_owned());
+                true
+            }
+        };
+        let mut strings = |key: &str| -> Vec<String> {
+            match obj.get(key) {
+                Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
+                    a.iter().filter_map(Value::as_str).map(str::to_owned).collect()
+                }
+                _ => {
+                    problems.push(format!("{key} must be an array of strings"));
+                    Vec::new()
+                }
+            }
+        };
+        let contacts = strings("contacts");
+        let tags: Vec<String> =
+            strings("tags").iter().map(|t| t.trim().to_lowercase()).filter(|t| !t.is_empty()).collect();
+        let remove_all = obj.get("removeAllTags").and_then(Value::as_bool).unwrap_or(false);
+        if remove_all && add {
+            problems.push("removeAllTags can only be used with remove".to_owned());
+        }
+        if !problems.is_empty() {
+            return Err(ApiError::unprocessable(problems));
+        }
+        let mut responses = Vec::with_capacity(contacts.len());
+        let mut events = Vec::new();
+        let mut errors = 0usize;
+        for id in contacts {
+            let error = |message: &str| json!({"contactId": id, "message": message, "type": "error"});
+            let Some(cid) = Cid::parse(&id) else {
+                errors += 1;
+                responses.push(error("contact id is not a valid firebase id"));
+                continue;
+            };
+            let Some(contact) = self.contacts.get(&cid) else {
+                errors += 1;
+                responses.push(error("contact is deleted"));
+                continue;
+            };
+            if contact.loc != loc {
+                errors += 1;
+                responses.push(error("contact does not belong to location"));
+                continue;
+            }
+            let old = self.fields_of(contact).tags.clone();
+            let new: Vec<String> = if add {
+                old.iter().cloned().chain(tags.iter().filter(|t| !old.contains(t)).cloned()).collect()
+            } else if remove_all {
+                Vec::new()
+            } else {
+                old.iter().filter(|t| !tags.contains(t)).cloned().collect()
+            };
+            let added: Vec<&String> = new.iter().filter(|t| !old.contains(t)).collect();
+            let removed: Vec<&String> = old.iter().filter(|t| !new.contains(t)).collect();
+            let response = json!({"contactId": id, "message": "Tags updated", "type": "success",
+                                  "oldTags": old, "tagsAdded": added, "tagsRemoved": removed});
+            if new != old {
+                let c = self.edit_contact(cid, |_, f| {
+                    f.tags = new.clone();
+                    Ok(())
+                })?;
+                events.push(self.contact_event("ContactTagUpdate", &c));
+            }
+            responses.push(response);
+        }
+        Ok((json!({"succeded": true, "errorCount": errors, "responses": responses}), events))
+    }
+
+    pub(crate) fn bump_for_child(&mut self, contact: Cid) {
         if self.opts.children_bump_contact && self.edit_contact(contact, |_, _| Ok(())).is_err() {
             tracing::debug!("child write on a missing contact");
         }
@@ -327,6 +415,9 @@ impl State {
             }
             if !obj.contains_key("dueDate") {
                 problems.push("dueDate must be a valid ISO 8601 date string".to_owned());
+            }
+            if !obj.get("completed").is_some_and(Value::is_boolean) {
+                problems.push("completed must be a boolean value".to_owned());
             }
         }
         for (k, v) in obj {
@@ -345,11 +436,6 @@ impl State {
                     Some(b) => t.completed = b,
                     None => problems.push("completed must be a boolean value".to_owned()),
                 },
-                "status" => {
-                    if let Some(s) = v.as_str() {
-                        t.completed = s == "completed";
-                    }
-                }
                 other => problems.push(format!("property {other} should not exist")),
             }
         }
@@ -382,7 +468,7 @@ impl State {
         self.apply_task(&mut task, obj, true)?;
         self.tasks.insert(task.id, task.clone());
         if let Some(set) = self.loc_tasks.get_mut(usize::from(c.loc)) {
-            set.insert(task.id);
+            set.insert((task.added, task.id));
         }
         self.children.entry(contact).or_default().tasks.push(task.id);
         self.bump_for_child(contact);
@@ -420,7 +506,7 @@ impl State {
     pub(crate) fn delete_task(&mut self, id: Cid) -> Result<Vec<Value>, ApiError> {
         let task = self.tasks.remove(&id).ok_or_else(|| ApiError::not_found("Task"))?;
         if let Some(set) = self.loc_tasks.get_mut(usize::from(task.loc)) {
-            set.remove(&id);
+            set.remove(&(task.added, id));
         }
         if let Some(kids) = self.children.get_mut(&task.contact) {
             kids.tasks.retain(|t| *t != id);
@@ -517,31 +603,84 @@ impl State {
 
     // ---------------------------------------------------------------- task search
 
-    /// `POST /locations/:locationId/tasks/search`.
-    pub(crate) fn task_search(&self, loc: u16, body: &Value) -> Value {
-        let ids = |k: &str| -> Option<Vec<String>> {
-            match body.get(k)? {
-                Value::Array(a) => Some(a.iter().filter_map(Value::as_str).map(str::to_owned).collect()),
-                Value::String(s) => Some(vec![s.clone()]),
-                _ => None,
+    /// `POST /locations/:locationId/tasks/search` (`TaskSearchParamsDto`, ghl.md §6.4): the
+    /// location's tasks oldest first (`dateAdded`, then id: a task created while a client
+    /// pages lands on a later page, a deleted one shifts the pages after it), filtered, then
+    /// `skip`/`limit` paged (defaults 0 and 25; no cap is documented, none is applied). Items
+    /// carry `_id`, `contactDetails` and `assignedToUserDetails` (the spec's response schema
+    /// is broken, `array<array>`).
+    pub(crate) fn task_search(&self, loc: u16, body: &Value) -> Result<Value, ApiError> {
+        let obj = as_object(body)?;
+        let mut problems: Vec<String> = obj
+            .keys()
+            .filter(|k| !TASK_SEARCH_BODY_FIELDS.contains(&k.as_str()))
+            .map(|k| format!("property {k} should not exist"))
+            .collect();
+        let mut ids = |k: &str| -> Option<Vec<String>> {
+            match obj.get(k)? {
+                Value::Array(a) if a.iter().all(Value::is_string) => {
+                    Some(a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                }
+                Value::Array(_) => {
+                    problems.push(format!("each value in {k} must be a string"));
+                    None
+                }
+                _ => {
+                    problems.push(format!("{k} must be an array"));
+                    None
+                }
             }
         };
         let contact_filter = ids("contactId");
         let assigned_filter = ids("assignedTo");
-        let completed = body.get("completed").and_then(Value::as_bool);
-        let query = body.get("query").and_then(Value::as_str).map(str::to_lowercase);
-        let limit = body.get("limit").and_then(Value::as_u64).unwrap_or(25) as usize;
-        let skip = body.get("skip").and_then(Value::as_u64).unwrap_or(0) as usize;
+        let completed = match obj.get("completed") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => {
+                problems.push("completed must be a boolean value".to_owned());
+                None
+            }
+        };
+        let mut text = |k: &str| match obj.get(k) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                problems.push(format!("{k} must be a string"));
+                None
+            }
+        };
+        let query = text("query").map(|q| q.to_lowercase()).filter(|q| !q.is_empty());
+        let business = text("businessId");
+        let mut number = |k: &str, default: u64, min: u64| match obj.get(k) {
+            None | Some(Value::Null) => default,
+            Some(v) => match v.as_u64() {
+                Some(n) if n >= min => n,
+                Some(_) => {
+                    problems.push(format!("{k} must not be less than {min}"));
+                    default
+                }
+                None => {
+                    problems.push(format!("{k} must be a number conforming to the specified constraints"));
+                    default
+                }
+            },
+        };
+        let limit = usize::try_from(number("limit", 25, 1)).unwrap_or(usize::MAX);
+        let skip = usize::try_from(number("skip", 0, 0)).unwrap_or(usize::MAX);
+        if !problems.is_empty() {
+            return Err(ApiError::unprocessable(problems));
+        }
         let candidates: Box<dyn Iterator<Item = Cid> + '_> = match &contact_filter {
             Some(contacts) => {
-                let set: BTreeSet<Cid> = contacts
+                let set: BTreeSet<(i64, Cid)> = contacts
                     .iter()
                     .filter_map(|c| Cid::parse(c))
-                    .flat_map(|c| self.children.get(&c).map(|k| k.tasks.clone()).unwrap_or_default())
+                    .flat_map(|c| self.tasks_of(c))
+                    .map(|t| (t.added, t.id))
                     .collect();
-                Box::new(set.into_iter())
+                Box::new(set.into_iter().map(|k| k.1))
             }
-            None => Box::new(self.loc_tasks.get(usize::from(loc)).into_iter().flat_map(|s| s.iter().copied())),
+            None => Box::new(self.loc_tasks.get(usize::from(loc)).into_iter().flat_map(|s| s.iter().map(|k| k.1))),
         };
         let users = self.locs.get(usize::from(loc)).map(|l| l.users.clone()).unwrap_or_default();
         let tasks: Vec<Value> = candidates
@@ -555,6 +694,11 @@ impl State {
             })
             .filter(|t| {
                 query.as_ref().is_none_or(|q| t.title.to_lowercase().contains(q) || t.body.to_lowercase().contains(q))
+            })
+            .filter(|t| {
+                business.as_ref().is_none_or(|b| {
+                    self.contacts.get(&t.contact).is_some_and(|c| self.fields_of(c).business_id.as_ref() == Some(b))
+                })
             })
             .skip(skip)
             .take(limit)
@@ -585,7 +729,7 @@ impl State {
                 })
             })
             .collect();
-        json!({"tasks": tasks})
+        Ok(json!({"tasks": tasks}))
     }
 
     // ---------------------------------------------------------------- contact search
@@ -714,7 +858,7 @@ impl State {
             let Some(c) = index.docs.get(&key.1) else {
                 return false;
             };
-            let fields = needs_fields.then(|| self.fields_of(c));
+            let fields = needs_fields.then(|| self.search_fields_of(c));
             filters.iter().all(|f| f.eval(c, fields.as_deref()))
                 && query.as_ref().is_none_or(|q| {
                     fields.as_deref().is_some_and(|f| {
@@ -761,7 +905,7 @@ impl State {
             .iter()
             .filter_map(|k| index.docs.get(&k.1))
             .map(|c| {
-                let f = self.fields_of(c);
+                let f = self.search_fields_of(c);
                 let sort_ms = if sort_updated { c.updated } else { c.added };
                 search_item(c, &f, loc_id, sort_ms)
             })
@@ -841,7 +985,8 @@ impl State {
         index.by_added.iter().map(|k| k.1).find(|id| self.contacts.contains_key(id))
     }
 
-    /// One seeded random mutation in `loc`.
+    /// One seeded random mutation in `loc` from the default mix: contacts, tasks and notes
+    /// only (the mix `mutate` has always had, so existing callers see the same changes).
     pub(crate) fn mutate_one(&mut self, loc: u16) -> Option<(Mutation, Vec<Value>)> {
         use MutationKind as K;
         let roll = self.rng.u32(..100);
@@ -857,6 +1002,34 @@ impl State {
             90..96 => K::NoteUpdate,
             _ => K::NoteDelete,
         };
+        self.mutate_kind(loc, kind)
+    }
+
+    /// One seeded random mutation in `loc` of a kind drawn uniformly from `kinds`.
+    pub(crate) fn mutate_one_of(&mut self, loc: u16, kinds: &[MutationKind]) -> Option<(Mutation, Vec<Value>)> {
+        if kinds.is_empty() {
+            return None;
+        }
+        let kind = kinds[self.rng.usize(..kinds.len())];
+        self.mutate_kind(loc, kind)
+    }
+
+    /// A random live contact of `loc` that belongs to a business, if one is found quickly.
+    fn random_business_contact(&mut self, loc: u16) -> Option<Cid> {
+        for _ in 0..32 {
+            let id = self.random_contact(loc)?;
+            if self.contacts.get(&id).is_some_and(|c| self.fields_of(c).business_id.is_some()) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// One mutation of `kind` on a random object of `loc`. When the kind needs an object the
+    /// chosen contact lacks (a task to complete, an appointment to cancel, a business to
+    /// leave), it creates one instead and reports that.
+    fn mutate_kind(&mut self, loc: u16, kind: MutationKind) -> Option<(Mutation, Vec<Value>)> {
+        use MutationKind as K;
         let n = self.rng.u32(..1_000_000);
         let loc_id = self.loc_id(loc).to_owned();
         let mutation = |kind, contact: Cid, object: Cid| Mutation {
@@ -942,6 +1115,43 @@ impl State {
                 };
                 Some((mutation(kind, contact, id), events))
             }
+            K::AppointmentCreate | K::AppointmentUpdate | K::AppointmentCancel | K::AppointmentDelete => {
+                let existing = self.some_appointment(contact, kind != K::AppointmentDelete);
+                let Some(id) = existing.filter(|_| kind != K::AppointmentCreate) else {
+                    let obj = json!({"title": format!("Mutated appointment {n}"), "startTime": iso(self.next_slot())});
+                    let (a, events) = self.create_appointment(contact, obj.as_object()?).ok()?;
+                    return Some((mutation(K::AppointmentCreate, contact, a.id), events));
+                };
+                let events = match kind {
+                    K::AppointmentUpdate => {
+                        let obj = json!({"title": format!("Rescheduled {n}"), "startTime": iso(self.next_slot() + 3_600_000)});
+                        self.update_appointment(id, obj.as_object()?).ok()?.1
+                    }
+                    K::AppointmentCancel => self.cancel_appointment(id).ok()?.1,
+                    _ => self.delete_appointment(id).ok()?,
+                };
+                Some((mutation(kind, contact, id), events))
+            }
+            K::BusinessLink | K::BusinessUnlink => {
+                let linked = if kind == K::BusinessUnlink { self.random_business_contact(loc) } else { None };
+                if let Some(id) = linked {
+                    let (c, events) = self.set_business(id, None).ok()?;
+                    return Some((mutation(K::BusinessUnlink, c.id, c.id), events));
+                }
+                let current = self.contacts.get(&contact).and_then(|c| self.fields_of(c).business_id.clone());
+                let businesses = self.locs.get(usize::from(loc)).map(|l| l.businesses.clone()).unwrap_or_default();
+                let choices: Vec<_> = businesses
+                    .iter()
+                    .filter(|(b, _)| current.as_deref() != Some(&**b))
+                    .map(|(b, _)| b.clone())
+                    .collect();
+                if choices.is_empty() {
+                    return None;
+                }
+                let business = choices[self.rng.usize(..choices.len())].clone();
+                let (c, events) = self.set_business(contact, Some(&business)).ok()?;
+                Some((mutation(K::BusinessLink, c.id, c.id), events))
+            }
             K::ContactCreate => None,
         }
     }
@@ -966,6 +1176,7 @@ impl State {
                     let mut v = self.render(c, Shape::Full);
                     v["tasks"] = json!(self.tasks_of(c.id).iter().map(|t| t.render()).collect::<Vec<_>>());
                     v["notes"] = json!(self.notes_of(c.id).iter().map(|n| n.render()).collect::<Vec<_>>());
+                    v["appointments"] = json!(self.render_appointments(c.id));
                     v
                 })
                 .collect();
@@ -974,6 +1185,10 @@ impl State {
                 "name": loc.name,
                 "pit": loc.pit,
                 "contactCount": total,
+                "businesses": loc.businesses.iter().map(|(id, name)| json!({"id": &**id, "name": name})).collect::<Vec<_>>(),
+                "calendars": loc.calendars.iter()
+                    .map(|c| json!({"id": &*c.id, "name": c.name, "groupId": c.group.as_deref()}))
+                    .collect::<Vec<_>>(),
                 "searchIndexCount": index.docs.len(),
                 "contacts": contacts,
             }));

@@ -15,8 +15,9 @@ use serde_json::{Value, json};
 
 use super::model::{Cid, Shape, iso};
 use super::ops::Written;
+use super::schema::{self, ScopeSet};
 use super::state::{ApiError, AuthCtx, Principal, RateHeaders, State};
-use super::{FakeGhl, Fault, GhlOptions, WebhookMode};
+use super::{FakeGhl, Fault, GhlOptions, MutationKind, WebhookMode};
 
 /// The only `Version` header value the fake accepts (strict, per the brief).
 const API_VERSION: &str = "2021-07-28";
@@ -31,6 +32,8 @@ pub(crate) fn router(ghl: FakeGhl) -> Router {
         .route("/contacts/", get(list_contacts).post(create_contact))
         .route("/contacts", get(list_contacts).post(create_contact))
         .route("/contacts/business/{businessId}", get(business_contacts))
+        .route("/contacts/bulk/business", post(bulk_business))
+        .route("/contacts/bulk/tags/update/{type}", post(bulk_tags))
         .route("/contacts/{contactId}", get(get_contact).put(update_contact).delete(delete_contact))
         .route("/contacts/{contactId}/tags", post(add_tags).delete(remove_tags))
         .route("/contacts/{contactId}/appointments", get(appointments))
@@ -55,7 +58,13 @@ pub(crate) fn router(ghl: FakeGhl) -> Router {
         .route("/webhooks/emit", post(admin_emit))
         .route("/webhooks/url", post(admin_webhook_url))
         .route("/clock/advance", post(admin_clock))
-        .route("/daily-exhausted", post(admin_daily_exhausted));
+        .route("/daily-exhausted", post(admin_daily_exhausted))
+        .route("/pits", post(admin_pit))
+        .route("/codes", post(admin_code))
+        .route("/appointments", post(admin_create_appointment))
+        .route("/appointments/{id}", put(admin_update_appointment).delete(admin_delete_appointment))
+        .route("/appointments/{id}/cancel", post(admin_cancel_appointment))
+        .route("/business", post(admin_business));
     api.nest("/__admin/ghl", admin).with_state(ghl)
 }
 
@@ -236,6 +245,12 @@ async fn gate(AxState(ghl): AxState<FakeGhl>, mut req: Request, next: Next) -> R
         if !version_ok {
             let error = ApiError::new(400, "Version header was not found or is not supported");
             return finish(&ghl, failure(&error), &headers);
+        }
+        if let Some(scope) = schema::required_scope(&key).and_then(ScopeSet::one)
+            && !auth.scopes.contains(scope)
+        {
+            let status = ghl.lock().opts.scope_denied_status;
+            return finish(&ghl, failure(&ApiError::scope_denied(status)), &headers);
         }
         req.extensions_mut().insert(auth);
         headers
@@ -475,18 +490,38 @@ async fn business_contacts(
             return Err(ApiError::unprocessable(vec!["locationId should not be empty".to_owned()]));
         }
         let loc = s.check_loc(&auth, location)?;
-        let limit = q.get("limit").and_then(|v| v.parse().ok()).unwrap_or(25usize);
-        let skip = q.get("skip").and_then(|v| v.parse().ok()).unwrap_or(0usize);
-        let mut matching: Vec<_> = s
-            .contacts
-            .values()
-            .filter(|c| c.loc == loc && s.fields_of(c).business_id.as_deref() == Some(business.as_str()))
-            .collect();
-        matching.sort_by_key(|c| (c.added, c.id));
-        let count = matching.len();
-        let contacts: Vec<Value> =
-            matching.into_iter().skip(skip).take(limit).map(|c| s.render(c, Shape::List)).collect();
-        Ok((json!({"contacts": contacts, "count": count}), Vec::new()))
+        Ok((s.business_contacts(loc, &business, &q)?, Vec::new()))
+    })
+}
+
+async fn bulk_business(AxState(ghl): AxState<FakeGhl>, Extension(auth): Extension<AuthCtx>, body: Bytes) -> Response {
+    ghl.answer(200, |s| {
+        let body = parse_body(&body)?;
+        let obj = body.as_object().ok_or_else(|| ApiError::new(400, "Body must be a JSON object"))?;
+        let location = obj.get("locationId").and_then(Value::as_str).unwrap_or("");
+        if location.is_empty() {
+            return Err(ApiError::unprocessable(vec!["locationId should not be empty".to_owned()]));
+        }
+        let loc = s.check_loc(&auth, location)?;
+        s.bulk_business(loc, obj)
+    })
+}
+
+async fn bulk_tags(
+    AxState(ghl): AxState<FakeGhl>,
+    Extension(auth): Extension<AuthCtx>,
+    Path(kind): Path<String>,
+    body: Bytes,
+) -> Response {
+    ghl.answer(201, |s| {
+        let body = parse_body(&body)?;
+        let obj = body.as_object().ok_or_else(|| ApiError::new(400, "Body must be a JSON object"))?;
+        let location = obj.get("locationId").and_then(Value::as_str).unwrap_or("");
+        if location.is_empty() {
+            return Err(ApiError::unprocessable(vec!["locationId should not be empty".to_owned()]));
+        }
+        let loc = s.check_loc(&auth, location)?;
+        s.bulk_tags(loc, &kind, obj)
     })
 }
 
@@ -521,27 +556,7 @@ async fn appointments(
 ) -> Response {
     ghl.answer(200, |s| {
         let c = s.contact_for(&auth, &id)?;
-        let mut rng = fastrand::Rng::with_seed(
-            c.id.0.iter().fold(s.opts.seed, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(*b))),
-        );
-        let fmt = |ms: i64| iso(ms).replace('T', " ")[..19].to_owned();
-        let events: Vec<Value> = (0..rng.usize(0..=2))
-            .map(|_| {
-                let id = Cid::random(&mut rng);
-                let calendar = Cid::random(&mut rng);
-                let start = c.added + rng.i64(0..30) * 86_400_000;
-                json!({
-                    "id": id.as_str(), "calendarId": calendar.as_str(), "status": "booked",
-                    "title": "Intro call", "assignedUserId": null, "notes": "",
-                    "startTime": fmt(start), "endTime": fmt(start + 1_800_000),
-                    "address": "", "locationId": s.loc_id(c.loc), "contactId": c.id.as_str(),
-                    "groupId": null, "appointmentStatus": "confirmed", "users": [],
-                    "dateAdded": fmt(c.added), "dateUpdated": fmt(c.added),
-                    "assignedResources": [],
-                })
-            })
-            .collect();
-        Ok((json!({"events": events}), Vec::new()))
+        Ok((json!({"events": s.render_appointments(c.id)}), Vec::new()))
     })
 }
 
@@ -644,7 +659,7 @@ async fn task_search(
 ) -> Response {
     ghl.answer(200, |s| {
         let loc = s.check_loc(&auth, &location)?;
-        Ok((s.task_search(loc, &parse_body(&body)?), Vec::new()))
+        Ok((s.task_search(loc, &parse_body(&body)?)?, Vec::new()))
     })
 }
 
@@ -815,8 +830,97 @@ async fn admin_mutate(AxState(ghl): AxState<FakeGhl>, body: Bytes) -> Response {
     let body: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
     let location = body.get("locationId").and_then(Value::as_str);
     let count = body.get("count").and_then(Value::as_u64).unwrap_or(1) as usize;
-    let mutations = ghl.mutate(location, count);
+    let mutations = match body.get("kinds") {
+        None | Some(Value::Null) => ghl.mutate(location, count),
+        Some(kinds) => match serde_json::from_value::<Vec<MutationKind>>(kinds.clone()) {
+            Ok(kinds) => ghl.mutate_kinds(location, count, &kinds),
+            Err(e) => return json_response(400, &json!({"error": e.to_string()})),
+        },
+    };
     admin_json(&json!({"mutations": mutations}))
+}
+
+fn scope_list(body: &Value) -> Vec<String> {
+    match body.get("scopes") {
+        Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        _ => schema::KNOWN_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+async fn admin_pit(AxState(ghl): AxState<FakeGhl>, body: Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+    let location = body.get("locationId").and_then(Value::as_str).unwrap_or("");
+    let scopes = scope_list(&body);
+    match ghl.create_pit(location, &scopes) {
+        Some(pit) => admin_json(&json!({"pit": pit, "scopes": ScopeSet::parse(&scopes).to_scope_string()})),
+        None => json_response(404, &json!({"error": "unknown locationId"})),
+    }
+}
+
+async fn admin_code(AxState(ghl): AxState<FakeGhl>, body: Bytes) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+    let location = body.get("locationId").and_then(Value::as_str);
+    let scopes = scope_list(&body);
+    let code = ghl.authorization_code_with_scopes(location, &scopes);
+    admin_json(&json!({"code": code, "scopes": ScopeSet::parse(&scopes).to_scope_string()}))
+}
+
+/// Runs an admin write and answers `{ok}` or 404/422 with the GHL error body.
+fn admin_write(ghl: &FakeGhl, f: impl FnOnce(&mut State) -> Result<Written, ApiError>) -> Response {
+    let result = f(&mut ghl.lock());
+    match result {
+        Ok((body, events)) => {
+            ghl.dispatch(events, WebhookMode::Normal);
+            admin_json(&body)
+        }
+        Err(error) => failure(&error),
+    }
+}
+
+fn appointment_id(id: &str) -> Result<Cid, ApiError> {
+    Cid::parse(id).ok_or_else(|| ApiError::not_found("Appointment"))
+}
+
+async fn admin_create_appointment(AxState(ghl): AxState<FakeGhl>, body: Bytes) -> Response {
+    admin_write(&ghl, |s| {
+        let mut obj = parse_body(&body)?.as_object().cloned().unwrap_or_default();
+        let contact = obj.remove("contactId").and_then(|v| v.as_str().and_then(Cid::parse));
+        let contact = contact.ok_or_else(ApiError::contact_not_found)?;
+        let (a, events) = s.create_appointment(contact, &obj)?;
+        Ok((json!({"appointment": a.render(s.loc_id(a.loc))}), events))
+    })
+}
+
+async fn admin_update_appointment(AxState(ghl): AxState<FakeGhl>, Path(id): Path<String>, body: Bytes) -> Response {
+    admin_write(&ghl, |s| {
+        let obj = parse_body(&body)?.as_object().cloned().unwrap_or_default();
+        let (a, events) = s.update_appointment(appointment_id(&id)?, &obj)?;
+        Ok((json!({"appointment": a.render(s.loc_id(a.loc))}), events))
+    })
+}
+
+async fn admin_cancel_appointment(AxState(ghl): AxState<FakeGhl>, Path(id): Path<String>) -> Response {
+    admin_write(&ghl, |s| {
+        let (a, events) = s.cancel_appointment(appointment_id(&id)?)?;
+        Ok((json!({"appointment": a.render(s.loc_id(a.loc))}), events))
+    })
+}
+
+async fn admin_delete_appointment(AxState(ghl): AxState<FakeGhl>, Path(id): Path<String>) -> Response {
+    admin_write(&ghl, |s| Ok((json!({"ok": true}), s.delete_appointment(appointment_id(&id)?)?)))
+}
+
+/// `{contactId, businessId | null}`: link or unlink one contact.
+async fn admin_business(AxState(ghl): AxState<FakeGhl>, body: Bytes) -> Response {
+    admin_write(&ghl, |s| {
+        let body = parse_body(&body)?;
+        let contact = body.get("contactId").and_then(Value::as_str).and_then(Cid::parse);
+        let contact = contact.ok_or_else(ApiError::contact_not_found)?;
+        let business = body.get("businessId").and_then(Value::as_str);
+        let (c, events) = s.set_business(contact, business)?;
+        Ok((json!({"contact": s.render(&c, Shape::Full)}), events))
+    })
 }
 
 async fn admin_state(AxState(ghl): AxState<FakeGhl>, Query(q): Query<HashMap<String, String>>) -> Response {

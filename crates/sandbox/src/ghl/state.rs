@@ -9,15 +9,13 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
 
+use super::appointments::{Appointment, CALENDAR_NAMES};
 use super::model::{
-    Cid, Contact, Fields, Loc, NOTE_BODIES, Note, SEED_BASE_MS, SEED_SPAN_MS, Shape, TASK_BODIES, TASK_TITLES, Task,
-    USER_FIRST, USER_LAST, generate_fields, random_hex, render_contact, system_ms,
+    Calendar, Cid, Contact, Fields, Loc, NOTE_BODIES, Note, SEED_BASE_MS, SEED_SPAN_MS, Shape, TASK_BODIES,
+    TASK_TITLES, Task, USER_FIRST, USER_LAST, generate_fields, random_hex, render_contact, system_ms,
 };
+use super::schema::ScopeSet;
 use super::{Fault, GhlOptions, GhlStats};
-
-/// Scopes granted to every token the fake issues.
-pub(crate) const SCOPES: &str = "contacts.readonly contacts.write locations.readonly \
-     locations/tasks.readonly locations/customFields.readonly oauth.readonly oauth.write";
 
 /// An error answer: HTTP status plus GHL body.
 #[derive(Debug, Clone)]
@@ -70,6 +68,11 @@ impl ApiError {
         Self::new(403, "The token does not have access to this location.")
     }
 
+    /// A valid token without the route's scope (reference/ghl.md §3.8).
+    pub(crate) fn scope_denied(status: u16) -> Self {
+        Self::new(status, "The token is not authorized for this scope.")
+    }
+
     pub(crate) fn too_many() -> Self {
         Self::new(429, "Too many requests")
     }
@@ -87,12 +90,15 @@ pub(crate) enum Principal {
 pub(crate) struct AuthCtx {
     pub(crate) principal: Principal,
     pub(crate) bucket: String,
+    /// What the token may do (seeded PITs and default grants: every known scope).
+    pub(crate) scopes: ScopeSet,
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct AccessTok {
     pub(crate) principal: Principal,
     pub(crate) expires: Option<Instant>,
+    pub(crate) scopes: ScopeSet,
 }
 
 #[derive(Debug, Clone)]
@@ -100,11 +106,13 @@ pub(crate) struct Issued {
     pub(crate) access: String,
     pub(crate) refresh: String,
     pub(crate) expires: Instant,
+    pub(crate) scopes: ScopeSet,
 }
 
 #[derive(Debug)]
 pub(crate) struct Grant {
     pub(crate) principal: Principal,
+    pub(crate) scopes: ScopeSet,
     pub(crate) dead: bool,
     pub(crate) access: Vec<String>,
     pub(crate) refresh: Vec<String>,
@@ -195,11 +203,23 @@ pub(crate) enum IndexOp {
     Remove(Cid),
 }
 
-/// Task and note ids of one contact.
+/// Task, note and appointment ids of one contact.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Children {
     pub(crate) tasks: Vec<Cid>,
     pub(crate) notes: Vec<Cid>,
+    /// Appointments once written; until then a seeded contact's appointments are generated
+    /// on read (see `appointments.rs`).
+    pub(crate) appointments: Vec<Cid>,
+    pub(crate) appointments_stored: bool,
+}
+
+/// A one-time authorization code.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Code {
+    pub(crate) principal: Principal,
+    pub(crate) used: bool,
+    pub(crate) scopes: ScopeSet,
 }
 
 /// A webhook that was (or is being) delivered.
@@ -229,8 +249,11 @@ pub(crate) struct State {
     pub(crate) pending: VecDeque<(Instant, u16, IndexOp)>,
     pub(crate) total_cache: HashMap<(u16, String), (u64, u64)>,
     pub(crate) tasks: FastMap<Cid, Task>,
-    pub(crate) loc_tasks: Vec<BTreeSet<Cid>>,
+    /// Task ids per location in the task search's order: `(dateAdded, id)`.
+    pub(crate) loc_tasks: Vec<BTreeSet<(i64, Cid)>>,
     pub(crate) notes: FastMap<Cid, Note>,
+    /// Stored appointments (of contacts whose appointments were written).
+    pub(crate) appointments: FastMap<Cid, Appointment>,
     pub(crate) children: FastMap<Cid, Children>,
     pub(crate) next_n: Vec<u32>,
     pub(crate) rng: fastrand::Rng,
@@ -239,7 +262,7 @@ pub(crate) struct State {
     pub(crate) tokens: HashMap<String, AccessTok>,
     pub(crate) grants: Vec<Grant>,
     pub(crate) refresh: HashMap<String, RefreshRec>,
-    pub(crate) codes: HashMap<String, (Principal, bool)>,
+    pub(crate) codes: HashMap<String, Code>,
     pub(crate) buckets: HashMap<String, Bucket>,
     pub(crate) daily_exhausted: HashSet<String>,
     pub(crate) stats: GhlStats,
@@ -312,8 +335,30 @@ impl State {
             ];
             let index = u16::try_from(i).unwrap_or(u16::MAX);
             loc_by_id.insert(id.as_str().to_owned(), index);
-            tokens.insert(pit.clone(), AccessTok { principal: Principal::Location(index), expires: None });
-            locs.push(Loc { id, name: format!("Sandbox Location {}", i + 1), pit, users, businesses, custom_fields });
+            tokens.insert(
+                pit.clone(),
+                AccessTok { principal: Principal::Location(index), expires: None, scopes: ScopeSet::ALL },
+            );
+            // A stream of its own, so the ids drawn from `rng` above stay as they were.
+            let mut calendar_rng = fastrand::Rng::with_seed(opts.seed ^ 0xCA1E_0DA5 ^ ((i as u64) << 24));
+            let group: Arc<str> = Arc::from(Cid::random(&mut calendar_rng).as_str());
+            let calendars = CALENDAR_NAMES
+                .iter()
+                .enumerate()
+                .map(|(c, name)| {
+                    let id: Arc<str> = Arc::from(Cid::random(&mut calendar_rng).as_str());
+                    Calendar { id, group: (c == 0).then(|| group.clone()), name }
+                })
+                .collect();
+            locs.push(Loc {
+                id,
+                name: format!("Sandbox Location {}", i + 1),
+                pit,
+                users,
+                businesses,
+                custom_fields,
+                calendars,
+            });
         }
         let runtime_rng = fastrand::Rng::with_seed(opts.seed ^ 0x005E_ED0F_FA4E_0001);
         let mut state = Self {
@@ -330,6 +375,7 @@ impl State {
             tasks: FastMap::default(),
             loc_tasks: (0..locs.len()).map(|_| BTreeSet::new()).collect(),
             notes: FastMap::default(),
+            appointments: FastMap::default(),
             children: FastMap::default(),
             next_n: vec![0; locs.len()],
             locs,
@@ -389,14 +435,18 @@ impl State {
                 if task_count + note_count == 0 {
                     continue;
                 }
-                let mut kids =
-                    Children { tasks: Vec::with_capacity(task_count), notes: Vec::with_capacity(note_count) };
+                let mut kids = Children {
+                    tasks: Vec::with_capacity(task_count),
+                    notes: Vec::with_capacity(note_count),
+                    ..Children::default()
+                };
                 for _ in 0..task_count {
                     let task = self.new_task_seeded(rng, loc, id, added);
                     kids.tasks.push(task.id);
-                    task_ids.push(task.id);
+                    task_ids.push((task.added, task.id));
                     self.tasks.insert(task.id, task);
                 }
+
                 for _ in 0..note_count {
                     let note = self.new_note_seeded(rng, loc, id, added);
                     kids.notes.push(note.id);
@@ -493,10 +543,20 @@ impl State {
     }
 
     pub(crate) fn fields_of(&self, c: &Contact) -> Arc<Fields> {
+        self.generated_fields(c, true)
+    }
+
+    /// Like [`State::fields_of`], without the fields only `GET` shows, for search's hot path
+    /// (a written contact's stored fields are returned whole).
+    pub(crate) fn search_fields_of(&self, c: &Contact) -> Arc<Fields> {
+        self.generated_fields(c, false)
+    }
+
+    fn generated_fields(&self, c: &Contact, get_only: bool) -> Arc<Fields> {
         match &c.fields {
             Some(f) => f.clone(),
             None => match self.locs.get(usize::from(c.loc)) {
-                Some(loc) => Arc::new(generate_fields(self.opts.seed, c.loc, loc, c.n)),
+                Some(loc) => Arc::new(generate_fields(self.opts.seed, c.loc, loc, c.n, get_only)),
                 None => Arc::new(Fields::default()),
             },
         }
@@ -543,22 +603,38 @@ impl State {
         format!("{prefix}{}", random_hex(&mut self.rng, 48))
     }
 
-    /// Issues an access + refresh token pair in (new or existing) grant `grant`.
-    pub(crate) fn issue(&mut self, principal: Principal, grant: Option<usize>) -> Issued {
+    /// Issues an access + refresh token pair in grant `grant`, or in a new grant with
+    /// `scopes` (a refresh keeps its grant's scopes).
+    pub(crate) fn issue(&mut self, principal: Principal, scopes: ScopeSet, grant: Option<usize>) -> Issued {
         let grant = grant.unwrap_or_else(|| {
-            self.grants.push(Grant { principal, dead: false, access: Vec::new(), refresh: Vec::new() });
+            self.grants.push(Grant { principal, scopes, dead: false, access: Vec::new(), refresh: Vec::new() });
             self.grants.len() - 1
         });
+        let scopes = self.grants.get(grant).map(|g| g.scopes).unwrap_or(scopes);
         let access = self.new_token("eyJhbGciOiJSUzI1NiJ9.fake-");
         let refresh = self.new_token("rt-");
         let expires = self.now() + self.opts.access_token_ttl;
-        self.tokens.insert(access.clone(), AccessTok { principal, expires: Some(expires) });
+        self.tokens.insert(access.clone(), AccessTok { principal, expires: Some(expires), scopes });
         self.refresh.insert(refresh.clone(), RefreshRec { grant, used: None });
         if let Some(g) = self.grants.get_mut(grant) {
             g.access.push(access.clone());
             g.refresh.push(refresh.clone());
         }
-        Issued { access, refresh, expires }
+        Issued { access, refresh, expires, scopes }
+    }
+
+    /// A new Private Integration Token for a location with the given scopes.
+    pub(crate) fn new_pit(&mut self, loc: u16, scopes: ScopeSet) -> String {
+        let pit = format!(
+            "pit-{}-{}-{}-{}-{}",
+            random_hex(&mut self.rng, 8),
+            random_hex(&mut self.rng, 4),
+            random_hex(&mut self.rng, 4),
+            random_hex(&mut self.rng, 4),
+            random_hex(&mut self.rng, 12)
+        );
+        self.tokens.insert(pit.clone(), AccessTok { principal: Principal::Location(loc), expires: None, scopes });
+        pit
     }
 
     /// Resolves a bearer token (None: unknown, expired or revoked).
@@ -571,7 +647,7 @@ impl State {
             Principal::Location(loc) => format!("location:{}", self.loc_id(loc)),
             Principal::Company => format!("company:{}", self.company.as_str()),
         };
-        Some(AuthCtx { principal: tok.principal, bucket })
+        Some(AuthCtx { principal: tok.principal, bucket, scopes: tok.scopes })
     }
 
     /// Kills a grant: every access and refresh token of the chain stops working.
@@ -594,7 +670,7 @@ impl State {
             "token_type": "Bearer",
             "expires_in": expires_in,
             "refresh_token": issued.refresh,
-            "scope": SCOPES,
+            "scope": issued.scopes.to_scope_string(),
             "companyId": self.company.as_str(),
             "userId": user_id,
         });
@@ -633,10 +709,10 @@ impl State {
             Some("authorization_code") => {
                 let code = field("code").unwrap_or("");
                 match self.codes.get_mut(code) {
-                    Some((principal, used)) if !*used => {
-                        *used = true;
-                        let principal = *principal;
-                        let issued = self.issue(principal, None);
+                    Some(c) if !c.used => {
+                        c.used = true;
+                        let (principal, scopes) = (c.principal, c.scopes);
+                        let issued = self.issue(principal, scopes, None);
                         self.stats.authorization_code_grants += 1;
                         Ok(self.token_body(&issued, principal))
                     }
@@ -674,7 +750,7 @@ impl State {
                         Err(invalid_grant("Refresh token has already been used"))
                     }
                     None => {
-                        let issued = self.issue(principal, Some(grant));
+                        let issued = self.issue(principal, ScopeSet::ALL, Some(grant));
                         if let Some(rec) = self.refresh.get_mut(&token) {
                             rec.used = Some((now, issued.clone()));
                         }
@@ -708,7 +784,8 @@ impl State {
             return Err(ApiError::forbidden());
         }
         let loc = self.loc_of(location).ok_or_else(|| ApiError::new(400, "Location not found"))?;
-        let issued = self.issue(Principal::Location(loc), None);
+        // A location token carries the agency grant's scopes.
+        let issued = self.issue(Principal::Location(loc), auth.scopes, None);
         self.stats.location_token_grants += 1;
         let mut body = self.token_body(&issued, Principal::Location(loc));
         body["appId"] = json!(self.app_id.as_str());

@@ -11,54 +11,54 @@ use serde_json::{Value, json};
 use super::*;
 use crate::{Sandbox, SandboxOptions};
 
-struct Env {
-    sandbox: Sandbox,
-    http: reqwest::Client,
-    base: String,
+pub(super) struct Env {
+    pub(super) sandbox: Sandbox,
+    pub(super) http: reqwest::Client,
+    pub(super) base: String,
 }
 
 impl Env {
-    async fn start(ghl: GhlOptions) -> anyhow::Result<Self> {
+    pub(super) async fn start(ghl: GhlOptions) -> anyhow::Result<Self> {
         let sandbox = Sandbox::start(SandboxOptions { ghl, ..Default::default() }, "127.0.0.1:0".parse()?).await?;
         let base = sandbox.ghl_url().to_string().trim_end_matches('/').to_owned();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
         Ok(Self { sandbox, http, base })
     }
 
-    fn ghl(&self) -> &FakeGhl {
+    pub(super) fn ghl(&self) -> &FakeGhl {
         &self.sandbox.ghl
     }
 
-    fn loc(&self, i: usize) -> LocationInfo {
+    pub(super) fn loc(&self, i: usize) -> LocationInfo {
         self.ghl().locations()[i].clone()
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(super) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
     /// A request with Version and bearer.
-    fn req(&self, method: reqwest::Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+    pub(super) fn req(&self, method: reqwest::Method, path: &str, token: &str) -> reqwest::RequestBuilder {
         self.http.request(method, self.url(path)).header("Version", "2021-07-28").bearer_auth(token)
     }
 
-    async fn send(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
+    pub(super) async fn send(&self, rb: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
         let response = rb.send().await?;
         let status = response.status().as_u16();
         let body = response.json::<Value>().await.unwrap_or(Value::Null);
         Ok((status, body))
     }
 
-    async fn search(&self, token: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+    pub(super) async fn search(&self, token: &str, body: Value) -> anyhow::Result<(u16, Value)> {
         self.send(self.req(reqwest::Method::POST, "/contacts/search", token).json(&body)).await
     }
 
-    async fn token(&self, form: &[(&str, &str)]) -> anyhow::Result<(u16, Value)> {
+    pub(super) async fn token(&self, form: &[(&str, &str)]) -> anyhow::Result<(u16, Value)> {
         self.send(self.http.post(self.url("/oauth/token")).form(form)).await
     }
 }
 
-fn small() -> GhlOptions {
+pub(super) fn small() -> GhlOptions {
     GhlOptions { contacts_per_location: 20, ..GhlOptions::default() }
 }
 
@@ -468,7 +468,7 @@ async fn tasks_and_notes_have_real_shapes() -> anyhow::Result<()> {
     let (_, list) = env.send(env.req(reqwest::Method::GET, &format!("{base}/tasks"), &a.pit)).await?;
     assert!(list["tasks"].as_array().is_some_and(|t| t.iter().any(|t| t["id"] == task_id.as_str())));
 
-    // Location task search: `_id` items, stable order, skip/limit.
+    // Location task search: `_id` items, oldest first (the new task is last).
     let (status, found) = env
         .send(
             env.req(reqwest::Method::POST, &format!("/locations/{}/tasks/search", a.id), &a.pit)
@@ -479,9 +479,7 @@ async fn tasks_and_notes_have_real_shapes() -> anyhow::Result<()> {
     let items = found["tasks"].as_array().cloned().unwrap_or_default();
     assert!(items.iter().any(|t| t["_id"] == task_id.as_str()));
     let ids: Vec<&str> = items.iter().filter_map(|t| t["_id"].as_str()).collect();
-    let mut sorted = ids.clone();
-    sorted.sort();
-    assert_eq!(ids, sorted);
+    assert_eq!(ids.last(), Some(&task_id.as_str()));
     assert!(items[0]["contactDetails"].is_object());
 
     let (status, note) = env
@@ -699,7 +697,11 @@ fn big_seed_and_full_scan() {
     let seeded = started.elapsed();
     let loc = ghl.locations()[0].clone();
     let started = std::time::Instant::now();
-    let auth = state::AuthCtx { principal: state::Principal::Location(0), bucket: String::new() };
+    let auth = state::AuthCtx {
+        principal: state::Principal::Location(0),
+        bucket: String::new(),
+        scopes: schema::ScopeSet::ALL,
+    };
     let mut after: Option<Value> = None;
     let mut seen = 0usize;
     loop {
