@@ -29,8 +29,13 @@ use sqlx::{ConnectOptions as _, Connection as _};
 use tokio::sync::{Mutex, MutexGuard};
 
 pub mod codec;
+pub mod contact_view;
 pub mod grants;
+pub mod locations;
+pub mod lusha;
 pub mod outbox;
+pub mod snapshot;
+pub mod status;
 
 /// Errors the store reports to its callers.
 #[derive(Debug, thiserror::Error)]
