@@ -24,6 +24,11 @@ pub(super) async fn not_ready(state: &ServerState) -> Vec<String> {
     if state.ready.is_shutting_down() {
         problems.push("shutting down".to_owned());
     }
+    // A store that cannot write (disk full, read-only, locked by another process) loses
+    // webhooks and stalls every run: not ready until a write succeeds again.
+    if let Some(reason) = state.store.write_health().failing {
+        problems.push(format!("store: cannot write ({reason})"));
+    }
     match crate::store::status::ping(&state.store).await {
         Err(_) => problems.push("store: not open".to_owned()),
         Ok(()) => match authorised_locations(state).await {

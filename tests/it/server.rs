@@ -376,6 +376,65 @@ async fn readyz_flips_to_503_when_the_only_location_needs_reauth() {
     server.stop().await;
 }
 
+/// A store whose writes fail (here: another process holds SQLite's write lock past the busy
+/// timeout, as a full or read-only disk would fail them) makes `/readyz` answer 503 with the
+/// reason, and ready again once a write succeeds.
+#[tokio::test]
+async fn readyz_says_the_store_cannot_write_until_a_write_succeeds_again() {
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ghl-sync.db");
+    let mut settings = Settings::default();
+    settings.store.path = Some(path.clone());
+    settings.ghl.locations = vec![LocationSettings {
+        id: LOCATION.to_owned(),
+        name: None,
+        auth: Default::default(),
+        pit: Some(Secret::new("pit-test".to_owned())),
+        pit_env: None,
+        pit_file: None,
+        enabled: true,
+    }];
+    let config = Config::from_settings(settings).unwrap();
+    let configured = ghl_sync::cli::status::configured_locations(&config);
+    let store = Store::connect(&path, Duration::from_millis(100)).await.unwrap();
+    ghl_sync::store::locations::register_configured(&store, &configured).await.unwrap();
+    let state = ServerState::new(store.clone(), Arc::new(config), Arc::new(Notify::new()), server::install_metrics());
+    let stop = CancellationToken::new();
+    let running = server::start("127.0.0.1:0".parse().unwrap(), state, stop.clone()).await.unwrap();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let readyz = || async {
+        let response = http.get(format!("{}/readyz", running.url())).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    assert_eq!(readyz().await.0, 200);
+
+    // Another process takes the write lock and keeps it.
+    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut other).await.unwrap();
+    let failed = ghl_sync::store::locations::register_configured(&store, &configured).await;
+    assert!(failed.is_err(), "the write should time out on the lock");
+    let (status, body) = readyz().await;
+    assert_eq!(status, 503, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let problems = json["not_ready"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.as_str().unwrap().starts_with("store: cannot write") && p.as_str().unwrap().contains("locked")),
+        "{body}"
+    );
+
+    // The lock goes away; the next write succeeds and readiness returns.
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    other.close().await.unwrap();
+    ghl_sync::store::locations::register_configured(&store, &configured).await.unwrap();
+    let (status, body) = readyz().await;
+    assert_eq!(status, 200, "{body}");
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), running.stopped()).await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn metrics_are_valid_prometheus_text_with_store_gauges() {
     let server = TestServer::start(false).await;
