@@ -293,3 +293,43 @@ fn demo_config(sandbox: &Sandbox, dir: &std::path::Path) -> anyhow::Result<Confi
     settings.connectors.lusha = Some(lusha);
     Config::from_settings(settings).map_err(|e| anyhow::anyhow!("{e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::status::{ConnectorStatus, Status, StoreHealth, Totals};
+
+    fn queue(connector: &str, pending: i64, dead_letters: i64) -> ConnectorStatus {
+        ConnectorStatus {
+            connector: connector.into(),
+            pending,
+            retrying: 0,
+            oldest_pending_at: None,
+            oldest_pending_age_secs: None,
+            delivered: 0,
+            delivered_last_hour: 0,
+            dead_letters,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn the_demo_line_shows_pending_per_connector_not_one_total() {
+        let status = Status {
+            generated_at: 0,
+            day: "1970-01-01".into(),
+            store: StoreHealth { writable: true, failing: None, last_write_ok_at: None },
+            locations: Vec::new(),
+            connectors: vec![queue("lusha", 7, 1), queue("webhook.demo", 3, 0)],
+            unattributed_dead_letters: Vec::new(),
+            totals: Totals { contacts: 10, children: 4, dirty: 0, pending: 10, dead_letters: 1 },
+            deliveries_per_minute: vec![0; 60],
+            recent_errors: Vec::new(),
+            lusha: None,
+        };
+        let line = demo_line(&status, &DemoCounters { delivered_to_sink: 5, ..DemoCounters::default() });
+        assert!(line.contains("queues: lusha pending 7 dead 1, webhook.demo pending 3 dead 0"), "{line}");
+        assert!(line.contains("delivered to webhook.demo      5"), "{line}");
+        assert!(!line.contains("pending 10"), "no total next to one connector: {line}");
+    }
+}

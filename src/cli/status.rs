@@ -35,10 +35,13 @@ pub async fn print_status(store: &Store, config: &Config, json: bool) -> anyhow:
 
 /// A run in a few words: "contacts running: 12 page(s), 1200 read, 30 changed, 25 request(s), started 58s ago".
 pub fn describe_run(run: &RunStatus, now: i64) -> String {
-    let figures = format!(
+    let mut figures = format!(
         "{} page(s), {} read, {} changed, {} request(s)",
         run.pages, run.records_seen, run.changes, run.requests
     );
+    if run.rate_limited > 0 {
+        figures.push_str(&format!(", {} rate-limited (429)", run.rate_limited));
+    }
     match run.finished_at {
         None => {
             format!("{} {}: {figures}, started {}s ago", run.kind, run.outcome, (now - run.started_at).max(0) / 1000)
@@ -114,4 +117,78 @@ pub fn render_text(status: &Status) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::status::{ConnectorError, ConnectorStatus, LocationStatus, StoreHealth, Totals};
+
+    #[test]
+    fn the_text_shows_a_running_pass_todays_counts_and_each_connectors_last_error() {
+        let run = RunStatus {
+            id: 1,
+            kind: "contacts".into(),
+            outcome: "running".into(),
+            started_at: 0,
+            finished_at: None,
+            pages: 12,
+            records_seen: 1200,
+            changes: 30,
+            requests: 2345,
+            rate_limited: 2,
+            progress_at: Some(55_000),
+            error: None,
+        };
+        let location = LocationStatus {
+            id: "loc".into(),
+            name: None,
+            status: "active".into(),
+            reason: None,
+            in_store: true,
+            backfill_done: false,
+            watermark_ms: None,
+            cursor_age_secs: None,
+            contacts: 1200,
+            dirty: 0,
+            requests_today: 2345,
+            rate_limited_today: 2,
+            webhooks_today: 7,
+            last_run: Some(run),
+            last_run_at: None,
+            last_run_outcome: Some("running".into()),
+            last_error: None,
+            streams: Vec::new(),
+        };
+        let connector = ConnectorStatus {
+            connector: "webhook.crm".into(),
+            pending: 4,
+            retrying: 4,
+            oldest_pending_at: Some(0),
+            oldest_pending_age_secs: Some(58),
+            delivered: 0,
+            delivered_last_hour: 0,
+            dead_letters: 0,
+            last_error: Some(ConnectorError { at: 50_000, kind: "retrying", message: "connection refused".into() }),
+        };
+        let status = Status {
+            generated_at: 58_000,
+            day: "1970-01-01".into(),
+            store: StoreHealth { writable: true, failing: None, last_write_ok_at: None },
+            locations: vec![location],
+            connectors: vec![connector],
+            unattributed_dead_letters: Vec::new(),
+            totals: Totals::default(),
+            deliveries_per_minute: vec![0; 60],
+            recent_errors: Vec::new(),
+            lusha: None,
+        };
+        let text = render_text(&status);
+        assert!(text.contains("today (UTC): 2345 request(s), 2 rate-limited (429), 7 webhook(s)"), "{text}");
+        assert!(
+            text.contains("last run: contacts running: 12 page(s), 1200 read, 30 changed, 2345 request(s), 2 rate-limited (429), started 58s ago"),
+            "{text}"
+        );
+        assert!(text.contains("last error (retrying, 8s ago): connection refused"), "{text}");
+    }
 }

@@ -38,6 +38,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::ServerState;
+use crate::store::daily::{self, DailyCounts};
 use crate::store::{Store, StoreError, locations, now_ms};
 
 /// The GHL event types we label metrics with; anything else is counted as `other`
@@ -135,6 +136,17 @@ enum Action {
     /// Known shape but nothing to do (e.g. a task event without any id).
     Nothing,
     Unknown,
+}
+
+impl Action {
+    /// The location the event is about, if it names one.
+    fn location_id(&self) -> Option<&str> {
+        match self {
+            Action::Dirty { location_id, .. } => Some(location_id),
+            Action::Install { location_id, .. } | Action::Uninstall { location_id, .. } => location_id.as_deref(),
+            Action::Nothing | Action::Unknown => None,
+        }
+    }
 }
 
 fn action_for(event: &Envelope) -> Action {
@@ -359,6 +371,13 @@ async fn record(state: &ServerState, event_id: &str, type_label: &str, action: &
         Action::Nothing => Verdict::Accepted,
         Action::Unknown => Verdict::UnknownType,
     };
+    if verdict == Verdict::Accepted
+        && let Some(location_id) = action.location_id()
+    {
+        // "Webhooks today" per location on the status page, committed with the hint.
+        let one = DailyCounts { webhooks: 1, ..DailyCounts::default() };
+        daily::add_in(&mut tx, location_id, &daily::utc_day(now), one).await?;
+    }
     tx.commit().await?;
     Ok(verdict)
 }

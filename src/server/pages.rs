@@ -1,6 +1,12 @@
-//! The status page (`GET /`, aggregates only, public on the listener) and the contact view
+//! The status page (`GET /`, aggregates only, public on the listener), its JSON form
+//! (`GET /status.json`: the `store::status` read model plus readiness) and the contact view
 //! (`GET /contacts/{id}`, personal data, admin token only). Server-rendered HTML strings with
-//! inline CSS and an inline SVG chart: no scripts, no external assets, no build step.
+//! inline CSS and an inline SVG chart: no external assets, no build step.
+//!
+//! The status page refreshes itself: a small inline script re-fetches `/` every few seconds
+//! (while the tab is visible) and swaps the status section in place, so the page has one
+//! renderer (this file) and keeps its scroll position. Without scripts, a `<noscript>` meta
+//! refresh reloads it.
 
 use std::fmt::Write as _;
 
@@ -11,7 +17,7 @@ use secrecy::ExposeSecret;
 
 use super::{ServerState, constant_time_eq, html_escape as esc};
 use crate::store::contact_view::ContactView;
-use crate::store::status::Status;
+use crate::store::status::{RunStatus, Status};
 use crate::store::{StoreError, now_ms};
 
 const CSS: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:2rem;color:#222;background:#fafafa}\
@@ -24,10 +30,25 @@ pre{background:#fff;border:1px solid #ddd;padding:.6rem;overflow:auto;max-height
 svg{background:#fff;border:1px solid #ddd}";
 
 fn page(title: &str, body: &str) -> Html<String> {
+    render_page(title, body, "")
+}
+
+/// How often the status page refreshes itself.
+const REFRESH_SECS: u32 = 5;
+
+/// The status page's self-refresh: re-fetch `/`, swap `#status` (one renderer, scroll kept);
+/// paused while the tab is hidden. Inline, no external assets.
+const REFRESH_SCRIPT: &str = "<script>(function(){function tick(){if(document.hidden)return;\
+fetch('/',{cache:'no-store'}).then(function(r){return r.ok?r.text():null}).then(function(t){if(!t)return;\
+var n=new DOMParser().parseFromString(t,'text/html').getElementById('status');\
+var c=document.getElementById('status');if(n&&c)c.replaceWith(n)}).catch(function(){})}\
+setInterval(tick,EVERY)})();</script>";
+
+fn render_page(title: &str, body: &str, head_extra: &str) -> Html<String> {
     Html(format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <title>{}</title><style>{CSS}</style></head><body>{body}\
+         <title>{}</title><style>{CSS}</style>{head_extra}</head><body>{body}\
          <p class=\"muted\">ghl-sync {} · generated {}</p></body></html>",
         esc(title),
         env!("CARGO_PKG_VERSION"),
@@ -86,39 +107,99 @@ async fn render_status(state: &ServerState) -> Result<Html<String>, StoreError> 
     let status = read_status(state).await?;
     let problems = super::health::not_ready(state).await;
     let budget = state.config.settings.limits.ghl_daily_budget;
-    Ok(page("ghl-sync status", &status_body(&status, &problems, budget)))
+    let head = format!(
+        "<noscript><meta http-equiv=\"refresh\" content=\"{REFRESH_SECS}\"></noscript>{}",
+        REFRESH_SCRIPT.replace("EVERY", &(REFRESH_SECS * 1000).to_string())
+    );
+    Ok(render_page("ghl-sync status", &status_body(&status, &problems, budget), &head))
 }
 
-/// The status page's body: pure formatting of the read model.
+/// `GET /status.json`: the read model and readiness, for scripts and monitoring. Aggregates
+/// only (ids, counts, times, error texts without record content), like the page.
+pub(super) async fn status_json(State(state): State<ServerState>) -> Response {
+    match read_status(&state).await {
+        Ok(status) => {
+            let problems = super::health::not_ready(&state).await;
+            let body = StatusJson { ready: problems.is_empty(), not_ready: problems, status };
+            ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+        }
+        Err(error) => internal(&error),
+    }
+}
+
+#[derive(serde::Serialize)]
+struct StatusJson {
+    ready: bool,
+    not_ready: Vec<String>,
+    #[serde(flatten)]
+    status: Status,
+}
+
+/// A run in a few words, with its progress while it runs.
+fn run_cell(run: &RunStatus, now: i64) -> String {
+    let class = match run.outcome.as_str() {
+        "failed" => "bad",
+        "running" => "muted",
+        _ => "ok",
+    };
+    let mut text = format!("{} <span class=\"{class}\">{}</span>", esc(&run.kind), esc(&run.outcome));
+    if run.is_running() {
+        write!(
+            text,
+            ", {} page(s), {} read, {} changes, {} requests, started {}",
+            run.pages,
+            run.records_seen,
+            run.changes,
+            run.requests,
+            age(now, Some(run.started_at))
+        )
+        .ok();
+        if let Some(at) = run.progress_at {
+            write!(text, ", last page {}", age(now, Some(at))).ok();
+        }
+    } else {
+        write!(
+            text,
+            ", {} changes, {} requests, {}",
+            run.changes,
+            run.requests,
+            age(now, run.finished_at.or(Some(run.started_at)))
+        )
+        .ok();
+    }
+    text
+}
+
+/// The status page's body: pure formatting of the read model, inside `#status` (the part
+/// the refresh script swaps).
 fn status_body(status: &Status, problems: &[String], budget: u64) -> String {
     let now = status.generated_at;
     let mut b = String::new();
-    b.push_str("<h1>ghl-sync status</h1>");
+    b.push_str("<main id=\"status\"><h1>ghl-sync status</h1>");
     if problems.is_empty() {
         b.push_str("<p class=\"ok\">Ready.</p>");
     } else {
         write!(b, "<p class=\"bad\">Not ready: {}</p>", esc(&problems.join("; "))).ok();
     }
+    write!(
+        b,
+        "<p class=\"muted\">As of {} (refreshes every {REFRESH_SECS} s). \"Today\" is the UTC day {}.</p>",
+        esc(&iso(now)),
+        esc(&status.day)
+    )
+    .ok();
 
     b.push_str(
         "<h2>Locations</h2><table><tr><th>Location</th><th>Status</th><th>Contacts</th><th>Cursor</th>\
-         <th>Lag</th><th>Last run</th><th>Requests today</th><th>Dirty</th></tr>",
+         <th>Lag</th><th>Last run</th><th>Requests today</th><th>429s today</th><th>Webhooks today</th>\
+         <th>Dirty</th></tr>",
     );
     if status.locations.is_empty() {
-        b.push_str("<tr><td colspan=\"8\" class=\"muted\">No locations yet.</td></tr>");
+        b.push_str("<tr><td colspan=\"10\" class=\"muted\">No locations yet.</td></tr>");
     }
     for l in &status.locations {
         let last_run = match &l.last_run {
-            Some(run) => {
-                let class = if run.outcome == "failed" { "bad" } else { "ok" };
-                format!(
-                    "{} <span class=\"{class}\">{}</span>, {} changes, {}",
-                    esc(&run.kind),
-                    esc(&run.outcome),
-                    run.changes,
-                    age(now, Some(run.started_at))
-                )
-            }
+            Some(run) => run_cell(run, now),
             None => "<span class=\"muted\">none</span>".to_owned(),
         };
         let status_class = if matches!(l.status.as_str(), "active" | "configured") { "ok" } else { "bad" };
@@ -126,10 +207,12 @@ fn status_body(status: &Status, problems: &[String], budget: u64) -> String {
             Some(name) => format!("{} <span class=\"muted\">{}</span>", esc(name), esc(&l.id)),
             None => esc(&l.id),
         };
+        let limited_class = if l.rate_limited_today > 0 { "n bad" } else { "n" };
         write!(
             b,
             "<tr><td>{label}</td><td class=\"{status_class}\">{}{}</td><td class=\"n\">{}</td>\
-             <td>{}</td><td>{}</td><td>{last_run}</td><td class=\"n\">{} / {budget}</td><td class=\"n\">{}</td></tr>",
+             <td>{}</td><td>{}</td><td>{last_run}</td><td class=\"n\">{} / {budget}</td>\
+             <td class=\"{limited_class}\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
             esc(&l.status),
             l.reason
                 .as_ref()
@@ -139,6 +222,8 @@ fn status_body(status: &Status, problems: &[String], budget: u64) -> String {
             l.watermark_ms.map(iso).unwrap_or_else(|| "—".to_owned()),
             l.watermark_ms.map(|w| age(now, Some(w)).replace(" ago", "")).unwrap_or_else(|| "—".to_owned()),
             l.requests_today,
+            l.rate_limited_today,
+            l.webhooks_today,
             l.dirty,
         )
         .ok();
@@ -146,19 +231,30 @@ fn status_body(status: &Status, problems: &[String], budget: u64) -> String {
     b.push_str("</table>");
 
     b.push_str(
-        "<h2>Connectors</h2><table><tr><th>Connector</th><th>Queue</th><th>Oldest pending</th>\
-         <th>Delivered (1h)</th><th>Dead letters</th></tr>",
+        "<h2>Connectors</h2><table><tr><th>Connector</th><th>Queue</th><th>Retrying</th><th>Oldest pending</th>\
+         <th>Delivered (1h)</th><th>Dead letters</th><th>Last error</th></tr>",
     );
     if status.connectors.is_empty() {
-        b.push_str("<tr><td colspan=\"5\" class=\"muted\">Nothing queued or delivered yet.</td></tr>");
+        b.push_str("<tr><td colspan=\"7\" class=\"muted\">Nothing queued or delivered yet.</td></tr>");
     }
     for c in &status.connectors {
         let dead_class = if c.dead_letters > 0 { "n bad" } else { "n" };
+        let last_error = match &c.last_error {
+            Some(error) => format!(
+                "<span class=\"bad\">{}</span> <span class=\"muted\">({}, {})</span>",
+                esc(&clip(&error.message, 160)),
+                if error.kind == "dead_letter" { "dead letter" } else { "retrying" },
+                age(now, Some(error.at))
+            ),
+            None => "<span class=\"muted\">—</span>".to_owned(),
+        };
         write!(
             b,
-            "<tr><td>{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"{dead_class}\">{}</td></tr>",
+            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td>\
+             <td class=\"{dead_class}\">{}</td><td>{last_error}</td></tr>",
             esc(&c.connector),
             c.pending,
+            c.retrying,
             if c.oldest_pending_at.is_some() { age(now, c.oldest_pending_at) } else { "—".to_owned() },
             c.delivered_last_hour,
             c.dead_letters,
@@ -192,6 +288,7 @@ fn status_body(status: &Status, problems: &[String], budget: u64) -> String {
         }
         b.push_str("</table>");
     }
+    b.push_str("</main>");
     b
 }
 

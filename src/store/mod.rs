@@ -30,10 +30,12 @@ use tokio::sync::{Mutex, MutexGuard};
 
 pub mod codec;
 pub mod contact_view;
+pub mod daily;
 pub mod grants;
 pub mod locations;
 pub mod lusha;
 pub mod outbox;
+pub mod runs;
 pub mod snapshot;
 pub mod status;
 

@@ -19,11 +19,6 @@ use sqlx::SqliteConnection;
 use super::locations::ConfiguredLocation;
 use super::{Store, StoreError, WriteHealth, now_ms};
 
-/// The UTC day (`YYYY-MM-DD`) of an epoch-ms time: the key of the daily counters.
-pub fn utc_day(ms: i64) -> String {
-    crate::domain::normalize::format_timestamp_ms(ms).chars().take(10).collect()
-}
-
 /// Everything the status screens show.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Status {
@@ -107,6 +102,9 @@ pub struct RunStatus {
     pub records_seen: i64,
     pub changes: i64,
     pub requests: i64,
+    pub rate_limited: i64,
+    /// When the run last recorded progress (a page committed).
+    pub progress_at: Option<i64>,
     pub error: Option<String>,
 }
 
@@ -207,7 +205,7 @@ pub async fn ping(store: &Store) -> Result<(), StoreError> {
 /// and supplies names the store does not have.
 pub async fn read(store: &Store, configured: &[ConfiguredLocation]) -> Result<Status, StoreError> {
     let now = now_ms();
-    let day = utc_day(now);
+    let day = super::daily::utc_day(now);
     // One read transaction: every figure from the same snapshot.
     let mut tx = store.read_pool().begin().await?;
     let locations = read_locations(&mut tx, configured, now, &day).await?;
@@ -243,7 +241,7 @@ async fn count(conn: &mut SqliteConnection, sql: &'static str) -> Result<i64, St
 }
 
 type LocationRowTuple = (String, Option<String>, String, Option<String>);
-type RunTuple = (i64, String, String, i64, Option<i64>, i64, i64, i64, i64, Option<String>);
+type RunTuple = (i64, String, String, i64, Option<i64>, i64, i64, i64, i64, i64, Option<i64>, Option<String>);
 
 async fn read_locations(
     conn: &mut SqliteConnection,
@@ -295,24 +293,53 @@ async fn read_locations(
             .bind(&id)
             .fetch_one(&mut *conn)
             .await?;
-        let counters: Option<(i64, i64, i64)> =
-            sqlx::query_as("SELECT requests, 0, 0 FROM request_budget WHERE location_id = ? AND day = ?")
-                .bind(&id)
-                .bind(day)
-                .fetch_optional(&mut *conn)
-                .await?;
+        let counters: Option<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT requests, rate_limited, webhooks FROM request_budget WHERE location_id = ? AND day = ?",
+        )
+        .bind(&id)
+        .bind(day)
+        .fetch_optional(&mut *conn)
+        .await?;
         let (requests_today, rate_limited_today, webhooks_today) = counters.unwrap_or_default();
         let run: Option<RunTuple> = sqlx::query_as(
-            "SELECT id, kind, outcome, started_at, finished_at, pages, records_seen, changes, requests, error \
+            "SELECT id, kind, outcome, started_at, finished_at, pages, records_seen, changes, requests, rate_limited, \
+             progress_at, error \
              FROM runs WHERE location_id = ? ORDER BY id DESC LIMIT 1",
         )
         .bind(&id)
         .fetch_optional(&mut *conn)
         .await?;
-        let last_run =
-            run.map(|(id, kind, outcome, started_at, finished_at, pages, records_seen, changes, requests, error)| {
-                RunStatus { id, kind, outcome, started_at, finished_at, pages, records_seen, changes, requests, error }
-            });
+        let last_run = run.map(
+            |(
+                id,
+                kind,
+                outcome,
+                started_at,
+                finished_at,
+                pages,
+                records_seen,
+                changes,
+                requests,
+                rate_limited,
+                progress_at,
+                error,
+            )| {
+                RunStatus {
+                    id,
+                    kind,
+                    outcome,
+                    started_at,
+                    finished_at,
+                    pages,
+                    records_seen,
+                    changes,
+                    requests,
+                    rate_limited,
+                    progress_at,
+                    error,
+                }
+            },
+        );
         out.push(LocationStatus {
             name,
             status,
@@ -457,4 +484,100 @@ async fn read_lusha(conn: &mut SqliteConnection, day: &str) -> Result<Option<Lus
         signals_pending: count(conn, "SELECT COUNT(*) FROM lusha_signals WHERE processed_at IS NULL").await?,
     };
     Ok((status != LushaStatus::default()).then_some(status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::runs::{self, RunProgress};
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&dir.path().join("t.db"), std::time::Duration::from_secs(5)).await.unwrap();
+        (dir, store)
+    }
+
+    async fn exec(store: &Store, sql: &str) {
+        let mut tx = store.begin_write("test").await.unwrap();
+        sqlx::query(sql).execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    fn configured(id: &str) -> ConfiguredLocation {
+        ConfiguredLocation { id: id.into(), name: Some(format!("Name {id}")), enabled: true, pit: true }
+    }
+
+    #[tokio::test]
+    async fn a_running_pass_shows_its_progress_and_todays_requests() {
+        let (_dir, store) = store().await;
+        crate::store::locations::register_configured(&store, &[configured("loc")]).await.unwrap();
+        let run = runs::start(&store, "loc", "contacts").await.unwrap();
+        let progress = RunProgress { pages: 40, records_seen: 4000, changes: 3900, requests: 2345, rate_limited: 3 };
+        runs::record_progress(&store, run, &progress).await.unwrap();
+
+        let status = read(&store, &[configured("loc"), configured("not_yet")]).await.unwrap();
+        assert!(status.store.writable);
+        let loc = &status.locations[0];
+        assert_eq!((loc.id.as_str(), loc.name.as_deref(), loc.in_store), ("loc", Some("Name loc"), true));
+        assert_eq!((loc.requests_today, loc.rate_limited_today), (2345, 3));
+        let last = loc.last_run.as_ref().unwrap();
+        assert!(last.is_running());
+        assert_eq!((last.pages, last.changes, last.requests), (40, 3900, 2345));
+        assert!(last.progress_at.is_some());
+        assert_eq!(loc.last_run_at, None, "not finished");
+        // A configured location without a row yet is listed too.
+        let pending = &status.locations[1];
+        assert_eq!((pending.id.as_str(), pending.status.as_str(), pending.in_store), ("not_yet", "configured", false));
+    }
+
+    #[tokio::test]
+    async fn each_connector_has_its_own_queue_and_its_newest_failure() {
+        let (_dir, store) = store().await;
+        let now = now_ms();
+        for (connector, status, attempts, error, updated) in [
+            ("webhook.crm", "pending", 0, None, now),
+            ("webhook.crm", "pending", 2, Some("the webhook answered 503 Service Unavailable"), now - 1_000),
+            ("webhook.crm", "done", 1, None, now),
+            ("lusha", "pending", 0, Some("parked by the connector for 60 s"), now),
+        ] {
+            exec(
+                &store,
+                &format!(
+                    "INSERT INTO outbox (connector, location_id, entity, entity_id, operation, content_hash, \
+                     idempotency_key, status, attempts, last_error, next_attempt_at, changed_at, created_at, updated_at) \
+                     VALUES ('{connector}', 'loc', 'contact', 'c', 'updated', x'00', 'k', '{status}', {attempts}, {}, \
+                     {now}, {now}, {now}, {updated})",
+                    error.map_or("NULL".to_owned(), |e| format!("'{e}'"))
+                ),
+            )
+            .await;
+        }
+        exec(
+            &store,
+            &format!(
+                "INSERT INTO dead_letters (source, connector, reason, created_at) VALUES \
+                 ('delivery', 'webhook.crm', 'the webhook answered 410 Gone', {}), \
+                 ('delivery', 'lucky_orange', 'gave up after 8 attempts (connection refused)', {now}), \
+                 ('record', NULL, 'unreadable contact c9', {now})",
+                now - 60_000
+            ),
+        )
+        .await;
+        let status = read(&store, &[]).await.unwrap();
+        let names: Vec<&str> = status.connectors.iter().map(|c| c.connector.as_str()).collect();
+        assert_eq!(names, ["lucky_orange", "lusha", "webhook.crm"]);
+        let crm = &status.connectors[2];
+        assert_eq!((crm.pending, crm.retrying, crm.delivered, crm.dead_letters), (2, 1, 1, 1));
+        let error = crm.last_error.as_ref().unwrap();
+        assert_eq!((error.kind, error.message.as_str()), ("retrying", "the webhook answered 503 Service Unavailable"));
+        // A parked row is not a failure.
+        assert_eq!(status.connectors[1].pending, 1);
+        assert!(status.connectors[1].last_error.is_none());
+        let lo = &status.connectors[0];
+        assert_eq!(lo.last_error.as_ref().unwrap().kind, "dead_letter");
+        assert_eq!(status.unattributed_dead_letters, [SourceCount { source: "record".into(), dead_letters: 1 }]);
+        assert_eq!((status.totals.pending, status.totals.dead_letters), (3, 3));
+        assert_eq!(status.deliveries_per_minute.len(), 60);
+        assert_eq!(status.deliveries_per_minute.iter().sum::<i64>(), 1);
+    }
 }

@@ -435,6 +435,87 @@ async fn readyz_says_the_store_cannot_write_until_a_write_succeeds_again() {
     tokio::time::timeout(Duration::from_secs(5), running.stopped()).await.unwrap().unwrap();
 }
 
+/// A long first pass, mid-way: the status page and `/status.json` show the run's progress,
+/// today's requests and 429s (recorded per page, not only when the run ends), the webhooks
+/// received today, and each connector's last delivery error. The page refreshes itself.
+#[tokio::test]
+async fn the_status_page_shows_a_running_pass_as_it_goes_and_refreshes_itself() {
+    use ghl_sync::store::runs::{self, RunProgress};
+    use sqlx::Connection as _;
+    let server = TestServer::start(false).await;
+    let run = runs::start(&server.store, LOCATION, "contacts").await.unwrap();
+    let mut progress = RunProgress { pages: 20, records_seen: 2000, changes: 1990, requests: 2100, rate_limited: 3 };
+    runs::record_progress(&server.store, run, &progress).await.unwrap();
+    for n in 0..2 {
+        let body = event("ContactUpdate", &format!("wh-status-{n}"), "contact_s");
+        assert_eq!(server.post_ghl(&body, Some(&sign(&body))).await.0, 200);
+    }
+    // A duplicate delivery is not counted again.
+    let body = event("ContactUpdate", "wh-status-0", "contact_s");
+    assert_eq!(server.post_ghl(&body, Some(&sign(&body))).await.0, 200);
+    // A delivery that keeps failing (what the dispatcher records in `last_error`).
+    let mut db =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", server._dir.path().join("ghl-sync.db").display()))
+            .await
+            .unwrap();
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO outbox (connector, location_id, entity, entity_id, contact_id, operation, record, content_hash, \
+         idempotency_key, status, attempts, last_error, next_attempt_at, changed_at, created_at, updated_at) \
+         VALUES ('webhook.crm', ?, 'contact', 'c1', 'c1', 'updated', NULL, x'00', 'k', 'pending', 2, \
+         'connection refused', ?, ?, ?, ?)",
+    )
+    .bind(LOCATION)
+    .bind(now)
+    .bind(now)
+    .bind(now)
+    .bind(now)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+
+    let (status, body) = server.get("/status.json", None).await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["ready"], true, "{body}");
+    let location = json["locations"].as_array().unwrap().iter().find(|l| l["id"] == LOCATION).unwrap();
+    assert_eq!(location["requests_today"], 2100, "{location}");
+    assert_eq!(location["rate_limited_today"], 3, "{location}");
+    assert_eq!(location["webhooks_today"], 2, "{location}");
+    assert_eq!(location["last_run"]["outcome"], "running", "{location}");
+    assert_eq!(location["last_run"]["changes"], 1990, "{location}");
+    assert_eq!(location["last_run"]["requests"], 2100, "{location}");
+    let crm = json["connectors"].as_array().unwrap().iter().find(|c| c["connector"] == "webhook.crm").unwrap();
+    assert_eq!(crm["pending"], 1);
+    assert_eq!(crm["last_error"]["message"], "connection refused", "{crm}");
+
+    // The page says the same, and carries its own refresh (inline, no external assets).
+    let (status, html) = server.get("/", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains(
+            "contacts <span class=\"muted\">running</span>, 20 page(s), 2000 read, 1990 changes, 2100 requests"
+        ),
+        "{html}"
+    );
+    assert!(html.contains("<td class=\"n\">2100 / "), "{html}");
+    assert!(html.contains("connection refused"), "{html}");
+    assert!(html.contains("<main id=\"status\">") && html.contains("<script>") && html.contains("fetch('/'"), "{html}");
+    assert!(!html.contains("src=\"http") && !html.contains("href=\"http"), "no external assets");
+
+    // The next page moves the figures; the finished run counts its requests once.
+    progress.pages = 21;
+    progress.requests = 2150;
+    runs::finish(&server.store, run, &progress, runs::RunOutcome::Ok, None).await.unwrap();
+    let (_, body) = server.get("/status.json", None).await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let location = json["locations"].as_array().unwrap().iter().find(|l| l["id"] == LOCATION).unwrap();
+    assert_eq!(location["requests_today"], 2150, "{location}");
+    assert_eq!(location["last_run"]["outcome"], "ok", "{location}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn metrics_are_valid_prometheus_text_with_store_gauges() {
     let server = TestServer::start(false).await;
