@@ -11,8 +11,9 @@
 //!   transaction; they are for other store modules (the webhook inbox records an install in
 //!   the same transaction as its dedupe row) and for `server::ghl_webhook::record` until that
 //!   moves to `store::hints`.
-//! - The sync engine's own `needs_reauth` mark and the grants' parking of locations
-//!   (`store::grants`) write this table too; everything else goes through here.
+//! - The grants' parking of locations (`store::grants`) writes this table too; everything
+//!   else goes through here ([`mark_needs_reauth`] and [`status_of`] are for the sync engine,
+//!   whose own SQL on this table moves here with the rest of the engine's).
 
 use sqlx::SqliteConnection;
 
@@ -111,6 +112,32 @@ pub async fn register_configured(store: &Store, locations: &[ConfiguredLocation]
         .execute(&mut *tx)
         .await?;
     }
+    tx.commit().await
+}
+
+/// The status of `location_id`'s row (None: no row yet).
+pub async fn status_of(store: &Store, location_id: &str) -> Result<Option<String>, StoreError> {
+    let status = sqlx::query_scalar("SELECT status FROM locations WHERE id = ?")
+        .bind(location_id)
+        .fetch_optional(store.read_pool())
+        .await?;
+    Ok(status)
+}
+
+/// Parks a location: `needs_reauth` with `reason` (no personal data), creating its row if
+/// needed. The engine does this when GHL refuses the location's token.
+pub async fn mark_needs_reauth(store: &Store, location_id: &str, reason: &str) -> Result<(), StoreError> {
+    let mut tx = store.begin_write("location_park").await?;
+    sqlx::query(
+        "INSERT INTO locations (id, status, status_reason, updated_at) VALUES (?, 'needs_reauth', ?, ?) \
+         ON CONFLICT (id) DO UPDATE SET status = 'needs_reauth', status_reason = excluded.status_reason, \
+         updated_at = excluded.updated_at",
+    )
+    .bind(location_id)
+    .bind(reason)
+    .bind(now_ms())
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await
 }
 
@@ -259,6 +286,9 @@ mod tests {
         let e = rows.iter().find(|r| r.id == "e").unwrap();
         assert_eq!((e.status.as_str(), e.company_id.as_deref()), (status::NEEDS_REAUTH, Some("co")));
         assert!(is_known(&store, "d").await.unwrap());
+        mark_needs_reauth(&store, "a", "token refused").await.unwrap();
+        assert_eq!(status_of(&store, "a").await.unwrap().as_deref(), Some(status::NEEDS_REAUTH));
+        assert_eq!(status_of(&store, "zz").await.unwrap(), None);
         assert!(!is_known(&store, "zz").await.unwrap());
     }
 
