@@ -3,6 +3,8 @@
 pub mod auth;
 pub mod check;
 pub mod dlq;
+pub mod export;
+pub mod status;
 pub mod sync;
 
 use std::path::{Path, PathBuf};
@@ -90,7 +92,7 @@ pub enum Command {
     /// Test every connection and print one real contact mapped for each connector.
     Check,
     /// Export one location's contacts from the snapshot as CSV or JSON Lines.
-    Export(crate::export::ExportArgs),
+    Export(crate::cli::export::ExportArgs),
     /// Manage GHL credentials: OAuth install, private integration tokens, status.
     Auth {
         #[command(subcommand)]
@@ -144,7 +146,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
             Err(code) => code,
         },
         Command::Export(args) => match load(cli.config.as_deref()) {
-            Ok(config) => finish(crate::export::run_export(&config, args).await),
+            Ok(config) => finish(crate::cli::export::run_export(&config, args).await),
             Err(code) => code,
         },
         Command::Auth { command } => {
@@ -189,7 +191,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
                 let settings = &config.settings.store;
                 let store =
                     crate::store::Store::connect(&settings.resolved_path(), settings.busy_timeout.get()).await?;
-                crate::cli::sync::print_status(&store, json).await
+                crate::cli::status::print_status(&store, &config, json).await
             }
             .await;
             finish(result)

@@ -29,13 +29,17 @@ use sqlx::{ConnectOptions as _, Connection as _};
 use tokio::sync::{Mutex, MutexGuard};
 
 pub mod codec;
+pub mod contact_view;
 pub mod cursors;
+pub mod daily;
 pub mod grants;
 pub mod hints;
 pub mod locations;
+pub mod lusha;
 pub mod outbox;
 pub mod runs;
 pub mod snapshot;
+pub mod status;
 pub mod writebacks;
 
 /// Errors the store reports to its callers.
