@@ -8,7 +8,7 @@ use serde_json::Value;
 use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
-use super::dlq::open_store;
+use super::open_store;
 use crate::app::{build_workers, register_locations};
 use crate::config::Config;
 use crate::connectors::{Connector, Delivery};

@@ -40,37 +40,21 @@ pub(super) async fn store_gauges(store: &Store) -> Result<String, StoreError> {
     let mut out = String::new();
     let mut f = Family { out: &mut out };
 
-    let outbox = sqlx::query(
-        "SELECT connector, COUNT(*) AS depth, MIN(created_at) AS oldest FROM outbox \
-         WHERE status = 'pending' GROUP BY connector ORDER BY connector",
-    )
-    .fetch_all(pool)
-    .await?;
+    let outbox = crate::store::outbox::depth(store).await?;
     f.header("ghl_sync_outbox_depth", "Pending outbox rows per connector.");
-    for row in &outbox {
-        let connector: String = row.try_get("connector")?;
-        let depth: i64 = row.try_get("depth")?;
-        f.sample("ghl_sync_outbox_depth", &[("connector", &connector)], depth as f64);
+    for queue in &outbox {
+        f.sample("ghl_sync_outbox_depth", &[("connector", &queue.connector)], queue.pending as f64);
     }
     f.header("ghl_sync_outbox_oldest_pending_age_seconds", "Age of the oldest pending outbox row per connector.");
-    for row in &outbox {
-        let connector: String = row.try_get("connector")?;
-        let oldest: i64 = row.try_get("oldest")?;
-        let age = (now - oldest).max(0) as f64 / 1000.0;
-        f.sample("ghl_sync_outbox_oldest_pending_age_seconds", &[("connector", &connector)], age);
+    for queue in &outbox {
+        let age = (now - queue.oldest_created_at).max(0) as f64 / 1000.0;
+        f.sample("ghl_sync_outbox_oldest_pending_age_seconds", &[("connector", &queue.connector)], age);
     }
 
-    let dead = sqlx::query(
-        "SELECT COALESCE(connector, source) AS connector, COUNT(*) AS n FROM dead_letters \
-         GROUP BY COALESCE(connector, source) ORDER BY 1",
-    )
-    .fetch_all(pool)
-    .await?;
+    let dead = crate::store::dead_letters::counts(store).await?;
     f.header("ghl_sync_dead_letters", "Dead letters per connector (or source when none).");
-    for row in &dead {
-        let connector: String = row.try_get("connector")?;
-        let n: i64 = row.try_get("n")?;
-        f.sample("ghl_sync_dead_letters", &[("connector", &connector)], n as f64);
+    for (connector, n) in &dead {
+        f.sample("ghl_sync_dead_letters", &[("connector", connector)], *n as f64);
     }
 
     let cursors = sqlx::query("SELECT location_id, stream, watermark_ms FROM cursors ORDER BY location_id, stream")

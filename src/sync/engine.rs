@@ -22,7 +22,8 @@ use crate::domain::{EntityKind, Operation, event_type};
 use crate::ghl::dto::SearchRequest;
 use crate::ghl::{GhlClient, GhlError};
 use crate::http::Priority;
-use crate::store::outbox::{EnqueuePolicy, NewChange, dead_letter_record, enqueue};
+use crate::store::dead_letters::dead_letter_record;
+use crate::store::outbox::{EnqueuePolicy, NewChange, enqueue};
 use crate::store::{Store, StoreError, codec, now_ms};
 
 /// Decides from `(event type, location)` whether a connector wants a change.
