@@ -255,3 +255,55 @@ pub async fn dead_letter_record(
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::outbox::{DeliveryOutcome, Verdict, due, enqueue_all, record_outcomes};
+    use crate::store::temp_store;
+
+    #[tokio::test]
+    async fn retry_leaves_record_dead_letters_alone_and_knows_unknown_ids() {
+        let (_dir, store) = temp_store().await;
+        let mut tx = store.begin_write("test").await.unwrap();
+        dead_letter_record(&mut tx, "loc", EntityKind::Contact, "no id", b"{}").await.unwrap();
+        tx.commit().await.unwrap();
+        let letter = list(&store, None, 10).await.unwrap().remove(0);
+        assert_eq!(retry(&store, letter.id).await.unwrap(), Some(Retried::NotADelivery));
+        assert_eq!(list(&store, None, 10).await.unwrap().len(), 1, "left alone");
+        assert!(delivery_ids(&store, None).await.unwrap().is_empty());
+        assert_eq!(retry(&store, 999).await.unwrap(), None);
+        assert_eq!(counts(&store).await.unwrap(), vec![("record".to_owned(), 1)]);
+        assert!(remove(&store, letter.id).await.unwrap());
+        assert!(!remove(&store, letter.id).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_retried_version_goes_back_under_its_stored_key_once() {
+        let (_dir, store) = temp_store().await;
+        let change = NewChange {
+            connector: "webhook.a",
+            location_id: "loc",
+            entity: EntityKind::Contact,
+            entity_id: "c1",
+            contact_id: Some("c1"),
+            operation: Operation::Created,
+            record: b"v1",
+            content_hash: &[1; 32],
+            revision: 1,
+            changed_at: 1,
+        };
+        enqueue_all(&store, "test", &[(change, Some("first-key"))], EnqueuePolicy::Fold).await.unwrap();
+        let row = due(&store, "webhook.a", i64::MAX, 10).await.unwrap().remove(0).unwrap();
+        let dead = DeliveryOutcome { row: row.version(), verdict: Verdict::Dead("refused".into()) };
+        record_outcomes(&store, &[dead]).await.unwrap();
+        let id = delivery_ids(&store, Some("webhook.a")).await.unwrap()[0];
+        assert_eq!(retry(&store, id).await.unwrap(), Some(Retried::Requeued));
+        let again = due(&store, "webhook.a", i64::MAX, 10).await.unwrap().remove(0).unwrap();
+        assert_eq!(
+            (again.idempotency_key.as_str(), again.revision, again.operation),
+            ("first-key", 1, Operation::Created)
+        );
+        assert!(list(&store, None, 10).await.unwrap().is_empty());
+    }
+}

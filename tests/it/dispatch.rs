@@ -96,6 +96,17 @@ fn key_of(connector: &str, entity: &str, id: &str, record: &Value) -> String {
     idempotency_key(connector, EntityKind::parse(entity).unwrap(), id, revision(record), &hash(record), "")
 }
 
+/// The idempotency key each entity id was delivered under (the last one when several).
+fn keys_by_entity(deliveries: &[SinkDelivery]) -> BTreeMap<String, String> {
+    deliveries
+        .iter()
+        .map(|d| {
+            let entity_id = d.json().unwrap()["entity_id"].as_str().unwrap().to_owned();
+            (entity_id, d.header("idempotency-key").unwrap().to_owned())
+        })
+        .collect()
+}
+
 /// Writes a change the way the sync engine does (`store::outbox::enqueue`, `Fold`): one pending
 /// row per record; a newer change folds into the pending row (created + updated stays created).
 async fn put(store: &Store, connector: &str, entity: &str, id: &str, contact: &str, operation: &str, record: &Value) {
@@ -589,18 +600,7 @@ async fn a_dead_letter_retry_carries_the_key_of_the_first_delivery() {
         ReplayFilter { contact: Some("c4".into()), new_keys: Some("replay-x".into()), ..ReplayFilter::default() };
     assert_eq!(rcli::replay(&env.store, connectors[0].as_ref(), &salted).await.unwrap().enqueued, 1);
     env.drain(&dispatcher).await;
-    let first: BTreeMap<String, String> = env
-        .sandbox
-        .sink
-        .deliveries(Some("crm"))
-        .iter()
-        .map(|d| {
-            (
-                d.json().unwrap()["entity_id"].as_str().unwrap().to_owned(),
-                d.header("idempotency-key").unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let first = keys_by_entity(&env.sandbox.sink.deliveries(Some("crm")));
     assert_eq!(first.len(), 5);
     let letters = dead_letters::list(&env.store, Some("webhook.crm"), 10).await.unwrap();
     assert_eq!(letters.len(), 5);
@@ -627,18 +627,7 @@ async fn a_dead_letter_retry_carries_the_key_of_the_first_delivery() {
     assert!(env.dead().await.is_empty());
     env.drain(&dispatcher).await;
 
-    let again: BTreeMap<String, String> = env
-        .sandbox
-        .sink
-        .accepted(Some("crm"))
-        .iter()
-        .map(|d| {
-            (
-                d.json().unwrap()["entity_id"].as_str().unwrap().to_owned(),
-                d.header("idempotency-key").unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let again = keys_by_entity(&env.sandbox.sink.accepted(Some("crm")));
     let mut expected = first.clone();
     expected.insert("c3".into(), key_of("webhook.crm", "contact", "c3", &contact("c3", 2)));
     assert_eq!(again, expected, "retried versions carry the keys of their first delivery; c3's newer change its own");
