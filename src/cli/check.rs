@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::dlq::open_store;
+use super::open_store;
 use crate::app::{build_workers, register_locations};
 use crate::config::Config;
 use crate::connectors::{Connector, Delivery};

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod check;
 pub mod dlq;
 pub mod export;
+pub mod replay;
 pub mod status;
 pub mod sync;
 
@@ -87,8 +88,9 @@ pub enum Command {
     },
     /// Dead letters: list, show, retry, drop.
     Dlq(crate::cli::dlq::DlqArgs),
-    /// Re-send records from the snapshot to one connector (e.g. after a mapping change).
-    Replay(crate::cli::dlq::ReplayArgs),
+    /// Re-send records from the snapshot to one connector (e.g. after a mapping change); each
+    /// version keeps the idempotency key of its first delivery unless --new-keys.
+    Replay(crate::cli::replay::ReplayArgs),
     /// Test every connection and print one real contact mapped for each connector.
     Check,
     /// Export one location's contacts from the snapshot as CSV or JSON Lines.
@@ -98,6 +100,15 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::cli::auth::AuthCommand,
     },
+}
+
+/// Opens the store named by the config (the operator commands).
+pub(crate) async fn open_store(config: &Config) -> anyhow::Result<crate::store::Store> {
+    use anyhow::Context as _;
+    let path = config.settings.store.resolved_path();
+    crate::store::Store::connect(&path, config.settings.store.busy_timeout.get())
+        .await
+        .with_context(|| format!("Failed to open the store at {}", path.display()))
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -135,7 +146,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
             Err(code) => code,
         },
         Command::Replay(args) => match load(cli.config.as_deref()) {
-            Ok(config) => finish_with(crate::cli::dlq::run_replay(&config, args).await),
+            Ok(config) => finish_with(crate::cli::replay::run_replay(&config, args).await),
             Err(code) => code,
         },
         Command::Check => match load(cli.config.as_deref()) {

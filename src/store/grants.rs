@@ -323,13 +323,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
 
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&dir.path().join("t.db"), std::time::Duration::from_secs(5)).await.unwrap();
-        (dir, store)
-    }
+    use crate::store::temp_store as store;
 
     fn grant(id: &str, kind: GrantKind) -> NewGrant {
         NewGrant {
