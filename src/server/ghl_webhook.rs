@@ -38,8 +38,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::ServerState;
-use crate::store::daily::{self, DailyCounts};
-use crate::store::{Store, StoreError, locations, now_ms};
+use crate::store::{Store, StoreError, hints, now_ms};
 
 /// The GHL event types we label metrics with; anything else is counted as `other`
 /// (the type field is attacker-controlled until the signature is checked, and unbounded).
@@ -115,39 +114,7 @@ struct Envelope {
     timestamp: Option<serde_json::Value>,
 }
 
-/// What a (verified, fresh) event asks of the store.
-#[derive(Debug, PartialEq, Eq)]
-enum Action {
-    /// Mark a contact (or an unresolved task/note hint) dirty.
-    Dirty {
-        location_id: String,
-        contact_id: String,
-        reason: String,
-        maybe_deleted: bool,
-    },
-    Install {
-        location_id: Option<String>,
-        company_id: Option<String>,
-    },
-    Uninstall {
-        location_id: Option<String>,
-        company_id: Option<String>,
-    },
-    /// Known shape but nothing to do (e.g. a task event without any id).
-    Nothing,
-    Unknown,
-}
-
-impl Action {
-    /// The location the event is about, if it names one.
-    fn location_id(&self) -> Option<&str> {
-        match self {
-            Action::Dirty { location_id, .. } => Some(location_id),
-            Action::Install { location_id, .. } | Action::Uninstall { location_id, .. } => location_id.as_deref(),
-            Action::Nothing | Action::Unknown => None,
-        }
-    }
-}
+use crate::store::hints::{LocationFilter, Recorded, WebhookAction as Action};
 
 fn action_for(event: &Envelope) -> Action {
     let event_type = event.event_type.as_deref().unwrap_or("");
@@ -328,121 +295,42 @@ pub(super) async fn receive(State(state): State<ServerState>, headers: HeaderMap
     }
 }
 
-/// Inbox insert and the action in one transaction. The insert comes first so the
-/// transaction takes SQLite's write lock at once (no read-then-upgrade busy errors).
+/// The configured locations, as the store's webhook filter sees them.
+struct Configured<'a>(&'a ServerState);
+
+impl LocationFilter for Configured<'_> {
+    fn configured(&self, location_id: &str) -> Option<bool> {
+        self.0.config.settings.ghl.locations.iter().find(|l| l.id == location_id).map(|l| l.enabled)
+    }
+}
+
+/// Records the webhook (inbox, action, counters) in one store transaction, then logs installs.
 async fn record(state: &ServerState, event_id: &str, type_label: &str, action: &Action) -> Result<Verdict, StoreError> {
-    let now = now_ms();
-    let mut tx = state.store.begin_write_within("ghl_webhook", STORE_WAIT).await?;
-    let inserted = sqlx::query(
-        "INSERT INTO webhook_inbox (source, event_id, event_type, received_at) VALUES ('ghl', ?, ?, ?) \
-         ON CONFLICT (source, event_id) DO NOTHING",
-    )
-    .bind(event_id)
-    .bind(type_label)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        tx.rollback().await?;
-        return Ok(Verdict::Duplicate);
-    }
-    let verdict = match action {
-        Action::Dirty { location_id, contact_id, reason, maybe_deleted } => {
-            if synced_location(&mut tx, state, location_id).await? {
-                sqlx::query(
-                    "INSERT INTO dirty_contacts (location_id, contact_id, reason, maybe_deleted, created_at) \
-                     VALUES (?, ?, ?, ?, ?) \
-                     ON CONFLICT (location_id, contact_id) DO UPDATE SET reason = excluded.reason, \
-                     maybe_deleted = MAX(dirty_contacts.maybe_deleted, excluded.maybe_deleted), \
-                     created_at = MAX(dirty_contacts.created_at, excluded.created_at)",
-                )
-                .bind(location_id)
-                .bind(contact_id)
-                .bind(reason)
-                .bind(i64::from(*maybe_deleted))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-                Verdict::Accepted
-            } else {
-                Verdict::IgnoredLocation
+    let recorded =
+        hints::record_webhook(&state.store, event_id, type_label, action, &Configured(state), STORE_WAIT).await?;
+    if recorded == Recorded::Accepted {
+        match action {
+            Action::Install { location_id: Some(location_id), .. } => {
+                tracing::info!(location.id = %location_id, "GHL app installed for location `{location_id}`");
             }
+            Action::Install { company_id, .. } => {
+                tracing::info!(company.id = company_id.as_deref().unwrap_or(""), "GHL app installed for a company");
+            }
+            Action::Uninstall { location_id: Some(location_id), .. } => {
+                tracing::warn!(location.id = %location_id, "GHL app uninstalled from location `{location_id}`; syncing stops");
+            }
+            Action::Uninstall { company_id: Some(company_id), .. } => {
+                tracing::warn!(company.id = %company_id, "GHL app uninstalled from company `{company_id}`; syncing stops");
+            }
+            _ => {}
         }
-        Action::Install { location_id, company_id } => {
-            install(&mut tx, location_id.as_deref(), company_id.as_deref(), now).await?;
-            Verdict::Accepted
-        }
-        Action::Uninstall { location_id, company_id } => {
-            uninstall(&mut tx, location_id.as_deref(), company_id.as_deref(), now).await?;
-            Verdict::Accepted
-        }
-        Action::Nothing => Verdict::Accepted,
-        Action::Unknown => Verdict::UnknownType,
-    };
-    if verdict == Verdict::Accepted
-        && let Some(location_id) = action.location_id()
-    {
-        // "Webhooks today" per location on the status page, committed with the hint.
-        let one = DailyCounts { webhooks: 1, ..DailyCounts::default() };
-        daily::add_in(&mut tx, location_id, &daily::utc_day(now), one).await?;
     }
-    tx.commit().await?;
-    Ok(verdict)
-}
-
-/// Whether hints for this location are worth keeping: configured and enabled, or known from
-/// an install and not uninstalled/disabled. `needs_reauth` locations keep collecting hints.
-async fn synced_location(
-    tx: &mut sqlx::SqliteConnection,
-    state: &ServerState,
-    location_id: &str,
-) -> Result<bool, StoreError> {
-    let configured = state.config.settings.ghl.locations.iter().find(|l| l.id == location_id);
-    if configured.is_some_and(|l| !l.enabled) {
-        return Ok(false);
-    }
-    let status = locations::status_in(tx, location_id).await?;
-    Ok(match status.as_deref() {
-        Some(locations::status::UNINSTALLED | locations::status::DISABLED) => false,
-        Some(_) => true,
-        None => configured.is_some(),
+    Ok(match recorded {
+        Recorded::Accepted => Verdict::Accepted,
+        Recorded::Duplicate => Verdict::Duplicate,
+        Recorded::IgnoredLocation => Verdict::IgnoredLocation,
+        Recorded::UnknownType => Verdict::UnknownType,
     })
-}
-
-/// INSTALL: remember the location (and its company). A location whose grant is present and
-/// usable becomes `active`; otherwise `needs_reauth` until the OAuth callback stores one.
-async fn install(
-    tx: &mut sqlx::SqliteConnection,
-    location_id: Option<&str>,
-    company_id: Option<&str>,
-    now: i64,
-) -> Result<(), StoreError> {
-    let Some(location_id) = location_id else {
-        // An agency-level install: per-location grants arrive through OAuth.
-        tracing::info!(company.id = company_id.unwrap_or(""), "GHL app installed for a company");
-        return Ok(());
-    };
-    let status = locations::install_in(tx, location_id, company_id, now).await?;
-    tracing::info!(location.id = location_id, status, "GHL app installed for location `{location_id}`");
-    Ok(())
-}
-
-/// UNINSTALL: stop syncing (status `uninstalled`, grant flagged), keep every row of data.
-async fn uninstall(
-    tx: &mut sqlx::SqliteConnection,
-    location_id: Option<&str>,
-    company_id: Option<&str>,
-    now: i64,
-) -> Result<(), StoreError> {
-    if let Some(location_id) = location_id {
-        locations::uninstall_in(tx, locations::Uninstall::Location { location_id, company_id }, now).await?;
-        tracing::warn!(location.id = location_id, "GHL app uninstalled from location `{location_id}`; syncing stops");
-    } else if let Some(company_id) = company_id {
-        locations::uninstall_in(tx, locations::Uninstall::Company { company_id }, now).await?;
-        tracing::warn!(company.id = company_id, "GHL app uninstalled from company `{company_id}`; syncing stops");
-    }
-    Ok(())
 }
 
 pub(super) fn hex(bytes: &[u8]) -> String {
@@ -458,9 +346,7 @@ pub(super) fn hex(bytes: &[u8]) -> String {
 /// Returns how many were removed.
 pub async fn purge_webhook_inbox(store: &Store, older_than: Duration) -> Result<u64, StoreError> {
     let cutoff = now_ms().saturating_sub(i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX));
-    let result =
-        sqlx::query("DELETE FROM webhook_inbox WHERE received_at < ?").bind(cutoff).execute(store.pool()).await?;
-    Ok(result.rows_affected())
+    hints::purge_inbox(store, cutoff).await
 }
 
 /// How often [`purge_inbox_periodically`] runs.

@@ -2,7 +2,10 @@
 //! the `webhook_inbox` they arrive through. A hint is only a nudge: the sync re-reads the
 //! contact from GHL, so order, duplicates and lost hints do not matter.
 
-use super::{Store, StoreError};
+use std::time::Duration;
+
+use super::daily::{self, DailyCounts};
+use super::{Store, StoreError, locations, now_ms};
 
 /// A contact a webhook named.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,4 +53,166 @@ pub async fn has_hints(store: &Store, location: &str) -> Result<bool, StoreError
         .fetch_optional(store.read_pool())
         .await?;
     Ok(found.is_some())
+}
+
+/// What an accepted GHL webhook asks the store to do (decided from its payload by the
+/// receiver).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebhookAction {
+    /// Mark a contact (or an unresolved task/note hint: empty contact id) dirty.
+    Dirty {
+        location_id: String,
+        contact_id: String,
+        reason: String,
+        maybe_deleted: bool,
+    },
+    Install {
+        location_id: Option<String>,
+        company_id: Option<String>,
+    },
+    Uninstall {
+        location_id: Option<String>,
+        company_id: Option<String>,
+    },
+    /// Known shape but nothing to do (e.g. a task event without any id).
+    Nothing,
+    Unknown,
+}
+
+impl WebhookAction {
+    /// The location the event is about, if it names one.
+    pub fn location_id(&self) -> Option<&str> {
+        match self {
+            WebhookAction::Dirty { location_id, .. } => Some(location_id),
+            WebhookAction::Install { location_id, .. } | WebhookAction::Uninstall { location_id, .. } => {
+                location_id.as_deref()
+            }
+            WebhookAction::Nothing | WebhookAction::Unknown => None,
+        }
+    }
+}
+
+/// What [`record_webhook`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    Accepted,
+    /// Its event id was seen before: nothing written.
+    Duplicate,
+    /// A hint for a location that is not synced (not configured, disabled, uninstalled).
+    IgnoredLocation,
+    UnknownType,
+}
+
+/// How the configured locations decide whether a hint is kept.
+pub trait LocationFilter: Sync {
+    /// `None`: not configured; `Some(enabled)` otherwise.
+    fn configured(&self, location_id: &str) -> Option<bool>;
+}
+
+/// Records one verified GHL webhook: the inbox row (dedupe by event id), its action and the
+/// location's "webhooks today", in one short transaction. Waits at most `deadline` for the
+/// writer (then [`StoreError::Busy`]: the receiver answers 429, which GHL retries).
+pub async fn record_webhook(
+    store: &Store,
+    event_id: &str,
+    type_label: &str,
+    action: &WebhookAction,
+    configured: &dyn LocationFilter,
+    deadline: Duration,
+) -> Result<Recorded, StoreError> {
+    let now = now_ms();
+    // The inbox insert comes first, so the transaction writes at once.
+    let mut tx = store.begin_write_within("ghl_webhook", deadline).await?;
+    let inserted = sqlx::query(
+        "INSERT INTO webhook_inbox (source, event_id, event_type, received_at) VALUES ('ghl', ?, ?, ?) \
+         ON CONFLICT (source, event_id) DO NOTHING",
+    )
+    .bind(event_id)
+    .bind(type_label)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        tx.rollback().await?;
+        return Ok(Recorded::Duplicate);
+    }
+    let recorded = match action {
+        WebhookAction::Dirty { location_id, contact_id, reason, maybe_deleted } => {
+            let status = locations::status_in(&mut tx, location_id).await?;
+            let synced = match (configured.configured(location_id), status.as_deref()) {
+                (Some(false), _) => false,
+                (_, Some(locations::status::UNINSTALLED | locations::status::DISABLED)) => false,
+                (_, Some(_)) => true,
+                (configured, None) => configured.is_some(),
+            };
+            if synced {
+                sqlx::query(
+                    "INSERT INTO dirty_contacts (location_id, contact_id, reason, maybe_deleted, created_at) \
+                     VALUES (?, ?, ?, ?, ?) \
+                     ON CONFLICT (location_id, contact_id) DO UPDATE SET reason = excluded.reason, \
+                     maybe_deleted = MAX(dirty_contacts.maybe_deleted, excluded.maybe_deleted), \
+                     created_at = MAX(dirty_contacts.created_at, excluded.created_at)",
+                )
+                .bind(location_id)
+                .bind(contact_id)
+                .bind(reason)
+                .bind(i64::from(*maybe_deleted))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                Recorded::Accepted
+            } else {
+                Recorded::IgnoredLocation
+            }
+        }
+        WebhookAction::Install { location_id, company_id } => {
+            if let Some(location_id) = location_id {
+                locations::install_in(&mut tx, location_id, company_id.as_deref(), now).await?;
+            }
+            Recorded::Accepted
+        }
+        WebhookAction::Uninstall { location_id, company_id } => {
+            if let Some(location_id) = location_id {
+                let uninstall = locations::Uninstall::Location { location_id, company_id: company_id.as_deref() };
+                locations::uninstall_in(&mut tx, uninstall, now).await?;
+            } else if let Some(company_id) = company_id {
+                locations::uninstall_in(&mut tx, locations::Uninstall::Company { company_id }, now).await?;
+            }
+            Recorded::Accepted
+        }
+        WebhookAction::Nothing => Recorded::Accepted,
+        WebhookAction::Unknown => Recorded::UnknownType,
+    };
+    if recorded == Recorded::Accepted
+        && let Some(location_id) = action.location_id()
+    {
+        // "Webhooks today" per location on the status page, committed with the hint.
+        let one = DailyCounts { webhooks: 1, ..DailyCounts::default() };
+        daily::add_in(&mut tx, location_id, &daily::utc_day(now), one).await?;
+    }
+    tx.commit().await?;
+    Ok(recorded)
+}
+
+/// Deletes `webhook_inbox` rows (every source) received before `cutoff_ms`, in chunks (one
+/// short transaction each). Returns how many were removed.
+pub async fn purge_inbox(store: &Store, cutoff_ms: i64) -> Result<u64, StoreError> {
+    let mut removed = 0;
+    loop {
+        let mut tx = store.begin_write("inbox_purge").await?;
+        let done = sqlx::query(
+            "DELETE FROM webhook_inbox WHERE (source, event_id) IN \
+             (SELECT source, event_id FROM webhook_inbox WHERE received_at < ? LIMIT 2000)",
+        )
+        .bind(cutoff_ms)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        removed += done;
+        if done < 2000 {
+            return Ok(removed);
+        }
+    }
 }
