@@ -15,6 +15,7 @@ mod dispatch;
 mod export;
 mod helpers;
 mod lusha;
+mod once;
 mod reliability;
 mod server;
 mod sync;
