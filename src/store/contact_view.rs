@@ -68,7 +68,7 @@ pub struct Delivery {
     pub updated_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DeadLetter {
     pub source: String,
     pub connector: Option<String>,
@@ -182,30 +182,15 @@ async fn deliveries(conn: &mut SqliteConnection, id: &str) -> Result<Vec<Deliver
         .collect())
 }
 
-type DeadTuple = (String, Option<String>, Option<String>, Option<String>, Option<String>, i64, String, i64);
-
 async fn dead_letters(conn: &mut SqliteConnection, id: &str) -> Result<Vec<DeadLetter>, StoreError> {
-    let rows: Vec<DeadTuple> = sqlx::query_as(
+    Ok(sqlx::query_as(
         "SELECT source, connector, entity, entity_id, operation, attempts, reason, created_at FROM dead_letters \
          WHERE contact_id = ? OR (entity = 'contact' AND entity_id = ?) ORDER BY created_at DESC, id DESC",
     )
     .bind(id)
     .bind(id)
     .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(source, connector, entity, entity_id, operation, attempts, reason, created_at)| DeadLetter {
-            source,
-            connector,
-            entity,
-            entity_id,
-            operation,
-            attempts,
-            reason,
-            created_at,
-        })
-        .collect())
+    .await?)
 }
 
 type AnswerTuple = (String, String, Option<String>, String, i64, i64, Option<i64>, Option<Vec<u8>>);

@@ -256,11 +256,7 @@ pub(crate) async fn uninstall_in(
 mod tests {
     use super::*;
 
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&dir.path().join("t.db"), std::time::Duration::from_secs(5)).await.unwrap();
-        (dir, store)
-    }
+    use crate::store::temp_store as store;
 
     fn configured(id: &str, enabled: bool, pit: bool) -> ConfiguredLocation {
         ConfiguredLocation { id: id.into(), name: Some(format!("name {id}")), enabled, pit }

@@ -80,20 +80,7 @@ pub(crate) async fn record_progress_in(
     if count_growth(conn, run_id, progress, now).await?.is_none() {
         return Ok(());
     }
-    sqlx::query(
-        "UPDATE runs SET pages = ?, records_seen = ?, changes = ?, requests = ?, rate_limited = ?, progress_at = ? \
-         WHERE id = ?",
-    )
-    .bind(as_i64(progress.pages))
-    .bind(as_i64(progress.records_seen))
-    .bind(as_i64(progress.changes))
-    .bind(as_i64(progress.requests))
-    .bind(as_i64(progress.rate_limited))
-    .bind(now)
-    .bind(run_id)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    write_totals(conn, run_id, progress, None, now).await
 }
 
 /// Records how a run ended with its final totals (and its error, which must carry no
@@ -108,24 +95,36 @@ pub async fn finish(
     let now = now_ms();
     let mut tx = store.begin_write("run_finish").await?;
     if count_growth(&mut tx, run_id, progress, now).await?.is_some() {
-        sqlx::query(
-            "UPDATE runs SET finished_at = ?, outcome = ?, pages = ?, records_seen = ?, changes = ?, requests = ?, \
-             rate_limited = ?, progress_at = ?, error = ? WHERE id = ?",
-        )
-        .bind(now)
-        .bind(outcome.as_str())
-        .bind(as_i64(progress.pages))
-        .bind(as_i64(progress.records_seen))
-        .bind(as_i64(progress.changes))
-        .bind(as_i64(progress.requests))
-        .bind(as_i64(progress.rate_limited))
-        .bind(now)
-        .bind(error)
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?;
+        write_totals(&mut tx, run_id, progress, Some((outcome, error)), now).await?;
     }
     tx.commit().await
+}
+
+/// Writes a run's totals (and, when it ended, its outcome and error).
+async fn write_totals(
+    conn: &mut SqliteConnection,
+    run_id: i64,
+    progress: &RunProgress,
+    ended: Option<(RunOutcome, Option<&str>)>,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE runs SET pages = ?, records_seen = ?, changes = ?, requests = ?, rate_limited = ?, progress_at = ?, \
+         finished_at = COALESCE(?, finished_at), outcome = COALESCE(?, outcome), error = COALESCE(?, error) WHERE id = ?",
+    )
+    .bind(as_i64(progress.pages))
+    .bind(as_i64(progress.records_seen))
+    .bind(as_i64(progress.changes))
+    .bind(as_i64(progress.requests))
+    .bind(as_i64(progress.rate_limited))
+    .bind(now)
+    .bind(ended.map(|_| now))
+    .bind(ended.map(|(outcome, _)| outcome.as_str()))
+    .bind(ended.and_then(|(_, error)| error))
+    .bind(run_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Adds what the run's requests and 429s grew by since its last record to the location's

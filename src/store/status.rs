@@ -89,7 +89,7 @@ pub struct LocationStatus {
 }
 
 /// A sync run as recorded in `runs`: while it runs, its figures are its progress so far.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct RunStatus {
     pub id: i64,
     /// contacts | children | reconcile | dirty
@@ -241,8 +241,6 @@ async fn count(conn: &mut SqliteConnection, sql: &'static str) -> Result<i64, St
 }
 
 type LocationRowTuple = (String, Option<String>, String, Option<String>);
-type RunTuple = (i64, String, String, i64, Option<i64>, i64, i64, i64, i64, i64, Option<i64>, Option<String>);
-
 async fn read_locations(
     conn: &mut SqliteConnection,
     configured: &[ConfiguredLocation],
@@ -301,7 +299,7 @@ async fn read_locations(
         .fetch_optional(&mut *conn)
         .await?;
         let (requests_today, rate_limited_today, webhooks_today) = counters.unwrap_or_default();
-        let run: Option<RunTuple> = sqlx::query_as(
+        let last_run: Option<RunStatus> = sqlx::query_as(
             "SELECT id, kind, outcome, started_at, finished_at, pages, records_seen, changes, requests, rate_limited, \
              progress_at, error \
              FROM runs WHERE location_id = ? ORDER BY id DESC LIMIT 1",
@@ -309,37 +307,6 @@ async fn read_locations(
         .bind(&id)
         .fetch_optional(&mut *conn)
         .await?;
-        let last_run = run.map(
-            |(
-                id,
-                kind,
-                outcome,
-                started_at,
-                finished_at,
-                pages,
-                records_seen,
-                changes,
-                requests,
-                rate_limited,
-                progress_at,
-                error,
-            )| {
-                RunStatus {
-                    id,
-                    kind,
-                    outcome,
-                    started_at,
-                    finished_at,
-                    pages,
-                    records_seen,
-                    changes,
-                    requests,
-                    rate_limited,
-                    progress_at,
-                    error,
-                }
-            },
-        );
         out.push(LocationStatus {
             name,
             status,
@@ -491,11 +458,7 @@ mod tests {
     use super::*;
     use crate::store::runs::{self, RunProgress};
 
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&dir.path().join("t.db"), std::time::Duration::from_secs(5)).await.unwrap();
-        (dir, store)
-    }
+    use crate::store::temp_store as store;
 
     async fn exec(store: &Store, sql: &str) {
         let mut tx = store.begin_write("test").await.unwrap();
