@@ -33,6 +33,7 @@ pub mod cursors;
 pub mod grants;
 pub mod hints;
 pub mod locations;
+pub mod lusha;
 pub mod outbox;
 pub mod runs;
 pub mod snapshot;
