@@ -15,35 +15,33 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ghl_sync::config::{ConfigSource, load_from_str};
-use ghl_sync::dispatch::{Dispatcher, idempotency_key};
+use ghl_sync::dispatch::Dispatcher;
+use ghl_sync::domain::{EntityKind, Operation};
+use ghl_sync::store::outbox::{self, EnqueuePolicy, NewChange};
 use ghl_sync::store::{Store, codec, now_ms};
 use ghl_sync_sandbox::{Sandbox, SandboxOptions};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+/// One outbox row, written the way the sync engine writes it.
 async fn insert(store: &Store, id: &str) {
     let record =
         serde_json::json!({"id": id, "firstName": "Bench", "email": format!("{id}@example.test"), "tags": ["x"]});
-    let hash = Sha256::digest(serde_json::to_vec(&record).unwrap()).to_vec();
-    let key = idempotency_key("webhook.bench", "contact", id, &hash, "updated");
-    let now = now_ms();
-    sqlx::query(
-        "INSERT INTO outbox (connector, location_id, entity, entity_id, contact_id, operation, record, content_hash, \
-         idempotency_key, status, attempts, next_attempt_at, changed_at, created_at, updated_at) \
-         VALUES ('webhook.bench', 'loc1', 'contact', ?, ?, 'updated', ?, ?, ?, 'pending', 0, ?, ?, ?, ?)",
-    )
-    .bind(id)
-    .bind(id)
-    .bind(codec::pack(&record))
-    .bind(hash)
-    .bind(key)
-    .bind(now)
-    .bind(now)
-    .bind(now)
-    .bind(now)
-    .execute(store.pool())
-    .await
-    .unwrap();
+    let hash: [u8; 32] = Sha256::digest(serde_json::to_vec(&record).unwrap()).into();
+    let packed = codec::pack(&record);
+    let change = NewChange {
+        connector: "webhook.bench",
+        location_id: "loc1",
+        entity: EntityKind::Contact,
+        entity_id: id,
+        contact_id: Some(id),
+        operation: Operation::Updated,
+        record: &packed,
+        content_hash: &hash,
+        revision: 1,
+        changed_at: now_ms(),
+    };
+    outbox::enqueue_all(store, "bench", &[(change, None)], EnqueuePolicy::Fold).await.unwrap();
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -14,7 +14,8 @@ use crate::dispatch::Dispatcher;
 use crate::ghl::{GhlClient, TokenManager, TokenProvider, needed_scopes};
 use crate::http::{ApiClient, ClientSettings, HeaderScheme, QuotaSettings, RateLimits, RetryPolicy};
 use crate::server::{ServerState, install_metrics};
-use crate::store::{ProcessLock, Store, now_ms};
+use crate::store::locations::ConfiguredLocation;
+use crate::store::{ProcessLock, Store};
 use crate::sync::engine::{Engine, EngineSettings, RunOptions, RunSummary, Subscriber};
 use crate::sync::scheduler::{self, ScheduleSettings};
 
@@ -168,11 +169,7 @@ impl App {
 
     /// Locations to sync: active ones in the store (configured or installed by OAuth).
     pub async fn locations(&self) -> anyhow::Result<Vec<String>> {
-        let ids: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM locations WHERE status NOT IN ('disabled', 'uninstalled') ORDER BY id")
-                .fetch_all(self.store.pool())
-                .await?;
-        Ok(ids)
+        Ok(crate::store::locations::active(&self.store).await?)
     }
 
     /// One run for each location (or the one named), concurrently within the configured
@@ -393,29 +390,22 @@ fn subscribers(connectors: &[Arc<dyn Connector>]) -> Vec<Subscriber> {
         .collect()
 }
 
-/// Configured locations become rows in `locations`. A location disabled in the config is
-/// marked so. `needs_reauth` is kept for OAuth locations (a new install clears it) and cleared
-/// for private-integration-token locations: the operator may have fixed the token, and a
-/// still-bad token is caught again by the first request.
+/// Configured locations become rows in `locations` (see
+/// [`crate::store::locations::register_configured`] for what happens to existing rows).
 pub(crate) async fn register_locations(store: &Store, config: &Config) -> anyhow::Result<()> {
-    let now = now_ms();
-    for location in &config.settings.ghl.locations {
-        let status = if location.enabled { "active" } else { "disabled" };
-        let pit = location.auth == crate::config::LocationAuth::Pit;
-        sqlx::query(
-            "INSERT INTO locations (id, name, status, updated_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET name = COALESCE(excluded.name, name), updated_at = excluded.updated_at, \
-             status = CASE WHEN excluded.status = 'disabled' OR ? THEN excluded.status \
-                           WHEN status = 'disabled' THEN 'active' ELSE status END",
-        )
-        .bind(&location.id)
-        .bind(&location.name)
-        .bind(status)
-        .bind(now)
-        .bind(pit)
-        .execute(store.pool())
+    let configured: Vec<ConfiguredLocation> = config
+        .settings
+        .ghl
+        .locations
+        .iter()
+        .map(|location| ConfiguredLocation {
+            id: location.id.clone(),
+            name: location.name.clone(),
+            enabled: location.enabled,
+            pit: location.auth == crate::config::LocationAuth::Pit,
+        })
+        .collect();
+    crate::store::locations::register_configured(store, &configured)
         .await
-        .context("Failed to register the configured locations")?;
-    }
-    Ok(())
+        .context("Failed to register the configured locations")
 }

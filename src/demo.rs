@@ -172,39 +172,78 @@ async fn store_reopen(dir: &std::path::Path) -> anyhow::Result<crate::store::Sto
 
 /// One status line, read from the sandbox's counters and the daemon's store.
 async fn print_line(sandbox: &Sandbox, store: &crate::store::Store, started: Instant, edited: usize) {
-    let stats = sandbox.ghl.stats();
-    let requests: u64 = stats.requests.values().sum();
-    let contacts: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM contacts").fetch_one(store.pool()).await.unwrap_or_default();
-    let children: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM children").fetch_one(store.pool()).await.unwrap_or_default();
-    let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")
-        .fetch_one(store.pool())
-        .await
-        .unwrap_or_default();
-    let dead: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(store.pool()).await.unwrap_or_default();
-    let delivered = sandbox.sink.accepted(Some("demo")).len();
-    let enriched: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT contact_id) FROM lusha_cache WHERE found = 1")
-        .fetch_one(store.pool())
-        .await
-        .unwrap_or_default();
-    let leads: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM lusha_leads WHERE status = 'imported'")
-        .fetch_one(store.pool())
-        .await
-        .unwrap_or_default();
-    let lusha = sandbox.lusha.stats();
-    println!(
-        "[{:>4}s] contacts synced {contacts:>6} · tasks+notes {children:>6} · delivered to webhook.demo {delivered:>6} \
-         (pending {pending}, dead {dead}) · user edits {edited} · GHL requests {requests} · webhooks {} · 429s {} · \
+    let status = match crate::store::status::read(store, &[]).await {
+        Ok(status) => status,
+        Err(error) => {
+            println!("[{:>4}s] status unavailable: {error}", started.elapsed().as_secs());
+            return;
+        }
+    };
+    println!("{}", demo_line(&status, &DemoCounters::read(sandbox, started, edited)));
+}
+
+/// What the sandbox saw, for the demo's line.
+#[derive(Debug, Clone, Default)]
+struct DemoCounters {
+    elapsed_secs: u64,
+    edited: usize,
+    ghl_requests: u64,
+    ghl_webhooks: u64,
+    ghl_429s: u64,
+    delivered_to_sink: usize,
+    lusha_credits: i64,
+    lusha_requests: u64,
+    lusha_429s: u64,
+}
+
+impl DemoCounters {
+    fn read(sandbox: &Sandbox, started: Instant, edited: usize) -> Self {
+        let stats = sandbox.ghl.stats();
+        let lusha = sandbox.lusha.stats();
+        Self {
+            elapsed_secs: started.elapsed().as_secs(),
+            edited,
+            ghl_requests: stats.requests.values().sum(),
+            ghl_webhooks: stats.webhooks_sent,
+            ghl_429s: stats.too_many_requests,
+            delivered_to_sink: sandbox.sink.accepted(Some("demo")).len(),
+            lusha_credits: sandbox.lusha.ledger().spent,
+            lusha_requests: lusha.total_requests(),
+            lusha_429s: lusha.rate_limited,
+        }
+    }
+}
+
+/// The demo's terminal line: the store's status next to the sandbox's own counters. Queues
+/// are per connector (pending and dead letters of each).
+fn demo_line(status: &crate::store::status::Status, c: &DemoCounters) -> String {
+    let queues = if status.connectors.is_empty() {
+        "none yet".to_owned()
+    } else {
+        status
+            .connectors
+            .iter()
+            .map(|q| format!("{} pending {} dead {}", q.connector, q.pending, q.dead_letters))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (enriched, leads) = status.lusha.as_ref().map_or((0, 0), |l| (l.enriched_contacts, l.leads_imported));
+    format!(
+        "[{:>4}s] contacts synced {:>6} · tasks+notes {:>6} · delivered to webhook.demo {:>6} · queues: {queues} · \
+         user edits {} · GHL requests {} · webhooks {} · 429s {} · \
          Lusha: enriched {enriched}, leads imported {leads}, credits {}, requests {}, 429s {}",
-        started.elapsed().as_secs(),
-        stats.webhooks_sent,
-        stats.too_many_requests,
-        sandbox.lusha.ledger().spent,
-        lusha.total_requests(),
-        lusha.rate_limited,
-    );
+        c.elapsed_secs,
+        status.totals.contacts,
+        status.totals.children,
+        c.delivered_to_sink,
+        c.edited,
+        c.ghl_requests,
+        c.ghl_webhooks,
+        c.ghl_429s,
+        c.lusha_credits,
+        c.lusha_requests,
+        c.lusha_429s,
+    )
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
@@ -253,4 +292,44 @@ fn demo_config(sandbox: &Sandbox, dir: &std::path::Path) -> anyhow::Result<Confi
     ))?;
     settings.connectors.lusha = Some(lusha);
     Config::from_settings(settings).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::status::{ConnectorStatus, Status, StoreHealth, Totals};
+
+    fn queue(connector: &str, pending: i64, dead_letters: i64) -> ConnectorStatus {
+        ConnectorStatus {
+            connector: connector.into(),
+            pending,
+            retrying: 0,
+            oldest_pending_at: None,
+            oldest_pending_age_secs: None,
+            delivered: 0,
+            delivered_last_hour: 0,
+            dead_letters,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn the_demo_line_shows_pending_per_connector_not_one_total() {
+        let status = Status {
+            generated_at: 0,
+            day: "1970-01-01".into(),
+            store: StoreHealth { writable: true, failing: None, last_write_ok_at: None },
+            locations: Vec::new(),
+            connectors: vec![queue("lusha", 7, 1), queue("webhook.demo", 3, 0)],
+            unattributed_dead_letters: Vec::new(),
+            totals: Totals { contacts: 10, children: 4, dirty: 0, pending: 10, dead_letters: 1 },
+            deliveries_per_minute: vec![0; 60],
+            recent_errors: Vec::new(),
+            lusha: None,
+        };
+        let line = demo_line(&status, &DemoCounters { delivered_to_sink: 5, ..DemoCounters::default() });
+        assert!(line.contains("queues: lusha pending 7 dead 1, webhook.demo pending 3 dead 0"), "{line}");
+        assert!(line.contains("delivered to webhook.demo      5"), "{line}");
+        assert!(!line.contains("pending 10"), "no total next to one connector: {line}");
+    }
 }

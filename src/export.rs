@@ -1,8 +1,9 @@
-//! Exports of the snapshot's contacts: `ghl-sync export` and the scheduled exports of `[export]`.
+//! Exports of the snapshot's contacts: the writers behind `ghl-sync export` (`cli::export`)
+//! and the scheduled exports of `[export]`.
 //!
-//! Rows are streamed from the `contacts` table (sqlx `fetch`), so memory stays flat whatever the
-//! location's size. Both passes of a CSV export run in one read transaction: SQLite's WAL gives
-//! them the same snapshot while the daemon keeps syncing.
+//! Rows are streamed from the `contacts` table (`store::snapshot::scan_location_contacts`), so
+//! memory stays flat whatever the location's size. Both passes of a CSV export run in one read
+//! transaction: SQLite's WAL gives them the same snapshot while the daemon keeps syncing.
 //!
 //! **CSV** (RFC 4180: `,` separated, CRLF line ends, fields with `,` `"` CR or LF quoted, `"`
 //! doubled), a header row, then one row per contact with the columns
@@ -19,21 +20,20 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures_util::TryStreamExt as _;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::Value;
-use sqlx::Row as _;
 use time::macros::format_description;
 use time::{OffsetDateTime, PrimitiveDateTime, Time};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ExportFormat, ExportSchedule, ExportSettings};
-use crate::store::{Store, codec};
+use crate::config::{ExportFormat, ExportSchedule, ExportSettings};
+use crate::store::Store;
+use crate::store::snapshot::{self, ScanItem};
 
 /// The fixed CSV columns: (header, field of the GHL contact record).
 pub const CSV_COLUMNS: &[&str] =
@@ -41,20 +41,6 @@ pub const CSV_COLUMNS: &[&str] =
 
 /// Prefix of the custom field columns (`cf.<id>`).
 pub const CUSTOM_FIELD_PREFIX: &str = "cf.";
-
-/// `ghl-sync export`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ExportArgs {
-    /// The location whose contacts are exported.
-    #[arg(long, value_name = "ID")]
-    pub location: String,
-    /// File format (default: from the --output extension, else csv).
-    #[arg(long, value_enum)]
-    pub format: Option<ExportFormat>,
-    /// Write here (atomically) instead of stdout.
-    #[arg(long, short = 'o', value_name = "FILE")]
-    pub output: Option<PathBuf>,
-}
 
 /// What an export wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -73,143 +59,67 @@ impl ExportFormat {
     }
 }
 
-/// Runs `ghl-sync export`: the summary goes to stderr, the data to `--output` or stdout.
-pub async fn run_export(config: &Config, args: ExportArgs) -> anyhow::Result<()> {
-    let format = args.format.unwrap_or_else(|| {
-        match args.output.as_ref().and_then(|p| p.extension()).and_then(|e| e.to_str()) {
-            Some(ext) if ext.eq_ignore_ascii_case("jsonl") || ext.eq_ignore_ascii_case("ndjson") => ExportFormat::Jsonl,
-            _ => ExportFormat::Csv,
-        }
-    });
-    let settings = &config.settings.store;
-    let store = Store::connect(&settings.resolved_path(), settings.busy_timeout.get()).await?;
-    let result = async {
-        ensure_known_location(&store, &args.location).await?;
-        // A bar on stderr, unless the export itself scrolls past on the same terminal.
-        let bar = if std::io::stderr().is_terminal() && (args.output.is_some() || !std::io::stdout().is_terminal()) {
-            let bar = ProgressBar::new(0);
-            bar.set_style(
-                ProgressStyle::with_template("{spinner} {msg} {pos}/{len} contacts {wide_bar} {elapsed}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            bar
-        } else {
-            ProgressBar::hidden()
-        };
-        let summary = match &args.output {
-            Some(path) => export_to_path(&store, &args.location, format, path, &bar).await?,
-            None => {
-                let mut out = BufWriter::with_capacity(256 * 1024, std::io::stdout());
-                let summary = export_location(&store, &args.location, format, &mut out, &bar).await?;
-                out.flush().context("cannot write to stdout")?;
-                summary
-            }
-        };
-        bar.finish_and_clear();
-        let target = args.output.as_ref().map_or_else(|| "stdout".to_owned(), |p| p.display().to_string());
-        eprintln!("Exported {} contact(s) of location {} to {target} ({}).", summary.contacts, args.location, {
-            match format {
-                ExportFormat::Csv => format!("csv, {} custom field column(s)", summary.custom_fields),
-                ExportFormat::Jsonl => "jsonl".to_owned(),
-            }
-        });
-        anyhow::Ok(())
-    }
-    .await;
-    store.close().await;
-    result
-}
-
-/// A location that is neither registered nor has contacts is most likely a typo.
-async fn ensure_known_location(store: &Store, location: &str) -> anyhow::Result<()> {
-    let known: i64 = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM locations WHERE id = ?1) OR EXISTS (SELECT 1 FROM contacts WHERE location_id = ?1)",
-    )
-    .bind(location)
-    .fetch_one(store.pool())
-    .await?;
-    if known == 0 {
-        let ids: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM locations ORDER BY id").fetch_all(store.pool()).await?;
-        anyhow::bail!(
-            "unknown location {location}; known: {}",
-            if ids.is_empty() { "none (run a sync first)".to_owned() } else { ids.join(", ") }
-        );
-    }
-    Ok(())
-}
-
-/// Streams one location's contacts into `out` (not flushed). `bar` counts contacts.
-pub async fn export_location<W: Write>(
+/// Streams one location's contacts into `out` (not flushed). `bar` counts contacts. Every
+/// pass reads the same snapshot (one read transaction, `store::snapshot`), while the daemon
+/// keeps syncing; the store's writer is never held.
+pub async fn export_location<W: Write + Send>(
     store: &Store,
     location: &str,
     format: ExportFormat,
     out: &mut W,
     bar: &ProgressBar,
 ) -> anyhow::Result<ExportSummary> {
-    const ROWS: &str = "SELECT contact_id, record FROM contacts WHERE location_id = ? ORDER BY contact_id";
-    // A read transaction: every pass sees the same snapshot while the daemon writes.
-    let mut tx = store.begin_write("export").await?;
-    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE location_id = ?")
-        .bind(location)
-        .fetch_one(&mut *tx)
-        .await?;
-    bar.set_length(u64::try_from(total).unwrap_or(0));
+    let passes = match format {
+        ExportFormat::Jsonl => 1,
+        // The first pass collects the custom field columns, the second writes.
+        ExportFormat::Csv => 2,
+    };
     let mut summary = ExportSummary::default();
+    let mut found = BTreeSet::new();
+    let mut custom: Vec<String> = Vec::new();
     let mut line = String::with_capacity(1024);
-    match format {
-        ExportFormat::Jsonl => {
-            bar.set_message("writing");
-            let mut rows = sqlx::query(ROWS).bind(location).fetch(&mut *tx);
-            while let Some(row) = rows.try_next().await? {
-                let (_, record) = decode(&row)?;
-                serde_json::to_writer(&mut *out, &record).context("cannot write the export")?;
-                out.write_all(b"\n").context("cannot write the export")?;
-                summary.contacts += 1;
-                bar.inc(1);
-            }
-        }
-        ExportFormat::Csv => {
-            bar.set_message("finding custom fields");
-            let mut custom = BTreeSet::new();
-            {
-                let mut rows = sqlx::query(ROWS).bind(location).fetch(&mut *tx);
-                while let Some(row) = rows.try_next().await? {
-                    let (_, record) = decode(&row)?;
-                    for field in record.get("customFields").and_then(Value::as_array).into_iter().flatten() {
-                        if let Some(id) = field.get("id").and_then(Value::as_str).filter(|id| !custom.contains(*id)) {
-                            custom.insert(id.to_owned());
-                        }
-                    }
-                    bar.inc(1);
+    snapshot::scan_location_contacts(store, location, passes, |item| -> anyhow::Result<()> {
+        match item {
+            ScanItem::Total(total) => bar.set_length(total),
+            ScanItem::Pass(0) if format == ExportFormat::Csv => bar.set_message("finding custom fields"),
+            ScanItem::Pass(_) => {
+                if format == ExportFormat::Csv {
+                    custom = std::mem::take(&mut found).into_iter().collect();
+                    summary.custom_fields = custom.len();
+                    csv_header(&custom, &mut line);
+                    out.write_all(line.as_bytes()).context("cannot write the export")?;
                 }
+                bar.set_position(0);
+                bar.set_message("writing");
             }
-            let custom: Vec<String> = custom.into_iter().collect();
-            summary.custom_fields = custom.len();
-            csv_header(&custom, &mut line);
-            out.write_all(line.as_bytes()).context("cannot write the export")?;
-            bar.set_position(0);
-            bar.set_message("writing");
-            let mut rows = sqlx::query(ROWS).bind(location).fetch(&mut *tx);
-            while let Some(row) = rows.try_next().await? {
-                let (contact_id, record) = decode(&row)?;
-                line.clear();
-                csv_row(&contact_id, &record, &custom, &mut line);
-                out.write_all(line.as_bytes()).context("cannot write the export")?;
+            ScanItem::Contact { pass: 0, record, .. } if format == ExportFormat::Csv => {
+                for field in record.get("customFields").and_then(Value::as_array).into_iter().flatten() {
+                    if let Some(id) = field.get("id").and_then(Value::as_str).filter(|id| !found.contains(*id)) {
+                        found.insert(id.to_owned());
+                    }
+                }
+                bar.inc(1);
+            }
+            ScanItem::Contact { contact_id, record, .. } => {
+                match format {
+                    ExportFormat::Jsonl => {
+                        serde_json::to_writer(&mut *out, record).context("cannot write the export")?;
+                        out.write_all(b"\n").context("cannot write the export")?;
+                    }
+                    ExportFormat::Csv => {
+                        line.clear();
+                        csv_row(contact_id, record, &custom, &mut line);
+                        out.write_all(line.as_bytes()).context("cannot write the export")?;
+                    }
+                }
                 summary.contacts += 1;
                 bar.inc(1);
             }
         }
-    }
-    tx.rollback().await?;
+        Ok(())
+    })
+    .await?;
     Ok(summary)
-}
-
-fn decode(row: &sqlx::sqlite::SqliteRow) -> anyhow::Result<(String, Value)> {
-    let contact_id: String = row.try_get("contact_id")?;
-    let record: Vec<u8> = row.try_get("record")?;
-    let record = codec::unpack(&record).with_context(|| format!("contact {contact_id}"))?;
-    Ok((contact_id, record))
 }
 
 /// Exports into `path` atomically: nothing appears at `path` unless the whole export succeeded.
@@ -479,10 +389,7 @@ async fn scheduled_round(
     started: OffsetDateTime,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let locations: Vec<String> =
-        sqlx::query_scalar("SELECT id FROM locations WHERE status NOT IN ('disabled', 'uninstalled') ORDER BY id")
-            .fetch_all(store.pool())
-            .await?;
+    let locations = crate::store::locations::active(store).await?;
     if locations.is_empty() {
         return Ok(());
     }

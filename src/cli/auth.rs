@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::ghl::encode;
 use crate::ghl::oauth::UserType;
 use crate::ghl::tokens::{GrantStatus, TokenManager, missing_scopes, needed_scopes};
-use crate::store::grants::{GrantKind, LocationRow};
+use crate::store::grants::{GrantKind, LocationRow, Sealed};
 use crate::store::{ProcessLock, Store};
 
 /// `ghl-sync auth <command>`.
@@ -71,30 +71,11 @@ pub async fn rekey(
     old: &crate::crypto::MasterKey,
     new: &crate::crypto::MasterKey,
 ) -> anyhow::Result<usize> {
-    let mut tx = store.begin_write("auth_rekey").await?;
-    type Row = (String, Option<Vec<u8>>, Option<Vec<u8>>);
-    let rows: Vec<Row> =
-        sqlx::query_as("SELECT resource_id, access_token, refresh_token FROM grants").fetch_all(&mut *tx).await?;
-    let reseal = |sealed: Option<Vec<u8>>| -> anyhow::Result<Option<Vec<u8>>> {
-        match sealed {
-            None => Ok(None),
-            Some(bytes) => {
-                let plain = old.open(&bytes).context("A stored token does not open with the old key")?;
-                Ok(Some(new.seal(secrecy::ExposeSecret::expose_secret(&plain))?))
-            }
-        }
-    };
-    let count = rows.len();
-    for (resource, access, refresh) in rows {
-        sqlx::query("UPDATE grants SET access_token = ?, refresh_token = ? WHERE resource_id = ?")
-            .bind(reseal(access)?)
-            .bind(reseal(refresh)?)
-            .bind(resource)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(count)
+    crate::store::grants::reseal_all(store, |sealed: &Sealed| -> anyhow::Result<Sealed> {
+        let plain = old.open(&sealed.0).context("A stored token does not open with the old key")?;
+        Ok(Sealed(new.seal(secrecy::ExposeSecret::expose_secret(&plain))?))
+    })
+    .await
 }
 
 /// Options of `auth install`.
@@ -543,6 +524,7 @@ mod rekey_tests {
     use super::rekey;
     use crate::crypto::MasterKey;
     use crate::store::Store;
+    use crate::store::grants::{self, GrantKind, NewGrant, Sealed};
 
     fn key(byte: &str) -> MasterKey {
         MasterKey::parse(&SecretString::from(byte.repeat(32))).unwrap()
@@ -553,24 +535,28 @@ mod rekey_tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::connect(&dir.path().join("t.db"), std::time::Duration::from_secs(1)).await.unwrap();
         let (old, new) = (key("ab"), key("cd"));
-        sqlx::query(
-            "INSERT INTO grants (resource_id, resource_kind, access_token, refresh_token, updated_at) VALUES ('loc', 'location', ?, ?, 0)",
-        )
-        .bind(old.seal("access-1").unwrap())
-        .bind(old.seal("refresh-1").unwrap())
-        .execute(store.pool())
-        .await
-        .unwrap();
+        let grant = NewGrant {
+            resource_id: "loc".into(),
+            kind: GrantKind::Location,
+            company_id: None,
+            access_token: Sealed(old.seal("access-1").unwrap()),
+            refresh_token: Some(Sealed(old.seal("refresh-1").unwrap())),
+            expires_at: None,
+            scope: None,
+        };
+        grants::store_grant(&store, &grant, &[]).await.unwrap();
+        let tokens = |store: Store| async move {
+            let row = grants::load(&store, "loc").await.unwrap().unwrap();
+            (row.access_token.unwrap().0, row.refresh_token.unwrap().0)
+        };
         assert_eq!(rekey(&store, &old, &new).await.unwrap(), 1);
-        let (access, refresh): (Vec<u8>, Vec<u8>) =
-            sqlx::query_as("SELECT access_token, refresh_token FROM grants").fetch_one(store.pool()).await.unwrap();
+        let (access, refresh) = tokens(store.clone()).await;
         assert_eq!(new.open(&access).unwrap().expose_secret(), "access-1");
         assert_eq!(new.open(&refresh).unwrap().expose_secret(), "refresh-1");
         assert!(old.open(&access).is_err());
         // A wrong old key changes nothing.
         assert!(rekey(&store, &old, &new).await.is_err());
-        let (still,): (Vec<u8>,) =
-            sqlx::query_as("SELECT access_token FROM grants").fetch_one(store.pool()).await.unwrap();
+        let (still, _) = tokens(store.clone()).await;
         assert_eq!(new.open(&still).unwrap().expose_secret(), "access-1");
     }
 }

@@ -5,16 +5,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use serde_json::Value;
-use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
-use super::dlq::open_store;
+use super::open_store;
 use crate::app::{build_workers, register_locations};
 use crate::config::Config;
 use crate::connectors::{Connector, Delivery};
 use crate::domain::{EntityKind, Operation};
 use crate::ghl::{TokenManager, needed_scopes};
-use crate::store::{ProcessLock, Store, codec};
+use crate::store::{ProcessLock, Store};
 
 /// One line of `ghl-sync check`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,29 +41,20 @@ pub async fn check_connectors(connectors: &[Arc<dyn Connector>]) -> Vec<CheckLin
 /// One real contact from the snapshot, mapped the way `connector` would send it
 /// (`Ok(None)`: no contact in the store for this connector's locations yet).
 pub async fn sample(store: &Store, connector: &dyn Connector) -> anyhow::Result<Option<Value>> {
-    let rows = sqlx::query(
-        "SELECT location_id, contact_id, record, COALESCE(date_updated_ms, updated_at) AS changed_at \
-         FROM contacts ORDER BY updated_at DESC LIMIT 200",
-    )
-    .fetch_all(store.pool())
-    .await?;
-    for row in rows {
-        let location: String = row.try_get("location_id")?;
-        if !connector.interested("contact.updated", &location) {
+    for contact in crate::store::snapshot::recent_contacts(store, 200).await? {
+        if !connector.interested("contact.updated", &contact.location_id) {
             continue;
         }
-        let contact_id: String = row.try_get("contact_id")?;
-        let record = codec::unpack(&row.try_get::<Vec<u8>, _>("record")?)?;
         let delivery = Delivery {
             id: 0,
-            location_id: location,
+            location_id: contact.location_id,
             entity: EntityKind::Contact,
-            entity_id: contact_id.clone(),
-            contact_id: Some(contact_id),
+            entity_id: contact.contact_id.clone(),
+            contact_id: Some(contact.contact_id),
             operation: Operation::Updated,
-            changed_at_ms: row.try_get("changed_at")?,
+            changed_at_ms: contact.changed_at,
             idempotency_key: "sample".to_owned(),
-            record,
+            record: contact.record,
             contact: None,
             attempt: 1,
         };
@@ -96,10 +86,7 @@ pub async fn check_ghl(config: &Config) -> Vec<CheckLine> {
         let tokens = Arc::new(TokenManager::from_config(config, store.clone(), calls.clone())?);
         let workers = build_workers(config, &store, &tokens, &calls).await?;
         let mut lines = Vec::new();
-        let locations: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM locations WHERE status NOT IN ('disabled', 'uninstalled') ORDER BY id")
-                .fetch_all(store.pool())
-                .await?;
+        let locations = crate::store::locations::active(&store).await?;
         if locations.is_empty() {
             lines.push(line("ghl", false, "no locations configured".into()));
         }

@@ -3,6 +3,9 @@
 pub mod auth;
 pub mod check;
 pub mod dlq;
+pub mod export;
+pub mod replay;
+pub mod status;
 pub mod sync;
 
 use std::path::{Path, PathBuf};
@@ -85,17 +88,27 @@ pub enum Command {
     },
     /// Dead letters: list, show, retry, drop.
     Dlq(crate::cli::dlq::DlqArgs),
-    /// Re-send records from the snapshot to one connector (e.g. after a mapping change).
-    Replay(crate::cli::dlq::ReplayArgs),
+    /// Re-send records from the snapshot to one connector (e.g. after a mapping change); each
+    /// version keeps the idempotency key of its first delivery unless --new-keys.
+    Replay(crate::cli::replay::ReplayArgs),
     /// Test every connection and print one real contact mapped for each connector.
     Check,
     /// Export one location's contacts from the snapshot as CSV or JSON Lines.
-    Export(crate::export::ExportArgs),
+    Export(crate::cli::export::ExportArgs),
     /// Manage GHL credentials: OAuth install, private integration tokens, status.
     Auth {
         #[command(subcommand)]
         command: crate::cli::auth::AuthCommand,
     },
+}
+
+/// Opens the store named by the config (the operator commands).
+pub(crate) async fn open_store(config: &Config) -> anyhow::Result<crate::store::Store> {
+    use anyhow::Context as _;
+    let path = config.settings.store.resolved_path();
+    crate::store::Store::connect(&path, config.settings.store.busy_timeout.get())
+        .await
+        .with_context(|| format!("Failed to open the store at {}", path.display()))
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -133,7 +146,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
             Err(code) => code,
         },
         Command::Replay(args) => match load(cli.config.as_deref()) {
-            Ok(config) => finish_with(crate::cli::dlq::run_replay(&config, args).await),
+            Ok(config) => finish_with(crate::cli::replay::run_replay(&config, args).await),
             Err(code) => code,
         },
         Command::Check => match load(cli.config.as_deref()) {
@@ -144,7 +157,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
             Err(code) => code,
         },
         Command::Export(args) => match load(cli.config.as_deref()) {
-            Ok(config) => finish(crate::export::run_export(&config, args).await),
+            Ok(config) => finish(crate::cli::export::run_export(&config, args).await),
             Err(code) => code,
         },
         Command::Auth { command } => {
@@ -189,7 +202,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
                 let settings = &config.settings.store;
                 let store =
                     crate::store::Store::connect(&settings.resolved_path(), settings.busy_timeout.get()).await?;
-                crate::cli::sync::print_status(&store, json).await
+                crate::cli::status::print_status(&store, &config, json).await
             }
             .await;
             finish(result)

@@ -1,32 +1,40 @@
 //! The dispatcher: one worker per connector draining its outbox rows in batches, recording
 //! each item's outcome against the content it delivered, with backoff, dead letters and a
-//! circuit breaker per connector.
+//! circuit breaker per connector. Every outbox read and write goes through `store::outbox`;
+//! this module holds no SQL and never holds a write transaction.
 //!
 //! Per-record ordering comes from the outbox contract (at most one pending row per record)
 //! plus two rules kept here: a worker never has the same row in flight twice (it waits for a
 //! round to finish before reading due rows again), and outcomes are written only
 //! `WHERE id = ? AND content_hash = ?`, so a change that replaced the row mid-flight stays
 //! pending and goes out next.
+//!
+//! A worker whose outcomes the store cannot record (disk full, locked) keeps them in memory,
+//! backs off (exponentially, capped) and writes them before it takes any new row: a delivered
+//! batch is never sent again because its bookkeeping failed (only a restart in that state
+//! sends it again, under the same keys).
 
 mod breaker;
-pub mod outbox;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
 use futures_util::future::join_all;
+use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::DispatchSettings;
-use crate::connectors::{Connector, DeliverySettings, Outcome};
+use crate::connectors::{Connector, Delivery, DeliverySettings, Outcome};
+use crate::domain::EntityKind;
 use crate::http::RetryPolicy;
-use crate::store::{Store, StoreError, now_ms};
+use crate::store::outbox::{self, DeliveryOutcome, OutboxRow, UnreadableRow, Verdict};
+use crate::store::{Store, StoreError, codec, now_ms, snapshot};
 
 pub use breaker::{Breaker, Gate};
-pub use outbox::{Enqueued, NewRow, OutboxRow, idempotency_key};
 
 /// Counts for one connector.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -91,12 +99,32 @@ impl DispatchWake {
     }
 }
 
+/// Why a worker's round stopped.
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error("reading due outbox rows failed: {0}")]
+    Read(#[source] StoreError),
+    #[error("recording delivery results in the store failed: {0}")]
+    Record(#[source] StoreError),
+}
+
 struct Worker {
     connector: Arc<dyn Connector>,
     id: String,
     settings: DeliverySettings,
     breaker: Mutex<Breaker>,
     wake: Arc<Notify>,
+    /// Outcomes of delivered batches the store could not record yet. They are written before
+    /// the worker takes any new row, and never cause a re-send.
+    unrecorded: Mutex<Vec<DeliveryOutcome>>,
+    /// Failed attempts in a row to record outcomes (0: the last one succeeded).
+    record_failures: AtomicU32,
+}
+
+impl Worker {
+    fn unrecorded(&self) -> std::sync::MutexGuard<'_, Vec<DeliveryOutcome>> {
+        self.unrecorded.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Drains the outbox into the connectors.
@@ -113,6 +141,10 @@ impl std::fmt::Debug for Dispatcher {
     }
 }
 
+/// Longest wait between two attempts to record held outcomes (a full disk is usually freed
+/// within minutes; `dispatch.backoff_max` is meant for remote targets and may be far longer).
+const RECORD_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
 impl Dispatcher {
     pub fn new(store: Store, connectors: Vec<Arc<dyn Connector>>, settings: DispatchSettings) -> Self {
         let workers: Vec<Arc<Worker>> = connectors
@@ -123,6 +155,8 @@ impl Dispatcher {
                     settings: connector.settings(),
                     breaker: Mutex::new(Breaker::new(settings.breaker_threshold, settings.breaker_cooldown.get())),
                     wake: Arc::new(Notify::new()),
+                    unrecorded: Mutex::new(Vec::new()),
+                    record_failures: AtomicU32::new(0),
                     connector,
                 })
             })
@@ -142,19 +176,16 @@ impl Dispatcher {
 
     /// Delivers everything due now (for `sync --once` and tests), connector by connector in
     /// parallel; rows rescheduled during this pass wait for a later one. Also prunes old
-    /// delivered rows and refreshes the gauges.
+    /// delivered rows.
     pub async fn run_once(&self) -> DispatchSummary {
         let cutoff = now_ms();
         let mut summary = DispatchSummary::default();
         let passes = join_all(self.workers.iter().map(|worker| async move {
             let mut total = ConnectorSummary::default();
             loop {
-                match self.round(worker, cutoff).await {
-                    Ok((0, round)) => {
-                        total.add(&round);
-                        return (worker.id.clone(), total, None);
-                    }
-                    Ok((_, round)) => total.add(&round),
+                match self.round(worker, cutoff, &mut total).await {
+                    Ok(0) => return (worker.id.clone(), total, None),
+                    Ok(_) => {}
                     Err(error) => return (worker.id.clone(), total, Some(format!("{}: {error}", worker.id))),
                 }
             }
@@ -172,31 +203,10 @@ impl Dispatcher {
     }
 
     /// Runs the workers until `stop` is cancelled: each polls its due rows every
-    /// `poll_interval` or when woken, and finishes its in-flight round before stopping.
+    /// `poll_interval` or when woken, and finishes its in-flight round before stopping. A
+    /// worker that cannot record outcomes backs off until the store can write again.
     pub async fn run(&self, stop: CancellationToken) {
-        let poll = self.settings.poll_interval.get();
-        let workers = self.workers.iter().map(|worker| {
-            let stop = stop.clone();
-            async move {
-                while !stop.is_cancelled() {
-                    let taken = match self.round(worker, now_ms()).await {
-                        Ok((taken, _)) => taken,
-                        Err(error) => {
-                            tracing::warn!(connector.id = %worker.id, error = %error, "Outbox read failed for `{}`", worker.id);
-                            0
-                        }
-                    };
-                    if taken > 0 {
-                        continue;
-                    }
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = worker.wake.notified() => {}
-                        _ = tokio::time::sleep(poll) => {}
-                    }
-                }
-            }
-        });
+        let workers = self.workers.iter().map(|worker| self.work(worker, stop.clone()));
         let housekeeping = async {
             let mut tick = tokio::time::interval(Duration::from_secs(30));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -206,68 +216,192 @@ impl Dispatcher {
                     _ = tick.tick() => {}
                 }
                 if let Err(error) = self.housekeeping().await {
-                    tracing::warn!(error = %error, "Outbox housekeeping failed");
+                    tracing::warn!(error = %error, "Outbox housekeeping (pruning delivered rows) failed");
                 }
             }
         };
         tokio::join!(join_all(workers), housekeeping);
     }
 
-    /// Prunes delivered rows past the retention. The outbox / dead-letter gauges are rendered
-    /// from the store at scrape time (`server::prometheus`); setting them here as well made
-    /// `/metrics` repeat those families (an invalid exposition).
-    async fn housekeeping(&self) -> Result<u64, StoreError> {
-        let retention = i64::try_from(self.settings.retention.get().as_millis()).unwrap_or(i64::MAX);
-        outbox::prune(self.store.pool(), now_ms().saturating_sub(retention)).await
+    /// One worker's loop (see [`Dispatcher::run`]).
+    async fn work(&self, worker: &Worker, stop: CancellationToken) {
+        let poll = self.settings.poll_interval.get();
+        let record_backoff = RetryPolicy {
+            max_retries: 0,
+            base_backoff: poll,
+            max_backoff: self.settings.backoff_max.get().min(RECORD_BACKOFF_MAX),
+        };
+        while !stop.is_cancelled() {
+            let wait = match self.round(worker, now_ms(), &mut ConnectorSummary::default()).await {
+                Ok(0) => poll,
+                Ok(_) => continue,
+                Err(RoundError::Record(_)) => {
+                    // Not woken early: only the store coming back ends this wait.
+                    let failures = worker.record_failures.load(Ordering::Relaxed);
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(record_backoff.backoff(failures.saturating_sub(1))) => {}
+                    }
+                    continue;
+                }
+                Err(error @ RoundError::Read(_)) => {
+                    tracing::warn!(connector.id = %worker.id, error = %error, "Could not read due outbox rows for `{}`", worker.id);
+                    poll
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = worker.wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        // Last chance for held outcomes; rows whose outcome is lost are delivered again after
+        // a restart, under the same keys.
+        if let Err(error) = self.flush(worker, &mut ConnectorSummary::default()).await {
+            let held = worker.unrecorded().len();
+            tracing::warn!(connector.id = %worker.id, held, error = %error,
+                "Stopping with {held} delivery results for `{}` not recorded; those rows will be delivered again", worker.id);
+        }
     }
 
-    /// One round for one connector: read up to `concurrency` batches of due rows, deliver them
-    /// in parallel, record the outcomes. Returns the number of rows taken.
-    async fn round(&self, worker: &Worker, cutoff: i64) -> Result<(usize, ConnectorSummary), StoreError> {
-        let mut summary = ConnectorSummary::default();
+    /// Prunes delivered rows past the retention. The outbox / dead-letter gauges are rendered
+    /// from the store at scrape time (`server::prometheus`), not set here.
+    async fn housekeeping(&self) -> Result<u64, StoreError> {
+        let retention = i64::try_from(self.settings.retention.get().as_millis()).unwrap_or(i64::MAX);
+        outbox::prune(&self.store, now_ms().saturating_sub(retention)).await
+    }
+
+    /// One round for one connector: record outcomes still held from earlier rounds (taking no
+    /// new row until that succeeds), then read up to `concurrency` batches of due rows, deliver
+    /// them in parallel and record each batch's outcomes. Returns the number of rows taken.
+    async fn round(&self, worker: &Worker, cutoff: i64, summary: &mut ConnectorSummary) -> Result<usize, RoundError> {
+        self.flush(worker, summary).await?;
         let gate = worker.breaker.lock().unwrap_or_else(|e| e.into_inner()).gate(Instant::now());
         let batches_allowed = match gate {
             Gate::Open => {
                 summary.circuit_open = true;
-                return Ok((0, summary));
+                return Ok(0);
             }
             Gate::Probe => 1,
             Gate::Closed => worker.settings.concurrency.max(1),
         };
         let batch_size = worker.settings.batch_size.max(1);
-        let rows = outbox::due(self.store.pool(), &worker.id, cutoff, batch_size * batches_allowed).await?;
+        let rows = outbox::due(&self.store, &worker.id, cutoff, batch_size * batches_allowed)
+            .await
+            .map_err(RoundError::Read)?;
         if rows.is_empty() {
-            return Ok((0, summary));
+            return Ok(0);
         }
         let taken = rows.len();
-        let batches: Vec<Vec<OutboxRow>> = rows.chunks(batch_size).map(<[OutboxRow]>::to_vec).collect();
-        let results = join_all(batches.into_iter().map(|batch| self.deliver_batch(worker, batch))).await;
+        let mut batches = Vec::new();
+        let mut rows = rows.into_iter();
+        loop {
+            let batch: Vec<_> = rows.by_ref().take(batch_size).collect();
+            if batch.is_empty() {
+                break;
+            }
+            batches.push(batch);
+        }
+        let results = join_all(batches.into_iter().map(|batch| async move {
+            let outcomes = self.deliver_batch(worker, batch).await.map_err(RoundError::Read)?;
+            let mut counts = ConnectorSummary { batches: 1, ..ConnectorSummary::default() };
+            self.record(worker, outcomes, &mut counts).await?;
+            Ok::<_, RoundError>(counts)
+        }))
+        .await;
+        let mut failed = None;
         for result in results {
-            let batch = result?;
-            summary.add(&batch);
+            match result {
+                Ok(counts) => summary.add(&counts),
+                Err(error) => failed = Some(error),
+            }
         }
         if worker.breaker.lock().unwrap_or_else(|e| e.into_inner()).is_open(Instant::now()) {
             summary.circuit_open = true;
         }
-        Ok((taken, summary))
+        match failed {
+            Some(error) => Err(error),
+            None => Ok(taken),
+        }
     }
 
-    async fn deliver_batch(&self, worker: &Worker, rows: Vec<OutboxRow>) -> Result<ConnectorSummary, StoreError> {
-        let mut summary = ConnectorSummary { batches: 1, ..ConnectorSummary::default() };
+    /// Records the outcomes held from earlier rounds, if any.
+    async fn flush(&self, worker: &Worker, summary: &mut ConnectorSummary) -> Result<(), RoundError> {
+        let held = std::mem::take(&mut *worker.unrecorded());
+        if held.is_empty() {
+            return Ok(());
+        }
+        self.record(worker, held, summary).await
+    }
+
+    /// Writes one set of outcomes (one short store transaction) and counts them; when the
+    /// store cannot write, holds them for the next round and reports the failure once per
+    /// streak.
+    async fn record(
+        &self,
+        worker: &Worker,
+        outcomes: Vec<DeliveryOutcome>,
+        summary: &mut ConnectorSummary,
+    ) -> Result<(), RoundError> {
+        match outbox::record_outcomes(&self.store, &outcomes).await {
+            Ok(applied) => {
+                let failures = worker.record_failures.swap(0, Ordering::Relaxed);
+                if failures > 0 {
+                    tracing::info!(connector.id = %worker.id, failures,
+                        "Recorded the held delivery results for `{}` after {failures} failed attempts; taking new rows again", worker.id);
+                }
+                for (outcome, applied) in outcomes.iter().zip(applied) {
+                    let label = if applied { tally(summary, &outcome.verdict) } else { "superseded" };
+                    if !applied {
+                        summary.superseded += 1;
+                    }
+                    count(&worker.id, label);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                let failures = worker.record_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                metrics::counter!("ghl_sync_delivery_record_failures_total", "connector" => worker.id.clone())
+                    .increment(1);
+                let mut held = worker.unrecorded();
+                held.extend(outcomes);
+                if failures == 1 {
+                    tracing::warn!(connector.id = %worker.id, held = held.len(), error = %error,
+                        "Could not record delivery results for `{}` in the store; holding them and backing off \
+                         (no new rows are taken until they are written)", worker.id);
+                }
+                Err(RoundError::Record(error))
+            }
+        }
+    }
+
+    /// Delivers one batch and returns each row's outcome (nothing is written here). Rows that
+    /// cannot even be read go straight to dead letters.
+    async fn deliver_batch(
+        &self,
+        worker: &Worker,
+        rows: Vec<Result<OutboxRow, UnreadableRow>>,
+    ) -> Result<Vec<DeliveryOutcome>, StoreError> {
         let started = Instant::now();
-        // Rows that cannot even be read go straight to dead letters.
         let mut deliverable = Vec::with_capacity(rows.len());
-        let mut broken = Vec::new();
+        let mut results = Vec::with_capacity(rows.len());
         for row in rows {
-            let contact = match (row.entity.as_str(), &row.contact_id) {
-                ("task" | "note", Some(contact_id)) => {
-                    outbox::contact_snapshot(self.store.pool(), &row.location_id, contact_id).await?
+            let row = match row {
+                Ok(row) => row,
+                Err(unreadable) => {
+                    results.push(dead_unreadable(worker, unreadable.version, &unreadable.reason));
+                    continue;
+                }
+            };
+            let contact = match (row.entity, &row.contact_id) {
+                (EntityKind::Task | EntityKind::Note, Some(contact_id)) => {
+                    snapshot::contact_record(&self.store, &row.location_id, contact_id).await?
                 }
                 _ => None,
             };
-            match outbox::to_delivery(&row, contact) {
+            match to_delivery(&row, contact) {
                 Ok(delivery) => deliverable.push((row, delivery)),
-                Err(reason) => broken.push((row, format!("unreadable outbox row: {reason}"))),
+                Err(reason) => results.push(dead_unreadable(worker, row.version(), &reason)),
             }
         }
         let items: Vec<_> = deliverable.iter().map(|(_, d)| d.clone()).collect();
@@ -295,64 +429,11 @@ impl Dispatcher {
 
         let now = now_ms();
         let mut answered = false;
-        let mut tx = self.store.begin_write("delivery_outcomes").await?;
-        for (row, reason) in &broken {
-            if outbox::dead_letter(&mut tx, row, reason, now).await? {
-                summary.dead += 1;
-                count(&worker.id, "dead");
-                tracing::warn!(connector.id = %worker.id, outbox.id = row.id, "Outbox row {} is unreadable; moved to dead letters", row.id);
-            }
-        }
         for ((row, _), outcome) in deliverable.iter().zip(outcomes) {
-            let attempts = u32::try_from(row.attempts + 1).unwrap_or(u32::MAX);
-            let applied = match &outcome {
-                Outcome::Done => {
-                    answered = true;
-                    outbox::mark_done(&mut tx, row, None, now).await?.then_some("done")
-                }
-                Outcome::Skip(reason) => {
-                    answered = true;
-                    outbox::mark_done(&mut tx, row, Some(reason), now).await?.then_some("skip")
-                }
-                Outcome::Permanent(reason) => {
-                    answered = true;
-                    tracing::warn!(connector.id = %worker.id, outbox.id = row.id, entity = %row.entity, reason = %reason,
-                        "Delivery {} to `{}` was refused; moved to dead letters", row.id, worker.id);
-                    outbox::dead_letter(&mut tx, row, reason, now).await?.then_some("dead")
-                }
-                Outcome::Park(wait) => {
-                    // The connector is healthy and chose to wait: no attempt, no breaker.
-                    answered = true;
-                    let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX).max(1);
-                    let reason = format!("parked by the connector for {} s", wait.as_secs());
-                    outbox::park(&mut tx, row, now.saturating_add(wait_ms), &reason, now).await?.then_some("park")
-                }
-                Outcome::Retry(_) if attempts >= worker.settings.max_attempts => {
-                    let reason = format!("gave up after {attempts} attempts (target unavailable)");
-                    tracing::warn!(connector.id = %worker.id, outbox.id = row.id, attempts,
-                        "Delivery {} to `{}` failed {attempts} times; moved to dead letters", row.id, worker.id);
-                    outbox::dead_letter(&mut tx, row, &reason, now).await?.then_some("dead")
-                }
-                Outcome::Retry(after) => {
-                    let wait = self.retry_delay(attempts, *after);
-                    let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX).max(1);
-                    tracing::warn!(connector.id = %worker.id, outbox.id = row.id, attempts, retry_in_ms = wait_ms,
-                        "Delivery {} to `{}` failed; retrying in {wait_ms} ms", row.id, worker.id);
-                    let error = format!("attempt {attempts} failed (retryable)");
-                    outbox::reschedule(&mut tx, row, now + wait_ms, &error, now).await?.then_some("retry")
-                }
-            };
-            match applied {
-                Some("done") => summary.delivered += 1,
-                Some("skip") => summary.skipped += 1,
-                Some("dead") => summary.dead += 1,
-                Some("park") => summary.parked += 1,
-                Some(_) => summary.retried += 1,
-                None => summary.superseded += 1,
-            }
-            count(&worker.id, applied.unwrap_or("superseded"));
+            answered |= !matches!(outcome, Outcome::Retry(_));
+            let verdict = self.verdict(worker, row, outcome, now);
+            results.push(DeliveryOutcome { row: row.version(), verdict });
         }
-        tx.commit().await?;
         if !deliverable.is_empty() {
             let opened = worker.breaker.lock().unwrap_or_else(|e| e.into_inner()).record(answered, Instant::now());
             if opened {
@@ -362,20 +443,96 @@ impl Dispatcher {
         }
         tracing::debug!(
             connector.id = %worker.id,
-            items = deliverable.len() + broken.len(),
-            delivered = summary.delivered,
-            retried = summary.retried,
-            dead = summary.dead,
+            items = results.len(),
             duration_ms = started.elapsed().as_millis() as u64,
             "Delivered a batch to `{}`", worker.id
         );
-        Ok(summary)
+        Ok(results)
     }
 
-    /// `max(Retry-After, exponential backoff with jitter)`, capped at `backoff_max`.
-    fn retry_delay(&self, attempts: u32, retry_after: Option<Duration>) -> Duration {
-        retry_delay(&self.settings, attempts, retry_after)
+    /// What the store should record for one row, given the connector's outcome.
+    fn verdict(&self, worker: &Worker, row: &OutboxRow, outcome: Outcome, now: i64) -> Verdict {
+        let attempts = u32::try_from(row.attempts + 1).unwrap_or(u32::MAX);
+        let after = |wait: Duration| now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX).max(1));
+        match outcome {
+            Outcome::Done => Verdict::Delivered,
+            Outcome::Skip(reason) => Verdict::Skipped(reason),
+            Outcome::Permanent(reason) => {
+                tracing::warn!(connector.id = %worker.id, outbox.id = row.id, entity = %row.entity, reason = %reason,
+                    "Delivery {} to `{}` was refused; moving it to dead letters", row.id, worker.id);
+                Verdict::Dead(reason)
+            }
+            // The connector is healthy and chose to wait: no attempt, no breaker.
+            Outcome::Park(wait) => {
+                Verdict::Parked { at: after(wait), reason: format!("parked by the connector for {} s", wait.as_secs()) }
+            }
+            Outcome::Retry(_) if attempts >= worker.settings.max_attempts => {
+                tracing::warn!(connector.id = %worker.id, outbox.id = row.id, attempts,
+                    "Delivery {} to `{}` failed {attempts} times; moving it to dead letters", row.id, worker.id);
+                Verdict::Dead(format!("gave up after {attempts} attempts (target unavailable)"))
+            }
+            Outcome::Retry(retry_after) => {
+                let wait = retry_delay(&self.settings, attempts, retry_after);
+                let retry_in_ms = wait.as_millis() as u64;
+                tracing::warn!(connector.id = %worker.id, outbox.id = row.id, attempts, retry_in_ms,
+                    "Delivery {} to `{}` failed; retrying in {retry_in_ms} ms", row.id, worker.id);
+                Verdict::Retry { at: after(wait), error: format!("attempt {attempts} failed (retryable)") }
+            }
+        }
     }
+}
+
+/// A row that cannot be handed to a connector goes to dead letters with the reason.
+fn dead_unreadable(worker: &Worker, row: outbox::RowVersion, reason: &str) -> DeliveryOutcome {
+    tracing::warn!(connector.id = %worker.id, outbox.id = row.id, "Outbox row {} is unreadable; moving it to dead letters", row.id);
+    DeliveryOutcome { row, verdict: Verdict::Dead(format!("unreadable outbox row: {reason}")) }
+}
+
+/// Counts one recorded outcome in `summary`; returns its metric label.
+fn tally(summary: &mut ConnectorSummary, verdict: &Verdict) -> &'static str {
+    match verdict {
+        Verdict::Delivered => {
+            summary.delivered += 1;
+            "done"
+        }
+        Verdict::Skipped(_) => {
+            summary.skipped += 1;
+            "skip"
+        }
+        Verdict::Retry { .. } => {
+            summary.retried += 1;
+            "retry"
+        }
+        Verdict::Parked { .. } => {
+            summary.parked += 1;
+            "park"
+        }
+        Verdict::Dead(_) => {
+            summary.dead += 1;
+            "dead"
+        }
+    }
+}
+
+/// A pending row as the connector sees it (pure; `Err` says why it cannot be read).
+fn to_delivery(row: &OutboxRow, contact: Option<Value>) -> Result<Delivery, String> {
+    let record = match &row.record {
+        Some(bytes) => codec::unpack(bytes).map_err(|e| e.to_string())?,
+        None => Value::Null,
+    };
+    Ok(Delivery {
+        id: row.id,
+        location_id: row.location_id.clone(),
+        entity: row.entity,
+        entity_id: row.entity_id.clone(),
+        contact_id: row.contact_id.clone(),
+        operation: row.operation,
+        changed_at_ms: row.changed_at,
+        idempotency_key: row.idempotency_key.clone(),
+        record,
+        contact,
+        attempt: u32::try_from(row.attempts + 1).unwrap_or(u32::MAX),
+    })
 }
 
 /// `max(Retry-After, backoff(attempts))`, both capped at `backoff_max`.

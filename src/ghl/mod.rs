@@ -133,6 +133,12 @@ impl GhlClient {
         &self.tokens
     }
 
+    /// GHL 429 answers received for `location` since this client was built (monotonic; a
+    /// run diffs it to report its own in `store::runs::RunProgress::rate_limited`).
+    pub fn rate_limited_total(&self, location: &str) -> u64 {
+        self.api.limits().map_or(0, |limits| limits.rate_limited_total(location))
+    }
+
     /// `base` joined with an absolute API path, keeping any path prefix of the base URL.
     pub fn url(&self, path: &str) -> Url {
         let mut url = self.base.clone();

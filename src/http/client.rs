@@ -381,6 +381,7 @@ impl ApiClient {
             let scope = self.limit_scope(&headers, &body, observation);
             let wait = retry_after.or(observation.interval);
             if let (Some(limits), Some(bucket)) = (&self.limits, &request.bucket) {
+                limits.note_rate_limited(bucket);
                 match scope {
                     LimitScope::Daily => limits.exhaust_daily(bucket),
                     LimitScope::Burst | LimitScope::Hourly => {

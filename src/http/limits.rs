@@ -112,6 +112,8 @@ pub struct RateLimits {
     quota: QuotaSettings,
     limiter: DefaultKeyedRateLimiter<String>,
     buckets: Mutex<HashMap<String, Bucket>>,
+    /// 429 answers per bucket since this limiter was built (never reset; readers diff it).
+    rate_limited: Mutex<HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for RateLimits {
@@ -148,7 +150,12 @@ impl RateLimits {
         let governor_quota = Quota::with_period(period.max(Duration::from_micros(1)))
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
-        Self { quota, limiter: RateLimiter::keyed(governor_quota), buckets: Mutex::new(HashMap::new()) }
+        Self {
+            quota,
+            limiter: RateLimiter::keyed(governor_quota),
+            buckets: Mutex::new(HashMap::new()),
+            rate_limited: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn quota(&self) -> QuotaSettings {
@@ -231,6 +238,19 @@ impl RateLimits {
     /// Marks the daily budget of `bucket` as used up (a daily 429).
     pub fn exhaust_daily(&self, bucket: &str) {
         self.with_bucket(bucket, |state| state.daily_remaining = Some(0));
+    }
+
+    /// Counts a 429 answer in `bucket`.
+    pub fn note_rate_limited(&self, bucket: &str) {
+        let mut counts = self.rate_limited.lock().unwrap_or_else(|e| e.into_inner());
+        *counts.entry(bucket.to_owned()).or_default() += 1;
+    }
+
+    /// 429 answers received in `bucket` since this limiter was built. Monotonic: a run reads
+    /// it at its start and diffs it to count its own.
+    pub fn rate_limited_total(&self, bucket: &str) -> u64 {
+        let counts = self.rate_limited.lock().unwrap_or_else(|e| e.into_inner());
+        counts.get(bucket).copied().unwrap_or(0)
     }
 
     /// Requests made today per bucket.

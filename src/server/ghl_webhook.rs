@@ -38,7 +38,8 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::ServerState;
-use crate::store::{Store, StoreError, now_ms};
+use crate::store::daily::{self, DailyCounts};
+use crate::store::{Store, StoreError, locations, now_ms};
 
 /// The GHL event types we label metrics with; anything else is counted as `other`
 /// (the type field is attacker-controlled until the signature is checked, and unbounded).
@@ -135,6 +136,17 @@ enum Action {
     /// Known shape but nothing to do (e.g. a task event without any id).
     Nothing,
     Unknown,
+}
+
+impl Action {
+    /// The location the event is about, if it names one.
+    fn location_id(&self) -> Option<&str> {
+        match self {
+            Action::Dirty { location_id, .. } => Some(location_id),
+            Action::Install { location_id, .. } | Action::Uninstall { location_id, .. } => location_id.as_deref(),
+            Action::Nothing | Action::Unknown => None,
+        }
+    }
 }
 
 fn action_for(event: &Envelope) -> Action {
@@ -368,6 +380,13 @@ async fn record(state: &ServerState, event_id: &str, type_label: &str, action: &
         Action::Nothing => Verdict::Accepted,
         Action::Unknown => Verdict::UnknownType,
     };
+    if verdict == Verdict::Accepted
+        && let Some(location_id) = action.location_id()
+    {
+        // "Webhooks today" per location on the status page, committed with the hint.
+        let one = DailyCounts { webhooks: 1, ..DailyCounts::default() };
+        daily::add_in(&mut tx, location_id, &daily::utc_day(now), one).await?;
+    }
     tx.commit().await?;
     Ok(verdict)
 }
@@ -383,10 +402,9 @@ async fn synced_location(
     if configured.is_some_and(|l| !l.enabled) {
         return Ok(false);
     }
-    let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM locations WHERE id = ?").bind(location_id).fetch_optional(tx).await?;
+    let status = locations::status_in(tx, location_id).await?;
     Ok(match status.as_deref() {
-        Some("uninstalled" | "disabled") => false,
+        Some(locations::status::UNINSTALLED | locations::status::DISABLED) => false,
         Some(_) => true,
         None => configured.is_some(),
     })
@@ -405,30 +423,7 @@ async fn install(
         tracing::info!(company.id = company_id.unwrap_or(""), "GHL app installed for a company");
         return Ok(());
     };
-    let granted: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM grants WHERE resource_id = ? AND needs_reauth = 0 AND access_token IS NOT NULL)",
-    )
-    .bind(location_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    let (status, reason) =
-        if granted { ("active", None) } else { ("needs_reauth", Some("installed; waiting for the OAuth grant")) };
-    sqlx::query(
-        "INSERT INTO locations (id, company_id, status, status_reason, updated_at) VALUES (?, ?, ?, ?, ?) \
-         ON CONFLICT (id) DO UPDATE SET company_id = COALESCE(excluded.company_id, locations.company_id), \
-         status = CASE WHEN locations.status IN ('uninstalled', 'needs_reauth') THEN excluded.status \
-                       ELSE locations.status END, \
-         status_reason = CASE WHEN locations.status IN ('uninstalled', 'needs_reauth') THEN excluded.status_reason \
-                       ELSE locations.status_reason END, \
-         updated_at = excluded.updated_at",
-    )
-    .bind(location_id)
-    .bind(company_id)
-    .bind(status)
-    .bind(reason)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
+    let status = locations::install_in(tx, location_id, company_id, now).await?;
     tracing::info!(location.id = location_id, status, "GHL app installed for location `{location_id}`");
     Ok(())
 }
@@ -440,46 +435,11 @@ async fn uninstall(
     company_id: Option<&str>,
     now: i64,
 ) -> Result<(), StoreError> {
-    const REASON: &str = "app uninstalled (GHL webhook)";
     if let Some(location_id) = location_id {
-        sqlx::query(
-            "INSERT INTO locations (id, company_id, status, status_reason, updated_at) \
-             VALUES (?, ?, 'uninstalled', ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET status = 'uninstalled', status_reason = excluded.status_reason, \
-             updated_at = excluded.updated_at",
-        )
-        .bind(location_id)
-        .bind(company_id)
-        .bind(REASON)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE grants SET needs_reauth = 1, reauth_reason = ?, updated_at = ? WHERE resource_id = ?")
-            .bind(REASON)
-            .bind(now)
-            .bind(location_id)
-            .execute(&mut *tx)
-            .await?;
+        locations::uninstall_in(tx, locations::Uninstall::Location { location_id, company_id }, now).await?;
         tracing::warn!(location.id = location_id, "GHL app uninstalled from location `{location_id}`; syncing stops");
     } else if let Some(company_id) = company_id {
-        sqlx::query(
-            "UPDATE locations SET status = 'uninstalled', status_reason = ?, updated_at = ? WHERE company_id = ?",
-        )
-        .bind(REASON)
-        .bind(now)
-        .bind(company_id)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "UPDATE grants SET needs_reauth = 1, reauth_reason = ?, updated_at = ? \
-             WHERE resource_id = ? OR company_id = ?",
-        )
-        .bind(REASON)
-        .bind(now)
-        .bind(company_id)
-        .bind(company_id)
-        .execute(&mut *tx)
-        .await?;
+        locations::uninstall_in(tx, locations::Uninstall::Company { company_id }, now).await?;
         tracing::warn!(company.id = company_id, "GHL app uninstalled from company `{company_id}`; syncing stops");
     }
     Ok(())

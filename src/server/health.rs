@@ -11,6 +11,7 @@ use url::Url;
 
 use super::ServerState;
 use crate::http::{ApiClient, ApiRequest, ClientSettings, HeaderScheme, Method, RetryPolicy};
+use crate::store::{StoreError, grants, locations};
 
 /// The process is alive and serving HTTP.
 pub(super) async fn healthz() -> &'static str {
@@ -23,10 +24,14 @@ pub(super) async fn not_ready(state: &ServerState) -> Vec<String> {
     if state.ready.is_shutting_down() {
         problems.push("shutting down".to_owned());
     }
-    let pool = state.store.pool();
-    match sqlx::query_scalar::<_, i64>("SELECT 1").fetch_one(pool).await {
+    // A store that cannot write (disk full, read-only, locked by another process) loses
+    // webhooks and stalls every run: not ready until a write succeeds again.
+    if let Some(reason) = state.store.write_health().failing {
+        problems.push(format!("store: cannot write ({reason})"));
+    }
+    match crate::store::status::ping(&state.store).await {
         Err(_) => problems.push("store: not open".to_owned()),
-        Ok(_) => match authorised_locations(state).await {
+        Ok(()) => match authorised_locations(state).await {
             Ok(0) => problems.push("locations: none active and authorised".to_owned()),
             Ok(_) => {}
             Err(_) => problems.push("store: query failed".to_owned()),
@@ -39,17 +44,11 @@ pub(super) async fn not_ready(state: &ServerState) -> Vec<String> {
 /// or when it is configured (enabled) and has no row yet (the engine writes one only when
 /// something goes wrong); never when its grant is flagged `needs_reauth`, and a configured
 /// OAuth location also needs a stored grant.
-async fn authorised_locations(state: &ServerState) -> Result<usize, sqlx::Error> {
+async fn authorised_locations(state: &ServerState) -> Result<usize, StoreError> {
     use std::collections::BTreeMap;
-    let pool = state.store.pool();
-    let rows: Vec<(String, String)> = sqlx::query_as("SELECT id, status FROM locations").fetch_all(pool).await?;
-    let grants: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT resource_id, needs_reauth FROM grants WHERE access_token IS NOT NULL OR needs_reauth = 1",
-    )
-    .fetch_all(pool)
-    .await?;
-    let status: BTreeMap<String, String> = rows.into_iter().collect();
-    let grants: BTreeMap<String, bool> = grants.into_iter().map(|(id, flag)| (id, flag != 0)).collect();
+    let status: BTreeMap<String, String> =
+        locations::list(&state.store).await?.into_iter().map(|row| (row.id, row.status)).collect();
+    let grants: BTreeMap<String, bool> = grants::reauth_flags(&state.store).await?.into_iter().collect();
     let configured = &state.config.settings.ghl.locations;
     let mut ids: Vec<&str> = status.keys().map(String::as_str).collect();
     ids.extend(configured.iter().filter(|l| l.enabled).map(|l| l.id.as_str()));

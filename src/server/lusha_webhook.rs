@@ -25,7 +25,8 @@ use sha2::Sha256;
 
 use super::ServerState;
 use super::ghl_webhook::{Verdict, count};
-use crate::store::{StoreError, codec, now_ms};
+use crate::store::lusha::{self, NewSignal, Recorded};
+use crate::store::{StoreError, now_ms};
 
 /// Lusha documents no tolerance; ±5 minutes (lusha.md §8).
 const MAX_SKEW_SECS: i64 = 300;
@@ -167,45 +168,25 @@ pub(super) async fn receive(State(state): State<ServerState>, headers: HeaderMap
 }
 
 async fn record(state: &ServerState, id: &str, signal: &Signal) -> Result<Verdict, StoreError> {
-    let now = now_ms();
-    let signal_type = signal.signal_type.clone().unwrap_or_default();
-    let mut tx = state.store.begin_write("lusha_webhook").await?;
-    let inserted = sqlx::query(
-        "INSERT INTO webhook_inbox (source, event_id, event_type, received_at) VALUES ('lusha', ?, ?, ?) \
-         ON CONFLICT (source, event_id) DO NOTHING",
-    )
-    .bind(id)
-    .bind(&signal_type)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        tx.rollback().await?;
-        return Ok(Verdict::Duplicate);
-    }
     let sent_at = match &signal.timestamp {
         Some(serde_json::Value::String(s)) => Some(s.clone()),
         Some(other @ serde_json::Value::Number(_)) => Some(other.to_string()),
         _ => None,
     };
-    sqlx::query(
-        "INSERT INTO lusha_signals (id, signal_type, entity_type, entity_id, subscription_id, data, \
-         credits_charged, sent_at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(id)
-    .bind(&signal_type)
-    .bind(&signal.entity_type)
-    .bind(id_text(&signal.entity_id))
-    .bind(id_text(&signal.subscription_id))
-    .bind(codec::pack(&signal.data))
-    .bind(signal.billing.as_ref().and_then(|b| b.credits_charged))
-    .bind(sent_at)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(Verdict::Accepted)
+    let new = NewSignal {
+        id: id.to_owned(),
+        signal_type: signal.signal_type.clone().unwrap_or_default(),
+        entity_type: signal.entity_type.clone(),
+        entity_id: id_text(&signal.entity_id),
+        subscription_id: id_text(&signal.subscription_id),
+        data: signal.data.clone(),
+        credits_charged: signal.billing.as_ref().and_then(|b| b.credits_charged),
+        sent_at,
+    };
+    Ok(match lusha::record_signal(&state.store, &new).await? {
+        Recorded::Stored => Verdict::Accepted,
+        Recorded::Duplicate => Verdict::Duplicate,
+    })
 }
 
 #[cfg(test)]

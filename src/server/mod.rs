@@ -1,5 +1,5 @@
 //! The inbound HTTP server (axum): signed webhooks from GHL and Lusha, health, readiness,
-//! Prometheus metrics, the status page and the admin-only contact view.
+//! Prometheus metrics, the status page (and `/status.json`) and the admin-only contact view.
 //!
 //! Handlers never call GHL inline: webhooks record a hint durably, answer 2xx and wake the
 //! scheduler (`ServerState::wake`). Every route runs under a request timeout
@@ -171,6 +171,7 @@ pub fn router(state: ServerState) -> Router {
     let timeout = server.request_timeout.get();
     Router::new()
         .route("/", get(pages::status_page))
+        .route("/status.json", get(pages::status_json))
         .route("/contacts/{id}", get(pages::contact_view))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -201,6 +202,7 @@ async fn request_timeout(State(timeout): State<Duration>, request: Request, next
 fn route_label(path: &str) -> &'static str {
     match path {
         "/" => "/",
+        "/status.json" => "/status.json",
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",

@@ -1,6 +1,12 @@
-//! The status page (`GET /`, aggregates only, public on the listener) and the contact view
+//! The status page (`GET /`, aggregates only, public on the listener), its JSON form
+//! (`GET /status.json`: the `store::status` read model plus readiness) and the contact view
 //! (`GET /contacts/{id}`, personal data, admin token only). Server-rendered HTML strings with
-//! inline CSS and an inline SVG chart: no scripts, no external assets, no build step.
+//! inline CSS and an inline SVG chart: no external assets, no build step.
+//!
+//! The status page refreshes itself: a small inline script re-fetches `/` every few seconds
+//! (while the tab is visible) and swaps the status section in place, so the page has one
+//! renderer (this file) and keeps its scroll position. Without scripts, a `<noscript>` meta
+//! refresh reloads it.
 
 use std::fmt::Write as _;
 
@@ -8,10 +14,11 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use secrecy::ExposeSecret;
-use sqlx::Row as _;
 
 use super::{ServerState, constant_time_eq, html_escape as esc};
-use crate::store::{StoreError, codec, now_ms};
+use crate::store::contact_view::ContactView;
+use crate::store::status::{RunStatus, Status};
+use crate::store::{StoreError, now_ms};
 
 const CSS: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:2rem;color:#222;background:#fafafa}\
 h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:2rem}\
@@ -23,10 +30,25 @@ pre{background:#fff;border:1px solid #ddd;padding:.6rem;overflow:auto;max-height
 svg{background:#fff;border:1px solid #ddd}";
 
 fn page(title: &str, body: &str) -> Html<String> {
+    render_page(title, body, "")
+}
+
+/// How often the status page refreshes itself.
+const REFRESH_SECS: u32 = 5;
+
+/// The status page's self-refresh: re-fetch `/`, swap `#status` (one renderer, scroll kept);
+/// paused while the tab is hidden. Inline, no external assets.
+const REFRESH_SCRIPT: &str = "<script>(function(){function tick(){if(document.hidden)return;\
+fetch('/',{cache:'no-store'}).then(function(r){return r.ok?r.text():null}).then(function(t){if(!t)return;\
+var n=new DOMParser().parseFromString(t,'text/html').getElementById('status');\
+var c=document.getElementById('status');if(n&&c)c.replaceWith(n)}).catch(function(){})}\
+setInterval(tick,EVERY)})();</script>";
+
+fn render_page(title: &str, body: &str, head_extra: &str) -> Html<String> {
     Html(format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <title>{}</title><style>{CSS}</style></head><body>{body}\
+         <title>{}</title><style>{CSS}</style>{head_extra}</head><body>{body}\
          <p class=\"muted\">ghl-sync {} · generated {}</p></body></html>",
         esc(title),
         env!("CARGO_PKG_VERSION"),
@@ -75,197 +97,199 @@ pub(super) async fn status_page(State(state): State<ServerState>) -> Response {
     }
 }
 
+/// The status as the read model has it, with the configured locations of this daemon.
+pub(super) async fn read_status(state: &ServerState) -> Result<Status, StoreError> {
+    let configured = crate::cli::status::configured_locations(&state.config);
+    crate::store::status::read(&state.store, &configured).await
+}
+
 async fn render_status(state: &ServerState) -> Result<Html<String>, StoreError> {
-    let pool = state.store.pool();
-    let now = now_ms();
-    let today = time::OffsetDateTime::now_utc().date().to_string();
-    let mut b = String::new();
-    b.push_str("<h1>ghl-sync status</h1>");
+    let status = read_status(state).await?;
     let problems = super::health::not_ready(state).await;
+    let budget = state.config.settings.limits.ghl_daily_budget;
+    let head = format!(
+        "<noscript><meta http-equiv=\"refresh\" content=\"{REFRESH_SECS}\"></noscript>{}",
+        REFRESH_SCRIPT.replace("EVERY", &(REFRESH_SECS * 1000).to_string())
+    );
+    Ok(render_page("ghl-sync status", &status_body(&status, &problems, budget), &head))
+}
+
+/// `GET /status.json`: the read model and readiness, for scripts and monitoring. Aggregates
+/// only (ids, counts, times, error texts without record content), like the page.
+pub(super) async fn status_json(State(state): State<ServerState>) -> Response {
+    match read_status(&state).await {
+        Ok(status) => {
+            let problems = super::health::not_ready(&state).await;
+            let body = StatusJson { ready: problems.is_empty(), not_ready: problems, status };
+            ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+        }
+        Err(error) => internal(&error),
+    }
+}
+
+#[derive(serde::Serialize)]
+struct StatusJson {
+    ready: bool,
+    not_ready: Vec<String>,
+    #[serde(flatten)]
+    status: Status,
+}
+
+/// A run in a few words, with its progress while it runs.
+fn run_cell(run: &RunStatus, now: i64) -> String {
+    let class = match run.outcome.as_str() {
+        "failed" => "bad",
+        "running" => "muted",
+        _ => "ok",
+    };
+    let mut text = format!("{} <span class=\"{class}\">{}</span>", esc(&run.kind), esc(&run.outcome));
+    if run.is_running() {
+        write!(
+            text,
+            ", {} page(s), {} read, {} changes, {} requests, started {}",
+            run.pages,
+            run.records_seen,
+            run.changes,
+            run.requests,
+            age(now, Some(run.started_at))
+        )
+        .ok();
+        if let Some(at) = run.progress_at {
+            write!(text, ", last page {}", age(now, Some(at))).ok();
+        }
+    } else {
+        write!(
+            text,
+            ", {} changes, {} requests, {}",
+            run.changes,
+            run.requests,
+            age(now, run.finished_at.or(Some(run.started_at)))
+        )
+        .ok();
+    }
+    text
+}
+
+/// The status page's body: pure formatting of the read model, inside `#status` (the part
+/// the refresh script swaps).
+fn status_body(status: &Status, problems: &[String], budget: u64) -> String {
+    let now = status.generated_at;
+    let mut b = String::new();
+    b.push_str("<main id=\"status\"><h1>ghl-sync status</h1>");
     if problems.is_empty() {
         b.push_str("<p class=\"ok\">Ready.</p>");
     } else {
         write!(b, "<p class=\"bad\">Not ready: {}</p>", esc(&problems.join("; "))).ok();
     }
+    write!(
+        b,
+        "<p class=\"muted\">As of {} (refreshes every {REFRESH_SECS} s). \"Today\" is the UTC day {}.</p>",
+        esc(&iso(now)),
+        esc(&status.day)
+    )
+    .ok();
 
-    // Locations: those in the store plus configured ones the engine has not written yet.
-    let configured = &state.config.settings.ghl.locations;
-    let mut ids: Vec<String> = sqlx::query_scalar("SELECT id FROM locations").fetch_all(pool).await?;
-    ids.extend(configured.iter().filter(|l| l.enabled).map(|l| l.id.clone()));
-    ids.sort_unstable();
-    ids.dedup();
-    let mut locations = Vec::with_capacity(ids.len());
-    for id in &ids {
-        let config_name = configured.iter().find(|l| &l.id == id).and_then(|l| l.name.clone());
-        let row = sqlx::query(
-            "SELECT ?1 AS id, COALESCE((SELECT name FROM locations WHERE id = ?1), ?3) AS name, \
-               COALESCE((SELECT status FROM locations WHERE id = ?1), 'configured') AS status, \
-               (SELECT status_reason FROM locations WHERE id = ?1) AS status_reason, \
-               (SELECT watermark_ms FROM cursors c WHERE c.location_id = ?1 AND c.stream = 'contacts') AS watermark, \
-               (SELECT requests FROM request_budget r WHERE r.location_id = ?1 AND r.day = ?2) AS requests_today, \
-               (SELECT COUNT(*) FROM dirty_contacts d WHERE d.location_id = ?1) AS dirty, \
-               (SELECT COUNT(*) FROM contacts k WHERE k.location_id = ?1) AS contacts",
-        )
-        .bind(id)
-        .bind(&today)
-        .bind(config_name)
-        .fetch_one(pool)
-        .await?;
-        locations.push(row);
-    }
     b.push_str(
         "<h2>Locations</h2><table><tr><th>Location</th><th>Status</th><th>Contacts</th><th>Cursor</th>\
-         <th>Lag</th><th>Last run</th><th>Requests today</th><th>Dirty</th></tr>",
+         <th>Lag</th><th>Last run</th><th>Requests today</th><th>429s today</th><th>Webhooks today</th>\
+         <th>Dirty</th></tr>",
     );
-    if locations.is_empty() {
-        b.push_str("<tr><td colspan=\"8\" class=\"muted\">No locations yet.</td></tr>");
+    if status.locations.is_empty() {
+        b.push_str("<tr><td colspan=\"10\" class=\"muted\">No locations yet.</td></tr>");
     }
-    let budget = state.config.settings.limits.ghl_daily_budget;
-    for row in &locations {
-        let id: String = row.try_get("id")?;
-        let name: Option<String> = row.try_get("name")?;
-        let status: String = row.try_get("status")?;
-        let reason: Option<String> = row.try_get("status_reason")?;
-        let watermark: Option<i64> = row.try_get("watermark")?;
-        let requests: Option<i64> = row.try_get("requests_today")?;
-        let dirty: i64 = row.try_get("dirty")?;
-        let contacts: i64 = row.try_get("contacts")?;
-        let run = sqlx::query(
-            "SELECT kind, outcome, started_at, finished_at, changes FROM runs WHERE location_id = ? \
-             ORDER BY started_at DESC LIMIT 1",
-        )
-        .bind(&id)
-        .fetch_optional(pool)
-        .await?;
-        let last_run = match run {
-            Some(run) => {
-                let kind: String = run.try_get("kind")?;
-                let outcome: String = run.try_get("outcome")?;
-                let started: i64 = run.try_get("started_at")?;
-                let changes: i64 = run.try_get("changes")?;
-                let class = if outcome == "failed" { "bad" } else { "ok" };
-                format!(
-                    "{} <span class=\"{class}\">{}</span>, {changes} changes, {}",
-                    esc(&kind),
-                    esc(&outcome),
-                    age(now, Some(started))
-                )
-            }
+    for l in &status.locations {
+        let last_run = match &l.last_run {
+            Some(run) => run_cell(run, now),
             None => "<span class=\"muted\">none</span>".to_owned(),
         };
-        let status_class = if matches!(status.as_str(), "active" | "configured") { "ok" } else { "bad" };
-        let label = match name {
-            Some(name) => format!("{} <span class=\"muted\">{}</span>", esc(&name), esc(&id)),
-            None => esc(&id),
+        let status_class = if matches!(l.status.as_str(), "active" | "configured") { "ok" } else { "bad" };
+        let label = match &l.name {
+            Some(name) => format!("{} <span class=\"muted\">{}</span>", esc(name), esc(&l.id)),
+            None => esc(&l.id),
+        };
+        let limited_class = if l.rate_limited_today > 0 { "n bad" } else { "n" };
+        write!(
+            b,
+            "<tr><td>{label}</td><td class=\"{status_class}\">{}{}</td><td class=\"n\">{}</td>\
+             <td>{}</td><td>{}</td><td>{last_run}</td><td class=\"n\">{} / {budget}</td>\
+             <td class=\"{limited_class}\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            esc(&l.status),
+            l.reason
+                .as_ref()
+                .map(|r| format!(" <span class=\"muted\">({})</span>", esc(&clip(r, 80))))
+                .unwrap_or_default(),
+            l.contacts,
+            l.watermark_ms.map(iso).unwrap_or_else(|| "—".to_owned()),
+            l.watermark_ms.map(|w| age(now, Some(w)).replace(" ago", "")).unwrap_or_else(|| "—".to_owned()),
+            l.requests_today,
+            l.rate_limited_today,
+            l.webhooks_today,
+            l.dirty,
+        )
+        .ok();
+    }
+    b.push_str("</table>");
+
+    b.push_str(
+        "<h2>Connectors</h2><table><tr><th>Connector</th><th>Queue</th><th>Retrying</th><th>Oldest pending</th>\
+         <th>Delivered (1h)</th><th>Dead letters</th><th>Last error</th></tr>",
+    );
+    if status.connectors.is_empty() {
+        b.push_str("<tr><td colspan=\"7\" class=\"muted\">Nothing queued or delivered yet.</td></tr>");
+    }
+    for c in &status.connectors {
+        let dead_class = if c.dead_letters > 0 { "n bad" } else { "n" };
+        let last_error = match &c.last_error {
+            Some(error) => format!(
+                "<span class=\"bad\">{}</span> <span class=\"muted\">({}, {})</span>",
+                esc(&clip(&error.message, 160)),
+                if error.kind == "dead_letter" { "dead letter" } else { "retrying" },
+                age(now, Some(error.at))
+            ),
+            None => "<span class=\"muted\">—</span>".to_owned(),
         };
         write!(
             b,
-            "<tr><td>{label}</td><td class=\"{status_class}\">{}{}</td><td class=\"n\">{contacts}</td>\
-             <td>{}</td><td>{}</td><td>{last_run}</td><td class=\"n\">{} / {budget}</td><td class=\"n\">{dirty}</td></tr>",
-            esc(&status),
-            reason.map(|r| format!(" <span class=\"muted\">({})</span>", esc(&clip(&r, 80)))).unwrap_or_default(),
-            watermark.map(iso).unwrap_or_else(|| "—".to_owned()),
-            watermark.map(|w| age(now, Some(w)).replace(" ago", "")).unwrap_or_else(|| "—".to_owned()),
-            requests.unwrap_or(0),
+            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td>\
+             <td class=\"{dead_class}\">{}</td><td>{last_error}</td></tr>",
+            esc(&c.connector),
+            c.pending,
+            c.retrying,
+            if c.oldest_pending_at.is_some() { age(now, c.oldest_pending_at) } else { "—".to_owned() },
+            c.delivered_last_hour,
+            c.dead_letters,
         )
         .ok();
     }
     b.push_str("</table>");
 
-    // Connectors.
-    let hour_ago = now - 3_600_000;
-    let connectors = sqlx::query(
-        "SELECT connector, \
-           SUM(status = 'pending') AS pending, \
-           MIN(CASE WHEN status = 'pending' THEN created_at END) AS oldest, \
-           SUM(status = 'done' AND updated_at >= ?) AS done_hour, \
-           (SELECT COUNT(*) FROM dead_letters d WHERE d.connector = o.connector) AS dead \
-         FROM outbox o GROUP BY connector \
-         UNION SELECT connector, 0, NULL, 0, COUNT(*) FROM dead_letters \
-           WHERE connector IS NOT NULL AND connector NOT IN (SELECT connector FROM outbox) GROUP BY connector \
-         ORDER BY 1",
-    )
-    .bind(hour_ago)
-    .fetch_all(pool)
-    .await?;
-    b.push_str(
-        "<h2>Connectors</h2><table><tr><th>Connector</th><th>Queue</th><th>Oldest pending</th>\
-         <th>Delivered (1h)</th><th>Dead letters</th></tr>",
-    );
-    if connectors.is_empty() {
-        b.push_str("<tr><td colspan=\"5\" class=\"muted\">Nothing queued or delivered yet.</td></tr>");
-    }
-    for row in &connectors {
-        let connector: String = row.try_get("connector")?;
-        let pending: Option<i64> = row.try_get("pending")?;
-        let oldest: Option<i64> = row.try_get("oldest")?;
-        let done: Option<i64> = row.try_get("done_hour")?;
-        let dead: i64 = row.try_get("dead")?;
-        let dead_class = if dead > 0 { "n bad" } else { "n" };
-        write!(
-            b,
-            "<tr><td>{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"{dead_class}\">{dead}</td></tr>",
-            esc(&connector),
-            pending.unwrap_or(0),
-            if oldest.is_some() { age(now, oldest) } else { "—".to_owned() },
-            done.unwrap_or(0),
-        )
-        .ok();
-    }
-    b.push_str("</table>");
-
-    // Deliveries per minute, last hour.
-    let per_minute = sqlx::query(
-        "SELECT (updated_at - ?) / 60000 AS minute, COUNT(*) AS n FROM outbox \
-         WHERE status = 'done' AND updated_at >= ? GROUP BY minute",
-    )
-    .bind(hour_ago)
-    .bind(hour_ago)
-    .fetch_all(pool)
-    .await?;
     let mut buckets = [0i64; 60];
-    for row in &per_minute {
-        let minute: i64 = row.try_get("minute")?;
-        let n: i64 = row.try_get("n")?;
-        if let Some(slot) = usize::try_from(minute).ok().and_then(|m| buckets.get_mut(m)) {
-            *slot += n;
-        }
+    for (slot, n) in buckets.iter_mut().zip(&status.deliveries_per_minute) {
+        *slot = *n;
     }
     b.push_str("<h2>Deliveries per minute (last hour)</h2>");
     b.push_str(&chart(&buckets));
 
-    // Recent errors (run errors and dead-letter reasons carry ids, never personal data).
-    let errors = sqlx::query(
-        "SELECT at, origin, message FROM ( \
-           SELECT COALESCE(finished_at, started_at) AS at, 'run ' || kind || ' ' || location_id AS origin, \
-                  error AS message FROM runs WHERE error IS NOT NULL \
-           UNION ALL \
-           SELECT created_at, 'dead letter ' || COALESCE(connector, source), reason FROM dead_letters \
-         ) ORDER BY at DESC LIMIT 15",
-    )
-    .fetch_all(pool)
-    .await?;
+    // Run errors and dead-letter reasons carry ids, never personal data.
     b.push_str("<h2>Recent errors</h2>");
-    if errors.is_empty() {
+    if status.recent_errors.is_empty() {
         b.push_str("<p class=\"muted\">None.</p>");
     } else {
         b.push_str("<table><tr><th>When</th><th>Where</th><th>Error</th></tr>");
-        for row in &errors {
-            let at: i64 = row.try_get("at")?;
-            let origin: String = row.try_get("origin")?;
-            let message: String = row.try_get("message")?;
+        for e in &status.recent_errors {
             write!(
                 b,
                 "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-                age(now, Some(at)),
-                esc(&origin),
-                esc(&clip(&message, 200))
+                age(now, Some(e.at)),
+                esc(&e.origin),
+                esc(&clip(&e.message, 200))
             )
             .ok();
         }
         b.push_str("</table>");
     }
-    Ok(page("ghl-sync status", &b))
+    b.push_str("</main>");
+    b
 }
 
 /// An inline SVG bar chart of 60 per-minute counts (oldest left).
@@ -341,195 +365,127 @@ pub(super) async fn contact_view(
 
 /// The contact's Lusha story: each cached answer (when, what, credits, written back) and
 /// whether it came in as a prospecting lead.
-async fn lusha_section(b: &mut String, pool: &sqlx::SqlitePool, id: &str, now: i64) -> Result<(), StoreError> {
-    let cached = sqlx::query(
-        "SELECT location_id, outcome, lusha_id, reveal_set, credits, enriched_at, written_at, result FROM lusha_cache \
-         WHERE contact_id = ? ORDER BY enriched_at DESC",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
-    let leads = sqlx::query(
-        "SELECT location_id, lead_id, search, action, credits, updated_at FROM lusha_leads WHERE contact_id = ? \
-         ORDER BY updated_at DESC",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
-    if cached.is_empty() && leads.is_empty() {
-        return Ok(());
+fn lusha_section(b: &mut String, view: &ContactView, now: i64) {
+    if view.lusha_answers.is_empty() && view.lusha_leads.is_empty() {
+        return;
     }
     write!(
         b,
         "<h2>Lusha ({})</h2><table><tr><th>Outcome</th><th>Lusha id</th><th>Revealed</th><th>Credits</th>\
          <th>Enriched</th><th>Written to GHL</th></tr>",
-        cached.len()
+        view.lusha_answers.len()
     )
     .ok();
-    let mut results = Vec::new();
-    for row in &cached {
-        let outcome: String = row.try_get("outcome")?;
-        let lusha_id: Option<String> = row.try_get("lusha_id")?;
-        let reveal: String = row.try_get("reveal_set")?;
-        let credits: i64 = row.try_get("credits")?;
-        let enriched: i64 = row.try_get("enriched_at")?;
-        let written: Option<i64> = row.try_get("written_at")?;
-        if let Some(result) = row.try_get::<Option<Vec<u8>>, _>("result")? {
-            results.push(result);
-        }
+    for answer in &view.lusha_answers {
         // enriched_at 0: expired by a signal (refreshed by Lusha id on the next change).
-        let enriched = if enriched == 0 { "expired by a signal".to_owned() } else { age(now, Some(enriched)) };
+        let enriched =
+            if answer.enriched_at == 0 { "expired by a signal".to_owned() } else { age(now, Some(answer.enriched_at)) };
         write!(
             b,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{credits}</td><td>{}</td><td>{}</td></tr>",
-            esc(&outcome),
-            esc(lusha_id.as_deref().unwrap_or("—")),
-            esc(&reveal),
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&answer.outcome),
+            esc(answer.lusha_id.as_deref().unwrap_or("—")),
+            esc(&answer.reveal_set),
+            answer.credits,
             esc(&enriched),
-            age(now, written),
+            age(now, answer.written_at),
         )
         .ok();
     }
     b.push_str("</table>");
-    for lead in &leads {
-        let location: String = lead.try_get("location_id")?;
-        let search: String = lead.try_get("search")?;
-        let action: Option<String> = lead.try_get("action")?;
-        let credits: i64 = lead.try_get("credits")?;
-        let at: i64 = lead.try_get("updated_at")?;
+    for lead in &view.lusha_leads {
         write!(
             b,
-            "<p>Imported as a Lusha lead from search <b>{}</b> into {} ({}, {credits} credit(s), {}).</p>",
-            esc(&search),
-            esc(&location),
-            esc(action.as_deref().unwrap_or("pending")),
-            age(now, Some(at)),
+            "<p>Imported as a Lusha lead from search <b>{}</b> into {} ({}, {} credit(s), {}).</p>",
+            esc(&lead.search),
+            esc(&lead.location_id),
+            esc(lead.action.as_deref().unwrap_or("pending")),
+            lead.credits,
+            age(now, Some(lead.updated_at)),
         )
         .ok();
     }
-    if let Some(latest) = results.first() {
-        write!(b, "<details><summary>Latest Lusha result</summary><pre>{}</pre></details>", esc(&pretty(latest))).ok();
+    if let Some(latest) = view.lusha_answers.iter().find(|a| a.result.is_some()) {
+        write!(
+            b,
+            "<details><summary>Latest Lusha result</summary><pre>{}</pre></details>",
+            esc(&pretty(latest.result.as_ref()))
+        )
+        .ok();
     }
-    Ok(())
 }
 
-fn pretty(record: &[u8]) -> String {
-    match codec::unpack(record) {
-        Ok(value) => serde_json::to_string_pretty(&value).unwrap_or_default(),
-        Err(_) => "(record does not decode)".to_owned(),
+fn pretty(record: Option<&serde_json::Value>) -> String {
+    match record {
+        Some(value) => serde_json::to_string_pretty(value).unwrap_or_default(),
+        None => "(record does not decode)".to_owned(),
     }
 }
 
 async fn render_contact(state: &ServerState, id: &str) -> Result<Option<Html<String>>, StoreError> {
-    let pool = state.store.pool();
-    let now = now_ms();
-    let contacts = sqlx::query(
-        "SELECT location_id, record, date_updated_ms, children_synced_at, first_seen_at, updated_at \
-         FROM contacts WHERE contact_id = ? ORDER BY location_id",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
-    let outbox = sqlx::query(
-        "SELECT connector, entity, entity_id, operation, status, attempts, last_error, changed_at, updated_at \
-         FROM outbox WHERE contact_id = ? OR (entity = 'contact' AND entity_id = ?) ORDER BY changed_at DESC, id DESC",
-    )
-    .bind(id)
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
-    let dead = sqlx::query(
-        "SELECT source, connector, entity, entity_id, operation, attempts, reason, created_at FROM dead_letters \
-         WHERE contact_id = ? OR (entity = 'contact' AND entity_id = ?) ORDER BY created_at DESC, id DESC",
-    )
-    .bind(id)
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
-    if contacts.is_empty() && outbox.is_empty() && dead.is_empty() {
+    let view = crate::store::contact_view::read(&state.store, id).await?;
+    if view.is_empty() {
         return Ok(None);
     }
+    Ok(Some(page(&format!("Contact {id}"), &contact_body(id, &view, now_ms()))))
+}
+
+fn contact_body(id: &str, view: &ContactView, now: i64) -> String {
     let mut b = String::new();
     write!(b, "<h1>Contact {}</h1><p><a href=\"/\">← status</a></p>", esc(id)).ok();
-    if contacts.is_empty() {
+    if view.snapshots.is_empty() {
         b.push_str("<p class=\"muted\">Not in the snapshot (deleted, or never synced).</p>");
     }
-    for row in &contacts {
-        let location: String = row.try_get("location_id")?;
-        let record: Vec<u8> = row.try_get("record")?;
-        let date_updated: Option<i64> = row.try_get("date_updated_ms")?;
-        let children_at: Option<i64> = row.try_get("children_synced_at")?;
-        let first_seen: i64 = row.try_get("first_seen_at")?;
-        let updated: i64 = row.try_get("updated_at")?;
+    for snapshot in &view.snapshots {
         write!(
             b,
             "<h2>GHL record in location {}</h2><p>first seen {}, snapshot updated {}, GHL dateUpdated {}, \
              tasks/notes read {}</p><pre>{}</pre>",
-            esc(&location),
-            age(now, Some(first_seen)),
-            age(now, Some(updated)),
-            date_updated.map(iso).unwrap_or_else(|| "—".to_owned()),
-            age(now, children_at),
-            esc(&pretty(&record)),
+            esc(&snapshot.location_id),
+            age(now, Some(snapshot.first_seen_at)),
+            age(now, Some(snapshot.updated_at)),
+            snapshot.date_updated_ms.map(iso).unwrap_or_else(|| "—".to_owned()),
+            age(now, snapshot.children_synced_at),
+            esc(&pretty(snapshot.record.as_ref())),
         )
         .ok();
-        let children = sqlx::query(
-            "SELECT kind, child_id, record, updated_at FROM children WHERE location_id = ? AND contact_id = ? \
-             ORDER BY kind, updated_at DESC",
-        )
-        .bind(&location)
-        .bind(id)
-        .fetch_all(pool)
-        .await?;
-        write!(b, "<h2>Tasks and notes ({})</h2>", children.len()).ok();
-        for child in &children {
-            let kind: String = child.try_get("kind")?;
-            let child_id: String = child.try_get("child_id")?;
-            let record: Vec<u8> = child.try_get("record")?;
-            let updated: i64 = child.try_get("updated_at")?;
+        write!(b, "<h2>Tasks and notes ({})</h2>", snapshot.children.len()).ok();
+        for child in &snapshot.children {
             write!(
                 b,
                 "<h3>{} {} <span class=\"muted\">({})</span></h3><pre>{}</pre>",
-                esc(&kind),
-                esc(&child_id),
-                age(now, Some(updated)),
-                esc(&pretty(&record))
+                esc(&child.kind),
+                esc(&child.child_id),
+                age(now, Some(child.updated_at)),
+                esc(&pretty(child.record.as_ref()))
             )
             .ok();
         }
     }
-    lusha_section(&mut b, pool, id, now).await?;
+    lusha_section(&mut b, view, now);
     // Lucky Orange identification and replay links join here when that connector exists.
     write!(
         b,
         "<h2>Deliveries ({})</h2><table><tr><th>Connector</th><th>Entity</th><th>Operation</th><th>Status</th>\
          <th>Attempts</th><th>Changed</th><th>Last update</th><th>Last error</th></tr>",
-        outbox.len()
+        view.deliveries.len()
     )
     .ok();
-    for row in &outbox {
-        let connector: String = row.try_get("connector")?;
-        let entity: String = row.try_get("entity")?;
-        let entity_id: String = row.try_get("entity_id")?;
-        let operation: String = row.try_get("operation")?;
-        let status: String = row.try_get("status")?;
-        let attempts: i64 = row.try_get("attempts")?;
-        let last_error: Option<String> = row.try_get("last_error")?;
-        let changed: i64 = row.try_get("changed_at")?;
-        let updated: i64 = row.try_get("updated_at")?;
-        let class = if status == "done" { "ok" } else { "muted" };
+    for d in &view.deliveries {
+        let class = if d.status == "done" { "ok" } else { "muted" };
         write!(
             b,
-            "<tr><td>{}</td><td>{} {}</td><td>{}</td><td class=\"{class}\">{}</td><td class=\"n\">{attempts}</td>\
+            "<tr><td>{}</td><td>{} {}</td><td>{}</td><td class=\"{class}\">{}</td><td class=\"n\">{}</td>\
              <td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&connector),
-            esc(&entity),
-            esc(&entity_id),
-            esc(&operation),
-            esc(&status),
-            age(now, Some(changed)),
-            age(now, Some(updated)),
-            esc(&clip(last_error.as_deref().unwrap_or(""), 200)),
+            esc(&d.connector),
+            esc(&d.entity),
+            esc(&d.entity_id),
+            esc(&d.operation),
+            esc(&d.status),
+            d.attempts,
+            age(now, Some(d.changed_at)),
+            age(now, Some(d.updated_at)),
+            esc(&clip(d.last_error.as_deref().unwrap_or(""), 200)),
         )
         .ok();
     }
@@ -538,34 +494,27 @@ async fn render_contact(state: &ServerState, id: &str) -> Result<Option<Html<Str
         b,
         "<h2>Dead letters ({})</h2><table><tr><th>Source</th><th>Connector</th><th>Entity</th><th>Operation</th>\
          <th>Attempts</th><th>When</th><th>Reason</th></tr>",
-        dead.len()
+        view.dead_letters.len()
     )
     .ok();
-    for row in &dead {
-        let source: String = row.try_get("source")?;
-        let connector: Option<String> = row.try_get("connector")?;
-        let entity: Option<String> = row.try_get("entity")?;
-        let entity_id: Option<String> = row.try_get("entity_id")?;
-        let operation: Option<String> = row.try_get("operation")?;
-        let attempts: i64 = row.try_get("attempts")?;
-        let reason: String = row.try_get("reason")?;
-        let created: i64 = row.try_get("created_at")?;
+    for d in &view.dead_letters {
         write!(
             b,
-            "<tr><td>{}</td><td>{}</td><td>{} {}</td><td>{}</td><td class=\"n\">{attempts}</td><td>{}</td>\
+            "<tr><td>{}</td><td>{}</td><td>{} {}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td>\
              <td class=\"bad\">{}</td></tr>",
-            esc(&source),
-            esc(connector.as_deref().unwrap_or("")),
-            esc(entity.as_deref().unwrap_or("")),
-            esc(entity_id.as_deref().unwrap_or("")),
-            esc(operation.as_deref().unwrap_or("")),
-            age(now, Some(created)),
-            esc(&clip(&reason, 200)),
+            esc(&d.source),
+            esc(d.connector.as_deref().unwrap_or("")),
+            esc(d.entity.as_deref().unwrap_or("")),
+            esc(d.entity_id.as_deref().unwrap_or("")),
+            esc(d.operation.as_deref().unwrap_or("")),
+            d.attempts,
+            age(now, Some(d.created_at)),
+            esc(&clip(&d.reason, 200)),
         )
         .ok();
     }
     b.push_str("</table>");
-    Ok(Some(page(&format!("Contact {id}"), &b)))
+    b
 }
 
 #[cfg(test)]

@@ -5,9 +5,8 @@
 
 use std::fmt::Write as _;
 
-use sqlx::Row as _;
-
-use crate::store::{Store, StoreError, now_ms};
+use crate::store::status::Status;
+use crate::store::{Store, StoreError};
 
 /// Escapes a label value (`\`, `"` and newlines).
 fn label(value: &str) -> String {
@@ -34,76 +33,78 @@ impl Family<'_> {
     }
 }
 
+/// The gauges of `/metrics`, from the status read model.
 pub(super) async fn store_gauges(store: &Store) -> Result<String, StoreError> {
-    let pool = store.pool();
-    let now = now_ms();
+    let status = crate::store::status::read(store, &[]).await?;
+    Ok(render(&status))
+}
+
+fn render(status: &Status) -> String {
+    let now = status.generated_at;
     let mut out = String::new();
     let mut f = Family { out: &mut out };
-
-    let outbox = sqlx::query(
-        "SELECT connector, COUNT(*) AS depth, MIN(created_at) AS oldest FROM outbox \
-         WHERE status = 'pending' GROUP BY connector ORDER BY connector",
-    )
-    .fetch_all(pool)
-    .await?;
+    let queued: Vec<_> = status.connectors.iter().filter(|c| c.pending > 0).collect();
     f.header("ghl_sync_outbox_depth", "Pending outbox rows per connector.");
-    for row in &outbox {
-        let connector: String = row.try_get("connector")?;
-        let depth: i64 = row.try_get("depth")?;
-        f.sample("ghl_sync_outbox_depth", &[("connector", &connector)], depth as f64);
+    for c in &queued {
+        f.sample("ghl_sync_outbox_depth", &[("connector", &c.connector)], c.pending as f64);
     }
     f.header("ghl_sync_outbox_oldest_pending_age_seconds", "Age of the oldest pending outbox row per connector.");
-    for row in &outbox {
-        let connector: String = row.try_get("connector")?;
-        let oldest: i64 = row.try_get("oldest")?;
-        let age = (now - oldest).max(0) as f64 / 1000.0;
-        f.sample("ghl_sync_outbox_oldest_pending_age_seconds", &[("connector", &connector)], age);
+    for c in &queued {
+        if let Some(oldest) = c.oldest_pending_at {
+            let age = (now - oldest).max(0) as f64 / 1000.0;
+            f.sample("ghl_sync_outbox_oldest_pending_age_seconds", &[("connector", &c.connector)], age);
+        }
     }
 
-    let dead = sqlx::query(
-        "SELECT COALESCE(connector, source) AS connector, COUNT(*) AS n FROM dead_letters \
-         GROUP BY COALESCE(connector, source) ORDER BY 1",
-    )
-    .fetch_all(pool)
-    .await?;
+    // Dead letters per connector, or per source for those of no connector (one label space).
+    let mut dead: Vec<(&str, i64)> = status
+        .connectors
+        .iter()
+        .filter(|c| c.dead_letters > 0)
+        .map(|c| (c.connector.as_str(), c.dead_letters))
+        .chain(status.unattributed_dead_letters.iter().map(|s| (s.source.as_str(), s.dead_letters)))
+        .collect();
+    dead.sort_unstable();
+    let mut merged: Vec<(&str, i64)> = Vec::with_capacity(dead.len());
+    for (name, n) in dead {
+        match merged.last_mut() {
+            Some((last, total)) if *last == name => *total += n,
+            _ => merged.push((name, n)),
+        }
+    }
     f.header("ghl_sync_dead_letters", "Dead letters per connector (or source when none).");
-    for row in &dead {
-        let connector: String = row.try_get("connector")?;
-        let n: i64 = row.try_get("n")?;
-        f.sample("ghl_sync_dead_letters", &[("connector", &connector)], n as f64);
+    for (connector, n) in merged {
+        f.sample("ghl_sync_dead_letters", &[("connector", connector)], n as f64);
     }
 
-    let cursors = sqlx::query("SELECT location_id, stream, watermark_ms FROM cursors ORDER BY location_id, stream")
-        .fetch_all(pool)
-        .await?;
     f.header("ghl_sync_sync_lag_seconds", "Now minus the cursor watermark per location and stream.");
-    for row in &cursors {
-        let location: String = row.try_get("location_id")?;
-        let stream: String = row.try_get("stream")?;
-        let watermark: i64 = row.try_get("watermark_ms")?;
-        let lag = (now - watermark).max(0) as f64 / 1000.0;
-        f.sample("ghl_sync_sync_lag_seconds", &[("location", &location), ("stream", &stream)], lag);
+    for location in &status.locations {
+        for cursor in &location.streams {
+            let lag = (now - cursor.watermark_ms).max(0) as f64 / 1000.0;
+            f.sample("ghl_sync_sync_lag_seconds", &[("location", &location.id), ("stream", &cursor.stream)], lag);
+        }
     }
 
-    let dirty: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dirty_contacts").fetch_one(pool).await?;
     f.header("ghl_sync_dirty_contacts", "Contacts waiting for a re-read after a webhook hint.");
-    f.sample("ghl_sync_dirty_contacts", &[], dirty as f64);
+    f.sample("ghl_sync_dirty_contacts", &[], status.totals.dirty as f64);
 
-    let signals: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM lusha_signals WHERE processed_at IS NULL").fetch_one(pool).await?;
+    let signals = status.lusha.as_ref().map_or(0, |l| l.signals_pending);
     f.header("ghl_sync_lusha_signals_pending", "Lusha signals stored and not yet written back.");
     f.sample("ghl_sync_lusha_signals_pending", &[], signals as f64);
 
-    let locations = sqlx::query("SELECT status, COUNT(*) AS n FROM locations GROUP BY status ORDER BY status")
-        .fetch_all(pool)
-        .await?;
-    f.header("ghl_sync_locations", "Known locations by status.");
-    for row in &locations {
-        let status: String = row.try_get("status")?;
-        let n: i64 = row.try_get("n")?;
-        f.sample("ghl_sync_locations", &[("status", &status)], n as f64);
+    let mut by_status: Vec<(&str, i64)> = Vec::new();
+    for location in status.locations.iter().filter(|l| l.in_store) {
+        match by_status.iter_mut().find(|(s, _)| *s == location.status) {
+            Some((_, n)) => *n += 1,
+            None => by_status.push((&location.status, 1)),
+        }
     }
-    Ok(out)
+    by_status.sort_unstable();
+    f.header("ghl_sync_locations", "Known locations by status.");
+    for (s, n) in by_status {
+        f.sample("ghl_sync_locations", &[("status", s)], n as f64);
+    }
+    out
 }
 
 #[cfg(test)]

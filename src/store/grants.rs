@@ -278,16 +278,53 @@ pub async fn location_status(store: &Store, location_id: &str) -> Result<Option<
     Ok(row.map(|r| Ok::<_, sqlx::Error>((r.try_get("status")?, r.try_get("status_reason")?))).transpose()?)
 }
 
+/// Every grant that holds a token or is parked: `(resource_id, needs_reauth)`, for readiness
+/// (a grant without a token that is not parked is not a grant yet).
+pub async fn reauth_flags(store: &Store) -> Result<Vec<(String, bool)>, StoreError> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT resource_id, needs_reauth FROM grants WHERE access_token IS NOT NULL OR needs_reauth = 1 \
+         ORDER BY resource_id",
+    )
+    .fetch_all(store.read_pool())
+    .await?;
+    Ok(rows.into_iter().map(|(id, flag)| (id, flag != 0)).collect())
+}
+
+/// Re-seals every stored token (key rotation) in one transaction: `reseal` turns a token
+/// sealed with the old key into one sealed with the new key. Returns how many grants were
+/// re-sealed; if `reseal` fails for any token, nothing changes and its error is returned.
+/// `reseal` must be pure computation (it runs inside the write transaction).
+pub async fn reseal_all<E>(store: &Store, mut reseal: impl FnMut(&Sealed) -> Result<Sealed, E>) -> Result<usize, E>
+where
+    E: From<StoreError>,
+{
+    let mut tx = store.begin_write("auth_rekey").await?;
+    type Row = (String, Option<Vec<u8>>, Option<Vec<u8>>);
+    let rows: Vec<Row> = sqlx::query_as("SELECT resource_id, access_token, refresh_token FROM grants")
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+    let count = rows.len();
+    for (resource, access, refresh) in rows {
+        let access = access.map(|bytes| reseal(&Sealed(bytes))).transpose()?;
+        let refresh = refresh.map(|bytes| reseal(&Sealed(bytes))).transpose()?;
+        sqlx::query("UPDATE grants SET access_token = ?, refresh_token = ? WHERE resource_id = ?")
+            .bind(access.map(|t| t.0))
+            .bind(refresh.map(|t| t.0))
+            .bind(resource)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+    }
+    tx.commit().await?;
+    Ok(count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
 
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&dir.path().join("t.db"), std::time::Duration::from_secs(5)).await.unwrap();
-        (dir, store)
-    }
+    use crate::store::temp_store as store;
 
     fn grant(id: &str, kind: GrantKind) -> NewGrant {
         NewGrant {

@@ -29,7 +29,10 @@ use sqlx::{ConnectOptions as _, Connection as _};
 use tokio::sync::{Mutex, MutexGuard};
 
 pub mod codec;
+pub mod contact_view;
 pub mod cursors;
+pub mod daily;
+pub mod dead_letters;
 pub mod grants;
 pub mod hints;
 pub mod locations;
@@ -37,6 +40,7 @@ pub mod lusha;
 pub mod outbox;
 pub mod runs;
 pub mod snapshot;
+pub mod status;
 pub mod writebacks;
 
 /// Errors the store reports to its callers.
@@ -503,6 +507,16 @@ impl ProcessLock {
 pub fn now_ms() -> i64 {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A fresh, migrated store in a temporary directory (unit tests of the store modules).
+#[cfg(test)]
+pub(crate) async fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let store = Store::connect(&dir.path().join("t.db"), Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("temp store: {e}"));
+    (dir, store)
 }
 
 #[cfg(test)]

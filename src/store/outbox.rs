@@ -1,9 +1,21 @@
-//! The outbox writer: one pending row per (connector, record), written in the same
-//! transaction as the snapshot change it describes.
+//! The `outbox` table: every change waiting for (or recently given to) a connector. All of
+//! the outbox's SQL lives here; the dispatcher (`crate::dispatch`) only calls these functions.
+//!
+//! Contract:
+//! - **One way in.** [`enqueue`] is the only insert: at most one pending row per (connector,
+//!   record), with an explicit [`EnqueuePolicy`] for a record that already has one. The key of a
+//!   row is the key of its record version ([`crate::domain::idempotency_key`]) unless the caller
+//!   passes the stored key of an earlier delivery (dead-letter retry) or a salted one
+//!   (`replay --new-keys`).
+//! - **Outcomes apply to what was delivered.** [`record_outcomes`] writes a batch's outcomes in
+//!   one short write transaction, each `WHERE id = ? AND content_hash = ? AND status =
+//!   'pending'`: a row whose content was replaced while in flight stays pending and goes out
+//!   next. It takes plain data; nothing but SQL runs inside the transaction.
+//! - **Reads never write.** [`due`] and [`depth`] use the read pool.
 
 use sqlx::SqliteConnection;
 
-use super::{StoreError, now_ms};
+use super::{Store, StoreError, dead_letters, now_ms};
 use crate::domain::diff::coalesce;
 use crate::domain::{EntityKind, Operation, idempotency_key};
 
@@ -116,25 +128,291 @@ pub async fn enqueue(
     }
 }
 
-/// Sets a malformed input record aside so the rest of the page flows on.
-pub async fn dead_letter_record(
-    conn: &mut SqliteConnection,
-    location_id: &str,
-    entity: EntityKind,
-    reason: &str,
-    raw: &[u8],
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO dead_letters (source, location_id, entity, record, reason, created_at) VALUES ('record', ?, ?, ?, ?, ?)",
+/// [`enqueue`] for several changes in one short write transaction (replay, tools): each change
+/// with its key (`None`: the key of its record version). Returns what happened to each.
+pub async fn enqueue_all(
+    store: &Store,
+    purpose: &'static str,
+    changes: &[(NewChange<'_>, Option<&str>)],
+    policy: EnqueuePolicy,
+) -> Result<Vec<Enqueued>, StoreError> {
+    let mut done = Vec::with_capacity(changes.len());
+    if changes.is_empty() {
+        return Ok(done);
+    }
+    let mut tx = store.begin_write(purpose).await?;
+    for (change, key) in changes {
+        done.push(enqueue(&mut tx, *change, policy, *key).await?);
+    }
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// One pending outbox row, as handed to a connector's worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub connector: String,
+    pub location_id: String,
+    pub entity: EntityKind,
+    pub entity_id: String,
+    pub contact_id: Option<String>,
+    pub operation: Operation,
+    /// `codec::pack` of the record as of the change.
+    pub record: Option<Vec<u8>>,
+    pub content_hash: Vec<u8>,
+    /// The record version the row carries (0 for rows written before revisions existed).
+    pub revision: i64,
+    pub idempotency_key: String,
+    /// Attempts made so far (0 before the first).
+    pub attempts: i64,
+    pub changed_at: i64,
+}
+
+impl OutboxRow {
+    /// The row as delivered: what an outcome for it applies to.
+    pub fn version(&self) -> RowVersion {
+        RowVersion { id: self.id, content_hash: self.content_hash.clone() }
+    }
+}
+
+/// One row with the content it held when it was handed out. An outcome applies only while the
+/// row still holds that content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowVersion {
+    pub id: i64,
+    pub content_hash: Vec<u8>,
+}
+
+/// A due row whose entity or operation this build does not know: it cannot be delivered and
+/// goes to dead letters with `reason`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableRow {
+    pub version: RowVersion,
+    pub reason: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct StoredRow {
+    id: i64,
+    connector: String,
+    location_id: String,
+    entity: String,
+    entity_id: String,
+    contact_id: Option<String>,
+    operation: String,
+    record: Option<Vec<u8>>,
+    content_hash: Vec<u8>,
+    revision: i64,
+    idempotency_key: String,
+    attempts: i64,
+    changed_at: i64,
+}
+
+impl StoredRow {
+    fn typed(self) -> Result<OutboxRow, UnreadableRow> {
+        let unreadable = |reason: String| UnreadableRow {
+            version: RowVersion { id: self.id, content_hash: self.content_hash.clone() },
+            reason,
+        };
+        let entity =
+            EntityKind::parse(&self.entity).ok_or_else(|| unreadable(format!("unknown entity {:?}", self.entity)))?;
+        let operation = Operation::parse(&self.operation)
+            .ok_or_else(|| unreadable(format!("unknown operation {:?}", self.operation)))?;
+        Ok(OutboxRow {
+            id: self.id,
+            connector: self.connector,
+            location_id: self.location_id,
+            entity,
+            entity_id: self.entity_id,
+            contact_id: self.contact_id,
+            operation,
+            record: self.record,
+            content_hash: self.content_hash,
+            revision: self.revision,
+            idempotency_key: self.idempotency_key,
+            attempts: self.attempts,
+            changed_at: self.changed_at,
+        })
+    }
+}
+
+/// Up to `limit` pending rows of `connector` due at `now`, oldest first.
+pub async fn due(
+    store: &Store,
+    connector: &str,
+    now: i64,
+    limit: usize,
+) -> Result<Vec<Result<OutboxRow, UnreadableRow>>, StoreError> {
+    let rows: Vec<StoredRow> = sqlx::query_as(
+        "SELECT id, connector, location_id, entity, entity_id, contact_id, operation, record, content_hash, revision, \
+         idempotency_key, attempts, changed_at FROM outbox \
+         WHERE connector = ? AND status = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
     )
-    .bind(location_id)
-    .bind(entity.as_str())
-    .bind(raw)
-    .bind(reason)
-    .bind(now_ms())
+    .bind(connector)
+    .bind(now)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(store.read_pool())
+    .await?;
+    Ok(rows.into_iter().map(StoredRow::typed).collect())
+}
+
+/// What happened to one delivered row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The target took it: the row is done.
+    Delivered,
+    /// Deliberately not delivered (a filter): the row is done, with the reason as its note.
+    Skipped(String),
+    /// A retryable failure: one attempt is counted, the next one is due at `at` (epoch ms).
+    Retry { at: i64, error: String },
+    /// Held back by the connector: no attempt is counted, the next one is due at `at`.
+    Parked { at: i64, reason: String },
+    /// Refused for good, out of attempts or unreadable: moved to dead letters.
+    Dead(String),
+}
+
+/// The outcome of one row of a batch, as plain data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryOutcome {
+    pub row: RowVersion,
+    pub verdict: Verdict,
+}
+
+/// Records a batch's outcomes in one short write transaction. Each applies only while its row
+/// is still pending with the delivered content; the answer says, per outcome, whether it
+/// applied (`false`: the row was replaced in flight and stays pending with the newer change).
+pub async fn record_outcomes(store: &Store, outcomes: &[DeliveryOutcome]) -> Result<Vec<bool>, StoreError> {
+    let mut applied = Vec::with_capacity(outcomes.len());
+    if outcomes.is_empty() {
+        return Ok(applied);
+    }
+    let now = now_ms();
+    let mut tx = store.begin_write("delivery_outcomes").await?;
+    for outcome in outcomes {
+        let row = &outcome.row;
+        let done = match &outcome.verdict {
+            Verdict::Delivered => {
+                update(&mut tx, row, Update { done: true, attempt: 1, next_at: None, note: None }, now).await?
+            }
+            Verdict::Skipped(reason) => {
+                update(&mut tx, row, Update { done: true, attempt: 1, next_at: None, note: Some(reason) }, now).await?
+            }
+            Verdict::Retry { at, error } => {
+                update(&mut tx, row, Update { done: false, attempt: 1, next_at: Some(*at), note: Some(error) }, now)
+                    .await?
+            }
+            Verdict::Parked { at, reason } => {
+                update(&mut tx, row, Update { done: false, attempt: 0, next_at: Some(*at), note: Some(reason) }, now)
+                    .await?
+            }
+            Verdict::Dead(reason) => dead_letters::move_from_outbox(&mut tx, row, reason, now).await?,
+        };
+        applied.push(done);
+    }
+    tx.commit().await?;
+    Ok(applied)
+}
+
+struct Update<'a> {
+    done: bool,
+    attempt: i64,
+    next_at: Option<i64>,
+    note: Option<&'a str>,
+}
+
+async fn update(
+    conn: &mut SqliteConnection,
+    row: &RowVersion,
+    update: Update<'_>,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE outbox SET status = ?, attempts = attempts + ?, next_attempt_at = COALESCE(?, next_attempt_at), \
+         last_error = ?, updated_at = ? WHERE id = ? AND content_hash = ? AND status = 'pending'",
+    )
+    .bind(if update.done { "done" } else { "pending" })
+    .bind(update.attempt)
+    .bind(update.next_at)
+    .bind(update.note)
+    .bind(now)
+    .bind(row.id)
+    .bind(&row.content_hash)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
+}
+
+/// Whether a newer version of the record than (`revision`, `changed_at`) was delivered to
+/// `connector` (and not pruned yet). Revisions compare when both are known; rows written
+/// before revisions existed compare by `changed_at`.
+pub(super) async fn newer_delivered(
+    conn: &mut SqliteConnection,
+    connector: &str,
+    entity: EntityKind,
+    entity_id: &str,
+    revision: i64,
+    changed_at: i64,
+) -> Result<bool, StoreError> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM outbox WHERE connector = ?1 AND entity = ?2 AND entity_id = ?3 AND status = 'done' \
+         AND CASE WHEN ?4 > 0 AND revision > 0 THEN revision > ?4 ELSE changed_at > ?5 END LIMIT 1",
+    )
+    .bind(connector)
+    .bind(entity.as_str())
+    .bind(entity_id)
+    .bind(revision)
+    .bind(changed_at)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(found.is_some())
+}
+
+/// Rows deleted per prune transaction, so housekeeping never holds the writer for long.
+const PRUNE_CHUNK: i64 = 2_000;
+
+/// Deletes delivered rows last touched before `before`, in short transactions. Returns how many.
+pub async fn prune(store: &Store, before: i64) -> Result<u64, StoreError> {
+    let mut pruned = 0;
+    loop {
+        let mut tx = store.begin_write("outbox_prune").await?;
+        let done = sqlx::query(
+            "DELETE FROM outbox WHERE id IN \
+             (SELECT id FROM outbox WHERE status = 'done' AND updated_at < ? ORDER BY id LIMIT ?)",
+        )
+        .bind(before)
+        .bind(PRUNE_CHUNK)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        pruned += done.rows_affected();
+        if done.rows_affected() < PRUNE_CHUNK as u64 {
+            return Ok(pruned);
+        }
+    }
+}
+
+/// The pending queue of one connector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub connector: String,
+    pub pending: i64,
+    /// `created_at` of the oldest pending row (epoch ms).
+    pub oldest_created_at: i64,
+}
+
+/// Pending rows per connector (connectors with none are absent), by connector id.
+pub async fn depth(store: &Store) -> Result<Vec<QueueDepth>, StoreError> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT connector, COUNT(*), MIN(created_at) FROM outbox WHERE status = 'pending' \
+         GROUP BY connector ORDER BY connector",
+    )
+    .fetch_all(store.read_pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(connector, pending, oldest_created_at)| QueueDepth { connector, pending, oldest_created_at })
+        .collect())
 }
 
 #[cfg(test)]
@@ -142,11 +420,7 @@ mod tests {
     use super::*;
     use crate::store::Store;
 
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&dir.path().join("t.db"), std::time::Duration::from_secs(1)).await.unwrap();
-        (dir, store)
-    }
+    use crate::store::temp_store as store;
 
     fn change<'a>(id: &'a str, op: Operation, hash: &'a [u8; 32], revision: i64, record: &'a [u8]) -> NewChange<'a> {
         NewChange {
@@ -229,5 +503,92 @@ mod tests {
             .unwrap();
         tx.commit().await.unwrap();
         assert_eq!(rows(&store).await.len(), 2);
+    }
+
+    async fn put(store: &Store, change: NewChange<'_>) {
+        enqueue_all(store, "test", &[(change, None)], EnqueuePolicy::Fold).await.unwrap();
+    }
+
+    async fn due_rows(store: &Store) -> Vec<OutboxRow> {
+        due(store, "webhook.a", i64::MAX, 100).await.unwrap().into_iter().map(Result::unwrap).collect()
+    }
+
+    #[tokio::test]
+    async fn outcomes_apply_only_to_the_delivered_content_in_one_transaction() {
+        let (_dir, store) = store().await;
+        let changes: Vec<_> = ["c1", "c2", "c3", "c4", "c5"]
+            .iter()
+            .map(|id| (change(id, Operation::Updated, &[1; 32], 1, b"v1"), None))
+            .collect();
+        enqueue_all(&store, "test", &changes, EnqueuePolicy::Fold).await.unwrap();
+        let rows = due_rows(&store).await;
+        assert_eq!(rows.len(), 5);
+        // c5 is replaced while in flight.
+        put(&store, change("c5", Operation::Updated, &[2; 32], 2, b"v2")).await;
+        let verdicts = [
+            Verdict::Delivered,
+            Verdict::Skipped("filtered".into()),
+            Verdict::Retry { at: 7, error: "attempt 1 failed".into() },
+            Verdict::Parked { at: 9, reason: "budget".into() },
+            Verdict::Dead("refused".into()),
+        ];
+        let outcomes: Vec<_> =
+            rows.iter().zip(verdicts).map(|(row, verdict)| DeliveryOutcome { row: row.version(), verdict }).collect();
+        let applied = record_outcomes(&store, &outcomes).await.unwrap();
+        assert_eq!(applied, vec![true, true, true, true, false], "the replaced row stays pending");
+        let state: Vec<(String, String, i64, i64, Option<String>)> =
+            sqlx::query_as("SELECT entity_id, status, attempts, next_attempt_at, last_error FROM outbox ORDER BY id")
+                .fetch_all(store.read_pool())
+                .await
+                .unwrap();
+        assert_eq!(state[0].1, "done");
+        assert_eq!((state[1].1.as_str(), state[1].4.as_deref()), ("done", Some("filtered")));
+        assert_eq!((state[2].1.as_str(), state[2].2, state[2].3), ("pending", 1, 7));
+        assert_eq!((state[3].1.as_str(), state[3].2, state[3].3), ("pending", 0, 9), "parking is not an attempt");
+        assert_eq!((state[4].0.as_str(), state[4].1.as_str(), state[4].2), ("c5", "pending", 0));
+        assert!(super::dead_letters::list(&store, None, 10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_keeps_the_revision_and_key_of_the_row() {
+        let (_dir, store) = store().await;
+        put(&store, change("c1", Operation::Created, &[3; 32], 4, b"v4")).await;
+        let row = due_rows(&store).await.remove(0);
+        let dead = DeliveryOutcome { row: row.version(), verdict: Verdict::Dead("refused".into()) };
+        assert_eq!(record_outcomes(&store, &[dead]).await.unwrap(), vec![true]);
+        assert!(due_rows(&store).await.is_empty());
+        let letters = super::dead_letters::list(&store, None, 10).await.unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!((letters[0].revision, letters[0].attempts, letters[0].reason.as_str()), (Some(4), 1, "refused"));
+        let key: String =
+            sqlx::query_scalar("SELECT idempotency_key FROM dead_letters").fetch_one(store.read_pool()).await.unwrap();
+        assert_eq!(key, row.idempotency_key);
+    }
+
+    #[tokio::test]
+    async fn a_row_of_an_unknown_kind_is_reported_unreadable_not_dropped() {
+        let (_dir, store) = store().await;
+        put(&store, change("c1", Operation::Created, &[3; 32], 1, b"v")).await;
+        let mut tx = store.begin_write("test").await.unwrap();
+        sqlx::query("UPDATE outbox SET entity = 'opportunity'").execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        let rows = due(&store, "webhook.a", i64::MAX, 10).await.unwrap();
+        let Err(unreadable) = &rows[0] else { panic!("{rows:?}") };
+        assert_eq!(unreadable.reason, "unknown entity \"opportunity\"");
+    }
+
+    #[tokio::test]
+    async fn prune_deletes_only_old_delivered_rows_and_depth_counts_pending_ones() {
+        let (_dir, store) = store().await;
+        let changes: Vec<_> =
+            ["c1", "c2", "c3"].iter().map(|id| (change(id, Operation::Updated, &[1; 32], 1, b"v"), None)).collect();
+        enqueue_all(&store, "test", &changes, EnqueuePolicy::Fold).await.unwrap();
+        let row = due_rows(&store).await.remove(0);
+        record_outcomes(&store, &[DeliveryOutcome { row: row.version(), verdict: Verdict::Delivered }]).await.unwrap();
+        assert_eq!(prune(&store, 0).await.unwrap(), 0, "too recent");
+        assert_eq!(prune(&store, i64::MAX).await.unwrap(), 1);
+        let depth = depth(&store).await.unwrap();
+        assert_eq!(depth.len(), 1);
+        assert_eq!((depth[0].connector.as_str(), depth[0].pending), ("webhook.a", 2));
     }
 }

@@ -1,23 +1,56 @@
-//! The `runs` table (one row per sync pass or reconciliation, for `status` and the status
-//! page) and `request_budget` (GHL requests per location and UTC day).
+//! `runs`: one row per sync run, for `status`, the status page and the daily request counts.
+//!
+//! Contract:
+//! - A run's row is written when it starts ([`start`]), **while it runs** ([`record_progress`],
+//!   after each committed page or chunk) and when it ends ([`finish`]). The figures are the
+//!   run's totals so far, so the status screens show a long first pass as it goes instead
+//!   of "running, 0 changes" until it ends.
+//! - The run's requests and 429s also count towards the location's daily counters
+//!   (`store::daily`): each call adds only what grew since the run's previous call, in the
+//!   same transaction that records it, so a run's requests are counted once however often
+//!   it records progress (and a crash loses at most the last page's worth).
+//! - Inside another store transaction (a page commit in the snapshot) use
+//!   [`record_progress_in`]: no extra commit per page.
 
+use sqlx::SqliteConnection;
+
+use super::daily::{self, DailyCounts};
 use super::{Store, StoreError, now_ms};
-use crate::domain::normalize::format_timestamp_ms;
 
-/// What a finished run reports.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RunCounts {
+/// A run's totals so far (or at its end).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunProgress {
     pub pages: u64,
     pub records_seen: u64,
     pub changes: u64,
+    /// GHL requests made by the run.
     pub requests: u64,
+    /// GHL 429 answers the run's requests received.
+    pub rate_limited: u64,
 }
 
-fn int(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    Ok,
+    Failed,
 }
 
-/// Opens a run row (`running`) and returns its id.
+impl RunOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Ok => "ok",
+            RunOutcome::Failed => "failed",
+        }
+    }
+}
+
+fn as_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Records the start of a run of `kind` (contacts | children | reconcile | dirty) for
+/// `location`; returns its id.
 pub async fn start(store: &Store, location: &str, kind: &str) -> Result<i64, StoreError> {
     let mut tx = store.begin_write("run_start").await?;
     let id: i64 = sqlx::query_scalar("INSERT INTO runs (location_id, kind, started_at) VALUES (?, ?, ?) RETURNING id")
@@ -30,39 +63,128 @@ pub async fn start(store: &Store, location: &str, kind: &str) -> Result<i64, Sto
     Ok(id)
 }
 
-/// Closes a run with its counts and outcome, and books its requests to today's budget.
-pub async fn finish(
-    store: &Store,
-    id: i64,
-    location: &str,
-    counts: RunCounts,
-    error: Option<&str>,
+/// Records a running run's totals so far (after a committed page), in its own transaction.
+pub async fn record_progress(store: &Store, run_id: i64, progress: &RunProgress) -> Result<(), StoreError> {
+    let mut tx = store.begin_write("run_progress").await?;
+    record_progress_in(&mut tx, run_id, progress, now_ms()).await?;
+    tx.commit().await
+}
+
+/// [`record_progress`] inside the caller's write transaction.
+pub(crate) async fn record_progress_in(
+    conn: &mut SqliteConnection,
+    run_id: i64,
+    progress: &RunProgress,
+    now: i64,
 ) -> Result<(), StoreError> {
-    let outcome = if error.is_some() { "failed" } else { "ok" };
-    let mut tx = store.begin_write("run_finish").await?;
+    if count_growth(conn, run_id, progress, now).await?.is_none() {
+        return Ok(());
+    }
     sqlx::query(
-        "UPDATE runs SET finished_at = ?, outcome = ?, pages = ?, records_seen = ?, changes = ?, requests = ?, error = ? \
+        "UPDATE runs SET pages = ?, records_seen = ?, changes = ?, requests = ?, rate_limited = ?, progress_at = ? \
          WHERE id = ?",
     )
-    .bind(now_ms())
-    .bind(outcome)
-    .bind(int(counts.pages))
-    .bind(int(counts.records_seen))
-    .bind(int(counts.changes))
-    .bind(int(counts.requests))
-    .bind(error)
-    .bind(id)
-    .execute(&mut *tx)
+    .bind(as_i64(progress.pages))
+    .bind(as_i64(progress.records_seen))
+    .bind(as_i64(progress.changes))
+    .bind(as_i64(progress.requests))
+    .bind(as_i64(progress.rate_limited))
+    .bind(now)
+    .bind(run_id)
+    .execute(&mut *conn)
     .await?;
-    let day: String = format_timestamp_ms(now_ms()).chars().take(10).collect();
-    sqlx::query(
-        "INSERT INTO request_budget (location_id, day, requests) VALUES (?, ?, ?) \
-         ON CONFLICT (location_id, day) DO UPDATE SET requests = requests + excluded.requests",
-    )
-    .bind(location)
-    .bind(day)
-    .bind(int(counts.requests))
-    .execute(&mut *tx)
-    .await?;
+    Ok(())
+}
+
+/// Records how a run ended with its final totals (and its error, which must carry no
+/// personal data: ids and status codes only).
+pub async fn finish(
+    store: &Store,
+    run_id: i64,
+    progress: &RunProgress,
+    outcome: RunOutcome,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    let now = now_ms();
+    let mut tx = store.begin_write("run_finish").await?;
+    if count_growth(&mut tx, run_id, progress, now).await?.is_some() {
+        sqlx::query(
+            "UPDATE runs SET finished_at = ?, outcome = ?, pages = ?, records_seen = ?, changes = ?, requests = ?, \
+             rate_limited = ?, progress_at = ?, error = ? WHERE id = ?",
+        )
+        .bind(now)
+        .bind(outcome.as_str())
+        .bind(as_i64(progress.pages))
+        .bind(as_i64(progress.records_seen))
+        .bind(as_i64(progress.changes))
+        .bind(as_i64(progress.requests))
+        .bind(as_i64(progress.rate_limited))
+        .bind(now)
+        .bind(error)
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await
+}
+
+/// Adds what the run's requests and 429s grew by since its last record to the location's
+/// daily counters. Returns the run's location (None: no such run, nothing to do).
+async fn count_growth(
+    conn: &mut SqliteConnection,
+    run_id: i64,
+    progress: &RunProgress,
+    now: i64,
+) -> Result<Option<String>, StoreError> {
+    let row: Option<(String, i64, i64)> =
+        sqlx::query_as("SELECT location_id, requests, rate_limited FROM runs WHERE id = ?")
+            .bind(run_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some((location, requests, rate_limited)) = row else { return Ok(None) };
+    let growth = DailyCounts {
+        requests: (as_i64(progress.requests) - requests).max(0),
+        rate_limited: (as_i64(progress.rate_limited) - rate_limited).max(0),
+        webhooks: 0,
+    };
+    daily::add_in(conn, &location, &daily::utc_day(now), growth).await?;
+    Ok(Some(location))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn progress_counts_each_request_once_however_often_it_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&dir.path().join("t.db"), std::time::Duration::from_secs(5)).await.unwrap();
+        let today = daily::utc_day(now_ms());
+        let run = start(&store, "loc", "contacts").await.unwrap();
+        let mut progress = RunProgress { pages: 1, records_seen: 100, changes: 100, requests: 3, rate_limited: 1 };
+        record_progress(&store, run, &progress).await.unwrap();
+        record_progress(&store, run, &progress).await.unwrap();
+        assert_eq!(daily::read(&store, "loc", &today).await.unwrap().requests, 3);
+        progress.pages = 2;
+        progress.requests = 7;
+        record_progress(&store, run, &progress).await.unwrap();
+        let (pages, requests, outcome): (i64, i64, String) =
+            sqlx::query_as("SELECT pages, requests, outcome FROM runs WHERE id = ?")
+                .bind(run)
+                .fetch_one(store.read_pool())
+                .await
+                .unwrap();
+        assert_eq!((pages, requests, outcome.as_str()), (2, 7, "running"));
+        progress.requests = 8;
+        finish(&store, run, &progress, RunOutcome::Ok, None).await.unwrap();
+        let counts = daily::read(&store, "loc", &today).await.unwrap();
+        assert_eq!((counts.requests, counts.rate_limited), (8, 1));
+        // A run that never recorded progress counts its requests at the end, as before.
+        let other = start(&store, "loc", "reconcile").await.unwrap();
+        let end = RunProgress { requests: 5, ..RunProgress::default() };
+        finish(&store, other, &end, RunOutcome::Failed, Some("GHL answered 500")).await.unwrap();
+        assert_eq!(daily::read(&store, "loc", &today).await.unwrap().requests, 13);
+        // An unknown run is ignored.
+        record_progress(&store, 9_999, &progress).await.unwrap();
+    }
 }

@@ -13,7 +13,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde_json::{Map, Value};
 use sqlx::{Row, SqliteConnection};
 
-use super::outbox::{EnqueuePolicy, NewChange, dead_letter_record, enqueue};
+use super::dead_letters::dead_letter_record;
+use super::outbox::{EnqueuePolicy, NewChange, enqueue};
 use super::{Store, StoreError, codec, cursors, now_ms, writebacks};
 use crate::domain::diff::{ChildRecord, KnownChild, contact_change, diff_children, is_completed};
 use crate::domain::normalize::{Hash, ReadPath, contact_hash, fill_from_snapshot, get_only_changed};
@@ -613,4 +614,224 @@ pub async fn reconcile_candidates(store: &Store, location: &str, started: i64) -
     .bind(started)
     .fetch_all(store.read_pool())
     .await?)
+}
+
+// --- Reads for exports and `check` -------------------------------------------------------
+// (Kept at the end of the file: the sync engine's snapshot writes live above.)
+
+/// One step of [`scan_location_contacts`].
+#[derive(Debug)]
+pub enum ScanItem<'a> {
+    /// The number of contacts of the location (first, once).
+    Total(u64),
+    /// A pass over the contacts begins (0-based).
+    Pass(u32),
+    /// One contact of pass `pass`, in contact id order.
+    Contact { pass: u32, contact_id: &'a str, record: &'a serde_json::Value },
+}
+
+/// Streams one location's contacts `passes` times to `visit`, in contact id order, inside one
+/// read transaction on the read pool: every pass sees the same snapshot while the daemon
+/// keeps writing, and the writer is never taken. Memory stays flat (rows are streamed).
+/// Stops at the first error `visit` returns. A record that does not decode is
+/// [`StoreError::Corrupt`](super::StoreError::Corrupt) naming the contact.
+pub async fn scan_location_contacts<E, F>(
+    store: &super::Store,
+    location: &str,
+    passes: u32,
+    mut visit: F,
+) -> Result<(), E>
+where
+    E: From<super::StoreError>,
+    F: FnMut(ScanItem<'_>) -> Result<(), E>,
+{
+    use super::StoreError;
+    use futures_util::TryStreamExt as _;
+    const ROWS: &str = "SELECT contact_id, record FROM contacts WHERE location_id = ? ORDER BY contact_id";
+    let mut tx = store.read_pool().begin().await.map_err(StoreError::from)?;
+    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE location_id = ?")
+        .bind(location)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(StoreError::from)?;
+    visit(ScanItem::Total(u64::try_from(total).unwrap_or(0)))?;
+    for pass in 0..passes {
+        visit(ScanItem::Pass(pass))?;
+        let mut rows = sqlx::query_as::<_, (String, Vec<u8>)>(ROWS).bind(location).fetch(&mut *tx);
+        while let Some((contact_id, record)) = rows.try_next().await.map_err(StoreError::from)? {
+            let record = super::codec::unpack(&record).map_err(|e| naming_contact(e, &contact_id))?;
+            visit(ScanItem::Contact { pass, contact_id: &contact_id, record: &record })?;
+        }
+    }
+    tx.rollback().await.map_err(StoreError::from)?;
+    Ok(())
+}
+
+/// A decoding error that names the contact whose record it is.
+fn naming_contact(error: super::StoreError, contact_id: &str) -> super::StoreError {
+    match error {
+        super::StoreError::Corrupt(why) => super::StoreError::Corrupt(format!("contact {contact_id}: {why}")),
+        other => other,
+    }
+}
+
+/// A contact of the snapshot, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredContact {
+    pub location_id: String,
+    pub contact_id: String,
+    pub record: serde_json::Value,
+    /// GHL's `dateUpdated`, else when the snapshot last changed (epoch ms).
+    pub changed_at: i64,
+}
+
+/// The `limit` most recently updated contacts of the snapshot, newest first.
+pub async fn recent_contacts(store: &super::Store, limit: u32) -> Result<Vec<StoredContact>, super::StoreError> {
+    let rows: Vec<(String, String, Vec<u8>, i64)> = sqlx::query_as(
+        "SELECT location_id, contact_id, record, COALESCE(date_updated_ms, updated_at) \
+         FROM contacts ORDER BY updated_at DESC LIMIT ?",
+    )
+    .bind(limit)
+    .fetch_all(store.read_pool())
+    .await?;
+    rows.into_iter()
+        .map(|(location_id, contact_id, record, changed_at)| {
+            let record = super::codec::unpack(&record).map_err(|e| naming_contact(e, &contact_id))?;
+            Ok(StoredContact { location_id, contact_id, record, changed_at })
+        })
+        .collect()
+}
+
+// ---- Reads for delivery: the dispatcher's parent context, `dlq retry` and `replay`. ----
+
+/// The current snapshot of a contact, unpacked, when the store has a readable one (a task or
+/// note delivery carries it as context; a corrupt one only loses that context).
+pub async fn contact_record(store: &Store, location_id: &str, contact_id: &str) -> Result<Option<Value>, StoreError> {
+    let blob: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT record FROM contacts WHERE location_id = ? AND contact_id = ?")
+            .bind(location_id)
+            .bind(contact_id)
+            .fetch_optional(store.read_pool())
+            .await?;
+    Ok(blob.and_then(|b| codec::unpack(&b).ok()))
+}
+
+/// The current version of one snapshot record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordVersion {
+    pub location_id: String,
+    pub entity: EntityKind,
+    pub entity_id: String,
+    /// The contact itself, or the task's / note's contact.
+    pub contact_id: String,
+    pub revision: i64,
+    pub content_hash: [u8; 32],
+    /// `codec::pack` of the record.
+    pub record: Vec<u8>,
+    /// `dateUpdated` for contacts (when known), else when the snapshot last changed (epoch ms).
+    pub changed_at: i64,
+}
+
+impl RecordVersion {
+    /// This version as an outbox change for `connector` (its key: the key of this version).
+    pub fn change<'a>(&'a self, connector: &'a str, operation: Operation) -> NewChange<'a> {
+        NewChange {
+            connector,
+            location_id: &self.location_id,
+            entity: self.entity,
+            entity_id: &self.entity_id,
+            contact_id: Some(&self.contact_id),
+            operation,
+            record: &self.record,
+            content_hash: &self.content_hash,
+            revision: self.revision,
+            changed_at: self.changed_at,
+        }
+    }
+}
+
+/// Which snapshot records [`record_versions`] returns (every field narrows; none: all).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VersionFilter {
+    pub location: Option<String>,
+    /// One contact and its tasks and notes.
+    pub contact: Option<String>,
+    /// Only records changed at or after this time (epoch ms).
+    pub since_ms: Option<i64>,
+}
+
+/// Current versions of the snapshot records `filter` selects: contacts, then tasks and notes.
+pub async fn record_versions(store: &Store, filter: &VersionFilter) -> Result<Vec<RecordVersion>, StoreError> {
+    let mut conn = store.read_pool().acquire().await?;
+    let mut versions = select_versions(&mut conn, filter, None, &[EntityKind::Contact]).await?;
+    versions.extend(select_versions(&mut conn, filter, None, &[EntityKind::Task, EntityKind::Note]).await?);
+    Ok(versions)
+}
+
+/// The current version of one record, read on `conn` (inside a caller's transaction).
+pub(crate) async fn record_version_on(
+    conn: &mut SqliteConnection,
+    location_id: &str,
+    entity: EntityKind,
+    entity_id: &str,
+) -> Result<Option<RecordVersion>, StoreError> {
+    let filter = VersionFilter { location: Some(location_id.to_owned()), ..VersionFilter::default() };
+    Ok(select_versions(conn, &filter, Some(entity_id), &[entity]).await?.pop())
+}
+
+/// Versions of one table: contacts when `kinds` is `[Contact]`, else the children of `kinds`.
+async fn select_versions(
+    conn: &mut SqliteConnection,
+    filter: &VersionFilter,
+    entity_id: Option<&str>,
+    kinds: &[EntityKind],
+) -> Result<Vec<RecordVersion>, StoreError> {
+    type Row = (String, String, String, String, i64, Vec<u8>, Vec<u8>, i64);
+    let rows: Vec<Row> = if kinds == [EntityKind::Contact] {
+        sqlx::query_as(
+            "SELECT location_id, 'contact', contact_id, contact_id, revision, hash, record, \
+             COALESCE(date_updated_ms, updated_at) FROM contacts \
+             WHERE (?1 IS NULL OR location_id = ?1) AND (?2 IS NULL OR contact_id = ?2) \
+             AND (?3 IS NULL OR COALESCE(date_updated_ms, updated_at) >= ?3) AND (?4 IS NULL OR contact_id = ?4) \
+             ORDER BY location_id, contact_id",
+        )
+        .bind(&filter.location)
+        .bind(&filter.contact)
+        .bind(filter.since_ms)
+        .bind(entity_id)
+        .fetch_all(&mut *conn)
+        .await?
+    } else {
+        let kind = |i: usize| kinds.get(i).or(kinds.first()).map(|k| k.as_str());
+        sqlx::query_as(
+            "SELECT location_id, kind, child_id, contact_id, revision, hash, record, updated_at FROM children \
+             WHERE (?1 IS NULL OR location_id = ?1) AND (?2 IS NULL OR contact_id = ?2) \
+             AND (?3 IS NULL OR updated_at >= ?3) AND (?4 IS NULL OR child_id = ?4) AND kind IN (?5, ?6) \
+             ORDER BY location_id, kind, child_id",
+        )
+        .bind(&filter.location)
+        .bind(&filter.contact)
+        .bind(filter.since_ms)
+        .bind(entity_id)
+        .bind(kind(0))
+        .bind(kind(1))
+        .fetch_all(&mut *conn)
+        .await?
+    };
+    rows.into_iter()
+        .map(|(location_id, entity, entity_id, contact_id, revision, hash, record, changed_at)| {
+            let corrupt =
+                || StoreError::Corrupt(format!("snapshot {entity} {entity_id} has an unreadable hash or kind"));
+            Ok(RecordVersion {
+                entity: EntityKind::parse(&entity).ok_or_else(corrupt)?,
+                content_hash: <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| corrupt())?,
+                location_id,
+                entity_id,
+                contact_id,
+                revision,
+                record,
+                changed_at,
+            })
+        })
+        .collect()
 }

@@ -5,10 +5,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ghl_sync::cli::dlq::{self as dcli, ReplayFilter, Retried};
+use ghl_sync::cli::dlq as dcli;
+use ghl_sync::cli::replay::{self as rcli, ReplayFilter};
 use ghl_sync::config::{Config, ConfigSource, load_from_str};
 use ghl_sync::connectors::{self, Connector};
-use ghl_sync::dispatch::{Dispatcher, idempotency_key};
+use ghl_sync::dispatch::Dispatcher;
+use ghl_sync::domain::{EntityKind, Operation, idempotency_key};
+use ghl_sync::store::dead_letters::{self, Retried};
+use ghl_sync::store::outbox::{self, EnqueuePolicy, NewChange};
 use ghl_sync::store::{Store, codec, now_ms};
 use ghl_sync_sandbox::sink::{Delivery as SinkDelivery, SinkMode};
 use ghl_sync_sandbox::{Sandbox, SandboxOptions};
@@ -53,14 +57,14 @@ impl Env {
 
     async fn pending(&self) -> i64 {
         sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")
-            .fetch_one(self.store.pool())
+            .fetch_one(self.store.read_pool())
             .await
             .unwrap()
     }
 
     async fn dead(&self) -> Vec<(String, String, String)> {
         sqlx::query_as("SELECT connector, entity_id, reason FROM dead_letters ORDER BY id")
-            .fetch_all(self.store.pool())
+            .fetch_all(self.store.read_pool())
             .await
             .unwrap()
     }
@@ -78,86 +82,77 @@ impl Env {
     }
 }
 
-fn hash(record: &Value) -> Vec<u8> {
-    Sha256::digest(serde_json::to_vec(record).unwrap()).to_vec()
+fn hash(record: &Value) -> [u8; 32] {
+    Sha256::digest(serde_json::to_vec(record).unwrap()).into()
 }
 
-/// Writes a change the way the sync engine does: one pending row per record; a newer change
-/// overwrites the pending row (created + updated stays created).
+/// The record version a test record stands for: its `version` field (1 without one).
+fn revision(record: &Value) -> i64 {
+    record["version"].as_i64().unwrap_or(1)
+}
+
+/// The key the outbox gives a test record's version for `connector`.
+fn key_of(connector: &str, entity: &str, id: &str, record: &Value) -> String {
+    idempotency_key(connector, EntityKind::parse(entity).unwrap(), id, revision(record), &hash(record), "")
+}
+
+/// The idempotency key each entity id was delivered under (the last one when several).
+fn keys_by_entity(deliveries: &[SinkDelivery]) -> BTreeMap<String, String> {
+    deliveries
+        .iter()
+        .map(|d| {
+            let entity_id = d.json().unwrap()["entity_id"].as_str().unwrap().to_owned();
+            (entity_id, d.header("idempotency-key").unwrap().to_owned())
+        })
+        .collect()
+}
+
+/// Writes a change the way the sync engine does (`store::outbox::enqueue`, `Fold`): one pending
+/// row per record; a newer change folds into the pending row (created + updated stays created).
 async fn put(store: &Store, connector: &str, entity: &str, id: &str, contact: &str, operation: &str, record: &Value) {
-    let now = now_ms();
+    let packed = codec::pack(record);
     let content_hash = hash(record);
-    let pending: Option<(i64, String)> = sqlx::query_as(
-        "SELECT id, operation FROM outbox WHERE connector = ? AND entity = ? AND entity_id = ? AND status = 'pending'",
-    )
-    .bind(connector)
-    .bind(entity)
-    .bind(id)
-    .fetch_optional(store.pool())
-    .await
-    .unwrap();
-    match pending {
-        Some((row_id, old_op)) => {
-            let op = if old_op == "created" && operation == "updated" { "created" } else { operation };
-            let key = idempotency_key(connector, entity, id, &content_hash, op);
-            sqlx::query(
-                "UPDATE outbox SET operation = ?, record = ?, content_hash = ?, idempotency_key = ?, changed_at = ?, \
-                 next_attempt_at = ?, updated_at = ? WHERE id = ?",
-            )
-            .bind(op)
-            .bind(codec::pack(record))
-            .bind(&content_hash)
-            .bind(key)
-            .bind(now)
-            .bind(now)
-            .bind(now)
-            .bind(row_id)
-            .execute(store.pool())
-            .await
-            .unwrap();
-        }
-        None => {
-            let key = idempotency_key(connector, entity, id, &content_hash, operation);
-            sqlx::query(
-                "INSERT INTO outbox (connector, location_id, entity, entity_id, contact_id, operation, record, \
-                 content_hash, idempotency_key, status, attempts, next_attempt_at, changed_at, created_at, updated_at) \
-                 VALUES (?, 'loc1', ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)",
-            )
-            .bind(connector)
-            .bind(entity)
-            .bind(id)
-            .bind(contact)
-            .bind(operation)
-            .bind(codec::pack(record))
-            .bind(&content_hash)
-            .bind(key)
-            .bind(now)
-            .bind(now)
-            .bind(now)
-            .bind(now)
-            .execute(store.pool())
-            .await
-            .unwrap();
-        }
-    }
+    let change = NewChange {
+        connector,
+        location_id: "loc1",
+        entity: EntityKind::parse(entity).unwrap(),
+        entity_id: id,
+        contact_id: Some(contact),
+        operation: Operation::parse(operation).unwrap(),
+        record: &packed,
+        content_hash: &content_hash,
+        revision: revision(record),
+        changed_at: now_ms(),
+    };
+    outbox::enqueue_all(store, "test", &[(change, None)], EnqueuePolicy::Fold).await.unwrap();
 }
 
-/// The sync engine's snapshot of a contact.
+/// The sync engine's snapshot of a contact (its revision: the record's `version`).
 async fn snapshot(store: &Store, id: &str, record: &Value) {
     let now = now_ms();
+    let mut tx = store.begin_write("test").await.unwrap();
     sqlx::query(
-        "INSERT OR REPLACE INTO contacts (location_id, contact_id, hash, record, date_updated_ms, first_seen_at, updated_at) \
-         VALUES ('loc1', ?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO contacts (location_id, contact_id, hash, record, date_updated_ms, first_seen_at, \
+         revision, updated_at) VALUES ('loc1', ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(id)
-    .bind(hash(record))
+    .bind(&hash(record)[..])
     .bind(codec::pack(record))
     .bind(now)
     .bind(now)
+    .bind(revision(record))
     .bind(now)
-    .execute(store.pool())
+    .execute(&mut *tx)
     .await
     .unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// Idempotency keys of the deliveries `name` received (all attempts), in arrival order.
+fn received_keys(env: &Env, name: &str, accepted_only: bool) -> Vec<String> {
+    let deliveries =
+        if accepted_only { env.sandbox.sink.accepted(Some(name)) } else { env.sandbox.sink.deliveries(Some(name)) };
+    deliveries.iter().map(|d| d.header("idempotency-key").unwrap().to_owned()).collect()
 }
 
 fn contact(id: &str, version: u32) -> Value {
@@ -189,7 +184,7 @@ async fn every_outbox_row_becomes_exactly_one_accepted_delivery_per_connector() 
         let record = contact(&id, 1);
         snapshot(&env.store, &id, &record).await;
         put(&env.store, "webhook.crm", "contact", &id, &id, "created", &record).await;
-        expected_keys.insert(idempotency_key("webhook.crm", "contact", &id, &hash(&record), "created"));
+        expected_keys.insert(key_of("webhook.crm", "contact", &id, &record));
     }
     for i in 0..5 {
         let task =
@@ -199,7 +194,7 @@ async fn every_outbox_row_becomes_exactly_one_accepted_delivery_per_connector() 
                 put(&env.store, connector.id(), "task", &format!("t{i}"), "c01", "completed", &task).await;
             }
         }
-        expected_keys.insert(idempotency_key("webhook.crm", "task", &format!("t{i}"), &hash(&task), "completed"));
+        expected_keys.insert(key_of("webhook.crm", "task", &format!("t{i}"), &task));
     }
     assert!(!connectors[1].interested("contact.created", "loc1"));
 
@@ -334,8 +329,9 @@ async fn a_change_that_replaces_a_row_in_flight_is_delivered_after_it_not_lost()
     tokio::time::sleep(Duration::from_millis(100)).await;
     put(&env.store, "webhook.crm", "contact", "c1", "c1", "updated", &contact("c1", 2)).await;
     let summary = pass.await.unwrap();
+    // The first outcome did not touch the replaced row: it stayed pending and (being due)
+    // went out after the first delivery.
     assert_eq!(summary.total().superseded, 1);
-    assert_eq!(env.pending().await, 1, "the newer content stays pending");
     env.sandbox.sink.set_mode("crm", SinkMode::Ok);
     env.drain(&dispatcher).await;
     let versions: Vec<u64> = env
@@ -374,7 +370,7 @@ async fn a_rejecting_sink_fills_dead_letters_and_dlq_retry_delivers_them_after_t
     assert_eq!(dead.len(), 4);
     assert!(dead.iter().all(|(c, _, reason)| c == "webhook.crm" && reason == "the webhook answered 400 Bad Request"));
     assert_eq!(env.sandbox.sink.deliveries(Some("crm")).len(), 4, "a permanent refusal is not retried");
-    let listed = dcli::list_dead_letters(&env.store, Some("webhook.crm"), 100).await.unwrap();
+    let listed = dead_letters::list(&env.store, Some("webhook.crm"), 100).await.unwrap();
     assert_eq!(listed.len(), 4);
 
     // c0 changes and is delivered while its old version sits in dead letters.
@@ -406,9 +402,9 @@ async fn a_rejecting_sink_fills_dead_letters_and_dlq_retry_delivers_them_after_t
     env.sandbox.sink.set_mode("crm", SinkMode::Reject(410));
     put(&env.store, "webhook.crm", "contact", "c9", "c9", "created", &contact("c9", 1)).await;
     dispatcher.run_once().await;
-    let letter = dcli::list_dead_letters(&env.store, None, 10).await.unwrap();
+    let letter = dead_letters::list(&env.store, None, 10).await.unwrap();
     assert_eq!(letter.len(), 1);
-    assert!(dcli::drop_dead_letter(&env.store, letter[0].id).await.unwrap());
+    assert!(dead_letters::remove(&env.store, letter[0].id).await.unwrap());
     assert!(env.dead().await.is_empty());
     env.sandbox.stop().await;
 }
@@ -501,10 +497,10 @@ async fn replay_resends_the_snapshot_in_the_new_shape_and_check_probes_each_conn
     let fields = "fields = [{ from = \"email\", to = \"mail\" }, { from = \"@event\", to = \"event\" }]\n";
     let config = env.config(&format!("{CRM}{fields}"));
     let (dispatcher, connectors) = env.dispatcher(&config);
-    let summary = dcli::replay(&env.store, connectors[0].as_ref(), &ReplayFilter::default()).await.unwrap();
+    let summary = rcli::replay(&env.store, connectors[0].as_ref(), &ReplayFilter::default()).await.unwrap();
     assert_eq!(summary.enqueued, 3);
     let one = ReplayFilter { contact: Some("c1".into()), ..ReplayFilter::default() };
-    assert_eq!(dcli::replay(&env.store, connectors[0].as_ref(), &one).await.unwrap().already_pending, 1);
+    assert_eq!(rcli::replay(&env.store, connectors[0].as_ref(), &one).await.unwrap().already_pending, 1);
     env.drain(&dispatcher).await;
     let data: Vec<Value> =
         env.sandbox.sink.accepted(Some("crm")).iter().map(|d| d.json().unwrap()["data"].clone()).collect();
@@ -579,9 +575,171 @@ async fn parking_is_not_an_attempt_and_never_ends_in_dead_letters() {
     assert_eq!(parking.calls.load(std::sync::atomic::Ordering::SeqCst), 6);
     assert!(env.dead().await.is_empty());
     let attempts: i64 = sqlx::query_scalar("SELECT attempts FROM outbox WHERE connector = 'parking'")
-        .fetch_one(env.store.pool())
+        .fetch_one(env.store.read_pool())
         .await
         .unwrap();
     assert_eq!(attempts, 1);
+    env.sandbox.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_letter_retry_carries_the_key_of_the_first_delivery() {
+    let env = env().await;
+    let config = env.config(CRM);
+    let (dispatcher, connectors) = env.dispatcher(&config);
+    env.sandbox.sink.set_mode("crm", SinkMode::Reject(400));
+    for i in 0..5 {
+        let id = format!("c{i}");
+        snapshot(&env.store, &id, &contact(&id, 1)).await;
+        if i < 4 {
+            put(&env.store, "webhook.crm", "contact", &id, &id, "created", &contact(&id, 1)).await;
+        }
+    }
+    // c4 first went out in a `replay --new-keys`: its first key is a salted one.
+    let salted =
+        ReplayFilter { contact: Some("c4".into()), new_keys: Some("replay-x".into()), ..ReplayFilter::default() };
+    assert_eq!(rcli::replay(&env.store, connectors[0].as_ref(), &salted).await.unwrap().enqueued, 1);
+    env.drain(&dispatcher).await;
+    let first = keys_by_entity(&env.sandbox.sink.deliveries(Some("crm")));
+    assert_eq!(first.len(), 5);
+    let letters = dead_letters::list(&env.store, Some("webhook.crm"), 10).await.unwrap();
+    assert_eq!(letters.len(), 5);
+    assert!(letters.iter().all(|l| l.revision == Some(1)), "dead letters keep the record version: {letters:?}");
+    let entity_of: BTreeMap<i64, String> = letters.iter().map(|l| (l.id, l.entity_id.clone().unwrap())).collect();
+
+    // c3 changes meanwhile; its newer change is pending (not delivered) when the retry runs.
+    put(&env.store, "webhook.crm", "contact", "c3", "c3", "updated", &contact("c3", 2)).await;
+    env.sandbox.sink.set_mode("crm", SinkMode::Ok);
+    env.sandbox.sink.clear();
+    let retried = dcli::retry_dead_letters(&env.store, None, Some("webhook.crm")).await.unwrap();
+    let outcomes: BTreeMap<&str, Retried> = retried.iter().map(|(id, r)| (entity_of[id].as_str(), *r)).collect();
+    assert_eq!(
+        outcomes,
+        BTreeMap::from([
+            ("c0", Retried::Requeued),
+            ("c1", Retried::Requeued),
+            ("c2", Retried::Requeued),
+            ("c3", Retried::NewerPending),
+            ("c4", Retried::Requeued),
+        ])
+    );
+    assert!(dcli::retried_text(Retried::NewerPending).contains("newer change for the same record is pending"));
+    assert!(env.dead().await.is_empty());
+    env.drain(&dispatcher).await;
+
+    let again = keys_by_entity(&env.sandbox.sink.accepted(Some("crm")));
+    let mut expected = first.clone();
+    expected.insert("c3".into(), key_of("webhook.crm", "contact", "c3", &contact("c3", 2)));
+    assert_eq!(again, expected, "retried versions carry the keys of their first delivery; c3's newer change its own");
+    assert_eq!(env.sandbox.sink.accepted(Some("crm")).len(), 5, "each once");
+    env.sandbox.stop().await;
+}
+
+#[tokio::test]
+async fn a_replay_of_a_delivered_version_carries_its_first_key_and_new_keys_asks_for_new_ones() {
+    let env = env().await;
+    let config = env.config(CRM);
+    let (dispatcher, connectors) = env.dispatcher(&config);
+    for i in 0..3 {
+        let id = format!("c{i}");
+        snapshot(&env.store, &id, &contact(&id, 3)).await;
+        put(&env.store, "webhook.crm", "contact", &id, &id, "created", &contact(&id, 3)).await;
+    }
+    env.drain(&dispatcher).await;
+    let mut first = received_keys(&env, "crm", true);
+    first.sort();
+    assert_eq!(first.len(), 3);
+
+    env.sandbox.sink.clear();
+    let summary = rcli::replay(&env.store, connectors[0].as_ref(), &ReplayFilter::default()).await.unwrap();
+    assert_eq!(summary.enqueued, 3);
+    env.drain(&dispatcher).await;
+    let mut replayed = received_keys(&env, "crm", true);
+    replayed.sort();
+    assert_eq!(replayed, first, "a replayed version carries the key of its first delivery");
+
+    let mut seen: BTreeSet<String> = first.iter().cloned().collect();
+    for salt in ["replay-1", "replay-2"] {
+        env.sandbox.sink.clear();
+        let fresh = ReplayFilter { new_keys: Some(salt.into()), ..ReplayFilter::default() };
+        assert_eq!(rcli::replay(&env.store, connectors[0].as_ref(), &fresh).await.unwrap().enqueued, 3);
+        env.drain(&dispatcher).await;
+        let keys = received_keys(&env, "crm", true);
+        assert_eq!(keys.len(), 3);
+        for key in keys {
+            assert!(seen.insert(key), "--new-keys sends every version under a key never used before");
+        }
+    }
+    env.sandbox.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_that_cannot_record_outcomes_backs_off_and_never_resends_the_delivered_batch() {
+    use sqlx::Connection as _;
+
+    let env = env().await;
+    let path = env.dir.path().join("ghl-sync.db");
+    let config = env.config(CRM);
+    for i in 0..6 {
+        let id = format!("c{i}");
+        put(&env.store, "webhook.crm", "contact", &id, &id, "created", &contact(&id, 1)).await;
+    }
+    // The dispatcher's store gives up on a busy writer after 20 ms; another connection holds
+    // the write lock, so every attempt to record outcomes fails ("database is locked").
+    let store = Store::connect(&path, Duration::from_millis(20)).await.unwrap();
+    let mut settings = config.settings.dispatch.clone();
+    settings.poll_interval = ghl_sync::config::Dur::millis(5);
+    let connectors = connectors::build(&config, &CancellationToken::new()).unwrap();
+    let dispatcher = Arc::new(Dispatcher::new(store.clone(), connectors, settings));
+    let mut holder = sqlx::SqliteConnection::connect_with(
+        &sqlx::sqlite::SqliteConnectOptions::new().filename(&path).busy_timeout(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut holder).await.unwrap();
+
+    let stop = CancellationToken::new();
+    let runner = tokio::spawn({
+        let dispatcher = dispatcher.clone();
+        let stop = stop.clone();
+        async move { dispatcher.run(stop).await }
+    });
+    env.sandbox.sink.wait_for(Some("crm"), 6, Duration::from_secs(10)).await;
+    for _ in 0..500 {
+        if store.write_health().failing.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(store.write_health().failing.is_some(), "recording the outcomes failed");
+    // The fault lasts a while: a worker that re-sent on every failed write would send the
+    // batch dozens of times by now (5 ms poll, 20 ms busy wait).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        env.sandbox.sink.deliveries(Some("crm")).len(),
+        6,
+        "the batch was sent once while the store could not write"
+    );
+    assert_eq!(env.pending().await, 6, "nothing was recorded");
+
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    holder.close().await.unwrap();
+    for _ in 0..500 {
+        if env.pending().await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    runner.await.unwrap();
+    assert_eq!(env.pending().await, 0, "the held outcomes were recorded once the store could write");
+    let done: Vec<(String, i64)> = sqlx::query_as("SELECT status, attempts FROM outbox ORDER BY id")
+        .fetch_all(env.store.read_pool())
+        .await
+        .unwrap();
+    assert_eq!(done, vec![("done".to_owned(), 1); 6]);
+    let keys = received_keys(&env, "crm", false);
+    assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), 6);
+    assert_eq!(keys.len(), 6, "each row was delivered exactly once");
     env.sandbox.stop().await;
 }

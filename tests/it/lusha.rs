@@ -521,7 +521,7 @@ async fn prospecting_leads_become_ghl_contacts_once_and_signals_become_notes() {
     daemon.await.unwrap().unwrap();
     // `ghl-sync status` shows the books.
     let store = ghl_sync::store::Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
-    let lusha = ghl_sync::cli::sync::read_status(&store).await.unwrap().lusha.expect("a Lusha section");
+    let lusha = ghl_sync::store::status::read(&store, &[]).await.unwrap().lusha.expect("a Lusha section");
     assert_eq!((lusha.leads_imported, lusha.leads_waiting, lusha.leads_failed), (50, 0, 0));
     assert!(lusha.found >= 50, "{lusha:?}");
     assert_eq!(lusha.signals_pending, 0);

@@ -104,6 +104,9 @@ async fn a_429_storm_is_ridden_out_and_every_record_reaches_the_outbox() {
 
     let stats = sandbox.ghl.stats();
     assert_eq!(stats.too_many_requests, 40, "the whole storm was served (in {runs} runs)");
+    // The client counted every 429 against its location (the status page's "429s today").
+    let counted: u64 = app.locations().await.unwrap().iter().map(|l| app.ghl.rate_limited_total(l)).sum();
+    assert_eq!(counted, 40);
     assert_exactly_once(&sandbox, &app.store).await;
     // And a quiet re-poll after the storm changes nothing.
     sync_all(&app).await;

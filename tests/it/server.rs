@@ -376,6 +376,146 @@ async fn readyz_flips_to_503_when_the_only_location_needs_reauth() {
     server.stop().await;
 }
 
+/// A store whose writes fail (here: another process holds SQLite's write lock past the busy
+/// timeout, as a full or read-only disk would fail them) makes `/readyz` answer 503 with the
+/// reason, and ready again once a write succeeds.
+#[tokio::test]
+async fn readyz_says_the_store_cannot_write_until_a_write_succeeds_again() {
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ghl-sync.db");
+    let mut settings = Settings::default();
+    settings.store.path = Some(path.clone());
+    settings.ghl.locations = vec![LocationSettings {
+        id: LOCATION.to_owned(),
+        name: None,
+        auth: Default::default(),
+        pit: Some(Secret::new("pit-test".to_owned())),
+        pit_env: None,
+        pit_file: None,
+        enabled: true,
+    }];
+    let config = Config::from_settings(settings).unwrap();
+    let configured = ghl_sync::cli::status::configured_locations(&config);
+    let store = Store::connect(&path, Duration::from_millis(100)).await.unwrap();
+    ghl_sync::store::locations::register_configured(&store, &configured).await.unwrap();
+    let state = ServerState::new(store.clone(), Arc::new(config), Arc::new(Notify::new()), server::install_metrics());
+    let stop = CancellationToken::new();
+    let running = server::start("127.0.0.1:0".parse().unwrap(), state, stop.clone()).await.unwrap();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let readyz = || async {
+        let response = http.get(format!("{}/readyz", running.url())).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    assert_eq!(readyz().await.0, 200);
+
+    // Another process takes the write lock and keeps it.
+    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut other).await.unwrap();
+    let failed = ghl_sync::store::locations::register_configured(&store, &configured).await;
+    assert!(failed.is_err(), "the write should time out on the lock");
+    let (status, body) = readyz().await;
+    assert_eq!(status, 503, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let problems = json["not_ready"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.as_str().unwrap().starts_with("store: cannot write") && p.as_str().unwrap().contains("locked")),
+        "{body}"
+    );
+
+    // The lock goes away; the next write succeeds and readiness returns.
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    other.close().await.unwrap();
+    ghl_sync::store::locations::register_configured(&store, &configured).await.unwrap();
+    let (status, body) = readyz().await;
+    assert_eq!(status, 200, "{body}");
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), running.stopped()).await.unwrap().unwrap();
+}
+
+/// A long first pass, mid-way: the status page and `/status.json` show the run's progress,
+/// today's requests and 429s (recorded per page, not only when the run ends), the webhooks
+/// received today, and each connector's last delivery error. The page refreshes itself.
+#[tokio::test]
+async fn the_status_page_shows_a_running_pass_as_it_goes_and_refreshes_itself() {
+    use ghl_sync::store::runs::{self, RunProgress};
+    use sqlx::Connection as _;
+    let server = TestServer::start(false).await;
+    let run = runs::start(&server.store, LOCATION, "contacts").await.unwrap();
+    let mut progress = RunProgress { pages: 20, records_seen: 2000, changes: 1990, requests: 2100, rate_limited: 3 };
+    runs::record_progress(&server.store, run, &progress).await.unwrap();
+    for n in 0..2 {
+        let body = event("ContactUpdate", &format!("wh-status-{n}"), "contact_s");
+        assert_eq!(server.post_ghl(&body, Some(&sign(&body))).await.0, 200);
+    }
+    // A duplicate delivery is not counted again.
+    let body = event("ContactUpdate", "wh-status-0", "contact_s");
+    assert_eq!(server.post_ghl(&body, Some(&sign(&body))).await.0, 200);
+    // A delivery that keeps failing (what the dispatcher records in `last_error`).
+    let mut db =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", server._dir.path().join("ghl-sync.db").display()))
+            .await
+            .unwrap();
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO outbox (connector, location_id, entity, entity_id, contact_id, operation, record, content_hash, \
+         idempotency_key, status, attempts, last_error, next_attempt_at, changed_at, created_at, updated_at) \
+         VALUES ('webhook.crm', ?, 'contact', 'c1', 'c1', 'updated', NULL, x'00', 'k', 'pending', 2, \
+         'connection refused', ?, ?, ?, ?)",
+    )
+    .bind(LOCATION)
+    .bind(now)
+    .bind(now)
+    .bind(now)
+    .bind(now)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+
+    let (status, body) = server.get("/status.json", None).await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["ready"], true, "{body}");
+    let location = json["locations"].as_array().unwrap().iter().find(|l| l["id"] == LOCATION).unwrap();
+    assert_eq!(location["requests_today"], 2100, "{location}");
+    assert_eq!(location["rate_limited_today"], 3, "{location}");
+    assert_eq!(location["webhooks_today"], 2, "{location}");
+    assert_eq!(location["last_run"]["outcome"], "running", "{location}");
+    assert_eq!(location["last_run"]["changes"], 1990, "{location}");
+    assert_eq!(location["last_run"]["requests"], 2100, "{location}");
+    let crm = json["connectors"].as_array().unwrap().iter().find(|c| c["connector"] == "webhook.crm").unwrap();
+    assert_eq!(crm["pending"], 1);
+    assert_eq!(crm["last_error"]["message"], "connection refused", "{crm}");
+
+    // The page says the same, and carries its own refresh (inline, no external assets).
+    let (status, html) = server.get("/", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        html.contains(
+            "contacts <span class=\"muted\">running</span>, 20 page(s), 2000 read, 1990 changes, 2100 requests"
+        ),
+        "{html}"
+    );
+    assert!(html.contains("<td class=\"n\">2100 / "), "{html}");
+    assert!(html.contains("connection refused"), "{html}");
+    assert!(html.contains("<main id=\"status\">") && html.contains("<script>") && html.contains("fetch('/'"), "{html}");
+    assert!(!html.contains("src=\"http") && !html.contains("href=\"http"), "no external assets");
+
+    // The next page moves the figures; the finished run counts its requests once.
+    progress.pages = 21;
+    progress.requests = 2150;
+    runs::finish(&server.store, run, &progress, runs::RunOutcome::Ok, None).await.unwrap();
+    let (_, body) = server.get("/status.json", None).await;
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let location = json["locations"].as_array().unwrap().iter().find(|l| l["id"] == LOCATION).unwrap();
+    assert_eq!(location["requests_today"], 2150, "{location}");
+    assert_eq!(location["last_run"]["outcome"], "ok", "{location}");
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn metrics_are_valid_prometheus_text_with_store_gauges() {
     let server = TestServer::start(false).await;

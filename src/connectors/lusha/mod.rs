@@ -877,11 +877,7 @@ impl Connector for LushaConnector {
 /// in every active location: give them to the sync engine's `ignored_custom_fields` so they
 /// never change a contact's hash. Locations whose fields cannot be read are skipped (logged).
 pub async fn bookkeeping_field_ids(settings: &LushaSettings, ghl: &GhlClient, store: &Store) -> Vec<String> {
-    let locations: Vec<String> =
-        sqlx::query_scalar("SELECT id FROM locations WHERE status NOT IN ('disabled', 'uninstalled') ORDER BY id")
-            .fetch_all(store.pool())
-            .await
-            .unwrap_or_default();
+    let locations = crate::store::locations::active(store).await.unwrap_or_default();
     let keys = [settings.fields.lusha_id.as_str(), settings.fields.enriched_at.as_str()];
     let mut ids = Vec::new();
     for location in locations {

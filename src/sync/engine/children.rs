@@ -126,6 +126,7 @@ impl Engine {
         }
         let committed = snapshot::commit_children(&self.store, &self.commit(location, options), reads).await?;
         self.committed(summary, committed, options);
+        self.record_progress(summary).await;
         for contact_id in gone {
             self.confirm_gone(location, &contact_id, options, summary).await?;
         }

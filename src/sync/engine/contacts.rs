@@ -39,6 +39,7 @@ impl Engine {
             summary.contacts_seen += records.len() as u64;
             let cursor = CursorAdvance { watermark_ms: high, backfill_done: last_page };
             self.commit_page(location, records, bad, Some(cursor), options, summary).await?;
+            self.record_progress(summary).await;
             if let Some(progress) = &self.progress {
                 progress.page(location, count as u64, page.total);
             }

@@ -98,7 +98,25 @@ pub struct RunSummary {
     /// Outbox rows written (or that would be, in a dry run) per event type.
     pub events: BTreeMap<String, u64>,
     pub dry_run: bool,
+    /// GHL 429 answers this run's requests received.
+    pub rate_limited: u64,
+    /// The run's row, for progress while it runs (none in a dry run).
+    run: Option<RunTrack>,
 }
+
+/// What a running pass needs to record its progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RunTrack {
+    id: i64,
+    /// The location's 429 count when the run started.
+    rate_limited_base: u64,
+    /// When progress was last recorded: at most every [`PROGRESS_EVERY`], so a quiet re-poll
+    /// of unchanged pages stays free of writes.
+    recorded_at: std::time::Instant,
+}
+
+/// How often a running pass records its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 impl RunSummary {
     pub fn changes(&self) -> u64 {
@@ -183,7 +201,7 @@ impl Engine {
     }
 
     async fn run(&self, location: &str, options: RunOptions, pass: Pass) -> Result<RunSummary, SyncError> {
-        let status = locations::status(&self.store, location).await?;
+        let status = locations::status_of(&self.store, location).await?;
         if matches!(status.as_deref(), Some("needs_reauth" | "uninstalled" | "disabled")) {
             return Err(SyncError::NeedsReauth(location.to_owned()));
         }
@@ -191,16 +209,12 @@ impl Engine {
             Pass::Full => "contacts",
             Pass::Hints => "dirty",
         };
-        let run_id = if options.dry_run { None } else { Some(runs::start(&self.store, location, kind).await?) };
-        let mut summary = RunSummary { location: location.to_owned(), dry_run: options.dry_run, ..Default::default() };
+        let mut summary = self.start_run(location, kind, options).await?;
         let result = match pass {
             Pass::Full => self.full_pass(location, options, &mut summary).await,
             Pass::Hints => self.process_hints(location, options, &mut summary).await,
         };
-        if let Some(run_id) = run_id {
-            let error = result.as_ref().err().map(ToString::to_string);
-            runs::finish(&self.store, run_id, location, self.counts(&summary), error.as_deref()).await?;
-        }
+        self.finish_run(&mut summary, result.as_ref().err()).await?;
         if let Err(error) = &result
             && matches!(error, SyncError::Ghl(e) if e.needs_reauth())
         {
@@ -213,13 +227,53 @@ impl Engine {
         result.map(|()| summary)
     }
 
-    fn counts(&self, summary: &RunSummary) -> runs::RunCounts {
-        runs::RunCounts {
+    /// Opens the run's row (not in a dry run) and its summary.
+    async fn start_run(&self, location: &str, kind: &str, options: RunOptions) -> Result<RunSummary, SyncError> {
+        let run = if options.dry_run {
+            None
+        } else {
+            let id = runs::start(&self.store, location, kind).await?;
+            let rate_limited_base = self.ghl.rate_limited_total(location);
+            Some(RunTrack { id, rate_limited_base, recorded_at: std::time::Instant::now() })
+        };
+        Ok(RunSummary { location: location.to_owned(), dry_run: options.dry_run, run, ..Default::default() })
+    }
+
+    fn progress(&self, summary: &mut RunSummary) -> Option<(i64, runs::RunProgress)> {
+        let run = summary.run?;
+        summary.rate_limited = self.ghl.rate_limited_total(&summary.location).saturating_sub(run.rate_limited_base);
+        let progress = runs::RunProgress {
             pages: summary.pages,
             records_seen: summary.contacts_seen,
             changes: summary.changes(),
             requests: summary.requests,
+            rate_limited: summary.rate_limited,
+        };
+        Some((run.id, progress))
+    }
+
+    /// Records a running pass's totals so far (after a committed page or chunk), so status
+    /// screens show a long first pass as it goes. A failure here is logged, not fatal.
+    async fn record_progress(&self, summary: &mut RunSummary) {
+        match summary.run.as_mut() {
+            Some(run) if run.recorded_at.elapsed() >= PROGRESS_EVERY => run.recorded_at = std::time::Instant::now(),
+            _ => return,
         }
+        if let Some((id, progress)) = self.progress(summary)
+            && let Err(error) = runs::record_progress(&self.store, id, &progress).await
+        {
+            tracing::warn!(error = %error, "Could not record the progress of a sync run");
+        }
+    }
+
+    /// Closes the run's row with its totals and outcome.
+    async fn finish_run(&self, summary: &mut RunSummary, error: Option<&SyncError>) -> Result<(), SyncError> {
+        if let Some((id, progress)) = self.progress(summary) {
+            let outcome = if error.is_some() { runs::RunOutcome::Failed } else { runs::RunOutcome::Ok };
+            let error = error.map(ToString::to_string);
+            runs::finish(&self.store, id, &progress, outcome, error.as_deref()).await?;
+        }
+        Ok(())
     }
 
     async fn full_pass(&self, location: &str, options: RunOptions, summary: &mut RunSummary) -> Result<(), SyncError> {

@@ -8,20 +8,16 @@ use serde_json::Value;
 use super::{Engine, RunOptions, RunSummary, SyncError};
 use crate::ghl::dto::SearchRequest;
 use crate::http::Priority;
-use crate::store::{cursors, now_ms, runs, snapshot};
+use crate::store::{cursors, now_ms, snapshot};
 
 const LISTING_PAGE: u32 = 500;
 
 impl Engine {
     /// Lists every contact id and deletes (after a confirming read) the ones GHL no longer has.
     pub async fn reconcile(&self, location: &str, options: RunOptions) -> Result<RunSummary, SyncError> {
-        let run_id = if options.dry_run { None } else { Some(runs::start(&self.store, location, "reconcile").await?) };
-        let mut summary = RunSummary { location: location.to_owned(), dry_run: options.dry_run, ..Default::default() };
+        let mut summary = self.start_run(location, "reconcile", options).await?;
         let result = self.reconcile_inner(location, options, &mut summary).await;
-        if let Some(run_id) = run_id {
-            let error = result.as_ref().err().map(ToString::to_string);
-            runs::finish(&self.store, run_id, location, self.counts(&summary), error.as_deref()).await?;
-        }
+        self.finish_run(&mut summary, result.as_ref().err()).await?;
         result.map(|()| summary)
     }
 
@@ -48,6 +44,7 @@ impl Engine {
             snapshot::reconcile_seen(&self.store, location, &ids).await?;
             listed += count as u64;
             summary.pages += 1;
+            self.record_progress(summary).await;
             if count < LISTING_PAGE as usize {
                 break;
             }
