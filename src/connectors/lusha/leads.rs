@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::client::LushaError;
 use super::config::{EuPolicy, LeadSearch};
 use super::mapping::{Answer, Identity, credits_charged, extract, match_by_id};
-use super::{ID, LushaConnector, utc_day};
+use super::{Held, ID, LushaConnector, utc_day};
 use crate::connectors::mapping::render;
 use crate::ghl::write::{CreateContact, NewTask, NoteWrite, UpdateContact};
 use crate::http::Priority;
@@ -216,11 +216,16 @@ impl LushaConnector {
                 break;
             }
             let spending = self.spending.lock().await;
-            let Ok(admitted) = self.admit(rest.len().min(size)).await else {
-                tracing::warn!(connector.id = ID, search = %search.name, held = rest.len(), "Lusha credit budget reached (or Lusha stopped); the other new leads wait for a later poll");
-                metrics::counter!("ghl_sync_lusha_held_by_budget_total").increment(rest.len() as u64);
-                report.held += rest.len();
-                break;
+            let admitted = match self.admit(rest.len().min(size)).await {
+                Ok(admitted) => admitted,
+                Err(held) => {
+                    if let Held::Budget(_) = held {
+                        tracing::warn!(connector.id = ID, search = %search.name, held = rest.len(), "Lusha credit budget reached; the other new leads wait for a later poll");
+                        metrics::counter!("ghl_sync_lusha_held_by_budget_total").increment(rest.len() as u64);
+                    }
+                    report.held += rest.len();
+                    break;
+                }
             };
             let (chunk, later) = rest.split_at(admitted);
             rest = later;

@@ -173,6 +173,23 @@ pub enum Admission {
     ReserveReached,
 }
 
+/// Why a spending call may not go now, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// Stopped (402, refused key) or parked (a Lusha rate limit).
+    Blocked(Duration),
+    /// The credit budget cannot fit one contact's worst case.
+    Budget(Duration),
+}
+
+impl Held {
+    fn wait(self) -> Duration {
+        match self {
+            Held::Blocked(wait) | Held::Budget(wait) => wait,
+        }
+    }
+}
+
 impl Budget {
     /// Admission of up to `wanted` contacts of worst case `per_contact` each.
     pub fn admit(&self, wanted: usize, per_contact: i64) -> Admission {
@@ -333,13 +350,13 @@ impl LushaConnector {
     /// `spending`): how many may go now, or the wait for all of them. A stop or park (also one
     /// the balance read just noticed) holds everything; so does a budget that cannot fit one
     /// contact's worst case (the reserve then stops the connector like a 402).
-    async fn admit(&self, wanted: usize) -> Result<usize, Duration> {
+    async fn admit(&self, wanted: usize) -> Result<usize, Held> {
         if let Some(wait) = self.blocked() {
-            return Err(wait);
+            return Err(Held::Blocked(wait));
         }
         let budget = self.budget().await;
         if let Some(wait) = self.blocked() {
-            return Err(wait);
+            return Err(Held::Blocked(wait));
         }
         let per_contact = self.settings.max_credits_per_contact;
         match budget.admit(wanted, per_contact) {
@@ -354,7 +371,7 @@ impl LushaConnector {
                     wait_s = wait.as_secs(),
                     "Lusha daily credit cap reached (less than one contact's worst case left); new work waits for the next UTC day"
                 );
-                Err(wait)
+                Err(Held::Budget(wait))
             }
             Admission::ReserveReached => {
                 // Below the reserve: stop like after a 402 and re-read the balance afterwards.
@@ -369,7 +386,7 @@ impl LushaConnector {
                     wait_s = wait.as_secs(),
                     "Lusha credit reserve reached; the connector waits and re-reads the balance"
                 );
-                Err(wait)
+                Err(Held::Budget(wait))
             }
         }
     }
@@ -616,10 +633,12 @@ impl LushaConnector {
             let same_kind = queue.iter().take_while(|(s, _)| *s == is_search).count();
             let admitted = match self.admit(same_kind.min(size)).await {
                 Ok(admitted) => admitted,
-                Err(wait) => {
-                    metrics::counter!("ghl_sync_lusha_held_by_budget_total").increment(queue.len() as u64);
+                Err(held) => {
+                    if let Held::Budget(_) = held {
+                        metrics::counter!("ghl_sync_lusha_held_by_budget_total").increment(queue.len() as u64);
+                    }
                     for (_, job) in queue.drain(..) {
-                        outcomes[job.index] = Some(Outcome::Park(wait));
+                        outcomes[job.index] = Some(Outcome::Park(held.wait()));
                     }
                     break;
                 }
