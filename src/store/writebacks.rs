@@ -1,10 +1,19 @@
-//! The `writebacks` table, echo-suppression side: whether a change the sync reads back is one
-//! the daemon's own GHL write-back produced. The keyed-write bookkeeping (`begin` / `finish`)
-//! lives in `writeback/` for now and moves here with the rest of the write-back SQL.
+//! The `writebacks` table: one row per idempotency key of a write the daemon makes to GHL.
+//!
+//! Contract:
+//! - **Keyed-write bookkeeping** (used by `writeback::WriteBack`): [`begin`] stores a key as
+//!   `pending` before the GHL call and tells whether it is new, pending from an earlier attempt
+//!   or already done; [`finish`] / [`finish_create`] mark it `done` with the GHL id after the
+//!   call; [`record_settled`] stores the content hash the contact had after our writes. Each is
+//!   its own short transaction taking plain data: the GHL call always happens between two
+//!   transactions, never inside one.
+//! - **Echo suppression** (used by the sync inside its page transaction): [`is_own_write`] and
+//!   [`is_own_child`] say whether a change read back from GHL is one our write-back produced.
 
 use serde_json::{Map, Value};
 use sqlx::SqliteConnection;
 
+use super::{Store, StoreError, now_ms};
 use crate::domain::child_content_key;
 use crate::domain::normalize::Hash;
 
@@ -76,4 +85,201 @@ pub async fn was_own_write(
 ) -> Result<bool, super::StoreError> {
     let mut conn = store.read_pool().acquire().await?;
     Ok(is_own_write(&mut conn, location, contact_id, hash).await?)
+}
+
+/// A write about to be sent to GHL, as [`begin`] stores it.
+#[derive(Debug, Clone, Copy)]
+pub struct NewWrite<'a> {
+    pub key: &'a str,
+    pub location: &'a str,
+    /// `None` for a contact create (the id is known after the call).
+    pub contact_id: Option<&'a str>,
+    /// `contact_update`, `tag_add`, `tag_remove`, `note`, `task`, `task_complete`, `contact_create`.
+    pub kind: &'a str,
+    /// For notes and tasks: the content key ([`child_content_key`]) the sync matches a
+    /// created child by while the write is pending.
+    pub content: Option<&'a [u8]>,
+}
+
+/// The state of a key when a write begins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begun {
+    /// New: stored as `pending` just now.
+    New,
+    /// Pending from an earlier attempt (which may or may not have reached GHL).
+    Pending,
+    /// Done before, with the GHL id it recorded: send nothing.
+    Done(Option<String>),
+}
+
+/// Stores `write.key` as `pending` unless the key exists, in one transaction, and says what
+/// state the key is in. Call it **before** the GHL call.
+pub async fn begin(store: &Store, write: &NewWrite<'_>) -> Result<Begun, StoreError> {
+    let now = now_ms();
+    let mut tx = store.begin_write("writeback_begin").await?;
+    let inserted = sqlx::query(
+        "INSERT INTO writebacks (idempotency_key, location_id, contact_id, kind, content_hash, status, created_at, \
+         updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(write.key)
+    .bind(write.location)
+    .bind(write.contact_id)
+    .bind(write.kind)
+    .bind(write.content)
+    .bind(now)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let begun = if inserted == 1 {
+        Begun::New
+    } else {
+        let row: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT status, target_id FROM writebacks WHERE idempotency_key = ?")
+                .bind(write.key)
+                .fetch_optional(&mut *tx)
+                .await?;
+        match row {
+            Some((status, target)) if status == "done" => Begun::Done(target),
+            _ => Begun::Pending,
+        }
+    };
+    tx.commit().await?;
+    Ok(begun)
+}
+
+/// Marks `key` done with the GHL id it wrote (`None` keeps the id already recorded). Call it
+/// **after** the GHL call answered.
+pub async fn finish(store: &Store, key: &str, target: Option<&str>) -> Result<(), StoreError> {
+    let mut tx = store.begin_write("writeback_finish").await?;
+    mark_done(&mut tx, key, target).await?;
+    tx.commit().await
+}
+
+/// Marks a contact create done: the new contact's id is both the row's contact and its target.
+pub async fn finish_create(store: &Store, key: &str, contact_id: &str) -> Result<(), StoreError> {
+    let mut tx = store.begin_write("writeback_finish").await?;
+    sqlx::query("UPDATE writebacks SET contact_id = ? WHERE idempotency_key = ?")
+        .bind(contact_id)
+        .bind(key)
+        .execute(&mut *tx)
+        .await?;
+    mark_done(&mut tx, key, Some(contact_id)).await?;
+    tx.commit().await
+}
+
+async fn mark_done(conn: &mut SqliteConnection, key: &str, target: Option<&str>) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE writebacks SET status = 'done', target_id = COALESCE(?, target_id), updated_at = ? \
+         WHERE idempotency_key = ?",
+    )
+    .bind(target)
+    .bind(now_ms())
+    .bind(key)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Records on every key of `keys` the content hash the contact had when read back after our
+/// writes (what [`is_own_write`] compares against), in one transaction.
+pub async fn record_settled(store: &Store, contact_id: &str, keys: &[String], hash: &Hash) -> Result<(), StoreError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let mut tx = store.begin_write("writeback_settle").await?;
+    for key in keys {
+        sqlx::query(
+            "UPDATE writebacks SET content_hash = ?, contact_id = COALESCE(contact_id, ?), updated_at = ? \
+             WHERE idempotency_key = ?",
+        )
+        .bind(hash.as_slice())
+        .bind(contact_id)
+        .bind(now)
+        .bind(key)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&dir.path().join("t.db"), std::time::Duration::from_secs(5)).await.unwrap();
+        (dir, store)
+    }
+
+    fn write<'a>(key: &'a str, kind: &'a str, content: Option<&'a [u8]>) -> NewWrite<'a> {
+        NewWrite { key, location: "l", contact_id: Some("c"), kind, content }
+    }
+
+    #[tokio::test]
+    async fn a_key_is_new_once_pending_until_finished_then_done_with_its_target() {
+        let (_dir, store) = store().await;
+        assert_eq!(begin(&store, &write("k", "note", None)).await.unwrap(), Begun::New);
+        assert_eq!(begin(&store, &write("k", "note", None)).await.unwrap(), Begun::Pending);
+        finish(&store, "k", Some("n1")).await.unwrap();
+        assert_eq!(begin(&store, &write("k", "note", None)).await.unwrap(), Begun::Done(Some("n1".into())));
+        // Finishing again without an id keeps the recorded one.
+        finish(&store, "k", None).await.unwrap();
+        assert_eq!(begin(&store, &write("k", "note", None)).await.unwrap(), Begun::Done(Some("n1".into())));
+
+        let create = NewWrite { key: "c1", location: "l", contact_id: None, kind: "contact_create", content: None };
+        assert_eq!(begin(&store, &create).await.unwrap(), Begun::New);
+        finish_create(&store, "c1", "new-contact").await.unwrap();
+        assert_eq!(begin(&store, &create).await.unwrap(), Begun::Done(Some("new-contact".into())));
+    }
+
+    #[tokio::test]
+    async fn own_writes_are_the_latest_recorded_content() {
+        let (_dir, store) = store().await;
+        let a: Hash = [1; 32];
+        let b: Hash = [2; 32];
+        assert!(!was_own_write(&store, "l", "c", &a).await.unwrap());
+        for (key, hash) in [("k1", a), ("k2", b)] {
+            begin(&store, &write(key, "contact_update", None)).await.unwrap();
+            finish(&store, key, Some("c")).await.unwrap();
+            record_settled(&store, "c", &[key.to_owned()], &hash).await.unwrap();
+        }
+        assert!(was_own_write(&store, "l", "c", &b).await.unwrap());
+        // An older state we wrote, come back later, is a user's change.
+        assert!(!was_own_write(&store, "l", "c", &a).await.unwrap());
+        assert!(!was_own_write(&store, "l", "other", &b).await.unwrap());
+        // A write still pending (no answer from GHL recorded) is not ours yet.
+        let c: Hash = [3; 32];
+        begin(&store, &write("k3", "contact_update", None)).await.unwrap();
+        record_settled(&store, "c", &["k3".to_owned()], &c).await.unwrap();
+        assert!(!was_own_write(&store, "l", "c", &c).await.unwrap());
+        assert!(was_own_write(&store, "l", "c", &b).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn own_children_are_known_by_id_when_done_and_by_content_while_pending() {
+        let (_dir, store) = store().await;
+        let task = json!({"title": "Call Ada", "body": " Lusha lead "});
+        let record = task.as_object().unwrap();
+        let content = child_content_key(Some("Call Ada"), Some("Lusha lead"));
+        begin(&store, &write("k1", "task", Some(&content))).await.unwrap();
+        begin(&store, &write("k2", "note", Some(&content))).await.unwrap();
+        finish(&store, "k2", Some("n1")).await.unwrap();
+        let mut conn = store.read_pool().acquire().await.unwrap();
+        // Pending: matched by content, whatever id GHL gave it; another contact's or a
+        // different task is the user's.
+        assert!(is_own_child(&mut conn, "l", "c", "task", "t9", record).await.unwrap());
+        assert!(!is_own_child(&mut conn, "l", "other", "task", "t9", record).await.unwrap());
+        let other = json!({"title": "Call Ada", "body": "something else"});
+        assert!(!is_own_child(&mut conn, "l", "c", "task", "t9", other.as_object().unwrap()).await.unwrap());
+        // Done: matched by id only.
+        assert!(is_own_child(&mut conn, "l", "c", "note", "n1", &Map::new()).await.unwrap());
+        assert!(!is_own_child(&mut conn, "l", "c", "note", "n2", &Map::new()).await.unwrap());
+        // Child rows never count as the contact's own content.
+        let hash: Hash = content;
+        assert!(!is_own_write(&mut conn, "l", "c", &hash).await.unwrap());
+    }
 }

@@ -2,14 +2,17 @@
 //! fields, tags, notes, tasks) goes through [`WriteBack`] with an idempotency key.
 //!
 //! - The key is stored in `writebacks` (status `pending`) **before** the call and marked `done`
-//!   with the GHL id after it. A replay of a done key makes no call. GHL has no idempotency keys
-//!   and can even create on a 422 (reference/ghl.md §6.8), so a *pending* create found on a
-//!   retry or after a crash is first looked for in GHL (notes by body, tasks by title + body,
-//!   contacts by email) and only created when it is not there.
+//!   with the GHL id after it, each in its own short store transaction
+//!   ([`crate::store::writebacks`]): no GHL call ever runs inside a store transaction. A replay
+//!   of a done key makes no call. GHL has no idempotency keys and can even create on a 422
+//!   (reference/ghl.md §6.8), so a *pending* create found on a retry or after a crash is first
+//!   looked for in GHL (notes by body, tasks by title + body, contacts by email) and only
+//!   created when it is not there.
 //! - Echo suppression: after writing to a contact, [`WriteBack::settle`] reads it back and
 //!   records the hash of its content (the same normalisation and hash as the sync engine).
-//!   The engine calls [`is_own_write`] when a contact comes back changed: if the new hash is
-//!   the one our last write produced, the snapshot is stored but no connector hears of it.
+//!   The engine calls [`crate::store::writebacks::is_own_write`] when a contact comes back
+//!   changed: if the new hash is the one our last write produced, the snapshot is stored but no
+//!   connector hears of it.
 
 use std::sync::Arc;
 
@@ -20,7 +23,8 @@ use crate::domain::normalize::{contact_hash, normalize_contact};
 use crate::ghl::write::{CreateContact, NewTask, NoteWrite, UpdateContact};
 use crate::ghl::{GhlClient, GhlError};
 use crate::http::Priority;
-use crate::store::{Store, StoreError, now_ms};
+use crate::store::writebacks::{self, Begun, NewWrite};
+use crate::store::{Store, StoreError};
 
 /// A failed write-back.
 #[derive(Debug, thiserror::Error)]
@@ -29,12 +33,6 @@ pub enum WriteBackError {
     Ghl(#[from] GhlError),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-impl From<sqlx::Error> for WriteBackError {
-    fn from(error: sqlx::Error) -> Self {
-        WriteBackError::Store(StoreError::Query(error))
-    }
 }
 
 impl WriteBackError {
@@ -81,23 +79,10 @@ pub fn key(parts: &[&str]) -> String {
         }
         hasher.update(part.as_bytes());
     }
-    hex(&hasher.finalize())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::domain::hex(&hasher.finalize())
 }
 
 pub use crate::domain::child_content_key;
-
-/// The state of a key before a write.
-enum Begun {
-    /// New (or pending from an earlier attempt that cannot have created anything).
-    Go,
-    /// Pending from an earlier attempt of a create: look in GHL before creating.
-    Resume,
-    Done(Option<String>),
-}
 
 /// The write-back service (cheap to clone).
 #[derive(Clone)]
@@ -137,46 +122,12 @@ impl WriteBack {
         kind: &str,
         content: Option<&[u8]>,
     ) -> Result<Begun, WriteBackError> {
-        let now = now_ms();
-        let inserted = sqlx::query(
-            "INSERT INTO writebacks (idempotency_key, location_id, contact_id, kind, content_hash, status, created_at, \
-             updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
-        )
-        .bind(key)
-        .bind(location)
-        .bind(contact_id)
-        .bind(kind)
-        .bind(content)
-        .bind(now)
-        .bind(now)
-        .execute(self.store.pool())
-        .await?
-        .rows_affected();
-        if inserted == 1 {
-            return Ok(Begun::Go);
-        }
-        let row: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT status, target_id FROM writebacks WHERE idempotency_key = ?")
-                .bind(key)
-                .fetch_optional(self.store.pool())
-                .await?;
-        Ok(match row {
-            Some((status, target)) if status == "done" => Begun::Done(target),
-            _ => Begun::Resume,
-        })
+        let write = NewWrite { key, location, contact_id, kind, content };
+        Ok(writebacks::begin(&self.store, &write).await?)
     }
 
     async fn finish(&self, key: &str, target: Option<&str>) -> Result<(), WriteBackError> {
-        sqlx::query(
-            "UPDATE writebacks SET status = 'done', target_id = COALESCE(?, target_id), updated_at = ? \
-             WHERE idempotency_key = ?",
-        )
-        .bind(target)
-        .bind(now_ms())
-        .bind(key)
-        .execute(self.store.pool())
-        .await?;
-        Ok(())
+        Ok(writebacks::finish(&self.store, key, target).await?)
     }
 
     /// One idempotent write under `key`: nothing is sent when the key is already done;
@@ -262,14 +213,14 @@ impl WriteBack {
         let content = child_content_key(None, note.body.as_deref());
         match self.begin(key, location, Some(contact_id), "note", Some(&content)).await? {
             Begun::Done(target) => return Ok(Written::Already(target)),
-            Begun::Resume => {
+            Begun::Pending => {
                 let notes = self.ghl.list_notes(location, contact_id, Priority::WriteBack).await?;
                 if let Some(id) = notes.iter().find(|n| same(n, "body", note.body.as_deref())).and_then(id_of) {
                     self.finish(key, Some(&id)).await?;
                     return Ok(Written::Found(id));
                 }
             }
-            Begun::Go => {}
+            Begun::New => {}
         }
         let created = self.ghl.create_note(location, contact_id, note).await?;
         let id = created.id.clone();
@@ -288,7 +239,7 @@ impl WriteBack {
         let content = child_content_key(Some(&task.title), task.body.as_deref());
         match self.begin(key, location, Some(contact_id), "task", Some(&content)).await? {
             Begun::Done(target) => return Ok(Written::Already(target)),
-            Begun::Resume => {
+            Begun::Pending => {
                 let tasks = self.ghl.list_tasks(location, contact_id, Priority::WriteBack).await?;
                 let found = tasks
                     .iter()
@@ -299,7 +250,7 @@ impl WriteBack {
                     return Ok(Written::Found(id));
                 }
             }
-            Begun::Go => {}
+            Begun::New => {}
         }
         let created = self.ghl.create_task(location, contact_id, task).await?;
         let id = created.id.clone();
@@ -333,7 +284,7 @@ impl WriteBack {
         let location = contact.location_id.as_str();
         match self.begin(key, location, None, "contact_create", None).await? {
             Begun::Done(target) => return Ok(Written::Already(target)),
-            Begun::Resume => {
+            Begun::Pending => {
                 if let Some(email) = lookup_email
                     && let Some(id) = self.find_by_email(location, email).await?
                 {
@@ -341,7 +292,7 @@ impl WriteBack {
                     return Ok(Written::Found(id));
                 }
             }
-            Begun::Go => {}
+            Begun::New => {}
         }
         let created = self.ghl.create_contact(contact).await?;
         self.finish_create(key, &created.id).await?;
@@ -349,12 +300,7 @@ impl WriteBack {
     }
 
     async fn finish_create(&self, key: &str, id: &str) -> Result<(), WriteBackError> {
-        sqlx::query("UPDATE writebacks SET contact_id = ? WHERE idempotency_key = ?")
-            .bind(id)
-            .bind(key)
-            .execute(self.store.pool())
-            .await?;
-        self.finish(key, Some(id)).await
+        Ok(writebacks::finish_create(&self.store, key, id).await?)
     }
 
     /// A contact of the location with exactly this email (search with an `eq` filter).
@@ -403,19 +349,7 @@ impl WriteBack {
         };
         let record = normalize_contact(map);
         let hash = contact_hash(&record, &self.ignored);
-        let now = now_ms();
-        for key in keys {
-            sqlx::query(
-                "UPDATE writebacks SET content_hash = ?, contact_id = COALESCE(contact_id, ?), updated_at = ? \
-                 WHERE idempotency_key = ?",
-            )
-            .bind(hash.as_slice())
-            .bind(contact_id)
-            .bind(now)
-            .bind(key)
-            .execute(self.store.pool())
-            .await?;
-        }
+        writebacks::record_settled(&self.store, contact_id, keys, &hash).await?;
         Ok(Some(record))
     }
 }
@@ -437,8 +371,6 @@ fn id_of(item: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::normalize::Hash;
-    use crate::store::writebacks::{is_own_child, is_own_write};
     use serde_json::json;
 
     #[test]
@@ -456,68 +388,5 @@ mod tests {
         assert!(!same(&note, "body", Some("other")));
         assert!(same(&json!({"id": "t"}), "body", None));
         assert_eq!(id_of(&note).as_deref(), Some("n1"));
-    }
-
-    #[tokio::test]
-    async fn own_writes_are_the_latest_recorded_content() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&dir.path().join("t.db"), std::time::Duration::from_secs(5)).await.unwrap();
-        let mut conn = store.pool().acquire().await.unwrap();
-        let a: Hash = [1; 32];
-        let b: Hash = [2; 32];
-        assert!(!is_own_write(&mut conn, "l", "c", &a).await.unwrap());
-        for (key, hash, at) in [("k1", a, 1), ("k2", b, 2)] {
-            sqlx::query(
-                "INSERT INTO writebacks (idempotency_key, location_id, contact_id, kind, content_hash, status, created_at, updated_at) \
-                 VALUES (?, 'l', 'c', 'contact_update', ?, 'done', ?, ?)",
-            )
-            .bind(key)
-            .bind(hash.as_slice())
-            .bind(at)
-            .bind(at)
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-        }
-        assert!(is_own_write(&mut conn, "l", "c", &b).await.unwrap());
-        // An older state we wrote, come back later, is a user's change.
-        assert!(!is_own_write(&mut conn, "l", "c", &a).await.unwrap());
-        assert!(!is_own_write(&mut conn, "l", "other", &b).await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn own_children_are_known_by_id_when_done_and_by_content_while_pending() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&dir.path().join("t.db"), std::time::Duration::from_secs(5)).await.unwrap();
-        let mut conn = store.pool().acquire().await.unwrap();
-        let task = json!({"title": "Call Ada", "body": " Lusha lead "});
-        let record = task.as_object().unwrap();
-        let content = child_content_key(Some("Call Ada"), Some("Lusha lead"));
-        for (key, kind, target, status) in [("k1", "task", None, "pending"), ("k2", "note", Some("n1"), "done")] {
-            sqlx::query(
-                "INSERT INTO writebacks (idempotency_key, location_id, contact_id, kind, target_id, content_hash, status, \
-                 created_at, updated_at) VALUES (?, 'l', 'c', ?, ?, ?, ?, 1, 1)",
-            )
-            .bind(key)
-            .bind(kind)
-            .bind(target)
-            .bind(&content[..])
-            .bind(status)
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-        }
-        // Pending: matched by content, whatever id GHL gave it; another contact's or a
-        // different task is the user's.
-        assert!(is_own_child(&mut conn, "l", "c", "task", "t9", record).await.unwrap());
-        assert!(!is_own_child(&mut conn, "l", "other", "task", "t9", record).await.unwrap());
-        let other = json!({"title": "Call Ada", "body": "something else"});
-        assert!(!is_own_child(&mut conn, "l", "c", "task", "t9", other.as_object().unwrap()).await.unwrap());
-        // Done: matched by id only.
-        assert!(is_own_child(&mut conn, "l", "c", "note", "n1", &Map::new()).await.unwrap());
-        assert!(!is_own_child(&mut conn, "l", "c", "note", "n2", &Map::new()).await.unwrap());
-        // Child rows never count as the contact's own content.
-        let hash: Hash = content;
-        assert!(!is_own_write(&mut conn, "l", "c", &hash).await.unwrap());
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use ghl_sync::app::App;
 use ghl_sync::config::{Dur, LushaSettings, Secret, Settings};
 use ghl_sync::ghl::write::NoteWrite;
+use ghl_sync::store::writebacks::{self, Begun, NewWrite};
 use ghl_sync::sync::engine::RunOptions;
 use ghl_sync::writeback::{WriteBack, Written};
 use ghl_sync_sandbox::ghl::GhlOptions;
@@ -242,6 +243,9 @@ async fn out_of_credits_loses_nothing_and_resumes_when_credits_return() {
     let requests = sandbox.lusha.stats().total_requests();
     app.dispatcher.run_once().await;
     assert_eq!(sandbox.lusha.stats().total_requests(), requests);
+    // The 402 stops only the Lusha connector: the webhook connector delivered everything.
+    assert_eq!(pending(&app, "webhook.test").await, 0);
+    assert_eq!(sandbox.sink.accepted(Some("test")).len(), 12);
 
     sandbox.lusha.set_credits(100_000);
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -300,15 +304,9 @@ async fn write_back_creates_a_note_once_even_after_a_crash_mid_create() {
 
     // A crash after GHL created the note but before the key was marked done.
     let other = NoteWrite { body: Some("second note".into()), ..NoteWrite::default() };
-    sqlx::query(
-        "INSERT INTO writebacks (idempotency_key, location_id, contact_id, kind, status, created_at, updated_at) \
-         VALUES ('key-2', ?, ?, 'note', 'pending', 0, 0)",
-    )
-    .bind(&location)
-    .bind(&ids[0])
-    .execute(app.store.pool())
-    .await
-    .unwrap();
+    let pending_key =
+        NewWrite { key: "key-2", location: &location, contact_id: Some(&ids[0]), kind: "note", content: None };
+    assert_eq!(writebacks::begin(&app.store, &pending_key).await.unwrap(), Begun::New);
     let created = sandbox.ghl.create_note(&ids[0], json!({"body": "second note"})).unwrap();
     let resumed = writeback.create_note(&location, &ids[0], "key-2", &other).await.unwrap();
     assert_eq!(resumed, Written::Found(created));
@@ -318,7 +316,7 @@ async fn write_back_creates_a_note_once_even_after_a_crash_mid_create() {
     writeback.add_tags(&location, &ids[0], "key-3", &["vip".to_owned()]).await.unwrap();
     let record = writeback.settle(&location, &ids[0], &["key-3".to_owned()]).await.unwrap().unwrap();
     let hash = ghl_sync::domain::normalize::contact_hash(&record, &[]);
-    assert!(ghl_sync::store::writebacks::was_own_write(&app.store, &location, &ids[0], &hash).await.unwrap());
+    assert!(writebacks::was_own_write(&app.store, &location, &ids[0], &hash).await.unwrap());
 }
 
 fn lusha_signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
@@ -536,6 +534,7 @@ async fn prospecting_leads_become_ghl_contacts_once_and_signals_become_notes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lead_enriched_before_a_crash_is_imported_without_paying_again_and_only_once() {
     use ghl_sync::connectors::lusha::LushaConnector;
+    use ghl_sync::store::lusha::{NewLead, Spend};
     let sandbox = sandbox().await;
     let dir = tempfile::tempdir().unwrap();
     let location = location(&sandbox);
@@ -558,24 +557,11 @@ async fn a_lead_enriched_before_a_crash_is_imported_without_paying_again_and_onl
     let response = connector.lusha().enrich(std::slice::from_ref(&lead), &reveal, false).await.unwrap();
     let result = response["results"][0].clone();
     assert_eq!(result["id"].as_str(), Some(lead.as_str()));
-    let now = ghl_sync::store::now_ms();
-    for id in &leads {
-        let (status, packed) =
-            if *id == lead { ("enriched", Some(ghl_sync::store::codec::pack(&result))) } else { ("not_found", None) };
-        sqlx::query(
-            "INSERT INTO lusha_leads (location_id, lead_id, search, status, result, credits, first_seen, updated_at) \
-             VALUES (?, ?, 's', ?, ?, 6, ?, ?)",
-        )
-        .bind(&location)
-        .bind(id)
-        .bind(status)
-        .bind(packed)
-        .bind(now)
-        .bind(now)
-        .execute(app.store.pool())
-        .await
-        .unwrap();
-    }
+    let recorded: Vec<NewLead> =
+        leads.iter().map(|id| NewLead { lead_id: id, result: (*id == lead).then_some(&result), credits: 6 }).collect();
+    let day = ghl_sync::connectors::lusha::utc_day(ghl_sync::store::now_ms());
+    let spend = Spend { day: &day, credits: 6 };
+    ghl_sync::store::lusha::record_leads(&app.store, spend, &location, "s", &recorded).await.unwrap();
     let enrich_calls = sandbox.lusha.stats().requests_to("contacts/enrich");
     let spent = sandbox.lusha.ledger().spent;
 
@@ -596,5 +582,125 @@ async fn a_lead_enriched_before_a_crash_is_imported_without_paying_again_and_onl
     assert_eq!(again.created + again.updated, 1, "{again:?}");
     assert_eq!(sandbox.ghl.contact_ids(&location).len(), 1, "no duplicate contact");
     assert_eq!(sandbox.lusha.stats().requests_to("contacts/enrich"), enrich_calls);
+    sandbox.stop().await;
+}
+
+/// Issue 17, defect 5: with the default budget (`daily_credit_cap = 500`,
+/// `max_credits_per_contact = 12`) 60 new contacts used to get one call of floor(500/12) = 41
+/// lookups and the other 19 were parked until the next UTC midnight, although the 41 had
+/// really cost a fraction of the cap. Admission now runs before every call on what Lusha
+/// really charged: the daemon enriches all 60 at once, over two calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_new_contacts_are_all_enriched_the_same_day_when_real_spend_leaves_room() {
+    let sandbox = sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let emails = sandbox.lusha.sample_emails(60, found);
+    let ids = create_contacts(&sandbox, &emails);
+    let identities: Vec<Identity> = emails.iter().map(|e| Identity::email(e.clone())).collect();
+    let predicted = sandbox.lusha.predict_cost(&identities, &["emails", "phones"], true);
+    let defaults = LushaSettings::default();
+    let (cap, per_contact) = (defaults.daily_credit_cap, defaults.max_credits_per_contact);
+    assert_eq!((cap, per_contact), (500, 12), "the defaults the issue names");
+    let worst_case_batch = usize::try_from(cap / per_contact).unwrap();
+    assert!(ids.len() > worst_case_batch, "more contacts than the worst case admits at once");
+    assert!(predicted + per_contact <= cap, "all 60 really fit under the cap ({predicted} credits)");
+
+    let settings = settings(&sandbox, dir.path(), |lusha| {
+        lusha.daily_credit_cap = defaults.daily_credit_cap;
+        lusha.max_credits_per_contact = defaults.max_credits_per_contact;
+        lusha.credit_reserve = defaults.credit_reserve;
+    });
+    let app = App::build(config(settings)).await.unwrap();
+    assert_eq!(sync_all(&app).await, 60, "all 60 are in the outbox before the daemon starts");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let daemon = tokio::spawn(app.run_until_stopped(stop.clone()));
+
+    let enriched = |s: &Sandbox| {
+        ids.iter()
+            .filter(|id| s.ghl.contact(id).is_some_and(|c| tags(&c).contains(&"lusha:enriched".to_owned())))
+            .count()
+    };
+    let all = crate::helpers::eventually(Duration::from_secs(30), || enriched(&sandbox) == ids.len()).await;
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    assert!(all, "{} of 60 enriched; Lusha requests {:?}", enriched(&sandbox), sandbox.lusha.stats());
+    let store = ghl_sync::store::Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
+
+    // Every credit is accounted for: what Lusha's ledger charged is what we booked.
+    let ledger = sandbox.lusha.ledger();
+    assert_eq!(ledger.spent, predicted, "each contact paid for once");
+    let today = ghl_sync::connectors::lusha::utc_day(ghl_sync::store::now_ms());
+    let booked = ghl_sync::store::lusha::spent_on(&store, &today).await.unwrap();
+    assert_eq!(booked.spent, ledger.spent, "our books match Lusha's ledger");
+    assert!(booked.spent <= cap);
+    // The worst case bounds the first call at 41 contacts; the real spend admits the rest in
+    // the calls that follow, the same day.
+    let calls = sandbox.lusha.stats().requests_to("contacts/search-and-enrich");
+    assert!(calls >= 2, "{calls} calls");
+    assert_eq!(u64::try_from(booked.calls).unwrap(), calls, "every call booked");
+    // Nothing was parked: no Lusha row is left waiting, none was set aside.
+    let waiting: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE connector = 'lusha' AND status = 'pending'")
+            .fetch_one(store.read_pool())
+            .await
+            .unwrap();
+    assert_eq!(waiting, 0, "no contact parked while the real budget had room");
+    let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(store.read_pool()).await.unwrap();
+    assert_eq!(dead, 0);
+    sandbox.stop().await;
+}
+
+/// The other side of defect 5: a cap that the real spend has used up (less than one contact's
+/// worst case left) still parks the rest until the next UTC day, without a Lusha call, and the
+/// cap is never passed. The contacts admitted before that are far more than the worst case
+/// alone would have allowed (cap / per contact), because each call is admitted on real spend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_cap_used_up_by_real_spend_parks_the_rest_until_the_next_utc_day() {
+    let sandbox = sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let emails = sandbox.lusha.sample_emails(20, found);
+    create_contacts(&sandbox, &emails);
+    let (cap, per_contact) = (30, 12);
+    let tweak = |lusha: &mut LushaSettings| {
+        lusha.daily_credit_cap = cap;
+        lusha.max_credits_per_contact = per_contact;
+    };
+    let app = App::build(config(settings(&sandbox, dir.path(), tweak))).await.unwrap();
+    let started = ghl_sync::store::now_ms();
+    let next_day =
+        started + i64::try_from(ghl_sync::connectors::lusha::until_next_utc_day(started).as_millis()).unwrap();
+    sync_all(&app).await;
+    for _ in 0..5 {
+        app.dispatcher.run_once().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let spent = sandbox.lusha.ledger().spent;
+    assert!(spent <= cap, "the cap is never passed: {spent}");
+    assert!(cap - spent < per_contact, "parked only once less than one contact's worst case was left: {spent}");
+    let today = ghl_sync::connectors::lusha::utc_day(started);
+    assert_eq!(ghl_sync::store::lusha::spent_on(&app.store, &today).await.unwrap().spent, spent);
+    let enriched: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE connector = 'lusha' AND status = 'done'")
+        .fetch_one(app.store.read_pool())
+        .await
+        .unwrap();
+    assert!(enriched > cap / per_contact, "{enriched} enriched: admission used the real spend, not the worst case");
+    let parked: Vec<i64> =
+        sqlx::query_scalar("SELECT next_attempt_at FROM outbox WHERE connector = 'lusha' AND status = 'pending'")
+            .fetch_all(app.store.read_pool())
+            .await
+            .unwrap();
+    assert_eq!(parked.len() as i64 + enriched, 20, "nothing lost");
+    assert!(!parked.is_empty());
+    assert!(parked.iter().all(|at| *at >= next_day), "parked until the next UTC day: {parked:?} vs {next_day}");
+    let dead: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(app.store.read_pool()).await.unwrap();
+    assert_eq!(dead, 0);
+    // Parked: no more Lusha calls. The other connector delivered everything meanwhile.
+    let requests = sandbox.lusha.stats().total_requests();
+    app.dispatcher.run_once().await;
+    assert_eq!(sandbox.lusha.stats().total_requests(), requests);
+    assert_eq!(pending(&app, "webhook.test").await, 0);
+    assert_eq!(sandbox.sink.accepted(Some("test")).len(), 20);
     sandbox.stop().await;
 }

@@ -3,8 +3,9 @@
 //!
 //! - **Lead import.** Each `[[connectors.lusha.leads]]` search is listed through
 //!   `/v3/contacts/prospecting` (free). A lead id not in `lusha_leads` for that location is
-//!   enriched by id within the credit budget (the same cap, reserve and gates as the
-//!   enrichment), the result is stored **before** any GHL write (status `enriched`), then the
+//!   enriched by id within the credit budget (the same cap, reserve, gates and per-call
+//!   admission on the real spend as the enrichment, one spending call at a time with it), the
+//!   result is stored with the call's charge **before** any GHL write (status `enriched`), then the
 //!   GHL contact is looked up by every revealed email and callable phone, updated when found
 //!   and created otherwise, tagged `lusha:lead` and optionally given a task. Every write is keyed
 //!   by (location, Lusha id), so a crash or a retry never creates a second contact or task. A
@@ -21,24 +22,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
-use sqlx::Row;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::client::LushaError;
 use super::config::{EuPolicy, LeadSearch};
 use super::mapping::{Answer, Identity, credits_charged, extract, match_by_id};
-use super::{Cached, ID, LushaConnector};
+use super::{Held, ID, LushaConnector, utc_day};
 use crate::connectors::mapping::render;
 use crate::ghl::write::{CreateContact, NewTask, NoteWrite, UpdateContact};
 use crate::http::Priority;
-use crate::store::{codec, now_ms};
+use crate::store::lusha::{self as books, Cached, LeadEnd, LeadImport, NewLead, ResultKind, Spend, StoredLead};
+use crate::store::{StoreError, now_ms};
 use crate::writeback::{WriteBackError, key, phone_digits};
 
 /// Prospecting results per page (Lusha's maximum).
 const PAGE_SIZE: u64 = 50;
 /// Signals handled per pass.
-const SIGNALS_PER_PASS: i64 = 100;
+const SIGNALS_PER_PASS: u32 = 100;
 
 /// What one poll of a lead search did (counts only: no personal data).
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
@@ -74,8 +75,8 @@ pub enum LeadError {
     WriteBack(#[from] WriteBackError),
 }
 
-impl From<sqlx::Error> for LeadError {
-    fn from(error: sqlx::Error) -> Self {
+impl From<StoreError> for LeadError {
+    fn from(error: StoreError) -> Self {
         LeadError::WriteBack(error.into())
     }
 }
@@ -89,15 +90,6 @@ pub struct SignalReport {
     pub unmatched: usize,
     /// Signals left pending after a retryable failure.
     pub pending: usize,
-}
-
-/// A lead's result as stored, ready to import.
-struct Enriched {
-    lead_id: String,
-    search: String,
-    result: Value,
-    credits: i64,
-    enriched_at: i64,
 }
 
 impl LushaConnector {
@@ -171,15 +163,6 @@ impl LushaConnector {
             report.held += fresh.len() - search.max_per_poll;
             fresh.truncate(search.max_per_poll);
         }
-        if !fresh.is_empty() {
-            let (allowed, _) = self.allowance().await;
-            if fresh.len() > allowed {
-                tracing::warn!(connector.id = ID, search = %search.name, held = fresh.len() - allowed, "Lusha credit budget reached; the other new leads wait for a later poll");
-                metrics::counter!("ghl_sync_lusha_held_by_budget_total").increment((fresh.len() - allowed) as u64);
-                report.held += fresh.len() - allowed;
-                fresh.truncate(allowed);
-            }
-        }
         self.enrich_leads(search, fresh, stop, &mut report).await?;
         self.import_enriched(location, stop, &mut report).await?;
         Ok(report)
@@ -201,7 +184,7 @@ impl LushaConnector {
             })?;
             let ids = lead_ids(&response);
             report.listed += ids.len();
-            let known = self.known_leads(&search.location, &ids).await?;
+            let known = books::known_leads(&self.store, &search.location, &ids).await?;
             for id in ids {
                 if !known.contains(&id) && !fresh.contains(&id) {
                     fresh.push(id);
@@ -215,37 +198,37 @@ impl LushaConnector {
         Ok(fresh)
     }
 
-    /// Lead ids of `ids` (one result page, at most 50) already recorded for the location.
-    async fn known_leads(&self, location: &str, ids: &[String]) -> Result<HashSet<String>, sqlx::Error> {
-        if ids.is_empty() {
-            return Ok(HashSet::new());
-        }
-        let sql = format!(
-            "SELECT lead_id FROM lusha_leads WHERE location_id = ? AND lead_id IN ({})",
-            vec!["?"; ids.len()].join(",")
-        );
-        let mut query = sqlx::query_scalar::<_, String>(&sql).bind(location);
-        for id in ids {
-            query = query.bind(id);
-        }
-        Ok(query.fetch_all(self.store.pool()).await?.into_iter().collect())
-    }
-
-    /// Enriches new leads by Lusha id in batches and stores every answer before any GHL write.
+    /// Enriches new leads by Lusha id in batches, each call admitted on the real spend so far
+    /// (like the enrichment), and stores every answer with the call's charge before any GHL
+    /// write. Leads the budget cannot fit now are held for a later poll.
     async fn enrich_leads(
         &self,
         search: &LeadSearch,
         fresh: Vec<String>,
         stop: &CancellationToken,
         report: &mut LeadReport,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<(), StoreError> {
         let size = self.settings.batch_size.clamp(1, 100);
-        let chunks: Vec<&[String]> = fresh.chunks(size).collect();
-        for (n, chunk) in chunks.iter().enumerate() {
+        let mut rest: &[String] = &fresh;
+        while !rest.is_empty() {
             if stop.is_cancelled() {
-                report.held += chunks[n..].iter().map(|c| c.len()).sum::<usize>();
+                report.held += rest.len();
                 break;
             }
+            let spending = self.spending.lock().await;
+            let admitted = match self.admit(rest.len().min(size)).await {
+                Ok(admitted) => admitted,
+                Err(held) => {
+                    if let Held::Budget(_) = held {
+                        tracing::warn!(connector.id = ID, search = %search.name, held = rest.len(), "Lusha credit budget reached; the other new leads wait for a later poll");
+                        metrics::counter!("ghl_sync_lusha_held_by_budget_total").increment(rest.len() as u64);
+                    }
+                    report.held += rest.len();
+                    break;
+                }
+            };
+            let (chunk, later) = rest.split_at(admitted);
+            rest = later;
             let response = match self.call_once_more(false, &[], chunk).await {
                 Ok(response) => response,
                 Err(error) => {
@@ -253,47 +236,41 @@ impl LushaConnector {
                     // again. Leads enriched so far are still imported.
                     self.note_error(&error);
                     tracing::warn!(connector.id = ID, search = %search.name, error = %error, "Lusha enrich of new leads failed");
-                    report.held += chunks[n..].iter().map(|c| c.len()).sum::<usize>();
+                    report.held += chunk.len() + rest.len();
                     break;
                 }
             };
             let credits = credits_charged(&response);
-            self.book_spend(credits).await;
+            self.note_spend(credits);
             let answers = match_by_id(&response, chunk);
             let found = answers.values().filter(|a| matches!(a, Answer::Found(_))).count().max(1) as i64;
-            let now = now_ms();
             let mut nth = 0i64;
-            for id in chunk.iter() {
-                let (status, result, share) = match answers.get(id) {
+            let mut leads = Vec::with_capacity(chunk.len());
+            for id in chunk {
+                match answers.get(id) {
                     Some(Answer::Found(value)) => {
                         nth += 1;
-                        report.enriched += 1;
-                        ("enriched", Some(codec::pack(value)), super::credit_share(credits, found, nth))
+                        let credits = super::credit_share(credits, found, nth);
+                        leads.push(NewLead { lead_id: id, result: Some(value), credits });
                     }
-                    Some(Answer::Failed(_)) => {
-                        report.held += 1;
-                        continue;
-                    }
+                    Some(Answer::Failed(_)) => report.held += 1,
                     Some(Answer::NotFound | Answer::Restricted) | None => {
-                        report.not_found += 1;
-                        ("not_found", None, 0)
+                        leads.push(NewLead { lead_id: id, result: None, credits: 0 });
                     }
-                };
-                sqlx::query(
-                    "INSERT INTO lusha_leads (location_id, lead_id, search, status, result, credits, first_seen, updated_at) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (location_id, lead_id) DO NOTHING",
-                )
-                .bind(&search.location)
-                .bind(id)
-                .bind(&search.name)
-                .bind(status)
-                .bind(result)
-                .bind(share)
-                .bind(now)
-                .bind(now)
-                .execute(self.store.pool())
-                .await?;
+                }
             }
+            let day = utc_day(now_ms());
+            let spend = Spend { day: &day, credits };
+            if let Err(error) = books::record_leads(&self.store, spend, &search.location, &search.name, &leads).await {
+                // The charge must still count against the budget; the leads are listed
+                // (and enriched: re-reveals are free) again next poll.
+                self.book_spend_alone(credits).await;
+                return Err(error);
+            }
+            drop(spending);
+            let enriched = leads.iter().filter(|lead| lead.result.is_some()).count();
+            report.enriched += enriched;
+            report.not_found += leads.len() - enriched;
         }
         Ok(())
     }
@@ -305,32 +282,17 @@ impl LushaConnector {
         stop: &CancellationToken,
         report: &mut LeadReport,
     ) -> Result<(), LeadError> {
-        let rows = sqlx::query(
-            "SELECT lead_id, search, result, credits, updated_at FROM lusha_leads \
-             WHERE location_id = ? AND status = 'enriched' ORDER BY first_seen, lead_id",
-        )
-        .bind(location)
-        .fetch_all(self.store.pool())
-        .await?;
-        for row in rows {
+        for lead in books::enriched_leads(&self.store, location).await? {
             if stop.is_cancelled() {
                 break;
             }
-            let packed: Option<Vec<u8>> = row.try_get(2)?;
-            let Some(result) = packed.and_then(|bytes| codec::unpack(&bytes).ok()) else {
-                let lead_id: String = row.try_get(0)?;
-                self.mark_lead(location, &lead_id, "failed", None, None, Some("stored result unreadable")).await?;
+            let Some(result) = lead.result.as_ref() else {
+                let unreadable = LeadEnd::Failed("stored result unreadable");
+                books::set_lead_aside(&self.store, location, &lead.lead_id, unreadable).await?;
                 report.failed += 1;
                 continue;
             };
-            let lead = Enriched {
-                lead_id: row.try_get(0)?,
-                search: row.try_get(1)?,
-                result,
-                credits: row.try_get(3)?,
-                enriched_at: row.try_get(4)?,
-            };
-            match self.import_lead(location, &lead).await {
+            match self.import_lead(location, &lead, result).await {
                 Ok("created") => report.created += 1,
                 Ok("updated") => report.updated += 1,
                 Ok(_) => report.skipped += 1,
@@ -340,7 +302,8 @@ impl LushaConnector {
                 }
                 Err(error) => {
                     tracing::warn!(connector.id = ID, location.id = %location, error = %error, "GHL rejected a Lusha lead; set aside");
-                    self.mark_lead(location, &lead.lead_id, "failed", None, None, Some(&error.to_string())).await?;
+                    let reason = error.to_string();
+                    books::set_lead_aside(&self.store, location, &lead.lead_id, LeadEnd::Failed(&reason)).await?;
                     report.failed += 1;
                 }
             }
@@ -348,53 +311,32 @@ impl LushaConnector {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn mark_lead(
-        &self,
-        location: &str,
-        lead_id: &str,
-        status: &str,
-        contact_id: Option<&str>,
-        action: Option<&str>,
-        error: Option<&str>,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "UPDATE lusha_leads SET status = ?, contact_id = COALESCE(?, contact_id), action = ?, error = ?, \
-             updated_at = ? WHERE location_id = ? AND lead_id = ?",
-        )
-        .bind(status)
-        .bind(contact_id)
-        .bind(action)
-        .bind(error)
-        .bind(now_ms())
-        .bind(location)
-        .bind(lead_id)
-        .execute(self.store.pool())
-        .await?;
-        Ok(())
-    }
-
     /// Creates or updates the GHL contact of one enriched lead. Returns `created`, `updated` or
     /// `skipped`.
-    async fn import_lead(&self, location: &str, lead: &Enriched) -> Result<&'static str, WriteBackError> {
-        let extracted = extract(&lead.result, &self.settings);
+    async fn import_lead(
+        &self,
+        location: &str,
+        lead: &StoredLead,
+        result: &Value,
+    ) -> Result<&'static str, WriteBackError> {
+        let extracted = extract(result, &self.settings);
         if extracted.eu && self.settings.eu_policy == EuPolicy::Skip {
-            self.mark_lead(location, &lead.lead_id, "skipped", None, None, Some("eu_policy = skip")).await?;
+            books::set_lead_aside(&self.store, location, &lead.lead_id, LeadEnd::Skipped("eu_policy = skip")).await?;
             return Ok("skipped");
         }
         let ids = self.field_ids(location).await?;
         let cached = Cached {
             identity_hash: String::new(),
             lusha_id: Some(lead.lead_id.clone()),
-            outcome: "found".to_owned(),
-            result: Some(lead.result.clone()),
+            outcome: ResultKind::Found,
+            result: Some(result.clone()),
             enriched_at: lead.enriched_at,
             written_at: None,
         };
         let write_key = |what: &str| key(&[ID, "lead", location, &lead.lead_id, what]);
         let _importing = self.imports.write().await;
         let tags = vec![self.settings.tags.lead.clone(), self.settings.tags.enriched.clone()];
-        let existing = match self.find_in_ghl(location, &lead.result).await? {
+        let existing = match self.find_in_ghl(location, result).await? {
             Some(id) => self.writeback.ghl().get_contact(location, &id, Priority::WriteBack).await?,
             None => None,
         };
@@ -409,7 +351,7 @@ impl LushaConnector {
             }
             None => {
                 let update = self.update_for(&Map::new(), &cached, &ids);
-                let create = new_contact(location, &lead.result, update, tags);
+                let create = new_contact(location, result, update, tags);
                 let written =
                     self.writeback.create_contact(&write_key("create"), &create, create.email.as_deref()).await?;
                 let Some(id) = written.id().map(str::to_owned) else {
@@ -425,7 +367,7 @@ impl LushaConnector {
         };
         let search = self.settings.leads.iter().find(|s| s.name == lead.search);
         if let Some(task) = search.and_then(|s| s.task.as_ref()) {
-            let fields = template_fields(&lead.result, &lead.search);
+            let fields = template_fields(result, &lead.search);
             let lookup = |name: &str| fields.get(name).cloned();
             let due = lead.enriched_at.saturating_add(super::ms(task.due_in.get()));
             let new_task = NewTask {
@@ -439,42 +381,22 @@ impl LushaConnector {
         }
         // Read back: our own update is not delivered as a user change, and the contact's
         // identity gets this result in the cache so the enrichment never pays for it again.
-        if let Some(record) = self.writeback.settle(location, &contact_id, &keys).await? {
-            let linkedin = self.settings.linkedin_field.as_ref().and_then(|k| ids.get(k)).map(String::as_str);
-            if let Some(identity) = Identity::of(&record, linkedin) {
-                self.cache_lead(location, &contact_id, &identity.hash(), lead).await?;
-            }
-        }
-        self.mark_lead(location, &lead.lead_id, "imported", Some(&contact_id), Some(action), None).await?;
+        let record = self.writeback.settle(location, &contact_id, &keys).await?;
+        let linkedin = self.settings.linkedin_field.as_ref().and_then(|k| ids.get(k)).map(String::as_str);
+        let identity_hash = record.and_then(|record| Identity::of(&record, linkedin)).map(|identity| identity.hash());
+        let import = LeadImport {
+            location,
+            lead_id: &lead.lead_id,
+            contact_id: &contact_id,
+            action,
+            identity: identity_hash.as_deref().map(|hash| self.cache_key(&contact_id, hash)),
+            result,
+            credits: lead.credits,
+            enriched_at: lead.enriched_at,
+        };
+        books::lead_imported(&self.store, &import).await?;
         metrics::counter!("ghl_sync_lusha_leads_imported_total", "action" => action).increment(1);
         Ok(action)
-    }
-
-    async fn cache_lead(
-        &self,
-        location: &str,
-        contact_id: &str,
-        identity_hash: &str,
-        lead: &Enriched,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO lusha_cache (location_id, contact_id, identity_hash, reveal_set, lusha_id, found, outcome, result, credits, enriched_at, written_at) \
-             VALUES (?, ?, ?, ?, ?, 1, 'found', ?, ?, ?, ?) \
-             ON CONFLICT (contact_id, identity_hash, reveal_set) DO UPDATE SET lusha_id = excluded.lusha_id, found = 1, \
-             outcome = 'found', result = excluded.result, enriched_at = excluded.enriched_at, written_at = excluded.written_at",
-        )
-        .bind(location)
-        .bind(contact_id)
-        .bind(identity_hash)
-        .bind(&self.reveal_set)
-        .bind(&lead.lead_id)
-        .bind(codec::pack(&lead.result))
-        .bind(lead.credits)
-        .bind(lead.enriched_at)
-        .bind(now_ms())
-        .execute(self.store.pool())
-        .await?;
-        Ok(())
     }
 
     /// The GHL contact with one of the lead's emails (any type) or callable phones, if any.
@@ -496,40 +418,23 @@ impl LushaConnector {
     /// Writes pending Lusha signals to GHL (a note and a tag per matched contact).
     pub async fn process_signals(&self, stop: &CancellationToken) -> Result<SignalReport, WriteBackError> {
         let mut report = SignalReport::default();
-        let rows = sqlx::query(
-            "SELECT id, signal_type, entity_id, data FROM lusha_signals WHERE processed_at IS NULL \
-             ORDER BY received_at, id LIMIT ?",
-        )
-        .bind(SIGNALS_PER_PASS)
-        .fetch_all(self.store.pool())
-        .await?;
-        for row in rows {
+        for signal in books::pending_signals(&self.store, SIGNALS_PER_PASS).await? {
             if stop.is_cancelled() {
                 break;
             }
-            let id: String = row.try_get(0)?;
-            let signal_type: String = row.try_get(1)?;
-            let entity_id: Option<String> = row.try_get(2)?;
-            let packed: Vec<u8> = row.try_get(3)?;
-            let data: Value = codec::unpack(&packed).unwrap_or(Value::Null);
-            let person = data.get("personId").and_then(super::mapping::reference_text);
-            let contacts: Vec<(String, String)> = sqlx::query_as(
-                "SELECT DISTINCT location_id, contact_id FROM lusha_cache WHERE found = 1 AND lusha_id IN (?, ?) \
-                 ORDER BY location_id, contact_id",
-            )
-            .bind(entity_id.as_deref().unwrap_or(""))
-            .bind(person.as_deref().unwrap_or(""))
-            .fetch_all(self.store.pool())
-            .await?;
+            let person = signal.data.get("personId").and_then(super::mapping::reference_text);
+            let lusha_ids = [signal.entity_id.as_deref().unwrap_or(""), person.as_deref().unwrap_or("")];
+            let contacts = books::contacts_enriched_as(&self.store, &lusha_ids).await?;
             if contacts.is_empty() {
-                self.finish_signal(&id, Some("no enriched GHL contact has this Lusha id")).await?;
+                let unmatched = Some("no enriched GHL contact has this Lusha id");
+                books::finish_signal(&self.store, &signal.id, unmatched).await?;
                 metrics::counter!("ghl_sync_lusha_signals_total", "outcome" => "unmatched").increment(1);
                 report.unmatched += 1;
                 continue;
             }
-            match self.apply_signal(&id, &signal_type, &data, &contacts).await {
+            match self.apply_signal(&signal.id, &signal.signal_type, &signal.data, &contacts).await {
                 Ok(()) => {
-                    self.finish_signal(&id, None).await?;
+                    books::finish_signal(&self.store, &signal.id, None).await?;
                     metrics::counter!("ghl_sync_lusha_signals_total", "outcome" => "applied").increment(1);
                     report.applied += 1;
                 }
@@ -540,7 +445,7 @@ impl LushaConnector {
                 }
                 Err(error) => {
                     tracing::warn!(connector.id = ID, error = %error, "GHL rejected a Lusha signal's note or tag; set aside");
-                    self.finish_signal(&id, Some(&error.to_string())).await?;
+                    books::finish_signal(&self.store, &signal.id, Some(&error.to_string())).await?;
                     metrics::counter!("ghl_sync_lusha_signals_total", "outcome" => "failed").increment(1);
                 }
             }
@@ -565,21 +470,8 @@ impl LushaConnector {
             self.writeback.settle(location, contact_id, &[tag_key]).await?;
             // The person moved on: the next change of this contact refreshes it by Lusha id
             // (already revealed datapoints are free).
-            sqlx::query("UPDATE lusha_cache SET enriched_at = 0 WHERE contact_id = ? AND found = 1")
-                .bind(contact_id)
-                .execute(self.store.pool())
-                .await?;
+            books::expire_found(&self.store, contact_id).await?;
         }
-        Ok(())
-    }
-
-    async fn finish_signal(&self, id: &str, error: Option<&str>) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE lusha_signals SET processed_at = ?, error = ? WHERE id = ?")
-            .bind(now_ms())
-            .bind(error)
-            .bind(id)
-            .execute(self.store.pool())
-            .await?;
         Ok(())
     }
 }

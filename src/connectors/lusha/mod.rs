@@ -6,14 +6,24 @@
 //!    `lusha_cache` for (contact, identity hash, reveal set) within its TTL means no Lusha
 //!    call (`Skip`); a cached result not yet written back is written from the cache.
 //! 2. Gates: stopped after a 402 (re-checks the balance after `stop_on_no_credits`), parked
-//!    after an hourly / daily 429, the daily credit cap and the reserve (balance from
-//!    `/v3/account/usage`, read at most once per `usage_interval`). Held-back items are
-//!    `Retry` with the wait; nothing is lost.
-//! 3. New identity → `search-and-enrich` (≤ 100 per call, `clientReferenceId` = contact id,
+//!    after an hourly / daily 429. Held-back items are `Park`ed with the wait; nothing is lost.
+//! 3. Budget admission, **before every Lusha call** and on what was really charged: the
+//!    credits booked today (each answer's `billing.creditsCharged`) against
+//!    `daily_credit_cap`, and the balance (`/v3/account/usage`, read at most once per
+//!    `usage_interval`, minus what we spent since) above `credit_reserve`. What is left,
+//!    divided by `max_credits_per_contact` (the worst case of one contact), bounds the size of
+//!    the next call; after it answers, its real charge is booked and the next call is admitted
+//!    on the new figures, so a batch larger than the worst case allows is enriched over
+//!    several calls the same day. Only when less than one contact's worst case is left does
+//!    work wait: until the next UTC day under the cap, `stop_on_no_credits` (then the balance
+//!    is re-read) under the reserve. Lusha calls that spend credits (enrichment and lead
+//!    import) run one at a time, so each admission sees every credit charged before it.
+//! 4. New identity → `search-and-enrich` (≤ 100 per call, `clientReferenceId` = contact id,
 //!    answers matched by it, a missing answer = not found); an expired found result →
 //!    `enrich` by Lusha id (re-reveals are free). A call that may have been charged
 //!    (timeout, 5xx, 499) is repeated at most once.
-//! 4. Every answer (found, not found, restricted) is cached with its credits **before** the
+//! 5. Every answer (found, not found, restricted) is cached with its credits, in the same
+//!    store transaction that books the call's spend ([`crate::store::lusha`]), **before** the
 //!    write-back; the write-back goes through [`crate::writeback::WriteBack`] with keys derived
 //!    from the cached result, so a replay never writes twice, and records the resulting
 //!    content hash so the sync does not deliver our own write as a user change.
@@ -23,13 +33,12 @@ pub mod config;
 pub mod leads;
 pub mod mapping;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 use serde_json::{Map, Value, json};
-use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
 use self::client::{LushaClient, LushaError};
@@ -42,7 +51,8 @@ use crate::domain::{EntityKind, Operation};
 use crate::ghl::GhlClient;
 use crate::ghl::write::{CustomFieldValue, NoteWrite, UpdateContact};
 use crate::http::Priority;
-use crate::store::{Store, codec, now_ms};
+use crate::store::lusha::{self as books, CacheKey, Cached, NewResult, ResultKind, Spend};
+use crate::store::{Store, StoreError, now_ms};
 use crate::writeback::{WriteBack, WriteBackError};
 
 /// The connector id (outbox `connector`).
@@ -58,17 +68,6 @@ struct Gates {
     /// Last balance read and when.
     balance: Option<(Instant, i64)>,
     usage_read_at: Option<Instant>,
-}
-
-/// A cached Lusha answer for one (contact, identity, reveal set).
-#[derive(Debug, Clone)]
-struct Cached {
-    identity_hash: String,
-    lusha_id: Option<String>,
-    outcome: String,
-    result: Option<Value>,
-    enriched_at: i64,
-    written_at: Option<i64>,
 }
 
 enum Plan {
@@ -106,6 +105,10 @@ pub struct LushaConnector {
     /// new contact, and (read) by `deliver` while it plans: a contact the sync picks up that
     /// fast is then seen as cached, never enriched (and paid for) a second time.
     imports: tokio::sync::RwLock<()>,
+    /// Held from a spending call's admission until its charge is booked: calls that spend
+    /// credits (enrichment, lead import) run one at a time, each admitted on every credit
+    /// charged before it.
+    spending: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for LushaConnector {
@@ -150,6 +153,55 @@ pub fn affordable(cap_left: Option<i64>, balance_left: Option<i64>, per_contact:
     usize::try_from(left.max(0) / per_contact.max(1)).unwrap_or(0)
 }
 
+/// Credits left under the two limits, from what was really charged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// `daily_credit_cap` minus the credits booked today; `None`: no cap.
+    pub cap_left: Option<i64>,
+    /// The balance minus `credit_reserve`; `None`: balance unknown.
+    pub balance_left: Option<i64>,
+}
+
+/// What the budget says about the next call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// This many contacts (at least one) fit their worst case in what is left.
+    Admit(usize),
+    /// Not one contact's worst case fits under the daily cap: wait for the next UTC day.
+    CapReached,
+    /// Not one contact's worst case fits above the reserve: wait for credits.
+    ReserveReached,
+}
+
+/// Why a spending call may not go now, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// Stopped (402, refused key) or parked (a Lusha rate limit).
+    Blocked(Duration),
+    /// The credit budget cannot fit one contact's worst case.
+    Budget(Duration),
+}
+
+impl Held {
+    fn wait(self) -> Duration {
+        match self {
+            Held::Blocked(wait) | Held::Budget(wait) => wait,
+        }
+    }
+}
+
+impl Budget {
+    /// Admission of up to `wanted` contacts of worst case `per_contact` each.
+    pub fn admit(&self, wanted: usize, per_contact: i64) -> Admission {
+        let allowed = affordable(self.cap_left, self.balance_left, per_contact);
+        if allowed > 0 {
+            return Admission::Admit(allowed.min(wanted));
+        }
+        let cap_binds = self.cap_left.is_some_and(|c| self.balance_left.is_none_or(|b| c <= b));
+        if cap_binds { Admission::CapReached } else { Admission::ReserveReached }
+    }
+}
+
 impl LushaConnector {
     pub fn new(
         settings: &LushaSettings,
@@ -171,6 +223,7 @@ impl LushaConnector {
             gates: Mutex::new(Gates::default()),
             fields: tokio::sync::Mutex::new(HashMap::new()),
             imports: tokio::sync::RwLock::new(()),
+            spending: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -213,100 +266,17 @@ impl LushaConnector {
         Ok(map)
     }
 
-    async fn cached(&self, contact_id: &str, identity_hash: &str) -> Result<Option<Cached>, sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT identity_hash, lusha_id, outcome, result, enriched_at, written_at FROM lusha_cache \
-             WHERE contact_id = ? AND identity_hash = ? AND reveal_set = ?",
-        )
-        .bind(contact_id)
-        .bind(identity_hash)
-        .bind(&self.reveal_set)
-        .fetch_optional(self.store.pool())
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let result: Option<Vec<u8>> = row.try_get(3)?;
-        Ok(Some(Cached {
-            identity_hash: row.try_get(0)?,
-            lusha_id: row.try_get(1)?,
-            outcome: row.try_get(2)?,
-            result: result.and_then(|bytes| codec::unpack(&bytes).ok()),
-            enriched_at: row.try_get(4)?,
-            written_at: row.try_get(5)?,
-        }))
+    fn cache_key<'a>(&'a self, contact_id: &'a str, identity_hash: &'a str) -> CacheKey<'a> {
+        CacheKey { contact_id, identity_hash, reveal_set: &self.reveal_set }
     }
 
     fn fresh(&self, cached: &Cached, now: i64) -> bool {
-        let ttl = if cached.outcome == "found" { self.settings.reenrich_after } else { self.settings.not_found_ttl };
+        let ttl = if cached.found() { self.settings.reenrich_after } else { self.settings.not_found_ttl };
         cached.enriched_at.saturating_add(ms(ttl.get())) > now
     }
 
-    /// Stores an answer before anything is written to GHL.
-    #[allow(clippy::too_many_arguments)]
-    async fn remember(
-        &self,
-        location: &str,
-        contact_id: &str,
-        identity_hash: &str,
-        answer: &Answer,
-        credits: i64,
-        now: i64,
-    ) -> Result<Option<Cached>, sqlx::Error> {
-        let (found, outcome, result) = match answer {
-            Answer::Found(value) => (1, "found", Some(value.clone())),
-            Answer::NotFound => (0, "not_found", None),
-            Answer::Restricted => (0, "restricted", None),
-            Answer::Failed(_) => return Ok(None),
-        };
-        let lusha_id = result.as_ref().and_then(|v| v.get("id")).and_then(|v| match v {
-            Value::String(s) => Some(s.clone()),
-            Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        });
-        sqlx::query(
-            "INSERT INTO lusha_cache (location_id, contact_id, identity_hash, reveal_set, lusha_id, found, outcome, result, credits, enriched_at, written_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL) \
-             ON CONFLICT (contact_id, identity_hash, reveal_set) DO UPDATE SET lusha_id = COALESCE(excluded.lusha_id, lusha_id), \
-             found = excluded.found, outcome = excluded.outcome, result = excluded.result, credits = credits + excluded.credits, \
-             enriched_at = excluded.enriched_at, written_at = NULL",
-        )
-        .bind(location)
-        .bind(contact_id)
-        .bind(identity_hash)
-        .bind(&self.reveal_set)
-        .bind(&lusha_id)
-        .bind(found)
-        .bind(outcome)
-        .bind(result.as_ref().map(codec::pack))
-        .bind(credits)
-        .bind(now)
-        .execute(self.store.pool())
-        .await?;
-        Ok(Some(Cached {
-            identity_hash: identity_hash.to_owned(),
-            lusha_id,
-            outcome: outcome.to_owned(),
-            result,
-            enriched_at: now,
-            written_at: None,
-        }))
-    }
-
-    /// Books a call's credits; a failure to book is logged, never fatal to the call's results.
-    async fn book_spend(&self, credits: i64) {
-        if let Err(error) = self.record_spend(credits).await {
-            tracing::error!(error = %error, credits, "Lusha: could not record spent credits");
-        }
-    }
-
-    async fn record_spend(&self, credits: i64) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO lusha_credits (day, spent, calls) VALUES (?, ?, 1) \
-             ON CONFLICT (day) DO UPDATE SET spent = spent + excluded.spent, calls = calls + 1",
-        )
-        .bind(utc_day(now_ms()))
-        .bind(credits)
-        .execute(self.store.pool())
-        .await?;
+    /// After a call answered: counts its charge against the last balance read and in metrics.
+    fn note_spend(&self, credits: i64) {
         if credits > 0 {
             metrics::counter!("ghl_sync_lusha_credits_spent_total").increment(u64::try_from(credits).unwrap_or(0));
         }
@@ -314,16 +284,20 @@ impl LushaConnector {
         if let Some((_, balance)) = gates.balance.as_mut() {
             *balance -= credits;
         }
-        Ok(())
     }
 
-    /// Credits spent today (UTC).
-    pub async fn spent_today(&self) -> Result<i64, sqlx::Error> {
-        let spent: Option<i64> = sqlx::query_scalar("SELECT spent FROM lusha_credits WHERE day = ?")
-            .bind(utc_day(now_ms()))
-            .fetch_optional(self.store.pool())
-            .await?;
-        Ok(spent.unwrap_or(0))
+    /// Books a call's charge when its answers could not be recorded with it (best effort: the
+    /// budget must still see it).
+    async fn book_spend_alone(&self, credits: i64) {
+        let day = utc_day(now_ms());
+        if let Err(error) = books::book_spend(&self.store, Spend { day: &day, credits }).await {
+            tracing::error!(error = %error, credits, "Lusha: could not record spent credits");
+        }
+    }
+
+    /// Credits spent today (UTC), as booked from each answer's `billing`.
+    pub async fn spent_today(&self) -> Result<i64, StoreError> {
+        Ok(books::spent_on(&self.store, &utc_day(now_ms())).await?.spent)
     }
 
     /// The balance, from `/v3/account/usage` at most once per `usage_interval` (else the last
@@ -357,14 +331,64 @@ impl LushaConnector {
         }
     }
 
-    /// How many contacts may be enriched now under the daily cap and the balance above the
-    /// reserve, and whether the daily cap (rather than the balance) is the tighter bound.
-    async fn allowance(&self) -> (usize, bool) {
-        let spent = self.spent_today().await.unwrap_or(0);
+    /// What is left under the daily cap and above the reserve, from the credits really
+    /// charged (booked today) and the balance.
+    async fn budget(&self) -> Budget {
+        let spent = match self.spent_today().await {
+            Ok(spent) => spent,
+            Err(error) => {
+                tracing::warn!(error = %error, "Lusha: today's spend could not be read; counted as 0");
+                0
+            }
+        };
         let cap_left = (self.settings.daily_credit_cap > 0).then(|| self.settings.daily_credit_cap - spent);
         let balance_left = self.balance().await.map(|b| b - self.settings.credit_reserve);
-        let capped = cap_left.is_some_and(|c| balance_left.is_none_or(|b| c <= b));
-        (affordable(cap_left, balance_left, self.settings.max_credits_per_contact), capped)
+        Budget { cap_left, balance_left }
+    }
+
+    /// Admission of the next spending call of up to `wanted` contacts (call it holding
+    /// `spending`): how many may go now, or the wait for all of them. A stop or park (also one
+    /// the balance read just noticed) holds everything; so does a budget that cannot fit one
+    /// contact's worst case (the reserve then stops the connector like a 402).
+    async fn admit(&self, wanted: usize) -> Result<usize, Held> {
+        if let Some(wait) = self.blocked() {
+            return Err(Held::Blocked(wait));
+        }
+        let budget = self.budget().await;
+        if let Some(wait) = self.blocked() {
+            return Err(Held::Blocked(wait));
+        }
+        let per_contact = self.settings.max_credits_per_contact;
+        match budget.admit(wanted, per_contact) {
+            Admission::Admit(n) => Ok(n),
+            Admission::CapReached => {
+                let wait = until_next_utc_day(now_ms());
+                tracing::warn!(
+                    connector.id = ID,
+                    cap = self.settings.daily_credit_cap,
+                    cap_left = budget.cap_left.unwrap_or(0),
+                    per_contact,
+                    wait_s = wait.as_secs(),
+                    "Lusha daily credit cap reached (less than one contact's worst case left); new work waits for the next UTC day"
+                );
+                Err(Held::Budget(wait))
+            }
+            Admission::ReserveReached => {
+                // Below the reserve: stop like after a 402 and re-read the balance afterwards.
+                let wait = self.settings.stop_on_no_credits.get();
+                let mut gates = self.gates();
+                gates.stopped_until = Some(Instant::now() + wait);
+                gates.usage_read_at = None;
+                tracing::warn!(
+                    connector.id = ID,
+                    balance_left = budget.balance_left.unwrap_or(0),
+                    per_contact,
+                    wait_s = wait.as_secs(),
+                    "Lusha credit reserve reached; the connector waits and re-reads the balance"
+                );
+                Err(Held::Budget(wait))
+            }
+        }
     }
 
     /// Remembers limits and stops from an error; returns the wait before trying again.
@@ -479,7 +503,7 @@ impl LushaConnector {
     async fn write_back(&self, job: &Job, cached: &Cached) -> Outcome {
         match self.try_write_back(job, cached).await {
             Ok(()) => {
-                if cached.outcome == "found" {
+                if cached.found() {
                     metrics::counter!("ghl_sync_lusha_enriched_total").increment(1);
                 } else {
                     metrics::counter!("ghl_sync_lusha_not_found_total").increment(1);
@@ -510,46 +534,23 @@ impl LushaConnector {
             crate::writeback::key(&parts)
         };
         let update = self.update_for(&job.record, cached, &ids);
-        let tag = if cached.outcome == "found" { &self.settings.tags.enriched } else { &self.settings.tags.not_found };
+        let tag = if cached.found() { &self.settings.tags.enriched } else { &self.settings.tags.not_found };
         let (update_key, tag_key) = (key("update"), key("tag"));
         self.writeback.update_contact(location, contact_id, &update_key, &update).await?;
         self.writeback.add_tags(location, contact_id, &tag_key, std::slice::from_ref(tag)).await?;
         if self.settings.note
-            && let Some(result) = cached.result.as_ref().filter(|_| cached.outcome == "found")
+            && let Some(result) = cached.result.as_ref().filter(|_| cached.found())
         {
             let note = NoteWrite { body: Some(mapping::note_body(result)), ..NoteWrite::default() };
             self.writeback.create_note(location, contact_id, &key("note"), &note).await?;
         }
         let after = self.writeback.settle(location, contact_id, &[update_key, tag_key]).await?;
-        let now = now_ms();
-        sqlx::query(
-            "UPDATE lusha_cache SET written_at = ? WHERE contact_id = ? AND identity_hash = ? AND reveal_set = ?",
-        )
-        .bind(now)
-        .bind(contact_id)
-        .bind(&cached.identity_hash)
-        .bind(&self.reveal_set)
-        .execute(self.store.pool())
-        .await?;
         // Our write may have given the contact an email it lacked: its identity changed, but
-        // the person did not. Cache the same answer under the new identity too.
+        // the person did not. The same answer is cached under the new identity too.
         let linkedin = self.settings.linkedin_field.as_ref().and_then(|k| ids.get(k)).map(String::as_str);
-        if let Some(after) = after
-            && let Some(identity) = Identity::of(&after, linkedin)
-            && identity.hash() != cached.identity_hash
-        {
-            sqlx::query(
-                "INSERT INTO lusha_cache (location_id, contact_id, identity_hash, reveal_set, lusha_id, found, outcome, result, credits, enriched_at, written_at) \
-                 SELECT location_id, contact_id, ?, reveal_set, lusha_id, found, outcome, result, 0, enriched_at, written_at FROM lusha_cache \
-                 WHERE contact_id = ? AND identity_hash = ? AND reveal_set = ? ON CONFLICT DO NOTHING",
-            )
-            .bind(identity.hash())
-            .bind(contact_id)
-            .bind(&cached.identity_hash)
-            .bind(&self.reveal_set)
-            .execute(self.store.pool())
-            .await?;
-        }
+        let new_identity = after.and_then(|after| Identity::of(&after, linkedin)).map(|identity| identity.hash());
+        let key = self.cache_key(contact_id, &cached.identity_hash);
+        books::mark_written(&self.store, &key, now_ms(), new_identity.as_deref()).await?;
         Ok(())
     }
 
@@ -565,7 +566,7 @@ impl LushaConnector {
             }
             custom.push(CustomFieldValue { id: id.clone(), key: None, field_value: value });
         };
-        if let Some(result) = cached.result.as_ref().filter(|_| cached.outcome == "found") {
+        if let Some(result) = cached.result.as_ref().filter(|_| cached.found()) {
             let extracted = extract(result, &self.settings);
             let targets: HashMap<&str, &str> = self.settings.fields.mapped().into_iter().collect();
             for (name, value) in extracted.values {
@@ -605,9 +606,13 @@ impl LushaConnector {
 
     /// Runs the Lusha calls for jobs that need them; fills `outcomes` for jobs that end here
     /// and returns the cached answers to write back.
+    ///
+    /// Calls are admitted one at a time on the real spend so far (see the module docs): a
+    /// batch the worst case does not fit at once goes out over several calls; only what
+    /// cannot fit one contact's worst case waits.
     async fn enrich(&self, jobs: Vec<Job>, outcomes: &mut [Option<Outcome>]) -> Vec<(Job, Cached)> {
         let mut ready = Vec::new();
-        let mut calls: Vec<Job> = Vec::new();
+        let (mut search, mut refresh) = (VecDeque::new(), VecDeque::new());
         for job in jobs {
             match &job.plan {
                 Plan::WriteOnly(cached) => {
@@ -615,152 +620,168 @@ impl LushaConnector {
                     ready.push((job, cached));
                 }
                 Plan::Cached => outcomes[job.index] = Some(Outcome::Skip("cached Lusha result".into())),
-                Plan::Refresh(_) | Plan::Search => calls.push(job),
+                Plan::Refresh(_) => refresh.push_back(job),
+                Plan::Search => search.push_back(job),
             }
         }
-        if calls.is_empty() {
-            return ready;
-        }
-        if let Some(wait) = self.blocked() {
-            for job in &calls {
-                outcomes[job.index] = Some(Outcome::Park(wait));
-            }
-            return ready;
-        }
-
-        let (allowed, capped) = self.allowance().await;
-        if let Some(wait) = self.blocked() {
-            for job in &calls {
-                outcomes[job.index] = Some(Outcome::Park(wait));
-            }
-            return ready;
-        }
-        if calls.len() > allowed {
-            let wait = if capped { until_next_utc_day(now_ms()) } else { self.settings.stop_on_no_credits.get() };
-            tracing::warn!(
-                connector.id = ID,
-                held = calls.len() - allowed,
-                reason = if capped { "daily_credit_cap" } else { "credit_reserve" },
-                "Lusha credit budget reached; the rest waits"
-            );
-            metrics::counter!("ghl_sync_lusha_held_by_budget_total").increment((calls.len() - allowed) as u64);
-            if !capped {
-                // Below the reserve: stop like after a 402 and re-read the balance afterwards.
-                let mut gates = self.gates();
-                gates.stopped_until = Some(Instant::now() + wait);
-                gates.usage_read_at = None;
-            }
-            for job in calls.drain(allowed..) {
-                outcomes[job.index] = Some(Outcome::Park(wait));
-            }
-        }
-
-        let (refresh, search): (Vec<Job>, Vec<Job>) =
-            calls.into_iter().partition(|j| matches!(j.plan, Plan::Refresh(_)));
+        // New identities first, then refreshes; each call carries one kind.
+        let mut queue: VecDeque<(bool, Job)> =
+            search.into_iter().map(|j| (true, j)).chain(refresh.into_iter().map(|j| (false, j))).collect();
         let size = self.settings.batch_size.clamp(1, 100);
-        let mut chunks: Vec<(bool, Vec<Job>)> = Vec::new();
-        let mut search = search;
-        while !search.is_empty() {
-            let rest = search.split_off(search.len().min(size));
-            chunks.push((true, std::mem::replace(&mut search, rest)));
-        }
-        let mut refresh = refresh;
-        while !refresh.is_empty() {
-            let rest = refresh.split_off(refresh.len().min(size));
-            chunks.push((false, std::mem::replace(&mut refresh, rest)));
-        }
-
-        let mut stop: Option<Outcome> = None;
-        for (is_search, chunk) in chunks {
-            if let Some(outcome) = &stop {
-                for job in &chunk {
-                    outcomes[job.index] = Some(outcome.clone());
+        while let Some(&(is_search, _)) = queue.front() {
+            let spending = self.spending.lock().await;
+            let same_kind = queue.iter().take_while(|(s, _)| *s == is_search).count();
+            let admitted = match self.admit(same_kind.min(size)).await {
+                Ok(admitted) => admitted,
+                Err(held) => {
+                    if let Held::Budget(_) = held {
+                        metrics::counter!("ghl_sync_lusha_held_by_budget_total").increment(queue.len() as u64);
+                    }
+                    for (_, job) in queue.drain(..) {
+                        outcomes[job.index] = Some(Outcome::Park(held.wait()));
+                    }
+                    break;
                 }
-                continue;
-            }
-            let now = now_ms();
-            let (payload, ids): (Vec<Value>, Vec<String>) = if is_search {
-                (chunk.iter().map(|j| j.identity.search_item(&j.contact_id)).collect(), Vec::new())
-            } else {
-                let mut ids: Vec<String> = chunk
-                    .iter()
-                    .filter_map(|j| if let Plan::Refresh(id) = &j.plan { Some(id.clone()) } else { None })
-                    .collect();
-                ids.sort();
-                ids.dedup();
-                (Vec::new(), ids)
             };
-            match self.call_once_more(is_search, &payload, &ids).await {
-                Ok(response) => {
-                    let credits = credits_charged(&response);
-                    self.book_spend(credits).await;
-                    let answers = if is_search {
-                        let refs: Vec<String> = chunk.iter().map(|j| j.contact_id.clone()).collect();
-                        match_by_reference(&response, &refs)
-                    } else {
-                        match_by_id(&response, &ids)
-                    };
-                    // Billing is per call: share it out over the found results.
-                    let found = answers.values().filter(|a| matches!(a, Answer::Found(_))).count().max(1) as i64;
-                    let mut nth_found = 0i64;
-                    for job in chunk {
-                        let key = match &job.plan {
-                            Plan::Refresh(id) => id.clone(),
-                            _ => job.contact_id.clone(),
-                        };
-                        let answer = answers.get(&key).cloned().unwrap_or(Answer::NotFound);
-                        if let Answer::Failed(code) = &answer {
-                            tracing::warn!(connector.id = ID, contact.id = %job.contact_id, code = %code, "Lusha could not enrich a contact; will retry");
-                            outcomes[job.index] = Some(Outcome::Retry(None));
-                            continue;
-                        }
-                        let credits = if matches!(answer, Answer::Found(_)) {
-                            nth_found += 1;
-                            credit_share(credits, found, nth_found)
-                        } else {
-                            0
-                        };
-                        let identity_hash = job.identity.hash();
-                        match self.remember(&job.location, &job.contact_id, &identity_hash, &answer, credits, now).await
-                        {
-                            Ok(Some(cached)) => ready.push((job, cached)),
-                            Ok(None) => outcomes[job.index] = Some(Outcome::Retry(None)),
-                            Err(error) => {
-                                tracing::error!(error = %error, "Lusha: could not cache a result");
-                                outcomes[job.index] = Some(Outcome::Retry(None));
-                            }
-                        }
-                    }
-                }
-                Err(error) => {
-                    let wait = self.note_error(&error);
-                    let outcome = match (&error, wait) {
-                        (LushaError::Rejected { status, .. }, _) => {
-                            Outcome::Permanent(format!("Lusha rejected the request ({status})"))
-                        }
-                        // A limit, an empty balance or a refused key: wait without spending
-                        // attempts (nothing was charged, nothing is lost).
-                        (_, Some(wait)) => Outcome::Park(wait),
-                        (_, None) => Outcome::Retry(None),
-                    };
-                    tracing::warn!(connector.id = ID, error = %error, items = chunk.len(), "Lusha call failed");
-                    if matches!(
-                        error,
-                        LushaError::NoCredits { .. }
-                            | LushaError::Config { .. }
-                            | LushaError::Hourly { .. }
-                            | LushaError::Daily { .. }
-                            | LushaError::Minute { .. }
-                    ) {
-                        stop = Some(outcome.clone());
-                    }
-                    for job in &chunk {
-                        outcomes[job.index] = Some(outcome.clone());
-                    }
+            let chunk: Vec<Job> = queue.drain(..admitted).map(|(_, job)| job).collect();
+            let stop = self.call(is_search, chunk, outcomes, &mut ready).await;
+            drop(spending);
+            if let Some(outcome) = stop {
+                for (_, job) in queue.drain(..) {
+                    outcomes[job.index] = Some(outcome.clone());
                 }
             }
         }
         ready
+    }
+
+    /// One Lusha call for `chunk`: books its charge and caches its answers (one store
+    /// transaction), pushes the answers to write back to `ready` and fills `outcomes` for the
+    /// rest. Returns the outcome for every job still queued when the call says to stop (402,
+    /// a refused key, a rate limit).
+    async fn call(
+        &self,
+        is_search: bool,
+        chunk: Vec<Job>,
+        outcomes: &mut [Option<Outcome>],
+        ready: &mut Vec<(Job, Cached)>,
+    ) -> Option<Outcome> {
+        let now = now_ms();
+        let (payload, ids): (Vec<Value>, Vec<String>) = if is_search {
+            (chunk.iter().map(|j| j.identity.search_item(&j.contact_id)).collect(), Vec::new())
+        } else {
+            let mut ids: Vec<String> = chunk
+                .iter()
+                .filter_map(|j| if let Plan::Refresh(id) = &j.plan { Some(id.clone()) } else { None })
+                .collect();
+            ids.sort();
+            ids.dedup();
+            (Vec::new(), ids)
+        };
+        let response = match self.call_once_more(is_search, &payload, &ids).await {
+            Ok(response) => response,
+            Err(error) => {
+                let wait = self.note_error(&error);
+                let outcome = match (&error, wait) {
+                    (LushaError::Rejected { status, .. }, _) => {
+                        Outcome::Permanent(format!("Lusha rejected the request ({status})"))
+                    }
+                    // A limit, an empty balance or a refused key: wait without spending
+                    // attempts (nothing was charged, nothing is lost).
+                    (_, Some(wait)) => Outcome::Park(wait),
+                    (_, None) => Outcome::Retry(None),
+                };
+                tracing::warn!(connector.id = ID, error = %error, items = chunk.len(), "Lusha call failed");
+                for job in &chunk {
+                    outcomes[job.index] = Some(outcome.clone());
+                }
+                let stops = matches!(
+                    error,
+                    LushaError::NoCredits { .. }
+                        | LushaError::Config { .. }
+                        | LushaError::Hourly { .. }
+                        | LushaError::Daily { .. }
+                        | LushaError::Minute { .. }
+                );
+                return stops.then_some(outcome);
+            }
+        };
+        let credits = credits_charged(&response);
+        self.note_spend(credits);
+        let answers = if is_search {
+            let refs: Vec<String> = chunk.iter().map(|j| j.contact_id.clone()).collect();
+            match_by_reference(&response, &refs)
+        } else {
+            match_by_id(&response, &ids)
+        };
+        // Billing is per call: share it out over the found results.
+        let found = answers.values().filter(|a| matches!(a, Answer::Found(_))).count().max(1) as i64;
+        let mut nth_found = 0i64;
+        let mut answered: Vec<(Job, Cached, i64)> = Vec::new();
+        for job in chunk {
+            let key = match &job.plan {
+                Plan::Refresh(id) => id.clone(),
+                _ => job.contact_id.clone(),
+            };
+            let answer = answers.get(&key).cloned().unwrap_or(Answer::NotFound);
+            let (outcome, result) = match answer {
+                Answer::Found(value) => (ResultKind::Found, Some(value)),
+                Answer::NotFound => (ResultKind::NotFound, None),
+                Answer::Restricted => (ResultKind::Restricted, None),
+                Answer::Failed(code) => {
+                    tracing::warn!(connector.id = ID, contact.id = %job.contact_id, code = %code, "Lusha could not enrich a contact; will retry");
+                    outcomes[job.index] = Some(Outcome::Retry(None));
+                    continue;
+                }
+            };
+            let share = if outcome == ResultKind::Found {
+                nth_found += 1;
+                credit_share(credits, found, nth_found)
+            } else {
+                0
+            };
+            let lusha_id = result.as_ref().and_then(|v| v.get("id")).and_then(|v| match v {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            });
+            let cached = Cached {
+                identity_hash: job.identity.hash(),
+                lusha_id,
+                outcome,
+                result,
+                enriched_at: now,
+                written_at: None,
+            };
+            answered.push((job, cached, share));
+        }
+        let results: Vec<NewResult<'_>> = answered
+            .iter()
+            .map(|(job, cached, share)| NewResult {
+                location: &job.location,
+                key: self.cache_key(&job.contact_id, &cached.identity_hash),
+                lusha_id: cached.lusha_id.as_deref(),
+                outcome: cached.outcome,
+                result: cached.result.as_ref(),
+                credits: *share,
+                enriched_at: cached.enriched_at,
+            })
+            .collect();
+        let day = utc_day(now);
+        let recorded = books::record_enrichment(&self.store, Spend { day: &day, credits }, &results).await;
+        match recorded {
+            Ok(()) => ready.extend(answered.into_iter().map(|(job, cached, _)| (job, cached))),
+            Err(error) => {
+                // Nothing of this call is cached: its contacts are tried again (re-reveals
+                // are free). Its charge must still count against the budget.
+                tracing::error!(error = %error, "Lusha: could not cache the results of a call");
+                self.book_spend_alone(credits).await;
+                for (job, _, _) in answered {
+                    outcomes[job.index] = Some(Outcome::Retry(None));
+                }
+            }
+        }
+        None
     }
 }
 
@@ -831,7 +852,8 @@ impl Connector for LushaConnector {
                     continue;
                 }
             };
-            let cached = match self.cached(&delivery.entity_id, &identity.hash()).await {
+            let identity_hash = identity.hash();
+            let cached = match books::cached(&self.store, &self.cache_key(&delivery.entity_id, &identity_hash)).await {
                 Ok(cached) => cached,
                 Err(error) => {
                     tracing::error!(error = %error, "Lusha: cache read failed");
@@ -848,7 +870,7 @@ impl Connector for LushaConnector {
                         Plan::WriteOnly(cached)
                     }
                 }
-                Some(Cached { lusha_id: Some(id), outcome, .. }) if outcome == "found" => Plan::Refresh(id),
+                Some(Cached { lusha_id: Some(id), outcome: ResultKind::Found, .. }) => Plan::Refresh(id),
                 _ => Plan::Search,
             };
             jobs.push(Job {
@@ -915,6 +937,21 @@ mod tests {
         assert_eq!(affordable(Some(-5), Some(30), 12), 0);
         assert_eq!(affordable(None, Some(11), 12), 0);
         assert_eq!(affordable(Some(24), Some(1000), 12), 2);
+    }
+
+    #[test]
+    fn admission_bounds_a_call_by_the_worst_case_and_waits_only_when_one_contact_does_not_fit() {
+        let budget = |cap_left, balance_left| Budget { cap_left, balance_left };
+        // The issue's numbers: 500 left, 12 per contact: 41 now; after 178 really spent, 26.
+        assert_eq!(budget(Some(500), None).admit(60, 12), Admission::Admit(41));
+        assert_eq!(budget(Some(500 - 178), None).admit(19, 12), Admission::Admit(19));
+        assert_eq!(budget(Some(12), Some(1_000)).admit(5, 12), Admission::Admit(1));
+        assert_eq!(budget(None, None).admit(7, 12), Admission::Admit(7));
+        // Less than one contact's worst case left: the tighter limit says which wait.
+        assert_eq!(budget(Some(11), Some(1_000)).admit(5, 12), Admission::CapReached);
+        assert_eq!(budget(Some(-3), None).admit(5, 12), Admission::CapReached);
+        assert_eq!(budget(Some(400), Some(11)).admit(5, 12), Admission::ReserveReached);
+        assert_eq!(budget(None, Some(0)).admit(5, 12), Admission::ReserveReached);
     }
 
     #[test]
