@@ -99,7 +99,7 @@ fn requests(sandbox: &Sandbox) -> u64 {
 }
 
 async fn count(app: &App, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(app.store.pool()).await.unwrap()
+    sqlx::query_scalar(sql).fetch_one(app.store.read_pool()).await.unwrap()
 }
 
 // ---- diff throughput and requests per contact -----------------------------------------------
@@ -343,11 +343,11 @@ async fn settled(app_store: &ghl_sync::store::Store) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs WHERE finished_at IS NOT NULL")
-            .fetch_one(app_store.pool())
+            .fetch_one(app_store.read_pool())
             .await
             .unwrap();
         let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")
-            .fetch_one(app_store.pool())
+            .fetch_one(app_store.read_pool())
             .await
             .unwrap();
         if runs > 0 && pending == 0 {

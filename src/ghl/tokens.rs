@@ -657,10 +657,8 @@ mod tests {
         assert!(!tokens.invalidate("cfg", &crate::ghl::secret("pit-config")).await);
         assert!(!tokens.invalidate("imp", &crate::ghl::secret("pit-imported")).await);
         assert!(matches!(tokens.bearer("other").await, Err(AuthError::NoGrant { .. })));
-        let stored: Vec<u8> = sqlx::query_scalar("SELECT access_token FROM grants WHERE resource_id = 'imp'")
-            .fetch_one(tokens.store.pool())
-            .await
-            .unwrap();
+        let row = crate::store::grants::load(&tokens.store, "imp").await.unwrap().unwrap();
+        let stored = row.access_token.unwrap().0;
         assert!(!stored.windows(12).any(|w| w == b"pit-imported"));
     }
 

@@ -2,7 +2,9 @@
 //!
 //! Contract (what this module promises, and how it keeps it):
 //! - **SQL lives here only.** Every `sqlx::query*` call is under `src/store/`; clippy's
-//!   `disallowed-methods` rejects them anywhere else in the crate.
+//!   `disallowed-methods` (clippy.toml) rejects them anywhere else in the crate, and this
+//!   module alone allows them. Write transactions can only be opened here: `begin_write` is
+//!   private to `store`, and the store hands out no writable pool.
 //! - **One writer, fair, short.** All writes go through one dedicated connection behind a fair
 //!   (FIFO) async mutex: [`Store::begin_write`] takes it and starts `BEGIN IMMEDIATE`. Waiters
 //!   queue in order instead of polling SQLite's busy handler, so a webhook insert waits only for
@@ -16,6 +18,11 @@
 //!   to commit is rolled back before the next one begins; if the rollback itself fails, the
 //!   connection is closed and a fresh one opened. The outcome of the last write is kept for
 //!   `/readyz` ([`Store::write_health`]).
+
+#![allow(
+    clippy::disallowed_methods,
+    reason = "the store is the one place that runs SQL (clippy.toml bans sqlx::query* elsewhere)"
+)]
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -115,9 +122,6 @@ struct Writer {
 pub struct Store {
     /// Reads only (`query_only`): any write through it fails.
     read: SqlitePool,
-    /// Transitional: a writable pool for code not yet moved behind the writer. Removed once
-    /// every write goes through [`Store::begin_write`].
-    legacy: SqlitePool,
     writer: Arc<Writer>,
     path: PathBuf,
 }
@@ -130,7 +134,7 @@ impl std::fmt::Debug for Store {
 
 /// An open write transaction on the store's one writer connection (`BEGIN IMMEDIATE`).
 /// Commit it with [`WriteTx::commit`]; dropping it rolls it back (before the next write).
-pub struct WriteTx<'a> {
+pub(crate) struct WriteTx<'a> {
     slot: MutexGuard<'a, WriterSlot>,
     writer: &'a Writer,
     purpose: &'static str,
@@ -155,7 +159,7 @@ impl std::ops::DerefMut for WriteTx<'_> {
 impl WriteTx<'_> {
     /// Commits. On failure the transaction is rolled back (or the connection replaced) so
     /// the next writer starts clean, and the error is returned.
-    pub async fn commit(mut self) -> Result<(), StoreError> {
+    pub(crate) async fn commit(mut self) -> Result<(), StoreError> {
         self.finished = true;
         let result = match self.slot.conn.as_mut() {
             Some(conn) => sqlx::query("COMMIT").execute(conn).await.map(|_| ()),
@@ -176,7 +180,7 @@ impl WriteTx<'_> {
     }
 
     /// Rolls back (a dry run, or a decision to write nothing).
-    pub async fn rollback(mut self) -> Result<(), StoreError> {
+    pub(crate) async fn rollback(mut self) -> Result<(), StoreError> {
         self.finished = true;
         if let Some(conn) = self.slot.conn.as_mut()
             && sqlx::query("ROLLBACK").execute(conn).await.is_err()
@@ -277,8 +281,6 @@ impl Store {
         // The writer connects first: it creates the file and switches it to WAL.
         let writer_conn = options.connect().await.map_err(open_error)?;
         restrict_permissions(path);
-        let legacy =
-            SqlitePoolOptions::new().max_connections(2).connect_with(options.clone()).await.map_err(open_error)?;
         let read = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.clone().pragma(QUERY_ONLY, "ON"))
@@ -289,7 +291,7 @@ impl Store {
             options,
             health: StdMutex::new(WriteHealth::default()),
         });
-        let store = Self { read, legacy, writer, path: path.to_path_buf() };
+        let store = Self { read, writer, path: path.to_path_buf() };
         store.migrate().await?;
         Ok(store)
     }
@@ -310,11 +312,6 @@ impl Store {
         MIGRATOR.run(conn).await.map_err(|source| StoreError::Migrate { path: self.path.clone(), source })
     }
 
-    /// Transitional: a writable pool for code not yet moved behind [`Store::begin_write`].
-    pub fn pool(&self) -> &SqlitePool {
-        &self.legacy
-    }
-
     /// The read pool. Its connections are `query_only`: writing through it fails.
     pub fn read_pool(&self) -> &SqlitePool {
         &self.read
@@ -322,7 +319,7 @@ impl Store {
 
     /// Starts a write transaction (`BEGIN IMMEDIATE`) on the one writer connection, waiting
     /// in line (FIFO) for it. `purpose` labels metrics and slow-write warnings.
-    pub async fn begin_write(&self, purpose: &'static str) -> Result<WriteTx<'_>, StoreError> {
+    pub(in crate::store) async fn begin_write(&self, purpose: &'static str) -> Result<WriteTx<'_>, StoreError> {
         let waited = Instant::now();
         let slot = self.writer.slot.lock().await;
         metrics::histogram!("ghl_sync_store_write_wait_seconds", "purpose" => purpose)
@@ -332,7 +329,7 @@ impl Store {
 
     /// Like [`Store::begin_write`], but gives up with [`StoreError::Busy`] when the writer is
     /// not free within `deadline` (the webhook receiver answers 429 then, never 5xx).
-    pub async fn begin_write_within(
+    pub(in crate::store) async fn begin_write_within(
         &self,
         purpose: &'static str,
         deadline: Duration,
@@ -418,7 +415,6 @@ impl Store {
     /// Closes the pools and the writer, waiting for connections to finish.
     pub async fn close(&self) {
         self.read.close().await;
-        self.legacy.close().await;
         let mut slot = self.writer.slot.lock().await;
         if let Some(conn) = slot.conn.take() {
             let _closed = conn.close().await;
@@ -536,13 +532,13 @@ mod tests {
         assert_eq!(again.schema_version().await.unwrap(), version);
         let tables: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'outbox'")
-                .fetch_one(again.pool())
+                .fetch_one(again.read_pool())
                 .await
                 .unwrap();
         assert_eq!(tables, 1);
-        let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(again.pool()).await.unwrap();
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(again.read_pool()).await.unwrap();
         assert_eq!(mode, "wal");
-        let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys").fetch_one(again.pool()).await.unwrap();
+        let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys").fetch_one(again.read_pool()).await.unwrap();
         assert_eq!(fk, 1);
     }
 
@@ -551,13 +547,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ghl-sync.db");
         let store = Store::connect(&path, Duration::from_secs(1)).await.unwrap();
+        let mut tx = store.begin_write("test").await.unwrap();
         sqlx::query(
             "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
              VALUES (9999, 'from the future', 1, x'00', 0)",
         )
-        .execute(store.pool())
+        .execute(&mut *tx)
         .await
         .unwrap();
+        tx.commit().await.unwrap();
         store.close().await;
         let error = Store::connect(&path, Duration::from_secs(1)).await.unwrap_err();
         assert!(matches!(error, StoreError::NewerSchema { found: 9999, .. }), "{error}");

@@ -130,7 +130,8 @@ async fn put(store: &Store, connector: &str, entity: &str, id: &str, contact: &s
 /// The sync engine's snapshot of a contact (its revision: the record's `version`).
 async fn snapshot(store: &Store, id: &str, record: &Value) {
     let now = now_ms();
-    let mut tx = store.begin_write("test").await.unwrap();
+    let mut conn = crate::helpers::raw(store).await;
+    let mut tx = sqlx::Connection::begin(&mut conn).await.unwrap();
     sqlx::query(
         "INSERT OR REPLACE INTO contacts (location_id, contact_id, hash, record, date_updated_ms, first_seen_at, \
          revision, updated_at) VALUES ('loc1', ?, ?, ?, ?, ?, ?, ?)",

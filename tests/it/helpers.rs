@@ -161,3 +161,15 @@ pub async fn eventually(limit: std::time::Duration, mut check: impl FnMut() -> b
     }
     check()
 }
+
+/// A writable connection of its own on the daemon's database, for test set-up and fault
+/// injection: the store itself allows writes only through its own operations.
+pub async fn raw(store: &ghl_sync::store::Store) -> sqlx::SqliteConnection {
+    use sqlx::ConnectOptions as _;
+    sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(store.path())
+        .busy_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap()
+}

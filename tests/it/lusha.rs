@@ -88,7 +88,7 @@ async fn sync_all(app: &App) -> u64 {
 async fn pending(app: &App, connector: &str) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND connector = ?")
         .bind(connector)
-        .fetch_one(app.store.pool())
+        .fetch_one(app.store.read_pool())
         .await
         .unwrap()
 }
@@ -183,9 +183,12 @@ async fn enrichment_spends_exactly_the_predicted_credits_once_and_never_echoes()
 
     // A replay of every Lusha delivery (even with the write-back marked unfinished) costs
     // nothing and writes nothing twice.
-    sqlx::query("UPDATE lusha_cache SET written_at = NULL").execute(app.store.pool()).await.unwrap();
+    sqlx::query("UPDATE lusha_cache SET written_at = NULL")
+        .execute(&mut crate::helpers::raw(&app.store).await)
+        .await
+        .unwrap();
     sqlx::query("UPDATE outbox SET status = 'pending' WHERE connector = 'lusha'")
-        .execute(app.store.pool())
+        .execute(&mut crate::helpers::raw(&app.store).await)
         .await
         .unwrap();
     let ghl_writes = |s: &Sandbox| {
@@ -237,7 +240,8 @@ async fn out_of_credits_loses_nothing_and_resumes_when_credits_return() {
     assert_eq!(pending(&app, "lusha").await, 12, "everything waits for credits");
     assert_eq!(sandbox.lusha.stats().payment_required, 1, "one 402, then the connector stops");
     assert_eq!(sandbox.lusha.ledger().spent, 0);
-    let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(app.store.pool()).await.unwrap();
+    let dead: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(app.store.read_pool()).await.unwrap();
     assert_eq!(dead, 0);
     // Stopped: no call at all while the balance is known to be too low.
     let requests = sandbox.lusha.stats().total_requests();
@@ -575,7 +579,7 @@ async fn a_lead_enriched_before_a_crash_is_imported_without_paying_again_and_onl
     // finds its own done write and creates nothing.
     sqlx::query("UPDATE lusha_leads SET status = 'enriched' WHERE lead_id = ?")
         .bind(&lead)
-        .execute(app.store.pool())
+        .execute(&mut crate::helpers::raw(&app.store).await)
         .await
         .unwrap();
     let again = connector.poll_leads(search, &stop).await.unwrap();

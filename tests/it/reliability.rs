@@ -37,7 +37,7 @@ fn expected(sandbox: &Sandbox) -> BTreeSet<(String, String)> {
 async fn outbox(store: &Store) -> BTreeMap<(String, String), Vec<String>> {
     let rows: Vec<(String, String, String)> =
         sqlx::query_as("SELECT entity, entity_id, operation FROM outbox WHERE connector = 'webhook.test' ORDER BY id")
-            .fetch_all(store.pool())
+            .fetch_all(store.read_pool())
             .await
             .unwrap();
     let mut map: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
@@ -275,7 +275,7 @@ async fn kill_9_during_backfill_then_a_clean_run_loses_and_duplicates_nothing() 
 
     let store = Store::connect(&db, Duration::from_secs(5)).await.unwrap();
     assert_exactly_once(&sandbox, &store).await;
-    let contacts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts").fetch_one(store.pool()).await.unwrap();
+    let contacts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts").fetch_one(store.read_pool()).await.unwrap();
     assert_eq!(contacts, 1_200);
     sandbox.stop().await;
 }

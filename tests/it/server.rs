@@ -74,7 +74,7 @@ impl TestServer {
         sqlx::query("INSERT INTO locations (id, name, status, updated_at) VALUES (?, 'Server test', 'active', ?)")
             .bind(LOCATION)
             .bind(now_ms())
-            .execute(store.pool())
+            .execute(&mut crate::helpers::raw(&store).await)
             .await
             .unwrap();
         let wake = Arc::new(Notify::new());
@@ -110,7 +110,7 @@ impl TestServer {
     }
 
     async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_scalar(sql).fetch_one(self.store.pool()).await.unwrap()
+        sqlx::query_scalar(sql).fetch_one(self.store.read_pool()).await.unwrap()
     }
 
     async fn stop(mut self) {
@@ -160,7 +160,7 @@ async fn a_signed_webhook_is_accepted_and_its_dirty_hint_is_durable() {
     let row: (String, String, i64) =
         sqlx::query_as("SELECT contact_id, reason, maybe_deleted FROM dirty_contacts WHERE location_id = ?")
             .bind(LOCATION)
-            .fetch_one(server.store.pool())
+            .fetch_one(server.store.read_pool())
             .await
             .unwrap();
     assert_eq!(row, ("contact_a".to_owned(), "ContactUpdate".to_owned(), 0));
@@ -252,7 +252,7 @@ async fn a_duplicate_webhook_id_is_acknowledged_once() {
     assert!(webhook_counter(&server, &["verdict=\"duplicate\""]).await >= before + 1.0);
     // Old ids are purged after dedupe_for.
     sqlx::query("UPDATE webhook_inbox SET received_at = received_at - 86400000")
-        .execute(server.store.pool())
+        .execute(&mut crate::helpers::raw(&server.store).await)
         .await
         .unwrap();
     assert_eq!(server::purge_webhook_inbox(&server.store, Duration::from_secs(3600)).await.unwrap(), 1);
@@ -306,7 +306,7 @@ async fn uninstall_stops_the_location_and_keeps_its_data() {
     assert_eq!(server.post_ghl(&uninstall, Some(&sign(&uninstall))).await.0, 200);
     let status: String = sqlx::query_scalar("SELECT status FROM locations WHERE id = ?")
         .bind(LOCATION)
-        .fetch_one(server.store.pool())
+        .fetch_one(server.store.read_pool())
         .await
         .unwrap();
     assert_eq!(status, "uninstalled");
@@ -323,7 +323,7 @@ async fn uninstall_stops_the_location_and_keeps_its_data() {
     assert_eq!(server.post_ghl(&install, Some(&sign(&install))).await.0, 200);
     let status: String = sqlx::query_scalar("SELECT status FROM locations WHERE id = ?")
         .bind(LOCATION)
-        .fetch_one(server.store.pool())
+        .fetch_one(server.store.read_pool())
         .await
         .unwrap();
     assert_eq!(status, "needs_reauth");
@@ -338,7 +338,7 @@ async fn readyz_flips_to_503_when_the_only_location_needs_reauth() {
     assert_eq!(status, 200, "{body}");
     sqlx::query("UPDATE locations SET status = 'needs_reauth' WHERE id = ?")
         .bind(LOCATION)
-        .execute(server.store.pool())
+        .execute(&mut crate::helpers::raw(&server.store).await)
         .await
         .unwrap();
     let (status, body) = server.get("/readyz", None).await;
@@ -350,7 +350,7 @@ async fn readyz_flips_to_503_when_the_only_location_needs_reauth() {
     // Same when the location is active but its grant needs re-authorisation.
     sqlx::query("UPDATE locations SET status = 'active' WHERE id = ?")
         .bind(LOCATION)
-        .execute(server.store.pool())
+        .execute(&mut crate::helpers::raw(&server.store).await)
         .await
         .unwrap();
     assert_eq!(server.get("/readyz", None).await.0, 200);
@@ -358,14 +358,14 @@ async fn readyz_flips_to_503_when_the_only_location_needs_reauth() {
         "INSERT INTO grants (resource_id, resource_kind, needs_reauth, updated_at) VALUES (?, 'location', 1, 0)",
     )
     .bind(LOCATION)
-    .execute(server.store.pool())
+    .execute(&mut crate::helpers::raw(&server.store).await)
     .await
     .unwrap();
     assert_eq!(server.get("/readyz", None).await.0, 503);
 
     // A configured location the engine has not written a row for yet counts as ready.
-    sqlx::query("DELETE FROM grants").execute(server.store.pool()).await.unwrap();
-    sqlx::query("DELETE FROM locations").execute(server.store.pool()).await.unwrap();
+    sqlx::query("DELETE FROM grants").execute(&mut crate::helpers::raw(&server.store).await).await.unwrap();
+    sqlx::query("DELETE FROM locations").execute(&mut crate::helpers::raw(&server.store).await).await.unwrap();
     assert_eq!(server.get("/readyz", None).await.0, 200);
     // Once stopping, readiness is withdrawn.
     let ready = server.readiness.clone();
@@ -533,7 +533,7 @@ async fn metrics_are_valid_prometheus_text_with_store_gauges() {
         .bind(now)
         .bind(now - 30_000)
         .bind(now)
-        .execute(server.store.pool())
+        .execute(&mut crate::helpers::raw(&server.store).await)
         .await
         .unwrap();
     }
@@ -541,7 +541,7 @@ async fn metrics_are_valid_prometheus_text_with_store_gauges() {
         .bind(LOCATION)
         .bind(now - 90_000)
         .bind(now)
-        .execute(server.store.pool())
+        .execute(&mut crate::helpers::raw(&server.store).await)
         .await
         .unwrap();
     let body = event("ContactUpdate", "wh-metrics-1", "contact_m");
@@ -575,7 +575,7 @@ async fn the_contact_view_requires_the_admin_token() {
     .bind(codec::pack(&record))
     .bind(now)
     .bind(now)
-    .execute(server.store.pool())
+    .execute(&mut crate::helpers::raw(&server.store).await)
     .await
     .unwrap();
     sqlx::query(
@@ -585,7 +585,7 @@ async fn the_contact_view_requires_the_admin_token() {
     .bind(LOCATION)
     .bind(codec::pack(&serde_json::json!({"id": "task_v", "title": "Send the quote"})))
     .bind(now)
-    .execute(server.store.pool())
+    .execute(&mut crate::helpers::raw(&server.store).await)
     .await
     .unwrap();
     sqlx::query(
@@ -595,7 +595,7 @@ async fn the_contact_view_requires_the_admin_token() {
     )
     .bind(LOCATION)
     .bind(now)
-    .execute(server.store.pool())
+    .execute(&mut crate::helpers::raw(&server.store).await)
     .await
     .unwrap();
 

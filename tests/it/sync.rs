@@ -14,7 +14,7 @@ use crate::helpers::{config, fast_ghl, settings_for, start_sandbox};
 async fn outbox(app: &App) -> BTreeMap<(String, String), Vec<String>> {
     let rows: Vec<(String, String, String)> =
         sqlx::query_as("SELECT entity, entity_id, operation FROM outbox WHERE connector = 'webhook.test' ORDER BY id")
-            .fetch_all(app.store.pool())
+            .fetch_all(app.store.read_pool())
             .await
             .unwrap();
     let mut map: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
@@ -25,7 +25,7 @@ async fn outbox(app: &App) -> BTreeMap<(String, String), Vec<String>> {
 }
 
 async fn outbox_count(app: &App) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(app.store.pool()).await.unwrap()
+    sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(app.store.read_pool()).await.unwrap()
 }
 
 async fn sync_all(app: &App) {
@@ -103,7 +103,7 @@ async fn new_rows(app: &App, after_id: i64) -> BTreeMap<(String, String), Vec<St
         "SELECT entity, entity_id, operation FROM outbox WHERE connector = 'webhook.test' AND id > ? ORDER BY id",
     )
     .bind(after_id)
-    .fetch_all(app.store.pool())
+    .fetch_all(app.store.read_pool())
     .await
     .unwrap();
     let mut map: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
@@ -116,8 +116,8 @@ async fn new_rows(app: &App, after_id: i64) -> BTreeMap<(String, String), Vec<St
 /// Marks everything delivered (as the dispatcher would), so later changes get new rows
 /// instead of folding into pending ones, and returns the last row id.
 async fn max_outbox_id(app: &App) -> i64 {
-    sqlx::query("UPDATE outbox SET status = 'done'").execute(app.store.pool()).await.unwrap();
-    sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM outbox").fetch_one(app.store.pool()).await.unwrap()
+    sqlx::query("UPDATE outbox SET status = 'done'").execute(&mut crate::helpers::raw(&app.store).await).await.unwrap();
+    sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM outbox").fetch_one(app.store.read_pool()).await.unwrap()
 }
 
 /// Every contact's hash over the fields both read paths carry, from its full (GET) record.
@@ -169,7 +169,7 @@ async fn incremental_changes_reach_the_outbox(bump: bool) {
             )
             .bind(&m.location_id)
             .bind(&m.contact_id)
-            .execute(app.store.pool())
+            .execute(&mut crate::helpers::raw(&app.store).await)
             .await
             .unwrap();
         }
@@ -309,7 +309,8 @@ async fn a_dry_run_writes_nothing_but_reports_what_would_be_delivered() {
         assert_eq!(summary.events.get("contact.created"), Some(&50));
     }
     assert_eq!(outbox_count(&app).await, 0);
-    let contacts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts").fetch_one(app.store.pool()).await.unwrap();
+    let contacts: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM contacts").fetch_one(app.store.read_pool()).await.unwrap();
     assert_eq!(contacts, 0);
     sandbox.stop().await;
 }
@@ -323,11 +324,12 @@ async fn a_malformed_contact_is_set_aside_and_the_rest_flow_on() {
     // of the fake instead: a contact with an id far too long to be real.
     let location = sandbox.ghl.locations()[0].id.clone();
     sync_all(&app).await;
-    let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(app.store.pool()).await.unwrap();
+    let dead: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(app.store.read_pool()).await.unwrap();
     assert_eq!(dead, 0);
     let contacts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE location_id = ?")
         .bind(&location)
-        .fetch_one(app.store.pool())
+        .fetch_one(app.store.read_pool())
         .await
         .unwrap();
     assert_eq!(contacts, 20);
