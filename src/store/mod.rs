@@ -646,6 +646,36 @@ mod tests {
         store.begin_write_within("webhook", Duration::from_millis(50)).await.unwrap().commit().await.unwrap();
     }
 
+    /// The rule "SQL lives in src/store/ only" also holds where someone silenced clippy.
+    #[test]
+    fn no_sql_runs_outside_the_store() {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(path);
+                }
+            }
+        }
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        walk(&src, &mut files);
+        let store = src.join("store");
+        let offenders: Vec<String> = files
+            .iter()
+            .filter(|file| !file.starts_with(&store))
+            .filter(|file| {
+                let text = std::fs::read_to_string(file).unwrap();
+                ["sqlx::query", "sqlx::raw_sql", "begin_write", "Executor"].iter().any(|needle| text.contains(needle))
+            })
+            .map(|file| file.display().to_string())
+            .collect();
+        assert!(offenders.is_empty(), "SQL outside src/store/: {offenders:?}");
+        assert!(files.len() > 50, "the walk found the sources");
+    }
+
     #[test]
     fn a_second_process_lock_on_the_same_database_is_refused() {
         let dir = tempfile::tempdir().unwrap();
