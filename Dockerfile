@@ -1,16 +1,25 @@
-# ghl-sync container image. No Docker engine runs on our build machines: this file is kept
-# simple and checked by reading. Build: docker build -t ghl-sync .
-# Run:  docker run -v ghl-sync-data:/var/lib/ghl-sync -v $PWD/config:/etc/ghl-sync:ro ghl-sync
+# ghl-sync container image. No Docker engine runs on our build machines: `.ci/run` replays the
+# build stage without Docker (scripts/check-dockerfile.py), and tests/it/docker.rs runs the binary
+# with this file's ENV and the README's `docker run` arguments.
+# Build: docker build -t ghl-sync .
+# Run:   see README.md "Running in Docker" and deploy/docker-compose.yml.
 
 FROM rust:1-slim-bookworm AS builder
 WORKDIR /src
-# Dependencies first, so source edits do not rebuild them.
+# Dependencies first, so source edits do not rebuild them. Cargo reads every manifest of the
+# workspace and checks every declared target path before it builds anything, so this stage needs
+# the sandbox crate's manifest and the bench files (benches are not compiled by `cargo build`),
+# plus empty stand-ins for the library and binary sources.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+COPY crates/sandbox/Cargo.toml crates/sandbox/
+COPY benches benches
+RUN mkdir -p src crates/sandbox/src \
+    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs crates/sandbox/src/lib.rs \
     && cargo build --release --locked \
-    && rm -rf src
+    && rm -rf src crates/sandbox/src
 COPY . .
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin ghl-sync
+# COPY keeps the sources' old mtimes: touch them so cargo rebuilds over the stand-ins.
+RUN touch src/main.rs src/lib.rs crates/sandbox/src/lib.rs && cargo build --release --locked --bin ghl-sync
 
 FROM debian:bookworm-slim
 RUN apt-get update \
