@@ -105,10 +105,10 @@ pub fn load_from_str(
     let Some(settings) = settings else {
         return Err(ConfigError::Invalid { origin: source, problems });
     };
-    let (secrets, semantic) = validate::validate(&settings);
-    problems.extend(semantic);
+    let validation = validate::validate(&settings);
+    problems.extend(validation.problems);
     if problems.is_empty() {
-        Ok(Config { settings, secrets, source })
+        Ok(Config { settings, secrets: validation.secrets, source })
     } else {
         Err(ConfigError::Invalid { origin: source, problems })
     }
