@@ -121,7 +121,10 @@ pub async fn execute(cli: Cli) -> ExitCode {
             )
         }
         Command::Validate => match config::load(cli.config.as_deref()) {
-            Ok(_) => {
+            Ok(config) => {
+                for warning in &config.warnings {
+                    eprintln!("warning: {warning}");
+                }
                 println!("ok");
                 ExitCode::SUCCESS
             }
@@ -161,6 +164,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
                 Err(code) => return code,
             };
             crate::telemetry::init(&config.settings.log);
+            log_warnings(&config);
             finish(run_daemon(config).await)
         }
         Command::Sync { once: _, location, dry_run } => {
@@ -169,6 +173,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
                 Err(code) => return code,
             };
             crate::telemetry::init(&config.settings.log);
+            log_warnings(&config);
             let result = async {
                 let app = App::build(config).await?;
                 crate::cli::sync::sync_once(app, location.as_deref(), dry_run).await
@@ -222,6 +227,13 @@ async fn health(config_path: Option<&Path>, url: Option<url::Url>) -> ExitCode {
             eprintln!("unhealthy: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs the config's warnings (valid, but probably not what was meant) once at start-up.
+fn log_warnings(config: &Config) {
+    for warning in &config.warnings {
+        tracing::warn!(config.key = %warning.key, "Config: {}", warning.message);
     }
 }
 

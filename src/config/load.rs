@@ -52,6 +52,12 @@ impl fmt::Display for ConfigProblem {
 pub enum ConfigError {
     #[error("config file {path} could not be read: {error}")]
     Unreadable { path: PathBuf, error: std::io::Error },
+    /// Empty or whitespace only: a truncated file must not start a daemon that syncs nothing.
+    #[error(
+        "config file is empty: {path} (a truncated or blank file is refused; every key is documented in \
+         config/ghl-sync.example.toml)"
+    )]
+    Empty { path: PathBuf },
     #[error("{origin} is not valid TOML: {message}")]
     Syntax { origin: ConfigSource, message: String },
     #[error("{origin} has {} problem(s):\n{}", problems.len(), list(problems))]
@@ -100,17 +106,91 @@ pub fn load_from_str(
     source: ConfigSource,
     env: std::collections::HashMap<String, String>,
 ) -> Result<Config, ConfigError> {
+    if let ConfigSource::File(path) = &source
+        && text.trim().is_empty()
+    {
+        return Err(ConfigError::Empty { path: path.clone() });
+    }
+    let overrides = EnvOverrides::new(text, &env);
     let tree = merge(text, &source, env)?;
     let (settings, mut problems) = deserialize_collecting(tree);
     let Some(settings) = settings else {
-        return Err(ConfigError::Invalid { origin: source, problems });
+        return Err(ConfigError::Invalid { origin: source, problems: overrides.attribute(problems) });
     };
     let validation = validate::validate(&settings);
     problems.extend(validation.problems);
     if problems.is_empty() {
-        Ok(Config { settings, secrets: validation.secrets, source })
+        Ok(Config { settings, secrets: validation.secrets, warnings: validation.warnings, source })
     } else {
-        Err(ConfigError::Invalid { origin: source, problems })
+        Err(ConfigError::Invalid { origin: source, problems: overrides.attribute(problems) })
+    }
+}
+
+/// The `GHL_SYNC__SECTION__KEY` variables of an environment with the key paths they set, so a
+/// problem in an overridden key names the variable rather than the file.
+struct EnvOverrides {
+    /// (variable, key path such as `sync.contacts_interval`)
+    vars: Vec<(String, String)>,
+    /// The file's own tree, to tell keys the file has from keys only the environment made.
+    file: Option<toml::Table>,
+}
+
+impl EnvOverrides {
+    fn new(text: &str, env: &std::collections::HashMap<String, String>) -> Self {
+        let mut vars: Vec<(String, String)> = env
+            .keys()
+            .filter_map(|var| {
+                let rest = var.strip_prefix("GHL_SYNC__")?;
+                let path = rest.split("__").map(str::to_ascii_lowercase).collect::<Vec<_>>().join(".");
+                (!path.is_empty()).then(|| (var.clone(), path))
+            })
+            .collect();
+        vars.sort();
+        Self { vars, file: toml::from_str(text).ok() }
+    }
+
+    /// Renames problems caused by an environment override after its variable: the key
+    /// itself or a key under it, or a parent the file does not have (an unknown section the
+    /// variable made up).
+    fn attribute(&self, problems: Vec<ConfigProblem>) -> Vec<ConfigProblem> {
+        problems
+            .into_iter()
+            .map(|problem| match self.variable_for(&problem.key) {
+                Some((var, path)) => ConfigProblem::new(
+                    var.clone(),
+                    format!("{} (this environment variable overrides {path})", problem.message),
+                ),
+                None => problem,
+            })
+            .collect()
+    }
+
+    fn variable_for(&self, key: &str) -> Option<&(String, String)> {
+        let under = |child: &str, parent: &str| {
+            child == parent || child.strip_prefix(parent).is_some_and(|rest| rest.starts_with(['.', '[']))
+        };
+        self.vars.iter().find(|(_, path)| under(key, path)).or_else(|| {
+            if self.file_has(key) {
+                return None;
+            }
+            self.vars.iter().find(|(_, path)| under(path, key))
+        })
+    }
+
+    fn file_has(&self, key: &str) -> bool {
+        let Some(file) = &self.file else {
+            return false;
+        };
+        let mut node: Option<&toml::Value> = None;
+        for (i, part) in key.split('.').enumerate() {
+            let name = part.split('[').next().unwrap_or(part);
+            let next = if i == 0 { file.get(name) } else { node.and_then(|n| n.get(name)) };
+            match next {
+                Some(value) => node = Some(value),
+                None => return false,
+            }
+        }
+        true
     }
 }
 

@@ -506,6 +506,9 @@ pub struct Secrets {
 pub struct Config {
     pub settings: Settings,
     pub secrets: Secrets,
+    /// Valid, but probably not what was meant (nothing to sync, nowhere to deliver); `validate`
+    /// prints them and `run` logs them.
+    pub warnings: Vec<ConfigProblem>,
     /// Where it came from, for messages.
     pub source: ConfigSource,
 }
@@ -515,7 +518,12 @@ impl Config {
     pub fn from_settings(settings: Settings) -> Result<Self, ConfigError> {
         let validation = validate::validate(&settings);
         if validation.problems.is_empty() {
-            Ok(Self { settings, secrets: validation.secrets, source: ConfigSource::InCode })
+            Ok(Self {
+                settings,
+                secrets: validation.secrets,
+                warnings: validation.warnings,
+                source: ConfigSource::InCode,
+            })
         } else {
             Err(ConfigError::Invalid { origin: ConfigSource::InCode, problems: validation.problems })
         }

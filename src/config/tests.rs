@@ -30,6 +30,52 @@ fn an_empty_file_gives_the_documented_defaults() {
 }
 
 #[test]
+fn an_empty_or_blank_config_file_is_refused() {
+    for text in ["", "  \n\t\n"] {
+        let error = load_from_str(text, ConfigSource::File("/etc/ghl-sync/ghl-sync.toml".into()), HashMap::new())
+            .err()
+            .expect("a blank file must not load");
+        assert!(matches!(error, ConfigError::Empty { .. }), "{error}");
+        assert!(error.to_string().starts_with("config file is empty: /etc/ghl-sync/ghl-sync.toml"), "{error}");
+    }
+}
+
+#[test]
+fn a_config_with_nothing_to_do_validates_with_warnings_that_say_how_to_add_one() {
+    let config = load("[log]\nlevel = \"info\"\n", &[]).unwrap();
+    let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert!(warnings[0].starts_with("ghl.locations: no location to sync: add one"), "{warnings:#?}");
+    assert!(warnings[0].contains("[[ghl.locations]]") && warnings[0].contains("GHL_SYNC_LOCATION_ID"));
+    assert!(warnings[1].starts_with("connectors: no connector"), "{warnings:#?}");
+    assert!(warnings[1].contains("[connectors.webhook."), "{warnings:#?}");
+    let busy =
+        load("[[ghl.locations]]\nid = \"a\"\npit = \"p\"\n[connectors.webhook.t]\nurl = \"https://x.example\"\n", &[])
+            .unwrap();
+    assert!(busy.warnings.is_empty(), "{:?}", busy.warnings);
+}
+
+#[test]
+fn a_problem_in_an_environment_override_names_the_variable() {
+    let text = "[sync]\npage_size = 100\n[connectors.webhook.t]\nurl = \"http://hooks.example.com/x\"\n";
+    let env = [
+        ("GHL_SYNC__SYNC__CONTACTS_INTERVALL", "30s"),
+        ("GHL_SYNC__LIMITS__GHL_BURST_SHARE", "2"),
+        ("GHL_SYNC__SYNCC__PAGE_SIZE", "5"),
+    ];
+    let found = load(text, &env).err().map(|e| e.problems()).unwrap_or_default();
+    assert_eq!(found.len(), 4, "{found:#?}");
+    assert!(
+        found.contains(&"GHL_SYNC__SYNC__CONTACTS_INTERVALL: unknown field `contacts_intervall` (this environment variable overrides sync.contacts_intervall)".to_owned()),
+        "{found:#?}"
+    );
+    assert!(found.iter().any(|p| p.starts_with("GHL_SYNC__LIMITS__GHL_BURST_SHARE: must be a share")), "{found:#?}");
+    assert!(found.iter().any(|p| p.starts_with("GHL_SYNC__SYNCC__PAGE_SIZE: unknown field `syncc`")), "{found:#?}");
+    // A problem of the file itself still names its key.
+    assert!(found.iter().any(|p| p.starts_with("connectors.webhook.t.url: plain http")), "{found:#?}");
+}
+
+#[test]
 fn four_different_mistakes_are_all_reported_with_their_key_paths() {
     let text = r#"
         [sync]

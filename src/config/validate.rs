@@ -93,9 +93,27 @@ pub(super) fn validate(settings: &Settings) -> Validation {
     v
 }
 
-/// Rules that involve more than one section.
+/// Rules that involve more than one section, and the warnings for a config that does nothing.
 fn across_sections(settings: &Settings, v: &mut Validation) {
     let ghl = &settings.ghl;
+    // OAuth installs add locations to the store, not to the file: no warning with [ghl.oauth].
+    if ghl.locations.is_empty() && ghl.oauth.is_none() {
+        v.warn(
+            "ghl.locations",
+            "no location to sync: add one to the config ([[ghl.locations]] with id = \"<location id>\" and \
+             pit_env = \"GHL_SYNC_PIT\"), or set GHL_SYNC_LOCATION_ID and GHL_SYNC_PIT in the environment, or \
+             install the marketplace app ([ghl.oauth], then `ghl-sync auth install`); see docs/getting-started.md",
+        );
+    }
+    let connectors = settings.connectors.webhook.values().filter(|h| h.enabled).count()
+        + usize::from(settings.connectors.lusha.as_ref().is_some_and(|l| l.enabled));
+    if connectors == 0 {
+        v.warn(
+            "connectors",
+            "no connector: changes are recorded but delivered nowhere; add one, e.g. [connectors.webhook.team] \
+             with url = \"https://…\" (every connector: config/ghl-sync.example.toml)",
+        );
+    }
     let any_oauth = ghl.locations.iter().any(|l| l.auth == LocationAuth::Oauth);
     if v.secrets.master_key.is_none() && (any_oauth || ghl.oauth.is_some()) {
         v.problem(
