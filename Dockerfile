@@ -30,8 +30,12 @@ RUN apt-get update \
     && chown ghl-sync:ghl-sync /var/lib/ghl-sync
 COPY --from=builder /src/target/release/ghl-sync /usr/local/bin/ghl-sync
 COPY config/ghl-sync.example.toml /usr/local/share/ghl-sync/ghl-sync.example.toml
+# The shipped default config, so the image runs without a mounted one; mounting a directory on
+# /etc/ghl-sync (README: -v "$PWD/config:/etc/ghl-sync:ro") replaces it.
+COPY config/ghl-sync.toml /etc/ghl-sync/ghl-sync.toml
 USER ghl-sync
-ENV GHL_SYNC_CONFIG=/etc/ghl-sync/config.toml \
+# GHL_SYNC_LOCATION_ID and GHL_SYNC_PIT (docker run -e) add one location without editing the file.
+ENV GHL_SYNC_CONFIG=/etc/ghl-sync/ghl-sync.toml \
     GHL_SYNC__STORE__PATH=/var/lib/ghl-sync/ghl-sync.db \
     GHL_SYNC__LOG__FORMAT=json \
     GHL_SYNC__SERVER__LISTEN=0.0.0.0:8089

@@ -5,12 +5,16 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::{Config, Settings, validate};
+use super::{Config, LocationAuth, LocationSettings, Secret, Settings, validate};
 
 /// Env var naming the config file when `--config` is not given.
 pub const CONFIG_PATH_ENV: &str = "GHL_SYNC_CONFIG";
 /// The file used when neither `--config` nor `GHL_SYNC_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/ghl-sync.toml";
+/// A one-location deployment without editing the file (Docker): this location's id …
+pub const LOCATION_ID_ENV: &str = "GHL_SYNC_LOCATION_ID";
+/// … and its private integration token.
+pub const PIT_ENV: &str = "GHL_SYNC_PIT";
 
 /// Where a configuration came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,17 +116,57 @@ pub fn load_from_str(
         return Err(ConfigError::Empty { path: path.clone() });
     }
     let overrides = EnvOverrides::new(text, &env);
+    let env_location = [LOCATION_ID_ENV, PIT_ENV].map(|var| env.get(var).map(|v| v.trim().to_owned()));
     let tree = merge(text, &source, env)?;
     let (settings, mut problems) = deserialize_collecting(tree);
-    let Some(settings) = settings else {
+    let Some(mut settings) = settings else {
         return Err(ConfigError::Invalid { origin: source, problems: overrides.attribute(problems) });
     };
+    add_env_location(&mut settings, &env_location, &mut problems);
     let validation = validate::validate(&settings);
     problems.extend(validation.problems);
     if problems.is_empty() {
         Ok(Config { settings, secrets: validation.secrets, warnings: validation.warnings, source })
     } else {
         Err(ConfigError::Invalid { origin: source, problems: overrides.attribute(problems) })
+    }
+}
+
+/// `GHL_SYNC_LOCATION_ID` + `GHL_SYNC_PIT`: one more location with a private integration token,
+/// so a container (or a quick try) needs no edit of the shipped file. A `GHL_SYNC_PIT` that no
+/// location uses is a problem: the daemon would start and sync nothing.
+fn add_env_location(settings: &mut Settings, [id, pit]: &[Option<String>; 2], problems: &mut Vec<ConfigProblem>) {
+    let id = id.as_deref().filter(|v| !v.is_empty());
+    let pit = pit.as_deref().filter(|v| !v.is_empty());
+    let file_uses_pit = settings.ghl.locations.iter().any(|l| l.pit_env.as_deref() == Some(PIT_ENV));
+    match (id, pit) {
+        (Some(id), _) if settings.ghl.locations.iter().any(|l| l.id == id) => problems.push(ConfigProblem::new(
+            LOCATION_ID_ENV,
+            format!("location {id} is also listed in the config file; configure it in one place"),
+        )),
+        (Some(id), Some(pit)) => settings.ghl.locations.push(LocationSettings {
+            id: id.to_owned(),
+            name: None,
+            auth: LocationAuth::Pit,
+            pit: Some(Secret::new(pit.to_owned())),
+            pit_env: None,
+            pit_file: None,
+            enabled: true,
+        }),
+        (Some(id), None) => problems.push(ConfigProblem::new(
+            PIT_ENV,
+            format!(
+                "is not set: {LOCATION_ID_ENV} names location {id}; put its private integration token in {PIT_ENV}"
+            ),
+        )),
+        (None, Some(_)) if !file_uses_pit => problems.push(ConfigProblem::new(
+            PIT_ENV,
+            format!(
+                "is set, but no location uses it: set {LOCATION_ID_ENV} to the id of the location (sub-account) \
+                 the token belongs to, or pit_env = \"{PIT_ENV}\" in a [[ghl.locations]] entry"
+            ),
+        )),
+        _ => {}
     }
 }
 

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use url::Url;
 
 pub use duration::Dur;
-pub use load::{ConfigError, ConfigProblem, ConfigSource, load, load_from_str};
+pub use load::{ConfigError, ConfigProblem, ConfigSource, LOCATION_ID_ENV, PIT_ENV, load, load_from_str};
 pub use secret::Secret;
 pub use validate::{decode_ed25519_spki, decode_rsa_spki};
 

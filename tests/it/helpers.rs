@@ -21,11 +21,23 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
 /// while nobody reads would otherwise block on its next log line and stall.
 pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Child {
     let mut command = Command::new(binary());
-    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.args(args);
     command.env_remove("RUST_LOG").env_remove("GHL_SYNC_CONFIG");
     for (key, value) in env {
         command.env(key, value);
     }
+    spawn_command(command)
+}
+
+/// Like [`spawn`], but the child sees only `env` (as a container sees only its own).
+pub fn spawn_with_only(args: &[&str], env: &[(String, String)]) -> Child {
+    let mut command = Command::new(binary());
+    command.args(args).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+    spawn_command(command)
+}
+
+fn spawn_command(mut command: Command) -> Child {
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = command.spawn().unwrap();
     let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
         std::thread::spawn(move || {

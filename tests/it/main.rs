@@ -12,6 +12,7 @@ mod auth;
 mod cli;
 mod daemon;
 mod dispatch;
+mod docker;
 mod export;
 mod helpers;
 mod lusha;
