@@ -150,6 +150,10 @@ pub async fn execute(cli: Cli) -> ExitCode {
             Ok(config) => finish(crate::export::run_export(&config, args).await),
             Err(code) => code,
         },
+        // Needs no config: it runs before there is one (install steps).
+        Command::Auth { command: crate::cli::auth::AuthCommand::InitKey { output } } => {
+            finish(crate::cli::auth::init_key(output.as_deref()))
+        }
         Command::Auth { command } => {
             let config = match load(cli.config.as_deref()) {
                 Ok(config) => config,

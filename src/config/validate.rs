@@ -124,11 +124,17 @@ fn across_sections(settings: &Settings, v: &mut Validation) {
 }
 
 impl StoreSettings {
-    /// `[store]`: the busy timeout and the master key (parsed here, needed by OAuth).
+    /// `[store]`: the busy timeout and the master key (parsed here, needed by OAuth). Without a
+    /// configured key, a systemd credential `master_key` is used when the unit passes a non-empty
+    /// one (`LoadCredential=master_key:…`; see deploy/systemd/ghl-sync.service).
     pub(super) fn validate(&self, v: &mut Validation) {
         v.check(!self.busy_timeout.get().is_zero(), "store.busy_timeout", "must be greater than zero");
-        v.secrets.master_key =
-            v.secret("store.master_key", (&self.master_key, &self.master_key_env, &self.master_key_file), false);
+        let sources = (&self.master_key, &self.master_key_env, &self.master_key_file);
+        v.secrets.master_key = if sources.0.is_none() && sources.1.is_none() && sources.2.is_none() {
+            systemd_credential(MASTER_KEY_CREDENTIAL)
+        } else {
+            v.secret("store.master_key", sources, false)
+        };
         if let Some(key) = &v.secrets.master_key
             && crate::crypto::MasterKey::parse(key).is_err()
         {
@@ -284,6 +290,18 @@ impl ServerSettings {
         );
         v.check(self.max_body_bytes >= 1024, "server.max_body_bytes", "must be at least 1024");
     }
+}
+
+/// The systemd credential that holds the master key when the config names none.
+pub const MASTER_KEY_CREDENTIAL: &str = "master_key";
+
+/// A credential systemd passed to this service (`$CREDENTIALS_DIRECTORY/<name>`), if it is there
+/// and not empty (an empty one is the unit's `SetCredential=` default: "not given").
+fn systemd_credential(name: &str) -> Option<SecretString> {
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+    let text = std::fs::read_to_string(std::path::Path::new(&dir).join(name)).ok()?;
+    let text = text.trim();
+    (!text.is_empty()).then(|| SecretString::from(text.to_owned()))
 }
 
 fn share(value: f64) -> bool {

@@ -6,12 +6,11 @@
 //! GHL's address (the sandbox) and the example location and token (the sandbox's).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ghl_sync_sandbox::Sandbox;
-
-use crate::helpers::{binary, fast_ghl, signal, spawn_with_only, start_sandbox, wait_with_limit};
+use crate::helpers::{
+    fast_ghl, signal, spawn_with_only, start_sandbox, wait_for_search, wait_until_healthy, wait_with_limit,
+};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -262,46 +261,6 @@ fn start(image: &Image, run: &Run, ghl: url::Url, location: &str, pit: &str) -> 
     Container { child, env, healthcheck, _dir: dir }
 }
 
-impl Container {
-    /// Runs the health check until it passes (as Docker does during `start-period`); `Err` when
-    /// the daemon exits first.
-    fn wait_healthy(&mut self, limit: Duration) -> Result<(), String> {
-        let started = Instant::now();
-        loop {
-            let output = Command::new(binary())
-                .args(&self.healthcheck[1..])
-                .env_clear()
-                .envs(self.env.iter().map(|(k, v)| (k, v)))
-                .output()
-                .unwrap();
-            if output.status.success() {
-                assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok");
-                return Ok(());
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Err(format!("the daemon exited with {status} before it was healthy"));
-            }
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            assert!(started.elapsed() < limit, "not healthy within {limit:?}: {stderr}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-/// Waits until the sandbox answered a contact search for the location (token accepted).
-async fn wait_for_search(sandbox: &Sandbox, limit: Duration) {
-    let started = Instant::now();
-    loop {
-        let stats = sandbox.ghl.stats();
-        if stats.requests.get("POST /contacts/search").is_some_and(|n| *n > 0) {
-            assert_eq!(stats.statuses.get(&401), None, "GHL refused the token: {stats:?}");
-            return;
-        }
-        assert!(started.elapsed() < limit, "no contact search within {limit:?}: {stats:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Start, healthy, syncing, `docker stop` (SIGTERM, killed after 10 s): the whole life.
 async fn lives_as_documented(run: impl FnOnce(&str, &str) -> Run) {
     let sandbox = start_sandbox(fast_ghl(5)).await;
@@ -310,7 +269,7 @@ async fn lives_as_documented(run: impl FnOnce(&str, &str) -> Run) {
     let run = run(&first.id, &first.pit);
     let mut container = start(&image, &run, sandbox.ghl_url(), &first.id, &first.pit);
     let (container, healthy) = tokio::task::spawn_blocking(move || {
-        let healthy = container.wait_healthy(Duration::from_secs(30));
+        let healthy = wait_until_healthy(&mut container.child, &container.healthcheck[1..], &container.env);
         (container, healthy)
     })
     .await

@@ -95,6 +95,44 @@ pub fn wait_with_limit(mut child: Child, limit: Duration) -> (std::process::Exit
     }
 }
 
+/// Runs `ghl-sync HEALTH_ARGS` with `env` (a container's or a unit's) until it prints `ok`, as
+/// Docker's HEALTHCHECK would; `Err` when the daemon `child` exits first. Panics after 30 s.
+pub fn wait_until_healthy(child: &mut Child, health_args: &[String], env: &[(String, String)]) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        let output = Command::new(binary())
+            .args(health_args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        if output.status.success() {
+            assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok");
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            return Err(format!("the daemon exited with {status} before it was healthy"));
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(started.elapsed() < Duration::from_secs(30), "not healthy within 30 s: {stderr}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the sandbox answered a contact search with a token it accepted.
+pub async fn wait_for_search(sandbox: &Sandbox, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let stats = sandbox.ghl.stats();
+        if stats.requests.get("POST /contacts/search").is_some_and(|n| *n > 0) {
+            assert_eq!(stats.statuses.get(&401), None, "GHL refused the token: {stats:?}");
+            return;
+        }
+        assert!(started.elapsed() < limit, "no contact search within {limit:?}: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until `path` exists (e.g. the database a daemon creates at start-up).
 pub fn wait_for_file(path: &Path, limit: Duration) {
     let started = Instant::now();

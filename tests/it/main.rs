@@ -19,3 +19,4 @@ mod lusha;
 mod reliability;
 mod server;
 mod sync;
+mod systemd;
