@@ -50,6 +50,14 @@ pub enum AuthCommand {
         #[arg(long)]
         location: String,
     },
+    /// Take over an OAuth grant from another integration: its refresh token is read from stdin
+    /// (never echoed), refreshed once to prove it, and the rotated pair stored encrypted (needs
+    /// [ghl.oauth] of the app that issued it and a master key). The pasted token is used up.
+    ImportOauth {
+        /// The GHL location (sub-account) id the grant belongs to.
+        #[arg(long)]
+        location: String,
+    },
     /// Show the stored grants: kind, expiry, scopes, re-authorisation needs. Never a token.
     Status,
     /// Create a fresh random master key (encrypts OAuth tokens and imported tokens in the store):
@@ -212,9 +220,12 @@ pub async fn run(config: Config, command: AuthCommand) -> anyhow::Result<()> {
             report.map(|report| print!("{report}"))
         }
         AuthCommand::ImportPit { location } => {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).context("Failed to read the token from stdin")?;
-            import_pit(&tokens, &location, SecretString::from(text)).await.map(|message| println!("{message}"))
+            let text = read_secret("Private integration token (not shown): ")?;
+            import_pit(&tokens, &location, text).await.map(|message| println!("{message}"))
+        }
+        AuthCommand::ImportOauth { location } => {
+            let text = read_secret("Refresh token (not shown): ")?;
+            import_oauth(&config, &tokens, &location, text).await.map(|message| println!("{message}"))
         }
         AuthCommand::Status => status_report(&config, &tokens).await.map(|report| print!("{report}")),
         AuthCommand::InitKey { output } => init_key(output.as_deref()),
@@ -413,6 +424,92 @@ async fn callback(
     } else {
         (StatusCode::BAD_REQUEST, "ghl-sync: GHL reported an error; see the terminal.\n")
     }
+}
+
+/// A secret from stdin: on a terminal, one line typed or pasted without echo (`stty -echo`,
+/// restored afterwards); otherwise everything piped in.
+fn read_secret(prompt: &str) -> anyhow::Result<SecretString> {
+    use std::io::IsTerminal as _;
+    let stdin = std::io::stdin();
+    let mut text = String::new();
+    if stdin.is_terminal() {
+        eprint!("{prompt}");
+        let _echo = EchoOff::new();
+        stdin.read_line(&mut text).context("Failed to read from the terminal")?;
+        eprintln!();
+    } else {
+        stdin.lock().read_to_string(&mut text).context("Failed to read stdin")?;
+    }
+    Ok(SecretString::from(text))
+}
+
+/// Terminal echo off while it lives (through `stty`, which acts on the inherited stdin).
+struct EchoOff {
+    active: bool,
+}
+
+impl EchoOff {
+    fn new() -> Self {
+        let active = std::process::Command::new("stty").arg("-echo").status().is_ok_and(|s| s.success());
+        if !active {
+            eprintln!("(could not turn terminal echo off: pipe the token in instead, e.g. `< token.txt`)");
+        }
+        Self { active }
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        if self.active && !std::process::Command::new("stty").arg("echo").status().is_ok_and(|s| s.success()) {
+            eprintln!("(could not turn terminal echo back on: run `stty echo`)");
+        }
+    }
+}
+
+/// `auth import-oauth`: refreshes the OAuth refresh token `text` once and stores the rotated
+/// pair for `location`; returns what to tell the user (never a token).
+pub async fn import_oauth(
+    config: &Config,
+    tokens: &TokenManager,
+    location: &str,
+    text: SecretString,
+) -> anyhow::Result<String> {
+    use secrecy::ExposeSecret;
+    let location = location.trim();
+    if location.is_empty() {
+        bail!("--location must not be empty");
+    }
+    let token = text.expose_secret().trim();
+    if token.is_empty() {
+        bail!("No refresh token on stdin (pipe it in: `ghl-sync auth import-oauth --location ID < refresh-token.txt`)");
+    }
+    if token.contains(char::is_whitespace) {
+        bail!("The refresh token on stdin contains whitespace; expected one token");
+    }
+    let grant = tokens
+        .import_refresh_token(location, &SecretString::from(token.to_owned()))
+        .await
+        .context("The OAuth grant could not be imported")?;
+    let mut message = format!(
+        "Stored the OAuth grant of {} ({}, generation {}). GHL rotated the refresh token: the copy you pasted is \
+         used up. Stop the integration it came from now: if it refreshes with its old token, GHL revokes the whole \
+         grant.",
+        grant.resource_id,
+        grant.kind.as_str(),
+        grant.generation
+    );
+    if grant.resource_id != location {
+        message.push_str(&format!("\nNote: GHL says the token belongs to {}, not {location}.", grant.resource_id));
+    }
+    let write_back = config.settings.connectors.lusha.as_ref().is_some_and(|l| l.enabled);
+    let missing = missing_scopes(grant.scope.as_deref().unwrap_or(""), &needed_scopes(write_back));
+    if !missing.is_empty() {
+        message.push_str(&format!(
+            "\nWarning: the grant lacks scopes: {} (reinstall the app with them: `ghl-sync auth install`)",
+            missing.join(" ")
+        ));
+    }
+    Ok(message)
 }
 
 /// Stores a PIT read from stdin for `location`.

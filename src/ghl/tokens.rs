@@ -141,6 +141,16 @@ impl From<&GrantRow> for GrantStatus {
     }
 }
 
+/// What `import_refresh_token` stored (never a token).
+#[derive(Debug, Clone)]
+pub struct ImportedGrant {
+    pub resource_id: String,
+    pub kind: GrantKind,
+    pub generation: i64,
+    /// The scopes GHL reported with the refresh.
+    pub scope: Option<String>,
+}
+
 /// Bearer tokens for every location; see the module docs.
 pub struct TokenManager {
     store: Store,
@@ -366,6 +376,46 @@ impl TokenManager {
         let generation = grants::store_grant(self.store.pool(), &grant, &rows).await.map_err(db)?;
         self.forget(&resource);
         Ok((resource, kind, generation))
+    }
+
+    /// Takes over an OAuth grant another integration holds: refreshes `refresh_token` once to
+    /// prove it (GHL rotates it, so the caller's copy is used up) and stores the new pair for
+    /// `location`, sealed, like an install. The master key and `[ghl.oauth]` are checked first,
+    /// so a missing one never burns the token. A token GHL reports for another location is
+    /// stored for that one (the caller says so); the rotated pair is never dropped.
+    pub async fn import_refresh_token(
+        &self,
+        location: &str,
+        refresh_token: &SecretString,
+    ) -> Result<ImportedGrant, AuthError> {
+        self.key()?;
+        let oauth = self.oauth.as_ref().ok_or_else(|| {
+            AuthError::Config(
+                "importing an OAuth grant needs [ghl.oauth] with the client id and secret of the app that issued it"
+                    .to_owned(),
+            )
+        })?;
+        let lock = self.lock_for(location);
+        let _flight = lock.lock().await;
+        let mut answer = match oauth.refresh(refresh_token, UserType::Location).await {
+            Ok(answer) => answer,
+            Err(OAuthError::InvalidGrant { message, .. }) => {
+                return Err(AuthError::Config(format!(
+                    "GHL refused the refresh token: {message} (already used, revoked, or issued to another app)"
+                )));
+            }
+            Err(OAuthError::Rejected { status, message, .. }) => {
+                return Err(AuthError::Config(format!("GHL refused the token refresh ({status}): {message}")));
+            }
+            Err(OAuthError::Http(error)) => return Err(AuthError::Http(error)),
+        };
+        if answer.user_type != Some(UserType::Company) && answer.location_id.is_none() {
+            answer.location_id = Some(location.to_owned());
+            answer.user_type = Some(UserType::Location);
+        }
+        let (resource_id, kind, generation) = self.store_install(&answer, &[]).await?;
+        tracing::info!(grant.resource = %resource_id, grant.kind = kind.as_str(), "Imported an OAuth grant");
+        Ok(ImportedGrant { resource_id, kind, generation, scope: answer.scope.clone() })
     }
 
     fn forget(&self, key: &str) {

@@ -95,6 +95,29 @@ fn the_shipped_config_validates_with_warnings_that_say_how_to_add_a_location_and
 }
 
 #[test]
+fn auth_init_key_needs_no_config_writes_0600_and_refuses_to_overwrite() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master_key");
+    let args = ["auth", "init-key", "--output", key.to_str().unwrap()];
+    let no_config = [("GHL_SYNC_CONFIG", "/nonexistent/ghl-sync.toml")];
+    let (status, stdout, stderr) = wait_with_limit(spawn(&args, &no_config), Duration::from_secs(20));
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.contains("Wrote a new master key") && !stdout.contains(std::fs::read_to_string(&key).unwrap().trim())
+    );
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let (status, _, stderr) = wait_with_limit(spawn(&args, &no_config), Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1));
+    assert!(stderr.contains("already exists"), "{stderr}");
+    // The key is usable as the store's master key.
+    let config = write_config(dir.path(), &format!("[store]\nmaster_key_file = \"{}\"\n", key.display()));
+    let (status, _, stderr) =
+        wait_with_limit(spawn(&["validate", "--config", config.to_str().unwrap()], &[]), Duration::from_secs(20));
+    assert!(status.success(), "{stderr}");
+}
+
+#[test]
 fn version_prints_the_crate_version() {
     let (status, stdout, _) = wait_with_limit(spawn(&["version"], &[]), Duration::from_secs(20));
     assert!(status.success());
