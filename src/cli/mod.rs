@@ -87,8 +87,13 @@ pub enum Command {
     Dlq(crate::cli::dlq::DlqArgs),
     /// Re-send records from the snapshot to one connector (e.g. after a mapping change).
     Replay(crate::cli::dlq::ReplayArgs),
-    /// Test every connection and print one real contact mapped for each connector.
-    Check,
+    /// Test every connection (GHL tokens and scopes, each connector, Lusha's key, credits and
+    /// plan) and map one real contact for each connector.
+    Check {
+        /// Also print the mapped sample contact (personal data); without it only its field names.
+        #[arg(long)]
+        show_data: bool,
+    },
     /// Export one location's contacts from the snapshot as CSV or JSON Lines.
     Export(crate::export::ExportArgs),
     /// Manage GHL credentials: OAuth install, private integration tokens, status.
@@ -139,10 +144,10 @@ pub async fn execute(cli: Cli) -> ExitCode {
             Ok(config) => finish_with(crate::cli::dlq::run_replay(&config, args).await),
             Err(code) => code,
         },
-        Command::Check => match load(cli.config.as_deref()) {
+        Command::Check { show_data } => match load(cli.config.as_deref()) {
             Ok(config) => {
                 let ghl_checks = check::check_ghl(&config).await;
-                finish_with(check::run_check(&config, ghl_checks).await)
+                finish_with(check::run_check(&config, ghl_checks, show_data).await)
             }
             Err(code) => code,
         },
