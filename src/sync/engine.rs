@@ -4,6 +4,7 @@
 //! `dateUpdated` ascending from the watermark minus an overlap, one transaction per page) →
 //! tasks and notes of every contact marked due (changed contacts, moved `dateUpdated`, hints)
 //! → the budgeted sweep. Deletes come from confirmed hints and from [`Engine::reconcile`].
+//! Callers run it inside a `location` span (`location.id`), so its events do not repeat the id.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -286,7 +287,7 @@ impl Engine {
             match last_cursor {
                 Some(cursor) => request.search_after = Some(cursor),
                 None => {
-                    tracing::warn!(location.id = %location, "GHL search page without a searchAfter cursor; ending this scan");
+                    tracing::warn!("GHL search page without a searchAfter cursor; ending this scan");
                     break;
                 }
             }
@@ -371,7 +372,7 @@ impl Engine {
         for (reason, raw) in bad {
             dead_letter_record(&mut tx, location, EntityKind::Contact, reason, raw).await?;
             counter.summary.dead_letters += 1;
-            tracing::warn!(location.id = %location, reason = %reason, "A contact from GHL could not be read; set aside in dead letters");
+            tracing::warn!(reason = %reason, "A contact from GHL could not be read; set aside in dead letters");
         }
         // Only when the cursor moves: a page that changed nothing then writes nothing, and
         // its commit costs no fsync (a quiet re-poll, a re-read after a crash). `updated_at`
@@ -886,7 +887,7 @@ impl Engine {
                 break;
             }
             let Some(cursor) = cursor else {
-                tracing::warn!(location.id = %location, "Reconciliation listing lost its cursor; no deletes this time");
+                tracing::warn!("Reconciliation listing lost its cursor; no deletes this time");
                 return Ok(());
             };
             request.search_after = Some(cursor);
@@ -895,10 +896,7 @@ impl Engine {
         if let Some(total) = reported_total
             && listed < total
         {
-            tracing::warn!(
-                location.id = %location, listed, total,
-                "Reconciliation listing ended before GHL's total; no deletes this time"
-            );
+            tracing::warn!(listed, total, "Reconciliation listing ended before GHL's total; no deletes this time");
             return Ok(());
         }
         let candidates: Vec<String> = sqlx::query_scalar(
@@ -996,7 +994,6 @@ impl Engine {
         .execute(self.store.pool())
         .await?;
         tracing::error!(
-            location.id = %location,
             "Location `{location}` needs re-authorisation and is paused; run `ghl-sync auth install` (OAuth) or fix its private integration token, then restart"
         );
         Ok(())

@@ -38,6 +38,8 @@ pub fn spawn(
     for location in locations {
         let own = Arc::new(Notify::new());
         wakes.insert(location.clone(), own.clone());
+        // Every event of this location's runs carries `location.id` through this span; events
+        // inside do not repeat it.
         let span = tracing::info_span!("location", location.id = %location);
         tracker.spawn(
             location_loop(engine.clone(), location, settings.clone(), own, stop.clone(), permits.clone())
@@ -123,7 +125,7 @@ async fn location_loop(
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
-                tracing::error!(location.id = %location, failures, error = %format!("{error:#}"), "Sync run for `{location}` failed; retrying on the next interval");
+                tracing::error!(failures, error = %format!("{error:#}"), "Sync run for `{location}` failed; retrying on the next interval");
             }
         }
         // Hints that arrived during the run: go again without waiting for the interval.
@@ -135,15 +137,15 @@ async fn run(engine: &Engine, location: &str, settings: &ScheduleSettings) -> Re
     let summary = engine.run_once(location, RunOptions::default()).await?;
     if summary.changes() > 0 || summary.dead_letters > 0 {
         tracing::info!(
-            location.id = %location,
             pages = summary.pages,
             contacts_seen = summary.contacts_seen,
             changes = summary.changes(),
             requests = summary.requests,
-            "Synced `{location}`: {} change(s)", summary.changes()
+            "Synced `{location}`: {} change(s)",
+            summary.changes()
         );
     } else {
-        tracing::debug!(location.id = %location, requests = summary.requests, "Synced `{location}`: no changes");
+        tracing::debug!(requests = summary.requests, "Synced `{location}`: no changes");
     }
     let due = match engine.last_reconcile(location).await? {
         Some(last) => crate::store::now_ms() - last >= settings.reconcile_interval.as_millis() as i64,
@@ -152,7 +154,7 @@ async fn run(engine: &Engine, location: &str, settings: &ScheduleSettings) -> Re
     };
     if due {
         let summary = engine.reconcile(location, RunOptions::default()).await?;
-        tracing::info!(location.id = %location, listed = summary.contacts_seen, deletes = summary.changes(), "Reconciled `{location}`");
+        tracing::info!(listed = summary.contacts_seen, deletes = summary.changes(), "Reconciled `{location}`");
     }
     Ok(())
 }

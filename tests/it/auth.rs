@@ -2,13 +2,12 @@
 //! expiries, 401 recovery, `invalid_grant` parking one location, the grace window after a
 //! lost commit, agency installs, encryption at rest and token-free logs.
 
-use std::io::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ghl_sync::cli::auth::{self as auth_cli, InstallOptions};
-use ghl_sync::config::{Config, Dur, LogFormat, LogSettings, OAuthSettings, Secret, Settings};
+use ghl_sync::config::{Config, Dur, OAuthSettings, Secret, Settings};
 use ghl_sync::crypto::MasterKey;
 use ghl_sync::ghl::dto::SearchRequest;
 use ghl_sync::ghl::grants;
@@ -18,6 +17,8 @@ use ghl_sync::ghl::{AuthError, GhlClient, GhlError, TokenProvider};
 use ghl_sync::http::{ApiClient, ClientSettings, HeaderScheme, Priority, RetryPolicy};
 use ghl_sync::store::Store;
 use ghl_sync_sandbox::ghl::GhlOptions;
+
+use crate::helpers::capture;
 use ghl_sync_sandbox::{Sandbox, SandboxOptions};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
@@ -188,39 +189,6 @@ async fn concurrent_401s_mid_run_cause_one_refresh_and_every_request_recovers() 
     assert_eq!(stats.invalid_grants, 0);
     assert!(stats.statuses.get(&401).copied().unwrap_or(0) >= 1);
     env.sandbox.stop().await;
-}
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-fn capture() -> (Capture, tracing::subscriber::DefaultGuard) {
-    let capture = Capture::default();
-    let settings = LogSettings { format: LogFormat::Json, level: "trace".into() };
-    let guard = tracing::subscriber::set_default(ghl_sync::telemetry::subscriber(&settings, capture.clone()));
-    (capture, guard)
 }
 
 // Current-thread runtime: the log capture (a thread-local default) sees every task.

@@ -8,7 +8,7 @@ use ghl_sync::config::Dur;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
-    config, eventually, fast_ghl, settings_for, signal, spawn, start_sandbox, wait_with_limit, write_config,
+    capture, config, eventually, fast_ghl, settings_for, signal, spawn, start_sandbox, wait_with_limit, write_config,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,4 +219,37 @@ async fn check_reports_lusha_key_credits_and_plan_and_prints_contact_data_only_w
         "{stdout}"
     );
     sandbox.stop().await;
+}
+
+// Current-thread runtime: the log capture (a thread-local default) sees every task.
+#[tokio::test(flavor = "current_thread")]
+async fn log_lines_name_each_field_once_and_print_no_debug_options() {
+    let (logs, _guard) = capture();
+    let sandbox = start_sandbox(fast_ghl(5)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings_for(&sandbox, dir.path());
+    settings.server.enabled = true;
+    settings.server.listen = "127.0.0.1:0".parse().unwrap();
+    let app = App::build(config(settings)).await.unwrap();
+    let stop = CancellationToken::new();
+    let daemon = tokio::spawn(app.run_until_stopped(stop.clone()));
+    assert!(eventually(Duration::from_secs(20), || logs.text().contains("\"message\":\"Synced `")).await);
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    sandbox.stop().await;
+
+    let text = logs.text();
+    assert!(text.contains("HTTP server listening on 127.0.0.1:"), "{text}");
+    for line in text.lines() {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        // Our own events (libraries log at trace level in their own style).
+        if !event["target"].as_str().is_some_and(|t| t.starts_with("ghl_sync")) {
+            continue;
+        }
+        assert!(!line.contains("Some("), "a Debug-printed Option in the logs: {line}");
+        // The event's own fields, without the span it runs in (which carries location.id).
+        let in_span = event.pointer("/span/location.id").is_some();
+        let own = event.as_object().unwrap().contains_key("location.id");
+        assert!(!(in_span && own), "location.id both in the span and in the event: {line}");
+    }
 }

@@ -292,6 +292,7 @@ async fn lives_as_documented(run: impl FnOnce(&str, &str) -> Run) {
         assert!(parsed.get("level").is_some(), "{line}");
     }
     assert!(!stderr.contains(&first.pit), "the token leaked into the logs");
+    assert!(!stderr.contains("Some("), "a Debug-printed Option in the logs:\n{stderr}");
     sandbox.stop().await;
 }
 

@@ -211,3 +211,39 @@ pub async fn eventually(limit: std::time::Duration, mut check: impl FnMut() -> b
     }
     check()
 }
+
+/// Log lines written by a thread-local subscriber (JSON, every level): a current-thread
+/// runtime's tasks all log into it.
+#[derive(Clone, Default)]
+pub struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl Capture {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Captures this thread's logs (JSON, every level) until the guard drops.
+pub fn capture() -> (Capture, tracing::subscriber::DefaultGuard) {
+    let capture = Capture::default();
+    let settings = ghl_sync::config::LogSettings { format: ghl_sync::config::LogFormat::Json, level: "trace".into() };
+    let guard = tracing::subscriber::set_default(ghl_sync::telemetry::subscriber(&settings, capture.clone()));
+    (capture, guard)
+}

@@ -172,9 +172,15 @@ impl LushaConnector {
             fresh.truncate(search.max_per_poll);
         }
         if !fresh.is_empty() {
-            let (allowed, _) = self.allowance().await;
+            let (allowed, capped) = self.allowance().await;
             if fresh.len() > allowed {
-                tracing::warn!(connector.id = ID, search = %search.name, held = fresh.len() - allowed, "Lusha credit budget reached; the other new leads wait for a later poll");
+                let held = fresh.len() - allowed;
+                // Nothing spent today: the worst case per lead bounded this poll, no budget is reached.
+                if !capped || self.spent_today().await.unwrap_or(0) > 0 {
+                    tracing::warn!(connector.id = ID, search = %search.name, held, "Lusha credit budget reached; the other new leads wait for a later poll");
+                } else {
+                    tracing::debug!(connector.id = ID, search = %search.name, held, "Lusha lead poll bounded by the worst-case cost per lead");
+                }
                 metrics::counter!("ghl_sync_lusha_held_by_budget_total").increment((fresh.len() - allowed) as u64);
                 report.held += fresh.len() - allowed;
                 fresh.truncate(allowed);

@@ -637,12 +637,18 @@ impl LushaConnector {
         }
         if calls.len() > allowed {
             let wait = if capped { until_next_utc_day(now_ms()) } else { self.settings.stop_on_no_credits.get() };
-            tracing::warn!(
-                connector.id = ID,
-                held = calls.len() - allowed,
-                reason = if capped { "daily_credit_cap" } else { "credit_reserve" },
-                "Lusha credit budget reached; the rest waits"
-            );
+            let held = calls.len() - allowed;
+            // Nothing spent today: the worst case per contact bounded this batch, no budget is reached.
+            if !capped || self.spent_today().await.unwrap_or(0) > 0 {
+                tracing::warn!(
+                    connector.id = ID,
+                    held,
+                    reason = if capped { "daily_credit_cap" } else { "credit_reserve" },
+                    "Lusha credit budget reached; the rest waits"
+                );
+            } else {
+                tracing::debug!(connector.id = ID, held, "Lusha batch bounded by the worst-case cost per contact");
+            }
             metrics::counter!("ghl_sync_lusha_held_by_budget_total").increment((calls.len() - allowed) as u64);
             if !capped {
                 // Below the reserve: stop like after a 402 and re-read the balance afterwards.
