@@ -1,16 +1,25 @@
-# ghl-sync container image. No Docker engine runs on our build machines: this file is kept
-# simple and checked by reading. Build: docker build -t ghl-sync .
-# Run:  docker run -v ghl-sync-data:/var/lib/ghl-sync -v $PWD/config:/etc/ghl-sync:ro ghl-sync
+# ghl-sync container image. No Docker engine runs on our build machines: `.ci/run` replays the
+# build stage without Docker (scripts/check-dockerfile.py), and tests/it/docker.rs runs the binary
+# with this file's ENV and the README's `docker run` arguments.
+# Build: docker build -t ghl-sync .
+# Run:   see README.md "Running in Docker" and deploy/docker-compose.yml.
 
 FROM rust:1-slim-bookworm AS builder
 WORKDIR /src
-# Dependencies first, so source edits do not rebuild them.
+# Dependencies first, so source edits do not rebuild them. Cargo reads every manifest of the
+# workspace and checks every declared target path before it builds anything, so this stage needs
+# the sandbox crate's manifest and the bench files (benches are not compiled by `cargo build`),
+# plus empty stand-ins for the library and binary sources.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+COPY crates/sandbox/Cargo.toml crates/sandbox/
+COPY benches benches
+RUN mkdir -p src crates/sandbox/src \
+    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs crates/sandbox/src/lib.rs \
     && cargo build --release --locked \
-    && rm -rf src
+    && rm -rf src crates/sandbox/src
 COPY . .
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin ghl-sync
+# COPY keeps the sources' old mtimes: touch them so cargo rebuilds over the stand-ins.
+RUN touch src/main.rs src/lib.rs crates/sandbox/src/lib.rs && cargo build --release --locked --bin ghl-sync
 
 FROM debian:bookworm-slim
 RUN apt-get update \
@@ -21,8 +30,12 @@ RUN apt-get update \
     && chown ghl-sync:ghl-sync /var/lib/ghl-sync
 COPY --from=builder /src/target/release/ghl-sync /usr/local/bin/ghl-sync
 COPY config/ghl-sync.example.toml /usr/local/share/ghl-sync/ghl-sync.example.toml
+# The shipped default config, so the image runs without a mounted one; mounting a directory on
+# /etc/ghl-sync (README: -v "$PWD/config:/etc/ghl-sync:ro") replaces it.
+COPY config/ghl-sync.toml /etc/ghl-sync/ghl-sync.toml
 USER ghl-sync
-ENV GHL_SYNC_CONFIG=/etc/ghl-sync/config.toml \
+# GHL_SYNC_LOCATION_ID and GHL_SYNC_PIT (docker run -e) add one location without editing the file.
+ENV GHL_SYNC_CONFIG=/etc/ghl-sync/ghl-sync.toml \
     GHL_SYNC__STORE__PATH=/var/lib/ghl-sync/ghl-sync.db \
     GHL_SYNC__LOG__FORMAT=json \
     GHL_SYNC__SERVER__LISTEN=0.0.0.0:8089

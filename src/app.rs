@@ -7,6 +7,7 @@ use anyhow::Context;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::connectors::{self, Connector};
@@ -188,11 +189,14 @@ impl App {
         let runs = locations.into_iter().map(|location| {
             let engine = self.engine.clone();
             let permits = permits.clone();
+            // The scheduler's span: the engine's events carry `location.id` through it.
+            let span = tracing::info_span!("location", location.id = %location);
             async move {
                 let _permit = permits.acquire().await;
                 let result = engine.run_once(&location, options).await;
                 (location, result)
             }
+            .instrument(span)
         });
         Ok(futures_util::future::join_all(runs).await)
     }

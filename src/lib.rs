@@ -1,5 +1,5 @@
 //! `ghl-sync`: keeps Lusha, Lucky Orange and outbound webhooks in step with GoHighLevel.
-//! See `ARCHITECTURE.md` in the repository for the design.
+//! See `docs/architecture.md` in the repository for the modules and the data flow.
 
 pub mod app;
 pub mod cli;

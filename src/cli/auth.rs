@@ -50,8 +50,24 @@ pub enum AuthCommand {
         #[arg(long)]
         location: String,
     },
+    /// Take over an OAuth grant from another integration: its refresh token is read from stdin
+    /// (never echoed), refreshed once to prove it, and the rotated pair stored encrypted (needs
+    /// [ghl.oauth] of the app that issued it and a master key). The pasted token is used up.
+    ImportOauth {
+        /// The GHL location (sub-account) id the grant belongs to.
+        #[arg(long)]
+        location: String,
+    },
     /// Show the stored grants: kind, expiry, scopes, re-authorisation needs. Never a token.
     Status,
+    /// Create a fresh random master key (encrypts OAuth tokens and imported tokens in the store):
+    /// written to FILE with mode 0600 (an existing file is never overwritten), else printed.
+    /// Needs no config.
+    InitKey {
+        /// Where to write the key (e.g. /etc/ghl-sync/credentials/master_key).
+        #[arg(long, value_name = "FILE")]
+        output: Option<std::path::PathBuf>,
+    },
     /// Re-encrypt every stored token with the configured master key (key rotation). The old
     /// key is read from an env var or a file; run with the daemon stopped.
     Rekey {
@@ -76,6 +92,51 @@ pub async fn rekey(
         Ok(Sealed(new.seal(secrecy::ExposeSecret::expose_secret(&plain))?))
     })
     .await
+}
+
+/// A fresh random master key: 32 bytes from the system's CSPRNG, as 64 hex digits.
+pub fn new_master_key() -> anyhow::Result<SecretString> {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut bytes).map_err(|_| anyhow::anyhow!("no system randomness"))?;
+    Ok(SecretString::from(bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+}
+
+/// Writes a fresh master key to `path`, created with mode 0600; refuses an existing file (the
+/// tokens its key encrypted would be lost).
+pub fn write_new_master_key(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let key = new_master_key()?;
+    let mut file = match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+            "{} already exists; a master key is never overwritten (tokens it encrypted would be lost). \
+             To replace a key, write the new one elsewhere and run `ghl-sync auth rekey`",
+            path.display()
+        ),
+        Err(error) => return Err(error).with_context(|| format!("Failed to create {}", path.display())),
+    };
+    file.write_all(format!("{}\n", secrecy::ExposeSecret::expose_secret(&key)).as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("Failed to write {}", path.display()))?;
+    Ok(())
+}
+
+/// `ghl-sync auth init-key [--output FILE]`.
+pub fn init_key(output: Option<&std::path::Path>) -> anyhow::Result<()> {
+    match output {
+        Some(path) => {
+            write_new_master_key(path)?;
+            println!(
+                "Wrote a new master key to {} (mode 0600). Keep a copy in a safe place: OAuth tokens in the \
+                 store cannot be decrypted without it.",
+                path.display()
+            );
+        }
+        None => println!("{}", secrecy::ExposeSecret::expose_secret(&new_master_key()?)),
+    }
+    Ok(())
 }
 
 /// Options of `auth install`.
@@ -140,11 +201,15 @@ pub async fn run(config: Config, command: AuthCommand) -> anyhow::Result<()> {
             report.map(|report| print!("{report}"))
         }
         AuthCommand::ImportPit { location } => {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).context("Failed to read the token from stdin")?;
-            import_pit(&tokens, &location, SecretString::from(text)).await.map(|message| println!("{message}"))
+            let text = read_secret("Private integration token (not shown): ")?;
+            import_pit(&tokens, &location, text).await.map(|message| println!("{message}"))
+        }
+        AuthCommand::ImportOauth { location } => {
+            let text = read_secret("Refresh token (not shown): ")?;
+            import_oauth(&config, &tokens, &location, text).await.map(|message| println!("{message}"))
         }
         AuthCommand::Status => status_report(&config, &tokens).await.map(|report| print!("{report}")),
+        AuthCommand::InitKey { output } => init_key(output.as_deref()),
         AuthCommand::Rekey { old_key_env, old_key_file } => {
             let old = match (old_key_env, old_key_file) {
                 (Some(var), _) => {
@@ -342,6 +407,92 @@ async fn callback(
     }
 }
 
+/// A secret from stdin: on a terminal, one line typed or pasted without echo (`stty -echo`,
+/// restored afterwards); otherwise everything piped in.
+fn read_secret(prompt: &str) -> anyhow::Result<SecretString> {
+    use std::io::IsTerminal as _;
+    let stdin = std::io::stdin();
+    let mut text = String::new();
+    if stdin.is_terminal() {
+        eprint!("{prompt}");
+        let _echo = EchoOff::new();
+        stdin.read_line(&mut text).context("Failed to read from the terminal")?;
+        eprintln!();
+    } else {
+        stdin.lock().read_to_string(&mut text).context("Failed to read stdin")?;
+    }
+    Ok(SecretString::from(text))
+}
+
+/// Terminal echo off while it lives (through `stty`, which acts on the inherited stdin).
+struct EchoOff {
+    active: bool,
+}
+
+impl EchoOff {
+    fn new() -> Self {
+        let active = std::process::Command::new("stty").arg("-echo").status().is_ok_and(|s| s.success());
+        if !active {
+            eprintln!("(could not turn terminal echo off: pipe the token in instead, e.g. `< token.txt`)");
+        }
+        Self { active }
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        if self.active && !std::process::Command::new("stty").arg("echo").status().is_ok_and(|s| s.success()) {
+            eprintln!("(could not turn terminal echo back on: run `stty echo`)");
+        }
+    }
+}
+
+/// `auth import-oauth`: refreshes the OAuth refresh token `text` once and stores the rotated
+/// pair for `location`; returns what to tell the user (never a token).
+pub async fn import_oauth(
+    config: &Config,
+    tokens: &TokenManager,
+    location: &str,
+    text: SecretString,
+) -> anyhow::Result<String> {
+    use secrecy::ExposeSecret;
+    let location = location.trim();
+    if location.is_empty() {
+        bail!("--location must not be empty");
+    }
+    let token = text.expose_secret().trim();
+    if token.is_empty() {
+        bail!("No refresh token on stdin (pipe it in: `ghl-sync auth import-oauth --location ID < refresh-token.txt`)");
+    }
+    if token.contains(char::is_whitespace) {
+        bail!("The refresh token on stdin contains whitespace; expected one token");
+    }
+    let grant = tokens
+        .import_refresh_token(location, &SecretString::from(token.to_owned()))
+        .await
+        .context("The OAuth grant could not be imported")?;
+    let mut message = format!(
+        "Stored the OAuth grant of {} ({}, generation {}). GHL rotated the refresh token: the copy you pasted is \
+         used up. Stop the integration it came from now: if it refreshes with its old token, GHL revokes the whole \
+         grant.",
+        grant.resource_id,
+        grant.kind.as_str(),
+        grant.generation
+    );
+    if grant.resource_id != location {
+        message.push_str(&format!("\nNote: GHL says the token belongs to {}, not {location}.", grant.resource_id));
+    }
+    let write_back = config.settings.connectors.lusha.as_ref().is_some_and(|l| l.enabled);
+    let missing = missing_scopes(grant.scope.as_deref().unwrap_or(""), &needed_scopes(write_back));
+    if !missing.is_empty() {
+        message.push_str(&format!(
+            "\nWarning: the grant lacks scopes: {} (reinstall the app with them: `ghl-sync auth install`)",
+            missing.join(" ")
+        ));
+    }
+    Ok(message)
+}
+
 /// Stores a PIT read from stdin for `location`.
 pub async fn import_pit(tokens: &TokenManager, location: &str, text: SecretString) -> anyhow::Result<String> {
     use secrecy::ExposeSecret;
@@ -514,6 +665,43 @@ mod tests {
         let error =
             wait_for_code("127.0.0.1:0".parse().unwrap(), "/cb", Duration::from_millis(50), "s").await.unwrap_err();
         assert!(error.to_string().contains("No redirect"), "{error}");
+    }
+}
+
+#[cfg(test)]
+mod init_key_tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use secrecy::{ExposeSecret, SecretString};
+
+    use super::write_new_master_key;
+    use crate::crypto::MasterKey;
+
+    #[test]
+    fn init_key_writes_a_0600_key_the_store_can_use_and_never_overwrites_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master_key");
+        write_new_master_key(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.trim().len(), 64);
+        // The config resolves it like any master_key_file, and it seals and opens tokens.
+        let config = crate::config::load_from_str(
+            &format!("[store]\nmaster_key_file = \"{}\"\n", path.display()),
+            crate::config::ConfigSource::InCode,
+            Default::default(),
+        )
+        .unwrap();
+        let key = MasterKey::parse(config.secrets.master_key.as_ref().unwrap()).unwrap();
+        assert_eq!(key.open(&key.seal("refresh-token").unwrap()).unwrap().expose_secret(), "refresh-token");
+
+        let error = write_new_master_key(&path).unwrap_err();
+        assert!(error.to_string().contains("already exists; a master key is never overwritten"), "{error}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "the first key is untouched");
+        let other = dir.path().join("other");
+        write_new_master_key(&other).unwrap();
+        assert_ne!(std::fs::read_to_string(&other).unwrap(), text, "every key is fresh");
+        assert!(MasterKey::parse(&SecretString::from(text)).is_ok());
     }
 }
 

@@ -1,5 +1,7 @@
-//! `ghl-sync check`: every connector's own check, a live GHL token and scope check per
-//! location, and one real contact from the snapshot mapped the way each connector sends it.
+//! `ghl-sync check`: every connector's own check (Lusha: key, credits, plan and limits from its
+//! free usage endpoint), a live GHL token and scope check per location, and one real contact
+//! from the snapshot mapped the way each connector sends it: its field names only, the values
+//! (personal data) with `--show-data`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -112,14 +114,55 @@ pub async fn check_ghl(config: &Config) -> Vec<CheckLine> {
     result.unwrap_or_else(|error| vec![line("ghl", false, format!("{error:#}"))])
 }
 
+/// Lusha, checked through its free usage endpoint (key, credits, plan, limits). The connector
+/// itself needs the store and a GHL client to be built, so `check` asks the API directly.
+pub async fn check_lusha(config: &Config) -> Option<CheckLine> {
+    let settings = config.settings.connectors.lusha.as_ref().filter(|l| l.enabled)?;
+    let line = |ok: bool, detail: String| CheckLine { name: "lusha".to_owned(), ok, detail };
+    let Some(key) = config.secrets.lusha_api_key.clone() else {
+        return Some(line(false, "no API key (connectors.lusha.api_key)".to_owned()));
+    };
+    let client = match crate::connectors::lusha::client::LushaClient::new(settings, key, CancellationToken::new()) {
+        Ok(client) => client,
+        Err(error) => return Some(line(false, error.to_string())),
+    };
+    Some(match client.usage().await {
+        Ok(usage) => match crate::connectors::lusha::client::describe_usage(&usage, settings) {
+            Ok(detail) => line(true, detail),
+            Err(detail) => line(false, detail),
+        },
+        Err(error) => line(false, error.to_string()),
+    })
+}
+
+/// The field names of a mapped sample, nested ones dotted (`person.email`); no values.
+pub fn field_names(value: &Value) -> Vec<String> {
+    fn walk(value: &Value, prefix: &str, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) if !map.is_empty() => {
+                for (key, child) in map {
+                    let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                    walk(child, &path, out);
+                }
+            }
+            _ if !prefix.is_empty() => out.push(prefix.to_owned()),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(value, "", &mut out);
+    out
+}
+
 /// `ghl-sync check`: `extra` holds checks done elsewhere (the GHL token and scope checks);
-/// exits 1 naming every failed check.
-pub async fn run_check(config: &Config, extra: Vec<CheckLine>) -> anyhow::Result<ExitCode> {
+/// exits 1 naming every failed check. Sample contacts are printed only with `show_data`.
+pub async fn run_check(config: &Config, extra: Vec<CheckLine>, show_data: bool) -> anyhow::Result<ExitCode> {
     let cancel = tokio_util::sync::CancellationToken::new();
     let connectors = crate::connectors::build(config, &cancel)?;
     let mut lines = extra;
+    lines.extend(check_lusha(config).await);
     lines.extend(check_connectors(&connectors).await);
-    if connectors.is_empty() {
+    if connectors.is_empty() && config.settings.connectors.lusha.is_none() {
         println!("no connectors configured");
     }
     for line in &lines {
@@ -129,10 +172,15 @@ pub async fn run_check(config: &Config, extra: Vec<CheckLine>) -> anyhow::Result
         Ok(store) => {
             for connector in &connectors {
                 match sample(&store, connector.as_ref()).await {
-                    Ok(Some(body)) => {
+                    Ok(Some(body)) if show_data => {
                         println!("\nsample for {} (one real contact, as it would be sent):", connector.id());
                         println!("{}", serde_json::to_string_pretty(&body)?);
                     }
+                    Ok(Some(body)) => println!(
+                        "\nsample for {}: one real contact maps to the fields {} (`--show-data` prints the values)",
+                        connector.id(),
+                        field_names(&body).join(", ")
+                    ),
                     Ok(None) => {
                         println!("\nsample for {}: no contact in the store yet (run a sync first)", connector.id())
                     }
@@ -157,5 +205,17 @@ pub async fn run_check(config: &Config, extra: Vec<CheckLine>) -> anyhow::Result
     } else {
         eprintln!("check failed: {}", failed.join(", "));
         Ok(ExitCode::FAILURE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_names_list_nested_keys_without_values() {
+        let body =
+            serde_json::json!({"event": "contact.updated", "data": {"email": "a@example.com", "tags": ["x"]}, "e": {}});
+        assert_eq!(field_names(&body), ["data.email", "data.tags", "e", "event"]);
     }
 }

@@ -91,8 +91,12 @@ pub enum Command {
     /// Re-send records from the snapshot to one connector (e.g. after a mapping change); each
     /// version keeps the idempotency key of its first delivery unless --new-keys.
     Replay(crate::cli::replay::ReplayArgs),
-    /// Test every connection and print one real contact mapped for each connector.
-    Check,
+    /// plan) and map one real contact for each connector.
+    Check {
+        /// Also print the mapped sample contact (personal data); without it only its field names.
+        #[arg(long)]
+        show_data: bool,
+    },
     /// Export one location's contacts from the snapshot as CSV or JSON Lines.
     Export(crate::cli::export::ExportArgs),
     /// Manage GHL credentials: OAuth install, private integration tokens, status.
@@ -134,7 +138,10 @@ pub async fn execute(cli: Cli) -> ExitCode {
             )
         }
         Command::Validate => match config::load(cli.config.as_deref()) {
-            Ok(_) => {
+            Ok(config) => {
+                for warning in &config.warnings {
+                    eprintln!("warning: {warning}");
+                }
                 println!("ok");
                 ExitCode::SUCCESS
             }
@@ -149,10 +156,10 @@ pub async fn execute(cli: Cli) -> ExitCode {
             Ok(config) => finish_with(crate::cli::replay::run_replay(&config, args).await),
             Err(code) => code,
         },
-        Command::Check => match load(cli.config.as_deref()) {
+        Command::Check { show_data } => match load(cli.config.as_deref()) {
             Ok(config) => {
                 let ghl_checks = check::check_ghl(&config).await;
-                finish_with(check::run_check(&config, ghl_checks).await)
+                finish_with(check::run_check(&config, ghl_checks, show_data).await)
             }
             Err(code) => code,
         },
@@ -160,6 +167,10 @@ pub async fn execute(cli: Cli) -> ExitCode {
             Ok(config) => finish(crate::cli::export::run_export(&config, args).await),
             Err(code) => code,
         },
+        // Needs no config: it runs before there is one (install steps).
+        Command::Auth { command: crate::cli::auth::AuthCommand::InitKey { output } } => {
+            finish(crate::cli::auth::init_key(output.as_deref()))
+        }
         Command::Auth { command } => {
             let config = match load(cli.config.as_deref()) {
                 Ok(config) => config,
@@ -174,6 +185,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
                 Err(code) => return code,
             };
             crate::telemetry::init(&config.settings.log);
+            log_warnings(&config);
             finish(run_daemon(config).await)
         }
         Command::Sync { once: _, location, dry_run } => {
@@ -182,6 +194,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
                 Err(code) => return code,
             };
             crate::telemetry::init(&config.settings.log);
+            log_warnings(&config);
             let result = async {
                 let app = App::build(config).await?;
                 crate::cli::sync::sync_once(app, location.as_deref(), dry_run).await
@@ -235,6 +248,13 @@ async fn health(config_path: Option<&Path>, url: Option<url::Url>) -> ExitCode {
             eprintln!("unhealthy: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs the config's warnings (valid, but probably not what was meant) once at start-up.
+fn log_warnings(config: &Config) {
+    for warning in &config.warnings {
+        tracing::warn!(config.key = %warning.key, "Config: {}", warning.message);
     }
 }
 

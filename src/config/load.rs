@@ -5,12 +5,16 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::{Config, Settings, validate};
+use super::{Config, LocationAuth, LocationSettings, Secret, Settings, validate};
 
 /// Env var naming the config file when `--config` is not given.
 pub const CONFIG_PATH_ENV: &str = "GHL_SYNC_CONFIG";
 /// The file used when neither `--config` nor `GHL_SYNC_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/ghl-sync.toml";
+/// A one-location deployment without editing the file (Docker): this location's id …
+pub const LOCATION_ID_ENV: &str = "GHL_SYNC_LOCATION_ID";
+/// … and its private integration token.
+pub const PIT_ENV: &str = "GHL_SYNC_PIT";
 
 /// Where a configuration came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +56,12 @@ impl fmt::Display for ConfigProblem {
 pub enum ConfigError {
     #[error("config file {path} could not be read: {error}")]
     Unreadable { path: PathBuf, error: std::io::Error },
+    /// Empty or whitespace only: a truncated file must not start a daemon that syncs nothing.
+    #[error(
+        "config file is empty: {path} (a truncated or blank file is refused; every key is documented in \
+         config/ghl-sync.example.toml)"
+    )]
+    Empty { path: PathBuf },
     #[error("{origin} is not valid TOML: {message}")]
     Syntax { origin: ConfigSource, message: String },
     #[error("{origin} has {} problem(s):\n{}", problems.len(), list(problems))]
@@ -100,17 +110,131 @@ pub fn load_from_str(
     source: ConfigSource,
     env: std::collections::HashMap<String, String>,
 ) -> Result<Config, ConfigError> {
+    if let ConfigSource::File(path) = &source
+        && text.trim().is_empty()
+    {
+        return Err(ConfigError::Empty { path: path.clone() });
+    }
+    let overrides = EnvOverrides::new(text, &env);
+    let env_location = [LOCATION_ID_ENV, PIT_ENV].map(|var| env.get(var).map(|v| v.trim().to_owned()));
     let tree = merge(text, &source, env)?;
     let (settings, mut problems) = deserialize_collecting(tree);
-    let Some(settings) = settings else {
-        return Err(ConfigError::Invalid { origin: source, problems });
+    let Some(mut settings) = settings else {
+        return Err(ConfigError::Invalid { origin: source, problems: overrides.attribute(problems) });
     };
-    let (secrets, semantic) = validate::validate(&settings);
-    problems.extend(semantic);
+    add_env_location(&mut settings, &env_location, &mut problems);
+    let validation = validate::validate(&settings);
+    problems.extend(validation.problems);
     if problems.is_empty() {
-        Ok(Config { settings, secrets, source })
+        Ok(Config { settings, secrets: validation.secrets, warnings: validation.warnings, source })
     } else {
-        Err(ConfigError::Invalid { origin: source, problems })
+        Err(ConfigError::Invalid { origin: source, problems: overrides.attribute(problems) })
+    }
+}
+
+/// `GHL_SYNC_LOCATION_ID` + `GHL_SYNC_PIT`: one more location with a private integration token,
+/// so a container (or a quick try) needs no edit of the shipped file. A `GHL_SYNC_PIT` that no
+/// location uses is a problem: the daemon would start and sync nothing.
+fn add_env_location(settings: &mut Settings, [id, pit]: &[Option<String>; 2], problems: &mut Vec<ConfigProblem>) {
+    let id = id.as_deref().filter(|v| !v.is_empty());
+    let pit = pit.as_deref().filter(|v| !v.is_empty());
+    let file_uses_pit = settings.ghl.locations.iter().any(|l| l.pit_env.as_deref() == Some(PIT_ENV));
+    match (id, pit) {
+        (Some(id), _) if settings.ghl.locations.iter().any(|l| l.id == id) => problems.push(ConfigProblem::new(
+            LOCATION_ID_ENV,
+            format!("location {id} is also listed in the config file; configure it in one place"),
+        )),
+        (Some(id), Some(pit)) => settings.ghl.locations.push(LocationSettings {
+            id: id.to_owned(),
+            name: None,
+            auth: LocationAuth::Pit,
+            pit: Some(Secret::new(pit.to_owned())),
+            pit_env: None,
+            pit_file: None,
+            enabled: true,
+        }),
+        (Some(id), None) => problems.push(ConfigProblem::new(
+            PIT_ENV,
+            format!(
+                "is not set: {LOCATION_ID_ENV} names location {id}; put its private integration token in {PIT_ENV}"
+            ),
+        )),
+        (None, Some(_)) if !file_uses_pit => problems.push(ConfigProblem::new(
+            PIT_ENV,
+            format!(
+                "is set, but no location uses it: set {LOCATION_ID_ENV} to the id of the location (sub-account) \
+                 the token belongs to, or pit_env = \"{PIT_ENV}\" in a [[ghl.locations]] entry"
+            ),
+        )),
+        _ => {}
+    }
+}
+
+/// The `GHL_SYNC__SECTION__KEY` variables of an environment with the key paths they set, so a
+/// problem in an overridden key names the variable rather than the file.
+struct EnvOverrides {
+    /// (variable, key path such as `sync.contacts_interval`)
+    vars: Vec<(String, String)>,
+    /// The file's own tree, to tell keys the file has from keys only the environment made.
+    file: Option<toml::Table>,
+}
+
+impl EnvOverrides {
+    fn new(text: &str, env: &std::collections::HashMap<String, String>) -> Self {
+        let mut vars: Vec<(String, String)> = env
+            .keys()
+            .filter_map(|var| {
+                let rest = var.strip_prefix("GHL_SYNC__")?;
+                let path = rest.split("__").map(str::to_ascii_lowercase).collect::<Vec<_>>().join(".");
+                (!path.is_empty()).then(|| (var.clone(), path))
+            })
+            .collect();
+        vars.sort();
+        Self { vars, file: toml::from_str(text).ok() }
+    }
+
+    /// Renames problems caused by an environment override after its variable: the key
+    /// itself or a key under it, or a parent the file does not have (an unknown section the
+    /// variable made up).
+    fn attribute(&self, problems: Vec<ConfigProblem>) -> Vec<ConfigProblem> {
+        problems
+            .into_iter()
+            .map(|problem| match self.variable_for(&problem.key) {
+                Some((var, path)) => ConfigProblem::new(
+                    var.clone(),
+                    format!("{} (this environment variable overrides {path})", problem.message),
+                ),
+                None => problem,
+            })
+            .collect()
+    }
+
+    fn variable_for(&self, key: &str) -> Option<&(String, String)> {
+        let under = |child: &str, parent: &str| {
+            child == parent || child.strip_prefix(parent).is_some_and(|rest| rest.starts_with(['.', '[']))
+        };
+        self.vars.iter().find(|(_, path)| under(key, path)).or_else(|| {
+            if self.file_has(key) {
+                return None;
+            }
+            self.vars.iter().find(|(_, path)| under(path, key))
+        })
+    }
+
+    fn file_has(&self, key: &str) -> bool {
+        let Some(file) = &self.file else {
+            return false;
+        };
+        let mut node: Option<&toml::Value> = None;
+        for (i, part) in key.split('.').enumerate() {
+            let name = part.split('[').next().unwrap_or(part);
+            let next = if i == 0 { file.get(name) } else { node.and_then(|n| n.get(name)) };
+            match next {
+                Some(value) => node = Some(value),
+                None => return false,
+            }
+        }
+        true
     }
 }
 

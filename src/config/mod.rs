@@ -17,11 +17,14 @@ use serde::Deserialize;
 use url::Url;
 
 pub use duration::Dur;
-pub use load::{ConfigError, ConfigProblem, ConfigSource, load, load_from_str};
+pub use load::{ConfigError, ConfigProblem, ConfigSource, LOCATION_ID_ENV, PIT_ENV, load, load_from_str};
 pub use secret::Secret;
 pub use validate::{decode_ed25519_spki, decode_rsa_spki};
 
+pub use validate::{SecretSources, Validation};
+
 pub use crate::connectors::lusha::config::LushaSettings;
+pub use crate::connectors::webhook::config::{WebhookConnectorSettings, WebhookTemplate};
 
 /// The whole configuration, as read from the file and the environment.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -364,49 +367,6 @@ pub struct ConnectorSettings {
     pub lusha: Option<LushaSettings>,
 }
 
-/// `[connectors.webhook.NAME]`: POST each change as JSON to a URL.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConnectorSettings {
-    pub url: Url,
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    /// HMAC-SHA256 signing secret (`X-Ghl-Sync-Signature`).
-    #[serde(default)]
-    pub secret: Option<Secret>,
-    #[serde(default)]
-    pub secret_env: Option<String>,
-    #[serde(default)]
-    pub secret_file: Option<PathBuf>,
-    /// Event types to deliver (`contact.created`, `task.completed`, …); empty: all.
-    #[serde(default)]
-    pub events: Vec<String>,
-    /// Only contacts carrying one of these tags; empty: all.
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// Only these locations; empty: all.
-    #[serde(default)]
-    pub locations: Vec<String>,
-    /// Body shape: the JSON envelope, or a Slack / Microsoft Teams message.
-    #[serde(default)]
-    pub template: WebhookTemplate,
-    #[serde(default = "default_batch_size")]
-    pub batch_size: usize,
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
-    /// Attempts before a change goes to dead letters.
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
-    #[serde(default = "default_webhook_timeout")]
-    pub timeout: Dur,
-    /// Field mapping of the `data` object; empty: the whole record.
-    #[serde(default)]
-    pub fields: Vec<FieldMapping>,
-    /// Slack/Teams message template (`"{@event}: {title}"`); empty: the built-in message.
-    #[serde(default)]
-    pub message: Option<String>,
-}
-
 /// One entry of a connector's `fields = [...]`: where a GHL field goes and how it is shaped.
 #[derive(Debug, Clone, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -525,28 +485,6 @@ pub enum ExportFormat {
     Jsonl,
 }
 
-fn default_batch_size() -> usize {
-    50
-}
-fn default_concurrency() -> usize {
-    4
-}
-fn default_max_attempts() -> u32 {
-    12
-}
-fn default_webhook_timeout() -> Dur {
-    Dur::secs(10)
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum WebhookTemplate {
-    #[default]
-    Envelope,
-    Slack,
-    Teams,
-}
-
 /// Every secret the configuration names, resolved from inline values, env vars or files.
 #[derive(Debug, Clone, Default)]
 pub struct Secrets {
@@ -568,6 +506,9 @@ pub struct Secrets {
 pub struct Config {
     pub settings: Settings,
     pub secrets: Secrets,
+    /// Valid, but probably not what was meant (nothing to sync, nowhere to deliver); `validate`
+    /// prints them and `run` logs them.
+    pub warnings: Vec<ConfigProblem>,
     /// Where it came from, for messages.
     pub source: ConfigSource,
 }
@@ -575,11 +516,16 @@ pub struct Config {
 impl Config {
     /// Builds a config from settings in code (tests, demo); runs the same validation.
     pub fn from_settings(settings: Settings) -> Result<Self, ConfigError> {
-        let (secrets, problems) = validate::validate(&settings);
-        if problems.is_empty() {
-            Ok(Self { settings, secrets, source: ConfigSource::InCode })
+        let validation = validate::validate(&settings);
+        if validation.problems.is_empty() {
+            Ok(Self {
+                settings,
+                secrets: validation.secrets,
+                warnings: validation.warnings,
+                source: ConfigSource::InCode,
+            })
         } else {
-            Err(ConfigError::Invalid { origin: ConfigSource::InCode, problems })
+            Err(ConfigError::Invalid { origin: ConfigSource::InCode, problems: validation.problems })
         }
     }
 }

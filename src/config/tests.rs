@@ -10,7 +10,11 @@ fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
 }
 
 fn problems(text: &str) -> Vec<String> {
-    load(text, &[]).err().map(|e| e.problems()).unwrap_or_default()
+    problems_with(text, &[])
+}
+
+fn problems_with(text: &str, env: &[(&str, &str)]) -> Vec<String> {
+    load(text, env).err().map(|e| e.problems()).unwrap_or_default()
 }
 
 #[test]
@@ -27,6 +31,92 @@ fn an_empty_file_gives_the_documented_defaults() {
     assert_eq!(config.settings.ghl.api_version, "2021-07-28");
     assert_eq!(config.settings.limits.ghl_burst_max, 100);
     assert_eq!(config.settings.server.listen.to_string(), "127.0.0.1:8089");
+}
+
+#[test]
+fn an_empty_or_blank_config_file_is_refused() {
+    for text in ["", "  \n\t\n"] {
+        let error = load_from_str(text, ConfigSource::File("/etc/ghl-sync/ghl-sync.toml".into()), HashMap::new())
+            .expect_err("a blank file must not load");
+        assert!(matches!(error, ConfigError::Empty { .. }), "{error}");
+        assert!(error.to_string().starts_with("config file is empty: /etc/ghl-sync/ghl-sync.toml"), "{error}");
+    }
+}
+
+#[test]
+fn a_config_with_nothing_to_do_validates_with_warnings_that_say_how_to_add_one() {
+    let config = load("[log]\nlevel = \"info\"\n", &[]).unwrap();
+    let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    assert!(warnings[0].starts_with("ghl.locations: no location to sync: add one"), "{warnings:#?}");
+    assert!(warnings[0].contains("[[ghl.locations]]") && warnings[0].contains("GHL_SYNC_LOCATION_ID"));
+    assert!(warnings[1].starts_with("connectors: no connector"), "{warnings:#?}");
+    assert!(warnings[1].contains("[connectors.webhook."), "{warnings:#?}");
+    let busy =
+        load("[[ghl.locations]]\nid = \"a\"\npit = \"p\"\n[connectors.webhook.t]\nurl = \"https://x.example\"\n", &[])
+            .unwrap();
+    assert!(busy.warnings.is_empty(), "{:?}", busy.warnings);
+}
+
+#[test]
+fn a_problem_in_an_environment_override_names_the_variable() {
+    let text = "[sync]\npage_size = 100\n[connectors.webhook.t]\nurl = \"http://hooks.example.com/x\"\n";
+    let env = [
+        ("GHL_SYNC__SYNC__CONTACTS_INTERVALL", "30s"),
+        ("GHL_SYNC__LIMITS__GHL_BURST_SHARE", "2"),
+        ("GHL_SYNC__SYNCC__PAGE_SIZE", "5"),
+    ];
+    let found = load(text, &env).err().map(|e| e.problems()).unwrap_or_default();
+    assert_eq!(found.len(), 4, "{found:#?}");
+    assert!(
+        found.contains(&"GHL_SYNC__SYNC__CONTACTS_INTERVALL: unknown field `contacts_intervall` (this environment variable overrides sync.contacts_intervall)".to_owned()),
+        "{found:#?}"
+    );
+    assert!(found.iter().any(|p| p.starts_with("GHL_SYNC__LIMITS__GHL_BURST_SHARE: must be a share")), "{found:#?}");
+    assert!(found.iter().any(|p| p.starts_with("GHL_SYNC__SYNCC__PAGE_SIZE: unknown field `syncc`")), "{found:#?}");
+    // A problem of the file itself still names its key.
+    assert!(found.iter().any(|p| p.starts_with("connectors.webhook.t.url: plain http")), "{found:#?}");
+}
+
+#[test]
+fn a_location_and_its_token_can_come_from_the_environment() {
+    let shipped = include_str!("../../config/ghl-sync.toml");
+    let config =
+        load(shipped, &[("GHL_SYNC_LOCATION_ID", "ve9EPM428h8vShlRW1KT"), ("GHL_SYNC_PIT", "pit-from-env")]).unwrap();
+    let locations = &config.settings.ghl.locations;
+    assert_eq!(locations.len(), 1);
+    assert_eq!((locations[0].id.as_str(), locations[0].auth), ("ve9EPM428h8vShlRW1KT", LocationAuth::Pit));
+    assert_eq!(config.secrets.pits["ve9EPM428h8vShlRW1KT"].expose_secret(), "pit-from-env");
+    assert!(!format!("{config:?}").contains("pit-from-env"));
+    assert!(config.warnings.iter().all(|w| w.key != "ghl.locations"), "{:?}", config.warnings);
+}
+
+#[test]
+fn an_environment_token_without_its_location_is_refused_with_what_to_set() {
+    let found = problems_with("", &[("GHL_SYNC_PIT", "pit-x")]);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].starts_with("GHL_SYNC_PIT: is set, but no location uses it: set GHL_SYNC_LOCATION_ID"),
+        "{found:#?}"
+    );
+    let found = problems_with("", &[("GHL_SYNC_LOCATION_ID", "loc1")]);
+    assert_eq!(
+        found,
+        [
+            "GHL_SYNC_PIT: is not set: GHL_SYNC_LOCATION_ID names location loc1; put its private integration token in GHL_SYNC_PIT"
+        ]
+    );
+    let found = problems_with(
+        "[[ghl.locations]]\nid = \"loc1\"\npit = \"p\"\n",
+        &[("GHL_SYNC_LOCATION_ID", "loc1"), ("GHL_SYNC_PIT", "q")],
+    );
+    assert_eq!(
+        found,
+        ["GHL_SYNC_LOCATION_ID: location loc1 is also listed in the config file; configure it in one place"]
+    );
+    // A file location that reads GHL_SYNC_PIT itself uses it: no complaint about the variable.
+    let var_text = "[[ghl.locations]]\nid = \"loc1\"\npit_env = \"GHL_SYNC_PIT\"\n";
+    assert!(!problems_with(var_text, &[("GHL_SYNC_PIT", "q")]).iter().any(|p| p.starts_with("GHL_SYNC_PIT:")));
 }
 
 #[test]

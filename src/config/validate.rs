@@ -1,267 +1,311 @@
-//! Cross-field and semantic checks: ranges, URLs, secrets that must exist.
+//! Semantic checks: ranges, URLs, secrets that must exist. Each section validates itself
+//! (`validate(&self, &mut Validation)`, next to the section's other code: Vector's way); this
+//! file holds the sections that live in `config/`, the shared helpers ([`Validation`]: problems
+//! and warnings with key paths, secret resolution, URL rules) and the rules that span sections.
+//! Connector sections validate in their own folders (`connectors/webhook/config.rs`,
+//! `connectors/lusha/config.rs`).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use secrecy::SecretString;
 use url::Url;
 
-use super::{ConfigProblem, LocationAuth, Secret, Secrets, Settings};
+use super::{
+    ConfigProblem, DaemonSettings, DispatchSettings, ExportSettings, GhlSettings, LimitSettings, LocationAuth, Secret,
+    Secrets, ServerSettings, Settings, StoreSettings, SyncSettings,
+};
 
-/// Checks everything serde cannot, and resolves secrets. Returns every problem found.
-pub(super) fn validate(settings: &Settings) -> (Secrets, Vec<ConfigProblem>) {
-    let mut problems = Vec::new();
-    let mut secrets = Secrets::default();
-    let mut check = |ok: bool, key: &str, message: &str| {
-        if !ok {
-            problems.push(ConfigProblem::new(key, message));
-        }
-    };
-
-    // [store]
-    let store = &settings.store;
-    check(!store.busy_timeout.get().is_zero(), "store.busy_timeout", "must be greater than zero");
-
-    // [sync]
-    let sync = &settings.sync;
-    check((1..=500).contains(&sync.page_size), "sync.page_size", "must be between 1 and 500 (GHL's maximum)");
-    check(!sync.contacts_interval.get().is_zero(), "sync.contacts_interval", "must be greater than zero");
-    check(!sync.reconcile_interval.get().is_zero(), "sync.reconcile_interval", "must be greater than zero");
-    check(!sync.children_sweep_period.get().is_zero(), "sync.children_sweep_period", "must be greater than zero");
-    check(
-        share(sync.children_sweep_budget_share),
-        "sync.children_sweep_budget_share",
-        "must be a share between 0 and 1",
-    );
-    check(sync.max_concurrent_locations >= 1, "sync.max_concurrent_locations", "must be at least 1");
-
-    // [limits]
-    let limits = &settings.limits;
-    check(limits.ghl_burst_max >= 1, "limits.ghl_burst_max", "must be at least 1");
-    check(!limits.ghl_burst_window.get().is_zero(), "limits.ghl_burst_window", "must be greater than zero");
-    check(
-        share(limits.ghl_burst_share) && limits.ghl_burst_share > 0.0,
-        "limits.ghl_burst_share",
-        "must be a share greater than 0 and at most 1",
-    );
-    check(limits.ghl_daily_budget >= 1, "limits.ghl_daily_budget", "must be at least 1");
-    check(!limits.request_timeout.get().is_zero(), "limits.request_timeout", "must be greater than zero");
-    check(!limits.connect_timeout.get().is_zero(), "limits.connect_timeout", "must be greater than zero");
-
-    // [daemon]
-    check(
-        settings.daemon.shutdown_grace.get() <= std::time::Duration::from_secs(300),
-        "daemon.shutdown_grace",
-        "must be at most 5m",
-    );
-
-    // [dispatch]
-    let dispatch = &settings.dispatch;
-    check(!dispatch.poll_interval.get().is_zero(), "dispatch.poll_interval", "must be greater than zero");
-    check(!dispatch.backoff_base.get().is_zero(), "dispatch.backoff_base", "must be greater than zero");
-    check(
-        dispatch.backoff_max.get() >= dispatch.backoff_base.get(),
-        "dispatch.backoff_max",
-        "must be at least dispatch.backoff_base",
-    );
-    check(dispatch.breaker_threshold >= 1, "dispatch.breaker_threshold", "must be at least 1");
-
-    // [export]
-    let export = &settings.export;
-    check(export.keep >= 1, "export.keep", "must be at least 1");
-    check(crate::export::parse_time_of_day(&export.at).is_some(), "export.at", "must be a UTC time of day as HH:MM");
-    check(
-        export.directory.as_ref().is_none_or(|d| !d.as_os_str().is_empty()),
-        "export.directory",
-        "must not be empty (leave it out for exports/ next to the database)",
-    );
-
-    // [ghl]
-    let ghl = &settings.ghl;
-    check_remote_url(&ghl.base_url, "ghl.base_url", &mut problems);
-    if ghl.api_version.trim().is_empty() {
-        problems.push(ConfigProblem::new("ghl.api_version", "must not be empty"));
-    }
-    for (i, key) in ghl.webhooks.public_keys.iter().enumerate() {
-        if crate::config::validate::decode_ed25519_spki(key).is_none() {
-            problems.push(ConfigProblem::new(
-                format!("ghl.webhooks.public_keys[{i}]"),
-                "not a base64 Ed25519 public key (SPKI, as GHL publishes it)",
-            ));
-        }
-    }
-    for (i, key) in ghl.webhooks.legacy_rsa_public_keys.iter().enumerate() {
-        if decode_rsa_spki(key).is_none() {
-            problems.push(ConfigProblem::new(
-                format!("ghl.webhooks.legacy_rsa_public_keys[{i}]"),
-                "not an RSA public key of at least 2048 bits (PEM \"BEGIN PUBLIC KEY\" or base64 SPKI)",
-            ));
-        }
-    }
-    if let Some(oauth) = &ghl.oauth {
-        if oauth.client_id.trim().is_empty() {
-            problems.push(ConfigProblem::new("ghl.oauth.client_id", "must not be empty"));
-        }
-        secrets.oauth_client_secret = resolve(
-            "ghl.oauth.client_secret",
-            (&oauth.client_secret, &oauth.client_secret_env, &oauth.client_secret_file),
-            true,
-            &mut problems,
-        );
-        check_remote_url(&oauth.install_url, "ghl.oauth.install_url", &mut problems);
-        check_remote_url(&oauth.redirect_url, "ghl.oauth.redirect_url", &mut problems);
-    }
-    let mut seen = BTreeSet::new();
-    let mut any_oauth = false;
-    for (i, location) in ghl.locations.iter().enumerate() {
-        let key = format!("ghl.locations[{i}]");
-        if location.id.trim().is_empty() {
-            problems.push(ConfigProblem::new(format!("{key}.id"), "must not be empty"));
-        } else if !seen.insert(location.id.clone()) {
-            problems.push(ConfigProblem::new(format!("{key}.id"), format!("location {} is listed twice", location.id)));
-        }
-        match location.auth {
-            LocationAuth::Pit => {
-                let pit = resolve(
-                    &format!("{key}.pit"),
-                    (&location.pit, &location.pit_env, &location.pit_file),
-                    true,
-                    &mut problems,
-                );
-                if let Some(pit) = pit {
-                    secrets.pits.insert(location.id.clone(), pit);
-                }
-            }
-            LocationAuth::Oauth => {
-                any_oauth = true;
-                if location.pit.is_some() || location.pit_env.is_some() || location.pit_file.is_some() {
-                    problems.push(ConfigProblem::new(
-                        format!("{key}.pit"),
-                        "a private integration token is set but auth = \"oauth\"; remove one",
-                    ));
-                }
-                if ghl.oauth.is_none() {
-                    problems.push(ConfigProblem::new(
-                        format!("{key}.auth"),
-                        "auth = \"oauth\" needs the app's credentials in [ghl.oauth]",
-                    ));
-                }
-            }
-        }
-    }
-
-    secrets.master_key = resolve(
-        "store.master_key",
-        (&store.master_key, &store.master_key_env, &store.master_key_file),
-        false,
-        &mut problems,
-    );
-    if let Some(key) = &secrets.master_key {
-        if crate::crypto::MasterKey::parse(key).is_err() {
-            problems.push(ConfigProblem::new(
-                "store.master_key",
-                "must be 32 bytes written as 64 hex digits or base64 (generate one with `openssl rand -hex 32`)",
-            ));
-        }
-    } else if any_oauth || ghl.oauth.is_some() {
-        problems.push(ConfigProblem::new(
-            "store.master_key",
-            "OAuth tokens are stored encrypted: set store.master_key_env (e.g. GHL_SYNC_MASTER_KEY) or store.master_key_file",
-        ));
-    }
-
-    // [server]
-    let server = &settings.server;
-    secrets.admin_token = resolve(
-        "server.admin_token",
-        (&server.admin_token, &server.admin_token_env, &server.admin_token_file),
-        false,
-        &mut problems,
-    );
-    secrets.lusha_webhook_secret = resolve(
-        "server.lusha_webhook_secret",
-        (&server.lusha_webhook_secret, &server.lusha_webhook_secret_env, &server.lusha_webhook_secret_file),
-        false,
-        &mut problems,
-    );
-    check_request_timeout(server.request_timeout.get(), &mut problems);
-    if server.max_body_bytes < 1024 {
-        problems.push(ConfigProblem::new("server.max_body_bytes", "must be at least 1024"));
-    }
-
-    // [connectors.webhook.NAME]
-    for (name, hook) in &settings.connectors.webhook {
-        let key = format!("connectors.webhook.{name}");
-        check_remote_url(&hook.url, &format!("{key}.url"), &mut problems);
-        if let Some(secret) =
-            resolve(&format!("{key}.secret"), (&hook.secret, &hook.secret_env, &hook.secret_file), false, &mut problems)
-        {
-            secrets.webhook_secrets.insert(name.clone(), secret);
-        }
-        if !(1..=1000).contains(&hook.batch_size) {
-            problems.push(ConfigProblem::new(format!("{key}.batch_size"), "must be between 1 and 1000"));
-        }
-        if hook.concurrency == 0 {
-            problems.push(ConfigProblem::new(format!("{key}.concurrency"), "must be at least 1"));
-        }
-        if hook.max_attempts == 0 {
-            problems.push(ConfigProblem::new(format!("{key}.max_attempts"), "must be at least 1"));
-        }
-        for (suffix, message) in crate::connectors::mapping::validate_fields(&hook.fields) {
-            problems.push(ConfigProblem::new(format!("{key}.fields{suffix}"), message));
-        }
-        if let Some(template) = &hook.message {
-            for message in crate::connectors::mapping::validate_template(template) {
-                problems.push(ConfigProblem::new(format!("{key}.message"), message));
-            }
-        }
-        for (i, event) in hook.events.iter().enumerate() {
-            if !crate::domain::EVENT_TYPES.contains(&event.as_str()) {
-                problems.push(ConfigProblem::new(
-                    format!("{key}.events[{i}]"),
-                    format!("unknown event type {event:?}; known: {}", crate::domain::EVENT_TYPES.join(", ")),
-                ));
-            }
-        }
-    }
-
-    // [connectors.lusha]
-    if let Some(lusha) = &settings.connectors.lusha {
-        check_remote_url(&lusha.base_url, "connectors.lusha.base_url", &mut problems);
-        secrets.lusha_api_key = resolve(
-            "connectors.lusha.api_key",
-            (&lusha.api_key, &lusha.api_key_env, &lusha.api_key_file),
-            lusha.enabled,
-            &mut problems,
-        );
-        problems.extend(crate::connectors::lusha::config::validate(lusha));
-    }
-
-    (secrets, problems)
+/// What validation found: every problem and warning with its key path, and the secrets it
+/// resolved on the way. Sections add to it; nothing stops at the first problem.
+#[derive(Debug, Default)]
+pub struct Validation {
+    pub problems: Vec<ConfigProblem>,
+    /// Valid but probably not what was meant (printed by `validate`, logged by `run`).
+    pub warnings: Vec<ConfigProblem>,
+    pub secrets: Secrets,
 }
 
-fn check_request_timeout(timeout: std::time::Duration, problems: &mut Vec<ConfigProblem>) {
-    if timeout.is_zero() || timeout > std::time::Duration::from_secs(300) {
-        problems.push(ConfigProblem::new("server.request_timeout", "must be greater than zero and at most 5m"));
+/// The three ways to give one secret: inline, an env var's name, a file.
+pub type SecretSources<'a> = (&'a Option<Secret>, &'a Option<String>, &'a Option<PathBuf>);
+
+impl Validation {
+    /// Records a problem at `key` unless `ok`.
+    pub fn check(&mut self, ok: bool, key: &str, message: &str) {
+        if !ok {
+            self.problem(key, message);
+        }
     }
+
+    pub fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(ConfigProblem::new(key, message));
+    }
+
+    pub fn warn(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(ConfigProblem::new(key, message));
+    }
+
+    /// Plain HTTP is only allowed to this machine; everything else must be HTTPS.
+    pub fn remote_url(&mut self, url: &Url, key: &str) {
+        match url.scheme() {
+            "https" => {}
+            "http" if is_loopback(url) => {}
+            "http" => self.problem(
+                key,
+                format!("plain http to a remote host ({}) is not allowed; use https", url.host_str().unwrap_or("?")),
+            ),
+            other => self.problem(key, format!("unsupported scheme {other:?}; use https")),
+        }
+    }
+
+    /// Resolves `key`, `key_env` or `key_file` into a secret. At most one may be set.
+    pub fn secret(&mut self, key: &str, sources: SecretSources<'_>, required: bool) -> Option<SecretString> {
+        match resolve(key, sources, required) {
+            Ok(secret) => secret,
+            Err(problem) => {
+                self.problems.push(problem);
+                None
+            }
+        }
+    }
+}
+
+/// Checks everything serde cannot, section by section, then the rules that span sections.
+pub(super) fn validate(settings: &Settings) -> Validation {
+    let mut v = Validation::default();
+    settings.store.validate(&mut v);
+    settings.sync.validate(&mut v);
+    settings.limits.validate(&mut v);
+    settings.daemon.validate(&mut v);
+    settings.dispatch.validate(&mut v);
+    settings.export.validate(&mut v);
+    settings.ghl.validate(&mut v);
+    settings.server.validate(&mut v);
+    for (name, hook) in &settings.connectors.webhook {
+        hook.validate(name, &mut v);
+    }
+    if let Some(lusha) = &settings.connectors.lusha {
+        lusha.validate_section(&mut v);
+    }
+    across_sections(settings, &mut v);
+    v
+}
+
+/// Rules that involve more than one section, and the warnings for a config that does nothing.
+fn across_sections(settings: &Settings, v: &mut Validation) {
+    let ghl = &settings.ghl;
+    // OAuth installs add locations to the store, not to the file: no warning with [ghl.oauth].
+    if ghl.locations.is_empty() && ghl.oauth.is_none() {
+        v.warn(
+            "ghl.locations",
+            "no location to sync: add one to the config ([[ghl.locations]] with id = \"<location id>\" and \
+             pit_env = \"GHL_SYNC_PIT\"), or set GHL_SYNC_LOCATION_ID and GHL_SYNC_PIT in the environment, or \
+             install the marketplace app ([ghl.oauth], then `ghl-sync auth install`); see docs/getting-started.md",
+        );
+    }
+    let connectors = settings.connectors.webhook.values().filter(|h| h.enabled).count()
+        + usize::from(settings.connectors.lusha.as_ref().is_some_and(|l| l.enabled));
+    if connectors == 0 {
+        v.warn(
+            "connectors",
+            "no connector: changes are recorded but delivered nowhere; add one, e.g. [connectors.webhook.team] \
+             with url = \"https://…\" (every connector: config/ghl-sync.example.toml)",
+        );
+    }
+    let any_oauth = ghl.locations.iter().any(|l| l.auth == LocationAuth::Oauth);
+    if v.secrets.master_key.is_none() && (any_oauth || ghl.oauth.is_some()) {
+        v.problem(
+            "store.master_key",
+            "OAuth tokens are stored encrypted: set store.master_key_env (e.g. GHL_SYNC_MASTER_KEY) or store.master_key_file",
+        );
+    }
+}
+
+impl StoreSettings {
+    /// `[store]`: the busy timeout and the master key (parsed here, needed by OAuth). Without a
+    /// configured key, a systemd credential `master_key` is used when the unit passes a non-empty
+    /// one (`LoadCredential=master_key:…`; see deploy/systemd/ghl-sync.service).
+    pub(super) fn validate(&self, v: &mut Validation) {
+        v.check(!self.busy_timeout.get().is_zero(), "store.busy_timeout", "must be greater than zero");
+        let sources = (&self.master_key, &self.master_key_env, &self.master_key_file);
+        v.secrets.master_key = if sources.0.is_none() && sources.1.is_none() && sources.2.is_none() {
+            systemd_credential(MASTER_KEY_CREDENTIAL)
+        } else {
+            v.secret("store.master_key", sources, false)
+        };
+        if let Some(key) = &v.secrets.master_key
+            && crate::crypto::MasterKey::parse(key).is_err()
+        {
+            v.problem(
+                "store.master_key",
+                "must be 32 bytes written as 64 hex digits or base64 (generate one with `openssl rand -hex 32`)",
+            );
+        }
+    }
+}
+
+impl SyncSettings {
+    pub(super) fn validate(&self, v: &mut Validation) {
+        v.check((1..=500).contains(&self.page_size), "sync.page_size", "must be between 1 and 500 (GHL's maximum)");
+        v.check(!self.contacts_interval.get().is_zero(), "sync.contacts_interval", "must be greater than zero");
+        v.check(!self.reconcile_interval.get().is_zero(), "sync.reconcile_interval", "must be greater than zero");
+        v.check(!self.children_sweep_period.get().is_zero(), "sync.children_sweep_period", "must be greater than zero");
+        v.check(
+            share(self.children_sweep_budget_share),
+            "sync.children_sweep_budget_share",
+            "must be a share between 0 and 1",
+        );
+        v.check(self.max_concurrent_locations >= 1, "sync.max_concurrent_locations", "must be at least 1");
+    }
+}
+
+impl LimitSettings {
+    pub(super) fn validate(&self, v: &mut Validation) {
+        v.check(self.ghl_burst_max >= 1, "limits.ghl_burst_max", "must be at least 1");
+        v.check(!self.ghl_burst_window.get().is_zero(), "limits.ghl_burst_window", "must be greater than zero");
+        v.check(
+            share(self.ghl_burst_share) && self.ghl_burst_share > 0.0,
+            "limits.ghl_burst_share",
+            "must be a share greater than 0 and at most 1",
+        );
+        v.check(self.ghl_daily_budget >= 1, "limits.ghl_daily_budget", "must be at least 1");
+        v.check(!self.request_timeout.get().is_zero(), "limits.request_timeout", "must be greater than zero");
+        v.check(!self.connect_timeout.get().is_zero(), "limits.connect_timeout", "must be greater than zero");
+    }
+}
+
+impl DaemonSettings {
+    pub(super) fn validate(&self, v: &mut Validation) {
+        v.check(self.shutdown_grace.get() <= Duration::from_secs(300), "daemon.shutdown_grace", "must be at most 5m");
+    }
+}
+
+impl DispatchSettings {
+    pub(super) fn validate(&self, v: &mut Validation) {
+        v.check(!self.poll_interval.get().is_zero(), "dispatch.poll_interval", "must be greater than zero");
+        v.check(!self.backoff_base.get().is_zero(), "dispatch.backoff_base", "must be greater than zero");
+        v.check(
+            self.backoff_max.get() >= self.backoff_base.get(),
+            "dispatch.backoff_max",
+            "must be at least dispatch.backoff_base",
+        );
+        v.check(self.breaker_threshold >= 1, "dispatch.breaker_threshold", "must be at least 1");
+    }
+}
+
+impl ExportSettings {
+    pub(super) fn validate(&self, v: &mut Validation) {
+        v.check(self.keep >= 1, "export.keep", "must be at least 1");
+        v.check(
+            crate::export::parse_time_of_day(&self.at).is_some(),
+            "export.at",
+            "must be a UTC time of day as HH:MM",
+        );
+        v.check(
+            self.directory.as_ref().is_none_or(|d| !d.as_os_str().is_empty()),
+            "export.directory",
+            "must not be empty (leave it out for exports/ next to the database)",
+        );
+    }
+}
+
+impl GhlSettings {
+    /// `[ghl]`: the API, webhook keys, the OAuth app and every location with its credentials.
+    pub(super) fn validate(&self, v: &mut Validation) {
+        v.remote_url(&self.base_url, "ghl.base_url");
+        v.check(!self.api_version.trim().is_empty(), "ghl.api_version", "must not be empty");
+        for (i, key) in self.webhooks.public_keys.iter().enumerate() {
+            v.check(
+                decode_ed25519_spki(key).is_some(),
+                &format!("ghl.webhooks.public_keys[{i}]"),
+                "not a base64 Ed25519 public key (SPKI, as GHL publishes it)",
+            );
+        }
+        for (i, key) in self.webhooks.legacy_rsa_public_keys.iter().enumerate() {
+            v.check(
+                decode_rsa_spki(key).is_some(),
+                &format!("ghl.webhooks.legacy_rsa_public_keys[{i}]"),
+                "not an RSA public key of at least 2048 bits (PEM \"BEGIN PUBLIC KEY\" or base64 SPKI)",
+            );
+        }
+        if let Some(oauth) = &self.oauth {
+            v.check(!oauth.client_id.trim().is_empty(), "ghl.oauth.client_id", "must not be empty");
+            v.secrets.oauth_client_secret = v.secret(
+                "ghl.oauth.client_secret",
+                (&oauth.client_secret, &oauth.client_secret_env, &oauth.client_secret_file),
+                true,
+            );
+            v.remote_url(&oauth.install_url, "ghl.oauth.install_url");
+            v.remote_url(&oauth.redirect_url, "ghl.oauth.redirect_url");
+        }
+        let mut seen = BTreeSet::new();
+        for (i, location) in self.locations.iter().enumerate() {
+            let key = format!("ghl.locations[{i}]");
+            if location.id.trim().is_empty() {
+                v.problem(format!("{key}.id"), "must not be empty");
+            } else if !seen.insert(location.id.clone()) {
+                v.problem(format!("{key}.id"), format!("location {} is listed twice", location.id));
+            }
+            let has_pit = location.pit.is_some() || location.pit_env.is_some() || location.pit_file.is_some();
+            match location.auth {
+                LocationAuth::Pit => {
+                    let sources = (&location.pit, &location.pit_env, &location.pit_file);
+                    if let Some(pit) = v.secret(&format!("{key}.pit"), sources, true) {
+                        v.secrets.pits.insert(location.id.clone(), pit);
+                    }
+                }
+                LocationAuth::Oauth => {
+                    v.check(
+                        !has_pit,
+                        &format!("{key}.pit"),
+                        "a private integration token is set but auth = \"oauth\"; remove one",
+                    );
+                    v.check(
+                        self.oauth.is_some(),
+                        &format!("{key}.auth"),
+                        "auth = \"oauth\" needs the app's credentials in [ghl.oauth]",
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl ServerSettings {
+    pub(super) fn validate(&self, v: &mut Validation) {
+        v.secrets.admin_token =
+            v.secret("server.admin_token", (&self.admin_token, &self.admin_token_env, &self.admin_token_file), false);
+        v.secrets.lusha_webhook_secret = v.secret(
+            "server.lusha_webhook_secret",
+            (&self.lusha_webhook_secret, &self.lusha_webhook_secret_env, &self.lusha_webhook_secret_file),
+            false,
+        );
+        let timeout = self.request_timeout.get();
+        v.check(
+            !timeout.is_zero() && timeout <= Duration::from_secs(300),
+            "server.request_timeout",
+            "must be greater than zero and at most 5m",
+        );
+        v.check(self.max_body_bytes >= 1024, "server.max_body_bytes", "must be at least 1024");
+    }
+}
+
+/// The systemd credential that holds the master key when the config names none.
+pub const MASTER_KEY_CREDENTIAL: &str = "master_key";
+
+/// A credential systemd passed to this service (`$CREDENTIALS_DIRECTORY/<name>`), if it is there
+/// and not empty (an empty one is the unit's `SetCredential=` default: "not given").
+fn systemd_credential(name: &str) -> Option<SecretString> {
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+    let text = std::fs::read_to_string(std::path::Path::new(&dir).join(name)).ok()?;
+    let text = text.trim();
+    (!text.is_empty()).then(|| SecretString::from(text.to_owned()))
 }
 
 fn share(value: f64) -> bool {
     (0.0..=1.0).contains(&value)
-}
-
-/// Plain HTTP is only allowed to this machine; everything else must be HTTPS.
-fn check_remote_url(url: &Url, key: &str, problems: &mut Vec<ConfigProblem>) {
-    match url.scheme() {
-        "https" => {}
-        "http" if is_loopback(url) => {}
-        "http" => problems.push(ConfigProblem::new(
-            key,
-            format!("plain http to a remote host ({}) is not allowed; use https", url.host_str().unwrap_or("?")),
-        )),
-        other => problems.push(ConfigProblem::new(key, format!("unsupported scheme {other:?}; use https"))),
-    }
 }
 
 fn is_loopback(url: &Url) -> bool {
@@ -273,59 +317,42 @@ fn is_loopback(url: &Url) -> bool {
     }
 }
 
-/// Resolves `key`, `key_env` or `key_file` into a secret. At most one may be set.
+/// `key`, `key_env` or `key_file` as a secret (`Ok(None)`: none set and not `required`).
 fn resolve(
     key: &str,
-    (inline, env, file): (&Option<Secret>, &Option<String>, &Option<PathBuf>),
+    (inline, env, file): SecretSources<'_>,
     required: bool,
-    problems: &mut Vec<ConfigProblem>,
-) -> Option<SecretString> {
+) -> Result<Option<SecretString>, ConfigProblem> {
     let set = usize::from(inline.is_some()) + usize::from(env.is_some()) + usize::from(file.is_some());
     if set > 1 {
-        problems.push(ConfigProblem::new(key, format!("set only one of {key}, {key}_env and {key}_file")));
-        return None;
+        return Err(ConfigProblem::new(key, format!("set only one of {key}, {key}_env and {key}_file")));
     }
     if let Some(secret) = inline {
         if secret.is_empty() {
-            problems.push(ConfigProblem::new(key, "is empty"));
-            return None;
+            return Err(ConfigProblem::new(key, "is empty"));
         }
-        return Some(secret.secret().clone());
+        return Ok(Some(secret.secret().clone()));
     }
     if let Some(var) = env {
         return match std::env::var(var) {
-            Ok(value) if !value.trim().is_empty() => Some(SecretString::from(value.trim().to_owned())),
-            Ok(_) => {
-                problems.push(ConfigProblem::new(format!("{key}_env"), format!("environment variable {var} is empty")));
-                None
-            }
-            Err(_) => {
-                problems
-                    .push(ConfigProblem::new(format!("{key}_env"), format!("environment variable {var} is not set")));
-                None
-            }
+            Ok(value) if !value.trim().is_empty() => Ok(Some(SecretString::from(value.trim().to_owned()))),
+            Ok(_) => Err(ConfigProblem::new(format!("{key}_env"), format!("environment variable {var} is empty"))),
+            Err(_) => Err(ConfigProblem::new(format!("{key}_env"), format!("environment variable {var} is not set"))),
         };
     }
     if let Some(path) = file {
         return match std::fs::read_to_string(path) {
-            Ok(value) if !value.trim().is_empty() => Some(SecretString::from(value.trim().to_owned())),
-            Ok(_) => {
-                problems.push(ConfigProblem::new(format!("{key}_file"), format!("file {} is empty", path.display())));
-                None
-            }
+            Ok(value) if !value.trim().is_empty() => Ok(Some(SecretString::from(value.trim().to_owned()))),
+            Ok(_) => Err(ConfigProblem::new(format!("{key}_file"), format!("file {} is empty", path.display()))),
             Err(error) => {
-                problems.push(ConfigProblem::new(
-                    format!("{key}_file"),
-                    format!("cannot read {}: {error}", path.display()),
-                ));
-                None
+                Err(ConfigProblem::new(format!("{key}_file"), format!("cannot read {}: {error}", path.display())))
             }
         };
     }
     if required {
-        problems.push(ConfigProblem::new(key, format!("missing: set {key}, {key}_env or {key}_file")));
+        return Err(ConfigProblem::new(key, format!("missing: set {key}, {key}_env or {key}_file")));
     }
-    None
+    Ok(None)
 }
 
 /// Decodes GHL's published key format (base64 SPKI DER) into the raw 32-byte Ed25519 key.

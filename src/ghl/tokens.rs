@@ -2,7 +2,8 @@
 //! OAuth grants in the `grants` table (reference/ghl.md §3.5).
 //!
 //! - `bearer()` answers from an in-memory cache unless the token expires within
-//!   `ghl.oauth.refresh_margin`.
+//!   `ghl.oauth.refresh_margin`, capped at half the token's lifetime (a token that lives less
+//!   than twice the margin would otherwise be refreshed before every request).
 //! - Refresh is **single-flight per grant**: a `tokio::sync::Mutex` per grant is held for the
 //!   whole refresh, and the row is re-read inside the lock (another task may have rotated).
 //! - The rotated refresh token and the new access token are committed to SQLite in one
@@ -89,7 +90,15 @@ struct Cached {
     token: SecretString,
     /// Epoch ms; `None` never expires.
     expires_at: Option<i64>,
+    /// Refreshed this long before `expires_at` (see [`refresh_margin_ms`]).
+    margin_ms: i64,
     source: Source,
+}
+
+/// How long before `expires_at` a token issued at `issued_at` is refreshed: the configured
+/// margin, but never more than half the token's lifetime.
+fn refresh_margin_ms(configured_ms: i64, issued_at: i64, expires_at: i64) -> i64 {
+    configured_ms.min(expires_at.saturating_sub(issued_at).max(0) / 2)
 }
 
 #[derive(Default)]
@@ -130,6 +139,16 @@ impl From<&GrantRow> for GrantStatus {
             reauth_reason: row.reauth_reason.clone(),
         }
     }
+}
+
+/// What `import_refresh_token` stored (never a token).
+#[derive(Debug, Clone)]
+pub struct ImportedGrant {
+    pub resource_id: String,
+    pub kind: GrantKind,
+    pub generation: i64,
+    /// The scopes GHL reported with the refresh.
+    pub scope: Option<String>,
 }
 
 /// Bearer tokens for every location; see the module docs.
@@ -229,7 +248,12 @@ impl TokenManager {
     }
 
     fn fresh(&self, entry: &Cached) -> bool {
-        entry.expires_at.is_none_or(|at| at.saturating_sub(self.margin_ms) > self.now())
+        entry.expires_at.is_none_or(|at| at.saturating_sub(entry.margin_ms) > self.now())
+    }
+
+    /// Whether a token issued at `issued_at` and expiring at `expires_at` is still used as is.
+    fn usable(&self, issued_at: i64, expires_at: Option<i64>) -> bool {
+        expires_at.is_some_and(|at| at.saturating_sub(refresh_margin_ms(self.margin_ms, issued_at, at)) > self.now())
     }
 
     fn cached_fresh(&self, key: &str) -> Option<SecretString> {
@@ -238,8 +262,10 @@ impl TokenManager {
         self.fresh(entry).then(|| entry.token.clone())
     }
 
-    fn remember(&self, key: &str, token: &SecretString, expires_at: Option<i64>, source: Source) {
-        self.state().cache.insert(key.to_owned(), Cached { token: token.clone(), expires_at, source });
+    /// Caches `token`; `issued_at` (epoch ms) sizes its refresh margin.
+    fn remember(&self, key: &str, token: &SecretString, issued_at: i64, expires_at: Option<i64>, source: Source) {
+        let margin_ms = expires_at.map_or(0, |at| refresh_margin_ms(self.margin_ms, issued_at, at));
+        self.state().cache.insert(key.to_owned(), Cached { token: token.clone(), expires_at, margin_ms, source });
     }
 
     fn key(&self) -> Result<&MasterKey, AuthError> {
@@ -352,6 +378,46 @@ impl TokenManager {
         Ok((resource, kind, generation))
     }
 
+    /// Takes over an OAuth grant another integration holds: refreshes `refresh_token` once to
+    /// prove it (GHL rotates it, so the caller's copy is used up) and stores the new pair for
+    /// `location`, sealed, like an install. The master key and `[ghl.oauth]` are checked first,
+    /// so a missing one never burns the token. A token GHL reports for another location is
+    /// stored for that one (the caller says so); the rotated pair is never dropped.
+    pub async fn import_refresh_token(
+        &self,
+        location: &str,
+        refresh_token: &SecretString,
+    ) -> Result<ImportedGrant, AuthError> {
+        self.key()?;
+        let oauth = self.oauth.as_ref().ok_or_else(|| {
+            AuthError::Config(
+                "importing an OAuth grant needs [ghl.oauth] with the client id and secret of the app that issued it"
+                    .to_owned(),
+            )
+        })?;
+        let lock = self.lock_for(location);
+        let _flight = lock.lock().await;
+        let mut answer = match oauth.refresh(refresh_token, UserType::Location).await {
+            Ok(answer) => answer,
+            Err(OAuthError::InvalidGrant { message, .. }) => {
+                return Err(AuthError::Config(format!(
+                    "GHL refused the refresh token: {message} (already used, revoked, or issued to another app)"
+                )));
+            }
+            Err(OAuthError::Rejected { status, message, .. }) => {
+                return Err(AuthError::Config(format!("GHL refused the token refresh ({status}): {message}")));
+            }
+            Err(OAuthError::Http(error)) => return Err(AuthError::Http(error)),
+        };
+        if answer.user_type != Some(UserType::Company) && answer.location_id.is_none() {
+            answer.location_id = Some(location.to_owned());
+            answer.user_type = Some(UserType::Location);
+        }
+        let (resource_id, kind, generation) = self.store_install(&answer, &[]).await?;
+        tracing::info!(grant.resource = %resource_id, grant.kind = kind.as_str(), "Imported an OAuth grant");
+        Ok(ImportedGrant { resource_id, kind, generation, scope: answer.scope.clone() })
+    }
+
     fn forget(&self, key: &str) {
         let mut state = self.state();
         state.cache.remove(key);
@@ -377,13 +443,13 @@ impl TokenManager {
         }
         let access = self.open(row.access_token.as_ref(), resource)?;
         if row.kind == GrantKind::Pit {
-            self.remember(resource, &access, None, Source::Pit);
+            self.remember(resource, &access, row.updated_at, None, Source::Pit);
             return Ok(access);
         }
         let rejected = self.state().rejected.get(resource).is_some_and(|d| *d == digest(&access));
-        let usable = row.expires_at.is_some_and(|at| at.saturating_sub(self.margin_ms) > self.now());
-        if usable && !rejected {
-            self.remember(resource, &access, row.expires_at, Source::Grant);
+        // The row was written when the token was issued (install or rotation).
+        if self.usable(row.updated_at, row.expires_at) && !rejected {
+            self.remember(resource, &access, row.updated_at, row.expires_at, Source::Grant);
             return Ok(access);
         }
         self.refresh(row).await
@@ -405,7 +471,8 @@ impl TokenManager {
         );
         match oauth.refresh(&refresh_token, user_type).await {
             Ok(answer) => {
-                let expires_at = answer.expires_at(self.now());
+                let issued_at = self.now();
+                let expires_at = answer.expires_at(issued_at);
                 let access = self.seal(&answer.access_token)?;
                 let rotated = answer.refresh_token.as_ref().map(|t| self.seal(t)).transpose()?;
                 let committed = grants::rotate(
@@ -426,7 +493,7 @@ impl TokenManager {
                     });
                 }
                 self.state().rejected.remove(resource);
-                self.remember(resource, &answer.access_token, Some(expires_at), Source::Grant);
+                self.remember(resource, &answer.access_token, issued_at, Some(expires_at), Source::Grant);
                 tracing::info!(
                     grant.resource = resource,
                     grant.kind = row.kind.as_str(),
@@ -462,7 +529,7 @@ impl TokenManager {
             return Ok(None);
         }
         let access = self.open(row.access_token.as_ref(), resource)?;
-        self.remember(resource, &access, row.expires_at, Source::Grant);
+        self.remember(resource, &access, row.updated_at, row.expires_at, Source::Grant);
         Ok(Some(access))
     }
 
@@ -501,8 +568,9 @@ impl TokenManager {
             let company_token = self.grant_token(company).await.map_err(relabel)?;
             match oauth.location_token(&company_token, company, location).await {
                 Ok(answer) => {
-                    let expires_at = answer.expires_at(self.now());
-                    self.remember(location, &answer.access_token, Some(expires_at), Source::Minted);
+                    let issued_at = self.now();
+                    let expires_at = answer.expires_at(issued_at);
+                    self.remember(location, &answer.access_token, issued_at, Some(expires_at), Source::Minted);
                     tracing::info!(
                         location.id = location,
                         company.id = company,
@@ -660,6 +728,40 @@ mod tests {
         let row = crate::store::grants::load(&tokens.store, "imp").await.unwrap().unwrap();
         let stored = row.access_token.unwrap().0;
         assert!(!stored.windows(12).any(|w| w == b"pit-imported"));
+    }
+
+    #[test]
+    fn the_refresh_margin_is_capped_at_half_the_token_lifetime() {
+        let five_minutes = 300_000;
+        assert_eq!(refresh_margin_ms(five_minutes, 0, 86_400_000), five_minutes, "a day-long token: the margin");
+        assert_eq!(refresh_margin_ms(five_minutes, 1_000, 121_000), 60_000, "a 2-minute token: half of it");
+        assert_eq!(refresh_margin_ms(five_minutes, 5_000, 5_000), 0);
+        assert_eq!(refresh_margin_ms(five_minutes, 9_000, 5_000), 0, "a clock step back never widens it");
+    }
+
+    #[tokio::test]
+    async fn a_token_shorter_than_the_margin_is_used_for_half_its_life_not_refreshed_before_every_request() {
+        use std::sync::atomic::{AtomicI64, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&dir.path().join("t.db"), Duration::from_secs(5)).await.unwrap();
+        let skew = Arc::new(AtomicI64::new(0));
+        let clock = skew.clone();
+        // A 5-minute margin and no OAuth client: any refresh attempt fails loudly.
+        let tokens = TokenManager::new(store, Some(key()), None, StaticTokens::default(), Duration::from_secs(300))
+            .with_clock(Arc::new(move || crate::store::now_ms() + clock.load(Ordering::SeqCst)));
+        let answer: TokenResponse = serde_json::from_value(serde_json::json!({
+            "access_token": "access-1", "refresh_token": "refresh-1", "expires_in": 120,
+            "userType": "Location", "locationId": "loc", "companyId": "co"
+        }))
+        .unwrap();
+        tokens.store_install(&answer, &[]).await.unwrap();
+        for seconds in [0, 10, 55] {
+            skew.store(seconds * 1000, Ordering::SeqCst);
+            assert_eq!(tokens.bearer("loc").await.unwrap().expose_secret(), "access-1", "at {seconds} s");
+        }
+        skew.store(65_000, Ordering::SeqCst);
+        let error = tokens.bearer("loc").await.unwrap_err();
+        assert!(matches!(error, AuthError::Config(ref m) if m.contains("needs a refresh")), "{error}");
     }
 
     #[tokio::test]

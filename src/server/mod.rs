@@ -219,7 +219,10 @@ pub async fn serve(listener: TcpListener, state: ServerState, stop: Cancellation
     let addr = listener.local_addr().ok();
     let ready = state.readiness();
     let app = router(state);
-    tracing::info!(listen = ?addr, "HTTP server listening");
+    match addr {
+        Some(addr) => tracing::info!(listen = %addr, "HTTP server listening on {addr}"),
+        None => tracing::info!("HTTP server listening"),
+    }
     let shutdown = async move {
         stop.cancelled().await;
         ready.set_shutting_down();

@@ -38,6 +38,8 @@ pub fn spawn(
     for location in locations {
         let own = Arc::new(Notify::new());
         wakes.insert(location.clone(), own.clone());
+        // Every event of this location's runs carries `location.id` through this span; events
+        // inside do not repeat it.
         let span = tracing::info_span!("location", location.id = %location);
         tracker.spawn(
             location_loop(engine.clone(), location, settings.clone(), own, stop.clone(), permits.clone())

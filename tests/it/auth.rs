@@ -2,13 +2,12 @@
 //! expiries, 401 recovery, `invalid_grant` parking one location, the grace window after a
 //! lost commit, agency installs, encryption at rest and token-free logs.
 
-use std::io::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ghl_sync::cli::auth::{self as auth_cli, InstallOptions};
-use ghl_sync::config::{Config, Dur, LogFormat, LogSettings, OAuthSettings, Secret, Settings};
+use ghl_sync::config::{Config, Dur, OAuthSettings, Secret, Settings};
 use ghl_sync::crypto::MasterKey;
 use ghl_sync::ghl::dto::SearchRequest;
 use ghl_sync::ghl::oauth::UserType;
@@ -18,6 +17,8 @@ use ghl_sync::http::{ApiClient, ClientSettings, HeaderScheme, Priority, RetryPol
 use ghl_sync::store::Store;
 use ghl_sync::store::grants;
 use ghl_sync_sandbox::ghl::GhlOptions;
+
+use crate::helpers::capture;
 use ghl_sync_sandbox::{Sandbox, SandboxOptions};
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
@@ -188,39 +189,6 @@ async fn concurrent_401s_mid_run_cause_one_refresh_and_every_request_recovers() 
     assert_eq!(stats.invalid_grants, 0);
     assert!(stats.statuses.get(&401).copied().unwrap_or(0) >= 1);
     env.sandbox.stop().await;
-}
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-impl Capture {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-fn capture() -> (Capture, tracing::subscriber::DefaultGuard) {
-    let capture = Capture::default();
-    let settings = LogSettings { format: LogFormat::Json, level: "trace".into() };
-    let guard = tracing::subscriber::set_default(ghl_sync::telemetry::subscriber(&settings, capture.clone()));
-    (capture, guard)
 }
 
 // Current-thread runtime: the log capture (a thread-local default) sees every task.
@@ -515,5 +483,70 @@ async fn creates_are_never_blindly_repeated_after_a_timeout_or_a_422() {
     assert!(matches!(error, GhlError::Api { ref message, .. } if message == "Unprocessable Entity"), "{error}");
     assert!(!error.is_retryable());
     assert_eq!(env.sandbox.ghl.stats().requests.get(route), Some(&2));
+    env.sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_oauth_grant_of_another_integration_is_imported_with_one_refresh_and_serves_reads() {
+    let (logs, _guard) = capture();
+    // "The other integration" installed the app and holds a refresh token.
+    let env = Env::start(options()).await;
+    let location = env.location(0);
+    env.install(Some(&location)).await;
+    let pasted = env.stored_refresh_token(&location).await;
+    let refreshes = env.sandbox.ghl.stats().refresh_grants;
+
+    // Without a master key nothing is refreshed, so the pasted token is not burned.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
+    let oauth = ghl_sync::ghl::tokens::oauth_client(&env.config, CancellationToken::new()).unwrap();
+    let keyless = TokenManager::new(store.clone(), None, oauth, Default::default(), Duration::from_secs(60));
+    let error = auth_cli::import_oauth(&env.config, &keyless, &location, pasted.clone()).await.unwrap_err();
+    assert!(format!("{error:#}").contains("master key"), "{error:#}");
+    assert_eq!(env.sandbox.ghl.stats().refresh_grants, refreshes);
+
+    // ghl-sync's own store takes it over: one refresh, the rotated pair stored sealed.
+    let tokens = Arc::new(TokenManager::from_config(&env.config, store.clone(), CancellationToken::new()).unwrap());
+    let piped = SecretString::from(format!("{}\n", pasted.expose_secret()));
+    let message = auth_cli::import_oauth(&env.config, &tokens, &location, piped).await.unwrap();
+    assert!(message.contains(&location) && message.contains("used up"), "{message}");
+    assert!(!message.contains(pasted.expose_secret()));
+    assert_eq!(env.sandbox.ghl.stats().refresh_grants, refreshes + 1, "exactly one refresh proves the token");
+    let row = grants::load(&store, &location).await.unwrap().unwrap();
+    assert_eq!((row.kind, row.generation), (grants::GrantKind::Location, 1));
+    let key = MasterKey::parse(&SecretString::from(KEY.to_owned())).unwrap();
+    let rotated = key.open(&row.refresh_token.unwrap().0).unwrap();
+    assert_ne!(rotated.expose_secret(), pasted.expose_secret(), "GHL rotated it; the new one is kept");
+    let mut db = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        db.extend(std::fs::read(entry.unwrap().path()).unwrap_or_default());
+    }
+    assert!(!contains(&db, rotated.expose_secret()), "stored in plain text");
+
+    // The imported grant serves reads and refreshes itself like an installed one.
+    let api = ApiClient::new(
+        ClientSettings {
+            service: "ghl",
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            headers: HeaderScheme::Ghl,
+            user_agent: "ghl-sync-test".into(),
+        },
+        None,
+        CancellationToken::new(),
+    )
+    .unwrap();
+    let client = GhlClient::new(api, env.sandbox.ghl_url(), "2021-07-28".into(), tokens.clone());
+    assert_eq!(env.read(&client, &location).await.unwrap(), 5);
+
+    // A token that was already used (after GHL's grace) is refused with a message that says so.
+    env.sandbox.ghl.advance_clock(Duration::from_secs(60));
+    let again = auth_cli::import_oauth(&env.config, &tokens, &location, pasted.clone()).await.unwrap_err();
+    assert!(format!("{again:#}").contains("GHL refused the refresh token"), "{again:#}");
+
+    let text = logs.text();
+    assert!(text.contains("Imported an OAuth grant"), "{text}");
+    assert!(!text.contains(pasted.expose_secret()) && !text.contains(rotated.expose_secret()), "a token was logged");
     env.sandbox.stop().await;
 }

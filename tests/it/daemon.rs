@@ -8,7 +8,7 @@ use ghl_sync::config::Dur;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
-    config, eventually, fast_ghl, settings_for, signal, spawn, start_sandbox, wait_with_limit, write_config,
+    capture, config, eventually, fast_ghl, settings_for, signal, spawn, start_sandbox, wait_with_limit, write_config,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,4 +157,99 @@ async fn check_tests_the_ghl_token_of_every_location_and_names_a_bad_one() {
     assert!(stdout.contains(&format!("FAIL ghl:{}", sandbox.ghl.locations()[1].id)), "{stdout}");
     assert!(!stdout.contains("pit-wrong"), "a token was printed");
     sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_lusha_key_credits_and_plan_and_prints_contact_data_only_with_show_data() {
+    let sandbox = start_sandbox(fast_ghl(3)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = daemon_config(&sandbox, dir.path(), "first_name");
+    let lusha = format!(
+        "[connectors.lusha]\nbase_url = \"{}\"\napi_key = \"{}\"\n",
+        sandbox.lusha_url(),
+        sandbox.lusha.api_key()
+    );
+    text.push_str(&lusha);
+    let path = write_config(dir.path(), &text);
+    let path = path.to_str().unwrap().to_owned();
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            wait_with_limit(spawn(&args, &[]), Duration::from_secs(60))
+        })
+    };
+    let args =
+        |list: &[&str]| list.iter().map(|s| (*s).to_owned()).chain(["--config".to_owned(), path.clone()]).collect();
+    let (status, _, stderr) = run(args(&["sync", "--once"])).await.unwrap();
+    assert!(status.success(), "{stderr}");
+    let names: Vec<String> = sandbox
+        .ghl
+        .locations()
+        .iter()
+        .flat_map(|l| sandbox.ghl.contact_ids(&l.id))
+        .filter_map(|id| sandbox.ghl.contact(&id)?.get("firstName")?.as_str().map(str::to_owned))
+        .filter(|name| name.len() > 2)
+        .collect();
+    assert!(!names.is_empty());
+
+    let (status, stdout, stderr) = run(args(&["check"])).await.unwrap();
+    assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("ok   lusha: API key accepted (GET /v3/account/usage, no credits spent); credits: "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("plan: Sandbox Scale") && stdout.contains("requests left: "), "{stdout}");
+    assert!(stdout.contains("sample for webhook.test: one real contact maps to the fields"), "{stdout}");
+    assert!(stdout.contains("first_name"), "{stdout}");
+    assert!(
+        !names.iter().any(|name| stdout.contains(name.as_str())),
+        "contact data printed without --show-data:\n{stdout}"
+    );
+
+    let (status, stdout, _) = run(args(&["check", "--show-data"])).await.unwrap();
+    assert_eq!(status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("one real contact, as it would be sent"), "{stdout}");
+    assert!(names.iter().any(|name| stdout.contains(name.as_str())), "{stdout}");
+
+    std::fs::write(&path, text.replace(&sandbox.lusha.api_key(), "wrong-key")).unwrap();
+    let (status, stdout, _) = run(args(&["check"])).await.unwrap();
+    assert_ne!(status.code(), Some(0));
+    assert!(
+        stdout.contains("FAIL lusha: Lusha /v3/account/usage: refused (401); check the API key and plan"),
+        "{stdout}"
+    );
+    sandbox.stop().await;
+}
+
+// Current-thread runtime: the log capture (a thread-local default) sees every task.
+#[tokio::test(flavor = "current_thread")]
+async fn log_lines_name_each_field_once_and_print_no_debug_options() {
+    let (logs, _guard) = capture();
+    let sandbox = start_sandbox(fast_ghl(5)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings_for(&sandbox, dir.path());
+    settings.server.enabled = true;
+    settings.server.listen = "127.0.0.1:0".parse().unwrap();
+    let app = App::build(config(settings)).await.unwrap();
+    let stop = CancellationToken::new();
+    let daemon = tokio::spawn(app.run_until_stopped(stop.clone()));
+    assert!(eventually(Duration::from_secs(20), || logs.text().contains("\"message\":\"Synced `")).await);
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    sandbox.stop().await;
+
+    let text = logs.text();
+    assert!(text.contains("HTTP server listening on 127.0.0.1:"), "{text}");
+    for line in text.lines() {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        // Our own events (libraries log at trace level in their own style).
+        if !event["target"].as_str().is_some_and(|t| t.starts_with("ghl_sync")) {
+            continue;
+        }
+        assert!(!line.contains("Some("), "a Debug-printed Option in the logs: {line}");
+        // The event's own fields, without the span it runs in (which carries location.id).
+        let in_span = event.pointer("/span/location.id").is_some();
+        let own = event.as_object().unwrap().contains_key("location.id");
+        assert!(!(in_span && own), "location.id both in the span and in the event: {line}");
+    }
 }

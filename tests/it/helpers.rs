@@ -21,11 +21,23 @@ pub fn write_config(dir: &Path, text: &str) -> PathBuf {
 /// while nobody reads would otherwise block on its next log line and stall.
 pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Child {
     let mut command = Command::new(binary());
-    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.args(args);
     command.env_remove("RUST_LOG").env_remove("GHL_SYNC_CONFIG");
     for (key, value) in env {
         command.env(key, value);
     }
+    spawn_command(command)
+}
+
+/// Like [`spawn`], but the child sees only `env` (as a container sees only its own).
+pub fn spawn_with_only(args: &[&str], env: &[(String, String)]) -> Child {
+    let mut command = Command::new(binary());
+    command.args(args).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+    spawn_command(command)
+}
+
+fn spawn_command(mut command: Command) -> Child {
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = command.spawn().unwrap();
     let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
         std::thread::spawn(move || {
@@ -80,6 +92,44 @@ pub fn wait_with_limit(mut child: Child, limit: Duration) -> (std::process::Exit
             panic!("process did not exit within {limit:?}; stderr:\n{stderr}");
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `ghl-sync HEALTH_ARGS` with `env` (a container's or a unit's) until it prints `ok`, as
+/// Docker's HEALTHCHECK would; `Err` when the daemon `child` exits first. Panics after 30 s.
+pub fn wait_until_healthy(child: &mut Child, health_args: &[String], env: &[(String, String)]) -> Result<(), String> {
+    let started = Instant::now();
+    loop {
+        let output = Command::new(binary())
+            .args(health_args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        if output.status.success() {
+            assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok");
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            return Err(format!("the daemon exited with {status} before it was healthy"));
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(started.elapsed() < Duration::from_secs(30), "not healthy within 30 s: {stderr}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the sandbox answered a contact search with a token it accepted.
+pub async fn wait_for_search(sandbox: &Sandbox, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let stats = sandbox.ghl.stats();
+        if stats.requests.get("POST /contacts/search").is_some_and(|n| *n > 0) {
+            assert_eq!(stats.statuses.get(&401), None, "GHL refused the token: {stats:?}");
+            return;
+        }
+        assert!(started.elapsed() < limit, "no contact search within {limit:?}: {stats:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -172,4 +222,40 @@ pub async fn raw(store: &ghl_sync::store::Store) -> sqlx::SqliteConnection {
         .connect()
         .await
         .unwrap()
+}
+
+/// Log lines written by a thread-local subscriber (JSON, every level): a current-thread
+/// runtime's tasks all log into it.
+#[derive(Clone, Default)]
+pub struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl Capture {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Captures this thread's logs (JSON, every level) until the guard drops.
+pub fn capture() -> (Capture, tracing::subscriber::DefaultGuard) {
+    let capture = Capture::default();
+    let settings = ghl_sync::config::LogSettings { format: ghl_sync::config::LogFormat::Json, level: "trace".into() };
+    let guard = tracing::subscriber::set_default(ghl_sync::telemetry::subscriber(&settings, capture.clone()));
+    (capture, guard)
 }

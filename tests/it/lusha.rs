@@ -708,3 +708,26 @@ async fn a_daily_cap_used_up_by_real_spend_parks_the_rest_until_the_next_utc_day
     assert_eq!(sandbox.sink.accepted(Some("test")).len(), 20);
     sandbox.stop().await;
 }
+
+// Current-thread runtime: the log capture (a thread-local default) sees every task.
+#[tokio::test(flavor = "current_thread")]
+async fn no_budget_warning_is_logged_while_nothing_has_been_spent_today() {
+    let (logs, _guard) = crate::helpers::capture();
+    let sandbox = sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The defaults: 500 credits a day, at most 12 per contact, so one batch of 60 new contacts
+    // is bounded to 41 lookups by the worst case alone.
+    let settings = settings(&sandbox, dir.path(), |lusha| {
+        lusha.daily_credit_cap = 500;
+        lusha.max_credits_per_contact = 12;
+    });
+    create_contacts(&sandbox, &sandbox.lusha.sample_emails(60, |_| true));
+    let app = App::build(config(settings)).await.unwrap();
+    sync_all(&app).await;
+    app.dispatcher.run_once().await;
+    assert!(sandbox.lusha.ledger().spent > 0, "the first batch was enriched");
+    let text = logs.text();
+    let warned = text.lines().filter(|l| l.contains("\"level\":\"WARN\"")).find(|l| l.contains("budget reached"));
+    assert!(warned.is_none(), "a budget warning with nothing spent before the batch: {warned:?}");
+    sandbox.stop().await;
+}

@@ -204,9 +204,76 @@ impl LushaClient {
     }
 }
 
+/// `ghl-sync check`'s line for Lusha from a `/v3/account/usage` answer: the key works (the
+/// answer came), credits left, the plan and its request windows, and what this config allows
+/// itself. `Err` (with the same facts) when no credit is left above `credit_reserve`, since then
+/// nothing will be enriched.
+pub fn describe_usage(usage: &Value, settings: &LushaSettings) -> Result<String, String> {
+    let number = |path: &str| usage.pointer(path).and_then(Value::as_f64).map(|n| n.round() as i64);
+    let remaining = number("/credits/remaining");
+    let mut parts = vec!["API key accepted (GET /v3/account/usage, no credits spent)".to_owned()];
+    parts.push(match (remaining, number("/credits/total"), number("/credits/used")) {
+        (Some(left), Some(total), Some(used)) => format!("credits: {left} left of {total} ({used} used)"),
+        (Some(left), _, _) => format!("credits: {left} left"),
+        _ => "credits: not reported".to_owned(),
+    });
+    if let Some(plan) = usage.pointer("/plan/name").and_then(Value::as_str) {
+        let trial = usage.pointer("/plan/isTrial").and_then(Value::as_bool) == Some(true);
+        parts.push(format!("plan: {plan}{}", if trial { " (trial)" } else { "" }));
+    }
+    let windows: Vec<String> = [("daily", "today"), ("hourly", "this hour"), ("minute", "this minute")]
+        .into_iter()
+        .filter_map(|(key, label)| {
+            let limit = number(&format!("/rateLimits/{key}/limit"))?;
+            let left = number(&format!("/rateLimits/{key}/remaining"))?;
+            Some(format!("{left}/{limit} {label}"))
+        })
+        .collect();
+    if !windows.is_empty() {
+        parts.push(format!("requests left: {}", windows.join(", ")));
+    }
+    let cap = match settings.daily_credit_cap {
+        0 => "no daily cap".to_owned(),
+        cap => format!("at most {cap} credits a day"),
+    };
+    parts.push(format!("this config spends {cap} and keeps {} in reserve", settings.credit_reserve));
+    let line = parts.join("; ");
+    match remaining {
+        Some(left) if left <= settings.credit_reserve => Err(format!(
+            "{line}. No credits above the reserve: enrichment waits until the balance is topped up \
+             (or lower connectors.lusha.credit_reserve)"
+        )),
+        _ => Ok(line),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_usage_line_shows_key_credits_plan_and_limits_and_fails_below_the_reserve() {
+        let usage = json!({
+            "credits": {"total": 10000, "used": 180, "remaining": 9820},
+            "rateLimits": {
+                "daily": {"limit": 25000, "used": 10, "remaining": 24990},
+                "hourly": {"limit": 1200, "used": 5, "remaining": 1195},
+                "minute": {"limit": 60, "used": 1, "remaining": 59}
+            },
+            "plan": {"name": "Scale", "isTrial": false}
+        });
+        let settings = LushaSettings::default();
+        let line = describe_usage(&usage, &settings).unwrap();
+        assert_eq!(
+            line,
+            "API key accepted (GET /v3/account/usage, no credits spent); credits: 9820 left of 10000 (180 used); \
+             plan: Scale; requests left: 24990/25000 today, 1195/1200 this hour, 59/60 this minute; \
+             this config spends at most 500 credits a day and keeps 100 in reserve"
+        );
+        let poor = json!({"credits": {"remaining": 80}});
+        let error = describe_usage(&poor, &settings).unwrap_err();
+        assert!(error.contains("credits: 80 left") && error.contains("No credits above the reserve"), "{error}");
+    }
 
     #[test]
     fn statuses_are_classified_per_the_reference() {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use url::Url;
 
-use crate::config::{ConfigProblem, Dur, Secret};
+use crate::config::{ConfigProblem, Dur, Secret, Validation};
 
 /// `[connectors.lusha]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -270,6 +270,16 @@ fn default_max_pages() -> u64 {
 }
 
 const REVEAL_KINDS: &[&str] = &["emails", "phones"];
+
+impl LushaSettings {
+    /// Checks `[connectors.lusha]` and resolves its API key (required while enabled).
+    pub fn validate_section(&self, v: &mut Validation) {
+        v.remote_url(&self.base_url, "connectors.lusha.base_url");
+        let sources = (&self.api_key, &self.api_key_env, &self.api_key_file);
+        v.secrets.lusha_api_key = v.secret("connectors.lusha.api_key", sources, self.enabled);
+        v.problems.extend(validate(self));
+    }
+}
 
 /// Semantic checks with key paths (`connectors.lusha.…`).
 pub fn validate(settings: &LushaSettings) -> Vec<ConfigProblem> {

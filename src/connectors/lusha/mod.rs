@@ -810,8 +810,9 @@ impl Connector for LushaConnector {
             .usage()
             .await
             .map_err(|e| ConnectorError::Other { connector: ID.into(), detail: e.to_string() })?;
-        let remaining = usage.pointer("/credits/remaining").and_then(Value::as_f64).unwrap_or(0.0);
-        Ok(CheckReport { detail: format!("GET /v3/account/usage answered: {remaining} credits remaining") })
+        client::describe_usage(&usage, &self.settings)
+            .map(|detail| CheckReport { detail })
+            .map_err(|detail| ConnectorError::Other { connector: ID.into(), detail })
     }
 
     fn preview(&self, delivery: &Delivery) -> Result<Value, ConnectorError> {
