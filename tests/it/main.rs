@@ -14,6 +14,7 @@ mod daemon;
 mod dispatch;
 mod docker;
 mod export;
+mod fresh;
 mod helpers;
 mod lusha;
 mod once;
