@@ -376,6 +376,35 @@ async fn readyz_flips_to_503_when_the_only_location_needs_reauth() {
     server.stop().await;
 }
 
+/// Issue 17 defect 1: a webhook the store cannot take in time (here another process holds
+/// SQLite's write lock) is answered 429 with `Retry-After`, never 5xx (GHL retries only 429s
+/// for sure), and GHL's retry is accepted and durable once the lock is gone.
+#[tokio::test]
+async fn a_webhook_the_store_cannot_take_in_time_is_answered_429_never_5xx_and_its_retry_is_kept() {
+    use sqlx::Connection as _;
+    let server = TestServer::start(false).await;
+    let path = server._dir.path().join("ghl-sync.db");
+    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut other).await.unwrap();
+    let body = event("ContactUpdate", "wh-locked-1", "contact-locked");
+    let response = server
+        .http
+        .post(format!("{}/webhooks/ghl", server.url))
+        .header("content-type", "application/json")
+        .header("x-ghl-signature", sign(&body))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429, "a busy store is a 429, never a 5xx");
+    assert!(response.headers().get("retry-after").is_some(), "GHL is told when to retry");
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    other.close().await.unwrap();
+    assert_eq!(server.post_ghl(&body, Some(&sign(&body))).await.0, 200, "the retry is accepted");
+    assert_eq!(server.count("SELECT COUNT(*) FROM dirty_contacts WHERE contact_id = 'contact-locked'").await, 1);
+    server.stop().await;
+}
+
 /// A store whose writes fail (here: another process holds SQLite's write lock past the busy
 /// timeout, as a full or read-only disk would fail them) makes `/readyz` answer 503 with the
 /// reason, and ready again once a write succeeds.
