@@ -15,6 +15,7 @@ mod dispatch;
 mod docker;
 mod export;
 mod helpers;
+mod lucky_orange;
 mod lusha;
 mod once;
 mod reliability;
