@@ -16,6 +16,7 @@ mod docker;
 mod export;
 mod helpers;
 mod lucky_orange;
+mod lucky_orange_browser;
 mod lusha;
 mod once;
 mod reliability;

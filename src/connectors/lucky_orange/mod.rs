@@ -396,10 +396,7 @@ impl LuckyOrangeConnector {
         }
         let update = UpdateContact { custom_fields: Some(values), ..UpdateContact::default() };
         let key = writeback::key(&["lo_visit", &event.id.to_string()]);
-        self.writeback
-            .update_contact(&event.location_id, &event.contact_id, &key, &update)
-            .await
-            .map_err(other)?;
+        self.writeback.update_contact(&event.location_id, &event.contact_id, &key, &update).await.map_err(other)?;
         Ok(("done", Some("fields".into())))
     }
 
