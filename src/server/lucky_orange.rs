@@ -412,6 +412,208 @@ pub(super) async fn snippet(State(state): State<ServerState>, method: Method) ->
         .into_response()
 }
 
+/// The contact view's Lucky Orange section (admin only; `pages::render_contact`): token,
+/// identifications, visits, journey events and replay links (clickable).
+pub(super) async fn contact_section(state: &ServerState, contact_id: &str) -> Result<String, crate::store::StoreError> {
+    use std::fmt::Write as _;
+
+    use super::html_escape as esc;
+    use super::pages::age;
+    if state.config.settings.connectors.lucky_orange.as_ref().is_none_or(|s| !s.enabled) {
+        return Ok(String::new());
+    }
+    let now = crate::store::now_ms();
+    let token = lo_store::contact_token(&state.store, contact_id).await?;
+    let events = lo_store::contact_events(&state.store, contact_id, 200).await?;
+    let mut b = String::from("<h2>Lucky Orange</h2>");
+    match token {
+        Some((kid, expires_at, minted_at)) => write!(
+            b,
+            "<p>Identity token (key {}) minted {}, expires {}.</p>",
+            esc(&kid),
+            age(now, Some(minted_at)),
+            super::pages::iso(expires_at.saturating_mul(1000)),
+        )
+        .ok(),
+        None => write!(b, "<p class=\"muted\">No identity token minted yet.</p>").ok(),
+    };
+    let identified: Vec<&lo_store::StoredEvent> = events.iter().filter(|e| e.kind == EventKind::Identify).collect();
+    let visits = events.iter().filter(|e| e.kind == EventKind::Visit).count();
+    write!(
+        b,
+        "<p>Identified on the site {} time(s) (last {}, first {}); {} visit(s) reported.</p>",
+        identified.len(),
+        age(now, identified.first().map(|e| e.occurred_at)),
+        age(now, identified.last().map(|e| e.occurred_at)),
+        visits,
+    )
+    .ok();
+    let replays: Vec<&lo_store::StoredEvent> = events.iter().filter(|e| e.kind == EventKind::Replay).collect();
+    if !replays.is_empty() {
+        b.push_str("<p>Session replays:</p><ul>");
+        for replay in replays {
+            if let Some(url) =
+                replay.session_id.as_deref().and_then(|s| replay_session_id(&lo::replay_url(s)).map(lo::replay_url))
+            {
+                write!(
+                    b,
+                    "<li><a href=\"{0}\" rel=\"noopener noreferrer\">{0}</a> ({1})</li>",
+                    esc(&url),
+                    age(now, Some(replay.occurred_at))
+                )
+                .ok();
+            }
+        }
+        b.push_str("</ul>");
+    }
+    let journey: Vec<&lo_store::StoredEvent> =
+        events.iter().filter(|e| matches!(e.kind, EventKind::Event | EventKind::Visit)).collect();
+    write!(b, "<table><tr><th>What</th><th>Page</th><th>When</th><th>Status</th><th>In GHL</th></tr>").ok();
+    for event in journey.iter().take(50) {
+        write!(
+            b,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(event.name.as_deref().unwrap_or(event.kind.as_str())),
+            esc(event.page.as_deref().unwrap_or("")),
+            age(now, Some(event.occurred_at)),
+            esc(&event.status),
+            esc(event.outcome.as_deref().unwrap_or("")),
+        )
+        .ok();
+    }
+    b.push_str("</table>");
+    Ok(b)
+}
+
+/// A small SVG bar chart of daily counts (oldest first).
+fn daily_chart(per_day: &[i64]) -> String {
+    use std::fmt::Write as _;
+    let (width, height, bar) = (per_day.len() * 12, 80usize, 10usize);
+    let max = per_day.iter().copied().max().unwrap_or(0).max(1);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{}\" role=\"img\" \
+         aria-label=\"contacts identified per day\">",
+        height + 16
+    );
+    for (i, n) in per_day.iter().enumerate() {
+        if *n > 0 {
+            let h = (usize::try_from(*n).unwrap_or(0) * height / usize::try_from(max).unwrap_or(1)).max(1);
+            write!(
+                svg,
+                "<rect x=\"{}\" y=\"{}\" width=\"{bar}\" height=\"{h}\" fill=\"#d9541e\"><title>{n}</title></rect>",
+                i * 12,
+                height - h
+            )
+            .ok();
+        }
+    }
+    write!(
+        svg,
+        "<text x=\"0\" y=\"{}\" font-size=\"11\" fill=\"#777\">-{} days</text><text x=\"{width}\" y=\"{}\" \
+         font-size=\"11\" fill=\"#777\" text-anchor=\"end\">today · max {max}/day</text></svg>",
+        height + 14,
+        per_day.len(),
+        height + 14
+    )
+    .ok();
+    svg
+}
+
+/// The figures for the last 7 and 30 days.
+async fn read_insights(state: &ServerState) -> Result<Vec<(u32, lo_store::Figures)>, crate::store::StoreError> {
+    let now = crate::store::now_ms();
+    let mut out = Vec::new();
+    for days in [7u32, 30] {
+        out.push((days, lo_store::figures(&state.store, now - i64::from(days) * 86_400_000, now / 1000).await?));
+    }
+    Ok(out)
+}
+
+/// `GET /insights` (admin token): GHL, Lusha and Lucky Orange side by side, 7 and 30 days.
+pub(super) async fn insights(State(state): State<ServerState>, headers: HeaderMap) -> Response {
+    use std::fmt::Write as _;
+
+    use super::html_escape as esc;
+    match super::pages::authorise(&state, &headers) {
+        Ok(()) => {}
+        Err(StatusCode::NOT_FOUND) => return (StatusCode::NOT_FOUND, "not found\n").into_response(),
+        Err(status) => return (status, [(header::WWW_AUTHENTICATE, "Bearer")], "unauthorized\n").into_response(),
+    }
+    let figures = match read_insights(&state).await {
+        Ok(figures) => figures,
+        Err(error) => {
+            tracing::warn!(error = %error, "Insights could not be read");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "store error\n").into_response();
+        }
+    };
+    let per_day = lo_store::identified_per_day(&state.store, crate::store::now_ms(), 30).await.unwrap_or_default();
+    let mut b = String::from("<h1>Insights</h1><p><a href=\"/\">← status</a></p><table><tr><th></th>");
+    for (days, _) in &figures {
+        write!(b, "<th>last {days} days</th>").ok();
+    }
+    b.push_str("</tr>");
+    type Row = (&'static str, fn(&lo_store::Figures) -> i64);
+    let rows: [Row; 9] = [
+        ("GHL contacts synced (now)", |f| f.contacts_synced),
+        ("GHL contacts new", |f| f.contacts_new),
+        ("Enriched by Lusha", |f| f.lusha_enriched),
+        ("Lusha credits spent", |f| f.lusha_credits),
+        ("Live Lucky Orange tokens (now)", |f| f.tokens_live),
+        ("Identified on the site", |f| f.identified),
+        ("Visits reported", |f| f.visits),
+        ("Contacts with session replays", |f| f.with_replays),
+        ("GHL tasks from journey events", |f| f.tasks_created),
+    ];
+    for (label, get) in rows {
+        write!(b, "<tr><td>{}</td>", esc(label)).ok();
+        for (_, f) in &figures {
+            write!(b, "<td class=\"n\">{}</td>", get(f)).ok();
+        }
+        b.push_str("</tr>");
+    }
+    let mut names: Vec<&str> = figures.iter().flat_map(|(_, f)| f.events.iter().map(|(n, _)| n.as_str())).collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        write!(b, "<tr><td>Journey event <code>{}</code></td>", esc(name)).ok();
+        for (_, f) in &figures {
+            let n = f.events.iter().find(|(e, _)| e == name).map_or(0, |(_, n)| *n);
+            write!(b, "<td class=\"n\">{n}</td>").ok();
+        }
+        b.push_str("</tr>");
+    }
+    b.push_str("</table><h2>Contacts identified on the site per day (30 days)</h2>");
+    b.push_str(&daily_chart(&per_day));
+    super::pages::page("Insights", &b).into_response()
+}
+
+/// Prometheus gauges of the bridge (counts only; no personal data, no per-contact labels).
+pub(super) async fn gauges(state: &ServerState) -> String {
+    use std::fmt::Write as _;
+    if state.lucky_orange.is_none() {
+        return String::new();
+    }
+    let now = crate::store::now_ms();
+    let Ok(f) = lo_store::figures(&state.store, now - 30 * 86_400_000, now / 1000).await else {
+        return "# lucky orange gauges unavailable\n".to_owned();
+    };
+    let mut text = String::new();
+    for (name, help, value) in [
+        ("ghl_sync_lucky_orange_tokens_live", "Contacts with an unexpired identity token", f.tokens_live),
+        ("ghl_sync_lucky_orange_identified_30d", "Contacts identified on the site in 30 days", f.identified),
+        ("ghl_sync_lucky_orange_visits_30d", "Visits reported in 30 days", f.visits),
+        ("ghl_sync_lucky_orange_replays_30d", "Contacts with a replay link noted in 30 days", f.with_replays),
+        ("ghl_sync_lucky_orange_tasks_30d", "GHL tasks created from journey events in 30 days", f.tasks_created),
+    ] {
+        writeln!(text, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}").ok();
+    }
+    writeln!(text, "# HELP ghl_sync_lucky_orange_events_30d Journey events in 30 days by (allow-listed) name\n# TYPE ghl_sync_lucky_orange_events_30d gauge").ok();
+    for (name, n) in &f.events {
+        writeln!(text, "ghl_sync_lucky_orange_events_30d{{event=\"{name}\"}} {n}").ok();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,6 +656,14 @@ mod tests {
         let peer: SocketAddr = "10.0.0.1:5000".parse().unwrap();
         assert_eq!(client_ip(&headers, Some(peer), false), peer.ip());
         assert_eq!(client_ip(&headers, Some(peer), true), "198.51.100.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn the_daily_chart_has_one_bar_per_busy_day() {
+        let svg = daily_chart(&[0, 3, 0, 1]);
+        assert!(svg.starts_with("<svg"));
+        assert_eq!(svg.matches("<rect").count(), 2);
+        assert!(svg.contains("max 3/day"));
     }
 
     #[test]

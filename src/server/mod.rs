@@ -189,6 +189,7 @@ pub fn router(state: ServerState) -> Router {
         )
         .route("/lo/events", post(lucky_orange::events).options(lucky_orange::preflight))
         .route("/lo/snippet.js", get(lucky_orange::snippet))
+        .route("/insights", get(lucky_orange::insights))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(timeout, request_timeout))
         .with_state(state)
@@ -222,6 +223,7 @@ fn route_label(path: &str) -> &'static str {
         "/lo/identity" => "/lo/identity",
         "/lo/events" => "/lo/events",
         "/lo/snippet.js" => "/lo/snippet.js",
+        "/insights" => "/insights",
         p if p.starts_with("/contacts/") => "/contacts/:id",
         _ => "other",
     }

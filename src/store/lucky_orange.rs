@@ -232,9 +232,18 @@ pub async fn contact_token(store: &Store, contact_id: &str) -> Result<Option<(St
         .await?)
 }
 
-/// Bridge figures since `since_ms` (the insights page, `status --json`, `/metrics`).
+/// Figures since `since_ms` across the systems (the insights page, `status --json`,
+/// `/metrics`): counts only, no personal data.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Figures {
+    /// Contacts in the snapshot now.
+    pub contacts_synced: i64,
+    /// Contacts first seen since.
+    pub contacts_new: i64,
+    /// Distinct contacts Lusha found since.
+    pub lusha_enriched: i64,
+    /// Lusha credits spent on answers since.
+    pub lusha_credits: i64,
     /// Contacts with a live token.
     pub tokens_live: i64,
     /// Distinct contacts identified on the site.
@@ -279,5 +288,45 @@ pub async fn figures(store: &Store, since_ms: i64, now_secs: i64) -> Result<Figu
         .bind(now_secs)
         .fetch_one(pool)
         .await?;
-    Ok(Figures { tokens_live, identified, visits, with_replays, events, tasks_created })
+    let contacts_synced: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts").fetch_one(pool).await?;
+    let contacts_new = count("SELECT COUNT(*) FROM contacts WHERE first_seen_at >= ?").fetch_one(pool).await?;
+    let lusha_enriched =
+        count("SELECT COUNT(DISTINCT contact_id) FROM lusha_cache WHERE found = 1 AND enriched_at >= ?")
+            .fetch_one(pool)
+            .await?;
+    let lusha_credits =
+        count("SELECT COALESCE(SUM(credits), 0) FROM lusha_cache WHERE enriched_at >= ?").fetch_one(pool).await?;
+    Ok(Figures {
+        contacts_synced,
+        contacts_new,
+        lusha_enriched,
+        lusha_credits,
+        tokens_live,
+        identified,
+        visits,
+        with_replays,
+        events,
+        tasks_created,
+    })
+}
+
+/// Identifications per UTC day for the last `days` days, oldest first (the insights chart).
+pub async fn identified_per_day(store: &Store, now_ms: i64, days: i64) -> Result<Vec<i64>, StoreError> {
+    const DAY: i64 = 86_400_000;
+    let today = now_ms.div_euclid(DAY);
+    let first = today - days + 1;
+    let rows: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT occurred_at / 86400000 AS day, COUNT(DISTINCT contact_id) FROM lo_events \
+         WHERE kind = 'identify' AND occurred_at >= ? GROUP BY day",
+    )
+    .bind(first * DAY)
+    .fetch_all(store.read_pool())
+    .await?;
+    let mut per_day = vec![0; usize::try_from(days.max(0)).unwrap_or(0)];
+    for (day, n) in rows {
+        if let Some(slot) = usize::try_from(day - first).ok().and_then(|i| per_day.get_mut(i)) {
+            *slot = n;
+        }
+    }
+    Ok(per_day)
 }

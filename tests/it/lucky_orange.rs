@@ -450,3 +450,73 @@ async fn a_replay_link_makes_one_note_and_one_tag_after_replays_and_a_crash() {
     drain(&app).await;
     assert_eq!(notes(&ada).len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contact_view_insights_metrics_and_check_show_the_bridge() {
+    use ghl_sync::connectors::Connector as _;
+    let sandbox = sandbox().await;
+    let dir = tempfile::tempdir().unwrap();
+    let loc = location(&sandbox);
+    let ada = sandbox.ghl.create_contact(&loc, json!({"firstName": "Ada", "lastName": "Lovelace"}));
+    let mut settings = settings(&sandbox, dir.path(), |_| {});
+    settings.server.admin_token = Some(Secret::new("admin-token-lo".to_owned()));
+    let app = App::build(config(settings)).await.unwrap();
+    sync_all(&app).await;
+    drain(&app).await;
+    let connector = connector(&app);
+    assert_eq!(connector.mint_pass().await.minted, 1);
+    let check = connector.check().await.unwrap();
+    assert!(check.detail.contains("lo.js?site-id=site-1"), "{}", check.detail);
+
+    let keys = lo::token_keys(&app.config).unwrap();
+    let t = keys.mint(&ada, ghl_sync::store::now_ms() / 1000 + 3600);
+    let (server, stop) = start_server(&app).await;
+    let http = reqwest::Client::new();
+    assert_eq!(post_identity(&http, &server.url(), Some(ORIGIN), json!({ "t": t }).to_string()).await.status(), 200);
+    let event = json!({"t": t, "type": "event", "name": "pricing_viewed", "page": "/pricing"});
+    let status = http.post(format!("{}/lo/events", server.url())).json(&event).send().await.unwrap().status();
+    assert_eq!(status, 202);
+    connector.apply_pending().await;
+    sandbox.ghl.update_contact(
+        &ada,
+        json!({"customFields": [{"key": "contact.lo_session_url", "field_value": "https://app.luckyorange.com/visitors/sessions/s1/timeline"}]}),
+    );
+    sync_all(&app).await;
+    drain(&app).await;
+
+    let admin = |path: &str| http.get(format!("{}{path}", server.url())).bearer_auth("admin-token-lo").send();
+    let view = admin(&format!("/contacts/{ada}")).await.unwrap().text().await.unwrap();
+    assert!(view.contains("<h2>Lucky Orange</h2>"), "{view}");
+    assert!(view.contains("Identified on the site 1 time(s)"), "{view}");
+    assert!(view.contains("<a href=\"https://app.luckyorange.com/visitors/sessions/s1/timeline\""), "{view}");
+    assert!(view.contains("pricing_viewed") && view.contains("task+tag"), "{view}");
+
+    let insights = admin("/insights").await.unwrap();
+    assert_eq!(insights.status(), 200);
+    let insights = insights.text().await.unwrap();
+    assert!(insights.contains("<svg") && insights.contains("pricing_viewed"), "{insights}");
+    assert!(!insights.contains("Lovelace"), "no personal data on the insights page");
+    let anonymous = http.get(format!("{}/insights", server.url())).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    let metrics = http.get(format!("{}/metrics", server.url())).send().await.unwrap().text().await.unwrap();
+    for line in [
+        "ghl_sync_lucky_orange_tokens_live 1",
+        "ghl_sync_lucky_orange_identified_30d 1",
+        "ghl_sync_lucky_orange_replays_30d 1",
+        "ghl_sync_lucky_orange_tasks_30d 1",
+        "ghl_sync_lucky_orange_events_30d{event=\"pricing_viewed\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} missing");
+    }
+    assert!(!metrics.contains(&ada) && !metrics.contains("Lovelace"), "no contact data in metrics");
+    stop.cancel();
+    server.stopped().await.unwrap();
+
+    // A configured field that GHL does not have fails the check, naming it.
+    let mut broken = app.config.settings.connectors.lucky_orange.clone().unwrap();
+    broken.token_field_key = "contact.no_such_field".into();
+    let writeback = WriteBack::new(app.store.clone(), app.ghl.clone(), Arc::new(Vec::new()));
+    let error = LuckyOrangeConnector::new(&broken, keys, writeback).check().await.unwrap_err();
+    assert!(error.to_string().contains("contact.no_such_field"), "{error}");
+}

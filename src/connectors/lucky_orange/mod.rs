@@ -530,12 +530,38 @@ impl Connector for LuckyOrangeConnector {
         DeliverySettings { batch_size: 20, concurrency: 1, max_attempts: 12 }
     }
 
+    /// Lucky Orange has no API to probe: checks that every configured custom field exists in
+    /// each active GHL location, and prints the snippet tag to paste.
     async fn check(&self) -> Result<CheckReport, ConnectorError> {
+        let locations = crate::store::locations::active(self.writeback.store()).await.map_err(other)?;
+        let mut keys = vec![self.settings.token_field_key.as_str(), self.settings.session_field_key.as_str()];
+        keys.extend(self.settings.visit_fields.configured().into_iter().map(|(_, key)| key));
+        let mut missing = Vec::new();
+        for location in &locations {
+            self.fields.lock().await.remove(location);
+            for key in &keys {
+                match self.field_id(location, key).await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => missing.push(format!("{key} in {location}")),
+                    Err(error) => return Err(other(format!("custom fields of {location} could not be read: {error}"))),
+                }
+            }
+        }
+        if !missing.is_empty() {
+            return Err(other(format!(
+                "custom fields missing in GHL (create them, contact model, text): {}",
+                missing.join(", ")
+            )));
+        }
         Ok(CheckReport {
             detail: format!(
-                "no server-side API to probe; tokens signed with key id {} for audience {:?}",
+                "{} custom field(s) found in {} location(s); tokens signed with key id {}. Paste in <head>, before \
+                 the Lucky Orange tag: <script src=\"https://YOUR-SYNC-HOST/lo/snippet.js\"></script> \
+                 <script async defer src=\"https://tools.luckyorange.com/core/lo.js?site-id={}\"></script>",
+                keys.len(),
+                locations.len(),
                 self.keys.current_kid(),
-                self.settings.audience
+                if self.settings.site_id.is_empty() { "YOUR-SITE-ID" } else { &self.settings.site_id },
             ),
         })
     }
