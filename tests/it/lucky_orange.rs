@@ -434,7 +434,13 @@ async fn a_replay_link_makes_one_note_and_one_tag_after_replays_and_a_crash() {
     assert!(notes(&eve).is_empty(), "an invalid URL makes no note");
     assert!(!tags(&sandbox.ghl.contact(&eve).unwrap()).contains(&"lucky-orange:session".to_owned()));
 
-    // A replay of every delivery, and another sync: still one note each.
+    // `ghl-sync replay` (even under new keys), a re-run of every delivery, and another sync:
+    // still one note each.
+    let connector = app.connectors.iter().find(|c| c.id() == "lucky_orange").unwrap().clone();
+    let filter = ghl_sync::cli::replay::ReplayFilter { new_keys: Some("again".into()), ..Default::default() };
+    let replayed = ghl_sync::cli::replay::replay(&app.store, connector.as_ref(), &filter).await.unwrap();
+    assert_eq!(replayed.enqueued, 3);
+    drain(&app).await;
     sqlx::query("UPDATE outbox SET status = 'pending' WHERE connector = 'lucky_orange'")
         .execute(&mut crate::helpers::raw(&app.store).await)
         .await
