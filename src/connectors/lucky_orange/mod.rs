@@ -12,6 +12,12 @@
 //!   throttled custom-field writes, journey events as the configured task / note / tag, once
 //!   per (contact, event, window).
 //!
+//! Journey events are stored as `lo_events` rows (the change event [`EVENT_TYPE`]) and applied
+//! from there, not through the `outbox` table: the outbox carries versions of snapshot records
+//! (contacts, tasks, notes), and an `lo_events` row is its own durable queue (pending until
+//! applied; every GHL write keyed in `writebacks` before it is sent). When the rules engine
+//! lands, these rows are its triggers.
+//!
 //! It never calls Lucky Orange. The HTTP side (`/lo/identity`, `/lo/events`, `/lo/snippet.js`)
 //! is `server::lucky_orange`; the tables are `store::lucky_orange`.
 
