@@ -84,12 +84,10 @@ pub(crate) async fn build_workers(
     )?;
     let provider: Arc<dyn TokenProvider> = tokens.clone();
     let ghl = GhlClient::new(api, settings.ghl.base_url.clone(), settings.ghl.api_version.clone(), provider);
-    // Write-back connectors (Lusha) need the store and the GHL client, and the bookkeeping
-    // custom fields they write (lusha_id, lusha_enriched_at) stay out of the contact hash.
+    // Write-back connectors (Lusha, Lucky Orange) need the store and the GHL client, and the
+    // bookkeeping custom fields they write stay out of the contact hash.
     let mut engine_settings = EngineSettings::from_config(settings);
-    if let Some(lusha) = settings.connectors.lusha.as_ref().filter(|l| l.enabled) {
-        engine_settings.ignored_custom_fields = connectors::lusha::bookkeeping_field_ids(lusha, &ghl, store).await;
-    }
+    engine_settings.ignored_custom_fields = connectors::bookkeeping_field_ids(settings, &ghl, store).await;
     let deps = connectors::Deps {
         store: store.clone(),
         ghl: ghl.clone(),
@@ -126,7 +124,8 @@ impl App {
         );
         tokens.check_grants().await.context("Stored GHL credentials cannot be used")?;
         // Write-back connectors (Lusha) need GHL's write scope.
-        let write_back = settings.connectors.lusha.as_ref().is_some_and(|l| l.enabled);
+        let write_back = settings.connectors.lusha.as_ref().is_some_and(|l| l.enabled)
+            || settings.connectors.lucky_orange.as_ref().is_some_and(|l| l.enabled);
         for (resource, missing) in tokens.scope_report(&needed_scopes(write_back)).await? {
             tracing::warn!(resource, missing = %missing.join(" "), "The GHL grant of `{resource}` lacks scopes; reinstall the app with them");
         }

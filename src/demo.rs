@@ -108,6 +108,7 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let addr = app.server_addr().context("the demo's HTTP server did not start")?;
     sandbox.ghl.set_webhook_url(Some(url::Url::parse(&format!("http://{addr}/webhooks/ghl"))?));
     let store = app.store.clone();
+    let app_config = app.config.clone();
 
     println!("ghl-sync demo: the real daemon against the built-in sandbox (nothing leaves this machine)");
     println!(
@@ -122,6 +123,10 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         args.edit_every.as_secs()
     );
     println!("  Lusha (fake) enriches new contacts within a credit budget and imports 50 prospecting leads");
+    println!(
+        "  Lucky Orange: simulated site visitors are identified, visit, view pricing (a GHL task) and leave replay links"
+    );
+    println!("  insights http://{addr}/insights (admin token: demo)");
     println!("  Ctrl-C to stop");
     println!();
 
@@ -131,6 +136,9 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let mut edits = tokio::time::interval(args.edit_every);
     let mut report = tokio::time::interval(Duration::from_secs(2));
     let mut edited: usize = 0;
+    let mut visitors = tokio::time::interval(Duration::from_secs(3));
+    let mut visited: usize = 0;
+    let config = app_config;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -141,6 +149,12 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
                 }
             }
             _ = report.tick() => print_line(&sandbox, &store, started, edited).await,
+            _ = visitors.tick() => {
+                if started.elapsed() > Duration::from_secs(8) {
+                    simulate_visitor(&sandbox, &store, &config, addr, visited).await;
+                    visited += 1;
+                }
+            }
         }
     }
     println!();
@@ -252,6 +266,69 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     Ok(dir)
 }
 
+/// The simulated site of the demo's Lucky Orange visitors.
+const DEMO_SITE: &str = "https://www.example.com";
+
+/// One simulated site visitor, as the snippet in a browser would act: a contact clicks a
+/// link with its token, is identified, reports a visit; every second one views pricing (a
+/// journey event → a GHL task); every third one submits a form with a replay link.
+async fn simulate_visitor(
+    sandbox: &Sandbox,
+    app_store: &crate::store::Store,
+    config: &Config,
+    addr: SocketAddr,
+    n: usize,
+) {
+    use crate::http::{ApiClient, ApiRequest, ClientSettings, HeaderScheme, Method, RetryPolicy};
+    let Some(keys) = crate::connectors::lucky_orange::token_keys(config) else { return };
+    let Ok(contacts) = crate::store::snapshot::recent_contacts(app_store, 200).await else { return };
+    if contacts.is_empty() {
+        return;
+    }
+    let contact = &contacts[fastrand::usize(..contacts.len())];
+    let token = keys.mint(&contact.contact_id, crate::store::now_ms() / 1000 + 3600);
+    let Ok(client) = ApiClient::new(
+        ClientSettings {
+            service: "demo-site",
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(5),
+            retry: RetryPolicy { max_retries: 0, ..RetryPolicy::default() },
+            headers: HeaderScheme::None,
+            user_agent: "ghl-sync demo visitor".to_owned(),
+        },
+        None,
+        CancellationToken::new(),
+    ) else {
+        return;
+    };
+    let post = |path: &'static str, body: serde_json::Value| {
+        let url = url::Url::parse(&format!("http://{addr}{path}"));
+        let client = client.clone();
+        async move {
+            let Ok(url) = url else { return };
+            if let Ok(request) = ApiRequest::new(Method::POST, url, path).header("origin", DEMO_SITE).json(&body) {
+                let _answer = client.send(request).await;
+            }
+        }
+    };
+    post("/lo/identity", serde_json::json!({ "t": token })).await;
+    let session = format!("demo-session-{n}");
+    let visit = serde_json::json!({"t": token, "type": "visit", "page": "/", "visits": 1 + n % 5, "session": session});
+    post("/lo/events", visit).await;
+    if n.is_multiple_of(2) {
+        post(
+            "/lo/events",
+            serde_json::json!({"t": token, "type": "event", "name": "pricing_viewed", "page": "/pricing"}),
+        )
+        .await;
+    }
+    if n.is_multiple_of(3) {
+        let url = crate::connectors::lucky_orange::replay_url(&session);
+        let field = serde_json::json!({"customFields": [{"key": "contact.lo_session_url", "field_value": url}]});
+        sandbox.ghl.update_contact(&contact.contact_id, field);
+    }
+}
+
 fn demo_config(sandbox: &Sandbox, dir: &std::path::Path) -> anyhow::Result<Config> {
     let mut settings = Settings::default();
     settings.store.path = Some(dir.join("ghl-sync.db"));
@@ -277,6 +354,8 @@ fn demo_config(sandbox: &Sandbox, dir: &std::path::Path) -> anyhow::Result<Confi
     settings.sync.index_lag_margin = Dur::secs(2);
     settings.sync.dirty_debounce = Dur::millis(200);
     settings.server.listen = "127.0.0.1:0".parse()?;
+    // The admin views (contact view, insights) on the loopback-only demo.
+    settings.server.admin_token = Some(Secret::new("demo".to_owned()));
     settings.log.level = "warn".to_owned();
     let hook: config::WebhookConnectorSettings = toml::from_str(&format!("url = \"{}\"", sandbox.sink_url("demo")))?;
     settings.connectors.webhook.insert("demo".to_owned(), hook);
@@ -291,6 +370,15 @@ fn demo_config(sandbox: &Sandbox, dir: &std::path::Path) -> anyhow::Result<Confi
         url = sandbox.lusha_url(),
     ))?;
     settings.connectors.lusha = Some(lusha);
+    // Lucky Orange: the identity bridge, with simulated site visitors (see `simulate_visitor`).
+    let key: String = (0..48).map(|_| fastrand::alphanumeric()).collect();
+    let lucky_orange: config::LuckyOrangeSettings = toml::from_str(&format!(
+        "site_id = \"demo-site\"\nallowed_origins = [\"{DEMO_SITE}\"]\nkey = \"{key}\"\nmint_interval = \"15s\"\n\
+         max_mints_per_pass = 50\nrate_limit_per_minute = 600\nvisit_throttle = \"30s\"\n\
+         visit_fields = {{ last_seen = \"contact.lo_last_seen\", visits = \"contact.lo_visits\", last_page = \"contact.lo_last_page\" }}\n\
+         [events.pricing_viewed]\ntask = {{ title = \"Follow up: {{name}} viewed {{page}}\", due_in = \"1d\" }}\ntag = \"lo:pricing\"\n"
+    ))?;
+    settings.connectors.lucky_orange = Some(lucky_orange);
     Config::from_settings(settings).map_err(|e| anyhow::anyhow!("{e}"))
 }
 

@@ -26,7 +26,18 @@ pub fn configured_locations(config: &Config) -> Vec<ConfiguredLocation> {
 pub async fn print_status(store: &Store, config: &Config, json: bool) -> anyhow::Result<()> {
     let status = status::read(store, &configured_locations(config)).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        let mut value = serde_json::to_value(&status)?;
+        if let Some(object) = value.as_object_mut() {
+            // GHL, Lusha and Lucky Orange side by side (the `/insights` figures; counts only).
+            let now = crate::store::now_ms();
+            let mut insights = serde_json::Map::new();
+            for days in [7i64, 30] {
+                let figures = crate::store::lucky_orange::figures(store, now - days * 86_400_000, now / 1000).await?;
+                insights.insert(format!("{days}d"), serde_json::to_value(figures)?);
+            }
+            object.insert("insights".to_owned(), serde_json::Value::Object(insights));
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         print!("{}", render_text(&status));
     }

@@ -23,6 +23,7 @@ pub use validate::{decode_ed25519_spki, decode_rsa_spki};
 
 pub use validate::{SecretSources, Validation};
 
+pub use crate::connectors::lucky_orange::config::LuckyOrangeSettings;
 pub use crate::connectors::lusha::config::LushaSettings;
 pub use crate::connectors::webhook::config::{WebhookConnectorSettings, WebhookTemplate};
 
@@ -370,6 +371,8 @@ pub struct ConnectorSettings {
     pub webhook: BTreeMap<String, WebhookConnectorSettings>,
     /// `[connectors.lusha]`: enrichment with write-back to GHL.
     pub lusha: Option<LushaSettings>,
+    /// `[connectors.lucky_orange]`: the identity bridge (tokens, `/lo/*`, replay links).
+    pub lucky_orange: Option<LuckyOrangeSettings>,
 }
 
 /// One entry of a connector's `fields = [...]`: where a GHL field goes and how it is shaped.
@@ -504,6 +507,8 @@ pub struct Secrets {
     pub webhook_secrets: BTreeMap<String, SecretString>,
     /// `[connectors.lusha] api_key`.
     pub lusha_api_key: Option<SecretString>,
+    /// `[connectors.lucky_orange]` signing keys by key id (current and previous).
+    pub lucky_orange_keys: BTreeMap<String, SecretString>,
 }
 
 /// A loaded, validated configuration with its secrets resolved.

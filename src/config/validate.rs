@@ -89,6 +89,9 @@ pub(super) fn validate(settings: &Settings) -> Validation {
     if let Some(lusha) = &settings.connectors.lusha {
         lusha.validate_section(&mut v);
     }
+    if let Some(lucky_orange) = &settings.connectors.lucky_orange {
+        lucky_orange.validate_section(&mut v);
+    }
     across_sections(settings, &mut v);
     v
 }
@@ -106,7 +109,8 @@ fn across_sections(settings: &Settings, v: &mut Validation) {
         );
     }
     let connectors = settings.connectors.webhook.values().filter(|h| h.enabled).count()
-        + usize::from(settings.connectors.lusha.as_ref().is_some_and(|l| l.enabled));
+        + usize::from(settings.connectors.lusha.as_ref().is_some_and(|l| l.enabled))
+        + usize::from(settings.connectors.lucky_orange.as_ref().is_some_and(|l| l.enabled));
     if connectors == 0 {
         v.warn(
             "connectors",

@@ -5,6 +5,7 @@
 //! (`crate::dispatch`) owns batching, retries, dead letters and the circuit breaker; a connector
 //! only says what happened to each item.
 
+pub mod lucky_orange;
 pub mod lusha;
 pub mod mapping;
 pub mod webhook;
@@ -204,6 +205,22 @@ pub fn build_with(
             (_, None) => anyhow::bail!("connectors.lusha: the API key is missing"),
         }
     }
+    if let Some(settings) = config.settings.connectors.lucky_orange.as_ref().filter(|s| s.enabled) {
+        match (deps, lucky_orange::token_keys(config)) {
+            (Some(deps), Some(keys)) => {
+                let writeback = crate::writeback::WriteBack::new(
+                    deps.store.clone(),
+                    deps.ghl.clone(),
+                    deps.ignored_custom_fields.clone(),
+                );
+                connectors.push(Arc::new(lucky_orange::LuckyOrangeConnector::new(settings, keys, writeback)));
+            }
+            (None, _) => {
+                tracing::warn!("The Lucky Orange connector needs the store and the GHL client; not built here")
+            }
+            (_, None) => anyhow::bail!("connectors.lucky_orange: the signing key is missing"),
+        }
+    }
     for (name, settings) in &config.settings.connectors.webhook {
         if !settings.enabled {
             continue;
@@ -213,6 +230,54 @@ pub fn build_with(
         connectors.push(Arc::new(connector));
     }
     Ok(connectors)
+}
+
+/// The custom field keys connectors write to GHL as bookkeeping (Lusha's ids and dates, the
+/// Lucky Orange token and visit fields), from the config: the one list of what the contact
+/// hash leaves out, so the daemon's own bookkeeping writes never fire other connectors.
+pub fn bookkeeping_field_keys(settings: &crate::config::Settings) -> Vec<String> {
+    let mut keys = Vec::new();
+    if let Some(lusha) = settings.connectors.lusha.as_ref().filter(|l| l.enabled) {
+        keys.extend(lusha.bookkeeping_field_keys());
+    }
+    if let Some(lucky_orange) = settings.connectors.lucky_orange.as_ref().filter(|l| l.enabled) {
+        keys.extend(lucky_orange.bookkeeping_field_keys());
+    }
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// The ids of [`bookkeeping_field_keys`] in every active location (custom fields are keyed by
+/// id in records): the sync engine's `ignored_custom_fields`. Locations whose fields cannot be
+/// read are skipped (logged): their bookkeeping fields then count as changes.
+pub async fn bookkeeping_field_ids(
+    settings: &crate::config::Settings,
+    ghl: &crate::ghl::GhlClient,
+    store: &crate::store::Store,
+) -> Vec<String> {
+    let keys = bookkeeping_field_keys(settings);
+    if keys.is_empty() {
+        return Vec::new();
+    }
+    let locations = crate::store::locations::active(store).await.unwrap_or_default();
+    let mut ids = Vec::new();
+    for location in locations {
+        match ghl.custom_fields(&location, Some("contact"), crate::http::Priority::Poll).await {
+            Ok(fields) => ids.extend(
+                fields
+                    .into_iter()
+                    .filter(|f| f.field_key.as_deref().is_some_and(|k| keys.iter().any(|w| w == k)))
+                    .map(|f| f.id),
+            ),
+            Err(error) => {
+                tracing::warn!(location.id = %location, error = %error, "Custom fields could not be read; bookkeeping fields of this location count as changes");
+            }
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
 }
 
 /// Whether any connector wants this event (the sync engine's shortcut before diffing children).

@@ -91,7 +91,10 @@ pub(super) async fn metrics(State(state): State<ServerState>) -> Response {
     state.metrics.run_upkeep();
     let mut text = state.metrics.render();
     match super::prometheus::store_gauges(&state.store).await {
-        Ok(gauges) => text.push_str(&gauges),
+        Ok(gauges) => {
+            text.push_str(&gauges);
+            text.push_str(&super::lucky_orange::gauges(&state).await);
+        }
         Err(error) => {
             tracing::warn!(error = %error, "Failed to read store gauges for /metrics");
             text.push_str("# store gauges unavailable\n");

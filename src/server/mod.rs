@@ -17,6 +17,7 @@
 
 mod ghl_webhook;
 mod health;
+mod lucky_orange;
 mod lusha_webhook;
 pub mod notify;
 mod pages;
@@ -77,6 +78,8 @@ pub struct ServerState {
     ghl_keys: Arc<[VerifyingKey]>,
     /// `ghl.webhooks.legacy_rsa_public_keys` as PKCS#1 DER (empty: legacy signatures refused).
     ghl_rsa_keys: Arc<[Vec<u8>]>,
+    /// The Lucky Orange bridge (`/lo/*`), when configured.
+    lucky_orange: Option<Arc<lucky_orange::Bridge>>,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -109,7 +112,9 @@ impl ServerState {
             .iter()
             .filter_map(|key| crate::config::decode_rsa_spki(key))
             .collect();
+        let lucky_orange = lucky_orange::Bridge::from_config(&config);
         Self {
+            lucky_orange,
             store,
             config,
             wake,
@@ -178,6 +183,13 @@ pub fn router(state: ServerState) -> Router {
         .route("/metrics", get(health::metrics))
         .route("/webhooks/ghl", post(ghl_webhook::receive))
         .route("/webhooks/lusha", post(lusha_webhook::receive))
+        .route(
+            "/lo/identity",
+            post(lucky_orange::identity_post).get(lucky_orange::identity_get).options(lucky_orange::preflight),
+        )
+        .route("/lo/events", post(lucky_orange::events).options(lucky_orange::preflight))
+        .route("/lo/snippet.js", get(lucky_orange::snippet))
+        .route("/insights", get(lucky_orange::insights))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn_with_state(timeout, request_timeout))
         .with_state(state)
@@ -208,6 +220,10 @@ fn route_label(path: &str) -> &'static str {
         "/metrics" => "/metrics",
         "/webhooks/ghl" => "/webhooks/ghl",
         "/webhooks/lusha" => "/webhooks/lusha",
+        "/lo/identity" => "/lo/identity",
+        "/lo/events" => "/lo/events",
+        "/lo/snippet.js" => "/lo/snippet.js",
+        "/insights" => "/insights",
         p if p.starts_with("/contacts/") => "/contacts/:id",
         _ => "other",
     }
@@ -227,7 +243,11 @@ pub async fn serve(listener: TcpListener, state: ServerState, stop: Cancellation
         stop.cancelled().await;
         ready.set_shutting_down();
     };
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("HTTP server failed")?;
+    // The peer address feeds per-IP rate limits (`/lo/*`).
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("HTTP server failed")?;
     tracing::info!("HTTP server stopped");
     Ok(())
 }

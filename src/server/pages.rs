@@ -29,7 +29,7 @@ th{background:#f0f0f0}td.n{text-align:right;font-variant-numeric:tabular-nums}\
 pre{background:#fff;border:1px solid #ddd;padding:.6rem;overflow:auto;max-height:30rem}\
 svg{background:#fff;border:1px solid #ddd}";
 
-fn page(title: &str, body: &str) -> Html<String> {
+pub(super) fn page(title: &str, body: &str) -> Html<String> {
     render_page(title, body, "")
 }
 
@@ -56,7 +56,7 @@ fn render_page(title: &str, body: &str, head_extra: &str) -> Html<String> {
     ))
 }
 
-fn iso(ms: i64) -> String {
+pub(super) fn iso(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
@@ -64,7 +64,7 @@ fn iso(ms: i64) -> String {
 }
 
 /// "3m 20s ago"-style age.
-fn age(now: i64, then: Option<i64>) -> String {
+pub(super) fn age(now: i64, then: Option<i64>) -> String {
     let Some(then) = then else { return "never".to_owned() };
     let secs = ((now - then).max(0) / 1000) as u64;
     let text = match secs {
@@ -331,7 +331,7 @@ fn chart(buckets: &[i64; 60]) -> String {
 
 /// Checks `Authorization: Bearer <server.admin_token>`. `Err` is the status to send:
 /// 404 when no admin token is configured (admin routes are off), 401 otherwise.
-fn authorise(state: &ServerState, headers: &HeaderMap) -> Result<(), StatusCode> {
+pub(super) fn authorise(state: &ServerState, headers: &HeaderMap) -> Result<(), StatusCode> {
     let Some(token) = state.config.secrets.admin_token.as_ref() else {
         return Err(StatusCode::NOT_FOUND);
     };
@@ -427,7 +427,9 @@ async fn render_contact(state: &ServerState, id: &str) -> Result<Option<Html<Str
     if view.is_empty() {
         return Ok(None);
     }
-    Ok(Some(page(&format!("Contact {id}"), &contact_body(id, &view, now_ms()))))
+    let mut body = contact_body(id, &view, now_ms());
+    body.push_str(&super::lucky_orange::contact_section(state, id).await?);
+    Ok(Some(page(&format!("Contact {id}"), &body)))
 }
 
 fn contact_body(id: &str, view: &ContactView, now: i64) -> String {

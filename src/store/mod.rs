@@ -43,6 +43,7 @@ pub mod dead_letters;
 pub mod grants;
 pub mod hints;
 pub mod locations;
+pub mod lucky_orange;
 pub mod lusha;
 pub mod outbox;
 pub mod runs;

@@ -16,6 +16,8 @@ mod docker;
 mod export;
 mod fresh;
 mod helpers;
+mod lucky_orange;
+mod lucky_orange_browser;
 mod lusha;
 mod once;
 mod reliability;

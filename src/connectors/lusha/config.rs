@@ -272,6 +272,12 @@ fn default_max_pages() -> u64 {
 const REVEAL_KINDS: &[&str] = &["emails", "phones"];
 
 impl LushaSettings {
+    /// Custom field keys the write-back sets as bookkeeping (`lusha_id`, `lusha_enriched_at`),
+    /// kept out of the contact hash.
+    pub fn bookkeeping_field_keys(&self) -> Vec<String> {
+        vec![self.fields.lusha_id.clone(), self.fields.enriched_at.clone()]
+    }
+
     /// Checks `[connectors.lusha]` and resolves its API key (required while enabled).
     pub fn validate_section(&self, v: &mut Validation) {
         v.remote_url(&self.base_url, "connectors.lusha.base_url");

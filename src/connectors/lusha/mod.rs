@@ -48,7 +48,6 @@ use self::mapping::{
 };
 use super::{CheckReport, Connector, ConnectorError, Delivery, DeliverySettings, Outcome};
 use crate::domain::{EntityKind, Operation};
-use crate::ghl::GhlClient;
 use crate::ghl::write::{CustomFieldValue, NoteWrite, UpdateContact};
 use crate::http::Priority;
 use crate::store::lusha::{self as books, CacheKey, Cached, NewResult, ResultKind, Spend};
@@ -891,31 +890,6 @@ impl Connector for LushaConnector {
         }
         outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Retry(None))).collect()
     }
-}
-
-/// Custom field ids the Lusha write-back sets as bookkeeping (`lusha_id`, `lusha_enriched_at`)
-/// in every active location: give them to the sync engine's `ignored_custom_fields` so they
-/// never change a contact's hash. Locations whose fields cannot be read are skipped (logged).
-pub async fn bookkeeping_field_ids(settings: &LushaSettings, ghl: &GhlClient, store: &Store) -> Vec<String> {
-    let locations = crate::store::locations::active(store).await.unwrap_or_default();
-    let keys = [settings.fields.lusha_id.as_str(), settings.fields.enriched_at.as_str()];
-    let mut ids = Vec::new();
-    for location in locations {
-        if !settings.locations.is_empty() && !settings.locations.contains(&location) {
-            continue;
-        }
-        match ghl.custom_fields(&location, Some("contact"), Priority::Poll).await {
-            Ok(fields) => ids.extend(
-                fields.into_iter().filter(|f| f.field_key.as_deref().is_some_and(|k| keys.contains(&k))).map(|f| f.id),
-            ),
-            Err(error) => {
-                tracing::warn!(location.id = %location, error = %error, "Lusha: custom fields could not be read; bookkeeping fields of this location count as changes");
-            }
-        }
-    }
-    ids.sort();
-    ids.dedup();
-    ids
 }
 
 #[cfg(test)]

@@ -323,7 +323,20 @@ impl State {
                     (bid, format!("Business {b} of Location {i}"))
                 })
                 .collect();
-            let custom_fields = vec![
+            // The Lucky Orange bridge's fields draw their ids from a stream of their own, so
+            // the ids drawn from `rng` stay as they were.
+            let mut lo_rng = fastrand::Rng::with_seed(opts.seed ^ 0x0010_0F1E ^ ((i as u64) << 24));
+            let mut lo_field = |name: &'static str, key: &'static str| {
+                (Arc::from(Cid::random(&mut lo_rng).as_str()), name, key, "TEXT")
+            };
+            let lo_fields = [
+                lo_field("LO Token", "contact.lo_token"),
+                lo_field("LO Session URL", "contact.lo_session_url"),
+                lo_field("LO Last Seen", "contact.lo_last_seen"),
+                lo_field("LO Visits", "contact.lo_visits"),
+                lo_field("LO Last Page", "contact.lo_last_page"),
+            ];
+            let mut custom_fields = vec![
                 (Arc::from(Cid::random(&mut rng).as_str()), "Lusha ID", "contact.lusha_id", "TEXT"),
                 (Arc::from(Cid::random(&mut rng).as_str()), "Lusha Enriched At", "contact.lusha_enriched_at", "TEXT"),
                 (
@@ -333,6 +346,7 @@ impl State {
                     "LARGE_TEXT",
                 ),
             ];
+            custom_fields.extend(lo_fields);
             let index = u16::try_from(i).unwrap_or(u16::MAX);
             loc_by_id.insert(id.as_str().to_owned(), index);
             tokens.insert(
