@@ -10,6 +10,7 @@
 
 mod auth;
 mod cli;
+mod crash;
 mod daemon;
 mod dispatch;
 mod docker;
