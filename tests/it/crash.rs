@@ -243,3 +243,137 @@ async fn seeded_sigkills_of_the_running_daemon_then_a_clean_run_deliver_every_ch
     );
     sandbox.stop().await;
 }
+
+const MASTER_KEY: &str = "6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b";
+
+/// Installs the app on the sandbox's only location through OAuth into the database at `db`
+/// (what `ghl-sync auth install` does), so the daemon runs on a grant that rotates.
+async fn install_oauth(sandbox: &Sandbox, db: &Path) {
+    use ghl_sync::config::{Config, OAuthSettings, Secret, Settings};
+    let (client_id, client_secret) = sandbox.ghl.oauth_client();
+    let mut settings = Settings::default();
+    settings.store.path = Some(db.to_owned());
+    settings.store.master_key = Some(Secret::new(MASTER_KEY.to_owned()));
+    settings.ghl.base_url = sandbox.ghl_url();
+    settings.ghl.oauth = Some(OAuthSettings {
+        client_id,
+        client_secret: Some(Secret::new(client_secret)),
+        client_secret_env: None,
+        client_secret_file: None,
+        redirect_url: "http://127.0.0.1:9/oauth/callback".parse().unwrap(),
+        refresh_margin: ghl_sync::config::Dur::secs(60),
+        install_url: "https://marketplace.gohighlevel.com/v2/oauth/chooselocation".parse().unwrap(),
+    });
+    let config = Config::from_settings(settings).unwrap();
+    let store = Store::connect(db, Duration::from_secs(5)).await.unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let tokens = ghl_sync::ghl::tokens::TokenManager::from_config(&config, store.clone(), cancel).unwrap();
+    let location = sandbox.ghl.locations()[0].id.clone();
+    let code = sandbox.ghl.authorization_code(Some(&location));
+    let options = ghl_sync::cli::auth::InstallOptions { write: false, code: Some(code), timeout: Duration::from_secs(5) };
+    ghl_sync::cli::auth::install(&config, &tokens, options, |_| {}).await.unwrap();
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_sigkills_during_refreshes_and_lusha_write_backs_pay_once_note_once_and_keep_the_grant_alive() {
+    use ghl_sync_sandbox::ghl::GhlOptions;
+    use ghl_sync_sandbox::lusha::{Identity, Lookup, LushaOptions};
+    use ghl_sync_sandbox::{Sandbox, SandboxOptions};
+
+    let (kills, seed) = crash_settings();
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x1a5a);
+    // Access tokens live 2 s: the daemon refreshes (and GHL rotates the refresh token) about
+    // every second, so kills land before, during and after refreshes.
+    let ghl = GhlOptions {
+        locations: 1,
+        contacts_per_location: 0,
+        access_token_ttl: Duration::from_secs(2),
+        burst_max: 100_000,
+        burst_window: Duration::from_secs(1),
+        daily_max: 10_000_000,
+        ..GhlOptions::default()
+    };
+    let lusha = LushaOptions { usage_per_minute: 0, ..LushaOptions::default() };
+    let sandbox =
+        Sandbox::start(SandboxOptions { ghl, lusha, ..Default::default() }, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let location = sandbox.ghl.locations()[0].id.clone();
+    let emails = sandbox.lusha.sample_emails(30, |l| matches!(l, Lookup::Found(p) if !p.location.is_eu_contact));
+    let ids: Vec<String> = emails
+        .iter()
+        .enumerate()
+        .map(|(i, email)| {
+            sandbox.ghl.create_contact(&location, serde_json::json!({"firstName": format!("Kill{i}"), "email": email}))
+        })
+        .collect();
+    let identities: Vec<Identity> = emails.iter().map(|e| Identity::email(e.clone())).collect();
+    let predicted = sandbox.lusha.predict_cost(&identities, &["emails", "phones"], true);
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ghl-sync.db");
+    install_oauth(&sandbox, &db).await;
+    let (client_id, client_secret) = sandbox.ghl.oauth_client();
+    let text = format!(
+        "[store]\npath = {db:?}\nmaster_key = \"{MASTER_KEY}\"\n\
+         [ghl]\nbase_url = \"{ghl}\"\n[ghl.oauth]\nclient_id = \"{client_id}\"\nclient_secret = \"{client_secret}\"\n\
+         redirect_url = \"http://127.0.0.1:9/oauth/callback\"\n\
+         [server]\nenabled = false\n\
+         [sync]\ncontacts_interval = \"1s\"\nindex_lag_margin = \"0s\"\n\
+         [limits]\nghl_burst_max = 100000\nghl_burst_window = \"1s\"\nghl_daily_budget = 10000000\nmax_backoff = \"200ms\"\n\
+         [dispatch]\npoll_interval = \"100ms\"\nbackoff_base = \"20ms\"\nbackoff_max = \"300ms\"\nbreaker_threshold = 1000\n\
+         [log]\nlevel = \"info\"\nformat = \"json\"\n\
+         [connectors.lusha]\nbase_url = \"{lusha}\"\napi_key = \"{key}\"\ndaily_credit_cap = 0\ncredit_reserve = 0\n\
+         batch_size = 4\nnote = true\n\
+         [connectors.lusha.limits]\nper_minute = 60000\nper_hour = 1000000\nper_day = 1000000\n",
+        ghl = sandbox.ghl_url(),
+        lusha = sandbox.lusha_url(),
+        key = sandbox.lusha.api_key(),
+    );
+    let path = write_config(dir.path(), &text);
+    let path = path.to_str().unwrap().to_owned();
+
+    let mut killed_after = Vec::new();
+    for kill in 0..kills {
+        let mut child = spawn(&["run", "--config", &path], &[]);
+        let delay = Duration::from_millis(200 + rng.u64(..1_300));
+        tokio::time::sleep(delay).await;
+        if let Some(status) = child.try_wait().unwrap() {
+            let (_, _, stderr) = wait_with_limit(child, Duration::from_secs(1));
+            panic!("the daemon exited with {status} before kill {kill}: {stderr}");
+        }
+        signal(&child, "KILL");
+        tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+        killed_after.push(delay.as_millis());
+    }
+
+    // The clean run: every contact enriched and written back, then a change made now is
+    // synced (the grant still works after all those rotations).
+    let child = spawn(&["run", "--config", &path], &[]);
+    let tagged = |sandbox: &Sandbox| {
+        ids.iter().all(|id| sandbox.ghl.contact(id).is_some_and(|c| c["tags"].to_string().contains("lusha:enriched")))
+    };
+    let enriched = until(Duration::from_secs(90), || tagged(&sandbox)).await;
+    let refreshes = sandbox.ghl.stats().refresh_grants;
+    let fresh = until(Duration::from_secs(10), || sandbox.ghl.stats().refresh_grants > refreshes).await;
+    signal(&child, "TERM");
+    let (status, _, stderr) = wait_exit(child, Duration::from_secs(20)).await;
+    assert!(enriched, "not every contact was enriched (seed {seed}, kills after {killed_after:?} ms): {stderr}");
+    assert!(fresh, "the grant did not refresh after the kills: {stderr}");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("needs re-authorisation"), "the grant died: {stderr}");
+
+    // Paid once: exactly the predicted credits, whatever the kills interrupted.
+    assert_eq!(sandbox.lusha.ledger().spent, predicted, "credits spent twice (seed {seed})");
+    // Written once: one Lusha note per contact, and no contact created by a write-back.
+    for id in &ids {
+        let notes = sandbox.ghl.notes(id);
+        assert_eq!(notes.len(), 1, "contact {id} has {} notes (seed {seed})", notes.len());
+    }
+    assert_eq!(sandbox.ghl.contact_ids(&location).len(), ids.len(), "a write-back created a contact");
+    eprintln!(
+        "crash loop with OAuth and Lusha: seed {seed}, {kills} kills, {} refreshes, {} credits spent",
+        sandbox.ghl.stats().refresh_grants,
+        predicted
+    );
+    sandbox.stop().await;
+}

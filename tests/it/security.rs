@@ -201,3 +201,17 @@ async fn the_admin_contact_view_refuses_unauthenticated_and_cross_origin_use() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     sandbox.stop().await;
 }
+
+#[tokio::test]
+async fn the_credential_scan_finds_sandbox_tokens_and_ignores_flags_and_words() {
+    let sandbox = sandbox().await;
+    let pit = sandbox.ghl.locations()[0].pit.clone();
+    let line = format!("{{\"msg\":\"calling GHL\",\"auth\":\"Bearer {pit}\"}}");
+    assert_eq!(credentials_in(&line).iter().map(|(kind, _)| *kind).collect::<Vec<_>>(), ["pit"]);
+    let tokens = format!("at-{} rt-{}", "0a".repeat(24), "f1".repeat(24));
+    assert_eq!(credentials_in(&tokens).len(), 2);
+    assert_eq!(credentials_in(&sandbox.lusha.api_key()).len(), 1);
+    let harmless = "ghl-sync auth import-pit --pit-stdin; format-deadbeef; a pit-wrong token; Chat-0123";
+    assert!(credentials_in(harmless).is_empty(), "{:?}", credentials_in(harmless));
+    sandbox.stop().await;
+}
