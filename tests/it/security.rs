@@ -81,8 +81,7 @@ async fn a_full_run_at_trace_level_logs_no_token_secret_email_phone_or_name() {
     let dir = tempfile::tempdir().unwrap();
     let location = sandbox.ghl.locations()[0].id.clone();
     // Contacts Lusha knows (so enrichment writes emails and phones back to GHL).
-    let emails =
-        sandbox.lusha.sample_emails(6, |l| matches!(l, Lookup::Found(p) if !p.location.is_eu_contact));
+    let emails = sandbox.lusha.sample_emails(6, |l| matches!(l, Lookup::Found(p) if !p.location.is_eu_contact));
     for (i, email) in emails.iter().enumerate() {
         sandbox.ghl.create_contact(
             &location,
@@ -127,7 +126,8 @@ async fn a_full_run_at_trace_level_logs_no_token_secret_email_phone_or_name() {
         assert!(logs.contains(needle), "the capture lacks {needle:?}; {} bytes", logs.len());
     }
     assert!(credentials_in(&logs).is_empty());
-    let mut secrets = vec![sandbox.ghl.locations()[0].pit.clone(), sandbox.lusha.api_key(), ADMIN.into(), HOOK_SECRET.into()];
+    let mut secrets =
+        vec![sandbox.ghl.locations()[0].pit.clone(), sandbox.lusha.api_key(), ADMIN.into(), HOOK_SECRET.into()];
     secrets.push(sandbox.ghl.oauth_client().1);
     for (i, secret) in secrets.iter().enumerate() {
         assert!(!logs.contains(secret.as_str()), "secret #{i} appears in the logs");
@@ -191,7 +191,8 @@ async fn the_admin_contact_view_refuses_unauthenticated_and_cross_origin_use() {
     assert!(preflight.headers().get("access-control-allow-origin").is_none());
     assert!(preflight.headers().get("access-control-allow-headers").is_none());
     for path in [format!("/contacts/{contact}"), "/status.json".to_owned(), "/".to_owned()] {
-        let response = http.get(format!("{base}{path}")).header("origin", evil).bearer_auth(ADMIN).send().await.unwrap();
+        let response =
+            http.get(format!("{base}{path}")).header("origin", evil).bearer_auth(ADMIN).send().await.unwrap();
         assert!(response.headers().get("access-control-allow-origin").is_none(), "{path} grants an origin");
         assert!(response.headers().get("access-control-allow-credentials").is_none(), "{path}");
     }

@@ -48,8 +48,8 @@ use self::mapping::{
 };
 use super::{CheckReport, Connector, ConnectorError, Delivery, DeliverySettings, Outcome};
 use crate::domain::{EntityKind, Operation};
-use crate::ghl::{GhlClient, GhlError};
 use crate::ghl::write::{CustomFieldValue, NoteWrite, UpdateContact};
+use crate::ghl::{GhlClient, GhlError};
 use crate::http::{HttpError, Priority};
 use crate::store::lusha::{self as books, CacheKey, Cached, NewResult, ResultKind, Spend};
 use crate::store::{Store, StoreError, now_ms};
@@ -903,8 +903,11 @@ impl Connector for LushaConnector {
         for (job, cached) in ready {
             // A stopping daemon starts no new write-back: the result is cached (its credits
             // booked), so the next start writes it from the cache without a Lusha call.
-            let outcome =
-                if self.stopping.is_cancelled() { Outcome::not_started() } else { self.write_back(&job, &cached).await };
+            let outcome = if self.stopping.is_cancelled() {
+                Outcome::not_started()
+            } else {
+                self.write_back(&job, &cached).await
+            };
             outcomes[job.index] = Some(outcome);
         }
         outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Retry(None))).collect()
