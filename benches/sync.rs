@@ -2,7 +2,7 @@
 //! end-to-end latency). `cargo bench --bench sync` runs the full sizes; under
 //! `cargo test --all-targets` (no `--bench` argument) every section runs at a smoke size.
 //!
-//! Sections (select with `SYNC_BENCH=diff,backfill,rss,latency`; default all):
+//! Sections (select with `SYNC_BENCH=diff,backfill,rss,latency,fresh`; default all):
 //! - `diff`: one backfill of `SYNC_BENCH_CONTACTS` contacts (fast limits, tasks/notes off),
 //!   GHL requests per contact on it and on a quiet re-poll against the floor (contacts / page
 //!   size), then the diff throughput on unchanged pages: `Engine::diff_page` (normalise, hash,
@@ -18,6 +18,12 @@
 //!   GHL change (the fake emits its signed webhook) to the delivery at the webhook sink,
 //!   p50/p99, driven by webhook hints, then without webhooks (poll every
 //!   `SYNC_BENCH_POLL_MS`, default 2000).
+//! - `fresh`: the full daemon on a new location of `SYNC_BENCH_FRESH_CONTACTS` (default 2,000)
+//!   contacts with tasks and notes at the scaled rate (100 per `SYNC_BENCH_WINDOW_MS`): while
+//!   its children backfill runs, `SYNC_BENCH_FRESH_EDITS` (default 10) contacts are edited one
+//!   at a time (the fake emits its webhook); change → delivery latency p50/p99 and GHL requests
+//!   per contact for the whole backfill, with `[sync] bulk_yields = false` (each pass finishes
+//!   first, the behaviour before issue 22) and `true` (the default) in the same run.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods, reason = "benchmark code")]
 
@@ -444,13 +450,97 @@ async fn latency(hinted: usize, polled: usize, poll: Duration, window: Duration)
     sandbox.stop().await;
 }
 
+// ---- freshness during a children backfill ---------------------------------------------------
+
+/// One daemon over a new location: edits during its children backfill, then the totals.
+async fn fresh_mode(contacts: usize, edits: usize, window: Duration, bulk_yields: bool) {
+    let ghl = GhlOptions {
+        locations: 1,
+        contacts_per_location: contacts,
+        burst_max: 100,
+        burst_window: window,
+        daily_max: 100_000_000,
+        ..GhlOptions::default()
+    };
+    let sandbox = start(ghl).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings_for(&sandbox, dir.path());
+    settings.limits = Default::default();
+    settings.limits.ghl_burst_window = Dur::millis(window.as_millis() as u64);
+    settings.limits.ghl_daily_budget = 100_000_000;
+    settings.sync.index_lag_margin = Dur::secs(0);
+    settings.sync.bulk_yields = bulk_yields;
+    settings.server.enabled = true;
+    settings.server.listen = "127.0.0.1:0".parse().unwrap();
+    settings.ghl.webhooks.public_keys = vec![sandbox.ghl.webhook_public_key()];
+    let app = App::build(config(settings)).await.unwrap();
+    let addr = app.server_addr().unwrap();
+    let store = app.store.clone();
+    let location = sandbox.ghl.locations()[0].id.clone();
+    let ids = sandbox.ghl.contact_ids(&location);
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let daemon = tokio::spawn(app.run_until_stopped(stop.clone()));
+    let child_reads = || {
+        let requests = sandbox.ghl.stats().requests;
+        requests.get("GET /contacts/:contactId/tasks").copied().unwrap_or(0)
+            + requests.get("GET /contacts/:contactId/notes").copied().unwrap_or(0)
+    };
+    while child_reads() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(300), "no children backfill started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let contacts_first = ghl_sync::store::snapshot::contact_count(&store, &location).await.unwrap();
+    sandbox.ghl.set_webhook_url(Some(format!("http://{addr}/webhooks/ghl").parse().unwrap()));
+    // Edits spread over the backfill's first part (each waits for its delivery).
+    let mut latencies = Vec::with_capacity(edits);
+    for i in 0..edits {
+        let id = &ids[(i * 7919) % ids.len()];
+        let marker = format!("fresh{i}x{}", fastrand::u32(..));
+        let edited = Instant::now();
+        assert!(sandbox.ghl.update_contact(id, serde_json::json!({ "lastName": marker })));
+        loop {
+            if sandbox.sink.accepted(Some("bench")).iter().rev().take(200).any(|d| d.body.contains(&marker)) {
+                break;
+            }
+            assert!(edited.elapsed() < Duration::from_secs(1800), "edit {i} was not delivered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        latencies.push(edited.elapsed());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    latencies.sort();
+    let none_due = std::collections::HashSet::new();
+    loop {
+        let due = ghl_sync::store::snapshot::children_due(&store, &location, 1, &none_due).await.unwrap();
+        if due.is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3600), "the backfill did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let wall = started.elapsed();
+    let requests = requests(&sandbox);
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    sandbox.stop().await;
+    println!(
+        "fresh (bulk_yields = {bulk_yields}): {contacts} contacts, {contacts_first} stored before the first child read;          {edits} edits during the children backfill: change -> delivery p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms;          backfill {:.1} s, {requests} GHL requests = {:.4} per contact",
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+        ms(latencies.last().copied().unwrap_or_default()),
+        wall.as_secs_f64(),
+        requests as f64 / contacts as f64,
+    );
+}
+
 fn main() {
     if let Ok(contacts) = std::env::var(CHILD_ENV) {
         sandbox_child(contacts.parse().unwrap());
         return;
     }
     let full = std::env::args().any(|a| a == "--bench");
-    let sections: String = env("SYNC_BENCH", "diff,backfill,rss,latency".to_owned());
+    let sections: String = env("SYNC_BENCH", "diff,backfill,rss,latency,fresh".to_owned());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let window = Duration::from_millis(env("SYNC_BENCH_WINDOW_MS", 2_000));
     println!("machine: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
@@ -473,5 +563,13 @@ fn main() {
             if full { (env("SYNC_BENCH_HINTED", 100), env("SYNC_BENCH_POLLED", 20)) } else { (3, 2) };
         let poll = Duration::from_millis(if full { env("SYNC_BENCH_POLL_MS", 2_000) } else { 500 });
         runtime.block_on(latency(hinted, polled, poll, window));
+    }
+    if sections.contains("fresh") {
+        let (contacts, edits) =
+            if full { (env("SYNC_BENCH_FRESH_CONTACTS", 2_000), env("SYNC_BENCH_FRESH_EDITS", 10)) } else { (30, 1) };
+        let window = if full { window } else { Duration::from_millis(200) };
+        for bulk_yields in [false, true] {
+            runtime.block_on(fresh_mode(contacts, edits, window, bulk_yields));
+        }
     }
 }

@@ -303,12 +303,7 @@ impl App {
         scheduler::spawn(
             self.engine.clone(),
             locations,
-            ScheduleSettings {
-                contacts_interval: settings.sync.contacts_interval.get(),
-                reconcile_interval: settings.sync.reconcile_interval.get(),
-                max_concurrent_locations: settings.sync.max_concurrent_locations,
-                dirty_debounce: settings.sync.dirty_debounce.get(),
-            },
+            ScheduleSettings::from_config(&settings.sync),
             self.wake.clone(),
             stop.clone(),
             tracker,

@@ -229,6 +229,10 @@ pub struct SyncSettings {
     /// Whether to fetch tasks and notes at all.
     pub tasks: bool,
     pub notes: bool,
+    /// Bulk work (a first sync's children backlog, the sweep, reconciliation) yields to
+    /// webhook hints and polls. `false` finishes each pass before anything else (the
+    /// behaviour before 0.2; kept for comparison, not recommended).
+    pub bulk_yields: bool,
 }
 
 impl Default for SyncSettings {
@@ -245,6 +249,7 @@ impl Default for SyncSettings {
             dirty_debounce: Dur::millis(500),
             tasks: true,
             notes: true,
+            bulk_yields: true,
         }
     }
 }

@@ -83,8 +83,7 @@ mod tests {
 
     #[tokio::test]
     async fn counters_add_up_per_location_and_day() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&dir.path().join("t.db"), std::time::Duration::from_secs(5)).await.unwrap();
+        let (_dir, store) = crate::store::temp_store().await;
         let today = utc_day(now_ms());
         add(&store, "a", DailyCounts { requests: 3, rate_limited: 1, webhooks: 0 }).await.unwrap();
         add(&store, "a", DailyCounts { requests: 2, rate_limited: 0, webhooks: 4 }).await.unwrap();

@@ -2,6 +2,7 @@
 //! the `webhook_inbox` they arrive through. A hint is only a nudge: the sync re-reads the
 //! contact from GHL, so order, duplicates and lost hints do not matter.
 
+use sqlx::SqliteConnection;
 use std::time::Duration;
 
 use super::daily::{self, DailyCounts};
@@ -123,17 +124,8 @@ pub async fn record_webhook(
     let now = now_ms();
     // The inbox insert comes first, so the transaction writes at once.
     let mut tx = store.begin_write_within("ghl_webhook", deadline).await?;
-    let inserted = sqlx::query(
-        "INSERT INTO webhook_inbox (source, event_id, event_type, received_at) VALUES ('ghl', ?, ?, ?) \
-         ON CONFLICT (source, event_id) DO NOTHING",
-    )
-    .bind(event_id)
-    .bind(type_label)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
+    let inserted = first_delivery(&mut tx, "ghl", event_id, type_label, now).await?;
+    if !inserted {
         tx.rollback().await?;
         return Ok(Recorded::Duplicate);
     }
@@ -193,6 +185,29 @@ pub async fn record_webhook(
     }
     tx.commit().await?;
     Ok(recorded)
+}
+
+/// Records `(source, event_id)` in the `webhook_inbox`, the one deduplication point of every
+/// inbound webhook (GHL, Lusha): `true` the first time the id is seen, `false` for a redelivery.
+pub(super) async fn first_delivery(
+    conn: &mut SqliteConnection,
+    source: &str,
+    event_id: &str,
+    event_type: &str,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO webhook_inbox (source, event_id, event_type, received_at) VALUES (?, ?, ?, ?) \
+         ON CONFLICT (source, event_id) DO NOTHING",
+    )
+    .bind(source)
+    .bind(event_id)
+    .bind(event_type)
+    .bind(now)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
 }
 
 /// Deletes `webhook_inbox` rows (every source) received before `cutoff_ms`, in chunks (one

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use serde_json::Value;
 use sqlx::{Row, SqliteConnection};
 
-use super::{Store, StoreError, codec, now_ms};
+use super::{Store, StoreError, codec, hints, now_ms};
 
 /// What Lusha answered for one contact (`lusha_cache.outcome`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -455,17 +455,8 @@ pub enum Recorded {
 pub async fn record_signal(store: &Store, signal: &NewSignal) -> Result<Recorded, StoreError> {
     let now = now_ms();
     let mut tx = store.begin_write("lusha_webhook").await?;
-    let inserted = sqlx::query(
-        "INSERT INTO webhook_inbox (source, event_id, event_type, received_at) VALUES ('lusha', ?, ?, ?) \
-         ON CONFLICT (source, event_id) DO NOTHING",
-    )
-    .bind(&signal.id)
-    .bind(&signal.signal_type)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
+    let inserted = hints::first_delivery(&mut tx, "lusha", &signal.id, &signal.signal_type, now).await?;
+    if !inserted {
         tx.rollback().await?;
         return Ok(Recorded::Duplicate);
     }
@@ -538,11 +529,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&dir.path().join("t.db"), std::time::Duration::from_secs(5)).await.unwrap();
-        (dir, store)
-    }
+    use crate::store::temp_store as store;
 
     const KEY: CacheKey<'static> = CacheKey { contact_id: "c1", identity_hash: "ih", reveal_set: "emails,phones" };
 
@@ -665,8 +652,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_signal_is_stored_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&dir.path().join("t.db"), std::time::Duration::from_secs(5)).await.unwrap();
+        let (_dir, store) = store().await;
         let signal = NewSignal {
             id: "s1".into(),
             signal_type: "promotion".into(),

@@ -156,8 +156,7 @@ mod tests {
 
     #[tokio::test]
     async fn progress_counts_each_request_once_however_often_it_is_recorded() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&dir.path().join("t.db"), std::time::Duration::from_secs(5)).await.unwrap();
+        let (_dir, store) = crate::store::temp_store().await;
         let today = daily::utc_day(now_ms());
         let run = start(&store, "loc", "contacts").await.unwrap();
         let mut progress = RunProgress { pages: 1, records_seen: 100, changes: 100, requests: 3, rate_limited: 1 };

@@ -531,7 +531,8 @@ pub async fn children_due(
 ) -> Result<Vec<String>, StoreError> {
     let limit = i64::try_from(limit.saturating_add(skip.len())).unwrap_or(i64::MAX);
     let due: Vec<String> = sqlx::query_scalar(
-        "SELECT contact_id FROM contacts WHERE location_id = ? AND children_synced_at IS NULL ORDER BY contact_id LIMIT ?",
+        "SELECT contact_id FROM contacts WHERE location_id = ? AND children_synced_at IS NULL \
+         ORDER BY date_updated_ms DESC, contact_id LIMIT ?",
     )
     .bind(location)
     .bind(limit)

@@ -209,11 +209,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&dir.path().join("t.db"), std::time::Duration::from_secs(5)).await.unwrap();
-        (dir, store)
-    }
+    use crate::store::temp_store as store;
 
     fn write<'a>(key: &'a str, kind: &'a str, content: Option<&'a [u8]>) -> NewWrite<'a> {
         NewWrite { key, location: "l", contact_id: Some("c"), kind, content }

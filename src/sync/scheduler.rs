@@ -1,10 +1,16 @@
 //! Runs the engine per location on its intervals: concurrent across locations (bounded), a
 //! failing location never stalls another, webhook hints wake a location early.
+//!
+//! Freshness never waits on bulk work: a full pass and the bulk runs that continue it (the
+//! children backlog of a first sync, the sweep) stop between small chunks as soon as a webhook
+//! hint has arrived for the location or its next poll is due, and resume after that work. A
+//! location with bulk work left runs it whenever nothing else is waiting, one slice per
+//! concurrency permit, so other locations get their turns too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::MissedTickBehavior;
@@ -21,6 +27,28 @@ pub struct ScheduleSettings {
     pub reconcile_interval: Duration,
     pub max_concurrent_locations: usize,
     pub dirty_debounce: Duration,
+    /// Bulk work yields to hints and polls (the default). `false` runs each full pass to its
+    /// end before anything else, as before issue 22 (`[sync] bulk_yields`).
+    pub bulk_yields: bool,
+}
+
+impl ScheduleSettings {
+    pub fn from_config(sync: &crate::config::SyncSettings) -> Self {
+        Self {
+            contacts_interval: sync.contacts_interval.get(),
+            reconcile_interval: sync.reconcile_interval.get(),
+            max_concurrent_locations: sync.max_concurrent_locations,
+            dirty_debounce: sync.dirty_debounce.get(),
+            bulk_yields: sync.bulk_yields,
+        }
+    }
+}
+
+/// One location's wake-up: the `Notify` its loop waits on and a flag its bulk work checks.
+#[derive(Default)]
+struct Wake {
+    notify: Notify,
+    hinted: AtomicBool,
 }
 
 /// Spawns one loop per location on `tracker`; they stop when `stop` is cancelled, at a safe
@@ -36,7 +64,7 @@ pub fn spawn(
     let permits = Arc::new(Semaphore::new(settings.max_concurrent_locations.max(1)));
     let mut wakes = HashMap::new();
     for location in locations {
-        let own = Arc::new(Notify::new());
+        let own = Arc::new(Wake::default());
         wakes.insert(location.clone(), own.clone());
         // Every event of this location's runs carries `location.id` through this span; events
         // inside do not repeat it.
@@ -53,7 +81,7 @@ pub fn spawn(
 /// have hints waiting.
 async fn route_hints(
     engine: Arc<Engine>,
-    wakes: HashMap<String, Arc<Notify>>,
+    wakes: HashMap<String, Arc<Wake>>,
     wake: Arc<Notify>,
     stop: CancellationToken,
 ) {
@@ -66,8 +94,10 @@ async fn route_hints(
             Ok(locations) => {
                 for location in locations {
                     if let Some(own) = wakes.get(&location) {
+                        // Bulk work in progress stops at its next chunk boundary.
+                        own.hinted.store(true, Ordering::Release);
                         // Stores a permit when the location is busy: the hint is never lost.
-                        own.notify_one();
+                        own.notify.notify_one();
                     }
                 }
             }
@@ -80,7 +110,7 @@ async fn location_loop(
     engine: Arc<Engine>,
     location: String,
     settings: ScheduleSettings,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     stop: CancellationToken,
     permits: Arc<Semaphore>,
 ) {
@@ -88,9 +118,12 @@ async fn location_loop(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut failures: u32 = 0;
     let mut again = false;
+    let mut bulk_left = false;
+    let mut last_full = Instant::now();
     loop {
         // A poll tick runs a full pass; a webhook hint (or hints left after a pass) runs a
-        // hint-only pass: the named contacts' reads, not a whole search of the location.
+        // hint-only pass: the named contacts' reads, not a whole search of the location. Bulk
+        // work left by a yielding pass runs when neither is waiting.
         let pass = if again {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -102,7 +135,7 @@ async fn location_loop(
                 biased;
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => Pass::Full,
-                _ = wake.notified() => {
+                _ = wake.notify.notified() => {
                     // Gather hints that arrive together into one run.
                     tokio::select! {
                         _ = stop.cancelled() => break,
@@ -110,25 +143,44 @@ async fn location_loop(
                     }
                     Pass::Hints
                 },
+                _ = std::future::ready(()), if bulk_left => Pass::Bulk,
             }
         };
         let Ok(_permit) = permits.acquire().await else { break };
         if stop.is_cancelled() {
             break;
         }
+        match pass {
+            Pass::Full => last_full = Instant::now(),
+            // Hints that arrive from now on interrupt bulk work again.
+            Pass::Hints => wake.hinted.store(false, Ordering::Release),
+            Pass::Bulk => {}
+        }
+        let interval = settings.contacts_interval;
+        let should_yield = {
+            let wake = wake.clone();
+            move || wake.hinted.load(Ordering::Acquire) || last_full.elapsed() >= interval
+        };
         let outcome = tokio::select! {
             // Cancelling drops the run between awaits: every committed page stays committed,
             // the page in flight is rolled back and read again next time.
             _ = stop.cancelled() => break,
-            outcome = run(&engine, &location, &settings, pass) => outcome,
+            outcome = run(&engine, &location, &settings, pass, &should_yield) => outcome,
         };
         match outcome {
-            Ok(()) => failures = 0,
+            Ok(left) => {
+                failures = 0;
+                if pass != Pass::Hints {
+                    bulk_left = left;
+                }
+            }
             Err(SyncError::NeedsReauth(_)) => {
                 // Paused until someone re-authorises; check again on the next tick.
+                bulk_left = false;
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
+                bulk_left = false;
                 tracing::error!(failures, error = %format!("{error:#}"), "Sync run for `{location}` failed; retrying on the next interval");
             }
         }
@@ -142,12 +194,22 @@ async fn location_loop(
 enum Pass {
     Full,
     Hints,
+    Bulk,
 }
 
-async fn run(engine: &Engine, location: &str, settings: &ScheduleSettings, pass: Pass) -> Result<(), SyncError> {
+/// Runs one pass; `Ok(true)` when bulk work was left for later.
+async fn run(
+    engine: &Engine,
+    location: &str,
+    settings: &ScheduleSettings,
+    pass: Pass,
+    should_yield: &(dyn Fn() -> bool + Send + Sync),
+) -> Result<bool, SyncError> {
     let summary = match pass {
+        Pass::Full if settings.bulk_yields => engine.run_sliced(location, should_yield).await?,
         Pass::Full => engine.run_once(location, RunOptions::default()).await?,
         Pass::Hints => engine.run_hints(location, RunOptions::default()).await?,
+        Pass::Bulk => engine.run_bulk(location, should_yield).await?,
     };
     if summary.changes() > 0 || summary.dead_letters > 0 {
         tracing::info!(
@@ -161,8 +223,9 @@ async fn run(engine: &Engine, location: &str, settings: &ScheduleSettings, pass:
     } else {
         tracing::debug!(requests = summary.requests, "Synced `{location}`: no changes");
     }
-    if pass == Pass::Hints {
-        return Ok(());
+    if pass == Pass::Hints || summary.bulk_remaining {
+        // Reconciliation lists every id: bulk work, after the backlog.
+        return Ok(summary.bulk_remaining);
     }
     let due = match engine.last_reconcile(location).await? {
         Some(last) => crate::store::now_ms() - last >= settings.reconcile_interval.as_millis() as i64,
@@ -173,5 +236,5 @@ async fn run(engine: &Engine, location: &str, settings: &ScheduleSettings, pass:
         let summary = engine.reconcile(location, RunOptions::default()).await?;
         tracing::info!(listed = summary.contacts_seen, deletes = summary.changes(), "Reconciled `{location}`");
     }
-    Ok(())
+    Ok(false)
 }

@@ -17,6 +17,7 @@ mod dispatch;
 mod docker;
 mod export;
 mod faults;
+mod fresh;
 mod helpers;
 mod lusha;
 mod once;

@@ -43,8 +43,9 @@ impl Engine {
             if let Some(progress) = &self.progress {
                 progress.page(location, count as u64, page.total);
             }
-            // Children of the contacts this page changed, before the next page: flat memory.
-            self.sync_due_children(location, options, summary).await?;
+            // Children of the contacts a page changed are not read here: the stream runs to
+            // its end first, so a new location's contacts reach connectors before its
+            // children backlog (marked due in the store, read next, newest first).
             if last_page {
                 break;
             }

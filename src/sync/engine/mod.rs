@@ -8,6 +8,13 @@
 //! confirmed hints, from child reads that answer "contact not found" (confirmed by a read), and
 //! from [`Engine::reconcile`].
 //!
+//! Bulk work (the children backlog of a first sync, the sweep) yields: the scheduler's runs
+//! ([`Engine::run_sliced`], [`Engine::run_bulk`]) pass a [`YieldCheck`] asked between small
+//! chunks, and stop as soon as a webhook hint or a poll tick is waiting, so a change made in
+//! GHL during a three-hour backfill is read in seconds, not after it. The backlog's position is
+//! the store itself (`children_synced_at IS NULL`), so a restart resumes it; the newest
+//! contacts' children are read first.
+//!
 //! The engine reads GHL and hands what it read to the store (`store::snapshot`), which commits
 //! snapshot, outbox and cursor together; the engine never holds a transaction, so no GHL call
 //! can ever run inside one. One record that cannot be read is set aside in dead letters and
@@ -77,6 +84,10 @@ pub struct RunOptions {
     pub skip_sweep: bool,
 }
 
+/// Asked between chunks of bulk work: `true` when incremental work (a webhook hint, a due poll)
+/// is waiting and the bulk work should stop where it is, to be resumed by a later run.
+pub type YieldCheck<'a> = &'a (dyn Fn() -> bool + Send + Sync);
+
 /// Progress callbacks for a terminal progress bar.
 pub trait Progress: Send + Sync {
     /// A page of `contacts` was committed; `total` is GHL's count for the query, if known.
@@ -100,6 +111,9 @@ pub struct RunSummary {
     pub dry_run: bool,
     /// GHL 429 answers this run's requests received.
     pub rate_limited: u64,
+    /// Bulk work (children backlog, sweep) was left for a later run because incremental work
+    /// was waiting ([`Engine::run_sliced`], [`Engine::run_bulk`]).
+    pub bulk_remaining: bool,
     /// The run's row, for progress while it runs (none in a dry run).
     run: Option<RunTrack>,
 }
@@ -159,6 +173,8 @@ enum Pass {
     Full,
     /// Only the contacts webhooks named (and their children).
     Hints,
+    /// The children backlog, then the sweep.
+    Bulk,
 }
 
 impl Engine {
@@ -190,17 +206,36 @@ impl Engine {
     }
 
     /// One full run for `location`: hints, contacts stream, due children, sweep.
+    /// Every contact's children are read before it returns (`sync --once`, tests).
     pub async fn run_once(&self, location: &str, options: RunOptions) -> Result<RunSummary, SyncError> {
-        self.run(location, options, Pass::Full).await
+        self.run(location, options, Pass::Full, None).await
+    }
+
+    /// A full run whose bulk part (children backlog, sweep) stops when `should_yield` says
+    /// incremental work is waiting; `bulk_remaining` in the summary says whether it did.
+    pub async fn run_sliced(&self, location: &str, should_yield: YieldCheck<'_>) -> Result<RunSummary, SyncError> {
+        self.run(location, RunOptions::default(), Pass::Full, Some(should_yield)).await
+    }
+
+    /// Resumes the bulk work a sliced run left: the children backlog (newest contacts first),
+    /// then the sweep, until done or `should_yield`.
+    pub async fn run_bulk(&self, location: &str, should_yield: YieldCheck<'_>) -> Result<RunSummary, SyncError> {
+        self.run(location, RunOptions::default(), Pass::Bulk, Some(should_yield)).await
     }
 
     /// A run for the contacts webhooks named in `location`: a `GET` per named contact (a 404
     /// is a delete) and the children of those contacts; no search, no sweep.
     pub async fn run_hints(&self, location: &str, options: RunOptions) -> Result<RunSummary, SyncError> {
-        self.run(location, options, Pass::Hints).await
+        self.run(location, options, Pass::Hints, None).await
     }
 
-    async fn run(&self, location: &str, options: RunOptions, pass: Pass) -> Result<RunSummary, SyncError> {
+    async fn run(
+        &self,
+        location: &str,
+        options: RunOptions,
+        pass: Pass,
+        should_yield: Option<YieldCheck<'_>>,
+    ) -> Result<RunSummary, SyncError> {
         let status = locations::status_of(&self.store, location).await?;
         if matches!(status.as_deref(), Some("needs_reauth" | "uninstalled" | "disabled")) {
             return Err(SyncError::NeedsReauth(location.to_owned()));
@@ -208,11 +243,13 @@ impl Engine {
         let kind = match pass {
             Pass::Full => "contacts",
             Pass::Hints => "dirty",
+            Pass::Bulk => "children",
         };
         let mut summary = self.start_run(location, kind, options).await?;
         let result = match pass {
-            Pass::Full => self.full_pass(location, options, &mut summary).await,
+            Pass::Full => self.full_pass(location, options, &mut summary, should_yield).await,
             Pass::Hints => self.process_hints(location, options, &mut summary).await,
+            Pass::Bulk => self.bulk_pass(location, options, &mut summary, should_yield).await,
         };
         self.finish_run(&mut summary, result.as_ref().err()).await?;
         if let Err(error) = &result
@@ -276,12 +313,35 @@ impl Engine {
         Ok(())
     }
 
-    async fn full_pass(&self, location: &str, options: RunOptions, summary: &mut RunSummary) -> Result<(), SyncError> {
+    async fn full_pass(
+        &self,
+        location: &str,
+        options: RunOptions,
+        summary: &mut RunSummary,
+        should_yield: Option<YieldCheck<'_>>,
+    ) -> Result<(), SyncError> {
         self.process_hints(location, options, summary).await?;
         self.stream_contacts(location, options, summary).await?;
-        self.sync_due_children(location, options, summary).await?;
-        if !options.skip_sweep {
-            self.sweep_children(location, options, summary).await?;
+        self.bulk_pass(location, options, summary, should_yield).await
+    }
+
+    /// The children of every contact marked due, then (backlog done) the budgeted sweep; with
+    /// `should_yield`, both stop between chunks when incremental work is waiting.
+    async fn bulk_pass(
+        &self,
+        location: &str,
+        options: RunOptions,
+        summary: &mut RunSummary,
+        should_yield: Option<YieldCheck<'_>>,
+    ) -> Result<(), SyncError> {
+        if self.sync_due_children(location, options, summary, should_yield).await? == children::Backlog::Left {
+            summary.bulk_remaining = true;
+            return Ok(());
+        }
+        if !options.skip_sweep
+            && self.sweep_children(location, options, summary, should_yield).await? == children::Backlog::Left
+        {
+            summary.bulk_remaining = true;
         }
         Ok(())
     }

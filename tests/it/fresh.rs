@@ -1,0 +1,118 @@
+//! Issue 22, "fresh while it backfills": the running daemon serves a webhook hint before the
+//! rest of a location's children backfill, and a new location's contacts reach connectors
+//! before its children are read. Counted in requests and in the order of events, not timed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ghl_sync::app::App;
+use ghl_sync::config::Dur;
+use ghl_sync::store::snapshot;
+use ghl_sync_sandbox::ghl::GhlOptions;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{config, eventually, settings_for, start_sandbox};
+
+const CONTACTS: usize = 240;
+
+/// Child reads the sandbox has answered (tasks and notes).
+fn child_reads(sandbox: &ghl_sync_sandbox::Sandbox) -> u64 {
+    let requests = sandbox.ghl.stats().requests;
+    ["GET /contacts/:contactId/tasks", "GET /contacts/:contactId/notes"]
+        .iter()
+        .map(|route| requests.get(*route).copied().unwrap_or(0))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_hint_is_served_before_the_rest_of_the_children_backfill() {
+    // A paced GHL (40 requests a second): the children backfill of 240 contacts is 480 reads,
+    // many seconds, during which the hint arrives.
+    let ghl = GhlOptions {
+        locations: 1,
+        contacts_per_location: CONTACTS,
+        burst_max: 40,
+        burst_window: Duration::from_secs(1),
+        daily_max: 10_000_000,
+        ..GhlOptions::default()
+    };
+    let sandbox = start_sandbox(ghl).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings_for(&sandbox, dir.path());
+    settings.limits.ghl_burst_max = 40;
+    settings.limits.ghl_burst_window = Dur::secs(1);
+    settings.server.enabled = true;
+    settings.server.listen = "127.0.0.1:0".parse().unwrap();
+    settings.ghl.webhooks.public_keys = vec![sandbox.ghl.webhook_public_key()];
+    settings.sync.contacts_interval = Dur::secs(3600);
+    let app = App::build(config(settings)).await.unwrap();
+    let addr = app.server_addr().unwrap();
+    let store = app.store.clone();
+    let location = sandbox.ghl.locations()[0].id.clone();
+    let contacts = sandbox.ghl.contact_ids(&location);
+    let stop = CancellationToken::new();
+    let daemon = tokio::spawn(app.run_until_stopped(stop.clone()));
+
+    // Contacts first: when the first child read happens, every contact is already stored
+    // (and in the outbox), the stream did not wait for children.
+    assert!(eventually(Duration::from_secs(60), || child_reads(&sandbox) > 0).await, "no child read started");
+    let stored = snapshot::contact_count(&store, &location).await.unwrap();
+    assert_eq!(stored, CONTACTS as u64, "the contacts stream finished before the children backlog");
+
+    // A change made in GHL during the backfill, announced by a webhook.
+    sandbox.ghl.set_webhook_url(Some(format!("http://{addr}/webhooks/ghl").parse().unwrap()));
+    let edited = contacts[CONTACTS / 2].clone();
+    assert!(sandbox.ghl.update_contact(&edited, json!({"city": "Freshton"})));
+    let delivered = || sandbox.sink.accepted(Some("test")).iter().any(|d| d.body.contains("Freshton"));
+    assert!(eventually(Duration::from_secs(60), delivered).await, "the edit was never delivered");
+    let reads_when_served = child_reads(&sandbox);
+    // The hint itself marks the edited contact's children due again: count the others.
+    let backlog_when_served = snapshot::children_due(&store, &location, CONTACTS, &Default::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|id| *id != edited)
+        .count();
+    assert!(
+        backlog_when_served > 0,
+        "the hint waited for the whole children backfill ({reads_when_served} child reads before it)"
+    );
+
+    // The backlog then resumes and finishes: every task and note exactly once.
+    let mut finished = false;
+    for _ in 0..1200 {
+        if snapshot::children_due(&store, &location, 1, &Default::default()).await.unwrap().is_empty() {
+            finished = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(finished, "the children backlog did not finish after the hint");
+    let mut per_child: BTreeMap<String, usize> = BTreeMap::new();
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT entity, entity_id, operation FROM outbox WHERE entity IN ('task', 'note')")
+            .fetch_all(store.read_pool())
+            .await
+            .unwrap();
+    for (entity, id, _) in rows {
+        *per_child.entry(format!("{entity}:{id}")).or_default() += 1;
+    }
+    let mut expected_children = 0;
+    for contact in &contacts {
+        for task in sandbox.ghl.tasks(contact) {
+            expected_children += 1;
+            let id = task["id"].as_str().unwrap();
+            assert_eq!(per_child.get(&format!("task:{id}")), Some(&1), "task {id}");
+        }
+        for note in sandbox.ghl.notes(contact) {
+            expected_children += 1;
+            let id = note["id"].as_str().unwrap();
+            assert_eq!(per_child.get(&format!("note:{id}")), Some(&1), "note {id}");
+        }
+    }
+    assert_eq!(per_child.len(), expected_children);
+    stop.cancel();
+    daemon.await.unwrap().unwrap();
+    sandbox.stop().await;
+}
