@@ -265,6 +265,10 @@ impl App {
                 }
             }
         }
+        // From here on nothing new starts: connectors hand back the items of their batch they
+        // have not begun, retry sleeps and rate-limit waits end, and the requests already sent
+        // finish so their outcomes are recorded (a slow target cannot stretch the stop).
+        self.calls.cancel();
         readiness.set_shutting_down();
         crate::server::notify::stopping();
         let grace = self.config.settings.daemon.shutdown_grace.get();
@@ -272,8 +276,6 @@ impl App {
         let started = std::time::Instant::now();
         let finished = crate::shutdown::drain(&workers, grace).await
             && crate::shutdown::drain(&self.tracker, grace.saturating_sub(started.elapsed())).await;
-        // Abort retry sleeps of calls still waiting, then close the store.
-        self.calls.cancel();
         if !finished {
             tracing::warn!("Stopping with work in flight; it is committed page by page and resumes on the next start");
         }

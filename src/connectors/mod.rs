@@ -93,6 +93,20 @@ pub enum Outcome {
     Skip(String),
 }
 
+impl Outcome {
+    /// An item a stopping daemon did not start: held back without an attempt, due again at
+    /// once (it goes out on the next start). Connectors answer it for every item of a batch
+    /// they have not begun when their `cancel` token (the daemon's stop) is cancelled.
+    pub fn not_started() -> Self {
+        Outcome::Park(Duration::ZERO)
+    }
+
+    /// Whether this is [`Outcome::not_started`].
+    pub fn is_not_started(&self) -> bool {
+        *self == Outcome::Park(Duration::ZERO)
+    }
+}
+
 /// Per-connector delivery settings the dispatcher reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeliverySettings {
@@ -177,7 +191,9 @@ pub struct Deps {
     pub ignored_custom_fields: Arc<Vec<String>>,
 }
 
-/// Builds every enabled connector from the config. `cancel` aborts in-flight HTTP at shutdown.
+/// Builds every enabled connector from the config. `cancel` is cancelled when the daemon
+/// starts to stop: it aborts retry sleeps and rate-limit waits, and connectors start no new
+/// item of a batch after it (they answer [`Outcome::not_started`]); requests already sent finish.
 /// Connectors that write back to GHL are left out (see [`build_with`]).
 pub fn build(config: &Config, cancel: &CancellationToken) -> anyhow::Result<Vec<Arc<dyn Connector>>> {
     build_with(config, cancel, None)

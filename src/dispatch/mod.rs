@@ -462,6 +462,10 @@ impl Dispatcher {
                     "Delivery {} to `{}` was refused; moving it to dead letters", row.id, worker.id);
                 Verdict::Dead(reason)
             }
+            // Not started because the daemon is stopping: due again on the next start.
+            Outcome::Park(wait) if wait.is_zero() => {
+                Verdict::Parked { at: now, reason: "not started: the daemon was stopping".to_owned() }
+            }
             // The connector is healthy and chose to wait: no attempt, no breaker.
             Outcome::Park(wait) => {
                 Verdict::Parked { at: after(wait), reason: format!("parked by the connector for {} s", wait.as_secs()) }

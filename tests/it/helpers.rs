@@ -60,15 +60,40 @@ type Drained = std::thread::JoinHandle<Vec<u8>>;
 static OUTPUTS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<u32, (Drained, Drained)>>> =
     std::sync::LazyLock::new(Default::default);
 
-/// Everything the (exited) child wrote: (stdout, stderr).
+/// Everything the (exited) child wrote: (stdout, stderr). Every child's output is scanned
+/// for the sandbox's credentials on the way (see [`credentials_in`]): a suite-wide log scan
+/// of every test that runs the binary.
 fn collect(child: &Child) -> (String, String) {
-    match OUTPUTS.lock().unwrap().remove(&child.id()) {
+    let (stdout, stderr) = match OUTPUTS.lock().unwrap().remove(&child.id()) {
         Some((stdout, stderr)) => (
             String::from_utf8_lossy(&stdout.join().unwrap_or_default()).into(),
             String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into(),
         ),
         None => (String::new(), String::new()),
+    };
+    for (name, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+        let found = credentials_in(text);
+        assert!(found.is_empty(), "the child printed credentials on {name}: {found:?} (kinds and offsets only)");
     }
+    (stdout, stderr)
+}
+
+/// Credentials of the sandbox's shapes found in `text`: (kind, byte offset). Sandbox PITs are
+/// `pit-` and a UUID, its OAuth tokens `at-` / `rt-` and 48 hex digits, the fake Lusha's key
+/// `sandbox-lusha-key`; the daemon must never print any of them, at any level.
+pub fn credentials_in(text: &str) -> Vec<(&'static str, usize)> {
+    let hex_run = |from: usize| text[from..].bytes().take_while(u8::is_ascii_hexdigit).count();
+    let mut found = Vec::new();
+    for (kind, prefix, min_hex) in [("pit", "pit-", 8), ("access token", "at-", 48), ("refresh token", "rt-", 48)] {
+        for (at, _) in text.match_indices(prefix) {
+            let boundary = at == 0 || !text.as_bytes()[at - 1].is_ascii_alphanumeric();
+            if boundary && hex_run(at + prefix.len()) >= min_hex {
+                found.push((kind, at));
+            }
+        }
+    }
+    found.extend(text.match_indices("sandbox-lusha-key").map(|(at, _)| ("lusha api key", at)));
+    found
 }
 
 /// Sends a signal to a child process (`TERM`, `INT`, `KILL`).

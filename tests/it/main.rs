@@ -9,11 +9,14 @@
 )]
 
 mod auth;
+mod bad_input;
 mod cli;
+mod crash;
 mod daemon;
 mod dispatch;
 mod docker;
 mod export;
+mod faults;
 mod fresh;
 mod helpers;
 mod lucky_orange;
@@ -21,6 +24,7 @@ mod lucky_orange_browser;
 mod lusha;
 mod once;
 mod reliability;
+mod security;
 mod server;
 mod sync;
 mod systemd;

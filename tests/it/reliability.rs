@@ -17,7 +17,7 @@ use ghl_sync_sandbox::ghl::Fault;
 use crate::helpers::{config, fast_ghl, settings_for, signal, spawn, start_sandbox, wait_with_limit, write_config};
 
 /// Every (entity, id) the sandbox holds: contacts, tasks and notes of every location.
-fn expected(sandbox: &Sandbox) -> BTreeSet<(String, String)> {
+pub(crate) fn expected(sandbox: &Sandbox) -> BTreeSet<(String, String)> {
     let mut expected = BTreeSet::new();
     for location in sandbox.ghl.locations() {
         for contact in sandbox.ghl.contact_ids(&location.id) {
@@ -48,7 +48,7 @@ async fn outbox(store: &Store) -> BTreeMap<(String, String), Vec<String>> {
 }
 
 /// Asserts every record of the sandbox is in the outbox exactly once, as `created`.
-async fn assert_exactly_once(sandbox: &Sandbox, store: &Store) {
+pub(crate) async fn assert_exactly_once(sandbox: &Sandbox, store: &Store) {
     let rows = outbox(store).await;
     let expected = expected(sandbox);
     let actual: BTreeSet<_> = rows.keys().cloned().collect();
@@ -67,7 +67,7 @@ async fn sync_all(app: &App) {
 
 /// What the scheduler does: a location whose run failed (a request out of retries) runs
 /// again on its next interval, from its last committed page. Returns the runs needed.
-async fn sync_until_done(app: &App, max_runs: usize) -> usize {
+pub(crate) async fn sync_until_done(app: &App, max_runs: usize) -> usize {
     let mut pending: Vec<String> = app.locations().await.unwrap();
     for run in 1..=max_runs {
         let mut failed = Vec::new();

@@ -49,7 +49,8 @@ use self::mapping::{
 use super::{CheckReport, Connector, ConnectorError, Delivery, DeliverySettings, Outcome};
 use crate::domain::{EntityKind, Operation};
 use crate::ghl::write::{CustomFieldValue, NoteWrite, UpdateContact};
-use crate::http::Priority;
+use crate::ghl::{GhlClient, GhlError};
+use crate::http::{HttpError, Priority};
 use crate::store::lusha::{self as books, CacheKey, Cached, NewResult, ResultKind, Spend};
 use crate::store::{Store, StoreError, now_ms};
 use crate::writeback::{WriteBack, WriteBackError};
@@ -108,6 +109,8 @@ pub struct LushaConnector {
     /// credits (enrichment, lead import) run one at a time, each admitted on every credit
     /// charged before it.
     spending: tokio::sync::Mutex<()>,
+    /// Cancelled when the daemon stops: no Lusha call or GHL write-back starts after that.
+    stopping: CancellationToken,
 }
 
 impl std::fmt::Debug for LushaConnector {
@@ -208,7 +211,7 @@ impl LushaConnector {
         writeback: WriteBack,
         cancel: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let client = LushaClient::new(settings, key, cancel)?;
+        let client = LushaClient::new(settings, key, cancel.clone())?;
         let mut reveal = settings.reveal.clone();
         reveal.sort();
         reveal.dedup();
@@ -223,6 +226,7 @@ impl LushaConnector {
             fields: tokio::sync::Mutex::new(HashMap::new()),
             imports: tokio::sync::RwLock::new(()),
             spending: tokio::sync::Mutex::new(()),
+            stopping: cancel,
         })
     }
 
@@ -513,6 +517,9 @@ impl LushaConnector {
             Err(WriteBackError::Ghl(error)) if error.status() == Some(crate::http::StatusCode::NOT_FOUND) => {
                 Outcome::Skip("the contact was deleted in GHL".into())
             }
+            // A rate-limit wait or retry sleep cut short by the stop: the keyed writes done so
+            // far are not repeated when the write-back resumes on the next start.
+            Err(WriteBackError::Ghl(GhlError::Http(HttpError::Cancelled { .. }))) => Outcome::not_started(),
             Err(error) if error.is_retryable() => {
                 tracing::warn!(connector.id = ID, contact.id = %job.contact_id, error = %error, "Lusha write-back to GHL failed; will retry (from the cache, no Lusha call)");
                 Outcome::Retry(None)
@@ -628,6 +635,13 @@ impl LushaConnector {
             search.into_iter().map(|j| (true, j)).chain(refresh.into_iter().map(|j| (false, j))).collect();
         let size = self.settings.batch_size.clamp(1, 100);
         while let Some(&(is_search, _)) = queue.front() {
+            if self.stopping.is_cancelled() {
+                // The daemon is stopping: no new Lusha call; the rest goes out on the next start.
+                for (_, job) in queue.drain(..) {
+                    outcomes[job.index] = Some(Outcome::not_started());
+                }
+                break;
+            }
             let spending = self.spending.lock().await;
             let same_kind = queue.iter().take_while(|(s, _)| *s == is_search).count();
             let admitted = match self.admit(same_kind.min(size)).await {
@@ -682,6 +696,8 @@ impl LushaConnector {
             Err(error) => {
                 let wait = self.note_error(&error);
                 let outcome = match (&error, wait) {
+                    // A rate-limit wait or retry sleep cut short by the stop: nothing was charged.
+                    _ if self.stopping.is_cancelled() && wait.is_none() => Outcome::not_started(),
                     (LushaError::Rejected { status, .. }, _) => {
                         Outcome::Permanent(format!("Lusha rejected the request ({status})"))
                     }
@@ -885,7 +901,13 @@ impl Connector for LushaConnector {
         drop(planning);
         let ready = self.enrich(jobs, &mut outcomes).await;
         for (job, cached) in ready {
-            let outcome = self.write_back(&job, &cached).await;
+            // A stopping daemon starts no new write-back: the result is cached (its credits
+            // booked), so the next start writes it from the cache without a Lusha call.
+            let outcome = if self.stopping.is_cancelled() {
+                Outcome::not_started()
+            } else {
+                self.write_back(&job, &cached).await
+            };
             outcomes[job.index] = Some(outcome);
         }
         outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Retry(None))).collect()

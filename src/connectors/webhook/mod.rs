@@ -21,6 +21,8 @@ pub struct WebhookConnector {
     config: WebhookConfig,
     secret: Option<SecretString>,
     client: ApiClient,
+    /// Cancelled when the daemon stops: no item of a batch is started after that.
+    stopping: CancellationToken,
 }
 
 impl std::fmt::Debug for WebhookConnector {
@@ -49,9 +51,9 @@ impl WebhookConnector {
                 user_agent: format!("ghl-sync/{}", env!("CARGO_PKG_VERSION")),
             },
             None,
-            cancel,
+            cancel.clone(),
         )?;
-        Ok(Self { id: format!("webhook.{name}"), config, secret, client })
+        Ok(Self { id: format!("webhook.{name}"), config, secret, client, stopping: cancel })
     }
 
     fn body_bytes(&self, delivery: &Delivery) -> Result<Vec<u8>, ConnectorError> {
@@ -133,9 +135,16 @@ impl Connector for WebhookConnector {
     async fn deliver(&self, batch: &[Delivery]) -> Vec<Outcome> {
         // One request at a time per batch: the dispatcher runs `concurrency` batches at once,
         // so that is the number of requests in flight to this target.
+        // Once the daemon is stopping, the request in flight finishes and the rest of the batch
+        // is handed back unstarted (no attempt spent), so the stop is quick and every outcome
+        // of what was sent gets recorded.
         let mut outcomes = Vec::with_capacity(batch.len());
         for delivery in batch {
-            outcomes.push(self.deliver_one(delivery).await);
+            if self.stopping.is_cancelled() {
+                outcomes.push(Outcome::not_started());
+            } else {
+                outcomes.push(self.deliver_one(delivery).await);
+            }
         }
         outcomes
     }

@@ -1,0 +1,384 @@
+//! The real `ghl-sync run` daemon as a child process, stopped the hard and the soft way:
+//! SIGTERM with a slow target (a stop that stops: nothing new starts, what is in flight is
+//! recorded, nothing the target accepted is sent again) and a seeded loop of SIGKILLs during
+//! backfill and delivery followed by a clean run (every change delivered, repeats only under
+//! the same idempotency key). `GHL_SYNC_CRASH_KILLS` and `GHL_SYNC_CRASH_SEED` turn the loop
+//! into the benchmark of docs/benchmarks.md.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use ghl_sync::store::Store;
+use ghl_sync_sandbox::Sandbox;
+use ghl_sync_sandbox::sink::{Delivery, SinkMode};
+
+use crate::helpers::{fast_ghl, signal, spawn, start_sandbox, wait_with_limit, write_config};
+
+/// Every (entity, id) the sandbox holds: contacts, tasks and notes of every location.
+pub(crate) fn expected_records(sandbox: &Sandbox) -> BTreeSet<(String, String)> {
+    let mut expected = BTreeSet::new();
+    for location in sandbox.ghl.locations() {
+        for contact in sandbox.ghl.contact_ids(&location.id) {
+            for task in sandbox.ghl.tasks(&contact) {
+                expected.insert(("task".to_owned(), task["id"].as_str().unwrap().to_owned()));
+            }
+            for note in sandbox.ghl.notes(&contact) {
+                expected.insert(("note".to_owned(), note["id"].as_str().unwrap().to_owned()));
+            }
+            expected.insert(("contact".to_owned(), contact));
+        }
+    }
+    expected
+}
+
+/// A `run` config for a child aimed at the sandbox: PIT locations, fast limits, no HTTP
+/// server, one webhook connector `test` with `webhook` extra lines, `extra` appended.
+pub(crate) fn run_config(sandbox: &Sandbox, dir: &Path, webhook: &str, extra: &str) -> String {
+    let mut text = format!(
+        "[store]\npath = {:?}\n[ghl]\nbase_url = \"{}\"\n[server]\nenabled = false\n\
+         [sync]\ncontacts_interval = \"60s\"\nindex_lag_margin = \"0s\"\ndirty_debounce = \"0s\"\n\
+         [limits]\nghl_burst_max = 100000\nghl_burst_window = \"1s\"\nghl_daily_budget = 10000000\nmax_backoff = \"200ms\"\n\
+         [dispatch]\npoll_interval = \"100ms\"\nbackoff_base = \"50ms\"\nbackoff_max = \"500ms\"\n\
+         [log]\nlevel = \"info\"\nformat = \"json\"\n",
+        dir.join("ghl-sync.db"),
+        sandbox.ghl_url()
+    );
+    for location in sandbox.ghl.locations() {
+        text.push_str(&format!("[[ghl.locations]]\nid = \"{}\"\npit = \"{}\"\n", location.id, location.pit));
+    }
+    text.push_str(&format!("[connectors.webhook.test]\nurl = \"{}\"\n{webhook}", sandbox.sink_url("test")));
+    text.push_str(extra);
+    text
+}
+
+/// The (entity, entity_id) an envelope delivery is about.
+fn record_of(delivery: &Delivery) -> (String, String) {
+    let body = delivery.json().expect("envelope deliveries are JSON");
+    (body["entity"].as_str().unwrap().to_owned(), body["entity_id"].as_str().unwrap().to_owned())
+}
+
+fn key_of(delivery: &Delivery) -> String {
+    delivery.header("idempotency-key").expect("every delivery carries its key").to_owned()
+}
+
+/// Accepted deliveries per idempotency key.
+fn accepted_by_key(deliveries: &[Delivery]) -> BTreeMap<String, usize> {
+    let mut keys = BTreeMap::new();
+    for delivery in deliveries.iter().filter(|d| d.accepted()) {
+        *keys.entry(key_of(delivery)).or_insert(0) += 1;
+    }
+    keys
+}
+
+/// Blocks (off the runtime) until the child exits, at most `limit`.
+async fn wait_exit(child: Child, limit: Duration) -> (std::process::ExitStatus, String, String) {
+    tokio::task::spawn_blocking(move || wait_with_limit(child, limit)).await.unwrap()
+}
+
+/// Polls until `check` holds or `limit` passes; false when it never held.
+async fn until(limit: Duration, check: impl FnMut() -> bool) -> bool {
+    crate::helpers::eventually(limit, check).await
+}
+
+/// Rows of the outbox of `webhook.test` by idempotency key: status.
+async fn outbox_status(db: &Path) -> BTreeMap<String, String> {
+    let store = Store::connect(db, Duration::from_secs(5)).await.unwrap();
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT idempotency_key, status FROM outbox WHERE connector = 'webhook.test'")
+            .fetch_all(store.read_pool())
+            .await
+            .unwrap();
+    store.close().await;
+    rows.into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_slow_target_starts_nothing_new_records_in_flight_outcomes_and_never_resends() {
+    let sandbox = start_sandbox(fast_ghl(40)).await;
+    let expected = expected_records(&sandbox);
+    assert!(expected.len() > 120, "enough records for several batches: {}", expected.len());
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ghl-sync.db");
+    // Two batches of 50 in flight, one request at a time each; every answer takes 300 ms, so a
+    // batch takes 15 s: far longer than the 8 s grace, as in the issue.
+    let webhook = "batch_size = 50\nconcurrency = 2\ntimeout = \"5s\"\n";
+    let path = write_config(dir.path(), &run_config(&sandbox, dir.path(), webhook, ""));
+    let path = path.to_str().unwrap().to_owned();
+    sandbox.sink.set_mode("test", SinkMode::Slow(Duration::from_millis(300)));
+
+    let child = spawn(&["run", "--config", &path], &[]);
+    assert!(
+        until(Duration::from_secs(30), || sandbox.sink.accepted(Some("test")).len() >= 6).await,
+        "deliveries never started"
+    );
+    signal(&child, "TERM");
+    let signalled = Instant::now();
+    let at_signal = sandbox.sink.deliveries(Some("test")).len();
+    let (status, _, stderr) = wait_exit(child, Duration::from_secs(20)).await;
+    // A figure for docs/reliability.md, not an assertion.
+    eprintln!("graceful stop with a 300 ms target: exited {} ms after SIGTERM", signalled.elapsed().as_millis());
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("ghl-sync stopped"), "{stderr}");
+    assert!(!stderr.contains("did not finish within the shutdown grace"), "the stop waited out its grace: {stderr}");
+
+    // Nothing new started after the signal: only the requests in flight then (one per batch)
+    // were answered, plus at most one per batch started before the daemon saw the signal.
+    let first = sandbox.sink.deliveries(Some("test"));
+    assert!(first.len() <= at_signal + 4, "{} deliveries at the signal, {} after the stop", at_signal, first.len());
+    assert!(first.len() < expected.len(), "the stop came before the end of the delivery");
+
+    // Every delivery the target accepted has its outcome recorded.
+    let statuses = outbox_status(&db).await;
+    for key in accepted_by_key(&first).keys() {
+        assert_eq!(statuses.get(key).map(String::as_str), Some("done"), "accepted but not recorded as delivered");
+    }
+
+    // The restart sends the rest, and nothing the target had accepted.
+    sandbox.sink.set_mode("test", SinkMode::Ok);
+    let child = spawn(&["run", "--config", &path], &[]);
+    let complete = until(Duration::from_secs(60), || {
+        sandbox.sink.accepted(Some("test")).iter().map(record_of).collect::<BTreeSet<_>>() == expected
+    })
+    .await;
+    signal(&child, "TERM");
+    let (status, _, stderr) = wait_exit(child, Duration::from_secs(20)).await;
+    assert!(complete, "not every record arrived after the restart: {stderr}");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let all = sandbox.sink.deliveries(Some("test"));
+    let repeated: Vec<_> = accepted_by_key(&all).into_iter().filter(|(_, n)| *n > 1).collect();
+    assert!(repeated.is_empty(), "the target received keys it had already accepted: {repeated:?}");
+    assert_eq!(accepted_by_key(&all).len(), expected.len(), "one key per record");
+    sandbox.stop().await;
+}
+
+/// `GHL_SYNC_CRASH_KILLS` (default 6) and `GHL_SYNC_CRASH_SEED` (default 23).
+fn crash_settings() -> (u32, u64) {
+    let kills = std::env::var("GHL_SYNC_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
+    let seed = std::env::var("GHL_SYNC_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(23);
+    (kills, seed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_sigkills_of_the_running_daemon_then_a_clean_run_deliver_every_change_under_one_key_each() {
+    let (kills, seed) = crash_settings();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let sandbox = start_sandbox(fast_ghl(150)).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Small batches, a little latency and some failures: kills land mid-batch, between a
+    // delivery and its bookkeeping, and in retries.
+    let webhook = "batch_size = 10\nconcurrency = 2\n";
+    let path = write_config(dir.path(), &run_config(&sandbox, dir.path(), webhook, ""));
+    let path = path.to_str().unwrap().to_owned();
+    sandbox.sink.set_mode("test", SinkMode::FailRate(0.05));
+
+    let locations: Vec<String> = sandbox.ghl.locations().into_iter().map(|l| l.id).collect();
+    // Contact id → the marker of its latest change made during the loop.
+    let mut changed: BTreeMap<String, String> = BTreeMap::new();
+    let mut changes: BTreeMap<String, usize> = BTreeMap::new();
+    let started = Instant::now();
+    let mut killed_after = Vec::new();
+    for kill in 0..kills {
+        // Changes keep coming while the daemon dies and restarts.
+        for _ in 0..3 {
+            let location = &locations[rng.usize(..locations.len())];
+            let ids = sandbox.ghl.contact_ids(location);
+            let id = ids[rng.usize(..ids.len())].clone();
+            let marker = format!("Crash{seed}x{kill}x{}", rng.u32(..1_000_000));
+            assert!(sandbox.ghl.update_contact(&id, serde_json::json!({ "firstName": marker })));
+            *changes.entry(id.clone()).or_insert(0) += 1;
+            changed.insert(id, marker);
+        }
+        let mut child = spawn(&["run", "--config", &path], &[]);
+        let delay = Duration::from_millis(150 + rng.u64(..1_350));
+        tokio::time::sleep(delay).await;
+        assert!(child.try_wait().unwrap().is_none(), "the daemon exited on its own before kill {kill}");
+        signal(&child, "KILL");
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+        assert!(!status.success());
+        killed_after.push(delay.as_millis());
+    }
+
+    // The clean run: everything arrives, then a graceful stop.
+    sandbox.sink.set_mode("test", SinkMode::Ok);
+    let expected = expected_records(&sandbox);
+    let child = spawn(&["run", "--config", &path], &[]);
+    let latest_arrived = |deliveries: &[Delivery]| {
+        changed.values().all(|marker| deliveries.iter().any(|d| d.accepted() && d.body.contains(marker.as_str())))
+    };
+    let complete = until(Duration::from_secs(120), || {
+        let deliveries = sandbox.sink.deliveries(Some("test"));
+        deliveries.iter().filter(|d| d.accepted()).map(record_of).collect::<BTreeSet<_>>() == expected
+            && latest_arrived(&deliveries)
+    })
+    .await;
+    signal(&child, "TERM");
+    let (status, _, stderr) = wait_exit(child, Duration::from_secs(20)).await;
+    assert!(complete, "not every change arrived (seed {seed}, kills after {killed_after:?} ms): {stderr}");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+
+    // Repeats only under the same key: a record has one key per version we made of it (its
+    // creation, plus at most one per change made during the loop).
+    let deliveries = sandbox.sink.accepted(Some("test"));
+    let mut keys: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    let mut records_of_key: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+    for delivery in &deliveries {
+        keys.entry(record_of(delivery)).or_default().insert(key_of(delivery));
+        records_of_key.entry(key_of(delivery)).or_default().insert(record_of(delivery));
+    }
+    assert!(records_of_key.values().all(|records| records.len() == 1), "a key was used for two records");
+    for ((entity, id), versions) in &keys {
+        let allowed = 1 + if entity == "contact" { changes.get(id).copied().unwrap_or(0) } else { 0 };
+        assert!(versions.len() <= allowed, "{entity} {id} went out under {} keys", versions.len());
+        if entity != "contact" || !changed.contains_key(id) {
+            assert_eq!(versions.len(), 1, "an unchanged {entity} went out under several keys");
+        }
+    }
+    let redeliveries = deliveries.len() - records_of_key.len();
+    eprintln!(
+        "crash loop: seed {seed}, {kills} kills in {:.1} s, {} records, {} changes, {} accepted deliveries, {} same-key redeliveries",
+        started.elapsed().as_secs_f64(),
+        expected.len(),
+        changed.len(),
+        deliveries.len(),
+        redeliveries
+    );
+    sandbox.stop().await;
+}
+
+const MASTER_KEY: &str = "6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b";
+
+/// Installs the app on the sandbox's only location through OAuth into the database at `db`
+/// (what `ghl-sync auth install` does), so the daemon runs on a grant that rotates.
+async fn install_oauth(sandbox: &Sandbox, db: &Path) {
+    use ghl_sync::config::{Config, OAuthSettings, Secret, Settings};
+    let (client_id, client_secret) = sandbox.ghl.oauth_client();
+    let mut settings = Settings::default();
+    settings.store.path = Some(db.to_owned());
+    settings.store.master_key = Some(Secret::new(MASTER_KEY.to_owned()));
+    settings.ghl.base_url = sandbox.ghl_url();
+    settings.ghl.oauth = Some(OAuthSettings {
+        client_id,
+        client_secret: Some(Secret::new(client_secret)),
+        client_secret_env: None,
+        client_secret_file: None,
+        redirect_url: "http://127.0.0.1:9/oauth/callback".parse().unwrap(),
+        refresh_margin: ghl_sync::config::Dur::secs(60),
+        install_url: "https://marketplace.gohighlevel.com/v2/oauth/chooselocation".parse().unwrap(),
+    });
+    let config = Config::from_settings(settings).unwrap();
+    let store = Store::connect(db, Duration::from_secs(5)).await.unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let tokens = ghl_sync::ghl::tokens::TokenManager::from_config(&config, store.clone(), cancel).unwrap();
+    let location = sandbox.ghl.locations()[0].id.clone();
+    let code = sandbox.ghl.authorization_code(Some(&location));
+    let options =
+        ghl_sync::cli::auth::InstallOptions { write: false, code: Some(code), timeout: Duration::from_secs(5) };
+    ghl_sync::cli::auth::install(&config, &tokens, options, |_| {}).await.unwrap();
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_sigkills_during_refreshes_and_lusha_write_backs_pay_once_note_once_and_keep_the_grant_alive() {
+    use ghl_sync_sandbox::ghl::GhlOptions;
+    use ghl_sync_sandbox::lusha::{Identity, Lookup, LushaOptions};
+    use ghl_sync_sandbox::{Sandbox, SandboxOptions};
+
+    let (kills, seed) = crash_settings();
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x1a5a);
+    // Access tokens live 2 s: the daemon refreshes (and GHL rotates the refresh token) about
+    // every second, so kills land before, during and after refreshes.
+    let ghl = GhlOptions {
+        locations: 1,
+        contacts_per_location: 0,
+        access_token_ttl: Duration::from_secs(2),
+        burst_max: 100_000,
+        burst_window: Duration::from_secs(1),
+        daily_max: 10_000_000,
+        ..GhlOptions::default()
+    };
+    let lusha = LushaOptions { usage_per_minute: 0, ..LushaOptions::default() };
+    let sandbox = Sandbox::start(SandboxOptions { ghl, lusha, ..Default::default() }, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let location = sandbox.ghl.locations()[0].id.clone();
+    let emails = sandbox.lusha.sample_emails(30, |l| matches!(l, Lookup::Found(p) if !p.location.is_eu_contact));
+    let ids: Vec<String> = emails
+        .iter()
+        .enumerate()
+        .map(|(i, email)| {
+            sandbox.ghl.create_contact(&location, serde_json::json!({"firstName": format!("Kill{i}"), "email": email}))
+        })
+        .collect();
+    let identities: Vec<Identity> = emails.iter().map(|e| Identity::email(e.clone())).collect();
+    let predicted = sandbox.lusha.predict_cost(&identities, &["emails", "phones"], true);
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ghl-sync.db");
+    install_oauth(&sandbox, &db).await;
+    let (client_id, client_secret) = sandbox.ghl.oauth_client();
+    let text = format!(
+        "[store]\npath = {db:?}\nmaster_key = \"{MASTER_KEY}\"\n\
+         [ghl]\nbase_url = \"{ghl}\"\n[ghl.oauth]\nclient_id = \"{client_id}\"\nclient_secret = \"{client_secret}\"\n\
+         redirect_url = \"http://127.0.0.1:9/oauth/callback\"\n\
+         [server]\nenabled = false\n\
+         [sync]\ncontacts_interval = \"1s\"\nindex_lag_margin = \"0s\"\n\
+         [limits]\nghl_burst_max = 100000\nghl_burst_window = \"1s\"\nghl_daily_budget = 10000000\nmax_backoff = \"200ms\"\n\
+         [dispatch]\npoll_interval = \"100ms\"\nbackoff_base = \"20ms\"\nbackoff_max = \"300ms\"\nbreaker_threshold = 1000\n\
+         [log]\nlevel = \"info\"\nformat = \"json\"\n\
+         [connectors.lusha]\nbase_url = \"{lusha}\"\napi_key = \"{key}\"\ndaily_credit_cap = 0\ncredit_reserve = 0\n\
+         batch_size = 4\nnote = true\n\
+         [connectors.lusha.limits]\nper_minute = 60000\nper_hour = 1000000\nper_day = 1000000\n",
+        ghl = sandbox.ghl_url(),
+        lusha = sandbox.lusha_url(),
+        key = sandbox.lusha.api_key(),
+    );
+    let path = write_config(dir.path(), &text);
+    let path = path.to_str().unwrap().to_owned();
+
+    let mut killed_after = Vec::new();
+    for kill in 0..kills {
+        let mut child = spawn(&["run", "--config", &path], &[]);
+        let delay = Duration::from_millis(200 + rng.u64(..1_300));
+        tokio::time::sleep(delay).await;
+        if let Some(status) = child.try_wait().unwrap() {
+            let (_, _, stderr) = wait_with_limit(child, Duration::from_secs(1));
+            panic!("the daemon exited with {status} before kill {kill}: {stderr}");
+        }
+        signal(&child, "KILL");
+        tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+        killed_after.push(delay.as_millis());
+    }
+
+    // The clean run: every contact enriched and written back, then a change made now is
+    // synced (the grant still works after all those rotations).
+    let child = spawn(&["run", "--config", &path], &[]);
+    let tagged = |sandbox: &Sandbox| {
+        ids.iter().all(|id| sandbox.ghl.contact(id).is_some_and(|c| c["tags"].to_string().contains("lusha:enriched")))
+    };
+    let enriched = until(Duration::from_secs(90), || tagged(&sandbox)).await;
+    let refreshes = sandbox.ghl.stats().refresh_grants;
+    let fresh = until(Duration::from_secs(10), || sandbox.ghl.stats().refresh_grants > refreshes).await;
+    signal(&child, "TERM");
+    let (status, _, stderr) = wait_exit(child, Duration::from_secs(20)).await;
+    assert!(enriched, "not every contact was enriched (seed {seed}, kills after {killed_after:?} ms): {stderr}");
+    assert!(fresh, "the grant did not refresh after the kills: {stderr}");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("needs re-authorisation"), "the grant died: {stderr}");
+
+    // Paid once: exactly the predicted credits, whatever the kills interrupted.
+    assert_eq!(sandbox.lusha.ledger().spent, predicted, "credits spent twice (seed {seed})");
+    // Written once: one Lusha note per contact, and no contact created by a write-back.
+    for id in &ids {
+        let notes = sandbox.ghl.notes(id);
+        assert_eq!(notes.len(), 1, "contact {id} has {} notes (seed {seed})", notes.len());
+    }
+    assert_eq!(sandbox.ghl.contact_ids(&location).len(), ids.len(), "a write-back created a contact");
+    eprintln!(
+        "crash loop with OAuth and Lusha: seed {seed}, {kills} kills, {} refreshes, {} credits spent",
+        sandbox.ghl.stats().refresh_grants,
+        predicted
+    );
+    sandbox.stop().await;
+}

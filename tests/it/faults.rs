@@ -1,0 +1,151 @@
+//! Faults of GHL and of the machine, each test named after the behaviour it proves: hung
+//! responses, malformed JSON, a revoked token, a full disk. (429 and 5xx storms and the
+//! `kill -9` of `sync --once` are in `reliability.rs`; a target down for a while and a store
+//! that cannot record delivery outcomes are in `dispatch.rs`.)
+
+use std::time::Duration;
+
+use ghl_sync::app::App;
+use ghl_sync::config::Dur;
+use ghl_sync::store::locations;
+use ghl_sync::sync::engine::{RunOptions, SyncError};
+use ghl_sync_sandbox::ghl::Fault;
+
+use crate::helpers::{config, fast_ghl, settings_for, start_sandbox};
+use crate::reliability::{assert_exactly_once, sync_until_done};
+
+const RUN: RunOptions = RunOptions { dry_run: false, skip_sweep: true };
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_ghl_responses_time_out_are_retried_and_nothing_is_lost() {
+    let sandbox = start_sandbox(fast_ghl(40)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings_for(&sandbox, dir.path());
+    settings.limits.request_timeout = Dur::millis(300);
+    settings.limits.max_retries = 30;
+    settings.limits.max_backoff = Dur::millis(100);
+    let app = App::build(config(settings)).await.unwrap();
+    // GHL accepts the search and never answers.
+    sandbox.ghl.set_fault("POST /contacts/search", Fault { hang: true, ..Fault::default() });
+    let run = tokio::spawn(async move {
+        let results = app.sync_once(None, RUN).await.unwrap();
+        (app, results)
+    });
+    // Every location's search times out and is sent again while the fault lasts.
+    let hung = crate::helpers::eventually(Duration::from_secs(20), || {
+        sandbox.ghl.stats().requests.get("POST /contacts/search").is_some_and(|n| *n >= 6)
+    })
+    .await;
+    sandbox.ghl.clear_faults();
+    let (app, results) = run.await.unwrap();
+    assert!(hung, "the hung searches were not retried: {:?}", sandbox.ghl.stats().requests);
+    for (location, result) in results {
+        result.unwrap_or_else(|e| panic!("{location}: the run did not survive the hang: {e}"));
+    }
+    assert_exactly_once(&sandbox, &app.store).await;
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_json_from_ghl_fails_the_run_is_counted_and_the_next_run_resumes_exactly_once() {
+    let sandbox = start_sandbox(fast_ghl(40)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::build(config(settings_for(&sandbox, dir.path()))).await.unwrap();
+    // A truncated body on the children of every contact: the first page's reads fail.
+    sandbox.ghl.set_fault("GET /contacts/:contactId/tasks", Fault { malformed_json: true, ..Fault::default() });
+    for (location, result) in app.sync_once(None, RUN).await.unwrap() {
+        let error = result.expect_err("a malformed answer fails the run");
+        let text = format!("{error:#}");
+        assert!(text.contains("malformed JSON") || text.contains("truncated JSON"), "{location}: {text}");
+    }
+    // Counted as failed runs (the status screens show them).
+    let failed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs WHERE outcome = 'failed'")
+        .fetch_one(app.store.read_pool())
+        .await
+        .unwrap();
+    assert_eq!(failed, 2, "one failed run per location");
+    // The contacts themselves were read fine and are committed; no task or note row exists
+    // yet: the children that could not be read are read again by the next run.
+    let by_entity: Vec<(String, i64)> =
+        sqlx::query_as("SELECT entity, COUNT(*) FROM outbox GROUP BY entity ORDER BY entity")
+            .fetch_all(app.store.read_pool())
+            .await
+            .unwrap();
+    assert!(by_entity.iter().all(|(entity, _)| entity == "contact"), "{by_entity:?}");
+
+    sandbox.ghl.clear_faults();
+    sync_until_done(&app, 3).await;
+    assert_exactly_once(&sandbox, &app.store).await;
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_pauses_its_location_as_needs_reauth_while_the_others_sync() {
+    let sandbox = start_sandbox(fast_ghl(20)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings_for(&sandbox, dir.path());
+    // GHL answers a revoked PIT exactly as an unknown one: 401.
+    let revoked = settings.ghl.locations[1].id.clone();
+    settings.ghl.locations[1].pit = Some(ghl_sync::config::Secret::new("pit-revoked-0000000000000000".to_owned()));
+    let app = App::build(config(settings)).await.unwrap();
+
+    let results = app.sync_once(None, RUN).await.unwrap();
+    for (location, result) in &results {
+        if *location == revoked {
+            assert!(result.is_err(), "the revoked location cannot sync");
+        } else {
+            assert!(result.is_ok(), "{location} must not suffer from another location's token: {result:?}");
+        }
+    }
+    assert_eq!(locations::status_of(&app.store, &revoked).await.unwrap().as_deref(), Some("needs_reauth"));
+    let synced: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE location_id != ?")
+        .bind(&revoked)
+        .fetch_one(app.store.read_pool())
+        .await
+        .unwrap();
+    assert_eq!(synced, 20, "the healthy location synced all its contacts");
+
+    // Paused: later runs of that location stop before calling GHL, the others go on.
+    let unauthorized = sandbox.ghl.stats().statuses.get(&401).copied().unwrap_or(0);
+    for (location, result) in app.sync_once(None, RUN).await.unwrap() {
+        if location == revoked {
+            assert!(matches!(result, Err(SyncError::NeedsReauth(_))), "{result:?}");
+        } else {
+            assert!(result.is_ok());
+        }
+    }
+    assert_eq!(sandbox.ghl.stats().statuses.get(&401).copied().unwrap_or(0), unauthorized, "no more refused calls");
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_the_run_with_a_clear_error_corrupts_nothing_and_the_sync_resumes_after() {
+    let sandbox = start_sandbox(fast_ghl(60)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::build(config(settings_for(&sandbox, dir.path()))).await.unwrap();
+    // The disk is full: not one more page fits in the database file.
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(app.store.read_pool()).await.unwrap();
+    app.store.limit_pages_for_tests(Some(u64::try_from(pages).unwrap())).await.unwrap();
+
+    for (location, result) in app.sync_once(None, RUN).await.unwrap() {
+        let error = result.expect_err("nothing can be committed on a full disk");
+        let text = format!("{error:#}");
+        assert!(text.contains("full"), "{location}: the error says what is wrong: {text}");
+    }
+    let integrity: String =
+        sqlx::query_scalar("PRAGMA integrity_check").fetch_one(app.store.read_pool()).await.unwrap();
+    assert_eq!(integrity, "ok");
+    let contacts: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM contacts").fetch_one(app.store.read_pool()).await.unwrap();
+    let outbox: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(app.store.read_pool()).await.unwrap();
+    assert_eq!((contacts, outbox), (0, 0), "no half-committed page");
+
+    // Space again: the same daemon resumes and every record arrives exactly once.
+    app.store.limit_pages_for_tests(None).await.unwrap();
+    sync_until_done(&app, 3).await;
+    assert_exactly_once(&sandbox, &app.store).await;
+    let integrity: String =
+        sqlx::query_scalar("PRAGMA integrity_check").fetch_one(app.store.read_pool()).await.unwrap();
+    assert_eq!(integrity, "ok");
+    sandbox.stop().await;
+}
