@@ -158,6 +158,7 @@ mod tests {
             last_run_at: None,
             last_run_outcome: Some("running".into()),
             last_error: None,
+            last_ok_at: None,
             streams: Vec::new(),
         };
         let connector = ConnectorStatus {

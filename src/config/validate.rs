@@ -89,6 +89,9 @@ pub(super) fn validate(settings: &Settings) -> Validation {
     if let Some(lusha) = &settings.connectors.lusha {
         lusha.validate_section(&mut v);
     }
+    for (index, alert) in settings.alerts.iter().enumerate() {
+        alert.validate(index, &mut v);
+    }
     across_sections(settings, &mut v);
     v
 }

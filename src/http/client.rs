@@ -399,7 +399,7 @@ impl ApiClient {
         if error.is_timeout() {
             HttpError::Timeout { service: self.service, route, timeout }
         } else if error.is_connect() {
-            HttpError::Transport { service: self.service, route, kind: TransportKind::Connect }
+            HttpError::Transport { service: self.service, route, kind: connect_failure(error) }
         } else if error.is_request() || error.is_body() || error.is_decode() {
             HttpError::Transport { service: self.service, route, kind: TransportKind::Ambiguous }
         } else {
@@ -456,6 +456,32 @@ fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
 fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
     let seconds = headers.get("retry-after")?.to_str().ok()?.trim().parse::<f64>().ok()?;
     (0.0..86_400.0).contains(&seconds).then(|| Duration::from_secs_f64(seconds))
+}
+
+/// Why a connection could not be made, from the error's source chain: an I/O refusal, a DNS
+/// failure or a TLS failure (rustls and hyper name them in their messages); else `Connect`.
+/// Only the kind is kept, never the (URL-bearing) messages.
+fn connect_failure(error: &reqwest::Error) -> TransportKind {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    let mut kind = TransportKind::Connect;
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return TransportKind::Refused;
+        }
+        let text = current.to_string().to_ascii_lowercase();
+        if text.contains("connection refused") {
+            return TransportKind::Refused;
+        }
+        if text.contains("certificate") || text.contains("tls") || text.contains("handshake") || text.contains("ssl") {
+            kind = TransportKind::Tls;
+        } else if kind == TransportKind::Connect && (text.contains("dns") || text.contains("lookup address")) {
+            kind = TransportKind::Dns;
+        }
+        source = current.source();
+    }
+    kind
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The inbound HTTP server (axum): signed webhooks from GHL and Lusha, health, readiness,
-//! Prometheus metrics, the status page (and `/status.json`) and the admin-only contact view.
+//! Prometheus metrics, the status page (and `/status.json`), the admin-only contact view and
+//! `POST /admin/sync` (sync now).
 //!
 //! Handlers never call GHL inline: webhooks record a hint durably, answer 2xx and wake the
 //! scheduler (`ServerState::wake`). Every route runs under a request timeout
@@ -15,6 +16,7 @@
 //! tracker.spawn(server::purge_inbox_periodically(store.clone(), dedupe_for, stop.clone()));
 //! ```
 
+mod admin;
 mod ghl_webhook;
 mod health;
 mod lusha_webhook;
@@ -44,6 +46,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ServerSettings};
 use crate::store::Store;
 
+pub use admin::{SyncNowAnswer, request_sync_now};
 pub use ghl_webhook::{INBOX_PURGE_INTERVAL, purge_inbox_periodically, purge_webhook_inbox};
 pub use health::{check_health, local_url};
 
@@ -77,6 +80,8 @@ pub struct ServerState {
     ghl_keys: Arc<[VerifyingKey]>,
     /// `ghl.webhooks.legacy_rsa_public_keys` as PKCS#1 DER (empty: legacy signatures refused).
     ghl_rsa_keys: Arc<[Vec<u8>]>,
+    /// `POST /admin/sync` starts passes through this (empty: no scheduler runs).
+    sync_now: crate::sync::scheduler::SyncNow,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -117,7 +122,14 @@ impl ServerState {
             metrics,
             ghl_keys: ghl_keys.into(),
             ghl_rsa_keys: ghl_rsa_keys.into(),
+            sync_now: crate::sync::scheduler::SyncNow::default(),
         }
+    }
+
+    /// Lets `POST /admin/sync` wake the running scheduler.
+    pub fn with_sync_now(mut self, sync_now: crate::sync::scheduler::SyncNow) -> Self {
+        self.sync_now = sync_now;
+        self
     }
 
     /// Uses `ready` instead of fresh flags (when the app created them first).
@@ -176,6 +188,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/admin/sync", post(admin::sync_now))
         .route("/webhooks/ghl", post(ghl_webhook::receive))
         .route("/webhooks/lusha", post(lusha_webhook::receive))
         .layer(DefaultBodyLimit::max(max_body))
@@ -206,6 +219,7 @@ fn route_label(path: &str) -> &'static str {
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
+        "/admin/sync" => "/admin/sync",
         "/webhooks/ghl" => "/webhooks/ghl",
         "/webhooks/lusha" => "/webhooks/lusha",
         p if p.starts_with("/contacts/") => "/contacts/:id",

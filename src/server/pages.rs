@@ -331,7 +331,7 @@ fn chart(buckets: &[i64; 60]) -> String {
 
 /// Checks `Authorization: Bearer <server.admin_token>`. `Err` is the status to send:
 /// 404 when no admin token is configured (admin routes are off), 401 otherwise.
-fn authorise(state: &ServerState, headers: &HeaderMap) -> Result<(), StatusCode> {
+pub(super) fn authorise(state: &ServerState, headers: &HeaderMap) -> Result<(), StatusCode> {
     let Some(token) = state.config.secrets.admin_token.as_ref() else {
         return Err(StatusCode::NOT_FOUND);
     };

@@ -84,6 +84,8 @@ pub struct LocationStatus {
     pub last_run_at: Option<i64>,
     pub last_run_outcome: Option<String>,
     pub last_error: Option<String>,
+    /// When the latest successful contacts pass finished (the sync lag is measured from it).
+    pub last_ok_at: Option<i64>,
     /// Every cursor of the location (contacts, reconcile, sweep).
     pub streams: Vec<StreamCursor>,
 }
@@ -307,7 +309,14 @@ async fn read_locations(
         .bind(&id)
         .fetch_optional(&mut *conn)
         .await?;
+        let last_ok_at: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(finished_at) FROM runs WHERE location_id = ? AND kind = 'contacts' AND outcome = 'ok'",
+        )
+        .bind(&id)
+        .fetch_one(&mut *conn)
+        .await?;
         out.push(LocationStatus {
+            last_ok_at,
             name,
             status,
             reason,

@@ -1,8 +1,10 @@
 //! Runs the engine per location on its intervals: concurrent across locations (bounded), a
-//! failing location never stalls another, webhook hints wake a location early.
+//! failing location never stalls another, webhook hints wake a location early, and a
+//! [`SyncNow`] request (SIGUSR1, `POST /admin/sync`, `ghl-sync sync --now`) starts a full pass
+//! at once.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
@@ -23,6 +25,61 @@ pub struct ScheduleSettings {
     pub dirty_debounce: Duration,
 }
 
+/// "Sync now" requests for the running scheduler: one full-pass trigger per scheduled
+/// location. Cheap to clone; the scheduler replaces the set each time it starts (start-up and
+/// every config reload), so a request always reaches the loops that are running.
+#[derive(Debug, Clone, Default)]
+pub struct SyncNow {
+    locations: Arc<Mutex<BTreeMap<String, Arc<Notify>>>>,
+}
+
+/// What a [`SyncNow`] request reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Woken {
+    /// These locations start a full pass now (or right after the one in progress).
+    Locations(Vec<String>),
+    /// The named location is not scheduled by this daemon.
+    Unknown,
+}
+
+impl SyncNow {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Notify>>> {
+        self.locations.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn replace(&self, locations: BTreeMap<String, Arc<Notify>>) {
+        *self.lock() = locations;
+    }
+
+    /// Starts a full pass for every scheduled location, or for `only`.
+    pub fn wake(&self, only: Option<&str>) -> Woken {
+        let locations = self.lock();
+        let woken: Vec<String> = match only {
+            Some(id) => match locations.get(id) {
+                Some(notify) => {
+                    notify.notify_one();
+                    vec![id.to_owned()]
+                }
+                None => return Woken::Unknown,
+            },
+            None => locations
+                .iter()
+                .map(|(id, notify)| {
+                    // Stores a permit when the location is busy: it goes again right after.
+                    notify.notify_one();
+                    id.clone()
+                })
+                .collect(),
+        };
+        Woken::Locations(woken)
+    }
+
+    /// The locations the scheduler runs now.
+    pub fn locations(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+}
+
 /// Spawns one loop per location on `tracker`; they stop when `stop` is cancelled, at a safe
 /// point (between runs; a run in progress finishes its page and stops).
 pub fn spawn(
@@ -30,22 +87,28 @@ pub fn spawn(
     locations: Vec<String>,
     settings: ScheduleSettings,
     wake: Arc<Notify>,
+    sync_now: &SyncNow,
     stop: CancellationToken,
     tracker: &TaskTracker,
 ) {
     let permits = Arc::new(Semaphore::new(settings.max_concurrent_locations.max(1)));
     let mut wakes = HashMap::new();
+    let mut nows = BTreeMap::new();
     for location in locations {
         let own = Arc::new(Notify::new());
+        let now = Arc::new(Notify::new());
         wakes.insert(location.clone(), own.clone());
+        nows.insert(location.clone(), now.clone());
         // Every event of this location's runs carries `location.id` through this span; events
         // inside do not repeat it.
         let span = tracing::info_span!("location", location.id = %location);
+        let triggers = Triggers { hint: own, now };
         tracker.spawn(
-            location_loop(engine.clone(), location, settings.clone(), own, stop.clone(), permits.clone())
+            location_loop(engine.clone(), location, settings.clone(), triggers, stop.clone(), permits.clone())
                 .instrument(span),
         );
     }
+    sync_now.replace(nows);
     tracker.spawn(route_hints(engine, wakes, wake, stop));
 }
 
@@ -76,14 +139,23 @@ async fn route_hints(
     }
 }
 
+/// What wakes one location's loop besides its interval.
+struct Triggers {
+    /// Webhook hints waiting: a hint-only pass.
+    hint: Arc<Notify>,
+    /// Sync now: a full pass.
+    now: Arc<Notify>,
+}
+
 async fn location_loop(
     engine: Arc<Engine>,
     location: String,
     settings: ScheduleSettings,
-    wake: Arc<Notify>,
+    triggers: Triggers,
     stop: CancellationToken,
     permits: Arc<Semaphore>,
 ) {
+    let Triggers { hint: wake, now } = triggers;
     let mut tick = tokio::time::interval(settings.contacts_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut failures: u32 = 0;
@@ -93,14 +165,19 @@ async fn location_loop(
         // hint-only pass: the named contacts' reads, not a whole search of the location.
         let pass = if again {
             tokio::select! {
+                biased;
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(settings.dirty_debounce) => {},
+                _ = now.notified() => Pass::Full,
+                _ = tokio::time::sleep(settings.dirty_debounce) => Pass::Hints,
             }
-            Pass::Hints
         } else {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
+                _ = now.notified() => {
+                    tracing::info!("Sync now requested for `{location}`: starting a full pass");
+                    Pass::Full
+                },
                 _ = tick.tick() => Pass::Full,
                 _ = wake.notified() => {
                     // Gather hints that arrive together into one run.

@@ -8,8 +8,10 @@
     reason = "test code: a panic is a failed test, and blocking sleeps poll child processes"
 )]
 
+mod alerts;
 mod auth;
 mod cli;
+mod control;
 mod daemon;
 mod dispatch;
 mod docker;

@@ -516,7 +516,7 @@ impl LushaConnector {
             }
             Err(error) if error.is_retryable() => {
                 tracing::warn!(connector.id = ID, contact.id = %job.contact_id, error = %error, "Lusha write-back to GHL failed; will retry (from the cache, no Lusha call)");
-                Outcome::Retry(None)
+                Outcome::Retry(None, Some(format!("the write-back to GHL failed: {error}")))
             }
             Err(error) => Outcome::Permanent(format!("write-back to GHL failed: {error}")),
         }
@@ -689,7 +689,7 @@ impl LushaConnector {
                     // A limit, an empty balance or a refused key: wait without spending
                     // attempts (nothing was charged, nothing is lost).
                     (_, Some(wait)) => Outcome::Park(wait),
-                    (_, None) => Outcome::Retry(None),
+                    (_, None) => Outcome::Retry(None, Some(format!("the Lusha call failed: {error}"))),
                 };
                 tracing::warn!(connector.id = ID, error = %error, items = chunk.len(), "Lusha call failed");
                 for job in &chunk {
@@ -730,7 +730,8 @@ impl LushaConnector {
                 Answer::Restricted => (ResultKind::Restricted, None),
                 Answer::Failed(code) => {
                     tracing::warn!(connector.id = ID, contact.id = %job.contact_id, code = %code, "Lusha could not enrich a contact; will retry");
-                    outcomes[job.index] = Some(Outcome::Retry(None));
+                    outcomes[job.index] =
+                        Some(Outcome::Retry(None, Some(format!("Lusha could not enrich the contact ({code})"))));
                     continue;
                 }
             };
@@ -777,7 +778,8 @@ impl LushaConnector {
                 tracing::error!(error = %error, "Lusha: could not cache the results of a call");
                 self.book_spend_alone(credits).await;
                 for (job, _, _) in answered {
-                    outcomes[job.index] = Some(Outcome::Retry(None));
+                    outcomes[job.index] =
+                        Some(Outcome::Retry(None, Some("the Lusha answer could not be cached (store error)".into())));
                 }
             }
         }
@@ -841,7 +843,8 @@ impl Connector for LushaConnector {
                 Ok(ids) => ids,
                 Err(error) => {
                     tracing::warn!(connector.id = ID, error = %error, "Lusha: custom fields of the location could not be read");
-                    outcomes[index] = Some(Outcome::Retry(None));
+                    outcomes[index] =
+                        Some(Outcome::Retry(None, Some("the custom fields of the location could not be read".into())));
                     continue;
                 }
             };
@@ -858,7 +861,8 @@ impl Connector for LushaConnector {
                 Ok(cached) => cached,
                 Err(error) => {
                     tracing::error!(error = %error, "Lusha: cache read failed");
-                    outcomes[index] = Some(Outcome::Retry(None));
+                    outcomes[index] =
+                        Some(Outcome::Retry(None, Some("the Lusha cache could not be read (store error)".into())));
                     continue;
                 }
             };
@@ -889,7 +893,7 @@ impl Connector for LushaConnector {
             let outcome = self.write_back(&job, &cached).await;
             outcomes[job.index] = Some(outcome);
         }
-        outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Retry(None))).collect()
+        outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Retry(None, None))).collect()
     }
 }
 
