@@ -367,6 +367,7 @@ mod tests {
             deliveries_per_minute: Vec::new(),
             recent_errors: Vec::new(),
             lusha: None,
+            incidents: Vec::new(),
         }
     }
 

@@ -137,15 +137,6 @@ pub async fn mark_failed(store: &Store, id: i64, error: &str) -> Result<(), Stor
     Ok(())
 }
 
-/// Open incidents of every alert (for status screens), oldest first: (alert, key, summary, opened_at).
-pub async fn open(store: &Store) -> Result<Vec<(String, String, String, i64)>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT alert, condition_key, summary, opened_at FROM incidents WHERE resolved_at IS NULL ORDER BY id",
-    )
-    .fetch_all(store.read_pool())
-    .await?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,9 +60,12 @@ async fn a_dead_letter_incident_alerts_once_survives_a_restart_silently_and_aler
     assert_eq!(bodies[0]["condition"], "dead_letters");
     assert_eq!(bodies[0]["subject"], "webhook.test");
 
-    // It stays: nothing more.
+    // It stays: nothing more. `status` and the status page list it.
     let report = alerts.evaluate(&[]).await.unwrap();
     assert_eq!((report.opened, report.sent), (0, 0), "{report:?}");
+    let status = ghl_sync::store::status::read(&app.store, &[]).await.unwrap();
+    assert_eq!(status.incidents.len(), 1, "{:?}", status.incidents);
+    assert_eq!(status.incidents[0].condition_key, "dead_letters:webhook.test");
 
     // A restart: the incident is remembered, nothing is sent again.
     drop(alerts);
@@ -82,6 +85,7 @@ async fn a_dead_letter_incident_alerts_once_survives_a_restart_silently_and_aler
     assert_eq!((report.resolved, report.sent), (1, 1), "{report:?}");
     let report = alerts.evaluate(&[]).await.unwrap();
     assert_eq!(report.sent, 0, "{report:?}");
+    assert!(ghl_sync::store::status::read(&app.store, &[]).await.unwrap().incidents.is_empty());
     let bodies = alert_bodies(&sandbox);
     assert_eq!(bodies.len(), 2, "{bodies:?}");
     assert_eq!(bodies[1]["event"], "incident.resolved");

@@ -320,3 +320,18 @@ async fn a_refused_delivery_stores_the_status_and_a_scrubbed_excerpt_of_the_answ
     assert!(errors.iter().all(|e| e == "attempt 1: the webhook failed: connection refused"), "{errors:?}");
     sandbox.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_once_stops_delivering_at_the_deliver_timeout_and_says_so() {
+    let sandbox = start_sandbox(fast_ghl(2)).await;
+    sandbox.sink.set_mode("test", SinkMode::Slow(Duration::from_secs(5)));
+    let dir = tempfile::tempdir().unwrap();
+    let text = control_config(&sandbox, dir.path(), free_port()).replace("enabled = true", "enabled = false");
+    let config = write_config(dir.path(), &text);
+    let args = ["sync", "--once", "--deliver-timeout", "1", "--config", config.to_str().unwrap()];
+    let (status, stdout, stderr) = wait_with_limit(spawn(&args, &[]), Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stdout.contains("Delivery stopped after 1 s (--deliver-timeout): what is left stays queued"), "{stdout}");
+    assert!(stdout.contains("still pending"), "{stdout}");
+    sandbox.stop().await;
+}
