@@ -299,10 +299,16 @@ proptest::proptest! {
 
 #[test]
 fn alerts_resolve_their_url_secret_and_refuse_bad_ones_without_echoing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("alert-url");
+    std::fs::write(&file, "https://hooks.slack.com/services/T0/B0/secretpart\n").unwrap();
     let config = load(
-        "[[alerts]]\nformat = \"slack\"\nurl_env = \"ALERT_URL\"\n\
-         [[alerts]]\nname = \"pager\"\nurl = \"https://alerts.example/hook\"\ndead_letters = 0\nsync_lag = \"15m\"\n",
-        &[("ALERT_URL", "https://hooks.slack.com/services/T0/B0/secretpart")],
+        &format!(
+            "[[alerts]]\nformat = \"slack\"\nurl_file = \"{}\"\n\
+             [[alerts]]\nname = \"pager\"\nurl = \"https://alerts.example/hook\"\ndead_letters = 0\nsync_lag = \"15m\"\n",
+            file.display()
+        ),
+        &[],
     )
     .unwrap();
     assert_eq!(config.settings.alerts.len(), 2);
