@@ -474,6 +474,15 @@ fn connect_failure(error: &reqwest::Error) -> TransportKind {
         if text.contains("connection refused") {
             return TransportKind::Refused;
         }
+        // rustls reports a handshake that went wrong (a plain-HTTP port, a corrupt record) as
+        // invalid data inside the connector's I/O error.
+        // (hyper wraps rustls' error: an `Other` I/O error around an `InvalidData` one.)
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            let inner = io.get_ref().and_then(|e| e.downcast_ref::<std::io::Error>()).map(std::io::Error::kind);
+            if io.kind() == std::io::ErrorKind::InvalidData || inner == Some(std::io::ErrorKind::InvalidData) {
+                kind = TransportKind::Tls;
+            }
+        }
         if text.contains("certificate") || text.contains("tls") || text.contains("handshake") || text.contains("ssl") {
             kind = TransportKind::Tls;
         } else if kind == TransportKind::Connect && (text.contains("dns") || text.contains("lookup address")) {
@@ -534,6 +543,50 @@ mod tests {
         assert_eq!(seen.interval, Some(Duration::from_secs(10)));
         assert_eq!(seen.daily_remaining, Some(199_000));
         assert_eq!(seen.daily_limit, Some(200_000));
+    }
+
+    fn probe_client() -> ApiClient {
+        ApiClient::new(
+            ClientSettings {
+                service: "webhook",
+                connect_timeout: Duration::from_secs(2),
+                request_timeout: Duration::from_secs(2),
+                retry: RetryPolicy { max_retries: 0, ..RetryPolicy::default() },
+                headers: HeaderScheme::None,
+                user_agent: "test".into(),
+            },
+            None,
+            CancellationToken::new(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn connection_failures_say_refused_or_tls() {
+        let client = probe_client();
+        // Nothing listens on a port that was just freed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
+        let error = client.send(ApiRequest::new(Method::POST, url, "/x")).await.unwrap_err();
+        assert!(matches!(error, HttpError::Transport { kind: TransportKind::Refused, .. }), "{error:?}");
+        assert_eq!(error.reason(), "connection refused");
+
+        // HTTPS to a plain-HTTP port: the TLS handshake fails.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            if let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 512];
+                let _read = socket.read(&mut buf).await;
+                let _written = socket.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await;
+            }
+        });
+        let url = Url::parse(&format!("https://{addr}/")).unwrap();
+        let error = client.send(ApiRequest::new(Method::POST, url, "/x")).await.unwrap_err();
+        assert!(matches!(error, HttpError::Transport { kind: TransportKind::Tls, .. }), "{error:?}");
+        assert_eq!(error.reason(), "TLS handshake failed");
+        server.abort();
     }
 
     #[test]
