@@ -11,14 +11,14 @@ use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::connectors::{self, Connector};
-use crate::dispatch::Dispatcher;
+use crate::dispatch::{Dispatcher, OpenCircuits};
 use crate::ghl::{GhlClient, TokenManager, TokenProvider, needed_scopes};
 use crate::http::{ApiClient, ClientSettings, HeaderScheme, QuotaSettings, RateLimits, RetryPolicy};
 use crate::server::{ServerState, install_metrics};
 use crate::store::locations::ConfiguredLocation;
 use crate::store::{ProcessLock, Store};
 use crate::sync::engine::{Engine, EngineSettings, RunOptions, RunSummary, Subscriber};
-use crate::sync::scheduler::{self, ScheduleSettings};
+use crate::sync::scheduler::{self, ScheduleSettings, SyncNow};
 
 /// A built daemon, ready to run.
 pub struct App {
@@ -31,6 +31,10 @@ pub struct App {
     pub tokens: Arc<TokenManager>,
     /// Webhook hints wake the scheduler through this.
     pub wake: Arc<Notify>,
+    /// "Sync now" (SIGUSR1, `POST /admin/sync`) starts full passes through this.
+    pub sync_now: SyncNow,
+    /// Which connectors' circuits are open (for the alerts), across config reloads.
+    pub circuits: OpenCircuits,
     /// The HTTP listener, bound at build time so a taken port fails start-up.
     listener: Option<tokio::net::TcpListener>,
     _lock: ProcessLock,
@@ -58,6 +62,7 @@ pub(crate) async fn build_workers(
     store: &Store,
     tokens: &Arc<TokenManager>,
     calls: &CancellationToken,
+    circuits: &OpenCircuits,
 ) -> anyhow::Result<Workers> {
     let settings = &config.settings;
     let limits = Arc::new(RateLimits::new(QuotaSettings {
@@ -94,7 +99,10 @@ pub(crate) async fn build_workers(
         ignored_custom_fields: Arc::new(engine_settings.ignored_custom_fields.clone()),
     };
     let connectors = connectors::build_with(config, calls, Some(&deps))?;
-    let dispatcher = Arc::new(Dispatcher::new(store.clone(), connectors.clone(), settings.dispatch.clone()));
+    let dispatcher = Arc::new(
+        Dispatcher::new(store.clone(), connectors.clone(), settings.dispatch.clone())
+            .with_open_circuits(circuits.clone()),
+    );
     let waker = dispatcher.waker();
     let engine = Arc::new(
         Engine::new(store.clone(), ghl.clone(), engine_settings, subscribers(&connectors))
@@ -129,7 +137,9 @@ impl App {
         for (resource, missing) in tokens.scope_report(&needed_scopes(write_back)).await? {
             tracing::warn!(resource, missing = %missing.join(" "), "The GHL grant of `{resource}` lacks scopes; reinstall the app with them");
         }
-        let Workers { ghl, engine, dispatcher, connectors } = build_workers(&config, &store, &tokens, &calls).await?;
+        let circuits = OpenCircuits::default();
+        let Workers { ghl, engine, dispatcher, connectors } =
+            build_workers(&config, &store, &tokens, &calls, &circuits).await?;
         let listener = if settings.server.enabled { Some(crate::server::bind(&settings.server).await?) } else { None };
         tracing::info!(database = %path.display(), locations = settings.ghl.locations.len(), "Store ready");
         Ok(Self {
@@ -141,6 +151,8 @@ impl App {
             connectors,
             tokens,
             wake: Arc::new(Notify::new()),
+            sync_now: SyncNow::default(),
+            circuits,
             listener,
             _lock: lock,
             tracker: TaskTracker::new(),
@@ -205,7 +217,8 @@ impl App {
     /// place; a bad file is rejected and the running config kept.
     pub async fn run_until_stopped(mut self, stop: CancellationToken) -> anyhow::Result<()> {
         let server_state =
-            ServerState::new(self.store.clone(), Arc::new(self.config.clone()), self.wake.clone(), install_metrics());
+            ServerState::new(self.store.clone(), Arc::new(self.config.clone()), self.wake.clone(), install_metrics())
+                .with_sync_now(self.sync_now.clone());
         let readiness = server_state.readiness();
         if let Some(listener) = self.listener.take() {
             let stop = stop.clone();
@@ -221,6 +234,14 @@ impl App {
             stop.clone(),
         ));
         self.tracker.spawn(crate::server::notify::run_watchdog(stop.clone()));
+        match crate::alerts::Alerter::new(&self.config, self.store.clone(), self.calls.clone()) {
+            Ok(Some(alerter)) => {
+                tracing::info!(targets = self.config.settings.alerts.len(), "Operator alerts on");
+                self.tracker.spawn(alerter.run(self.circuits.clone(), stop.clone()));
+            }
+            Ok(None) => {}
+            Err(error) => tracing::error!(error = %format!("{error:#}"), "Operator alerts could not start"),
+        }
         self.tracker.spawn(crate::export::run_scheduled_exports(
             self.store.clone(),
             self.config.settings.export.clone(),
@@ -234,9 +255,15 @@ impl App {
         tracing::info!(version = env!("CARGO_PKG_VERSION"), locations, "ghl-sync running");
 
         let mut reloads = crate::shutdown::reload_signals();
+        let mut sync_requests = crate::shutdown::sync_now_signals();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
+                _ = sync_requests.recv() => {
+                    if let scheduler::Woken::Locations(woken) = self.sync_now.wake(None) {
+                        tracing::info!(locations = woken.len(), "SIGUSR1: starting a pass for every location now");
+                    }
+                }
                 _ = reloads.recv() => {
                     if let Some(config) = self.reload_config() {
                         crate::server::notify::reloading();
@@ -244,7 +271,7 @@ impl App {
                         workers_stop.cancel();
                         workers.close();
                         workers.wait().await;
-                        match build_workers(&config, &self.store, &self.tokens, &self.calls).await {
+                        match build_workers(&config, &self.store, &self.tokens, &self.calls, &self.circuits).await {
                             Ok(built) => {
                                 self.ghl = built.ghl;
                                 self.engine = built.engine;
@@ -304,6 +331,7 @@ impl App {
             locations,
             ScheduleSettings::from_config(&settings.sync),
             self.wake.clone(),
+            &self.sync_now,
             stop.clone(),
             tracker,
         );
@@ -339,6 +367,7 @@ impl App {
             config.settings.server = self.config.settings.server.clone();
             config.settings.ghl = self.config.settings.ghl.clone();
             config.settings.log = self.config.settings.log.clone();
+            config.settings.alerts = self.config.settings.alerts.clone();
             config.secrets = self.config.secrets.clone();
         }
         Some(config)
@@ -372,6 +401,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if format!("{:?}", a.export) != format!("{:?}", b.export) {
         changed.push("export");
+    }
+    if format!("{:?}", a.alerts) != format!("{:?}", b.alerts) {
+        changed.push("alerts");
     }
     changed
 }

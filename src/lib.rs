@@ -1,6 +1,7 @@
 //! `ghl-sync`: keeps Lusha, Lucky Orange and outbound webhooks in step with GoHighLevel.
 //! See `docs/architecture.md` in the repository for the modules and the data flow.
 
+pub mod alerts;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -1,5 +1,6 @@
 //! SIGINT/SIGTERM handling: the first signal cancels one token (stop taking work, finish
-//! what is in flight within the grace period); a second signal exits at once.
+//! what is in flight within the grace period); a second signal exits at once. Also the
+//! streams of SIGHUP (reload) and SIGUSR1 (sync now) the daemon's main loop listens to.
 
 use std::time::Duration;
 
@@ -43,7 +44,8 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// A stream of SIGHUP signals (config reload requests). Never yields where signals are not
+/// A stream of one kind of signal: SIGHUP (config reload requests, [`reload_signals`]) or
+/// SIGUSR1 (sync-now requests, [`sync_now_signals`]). Never yields where signals are not
 /// available.
 pub struct ReloadSignals {
     #[cfg(unix)]
@@ -67,6 +69,19 @@ pub fn reload_signals() -> ReloadSignals {
     #[cfg(unix)]
     {
         let inner = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        ReloadSignals { inner }
+    }
+    #[cfg(not(unix))]
+    {
+        ReloadSignals {}
+    }
+}
+
+/// Listens for SIGUSR1: "start a pass for every location now".
+pub fn sync_now_signals() -> ReloadSignals {
+    #[cfg(unix)]
+    {
+        let inner = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
         ReloadSignals { inner }
     }
     #[cfg(not(unix))]

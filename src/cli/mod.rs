@@ -62,17 +62,29 @@ pub enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
-    /// Sync once and exit, printing a summary (with a progress bar on a terminal).
+    /// `--once`: sync, deliver and exit, printing a summary (with a progress bar on a
+    /// terminal). `--now`: ask the running daemon to start a pass at once.
+    #[command(group(clap::ArgGroup::new("mode").required(true).args(["once", "now"])))]
     Sync {
-        /// Run once and exit (the daemon is `run`).
-        #[arg(long, required = true)]
+        /// Run once in this process, deliver what it queued, and exit (no daemon may run).
+        #[arg(long)]
         once: bool,
+        /// Ask the running daemon (through `server.listen`, with `server.admin_token`) to
+        /// start a pass now, like SIGUSR1.
+        #[arg(long, conflicts_with_all = ["dry_run", "no_deliver", "deliver_timeout"])]
+        now: bool,
         /// Only this location.
         #[arg(long, value_name = "ID")]
         location: Option<String>,
         /// Compute and print what would be delivered; write nothing, call no connector.
         #[arg(long)]
         dry_run: bool,
+        /// Only queue the changes (the daemon delivers them later); do not call connectors.
+        #[arg(long)]
+        no_deliver: bool,
+        /// Stop delivering after this many seconds (what is left stays queued).
+        #[arg(long, value_name = "SECS", default_value_t = 300)]
+        deliver_timeout: u64,
     },
     /// Show per-location sync state and per-connector queues, from the store.
     Status {
@@ -188,16 +200,22 @@ pub async fn execute(cli: Cli) -> ExitCode {
             log_warnings(&config);
             finish(run_daemon(config).await)
         }
-        Command::Sync { once: _, location, dry_run } => {
+        Command::Sync { once: _, now: true, location, .. } => match load(cli.config.as_deref()) {
+            Ok(config) => finish(crate::cli::sync::sync_now(&config, location.as_deref()).await),
+            Err(code) => code,
+        },
+        Command::Sync { once: _, now: false, location, dry_run, no_deliver, deliver_timeout } => {
             let config = match load(cli.config.as_deref()) {
                 Ok(config) => config,
                 Err(code) => return code,
             };
             crate::telemetry::init(&config.settings.log);
             log_warnings(&config);
+            let deliver =
+                if dry_run || no_deliver { None } else { Some(std::time::Duration::from_secs(deliver_timeout.max(1))) };
             let result = async {
                 let app = App::build(config).await?;
-                crate::cli::sync::sync_once(app, location.as_deref(), dry_run).await
+                crate::cli::sync::sync_once(app, location.as_deref(), dry_run, deliver).await
             }
             .await;
             match result {

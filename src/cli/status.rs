@@ -95,6 +95,14 @@ pub fn render_text(status: &Status) -> String {
             writeln!(out, "    last error: {error}").ok();
         }
     }
+    if !status.incidents.is_empty() {
+        writeln!(out, "OPEN INCIDENTS (alerts)").ok();
+        for incident in &status.incidents {
+            let since = (now - incident.opened_at).max(0) / 1000;
+            writeln!(out, "  [{}] {} (open {since}s): {}", incident.alert, incident.condition_key, incident.summary)
+                .ok();
+        }
+    }
     writeln!(out, "CONNECTORS").ok();
     if status.connectors.is_empty() {
         writeln!(out, "  no deliveries queued yet").ok();
@@ -169,6 +177,7 @@ mod tests {
             last_run_at: None,
             last_run_outcome: Some("running".into()),
             last_error: None,
+            last_ok_at: None,
             streams: Vec::new(),
         };
         let connector = ConnectorStatus {
@@ -193,6 +202,7 @@ mod tests {
             deliveries_per_minute: vec![0; 60],
             recent_errors: Vec::new(),
             lusha: None,
+            incidents: Vec::new(),
         };
         let text = render_text(&status);
         assert!(text.contains("today (UTC): 2345 request(s), 2 rate-limited (429), 7 webhook(s)"), "{text}");

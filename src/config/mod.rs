@@ -23,6 +23,7 @@ pub use validate::{decode_ed25519_spki, decode_rsa_spki};
 
 pub use validate::{SecretSources, Validation};
 
+pub use crate::alerts::{AlertFormat, AlertSettings};
 pub use crate::connectors::lucky_orange::config::LuckyOrangeSettings;
 pub use crate::connectors::lusha::config::LushaSettings;
 pub use crate::connectors::webhook::config::{WebhookConnectorSettings, WebhookTemplate};
@@ -41,6 +42,8 @@ pub struct Settings {
     pub daemon: DaemonSettings,
     pub dispatch: DispatchSettings,
     pub export: ExportSettings,
+    /// `[[alerts]]`: operator alert targets (none: no alerts).
+    pub alerts: Vec<AlertSettings>,
 }
 
 /// `[store]`: where the SQLite database lives and how secrets in it are encrypted.
@@ -509,6 +512,8 @@ pub struct Secrets {
     pub lusha_api_key: Option<SecretString>,
     /// `[connectors.lucky_orange]` signing keys by key id (current and previous).
     pub lucky_orange_keys: BTreeMap<String, SecretString>,
+    /// `[[alerts]]` URLs by alert name.
+    pub alert_urls: BTreeMap<String, SecretString>,
 }
 
 /// A loaded, validated configuration with its secrets resolved.

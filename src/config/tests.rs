@@ -296,3 +296,42 @@ proptest::proptest! {
         let _ = decode_ed25519_spki(&text);
     }
 }
+
+#[test]
+fn alerts_resolve_their_url_secret_and_refuse_bad_ones_without_echoing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("alert-url");
+    std::fs::write(&file, "https://hooks.slack.com/services/T0/B0/secretpart\n").unwrap();
+    let config = load(
+        &format!(
+            "[[alerts]]\nformat = \"slack\"\nurl_file = \"{}\"\n\
+             [[alerts]]\nname = \"pager\"\nurl = \"https://alerts.example/hook\"\ndead_letters = 0\nsync_lag = \"15m\"\n",
+            file.display()
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(config.settings.alerts.len(), 2);
+    assert_eq!(config.settings.alerts[0].name(), "slack");
+    assert_eq!(config.settings.alerts[0].dead_letters, 10, "defaults apply");
+    assert_eq!(config.settings.alerts[1].dead_letters, 0);
+    assert_eq!(config.settings.alerts[1].sync_lag.get(), std::time::Duration::from_secs(900));
+    let url = config.secrets.alert_urls.get("slack").unwrap();
+    assert_eq!(url.expose_secret(), "https://hooks.slack.com/services/T0/B0/secretpart");
+    assert!(!format!("{config:?}").contains("secretpart"), "the URL is a secret");
+
+    let found = problems(
+        "[[alerts]]\nurl = \"not a url secretpart\"\n\
+         [[alerts]]\nurl = \"http://remote.example/hook\"\n\
+         [[alerts]]\nformat = \"teams\"\n\
+         [[alerts]]\nurl = \"https://a.example\"\nname = \"x\"\n[[alerts]]\nurl = \"https://b.example\"\nname = \"x\"\n",
+    );
+    let text = found.join("\n");
+    assert!(text.contains("alerts[0].url: is not a URL"), "{text}");
+    assert!(!text.contains("secretpart"), "a secret was echoed: {text}");
+    assert!(text.contains("alerts[1].url: plain http to a remote host"), "{text}");
+    assert!(text.contains("alerts[2].url"), "a missing URL is named: {text}");
+    assert!(text.contains("alerts[4].name: another alert is also named \"x\""), "{text}");
+    let text = problems("[[alerts]]\nurl = \"https://c.example\"\nformat = \"pager\"\n").join("\n");
+    assert!(text.contains("alerts") && text.contains("pager"), "an unknown format is refused: {text}");
+}

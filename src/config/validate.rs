@@ -92,6 +92,9 @@ pub(super) fn validate(settings: &Settings) -> Validation {
     if let Some(lucky_orange) = &settings.connectors.lucky_orange {
         lucky_orange.validate_section(&mut v);
     }
+    for (index, alert) in settings.alerts.iter().enumerate() {
+        alert.validate(index, &mut v);
+    }
     across_sections(settings, &mut v);
     v
 }

@@ -81,8 +81,10 @@ pub fn rfc3339_ms(ms: i64) -> String {
 pub enum Outcome {
     /// Delivered (or already delivered: the target acknowledged it).
     Done,
-    /// Try again later; the target may have said when. Counts as an attempt.
-    Retry(Option<Duration>),
+    /// Try again later; the target may have said when. Counts as an attempt. The reason
+    /// (no personal data: a kind of failure, a status, a scrubbed excerpt) is stored with the
+    /// row and becomes the dead letter's reason when the attempts run out.
+    Retry(Option<Duration>, Option<String>),
     /// Not attempted: the connector holds the item back (its own rate limit, credit budget
     /// or a stop) for this long. Does not count as an attempt, so waiting out a daily limit
     /// never ends in dead letters; the wait is not capped by `dispatch.backoff_max`.

@@ -84,6 +84,40 @@ impl DispatchSummary {
     }
 }
 
+/// Which connectors' circuits are open now (read by the operator alerts). Cheap to clone;
+/// the dispatcher updates it as its breakers open and close. In memory: a restart closes every
+/// circuit, so an open one is reported again only when it opens again.
+#[derive(Debug, Clone, Default)]
+pub struct OpenCircuits {
+    open: Arc<Mutex<std::collections::BTreeSet<String>>>,
+}
+
+impl OpenCircuits {
+    fn set(&self, connector: &str, open: bool) {
+        let mut set = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open {
+            set.insert(connector.to_owned());
+        } else {
+            set.remove(connector);
+        }
+    }
+
+    /// Connector ids whose circuit is open, sorted.
+    pub fn list(&self) -> Vec<String> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
+
+    /// Marks a circuit open (tests and tools that simulate one).
+    pub fn mark_open(&self, connector: &str) {
+        self.set(connector, true);
+    }
+
+    /// Forgets connectors that are not in `ids` (after a reload removed them).
+    fn retain(&self, ids: &[String]) {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).retain(|id| ids.contains(id));
+    }
+}
+
 /// Wakes every worker (the sync engine calls this after committing a page with outbox rows).
 #[derive(Debug, Clone, Default)]
 pub struct DispatchWake {
@@ -133,6 +167,7 @@ pub struct Dispatcher {
     settings: DispatchSettings,
     workers: Vec<Arc<Worker>>,
     wake: DispatchWake,
+    circuits: OpenCircuits,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -162,7 +197,19 @@ impl Dispatcher {
             })
             .collect();
         let wake = DispatchWake { notifies: Arc::new(workers.iter().map(|w| w.wake.clone()).collect()) };
-        Self { store, settings, workers, wake }
+        Self { store, settings, workers, wake, circuits: OpenCircuits::default() }
+    }
+
+    /// Reports circuit states into `circuits` (shared across config reloads).
+    pub fn with_open_circuits(mut self, circuits: OpenCircuits) -> Self {
+        circuits.retain(&self.connector_ids());
+        self.circuits = circuits;
+        self
+    }
+
+    /// The connectors whose circuit is open now.
+    pub fn open_circuits(&self) -> OpenCircuits {
+        self.circuits.clone()
     }
 
     /// The handle the sync engine uses to wake the workers.
@@ -178,12 +225,19 @@ impl Dispatcher {
     /// parallel; rows rescheduled during this pass wait for a later one. Also prunes old
     /// delivered rows.
     pub async fn run_once(&self) -> DispatchSummary {
+        self.run_once_for(None).await
+    }
+
+    /// [`Dispatcher::run_once`] for the rows of `locations` only (all rows with `None`):
+    /// returns when nothing due is left for them (rows in backoff, parked or behind an open
+    /// circuit are not due and stay pending).
+    pub async fn run_once_for(&self, locations: Option<&[String]>) -> DispatchSummary {
         let cutoff = now_ms();
         let mut summary = DispatchSummary::default();
         let passes = join_all(self.workers.iter().map(|worker| async move {
             let mut total = ConnectorSummary::default();
             loop {
-                match self.round(worker, cutoff, &mut total).await {
+                match self.round(worker, cutoff, locations, &mut total).await {
                     Ok(0) => return (worker.id.clone(), total, None),
                     Ok(_) => {}
                     Err(error) => return (worker.id.clone(), total, Some(format!("{}: {error}", worker.id))),
@@ -232,7 +286,7 @@ impl Dispatcher {
             max_backoff: self.settings.backoff_max.get().min(RECORD_BACKOFF_MAX),
         };
         while !stop.is_cancelled() {
-            let wait = match self.round(worker, now_ms(), &mut ConnectorSummary::default()).await {
+            let wait = match self.round(worker, now_ms(), None, &mut ConnectorSummary::default()).await {
                 Ok(0) => poll,
                 Ok(_) => continue,
                 Err(RoundError::Record(_)) => {
@@ -274,9 +328,17 @@ impl Dispatcher {
     /// One round for one connector: record outcomes still held from earlier rounds (taking no
     /// new row until that succeeds), then read up to `concurrency` batches of due rows, deliver
     /// them in parallel and record each batch's outcomes. Returns the number of rows taken.
-    async fn round(&self, worker: &Worker, cutoff: i64, summary: &mut ConnectorSummary) -> Result<usize, RoundError> {
+    async fn round(
+        &self,
+        worker: &Worker,
+        cutoff: i64,
+        locations: Option<&[String]>,
+        summary: &mut ConnectorSummary,
+    ) -> Result<usize, RoundError> {
         self.flush(worker, summary).await?;
         let gate = worker.breaker.lock().unwrap_or_else(|e| e.into_inner()).gate(Instant::now());
+        // Half-open (waiting for a probe) still counts as open for the alerts.
+        self.circuits.set(&worker.id, gate != Gate::Closed);
         let batches_allowed = match gate {
             Gate::Open => {
                 summary.circuit_open = true;
@@ -286,7 +348,7 @@ impl Dispatcher {
             Gate::Closed => worker.settings.concurrency.max(1),
         };
         let batch_size = worker.settings.batch_size.max(1);
-        let rows = outbox::due(&self.store, &worker.id, cutoff, batch_size * batches_allowed)
+        let rows = outbox::due(&self.store, &worker.id, cutoff, batch_size * batches_allowed, locations)
             .await
             .map_err(RoundError::Read)?;
         if rows.is_empty() {
@@ -316,7 +378,9 @@ impl Dispatcher {
                 Err(error) => failed = Some(error),
             }
         }
-        if worker.breaker.lock().unwrap_or_else(|e| e.into_inner()).is_open(Instant::now()) {
+        let gate = worker.breaker.lock().unwrap_or_else(|e| e.into_inner()).gate(Instant::now());
+        self.circuits.set(&worker.id, gate != Gate::Closed);
+        if gate == Gate::Open {
             summary.circuit_open = true;
         }
         match failed {
@@ -418,11 +482,14 @@ impl Dispatcher {
                         "Connector `{}` returned the wrong number of outcomes; retrying the batch",
                         worker.id
                     );
-                    vec![Outcome::Retry(None); items.len()]
+                    vec![
+                        Outcome::Retry(None, Some("the connector returned the wrong number of outcomes".into()));
+                        items.len()
+                    ]
                 }
                 Err(_) => {
                     tracing::error!(connector.id = %worker.id, "Connector `{}` panicked; retrying the batch", worker.id);
-                    vec![Outcome::Retry(None); items.len()]
+                    vec![Outcome::Retry(None, Some("the connector panicked".into())); items.len()]
                 }
             }
         };
@@ -430,7 +497,7 @@ impl Dispatcher {
         let now = now_ms();
         let mut answered = false;
         for ((row, _), outcome) in deliverable.iter().zip(outcomes) {
-            answered |= !matches!(outcome, Outcome::Retry(_));
+            answered |= !matches!(outcome, Outcome::Retry(..));
             let verdict = self.verdict(worker, row, outcome, now);
             results.push(DeliveryOutcome { row: row.version(), verdict });
         }
@@ -470,17 +537,19 @@ impl Dispatcher {
             Outcome::Park(wait) => {
                 Verdict::Parked { at: after(wait), reason: format!("parked by the connector for {} s", wait.as_secs()) }
             }
-            Outcome::Retry(_) if attempts >= worker.settings.max_attempts => {
-                tracing::warn!(connector.id = %worker.id, outbox.id = row.id, attempts,
-                    "Delivery {} to `{}` failed {attempts} times; moving it to dead letters", row.id, worker.id);
-                Verdict::Dead(format!("gave up after {attempts} attempts (target unavailable)"))
+            Outcome::Retry(_, reason) if attempts >= worker.settings.max_attempts => {
+                let reason = reason.unwrap_or_else(|| "target unavailable".to_owned());
+                tracing::warn!(connector.id = %worker.id, outbox.id = row.id, attempts, reason = %reason,
+                    "Delivery {} to `{}` failed {attempts} times ({reason}); moving it to dead letters", row.id, worker.id);
+                Verdict::Dead(format!("gave up after {attempts} attempts; last: {reason}"))
             }
-            Outcome::Retry(retry_after) => {
+            Outcome::Retry(retry_after, reason) => {
                 let wait = retry_delay(&self.settings, attempts, retry_after);
                 let retry_in_ms = wait.as_millis() as u64;
-                tracing::warn!(connector.id = %worker.id, outbox.id = row.id, attempts, retry_in_ms,
-                    "Delivery {} to `{}` failed; retrying in {retry_in_ms} ms", row.id, worker.id);
-                Verdict::Retry { at: after(wait), error: format!("attempt {attempts} failed (retryable)") }
+                let reason = reason.unwrap_or_else(|| "retryable failure".to_owned());
+                tracing::warn!(connector.id = %worker.id, outbox.id = row.id, attempts, retry_in_ms, reason = %reason,
+                    "Delivery {} to `{}` failed ({reason}); retrying in {retry_in_ms} ms", row.id, worker.id);
+                Verdict::Retry { at: after(wait), error: format!("attempt {attempts}: {reason}") }
             }
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod diff;
 pub mod normalize;
+pub mod scrub;
 
 use std::fmt;
 

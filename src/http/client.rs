@@ -399,7 +399,7 @@ impl ApiClient {
         if error.is_timeout() {
             HttpError::Timeout { service: self.service, route, timeout }
         } else if error.is_connect() {
-            HttpError::Transport { service: self.service, route, kind: TransportKind::Connect }
+            HttpError::Transport { service: self.service, route, kind: connect_failure(error) }
         } else if error.is_request() || error.is_body() || error.is_decode() {
             HttpError::Transport { service: self.service, route, kind: TransportKind::Ambiguous }
         } else {
@@ -458,6 +458,41 @@ fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
     (0.0..86_400.0).contains(&seconds).then(|| Duration::from_secs_f64(seconds))
 }
 
+/// Why a connection could not be made, from the error's source chain: an I/O refusal, a DNS
+/// failure or a TLS failure (rustls and hyper name them in their messages); else `Connect`.
+/// Only the kind is kept, never the (URL-bearing) messages.
+fn connect_failure(error: &reqwest::Error) -> TransportKind {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    let mut kind = TransportKind::Connect;
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return TransportKind::Refused;
+        }
+        let text = current.to_string().to_ascii_lowercase();
+        if text.contains("connection refused") {
+            return TransportKind::Refused;
+        }
+        // rustls reports a handshake that went wrong (a plain-HTTP port, a corrupt record) as
+        // invalid data inside the connector's I/O error.
+        // (hyper wraps rustls' error: an `Other` I/O error around an `InvalidData` one.)
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            let inner = io.get_ref().and_then(|e| e.downcast_ref::<std::io::Error>()).map(std::io::Error::kind);
+            if io.kind() == std::io::ErrorKind::InvalidData || inner == Some(std::io::ErrorKind::InvalidData) {
+                kind = TransportKind::Tls;
+            }
+        }
+        if text.contains("certificate") || text.contains("tls") || text.contains("handshake") || text.contains("ssl") {
+            kind = TransportKind::Tls;
+        } else if kind == TransportKind::Connect && (text.contains("dns") || text.contains("lookup address")) {
+            kind = TransportKind::Dns;
+        }
+        source = current.source();
+    }
+    kind
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,6 +543,50 @@ mod tests {
         assert_eq!(seen.interval, Some(Duration::from_secs(10)));
         assert_eq!(seen.daily_remaining, Some(199_000));
         assert_eq!(seen.daily_limit, Some(200_000));
+    }
+
+    fn probe_client() -> ApiClient {
+        ApiClient::new(
+            ClientSettings {
+                service: "webhook",
+                connect_timeout: Duration::from_secs(2),
+                request_timeout: Duration::from_secs(2),
+                retry: RetryPolicy { max_retries: 0, ..RetryPolicy::default() },
+                headers: HeaderScheme::None,
+                user_agent: "test".into(),
+            },
+            None,
+            CancellationToken::new(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn connection_failures_say_refused_or_tls() {
+        let client = probe_client();
+        // Nothing listens on a port that was just freed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
+        let error = client.send(ApiRequest::new(Method::POST, url, "/x")).await.unwrap_err();
+        assert!(matches!(error, HttpError::Transport { kind: TransportKind::Refused, .. }), "{error:?}");
+        assert_eq!(error.reason(), "connection refused");
+
+        // HTTPS to a plain-HTTP port: the TLS handshake fails.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            if let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 512];
+                let _read = socket.read(&mut buf).await;
+                let _written = socket.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await;
+            }
+        });
+        let url = Url::parse(&format!("https://{addr}/")).unwrap();
+        let error = client.send(ApiRequest::new(Method::POST, url, "/x")).await.unwrap_err();
+        assert!(matches!(error, HttpError::Transport { kind: TransportKind::Tls, .. }), "{error:?}");
+        assert_eq!(error.reason(), "TLS handshake failed");
+        server.abort();
     }
 
     #[test]

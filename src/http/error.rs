@@ -47,7 +47,14 @@ pub enum HttpError {
 /// A transport failure, classified without keeping the (URL-bearing) reqwest error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportKind {
+    /// Could not connect, for another reason than the ones below.
     Connect,
+    /// The host answered the connection attempt with a refusal (nothing listens on the port).
+    Refused,
+    /// The host name did not resolve.
+    Dns,
+    /// The TLS handshake failed (certificate not trusted, expired, wrong host name, protocol).
+    Tls,
     /// The request may have reached the server (e.g. the connection broke mid-response).
     Ambiguous,
     Other,
@@ -57,6 +64,9 @@ impl std::fmt::Display for TransportKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             TransportKind::Connect => "could not connect",
+            TransportKind::Refused => "connection refused",
+            TransportKind::Dns => "host name did not resolve",
+            TransportKind::Tls => "TLS handshake failed",
             TransportKind::Ambiguous => "connection failed mid-request",
             TransportKind::Other => "transport error",
         })
@@ -91,12 +101,51 @@ impl HttpError {
         }
     }
 
+    /// Why the call failed, for an operator: the kind of transport failure, the timeout, or
+    /// the status with a short excerpt of the body scrubbed of e-mail addresses, phone
+    /// numbers and long digit runs ([`crate::domain::scrub::excerpt`]). No URL, no header.
+    pub fn reason(&self) -> String {
+        match self {
+            HttpError::Timeout { timeout, .. } => format!("timed out after {}", human(*timeout)),
+            HttpError::Transport { kind, .. } => kind.to_string(),
+            HttpError::RateLimited { retry_after, .. } => match retry_after {
+                Some(wait) => format!("429 Too Many Requests (retry after {})", human(*wait)),
+                None => "429 Too Many Requests".to_owned(),
+            },
+            HttpError::Status { status, body, .. } => {
+                let code = format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or(""));
+                let code = code.trim_end().to_owned();
+                let excerpt = crate::domain::scrub::excerpt(body, REASON_EXCERPT_CHARS);
+                if excerpt.is_empty() { code } else { format!("{code}: {excerpt}") }
+            }
+            HttpError::BudgetExhausted { scope, .. } => format!("our own {scope:?} budget is used up; not called"),
+            HttpError::Decode { detail, .. } => format!("unexpected answer ({detail})"),
+            HttpError::Cancelled { .. } => "cancelled by shutdown".to_owned(),
+            HttpError::Invalid { detail, .. } => format!("invalid request: {detail}"),
+        }
+    }
+
     /// The response body of a non-2xx answer.
     pub fn body(&self) -> Option<&[u8]> {
         match self {
             HttpError::Status { body, .. } => Some(body),
             _ => None,
         }
+    }
+}
+
+/// How much of a response body [`HttpError::reason`] keeps.
+pub const REASON_EXCERPT_CHARS: usize = 200;
+
+/// `1.5s`, `10s`, `2m 5s`.
+fn human(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    if ms < 10_000 && !ms.is_multiple_of(1000) {
+        format!("{:.1}s", duration.as_secs_f64())
+    } else if ms < 60_000 {
+        format!("{}s", duration.as_secs())
+    } else {
+        format!("{}m {}s", duration.as_secs() / 60, duration.as_secs() % 60)
     }
 }
 
@@ -142,5 +191,34 @@ mod tests {
             retry_after: None,
         };
         assert_eq!(error.to_string(), "ghl /contacts/:contactId returned 400 Bad Request");
+    }
+
+    #[test]
+    fn reasons_name_the_failure_and_scrub_the_body() {
+        let error = HttpError::Status {
+            service: "webhook",
+            route: "/webhook",
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            body: bytes::Bytes::from_static(b"{\"error\":\"email ada@example.test is invalid\"}"),
+            retry_after: None,
+        };
+        let reason = error.reason();
+        assert!(reason.starts_with("422 Unprocessable Entity: "), "{reason}");
+        assert!(reason.contains("is invalid"), "{reason}");
+        assert!(!reason.contains("ada@"), "{reason}");
+        let timeout = HttpError::Timeout { service: "webhook", route: "/webhook", timeout: Duration::from_secs(10) };
+        assert_eq!(timeout.reason(), "timed out after 10s");
+        let refused = HttpError::Transport { service: "webhook", route: "/webhook", kind: TransportKind::Refused };
+        assert_eq!(refused.reason(), "connection refused");
+        let tls = HttpError::Transport { service: "webhook", route: "/webhook", kind: TransportKind::Tls };
+        assert_eq!(tls.reason(), "TLS handshake failed");
+        let empty = HttpError::Status {
+            service: "webhook",
+            route: "/webhook",
+            status: StatusCode::BAD_GATEWAY,
+            body: bytes::Bytes::new(),
+            retry_after: None,
+        };
+        assert_eq!(empty.reason(), "502 Bad Gateway");
     }
 }

@@ -1,5 +1,6 @@
 //! The inbound HTTP server (axum): signed webhooks from GHL and Lusha, health, readiness,
-//! Prometheus metrics, the status page (and `/status.json`) and the admin-only contact view.
+//! Prometheus metrics, the status page (and `/status.json`), the admin-only contact view and
+//! `POST /admin/sync` (sync now).
 //!
 //! Handlers never call GHL inline: webhooks record a hint durably, answer 2xx and wake the
 //! scheduler (`ServerState::wake`). Every route runs under a request timeout
@@ -15,6 +16,7 @@
 //! tracker.spawn(server::purge_inbox_periodically(store.clone(), dedupe_for, stop.clone()));
 //! ```
 
+mod admin;
 mod ghl_webhook;
 mod health;
 mod lucky_orange;
@@ -45,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ServerSettings};
 use crate::store::Store;
 
+pub use admin::{SyncNowAnswer, request_sync_now};
 pub use ghl_webhook::{INBOX_PURGE_INTERVAL, purge_inbox_periodically, purge_webhook_inbox};
 pub use health::{check_health, local_url};
 
@@ -80,6 +83,8 @@ pub struct ServerState {
     ghl_rsa_keys: Arc<[Vec<u8>]>,
     /// The Lucky Orange bridge (`/lo/*`), when configured.
     lucky_orange: Option<Arc<lucky_orange::Bridge>>,
+    /// `POST /admin/sync` starts passes through this (empty: no scheduler runs).
+    sync_now: crate::sync::scheduler::SyncNow,
 }
 
 impl std::fmt::Debug for ServerState {
@@ -122,7 +127,14 @@ impl ServerState {
             metrics,
             ghl_keys: ghl_keys.into(),
             ghl_rsa_keys: ghl_rsa_keys.into(),
+            sync_now: crate::sync::scheduler::SyncNow::default(),
         }
+    }
+
+    /// Lets `POST /admin/sync` wake the running scheduler.
+    pub fn with_sync_now(mut self, sync_now: crate::sync::scheduler::SyncNow) -> Self {
+        self.sync_now = sync_now;
+        self
     }
 
     /// Uses `ready` instead of fresh flags (when the app created them first).
@@ -181,6 +193,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/admin/sync", post(admin::sync_now))
         .route("/webhooks/ghl", post(ghl_webhook::receive))
         .route("/webhooks/lusha", post(lusha_webhook::receive))
         .route(
@@ -218,6 +231,7 @@ fn route_label(path: &str) -> &'static str {
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
+        "/admin/sync" => "/admin/sync",
         "/webhooks/ghl" => "/webhooks/ghl",
         "/webhooks/lusha" => "/webhooks/lusha",
         "/lo/identity" => "/lo/identity",

@@ -270,6 +270,24 @@ fn status_body(status: &Status, problems: &[String], budget: u64) -> String {
     b.push_str("<h2>Deliveries per minute (last hour)</h2>");
     b.push_str(&chart(&buckets));
 
+    if !status.incidents.is_empty() {
+        b.push_str(
+            "<h2>Open incidents</h2><table><tr><th>Since</th><th>Alert</th><th>Condition</th><th>Summary</th></tr>",
+        );
+        for incident in &status.incidents {
+            write!(
+                b,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"bad\">{}</td></tr>",
+                age(now, Some(incident.opened_at)),
+                esc(&incident.alert),
+                esc(&incident.condition_key),
+                esc(&clip(&incident.summary, 300))
+            )
+            .ok();
+        }
+        b.push_str("</table>");
+    }
+
     // Run errors and dead-letter reasons carry ids, never personal data.
     b.push_str("<h2>Recent errors</h2>");
     if status.recent_errors.is_empty() {

@@ -294,12 +294,12 @@ mod tests {
             changed_at: 1,
         };
         enqueue_all(&store, "test", &[(change, Some("first-key"))], EnqueuePolicy::Fold).await.unwrap();
-        let row = due(&store, "webhook.a", i64::MAX, 10).await.unwrap().remove(0).unwrap();
+        let row = due(&store, "webhook.a", i64::MAX, 10, None).await.unwrap().remove(0).unwrap();
         let dead = DeliveryOutcome { row: row.version(), verdict: Verdict::Dead("refused".into()) };
         record_outcomes(&store, &[dead]).await.unwrap();
         let id = delivery_ids(&store, Some("webhook.a")).await.unwrap()[0];
         assert_eq!(retry(&store, id).await.unwrap(), Some(Retried::Requeued));
-        let again = due(&store, "webhook.a", i64::MAX, 10).await.unwrap().remove(0).unwrap();
+        let again = due(&store, "webhook.a", i64::MAX, 10, None).await.unwrap().remove(0).unwrap();
         assert_eq!(
             (again.idempotency_key.as_str(), again.revision, again.operation),
             ("first-key", 1, Operation::Created)

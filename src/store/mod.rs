@@ -42,6 +42,7 @@ pub mod daily;
 pub mod dead_letters;
 pub mod grants;
 pub mod hints;
+pub mod incidents;
 pub mod locations;
 pub mod lucky_orange;
 pub mod lusha;

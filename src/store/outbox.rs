@@ -237,24 +237,62 @@ impl StoredRow {
     }
 }
 
-/// Up to `limit` pending rows of `connector` due at `now`, oldest first.
+/// Up to `limit` pending rows of `connector` due at `now`, oldest first; with `locations`,
+/// only rows of those locations (`sync --once` drains what it synced).
 pub async fn due(
     store: &Store,
     connector: &str,
     now: i64,
     limit: usize,
+    locations: Option<&[String]>,
 ) -> Result<Vec<Result<OutboxRow, UnreadableRow>>, StoreError> {
+    let locations = locations.map(|l| serde_json::Value::from(l.to_vec()).to_string());
     let rows: Vec<StoredRow> = sqlx::query_as(
         "SELECT id, connector, location_id, entity, entity_id, contact_id, operation, record, content_hash, revision, \
          idempotency_key, attempts, changed_at FROM outbox \
-         WHERE connector = ? AND status = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
+         WHERE connector = ?1 AND status = 'pending' AND next_attempt_at <= ?2 \
+         AND (?4 IS NULL OR location_id IN (SELECT value FROM json_each(?4))) ORDER BY id LIMIT ?3",
     )
     .bind(connector)
     .bind(now)
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .bind(locations)
     .fetch_all(store.read_pool())
     .await?;
     Ok(rows.into_iter().map(StoredRow::typed).collect())
+}
+
+/// Rows of one connector still pending after a drain, for `sync --once`'s summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Undelivered {
+    /// All pending rows (waiting for their first attempt, in backoff or parked).
+    pub pending: i64,
+    /// Of those, rows that failed at least once.
+    pub retrying: i64,
+    /// The newest failure reason among them.
+    pub last_error: Option<String>,
+}
+
+/// Pending rows of `connector` in `locations`.
+pub async fn undelivered(store: &Store, connector: &str, locations: &[String]) -> Result<Undelivered, StoreError> {
+    let locations = serde_json::Value::from(locations.to_vec()).to_string();
+    let (pending, retrying): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COALESCE(SUM(attempts > 0), 0) FROM outbox \
+         WHERE connector = ?1 AND status = 'pending' AND location_id IN (SELECT value FROM json_each(?2))",
+    )
+    .bind(connector)
+    .bind(&locations)
+    .fetch_one(store.read_pool())
+    .await?;
+    let last_error: Option<String> = sqlx::query_scalar(
+        "SELECT last_error FROM outbox WHERE connector = ?1 AND status = 'pending' AND last_error IS NOT NULL \
+         AND location_id IN (SELECT value FROM json_each(?2)) ORDER BY updated_at DESC LIMIT 1",
+    )
+    .bind(connector)
+    .bind(&locations)
+    .fetch_optional(store.read_pool())
+    .await?;
+    Ok(Undelivered { pending, retrying, last_error })
 }
 
 /// What happened to one delivered row.
@@ -510,7 +548,7 @@ mod tests {
     }
 
     async fn due_rows(store: &Store) -> Vec<OutboxRow> {
-        due(store, "webhook.a", i64::MAX, 100).await.unwrap().into_iter().map(Result::unwrap).collect()
+        due(store, "webhook.a", i64::MAX, 100, None).await.unwrap().into_iter().map(Result::unwrap).collect()
     }
 
     #[tokio::test]
@@ -572,7 +610,7 @@ mod tests {
         let mut tx = store.begin_write("test").await.unwrap();
         sqlx::query("UPDATE outbox SET entity = 'opportunity'").execute(&mut *tx).await.unwrap();
         tx.commit().await.unwrap();
-        let rows = due(&store, "webhook.a", i64::MAX, 10).await.unwrap();
+        let rows = due(&store, "webhook.a", i64::MAX, 10, None).await.unwrap();
         let Err(unreadable) = &rows[0] else { panic!("{rows:?}") };
         assert_eq!(unreadable.reason, "unknown entity \"opportunity\"");
     }

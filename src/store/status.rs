@@ -38,6 +38,18 @@ pub struct Status {
     pub recent_errors: Vec<RecentError>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lusha: Option<LushaStatus>,
+    /// Open operator-alert incidents (`[[alerts]]`), oldest first.
+    pub incidents: Vec<OpenIncident>,
+}
+
+/// An open operator-alert incident (ids, counts and thresholds; no personal data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct OpenIncident {
+    pub alert: String,
+    /// `kind:subject`, e.g. `dead_letters:webhook.crm`.
+    pub condition_key: String,
+    pub summary: String,
+    pub opened_at: i64,
 }
 
 /// The writer's health, from [`Store::write_health`].
@@ -84,6 +96,8 @@ pub struct LocationStatus {
     pub last_run_at: Option<i64>,
     pub last_run_outcome: Option<String>,
     pub last_error: Option<String>,
+    /// When the latest successful contacts pass finished (the sync lag is measured from it).
+    pub last_ok_at: Option<i64>,
     /// Every cursor of the location (contacts, reconcile, sweep).
     pub streams: Vec<StreamCursor>,
 }
@@ -221,6 +235,11 @@ pub async fn read(store: &Store, configured: &[ConfiguredLocation]) -> Result<St
     let deliveries_per_minute = read_deliveries_per_minute(&mut tx, now).await?;
     let recent_errors = read_recent_errors(&mut tx).await?;
     let lusha = read_lusha(&mut tx, &day).await?;
+    let incidents: Vec<OpenIncident> = sqlx::query_as(
+        "SELECT alert, condition_key, summary, opened_at FROM incidents WHERE resolved_at IS NULL ORDER BY id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
     tx.rollback().await?;
     Ok(Status {
         generated_at: now,
@@ -233,6 +252,7 @@ pub async fn read(store: &Store, configured: &[ConfiguredLocation]) -> Result<St
         deliveries_per_minute,
         recent_errors,
         lusha,
+        incidents,
     })
 }
 
@@ -307,7 +327,14 @@ async fn read_locations(
         .bind(&id)
         .fetch_optional(&mut *conn)
         .await?;
+        let last_ok_at: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(finished_at) FROM runs WHERE location_id = ? AND kind = 'contacts' AND outcome = 'ok'",
+        )
+        .bind(&id)
+        .fetch_one(&mut *conn)
+        .await?;
         out.push(LocationStatus {
+            last_ok_at,
             name,
             status,
             reason,

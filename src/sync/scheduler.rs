@@ -1,5 +1,7 @@
 //! Runs the engine per location on its intervals: concurrent across locations (bounded), a
-//! failing location never stalls another, webhook hints wake a location early.
+//! failing location never stalls another, webhook hints wake a location early, and a
+//! [`SyncNow`] request (SIGUSR1, `POST /admin/sync`, `ghl-sync sync --now`) starts a full pass
+//! at once.
 //!
 //! Freshness never waits on bulk work: a full pass and the bulk runs that continue it (the
 //! children backlog of a first sync, the sweep) stop between small chunks as soon as a webhook
@@ -7,9 +9,9 @@
 //! location with bulk work left runs it whenever nothing else is waiting, one slice per
 //! concurrency permit, so other locations get their turns too.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore};
@@ -44,11 +46,73 @@ impl ScheduleSettings {
     }
 }
 
-/// One location's wake-up: the `Notify` its loop waits on and a flag its bulk work checks.
-#[derive(Default)]
+/// One location's wake-ups: webhook hints (a hint-only pass), sync-now requests (a full
+/// pass), and the flag its bulk work checks between chunks (set by either).
+#[derive(Debug, Default)]
 struct Wake {
     notify: Notify,
-    hinted: AtomicBool,
+    now: Notify,
+    interrupt: AtomicBool,
+}
+
+/// "Sync now" requests for the running scheduler: one full-pass trigger per scheduled
+/// location. Cheap to clone; the scheduler replaces the set each time it starts (start-up and
+/// every config reload), so a request always reaches the loops that are running.
+#[derive(Debug, Clone, Default)]
+pub struct SyncNow {
+    locations: Arc<Mutex<BTreeMap<String, Arc<Wake>>>>,
+}
+
+/// What a [`SyncNow`] request reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Woken {
+    /// These locations start a full pass now (or right after the one in progress).
+    Locations(Vec<String>),
+    /// The named location is not scheduled by this daemon.
+    Unknown,
+}
+
+impl SyncNow {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Wake>>> {
+        self.locations.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn replace(&self, locations: BTreeMap<String, Arc<Wake>>) {
+        *self.lock() = locations;
+    }
+
+    /// Starts a full pass for every scheduled location, or for `only`; bulk work in progress
+    /// stops at its next chunk boundary to make way.
+    pub fn wake(&self, only: Option<&str>) -> Woken {
+        let locations = self.lock();
+        let wake = |wake: &Wake| {
+            wake.interrupt.store(true, Ordering::Release);
+            // Stores a permit when the location is busy: it goes again right after.
+            wake.now.notify_one();
+        };
+        let woken: Vec<String> = match only {
+            Some(id) => match locations.get(id) {
+                Some(own) => {
+                    wake(own);
+                    vec![id.to_owned()]
+                }
+                None => return Woken::Unknown,
+            },
+            None => locations
+                .iter()
+                .map(|(id, own)| {
+                    wake(own);
+                    id.clone()
+                })
+                .collect(),
+        };
+        Woken::Locations(woken)
+    }
+
+    /// The locations the scheduler runs now.
+    pub fn locations(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
 }
 
 /// Spawns one loop per location on `tracker`; they stop when `stop` is cancelled, at a safe
@@ -58,14 +122,17 @@ pub fn spawn(
     locations: Vec<String>,
     settings: ScheduleSettings,
     wake: Arc<Notify>,
+    sync_now: &SyncNow,
     stop: CancellationToken,
     tracker: &TaskTracker,
 ) {
     let permits = Arc::new(Semaphore::new(settings.max_concurrent_locations.max(1)));
     let mut wakes = HashMap::new();
+    let mut nows = BTreeMap::new();
     for location in locations {
         let own = Arc::new(Wake::default());
         wakes.insert(location.clone(), own.clone());
+        nows.insert(location.clone(), own.clone());
         // Every event of this location's runs carries `location.id` through this span; events
         // inside do not repeat it.
         let span = tracing::info_span!("location", location.id = %location);
@@ -74,6 +141,7 @@ pub fn spawn(
                 .instrument(span),
         );
     }
+    sync_now.replace(nows);
     tracker.spawn(route_hints(engine, wakes, wake, stop));
 }
 
@@ -95,7 +163,7 @@ async fn route_hints(
                 for location in locations {
                     if let Some(own) = wakes.get(&location) {
                         // Bulk work in progress stops at its next chunk boundary.
-                        own.hinted.store(true, Ordering::Release);
+                        own.interrupt.store(true, Ordering::Release);
                         // Stores a permit when the location is busy: the hint is never lost.
                         own.notify.notify_one();
                     }
@@ -126,14 +194,19 @@ async fn location_loop(
         // work left by a yielding pass runs when neither is waiting.
         let pass = if again {
             tokio::select! {
+                biased;
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(settings.dirty_debounce) => {},
+                _ = wake.now.notified() => Pass::Full,
+                _ = tokio::time::sleep(settings.dirty_debounce) => Pass::Hints,
             }
-            Pass::Hints
         } else {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
+                _ = wake.now.notified() => {
+                    tracing::info!("Sync now requested for `{location}`: starting a full pass");
+                    Pass::Full
+                },
                 _ = tick.tick() => Pass::Full,
                 _ = wake.notify.notified() => {
                     // Gather hints that arrive together into one run.
@@ -151,15 +224,18 @@ async fn location_loop(
             break;
         }
         match pass {
-            Pass::Full => last_full = Instant::now(),
-            // Hints that arrive from now on interrupt bulk work again.
-            Pass::Hints => wake.hinted.store(false, Ordering::Release),
+            // Hints and requests that arrive from now on interrupt bulk work again.
+            Pass::Full => {
+                last_full = Instant::now();
+                wake.interrupt.store(false, Ordering::Release);
+            }
+            Pass::Hints => wake.interrupt.store(false, Ordering::Release),
             Pass::Bulk => {}
         }
         let interval = settings.contacts_interval;
         let should_yield = {
             let wake = wake.clone();
-            move || wake.hinted.load(Ordering::Acquire) || last_full.elapsed() >= interval
+            move || wake.interrupt.load(Ordering::Acquire) || last_full.elapsed() >= interval
         };
         let outcome = tokio::select! {
             // Cancelling drops the run between awaits: every committed page stays committed,

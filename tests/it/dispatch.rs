@@ -369,7 +369,8 @@ async fn a_rejecting_sink_fills_dead_letters_and_dlq_retry_delivers_them_after_t
     assert_eq!(summary.total().dead, 4);
     let dead = env.dead().await;
     assert_eq!(dead.len(), 4);
-    assert!(dead.iter().all(|(c, _, reason)| c == "webhook.crm" && reason == "the webhook answered 400 Bad Request"));
+    assert!(dead.iter().all(|(c, _, reason)| c == "webhook.crm"
+        && reason == r#"the webhook answered 400 Bad Request: {"error":"Bad Request","ok":false,"status":400}"#));
     assert_eq!(env.sandbox.sink.deliveries(Some("crm")).len(), 4, "a permanent refusal is not retried");
     let listed = dead_letters::list(&env.store, Some("webhook.crm"), 100).await.unwrap();
     assert_eq!(listed.len(), 4);
@@ -420,7 +421,11 @@ async fn retries_are_exhausted_into_dead_letters_after_max_attempts() {
     env.drain(&dispatcher).await;
     let dead = env.dead().await;
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].2, "gave up after 3 attempts (target unavailable)");
+    // The dead letter says why the last attempt failed (the sink's answer, scrubbed and cut).
+    assert_eq!(
+        dead[0].2,
+        r#"gave up after 3 attempts; last: the webhook answered 503 Service Unavailable: {"error":"Service Unavailable","ok":false,"status":503}"#
+    );
     assert_eq!(env.sandbox.sink.deliveries(Some("crm")).len(), 3);
     env.sandbox.stop().await;
 }

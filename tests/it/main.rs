@@ -8,9 +8,11 @@
     reason = "test code: a panic is a failed test, and blocking sleeps poll child processes"
 )]
 
+mod alerts;
 mod auth;
 mod bad_input;
 mod cli;
+mod control;
 mod crash;
 mod daemon;
 mod dispatch;

@@ -43,6 +43,9 @@ pub enum SinkMode {
     Reject(u16),
     /// `429` with `Retry-After: <secs>`.
     RetryAfter(u64),
+    /// Answers this status with this body (e.g. a 422 whose message echoes the e-mail
+    /// address it refused, as real validation errors do).
+    RejectWithBody(u16, &'static str),
 }
 
 /// One recorded delivery attempt, successful or not.
@@ -186,6 +189,10 @@ async fn deliver(State(sink): State<Sink>, Path(name): Path<String>, headers: He
         SinkMode::FailRate(_) => error(StatusCode::INTERNAL_SERVER_ERROR),
         SinkMode::Down => error(StatusCode::SERVICE_UNAVAILABLE),
         SinkMode::Reject(code) => error(StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST)),
+        SinkMode::RejectWithBody(code, body) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
+            (status, (status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+        }
         SinkMode::RetryAfter(secs) => {
             let (status, mut response) = error(StatusCode::TOO_MANY_REQUESTS);
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -460,7 +460,9 @@ impl LuckyOrangeConnector {
         let field = match self.field_id(location, &self.settings.session_field_key).await {
             Ok(Some(id)) => id,
             Ok(None) => return Outcome::Skip("no replay field in this location".into()),
-            Err(error) if error.is_retryable() => return Outcome::Retry(None),
+            Err(error) if error.is_retryable() => {
+                return Outcome::Retry(None, Some(format!("custom fields could not be read: {error}")));
+            }
             Err(error) => return Outcome::Permanent(format!("custom fields could not be read: {error}")),
         };
         let Some(url) = custom_field(&delivery.record, &field).and_then(Value::as_str).map(str::trim) else {
@@ -512,7 +514,9 @@ impl LuckyOrangeConnector {
                 }
                 Outcome::Done
             }
-            Err(error) if error.is_retryable() => Outcome::Retry(None),
+            Err(error) if error.is_retryable() => {
+                Outcome::Retry(None, Some(format!("the replay note failed: {error}")))
+            }
             Err(error) => Outcome::Permanent(format!("replay note: {error}")),
         }
     }

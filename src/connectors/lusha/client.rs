@@ -59,9 +59,11 @@ impl LushaError {
             HttpError::BudgetExhausted { route, .. } => LushaError::Daily { route },
             HttpError::Status { route, status, body, .. } => classify_status(route, status, &body),
             HttpError::Timeout { route, .. } => LushaError::Ambiguous { route, detail: "timeout".into() },
-            HttpError::Transport { route, kind: TransportKind::Connect, .. } => {
-                LushaError::NotSent { route, detail: "could not connect".into() }
-            }
+            HttpError::Transport {
+                route,
+                kind: TransportKind::Connect | TransportKind::Refused | TransportKind::Dns | TransportKind::Tls,
+                ..
+            } => LushaError::NotSent { route, detail: "could not connect".into() },
             HttpError::Transport { route, kind, .. } => LushaError::Ambiguous { route, detail: kind.to_string() },
             HttpError::Decode { route, detail, .. } => LushaError::Ambiguous { route, detail },
             HttpError::Cancelled { route, .. } => LushaError::NotSent { route, detail: "shutdown".into() },

@@ -48,8 +48,8 @@ use self::mapping::{
 };
 use super::{CheckReport, Connector, ConnectorError, Delivery, DeliverySettings, Outcome};
 use crate::domain::{EntityKind, Operation};
+use crate::ghl::GhlError;
 use crate::ghl::write::{CustomFieldValue, NoteWrite, UpdateContact};
-use crate::ghl::{GhlClient, GhlError};
 use crate::http::{HttpError, Priority};
 use crate::store::lusha::{self as books, CacheKey, Cached, NewResult, ResultKind, Spend};
 use crate::store::{Store, StoreError, now_ms};
@@ -522,7 +522,7 @@ impl LushaConnector {
             Err(WriteBackError::Ghl(GhlError::Http(HttpError::Cancelled { .. }))) => Outcome::not_started(),
             Err(error) if error.is_retryable() => {
                 tracing::warn!(connector.id = ID, contact.id = %job.contact_id, error = %error, "Lusha write-back to GHL failed; will retry (from the cache, no Lusha call)");
-                Outcome::Retry(None)
+                Outcome::Retry(None, Some(format!("the write-back to GHL failed: {error}")))
             }
             Err(error) => Outcome::Permanent(format!("write-back to GHL failed: {error}")),
         }
@@ -704,7 +704,7 @@ impl LushaConnector {
                     // A limit, an empty balance or a refused key: wait without spending
                     // attempts (nothing was charged, nothing is lost).
                     (_, Some(wait)) => Outcome::Park(wait),
-                    (_, None) => Outcome::Retry(None),
+                    (_, None) => Outcome::Retry(None, Some(format!("the Lusha call failed: {error}"))),
                 };
                 tracing::warn!(connector.id = ID, error = %error, items = chunk.len(), "Lusha call failed");
                 for job in &chunk {
@@ -745,7 +745,8 @@ impl LushaConnector {
                 Answer::Restricted => (ResultKind::Restricted, None),
                 Answer::Failed(code) => {
                     tracing::warn!(connector.id = ID, contact.id = %job.contact_id, code = %code, "Lusha could not enrich a contact; will retry");
-                    outcomes[job.index] = Some(Outcome::Retry(None));
+                    outcomes[job.index] =
+                        Some(Outcome::Retry(None, Some(format!("Lusha could not enrich the contact ({code})"))));
                     continue;
                 }
             };
@@ -792,7 +793,8 @@ impl LushaConnector {
                 tracing::error!(error = %error, "Lusha: could not cache the results of a call");
                 self.book_spend_alone(credits).await;
                 for (job, _, _) in answered {
-                    outcomes[job.index] = Some(Outcome::Retry(None));
+                    outcomes[job.index] =
+                        Some(Outcome::Retry(None, Some("the Lusha answer could not be cached (store error)".into())));
                 }
             }
         }
@@ -856,7 +858,8 @@ impl Connector for LushaConnector {
                 Ok(ids) => ids,
                 Err(error) => {
                     tracing::warn!(connector.id = ID, error = %error, "Lusha: custom fields of the location could not be read");
-                    outcomes[index] = Some(Outcome::Retry(None));
+                    outcomes[index] =
+                        Some(Outcome::Retry(None, Some("the custom fields of the location could not be read".into())));
                     continue;
                 }
             };
@@ -873,7 +876,8 @@ impl Connector for LushaConnector {
                 Ok(cached) => cached,
                 Err(error) => {
                     tracing::error!(error = %error, "Lusha: cache read failed");
-                    outcomes[index] = Some(Outcome::Retry(None));
+                    outcomes[index] =
+                        Some(Outcome::Retry(None, Some("the Lusha cache could not be read (store error)".into())));
                     continue;
                 }
             };
@@ -910,7 +914,7 @@ impl Connector for LushaConnector {
             };
             outcomes[job.index] = Some(outcome);
         }
-        outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Retry(None))).collect()
+        outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Retry(None, None))).collect()
     }
 }
 

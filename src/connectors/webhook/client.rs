@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
 use crate::connectors::Outcome;
-use crate::http::{ApiClient, ApiRequest, HttpError, Method, StatusCode, is_retryable_status};
+use crate::http::{ApiClient, ApiRequest, HttpError, Method, is_retryable_status};
 
 /// Route template used in logs and metrics (the customer's URL is never logged).
 pub const ROUTE: &str = "/webhook";
@@ -63,34 +63,41 @@ pub async fn send(client: &ApiClient, request: ApiRequest) -> Outcome {
 }
 
 /// 2xx = done; 408/429/5xx (not 501), timeouts and transport errors = retry (honouring
-/// `Retry-After`); other 4xx = permanent.
+/// `Retry-After`); other 4xx = permanent. Each failure carries its reason
+/// ([`HttpError::reason`]: connection refused, timeout, TLS, or the status and a scrubbed
+/// excerpt of the body).
 pub fn classify(result: Result<(), HttpError>) -> Outcome {
     let error = match result {
         Ok(()) => return Outcome::Done,
         Err(error) => error,
     };
+    let reason = format!("the webhook {}", describe(&error));
     match &error {
-        HttpError::Status { status, retry_after, .. } if is_retryable_status(*status) => Outcome::Retry(*retry_after),
-        HttpError::Status { status, .. } => {
-            Outcome::Permanent(format!("the webhook answered {}", status_text(*status)))
+        HttpError::Status { status, retry_after, .. } if is_retryable_status(*status) => {
+            Outcome::Retry(*retry_after, Some(reason))
         }
-        HttpError::RateLimited { retry_after, .. } => Outcome::Retry(*retry_after),
+        HttpError::Status { .. } => Outcome::Permanent(reason),
+        HttpError::RateLimited { retry_after, .. } => Outcome::Retry(*retry_after, Some(reason)),
         HttpError::Timeout { .. }
         | HttpError::Transport { .. }
         | HttpError::Cancelled { .. }
-        | HttpError::BudgetExhausted { .. } => Outcome::Retry(None),
+        | HttpError::BudgetExhausted { .. } => Outcome::Retry(None, Some(reason)),
         HttpError::Decode { .. } | HttpError::Invalid { .. } => Outcome::Permanent(error.to_string()),
     }
 }
 
-fn status_text(status: StatusCode) -> String {
-    format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or(""))
+/// "answered 422 Unprocessable Entity: {…}", "failed: connection refused", …
+fn describe(error: &HttpError) -> String {
+    match error {
+        HttpError::Status { .. } | HttpError::RateLimited { .. } => format!("answered {}", error.reason()),
+        _ => format!("failed: {}", error.reason()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{LimitScope, TransportKind};
+    use crate::http::{LimitScope, StatusCode, TransportKind};
 
     #[test]
     fn signatures_are_hmac_sha256_over_timestamp_dot_body() {
@@ -116,9 +123,12 @@ mod tests {
             })
         };
         assert_eq!(classify(Ok(())), Outcome::Done);
-        assert_eq!(classify(status(500, None)), Outcome::Retry(None));
-        assert_eq!(classify(status(503, Some(7))), Outcome::Retry(Some(Duration::from_secs(7))));
-        assert_eq!(classify(status(408, None)), Outcome::Retry(None));
+        let retry = |after: Option<u64>, reason: &str| {
+            Outcome::Retry(after.map(Duration::from_secs), Some(format!("the webhook {reason}")))
+        };
+        assert_eq!(classify(status(500, None)), retry(None, "answered 500 Internal Server Error"));
+        assert_eq!(classify(status(503, Some(7))), retry(Some(7), "answered 503 Service Unavailable"));
+        assert_eq!(classify(status(408, None)), retry(None, "answered 408 Request Timeout"));
         assert!(
             matches!(classify(status(400, None)), Outcome::Permanent(reason) if reason == "the webhook answered 400 Bad Request")
         );
@@ -130,10 +140,10 @@ mod tests {
             scope: LimitScope::Burst,
             retry_after: Some(Duration::from_secs(3)),
         });
-        assert_eq!(classify(limited), Outcome::Retry(Some(Duration::from_secs(3))));
+        assert_eq!(classify(limited), retry(Some(3), "answered 429 Too Many Requests (retry after 3s)"));
         let timeout = Err(HttpError::Timeout { service: "webhook", route: ROUTE, timeout: Duration::from_secs(1) });
-        assert_eq!(classify(timeout), Outcome::Retry(None));
-        let refused = Err(HttpError::Transport { service: "webhook", route: ROUTE, kind: TransportKind::Connect });
-        assert_eq!(classify(refused), Outcome::Retry(None));
+        assert_eq!(classify(timeout), retry(None, "failed: timed out after 1s"));
+        let refused = Err(HttpError::Transport { service: "webhook", route: ROUTE, kind: TransportKind::Refused });
+        assert_eq!(classify(refused), retry(None, "failed: connection refused"));
     }
 }

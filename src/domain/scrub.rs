@@ -1,0 +1,134 @@
+//! Short, PII-free excerpts of text we did not write (a target's error body): e-mail
+//! addresses, phone numbers and other long digit runs are replaced, whitespace collapsed and
+//! the result capped. Pure; used for delivery failure reasons stored and shown to operators.
+//!
+//! This is a safety net, not a guarantee: a body that echoes a name keeps it. Callers keep
+//! excerpts short for that reason.
+
+/// Replaces e-mail addresses with `[email]` and runs of 6 or more digits (separators
+/// ` -.()+/` allowed between them: phone numbers, account numbers) with `[number]`, collapses
+/// whitespace, and cuts the text at `max_chars` characters (adding `…`).
+pub fn excerpt(body: &[u8], max_chars: usize) -> String {
+    let text = String::from_utf8_lossy(body);
+    let collapsed: Vec<char> = collapse_whitespace(&text).chars().filter(|c| !c.is_control()).collect();
+    let scrubbed = scrub_numbers(&scrub_emails(&collapsed));
+    let count = scrubbed.chars().count();
+    if count <= max_chars {
+        scrubbed
+    } else {
+        let mut cut: String = scrubbed.chars().take(max_chars).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+fn collapse_whitespace(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn is_local(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '.' | '_' | '%' | '+' | '-' | '\'')
+}
+
+fn is_domain(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '.' | '-')
+}
+
+fn scrub_emails(chars: &[char]) -> Vec<char> {
+    let mut out: Vec<char> = Vec::with_capacity(chars.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] == '@' {
+            // The local part is what `out` ends with; the domain follows.
+            let local = out.iter().rev().take_while(|c| is_local(**c)).count();
+            let mut end = i + 1;
+            while end < chars.len() && is_domain(chars[end]) {
+                end += 1;
+            }
+            let domain: String = chars[i + 1..end].iter().collect();
+            let domain = domain.trim_end_matches(['.', '-']);
+            if local > 0 && domain.contains('.') {
+                out.truncate(out.len() - local);
+                out.extend("[email]".chars());
+                i += 1 + domain.chars().count();
+                continue;
+            }
+        }
+        out.push(chars[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Digit runs of at least this many digits are replaced.
+const LONG_DIGITS: usize = 6;
+
+fn scrub_numbers(chars: &[char]) -> String {
+    let mut out = String::with_capacity(chars.len());
+    let mut i = 0;
+    while i < chars.len() {
+        let starts =
+            chars[i].is_ascii_digit() || (chars[i] == '+' && chars.get(i + 1).is_some_and(char::is_ascii_digit));
+        if starts {
+            // Extend over digits and separators; the span ends at its last digit.
+            let mut j = i;
+            let mut digits = 0;
+            let mut last_digit = i;
+            while j < chars.len()
+                && (chars[j].is_ascii_digit() || matches!(chars[j], ' ' | '-' | '.' | '(' | ')' | '+' | '/'))
+            {
+                if chars[j].is_ascii_digit() {
+                    digits += 1;
+                    last_digit = j;
+                }
+                j += 1;
+            }
+            if digits >= LONG_DIGITS {
+                out.push_str("[number]");
+                i = last_digit + 1;
+                continue;
+            }
+            // A short number: keep it (status codes, counts) up to its last digit.
+            out.extend(&chars[i..=last_digit]);
+            i = last_digit + 1;
+            continue;
+        }
+        out.push(chars[i]);
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_phones_and_long_numbers_are_replaced() {
+        let body =
+            br#"{"error":"Invalid email: Ada.Lovelace+crm@example.co.uk", "phone": "+1 (555) 123-4567", "code": 422}"#;
+        let got = excerpt(body, 500);
+        assert_eq!(got, r#"{"error":"Invalid email: [email]", "phone": "[number]", "code": 422}"#);
+    }
+
+    #[test]
+    fn short_numbers_and_plain_at_signs_stay() {
+        assert_eq!(excerpt(b"field 12 @ line 3: bad", 100), "field 12 @ line 3: bad");
+        assert_eq!(excerpt(b"user@localhost", 100), "user@localhost");
+        assert_eq!(excerpt(b"account 4111111111111111 declined", 100), "account [number] declined");
+    }
+
+    #[test]
+    fn whitespace_is_collapsed_and_long_text_is_cut() {
+        assert_eq!(excerpt(b"  a\n\n b\t c  ", 100), "a b c");
+        let long = "x".repeat(500);
+        let got = excerpt(long.as_bytes(), 200);
+        assert_eq!(got.chars().count(), 201);
+        assert!(got.ends_with('…'));
+    }
+
+    #[test]
+    fn invalid_utf8_does_not_panic() {
+        assert_eq!(excerpt(&[0xff, b'o', b'k'], 10), "\u{fffd}ok");
+    }
+}
