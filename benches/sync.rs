@@ -21,7 +21,7 @@
 //! - `fresh`: the full daemon on a new location of `SYNC_BENCH_FRESH_CONTACTS` (default 2,000)
 //!   contacts with tasks and notes at the scaled rate (100 per `SYNC_BENCH_WINDOW_MS`): while
 //!   its children backfill runs, `SYNC_BENCH_FRESH_EDITS` (default 10) contacts are edited one
-//!   at a time (the fake emits its webhook); change → delivery latency p50/p99 and GHL requests
+//!   second apart (the fake emits its webhook); change → delivery latency p50/p99 and GHL requests
 //!   per contact for the whole backfill, with `[sync] bulk_yields = false` (each pass finishes
 //!   first, the behaviour before issue 22) and `true` (the default) in the same run.
 
@@ -492,22 +492,29 @@ async fn fresh_mode(contacts: usize, edits: usize, window: Duration, bulk_yields
     }
     let contacts_first = ghl_sync::store::snapshot::contact_count(&store, &location).await.unwrap();
     sandbox.ghl.set_webhook_url(Some(format!("http://{addr}/webhooks/ghl").parse().unwrap()));
-    // Edits spread over the backfill's first part (each waits for its delivery).
+    // Edits one second apart during the backfill, each timed until its delivery.
+    let mut pending: Vec<(String, Instant)> = Vec::with_capacity(edits);
     let mut latencies = Vec::with_capacity(edits);
-    for i in 0..edits {
-        let id = &ids[(i * 7919) % ids.len()];
-        let marker = format!("fresh{i}x{}", fastrand::u32(..));
-        let edited = Instant::now();
-        assert!(sandbox.ghl.update_contact(id, serde_json::json!({ "lastName": marker })));
-        loop {
-            if sandbox.sink.accepted(Some("bench")).iter().rev().take(200).any(|d| d.body.contains(&marker)) {
-                break;
-            }
-            assert!(edited.elapsed() < Duration::from_secs(1800), "edit {i} was not delivered");
-            tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut next_edit = Instant::now();
+    while latencies.len() < edits {
+        if pending.len() + latencies.len() < edits && Instant::now() >= next_edit {
+            let i = pending.len() + latencies.len();
+            let id = &ids[(i * 7919) % ids.len()];
+            let marker = format!("fresh{i}x{}", fastrand::u32(..));
+            assert!(sandbox.ghl.update_contact(id, serde_json::json!({ "lastName": marker })));
+            pending.push((marker, Instant::now()));
+            next_edit = Instant::now() + Duration::from_secs(1);
         }
-        latencies.push(edited.elapsed());
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        let accepted = sandbox.sink.accepted(Some("bench"));
+        pending.retain(|(marker, edited)| {
+            let arrived = accepted.iter().rev().take(500).any(|d| d.body.contains(marker.as_str()));
+            if arrived {
+                latencies.push(edited.elapsed());
+            }
+            !arrived
+        });
+        assert!(started.elapsed() < Duration::from_secs(3600), "edits were not delivered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     latencies.sort();
     let none_due = std::collections::HashSet::new();
@@ -525,7 +532,7 @@ async fn fresh_mode(contacts: usize, edits: usize, window: Duration, bulk_yields
     daemon.await.unwrap().unwrap();
     sandbox.stop().await;
     println!(
-        "fresh (bulk_yields = {bulk_yields}): {contacts} contacts, {contacts_first} stored before the first child read;          {edits} edits during the children backfill: change -> delivery p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms;          backfill {:.1} s, {requests} GHL requests = {:.4} per contact",
+        "fresh (bulk_yields = {bulk_yields}): {contacts} contacts, {contacts_first} stored before the first child read; {edits} edits during the children backfill: change -> delivery p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; backfill {:.1} s, {requests} GHL requests = {:.4} per contact",
         ms(percentile(&latencies, 0.50)),
         ms(percentile(&latencies, 0.99)),
         ms(latencies.last().copied().unwrap_or_default()),
