@@ -368,6 +368,7 @@ impl App {
             config.settings.ghl = self.config.settings.ghl.clone();
             config.settings.log = self.config.settings.log.clone();
             config.settings.alerts = self.config.settings.alerts.clone();
+            config.settings.connectors.lucky_orange = self.config.settings.connectors.lucky_orange.clone();
             config.secrets = self.config.secrets.clone();
         }
         Some(config)
@@ -404,6 +405,12 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if format!("{:?}", a.alerts) != format!("{:?}", b.alerts) {
         changed.push("alerts");
+    }
+    // The HTTP side of the bridge (`/lo/*`: keys, traits, origins, events) is built with the
+    // listener: the connector's side must not change alone (tokens minted with a key the
+    // identity endpoint does not know yet, traits it still answers).
+    if format!("{:?}", a.connectors.lucky_orange) != format!("{:?}", b.connectors.lucky_orange) {
+        changed.push("connectors.lucky_orange");
     }
     changed
 }

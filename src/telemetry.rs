@@ -22,7 +22,10 @@ pub fn subscriber<W>(settings: &LogSettings, writer: W) -> Box<dyn Subscriber + 
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let builder = tracing_subscriber::fmt().with_env_filter(filter(settings)).with_writer(writer);
+    // Colours only on a terminal: journald, Docker logs and files get plain text (`NO_COLOR`
+    // turns them off everywhere).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter(settings)).with_writer(writer).with_ansi(ansi);
     match settings.format {
         LogFormat::Json => Box::new(builder.json().flatten_event(true).with_current_span(true).finish()),
         LogFormat::Pretty => {

@@ -2,14 +2,22 @@
 //! addresses, phone numbers and other long digit runs are replaced, whitespace collapsed and
 //! the result capped. Pure; used for delivery failure reasons stored and shown to operators.
 //!
-//! This is a safety net, not a guarantee: a body that echoes a name keeps it. Callers keep
-//! excerpts short for that reason.
+//! A JSON body keeps its shape and its message-like fields (`error`, `message`, `detail`, …);
+//! every other string value becomes `…`, so a target that echoes the record it refused
+//! (`{"error":"duplicate","firstName":"Ada"}`) shows `{"error":"duplicate","firstName":"…"}`.
+//! For other bodies this is a safety net, not a guarantee: plain text that echoes a name keeps
+//! it. Callers keep excerpts short for that reason.
 
 /// Replaces e-mail addresses with `[email]` and runs of 6 or more digits (separators
 /// ` -.()+/` allowed between them: phone numbers, account numbers) with `[number]`, collapses
 /// whitespace, and cuts the text at `max_chars` characters (adding `…`).
 pub fn excerpt(body: &[u8], max_chars: usize) -> String {
-    let text = String::from_utf8_lossy(body);
+    let text = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(value @ (serde_json::Value::Object(_) | serde_json::Value::Array(_))) => {
+            std::borrow::Cow::Owned(redact_json(value, false).to_string())
+        }
+        _ => String::from_utf8_lossy(body),
+    };
     let collapsed: Vec<char> = collapse_whitespace(&text).chars().filter(|c| !c.is_control()).collect();
     let scrubbed = scrub_numbers(&scrub_emails(&collapsed));
     let count = scrubbed.chars().count();
@@ -19,6 +27,42 @@ pub fn excerpt(body: &[u8], max_chars: usize) -> String {
         let mut cut: String = scrubbed.chars().take(max_chars).collect();
         cut.push('…');
         cut
+    }
+}
+
+/// Object keys whose string values say what went wrong (kept, then scrubbed like text).
+const MESSAGE_KEYS: &[&str] = &[
+    "error",
+    "errors",
+    "message",
+    "messages",
+    "detail",
+    "details",
+    "title",
+    "reason",
+    "code",
+    "type",
+    "status",
+    "description",
+];
+
+/// Keeps the shape, numbers, booleans and the strings under message-like keys; every other
+/// string becomes `…`.
+fn redact_json(value: serde_json::Value, keep_strings: bool) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(text) if keep_strings => Value::String(text),
+        Value::String(_) => Value::String("…".to_owned()),
+        Value::Array(items) => Value::Array(items.into_iter().map(|item| redact_json(item, keep_strings)).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(key, value)| {
+                    let keep = MESSAGE_KEYS.contains(&key.to_ascii_lowercase().as_str());
+                    (key, redact_json(value, keep))
+                })
+                .collect(),
+        ),
+        other => other,
     }
 }
 
@@ -108,7 +152,20 @@ mod tests {
         let body =
             br#"{"error":"Invalid email: Ada.Lovelace+crm@example.co.uk", "phone": "+1 (555) 123-4567", "code": 422}"#;
         let got = excerpt(body, 500);
-        assert_eq!(got, r#"{"error":"Invalid email: [email]", "phone": "[number]", "code": 422}"#);
+        assert!(got.contains(r#""error":"Invalid email: [email]""#), "{got}");
+        assert!(got.contains(r#""phone":"…""#) && got.contains(r#""code":422"#), "{got}");
+        // The same in plain text.
+        let text = b"Invalid email: Ada.Lovelace+crm@example.co.uk, phone +1 (555) 123-4567";
+        assert_eq!(excerpt(text, 500), "Invalid email: [email], phone [number]");
+    }
+
+    #[test]
+    fn a_json_body_that_echoes_the_record_keeps_only_its_messages() {
+        let body = br#"{"error":"duplicate","record":{"firstName":"Ada","lastName":"Lovelace","tags":["vip"]},"errors":[{"field":"name","message":"taken"}]}"#;
+        let got = excerpt(body, 500);
+        assert!(!got.contains("Ada") && !got.contains("Lovelace") && !got.contains("vip"), "{got}");
+        assert!(got.contains(r#""error":"duplicate""#) && got.contains(r#""message":"taken""#), "{got}");
+        assert!(got.contains(r#""firstName":"…""#), "{got}");
     }
 
     #[test]

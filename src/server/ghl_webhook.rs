@@ -366,8 +366,18 @@ pub async fn purge_inbox_periodically(store: Store, dedupe_for: Duration, stop: 
             Ok(removed) => tracing::debug!(removed, "Purged old webhook ids"),
             Err(error) => tracing::warn!(error = %error, "Failed to purge old webhook ids"),
         }
+        // Lucky Orange site reports (visits, identifications) older than the insights need.
+        let cutoff = crate::store::now_ms() - LO_EVENTS_KEPT.as_millis() as i64;
+        match crate::store::lucky_orange::purge_events(&store, cutoff).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(removed, "Purged old Lucky Orange site reports"),
+            Err(error) => tracing::warn!(error = %error, "Failed to purge old Lucky Orange site reports"),
+        }
     }
 }
+
+/// How long Lucky Orange site reports are kept (the insights page looks back 30 days).
+const LO_EVENTS_KEPT: Duration = Duration::from_secs(90 * 24 * 3600);
 
 #[cfg(test)]
 mod tests {

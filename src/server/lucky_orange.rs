@@ -35,6 +35,9 @@ pub const MAX_BODY: usize = 1024;
 /// The site snippet served at `/lo/snippet.js`.
 pub const SNIPPET: &str = include_str!("../../assets/lo-snippet.js");
 
+/// Client addresses the rate limiter remembers before it drops the idle ones.
+const LIMITER_KEYS: usize = 10_000;
+
 /// What the `/lo/*` handlers share (built once from the config).
 pub struct Bridge {
     settings: LuckyOrangeSettings,
@@ -144,6 +147,19 @@ fn client_ip(request_headers: &HeaderMap, peer: Option<SocketAddr>, trust_forwar
     peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.ip())
 }
 
+/// The rate limiter's key: the IPv4 address, or the IPv6 /64 (one subscriber's network, which
+/// hands its devices any address inside it).
+fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let mut segments = v6.segments();
+            segments[4..].fill(0);
+            IpAddr::V6(std::net::Ipv6Addr::from(segments))
+        }
+    }
+}
+
 /// The common gate: the bridge is on, the origin allowed, the IP under its limit.
 #[allow(clippy::result_large_err, reason = "the error is the finished response")]
 fn gate<'a>(
@@ -160,7 +176,13 @@ fn gate<'a>(
         return Err(empty(Outcome::Origin, None));
     };
     let ip = client_ip(headers, peer, bridge.settings.trust_forwarded_for);
-    if bridge.limiter.check_key(&ip).is_err() {
+    // The limiter keeps a cell per address it has seen: forget idle ones before they pile up
+    // (the routes face the internet; an IPv6 client can rotate addresses).
+    if bridge.limiter.len() > LIMITER_KEYS {
+        bridge.limiter.retain_recent();
+        bridge.limiter.shrink_to_fit();
+    }
+    if bridge.limiter.check_key(&limit_key(ip)).is_err() {
         note(route, Outcome::Limited, None);
         return Err(empty(Outcome::Limited, origin.as_ref()));
     }
@@ -647,6 +669,17 @@ mod tests {
         assert!(response.headers().get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
         assert_eq!(response.headers()[header::VARY], "Origin");
         assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+    }
+
+    #[test]
+    fn ipv6_clients_are_limited_per_slash_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(limit_key(a), limit_key(b));
+        assert_ne!(limit_key(a), limit_key(other));
+        let v4: IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(limit_key(v4), v4);
     }
 
     #[test]

@@ -361,9 +361,25 @@ impl LuckyOrangeConnector {
                         tracing::warn!(error = %error, "Lucky Orange: a report could not be marked applied");
                     }
                 }
-                Err(error) => {
+                Err(error) if error.is_retryable() => {
                     tracing::warn!(contact.id = %event.contact_id, error = %error, "Lucky Orange: a site report could not be applied; trying again later");
                     report.failed += 1;
+                }
+                Err(error) => {
+                    // A refusal retrying cannot fix (the contact is gone, GHL rejects the
+                    // value): set aside, so it never blocks the reports behind it or spends
+                    // the GHL budget again.
+                    tracing::warn!(contact.id = %event.contact_id, error = %error, "Lucky Orange: GHL refused a site report; set aside");
+                    report.failed += 1;
+                    let reason = match &error {
+                        ConnectorError::Http(http) => {
+                            http.status().map_or_else(|| "refused".to_owned(), |s| format!("refused ({s})"))
+                        }
+                        _ => "refused".to_owned(),
+                    };
+                    if let Err(error) = lo_store::finish_event(store, event.id, "failed", Some(&reason)).await {
+                        tracing::warn!(error = %error, "Lucky Orange: a refused report could not be set aside");
+                    }
                 }
             }
         }

@@ -166,6 +166,13 @@ pub struct Engine {
     progress: Option<Arc<dyn Progress>>,
 }
 
+/// Whether a bulk run may sweep (full passes only: one sweep quota per pass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sweep {
+    Yes,
+    No,
+}
+
 /// Which work a run does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pass {
@@ -249,7 +256,7 @@ impl Engine {
         let result = match pass {
             Pass::Full => self.full_pass(location, options, &mut summary, should_yield).await,
             Pass::Hints => self.process_hints(location, options, &mut summary).await,
-            Pass::Bulk => self.bulk_pass(location, options, &mut summary, should_yield).await,
+            Pass::Bulk => self.bulk_pass(location, options, &mut summary, should_yield, Sweep::No).await,
         };
         self.finish_run(&mut summary, result.as_ref().err()).await?;
         if let Err(error) = &result
@@ -322,25 +329,31 @@ impl Engine {
     ) -> Result<(), SyncError> {
         self.process_hints(location, options, summary).await?;
         self.stream_contacts(location, options, summary).await?;
-        self.bulk_pass(location, options, summary, should_yield).await
+        self.bulk_pass(location, options, summary, should_yield, Sweep::Yes).await
     }
 
-    /// The children of every contact marked due, then (backlog done) the budgeted sweep; with
-    /// `should_yield`, both stop between chunks when incremental work is waiting.
+    /// The children of every contact marked due, then (backlog done, full passes only) the
+    /// budgeted sweep; with `should_yield`, both stop between chunks when incremental work is
+    /// waiting. The sweep's quota is per full pass: a resumed bulk run never sweeps, so slices
+    /// interrupted by hints cannot add up to more than the sweep's budget share (what was not
+    /// swept stays the stalest, first in the next pass's sweep).
     async fn bulk_pass(
         &self,
         location: &str,
         options: RunOptions,
         summary: &mut RunSummary,
         should_yield: Option<YieldCheck<'_>>,
+        sweep: Sweep,
     ) -> Result<(), SyncError> {
         if self.sync_due_children(location, options, summary, should_yield).await? == children::Backlog::Left {
             summary.bulk_remaining = true;
             return Ok(());
         }
-        if !options.skip_sweep
+        if sweep == Sweep::Yes
+            && !options.skip_sweep
             && self.sweep_children(location, options, summary, should_yield).await? == children::Backlog::Left
         {
+            // Reconciliation (bulk too) waits for the resumed run, after the waiting work.
             summary.bulk_remaining = true;
         }
         Ok(())
