@@ -113,3 +113,72 @@ pub fn missing_in(
     }
     missing
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::connectors::custom_field_uses;
+
+    fn settings() -> Settings {
+        let mut settings = Settings::default();
+        let hook: crate::config::WebhookConnectorSettings = toml::from_str(
+            "url = \"https://crm.example/hook\"\n\
+             fields = [{ from = \"customFields.f1\", to = \"score\" }, { template = \"{firstName} {contact.customFields.region}\", to = \"t\" }]\n\
+             message = \"{@event} {customFields.contact.lusha_id}\"",
+        )
+        .unwrap();
+        settings.connectors.webhook.insert("crm".into(), hook);
+        let mut lusha = crate::config::LushaSettings { enabled: true, ..Default::default() };
+        lusha.locations = vec!["loc-a".into()];
+        lusha.fields.job_title = Some("contact.job_title".into());
+        lusha.fields.city = Some("city".into());
+        settings.connectors.lusha = Some(lusha);
+        settings
+    }
+
+    fn field(id: &str, key: &str) -> crate::ghl::write::CustomField {
+        serde_json::from_value(serde_json::json!({"id": id, "fieldKey": key})).unwrap()
+    }
+
+    #[test]
+    fn uses_come_from_mappings_templates_and_connector_fields_but_not_standard_fields() {
+        let uses = custom_field_uses(&settings());
+        let listed: Vec<(&str, &str)> = uses.iter().map(|u| (u.field.as_str(), u.connector.as_str())).collect();
+        assert_eq!(
+            listed,
+            [
+                ("contact.job_title", "lusha"),
+                ("contact.lusha_enriched_at", "lusha"),
+                ("contact.lusha_id", "lusha"),
+                ("contact.lusha_id", "webhook.crm"),
+                ("f1", "webhook.crm"),
+                ("region", "webhook.crm"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_used_field_is_missing_unless_its_id_or_key_exists_and_unused_fields_never_matter() {
+        let uses = custom_field_uses(&settings());
+        let fields = [
+            field("f1", "contact.score"),
+            field("f2", "contact.lusha_id"),
+            field("f3", "contact.region"),
+            field("f4", "contact.unused"),
+        ];
+        let missing = missing_in("loc-a", &uses, &fields);
+        let listed: Vec<(&str, Vec<String>)> =
+            missing.iter().map(|m| (m.field.as_str(), m.connectors.clone())).collect();
+        assert_eq!(
+            listed,
+            [("contact.job_title", vec!["lusha".to_owned()]), ("contact.lusha_enriched_at", vec!["lusha".to_owned()])]
+        );
+        // Lusha is limited to loc-a: elsewhere only the webhook's fields count.
+        assert!(missing_in("loc-b", &uses, &fields).is_empty());
+        let missing = missing_in("loc-b", &uses, &[]);
+        assert_eq!(missing.iter().map(|m| m.field.as_str()).collect::<Vec<_>>(), ["contact.lusha_id", "f1", "region"]);
+        assert_eq!(missing[0].connectors, ["webhook.crm"]);
+        assert!(missing.iter().all(|m| m.location == "loc-b"));
+    }
+}
