@@ -63,9 +63,10 @@ impl FieldWatch {
         self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The used fields missing in `locations` now: reads the locations that are due first.
-    pub(crate) async fn missing(&self, locations: &[String]) -> Vec<MissingField> {
-        for location in locations {
+    /// The used fields missing in the `report` locations as last read; reads the `read`
+    /// locations that are due first.
+    pub(crate) async fn missing(&self, read: &[String], report: &[String]) -> Vec<MissingField> {
+        for location in read {
             if !self.uses.iter().any(|u| u.applies_to(location)) {
                 continue;
             }
@@ -87,7 +88,7 @@ impl FieldWatch {
             seen.insert(location.clone(), Seen { read_at: Instant::now(), missing });
         }
         let seen = self.seen();
-        locations.iter().filter_map(|l| seen.get(l).and_then(|s| s.missing.clone())).flatten().collect()
+        report.iter().filter_map(|l| seen.get(l).and_then(|s| s.missing.clone())).flatten().collect()
     }
 }
 

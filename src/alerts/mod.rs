@@ -305,13 +305,14 @@ impl Alerter {
         let status = crate::store::status::read(&self.store, &[]).await.context("Failed to read the status")?;
         let missing_fields = match &self.fields {
             Some(watch) => {
-                let syncing: Vec<String> = status
-                    .locations
-                    .iter()
-                    .filter(|l| matches!(l.status.as_str(), "active" | "configured"))
-                    .map(|l| l.id.clone())
-                    .collect();
-                watch.missing(&syncing).await
+                // Read only where syncing; a location waiting for re-authorisation keeps what
+                // was last read (no "resolved" just because it cannot be read now).
+                let ids = |keep: fn(&str) -> bool| -> Vec<String> {
+                    status.locations.iter().filter(|l| keep(&l.status)).map(|l| l.id.clone()).collect()
+                };
+                let syncing = ids(|s| matches!(s, "active" | "configured"));
+                let kept = ids(|s| !matches!(s, "disabled" | "uninstalled"));
+                watch.missing(&syncing, &kept).await
             }
             None => Vec::new(),
         };
