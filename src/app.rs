@@ -234,7 +234,7 @@ impl App {
             stop.clone(),
         ));
         self.tracker.spawn(crate::server::notify::run_watchdog(stop.clone()));
-        match crate::alerts::Alerter::new(&self.config, self.store.clone(), self.calls.clone()) {
+        match crate::alerts::Alerter::new(&self.config, self.store.clone(), &self.ghl, self.calls.clone()) {
             Ok(Some(alerter)) => {
                 tracing::info!(targets = self.config.settings.alerts.len(), "Operator alerts on");
                 self.tracker.spawn(alerter.run(self.circuits.clone(), stop.clone()));

@@ -54,6 +54,9 @@ pub struct AlertSettings {
     pub lusha_credits_percent: u8,
     /// A location's last successful pass finished longer ago than this (0s: off).
     pub sync_lag: Dur,
+    /// A GHL custom field a connector's mapping or write-back uses is missing in a location
+    /// (each location's fields are read at most once an hour).
+    pub custom_fields: bool,
 }
 
 impl Default for AlertSettings {
@@ -70,6 +73,7 @@ impl Default for AlertSettings {
             ghl_budget_percent: 90,
             lusha_credits_percent: 90,
             sync_lag: Dur::secs(3600),
+            custom_fields: true,
         }
     }
 }

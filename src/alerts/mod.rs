@@ -17,10 +17,13 @@
 //! re-authorisation or was uninstalled; a connector's circuit is open; a connector's dead
 //! letters reached a threshold; a location's GHL requests today reached a share of
 //! `limits.ghl_daily_budget`; Lusha credits today reached a share of its daily cap; a
-//! location's last successful pass is older than a threshold. Not covered: GHL custom fields
-//! used by a mapping that were added or removed.
+//! location's last successful pass is older than a threshold; a GHL custom field that a
+//! connector's mapping or write-back uses does not exist in a location (removed, or never
+//! created; it resolves when the field exists again: see [`fields`] for how cheaply that is
+//! read). Not covered: custom fields no mapping uses (added or removed, they never alert).
 
 mod config;
+pub mod fields;
 
 use std::time::Duration;
 
@@ -30,9 +33,11 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{AlertFormat, AlertSettings};
+pub use fields::{FIELD_CHECK_EVERY, MissingField};
 
 use crate::config::Config;
 use crate::dispatch::OpenCircuits;
+use crate::ghl::GhlClient;
 use crate::http::{ApiClient, ApiRequest, ClientSettings, HeaderScheme, Method, RetryPolicy};
 use crate::store::Store;
 use crate::store::incidents::{self, ActiveCondition, Incident, Transition};
@@ -70,6 +75,7 @@ pub fn conditions(
     alert: &AlertSettings,
     open_circuits: &[String],
     budgets: Budgets,
+    missing_fields: &[MissingField],
 ) -> Vec<ActiveCondition> {
     let mut active = Vec::new();
     let mut add = |key: String, summary: String| active.push(ActiveCondition { key, summary });
@@ -150,6 +156,19 @@ pub fn conditions(
             }
         }
     }
+    if alert.custom_fields {
+        for missing in missing_fields {
+            let (location, field) = (&missing.location, &missing.field);
+            add(
+                format!("custom_field:{location}:{field}"),
+                format!(
+                    "Custom field `{field}` used by {} does not exist in location {location} (removed or never \
+                     created); it is neither read nor written there until a field with that key exists again",
+                    missing.connectors.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+    }
     let percent = i64::from(alert.lusha_credits_percent);
     if let (Some(cap), Some(lusha)) = (budgets.lusha_daily_credit_cap, &status.lusha)
         && percent > 0
@@ -218,6 +237,8 @@ pub struct Alerter {
     targets: Vec<Target>,
     budgets: Budgets,
     client: ApiClient,
+    /// `None` without GHL custom fields in the config or with the condition off everywhere.
+    fields: Option<fields::FieldWatch>,
 }
 
 impl std::fmt::Debug for Alerter {
@@ -228,8 +249,14 @@ impl std::fmt::Debug for Alerter {
 }
 
 impl Alerter {
-    /// The alerter of `config`, or `None` without `[[alerts]]`.
-    pub fn new(config: &Config, store: Store, cancel: CancellationToken) -> anyhow::Result<Option<Self>> {
+    /// The alerter of `config`, or `None` without `[[alerts]]`. `ghl` reads the custom fields
+    /// of locations (see [`fields`]).
+    pub fn new(
+        config: &Config,
+        store: Store,
+        ghl: &GhlClient,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<Option<Self>> {
         let targets: Vec<Target> = config
             .settings
             .alerts
@@ -255,16 +282,43 @@ impl Alerter {
             None,
             cancel,
         )?;
-        Ok(Some(Self { store, targets, budgets: Budgets::from_config(config), client }))
+        let fields = if targets.iter().any(|t| t.settings.custom_fields) {
+            fields::FieldWatch::new(ghl.clone(), crate::connectors::custom_field_uses(&config.settings))
+        } else {
+            None
+        };
+        Ok(Some(Self { store, targets, budgets: Budgets::from_config(config), client, fields }))
+    }
+
+    /// Reads each location's custom fields at most this often instead of
+    /// [`FIELD_CHECK_EVERY`] (tests).
+    pub fn with_field_check_every(mut self, every: Duration) -> Self {
+        if let Some(fields) = self.fields.as_mut() {
+            fields.set_every(every);
+        }
+        self
     }
 
     /// One evaluation: reads the status, opens and resolves incidents per target, sends what
     /// is unsent. Errors of one target do not stop the others.
     pub async fn evaluate(&self, open_circuits: &[String]) -> anyhow::Result<AlertReport> {
         let status = crate::store::status::read(&self.store, &[]).await.context("Failed to read the status")?;
+        let missing_fields = match &self.fields {
+            Some(watch) => {
+                // Read only where syncing; a location waiting for re-authorisation keeps what
+                // was last read (no "resolved" just because it cannot be read now).
+                let ids = |keep: fn(&str) -> bool| -> Vec<String> {
+                    status.locations.iter().filter(|l| keep(&l.status)).map(|l| l.id.clone()).collect()
+                };
+                let syncing = ids(|s| matches!(s, "active" | "configured"));
+                let kept = ids(|s| !matches!(s, "disabled" | "uninstalled"));
+                watch.missing(&syncing, &kept).await
+            }
+            None => Vec::new(),
+        };
         let mut report = AlertReport::default();
         for target in &self.targets {
-            let active = conditions(&status, &target.settings, open_circuits, self.budgets);
+            let active = conditions(&status, &target.settings, open_circuits, self.budgets, &missing_fields);
             let changed = incidents::reconcile(&self.store, &target.name, &active).await?;
             report.opened += changed.opened;
             report.resolved += changed.resolved;
@@ -380,7 +434,7 @@ mod tests {
         let alert = AlertSettings { dead_letters: 3, sync_lag: crate::config::Dur::secs(600), ..Default::default() };
         let budgets = Budgets { ghl_daily_budget: 1000, lusha_daily_credit_cap: None };
         let calm = status(vec![location("a", "active", 899, Some(10_000_000 - 60_000))], 2);
-        assert!(conditions(&calm, &alert, &[], budgets).is_empty());
+        assert!(conditions(&calm, &alert, &[], budgets, &[]).is_empty());
 
         let bad = status(
             vec![
@@ -390,7 +444,12 @@ mod tests {
             ],
             3,
         );
-        let active = conditions(&bad, &alert, &["webhook.crm".to_owned()], budgets);
+        let missing = [MissingField {
+            location: "a".into(),
+            field: "contact.lusha_id".into(),
+            connectors: vec!["lusha".into(), "webhook.crm".into()],
+        }];
+        let active = conditions(&bad, &alert, &["webhook.crm".to_owned()], budgets, &missing);
         assert_eq!(
             keys(&active),
             [
@@ -399,8 +458,14 @@ mod tests {
                 "reauth:b",
                 "uninstalled:c",
                 "circuit_open:webhook.crm",
-                "dead_letters:webhook.crm"
+                "dead_letters:webhook.crm",
+                "custom_field:a:contact.lusha_id"
             ]
+        );
+        assert!(
+            active[6].summary.contains("`contact.lusha_id` used by `lusha`, `webhook.crm`"),
+            "{}",
+            active[6].summary
         );
         for condition in &active {
             assert!(!condition.summary.contains("Personal Name"), "{}", condition.summary);
@@ -412,9 +477,10 @@ mod tests {
             dead_letters: 0,
             ghl_budget_percent: 0,
             sync_lag: crate::config::Dur::secs(0),
+            custom_fields: false,
             ..Default::default()
         };
-        assert!(conditions(&bad, &off, &["webhook.crm".to_owned()], budgets).is_empty());
+        assert!(conditions(&bad, &off, &["webhook.crm".to_owned()], budgets, &missing).is_empty());
     }
 
     #[test]

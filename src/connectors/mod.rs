@@ -266,6 +266,93 @@ pub fn bookkeeping_field_keys(settings: &crate::config::Settings) -> Vec<String>
     keys
 }
 
+/// A GHL custom field the config depends on: a connector's mapping reads it, or the
+/// connector writes it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomFieldUse {
+    /// The connector id (`webhook.crm`, `lusha`, `lucky_orange`).
+    pub connector: String,
+    /// As the config writes it: a field key (`contact.lusha_id`, or `lusha_id` in a mapping)
+    /// or, in a mapping, a field id.
+    pub field: String,
+    /// The locations it matters in (the connector's `locations`); empty: every location.
+    pub locations: Vec<String>,
+}
+
+impl CustomFieldUse {
+    /// Whether a field definition (`id`, `fieldKey`) is this one: the id, or the key with or
+    /// without the `contact.` prefix (as mappings match values).
+    pub fn matches(&self, id: &str, field_key: Option<&str>) -> bool {
+        let bare = |k: &str| k.strip_prefix("contact.").unwrap_or(k).to_owned();
+        id == self.field || field_key.is_some_and(|key| key == self.field || bare(key) == bare(&self.field))
+    }
+
+    pub fn applies_to(&self, location: &str) -> bool {
+        self.locations.is_empty() || self.locations.iter().any(|l| l == location)
+    }
+}
+
+/// Every custom field enabled connectors depend on: webhook mappings and templates
+/// (`customFields.<id or key>`, `contact.customFields.…`), Lusha's targets and bookkeeping
+/// fields and its LinkedIn field, the Lucky Orange bridge's token, session and visit fields.
+/// Sorted and deduplicated.
+pub fn custom_field_uses(settings: &crate::config::Settings) -> Vec<CustomFieldUse> {
+    let mut uses = Vec::new();
+    let mut add = |connector: &str, field: &str, locations: &[String]| {
+        let field = field.trim();
+        if !field.is_empty() {
+            uses.push(CustomFieldUse {
+                connector: connector.to_owned(),
+                field: field.to_owned(),
+                locations: locations.to_vec(),
+            });
+        }
+    };
+    for (name, webhook) in settings.connectors.webhook.iter().filter(|(_, w)| w.enabled) {
+        let connector = format!("webhook.{name}");
+        let mut paths: Vec<String> = Vec::new();
+        for field in &webhook.fields {
+            paths.extend(field.from.clone());
+            paths.extend(field.template.iter().flat_map(|t| template_fields(t)));
+        }
+        paths.extend(webhook.message.iter().flat_map(|t| template_fields(t)));
+        for path in paths {
+            let path = path.strip_prefix("contact.").unwrap_or(&path);
+            if let Some(field) = path.strip_prefix("customFields.") {
+                add(&connector, field, &webhook.locations);
+            }
+        }
+    }
+    if let Some(lusha) = settings.connectors.lusha.as_ref().filter(|l| l.enabled) {
+        let targets = lusha.fields.mapped().into_iter().map(|(_, target)| target.to_owned());
+        let keys = lusha.bookkeeping_field_keys().into_iter().chain(targets).chain(lusha.linkedin_field.clone());
+        // Targets without the prefix are standard contact fields (`email`, `city`).
+        for key in keys.filter(|k| k.starts_with("contact.")) {
+            add(lusha::ID, &key, &lusha.locations);
+        }
+    }
+    if let Some(lucky_orange) = settings.connectors.lucky_orange.as_ref().filter(|l| l.enabled) {
+        let keys = lucky_orange.bookkeeping_field_keys().into_iter().chain([lucky_orange.session_field_key.clone()]);
+        for key in keys {
+            add(lucky_orange::CONNECTOR_ID, &key, &[]);
+        }
+    }
+    uses.sort_by(|a, b| (&a.field, &a.connector).cmp(&(&b.field, &b.connector)));
+    uses.dedup();
+    uses
+}
+
+fn template_fields(template: &str) -> Vec<String> {
+    mapping::parse_template(template)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|piece| match piece {
+            mapping::Piece::Field(path) => Some(path),
+            mapping::Piece::Text(_) => None,
+        })
+        .collect()
+}
+
 /// The ids of [`bookkeeping_field_keys`] in every active location (custom fields are keyed by
 /// id in records): the sync engine's `ignored_custom_fields`. Locations whose fields cannot be
 /// read are skipped (logged): their bookkeeping fields then count as changes.

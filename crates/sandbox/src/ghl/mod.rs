@@ -572,6 +572,36 @@ impl FakeGhl {
             .unwrap_or_default()
     }
 
+    /// Deletes a location's custom field definition by its `fieldKey` (`contact.lusha_id`), as
+    /// deleting it in GHL's settings does (values on contacts stay as they were). False if the
+    /// location or the field is missing.
+    pub fn delete_custom_field(&self, location_id: &str, field_key: &str) -> bool {
+        let mut s = self.lock();
+        let Some(loc) = s.loc_of(location_id) else {
+            return false;
+        };
+        let Some(l) = s.locs.get_mut(usize::from(loc)) else {
+            return false;
+        };
+        let before = l.custom_fields.len();
+        l.custom_fields.retain(|(_, _, key, _)| &**key != field_key);
+        l.custom_fields.len() != before
+    }
+
+    /// Creates a TEXT custom field with a new id (as GHL's settings do); returns the id, or
+    /// `None` if the location is unknown or the key is taken.
+    pub fn create_custom_field(&self, location_id: &str, name: &str, field_key: &str) -> Option<String> {
+        let mut s = self.lock();
+        let loc = s.loc_of(location_id)?;
+        let id = Cid::random(&mut s.rng);
+        let l = s.locs.get_mut(usize::from(loc))?;
+        if l.custom_fields.iter().any(|(_, _, key, _)| &**key == field_key) {
+            return None;
+        }
+        l.custom_fields.push((Arc::from(id.as_str()), Arc::from(name), Arc::from(field_key), "TEXT"));
+        Some(id.as_str().to_owned())
+    }
+
     /// Links a contact to a business (`Some`) or unlinks it (`None`), as
     /// `POST /contacts/bulk/business` does: bumps `dateUpdated` and fires `ContactUpdate`
     /// (nothing when unchanged). False if the contact is missing.

@@ -88,6 +88,9 @@ pub(crate) fn parse_ms(value: &Value) -> Option<i64> {
     }
 }
 
+/// A custom field definition: `(id, name, fieldKey, dataType)`.
+pub(crate) type CustomFieldDef = (Arc<str>, Arc<str>, Arc<str>, &'static str);
+
 /// A seeded location.
 #[derive(Debug, Clone)]
 pub(crate) struct Loc {
@@ -96,7 +99,7 @@ pub(crate) struct Loc {
     pub(crate) pit: String,
     pub(crate) users: Vec<(Arc<str>, &'static str, &'static str)>,
     pub(crate) businesses: Vec<(Arc<str>, String)>,
-    pub(crate) custom_fields: Vec<(Arc<str>, &'static str, &'static str, &'static str)>,
+    pub(crate) custom_fields: Vec<CustomFieldDef>,
     pub(crate) calendars: Vec<Calendar>,
 }
 

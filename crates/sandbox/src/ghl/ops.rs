@@ -154,7 +154,7 @@ impl State {
                             let id = id.or_else(|| {
                                 let key = key?;
                                 self.locs.get(usize::from(loc))?.custom_fields.iter().find_map(|(id, _, fk, _)| {
-                                    (*fk == key || fk.strip_prefix("contact.") == Some(key)).then(|| id.to_string())
+                                    (&**fk == key || fk.strip_prefix("contact.") == Some(key)).then(|| id.to_string())
                                 })
                             });
                             let id = id.ok_or_else(|| "customFields.id should not be empty".to_owned())?;

@@ -775,7 +775,7 @@ async fn custom_fields(
             .iter()
             .enumerate()
             .map(|(i, (id, name, key, kind))| {
-                json!({"id": &**id, "name": name, "fieldKey": key, "dataType": kind,
+                json!({"id": &**id, "name": &**name, "fieldKey": &**key, "dataType": kind,
                        "placeholder": "", "position": i * 50, "picklistOptions": [],
                        "model": "contact", "locationId": l.id.as_str(), "documentType": "field",
                        "parentId": null, "isAllowedCustomOption": false, "standard": false})

@@ -327,7 +327,7 @@ impl State {
             // the ids drawn from `rng` stay as they were.
             let mut lo_rng = fastrand::Rng::with_seed(opts.seed ^ 0x0010_0F1E ^ ((i as u64) << 24));
             let mut lo_field = |name: &'static str, key: &'static str| {
-                (Arc::from(Cid::random(&mut lo_rng).as_str()), name, key, "TEXT")
+                (Arc::from(Cid::random(&mut lo_rng).as_str()), Arc::from(name), Arc::from(key), "TEXT")
             };
             let lo_fields = [
                 lo_field("LO Token", "contact.lo_token"),
@@ -337,12 +337,22 @@ impl State {
                 lo_field("LO Last Page", "contact.lo_last_page"),
             ];
             let mut custom_fields = vec![
-                (Arc::from(Cid::random(&mut rng).as_str()), "Lusha ID", "contact.lusha_id", "TEXT"),
-                (Arc::from(Cid::random(&mut rng).as_str()), "Lusha Enriched At", "contact.lusha_enriched_at", "TEXT"),
                 (
                     Arc::from(Cid::random(&mut rng).as_str()),
-                    "Lucky Orange Recording",
-                    "contact.lucky_orange_recording",
+                    Arc::from("Lusha ID"),
+                    Arc::from("contact.lusha_id"),
+                    "TEXT",
+                ),
+                (
+                    Arc::from(Cid::random(&mut rng).as_str()),
+                    Arc::from("Lusha Enriched At"),
+                    Arc::from("contact.lusha_enriched_at"),
+                    "TEXT",
+                ),
+                (
+                    Arc::from(Cid::random(&mut rng).as_str()),
+                    Arc::from("Lucky Orange Recording"),
+                    Arc::from("contact.lucky_orange_recording"),
                     "LARGE_TEXT",
                 ),
             ];
