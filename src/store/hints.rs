@@ -213,21 +213,12 @@ pub(super) async fn first_delivery(
 /// Deletes `webhook_inbox` rows (every source) received before `cutoff_ms`, in chunks (one
 /// short transaction each). Returns how many were removed.
 pub async fn purge_inbox(store: &Store, cutoff_ms: i64) -> Result<u64, StoreError> {
-    let mut removed = 0;
-    loop {
-        let mut tx = store.begin_write("inbox_purge").await?;
-        let done = sqlx::query(
-            "DELETE FROM webhook_inbox WHERE (source, event_id) IN \
-             (SELECT source, event_id FROM webhook_inbox WHERE received_at < ? LIMIT 2000)",
-        )
-        .bind(cutoff_ms)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        removed += done;
-        if done < 2000 {
-            return Ok(removed);
-        }
-    }
+    super::delete_in_chunks(
+        store,
+        "inbox_purge",
+        "DELETE FROM webhook_inbox WHERE (source, event_id) IN \
+         (SELECT source, event_id FROM webhook_inbox WHERE received_at < ? LIMIT ?)",
+        cutoff_ms,
+    )
+    .await
 }

@@ -192,23 +192,14 @@ pub async fn pending_events(store: &Store, limit: u32) -> Result<Vec<StoredEvent
 /// Deletes applied or set-aside site reports that occurred before `cutoff_ms`, in short
 /// chunks (pending ones stay until applied).
 pub async fn purge_events(store: &Store, cutoff_ms: i64) -> Result<u64, StoreError> {
-    let mut removed = 0;
-    loop {
-        let mut tx = store.begin_write("lo_events_purge").await?;
-        let done = sqlx::query(
-            "DELETE FROM lo_events WHERE id IN \
-             (SELECT id FROM lo_events WHERE occurred_at < ? AND status != 'pending' LIMIT 2000)",
-        )
-        .bind(cutoff_ms)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        removed += done;
-        if done < 2000 {
-            return Ok(removed);
-        }
-    }
+    super::delete_in_chunks(
+        store,
+        "lo_events_purge",
+        "DELETE FROM lo_events WHERE id IN \
+         (SELECT id FROM lo_events WHERE occurred_at < ? AND status != 'pending' LIMIT ?)",
+        cutoff_ms,
+    )
+    .await
 }
 
 /// Marks a row applied (`done`) or deliberately not (`skipped`), with what was done.

@@ -507,6 +507,30 @@ pub fn now_ms() -> i64 {
     i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Rows a chunked delete removes per transaction.
+const DELETE_CHUNK: i64 = 2000;
+
+/// Runs `sql` (a `DELETE … WHERE key IN (SELECT key … WHERE … < ? … LIMIT ?)`, binding
+/// `cutoff` then the chunk size) in short transactions until a chunk removes fewer rows than
+/// its size, so purging a large table never holds the writer long. Returns the rows removed.
+pub(crate) async fn delete_in_chunks(
+    store: &Store,
+    purpose: &'static str,
+    sql: &'static str,
+    cutoff: i64,
+) -> Result<u64, StoreError> {
+    let mut removed = 0;
+    loop {
+        let mut tx = store.begin_write(purpose).await?;
+        let done = sqlx::query(sql).bind(cutoff).bind(DELETE_CHUNK).execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        removed += done;
+        if done < DELETE_CHUNK as u64 {
+            return Ok(removed);
+        }
+    }
+}
+
 /// A fresh, migrated store in a temporary directory (unit tests of the store modules).
 #[cfg(test)]
 pub(crate) async fn temp_store() -> (tempfile::TempDir, Store) {

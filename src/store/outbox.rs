@@ -406,28 +406,16 @@ pub(super) async fn newer_delivered(
     Ok(found.is_some())
 }
 
-/// Rows deleted per prune transaction, so housekeeping never holds the writer for long.
-const PRUNE_CHUNK: i64 = 2_000;
-
 /// Deletes delivered rows last touched before `before`, in short transactions. Returns how many.
 pub async fn prune(store: &Store, before: i64) -> Result<u64, StoreError> {
-    let mut pruned = 0;
-    loop {
-        let mut tx = store.begin_write("outbox_prune").await?;
-        let done = sqlx::query(
-            "DELETE FROM outbox WHERE id IN \
-             (SELECT id FROM outbox WHERE status = 'done' AND updated_at < ? ORDER BY id LIMIT ?)",
-        )
-        .bind(before)
-        .bind(PRUNE_CHUNK)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        pruned += done.rows_affected();
-        if done.rows_affected() < PRUNE_CHUNK as u64 {
-            return Ok(pruned);
-        }
-    }
+    super::delete_in_chunks(
+        store,
+        "outbox_prune",
+        "DELETE FROM outbox WHERE id IN \
+         (SELECT id FROM outbox WHERE status = 'done' AND updated_at < ? ORDER BY id LIMIT ?)",
+        before,
+    )
+    .await
 }
 
 /// The pending queue of one connector.
