@@ -513,7 +513,7 @@ const DELETE_CHUNK: i64 = 2000;
 /// Runs `sql` (a `DELETE … WHERE key IN (SELECT key … WHERE … < ? … LIMIT ?)`, binding
 /// `cutoff` then the chunk size) in short transactions until a chunk removes fewer rows than
 /// its size, so purging a large table never holds the writer long. Returns the rows removed.
-pub(crate) async fn delete_in_chunks(
+async fn delete_in_chunks(
     store: &Store,
     purpose: &'static str,
     sql: &'static str,
