@@ -16,23 +16,6 @@ use ghl_sync_sandbox::sink::{Delivery, SinkMode};
 
 use crate::helpers::{fast_ghl, signal, spawn, start_sandbox, wait_with_limit, write_config};
 
-/// Every (entity, id) the sandbox holds: contacts, tasks and notes of every location.
-pub(crate) fn expected_records(sandbox: &Sandbox) -> BTreeSet<(String, String)> {
-    let mut expected = BTreeSet::new();
-    for location in sandbox.ghl.locations() {
-        for contact in sandbox.ghl.contact_ids(&location.id) {
-            for task in sandbox.ghl.tasks(&contact) {
-                expected.insert(("task".to_owned(), task["id"].as_str().unwrap().to_owned()));
-            }
-            for note in sandbox.ghl.notes(&contact) {
-                expected.insert(("note".to_owned(), note["id"].as_str().unwrap().to_owned()));
-            }
-            expected.insert(("contact".to_owned(), contact));
-        }
-    }
-    expected
-}
-
 /// A `run` config for a child aimed at the sandbox: PIT locations, fast limits, no HTTP
 /// server, one webhook connector `test` with `webhook` extra lines, `extra` appended.
 pub(crate) fn run_config(sandbox: &Sandbox, dir: &Path, webhook: &str, extra: &str) -> String {
@@ -97,7 +80,7 @@ async fn outbox_status(db: &Path) -> BTreeMap<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_a_slow_target_starts_nothing_new_records_in_flight_outcomes_and_never_resends() {
     let sandbox = start_sandbox(fast_ghl(40)).await;
-    let expected = expected_records(&sandbox);
+    let expected = crate::reliability::expected(&sandbox);
     assert!(expected.len() > 120, "enough records for several batches: {}", expected.len());
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ghl-sync.db");
@@ -202,7 +185,7 @@ async fn seeded_sigkills_of_the_running_daemon_then_a_clean_run_deliver_every_ch
 
     // The clean run: everything arrives, then a graceful stop.
     sandbox.sink.set_mode("test", SinkMode::Ok);
-    let expected = expected_records(&sandbox);
+    let expected = crate::reliability::expected(&sandbox);
     let child = spawn(&["run", "--config", &path], &[]);
     let latest_arrived = |deliveries: &[Delivery]| {
         changed.values().all(|marker| deliveries.iter().any(|d| d.accepted() && d.body.contains(marker.as_str())))

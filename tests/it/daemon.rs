@@ -16,9 +16,7 @@ async fn a_signed_ghl_webhook_gets_the_change_delivered_within_a_second() {
     let sandbox = start_sandbox(fast_ghl(30)).await;
     let dir = tempfile::tempdir().unwrap();
     let mut settings = settings_for(&sandbox, dir.path());
-    settings.server.enabled = true;
-    settings.server.listen = "127.0.0.1:0".parse().unwrap();
-    settings.ghl.webhooks.public_keys = vec![sandbox.ghl.webhook_public_key()];
+    crate::helpers::listen_for_webhooks(&mut settings, &sandbox);
     // Polling alone would take a minute: only the webhook can make this fast.
     settings.sync.contacts_interval = Dur::secs(60);
     settings.sync.dirty_debounce = Dur::millis(50);

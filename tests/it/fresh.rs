@@ -2,7 +2,6 @@
 //! rest of a location's children backfill, and a new location's contacts reach connectors
 //! before its children are read. Counted in requests and in the order of events, not timed.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ghl_sync::app::App;
@@ -42,9 +41,7 @@ async fn a_webhook_hint_is_served_before_the_rest_of_the_children_backfill() {
     let mut settings = settings_for(&sandbox, dir.path());
     settings.limits.ghl_burst_max = 40;
     settings.limits.ghl_burst_window = Dur::secs(1);
-    settings.server.enabled = true;
-    settings.server.listen = "127.0.0.1:0".parse().unwrap();
-    settings.ghl.webhooks.public_keys = vec![sandbox.ghl.webhook_public_key()];
+    crate::helpers::listen_for_webhooks(&mut settings, &sandbox);
     settings.sync.contacts_interval = Dur::secs(3600);
     let app = App::build(config(settings)).await.unwrap();
     let addr = app.server_addr().unwrap();
@@ -89,29 +86,14 @@ async fn a_webhook_hint_is_served_before_the_rest_of_the_children_backfill() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(finished, "the children backlog did not finish after the hint");
-    let mut per_child: BTreeMap<String, usize> = BTreeMap::new();
-    let rows: Vec<(String, String, String)> =
-        sqlx::query_as("SELECT entity, entity_id, operation FROM outbox WHERE entity IN ('task', 'note')")
-            .fetch_all(store.read_pool())
-            .await
-            .unwrap();
-    for (entity, id, _) in rows {
-        *per_child.entry(format!("{entity}:{id}")).or_default() += 1;
+    let is_child = |(entity, _): &&(String, String)| entity != "contact";
+    let outbox = crate::reliability::outbox(&store).await;
+    let expected: Vec<_> = crate::reliability::expected(&sandbox).into_iter().collect();
+    let expected_children: Vec<_> = expected.iter().filter(is_child).collect();
+    for child in &expected_children {
+        assert_eq!(outbox.get(*child).map(Vec::len), Some(1), "{child:?}");
     }
-    let mut expected_children = 0;
-    for contact in &contacts {
-        for task in sandbox.ghl.tasks(contact) {
-            expected_children += 1;
-            let id = task["id"].as_str().unwrap();
-            assert_eq!(per_child.get(&format!("task:{id}")), Some(&1), "task {id}");
-        }
-        for note in sandbox.ghl.notes(contact) {
-            expected_children += 1;
-            let id = note["id"].as_str().unwrap();
-            assert_eq!(per_child.get(&format!("note:{id}")), Some(&1), "note {id}");
-        }
-    }
-    assert_eq!(per_child.len(), expected_children);
+    assert_eq!(outbox.keys().filter(is_child).count(), expected_children.len());
     stop.cancel();
     daemon.await.unwrap().unwrap();
     sandbox.stop().await;

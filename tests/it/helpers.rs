@@ -220,6 +220,14 @@ pub fn settings_for(sandbox: &Sandbox, dir: &Path) -> Settings {
     settings
 }
 
+/// Turns on the daemon's listener on a free port of 127.0.0.1, accepting the sandbox's signed
+/// GHL webhooks (`App::server_addr` says where; point the sandbox there to have them sent).
+pub fn listen_for_webhooks(settings: &mut Settings, sandbox: &Sandbox) {
+    settings.server.enabled = true;
+    settings.server.listen = "127.0.0.1:0".parse().unwrap();
+    settings.ghl.webhooks.public_keys = vec![sandbox.ghl.webhook_public_key()];
+}
+
 /// A validated config from settings.
 pub fn config(settings: Settings) -> Config {
     Config::from_settings(settings).unwrap()

@@ -121,9 +121,7 @@ async fn a_webhook_for_one_contact_costs_that_contacts_reads_and_no_search() {
     let sandbox = start_sandbox(fast_ghl(30)).await;
     let dir = tempfile::tempdir().unwrap();
     let mut settings = settings_for(&sandbox, dir.path());
-    settings.server.enabled = true;
-    settings.server.listen = "127.0.0.1:0".parse().unwrap();
-    settings.ghl.webhooks.public_keys = vec![sandbox.ghl.webhook_public_key()];
+    crate::helpers::listen_for_webhooks(&mut settings, &sandbox);
     settings.sync.contacts_interval = Dur::secs(3600);
     settings.sync.dirty_debounce = Dur::millis(50);
     let app = App::build(config(settings)).await.unwrap();
@@ -183,9 +181,7 @@ async fn five_hundred_webhooks_during_a_twenty_thousand_contact_backfill_are_all
     let sandbox = start_sandbox(ghl).await;
     let dir = tempfile::tempdir().unwrap();
     let mut settings = settings_for(&sandbox, dir.path());
-    settings.server.enabled = true;
-    settings.server.listen = "127.0.0.1:0".parse().unwrap();
-    settings.ghl.webhooks.public_keys = vec![sandbox.ghl.webhook_public_key()];
+    crate::helpers::listen_for_webhooks(&mut settings, &sandbox);
     settings.sync.contacts_interval = Dur::secs(3600);
     let app = App::build(config(settings)).await.unwrap();
     let addr = app.server_addr().unwrap();

@@ -34,7 +34,7 @@ pub(crate) fn expected(sandbox: &Sandbox) -> BTreeSet<(String, String)> {
 }
 
 /// Outbox rows of `webhook.test`: (entity, id) → operations, in row order.
-async fn outbox(store: &Store) -> BTreeMap<(String, String), Vec<String>> {
+pub(crate) async fn outbox(store: &Store) -> BTreeMap<(String, String), Vec<String>> {
     let rows: Vec<(String, String, String)> =
         sqlx::query_as("SELECT entity, entity_id, operation FROM outbox WHERE connector = 'webhook.test' ORDER BY id")
             .fetch_all(store.read_pool())
