@@ -96,6 +96,22 @@ fn settings_for(sandbox: &Sandbox, dir: &Path) -> Settings {
     settings
 }
 
+/// Settings for the full daemon at the scaled rate: the daemon's default limits with the
+/// window scaled like the fake's, the watermark up to now, the listener on a free port, and
+/// (`webhooks`) the fake's signed webhooks accepted.
+fn live_settings(sandbox: &Sandbox, dir: &Path, window: Duration, webhooks: bool) -> Settings {
+    let mut settings = settings_for(sandbox, dir);
+    settings.limits = Default::default();
+    settings.limits.ghl_burst_window = Dur::millis(window.as_millis() as u64);
+    settings.sync.index_lag_margin = Dur::secs(0);
+    settings.server.enabled = true;
+    settings.server.listen = "127.0.0.1:0".parse().unwrap();
+    if webhooks {
+        settings.ghl.webhooks.public_keys = vec![sandbox.ghl.webhook_public_key()];
+    }
+    settings
+}
+
 fn config(settings: Settings) -> Config {
     Config::from_settings(settings).unwrap()
 }
@@ -409,16 +425,8 @@ async fn latency(hinted: usize, polled: usize, poll: Duration, window: Duration)
     let dir = tempfile::tempdir().unwrap();
     let ids = sandbox.ghl.contact_ids(&sandbox.ghl.locations()[0].id);
     let build = |interval: Duration, webhooks: bool| {
-        let mut settings = settings_for(&sandbox, dir.path());
-        settings.limits = Default::default();
-        settings.limits.ghl_burst_window = Dur::millis(window.as_millis() as u64);
+        let mut settings = live_settings(&sandbox, dir.path(), window, webhooks);
         settings.sync.contacts_interval = Dur::millis(interval.as_millis() as u64);
-        settings.sync.index_lag_margin = Dur::secs(0);
-        settings.server.enabled = true;
-        settings.server.listen = "127.0.0.1:0".parse().unwrap();
-        if webhooks {
-            settings.ghl.webhooks.public_keys = vec![sandbox.ghl.webhook_public_key()];
-        }
         config(settings)
     };
 
@@ -464,15 +472,9 @@ async fn fresh_mode(contacts: usize, edits: usize, window: Duration, bulk_yields
     };
     let sandbox = start(ghl).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = settings_for(&sandbox, dir.path());
-    settings.limits = Default::default();
-    settings.limits.ghl_burst_window = Dur::millis(window.as_millis() as u64);
+    let mut settings = live_settings(&sandbox, dir.path(), window, true);
     settings.limits.ghl_daily_budget = 100_000_000;
-    settings.sync.index_lag_margin = Dur::secs(0);
     settings.sync.bulk_yields = bulk_yields;
-    settings.server.enabled = true;
-    settings.server.listen = "127.0.0.1:0".parse().unwrap();
-    settings.ghl.webhooks.public_keys = vec![sandbox.ghl.webhook_public_key()];
     let app = App::build(config(settings)).await.unwrap();
     let addr = app.server_addr().unwrap();
     let store = app.store.clone();
