@@ -35,7 +35,7 @@ pub const MAX_BODY: usize = 1024;
 /// The site snippet served at `/lo/snippet.js`.
 pub const SNIPPET: &str = include_str!("../../assets/lo-snippet.js");
 
-/// Client addresses the rate limiter remembers before it drops the idle ones.
+/// Client addresses the rate limiter remembers before it first drops the idle ones.
 const LIMITER_KEYS: usize = 10_000;
 
 /// What the `/lo/*` handlers share (built once from the config).
@@ -43,6 +43,9 @@ pub struct Bridge {
     settings: LuckyOrangeSettings,
     keys: TokenKeys,
     limiter: DefaultKeyedRateLimiter<IpAddr>,
+    /// Size at which the limiter is next cleaned: twice what a cleaning kept (at least
+    /// [`LIMITER_KEYS`]), so many active clients cost one scan per doubling, not per request.
+    clean_at: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -58,7 +61,8 @@ impl Bridge {
         let keys = lo::token_keys(config)?;
         let per_minute = NonZeroU32::new(settings.rate_limit_per_minute).unwrap_or(NonZeroU32::MIN);
         let limiter = RateLimiter::keyed(Quota::per_minute(per_minute));
-        Some(Arc::new(Self { settings, keys, limiter }))
+        let clean_at = std::sync::atomic::AtomicUsize::new(LIMITER_KEYS);
+        Some(Arc::new(Self { settings, keys, limiter, clean_at }))
     }
 }
 
@@ -178,9 +182,11 @@ fn gate<'a>(
     let ip = client_ip(headers, peer, bridge.settings.trust_forwarded_for);
     // The limiter keeps a cell per address it has seen: forget idle ones before they pile up
     // (the routes face the internet; an IPv6 client can rotate addresses).
-    if bridge.limiter.len() > LIMITER_KEYS {
+    if bridge.limiter.len() > bridge.clean_at.load(std::sync::atomic::Ordering::Relaxed) {
         bridge.limiter.retain_recent();
         bridge.limiter.shrink_to_fit();
+        let next = (bridge.limiter.len() * 2).max(LIMITER_KEYS);
+        bridge.clean_at.store(next, std::sync::atomic::Ordering::Relaxed);
     }
     if bridge.limiter.check_key(&limit_key(ip)).is_err() {
         note(route, Outcome::Limited, None);
