@@ -223,20 +223,15 @@ async fn location_loop(
         if stop.is_cancelled() {
             break;
         }
-        match pass {
+        if pass != Pass::Bulk {
             // Hints and requests that arrive from now on interrupt bulk work again.
-            Pass::Full => {
-                last_full = Instant::now();
-                wake.interrupt.store(false, Ordering::Release);
-            }
-            Pass::Hints => wake.interrupt.store(false, Ordering::Release),
-            Pass::Bulk => {}
+            wake.interrupt.store(false, Ordering::Release);
+        }
+        if pass == Pass::Full {
+            last_full = Instant::now();
         }
         let interval = settings.contacts_interval;
-        let should_yield = {
-            let wake = wake.clone();
-            move || wake.interrupt.load(Ordering::Acquire) || last_full.elapsed() >= interval
-        };
+        let should_yield = || wake.interrupt.load(Ordering::Acquire) || last_full.elapsed() >= interval;
         let outcome = tokio::select! {
             // Cancelling drops the run between awaits: every committed page stays committed,
             // the page in flight is rolled back and read again next time.
