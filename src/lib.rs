@@ -13,6 +13,7 @@ pub mod domain;
 pub mod export;
 pub mod ghl;
 pub mod http;
+pub mod rules;
 pub mod server;
 pub mod shutdown;
 pub mod store;

@@ -51,7 +51,9 @@ impl Delivery {
     pub fn contact_record(&self) -> Option<&Value> {
         match self.entity {
             EntityKind::Contact => Some(&self.record),
-            EntityKind::Task | EntityKind::Note => self.contact.as_ref(),
+            EntityKind::Task | EntityKind::Note | EntityKind::Appointment | EntityKind::Event | EntityKind::Action => {
+                self.contact.as_ref()
+            }
         }
     }
 

@@ -22,6 +22,9 @@ pub const EVENT_TYPES: &[&str] = &[
     "note.created",
     "note.updated",
     "note.deleted",
+    "appointment.created",
+    "appointment.updated",
+    "appointment.deleted",
 ];
 
 /// What kind of GHL record a change is about.
@@ -31,6 +34,12 @@ pub enum EntityKind {
     Contact,
     Task,
     Note,
+    /// A contact's appointment (`GET /contacts/:contactId/appointments`), a child like tasks and notes.
+    Appointment,
+    /// A rule trigger event (outbox rows of the `rules` connector, `crate::rules`).
+    Event,
+    /// A rule's action (outbox rows of a `rule.<name>` connector, `crate::rules`).
+    Action,
 }
 
 impl EntityKind {
@@ -39,6 +48,9 @@ impl EntityKind {
             EntityKind::Contact => "contact",
             EntityKind::Task => "task",
             EntityKind::Note => "note",
+            EntityKind::Appointment => "appointment",
+            EntityKind::Event => "event",
+            EntityKind::Action => "action",
         }
     }
 
@@ -47,6 +59,9 @@ impl EntityKind {
             "contact" => Some(EntityKind::Contact),
             "task" => Some(EntityKind::Task),
             "note" => Some(EntityKind::Note),
+            "appointment" => Some(EntityKind::Appointment),
+            "event" => Some(EntityKind::Event),
+            "action" => Some(EntityKind::Action),
             _ => None,
         }
     }

@@ -100,6 +100,11 @@ fn default_message(delivery: &Delivery) -> String {
                 format!("Note {label} (contact {contact}): {body}")
             }
         }
+        EntityKind::Appointment => {
+            let title = field("title").unwrap_or_else(|| "(untitled)".to_owned());
+            format!("Appointment {verb}: {title} (contact {contact})")
+        }
+        EntityKind::Event | EntityKind::Action => format!("{} {verb} (contact {contact})", delivery.entity),
     }
 }
 
