@@ -5,6 +5,7 @@ pub mod check;
 pub mod dlq;
 pub mod export;
 pub mod replay;
+pub mod rules;
 pub mod status;
 pub mod sync;
 
@@ -109,6 +110,8 @@ pub enum Command {
         #[arg(long)]
         show_data: bool,
     },
+    /// Rules: list them, test which fire for an event or a stored contact, print the catalog.
+    Rules(crate::cli::rules::RulesArgs),
     /// Export one location's contacts from the snapshot as CSV or JSON Lines.
     Export(crate::cli::export::ExportArgs),
     /// Manage GHL credentials: OAuth install, private integration tokens, status.
@@ -173,6 +176,10 @@ pub async fn execute(cli: Cli) -> ExitCode {
                 let ghl_checks = check::check_ghl(&config).await;
                 finish_with(check::run_check(&config, ghl_checks, show_data).await)
             }
+            Err(code) => code,
+        },
+        Command::Rules(args) => match load(cli.config.as_deref()) {
+            Ok(config) => finish(crate::cli::rules::run_rules(&config, args).await),
             Err(code) => code,
         },
         Command::Export(args) => match load(cli.config.as_deref()) {

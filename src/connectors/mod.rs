@@ -219,7 +219,10 @@ pub fn build_with(
                     deps.ghl.clone(),
                     deps.ignored_custom_fields.clone(),
                 );
-                connectors.push(Arc::new(lusha::LushaConnector::new(settings, key, writeback, cancel.clone())?));
+                let rules = crate::rules::emit::Emitter::new(deps.store.clone(), &config.rules);
+                connectors.push(Arc::new(
+                    lusha::LushaConnector::new(settings, key, writeback, cancel.clone())?.with_rules(rules),
+                ));
             }
             (None, _) => tracing::warn!("The Lusha connector needs the store and the GHL client; not built here"),
             (_, None) => anyhow::bail!("connectors.lusha: the API key is missing"),
@@ -233,7 +236,9 @@ pub fn build_with(
                     deps.ghl.clone(),
                     deps.ignored_custom_fields.clone(),
                 );
-                connectors.push(Arc::new(lucky_orange::LuckyOrangeConnector::new(settings, keys, writeback)));
+                let rules = crate::rules::emit::Emitter::new(deps.store.clone(), &config.rules);
+                connectors
+                    .push(Arc::new(lucky_orange::LuckyOrangeConnector::new(settings, keys, writeback).with_rules(rules)));
             }
             (None, _) => {
                 tracing::warn!("The Lucky Orange connector needs the store and the GHL client; not built here")
@@ -248,6 +253,35 @@ pub fn build_with(
         let secret = config.secrets.webhook_secrets.get(name).cloned();
         let connector = webhook::WebhookConnector::new(name, settings, secret, &config.settings, cancel.clone())?;
         connectors.push(Arc::new(connector));
+    }
+    if !config.rules.is_empty() {
+        match deps {
+            Some(deps) => {
+                let rules = config.rules.clone();
+                connectors.push(Arc::new(crate::rules::connector::RulesConnector::new(
+                    rules.clone(),
+                    deps.store.clone(),
+                    deps.ghl.clone(),
+                    cancel.clone(),
+                )));
+                let allow_delete = config.settings.rule_settings.allow_contact_delete;
+                for rule in rules.rules() {
+                    let writeback = crate::writeback::WriteBack::new(
+                        deps.store.clone(),
+                        deps.ghl.clone(),
+                        deps.ignored_custom_fields.clone(),
+                    );
+                    connectors.push(Arc::new(crate::rules::executor::RuleActions::new(
+                        rule.name(),
+                        writeback,
+                        deps.store.clone(),
+                        allow_delete,
+                        cancel.clone(),
+                    )));
+                }
+            }
+            None => tracing::warn!("The rules need the store and the GHL client; not built here"),
+        }
     }
     Ok(connectors)
 }

@@ -158,3 +158,7 @@ pub struct PlannedAction {
     pub entity_id: Option<String>,
     pub record: Option<Value>,
 }
+
+pub mod connector;
+pub mod emit;
+pub mod executor;

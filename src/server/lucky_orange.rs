@@ -262,6 +262,24 @@ async fn identify(state: &ServerState, bridge: &Bridge, token: &str, origin: Opt
     if let Err(error) = lo_store::record_event(&state.store, &event).await {
         tracing::warn!(error = %error, "Lucky Orange: the identification could not be recorded");
     }
+    // At most one `lucky_orange.identified` rule event per contact and UTC day.
+    let day = (event.occurred_at / 86_400_000).to_string();
+    let rules = crate::rules::emit::Emitter::new(state.store.clone(), &state.config.rules);
+    let key = crate::writeback::key(&["lo_rule_identified", &location, &contact, &day]);
+    let at = event.occurred_at;
+    if let Err(error) = crate::connectors::lucky_orange::lo_rule_event(
+        &rules,
+        "lucky_orange.identified",
+        key,
+        &location,
+        &contact,
+        serde_json::Map::new(),
+        at,
+    )
+    .await
+    {
+        tracing::warn!(error = %error, "Lucky Orange: the identification's rule event could not be stored");
+    }
     note("/lo/identity", Outcome::Identified, Some(&contact));
     let body = serde_json::json!({ "id": contact, "traits": traits });
     finish(axum::Json(body).into_response(), origin)

@@ -15,10 +15,11 @@ use sqlx::{Row, SqliteConnection};
 
 use super::dead_letters::dead_letter_record;
 use super::outbox::{EnqueuePolicy, NewChange, enqueue};
-use super::{Store, StoreError, codec, cursors, now_ms, writebacks};
+use super::{Store, StoreError, codec, cursors, now_ms, rules, writebacks};
 use crate::domain::diff::{ChildRecord, KnownChild, contact_change, diff_children, is_completed};
 use crate::domain::normalize::{Hash, ReadPath, contact_hash, fill_from_snapshot, get_only_changed};
-use crate::domain::{EntityKind, Operation, Subscriber, event_type};
+use crate::domain::{EntityKind, Operation, Subscriber, event_type, idempotency_key};
+use crate::rules::{EVENTS_CONNECTOR, RuleEvent};
 
 /// A contact as read from GHL, normalised (`domain::normalize::normalize_contact`).
 #[derive(Debug, Clone)]
@@ -86,7 +87,9 @@ impl Committed {
     }
 }
 
-/// Writes one outbox row per interested subscriber; counts them.
+/// Writes one outbox row per interested subscriber; counts them. The `rules` subscriber gets a
+/// trigger event ([`RuleEvent`]) with the record before (`old`, asked for only then) and after
+/// the change instead of the record alone; its key is the record version's.
 #[allow(clippy::too_many_arguments)]
 async fn enqueue_all(
     conn: &mut SqliteConnection,
@@ -96,6 +99,7 @@ async fn enqueue_all(
     contact_id: Option<&str>,
     operation: Operation,
     packed: &[u8],
+    old: &dyn Fn() -> Option<Value>,
     hash: &Hash,
     revision: i64,
     done: &mut Committed,
@@ -105,6 +109,29 @@ async fn enqueue_all(
     let mut wrote = 0;
     for subscriber in commit.subscribers {
         if !(subscriber.wants)(&event, commit.location) {
+            continue;
+        }
+        if subscriber.id == EVENTS_CONNECTOR {
+            let record = codec::unpack(packed).ok();
+            let (old, new) = match operation {
+                Operation::Created => (None, record),
+                Operation::Deleted => (record, None),
+                Operation::Updated | Operation::Completed => (old(), record),
+            };
+            let trigger = RuleEvent {
+                trigger: event.clone(),
+                key: idempotency_key(EVENTS_CONNECTOR, entity, entity_id, revision, hash, ""),
+                location_id: commit.location.to_owned(),
+                entity: Some(entity),
+                entity_id: Some(entity_id.to_owned()),
+                contact_id: contact_id.map(str::to_owned),
+                old,
+                new,
+                at_ms: now,
+                ..RuleEvent::default()
+            };
+            rules::enqueue_events_in(&mut *conn, std::slice::from_ref(&trigger)).await?;
+            wrote += 1;
             continue;
         }
         let change = NewChange {
@@ -212,13 +239,15 @@ pub async fn commit_contacts(
     // Stored records are needed only for two cases: a changed contact read by search keeps
     // the GET-only fields its stored record has, and a contact read by GET whose hash did not
     // move may still differ in a field only GET returns.
+    // The `rules` subscriber also gets the record before every change.
+    let rules_listen = commit.subscribers.iter().any(|s| s.id == EVENTS_CONNECTOR);
     let wanted: Vec<&str> = contacts
         .iter()
         .zip(&hashes)
         .filter(|(c, hash)| {
             let same = known.get(&c.id).is_some_and(|k| k.hash == **hash);
             let known = known.contains_key(&c.id);
-            known && (c.path == ReadPath::Get) == same
+            known && ((c.path == ReadPath::Get) == same || (rules_listen && !same))
         })
         .map(|(c, _)| c.id.as_str())
         .collect();
@@ -302,6 +331,7 @@ pub async fn commit_contacts(
             Some(&contact.id),
             operation,
             packed,
+            &|| stored.get(&contact.id).cloned().map(Value::Object),
             hash,
             revision,
             &mut done,
@@ -363,6 +393,7 @@ pub async fn delete_contact(store: &Store, commit: &Commit<'_>, contact_id: &str
         Some(contact_id),
         Operation::Deleted,
         &record,
+        &|| None,
         &hash,
         revision + 1,
         &mut done,
@@ -493,6 +524,7 @@ pub async fn commit_children(
                     Some(contact_id),
                     change.operation,
                     &packed_record,
+                    &|| known.get(&change.id).and_then(|(_, record, _)| codec::unpack(record).ok()),
                     &hash,
                     revision,
                     &mut done,
@@ -715,6 +747,25 @@ pub async fn contact_record(store: &Store, location_id: &str, contact_id: &str) 
             .fetch_optional(store.read_pool())
             .await?;
     Ok(blob.and_then(|b| codec::unpack(&b).ok()))
+}
+
+/// Up to `limit` contacts of a location with ids after `after` (id order), with their
+/// records (an unreadable one is `Value::Null`): the schedule trigger walks a location's contacts with it.
+pub async fn contacts_page(
+    store: &Store,
+    location_id: &str,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<(String, Value)>, StoreError> {
+    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
+        "SELECT contact_id, record FROM contacts WHERE location_id = ? AND contact_id > ? ORDER BY contact_id LIMIT ?",
+    )
+    .bind(location_id)
+    .bind(after)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(store.read_pool())
+    .await?;
+    Ok(rows.into_iter().map(|(id, blob)| (id, codec::unpack(&blob).unwrap_or(Value::Null))).collect())
 }
 
 /// The current version of one snapshot record.

@@ -175,6 +175,8 @@ pub struct LuckyOrangeConnector {
     fields: Mutex<HashMap<String, FieldIds>>,
     /// Milliseconds since the epoch (tests move time).
     clock: Arc<dyn Fn() -> i64 + Send + Sync>,
+    /// Raises `lucky_orange.journey_event` and `lucky_orange.replay_link` for the rules.
+    rules: crate::rules::emit::Emitter,
 }
 
 impl std::fmt::Debug for LuckyOrangeConnector {
@@ -209,7 +211,14 @@ impl LuckyOrangeConnector {
             writeback,
             fields: Mutex::new(HashMap::new()),
             clock: Arc::new(crate::store::now_ms),
+            rules: crate::rules::emit::Emitter::none(),
         }
+    }
+
+    /// Raises `lucky_orange.*` trigger events for the rules through `rules`.
+    pub fn with_rules(mut self, rules: crate::rules::emit::Emitter) -> Self {
+        self.rules = rules;
+        self
     }
 
     /// Uses `clock` (epoch ms) instead of the system clock.
@@ -424,6 +433,13 @@ impl LuckyOrangeConnector {
 
     async fn apply_event(&self, event: &StoredEvent) -> Result<(&'static str, Option<String>), ConnectorError> {
         let name = event.name.clone().unwrap_or_default();
+        let mut data = Map::new();
+        data.insert("event".into(), Value::String(name.clone()));
+        data.insert("page".into(), event.page.clone().map_or(Value::Null, Value::String));
+        let key = writeback::key(&["lo_rule_event", &event.id.to_string()]);
+        lo_rule_event(&self.rules, "lucky_orange.journey_event", key, &event.location_id, &event.contact_id, data, event.occurred_at)
+            .await
+            .map_err(other)?;
         let Some(action) = self.settings.events.get(&name) else {
             return Ok(("skipped", Some("not configured".into())));
         };
@@ -508,6 +524,20 @@ impl LuckyOrangeConnector {
             Ok::<bool, writeback::WriteBackError>(note.sent())
         }
         .await;
+        let result = match result {
+            Ok(sent) => {
+                let mut data = Map::new();
+                data.insert("session_id".into(), Value::String(session.to_owned()));
+                data.insert("url".into(), Value::String(url.clone()));
+                let key = writeback::key(&["lo_rule_replay", location, contact, session]);
+                let at = self.now_ms();
+                lo_rule_event(&self.rules, "lucky_orange.replay_link", key, location, contact, data, at)
+                    .await
+                    .map(|()| sent)
+                    .map_err(writeback::WriteBackError::from)
+            }
+            Err(error) => Err(error),
+        };
         match result {
             Ok(sent) => {
                 if sent {
@@ -536,6 +566,33 @@ impl LuckyOrangeConnector {
             Err(error) => Outcome::Permanent(format!("replay note: {error}")),
         }
     }
+}
+
+/// Stores a `lucky_orange.*` trigger event when a rule listens to it (keyed by `key`).
+pub async fn lo_rule_event(
+    rules: &crate::rules::emit::Emitter,
+    trigger: &str,
+    key: String,
+    location: &str,
+    contact: &str,
+    data: Map<String, Value>,
+    at_ms: i64,
+) -> Result<(), crate::store::StoreError> {
+    if !rules.wants(trigger) {
+        return Ok(());
+    }
+    let event = crate::rules::RuleEvent {
+        trigger: trigger.to_owned(),
+        key,
+        location_id: location.to_owned(),
+        entity: Some(crate::domain::EntityKind::Contact),
+        entity_id: Some(contact.to_owned()),
+        contact_id: Some(contact.to_owned()),
+        data,
+        at_ms,
+        ..crate::rules::RuleEvent::default()
+    };
+    rules.emit(event).await.map(|_| ())
 }
 
 fn other(error: impl std::fmt::Display) -> ConnectorError {

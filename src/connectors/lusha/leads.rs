@@ -394,6 +394,10 @@ impl LushaConnector {
             credits: lead.credits,
             enriched_at: lead.enriched_at,
         };
+        let mut data = Map::new();
+        data.insert("lead_id".into(), Value::String(lead.lead_id.clone()));
+        data.insert("action".into(), Value::String(action.to_owned()));
+        self.emit("lusha.lead_imported", &[&lead.lead_id], location, &contact_id, data, lead.enriched_at).await?;
         books::lead_imported(&self.store, &import).await?;
         metrics::counter!("ghl_sync_lusha_leads_imported_total", "action" => action).increment(1);
         Ok(action)
@@ -468,6 +472,12 @@ impl LushaConnector {
             let tag_key = write_key("tag");
             self.writeback.add_tags(location, contact_id, &tag_key, std::slice::from_ref(&tag)).await?;
             self.writeback.settle(location, contact_id, &[tag_key]).await?;
+            let mut event = Map::new();
+            event.insert("signal_id".into(), Value::String(signal_id.to_owned()));
+            event.insert("signal_type".into(), Value::String(signal_type.to_owned()));
+            event.insert("signal".into(), data.clone());
+            self.emit("lusha.signal", &[signal_id, contact_id], location, contact_id, event, crate::store::now_ms())
+                .await?;
             // The person moved on: the next change of this contact refreshes it by Lusha id
             // (already revealed datapoints are free).
             books::expire_found(&self.store, contact_id).await?;

@@ -111,6 +111,8 @@ pub struct LushaConnector {
     spending: tokio::sync::Mutex<()>,
     /// Cancelled when the daemon stops: no Lusha call or GHL write-back starts after that.
     stopping: CancellationToken,
+    /// Raises `lusha.*` trigger events for the rules that listen to them.
+    rules: crate::rules::emit::Emitter,
 }
 
 impl std::fmt::Debug for LushaConnector {
@@ -227,7 +229,44 @@ impl LushaConnector {
             imports: tokio::sync::RwLock::new(()),
             spending: tokio::sync::Mutex::new(()),
             stopping: cancel,
+            rules: crate::rules::emit::Emitter::none(),
         })
+    }
+
+    /// Raises `lusha.enriched`, `lusha.not_found`, `lusha.lead_imported` and `lusha.signal` for
+    /// the rules through `rules`.
+    pub fn with_rules(mut self, rules: crate::rules::emit::Emitter) -> Self {
+        self.rules = rules;
+        self
+    }
+
+    /// Stores a `lusha.*` trigger event when a rule listens to it (keyed: a retry adds nothing).
+    pub(crate) async fn emit(
+        &self,
+        trigger: &str,
+        key_parts: &[&str],
+        location: &str,
+        contact_id: &str,
+        data: Map<String, Value>,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        if !self.rules.wants(trigger) {
+            return Ok(());
+        }
+        let mut parts = vec![ID, "rule-event", trigger];
+        parts.extend_from_slice(key_parts);
+        let event = crate::rules::RuleEvent {
+            trigger: trigger.to_owned(),
+            key: key(&parts),
+            location_id: location.to_owned(),
+            entity: Some(crate::domain::EntityKind::Contact),
+            entity_id: Some(contact_id.to_owned()),
+            contact_id: Some(contact_id.to_owned()),
+            data,
+            at_ms,
+            ..crate::rules::RuleEvent::default()
+        };
+        self.rules.emit(event).await.map(|_| ())
     }
 
     pub fn lusha(&self) -> &LushaClient {
@@ -506,6 +545,15 @@ impl LushaConnector {
     async fn write_back(&self, job: &Job, cached: &Cached) -> Outcome {
         match self.try_write_back(job, cached).await {
             Ok(()) => {
+                let trigger = if cached.found() { "lusha.enriched" } else { "lusha.not_found" };
+                let mut data = Map::new();
+                data.insert("found".into(), Value::Bool(cached.found()));
+                data.insert("lusha_id".into(), cached.lusha_id.clone().map_or(Value::Null, Value::String));
+                data.insert("result".into(), cached.result.clone().unwrap_or(Value::Null));
+                let at = cached.enriched_at.to_string();
+                if let Err(error) = self.emit(trigger, &[&job.contact_id, &at], &job.location, &job.contact_id, data, cached.enriched_at).await {
+                    return Outcome::Retry(None, Some(format!("the {trigger} rule event could not be stored: {error}")));
+                }
                 if cached.found() {
                     metrics::counter!("ghl_sync_lusha_enriched_total").increment(1);
                 } else {
