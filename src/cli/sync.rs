@@ -99,6 +99,13 @@ pub async fn sync_once(
                 for (event, count) in &summary.events {
                     println!("  {event}: {count} deliver(ies) {verb}");
                 }
+                for event in summary.trigger_events {
+                    let report = crate::cli::rules::test(&app.config, event);
+                    for action in report.actions() {
+                        let what = serde_json::to_string(&action.action).unwrap_or_default();
+                        println!("  rule {} on {} would run action {}: {what}", action.rule, action.trigger, action.index);
+                    }
+                }
             }
             Err(error) => {
                 ok = false;

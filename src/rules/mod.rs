@@ -37,7 +37,7 @@ pub struct Origin {
 }
 
 /// One trigger event, as the conditions and templates see it.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct RuleEvent {
     /// The trigger name from the catalog: `contact.created`, `tag.added`, `lusha.enriched`, …
     pub trigger: String,

@@ -74,6 +74,9 @@ pub struct Committed {
     pub dead_letters: u64,
     /// Whether any outbox row was written (the dispatcher is woken).
     pub wrote_outbox: bool,
+    /// Dry run only: the trigger events the `rules` subscriber would get (`sync --dry-run`
+    /// shows the rule actions they would cause).
+    pub trigger_events: Vec<RuleEvent>,
 }
 
 impl Committed {
@@ -84,6 +87,7 @@ impl Committed {
         }
         self.dead_letters += other.dead_letters;
         self.wrote_outbox |= other.wrote_outbox;
+        self.trigger_events.extend(other.trigger_events);
     }
 }
 
@@ -131,6 +135,9 @@ async fn enqueue_all(
                 ..RuleEvent::default()
             };
             rules::enqueue_events_in(&mut *conn, std::slice::from_ref(&trigger)).await?;
+            if commit.dry_run {
+                done.trigger_events.push(trigger);
+            }
             wrote += 1;
             continue;
         }

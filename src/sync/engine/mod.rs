@@ -114,6 +114,8 @@ pub struct RunSummary {
     /// Bulk work (children backlog, sweep) was left for a later run because incremental work
     /// was waiting ([`Engine::run_sliced`], [`Engine::run_bulk`]).
     pub bulk_remaining: bool,
+    /// Dry run only: the rule trigger events the changes would raise.
+    pub trigger_events: Vec<crate::rules::RuleEvent>,
     /// The run's row, for progress while it runs (none in a dry run).
     run: Option<RunTrack>,
 }
@@ -142,6 +144,7 @@ impl RunSummary {
             *self.events.entry(event).or_default() += n;
         }
         self.dead_letters += committed.dead_letters;
+        self.trigger_events.extend(committed.trigger_events);
     }
 }
 
