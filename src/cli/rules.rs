@@ -72,16 +72,25 @@ pub async fn run_rules(config: &Config, args: RulesArgs) -> anyhow::Result<()> {
     }
 }
 
-/// One line per rule and one per action.
+/// One block per rule: triggers, condition, locations, actions.
 pub fn list(config: &Config) -> String {
-    let rules = config.rules.rules();
+    let rules = config.rules.summaries();
     if rules.is_empty() {
         return "no rules configured ([[rules]] in the config file)\n".to_owned();
     }
     let mut out = String::new();
     for rule in rules {
-        out.push_str(&rule.describe());
-        out.push('\n');
+        let state = if rule.enabled { "" } else { " (disabled)" };
+        out.push_str(&format!("{}{state}\n  on: {}\n", rule.name, rule.on.join(", ")));
+        if let Some(when) = &rule.when {
+            out.push_str(&format!("  when: {when}\n"));
+        }
+        if !rule.locations.is_empty() {
+            out.push_str(&format!("  locations: {}\n", rule.locations.join(", ")));
+        }
+        for (index, action) in rule.actions.iter().enumerate() {
+            out.push_str(&format!("  action {index}: {action}\n"));
+        }
     }
     out
 }

@@ -272,7 +272,7 @@ pub fn build_with(
                         deps.ignored_custom_fields.clone(),
                     );
                     connectors.push(Arc::new(crate::rules::executor::RuleActions::new(
-                        rule.name(),
+                        &rule.name,
                         writeback,
                         deps.store.clone(),
                         allow_delete,

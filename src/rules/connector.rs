@@ -145,6 +145,11 @@ pub fn expand(event: RuleEvent, contact: Option<Value>) -> Vec<RuleEvent> {
     .collect()
 }
 
+/// Whether `rule` runs in `location` (no `locations`: everywhere).
+fn applies(rule: &super::Rule, location: &str) -> bool {
+    rule.locations.is_empty() || rule.locations.iter().any(|l| l == location)
+}
+
 /// The record event types the sync must write for the rules to see `triggers`.
 pub fn record_event_types<'a>(triggers: impl Iterator<Item = &'a str>) -> BTreeSet<&'static str> {
     let mut wanted = BTreeSet::new();
@@ -178,7 +183,7 @@ impl Connector for RulesConnector {
     }
 
     fn interested(&self, event_type: &str, location: &str) -> bool {
-        self.wanted.contains(event_type) && self.rules.applies_to_location(location)
+        self.wanted.contains(event_type) && self.rules.rules().iter().any(|r| r.enabled && applies(r, location))
     }
 
     fn settings(&self) -> DeliverySettings {
@@ -247,12 +252,12 @@ async fn schedule_loop(connector: &RulesConnector, stop: &CancellationToken) {
         let now = crate::store::now_ms();
         for (rule, schedule) in connector.rules.schedules() {
             let Some(slot) = schedule.last_slot_at_or_before(now) else { continue };
-            if now - slot > SCHEDULE_CATCH_UP_MS || fired.get(rule.as_str()) == Some(&slot) {
+            if now - slot > SCHEDULE_CATCH_UP_MS || fired.get(rule) == Some(&slot) {
                 continue;
             }
-            match fire_schedule(connector, &rule, slot, stop).await {
+            match fire_schedule(connector, rule, slot, stop).await {
                 Ok(actions) => {
-                    fired.insert(rule.clone(), slot);
+                    fired.insert(rule.to_owned(), slot);
                     tracing::info!(rule = %rule, actions, "schedule rule `{rule}` ran for the slot {}",
                         crate::connectors::rfc3339_ms(slot));
                 }
@@ -274,8 +279,9 @@ async fn fire_schedule(
     stop: &CancellationToken,
 ) -> Result<u64, crate::store::StoreError> {
     let mut total = 0;
+    let Some(compiled) = connector.rules.rules().iter().find(|r| r.name == rule) else { return Ok(0) };
     for location in crate::store::locations::active(&connector.store).await? {
-        if !connector.rules.rule_applies_to_location(rule, &location) {
+        if !applies(compiled, &location) {
             continue;
         }
         let mut after = String::new();

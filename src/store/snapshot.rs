@@ -134,7 +134,7 @@ async fn enqueue_all(
                 at_ms: now,
                 ..RuleEvent::default()
             };
-            rules::enqueue_events_in(&mut *conn, std::slice::from_ref(&trigger)).await?;
+            rules::enqueue_events_on(&mut *conn, std::slice::from_ref(&trigger)).await?;
             if commit.dry_run {
                 done.trigger_events.push(trigger);
             }
