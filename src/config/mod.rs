@@ -11,6 +11,7 @@ mod validate;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -27,6 +28,7 @@ pub use crate::alerts::{AlertFormat, AlertSettings};
 pub use crate::connectors::lucky_orange::config::LuckyOrangeSettings;
 pub use crate::connectors::lusha::config::LushaSettings;
 pub use crate::connectors::webhook::config::{WebhookConnectorSettings, WebhookTemplate};
+pub use crate::rules::{ActionSettings, RuleOptions, RuleSettings, ScheduleSettings};
 
 /// The whole configuration, as read from the file and the environment.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -44,6 +46,10 @@ pub struct Settings {
     pub export: ExportSettings,
     /// `[[alerts]]`: operator alert targets (none: no alerts).
     pub alerts: Vec<AlertSettings>,
+    /// `[rule_settings]`: limits and permissions of every rule.
+    pub rule_settings: RuleOptions,
+    /// `[[rules]]`: triggers → conditions → actions (`crate::rules`).
+    pub rules: Vec<RuleSettings>,
 }
 
 /// `[store]`: where the SQLite database lives and how secrets in it are encrypted.
@@ -526,6 +532,8 @@ pub struct Config {
     pub warnings: Vec<ConfigProblem>,
     /// Where it came from, for messages.
     pub source: ConfigSource,
+    /// The `[[rules]]`, compiled once at load.
+    pub rules: Arc<crate::rules::RuleSet>,
 }
 
 impl Config {
@@ -538,6 +546,7 @@ impl Config {
                 secrets: validation.secrets,
                 warnings: validation.warnings,
                 source: ConfigSource::InCode,
+                rules: validation.rules,
             })
         } else {
             Err(ConfigError::Invalid { origin: ConfigSource::InCode, problems: validation.problems })

@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -26,6 +27,8 @@ pub struct Validation {
     /// Valid but probably not what was meant (printed by `validate`, logged by `run`).
     pub warnings: Vec<ConfigProblem>,
     pub secrets: Secrets,
+    /// The compiled `[[rules]]` (only meaningful when there are no problems).
+    pub rules: Arc<crate::rules::RuleSet>,
 }
 
 /// The three ways to give one secret: inline, an env var's name, a file.
@@ -95,8 +98,26 @@ pub(super) fn validate(settings: &Settings) -> Validation {
     for (index, alert) in settings.alerts.iter().enumerate() {
         alert.validate(index, &mut v);
     }
+    rules(settings, &mut v);
     across_sections(settings, &mut v);
     v
+}
+
+/// `[rule_settings]` and `[[rules]]`: compiled against the connectors this config defines.
+fn rules(settings: &Settings, v: &mut Validation) {
+    let connectors = &settings.connectors;
+    let mut known: BTreeSet<String> = connectors.webhook.keys().map(|name| format!("webhook.{name}")).collect();
+    if connectors.lusha.is_some() {
+        known.insert("lusha".to_owned());
+    }
+    if connectors.lucky_orange.is_some() {
+        known.insert("lucky_orange".to_owned());
+    }
+    let (set, problems) = crate::rules::config::compile(&settings.rules, &settings.rule_settings, &known);
+    for (key, message) in problems {
+        v.problem(key, message);
+    }
+    v.rules = Arc::new(set);
 }
 
 /// Rules that involve more than one section, and the warnings for a config that does nothing.

@@ -15,6 +15,16 @@
 //!
 //! This file holds the types the three steps share.
 
+pub mod catalog;
+pub mod config;
+pub mod event;
+pub mod expr;
+pub mod plan;
+
+pub use config::{ActionSettings, RuleOptions, RuleSettings, ScheduleSettings};
+pub use event::derive;
+pub use plan::{Plan, Rule, RuleSet, RuleSummary, Schedule};
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -80,6 +90,10 @@ pub enum Action {
         contact_id: String,
     },
     CreateContact {
+        fields: Map<String, Value>,
+    },
+    /// `POST /contacts/upsert` (GHL matches by email/phone).
+    UpsertContact {
         fields: Map<String, Value>,
     },
     UpdateContact {

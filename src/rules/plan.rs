@@ -1,0 +1,444 @@
+//! Planning (pure): which rules an event fires and the concrete [`Action`]s they take, each
+//! with its idempotency key (rule, event, action index), so a retry plans the same keys.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value};
+
+use super::config::{ActionSettings, RuleOptions, parse_relative};
+use super::expr::Condition;
+use super::{Action, PlannedAction, RuleEvent};
+use crate::connectors::mapping::render;
+use crate::domain::EntityKind;
+use crate::domain::normalize::{format_timestamp_ms, parse_timestamp_ms};
+
+/// The compiled `[[rules]]`: built once at config load, shared as `Arc<RuleSet>`.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    options: RuleOptions,
+}
+
+/// One compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub on: Vec<String>,
+    pub condition: Option<Condition>,
+    /// Empty: every location.
+    pub locations: Vec<String>,
+    pub enabled: bool,
+    pub schedule: Option<Schedule>,
+    pub actions: Vec<ActionSpec>,
+}
+
+impl Rule {
+    /// The condition as configured.
+    pub fn when(&self) -> Option<&str> {
+        self.condition.as_ref().map(Condition::source)
+    }
+
+    /// One line per action, for listings: `ghl.create_task`, `deliver → webhook.sales`.
+    pub fn actions_summary(&self) -> Vec<String> {
+        self.actions
+            .iter()
+            .map(|a| match &a.settings.connector {
+                Some(connector) => format!("{} → {connector}", a.name),
+                None => a.name.to_owned(),
+            })
+            .collect()
+    }
+}
+
+/// One validated action of a rule: its catalog name and its (template) parameters.
+#[derive(Debug, Clone)]
+pub struct ActionSpec {
+    pub name: &'static str,
+    pub settings: ActionSettings,
+}
+
+/// A rule's schedule: a UTC time of day on some weekdays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// Minutes after midnight UTC.
+    pub(crate) minute_of_day: u32,
+    /// Indexed by days since Sunday.
+    pub(crate) days: [bool; 7],
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+impl Schedule {
+    /// The newest slot at or before `now_ms` (ms since the epoch), `None` when no day is
+    /// allowed (cannot happen for a parsed schedule) or time is out of range.
+    pub fn last_slot_at_or_before(&self, now_ms: i64) -> Option<i64> {
+        let today = now_ms.div_euclid(DAY_MS);
+        (0..=7).map(|back| today - back).find_map(|day| {
+            // 1970-01-01 was a Thursday (4 days after Sunday).
+            let weekday = usize::try_from((day + 4).rem_euclid(7)).ok()?;
+            let slot = day.checked_mul(DAY_MS)?.checked_add(i64::from(self.minute_of_day) * 60_000)?;
+            (self.days[weekday] && slot <= now_ms).then_some(slot)
+        })
+    }
+}
+
+/// What a rule set decided for one event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub actions: Vec<PlannedAction>,
+    /// Rules whose condition held (their actions are in `actions`, unless over the limit).
+    pub fired: Vec<String>,
+    /// Rules not run: the event's chain reached `max_depth`.
+    pub cut: Vec<String>,
+    /// Rules not run: the event was caused by the rule's own action.
+    pub skipped_self: Vec<String>,
+    /// Rules whose actions were dropped by `max_actions_per_event` (rule, actions dropped).
+    pub over_limit: Vec<(String, usize)>,
+    /// (rule, message): a condition that failed or was not a bool, an action that rendered
+    /// without a required value. Messages name fields, never values.
+    pub errors: Vec<(String, String)>,
+}
+
+/// A rule as listed by `ghl-sync rules list`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleSummary {
+    pub name: String,
+    pub on: Vec<String>,
+    pub when: Option<String>,
+    pub locations: Vec<String>,
+    pub enabled: bool,
+    pub actions: Vec<String>,
+}
+
+impl RuleSet {
+    pub(crate) fn new(rules: Vec<Rule>, options: RuleOptions) -> Self {
+        Self { rules, options }
+    }
+
+    /// No rules configured.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The compiled rules, in config order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The rules for listing.
+    pub fn summaries(&self) -> Vec<RuleSummary> {
+        self.rules
+            .iter()
+            .map(|r| RuleSummary {
+                name: r.name.clone(),
+                on: r.on.clone(),
+                when: r.when().map(str::to_owned),
+                locations: r.locations.clone(),
+                enabled: r.enabled,
+                actions: r.actions_summary(),
+            })
+            .collect()
+    }
+
+    pub fn options(&self) -> &RuleOptions {
+        &self.options
+    }
+
+    /// Every trigger an enabled rule uses (the sync can skip events no rule listens to).
+    pub fn triggers(&self) -> BTreeSet<String> {
+        self.rules.iter().filter(|r| r.enabled).flat_map(|r| r.on.iter().cloned()).collect()
+    }
+
+    /// The enabled scheduled rules: (name, schedule).
+    pub fn schedules(&self) -> Vec<(&str, Schedule)> {
+        self.rules.iter().filter(|r| r.enabled).filter_map(|r| Some((r.name.as_str(), r.schedule?))).collect()
+    }
+
+    /// Evaluates every rule against `event` (pure; `now_ms` is the condition's `now`).
+    /// A `schedule` event with `data.rule` only runs that rule.
+    pub fn plan(&self, event: &RuleEvent, now_ms: i64) -> Plan {
+        let mut plan = Plan::default();
+        let depth = event.origin.as_ref().map_or(0, |o| o.depth);
+        let view = template_view(event);
+        let scheduled_rule = event.data.get("rule").and_then(Value::as_str);
+        for rule in &self.rules {
+            if !rule.enabled || !rule.on.iter().any(|t| *t == event.trigger) {
+                continue;
+            }
+            if event.trigger == "schedule" && scheduled_rule.is_some_and(|name| name != rule.name) {
+                continue;
+            }
+            if !rule.locations.is_empty() && !rule.locations.iter().any(|l| *l == event.location_id) {
+                continue;
+            }
+            if event.origin.as_ref().is_some_and(|o| o.rule == rule.name) {
+                plan.skipped_self.push(rule.name.clone());
+                continue;
+            }
+            if depth >= self.options.max_depth {
+                plan.cut.push(rule.name.clone());
+                continue;
+            }
+            if let Some(condition) = &rule.condition {
+                match condition.evaluate(event, now_ms) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(message) => {
+                        plan.errors.push((rule.name.clone(), format!("when: {message}")));
+                        continue;
+                    }
+                }
+            }
+            plan.fired.push(rule.name.clone());
+            let mut dropped = 0;
+            for (index, spec) in rule.actions.iter().enumerate() {
+                match render_action(spec, event, &view) {
+                    Ok(action) => {
+                        if plan.actions.len() >= self.options.max_actions_per_event {
+                            dropped += 1;
+                            continue;
+                        }
+                        plan.actions.push(planned(rule, index, event, depth, action));
+                    }
+                    Err(message) => {
+                        plan.errors.push((rule.name.clone(), format!("actions[{index}] ({}): {message}", spec.name)))
+                    }
+                }
+            }
+            if dropped > 0 {
+                plan.over_limit.push((rule.name.clone(), dropped));
+            }
+        }
+        plan
+    }
+}
+
+fn planned(rule: &Rule, index: usize, event: &RuleEvent, depth: u32, action: Action) -> PlannedAction {
+    let contact_id = action_contact(&action).map(str::to_owned).or_else(|| event.contact_id.clone());
+    PlannedAction {
+        rule: rule.name.clone(),
+        index,
+        key: crate::writeback::key(&["rule", &rule.name, &event.key, &index.to_string()]),
+        event_key: event.key.clone(),
+        trigger: event.trigger.clone(),
+        location_id: event.location_id.clone(),
+        contact_id,
+        depth: depth + 1,
+        action,
+        entity: event.entity,
+        entity_id: event.entity_id.clone(),
+        record: event.new.clone().or_else(|| event.old.clone()),
+    }
+}
+
+fn action_contact(action: &Action) -> Option<&str> {
+    match action {
+        Action::Deliver { .. } | Action::CreateContact { .. } | Action::UpsertContact { .. } => None,
+        Action::LushaEnrich { contact_id }
+        | Action::UpdateContact { contact_id, .. }
+        | Action::DeleteContact { contact_id }
+        | Action::AddTags { contact_id, .. }
+        | Action::RemoveTags { contact_id, .. }
+        | Action::CreateTask { contact_id, .. }
+        | Action::UpdateTask { contact_id, .. }
+        | Action::CompleteTask { contact_id, .. }
+        | Action::DeleteTask { contact_id, .. }
+        | Action::CreateNote { contact_id, .. }
+        | Action::UpdateNote { contact_id, .. }
+        | Action::LinkBusiness { contact_id, .. } => Some(contact_id),
+    }
+}
+
+/// The event as templates see it: `{contact, old, new, record, data, event: {…}}`.
+fn template_view(event: &RuleEvent) -> Value {
+    let mut view = Map::new();
+    let mut put = |name: &str, value: Option<&Value>| {
+        if let Some(value) = value {
+            view.insert(name.to_owned(), value.clone());
+        }
+    };
+    put("contact", event.contact.as_ref());
+    put("old", event.old.as_ref());
+    put("new", event.new.as_ref());
+    put("record", event.new.as_ref().or(event.old.as_ref()));
+    view.insert("data".to_owned(), Value::Object(event.data.clone()));
+    let mut meta = Map::new();
+    meta.insert("trigger".to_owned(), Value::from(event.trigger.as_str()));
+    meta.insert("location_id".to_owned(), Value::from(event.location_id.as_str()));
+    if let Some(id) = &event.entity_id {
+        meta.insert("entity_id".to_owned(), Value::from(id.as_str()));
+    }
+    if let Some(id) = &event.contact_id {
+        meta.insert("contact_id".to_owned(), Value::from(id.as_str()));
+    }
+    meta.insert("at".to_owned(), Value::from(format_timestamp_ms(event.at_ms)));
+    view.insert("event".to_owned(), Value::Object(meta));
+    Value::Object(view)
+}
+
+/// A dotted path in the view; `customFields.<id or key>` finds the entry by `id`, `key` or
+/// `fieldKey` and gives its `value`.
+fn lookup(view: &Value, path: &str) -> Option<Value> {
+    let mut current = view;
+    let mut parts = path.split('.').peekable();
+    while let Some(part) = parts.next() {
+        current = match current {
+            Value::Object(map) => map.get(part)?,
+            Value::Array(items) => {
+                if let Ok(index) = part.parse::<usize>() {
+                    items.get(index)?
+                } else {
+                    let entry = items.iter().find(|item| {
+                        ["id", "key", "fieldKey"]
+                            .iter()
+                            .any(|k| item.get(k).and_then(Value::as_str).is_some_and(|v| v == part))
+                    })?;
+                    // `customFields.<id>` means the value unless the path goes on.
+                    if parts.peek().is_none() { entry.get("value").or(entry.get("field_value"))? } else { entry }
+                }
+            }
+            _ => return None,
+        };
+    }
+    (!current.is_null()).then(|| current.clone())
+}
+
+fn text(template: &str, view: &Value) -> String {
+    render(template, |path| lookup(view, path))
+}
+
+fn optional(template: Option<&String>, view: &Value) -> Option<String> {
+    template.map(|t| text(t, view)).filter(|s| !s.is_empty())
+}
+
+/// Renders every string inside a `fields` value as a template.
+fn render_value(value: &Value, view: &Value) -> Value {
+    match value {
+        Value::String(template) => {
+            // A template that is exactly one placeholder keeps the value's type (numbers, lists).
+            let trimmed = template.trim();
+            if let Some(path) = trimmed.strip_prefix('{').and_then(|s| s.strip_suffix('}'))
+                && !path.contains(['{', '}'])
+            {
+                return lookup(view, path.trim()).unwrap_or(Value::Null);
+            }
+            Value::String(text(template, view))
+        }
+        Value::Array(items) => Value::Array(items.iter().map(|v| render_value(v, view)).collect()),
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), render_value(v, view))).collect()),
+        other => other.clone(),
+    }
+}
+
+fn render_fields(fields: Option<&Map<String, Value>>, view: &Value) -> Result<Map<String, Value>, String> {
+    let rendered: Map<String, Value> = fields
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), render_value(v, view)))
+        .filter(|(_, v)| !v.is_null() && v.as_str() != Some(""))
+        .collect();
+    if rendered.is_empty() {
+        return Err("every field rendered empty".to_owned());
+    }
+    Ok(rendered)
+}
+
+/// The rendered contact id (`contact_id` param, else the event's contact), or an error.
+fn contact(settings: &ActionSettings, event: &RuleEvent, view: &Value) -> Result<String, String> {
+    match &settings.contact_id {
+        Some(template) => Some(text(template, view)).filter(|s| !s.is_empty()),
+        None => event.contact_id.clone().filter(|s| !s.is_empty()),
+    }
+    .ok_or_else(|| "no contact id (the event has no contact; set contact_id)".to_owned())
+}
+
+/// The rendered task/note id (param, else the event's entity when it is of `kind`).
+fn child_id(
+    template: Option<&String>,
+    kind: EntityKind,
+    event: &RuleEvent,
+    view: &Value,
+    name: &str,
+) -> Result<String, String> {
+    match template {
+        Some(template) => Some(text(template, view)).filter(|s| !s.is_empty()),
+        None if event.entity == Some(kind) => event.entity_id.clone().filter(|s| !s.is_empty()),
+        None => None,
+    }
+    .ok_or_else(|| format!("no {name} (the event is not about a {}; set {name})", kind.as_str()))
+}
+
+fn due(template: &str, event: &RuleEvent, view: &Value) -> Result<String, String> {
+    if let Some(offset) = parse_relative(template) {
+        return Ok(format_timestamp_ms(event.at_ms.saturating_add(offset)));
+    }
+    let rendered = text(template, view);
+    parse_timestamp_ms(&rendered)
+        .map(format_timestamp_ms)
+        .ok_or_else(|| "due did not render an RFC 3339 time".to_owned())
+}
+
+fn tags(settings: &ActionSettings, view: &Value) -> Result<Vec<String>, String> {
+    let mut tags: Vec<String> =
+        settings.tags.iter().flatten().map(|t| text(t, view)).filter(|t| !t.is_empty()).collect();
+    tags.dedup();
+    if tags.is_empty() {
+        return Err("every tag rendered empty".to_owned());
+    }
+    Ok(tags)
+}
+
+/// One action with its templates rendered.
+fn render_action(spec: &ActionSpec, event: &RuleEvent, view: &Value) -> Result<Action, String> {
+    let s = &spec.settings;
+    Ok(match spec.name {
+        "deliver" => Action::Deliver { connector: s.connector.clone().unwrap_or_default() },
+        "lusha.enrich" => Action::LushaEnrich { contact_id: contact(s, event, view)? },
+        "ghl.create_contact" => Action::CreateContact { fields: render_fields(s.fields.as_ref(), view)? },
+        "ghl.upsert_contact" => Action::UpsertContact { fields: render_fields(s.fields.as_ref(), view)? },
+        "ghl.update_contact" => Action::UpdateContact {
+            contact_id: contact(s, event, view)?,
+            fields: render_fields(s.fields.as_ref(), view)?,
+        },
+        "ghl.delete_contact" => Action::DeleteContact { contact_id: contact(s, event, view)? },
+        "ghl.add_tags" => Action::AddTags { contact_id: contact(s, event, view)?, tags: tags(s, view)? },
+        "ghl.remove_tags" => Action::RemoveTags { contact_id: contact(s, event, view)?, tags: tags(s, view)? },
+        "ghl.create_task" => Action::CreateTask {
+            contact_id: contact(s, event, view)?,
+            title: optional(s.title.as_ref(), view).ok_or("title rendered empty")?,
+            body: optional(s.body.as_ref(), view),
+            due: due(s.due.as_deref().unwrap_or_default(), event, view)?,
+            assigned_to: optional(s.assigned_to.as_ref(), view),
+        },
+        "ghl.update_task" => Action::UpdateTask {
+            contact_id: contact(s, event, view)?,
+            task_id: child_id(s.task_id.as_ref(), EntityKind::Task, event, view, "task_id")?,
+            title: optional(s.title.as_ref(), view),
+            body: optional(s.body.as_ref(), view),
+            due: s.due.as_deref().map(|d| due(d, event, view)).transpose()?,
+            assigned_to: optional(s.assigned_to.as_ref(), view),
+        },
+        "ghl.complete_task" => Action::CompleteTask {
+            contact_id: contact(s, event, view)?,
+            task_id: child_id(s.task_id.as_ref(), EntityKind::Task, event, view, "task_id")?,
+        },
+        "ghl.delete_task" => Action::DeleteTask {
+            contact_id: contact(s, event, view)?,
+            task_id: child_id(s.task_id.as_ref(), EntityKind::Task, event, view, "task_id")?,
+        },
+        "ghl.create_note" => Action::CreateNote {
+            contact_id: contact(s, event, view)?,
+            body: optional(s.body.as_ref(), view).ok_or("body rendered empty")?,
+        },
+        "ghl.update_note" => Action::UpdateNote {
+            contact_id: contact(s, event, view)?,
+            note_id: child_id(s.note_id.as_ref(), EntityKind::Note, event, view, "note_id")?,
+            body: optional(s.body.as_ref(), view).ok_or("body rendered empty")?,
+        },
+        "ghl.link_business" => Action::LinkBusiness {
+            contact_id: contact(s, event, view)?,
+            business_id: optional(s.business_id.as_ref(), view),
+        },
+        other => return Err(format!("action {other} has no renderer")),
+    })
+}
