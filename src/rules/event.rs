@@ -177,7 +177,8 @@ mod tests {
         use EntityKind::{Action, Appointment, Contact, Event, Note, Task};
         use Operation::{Completed, Created, Deleted, Updated};
         let c = |v: Value| Some(v);
-        let cases: Vec<(EntityKind, Operation, Option<Value>, Option<Value>, &[&str])> = vec![
+        type Case = (EntityKind, Operation, Option<Value>, Option<Value>, &'static [&'static str]);
+        let cases: Vec<Case> = vec![
             (Contact, Created, None, c(json!({"id": "c1", "tags": ["a"]})), &["contact.created"]),
             (Contact, Deleted, c(json!({"id": "c1"})), None, &["contact.deleted"]),
             (

@@ -162,13 +162,13 @@ impl RuleSet {
         let view = template_view(event);
         let scheduled_rule = event.data.get("rule").and_then(Value::as_str);
         for rule in &self.rules {
-            if !rule.enabled || !rule.on.iter().any(|t| *t == event.trigger) {
+            if !rule.enabled || !rule.on.contains(&event.trigger) {
                 continue;
             }
             if event.trigger == "schedule" && scheduled_rule.is_some_and(|name| name != rule.name) {
                 continue;
             }
-            if !rule.locations.is_empty() && !rule.locations.iter().any(|l| *l == event.location_id) {
+            if !rule.locations.is_empty() && !rule.locations.contains(&event.location_id) {
                 continue;
             }
             if event.origin.as_ref().is_some_and(|o| o.rule == rule.name) {
