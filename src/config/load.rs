@@ -126,7 +126,13 @@ pub fn load_from_str(
     let validation = validate::validate(&settings);
     problems.extend(validation.problems);
     if problems.is_empty() {
-        Ok(Config { settings, secrets: validation.secrets, warnings: validation.warnings, source, rules: validation.rules })
+        Ok(Config {
+            settings,
+            secrets: validation.secrets,
+            warnings: validation.warnings,
+            source,
+            rules: validation.rules,
+        })
     } else {
         Err(ConfigError::Invalid { origin: source, problems: overrides.attribute(problems) })
     }

@@ -25,6 +25,63 @@ fn the_example_config_is_valid() {
     assert_eq!(config.settings.daemon.shutdown_grace.get(), std::time::Duration::from_secs(8));
 }
 
+/// The commented block of the example that starts at `header`, uncommented, up to the next blank
+/// line or `stop` line.
+fn uncommented(text: &str, header: &str, stop: Option<&str>) -> String {
+    let start = text.find(&format!("\n{header}")).unwrap_or_else(|| panic!("{header} is not in the example")) + 1;
+    let mut out = String::new();
+    for line in text[start..].lines() {
+        if line.trim().is_empty() || stop.is_some_and(|stop| line.starts_with(stop)) {
+            break;
+        }
+        out.push_str(line.strip_prefix("# ").or_else(|| line.strip_prefix('#')).unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn the_example_rules_validate_with_the_example_connectors() {
+    let text = include_str!("../../config/ghl-sync.example.toml");
+    let rules = uncommented(text, "# [rule_settings]", None);
+    // The signing secret's env var is not set in tests; the webhook works without one.
+    let team = uncommented(text, "# [connectors.webhook.team_slack]", None)
+        .replace("secret_env = \"GHL_SYNC_SLACK_SECRET\"", "");
+    let sales = uncommented(text, "# [connectors.webhook.sales_slack]", None);
+    // The Lusha key comes from the environment in the example; inline here (the test has no env).
+    let lusha = uncommented(text, "# [connectors.lusha] ", Some("# [connectors.lusha.fields]"))
+        .replace("api_key_env = \"LUSHA_API_KEY\"", "api_key = \"test-key\"");
+    let full = format!("{text}\n{team}\n{sales}\n{lusha}\n{rules}");
+    let config = load(&full, &[]).unwrap_or_else(|e| panic!("{}", e.problems().join("\n")));
+    let names: Vec<&str> = config.rules.rules().iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["enrich-new-leads", "task-completed", "follow-up", "business-contacts", "pricing-call"]);
+    // Without the connectors they name, the same rules fail with key paths.
+    let problems = problems(&format!("{text}\n{rules}"));
+    assert!(
+        problems.iter().any(|p| p.contains("rules[0].actions[0].do") && p.contains("[connectors.lusha]")),
+        "{problems:#?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("rules[0].actions[1].connector") && p.contains("unknown connector")),
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn rule_problems_carry_key_paths_and_condition_positions() {
+    let text = "[connectors.webhook.sales]\nurl = \"https://x.example\"\n\
+        [[rules]]\nname = \"ok\"\non = [\"contact.created\"]\n[[rules.actions]]\ndo = \"ghl.upsert_contact\"\nfields = { companyName = \"{new.companyName}\" }\n\
+        [[rules]]\nname = \"bad\"\non = [\"contact.created\"]\nwhen = \"'lead' in &&\"\n[[rules.actions]]\ndo = \"deliver\"\nconnector = \"webhook.x\"\n";
+    let found = problems(text);
+    assert!(found.iter().any(|p| p.contains("rules[1].when") && p.contains("line 1, column")), "{found:#?}");
+    assert!(
+        found.iter().any(|p| p.contains("rules[1].actions[0].connector")
+            && p.contains("unknown connector \"webhook.x\"; configured: webhook.sales")),
+        "{found:#?}"
+    );
+    assert_eq!(found.len(), 2, "camelCase field names survive loading: {found:#?}");
+}
+
 #[test]
 fn an_empty_file_gives_the_documented_defaults() {
     let config = load("", &[]).unwrap();

@@ -321,21 +321,12 @@ pub const TRIGGERS: &[TriggerDoc] = &[
     },
 ];
 
-const CONTACT_ID: ParamDoc = ParamDoc {
-    name: "contact_id",
-    required: false,
-    meaning: "template; default: the event's contact",
-};
-const TASK_ID: ParamDoc = ParamDoc {
-    name: "task_id",
-    required: false,
-    meaning: "template; default: the event's task (task triggers)",
-};
-const NOTE_ID: ParamDoc = ParamDoc {
-    name: "note_id",
-    required: false,
-    meaning: "template; default: the event's note (note triggers)",
-};
+const CONTACT_ID: ParamDoc =
+    ParamDoc { name: "contact_id", required: false, meaning: "template; default: the event's contact" };
+const TASK_ID: ParamDoc =
+    ParamDoc { name: "task_id", required: false, meaning: "template; default: the event's task (task triggers)" };
+const NOTE_ID: ParamDoc =
+    ParamDoc { name: "note_id", required: false, meaning: "template; default: the event's note (note triggers)" };
 
 /// Every action.
 pub const ACTIONS: &[ActionDoc] = &[
@@ -365,7 +356,7 @@ pub const ACTIONS: &[ActionDoc] = &[
             required: true,
             meaning: "table of `CreateContactDto` fields; string values are templates",
         }],
-        example: "[[rules.actions]]\ndo = \"ghl.create_contact\"\nfields = { email = \"{data.email}\", source = \"rules\" }",
+        example: "[[rules.actions]]\ndo = \"ghl.create_contact\"\nfields = { email = \"{new.email}\", source = \"rules\" }",
     },
     ActionDoc {
         name: "ghl.upsert_contact",
@@ -375,7 +366,7 @@ pub const ACTIONS: &[ActionDoc] = &[
             required: true,
             meaning: "table of `CreateContactDto` fields; string values are templates",
         }],
-        example: "[[rules.actions]]\ndo = \"ghl.upsert_contact\"\nfields = { email = \"{data.email}\", companyName = \"{data.company_name}\" }",
+        example: "[[rules.actions]]\ndo = \"ghl.upsert_contact\"\nfields = { email = \"{new.email}\", companyName = \"{new.companyName}\" }",
     },
     ActionDoc {
         name: "ghl.update_contact",
@@ -399,19 +390,13 @@ pub const ACTIONS: &[ActionDoc] = &[
     ActionDoc {
         name: "ghl.add_tags",
         effect: "`POST /contacts/:contactId/tags`",
-        params: &[
-            ParamDoc { name: "tags", required: true, meaning: "list of tag templates" },
-            CONTACT_ID,
-        ],
+        params: &[ParamDoc { name: "tags", required: true, meaning: "list of tag templates" }, CONTACT_ID],
         example: "[[rules.actions]]\ndo = \"ghl.add_tags\"\ntags = [\"lead\", \"from-{event.trigger}\"]",
     },
     ActionDoc {
         name: "ghl.remove_tags",
         effect: "`DELETE /contacts/:contactId/tags` (body `{tags}`)",
-        params: &[
-            ParamDoc { name: "tags", required: true, meaning: "list of tag templates" },
-            CONTACT_ID,
-        ],
+        params: &[ParamDoc { name: "tags", required: true, meaning: "list of tag templates" }, CONTACT_ID],
         example: "[[rules.actions]]\ndo = \"ghl.remove_tags\"\ntags = [\"cold\"]",
     },
     ActionDoc {
@@ -468,6 +453,12 @@ pub const ACTIONS: &[ActionDoc] = &[
         example: "[[rules.actions]]\ndo = \"ghl.update_note\"\nbody = \"{new.body} (seen)\"",
     },
     ActionDoc {
+        name: "ghl.delete_note",
+        effect: "`DELETE /contacts/:contactId/notes/:id`",
+        params: &[NOTE_ID, CONTACT_ID],
+        example: "[[rules.actions]]\ndo = \"ghl.delete_note\"",
+    },
+    ActionDoc {
         name: "ghl.link_business",
         effect: "`POST /contacts/bulk/business` (`{locationId, ids: [contact], businessId}`; `null` unlinks)",
         params: &[
@@ -490,4 +481,280 @@ pub fn trigger(name: &str) -> Option<&'static TriggerDoc> {
 /// The catalog entry of an action.
 pub fn action(name: &str) -> Option<&'static ActionDoc> {
     ACTIONS.iter().find(|a| a.name == name)
+}
+
+/// The GHL contacts, tasks, notes, tags, appointments and business routes of reference/ghl.md
+/// §6.1, §6.4, §6.5 and §6.6: each must be the source of a trigger or the effect of an action,
+/// except [`UNUSED_ENDPOINTS`].
+pub const SEED_ENDPOINTS: &[&str] = &[
+    "POST /contacts/search",
+    "GET /contacts/:contactId",
+    "POST /contacts/",
+    "PUT /contacts/:contactId",
+    "DELETE /contacts/:contactId",
+    "POST /contacts/upsert",
+    "GET /contacts/search/duplicate",
+    "GET /contacts/business/:businessId",
+    "POST /contacts/bulk/business",
+    "GET /contacts/",
+    "GET /contacts/:contactId/tasks",
+    "GET /contacts/:contactId/tasks/:taskId",
+    "POST /contacts/:contactId/tasks",
+    "PUT /contacts/:contactId/tasks/:taskId",
+    "PUT /contacts/:contactId/tasks/:taskId/completed",
+    "DELETE /contacts/:contactId/tasks/:taskId",
+    "POST /locations/:locationId/tasks/search",
+    "GET /contacts/:contactId/notes",
+    "GET /contacts/:contactId/notes/:id",
+    "POST /contacts/:contactId/notes",
+    "PUT /contacts/:contactId/notes/:id",
+    "DELETE /contacts/:contactId/notes/:id",
+    "POST /contacts/:contactId/tags",
+    "DELETE /contacts/:contactId/tags",
+    "POST /contacts/bulk/tags/update/:type",
+    "GET /contacts/:contactId/appointments",
+];
+
+/// Seed endpoints deliberately in no trigger or action, with the reason.
+pub const UNUSED_ENDPOINTS: &[(&str, &str)] = &[
+    ("GET /contacts/", "deprecated by GHL (no incremental filter, gone in v3); `POST /contacts/search` replaces it"),
+    (
+        "POST /contacts/bulk/tags/update/:type",
+        "undocumented `:type` and no scope listed; `ghl.add_tags` / `ghl.remove_tags` use the per-contact tag routes, \
+         which the write-back service keys exactly once",
+    ),
+];
+
+const INTRO: &str = "# Operations: rules
+
+<!-- Generated by `ghl-sync::rules::catalog::markdown()`; do not edit by hand.
+     Regenerate with `UPDATE_DOCS=1 cargo test --lib rules::catalog`. -->
+
+Rules turn the changes the daemon already sees into actions, without code: *when X happens
+(a trigger), if a condition holds, do Y (actions)*. They live in the config file as `[[rules]]`
+tables and are checked by `ghl-sync validate`: an unknown trigger, action, connector, template
+field or a bad condition fails with its key path and position.
+
+```toml
+[rule_settings]
+max_depth = 3                 # a chain of rule-caused events is cut at this depth
+allow_contact_delete = false  # ghl.delete_contact actions are refused at load unless true
+max_actions_per_event = 20    # actions per event, all rules together; the rest are cut and counted
+
+[[rules]]
+name = \"enrich-new-leads\"      # [a-z0-9_-]{1,64}, unique
+on = [\"contact.created\"]       # triggers (at least one)
+when = \"'lead' in new.tags\"    # optional CEL condition (absent: always)
+locations = []                 # optional location ids; empty: all
+enabled = true
+[[rules.actions]]
+do = \"lusha.enrich\"
+[[rules.actions]]
+do = \"deliver\"
+connector = \"webhook.sales\"
+```
+
+## How rules work
+
+1. Every record version the sync commits (contact, task, note, appointment), every Lusha and
+   Lucky Orange result and every schedule slot becomes a **trigger event**, stored in the outbox
+   in the same transaction as the change.
+2. The `rules` connector derives the triggers of the event, evaluates every enabled rule whose
+   `on` lists the trigger and whose `locations` match, and stores each action it decides as an
+   outbox row of its own (connector `rule.<name>`).
+3. Each action row is performed through the write-back service (GHL) or becomes a row for the
+   named connector. Failures retry with backoff and end in dead letters like any delivery, and
+   `ghl-sync replay` replays them.
+
+A `schedule` rule runs at its `schedule` (`at = \"HH:MM\"` UTC, optional `days = [\"mon\", …]`)
+over the location's contacts; its condition selects which (`contact` is set, `old`/`new` are not).
+A slot missed while the daemon was down runs once when it is back.
+
+## Conditions
+
+`when` is a [CEL](https://cel.dev) expression, compiled when the config is loaded; a syntax error
+reports its line and column. It can use only these variables (a map that is absent is empty, so
+`has(new.tags)` is the way to test for a field):
+
+| Variable | Meaning |
+|---|---|
+";
+
+const TEMPLATES: &str = "
+An expression is at most 2,000 characters. CEL has no loops or user functions; its macros
+(`all`, `exists`, `exists_one`, `map`, `filter`) iterate over the event's own lists, so an
+evaluation is bounded. A condition that fails (a missing key, a type mismatch) or does not give
+a bool does not fire: the failure is counted per rule and reported by `ghl-sync rules test`.
+
+Examples: `'lead' in tags_added`, `new.tags.exists(t, t.startsWith('vip'))`,
+`'assignedTo' in changed && record.assignedTo != ''`, `at > now - duration('24h')`.
+
+## Templates
+
+Action parameters marked *template* take text with `{path}` placeholders (`{{` and `}}` are
+literal braces). The path starts with a root:
+
+| Root | Value |
+|---|---|
+| `contact.<field>` | the contact the event is about |
+| `old.<field>`, `new.<field>`, `record.<field>` | the record before, after, or whichever exists (its fields depend on the trigger: contact, task, note or appointment) |
+| `data.<field>` | the trigger's own fields (see the trigger table) |
+| `event.trigger`, `event.location_id`, `event.entity_id`, `event.contact_id`, `event.at` | the event itself (`at` in RFC 3339) |
+
+`customFields.<id or key>` goes to a custom field's value. A missing value renders empty; an
+action whose required value renders empty (no contact, an empty task title) is not taken and is
+reported. In `fields` tables, a value that is exactly one placeholder keeps its type (a number, a
+list). Unknown roots and fields are config errors.
+
+## Exactly once, and chains
+
+Every action is keyed by (rule, event, action index). The key is stored with the action's outbox
+row and used by the write-back service, so a retry, a `replay` or a `kill -9` between the key and
+the GHL call never creates a second tag, task or note.
+
+An action's own write-back comes back as a change (a tag added by a rule is seen by the next
+sync). Such an event carries its origin: **it never fires the rule that caused it**, and other
+rules see `depth` (how many rule actions led to it). At `[rule_settings] max_depth` the chain is
+cut: the rules that would have run are logged and counted, not run. `max_actions_per_event`
+bounds the actions one event can cause (all rules together); the rest are cut and counted.
+
+";
+
+/// `docs/operations.md`, whole.
+pub fn markdown() -> String {
+    let mut out = String::from(INTRO);
+    for (name, meaning) in super::expr::VARIABLES {
+        out.push_str(&format!("| `{name}` | {meaning} |\n"));
+    }
+    out.push_str(TEMPLATES);
+    out.push_str("## Triggers\n\n| Trigger | Record | Source | `data` fields |\n|---|---|---|---|\n");
+    for t in TRIGGERS {
+        let fields = if t.fields.is_empty() {
+            "—".to_owned()
+        } else {
+            t.fields.iter().map(|(name, meaning)| format!("`{name}`: {meaning}")).collect::<Vec<_>>().join("; ")
+        };
+        out.push_str(&format!("| `{}` | {} | {} | {fields} |\n", t.name, t.record.as_str(), t.source));
+    }
+    out.push_str("\nRecord fields (`old.`, `new.`, `record.`):\n\n");
+    for kind in [RecordKind::Contact, RecordKind::Task, RecordKind::Note, RecordKind::Appointment] {
+        let fields = kind.fields().iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ");
+        out.push_str(&format!("- {}: {fields}\n", kind.as_str()));
+    }
+    out.push_str("\n### Trigger examples\n");
+    for t in TRIGGERS {
+        out.push_str(&format!("\n`{}`:\n\n```toml\n{}\n```\n", t.name, t.example));
+    }
+    out.push_str("\n## Actions\n\n| Action | Effect | Parameters |\n|---|---|---|\n");
+    for a in ACTIONS {
+        let params = a
+            .params
+            .iter()
+            .map(|p| format!("`{}`{}: {}", p.name, if p.required { " (required)" } else { "" }, p.meaning))
+            .collect::<Vec<_>>()
+            .join("; ");
+        out.push_str(&format!("| `{}` | {} | {params} |\n", a.name, a.effect));
+    }
+    out.push_str("\n### Action examples\n");
+    for a in ACTIONS {
+        out.push_str(&format!("\n`{}`:\n\n```toml\n{}\n```\n", a.name, a.example));
+    }
+    out.push_str(
+        "\n## GHL endpoints\n\nEvery contacts, tasks, notes, tags, appointments and business route the daemon \
+         knows (reference/ghl.md §6.1, §6.4–§6.6) is the source of a trigger or the effect of an action \
+         above, except:\n\n",
+    );
+    for (endpoint, reason) in UNUSED_ENDPOINTS {
+        out.push_str(&format!("- `{endpoint}`: {reason}.\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docs_operations_md_matches_the_catalog() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md");
+        let expected = markdown();
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            std::fs::write(path, &expected).unwrap();
+        }
+        let actual = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            actual == expected,
+            "docs/operations.md is out of date with src/rules/catalog.rs; regenerate it with \
+             `UPDATE_DOCS=1 cargo test --lib rules::catalog`"
+        );
+    }
+
+    #[test]
+    fn every_seed_endpoint_is_a_trigger_source_or_an_action_effect() {
+        let text: String = TRIGGERS.iter().map(|t| t.source).chain(ACTIONS.iter().map(|a| a.effect)).collect();
+        for endpoint in SEED_ENDPOINTS {
+            let (method, path) = endpoint.split_once(' ').unwrap();
+            // Exact: "`GET /contacts/:contactId`" must not be found inside "…/tasks`".
+            let quoted = format!("`{method} {path}`");
+            let listed = text.contains(&quoted);
+            let excepted = UNUSED_ENDPOINTS.iter().any(|(e, _)| e == endpoint);
+            assert!(listed != excepted, "{endpoint}: listed {listed}, excepted {excepted}");
+        }
+    }
+
+    #[test]
+    fn names_are_unique_and_examples_parse_as_toml() {
+        let mut triggers: Vec<&str> = TRIGGERS.iter().map(|t| t.name).collect();
+        triggers.sort_unstable();
+        triggers.dedup();
+        assert_eq!(triggers.len(), TRIGGERS.len());
+        let mut actions: Vec<&str> = ACTIONS.iter().map(|a| a.name).collect();
+        actions.sort_unstable();
+        actions.dedup();
+        assert_eq!(actions.len(), ACTIONS.len());
+        for t in TRIGGERS {
+            t.example.parse::<toml::Table>().unwrap_or_else(|e| panic!("{}: {e}", t.name));
+        }
+        for a in ACTIONS {
+            a.example.parse::<toml::Table>().unwrap_or_else(|e| panic!("{}: {e}", a.name));
+        }
+    }
+
+    #[test]
+    fn every_action_example_compiles_in_a_rule() {
+        #[derive(serde::Deserialize)]
+        struct File {
+            rules: Vec<super::super::RuleSettings>,
+        }
+        let connectors = ["webhook.sales", "webhook.team", "lusha"].map(str::to_owned).into_iter().collect();
+        let options = super::super::RuleOptions { allow_contact_delete: true, ..Default::default() };
+        for a in ACTIONS {
+            let trigger = match a.name {
+                n if n.contains("task") => "task.updated",
+                n if n.contains("note") => "note.updated",
+                "ghl.link_business" => "business.linked",
+                _ => "contact.updated",
+            };
+            let text = format!("[[rules]]\nname = \"r\"\non = [\"{trigger}\"]\n{}\n", a.example);
+            let file: File = toml::from_str(&text).unwrap();
+            let (_, problems) = super::super::config::compile(&file.rules, &options, &connectors);
+            assert!(problems.is_empty(), "{}: {problems:?}", a.name);
+        }
+    }
+
+    #[test]
+    fn every_trigger_example_compiles_against_a_config_with_its_connectors() {
+        #[derive(serde::Deserialize)]
+        struct File {
+            rules: Vec<super::super::RuleSettings>,
+        }
+        let connectors = ["webhook.sales", "webhook.team", "lusha"].map(str::to_owned).into_iter().collect();
+        for t in TRIGGERS {
+            let file: File = toml::from_str(t.example).unwrap();
+            let (set, problems) =
+                super::super::config::compile(&file.rules, &super::super::RuleOptions::default(), &connectors);
+            assert!(problems.is_empty(), "{}: {problems:?}", t.name);
+            assert_eq!(set.rules()[0].on, [t.name]);
+        }
+    }
 }

@@ -379,7 +379,8 @@ fn check_action(
     for name in &given {
         if !doc.params.iter().any(|p| p.name == *name) {
             let takes: Vec<&str> = doc.params.iter().map(|p| p.name).collect();
-            found.push((format!(".{name}"), format!("not a parameter of {}; it takes: {}", doc.name, takes.join(", "))));
+            found
+                .push((format!(".{name}"), format!("not a parameter of {}; it takes: {}", doc.name, takes.join(", "))));
         }
     }
     for param in doc.params.iter().filter(|p| p.required) {
@@ -410,8 +411,7 @@ fn check_action(
             "ghl.delete_contact is refused unless [rule_settings] allow_contact_delete = true".to_owned(),
         )),
         "ghl.create_contact" | "ghl.upsert_contact" | "ghl.update_contact" => {
-            let allowed =
-                if doc.name == "ghl.update_contact" { UPDATE_CONTACT_FIELDS } else { CREATE_CONTACT_FIELDS };
+            let allowed = if doc.name == "ghl.update_contact" { UPDATE_CONTACT_FIELDS } else { CREATE_CONTACT_FIELDS };
             for name in action.fields.iter().flat_map(|f| f.keys()) {
                 if !allowed.contains(&name.as_str()) {
                     found.push((
@@ -485,10 +485,7 @@ fn check_template(template: &str, scope: &Scope<'_>) -> Vec<String> {
                 "event" => "an event".to_owned(),
                 "data" => "the data of this rule's triggers".to_owned(),
                 "contact" => "a contact".to_owned(),
-                _ => format!(
-                    "a {} record",
-                    scope.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(" or ")
-                ),
+                _ => format!("a {} record", scope.kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(" or ")),
             };
             let hint = if known.is_empty() { " (it has none)".to_owned() } else { String::new() };
             found.push(format!("unknown field {field:?} in {{{path}}}: not a field of {whose}{hint}"));
@@ -573,25 +570,45 @@ fields = { source = "rule {event.trigger}", customFields = [{ id = "abc", field_
             ("on = []", "rules[0].on", "at least one"),
             ("when = \"new.tags &&\"", "rules[0].when", "line 1, column"),
             ("when = \"person.x\"", "rules[0].when", "unknown variable `person`"),
-            ("do = \"deliver\"\nconnector = \"webhook.x\"", "rules[0].actions[0].connector", "configured: lusha, webhook.sales"),
+            (
+                "do = \"deliver\"\nconnector = \"webhook.x\"",
+                "rules[0].actions[0].connector",
+                "configured: lusha, webhook.sales",
+            ),
             ("do = \"deliver\"", "rules[0].actions[0].connector", "missing"),
             ("do = \"ghl.fly\"", "rules[0].actions[0].do", "unknown action"),
             ("do = \"ghl.delete_contact\"", "rules[0].actions[0].do", "allow_contact_delete"),
             ("do = \"ghl.add_tags\"\ntags = [\"{firstName}\"]", "rules[0].actions[0].tags[0]", "unknown template root"),
-            ("do = \"ghl.add_tags\"\ntags = [\"{new.favouriteColour}\"]", "rules[0].actions[0].tags[0]", "unknown field"),
+            (
+                "do = \"ghl.add_tags\"\ntags = [\"{new.favouriteColour}\"]",
+                "rules[0].actions[0].tags[0]",
+                "unknown field",
+            ),
             ("do = \"ghl.add_tags\"\ntags = [\"{data.nothing}\"]", "rules[0].actions[0].tags[0]", "unknown field"),
             ("do = \"ghl.add_tags\"\ntags = [\"{event.when}\"]", "rules[0].actions[0].tags[0]", "unknown field"),
             ("do = \"ghl.add_tags\"\ntags = [\"{new.x\"]", "rules[0].actions[0].tags[0]", "unclosed"),
             ("do = \"ghl.add_tags\"\ntags = []", "rules[0].actions[0].tags", "at least one"),
             ("do = \"ghl.add_tags\"\ntags = [\"a\"]\ntitle = \"x\"", "rules[0].actions[0].title", "not a parameter"),
-            ("do = \"ghl.update_contact\"\nfields = { tags = \"a\" }", "rules[0].actions[0].fields.tags", "unknown field"),
+            (
+                "do = \"ghl.update_contact\"\nfields = { tags = \"a\" }",
+                "rules[0].actions[0].fields.tags",
+                "unknown field",
+            ),
             ("do = \"ghl.create_task\"\ntitle = \"t\"\ndue = \"in 3w\"", "rules[0].actions[0].due", "in <n>m"),
             ("do = \"ghl.create_task\"\ntitle = \"t\"", "rules[0].actions[0].due", "missing"),
             ("on = [\"schedule\"]", "rules[0].schedule", "missing"),
             ("schedule = { at = \"09:00\" }", "rules[0].schedule", "only used with"),
-            ("on = [\"schedule\", \"contact.created\"]\nschedule = { at = \"09:00\" }", "rules[0].on", "cannot be mixed"),
+            (
+                "on = [\"schedule\", \"contact.created\"]\nschedule = { at = \"09:00\" }",
+                "rules[0].on",
+                "cannot be mixed",
+            ),
             ("on = [\"schedule\"]\nschedule = { at = \"9am\" }", "rules[0].schedule.at", "HH:MM"),
-            ("on = [\"schedule\"]\nschedule = { at = \"09:00\", days = [\"monday\"] }", "rules[0].schedule.days", "not a day"),
+            (
+                "on = [\"schedule\"]\nschedule = { at = \"09:00\", days = [\"monday\"] }",
+                "rules[0].schedule.days",
+                "not a day",
+            ),
         ];
         for (line, key, message) in cases {
             // A line names either a rule key or an action; fill in the rest.
@@ -621,7 +638,8 @@ fields = { source = "rule {event.trigger}", customFields = [{ id = "abc", field_
     #[test]
     fn lusha_enrich_needs_the_lusha_connector_and_names_are_unique() {
         let text = "[[rules]]\nname = \"r\"\non = [\"contact.created\"]\n[[rules.actions]]\ndo = \"lusha.enrich\"\n";
-        let (_, found) = compile(&toml::from_str::<File>(text).unwrap().rules, &RuleOptions::default(), &BTreeSet::new());
+        let (_, found) =
+            compile(&toml::from_str::<File>(text).unwrap().rules, &RuleOptions::default(), &BTreeSet::new());
         assert!(found.iter().any(|(k, m)| k == "rules[0].actions[0].do" && m.contains("[connectors.lusha]")));
         let twice = format!("{text}{text}");
         assert!(problems(&twice).iter().any(|(k, m)| k == "rules[1].name" && m.contains("twice")));

@@ -31,7 +31,8 @@ pub fn derive(
         (EntityKind::Task, Operation::Created) => vec![("task.created", Map::new())],
         (EntityKind::Task, Operation::Updated | Operation::Completed) => {
             let mut out = vec![("task.updated", Map::new())];
-            let completed = |record: Option<&Value>| record.and_then(|r| r.get("completed")) == Some(&Value::Bool(true));
+            let completed =
+                |record: Option<&Value>| record.and_then(|r| r.get("completed")) == Some(&Value::Bool(true));
             if operation == Operation::Completed || (completed(new) && !completed(old)) {
                 out.push(("task.completed", Map::new()));
             }
@@ -111,11 +112,7 @@ fn contact_updates(old: Option<&Value>, new: Option<&Value>) -> Vec<(&'static st
         out.push(("contact.dnd_changed", Map::new()));
     }
     let business = |record: Option<&Value>| {
-        record
-            .and_then(|r| r.get("businessId"))
-            .and_then(Value::as_str)
-            .filter(|id| !id.is_empty())
-            .map(str::to_owned)
+        record.and_then(|r| r.get("businessId")).and_then(Value::as_str).filter(|id| !id.is_empty()).map(str::to_owned)
     };
     let (before, after) = (business(old), business(new));
     if before != after {
@@ -180,30 +177,127 @@ mod tests {
         use EntityKind::{Action, Appointment, Contact, Event, Note, Task};
         use Operation::{Completed, Created, Deleted, Updated};
         let c = |v: Value| Some(v);
-        let cases: Vec<(EntityKind, Operation, Option<Value>, Option<Value>, &[&str])> = vec![
+        type Case = (EntityKind, Operation, Option<Value>, Option<Value>, &'static [&'static str]);
+        let cases: Vec<Case> = vec![
             (Contact, Created, None, c(json!({"id": "c1", "tags": ["a"]})), &["contact.created"]),
             (Contact, Deleted, c(json!({"id": "c1"})), None, &["contact.deleted"]),
-            (Contact, Updated, c(json!({"id": "c1", "city": "A"})), c(json!({"id": "c1", "city": "B"})), &["contact.updated"]),
-            (Contact, Updated, c(json!({"id": "c1", "tags": ["a"]})), c(json!({"id": "c1", "tags": ["a", "b"]})), &["contact.updated", "tag.added"]),
-            (Contact, Updated, c(json!({"id": "c1", "tags": ["a"]})), c(json!({"id": "c1", "tags": []})), &["contact.updated", "tag.removed"]),
-            (Contact, Updated, c(json!({"id": "c1", "tags": ["a"]})), c(json!({"id": "c1", "tags": ["b"]})), &["contact.updated", "tag.added", "tag.removed"]),
-            (Contact, Updated, c(json!({"id": "c1", "dnd": false})), c(json!({"id": "c1", "dnd": true})), &["contact.updated", "contact.dnd_changed"]),
-            (Contact, Updated, c(json!({"id": "c1"})), c(json!({"id": "c1", "dndSettings": {"SMS": {"status": "active"}}})), &["contact.updated", "contact.dnd_changed"]),
-            (Contact, Updated, c(json!({"id": "c1"})), c(json!({"id": "c1", "businessId": "b1"})), &["contact.updated", "business.linked"]),
-            (Contact, Updated, c(json!({"id": "c1", "businessId": "b1"})), c(json!({"id": "c1", "businessId": null})), &["contact.updated", "business.unlinked"]),
-            (Contact, Updated, c(json!({"id": "c1", "businessId": "b1"})), c(json!({"id": "c1", "businessId": "b2"})), &["contact.updated", "business.unlinked", "business.linked"]),
+            (
+                Contact,
+                Updated,
+                c(json!({"id": "c1", "city": "A"})),
+                c(json!({"id": "c1", "city": "B"})),
+                &["contact.updated"],
+            ),
+            (
+                Contact,
+                Updated,
+                c(json!({"id": "c1", "tags": ["a"]})),
+                c(json!({"id": "c1", "tags": ["a", "b"]})),
+                &["contact.updated", "tag.added"],
+            ),
+            (
+                Contact,
+                Updated,
+                c(json!({"id": "c1", "tags": ["a"]})),
+                c(json!({"id": "c1", "tags": []})),
+                &["contact.updated", "tag.removed"],
+            ),
+            (
+                Contact,
+                Updated,
+                c(json!({"id": "c1", "tags": ["a"]})),
+                c(json!({"id": "c1", "tags": ["b"]})),
+                &["contact.updated", "tag.added", "tag.removed"],
+            ),
+            (
+                Contact,
+                Updated,
+                c(json!({"id": "c1", "dnd": false})),
+                c(json!({"id": "c1", "dnd": true})),
+                &["contact.updated", "contact.dnd_changed"],
+            ),
+            (
+                Contact,
+                Updated,
+                c(json!({"id": "c1"})),
+                c(json!({"id": "c1", "dndSettings": {"SMS": {"status": "active"}}})),
+                &["contact.updated", "contact.dnd_changed"],
+            ),
+            (
+                Contact,
+                Updated,
+                c(json!({"id": "c1"})),
+                c(json!({"id": "c1", "businessId": "b1"})),
+                &["contact.updated", "business.linked"],
+            ),
+            (
+                Contact,
+                Updated,
+                c(json!({"id": "c1", "businessId": "b1"})),
+                c(json!({"id": "c1", "businessId": null})),
+                &["contact.updated", "business.unlinked"],
+            ),
+            (
+                Contact,
+                Updated,
+                c(json!({"id": "c1", "businessId": "b1"})),
+                c(json!({"id": "c1", "businessId": "b2"})),
+                &["contact.updated", "business.unlinked", "business.linked"],
+            ),
             (Task, Created, None, c(json!({"id": "t1", "contactId": "c1"})), &["task.created"]),
-            (Task, Updated, c(json!({"id": "t1", "title": "a"})), c(json!({"id": "t1", "title": "b"})), &["task.updated"]),
-            (Task, Completed, c(json!({"id": "t1", "completed": false})), c(json!({"id": "t1", "completed": true})), &["task.updated", "task.completed"]),
-            (Task, Updated, c(json!({"id": "t1", "completed": false})), c(json!({"id": "t1", "completed": true})), &["task.updated", "task.completed"]),
+            (
+                Task,
+                Updated,
+                c(json!({"id": "t1", "title": "a"})),
+                c(json!({"id": "t1", "title": "b"})),
+                &["task.updated"],
+            ),
+            (
+                Task,
+                Completed,
+                c(json!({"id": "t1", "completed": false})),
+                c(json!({"id": "t1", "completed": true})),
+                &["task.updated", "task.completed"],
+            ),
+            (
+                Task,
+                Updated,
+                c(json!({"id": "t1", "completed": false})),
+                c(json!({"id": "t1", "completed": true})),
+                &["task.updated", "task.completed"],
+            ),
             (Task, Deleted, c(json!({"id": "t1"})), None, &["task.deleted"]),
             (Note, Created, None, c(json!({"id": "n1"})), &["note.created"]),
-            (Note, Updated, c(json!({"id": "n1", "body": "a"})), c(json!({"id": "n1", "body": "b"})), &["note.updated"]),
+            (
+                Note,
+                Updated,
+                c(json!({"id": "n1", "body": "a"})),
+                c(json!({"id": "n1", "body": "b"})),
+                &["note.updated"],
+            ),
             (Note, Deleted, c(json!({"id": "n1"})), None, &["note.deleted"]),
             (Appointment, Created, None, c(json!({"id": "a1"})), &["appointment.created"]),
-            (Appointment, Updated, c(json!({"id": "a1", "appointmentStatus": "confirmed"})), c(json!({"id": "a1", "appointmentStatus": "showed"})), &["appointment.updated"]),
-            (Appointment, Updated, c(json!({"id": "a1", "appointmentStatus": "confirmed"})), c(json!({"id": "a1", "appointmentStatus": "cancelled"})), &["appointment.updated", "appointment.cancelled"]),
-            (Appointment, Updated, c(json!({"id": "a1", "appointmentStatus": "cancelled", "title": "x"})), c(json!({"id": "a1", "appointmentStatus": "cancelled", "title": "y"})), &["appointment.updated"]),
+            (
+                Appointment,
+                Updated,
+                c(json!({"id": "a1", "appointmentStatus": "confirmed"})),
+                c(json!({"id": "a1", "appointmentStatus": "showed"})),
+                &["appointment.updated"],
+            ),
+            (
+                Appointment,
+                Updated,
+                c(json!({"id": "a1", "appointmentStatus": "confirmed"})),
+                c(json!({"id": "a1", "appointmentStatus": "cancelled"})),
+                &["appointment.updated", "appointment.cancelled"],
+            ),
+            (
+                Appointment,
+                Updated,
+                c(json!({"id": "a1", "appointmentStatus": "cancelled", "title": "x"})),
+                c(json!({"id": "a1", "appointmentStatus": "cancelled", "title": "y"})),
+                &["appointment.updated"],
+            ),
             (Appointment, Deleted, c(json!({"id": "a1"})), None, &["appointment.deleted"]),
             (Event, Created, None, c(json!({})), &[]),
             (Action, Created, None, c(json!({})), &[]),
@@ -219,7 +313,17 @@ mod tests {
         let old = json!({"id": "c1", "tags": ["a"], "businessId": "b1", "city": "A", "phone": null});
         let new = json!({"id": "c1", "tags": ["a", "b"], "businessId": "b2", "city": "A"});
         let origin = Some(Origin { rule: "r".to_owned(), depth: 1 });
-        let events = derive(EntityKind::Contact, Operation::Updated, Some(&old), Some(&new), None, "loc", "k1", 42, origin.clone());
+        let events = derive(
+            EntityKind::Contact,
+            Operation::Updated,
+            Some(&old),
+            Some(&new),
+            None,
+            "loc",
+            "k1",
+            42,
+            origin.clone(),
+        );
         let keys: Vec<&str> = events.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, ["k1:contact.updated", "k1:tag.added", "k1:business.unlinked", "k1:business.linked"]);
         for event in &events {
@@ -239,7 +343,8 @@ mod tests {
     fn child_events_take_the_contact_from_the_record_or_the_snapshot() {
         let contact = json!({"id": "c9", "firstName": "A"});
         let task = json!({"id": "t1", "title": "x"});
-        let events = derive(EntityKind::Task, Operation::Created, None, Some(&task), Some(&contact), "loc", "k", 0, None);
+        let events =
+            derive(EntityKind::Task, Operation::Created, None, Some(&task), Some(&contact), "loc", "k", 0, None);
         assert_eq!(events[0].contact_id.as_deref(), Some("c9"));
         assert_eq!(events[0].entity_id.as_deref(), Some("t1"));
         assert_eq!(events[0].entity, Some(EntityKind::Task));

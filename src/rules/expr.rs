@@ -112,7 +112,8 @@ fn variables(event: &RuleEvent, now_ms: i64) -> Result<Vec<(&'static str, cel::V
         Some(value @ Json::Object(_)) => to_cel(value),
         _ => cel::Value::from(HashMap::<String, cel::Value>::new()),
     };
-    let strings = |list: &[String]| cel::Value::from(list.iter().map(|s| cel::Value::from(s.as_str())).collect::<Vec<_>>());
+    let strings =
+        |list: &[String]| cel::Value::from(list.iter().map(|s| cel::Value::from(s.as_str())).collect::<Vec<_>>());
     let record = event.new.as_ref().or(event.old.as_ref());
     let depth = event.origin.as_ref().map_or(0, |origin| origin.depth);
     Ok(vec![

@@ -145,6 +145,10 @@ pub enum Action {
         note_id: String,
         body: String,
     },
+    DeleteNote {
+        contact_id: String,
+        note_id: String,
+    },
     /// `business_id: None` unlinks.
     LinkBusiness {
         contact_id: String,

@@ -162,13 +162,13 @@ impl RuleSet {
         let view = template_view(event);
         let scheduled_rule = event.data.get("rule").and_then(Value::as_str);
         for rule in &self.rules {
-            if !rule.enabled || !rule.on.iter().any(|t| *t == event.trigger) {
+            if !rule.enabled || !rule.on.contains(&event.trigger) {
                 continue;
             }
             if event.trigger == "schedule" && scheduled_rule.is_some_and(|name| name != rule.name) {
                 continue;
             }
-            if !rule.locations.is_empty() && !rule.locations.iter().any(|l| *l == event.location_id) {
+            if !rule.locations.is_empty() && !rule.locations.contains(&event.location_id) {
                 continue;
             }
             if event.origin.as_ref().is_some_and(|o| o.rule == rule.name) {
@@ -245,6 +245,7 @@ fn action_contact(action: &Action) -> Option<&str> {
         | Action::DeleteTask { contact_id, .. }
         | Action::CreateNote { contact_id, .. }
         | Action::UpdateNote { contact_id, .. }
+        | Action::DeleteNote { contact_id, .. }
         | Action::LinkBusiness { contact_id, .. } => Some(contact_id),
     }
 }
@@ -435,10 +436,267 @@ fn render_action(spec: &ActionSpec, event: &RuleEvent, view: &Value) -> Result<A
             note_id: child_id(s.note_id.as_ref(), EntityKind::Note, event, view, "note_id")?,
             body: optional(s.body.as_ref(), view).ok_or("body rendered empty")?,
         },
+        "ghl.delete_note" => Action::DeleteNote {
+            contact_id: contact(s, event, view)?,
+            note_id: child_id(s.note_id.as_ref(), EntityKind::Note, event, view, "note_id")?,
+        },
         "ghl.link_business" => Action::LinkBusiness {
             contact_id: contact(s, event, view)?,
             business_id: optional(s.business_id.as_ref(), view),
         },
         other => return Err(format!("action {other} has no renderer")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+    use serde::Deserialize;
+    use serde_json::json;
+
+    use super::*;
+    use crate::domain::Operation;
+    use crate::rules::config::{RuleSettings, compile};
+    use crate::rules::{Origin, event};
+
+    #[derive(Deserialize)]
+    struct File {
+        #[serde(default)]
+        rule_settings: RuleOptions,
+        rules: Vec<RuleSettings>,
+    }
+
+    fn set(text: &str) -> RuleSet {
+        let file: File = toml::from_str(text).unwrap();
+        let connectors: BTreeSet<String> = ["webhook.sales", "lusha"].map(str::to_owned).into_iter().collect();
+        let (set, problems) = compile(&file.rules, &file.rule_settings, &connectors);
+        assert!(problems.is_empty(), "{problems:?}");
+        set
+    }
+
+    const RULES: &str = r#"
+[rule_settings]
+max_depth = 2
+[[rules]]
+name = "leads"
+on = ["contact.created", "tag.added"]
+when = "'lead' in record.tags"
+[[rules.actions]]
+do = "lusha.enrich"
+[[rules.actions]]
+do = "ghl.create_task"
+title = "Call {contact.firstName}"
+body = "From {event.trigger} at {event.at}"
+due = "in 1d"
+[[rules.actions]]
+do = "deliver"
+connector = "webhook.sales"
+[[rules]]
+name = "only-loc2"
+on = ["contact.created"]
+locations = ["loc2"]
+[[rules.actions]]
+do = "ghl.add_tags"
+tags = ["seen-{event.location_id}"]
+"#;
+
+    fn created(key: &str) -> RuleEvent {
+        let contact = json!({"id": "c1", "firstName": "Ada", "tags": ["lead"]});
+        event::derive(
+            EntityKind::Contact,
+            Operation::Created,
+            None,
+            Some(&contact),
+            None,
+            "loc1",
+            key,
+            1_700_000_000_000,
+            None,
+        )
+        .remove(0)
+    }
+
+    #[test]
+    fn a_matching_rule_renders_its_actions_with_keys_and_depth() {
+        let plan = set(RULES).plan(&created("v1"), 0);
+        assert_eq!(plan.fired, ["leads"]);
+        assert!(plan.errors.is_empty(), "{:?}", plan.errors);
+        let actions: Vec<&Action> = plan.actions.iter().map(|a| &a.action).collect();
+        assert_eq!(
+            actions,
+            [
+                &Action::LushaEnrich { contact_id: "c1".to_owned() },
+                &Action::CreateTask {
+                    contact_id: "c1".to_owned(),
+                    title: "Call Ada".to_owned(),
+                    body: Some("From contact.created at 2023-11-14T22:13:20.000Z".to_owned()),
+                    due: "2023-11-15T22:13:20.000Z".to_owned(),
+                    assigned_to: None,
+                },
+                &Action::Deliver { connector: "webhook.sales".to_owned() },
+            ]
+        );
+        let first = &plan.actions[0];
+        assert_eq!(first.key, crate::writeback::key(&["rule", "leads", "v1:contact.created", "0"]));
+        assert_eq!((first.depth, first.index, first.rule.as_str()), (1, 0, "leads"));
+        assert_eq!(plan.actions[2].record.as_ref().and_then(|r| r.get("id")), Some(&json!("c1")));
+    }
+
+    #[test]
+    fn locations_origin_depth_and_conditions_decide_what_runs() {
+        let rules = set(RULES);
+        let mut other = created("v1");
+        other.location_id = "loc2".to_owned();
+        assert_eq!(rules.plan(&other, 0).fired, ["leads", "only-loc2"]);
+
+        let mut own = created("v1");
+        own.origin = Some(Origin { rule: "leads".to_owned(), depth: 1 });
+        let plan = rules.plan(&own, 0);
+        assert_eq!((plan.skipped_self, plan.fired), (vec!["leads".to_owned()], vec![]));
+
+        let mut deep = created("v1");
+        deep.origin = Some(Origin { rule: "other".to_owned(), depth: 2 });
+        let plan = rules.plan(&deep, 0);
+        assert_eq!((plan.cut, plan.actions.len()), (vec!["leads".to_owned()], 0));
+
+        let mut chained = created("v1");
+        chained.origin = Some(Origin { rule: "other".to_owned(), depth: 1 });
+        assert!(rules.plan(&chained, 0).actions.iter().all(|a| a.depth == 2));
+
+        let mut cold = created("v1");
+        cold.new = Some(json!({"id": "c1", "tags": []}));
+        assert!(rules.plan(&cold, 0).fired.is_empty());
+        let mut broken = created("v1");
+        broken.new = Some(json!({"id": "c1"}));
+        let plan = rules.plan(&broken, 0);
+        assert_eq!(plan.errors.len(), 1, "{:?}", plan.errors);
+        assert!(plan.errors[0].1.starts_with("when: "), "{:?}", plan.errors);
+    }
+
+    #[test]
+    fn an_action_without_its_required_value_is_an_error_not_an_action() {
+        let rules = set(RULES);
+        let mut anonymous = created("v1");
+        anonymous.contact_id = None;
+        let plan = rules.plan(&anonymous, 0);
+        assert_eq!(plan.fired, ["leads"]);
+        // Only the delivery needs no contact.
+        assert_eq!(plan.actions.len(), 1);
+        assert_eq!(plan.errors.len(), 2, "{:?}", plan.errors);
+        assert!(plan.errors.iter().all(|(rule, message)| rule == "leads" && message.contains("no contact id")));
+
+        let empty_title = set(
+            "[[rules]]\nname = \"t\"\non = [\"contact.created\"]\n[[rules.actions]]\ndo = \"ghl.create_task\"\ntitle = \"{contact.lastName}\"\ndue = \"in 1h\"\n",
+        );
+        let plan = empty_title.plan(&created("v1"), 0);
+        assert!(plan.actions.is_empty() && plan.errors[0].1.contains("title rendered empty"), "{plan:?}");
+    }
+
+    #[test]
+    fn task_and_note_actions_default_to_the_events_record() {
+        let rules = set(
+            "[[rules]]\nname = \"t\"\non = [\"task.created\", \"note.created\"]\n[[rules.actions]]\ndo = \"ghl.complete_task\"\n[[rules.actions]]\ndo = \"ghl.update_note\"\nbody = \"{new.body}!\"\n",
+        );
+        let task = json!({"id": "t1", "contactId": "c1", "title": "x"});
+        let event =
+            event::derive(EntityKind::Task, Operation::Created, None, Some(&task), None, "l", "k", 0, None).remove(0);
+        let plan = rules.plan(&event, 0);
+        assert_eq!(
+            plan.actions[0].action,
+            Action::CompleteTask { contact_id: "c1".to_owned(), task_id: "t1".to_owned() }
+        );
+        assert!(plan.errors[0].1.contains("no note_id"), "{:?}", plan.errors);
+    }
+
+    #[test]
+    fn fields_render_with_types_and_business_links_can_unlink() {
+        let rules = set(r#"
+[[rules]]
+name = "b"
+on = ["business.unlinked", "business.linked"]
+[[rules.actions]]
+do = "ghl.update_contact"
+fields = { source = "biz {data.business_id}", dnd = true, customFields = [{ id = "cf1", field_value = "{record.tags}" }] }
+[[rules.actions]]
+do = "ghl.link_business"
+business_id = "{new.businessId}"
+"#);
+        let old = json!({"id": "c1", "businessId": "b1", "tags": ["x"]});
+        let new = json!({"id": "c1", "tags": ["x"]});
+        let events =
+            event::derive(EntityKind::Contact, Operation::Updated, Some(&old), Some(&new), None, "l", "k", 0, None);
+        let unlinked = events.iter().find(|e| e.trigger == "business.unlinked").unwrap();
+        let plan = rules.plan(unlinked, 0);
+        let Action::UpdateContact { fields, .. } = &plan.actions[0].action else { panic!("{plan:?}") };
+        assert_eq!(fields.get("source"), Some(&json!("biz b1")));
+        assert_eq!(fields.get("dnd"), Some(&json!(true)));
+        assert_eq!(fields.get("customFields"), Some(&json!([{"id": "cf1", "field_value": ["x"]}])));
+        assert_eq!(plan.actions[1].action, Action::LinkBusiness { contact_id: "c1".to_owned(), business_id: None });
+    }
+
+    #[test]
+    fn actions_over_the_per_event_limit_are_cut_and_counted() {
+        let rules = set(
+            "[rule_settings]\nmax_actions_per_event = 2\n[[rules]]\nname = \"a\"\non = [\"contact.created\"]\n[[rules.actions]]\ndo = \"lusha.enrich\"\n[[rules.actions]]\ndo = \"lusha.enrich\"\n[[rules]]\nname = \"b\"\non = [\"contact.created\"]\n[[rules.actions]]\ndo = \"lusha.enrich\"\n",
+        );
+        let plan = rules.plan(&created("v"), 0);
+        assert_eq!(plan.actions.len(), 2);
+        assert_eq!(plan.over_limit, [("b".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn schedules_find_their_last_slot_and_only_their_rule_runs() {
+        let rules = set(
+            "[[rules]]\nname = \"weekday\"\non = [\"schedule\"]\nschedule = { at = \"09:00\", days = [\"mon\", \"fri\"] }\n[[rules.actions]]\ndo = \"lusha.enrich\"\n[[rules]]\nname = \"daily\"\non = [\"schedule\"]\nschedule = { at = \"23:30\" }\n[[rules.actions]]\ndo = \"lusha.enrich\"\n",
+        );
+        let schedules = rules.schedules();
+        assert_eq!(schedules.len(), 2);
+        let (weekday, daily) = (schedules[0].1, schedules[1].1);
+        let ms = |s: &str| parse_timestamp_ms(s).unwrap();
+        // 2026-12-07 is a Monday.
+        assert_eq!(weekday.last_slot_at_or_before(ms("2026-12-07T09:00:00Z")), Some(ms("2026-12-07T09:00:00Z")));
+        assert_eq!(weekday.last_slot_at_or_before(ms("2026-12-07T08:59:59Z")), Some(ms("2026-12-04T09:00:00Z")));
+        assert_eq!(weekday.last_slot_at_or_before(ms("2026-12-10T12:00:00Z")), Some(ms("2026-12-07T09:00:00Z")));
+        assert_eq!(daily.last_slot_at_or_before(ms("2026-12-07T10:00:00Z")), Some(ms("2026-12-06T23:30:00Z")));
+        assert_eq!(rules.triggers(), BTreeSet::from(["schedule".to_owned()]));
+
+        let mut event = RuleEvent {
+            trigger: "schedule".to_owned(),
+            key: "s".to_owned(),
+            contact_id: Some("c".to_owned()),
+            ..RuleEvent::default()
+        };
+        event.data.insert("rule".to_owned(), json!("daily"));
+        assert_eq!(rules.plan(&event, 0).fired, ["daily"]);
+    }
+
+    #[test]
+    fn listing_summarises_rules() {
+        let summaries = set(RULES).summaries();
+        assert_eq!(summaries[0].actions, ["lusha.enrich", "ghl.create_task", "deliver → webhook.sales"]);
+        assert_eq!(summaries[0].when.as_deref(), Some("'lead' in record.tags"));
+        assert_eq!(summaries[1].locations, ["loc2"]);
+    }
+
+    proptest! {
+        #[test]
+        fn planning_is_deterministic_and_keys_are_unique(key_a in "[a-z0-9:]{1,20}", key_b in "[a-z0-9:]{1,20}", name in "[a-zA-Z ]{0,12}") {
+            let rules = set(RULES);
+            let mut a = created(&key_a);
+            if let Some(Value::Object(record)) = a.new.as_mut() {
+                record.insert("firstName".to_owned(), json!(name));
+            }
+            let first = rules.plan(&a, 1);
+            let second = rules.plan(&a, 2);
+            prop_assert_eq!(&first, &second);
+            let keys: BTreeSet<&String> = first.actions.iter().map(|x| &x.key).collect();
+            prop_assert_eq!(keys.len(), first.actions.len());
+            let other = rules.plan(&created(&key_b), 1);
+            if key_a != key_b {
+                prop_assert!(other.actions.iter().all(|x| !keys.contains(&x.key)));
+            }
+        }
+    }
 }
