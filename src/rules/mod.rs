@@ -15,6 +15,8 @@
 //!
 //! This file holds the types the three steps share.
 
+pub mod executor;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 

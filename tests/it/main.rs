@@ -26,6 +26,7 @@ mod lucky_orange_browser;
 mod lusha;
 mod once;
 mod reliability;
+mod rules_exec;
 mod security;
 mod server;
 mod sync;

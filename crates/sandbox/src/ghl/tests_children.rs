@@ -589,8 +589,9 @@ async fn duplicate_search_finds_by_email_first_then_number_and_upsert_updates_th
     let find = |query: &str| format!("/contacts/search/duplicate?locationId={}&{query}", a.id);
 
     // Email (case-insensitive) wins over the number; the answer is the GET shape.
-    let (status, body) =
-        env.send(env.req(reqwest::Method::GET, &find("email=ada.dup%40example.test&number=%2B15550100002"), &a.pit)).await?;
+    let (status, body) = env
+        .send(env.req(reqwest::Method::GET, &find("email=ada.dup%40example.test&number=%2B15550100002"), &a.pit))
+        .await?;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["contact"]["id"], ada.as_str());
     assert!(body["traceId"].is_string());
