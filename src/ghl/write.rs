@@ -227,6 +227,34 @@ pub struct BusinessContacts {
     pub count: Option<u64>,
 }
 
+/// `POST /contacts/upsert` body: the create fields plus `createNewIfDuplicateAllowed`.
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpsertContact {
+    #[serde(flatten)]
+    pub contact: CreateContact,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub create_new_if_duplicate_allowed: Option<bool>,
+}
+
+/// The answer of `POST /contacts/upsert`: whether it created, and the contact.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Upserted {
+    #[serde(default)]
+    pub new: bool,
+    pub contact: Contact,
+}
+
+/// The answer of `POST /contacts/bulk/business` (`ContactsBulkUpateResponse`): the ids that
+/// were updated (ids that are not contacts of the location are left out).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct BusinessLinked {
+    #[serde(default)]
+    pub success: bool,
+    #[serde(default)]
+    pub ids: Vec<String>,
+}
+
 /// What a delete found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeleteOutcome {
@@ -242,6 +270,21 @@ struct CreatedEnvelope {
 
 #[derive(Deserialize)]
 struct UpdatedEnvelope {
+    #[serde(default)]
+    contact: Option<Contact>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BusinessBody<'a> {
+    location_id: &'a str,
+    ids: &'a [String],
+    /// `null` unlinks.
+    business_id: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct DuplicateEnvelope {
     #[serde(default)]
     contact: Option<Contact>,
 }
@@ -332,6 +375,66 @@ impl GhlClient {
             })
             .await?;
         Ok(envelope.contact)
+    }
+
+    /// `POST /contacts/upsert` → 200 `{new, contact}`. Follows the location's "Allow
+    /// Duplicate Contact" setting (reference/ghl.md §6.8): use it for true creates, not edits.
+    /// Not retried after an ambiguous failure (it may create).
+    pub async fn upsert_contact(&self, upsert: &UpsertContact) -> Result<Upserted, GhlError> {
+        let url = self.url("/contacts/upsert");
+        self.call(&upsert.contact.location_id, || {
+            ApiRequest::new(Method::POST, url.clone(), "/contacts/upsert")
+                .priority(Priority::WriteBack)
+                .idempotent(false)
+                .json(upsert)
+        })
+        .await
+    }
+
+    /// `GET /contacts/search/duplicate` (query `locationId`, `email` / `number`): the contact
+    /// GHL's duplicate rules match (email first, then phone), if any.
+    pub async fn find_duplicate(
+        &self,
+        location: &str,
+        email: Option<&str>,
+        number: Option<&str>,
+        priority: Priority,
+    ) -> Result<Option<Contact>, GhlError> {
+        let mut url = self.url("/contacts/search/duplicate");
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("locationId", location);
+            if let Some(email) = email {
+                query.append_pair("email", email);
+            }
+            if let Some(number) = number {
+                query.append_pair("number", number);
+            }
+        }
+        let envelope: DuplicateEnvelope = self
+            .call(location, || {
+                Ok(ApiRequest::new(Method::GET, url.clone(), "/contacts/search/duplicate").priority(priority))
+            })
+            .await?;
+        Ok(envelope.contact)
+    }
+
+    /// `POST /contacts/bulk/business`: links `contact_ids` to `business_id`, or unlinks them
+    /// (`None` sends `businessId: null`). Setting the same link twice is harmless.
+    pub async fn link_business(
+        &self,
+        location: &str,
+        contact_ids: &[String],
+        business_id: Option<&str>,
+    ) -> Result<BusinessLinked, GhlError> {
+        let url = self.url("/contacts/bulk/business");
+        self.call(location, || {
+            ApiRequest::new(Method::POST, url.clone(), "/contacts/bulk/business")
+                .priority(Priority::WriteBack)
+                .idempotent(true)
+                .json(&BusinessBody { location_id: location, ids: contact_ids, business_id })
+        })
+        .await
     }
 
     /// `DELETE /contacts/:contactId`.
@@ -657,6 +760,32 @@ mod tests {
         // `succeded` is optional: any 2xx body parses.
         let updated: UpdatedEnvelope = serde_json::from_str(r#"{"succeded":true}"#).unwrap();
         assert!(updated.contact.is_none());
+    }
+
+    #[test]
+    fn upsert_business_and_duplicate_shapes_match_the_spec() {
+        let upsert = UpsertContact {
+            contact: CreateContact { location_id: "l".into(), email: Some("e".into()), ..CreateContact::default() },
+            create_new_if_duplicate_allowed: Some(false),
+        };
+        assert_eq!(
+            serde_json::to_value(&upsert).unwrap(),
+            serde_json::json!({"locationId": "l", "email": "e", "createNewIfDuplicateAllowed": false})
+        );
+        let ids = vec!["c1".to_owned()];
+        let unlink = BusinessBody { location_id: "l", ids: &ids, business_id: None };
+        assert_eq!(
+            serde_json::to_value(&unlink).unwrap(),
+            serde_json::json!({"locationId": "l", "ids": ["c1"], "businessId": null})
+        );
+        let linked: BusinessLinked = serde_json::from_str(r#"{"success":true,"ids":["c1"]}"#).unwrap();
+        assert_eq!(linked.ids, ids);
+        let upserted: Upserted =
+            serde_json::from_str(r#"{"new":true,"contact":{"id":"c9","locationId":"l"},"traceId":"t"}"#).unwrap();
+        assert!(upserted.new);
+        assert_eq!(upserted.contact.id, "c9");
+        let none: DuplicateEnvelope = serde_json::from_str(r#"{"contact":null,"traceId":"t"}"#).unwrap();
+        assert!(none.contact.is_none());
     }
 
     #[test]

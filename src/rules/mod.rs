@@ -17,7 +17,10 @@
 
 pub mod catalog;
 pub mod config;
+pub mod connector;
+pub mod emit;
 pub mod event;
+pub mod executor;
 pub mod expr;
 pub mod plan;
 
@@ -176,7 +179,3 @@ pub struct PlannedAction {
     pub entity_id: Option<String>,
     pub record: Option<Value>,
 }
-
-pub mod connector;
-pub mod emit;
-pub mod executor;

@@ -47,6 +47,7 @@ pub mod locations;
 pub mod lucky_orange;
 pub mod lusha;
 pub mod outbox;
+pub mod rules;
 pub mod runs;
 pub mod snapshot;
 pub mod status;

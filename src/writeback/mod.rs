@@ -7,7 +7,10 @@
 //!   of a done key makes no call. GHL has no idempotency keys and can even create on a 422
 //!   (reference/ghl.md §6.8), so a *pending* create found on a retry or after a crash is first
 //!   looked for in GHL (notes by body, tasks by title + body, contacts by email) and only
-//!   created when it is not there.
+//!   created when it is not there. A contact create with an email or phone first asks GHL's
+//!   duplicate search (`GET /contacts/search/duplicate`) and adopts the contact it finds.
+//! - Updates, deletes (a 404 means already deleted), tag changes, business links and upserts
+//!   are repeatable: a pending key is simply sent again.
 //! - Echo suppression: after writing to a contact, [`WriteBack::settle`] reads it back and
 //!   records the hash of its content (the same normalisation and hash as the sync engine).
 //!   The engine calls [`crate::store::writebacks::is_own_write`] when a contact comes back
@@ -20,7 +23,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::domain::normalize::{contact_hash, normalize_contact};
-use crate::ghl::write::{CreateContact, NewTask, NoteWrite, UpdateContact};
+use crate::ghl::write::{CreateContact, DeleteOutcome, NewTask, NoteWrite, TaskUpdate, UpdateContact, UpsertContact};
 use crate::ghl::{GhlClient, GhlError};
 use crate::http::Priority;
 use crate::store::writebacks::{self, Begun, NewWrite};
@@ -51,7 +54,8 @@ pub enum Written {
     Now(Option<String>),
     /// The key was already done (a replay): nothing was sent.
     Already(Option<String>),
-    /// A pending create from an earlier attempt was found in GHL and adopted: nothing was sent.
+    /// A pending create from an earlier attempt, or a contact GHL's duplicate search matched,
+    /// was found in GHL and adopted: nothing was created.
     Found(String),
 }
 
@@ -142,7 +146,20 @@ impl WriteBack {
         target: &str,
         send: impl std::future::Future<Output = Result<(), GhlError>>,
     ) -> Result<Written, WriteBackError> {
-        if let Begun::Done(target) = self.begin(key, location, Some(contact_id), kind, None).await? {
+        self.idempotent_on(key, location, Some(contact_id), kind, target, send).await
+    }
+
+    /// [`Self::idempotent`] for a write that may be about no single contact.
+    async fn idempotent_on(
+        &self,
+        key: &str,
+        location: &str,
+        contact_id: Option<&str>,
+        kind: &str,
+        target: &str,
+        send: impl std::future::Future<Output = Result<(), GhlError>>,
+    ) -> Result<Written, WriteBackError> {
+        if let Begun::Done(target) = self.begin(key, location, contact_id, kind, None).await? {
             return Ok(Written::Already(target));
         }
         send.await?;
@@ -273,8 +290,102 @@ impl WriteBack {
         self.idempotent(key, location, contact_id, "task_complete", task_id, send).await
     }
 
-    /// `POST /contacts/`, at most once per key. A pending key (an earlier attempt may have
-    /// created it even on an error) and `lookup_email` first look the contact up by email.
+    /// `PUT /contacts/:id/tasks/:taskId` with only the set fields (idempotent).
+    pub async fn update_task(
+        &self,
+        location: &str,
+        contact_id: &str,
+        task_id: &str,
+        key: &str,
+        update: &TaskUpdate,
+    ) -> Result<Written, WriteBackError> {
+        let send = async {
+            self.ghl.update_task(location, contact_id, task_id, update).await?;
+            Ok(())
+        };
+        self.idempotent(key, location, contact_id, "task_update", task_id, send).await
+    }
+
+    /// `DELETE /contacts/:id/tasks/:taskId`; a task already gone (404) counts as deleted.
+    pub async fn delete_task(
+        &self,
+        location: &str,
+        contact_id: &str,
+        task_id: &str,
+        key: &str,
+    ) -> Result<Written, WriteBackError> {
+        let send = async {
+            let _gone: DeleteOutcome = self.ghl.delete_task(location, contact_id, task_id).await?;
+            Ok(())
+        };
+        self.idempotent(key, location, contact_id, "task_delete", task_id, send).await
+    }
+
+    /// `PUT /contacts/:id/notes/:noteId` (idempotent).
+    pub async fn update_note(
+        &self,
+        location: &str,
+        contact_id: &str,
+        note_id: &str,
+        key: &str,
+        note: &NoteWrite,
+    ) -> Result<Written, WriteBackError> {
+        let send = async {
+            self.ghl.update_note(location, contact_id, note_id, note).await?;
+            Ok(())
+        };
+        self.idempotent(key, location, contact_id, "note_update", note_id, send).await
+    }
+
+    /// `DELETE /contacts/:id`; a contact already gone (404) counts as deleted.
+    pub async fn delete_contact(&self, location: &str, contact_id: &str, key: &str) -> Result<Written, WriteBackError> {
+        let send = async {
+            let _gone: DeleteOutcome = self.ghl.delete_contact(location, contact_id).await?;
+            Ok(())
+        };
+        self.idempotent(key, location, contact_id, "contact_delete", contact_id, send).await
+    }
+
+    /// `POST /contacts/bulk/business`: links `contact_ids` to `business_id` (`None` unlinks);
+    /// setting the same link again is harmless, so a pending key is just sent again. The
+    /// target recorded is the business id (empty when unlinking).
+    pub async fn link_business(
+        &self,
+        location: &str,
+        contact_ids: &[String],
+        business_id: Option<&str>,
+        key: &str,
+    ) -> Result<Written, WriteBackError> {
+        let send = async {
+            if !contact_ids.is_empty() {
+                self.ghl.link_business(location, contact_ids, business_id).await?;
+            }
+            Ok(())
+        };
+        let contact = match contact_ids {
+            [one] => Some(one.as_str()),
+            _ => None,
+        };
+        self.idempotent_on(key, location, contact, "business_link", business_id.unwrap_or(""), send).await
+    }
+
+    /// `POST /contacts/upsert`, once per key: GHL matches an existing contact by its duplicate
+    /// rules (email, phone) and updates it, or creates one. A pending key is sent again (the
+    /// upsert finds what the earlier attempt created). The contact's id is recorded.
+    pub async fn upsert_contact(&self, key: &str, upsert: &UpsertContact) -> Result<Written, WriteBackError> {
+        let location = upsert.contact.location_id.as_str();
+        if let Begun::Done(target) = self.begin(key, location, None, "contact_upsert", None).await? {
+            return Ok(Written::Already(target));
+        }
+        let upserted = self.ghl.upsert_contact(upsert).await?;
+        self.finish_create(key, &upserted.contact.id).await?;
+        Ok(Written::Now(Some(upserted.contact.id)))
+    }
+
+    /// `POST /contacts/`, at most once per key. Before creating, a contact with the same
+    /// email or phone is looked up through `GET /contacts/search/duplicate` (GHL's own
+    /// duplicate rules) and adopted when found (no create); a pending key (an earlier attempt
+    /// may have created it even on an error) also looks up `lookup_email` through the search.
     pub async fn create_contact(
         &self,
         key: &str,
@@ -282,17 +393,25 @@ impl WriteBack {
         lookup_email: Option<&str>,
     ) -> Result<Written, WriteBackError> {
         let location = contact.location_id.as_str();
-        match self.begin(key, location, None, "contact_create", None).await? {
-            Begun::Done(target) => return Ok(Written::Already(target)),
-            Begun::Pending => {
-                if let Some(email) = lookup_email
-                    && let Some(id) = self.find_by_email(location, email).await?
-                {
-                    self.finish_create(key, &id).await?;
-                    return Ok(Written::Found(id));
-                }
+        let begun = self.begin(key, location, None, "contact_create", None).await?;
+        if let Begun::Done(target) = begun {
+            return Ok(Written::Already(target));
+        }
+        let email = contact.email.as_deref().map(str::trim).filter(|e| !e.is_empty());
+        let phone = contact.phone.as_deref().map(str::trim).filter(|p| !p.is_empty());
+        if email.is_some() || phone.is_some() {
+            let found = self.ghl.find_duplicate(location, email, phone, Priority::WriteBack).await?;
+            if let Some(found) = found {
+                self.finish_create(key, &found.id).await?;
+                return Ok(Written::Found(found.id));
             }
-            Begun::New => {}
+        }
+        if begun == Begun::Pending
+            && let Some(email) = lookup_email
+            && let Some(id) = self.find_by_email(location, email).await?
+        {
+            self.finish_create(key, &id).await?;
+            return Ok(Written::Found(id));
         }
         let created = self.ghl.create_contact(contact).await?;
         self.finish_create(key, &created.id).await?;

@@ -27,6 +27,7 @@ mod lusha;
 mod once;
 mod reliability;
 mod rules;
+mod rules_exec;
 mod security;
 mod server;
 mod sync;

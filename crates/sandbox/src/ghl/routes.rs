@@ -29,6 +29,7 @@ pub(crate) fn router(ghl: FakeGhl) -> Router {
         .route("/oauth/installedLocations", get(installed_locations))
         .route("/contacts/search", post(search))
         .route("/contacts/upsert", post(upsert_contact))
+        .route("/contacts/search/duplicate", get(duplicate_contact))
         .route("/contacts/", get(list_contacts).post(create_contact))
         .route("/contacts", get(list_contacts).post(create_contact))
         .route("/contacts/business/{businessId}", get(business_contacts))
@@ -446,6 +447,43 @@ async fn upsert_contact(AxState(ghl): AxState<FakeGhl>, Extension(auth): Extensi
                 Ok((json!({"new": true, "contact": s.render(&c, Shape::Full)}), events))
             }
         }
+    })
+}
+
+/// `GET /contacts/search/duplicate?locationId&email&number`: the oldest live contact of the
+/// location with that email (case-insensitive; first priority), else that phone number
+/// (compared by digits), as `{contact}` in the `GET /contacts/:id` shape, or `{contact: null}`.
+async fn duplicate_contact(
+    AxState(ghl): AxState<FakeGhl>,
+    Extension(auth): Extension<AuthCtx>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    ghl.answer(200, |s| {
+        let location = q.get("locationId").map(String::as_str).unwrap_or("");
+        if location.is_empty() {
+            return Err(ApiError::unprocessable(vec!["locationId should not be empty".to_owned()]));
+        }
+        let loc = s.check_loc(&auth, location)?;
+        let email = q.get("email").map(|e| e.trim().to_lowercase()).filter(|e| !e.is_empty());
+        let digits = |p: &str| p.chars().filter(char::is_ascii_digit).collect::<String>();
+        let number = q.get("number").map(|n| digits(n)).filter(|n| !n.is_empty());
+        let oldest = |matches: &dyn Fn(&super::model::Fields) -> bool| {
+            s.contacts
+                .values()
+                .filter(|c| c.loc == loc && matches(&s.fields_of(c)))
+                .min_by_key(|c| (c.added, c.id))
+                .cloned()
+        };
+        let by_email = email.as_ref().and_then(|e| {
+            oldest(&|f: &super::model::Fields| f.email.as_deref().is_some_and(|have| have.to_lowercase() == *e))
+        });
+        let found = by_email.or_else(|| {
+            number.as_ref().and_then(|n| {
+                oldest(&|f: &super::model::Fields| f.phone.as_deref().is_some_and(|have| digits(have) == *n))
+            })
+        });
+        let contact = found.map_or(Value::Null, |c| s.render(&c, Shape::Full));
+        Ok((json!({"contact": contact}), Vec::new()))
     })
 }
 

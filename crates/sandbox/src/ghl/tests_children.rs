@@ -579,3 +579,48 @@ async fn task_note_tag_and_contact_writes_answer_as_the_spec_says() -> anyhow::R
     env.sandbox.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn duplicate_search_finds_by_email_first_then_number_and_upsert_updates_the_match() -> anyhow::Result<()> {
+    let env = Env::start(small()).await?;
+    let (a, b) = (env.loc(0), env.loc(1));
+    let ada = env.ghl().create_contact(&a.id, json!({"email": "Ada.Dup@example.test", "phone": "+15550100001"}));
+    let bob = env.ghl().create_contact(&a.id, json!({"email": "bob.dup@example.test", "phone": "+15550100002"}));
+    let find = |query: &str| format!("/contacts/search/duplicate?locationId={}&{query}", a.id);
+
+    // Email (case-insensitive) wins over the number; the answer is the GET shape.
+    let (status, body) = env
+        .send(env.req(reqwest::Method::GET, &find("email=ada.dup%40example.test&number=%2B15550100002"), &a.pit))
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["contact"]["id"], ada.as_str());
+    assert!(body["traceId"].is_string());
+    let full = env.send(env.req(reqwest::Method::GET, &format!("/contacts/{ada}"), &a.pit)).await?.1;
+    assert_eq!(keys_of(&body["contact"]), keys_of(&full["contact"]));
+    // The number alone, compared by digits.
+    let (_, body) = env.send(env.req(reqwest::Method::GET, &find("number=%2B1%20555%20010%200002"), &a.pit)).await?;
+    assert_eq!(body["contact"]["id"], bob.as_str());
+    // Nothing matches: `contact: null`; another location's token: 403; no location: 422.
+    let (status, body) = env.send(env.req(reqwest::Method::GET, &find("email=nobody%40example.test"), &a.pit)).await?;
+    assert_eq!((status, body["contact"].clone()), (200, Value::Null));
+    assert_eq!(env.send(env.req(reqwest::Method::GET, &find("email=x"), &b.pit)).await?.0, 403);
+    let no_location = "/contacts/search/duplicate?email=ada.dup%40example.test";
+    assert_eq!(env.send(env.req(reqwest::Method::GET, no_location, &a.pit)).await?.0, 422);
+
+    // Upsert: an existing email updates that contact (`new: false`); a new one creates.
+    let upsert = |body: Value| env.req(reqwest::Method::POST, "/contacts/upsert", &a.pit).json(&body);
+    let (status, body) =
+        env.send(upsert(json!({"locationId": a.id, "email": "ada.dup@example.test", "city": "Paris"}))).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["new"].clone(), body["contact"]["id"].clone()), (json!(false), json!(ada)));
+    assert_eq!(env.ghl().contact(&ada).unwrap_or_default()["city"], "Paris");
+    let (_, body) = env.send(upsert(json!({"locationId": a.id, "email": "new.dup@example.test"}))).await?;
+    assert_eq!(body["new"], true);
+    assert_ne!(body["contact"]["id"], ada.as_str());
+    env.sandbox.stop().await;
+    Ok(())
+}
+
+fn keys_of(value: &Value) -> BTreeSet<String> {
+    value.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+}
