@@ -92,6 +92,7 @@ pub(crate) async fn build_workers(
     // Write-back connectors (Lusha, Lucky Orange) need the store and the GHL client, and the
     // bookkeeping custom fields they write stay out of the contact hash.
     let mut engine_settings = EngineSettings::from_config(settings);
+    engine_settings.appointments = reads_appointments(settings);
     engine_settings.ignored_custom_fields = connectors::bookkeeping_field_ids(settings, &ghl, store).await;
     let deps = connectors::Deps {
         store: store.clone(),
@@ -413,6 +414,26 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         changed.push("connectors.lucky_orange");
     }
     changed
+}
+
+/// Whether the engine reads appointments, `[sync] appointments`: as set when `true` / `false`;
+/// for `"auto"`, when an enabled subscriber asks for an `appointment.*` event type by name. A
+/// connector without an `events` filter receives appointments when they are read but does not
+/// turn the reads on (one more GHL request per contact nobody asked for). Only webhook
+/// connectors can name them today (Lusha and Lucky Orange take contact events only); the rules
+/// subscriber joins here when a rule's trigger is an appointment event.
+fn reads_appointments(settings: &crate::config::Settings) -> bool {
+    use crate::config::AppointmentReads;
+    match settings.sync.appointments {
+        AppointmentReads::On => true,
+        AppointmentReads::Off => false,
+        AppointmentReads::Auto => settings
+            .connectors
+            .webhook
+            .values()
+            .filter(|hook| hook.enabled)
+            .any(|hook| hook.events.iter().any(|event| event.starts_with("appointment."))),
+    }
 }
 
 /// Connectors as sync subscribers: which changes each one wants in its outbox.

@@ -458,7 +458,7 @@ impl Dispatcher {
                 }
             };
             let contact = match (row.entity, &row.contact_id) {
-                (EntityKind::Task | EntityKind::Note, Some(contact_id)) => {
+                (EntityKind::Task | EntityKind::Note | EntityKind::Appointment, Some(contact_id)) => {
                     snapshot::contact_record(&self.store, &row.location_id, contact_id).await?
                 }
                 _ => None,
