@@ -469,3 +469,36 @@ pub(crate) async fn register_locations(store: &Store, config: &Config) -> anyhow
         .await
         .context("Failed to register the configured locations")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AppointmentReads, Settings, WebhookConnectorSettings};
+
+    fn with_hook(events: &[&str], enabled: bool, reads: AppointmentReads) -> Settings {
+        let mut settings = Settings::default();
+        settings.sync.appointments = reads;
+        let text = format!("url = \"https://hooks.example\"\nenabled = {enabled}\nevents = {events:?}\n");
+        let hook: WebhookConnectorSettings = toml::from_str(&text).unwrap();
+        settings.connectors.webhook.insert("h".into(), hook);
+        settings
+    }
+
+    #[test]
+    fn appointments_are_read_when_config_or_a_subscriber_that_names_them_says_so() {
+        use AppointmentReads::{Auto, Off, On};
+        let table: [(&[&str], bool, AppointmentReads, bool); 7] = [
+            (&[], true, Auto, false),
+            (&["task.created", "contact.updated"], true, Auto, false),
+            (&["appointment.updated"], true, Auto, true),
+            (&["appointment.deleted"], false, Auto, false),
+            (&["appointment.created"], true, Off, false),
+            (&[], true, On, true),
+            (&[], false, On, true),
+        ];
+        for (events, enabled, reads, expected) in table {
+            let settings = with_hook(events, enabled, reads);
+            assert_eq!(reads_appointments(&settings), expected, "{events:?} enabled={enabled} {reads:?}");
+        }
+    }
+}

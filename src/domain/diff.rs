@@ -176,12 +176,8 @@ mod tests {
         cancelled["completed"] = json!(true);
         let mut moved = booked.clone();
         moved["startTime"] = json!("2021-07-17 09:30:00");
-        let now = vec![
-            appointment("a1", cancelled),
-            appointment("a2", moved),
-            a3.clone(),
-            appointment("a5", booked.clone()),
-        ];
+        let now =
+            vec![appointment("a1", cancelled), appointment("a2", moved), a3.clone(), appointment("a5", booked.clone())];
         let ops: Vec<(String, Operation)> =
             diff_children(&before, now).into_iter().map(|c| (c.id, c.operation)).collect();
         assert_eq!(

@@ -635,8 +635,17 @@ mod tests {
         }));
         let record = normalize_appointment(item);
         let keys: Vec<&str> = record.keys().map(String::as_str).collect();
-        let mut expected =
-            vec!["id", "calendarId", "status", "title", "startTime", "endTime", "appointmentStatus", "users", "dateUpdated"];
+        let mut expected = vec![
+            "id",
+            "calendarId",
+            "status",
+            "title",
+            "startTime",
+            "endTime",
+            "appointmentStatus",
+            "users",
+            "dateUpdated",
+        ];
         expected.sort_unstable();
         let mut keys = keys;
         keys.sort_unstable();
@@ -646,7 +655,8 @@ mod tests {
 
     #[test]
     fn an_appointment_hash_moves_with_a_cancellation_but_not_with_fields_outside_the_schema() {
-        let base = json!({"id": "a1", "title": "Demo", "appointmentStatus": "confirmed", "startTime": "2021-07-16 11:00:00"});
+        let base =
+            json!({"id": "a1", "title": "Demo", "appointmentStatus": "confirmed", "startTime": "2021-07-16 11:00:00"});
         let hash = |v: &Value| value_hash(&normalize_appointment(obj(v.clone())));
         let mut cancelled = base.clone();
         cancelled["appointmentStatus"] = json!("cancelled");
@@ -665,7 +675,8 @@ mod tests {
             serde_json::from_str(include_str!("../../crates/sandbox/fixtures/ghl-schemas.json")).unwrap();
         let schema = fixture["schemas"].as_array().unwrap().iter().find(|s| s["name"] == "appointment").unwrap();
         assert_eq!(schema["schema"], "GetEventSchema");
-        let mut spec: Vec<&str> = schema["properties"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+        let mut spec: Vec<&str> =
+            schema["properties"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
         spec.sort_unstable();
         assert_eq!(spec, APPOINTMENT_FIELDS);
     }

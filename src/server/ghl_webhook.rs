@@ -454,11 +454,17 @@ mod tests {
             }));
             assert_eq!(
                 action_for(&event),
-                Action::Dirty { location_id: "L".into(), contact_id: "C".into(), reason: kind.into(), maybe_deleted: false },
+                Action::Dirty {
+                    location_id: "L".into(),
+                    contact_id: "C".into(),
+                    reason: kind.into(),
+                    maybe_deleted: false
+                },
                 "{kind}"
             );
         }
-        let without = envelope(serde_json::json!({"type": "AppointmentCreate", "locationId": "L", "appointment": {"id": "A"}}));
+        let without =
+            envelope(serde_json::json!({"type": "AppointmentCreate", "locationId": "L", "appointment": {"id": "A"}}));
         assert!(matches!(
             action_for(&without),
             Action::Dirty { ref contact_id, ref reason, .. } if contact_id.is_empty() && reason == "appointment:A"
