@@ -92,6 +92,7 @@ pub(crate) async fn build_workers(
     // Write-back connectors (Lusha, Lucky Orange) need the store and the GHL client, and the
     // bookkeeping custom fields they write stay out of the contact hash.
     let mut engine_settings = EngineSettings::from_config(settings);
+    engine_settings.appointments = reads_appointments(settings);
     engine_settings.ignored_custom_fields = connectors::bookkeeping_field_ids(settings, &ghl, store).await;
     let deps = connectors::Deps {
         store: store.clone(),
@@ -415,6 +416,26 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     changed
 }
 
+/// Whether the engine reads appointments, `[sync] appointments`: as set when `true` / `false`;
+/// for `"auto"`, when an enabled subscriber asks for an `appointment.*` event type by name. A
+/// connector without an `events` filter receives appointments when they are read but does not
+/// turn the reads on (one more GHL request per contact nobody asked for). Only webhook
+/// connectors can name them today (Lusha and Lucky Orange take contact events only); the rules
+/// subscriber joins here when a rule's trigger is an appointment event.
+fn reads_appointments(settings: &crate::config::Settings) -> bool {
+    use crate::config::AppointmentReads;
+    match settings.sync.appointments {
+        AppointmentReads::On => true,
+        AppointmentReads::Off => false,
+        AppointmentReads::Auto => settings
+            .connectors
+            .webhook
+            .values()
+            .filter(|hook| hook.enabled)
+            .any(|hook| hook.events.iter().any(|event| event.starts_with("appointment."))),
+    }
+}
+
 /// Connectors as sync subscribers: which changes each one wants in its outbox.
 fn subscribers(connectors: &[Arc<dyn Connector>]) -> Vec<Subscriber> {
     connectors
@@ -447,4 +468,37 @@ pub(crate) async fn register_locations(store: &Store, config: &Config) -> anyhow
     crate::store::locations::register_configured(store, &configured)
         .await
         .context("Failed to register the configured locations")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AppointmentReads, Settings, WebhookConnectorSettings};
+
+    fn with_hook(events: &[&str], enabled: bool, reads: AppointmentReads) -> Settings {
+        let mut settings = Settings::default();
+        settings.sync.appointments = reads;
+        let text = format!("url = \"https://hooks.example\"\nenabled = {enabled}\nevents = {events:?}\n");
+        let hook: WebhookConnectorSettings = toml::from_str(&text).unwrap();
+        settings.connectors.webhook.insert("h".into(), hook);
+        settings
+    }
+
+    #[test]
+    fn appointments_are_read_when_config_or_a_subscriber_that_names_them_says_so() {
+        use AppointmentReads::{Auto, Off, On};
+        let table: [(&[&str], bool, AppointmentReads, bool); 7] = [
+            (&[], true, Auto, false),
+            (&["task.created", "contact.updated"], true, Auto, false),
+            (&["appointment.updated"], true, Auto, true),
+            (&["appointment.deleted"], false, Auto, false),
+            (&["appointment.created"], true, Off, false),
+            (&[], true, On, true),
+            (&[], false, On, true),
+        ];
+        for (events, enabled, reads, expected) in table {
+            let settings = with_hook(events, enabled, reads);
+            assert_eq!(reads_appointments(&settings), expected, "{events:?} enabled={enabled} {reads:?}");
+        }
+    }
 }

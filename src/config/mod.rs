@@ -239,6 +239,9 @@ pub struct SyncSettings {
     /// Whether to fetch tasks and notes at all.
     pub tasks: bool,
     pub notes: bool,
+    /// Whether to read every due contact's appointments (one more request per contact):
+    /// `"auto"` (only when a connector's `events` names an `appointment.*` type), `true`, `false`.
+    pub appointments: AppointmentReads,
     /// Bulk work (a first sync's children backlog, the sweep, reconciliation) yields to
     /// webhook hints and polls. `false` finishes each pass before anything else (the
     /// behaviour before 0.2; kept for comparison, not recommended).
@@ -259,8 +262,48 @@ impl Default for SyncSettings {
             dirty_debounce: Dur::millis(500),
             tasks: true,
             notes: true,
+            appointments: AppointmentReads::Auto,
             bulk_yields: true,
         }
+    }
+}
+
+/// `[sync] appointments`: when `GET /contacts/:contactId/appointments` is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppointmentReads {
+    /// Only when some subscriber asks for an `appointment.*` event type by name (decided where
+    /// the subscribers are built, `app.rs`); a connector without an `events` filter does not
+    /// count, so adding appointments never costs requests nobody asked for.
+    #[default]
+    Auto,
+    /// Always (`true`).
+    On,
+    /// Never (`false`).
+    Off,
+}
+
+impl<'de> Deserialize<'de> for AppointmentReads {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = AppointmentReads;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(r#""auto", true or false"#)
+            }
+            fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<Self::Value, E> {
+                Ok(if value { AppointmentReads::On } else { AppointmentReads::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                // Environment overrides arrive as text.
+                match value.trim() {
+                    "auto" => Ok(AppointmentReads::Auto),
+                    "true" => Ok(AppointmentReads::On),
+                    "false" => Ok(AppointmentReads::Off),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(value), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 

@@ -392,3 +392,25 @@ fn alerts_resolve_their_url_secret_and_refuse_bad_ones_without_echoing_them() {
     let text = problems("[[alerts]]\nurl = \"https://c.example\"\nformat = \"pager\"\n").join("\n");
     assert!(text.contains("alerts") && text.contains("pager"), "an unknown format is refused: {text}");
 }
+
+#[test]
+fn sync_appointments_takes_auto_true_or_false_from_the_file_or_the_environment() {
+    let table = [
+        ("", &[][..], AppointmentReads::Auto),
+        ("[sync]\nappointments = \"auto\"\n", &[][..], AppointmentReads::Auto),
+        ("[sync]\nappointments = true\n", &[][..], AppointmentReads::On),
+        ("[sync]\nappointments = false\n", &[][..], AppointmentReads::Off),
+        ("", &[("GHL_SYNC__SYNC__APPOINTMENTS", "true")][..], AppointmentReads::On),
+        ("[sync]\nappointments = true\n", &[("GHL_SYNC__SYNC__APPOINTMENTS", "auto")][..], AppointmentReads::Auto),
+    ];
+    for (text, env, expected) in table {
+        let config = load(text, env).unwrap_or_else(|e| panic!("{text:?} {env:?}: {e}"));
+        assert_eq!(config.settings.sync.appointments, expected, "{text:?} {env:?}");
+    }
+    let found = problems("[sync]\nappointments = \"sometimes\"\n");
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(found[0].starts_with("sync.appointments: "), "{found:#?}");
+    assert!(found[0].contains(r#""auto", true or false"#), "{found:#?}");
+    let found = problems("[sync]\nappointments = 3\n");
+    assert!(found.iter().any(|p| p.starts_with("sync.appointments: ")), "{found:#?}");
+}

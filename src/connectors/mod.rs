@@ -34,7 +34,7 @@ pub struct Delivery {
     pub idempotency_key: String,
     /// The record as of the change (contact: normalised contact JSON; task/note: the child JSON).
     pub record: Value,
-    /// Task/note events: the parent contact's current snapshot from the `contacts` table, when known.
+    /// Task/note/appointment events: the parent contact's current snapshot from the `contacts` table, when known.
     /// Contact events: `None` (the record is the contact).
     pub contact: Option<Value>,
     /// 1 on the first attempt.

@@ -458,7 +458,10 @@ impl Dispatcher {
                 }
             };
             let contact = match (row.entity, &row.contact_id) {
-                (EntityKind::Task | EntityKind::Note | EntityKind::Event, Some(contact_id)) => {
+                (
+                    EntityKind::Task | EntityKind::Note | EntityKind::Appointment | EntityKind::Event,
+                    Some(contact_id),
+                ) => {
                     snapshot::contact_record(&self.store, &row.location_id, contact_id).await?
                 }
                 _ => None,

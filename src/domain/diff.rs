@@ -152,6 +152,45 @@ mod tests {
         );
     }
 
+    fn appointment(id: &str, value: Value) -> ChildRecord {
+        let Value::Object(mut record) = value else { panic!() };
+        record.insert("id".into(), json!(id));
+        let record = crate::domain::normalize::normalize_appointment(record);
+        ChildRecord { id: id.into(), hash: value_hash(&record), record }
+    }
+
+    #[test]
+    fn appointments_diff_to_created_updated_and_deleted_and_a_cancellation_is_an_update() {
+        let booked = json!({"title": "Demo", "appointmentStatus": "confirmed", "startTime": "2021-07-16 11:00:00"});
+        let a1 = appointment("a1", booked.clone());
+        let a2 = appointment("a2", booked.clone());
+        let a3 = appointment("a3", booked.clone());
+        let a4 = appointment("a4", booked.clone());
+        let before: HashMap<String, KnownChild> = [&a1, &a2, &a3, &a4]
+            .iter()
+            .map(|c| (c.id.clone(), KnownChild { hash: c.hash, completed: false }))
+            .collect();
+        let mut cancelled = booked.clone();
+        cancelled["appointmentStatus"] = json!("cancelled");
+        // `completed` is not an appointment field: it cannot make a cancellation look completed.
+        cancelled["completed"] = json!(true);
+        let mut moved = booked.clone();
+        moved["startTime"] = json!("2021-07-17 09:30:00");
+        let now =
+            vec![appointment("a1", cancelled), appointment("a2", moved), a3.clone(), appointment("a5", booked.clone())];
+        let ops: Vec<(String, Operation)> =
+            diff_children(&before, now).into_iter().map(|c| (c.id, c.operation)).collect();
+        assert_eq!(
+            ops,
+            vec![
+                ("a1".into(), Operation::Updated),
+                ("a2".into(), Operation::Updated),
+                ("a4".into(), Operation::Deleted),
+                ("a5".into(), Operation::Created),
+            ]
+        );
+    }
+
     #[test]
     fn a_contact_read_is_created_updated_or_unchanged_with_children_due_when_its_date_moved() {
         let (a, b) = ([1u8; 32], [2u8; 32]);

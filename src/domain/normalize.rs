@@ -204,6 +204,38 @@ pub fn normalize_note(mut note: Map<String, Value>) -> Map<String, Value> {
     note
 }
 
+/// The fields of an appointment: the properties of `GetEventSchema`, the `events[]` item of
+/// `GET /contacts/:contactId/appointments` in `ghl-openapi/apps/contacts.json`.
+pub const APPOINTMENT_FIELDS: &[&str] = &[
+    "address",
+    "appointmentStatus",
+    "assignedResources",
+    "assignedUserId",
+    "calendarId",
+    "contactId",
+    "dateAdded",
+    "dateUpdated",
+    "endTime",
+    "groupId",
+    "id",
+    "locationId",
+    "notes",
+    "startTime",
+    "status",
+    "title",
+    "users",
+];
+
+/// Maps an appointment to the schema's fields ([`APPOINTMENT_FIELDS`]): anything else GHL adds
+/// is dropped, times are kept as given (GHL's `2021-07-16 11:00:00`), nulls are dropped. Hashed
+/// whole with [`value_hash`], like tasks and notes; a cancellation is an update
+/// (`appointmentStatus: "cancelled"`).
+pub fn normalize_appointment(mut appointment: Map<String, Value>) -> Map<String, Value> {
+    appointment.retain(|key, _| APPOINTMENT_FIELDS.contains(&key.as_str()));
+    drop_nulls(&mut appointment);
+    appointment
+}
+
 /// The contact's content hash over the canonical projection ([`HASHED_CONTACT_FIELDS`]),
 /// without the bookkeeping custom fields the daemon writes itself (`ignored_custom_fields`,
 /// by custom field id). `contact` must come from [`normalize_contact`].
@@ -591,6 +623,62 @@ mod tests {
                     website,
                 },
             )
+    }
+
+    #[test]
+    fn appointments_keep_exactly_the_schema_fields_with_times_as_given() {
+        let item = obj(json!({
+            "id": "a1", "calendarId": "cal", "status": "booked", "title": "Intro call",
+            "startTime": "2021-07-16 11:00:00", "endTime": "2021-07-16 11:30:00",
+            "appointmentStatus": "confirmed", "users": ["u1"], "assignedUserId": null,
+            "dateUpdated": "2021-07-16 10:00:00", "someFutureField": {"x": 1}, "traceId": "t"
+        }));
+        let record = normalize_appointment(item);
+        let keys: Vec<&str> = record.keys().map(String::as_str).collect();
+        let mut expected = vec![
+            "id",
+            "calendarId",
+            "status",
+            "title",
+            "startTime",
+            "endTime",
+            "appointmentStatus",
+            "users",
+            "dateUpdated",
+        ];
+        expected.sort_unstable();
+        let mut keys = keys;
+        keys.sort_unstable();
+        assert_eq!(keys, expected);
+        assert_eq!(record["startTime"], json!("2021-07-16 11:00:00"));
+    }
+
+    #[test]
+    fn an_appointment_hash_moves_with_a_cancellation_but_not_with_fields_outside_the_schema() {
+        let base =
+            json!({"id": "a1", "title": "Demo", "appointmentStatus": "confirmed", "startTime": "2021-07-16 11:00:00"});
+        let hash = |v: &Value| value_hash(&normalize_appointment(obj(v.clone())));
+        let mut cancelled = base.clone();
+        cancelled["appointmentStatus"] = json!("cancelled");
+        let mut extra = base.clone();
+        extra["unknownField"] = json!("ignored");
+        let mut moved = base.clone();
+        moved["startTime"] = json!("2021-07-17 11:00:00");
+        assert_ne!(hash(&base), hash(&cancelled));
+        assert_ne!(hash(&base), hash(&moved));
+        assert_eq!(hash(&base), hash(&extra));
+    }
+
+    #[test]
+    fn appointment_fields_equal_the_spec_schema_in_the_sandbox_fixture() {
+        let fixture: Value =
+            serde_json::from_str(include_str!("../../crates/sandbox/fixtures/ghl-schemas.json")).unwrap();
+        let schema = fixture["schemas"].as_array().unwrap().iter().find(|s| s["name"] == "appointment").unwrap();
+        assert_eq!(schema["schema"], "GetEventSchema");
+        let mut spec: Vec<&str> =
+            schema["properties"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+        spec.sort_unstable();
+        assert_eq!(spec, APPOINTMENT_FIELDS);
     }
 
     proptest! {

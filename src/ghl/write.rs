@@ -189,17 +189,6 @@ pub struct NoteWrite {
     pub pinned: Option<bool>,
 }
 
-/// An appointment (`events[]` of `GET /contacts/:id/appointments`).
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct Appointment {
-    pub id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub contact_id: Option<String>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
-
 /// A custom-field definition of a location.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -315,10 +304,12 @@ struct CompletedBody {
     completed: bool,
 }
 
+/// `GET /contacts/:contactId/appointments` (`GetEventsSuccessfulResponseDto`): items kept as
+/// JSON, so one malformed appointment is set aside by the sync instead of failing the list.
 #[derive(Deserialize)]
 struct AppointmentsEnvelope {
     #[serde(default)]
-    events: Vec<Appointment>,
+    events: Vec<Value>,
 }
 
 #[derive(Deserialize)]
@@ -501,13 +492,14 @@ impl GhlClient {
         .await
     }
 
-    /// `GET /contacts/:contactId/appointments`.
+    /// `GET /contacts/:contactId/appointments` (unpaginated): the `events[]` items
+    /// (`GetEventSchema`), as JSON like tasks and notes.
     pub async fn list_appointments(
         &self,
         location: &str,
         contact_id: &str,
         priority: Priority,
-    ) -> Result<Vec<Appointment>, GhlError> {
+    ) -> Result<Vec<Value>, GhlError> {
         let url = self.url(&format!("/contacts/{}/appointments", encode(contact_id)));
         let envelope: AppointmentsEnvelope = self
             .call(location, || {

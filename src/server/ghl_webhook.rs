@@ -17,6 +17,9 @@
 //! - `created_at` is refreshed by every new hint: the engine deletes a hint only
 //!   `WHERE created_at <= <the one it handled>`, so a hint that arrives while the contact is
 //!   being read survives for the next run.
+//! - `AppointmentCreate/Update/Delete` name the contact in `appointment.contactId`: a hint
+//!   for that contact's children (read when `[sync] appointments` is on), like a task event;
+//!   without it, `reason = "appointment:<id>"` and an empty contact id.
 //!
 //! The legacy RSA `x-wh-signature` (RSA-SHA256 PKCS#1 v1.5 over the raw body, deprecated by
 //! GHL on 2026-07-01) is checked only when `x-ghl-signature` is absent and
@@ -54,6 +57,9 @@ const KNOWN_TYPES: &[&str] = &[
     "NoteCreate",
     "NoteUpdate",
     "NoteDelete",
+    "AppointmentCreate",
+    "AppointmentUpdate",
+    "AppointmentDelete",
     "INSTALL",
     "UNINSTALL",
 ];
@@ -112,6 +118,16 @@ struct Envelope {
     contact_id: Option<String>,
     webhook_id: Option<String>,
     timestamp: Option<serde_json::Value>,
+    /// `Appointment*` events carry their ids in this object, not at the top level.
+    appointment: Option<AppointmentRef>,
+}
+
+/// The ids of an `Appointment*` event's `appointment` object.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AppointmentRef {
+    id: Option<String>,
+    contact_id: Option<String>,
 }
 
 use crate::store::hints::{LocationFilter, Recorded, WebhookAction as Action};
@@ -145,6 +161,18 @@ fn action_for(event: &Envelope) -> Action {
             match (location, contact, id) {
                 (Some(l), Some(c), _) => dirty(l, c, false),
                 (Some(l), None, Some(child)) => unresolved(l, format!("{prefix}:{child}")),
+                _ => Action::Nothing,
+            }
+        }
+        // The contact's children (its appointments among them) are read again; a delete is
+        // found by the set diff, like a deleted task.
+        t if t.starts_with("Appointment") && KNOWN_TYPES.contains(&t) => {
+            let appointment = event.appointment.as_ref();
+            let contact = appointment.and_then(|a| a.contact_id.clone()).filter(|c| !c.is_empty()).or(contact);
+            let child = appointment.and_then(|a| a.id.clone()).filter(|i| !i.is_empty()).or(id);
+            match (location, contact, child) {
+                (Some(l), Some(c), _) => dirty(l, c, false),
+                (Some(l), None, Some(child)) => unresolved(l, format!("appointment:{child}")),
                 _ => Action::Nothing,
             }
         }
@@ -415,6 +443,36 @@ mod tests {
         ));
         let note = envelope(serde_json::json!({"type": "NoteCreate", "locationId": "L", "id": "N"}));
         assert!(matches!(action_for(&note), Action::Dirty { ref reason, .. } if reason == "note:N"));
+    }
+
+    #[test]
+    fn appointment_events_mark_the_contact_named_in_their_appointment_object() {
+        for kind in ["AppointmentCreate", "AppointmentUpdate", "AppointmentDelete"] {
+            let event = envelope(serde_json::json!({
+                "type": kind, "locationId": "L",
+                "appointment": {"id": "A", "contactId": "C", "appointmentStatus": "cancelled"}
+            }));
+            assert_eq!(
+                action_for(&event),
+                Action::Dirty {
+                    location_id: "L".into(),
+                    contact_id: "C".into(),
+                    reason: kind.into(),
+                    maybe_deleted: false
+                },
+                "{kind}"
+            );
+        }
+        let without =
+            envelope(serde_json::json!({"type": "AppointmentCreate", "locationId": "L", "appointment": {"id": "A"}}));
+        assert!(matches!(
+            action_for(&without),
+            Action::Dirty { ref contact_id, ref reason, .. } if contact_id.is_empty() && reason == "appointment:A"
+        ));
+        let empty = envelope(serde_json::json!({"type": "AppointmentDelete", "locationId": "L"}));
+        assert_eq!(action_for(&empty), Action::Nothing);
+        let odd = envelope(serde_json::json!({"type": "AppointmentSomethingNew", "locationId": "L"}));
+        assert_eq!(action_for(&odd), Action::Unknown);
     }
 
     #[test]

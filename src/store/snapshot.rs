@@ -52,6 +52,8 @@ pub struct ChildrenRead {
     pub contact_id: String,
     pub tasks: Option<Vec<ChildRecord>>,
     pub notes: Option<Vec<ChildRecord>>,
+    /// `None` also when appointments are not read at all (`[sync] appointments`).
+    pub appointments: Option<Vec<ChildRecord>>,
     pub bad: Vec<BadRecord>,
 }
 
@@ -456,6 +458,7 @@ pub async fn commit_children(
                 .tasks
                 .iter()
                 .chain(read.notes.iter())
+                .chain(read.appointments.iter())
                 .flatten()
                 .map(|child| (child.id.clone(), codec::pack(&Value::Object(child.record.clone()))))
                 .collect();
@@ -470,7 +473,12 @@ pub async fn commit_children(
             dead_letter_record(&mut tx, commit.location, record.entity, &record.reason, &record.raw).await?;
             done.dead_letters += 1;
         }
-        for (kind, children) in [(EntityKind::Task, read.tasks), (EntityKind::Note, read.notes)] {
+        let kinds = [
+            (EntityKind::Task, read.tasks),
+            (EntityKind::Note, read.notes),
+            (EntityKind::Appointment, read.appointments),
+        ];
+        for (kind, children) in kinds {
             let Some(children) = children else { continue };
             let known = known_children(&mut tx, commit.location, contact_id, kind).await?;
             let states: HashMap<String, KnownChild> =
@@ -819,11 +827,13 @@ pub struct VersionFilter {
     pub since_ms: Option<i64>,
 }
 
-/// Current versions of the snapshot records `filter` selects: contacts, then tasks and notes.
+/// Current versions of the snapshot records `filter` selects: contacts, then tasks, notes and
+/// appointments.
 pub async fn record_versions(store: &Store, filter: &VersionFilter) -> Result<Vec<RecordVersion>, StoreError> {
     let mut conn = store.read_pool().acquire().await?;
     let mut versions = select_versions(&mut conn, filter, None, &[EntityKind::Contact]).await?;
-    versions.extend(select_versions(&mut conn, filter, None, &[EntityKind::Task, EntityKind::Note]).await?);
+    let children = [EntityKind::Task, EntityKind::Note, EntityKind::Appointment];
+    versions.extend(select_versions(&mut conn, filter, None, &children).await?);
     Ok(versions)
 }
 
@@ -865,7 +875,7 @@ async fn select_versions(
         sqlx::query_as(
             "SELECT location_id, kind, child_id, contact_id, revision, hash, record, updated_at FROM children \
              WHERE (?1 IS NULL OR location_id = ?1) AND (?2 IS NULL OR contact_id = ?2) \
-             AND (?3 IS NULL OR updated_at >= ?3) AND (?4 IS NULL OR child_id = ?4) AND kind IN (?5, ?6) \
+             AND (?3 IS NULL OR updated_at >= ?3) AND (?4 IS NULL OR child_id = ?4) AND kind IN (?5, ?6, ?7) \
              ORDER BY location_id, kind, child_id",
         )
         .bind(&filter.location)
@@ -874,6 +884,7 @@ async fn select_versions(
         .bind(entity_id)
         .bind(kind(0))
         .bind(kind(1))
+        .bind(kind(2))
         .fetch_all(&mut *conn)
         .await?
     };

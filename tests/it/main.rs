@@ -9,6 +9,7 @@
 )]
 
 mod alerts;
+mod appointments;
 mod auth;
 mod bad_input;
 mod cli;

@@ -1,6 +1,8 @@
-//! Tasks and notes. GHL gives them no update timestamps, so they are read per contact: for
-//! contacts marked due (changed, moved `dateUpdated`, named by a webhook) and by a budgeted
-//! sweep. A chunk of contacts is read concurrently and committed in one transaction.
+//! Tasks, notes and appointments (when `EngineSettings::appointments`). GHL gives tasks and
+//! notes no update timestamps and offers no location-wide appointment change feed, so they are
+//! read per contact: for contacts marked due (changed, moved `dateUpdated`, named by a
+//! webhook) and by a budgeted sweep. A chunk of contacts is read concurrently and committed in
+//! one transaction.
 //!
 //! One contact never fails a pass: a child read answering "contact not found" is confirmed
 //! with a read of the contact (gone: a delete; there: retried on the next pass), and any
@@ -14,7 +16,7 @@ use serde_json::{Map, Value};
 use super::{Engine, EngineSettings, RunOptions, RunSummary, SyncError, YieldCheck};
 use crate::domain::EntityKind;
 use crate::domain::diff::ChildRecord;
-use crate::domain::normalize::{normalize_note, normalize_task, value_hash};
+use crate::domain::normalize::{normalize_appointment, normalize_note, normalize_task, value_hash};
 use crate::ghl::GhlError;
 use crate::http::Priority;
 use crate::store::snapshot::{self, BadRecord, ChildrenRead};
@@ -55,7 +57,7 @@ impl Engine {
         summary: &mut RunSummary,
         should_yield: Option<YieldCheck<'_>>,
     ) -> Result<Backlog, SyncError> {
-        if !self.settings.tasks && !self.settings.notes {
+        if !self.settings.reads_children() {
             return Ok(Backlog::Done);
         }
         let chunk = self.chunk_size(should_yield);
@@ -92,7 +94,7 @@ impl Engine {
         summary: &mut RunSummary,
         should_yield: Option<YieldCheck<'_>>,
     ) -> Result<Backlog, SyncError> {
-        if !self.settings.tasks && !self.settings.notes {
+        if !self.settings.reads_children() {
             return Ok(Backlog::Done);
         }
         let total = snapshot::contact_count(&self.store, location).await?;
@@ -122,7 +124,7 @@ impl Engine {
         options: RunOptions,
         summary: &mut RunSummary,
     ) -> Result<(), SyncError> {
-        if contacts.is_empty() || (!self.settings.tasks && !self.settings.notes) {
+        if contacts.is_empty() || !self.settings.reads_children() {
             return Ok(());
         }
         let fetched: Vec<(String, Result<ChildFetch, GhlError>)> = futures_util::stream::iter(contacts.iter().cloned())
@@ -202,10 +204,11 @@ impl Engine {
     ) -> Result<ChildFetch, GhlError> {
         let mut read = ChildrenRead { contact_id: contact_id.to_owned(), ..ChildrenRead::default() };
         let mut requests = 0;
-        for kind in [EntityKind::Task, EntityKind::Note] {
+        for kind in [EntityKind::Task, EntityKind::Note, EntityKind::Appointment] {
             let wanted = match kind {
                 EntityKind::Task => self.settings.tasks,
-                _ => self.settings.notes,
+                EntityKind::Note => self.settings.notes,
+                _ => self.settings.appointments,
             };
             if !wanted {
                 continue;
@@ -213,7 +216,8 @@ impl Engine {
             requests += 1;
             let listed = match kind {
                 EntityKind::Task => self.ghl.list_tasks(location, contact_id, priority).await,
-                _ => self.ghl.list_notes(location, contact_id, priority).await,
+                EntityKind::Note => self.ghl.list_notes(location, contact_id, priority).await,
+                _ => self.ghl.list_appointments(location, contact_id, priority).await,
             };
             let items = match listed {
                 Ok(items) => items,
@@ -239,7 +243,8 @@ impl Engine {
             }
             match kind {
                 EntityKind::Task => read.tasks = Some(children),
-                _ => read.notes = Some(children),
+                EntityKind::Note => read.notes = Some(children),
+                _ => read.appointments = Some(children),
             }
         }
         Ok(ChildFetch::Read(read, requests))
@@ -247,19 +252,21 @@ impl Engine {
 }
 
 /// Contacts per run the sweep may read: enough to cover every contact once per sweep
-/// period, but no more than the budget share allows.
+/// period, but no more than the budget share allows (each contact costs one request per child
+/// stream read: tasks, notes, appointments).
 pub fn sweep_quota(settings: &EngineSettings, contacts: u64) -> u64 {
     let runs_per_period =
         (settings.children_sweep_period.as_secs_f64() / settings.contacts_interval.as_secs_f64()).max(1.0);
     let needed = (contacts as f64 / runs_per_period).ceil();
-    let requests_per_contact = f64::from(u8::from(settings.tasks) + u8::from(settings.notes)).max(1.0);
+    let requests_per_contact = (settings.child_requests_per_contact() as f64).max(1.0);
     let runs_per_day = (86_400.0 / settings.contacts_interval.as_secs_f64()).max(1.0);
     let budget =
         settings.daily_budget as f64 * settings.children_sweep_budget_share / requests_per_contact / runs_per_day;
     needed.min(budget.floor()).max(0.0) as u64
 }
 
-/// Validates and normalises one task or note (location-wide task search items say `_id`).
+/// Validates and normalises one task, note or appointment (location-wide task search items
+/// say `_id`).
 fn parse_child(kind: EntityKind, value: Value) -> Result<ChildRecord, BadRecord> {
     let bad = |reason: String, value: &Value| BadRecord { entity: kind, reason, raw: codec::pack(value) };
     let Value::Object(map) = &value else {
@@ -277,6 +284,7 @@ fn parse_child(kind: EntityKind, value: Value) -> Result<ChildRecord, BadRecord>
     };
     let record = match kind {
         EntityKind::Task => normalize_task(map),
+        EntityKind::Appointment => normalize_appointment(map),
         _ => normalize_note(map),
     };
     Ok(ChildRecord { id, hash: value_hash(&record), record })
@@ -295,6 +303,7 @@ mod tests {
             index_lag_margin: Duration::from_secs(120),
             tasks: true,
             notes: true,
+            appointments: false,
             contacts_interval: Duration::from_secs(60),
             children_sweep_period: Duration::from_secs(86_400),
             children_sweep_budget_share: 0.2,
@@ -313,6 +322,10 @@ mod tests {
         // Budget: 180,000 × 0.2 / 2 requests / 1,440 runs = 12.5 contacts per run at most.
         assert_eq!(sweep_quota(&s, 1_000_000), 12);
         assert_eq!(sweep_quota(&s, 0), 0);
+        // Appointments add a third request per contact: 180,000 × 0.2 / 3 / 1,440 = 8.3.
+        let with_appointments = EngineSettings { appointments: true, ..settings() };
+        assert_eq!(sweep_quota(&with_appointments, 1_000_000), 8);
+        assert_eq!(sweep_quota(&with_appointments, 14_400), 8);
     }
 
     #[test]
@@ -320,5 +333,17 @@ mod tests {
         let child = parse_child(EntityKind::Task, serde_json::json!({"_id": "t1", "title": "x"})).unwrap();
         assert_eq!(child.id, "t1");
         assert!(parse_child(EntityKind::Note, serde_json::json!({"body": "x"})).is_err());
+    }
+
+    #[test]
+    fn appointments_are_parsed_to_their_schema_and_bad_ones_set_aside() {
+        let item = serde_json::json!({"id": "a1", "title": "Demo", "appointmentStatus": "confirmed", "extra": 1});
+        let child = parse_child(EntityKind::Appointment, item).unwrap();
+        assert_eq!(child.id, "a1");
+        assert!(!child.record.contains_key("extra"));
+        assert_eq!(child.hash, value_hash(&child.record));
+        let bad = parse_child(EntityKind::Appointment, serde_json::json!({"title": "no id"})).unwrap_err();
+        assert_eq!(bad.entity, EntityKind::Appointment);
+        assert!(parse_child(EntityKind::Appointment, serde_json::json!(["not", "an", "object"])).is_err());
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! A full pass ([`Engine::run_once`]): webhook hints (each named contact re-read by `GET`) →
 //! the contacts stream (search by `dateUpdated` ascending from the watermark minus an overlap,
-//! one commit per page) → tasks and notes of every contact marked due (changed contacts, moved
+//! one commit per page) → tasks, notes (and appointments, when read) of every contact marked due (changed contacts, moved
 //! `dateUpdated`, hints) → the budgeted sweep. A hint-only pass ([`Engine::run_hints`]) costs
 //! the reads of the named contacts and their children, nothing else. Deletes come from
 //! confirmed hints, from child reads that answer "contact not found" (confirmed by a read), and
@@ -44,6 +44,10 @@ pub struct EngineSettings {
     pub index_lag_margin: Duration,
     pub tasks: bool,
     pub notes: bool,
+    /// Whether appointments are read with tasks and notes. `from_config` sets it only for
+    /// `[sync] appointments = true`; for `"auto"` the composition root decides from the
+    /// subscribers (`app.rs`).
+    pub appointments: bool,
     pub contacts_interval: Duration,
     pub children_sweep_period: Duration,
     pub children_sweep_budget_share: f64,
@@ -56,6 +60,16 @@ pub struct EngineSettings {
 }
 
 impl EngineSettings {
+    /// Whether any child stream (tasks, notes, appointments) is read.
+    pub fn reads_children(&self) -> bool {
+        self.tasks || self.notes || self.appointments
+    }
+
+    /// GHL requests one contact's children cost.
+    pub fn child_requests_per_contact(&self) -> u64 {
+        u64::from(self.tasks) + u64::from(self.notes) + u64::from(self.appointments)
+    }
+
     pub fn from_config(settings: &crate::config::Settings) -> Self {
         let sync = &settings.sync;
         Self {
@@ -64,6 +78,7 @@ impl EngineSettings {
             index_lag_margin: sync.index_lag_margin.get(),
             tasks: sync.tasks,
             notes: sync.notes,
+            appointments: sync.appointments == crate::config::AppointmentReads::On,
             contacts_interval: sync.contacts_interval.get(),
             children_sweep_period: sync.children_sweep_period.get(),
             children_sweep_budget_share: sync.children_sweep_budget_share,
