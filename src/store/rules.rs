@@ -324,7 +324,7 @@ mod tests {
         let b = planned("vip", "k2", tag);
         let c = planned("other", "k3", Action::Deliver { connector: "webhook.crm".into() });
         assert_eq!(enqueue_actions(&store, &[a.clone(), b, c]).await.unwrap(), 3);
-        assert_eq!(enqueue_actions(&store, &[a.clone()]).await.unwrap(), 0);
+        assert_eq!(enqueue_actions(&store, std::slice::from_ref(&a)).await.unwrap(), 0);
         let rows = rows(&store).await;
         assert_eq!(rows.len(), 3);
         assert_eq!((rows[0].0.as_str(), rows[0].1.as_str(), rows[0].2.as_str()), ("rule.vip", "action", "k1"));
