@@ -420,19 +420,25 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
 /// for `"auto"`, when an enabled subscriber asks for an `appointment.*` event type by name. A
 /// connector without an `events` filter receives appointments when they are read but does not
 /// turn the reads on (one more GHL request per contact nobody asked for). Only webhook
-/// connectors can name them today (Lusha and Lucky Orange take contact events only); the rules
-/// subscriber joins here when a rule's trigger is an appointment event.
+/// connectors and rules can name them (Lusha and Lucky Orange take contact events only).
 fn reads_appointments(settings: &crate::config::Settings) -> bool {
     use crate::config::AppointmentReads;
     match settings.sync.appointments {
         AppointmentReads::On => true,
         AppointmentReads::Off => false,
-        AppointmentReads::Auto => settings
-            .connectors
-            .webhook
-            .values()
-            .filter(|hook| hook.enabled)
-            .any(|hook| hook.events.iter().any(|event| event.starts_with("appointment."))),
+        AppointmentReads::Auto => {
+            settings
+                .connectors
+                .webhook
+                .values()
+                .filter(|hook| hook.enabled)
+                .any(|hook| hook.events.iter().any(|event| event.starts_with("appointment.")))
+                || settings
+                    .rules
+                    .iter()
+                    .filter(|rule| rule.enabled)
+                    .any(|rule| rule.on.iter().any(|t| t.starts_with("appointment.")))
+        }
     }
 }
 

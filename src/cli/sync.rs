@@ -103,7 +103,10 @@ pub async fn sync_once(
                     let report = crate::cli::rules::test(&app.config, event);
                     for action in report.actions() {
                         let what = serde_json::to_string(&action.action).unwrap_or_default();
-                        println!("  rule {} on {} would run action {}: {what}", action.rule, action.trigger, action.index);
+                        println!(
+                            "  rule {} on {} would run action {}: {what}",
+                            action.rule, action.trigger, action.index
+                        );
                     }
                 }
             }

@@ -237,8 +237,9 @@ pub fn build_with(
                     deps.ignored_custom_fields.clone(),
                 );
                 let rules = crate::rules::emit::Emitter::new(deps.store.clone(), &config.rules);
-                connectors
-                    .push(Arc::new(lucky_orange::LuckyOrangeConnector::new(settings, keys, writeback).with_rules(rules)));
+                connectors.push(Arc::new(
+                    lucky_orange::LuckyOrangeConnector::new(settings, keys, writeback).with_rules(rules),
+                ));
             }
             (None, _) => {
                 tracing::warn!("The Lucky Orange connector needs the store and the GHL client; not built here")

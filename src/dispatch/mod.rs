@@ -461,9 +461,7 @@ impl Dispatcher {
                 (
                     EntityKind::Task | EntityKind::Note | EntityKind::Appointment | EntityKind::Event,
                     Some(contact_id),
-                ) => {
-                    snapshot::contact_record(&self.store, &row.location_id, contact_id).await?
-                }
+                ) => snapshot::contact_record(&self.store, &row.location_id, contact_id).await?,
                 _ => None,
             };
             match to_delivery(&row, contact) {

@@ -262,52 +262,57 @@ pub const TRIGGERS: &[TriggerDoc] = &[
         name: "lusha.enriched",
         record: RecordKind::Contact,
         source: "Lusha connector: an enrichment that found the person and wrote the result back",
-        fields: &[
-            ("fields_written", "list: the GHL fields the enrichment filled"),
-            ("company_name", "the company Lusha found, when any"),
-        ],
+        fields: LUSHA_RESULT_FIELDS,
         example: "[[rules]]\nname = \"enriched\"\non = [\"lusha.enriched\"]\n[[rules.actions]]\ndo = \"ghl.add_tags\"\ntags = [\"enriched\"]",
     },
     TriggerDoc {
         name: "lusha.not_found",
         record: RecordKind::Contact,
-        source: "Lusha connector: an enrichment that found no one",
-        fields: &[("reason", "why nothing was found (no match, not enough input)")],
+        source: "Lusha connector: an enrichment that found no one (written back as the not-found tag)",
+        fields: LUSHA_RESULT_FIELDS,
         example: "[[rules]]\nname = \"not-found\"\non = [\"lusha.not_found\"]\n[[rules.actions]]\ndo = \"ghl.add_tags\"\ntags = [\"lusha-miss\"]",
     },
     TriggerDoc {
         name: "lusha.lead_imported",
         record: RecordKind::Contact,
         source: "Lusha connector: a prospecting lead created as a GHL contact",
-        fields: &[("list", "the Lusha list or search the lead came from")],
+        fields: &[
+            ("lead_id", "Lusha's id of the lead"),
+            ("action", "what the import did in GHL: `created` or `updated` (an existing contact matched)"),
+        ],
         example: "[[rules]]\nname = \"imported\"\non = [\"lusha.lead_imported\"]\n[[rules.actions]]\ndo = \"ghl.create_task\"\ntitle = \"Qualify the imported lead\"\ndue = \"in 1d\"",
     },
     TriggerDoc {
         name: "lusha.signal",
         record: RecordKind::Contact,
         source: "Lusha connector: a signal webhook (`POST /webhooks/lusha`) about a known contact",
-        fields: &[("signal", "the signal type, e.g. `job_change`"), ("summary", "Lusha's one-line summary")],
-        example: "[[rules]]\nname = \"job-change\"\non = [\"lusha.signal\"]\nwhen = \"data.signal == 'job_change'\"\n[[rules.actions]]\ndo = \"ghl.create_note\"\nbody = \"Lusha: {data.summary}\"",
+        fields: &[
+            ("signal_id", "Lusha's id of the signal"),
+            ("signal_type", "the signal type, e.g. `job_change`"),
+            ("signal", "the signal's data as Lusha sent it"),
+        ],
+        example: "[[rules]]\nname = \"job-change\"\non = [\"lusha.signal\"]\nwhen = \"data.signal_type == 'job_change'\"\n[[rules.actions]]\ndo = \"ghl.create_task\"\ntitle = \"Congratulate {contact.firstName} on the new job\"\ndue = \"in 1d\"",
     },
     TriggerDoc {
         name: "lucky_orange.identified",
         record: RecordKind::Contact,
-        source: "Lucky Orange: a visitor identified as a GHL contact",
-        fields: &[("visitor_id", "Lucky Orange's visitor id")],
+        source: "Lucky Orange: a visitor identified as a GHL contact by the identity bridge (`/lo/identity`); \
+                 at most once per contact and UTC day",
+        fields: NO_FIELDS,
         example: "[[rules]]\nname = \"identified\"\non = [\"lucky_orange.identified\"]\n[[rules.actions]]\ndo = \"ghl.add_tags\"\ntags = [\"visited-site\"]",
     },
     TriggerDoc {
         name: "lucky_orange.journey_event",
         record: RecordKind::Contact,
         source: "Lucky Orange: a journey event of an identified visitor",
-        fields: &[("event", "the event name, e.g. `pricing_viewed`"), ("url", "the page it happened on")],
+        fields: &[("event", "the event name, e.g. `pricing_viewed`"), ("page", "the page it happened on")],
         example: "[[rules]]\nname = \"pricing-call\"\non = [\"lucky_orange.journey_event\"]\nwhen = \"data.event == 'pricing_viewed'\"\n[[rules.actions]]\ndo = \"ghl.create_task\"\ntitle = \"Call {contact.firstName}: viewed pricing\"\ndue = \"in 2h\"",
     },
     TriggerDoc {
         name: "lucky_orange.replay_link",
         record: RecordKind::Contact,
         source: "Lucky Orange: a session replay link for an identified visitor",
-        fields: &[("url", "the replay link")],
+        fields: &[("session_id", "Lucky Orange's session id"), ("url", "the replay link")],
         example: "[[rules]]\nname = \"replay\"\non = [\"lucky_orange.replay_link\"]\n[[rules.actions]]\ndo = \"deliver\"\nconnector = \"webhook.team\"",
     },
     TriggerDoc {
@@ -318,6 +323,13 @@ pub const TRIGGERS: &[TriggerDoc] = &[
         fields: &[("rule", "the rule whose slot it is"), ("slot_at", "the slot's time, RFC 3339")],
         example: "[[rules]]\nname = \"stale-leads\"\non = [\"schedule\"]\nschedule = { at = \"09:00\", days = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\"] }\nwhen = \"'lead' in contact.tags && !('contacted' in contact.tags)\"\n[[rules.actions]]\ndo = \"ghl.create_task\"\ntitle = \"Contact {contact.firstName}\"\ndue = \"in 4h\"",
     },
+];
+
+/// The data of `lusha.enriched` and `lusha.not_found`.
+const LUSHA_RESULT_FIELDS: &[(&str, &str)] = &[
+    ("found", "whether Lusha found the person"),
+    ("lusha_id", "Lusha's id of the person, when found"),
+    ("result", "Lusha's answer for the person as cached (the fields of its contact), when found"),
 ];
 
 const CONTACT_ID: ParamDoc =

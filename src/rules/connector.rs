@@ -93,7 +93,9 @@ impl RulesConnector {
         {
             Ok(page) => {
                 let ids: Vec<Value> = page.contacts.iter().map(|c| Value::from(c.id.clone())).collect();
-                event.data.insert("business_contacts_count".into(), Value::from(page.count.unwrap_or(ids.len() as u64)));
+                event
+                    .data
+                    .insert("business_contacts_count".into(), Value::from(page.count.unwrap_or(ids.len() as u64)));
                 event.data.insert("business_contacts".into(), Value::Array(ids));
             }
             Err(error) => {
@@ -157,7 +159,11 @@ pub fn record_event_types<'a>(triggers: impl Iterator<Item = &'a str>) -> BTreeS
         let types: &[&'static str] = match trigger {
             "contact.created" => &["contact.created"],
             "contact.deleted" => &["contact.deleted"],
-            "contact.updated" | "tag.added" | "tag.removed" | "contact.dnd_changed" | "business.linked"
+            "contact.updated"
+            | "tag.added"
+            | "tag.removed"
+            | "contact.dnd_changed"
+            | "business.linked"
             | "business.unlinked" => &["contact.updated"],
             "task.created" => &["task.created"],
             "task.updated" => &["task.updated"],
@@ -261,7 +267,9 @@ async fn schedule_loop(connector: &RulesConnector, stop: &CancellationToken) {
                     tracing::info!(rule = %rule, actions, "schedule rule `{rule}` ran for the slot {}",
                         crate::connectors::rfc3339_ms(slot));
                 }
-                Err(error) => tracing::warn!(rule = %rule, error = %error, "schedule rule `{rule}` failed; retried in a minute"),
+                Err(error) => {
+                    tracing::warn!(rule = %rule, error = %error, "schedule rule `{rule}` failed; retried in a minute")
+                }
             }
         }
         tokio::select! {
@@ -303,7 +311,10 @@ async fn fire_schedule(
                     contact_id: Some(contact_id.clone()),
                     new: Some(record.clone()),
                     contact: Some(record.clone()),
-                    data: Map::from_iter([("rule".to_owned(), Value::from(rule))]),
+                    data: Map::from_iter([
+                        ("rule".to_owned(), Value::from(rule)),
+                        ("slot_at".to_owned(), Value::from(crate::connectors::rfc3339_ms(slot))),
+                    ]),
                     at_ms: slot,
                     ..RuleEvent::default()
                 };

@@ -24,7 +24,7 @@ use crate::connectors::{CheckReport, Connector, ConnectorError, Delivery, Outcom
 use crate::domain::EntityKind;
 use crate::domain::scrub::excerpt;
 use crate::ghl::GhlError;
-use crate::ghl::write::{CreateContact, NewTask, NoteWrite, TaskUpdate, UpdateContact};
+use crate::ghl::write::{CreateContact, NewTask, NoteWrite, TaskUpdate, UpdateContact, UpsertContact};
 use crate::http::HttpError;
 use crate::store::rules::{Handed, enqueue_delivery, enqueue_events};
 use crate::store::{Store, now_ms};
@@ -91,6 +91,8 @@ pub fn action_name(action: &Action) -> &'static str {
         Action::DeleteTask { .. } => "delete_task",
         Action::CreateNote { .. } => "create_note",
         Action::UpdateNote { .. } => "update_note",
+        Action::DeleteNote { .. } => "delete_note",
+        Action::UpsertContact { .. } => "upsert_contact",
         Action::LinkBusiness { .. } => "link_business",
     }
 }
@@ -414,6 +416,25 @@ impl RuleActions {
                 let note = NoteWrite { body: Some(body.clone()), ..NoteWrite::default() };
                 wb.update_note(location, contact_id, note_id, key, &note).await?;
                 return Ok((Outcome::Done, None));
+            }
+            Action::DeleteNote { contact_id, note_id } => {
+                wb.delete_note(location, contact_id, note_id, key).await?;
+                return Ok((Outcome::Done, None));
+            }
+            Action::UpsertContact { fields } => {
+                let upsert =
+                    UpsertContact { contact: create_body(location, fields)?, create_new_if_duplicate_allowed: None };
+                let written = wb.upsert_contact(key, &upsert).await?;
+                let id = written
+                    .id()
+                    .map(str::to_owned)
+                    .ok_or_else(|| Failed::Refused("GHL answered the upsert without a contact id".into()))?;
+                let mut new = fields.clone();
+                new.insert("id".into(), Value::String(id.clone()));
+                let mut follow = FollowOn::about("contact.updated", EntityKind::Contact, &id, &id);
+                follow.changed = fields.keys().cloned().collect();
+                follow.new = Some(Value::Object(new));
+                follow
             }
             Action::LinkBusiness { contact_id, business_id } => {
                 let ids = std::slice::from_ref(contact_id);

@@ -105,7 +105,7 @@ async fn enqueue_all(
     contact_id: Option<&str>,
     operation: Operation,
     packed: &[u8],
-    old: &dyn Fn() -> Option<Value>,
+    old: &(dyn Fn() -> Option<Value> + Sync),
     hash: &Hash,
     revision: i64,
     done: &mut Committed,

@@ -337,6 +337,21 @@ impl WriteBack {
         self.idempotent(key, location, contact_id, "note_update", note_id, send).await
     }
 
+    /// `DELETE /contacts/:id/notes/:noteId`; a note already gone (404) counts as deleted.
+    pub async fn delete_note(
+        &self,
+        location: &str,
+        contact_id: &str,
+        note_id: &str,
+        key: &str,
+    ) -> Result<Written, WriteBackError> {
+        let send = async {
+            let _gone: DeleteOutcome = self.ghl.delete_note(location, contact_id, note_id).await?;
+            Ok(())
+        };
+        self.idempotent(key, location, contact_id, "note_delete", note_id, send).await
+    }
+
     /// `DELETE /contacts/:id`; a contact already gone (404) counts as deleted.
     pub async fn delete_contact(&self, location: &str, contact_id: &str, key: &str) -> Result<Written, WriteBackError> {
         let send = async {

@@ -50,10 +50,12 @@ async fn sync(app: &App) {
 }
 
 async fn pending_rule_rows(app: &App) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND (connector = 'rules' OR connector LIKE 'rule.%')")
-        .fetch_one(app.store.read_pool())
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND (connector = 'rules' OR connector LIKE 'rule.%')",
+    )
+    .fetch_one(app.store.read_pool())
+    .await
+    .unwrap()
 }
 
 /// Dispatcher passes until no trigger event or action is pending (bounded).
@@ -216,18 +218,33 @@ async fn each_trigger_fires_from_a_sandbox_mutation_and_each_action_lands_once()
     let app = App::build(config(settings(&sandbox, dir.path(), TRIGGER_RULES))).await.unwrap();
     let business = sandbox.ghl.businesses(&location)[0].id.clone();
 
-    let id = sandbox.ghl.create_contact(&location, json!({"firstName": "Ada", "email": "ada@example.com", "tags": ["lead"]}));
+    let id = sandbox
+        .ghl
+        .create_contact(&location, json!({"firstName": "Ada", "email": "ada@example.com", "tags": ["lead"]}));
     sync_and_drain(&app).await;
     assert!(tags(&sandbox.ghl.contact(&id).unwrap()).contains(&"r-created".to_owned()));
 
-    assert!(sandbox.ghl.update_contact(&id, json!({"firstName": "Ada B", "tags": ["lead", "r-created", "vip"], "dnd": true})));
+    assert!(
+        sandbox
+            .ghl
+            .update_contact(&id, json!({"firstName": "Ada B", "tags": ["lead", "r-created", "vip"], "dnd": true}))
+    );
     assert!(sandbox.ghl.set_business(&id, Some(&business)));
     sync_and_drain(&app).await;
-    assert!(sandbox.ghl.update_contact(&id, json!({"tags": tags(&sandbox.ghl.contact(&id).unwrap()).into_iter().filter(|t| t != "vip").collect::<Vec<_>>()})));
+    assert!(sandbox.ghl.update_contact(
+        &id,
+        json!({"tags": tags(&sandbox.ghl.contact(&id).unwrap()).into_iter().filter(|t| t != "vip").collect::<Vec<_>>()})
+    ));
     assert!(sandbox.ghl.set_business(&id, None));
     sync_and_drain(&app).await;
 
-    let task = sandbox.ghl.create_task(&id, json!({"title": "Call", "body": "about pricing", "dueDate": "2026-12-10T09:00:00Z", "completed": false})).unwrap();
+    let task = sandbox
+        .ghl
+        .create_task(
+            &id,
+            json!({"title": "Call", "body": "about pricing", "dueDate": "2026-12-10T09:00:00Z", "completed": false}),
+        )
+        .unwrap();
     let note = sandbox.ghl.create_note(&id, json!({"body": "user wrote this"})).unwrap();
     sync_and_drain(&app).await;
     assert!(sandbox.ghl.update_task(&task, json!({"title": "Call back"})));
@@ -241,8 +258,18 @@ async fn each_trigger_fires_from_a_sandbox_mutation_and_each_action_lands_once()
 
     let contact = sandbox.ghl.contact(&id).unwrap();
     for rule in [
-        "created", "updated", "tagged", "untagged", "dnd", "linked", "unlinked", "task-updated", "task-completed",
-        "task-deleted", "note-updated", "note-deleted",
+        "created",
+        "updated",
+        "tagged",
+        "untagged",
+        "dnd",
+        "linked",
+        "unlinked",
+        "task-updated",
+        "task-completed",
+        "task-deleted",
+        "note-updated",
+        "note-deleted",
     ] {
         assert!(tags(&contact).contains(&format!("r-{rule}")), "rule {rule} left its tag: {:?}", tags(&contact));
         assert_eq!(actions_of(&app, rule).await, vec!["done"], "rule {rule} acted exactly once");
@@ -271,7 +298,11 @@ async fn each_trigger_fires_from_a_sandbox_mutation_and_each_action_lands_once()
         .unwrap();
     drain(&app).await;
     assert_eq!(requests(&sandbox, |r| r.starts_with("POST /contacts/:contactId/tags")), tag_posts, "no tag re-sent");
-    assert_eq!(requests(&sandbox, |r| r.ends_with("/tasks") || r.ends_with("/notes")), creates, "no task or note re-created");
+    assert_eq!(
+        requests(&sandbox, |r| r.ends_with("/tasks") || r.ends_with("/notes")),
+        creates,
+        "no task or note re-created"
+    );
 
     // contact.deleted → delivered to the webhook connector under the action's key.
     let before = sandbox.sink.accepted(Some("test")).len();
@@ -393,7 +424,11 @@ async fn a_crash_between_an_actions_key_and_its_ghl_call_creates_the_task_once()
         }
         drain(&app).await;
         let tasks = sandbox.ghl.tasks(&id);
-        assert_eq!(tasks.iter().filter(|t| t["title"] == "Call Cy").count(), 1, "call made before the crash: {call_went_through}; {tasks:?}");
+        assert_eq!(
+            tasks.iter().filter(|t| t["title"] == "Call Cy").count(),
+            1,
+            "call made before the crash: {call_went_through}; {tasks:?}"
+        );
         assert_eq!(actions_of(&app, "call").await, vec!["done"]);
     }
 }

@@ -437,9 +437,17 @@ impl LuckyOrangeConnector {
         data.insert("event".into(), Value::String(name.clone()));
         data.insert("page".into(), event.page.clone().map_or(Value::Null, Value::String));
         let key = writeback::key(&["lo_rule_event", &event.id.to_string()]);
-        lo_rule_event(&self.rules, "lucky_orange.journey_event", key, &event.location_id, &event.contact_id, data, event.occurred_at)
-            .await
-            .map_err(other)?;
+        lo_rule_event(
+            &self.rules,
+            "lucky_orange.journey_event",
+            key,
+            &event.location_id,
+            &event.contact_id,
+            data,
+            event.occurred_at,
+        )
+        .await
+        .map_err(other)?;
         let Some(action) = self.settings.events.get(&name) else {
             return Ok(("skipped", Some("not configured".into())));
         };

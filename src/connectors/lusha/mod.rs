@@ -257,7 +257,7 @@ impl LushaConnector {
         parts.extend_from_slice(key_parts);
         let event = crate::rules::RuleEvent {
             trigger: trigger.to_owned(),
-            key: key(&parts),
+            key: crate::writeback::key(&parts),
             location_id: location.to_owned(),
             entity: Some(crate::domain::EntityKind::Contact),
             entity_id: Some(contact_id.to_owned()),
@@ -551,8 +551,14 @@ impl LushaConnector {
                 data.insert("lusha_id".into(), cached.lusha_id.clone().map_or(Value::Null, Value::String));
                 data.insert("result".into(), cached.result.clone().unwrap_or(Value::Null));
                 let at = cached.enriched_at.to_string();
-                if let Err(error) = self.emit(trigger, &[&job.contact_id, &at], &job.location, &job.contact_id, data, cached.enriched_at).await {
-                    return Outcome::Retry(None, Some(format!("the {trigger} rule event could not be stored: {error}")));
+                if let Err(error) = self
+                    .emit(trigger, &[&job.contact_id, &at], &job.location, &job.contact_id, data, cached.enriched_at)
+                    .await
+                {
+                    return Outcome::Retry(
+                        None,
+                        Some(format!("the {trigger} rule event could not be stored: {error}")),
+                    );
                 }
                 if cached.found() {
                     metrics::counter!("ghl_sync_lusha_enriched_total").increment(1);
