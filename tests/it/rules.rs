@@ -70,6 +70,11 @@ async fn drain(app: &App) {
     panic!("rule rows not drained: {} pending", pending_rule_rows(app).await);
 }
 
+/// What a `TaskCreate` / `NoteUpdate` / … webhook does: the contact's children are read on the next pass.
+async fn hint(app: &App, location: &str, contact: &str) {
+    ghl_sync::store::snapshot::mark_children_due(&app.store, location, contact).await.unwrap();
+}
+
 async fn sync_and_drain(app: &App) {
     sync(app).await;
     drain(app).await;
@@ -160,6 +165,7 @@ body = "follow up on {new.title}"
 [[rules]]
 name = "task-updated"
 on = ["task.updated"]
+when = "'title' in changed"
 [[rules.actions]]
 do = "ghl.add_tags"
 tags = ["r-task-updated"]
@@ -246,14 +252,18 @@ async fn each_trigger_fires_from_a_sandbox_mutation_and_each_action_lands_once()
         )
         .unwrap();
     let note = sandbox.ghl.create_note(&id, json!({"body": "user wrote this"})).unwrap();
+    hint(&app, &location, &id).await;
     sync_and_drain(&app).await;
     assert!(sandbox.ghl.update_task(&task, json!({"title": "Call back"})));
     assert!(sandbox.ghl.update_note(&note, json!({"body": "user wrote that"})));
+    hint(&app, &location, &id).await;
     sync_and_drain(&app).await;
     assert!(sandbox.ghl.complete_task(&task, true));
+    hint(&app, &location, &id).await;
     sync_and_drain(&app).await;
     assert!(sandbox.ghl.delete_task(&task));
     assert!(sandbox.ghl.delete_note(&note));
+    hint(&app, &location, &id).await;
     sync_and_drain(&app).await;
 
     let contact = sandbox.ghl.contact(&id).unwrap();
@@ -274,13 +284,15 @@ async fn each_trigger_fires_from_a_sandbox_mutation_and_each_action_lands_once()
         assert!(tags(&contact).contains(&format!("r-{rule}")), "rule {rule} left its tag: {:?}", tags(&contact));
         assert_eq!(actions_of(&app, rule).await, vec!["done"], "rule {rule} acted exactly once");
     }
-    // task.created → one note; the user's note → one task (the rule-made note does not start
-    // with "user", so it makes no task).
+    // The user's task → one note; the user's note → one task, whose `task.created` (caused by
+    // rule note-created, depth 1) chains into task-created once more; that rule's note does not
+    // start with "user", so the chain ends there.
     let notes = sandbox.ghl.notes(&id);
     assert_eq!(notes.iter().filter(|n| n["body"] == "follow up on Call").count(), 1, "{notes:?}");
+    assert_eq!(notes.iter().filter(|n| n["body"] == "follow up on Read the note").count(), 1, "{notes:?}");
     let tasks = sandbox.ghl.tasks(&id);
     assert_eq!(tasks.iter().filter(|t| t["title"] == "Read the note").count(), 1, "{tasks:?}");
-    assert_eq!(actions_of(&app, "task-created").await, vec!["done"]);
+    assert_eq!(actions_of(&app, "task-created").await, vec!["done", "done"]);
     assert_eq!(actions_of(&app, "note-created").await, vec!["done"]);
 
     // Another pass over unchanged data: nothing fires again, nothing is written again.
