@@ -111,6 +111,9 @@ pub fn parse_since(text: &str, now_ms: i64) -> anyhow::Result<i64> {
 
 /// `ghl-sync replay …`
 pub async fn run_replay(config: &Config, args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    if let Some(rule) = args.connector.strip_prefix("rule.").map(str::to_owned) {
+        return replay_rule(config, &rule, args).await;
+    }
     let cancel = tokio_util::sync::CancellationToken::new();
     let connectors = crate::connectors::build(config, &cancel)?;
     let Some(connector) = connectors.iter().find(|c| c.id() == args.connector) else {
@@ -134,6 +137,37 @@ pub async fn run_replay(config: &Config, args: ReplayArgs) -> anyhow::Result<Exi
         "{}: {} enqueued {keys}, {} already pending, {} filtered out",
         args.connector, summary.enqueued, summary.already_pending, summary.filtered
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `replay --connector rule.<name>`: the rule's performed actions queued again (see
+/// [`crate::store::rules::replay_actions`]).
+async fn replay_rule(config: &Config, rule: &str, args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    if !config.rules.rules().iter().any(|r| r.name == rule) {
+        let known: Vec<String> = config.rules.rules().iter().map(|r| format!("rule.{}", r.name)).collect();
+        anyhow::bail!("no rule {rule:?}; configured: {}", if known.is_empty() { "none".into() } else { known.join(", ") });
+    }
+    let started = now_ms();
+    let since_ms = args.since.as_deref().map(|s| parse_since(s, started)).transpose()?;
+    let salt = args.new_keys.then(|| format!("replay-{started}"));
+    let store = open_store(config).await?;
+    let result = crate::store::rules::replay_actions(
+        &store,
+        rule,
+        since_ms,
+        args.location.as_deref(),
+        args.contact.as_deref(),
+        salt.as_deref(),
+    )
+    .await;
+    store.close().await;
+    let done = result?;
+    let keys = if args.new_keys {
+        "under new keys: they are performed again"
+    } else {
+        "under their own keys: actions already performed are not performed again (--new-keys to redo them)"
+    };
+    println!("{}: {} action(s) queued {keys}, {} already pending", args.connector, done.enqueued, done.already_pending);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -236,6 +236,17 @@ pub fn normalize_appointment(mut appointment: Map<String, Value>) -> Map<String,
     appointment
 }
 
+/// A child record (task, note, appointment) in its canonical shape, as the sync stores and
+/// hashes it ([`value_hash`]). The one place both the sync's child reads and the write-back's
+/// read-back of a child it changed normalise through, so their hashes agree.
+pub fn normalize_child(kind: crate::domain::EntityKind, record: Map<String, Value>) -> Map<String, Value> {
+    match kind {
+        crate::domain::EntityKind::Task => normalize_task(record),
+        crate::domain::EntityKind::Appointment => normalize_appointment(record),
+        _ => normalize_note(record),
+    }
+}
+
 /// The contact's content hash over the canonical projection ([`HASHED_CONTACT_FIELDS`]),
 /// without the bookkeeping custom fields the daemon writes itself (`ignored_custom_fields`,
 /// by custom field id). `contact` must come from [`normalize_contact`].

@@ -569,17 +569,21 @@ connector = \"webhook.sales\"
 
 1. Every record version the sync commits (contact, task, note, appointment), every Lusha and
    Lucky Orange result and every schedule slot becomes a **trigger event**, stored in the outbox
-   in the same transaction as the change.
+   (the sync's in the same transaction as the change itself).
 2. The `rules` connector derives the triggers of the event, evaluates every enabled rule whose
    `on` lists the trigger and whose `locations` match, and stores each action it decides as an
    outbox row of its own (connector `rule.<name>`).
 3. Each action row is performed through the write-back service (GHL) or becomes a row for the
-   named connector. Failures retry with backoff and end in dead letters like any delivery, and
-   `ghl-sync replay` replays them.
+   named connector. Failures retry with backoff and end in dead letters like any delivery
+   (`ghl-sync dlq retry`); `ghl-sync replay --connector rule.<name>` queues a rule's performed
+   actions again: under their own keys nothing is done twice, with `--new-keys` they are
+   performed again.
 
 A `schedule` rule runs at its `schedule` (`at = \"HH:MM\"` UTC, optional `days = [\"mon\", …]`)
 over the location's contacts; its condition selects which (`contact` is set, `old`/`new` are not).
-A slot missed while the daemon was down runs once when it is back.
+A slot missed while the daemon was down still runs when it is back within the hour (older
+missed slots are skipped); a slot acts at most once per contact (its actions are keyed by rule,
+slot and contact), also across restarts.
 
 ## Conditions
 
@@ -624,9 +628,12 @@ row and used by the write-back service, so a retry, a `replay` or a `kill -9` be
 the GHL call never creates a second tag, task or note.
 
 An action's own write-back comes back as a change (a tag added by a rule is seen by the next
-sync). Such an event carries its origin: **it never fires the rule that caused it**, and other
-rules see `depth` (how many rule actions led to it). At `[rule_settings] max_depth` the chain is
-cut: the rules that would have run are logged and counted, not run. `max_actions_per_event`
+sync). The sync recognises it as the daemon's own write and does not announce it as a user's
+change (to any connector, like every write the daemon makes, except deletes, which every
+connector still hears); the action itself raises the event instead, with its origin: **it never
+fires the rule that caused it**, and other rules see `depth` (how many rule actions led to it).
+At `[rule_settings] max_depth` the chain is cut: the rules that would have run are logged and
+counted (`ghl_sync_rule_chain_cut_total`), not run. `max_actions_per_event`
 bounds the actions one event can cause (all rules together); the rest are cut and counted.
 
 ";

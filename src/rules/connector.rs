@@ -309,7 +309,6 @@ async fn fire_schedule(
                     entity: Some(EntityKind::Contact),
                     entity_id: Some(contact_id.clone()),
                     contact_id: Some(contact_id.clone()),
-                    new: Some(record.clone()),
                     contact: Some(record.clone()),
                     data: Map::from_iter([
                         ("rule".to_owned(), Value::from(rule)),

@@ -24,7 +24,8 @@ use crate::connectors::{CheckReport, Connector, ConnectorError, Delivery, Outcom
 use crate::domain::EntityKind;
 use crate::domain::scrub::excerpt;
 use crate::ghl::GhlError;
-use crate::ghl::write::{CreateContact, NewTask, NoteWrite, TaskUpdate, UpdateContact, UpsertContact};
+use super::config::{CREATE_CONTACT_FIELDS, UPDATE_CONTACT_FIELDS};
+use crate::ghl::write::{CreateContact, CustomFieldValue, NewTask, NoteWrite, TaskUpdate, UpdateContact, UpsertContact};
 use crate::http::HttpError;
 use crate::store::rules::{Handed, enqueue_delivery, enqueue_events};
 use crate::store::{Store, now_ms};
@@ -145,36 +146,53 @@ fn flag(fields: &Map<String, Value>, name: &str) -> Result<Option<bool>, Failed>
     }
 }
 
-/// The contact fields an action may set (GHL's names), shared by create and update.
-const CONTACT_FIELDS: &[&str] = &[
-    "firstName",
-    "lastName",
-    "name",
-    "email",
-    "phone",
-    "address1",
-    "city",
-    "state",
-    "postalCode",
-    "website",
-    "timezone",
-    "dnd",
-    "source",
-    "dateOfBirth",
-    "country",
-    "assignedTo",
-];
-
-fn check_names(fields: &Map<String, Value>, extra: &[&str]) -> Result<(), Failed> {
-    match fields.keys().find(|k| !CONTACT_FIELDS.contains(&k.as_str()) && !extra.contains(&k.as_str())) {
+/// Refuses a field the config's list for the action does not have (the lists the config
+/// validates `fields` against: one source for load-time and run-time checks).
+fn check_names(fields: &Map<String, Value>, allowed: &[&str]) -> Result<(), Failed> {
+    match fields.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(unknown) => Err(Failed::Refused(format!("unknown contact field `{unknown}`"))),
         None => Ok(()),
     }
 }
 
+/// An object field (`dndSettings`, `inboundDndSettings`).
+fn object(fields: &Map<String, Value>, name: &str) -> Result<Option<Value>, Failed> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value @ Value::Object(_)) => Ok(Some(value.clone())),
+        Some(_) => Err(Failed::Refused(format!("field `{name}` must be a table"))),
+    }
+}
+
+/// `customFields = [{ id = "…", field_value = … }]` (`key` optional).
+fn custom_fields(fields: &Map<String, Value>) -> Result<Option<Vec<CustomFieldValue>>, Failed> {
+    let Some(Value::Array(items)) = fields.get("customFields") else {
+        return match fields.get("customFields") {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => Err(Failed::Refused("field `customFields` must be a list".into())),
+        };
+    };
+    items
+        .iter()
+        .map(|item| {
+            let id = item.get("id").and_then(Value::as_str).filter(|id| !id.is_empty());
+            let value = item.get("field_value").or_else(|| item.get("value"));
+            match (id, value) {
+                (Some(id), Some(value)) => Ok(CustomFieldValue {
+                    id: id.to_owned(),
+                    key: item.get("key").and_then(Value::as_str).map(str::to_owned),
+                    field_value: value.clone(),
+                }),
+                _ => Err(Failed::Refused("each of `customFields` needs `id` and `field_value`".into())),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
 /// The `PUT /contacts/:id` body of an update action. Pure.
 fn update_body(fields: &Map<String, Value>) -> Result<UpdateContact, Failed> {
-    check_names(fields, &[])?;
+    check_names(fields, UPDATE_CONTACT_FIELDS)?;
     Ok(UpdateContact {
         first_name: text(fields, "firstName")?,
         last_name: text(fields, "lastName")?,
@@ -192,13 +210,15 @@ fn update_body(fields: &Map<String, Value>) -> Result<UpdateContact, Failed> {
         date_of_birth: text(fields, "dateOfBirth")?,
         country: text(fields, "country")?,
         assigned_to: text(fields, "assignedTo")?,
-        ..UpdateContact::default()
+        dnd_settings: object(fields, "dndSettings")?,
+        inbound_dnd_settings: object(fields, "inboundDndSettings")?,
+        custom_fields: custom_fields(fields)?,
     })
 }
 
 /// The `POST /contacts/` body of a create action. Pure.
 fn create_body(location: &str, fields: &Map<String, Value>) -> Result<CreateContact, Failed> {
-    check_names(fields, &["companyName", "tags"])?;
+    check_names(fields, CREATE_CONTACT_FIELDS)?;
     let tags = match fields.get("tags") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
@@ -225,8 +245,11 @@ fn create_body(location: &str, fields: &Map<String, Value>) -> Result<CreateCont
         country: text(fields, "country")?,
         company_name: text(fields, "companyName")?,
         assigned_to: text(fields, "assignedTo")?,
+        gender: text(fields, "gender")?,
+        dnd_settings: object(fields, "dndSettings")?,
+        inbound_dnd_settings: object(fields, "inboundDndSettings")?,
+        custom_fields: custom_fields(fields)?.unwrap_or_default(),
         tags,
-        ..CreateContact::default()
     })
 }
 
@@ -346,7 +369,7 @@ impl RuleActions {
                     ));
                 }
                 wb.delete_contact(location, contact_id, key).await?;
-                return Ok((Outcome::Done, None));
+                FollowOn::about("contact.deleted", EntityKind::Contact, contact_id, contact_id)
             }
             Action::AddTags { contact_id, tags } => {
                 wb.add_tags(location, contact_id, key, tags).await?;
@@ -394,15 +417,19 @@ impl RuleActions {
                     assigned_to: assigned_to.clone(),
                 };
                 wb.update_task(location, contact_id, task_id, key, &update).await?;
-                return Ok((Outcome::Done, None));
+                let mut follow = FollowOn::about("task.updated", EntityKind::Task, task_id, contact_id);
+                follow.changed = written_names(&update);
+                follow
             }
             Action::CompleteTask { contact_id, task_id } => {
                 wb.complete_task(location, contact_id, task_id, key).await?;
-                return Ok((Outcome::Done, None));
+                let mut follow = FollowOn::about("task.completed", EntityKind::Task, task_id, contact_id);
+                follow.changed = vec!["completed".to_owned()];
+                follow
             }
             Action::DeleteTask { contact_id, task_id } => {
                 wb.delete_task(location, contact_id, task_id, key).await?;
-                return Ok((Outcome::Done, None));
+                FollowOn::about("task.deleted", EntityKind::Task, task_id, contact_id)
             }
             Action::CreateNote { contact_id, body } => {
                 let note = NoteWrite { body: Some(body.clone()), ..NoteWrite::default() };
@@ -415,11 +442,14 @@ impl RuleActions {
             Action::UpdateNote { contact_id, note_id, body } => {
                 let note = NoteWrite { body: Some(body.clone()), ..NoteWrite::default() };
                 wb.update_note(location, contact_id, note_id, key, &note).await?;
-                return Ok((Outcome::Done, None));
+                let mut follow = FollowOn::about("note.updated", EntityKind::Note, note_id, contact_id);
+                follow.changed = vec!["body".to_owned()];
+                follow.new = Some(json!({"id": note_id, "contactId": contact_id, "body": body}));
+                follow
             }
             Action::DeleteNote { contact_id, note_id } => {
                 wb.delete_note(location, contact_id, note_id, key).await?;
-                return Ok((Outcome::Done, None));
+                FollowOn::about("note.deleted", EntityKind::Note, note_id, contact_id)
             }
             Action::UpsertContact { fields } => {
                 let upsert =
@@ -442,7 +472,7 @@ impl RuleActions {
                 let settled = self.settle(location, contact_id, key).await?;
                 let trigger = if business_id.is_some() { "business.linked" } else { "business.unlinked" };
                 let mut follow = FollowOn::about(trigger, EntityKind::Contact, contact_id, contact_id);
-                follow.data.insert("businessId".into(), business_id.clone().map_or(Value::Null, Value::String));
+                follow.data.insert("business_id".into(), business_id.clone().map_or(Value::Null, Value::String));
                 follow.new = settled.clone();
                 follow.contact = settled;
                 follow
@@ -544,6 +574,33 @@ mod tests {
 
     fn fields(value: Value) -> Map<String, Value> {
         value.as_object().cloned().unwrap_or_default()
+    }
+
+    /// A value of the right type for a contact field.
+    fn sample(name: &str) -> Value {
+        match name {
+            "dnd" => json!(true),
+            "dndSettings" | "inboundDndSettings" => json!({"Email": {"status": "active"}}),
+            "customFields" => json!([{"id": "f1", "field_value": "v"}]),
+            "tags" => json!(["t"]),
+            _ => json!("x"),
+        }
+    }
+
+    /// The config validates `fields` against these lists; the executor must write every field
+    /// they allow (a rule that validates must never fail on its field names at run time).
+    #[test]
+    fn every_field_the_config_allows_reaches_the_ghl_body() {
+        for name in UPDATE_CONTACT_FIELDS {
+            let body = update_body(&fields(json!({ *name: sample(name) }))).unwrap_or_else(|_| panic!("{name}"));
+            let json = serde_json::to_value(&body).unwrap();
+            assert!(json.get(*name).is_some(), "update_contact drops {name}: {json}");
+        }
+        for name in CREATE_CONTACT_FIELDS {
+            let body = create_body("loc", &fields(json!({ *name: sample(name) }))).unwrap_or_else(|_| panic!("{name}"));
+            let json = serde_json::to_value(&body).unwrap();
+            assert!(json.get(*name).is_some(), "create_contact drops {name}: {json}");
+        }
     }
 
     #[test]

@@ -164,6 +164,80 @@ pub async fn enqueue_actions(store: &Store, actions: &[PlannedAction]) -> Result
     Ok(added)
 }
 
+/// What [`replay_actions`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Action rows queued again.
+    pub enqueued: u64,
+    /// The action already has a pending row (it runs anyway).
+    pub already_pending: u64,
+}
+
+/// `ghl-sync replay --connector rule.<name>`: the rule's performed actions (outbox rows still
+/// kept) queued again. Without `salt` each keeps its key, so the executor finds its write-back
+/// key done and GHL sees nothing twice (what a replay of a webhook connector does for targets
+/// that de-duplicate); with `salt` (`--new-keys`) each gets a new key and is performed again.
+/// `since_ms`, `location` and `contact` narrow the rows (by when the action was stored).
+pub async fn replay_actions(
+    store: &Store,
+    rule: &str,
+    since_ms: Option<i64>,
+    location: Option<&str>,
+    contact: Option<&str>,
+    salt: Option<&str>,
+) -> Result<Replayed, StoreError> {
+    let connector = actions_connector(rule);
+    let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
+        "SELECT record FROM outbox WHERE connector = ? AND entity = 'action' AND status = 'done' \
+         AND created_at >= ? AND (? IS NULL OR location_id = ?) AND (? IS NULL OR contact_id = ?) ORDER BY id",
+    )
+    .bind(&connector)
+    .bind(since_ms.unwrap_or(0))
+    .bind(location)
+    .bind(location)
+    .bind(contact)
+    .bind(contact)
+    .fetch_all(store.read_pool())
+    .await?;
+    let mut actions = Vec::with_capacity(rows.len());
+    for (blob,) in rows {
+        let Some(mut planned) =
+            codec::unpack(&blob).ok().and_then(|v| serde_json::from_value::<PlannedAction>(v).ok())
+        else {
+            continue;
+        };
+        if let Some(salt) = salt {
+            planned.key = crate::writeback::key(&["replay", &planned.key, salt]);
+        }
+        actions.push(planned);
+    }
+    let mut done = Replayed::default();
+    let now = now_ms();
+    let mut tx = store.begin_write("rule_replay").await?;
+    for action in &actions {
+        let record = packed(action)?;
+        let hash = sha256(&record);
+        let change = NewChange {
+            connector: &connector,
+            location_id: &action.location_id,
+            entity: EntityKind::Action,
+            entity_id: &action.key,
+            contact_id: action.contact_id.as_deref(),
+            operation: Operation::Created,
+            record: &record,
+            content_hash: &hash,
+            revision: 0,
+            changed_at: now,
+        };
+        match outbox::enqueue(&mut tx, change, EnqueuePolicy::KeepPending, Some(&action.key)).await? {
+            Enqueued::Inserted | Enqueued::Folded => done.enqueued += 1,
+            Enqueued::AlreadyPending => done.already_pending += 1,
+        }
+    }
+    tx.commit().await?;
+    Ok(done)
+}
+
 /// What [`enqueue_delivery`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handed {

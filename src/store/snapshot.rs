@@ -394,6 +394,15 @@ pub async fn delete_contact(store: &Store, commit: &Commit<'_>, contact_id: &str
         .await?;
     let hash: Hash = hash.as_slice().try_into().unwrap_or([0; 32]);
     done.changed += 1;
+    // A rule deleted it: the rules hear it from the rule's action (with its origin, so the
+    // chain is bounded); every other connector still hears the delete.
+    let without_rules: Vec<Subscriber>;
+    let commit = if writebacks::is_own_contact_delete(&mut tx, commit.location, contact_id).await? {
+        without_rules = commit.subscribers.iter().filter(|s| s.id != EVENTS_CONNECTOR).cloned().collect();
+        &Commit { subscribers: &without_rules, ..*commit }
+    } else {
+        commit
+    };
     enqueue_all(
         &mut tx,
         commit,
@@ -517,20 +526,33 @@ pub async fn commit_children(
                     }
                 };
                 // Echo suppression: a note or task our own write-back created (a Lusha note, a
-                // lead's task) is kept in the snapshot but not announced as a user's change.
-                if let (Operation::Created, Some(child)) = (change.operation, &change.record)
-                    && writebacks::is_own_child(
-                        &mut tx,
-                        commit.location,
-                        contact_id,
-                        kind.as_str(),
-                        &change.id,
-                        &child.record,
-                    )
-                    .await?
-                {
+                // lead's task) or changed (a rule's action, which raises its own trigger event)
+                // is kept in the snapshot but not announced as a user's change.
+                let own = match (change.operation, &change.record) {
+                    (Operation::Created, Some(child)) => {
+                        writebacks::is_own_child(&mut tx, commit.location, contact_id, kind.as_str(), &change.id, &child.record)
+                            .await?
+                    }
+                    (_, Some(child)) if kind != EntityKind::Appointment => {
+                        writebacks::is_own_child_change(&mut tx, commit.location, kind.as_str(), &change.id, Some(&child.hash))
+                            .await?
+                    }
+                    _ => false,
+                };
+                if own {
                     continue;
                 }
+                // A task or note a rule deleted: as for contacts, only the rules skip it.
+                let without_rules: Vec<Subscriber>;
+                let commit = if change.record.is_none()
+                    && kind != EntityKind::Appointment
+                    && writebacks::is_own_child_change(&mut tx, commit.location, kind.as_str(), &change.id, None).await?
+                {
+                    without_rules = commit.subscribers.iter().filter(|s| s.id != EVENTS_CONNECTOR).cloned().collect();
+                    &Commit { subscribers: &without_rules, ..*commit }
+                } else {
+                    commit
+                };
                 enqueue_all(
                     &mut tx,
                     commit,

@@ -27,7 +27,8 @@ pub(crate) async fn is_own_write(
 ) -> Result<bool, sqlx::Error> {
     let latest: Option<Vec<u8>> = sqlx::query_scalar(
         "SELECT content_hash FROM writebacks WHERE location_id = ? AND contact_id = ? AND status = 'done' \
-         AND content_hash IS NOT NULL AND kind NOT IN ('note', 'task') ORDER BY updated_at DESC, rowid DESC LIMIT 1",
+         AND content_hash IS NOT NULL AND kind NOT IN ('note', 'task', 'task_update', 'task_complete', 'note_update') \
+         ORDER BY updated_at DESC, rowid DESC LIMIT 1",
     )
     .bind(location)
     .bind(contact_id)
@@ -74,6 +75,66 @@ pub(crate) async fn is_own_child(
     .fetch_optional(&mut *conn)
     .await?;
     Ok(by_content.is_some())
+}
+
+/// The write-back kinds that change a task or note in place, and those that delete one.
+fn child_write_kinds(kind: &str) -> (&'static [&'static str], &'static str) {
+    match kind {
+        "task" => (&["task_update", "task_complete"], "task_delete"),
+        _ => (&["note_update"], "note_delete"),
+    }
+}
+
+/// Whether a task or note change the sync read back is one our write-back made: for an
+/// update (`hash`), the child's content is what our latest done update of it left
+/// (`record_settled` on the key); for a delete (`hash` = `None`), our write deleted it.
+pub(crate) async fn is_own_child_change(
+    conn: &mut SqliteConnection,
+    location: &str,
+    kind: &str,
+    child_id: &str,
+    hash: Option<&Hash>,
+) -> Result<bool, sqlx::Error> {
+    let (updates, delete) = child_write_kinds(kind);
+    match hash {
+        Some(hash) => {
+            let sql = format!(
+                "SELECT content_hash FROM writebacks WHERE location_id = ? AND target_id = ? AND status = 'done' \
+                 AND content_hash IS NOT NULL AND kind IN ({}) ORDER BY updated_at DESC, rowid DESC LIMIT 1",
+                updates.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ")
+            );
+            let latest: Option<Vec<u8>> =
+                sqlx::query_scalar(&sql).bind(location).bind(child_id).fetch_optional(&mut *conn).await?;
+            Ok(latest.is_some_and(|latest| latest.as_slice() == hash.as_slice()))
+        }
+        None => {
+            let own: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM writebacks WHERE location_id = ? AND target_id = ? AND kind = ? AND status = 'done' LIMIT 1",
+            )
+            .bind(location)
+            .bind(child_id)
+            .bind(delete)
+            .fetch_optional(&mut *conn)
+            .await?;
+            Ok(own.is_some())
+        }
+    }
+}
+
+/// Whether our write-back deleted this contact (a rule's `ghl.delete_contact`).
+pub(crate) async fn is_own_contact_delete(
+    conn: &mut SqliteConnection,
+    location: &str,
+    contact_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let own: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM writebacks WHERE location_id = ? AND target_id = ? AND kind = 'contact_delete' AND status = 'done' LIMIT 1",
+    )
+    .bind(location)
+    .bind(contact_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(own.is_some())
 }
 
 /// [`is_own_write`] on a read connection (tests and tools).

@@ -22,7 +22,8 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::domain::normalize::{contact_hash, normalize_contact};
+use crate::domain::EntityKind;
+use crate::domain::normalize::{Hash, contact_hash, normalize_child, normalize_contact, value_hash};
 use crate::ghl::write::{CreateContact, DeleteOutcome, NewTask, NoteWrite, TaskUpdate, UpdateContact, UpsertContact};
 use crate::ghl::{GhlClient, GhlError};
 use crate::http::Priority;
@@ -167,6 +168,29 @@ impl WriteBack {
         Ok(Written::Now(Some(target.to_owned())))
     }
 
+    /// [`Self::idempotent`] for a change to a task or note: `send` answers the child's content
+    /// hash as GHL returned it, recorded on the key so the sync recognises the change as ours
+    /// ([`writebacks::is_own_child_change`]) and does not announce it as a user's.
+    async fn idempotent_child(
+        &self,
+        key: &str,
+        location: &str,
+        contact_id: &str,
+        kind: &str,
+        target: &str,
+        send: impl std::future::Future<Output = Result<Option<Hash>, GhlError>>,
+    ) -> Result<Written, WriteBackError> {
+        if let Begun::Done(target) = self.begin(key, location, Some(contact_id), kind, None).await? {
+            return Ok(Written::Already(target));
+        }
+        let hash = send.await?;
+        if let Some(hash) = hash {
+            writebacks::record_settled(&self.store, contact_id, &[key.to_owned()], &hash).await?;
+        }
+        self.finish(key, Some(target)).await?;
+        Ok(Written::Now(Some(target.to_owned())))
+    }
+
     /// `PUT /contacts/:id` with only the set fields (idempotent: a pending key is just sent again).
     pub async fn update_contact(
         &self,
@@ -284,10 +308,10 @@ impl WriteBack {
         key: &str,
     ) -> Result<Written, WriteBackError> {
         let send = async {
-            self.ghl.complete_task(location, contact_id, task_id, true).await?;
-            Ok(())
+            let task = self.ghl.complete_task(location, contact_id, task_id, true).await?;
+            Ok(child_hash(EntityKind::Task, &task))
         };
-        self.idempotent(key, location, contact_id, "task_complete", task_id, send).await
+        self.idempotent_child(key, location, contact_id, "task_complete", task_id, send).await
     }
 
     /// `PUT /contacts/:id/tasks/:taskId` with only the set fields (idempotent).
@@ -300,10 +324,10 @@ impl WriteBack {
         update: &TaskUpdate,
     ) -> Result<Written, WriteBackError> {
         let send = async {
-            self.ghl.update_task(location, contact_id, task_id, update).await?;
-            Ok(())
+            let task = self.ghl.update_task(location, contact_id, task_id, update).await?;
+            Ok(child_hash(EntityKind::Task, &task))
         };
-        self.idempotent(key, location, contact_id, "task_update", task_id, send).await
+        self.idempotent_child(key, location, contact_id, "task_update", task_id, send).await
     }
 
     /// `DELETE /contacts/:id/tasks/:taskId`; a task already gone (404) counts as deleted.
@@ -331,10 +355,10 @@ impl WriteBack {
         note: &NoteWrite,
     ) -> Result<Written, WriteBackError> {
         let send = async {
-            self.ghl.update_note(location, contact_id, note_id, note).await?;
-            Ok(())
+            let note = self.ghl.update_note(location, contact_id, note_id, note).await?;
+            Ok(child_hash(EntityKind::Note, &note))
         };
-        self.idempotent(key, location, contact_id, "note_update", note_id, send).await
+        self.idempotent_child(key, location, contact_id, "note_update", note_id, send).await
     }
 
     /// `DELETE /contacts/:id/notes/:noteId`; a note already gone (404) counts as deleted.
@@ -485,6 +509,14 @@ impl WriteBack {
         let hash = contact_hash(&record, &self.ignored);
         writebacks::record_settled(&self.store, contact_id, keys, &hash).await?;
         Ok(Some(record))
+    }
+}
+
+/// The content hash the sync gives a child as GHL returned it (same normalisation).
+fn child_hash<T: serde::Serialize>(kind: EntityKind, child: &T) -> Option<Hash> {
+    match serde_json::to_value(child) {
+        Ok(Value::Object(map)) => Some(value_hash(&normalize_child(kind, map))),
+        _ => None,
     }
 }
 

@@ -304,10 +304,12 @@ async fn each_trigger_fires_from_a_sandbox_mutation_and_each_action_lands_once()
     // A replay of every action: the keys are done, GHL sees no second write.
     let tag_posts = requests(&sandbox, |r| r.starts_with("POST /contacts/:contactId/tags"));
     let creates = requests(&sandbox, |r| r.ends_with("/tasks") || r.ends_with("/notes"));
-    sqlx::query("UPDATE outbox SET status = 'pending', attempts = 0 WHERE connector LIKE 'rule.%'")
-        .execute(&mut crate::helpers::raw(&app.store).await)
-        .await
-        .unwrap();
+    let mut replayed = 0;
+    for rule in ["created", "tagged", "task-created", "note-created", "task-updated"] {
+        let done = ghl_sync::store::rules::replay_actions(&app.store, rule, None, None, None, None).await.unwrap();
+        replayed += done.enqueued;
+    }
+    assert_eq!(replayed, 6, "every performed action of those rules is queued again");
     drain(&app).await;
     assert_eq!(requests(&sandbox, |r| r.starts_with("POST /contacts/:contactId/tags")), tag_posts, "no tag re-sent");
     assert_eq!(
@@ -343,6 +345,13 @@ when = "'x' in tags_added"
 [[rules.actions]]
 do = "ghl.add_tags"
 tags = ["x"]
+
+[[rules]]
+name = "touch"
+on = ["task.updated"]
+[[rules.actions]]
+do = "ghl.update_task"
+body = "touched by a rule"
 
 [[rules]]
 name = "step1"
@@ -381,6 +390,22 @@ async fn a_rule_does_not_fire_on_its_own_write_and_a_chain_stops_at_the_depth() 
     assert!(sandbox.ghl.update_contact(&id, json!({"tags": ["x", "c0"]})));
     sync_and_drain(&app).await;
     sync_and_drain(&app).await;
+
+    // A rule whose own task update is a `task.updated` (the sync reads it back, too).
+    let task = sandbox
+        .ghl
+        .create_task(&id, json!({"title": "Call", "body": "b", "dueDate": "2026-12-10T09:00:00Z", "completed": false}))
+        .unwrap();
+    hint(&app, &location, &id).await;
+    sync_and_drain(&app).await;
+    assert!(sandbox.ghl.update_task(&task, json!({"title": "Call back"})));
+    for _ in 0..3 {
+        hint(&app, &location, &id).await;
+        sync_and_drain(&app).await;
+    }
+    assert_eq!(actions_of(&app, "touch").await, vec!["done"], "its own task update does not fire it again");
+    let body = sandbox.ghl.tasks(&id).into_iter().find(|t| t["id"] == task.as_str()).unwrap()["body"].clone();
+    assert_eq!(body, "touched by a rule");
 
     let contact_tags = tags(&sandbox.ghl.contact(&id).unwrap());
     assert_eq!(actions_of(&app, "self").await, vec!["done"], "its own tag.added does not fire it again");

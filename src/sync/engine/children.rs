@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use super::{Engine, EngineSettings, RunOptions, RunSummary, SyncError, YieldCheck};
 use crate::domain::EntityKind;
 use crate::domain::diff::ChildRecord;
-use crate::domain::normalize::{normalize_appointment, normalize_note, normalize_task, value_hash};
+use crate::domain::normalize::{normalize_child, value_hash};
 use crate::ghl::GhlError;
 use crate::http::Priority;
 use crate::store::snapshot::{self, BadRecord, ChildrenRead};
@@ -282,11 +282,7 @@ fn parse_child(kind: EntityKind, value: Value) -> Result<ChildRecord, BadRecord>
         Some(Value::String(id)) if !id.is_empty() && id.len() <= 128 => id.clone(),
         _ => return Err(bad(format!("{kind} has no usable id"), &value)),
     };
-    let record = match kind {
-        EntityKind::Task => normalize_task(map),
-        EntityKind::Appointment => normalize_appointment(map),
-        _ => normalize_note(map),
-    };
+    let record = normalize_child(kind, map);
     Ok(ChildRecord { id, hash: value_hash(&record), record })
 }
 
