@@ -145,7 +145,10 @@ pub async fn run_replay(config: &Config, args: ReplayArgs) -> anyhow::Result<Exi
 async fn replay_rule(config: &Config, rule: &str, args: ReplayArgs) -> anyhow::Result<ExitCode> {
     if !config.rules.rules().iter().any(|r| r.name == rule) {
         let known: Vec<String> = config.rules.rules().iter().map(|r| format!("rule.{}", r.name)).collect();
-        anyhow::bail!("no rule {rule:?}; configured: {}", if known.is_empty() { "none".into() } else { known.join(", ") });
+        anyhow::bail!(
+            "no rule {rule:?}; configured: {}",
+            if known.is_empty() { "none".into() } else { known.join(", ") }
+        );
     }
     let started = now_ms();
     let since_ms = args.since.as_deref().map(|s| parse_since(s, started)).transpose()?;

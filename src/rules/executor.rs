@@ -19,13 +19,15 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::config::{CREATE_CONTACT_FIELDS, UPDATE_CONTACT_FIELDS};
 use super::{Action, Origin, PlannedAction, RuleEvent, actions_connector};
 use crate::connectors::{CheckReport, Connector, ConnectorError, Delivery, Outcome};
 use crate::domain::EntityKind;
 use crate::domain::scrub::excerpt;
 use crate::ghl::GhlError;
-use super::config::{CREATE_CONTACT_FIELDS, UPDATE_CONTACT_FIELDS};
-use crate::ghl::write::{CreateContact, CustomFieldValue, NewTask, NoteWrite, TaskUpdate, UpdateContact, UpsertContact};
+use crate::ghl::write::{
+    CreateContact, CustomFieldValue, NewTask, NoteWrite, TaskUpdate, UpdateContact, UpsertContact,
+};
 use crate::http::HttpError;
 use crate::store::rules::{Handed, enqueue_delivery, enqueue_events};
 use crate::store::{Store, now_ms};

@@ -201,8 +201,7 @@ pub async fn replay_actions(
     .await?;
     let mut actions = Vec::with_capacity(rows.len());
     for (blob,) in rows {
-        let Some(mut planned) =
-            codec::unpack(&blob).ok().and_then(|v| serde_json::from_value::<PlannedAction>(v).ok())
+        let Some(mut planned) = codec::unpack(&blob).ok().and_then(|v| serde_json::from_value::<PlannedAction>(v).ok())
         else {
             continue;
         };

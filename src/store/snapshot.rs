@@ -530,12 +530,25 @@ pub async fn commit_children(
                 // is kept in the snapshot but not announced as a user's change.
                 let own = match (change.operation, &change.record) {
                     (Operation::Created, Some(child)) => {
-                        writebacks::is_own_child(&mut tx, commit.location, contact_id, kind.as_str(), &change.id, &child.record)
-                            .await?
+                        writebacks::is_own_child(
+                            &mut tx,
+                            commit.location,
+                            contact_id,
+                            kind.as_str(),
+                            &change.id,
+                            &child.record,
+                        )
+                        .await?
                     }
                     (_, Some(child)) if kind != EntityKind::Appointment => {
-                        writebacks::is_own_child_change(&mut tx, commit.location, kind.as_str(), &change.id, Some(&child.hash))
-                            .await?
+                        writebacks::is_own_child_change(
+                            &mut tx,
+                            commit.location,
+                            kind.as_str(),
+                            &change.id,
+                            Some(&child.hash),
+                        )
+                        .await?
                     }
                     _ => false,
                 };
@@ -546,7 +559,8 @@ pub async fn commit_children(
                 let without_rules: Vec<Subscriber>;
                 let commit = if change.record.is_none()
                     && kind != EntityKind::Appointment
-                    && writebacks::is_own_child_change(&mut tx, commit.location, kind.as_str(), &change.id, None).await?
+                    && writebacks::is_own_child_change(&mut tx, commit.location, kind.as_str(), &change.id, None)
+                        .await?
                 {
                     without_rules = commit.subscribers.iter().filter(|s| s.id != EVENTS_CONNECTOR).cloned().collect();
                     &Commit { subscribers: &without_rules, ..*commit }

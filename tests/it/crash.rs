@@ -365,3 +365,67 @@ async fn seeded_sigkills_during_refreshes_and_lusha_write_backs_pay_once_note_on
     );
     sandbox.stop().await;
 }
+
+/// Rules under `kill -9`: every contact the backfill finds fires a rule that creates a task and
+/// a note in GHL. Kills land between an action's key and its GHL call, between the call and its
+/// bookkeeping, and between a trigger event and its planned actions; after a clean run every
+/// contact has exactly one of each (a pending key is looked up in GHL before creating again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_sigkills_while_rules_act_create_each_task_and_note_once() {
+    let (kills, seed) = crash_settings();
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
+    let mut ghl = fast_ghl(40);
+    ghl.locations = 1;
+    ghl.max_tasks_per_contact = 0;
+    ghl.max_notes_per_contact = 0;
+    let sandbox = start_sandbox(ghl).await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = "[[rules]]\nname = \"call\"\non = [\"contact.created\"]\n\
+                 [[rules.actions]]\ndo = \"ghl.create_task\"\ntitle = \"Rule call {contact.id}\"\nbody = \"b\"\ndue = \"in 1d\"\n\
+                 [[rules.actions]]\ndo = \"ghl.create_note\"\nbody = \"Rule note {contact.id}\"\n";
+    let path = write_config(dir.path(), &run_config(&sandbox, dir.path(), "batch_size = 10\n", rules));
+    let path = path.to_str().unwrap().to_owned();
+    let location = sandbox.ghl.locations()[0].id.clone();
+    let ids = sandbox.ghl.contact_ids(&location);
+    let made = |sandbox: &Sandbox, id: &str| {
+        let tasks = sandbox.ghl.tasks(id).iter().filter(|t| t["title"] == format!("Rule call {id}").as_str()).count();
+        let notes = sandbox.ghl.notes(id).iter().filter(|n| n["body"] == format!("Rule note {id}").as_str()).count();
+        (tasks, notes)
+    };
+    let mut killed_after = Vec::new();
+    for kill in 0..kills {
+        let mut child = spawn(&["run", "--config", &path], &[]);
+        let delay = Duration::from_millis(150 + rng.u64(..1_000));
+        tokio::time::sleep(delay).await;
+        assert!(child.try_wait().unwrap().is_none(), "the daemon exited on its own before kill {kill}");
+        signal(&child, "KILL");
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+        assert!(!status.success());
+        killed_after.push(delay.as_millis());
+    }
+    // The clean run finishes what the kills left (it is given the time to start even when they
+    // left nothing), then stops gracefully.
+    sandbox.ghl.reset_stats();
+    let child = spawn(&["run", "--config", &path], &[]);
+    let complete = until(Duration::from_secs(120), || {
+        sandbox.ghl.stats().requests.contains_key("POST /contacts/search")
+            && ids.iter().all(|id| matches!(made(&sandbox, id), (tasks, notes) if tasks > 0 && notes > 0))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(&child, "TERM");
+    let (status, _, stderr) = wait_exit(child, Duration::from_secs(20)).await;
+    assert!(
+        complete,
+        "not every contact got its task and note (seed {seed}, kills after {killed_after:?} ms): {stderr}"
+    );
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    for id in &ids {
+        assert_eq!(
+            made(&sandbox, id),
+            (1, 1),
+            "contact {id}: tasks and notes made by the rule (seed {seed}, kills after {killed_after:?} ms)"
+        );
+    }
+    sandbox.stop().await;
+}
