@@ -128,6 +128,28 @@ pub async fn enqueue_events(store: &Store, events: &[RuleEvent]) -> Result<u64, 
     Ok(added)
 }
 
+/// The outbox change of a planned action: entity `action`, id its key, record the packed action.
+fn action_change<'a>(
+    connector: &'a str,
+    action: &'a PlannedAction,
+    record: &'a [u8],
+    hash: &'a [u8; 32],
+    now: i64,
+) -> NewChange<'a> {
+    NewChange {
+        connector,
+        location_id: &action.location_id,
+        entity: EntityKind::Action,
+        entity_id: &action.key,
+        contact_id: action.contact_id.as_deref(),
+        operation: Operation::Created,
+        record,
+        content_hash: hash,
+        revision: 0,
+        changed_at: now,
+    }
+}
+
 /// One outbox row per planned action for its rule's connector (`rule.<name>`, entity
 /// `action`, id and key the action's key, record the packed action), in one short write
 /// transaction. An action whose key already has a row adds nothing. Returns how many rows
@@ -143,18 +165,7 @@ pub async fn enqueue_actions(store: &Store, actions: &[PlannedAction]) -> Result
         let connector = actions_connector(&action.rule);
         let record = packed(action)?;
         let hash = sha256(&record);
-        let change = NewChange {
-            connector: &connector,
-            location_id: &action.location_id,
-            entity: EntityKind::Action,
-            entity_id: &action.key,
-            contact_id: action.contact_id.as_deref(),
-            operation: Operation::Created,
-            record: &record,
-            content_hash: &hash,
-            revision: 0,
-            changed_at: now,
-        };
+        let change = action_change(&connector, action, &record, &hash, now);
         let row = OnceRow { change, key: &action.key };
         if enqueue_once(&mut tx, row, EnqueuePolicy::KeepPending).await?.is_some() {
             added += 1;
@@ -216,18 +227,7 @@ pub async fn replay_actions(
     for action in &actions {
         let record = packed(action)?;
         let hash = sha256(&record);
-        let change = NewChange {
-            connector: &connector,
-            location_id: &action.location_id,
-            entity: EntityKind::Action,
-            entity_id: &action.key,
-            contact_id: action.contact_id.as_deref(),
-            operation: Operation::Created,
-            record: &record,
-            content_hash: &hash,
-            revision: 0,
-            changed_at: now,
-        };
+        let change = action_change(&connector, action, &record, &hash, now);
         match outbox::enqueue(&mut tx, change, EnqueuePolicy::KeepPending, Some(&action.key)).await? {
             Enqueued::Inserted | Enqueued::Folded => done.enqueued += 1,
             Enqueued::AlreadyPending => done.already_pending += 1,

@@ -165,6 +165,12 @@ async fn enqueue_all(
     Ok(())
 }
 
+/// Every subscriber but the `rules` connector: a delete a rule made is announced to the
+/// others, while the rules hear it from the rule's action (with its origin).
+fn except_rules(subscribers: &[Subscriber]) -> Vec<Subscriber> {
+    subscribers.iter().filter(|s| s.id != EVENTS_CONNECTOR).cloned().collect()
+}
+
 /// Commits or (dry run) rolls back.
 async fn finish(tx: super::WriteTx<'_>, dry_run: bool) -> Result<(), StoreError> {
     if dry_run { tx.rollback().await } else { tx.commit().await }
@@ -398,7 +404,7 @@ pub async fn delete_contact(store: &Store, commit: &Commit<'_>, contact_id: &str
     // chain is bounded); every other connector still hears the delete.
     let without_rules: Vec<Subscriber>;
     let commit = if writebacks::is_own_contact_delete(&mut tx, commit.location, contact_id).await? {
-        without_rules = commit.subscribers.iter().filter(|s| s.id != EVENTS_CONNECTOR).cloned().collect();
+        without_rules = except_rules(commit.subscribers);
         &Commit { subscribers: &without_rules, ..*commit }
     } else {
         commit
@@ -562,7 +568,7 @@ pub async fn commit_children(
                     && writebacks::is_own_child_change(&mut tx, commit.location, kind.as_str(), &change.id, None)
                         .await?
                 {
-                    without_rules = commit.subscribers.iter().filter(|s| s.id != EVENTS_CONNECTOR).cloned().collect();
+                    without_rules = except_rules(commit.subscribers);
                     &Commit { subscribers: &without_rules, ..*commit }
                 } else {
                     commit
