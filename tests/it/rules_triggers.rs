@@ -272,9 +272,8 @@ async fn lusha_lead_imported_and_signal_act_once_also_after_a_replay_of_the_lead
             _ => None,
         })
         .expect("a findable lead among the first three");
-    let known = sandbox
-        .ghl
-        .create_contact(&location, json!({"firstName": "Known", "email": person.emails[0].email.clone()}));
+    let known =
+        sandbox.ghl.create_contact(&location, json!({"firstName": "Known", "email": person.emails[0].email.clone()}));
 
     let mut settings = with_rules(settings_for(&sandbox, dir.path()), LEAD_RULES);
     let mut lusha = lusha_settings(&sandbox);
@@ -286,9 +285,10 @@ async fn lusha_lead_imported_and_signal_act_once_also_after_a_replay_of_the_lead
     // The connector as the daemon builds it (with its rule emitter), for calling its passes.
     let writeback = WriteBack::new(app.store.clone(), app.ghl.clone(), Arc::new(Vec::new()));
     let stop = CancellationToken::new();
-    let connector = LushaConnector::new(&lusha, secrecy::SecretString::from(sandbox.lusha.api_key()), writeback, stop.clone())
-        .unwrap()
-        .with_rules(Emitter::new(app.store.clone(), &app.config.rules));
+    let connector =
+        LushaConnector::new(&lusha, secrecy::SecretString::from(sandbox.lusha.api_key()), writeback, stop.clone())
+            .unwrap()
+            .with_rules(Emitter::new(app.store.clone(), &app.config.rules));
     let search = lusha.leads[0].clone();
 
     let report = connector.poll_leads(&search, &stop).await.unwrap();
@@ -296,12 +296,8 @@ async fn lusha_lead_imported_and_signal_act_once_also_after_a_replay_of_the_lead
     assert!(report.created >= 1, "{report:?}");
     drain(&app).await;
 
-    let lead_contacts: Vec<String> = sandbox
-        .ghl
-        .contact_ids(&location)
-        .into_iter()
-        .filter(|id| has_tag(&sandbox, id, "lusha:lead"))
-        .collect();
+    let lead_contacts: Vec<String> =
+        sandbox.ghl.contact_ids(&location).into_iter().filter(|id| has_tag(&sandbox, id, "lusha:lead")).collect();
     assert_eq!(lead_contacts.len(), report.created + report.updated);
     let created: Vec<String> = lead_contacts.iter().filter(|id| **id != known).cloned().collect();
     for id in &created {
@@ -456,9 +452,7 @@ async fn lucky_orange_identified_and_journey_event_act_once_per_day_and_per_even
     let report = connector.apply_pending().await;
     assert_eq!(report.failed, 0, "{report:?}");
     drain(&app).await;
-    let calls = |s: &Sandbox| {
-        s.ghl.tasks(&ada).iter().filter(|t| t["title"] == "Call Ada: viewed pricing").count()
-    };
+    let calls = |s: &Sandbox| s.ghl.tasks(&ada).iter().filter(|t| t["title"] == "Call Ada: viewed pricing").count();
     assert_eq!(calls(&sandbox), 1, "{:?}", sandbox.ghl.tasks(&ada));
     assert_eq!(sandbox.ghl.tasks(&ada).len(), 1, "docs_viewed makes no task");
     assert!(has_tag(&sandbox, &ada, "lo:docs"), "the docs event was applied");
@@ -489,12 +483,13 @@ async fn lucky_orange_replay_link_acts_once_per_session_also_after_a_replay() {
     assert!(actions_of(&app, "replay").await.is_empty(), "no replay link yet");
 
     let url = |id: &str| format!("https://app.luckyorange.com/visitors/sessions/{id}/timeline");
-    let set = |value: String| {
-        assert!(sandbox.ghl.update_contact(
-            &ada,
-            json!({"customFields": [{"key": "contact.lo_session_url", "field_value": value}]})
-        ));
-    };
+    let set =
+        |value: String| {
+            assert!(sandbox.ghl.update_contact(
+                &ada,
+                json!({"customFields": [{"key": "contact.lo_session_url", "field_value": value}]})
+            ));
+        };
     set(url("sess_1"));
     sync(&app).await;
     drain(&app).await;
