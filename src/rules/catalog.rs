@@ -304,7 +304,8 @@ pub const TRIGGERS: &[TriggerDoc] = &[
     TriggerDoc {
         name: "lucky_orange.journey_event",
         record: RecordKind::Contact,
-        source: "Lucky Orange: a journey event of an identified visitor",
+        source: "Lucky Orange: a journey event of an identified visitor; at most once per contact, event and \
+                 `event_window`",
         fields: &[("event", "the event name, e.g. `pricing_viewed`"), ("page", "the page it happened on")],
         example: "[[rules]]\nname = \"pricing-call\"\non = [\"lucky_orange.journey_event\"]\nwhen = \"data.event == 'pricing_viewed'\"\n[[rules.actions]]\ndo = \"ghl.create_task\"\ntitle = \"Call {contact.firstName}: viewed pricing\"\ndue = \"in 2h\"",
     },

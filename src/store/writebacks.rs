@@ -148,6 +148,16 @@ pub async fn was_own_write(
     Ok(is_own_write(&mut conn, location, contact_id, hash).await?)
 }
 
+/// Whether `key` was ever begun (pending or done): a repeat of a keyed write tells "mine
+/// from an earlier attempt" from "someone else's" with it.
+pub async fn exists(store: &super::Store, key: &str) -> Result<bool, super::StoreError> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM writebacks WHERE idempotency_key = ?")
+        .bind(key)
+        .fetch_optional(store.read_pool())
+        .await?;
+    Ok(found.is_some())
+}
+
 /// A write about to be sent to GHL, as [`begin`] stores it.
 #[derive(Debug, Clone, Copy)]
 pub struct NewWrite<'a> {

@@ -29,6 +29,7 @@ mod once;
 mod reliability;
 mod rules;
 mod rules_exec;
+mod rules_triggers;
 mod security;
 mod server;
 mod sync;

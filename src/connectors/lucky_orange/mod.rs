@@ -436,24 +436,18 @@ impl LuckyOrangeConnector {
         let mut data = Map::new();
         data.insert("event".into(), Value::String(name.clone()));
         data.insert("page".into(), event.page.clone().map_or(Value::Null, Value::String));
-        let key = writeback::key(&["lo_rule_event", &event.id.to_string()]);
-        lo_rule_event(
-            &self.rules,
-            "lucky_orange.journey_event",
-            key,
-            &event.location_id,
-            &event.contact_id,
-            data,
-            event.occurred_at,
-        )
-        .await
-        .map_err(other)?;
-        let Some(action) = self.settings.events.get(&name) else {
-            return Ok(("skipped", Some("not configured".into())));
-        };
         let window = i64::try_from(self.settings.event_window.get().as_millis()).unwrap_or(i64::MAX).max(1);
         let slot = (event.occurred_at / window).to_string();
         let (location, contact) = (event.location_id.as_str(), event.contact_id.as_str());
+        // Keyed like the event's own GHL actions, by (contact, event, window), not by the
+        // stored report: the same event reported again (a reload, a second tab) is one trigger.
+        let key = writeback::key(&["lo_rule_event", location, contact, &name, &slot]);
+        lo_rule_event(&self.rules, "lucky_orange.journey_event", key, location, contact, data, event.occurred_at)
+            .await
+            .map_err(other)?;
+        let Some(action) = self.settings.events.get(&name) else {
+            return Ok(("skipped", Some("not configured".into())));
+        };
         let record = crate::store::snapshot::contact_record(self.writeback.store(), location, contact)
             .await
             .map_err(other)?

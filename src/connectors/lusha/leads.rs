@@ -336,7 +336,13 @@ impl LushaConnector {
         let write_key = |what: &str| key(&[ID, "lead", location, &lead.lead_id, what]);
         let _importing = self.imports.write().await;
         let tags = vec![self.settings.tags.lead.clone(), self.settings.tags.enriched.clone()];
-        let existing = match self.find_in_ghl(location, result).await? {
+        // A repeat of an import whose create was begun before (a crash before the lead was
+        // marked imported) takes the create path again: its key finds the contact it made, and
+        // the import stays `created` (as its `lusha.lead_imported` trigger says), never an
+        // update of our own contact.
+        let ours = crate::store::writebacks::exists(&self.store, &write_key("create")).await?;
+        let found = if ours { None } else { self.find_in_ghl(location, result).await? };
+        let existing = match found {
             Some(id) => self.writeback.ghl().get_contact(location, &id, Priority::WriteBack).await?,
             None => None,
         };
