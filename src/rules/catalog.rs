@@ -578,8 +578,9 @@ connector = \"webhook.sales\"
    `ghl-sync replay` replays them.
 
 A `schedule` rule runs at its `schedule` (`at = \"HH:MM\"` UTC, optional `days = [\"mon\", …]`)
-over the location's contacts; its condition selects which (`contact` is set, `old`/`new` are not).
-A slot missed while the daemon was down runs once when it is back.
+over the location's contacts; its condition selects which (`contact` and `new` are the contact's
+snapshot, `old` is not set). A slot missed while the daemon was down (for up to an hour) runs once
+when it is back; on a first start it waits until the location's contacts have been read once.
 
 ## Conditions
 
