@@ -512,7 +512,9 @@ mod tests {
     fn appointments_are_read_under_auto_when_an_enabled_rule_has_an_appointment_trigger() {
         use AppointmentReads::{Auto, Off};
         let rule = |on: &str, enabled: bool| {
-            format!("[[rules]]\nname = \"r\"\non = [\"{on}\"]\nenabled = {enabled}\n[[rules.actions]]\ndo = \"ghl.add_tags\"\ntags = [\"t\"]\n")
+            format!(
+                "[[rules]]\nname = \"r\"\non = [\"{on}\"]\nenabled = {enabled}\n[[rules.actions]]\ndo = \"ghl.add_tags\"\ntags = [\"t\"]\n"
+            )
         };
         let table = [
             ("appointment.created", true, Auto, true),

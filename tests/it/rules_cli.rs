@@ -176,7 +176,12 @@ async fn outbox_rows(dir: &Path) -> i64 {
 /// Requests that write to GHL (anything but reads and the contact search).
 fn ghl_writes(sandbox: &Sandbox) -> u64 {
     let stats = sandbox.ghl.stats();
-    stats.requests.iter().filter(|(route, _)| !route.starts_with("GET ") && *route != "POST /contacts/search").map(|(_, n)| *n).sum()
+    stats
+        .requests
+        .iter()
+        .filter(|(route, _)| !route.starts_with("GET ") && *route != "POST /contacts/search")
+        .map(|(_, n)| *n)
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,6 +235,12 @@ async fn rules_list_test_and_catalog_show_what_would_happen_and_change_nothing()
     let plain = sandbox.ghl.create_contact(&location, json!({"firstName": "Pat"}));
     let (code, stdout, stderr) = run(&["sync", "--once"], &config).await;
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    // `sync --once` also delivers the actions its rules decided on the way.
+    assert!(
+        stdout.contains("rule.lead-created: 1 delivered, 0 failed (will retry), 0 dead-lettered, 0 still pending"),
+        "{stdout}"
+    );
+    assert!(sandbox.ghl.contact(&lead).unwrap()["tags"].as_array().unwrap().iter().any(|t| t == "r-lead"));
     let rows = outbox_rows(dir.path()).await;
     let writes = ghl_writes(&sandbox);
     let tasks = sandbox.ghl.tasks(&lead).len();

@@ -189,7 +189,8 @@ async fn each_appointment_trigger_fires_once_from_the_sandboxs_appointment_write
 async fn appointments_are_not_read_when_no_rule_names_an_appointment_trigger() {
     let sandbox = sandbox().await;
     let dir = tempfile::tempdir().unwrap();
-    let rules = APPOINTMENT_RULES.replace("on = [\"appointment.", "on = [\"task.").replace("task.cancelled", "task.completed");
+    let rules =
+        APPOINTMENT_RULES.replace("on = [\"appointment.", "on = [\"task.").replace("task.cancelled", "task.completed");
     let app = App::build(config(settings(&sandbox, dir.path(), &rules))).await.unwrap();
     assert!(!app.engine.settings().appointments, "no rule or connector asks for appointments");
     let id = sandbox.ghl.create_contact(&sandbox.ghl.locations()[0].id, json!({"firstName": "Al"}));
@@ -204,8 +205,8 @@ async fn appointments_are_not_read_when_no_rule_names_an_appointment_trigger() {
 /// `HH:MM` (UTC) of two minutes ago: the newest slot of a daily schedule at that time is
 /// two minutes old now, also just after midnight (it is then yesterday's).
 fn two_minutes_ago() -> String {
-    let now_ms = i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis())
-        .unwrap();
+    let now_ms =
+        i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap();
     let minute_of_day = (now_ms - 2 * 60_000).rem_euclid(86_400_000) / 60_000;
     format!("{:02}:{:02}", minute_of_day / 60, minute_of_day % 60)
 }
@@ -284,8 +285,7 @@ async fn a_schedule_rule_creates_one_task_per_selected_contact_and_slot_also_acr
     for other in &others {
         assert!(sandbox.ghl.tasks(other).is_empty(), "the condition did not select {other}");
     }
-    let store =
-        ghl_sync::store::Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
+    let store = ghl_sync::store::Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
     let rows: Vec<String> = sqlx::query_scalar("SELECT status FROM outbox WHERE connector = 'rule.vip-call'")
         .fetch_all(store.read_pool())
         .await
