@@ -507,4 +507,26 @@ mod tests {
             assert_eq!(reads_appointments(&settings), expected, "{events:?} enabled={enabled} {reads:?}");
         }
     }
+
+    #[test]
+    fn appointments_are_read_under_auto_when_an_enabled_rule_has_an_appointment_trigger() {
+        use AppointmentReads::{Auto, Off};
+        let rule = |on: &str, enabled: bool| {
+            format!(
+                "[[rules]]\nname = \"r\"\non = [\"{on}\"]\nenabled = {enabled}\n[[rules.actions]]\ndo = \"ghl.add_tags\"\ntags = [\"t\"]\n"
+            )
+        };
+        let table = [
+            ("appointment.created", true, Auto, true),
+            ("appointment.cancelled", true, Auto, true),
+            ("appointment.deleted", false, Auto, false),
+            ("task.created", true, Auto, false),
+            ("appointment.updated", true, Off, false),
+        ];
+        for (on, enabled, reads, expected) in table {
+            let mut settings: Settings = toml::from_str(&rule(on, enabled)).unwrap();
+            settings.sync.appointments = reads;
+            assert_eq!(reads_appointments(&settings), expected, "{on} enabled={enabled} {reads:?}");
+        }
+    }
 }

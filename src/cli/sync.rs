@@ -125,6 +125,10 @@ pub async fn sync_once(
     Ok(ok)
 }
 
+/// At most this many dispatcher passes per `sync --once` (trigger events → rule actions →
+/// rows a `deliver` action hands on, with room to spare).
+const DELIVERY_PASSES: usize = 8;
+
 /// Drains the outbox rows of `locations` (bounded by `limit`) and prints, per connector,
 /// delivered / failed (waiting to retry) / dead-lettered / still pending. Returns whether
 /// everything was delivered.
@@ -134,7 +138,22 @@ async fn deliver_queued(app: &App, locations: &[String], limit: Duration) -> any
         return Ok(true);
     }
     let started = std::time::Instant::now();
-    let drained = tokio::time::timeout(limit, app.dispatcher.run_once_for(Some(locations))).await;
+    // A pass delivers the rows due when it began. What it queues on the way (the actions the
+    // rules decide, a rule's `deliver` row for another connector) is due after that, so more
+    // passes follow while the last one delivered something (bounded: a chain is short).
+    let passes = async {
+        let mut summary = crate::dispatch::DispatchSummary::default();
+        for _ in 0..DELIVERY_PASSES {
+            let pass = app.dispatcher.run_once_for(Some(locations)).await;
+            let progressed = pass.total().delivered > 0 && pass.errors.is_empty();
+            summary.merge(pass);
+            if !progressed {
+                break;
+            }
+        }
+        summary
+    };
+    let drained = tokio::time::timeout(limit, passes).await;
     let (summary, timed_out) = match drained {
         Ok(summary) => (summary, false),
         Err(_) => (Default::default(), true),

@@ -75,6 +75,15 @@ pub struct DispatchSummary {
 }
 
 impl DispatchSummary {
+    /// Adds the counts and errors of a later pass.
+    pub fn merge(&mut self, other: DispatchSummary) {
+        for (id, counts) in other.connectors {
+            self.connectors.entry(id).or_default().add(&counts);
+        }
+        self.errors.extend(other.errors);
+        self.pruned += other.pruned;
+    }
+
     pub fn total(&self) -> ConnectorSummary {
         let mut total = ConnectorSummary::default();
         for summary in self.connectors.values() {

@@ -581,10 +581,11 @@ connector = \"webhook.sales\"
    performed again.
 
 A `schedule` rule runs at its `schedule` (`at = \"HH:MM\"` UTC, optional `days = [\"mon\", …]`)
-over the location's contacts; its condition selects which (`contact` is set, `old`/`new` are not).
-A slot missed while the daemon was down still runs when it is back within the hour (older
-missed slots are skipped); a slot acts at most once per contact (its actions are keyed by rule,
-slot and contact), also across restarts.
+over the location's contacts; its condition selects which (`contact` and `new` are the contact's
+snapshot, `old` is not set). A slot missed while the daemon was down still runs when it is back
+within the hour (older missed slots are skipped); on a first start it waits until the
+location's contacts have been read once. A slot acts at most once per contact (its actions are
+keyed by rule, slot and contact), also across restarts.
 
 ## Conditions
 

@@ -252,31 +252,51 @@ const SCHEDULE_PAGE: usize = 500;
 /// Fires each schedule rule at its slots: every contact of every location the rule applies to
 /// becomes a `schedule` event for that rule (key: rule, slot, contact), whose condition selects
 /// the contacts it acts on. Keys make a slot fire at most once per contact, also across restarts.
+/// A location whose first full read (backfill) has not finished is not fired yet: the slot
+/// stays open and is tried again shortly, so a first start does not spend it on an empty store.
 async fn schedule_loop(connector: &RulesConnector, stop: &CancellationToken) {
     let mut fired: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     loop {
         let now = crate::store::now_ms();
+        let mut waiting = false;
         for (rule, schedule) in connector.rules.schedules() {
             let Some(slot) = schedule.last_slot_at_or_before(now) else { continue };
             if now - slot > SCHEDULE_CATCH_UP_MS || fired.get(rule) == Some(&slot) {
                 continue;
             }
             match fire_schedule(connector, rule, slot, stop).await {
-                Ok(actions) => {
-                    fired.insert(rule.to_owned(), slot);
-                    tracing::info!(rule = %rule, actions, "schedule rule `{rule}` ran for the slot {}",
-                        crate::connectors::rfc3339_ms(slot));
+                Ok(run) => {
+                    if run.waiting_for_backfill == 0 {
+                        fired.insert(rule.to_owned(), slot);
+                    } else {
+                        waiting = true;
+                    }
+                    tracing::info!(rule = %rule, actions = run.actions, waiting_locations = run.waiting_for_backfill,
+                        "schedule rule `{rule}` ran for the slot {}", crate::connectors::rfc3339_ms(slot));
                 }
                 Err(error) => {
                     tracing::warn!(rule = %rule, error = %error, "schedule rule `{rule}` failed; retried in a minute")
                 }
             }
         }
+        let pause = if waiting { SCHEDULE_BACKFILL_RETRY } else { Duration::from_secs(30) };
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
     }
+}
+
+/// How soon a slot that waits for a location's first full read is tried again.
+const SCHEDULE_BACKFILL_RETRY: Duration = Duration::from_secs(5);
+
+/// What one firing of a schedule slot did.
+#[derive(Debug, Default)]
+struct ScheduleRun {
+    /// Action rows added (0 when every key already had its row).
+    actions: u64,
+    /// Locations skipped because their first full read has not finished.
+    waiting_for_backfill: u64,
 }
 
 /// One slot of one schedule rule over every contact in the store.
@@ -285,17 +305,21 @@ async fn fire_schedule(
     rule: &str,
     slot: i64,
     stop: &CancellationToken,
-) -> Result<u64, crate::store::StoreError> {
-    let mut total = 0;
-    let Some(compiled) = connector.rules.rules().iter().find(|r| r.name == rule) else { return Ok(0) };
+) -> Result<ScheduleRun, crate::store::StoreError> {
+    let mut run = ScheduleRun::default();
+    let Some(compiled) = connector.rules.rules().iter().find(|r| r.name == rule) else { return Ok(run) };
     for location in crate::store::locations::active(&connector.store).await? {
         if !applies(compiled, &location) {
+            continue;
+        }
+        if crate::store::cursors::contacts_watermark(&connector.store, &location).await?.is_none() {
+            run.waiting_for_backfill += 1;
             continue;
         }
         let mut after = String::new();
         loop {
             if stop.is_cancelled() {
-                return Ok(total);
+                return Ok(run);
             }
             let page = snapshot::contacts_page(&connector.store, &location, &after, SCHEDULE_PAGE).await?;
             let Some((last, _)) = page.last() else { break };
@@ -309,6 +333,7 @@ async fn fire_schedule(
                     entity: Some(EntityKind::Contact),
                     entity_id: Some(contact_id.clone()),
                     contact_id: Some(contact_id.clone()),
+                    new: Some(record.clone()),
                     contact: Some(record.clone()),
                     data: Map::from_iter([
                         ("rule".to_owned(), Value::from(rule)),
@@ -320,11 +345,11 @@ async fn fire_schedule(
                 let plan = connector.rules.plan(&event, slot);
                 actions.extend(plan.actions.into_iter().filter(|a| a.rule == rule));
             }
-            total += crate::store::rules::enqueue_actions(&connector.store, &actions).await?;
+            run.actions += crate::store::rules::enqueue_actions(&connector.store, &actions).await?;
             if page.len() < SCHEDULE_PAGE {
                 break;
             }
         }
     }
-    Ok(total)
+    Ok(run)
 }

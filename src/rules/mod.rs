@@ -55,7 +55,8 @@ pub struct RuleEvent {
     /// The trigger name from the catalog: `contact.created`, `tag.added`, `lusha.enriched`, …
     pub trigger: String,
     /// Unique per event: the source's key (record version key, Lusha result key, …) plus the
-    /// trigger. Action keys are derived from it.
+    /// trigger. Action keys are derived from it. (Optional in a `rules test --event` file.)
+    #[serde(default)]
     pub key: String,
     pub location_id: String,
     /// The record kind the event is about, when it is about one.
@@ -69,12 +70,17 @@ pub struct RuleEvent {
     /// The contact the event is about (its latest snapshot), when known.
     pub contact: Option<Value>,
     /// Top-level fields whose value differs between `old` and `new`.
+    #[serde(default)]
     pub changed: Vec<String>,
+    #[serde(default)]
     pub tags_added: Vec<String>,
+    #[serde(default)]
     pub tags_removed: Vec<String>,
     /// Trigger-specific data (the Lusha result summary, the Lucky Orange event, …).
+    #[serde(default)]
     pub data: Map<String, Value>,
-    /// When it happened (ms since the epoch).
+    /// When it happened (ms since the epoch; 0 in a `rules test --event` file: now).
+    #[serde(default)]
     pub at_ms: i64,
     /// Set when a rule's own action caused it.
     pub origin: Option<Origin>,
@@ -178,4 +184,22 @@ pub struct PlannedAction {
     pub entity: Option<EntityKind>,
     pub entity_id: Option<String>,
     pub record: Option<Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_file_needs_only_the_trigger_and_the_location() {
+        let minimal: RuleEvent = serde_json::from_str(
+            r#"{"trigger": "contact.updated", "location_id": "loc1", "entity": "contact", "new": {"id": "c1"}}"#,
+        )
+        .unwrap();
+        assert_eq!((minimal.key.as_str(), minimal.at_ms, minimal.entity), ("", 0, Some(EntityKind::Contact)));
+        assert!(minimal.changed.is_empty() && minimal.data.is_empty() && minimal.old.is_none());
+        for missing in [r#"{"location_id": "loc1"}"#, r#"{"trigger": "contact.updated"}"#] {
+            assert!(serde_json::from_str::<RuleEvent>(missing).is_err(), "{missing}");
+        }
+    }
 }
