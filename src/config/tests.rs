@@ -83,6 +83,20 @@ fn rule_problems_carry_key_paths_and_condition_positions() {
 }
 
 #[test]
+fn a_rule_delivering_to_a_disabled_connector_validates_with_a_warning() {
+    let text = "[[ghl.locations]]\nid = \"a\"\npit = \"p\"\n\
+        [connectors.webhook.on]\nurl = \"https://x.example\"\n\
+        [connectors.webhook.off]\nurl = \"https://y.example\"\nenabled = false\n\
+        [[rules]]\nname = \"r\"\non = [\"contact.created\"]\n\
+        [[rules.actions]]\ndo = \"deliver\"\nconnector = \"webhook.on\"\n\
+        [[rules.actions]]\ndo = \"deliver\"\nconnector = \"webhook.off\"\n";
+    let config = load(text, &[]).unwrap();
+    let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(warnings[0].starts_with("rules[0].actions[1]: connector webhook.off is disabled"), "{warnings:#?}");
+}
+
+#[test]
 fn an_empty_file_gives_the_documented_defaults() {
     let config = load("", &[]).unwrap();
     assert_eq!(config.settings.ghl.api_version, "2021-07-28");

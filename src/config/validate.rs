@@ -117,6 +117,28 @@ fn rules(settings: &Settings, v: &mut Validation) {
     for (key, message) in problems {
         v.problem(key, message);
     }
+    // A disabled connector is still configured (the rule is valid), but nothing delivers its
+    // rows until it is enabled again.
+    let disabled = |id: &str| match id.strip_prefix("webhook.") {
+        Some(name) => connectors.webhook.get(name).is_some_and(|hook| !hook.enabled),
+        None if id == "lusha" => connectors.lusha.as_ref().is_some_and(|lusha| !lusha.enabled),
+        None => false,
+    };
+    for (r, rule) in settings.rules.iter().enumerate().filter(|(_, rule)| rule.enabled) {
+        for (a, action) in rule.actions.iter().enumerate() {
+            let target = match action.action.as_str() {
+                "deliver" => action.connector.as_deref(),
+                "lusha.enrich" => Some("lusha"),
+                _ => None,
+            };
+            if let Some(target) = target.filter(|t| disabled(t)) {
+                v.warn(
+                    format!("rules[{r}].actions[{a}]"),
+                    format!("connector {target} is disabled: this action's rows wait until it is enabled again"),
+                );
+            }
+        }
+    }
     v.rules = Arc::new(set);
 }
 
