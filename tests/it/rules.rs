@@ -13,12 +13,14 @@ use serde_json::{Value, json};
 
 use crate::helpers::{config, settings_for, start_sandbox};
 
-async fn sandbox() -> Sandbox {
+/// One location, no seeded contacts, tasks, notes or appointments, limits that never pace.
+pub(crate) async fn sandbox() -> Sandbox {
     start_sandbox(GhlOptions {
         locations: 1,
         contacts_per_location: 0,
         max_tasks_per_contact: 0,
         max_notes_per_contact: 0,
+        max_appointments_per_contact: 0,
         burst_max: 100_000,
         burst_window: Duration::from_secs(1),
         daily_max: 10_000_000,
@@ -27,9 +29,8 @@ async fn sandbox() -> Sandbox {
     .await
 }
 
-/// Sandbox settings plus the `[[rules]]` and `[rule_settings]` of `rules_toml`.
-fn settings(sandbox: &Sandbox, dir: &std::path::Path, rules_toml: &str) -> Settings {
-    let mut settings = settings_for(sandbox, dir);
+/// `settings` plus the `[[rules]]` and `[rule_settings]` of `rules_toml`, with short backoffs.
+pub(crate) fn with_rules(mut settings: Settings, rules_toml: &str) -> Settings {
     settings.dispatch.backoff_base = Dur::millis(5);
     settings.dispatch.backoff_max = Dur::millis(20);
     let rules: Settings = toml::from_str(rules_toml).unwrap_or_else(|e| panic!("rules TOML: {e}"));
@@ -38,12 +39,17 @@ fn settings(sandbox: &Sandbox, dir: &std::path::Path, rules_toml: &str) -> Setti
     settings
 }
 
-fn location(sandbox: &Sandbox) -> String {
+/// Sandbox settings plus the rules of `rules_toml` ([`with_rules`]).
+pub(crate) fn settings(sandbox: &Sandbox, dir: &std::path::Path, rules_toml: &str) -> Settings {
+    with_rules(settings_for(sandbox, dir), rules_toml)
+}
+
+pub(crate) fn location(sandbox: &Sandbox) -> String {
     sandbox.ghl.locations()[0].id.clone()
 }
 
 /// One full pass (with the children sweep, so new tasks and notes are read).
-async fn sync(app: &App) {
+pub(crate) async fn sync(app: &App) {
     for (location, result) in app.sync_once(None, RunOptions { dry_run: false, skip_sweep: false }).await.unwrap() {
         result.unwrap_or_else(|e| panic!("sync of {location} failed: {e}"));
     }
@@ -59,7 +65,7 @@ async fn pending_rule_rows(app: &App) -> i64 {
 }
 
 /// Dispatcher passes until no trigger event or action is pending (bounded).
-async fn drain(app: &App) {
+pub(crate) async fn drain(app: &App) {
     for _ in 0..400 {
         app.dispatcher.run_once().await;
         if pending_rule_rows(app).await == 0 {
@@ -71,17 +77,17 @@ async fn drain(app: &App) {
 }
 
 /// What a `TaskCreate` / `NoteUpdate` / … webhook does: the contact's children are read on the next pass.
-async fn hint(app: &App, location: &str, contact: &str) {
+pub(crate) async fn hint(app: &App, location: &str, contact: &str) {
     ghl_sync::store::snapshot::mark_children_due(&app.store, location, contact).await.unwrap();
 }
 
-async fn sync_and_drain(app: &App) {
+pub(crate) async fn sync_and_drain(app: &App) {
     sync(app).await;
     drain(app).await;
 }
 
 /// Action rows of `rule` by status.
-async fn actions_of(app: &App, rule: &str) -> Vec<String> {
+pub(crate) async fn actions_of(app: &App, rule: &str) -> Vec<String> {
     sqlx::query_scalar("SELECT status FROM outbox WHERE connector = ? ORDER BY id")
         .bind(format!("rule.{rule}"))
         .fetch_all(app.store.read_pool())
@@ -89,12 +95,17 @@ async fn actions_of(app: &App, rule: &str) -> Vec<String> {
         .unwrap()
 }
 
-fn tags(contact: &Value) -> Vec<String> {
+pub(crate) fn tags(contact: &Value) -> Vec<String> {
     contact["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect()
 }
 
 /// Requests the sandbox served for routes that satisfy `route`.
-fn requests(sandbox: &Sandbox, route: impl Fn(&str) -> bool) -> u64 {
+pub(crate) fn has_tag(sandbox: &Sandbox, contact: &str, tag: &str) -> bool {
+    tags(&sandbox.ghl.contact(contact).unwrap()).iter().any(|t| t == tag)
+}
+
+/// Requests the sandbox served for routes that satisfy `route`.
+pub(crate) fn requests(sandbox: &Sandbox, route: impl Fn(&str) -> bool) -> u64 {
     sandbox.ghl.stats().requests.iter().filter(|(r, _)| route(r)).map(|(_, n)| *n).sum()
 }
 

@@ -5,10 +5,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use ghl_sync_sandbox::Sandbox;
-use ghl_sync_sandbox::ghl::GhlOptions;
 use serde_json::json;
 
-use crate::helpers::{spawn, start_sandbox, wait_with_limit, write_config};
+use crate::helpers::{spawn, wait_with_limit, write_config};
+use crate::rules::sandbox;
 
 /// Runs `ghl-sync ARGS --config CONFIG` to its end (from a blocking thread: the sandbox keeps
 /// serving on the test's runtime meanwhile).
@@ -100,21 +100,6 @@ body = "Hello {contact.notAField}"
     let line = stderr.lines().find(|l| l.contains("rules[1].actions[1].body:")).unwrap_or_else(|| panic!("{stderr}"));
     assert!(line.contains("notAField"), "{line}");
     assert!(!stderr.contains("rules[0]"), "the good rule has no problem: {stderr}");
-}
-
-async fn sandbox() -> Sandbox {
-    start_sandbox(GhlOptions {
-        locations: 1,
-        contacts_per_location: 0,
-        max_tasks_per_contact: 0,
-        max_notes_per_contact: 0,
-        max_appointments_per_contact: 0,
-        burst_max: 100_000,
-        burst_window: Duration::from_secs(1),
-        daily_max: 10_000_000,
-        ..GhlOptions::default()
-    })
-    .await
 }
 
 const RULES: &str = r#"

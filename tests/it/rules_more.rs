@@ -5,99 +5,12 @@
 use std::time::Duration;
 
 use ghl_sync::app::App;
-use ghl_sync::config::{Dur, Settings};
-use ghl_sync::sync::engine::RunOptions;
 use ghl_sync_sandbox::Sandbox;
-use ghl_sync_sandbox::ghl::GhlOptions;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{capture, config, eventually, settings_for, start_sandbox};
-
-async fn sandbox() -> Sandbox {
-    start_sandbox(GhlOptions {
-        locations: 1,
-        contacts_per_location: 0,
-        max_tasks_per_contact: 0,
-        max_notes_per_contact: 0,
-        max_appointments_per_contact: 0,
-        burst_max: 100_000,
-        burst_window: Duration::from_secs(1),
-        daily_max: 10_000_000,
-        ..GhlOptions::default()
-    })
-    .await
-}
-
-/// Sandbox settings plus the `[[rules]]` and `[rule_settings]` of `rules_toml`.
-fn settings(sandbox: &Sandbox, dir: &std::path::Path, rules_toml: &str) -> Settings {
-    let mut settings = settings_for(sandbox, dir);
-    settings.dispatch.backoff_base = Dur::millis(5);
-    settings.dispatch.backoff_max = Dur::millis(20);
-    let rules: Settings = toml::from_str(rules_toml).unwrap_or_else(|e| panic!("rules TOML: {e}"));
-    settings.rules = rules.rules;
-    settings.rule_settings = rules.rule_settings;
-    settings
-}
-
-fn location(sandbox: &Sandbox) -> String {
-    sandbox.ghl.locations()[0].id.clone()
-}
-
-/// One full pass (with the children sweep).
-async fn sync(app: &App) {
-    for (location, result) in app.sync_once(None, RunOptions { dry_run: false, skip_sweep: false }).await.unwrap() {
-        result.unwrap_or_else(|e| panic!("sync of {location} failed: {e}"));
-    }
-}
-
-async fn pending_rule_rows(app: &App) -> i64 {
-    sqlx::query_scalar(
-        "SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND (connector = 'rules' OR connector LIKE 'rule.%')",
-    )
-    .fetch_one(app.store.read_pool())
-    .await
-    .unwrap()
-}
-
-/// Dispatcher passes until no trigger event or action is pending (bounded).
-async fn drain(app: &App) {
-    for _ in 0..400 {
-        app.dispatcher.run_once().await;
-        if pending_rule_rows(app).await == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("rule rows not drained: {} pending", pending_rule_rows(app).await);
-}
-
-/// What an `Appointment*` webhook does: the contact's children are read on the next pass.
-async fn hint(app: &App, location: &str, contact: &str) {
-    ghl_sync::store::snapshot::mark_children_due(&app.store, location, contact).await.unwrap();
-}
-
-async fn sync_and_drain(app: &App) {
-    sync(app).await;
-    drain(app).await;
-}
-
-/// Action rows of `rule` by status.
-async fn actions_of(app: &App, rule: &str) -> Vec<String> {
-    sqlx::query_scalar("SELECT status FROM outbox WHERE connector = ? ORDER BY id")
-        .bind(format!("rule.{rule}"))
-        .fetch_all(app.store.read_pool())
-        .await
-        .unwrap()
-}
-
-fn tags(contact: &Value) -> Vec<String> {
-    contact["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect()
-}
-
-fn has_tag(sandbox: &Sandbox, contact: &str, tag: &str) -> bool {
-    tags(&sandbox.ghl.contact(contact).unwrap()).iter().any(|t| t == tag)
-}
+use crate::helpers::{capture, config, eventually};
+use crate::rules::{actions_of, has_tag, hint, location, sandbox, settings, sync, sync_and_drain, tags};
 
 const APPOINTMENT_RULES: &str = r#"
 [[rules]]

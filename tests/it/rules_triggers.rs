@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{config, settings_for};
+use crate::rules::{actions_of, has_tag, location, requests};
 
 const ORIGIN: &str = "https://www.example.com";
 const LO_KEY: &str = "lucky-orange-test-key-0123456789-0123456789";
@@ -44,18 +45,11 @@ async fn sandbox() -> Sandbox {
     Sandbox::start(SandboxOptions { ghl, lusha, ..Default::default() }, "127.0.0.1:0".parse().unwrap()).await.unwrap()
 }
 
-fn location(sandbox: &Sandbox) -> String {
-    sandbox.ghl.locations()[0].id.clone()
-}
-
-/// Sandbox settings plus the `[[rules]]` of `rules_toml` (as `tests/it/rules.rs` merges them).
-fn with_rules(mut settings: Settings, rules_toml: &str) -> Settings {
-    settings.dispatch.backoff_base = Dur::millis(5);
-    settings.dispatch.backoff_max = Dur::millis(20);
+/// Sandbox settings plus the rules of `rules_toml` (`rules::with_rules`), with a breaker that
+/// never opens.
+fn with_rules(settings: Settings, rules_toml: &str) -> Settings {
+    let mut settings = crate::rules::with_rules(settings, rules_toml);
     settings.dispatch.breaker_threshold = 1000;
-    let rules: Settings = toml::from_str(rules_toml).unwrap_or_else(|e| panic!("rules TOML: {e}"));
-    settings.rules = rules.rules;
-    settings.rule_settings = rules.rule_settings;
     settings
 }
 
@@ -116,15 +110,6 @@ async fn drain(app: &App) {
     panic!("outbox not drained: {} rows pending", pending(app).await);
 }
 
-/// Action rows of `rule` by status.
-async fn actions_of(app: &App, rule: &str) -> Vec<String> {
-    sqlx::query_scalar("SELECT status FROM outbox WHERE connector = ? ORDER BY id")
-        .bind(format!("rule.{rule}"))
-        .fetch_all(app.store.read_pool())
-        .await
-        .unwrap()
-}
-
 /// Contacts the action rows of `rule` are about.
 async fn action_contacts(app: &App, rule: &str) -> Vec<String> {
     sqlx::query_scalar("SELECT contact_id FROM outbox WHERE connector = ? ORDER BY id")
@@ -140,19 +125,6 @@ async fn events(app: &App) -> i64 {
         .fetch_one(app.store.read_pool())
         .await
         .unwrap()
-}
-
-fn tags(contact: &Value) -> Vec<String> {
-    contact["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect()
-}
-
-fn has_tag(sandbox: &Sandbox, contact: &str, tag: &str) -> bool {
-    tags(&sandbox.ghl.contact(contact).unwrap()).iter().any(|t| t == tag)
-}
-
-/// Requests the sandbox served for routes that satisfy `route`.
-fn requests(sandbox: &Sandbox, route: impl Fn(&str) -> bool) -> u64 {
-    sandbox.ghl.stats().requests.iter().filter(|(r, _)| route(r)).map(|(_, n)| *n).sum()
 }
 
 fn tag_posts(sandbox: &Sandbox) -> u64 {
