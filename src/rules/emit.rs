@@ -6,7 +6,10 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use serde_json::{Map, Value};
+
 use super::RuleEvent;
+use crate::domain::EntityKind;
 use crate::store::{Store, StoreError};
 
 /// Raises trigger events for the rules that listen to them.
@@ -25,7 +28,7 @@ impl std::fmt::Debug for Emitter {
 impl Emitter {
     /// Emits the triggers some rule of `rules` uses into `store`.
     pub fn new(store: Store, rules: &super::RuleSet) -> Self {
-        Self { store: Some(store), triggers: Arc::new(rules.triggers().iter().map(|t| t.to_string()).collect()) }
+        Self { store: Some(store), triggers: Arc::new(rules.triggers()) }
     }
 
     /// An emitter that emits nothing (no rules, tests).
@@ -36,6 +39,34 @@ impl Emitter {
     /// Whether some rule listens to `trigger` (build the event only then).
     pub fn wants(&self, trigger: &str) -> bool {
         self.store.is_some() && self.triggers.contains(trigger)
+    }
+
+    /// Stores a trigger event about one contact (Lusha's and Lucky Orange's triggers) when some
+    /// rule listens to `trigger`; `key` makes a repeat add nothing. The event is built only then.
+    pub async fn emit_about_contact(
+        &self,
+        trigger: &str,
+        key: impl FnOnce() -> String,
+        location: &str,
+        contact_id: &str,
+        data: Map<String, Value>,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        if !self.wants(trigger) {
+            return Ok(());
+        }
+        let event = RuleEvent {
+            trigger: trigger.to_owned(),
+            key: key(),
+            location_id: location.to_owned(),
+            entity: Some(EntityKind::Contact),
+            entity_id: Some(contact_id.to_owned()),
+            contact_id: Some(contact_id.to_owned()),
+            data,
+            at_ms,
+            ..RuleEvent::default()
+        };
+        self.emit(event).await.map(|_| ())
     }
 
     /// Stores `event` when some rule listens to its trigger (idempotent by `event.key`).

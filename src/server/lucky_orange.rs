@@ -46,6 +46,8 @@ pub struct Bridge {
     /// Size at which the limiter is next cleaned: twice what a cleaning kept (at least
     /// [`LIMITER_KEYS`]), so many active clients cost one scan per doubling, not per request.
     clean_at: std::sync::atomic::AtomicUsize,
+    /// Raises `lucky_orange.identified` for the rules of the start-up config.
+    rules: crate::rules::emit::Emitter,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -56,13 +58,14 @@ impl std::fmt::Debug for Bridge {
 
 impl Bridge {
     /// `None` when the section is absent, disabled or has no usable key.
-    pub fn from_config(config: &Config) -> Option<Arc<Self>> {
+    pub fn from_config(config: &Config, store: &crate::store::Store) -> Option<Arc<Self>> {
         let settings = config.settings.connectors.lucky_orange.as_ref().filter(|s| s.enabled)?.clone();
         let keys = lo::token_keys(config)?;
         let per_minute = NonZeroU32::new(settings.rate_limit_per_minute).unwrap_or(NonZeroU32::MIN);
         let limiter = RateLimiter::keyed(Quota::per_minute(per_minute));
         let clean_at = std::sync::atomic::AtomicUsize::new(LIMITER_KEYS);
-        Some(Arc::new(Self { settings, keys, limiter, clean_at }))
+        let rules = crate::rules::emit::Emitter::new(store.clone(), &config.rules);
+        Some(Arc::new(Self { settings, keys, limiter, clean_at, rules }))
     }
 }
 
@@ -264,19 +267,12 @@ async fn identify(state: &ServerState, bridge: &Bridge, token: &str, origin: Opt
     }
     // At most one `lucky_orange.identified` rule event per contact and UTC day.
     let day = (event.occurred_at / 86_400_000).to_string();
-    let rules = crate::rules::emit::Emitter::new(state.store.clone(), &state.config.rules);
-    let key = crate::writeback::key(&["lo_rule_identified", &location, &contact, &day]);
+    let key = || crate::writeback::key(&["lo_rule_identified", &location, &contact, &day]);
     let at = event.occurred_at;
-    if let Err(error) = crate::connectors::lucky_orange::lo_rule_event(
-        &rules,
-        "lucky_orange.identified",
-        key,
-        &location,
-        &contact,
-        serde_json::Map::new(),
-        at,
-    )
-    .await
+    if let Err(error) = bridge
+        .rules
+        .emit_about_contact("lucky_orange.identified", key, &location, &contact, serde_json::Map::new(), at)
+        .await
     {
         tracing::warn!(error = %error, "Lucky Orange: the identification's rule event could not be stored");
     }

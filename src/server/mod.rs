@@ -117,7 +117,7 @@ impl ServerState {
             .iter()
             .filter_map(|key| crate::config::decode_rsa_spki(key))
             .collect();
-        let lucky_orange = lucky_orange::Bridge::from_config(&config);
+        let lucky_orange = lucky_orange::Bridge::from_config(&config, &store);
         Self {
             lucky_orange,
             store,

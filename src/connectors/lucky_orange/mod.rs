@@ -441,8 +441,9 @@ impl LuckyOrangeConnector {
         let (location, contact) = (event.location_id.as_str(), event.contact_id.as_str());
         // Keyed like the event's own GHL actions, by (contact, event, window), not by the
         // stored report: the same event reported again (a reload, a second tab) is one trigger.
-        let key = writeback::key(&["lo_rule_event", location, contact, &name, &slot]);
-        lo_rule_event(&self.rules, "lucky_orange.journey_event", key, location, contact, data, event.occurred_at)
+        let key = || writeback::key(&["lo_rule_event", location, contact, &name, &slot]);
+        self.rules
+            .emit_about_contact("lucky_orange.journey_event", key, location, contact, data, event.occurred_at)
             .await
             .map_err(other)?;
         let Some(action) = self.settings.events.get(&name) else {
@@ -531,9 +532,10 @@ impl LuckyOrangeConnector {
                 let mut data = Map::new();
                 data.insert("session_id".into(), Value::String(session.to_owned()));
                 data.insert("url".into(), Value::String(url.clone()));
-                let key = writeback::key(&["lo_rule_replay", location, contact, session]);
+                let key = || writeback::key(&["lo_rule_replay", location, contact, session]);
                 let at = self.now_ms();
-                lo_rule_event(&self.rules, "lucky_orange.replay_link", key, location, contact, data, at)
+                self.rules
+                    .emit_about_contact("lucky_orange.replay_link", key, location, contact, data, at)
                     .await
                     .map(|()| sent)
                     .map_err(writeback::WriteBackError::from)
@@ -568,33 +570,6 @@ impl LuckyOrangeConnector {
             Err(error) => Outcome::Permanent(format!("replay note: {error}")),
         }
     }
-}
-
-/// Stores a `lucky_orange.*` trigger event when a rule listens to it (keyed by `key`).
-pub async fn lo_rule_event(
-    rules: &crate::rules::emit::Emitter,
-    trigger: &str,
-    key: String,
-    location: &str,
-    contact: &str,
-    data: Map<String, Value>,
-    at_ms: i64,
-) -> Result<(), crate::store::StoreError> {
-    if !rules.wants(trigger) {
-        return Ok(());
-    }
-    let event = crate::rules::RuleEvent {
-        trigger: trigger.to_owned(),
-        key,
-        location_id: location.to_owned(),
-        entity: Some(crate::domain::EntityKind::Contact),
-        entity_id: Some(contact.to_owned()),
-        contact_id: Some(contact.to_owned()),
-        data,
-        at_ms,
-        ..crate::rules::RuleEvent::default()
-    };
-    rules.emit(event).await.map(|_| ())
 }
 
 fn other(error: impl std::fmt::Display) -> ConnectorError {

@@ -250,23 +250,12 @@ impl LushaConnector {
         data: Map<String, Value>,
         at_ms: i64,
     ) -> Result<(), StoreError> {
-        if !self.rules.wants(trigger) {
-            return Ok(());
-        }
-        let mut parts = vec![ID, "rule-event", trigger];
-        parts.extend_from_slice(key_parts);
-        let event = crate::rules::RuleEvent {
-            trigger: trigger.to_owned(),
-            key: crate::writeback::key(&parts),
-            location_id: location.to_owned(),
-            entity: Some(crate::domain::EntityKind::Contact),
-            entity_id: Some(contact_id.to_owned()),
-            contact_id: Some(contact_id.to_owned()),
-            data,
-            at_ms,
-            ..crate::rules::RuleEvent::default()
+        let key = || {
+            let mut parts = vec![ID, "rule-event", trigger];
+            parts.extend_from_slice(key_parts);
+            crate::writeback::key(&parts)
         };
-        self.rules.emit(event).await.map(|_| ())
+        self.rules.emit_about_contact(trigger, key, location, contact_id, data, at_ms).await
     }
 
     pub fn lusha(&self) -> &LushaClient {
