@@ -9,7 +9,9 @@
 //!   snapshot lookup, the page's transaction) over every page again, HTTP excluded.
 //! - `backfill`: a backfill with tasks and notes under real-shaped limits (100 per
 //!   `SYNC_BENCH_WINDOW_MS`, default 2000; GHL's is 10000, share 0.9 as the daemon's default)
-//!   against the rate-limit floor (requests needed ÷ allowed rate); 429s.
+//!   against the rate-limit floor (requests needed ÷ allowed rate); 429s; GHL requests per
+//!   contact by route, with tasks read per contact (`[sync] task_search = false`) and by the
+//!   location-wide task search (the default) in the same run (issue 22).
 //! - `rss`: peak RSS (VmHWM) of a real `ghl-sync sync --once` child process syncing a large
 //!   location (`SYNC_BENCH_RSS`, default `100000,1000000` contacts, tasks/notes off) from a
 //!   sandbox in another child process (this binary re-executed), so the fake's memory is not
@@ -215,7 +217,7 @@ async fn diff(contacts: usize, rounds: usize) {
 
 // ---- backfill against the rate-limit floor ---------------------------------------------------
 
-async fn backfill(contacts: usize, window: Duration) {
+async fn backfill(contacts: usize, window: Duration, task_search: bool) {
     let ghl = GhlOptions {
         locations: 1,
         contacts_per_location: contacts,
@@ -228,6 +230,7 @@ async fn backfill(contacts: usize, window: Duration) {
     let mut settings = settings_for(&sandbox, dir.path());
     settings.limits = Default::default();
     settings.limits.ghl_burst_window = Dur::millis(window.as_millis() as u64);
+    settings.sync.task_search = task_search;
     let quota = ghl_sync::http::QuotaSettings {
         burst_max: settings.limits.ghl_burst_max,
         window,
@@ -244,13 +247,22 @@ async fn backfill(contacts: usize, window: Duration) {
     let served: u64 = stats.requests.values().sum();
     let ceiling = quota.ceiling_per_second();
     let floor = served as f64 / ceiling;
+    let tasks: usize = sandbox.ghl.contact_ids(&location).iter().map(|c| sandbox.ghl.tasks(c).len()).sum();
+    let per_route = |route: &str| stats.requests.get(route).copied().unwrap_or(0) as f64 / contacts as f64;
     println!(
-        "backfill (tasks+notes on, limit 100 per {window:?}, share {} -> {ceiling:.1} req/s): {contacts} contacts, \
-         {} changes, {served} requests in {wall:.2} s; floor {floor:.2} s; wall/floor {:.3}; 429s {}",
+        "backfill (task_search = {task_search}; tasks+notes on, limit 100 per {window:?}, share {} -> {ceiling:.1} req/s): \
+         {contacts} contacts, {tasks} tasks, {} changes, {served} requests in {wall:.2} s; floor {floor:.2} s; \
+         wall/floor {:.3}; 429s {}; GHL requests per contact {:.4} (contacts search {:.4}, task lists {:.4}, \
+         task search {:.4}, notes {:.4})",
         quota.share,
         summary.changes(),
         wall / floor,
         stats.too_many_requests,
+        served as f64 / contacts as f64,
+        per_route("POST /contacts/search"),
+        per_route("GET /contacts/:contactId/tasks"),
+        per_route("POST /locations/:locationId/tasks/search"),
+        per_route("GET /contacts/:contactId/notes"),
     );
     sandbox.stop().await;
 }
@@ -559,7 +571,9 @@ fn main() {
     }
     if sections.contains("backfill") {
         let contacts = if full { env("SYNC_BENCH_BACKFILL_CONTACTS", 400) } else { 10 };
-        runtime.block_on(backfill(contacts, window));
+        for task_search in [false, true] {
+            runtime.block_on(backfill(contacts, window, task_search));
+        }
     }
     if sections.contains("rss") {
         let sizes = if full { env("SYNC_BENCH_RSS", "100000,1000000".to_owned()) } else { "2000".to_owned() };

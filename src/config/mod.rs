@@ -246,6 +246,11 @@ pub struct SyncSettings {
     /// webhook hints and polls. `false` finishes each pass before anything else (the
     /// behaviour before 0.2; kept for comparison, not recommended).
     pub bulk_yields: bool,
+    /// Read tasks location-wide (`POST /locations/:locationId/tasks/search`, scope
+    /// `locations/tasks.readonly`) for the children backlog and the sweep instead of one
+    /// request per contact; a location whose token lacks the scope falls back to per-contact
+    /// reads. `false`: always per contact.
+    pub task_search: bool,
 }
 
 impl Default for SyncSettings {
@@ -264,6 +269,7 @@ impl Default for SyncSettings {
             notes: true,
             appointments: AppointmentReads::Auto,
             bulk_yields: true,
+            task_search: true,
         }
     }
 }

@@ -108,8 +108,12 @@ const SEARCH_ONLY: &[&str] = &[
     "companyNameLowerCase",
 ];
 
-/// Derived fields of location-wide task search items.
-const TASK_DERIVED: &[&str] = &["contactDetails", "assignedToUserDetails", "_id", "deleted", "isLocation"];
+/// The fields of a task, stored and hashed: `TaskSchema` of `GET /contacts/:contactId/tasks`
+/// in `ghl-openapi/apps/contacts.json`, the common set of both read paths (the location-wide
+/// task search adds `_id` for `id`, `contactDetails`, `assignedToUserDetails`, `status`,
+/// `locationId`, `deleted`, reference/ghl.md §6.4). Sorted. A task read either way normalises
+/// to the same record and hash, as contacts do through [`HASHED_CONTACT_FIELDS`].
+pub const TASK_FIELDS: &[&str] = &["assignedTo", "body", "completed", "contactId", "dueDate", "id", "title"];
 
 /// Maps a contact (from search or GET) to the canonical GET shape. `dateUpdated` is kept in
 /// the record (it is informative) but never hashed.
@@ -189,12 +193,15 @@ pub fn fill_from_snapshot(new: &mut Map<String, Value>, old: &Map<String, Value>
     }
 }
 
-/// Maps a task (per-contact list or location-wide search item) to one shape.
+/// Maps a task (per-contact list or location-wide search item) to one shape: the search's
+/// `_id` becomes `id`, then only [`TASK_FIELDS`] are kept, nulls dropped.
 pub fn normalize_task(mut task: Map<String, Value>) -> Map<String, Value> {
-    for key in TASK_DERIVED {
-        task.remove(*key);
+    if !task.contains_key("id")
+        && let Some(id) = task.remove("_id")
+    {
+        task.insert("id".into(), id);
     }
-    drop_nulls(&mut task);
+    task.retain(|key, value| TASK_FIELDS.contains(&key.as_str()) && !value.is_null());
     task
 }
 
@@ -460,6 +467,57 @@ mod tests {
             json!({"_id": "t1", "id": "t1", "title": "Call", "completed": false, "contactId": "c1", "contactDetails": {"firstName": "Ada"}}),
         ));
         assert_eq!(value_hash(&listed), value_hash(&searched));
+    }
+
+    #[test]
+    fn task_fields_are_the_task_schema_sorted() {
+        let mut sorted = TASK_FIELDS.to_vec();
+        sorted.sort_unstable();
+        assert_eq!(sorted, TASK_FIELDS);
+        let mut schema = crate::rules::catalog::TASK_FIELDS.to_vec();
+        schema.sort_unstable();
+        assert_eq!(schema, TASK_FIELDS, "TaskSchema of GET /contacts/:contactId/tasks");
+    }
+
+    /// A task, as `GET /contacts/:contactId/tasks` and the location-wide search render it.
+    fn task_both_ways(
+        id: &str,
+        title: &str,
+        body: Option<&str>,
+        due: &str,
+        completed: bool,
+        assigned: Option<&str>,
+    ) -> (Map<String, Value>, Map<String, Value>) {
+        let listed = obj(json!({
+            "id": id, "title": title, "body": body, "assignedTo": assigned, "dueDate": due,
+            "completed": completed, "contactId": "c1",
+        }));
+        let searched = obj(json!({
+            "_id": id, "title": title, "body": body, "dueDate": due, "completed": completed,
+            "status": if completed { "completed" } else { "incompleted" }, "contactId": "c1",
+            "assignedTo": assigned, "locationId": "loc", "deleted": false,
+            "contactDetails": {"id": "c1", "firstName": "Ada", "lastName": null, "email": "a@example.com"},
+            "assignedToUserDetails": assigned.map(|u| json!({"id": u, "firstName": "Bo", "lastName": "C"})),
+        }));
+        (listed, searched)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_task_hashes_the_same_read_by_search_or_per_contact(
+            id in "[A-Za-z0-9]{1,24}",
+            title in "\\PC{0,40}",
+            body in proptest::option::of("\\PC{0,60}"),
+            due in "20[0-9]{2}-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-5][0-9].000Z",
+            completed: bool,
+            assigned in proptest::option::of("[A-Za-z0-9]{20}"),
+        ) {
+            let (listed, searched) = task_both_ways(&id, &title, body.as_deref(), &due, completed, assigned.as_deref());
+            let listed = normalize_child(crate::domain::EntityKind::Task, listed);
+            let searched = normalize_child(crate::domain::EntityKind::Task, searched);
+            proptest::prop_assert_eq!(&listed, &searched);
+            proptest::prop_assert_eq!(value_hash(&listed), value_hash(&searched));
+        }
     }
 
     #[test]

@@ -26,6 +26,11 @@ pub enum GhlError {
     Auth(#[from] AuthError),
     #[error("GHL rejected the credentials of location {location} ({route}) even after a refresh")]
     Unauthorized { location: String, route: &'static str },
+    /// GHL refused the call because the token lacks the route's scope (a 401 "The token is
+    /// not authorized for this scope.", reference/ghl.md §3.8): refreshing cannot fix it, and
+    /// it says nothing about the location's other calls.
+    #[error("GHL {route}: the token is not authorized for this route's scope")]
+    MissingScope { route: &'static str },
     #[error("GHL {route} answered {status}: {message}")]
     Api { route: &'static str, status: StatusCode, message: String, retryable: bool },
     #[error(transparent)]
@@ -36,17 +41,20 @@ impl GhlError {
     pub fn is_retryable(&self) -> bool {
         match self {
             GhlError::Auth(error) => error.is_retryable(),
-            GhlError::Unauthorized { .. } => false,
+            GhlError::Unauthorized { .. } | GhlError::MissingScope { .. } => false,
             GhlError::Api { retryable, .. } => *retryable,
             GhlError::Http(error) => error.is_retryable(),
         }
     }
 
-    /// The location can't be used until someone re-authorises it.
+    /// The location can't be used until someone re-authorises it. A missing scope counts:
+    /// only callers with a fallback (the location-wide task search) catch it first.
     pub fn needs_reauth(&self) -> bool {
         matches!(
             self,
-            GhlError::Unauthorized { .. } | GhlError::Auth(AuthError::NeedsReauth { .. } | AuthError::NoGrant { .. })
+            GhlError::Unauthorized { .. }
+                | GhlError::MissingScope { .. }
+                | GhlError::Auth(AuthError::NeedsReauth { .. } | AuthError::NoGrant { .. })
         )
     }
 
@@ -79,6 +87,7 @@ impl GhlError {
         match self {
             GhlError::Api { status, .. } => Some(*status),
             GhlError::Http(error) => error.status(),
+            GhlError::MissingScope { .. } => Some(StatusCode::UNAUTHORIZED),
             _ => None,
         }
     }
@@ -161,6 +170,9 @@ impl GhlClient {
                 build()?.bucket(location).header("version", &self.version).header("accept", "application/json");
             let route = request.route;
             match self.api.send(request.bearer(&token)).await {
+                Err(HttpError::Status { status: StatusCode::UNAUTHORIZED, body, .. }) if is_scope_refusal(&body) => {
+                    return Err(GhlError::MissingScope { route });
+                }
                 Err(HttpError::Status { status: StatusCode::UNAUTHORIZED, .. }) if !refreshed => {
                     refreshed = true;
                     if !self.tokens.invalidate(location, &token).await {
@@ -248,7 +260,9 @@ impl GhlClient {
         Ok(list.notes)
     }
 
-    /// `POST /locations/:locationId/tasks/search`: one page of the location's tasks.
+    /// `POST /locations/:locationId/tasks/search`: one page of the location's tasks (items
+    /// raw, as [`TaskList`]: one malformed item is set aside, not the page). A token without
+    /// `locations/tasks.readonly` gives [`GhlError::MissingScope`].
     pub async fn search_location_tasks(
         &self,
         location: &str,
@@ -266,6 +280,13 @@ impl GhlClient {
             .await?;
         Ok(list.tasks)
     }
+}
+
+/// Whether a 401 body is GHL's "The token is not authorized for this scope." (a missing scope,
+/// not a bad token).
+fn is_scope_refusal(body: &[u8]) -> bool {
+    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    parsed.message.is_some_and(|m| m.joined().to_ascii_lowercase().contains("not authorized for this scope"))
 }
 
 /// Percent-encodes an id for use as one path segment.

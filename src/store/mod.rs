@@ -50,6 +50,7 @@ pub mod outbox;
 pub mod rules;
 pub mod runs;
 pub mod snapshot;
+pub mod staged_tasks;
 pub mod status;
 pub mod writebacks;
 

@@ -305,9 +305,10 @@ pub async fn commit_contacts(
                 // Same content, moved dateUpdated: maybe a task or note changed (whether GHL
                 // bumps it is unknown), so its children are read; nothing is sent.
                 sqlx::query(
-                    "UPDATE contacts SET date_updated_ms = ?, children_synced_at = NULL WHERE location_id = ? AND contact_id = ?",
+                    "UPDATE contacts SET date_updated_ms = ?, children_synced_at = NULL, children_due_at = ? WHERE location_id = ? AND contact_id = ?",
                 )
                 .bind(contact.date_updated_ms)
+                .bind(now)
                 .bind(commit.location)
                 .bind(&contact.id)
                 .execute(&mut *tx)
@@ -317,16 +318,17 @@ pub async fn commit_contacts(
         };
         done.changed += 1;
         let revision: i64 = sqlx::query_scalar(
-            "INSERT INTO contacts (location_id, contact_id, hash, record, date_updated_ms, children_synced_at, first_seen_at, \
-             revision, updated_at) VALUES (?, ?, ?, ?, ?, NULL, ?, 1, ?) ON CONFLICT (location_id, contact_id) DO UPDATE SET \
-             hash = excluded.hash, record = excluded.record, date_updated_ms = excluded.date_updated_ms, \
-             children_synced_at = NULL, revision = contacts.revision + 1, updated_at = excluded.updated_at RETURNING revision",
+            "INSERT INTO contacts (location_id, contact_id, hash, record, date_updated_ms, children_synced_at, children_due_at, \
+             first_seen_at, revision, updated_at) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, 1, ?) ON CONFLICT (location_id, contact_id) \
+             DO UPDATE SET hash = excluded.hash, record = excluded.record, date_updated_ms = excluded.date_updated_ms, \
+             children_synced_at = NULL, children_due_at = excluded.children_due_at, revision = contacts.revision + 1, updated_at = excluded.updated_at RETURNING revision",
         )
         .bind(commit.location)
         .bind(&contact.id)
         .bind(&hash[..])
         .bind(packed)
         .bind(contact.date_updated_ms)
+        .bind(now)
         .bind(now)
         .bind(now)
         .fetch_one(&mut *tx)
@@ -603,7 +605,8 @@ pub async fn commit_children(
 /// Marks a contact's children for reading on the next pass (a webhook named it).
 pub async fn mark_children_due(store: &Store, location: &str, contact_id: &str) -> Result<(), StoreError> {
     let mut tx = store.begin_write("children_due").await?;
-    sqlx::query("UPDATE contacts SET children_synced_at = NULL WHERE location_id = ? AND contact_id = ?")
+    sqlx::query("UPDATE contacts SET children_synced_at = NULL, children_due_at = ? WHERE location_id = ? AND contact_id = ?")
+        .bind(now_ms())
         .bind(location)
         .bind(contact_id)
         .execute(&mut *tx)

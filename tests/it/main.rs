@@ -36,3 +36,4 @@ mod security;
 mod server;
 mod sync;
 mod systemd;
+mod task_search;

@@ -8,11 +8,12 @@
 //! with a read of the contact (gone: a delete; there: retried on the next pass), and any
 //! other refusal that retrying cannot fix is set aside in dead letters.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
+use super::tasks::{StagingFor, TaskSource};
 use super::{Engine, EngineSettings, RunOptions, RunSummary, SyncError, YieldCheck};
 use crate::domain::EntityKind;
 use crate::domain::diff::ChildRecord;
@@ -20,6 +21,7 @@ use crate::domain::normalize::{normalize_child, value_hash};
 use crate::ghl::GhlError;
 use crate::http::Priority;
 use crate::store::snapshot::{self, BadRecord, ChildrenRead};
+use crate::store::staged_tasks;
 use crate::store::{codec, now_ms};
 
 /// Contacts whose children are read and committed together.
@@ -50,27 +52,67 @@ impl Engine {
     /// Reads the children of every contact marked due (`children_synced_at IS NULL`), the
     /// most recently updated first; with `should_yield`, in small chunks, stopping when it
     /// says incremental work is waiting.
+    ///
+    /// `resume`: this run continues the backlog of the location's last full pass (a bulk run
+    /// after a yield), so the contacts that pass already read and that stayed due are not read
+    /// again; a full pass starts afresh.
     pub(super) async fn sync_due_children(
         &self,
         location: &str,
         options: RunOptions,
         summary: &mut RunSummary,
         should_yield: Option<YieldCheck<'_>>,
+        resume: bool,
     ) -> Result<Backlog, SyncError> {
         if !self.settings.reads_children() {
             return Ok(Backlog::Done);
         }
-        let chunk = self.chunk_size(should_yield);
         // In a dry run nothing is marked read, and a contact left due (its existence could
-        // not be confirmed) stays due: each is read at most once per pass.
-        let mut seen: HashSet<String> = HashSet::new();
+        // not be confirmed) stays due: each is read at most once per pass, across the slices
+        // of a yielding pass too (kept in the engine between its runs).
+        let mut seen = self.take_backlog_seen(location);
+        if !resume {
+            seen.clear();
+        }
+        let result = self.read_backlog(location, options, summary, should_yield, &mut seen).await;
+        if matches!(result, Ok(Backlog::Left))
+            && let Ok(mut kept) = self.backlog_seen.lock()
+        {
+            kept.insert(location.to_owned(), seen);
+        }
+        result
+    }
+
+    /// The contacts a yielded backlog already read and that stayed due (empty if none).
+    fn take_backlog_seen(&self, location: &str) -> HashSet<String> {
+        self.backlog_seen.lock().ok().and_then(|mut kept| kept.remove(location)).unwrap_or_default()
+    }
+
+    async fn read_backlog(
+        &self,
+        location: &str,
+        options: RunOptions,
+        summary: &mut RunSummary,
+        should_yield: Option<YieldCheck<'_>>,
+        seen: &mut HashSet<String>,
+    ) -> Result<Backlog, SyncError> {
+        let chunk = self.chunk_size(should_yield);
+        let tasks = match self.task_source(location, options, summary, should_yield, StagingFor::Backlog).await? {
+            Ok(source) => source,
+            Err(left) => return Ok(left),
+        };
         loop {
-            let due = snapshot::children_due(&self.store, location, chunk, &seen).await?;
+            let due = snapshot::children_due(&self.store, location, chunk, seen).await?;
             if due.is_empty() {
                 return Ok(Backlog::Done);
             }
-            seen.extend(due.iter().cloned());
-            self.sync_children_of(location, &due, Priority::Sweep, options, summary).await?;
+            let left_due = self.sync_children_of(location, &due, Priority::Sweep, tasks, options, summary).await?;
+            // Read contacts are no longer due; only those still due must be skipped.
+            if options.dry_run {
+                seen.extend(due);
+            } else {
+                seen.extend(left_due);
+            }
             if should_yield.is_some_and(|yield_now| yield_now()) {
                 return Ok(Backlog::Left);
             }
@@ -102,10 +144,14 @@ impl Engine {
         if quota == 0 {
             return Ok(Backlog::Done);
         }
+        let tasks = match self.task_source(location, options, summary, should_yield, StagingFor::Sweep).await? {
+            Ok(source) => source,
+            Err(left) => return Ok(left),
+        };
         let stale_before = now_ms() - self.settings.contacts_interval.as_millis() as i64;
         let due = snapshot::sweep_due(&self.store, location, stale_before, quota).await?;
         for chunk in due.chunks(self.chunk_size(should_yield)) {
-            self.sync_children_of(location, chunk, Priority::Sweep, options, summary).await?;
+            self.sync_children_of(location, chunk, Priority::Sweep, tasks, options, summary).await?;
             if should_yield.is_some_and(|yield_now| yield_now()) {
                 // What was not swept stays the stalest: the next sweep starts with it.
                 return Ok(Backlog::Left);
@@ -114,22 +160,40 @@ impl Engine {
         Ok(Backlog::Done)
     }
 
-    /// Reads and commits the children of `contacts`. A transient failure (GHL down, rate
-    /// limit exhausted, credentials) fails the pass after committing what was read.
+    /// Reads and commits the children of `contacts`; with a staging (`tasks`), the contacts it
+    /// may serve take their tasks from it (no task request). A transient failure (GHL down,
+    /// rate limit exhausted, credentials) fails the pass after committing what was read.
+    /// Returns the contacts left due (a child read said "not found" but the contact exists).
     pub(super) async fn sync_children_of(
         &self,
         location: &str,
         contacts: &[String],
         priority: Priority,
+        tasks: TaskSource,
         options: RunOptions,
         summary: &mut RunSummary,
-    ) -> Result<(), SyncError> {
+    ) -> Result<Vec<String>, SyncError> {
         if contacts.is_empty() || !self.settings.reads_children() {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let mut staged: HashMap<String, Vec<ChildRecord>> = HashMap::new();
+        if let TaskSource::Staged(started_at) = tasks {
+            let eligible = staged_tasks::eligible(&self.store, location, contacts, started_at).await?;
+            let served: Vec<String> = contacts.iter().filter(|c| eligible.contains(*c)).cloned().collect();
+            if !served.is_empty() {
+                let mut found = staged_tasks::tasks_of(&self.store, location, &served).await?;
+                for contact_id in served {
+                    // The staging covers the whole location: no staged task means none.
+                    let tasks = found.remove(&contact_id).unwrap_or_default();
+                    staged.insert(contact_id, tasks);
+                }
+            }
+        }
+        let staged = &staged;
         let fetched: Vec<(String, Result<ChildFetch, GhlError>)> = futures_util::stream::iter(contacts.iter().cloned())
             .map(|contact_id| async move {
-                let result = self.fetch_children(location, &contact_id, priority).await;
+                let tasks = staged.get(&contact_id).cloned();
+                let result = self.fetch_children(location, &contact_id, priority, tasks).await;
                 (contact_id, result)
             })
             .buffer_unordered(self.settings.children_concurrency.max(1))
@@ -161,46 +225,53 @@ impl Engine {
         let committed = snapshot::commit_children(&self.store, &self.commit(location, options), reads).await?;
         self.committed(summary, committed, options);
         self.record_progress(summary).await;
+        let mut left_due = Vec::new();
         for contact_id in gone {
-            self.confirm_gone(location, &contact_id, options, summary).await?;
+            if self.confirm_gone(location, &contact_id, options, summary).await? {
+                left_due.push(contact_id);
+            }
         }
         if let Some(progress) = &self.progress {
             progress.children(location, contacts.len() as u64);
         }
         match first_error {
             Some(error) => Err(error.into()),
-            None => Ok(()),
+            None => Ok(left_due),
         }
     }
 
     /// A child read said "contact not found": a `GET` decides. Gone: the contact is deleted
-    /// (snapshot, children, a `contact.deleted`). Still there: it stays due for the next pass.
+    /// (snapshot, children, a `contact.deleted`). Still there (`true`): it stays due for the
+    /// next pass.
     async fn confirm_gone(
         &self,
         location: &str,
         contact_id: &str,
         options: RunOptions,
         summary: &mut RunSummary,
-    ) -> Result<(), SyncError> {
+    ) -> Result<bool, SyncError> {
         summary.requests += 1;
         match self.ghl.get_contact(location, contact_id, Priority::Webhook).await? {
             None => {
                 tracing::info!(location.id = %location, contact.id = %contact_id, "Contact `{contact_id}` is gone from GHL; deleting it");
-                self.delete_contact(location, contact_id, options, summary).await
+                self.delete_contact(location, contact_id, options, summary).await?;
+                Ok(false)
             }
             Some(_) => {
                 tracing::warn!(location.id = %location, contact.id = %contact_id,
                     "GHL said contact `{contact_id}` was not found when reading its tasks/notes, but it exists; retrying next pass");
-                Ok(())
+                Ok(true)
             }
         }
     }
 
+    /// One contact's children; `staged_tasks`: its tasks as staged (no task request).
     async fn fetch_children(
         &self,
         location: &str,
         contact_id: &str,
         priority: Priority,
+        mut staged_tasks: Option<Vec<ChildRecord>>,
     ) -> Result<ChildFetch, GhlError> {
         let mut read = ChildrenRead { contact_id: contact_id.to_owned(), ..ChildrenRead::default() };
         let mut requests = 0;
@@ -211,6 +282,12 @@ impl Engine {
                 _ => self.settings.appointments,
             };
             if !wanted {
+                continue;
+            }
+            if kind == EntityKind::Task
+                && let Some(tasks) = staged_tasks.take()
+            {
+                read.tasks = Some(tasks);
                 continue;
             }
             requests += 1;
@@ -267,7 +344,7 @@ pub fn sweep_quota(settings: &EngineSettings, contacts: u64) -> u64 {
 
 /// Validates and normalises one task, note or appointment (location-wide task search items
 /// say `_id`).
-fn parse_child(kind: EntityKind, value: Value) -> Result<ChildRecord, BadRecord> {
+pub(super) fn parse_child(kind: EntityKind, value: Value) -> Result<ChildRecord, BadRecord> {
     let bad = |reason: String, value: &Value| BadRecord { entity: kind, reason, raw: codec::pack(value) };
     let Value::Object(map) = &value else {
         return Err(bad(format!("{kind} is not a JSON object"), &value));
@@ -307,6 +384,9 @@ mod tests {
             dirty_debounce: Duration::from_millis(0),
             children_concurrency: 8,
             ignored_custom_fields: Vec::new(),
+            task_search: true,
+            task_search_page: 100,
+            task_search_min_contacts: 100,
         }
     }
 

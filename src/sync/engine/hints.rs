@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use super::contacts::parse_contact;
+use super::tasks::TaskSource;
 use super::{Engine, RunOptions, RunSummary, SyncError};
 use crate::domain::normalize::ReadPath;
 use crate::http::Priority;
@@ -58,7 +59,7 @@ impl Engine {
         reread.sort_unstable();
         reread.dedup();
         for chunk in reread.chunks(200) {
-            self.sync_children_of(location, chunk, Priority::Webhook, options, summary).await?;
+            self.sync_children_of(location, chunk, Priority::Webhook, TaskSource::PerContact, options, summary).await?;
         }
         if !options.dry_run {
             for hint in &handled {

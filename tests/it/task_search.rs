@@ -1,0 +1,189 @@
+//! Issue 22, "halve the children requests": a children backlog reads the location's tasks
+//! with `POST /locations/:locationId/tasks/search` (staged in the store), notes per contact;
+//! a token without the search's scope falls back to per-contact task reads with the same
+//! outbox; paging by `skip` survives deletes and restarts. Counted in requests, not timed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ghl_sync::app::App;
+use ghl_sync::config::Secret;
+use ghl_sync::store::{Store, staged_tasks};
+use ghl_sync::sync::engine::{RunOptions, TASK_SEARCH_PAGE};
+use ghl_sync_sandbox::Sandbox;
+use ghl_sync_sandbox::ghl::GhlOptions;
+
+use crate::helpers::{config, fast_ghl, settings_for, start_sandbox};
+use crate::reliability::{assert_exactly_once, outbox};
+
+const CONTACTS: usize = 150;
+const SEARCH: &str = "POST /locations/:locationId/tasks/search";
+const TASK_LISTS: &str = "GET /contacts/:contactId/tasks";
+const NOTE_LISTS: &str = "GET /contacts/:contactId/notes";
+const ONCE: RunOptions = RunOptions { dry_run: false, skip_sweep: true };
+
+fn one_location(contacts: usize) -> GhlOptions {
+    GhlOptions { locations: 1, max_tasks_per_contact: 4, ..fast_ghl(contacts) }
+}
+
+fn requests(sandbox: &Sandbox, route: &str) -> u64 {
+    sandbox.ghl.stats().requests.get(route).copied().unwrap_or(0)
+}
+
+fn tasks_in(sandbox: &Sandbox, location: &str) -> usize {
+    sandbox.ghl.contact_ids(location).iter().map(|c| sandbox.ghl.tasks(c).len()).sum()
+}
+
+/// Search pages a staging of `tasks` tasks needs: pages of [`TASK_SEARCH_PAGE`], each after
+/// the first starting five items early (the overlap).
+fn pages_for(tasks: usize) -> u64 {
+    let limit = TASK_SEARCH_PAGE as usize;
+    let (mut position, mut pages) = (0usize, 0);
+    loop {
+        let skip = position.saturating_sub(if position == 0 { 0 } else { 5 });
+        let items = tasks.saturating_sub(skip).min(limit);
+        pages += 1;
+        position = skip + items;
+        if items < limit {
+            return pages;
+        }
+    }
+}
+
+async fn build(sandbox: &Sandbox, dir: &Path, pit: Option<String>) -> App {
+    let mut settings = settings_for(sandbox, dir);
+    if let Some(pit) = pit {
+        settings.ghl.locations[0].pit = Some(Secret::new(pit));
+    }
+    App::build(config(settings)).await.unwrap()
+}
+
+/// Task id → stored hash (hex).
+async fn task_hashes(store: &Store) -> BTreeMap<String, String> {
+    let rows: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT child_id, hash FROM children WHERE kind = 'task'").fetch_all(store.read_pool()).await.unwrap();
+    rows.into_iter().map(|(id, hash)| (id, hash.iter().map(|b| format!("{b:02x}")).collect())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_reads_tasks_by_location_search_and_falls_back_per_contact_without_the_scope() {
+    let sandbox = start_sandbox(one_location(CONTACTS)).await;
+    let location = sandbox.ghl.locations()[0].id.clone();
+    let tasks = tasks_in(&sandbox, &location);
+    assert!(tasks > 2 * TASK_SEARCH_PAGE as usize, "several pages of tasks: {tasks}");
+
+    // With the scope: tasks by search pages, notes per contact.
+    let dir = tempfile::tempdir().unwrap();
+    let app = build(&sandbox, dir.path(), None).await;
+    sandbox.ghl.reset_stats();
+    app.engine.run_once(&location, ONCE).await.unwrap();
+    assert_exactly_once(&sandbox, &app.store).await;
+    assert_eq!(requests(&sandbox, TASK_LISTS), 0, "no per-contact task read");
+    assert_eq!(requests(&sandbox, SEARCH), pages_for(tasks), "task requests = search pages");
+    assert_eq!(requests(&sandbox, NOTE_LISTS), CONTACTS as u64, "notes stay per contact");
+    assert_eq!(staged_tasks::count(&app.store, &location).await.unwrap(), tasks as u64);
+
+    // Without it (a PIT lacking `locations/tasks.readonly`): one refused search, then per
+    // contact, the same outbox and the same task hashes; the location is not paused.
+    let pit = sandbox.ghl.create_pit(&location, &["contacts.readonly", "contacts.write"]).unwrap();
+    let fallback_dir = tempfile::tempdir().unwrap();
+    let fallback = build(&sandbox, fallback_dir.path(), Some(pit)).await;
+    sandbox.ghl.reset_stats();
+    fallback.engine.run_once(&location, ONCE).await.unwrap();
+    assert_exactly_once(&sandbox, &fallback.store).await;
+    assert_eq!(requests(&sandbox, SEARCH), 1, "refused once");
+    assert_eq!(requests(&sandbox, TASK_LISTS), CONTACTS as u64);
+    assert_eq!(outbox(&fallback.store).await, outbox(&app.store).await);
+    assert_eq!(task_hashes(&fallback.store).await, task_hashes(&app.store).await, "search and GET hash alike");
+    let status = ghl_sync::store::locations::status_of(&fallback.store, &location).await.unwrap();
+    assert!(!matches!(status.as_deref(), Some("needs_reauth")), "{status:?}");
+
+    // The refusal is remembered: new contacts later are read per contact, no search again.
+    for i in 0..120 {
+        sandbox.ghl.create_contact(&location, serde_json::json!({"firstName": format!("Late{i}")}));
+    }
+    sandbox.ghl.reset_stats();
+    fallback.engine.run_once(&location, ONCE).await.unwrap();
+    assert_eq!(requests(&sandbox, SEARCH), 0);
+    assert_exactly_once(&sandbox, &fallback.store).await;
+    sandbox.stop().await;
+}
+
+/// Runs a full pass whose bulk part yields after `pages` task search pages.
+async fn stage_some(app: &App, location: &str, pages: usize) {
+    let asked = AtomicUsize::new(0);
+    let should_yield = || asked.fetch_add(1, Ordering::SeqCst) + 1 >= pages;
+    let summary = app.engine.run_sliced(location, &should_yield).await.unwrap();
+    assert!(summary.bulk_remaining, "the staging yielded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_deleted_while_paging_is_neither_lost_nor_doubled() {
+    let sandbox = start_sandbox(GhlOptions { children_bump_contact: true, ..one_location(CONTACTS) }).await;
+    let location = sandbox.ghl.locations()[0].id.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let app = build(&sandbox, dir.path(), None).await;
+    stage_some(&app, &location, 1).await;
+    let staging = staged_tasks::current(&app.store, &location).await.unwrap().unwrap();
+    assert_eq!((staging.position, staging.done_at), (u64::from(TASK_SEARCH_PAGE), None));
+
+    // Three tasks of the first page are deleted: every later task moves three places up, so
+    // a next page at `skip = 100` would miss three.
+    let first_page: Vec<String> =
+        sqlx::query_scalar("SELECT task_id FROM staged_tasks WHERE location_id = ? ORDER BY task_id LIMIT 3")
+            .bind(&location)
+            .fetch_all(app.store.read_pool())
+            .await
+            .unwrap();
+    for id in &first_page {
+        assert!(sandbox.ghl.delete_task(id));
+    }
+    let summary = app.engine.run_bulk(&location, &|| false).await.unwrap();
+    assert!(!summary.bulk_remaining);
+
+    // Every task that exists arrived exactly once, as created.
+    let rows = outbox(&app.store).await;
+    for contact in sandbox.ghl.contact_ids(&location) {
+        for task in sandbox.ghl.tasks(&contact) {
+            let key = ("task".to_owned(), task["id"].as_str().unwrap().to_owned());
+            assert_eq!(rows.get(&key).map(Vec::as_slice), Some(&["created".to_owned()][..]), "{key:?}");
+        }
+    }
+    // The deleted ones were read before their delete (as a per-contact read then would have):
+    // the next pass sees their contacts' moved `dateUpdated` and deletes them.
+    app.engine.run_once(&location, ONCE).await.unwrap();
+    let rows = outbox(&app.store).await;
+    for id in &first_page {
+        let ops = rows.get(&("task".to_owned(), id.clone())).cloned().unwrap_or_default();
+        assert!(ops.is_empty() || ops == ["created", "deleted"], "{id}: {ops:?}");
+    }
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_staging_resumes_it_with_nothing_doubled() {
+    let sandbox = start_sandbox(one_location(CONTACTS)).await;
+    let location = sandbox.ghl.locations()[0].id.clone();
+    let tasks = tasks_in(&sandbox, &location);
+    let dir = tempfile::tempdir().unwrap();
+    let app = build(&sandbox, dir.path(), None).await;
+    sandbox.ghl.reset_stats();
+    stage_some(&app, &location, 2).await;
+    assert_eq!(requests(&sandbox, SEARCH), 2);
+    let before = staged_tasks::current(&app.store, &location).await.unwrap().unwrap();
+    assert!(before.done_at.is_none() && before.position > 0);
+    app.store.close().await;
+    drop(app);
+
+    // A new daemon on the same database resumes at the stored position.
+    let app = build(&sandbox, dir.path(), None).await;
+    app.engine.run_once(&location, ONCE).await.unwrap();
+    let after = staged_tasks::current(&app.store, &location).await.unwrap().unwrap();
+    assert_eq!(after.started_at, before.started_at, "the same staging, resumed");
+    assert_eq!(after.restarts, 0);
+    assert_eq!(requests(&sandbox, SEARCH), pages_for(tasks), "no page read twice but the overlap");
+    assert_eq!(requests(&sandbox, TASK_LISTS), 0);
+    assert_exactly_once(&sandbox, &app.store).await;
+    sandbox.stop().await;
+}
