@@ -605,12 +605,14 @@ pub async fn commit_children(
 /// Marks a contact's children for reading on the next pass (a webhook named it).
 pub async fn mark_children_due(store: &Store, location: &str, contact_id: &str) -> Result<(), StoreError> {
     let mut tx = store.begin_write("children_due").await?;
-    sqlx::query("UPDATE contacts SET children_synced_at = NULL, children_due_at = ? WHERE location_id = ? AND contact_id = ?")
-        .bind(now_ms())
-        .bind(location)
-        .bind(contact_id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE contacts SET children_synced_at = NULL, children_due_at = ? WHERE location_id = ? AND contact_id = ?",
+    )
+    .bind(now_ms())
+    .bind(location)
+    .bind(contact_id)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await
 }
 

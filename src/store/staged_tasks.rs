@@ -52,12 +52,11 @@ pub struct PageAdvance {
 
 /// The location's staging, if any.
 pub async fn current(store: &Store, location: &str) -> Result<Option<Staging>, StoreError> {
-    let row: Option<(i64, i64, String, Option<i64>, i64)> = sqlx::query_as(
-        "SELECT started_at, position, tail, done_at, restarts FROM task_stagings WHERE location_id = ?",
-    )
-    .bind(location)
-    .fetch_optional(store.read_pool())
-    .await?;
+    let row: Option<(i64, i64, String, Option<i64>, i64)> =
+        sqlx::query_as("SELECT started_at, position, tail, done_at, restarts FROM task_stagings WHERE location_id = ?")
+            .bind(location)
+            .fetch_optional(store.read_pool())
+            .await?;
     Ok(row.map(|(started_at, position, tail, done_at, restarts)| Staging {
         started_at,
         position: u64::try_from(position).unwrap_or(0),

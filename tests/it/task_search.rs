@@ -61,8 +61,10 @@ async fn build(sandbox: &Sandbox, dir: &Path, pit: Option<String>) -> App {
 
 /// Task id → stored hash (hex).
 async fn task_hashes(store: &Store) -> BTreeMap<String, String> {
-    let rows: Vec<(String, Vec<u8>)> =
-        sqlx::query_as("SELECT child_id, hash FROM children WHERE kind = 'task'").fetch_all(store.read_pool()).await.unwrap();
+    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT child_id, hash FROM children WHERE kind = 'task'")
+        .fetch_all(store.read_pool())
+        .await
+        .unwrap();
     rows.into_iter().map(|(id, hash)| (id, hash.iter().map(|b| format!("{b:02x}")).collect())).collect()
 }
 
@@ -151,12 +153,13 @@ async fn a_task_deleted_while_paging_is_neither_lost_nor_doubled() {
         }
     }
     // The deleted ones were read before their delete (as a per-contact read then would have):
-    // the next pass sees their contacts' moved `dateUpdated` and deletes them.
+    // the next pass sees their contacts' moved `dateUpdated` and deletes them (a `created`
+    // still pending is superseded by the `deleted`).
     app.engine.run_once(&location, ONCE).await.unwrap();
     let rows = outbox(&app.store).await;
     for id in &first_page {
         let ops = rows.get(&("task".to_owned(), id.clone())).cloned().unwrap_or_default();
-        assert!(ops.is_empty() || ops == ["created", "deleted"], "{id}: {ops:?}");
+        assert!(ops.is_empty() || ops.last().map(String::as_str) == Some("deleted"), "{id}: {ops:?}");
     }
     sandbox.stop().await;
 }
@@ -185,5 +188,79 @@ async fn a_restart_mid_staging_resumes_it_with_nothing_doubled() {
     assert_eq!(requests(&sandbox, SEARCH), pages_for(tasks), "no page read twice but the overlap");
     assert_eq!(requests(&sandbox, TASK_LISTS), 0);
     assert_exactly_once(&sandbox, &app.store).await;
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_that_stays_due_is_read_once_per_pass_not_once_per_slice() {
+    // Every notes read answers 404 while the contacts exist: each stays due after its read.
+    let contacts = 40;
+    let sandbox = start_sandbox(one_location(contacts)).await;
+    let location = sandbox.ghl.locations()[0].id.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let app = build(&sandbox, dir.path(), None).await;
+    sandbox.ghl.set_fault(NOTE_LISTS, ghl_sync_sandbox::ghl::Fault { status: Some(404), ..Default::default() });
+    sandbox.ghl.reset_stats();
+    // Yield after every chunk (16 contacts): the pass is sliced into runs.
+    let always = || true;
+    let mut summary = app.engine.run_sliced(&location, &always).await.unwrap();
+    let mut runs = 1;
+    while summary.bulk_remaining {
+        summary = app.engine.run_bulk(&location, &always).await.unwrap();
+        runs += 1;
+        assert!(runs < 10, "the backlog never ends");
+    }
+    assert_eq!(requests(&sandbox, NOTE_LISTS), contacts as u64, "each contact once in the pass");
+    assert_eq!(runs, 4, "three slices of 16, 16 and 8 contacts, then the empty rest");
+    // A new full pass reads them again (once).
+    sandbox.ghl.reset_stats();
+    app.engine.run_once(&location, ONCE).await.unwrap();
+    assert_eq!(requests(&sandbox, NOTE_LISTS), contacts as u64);
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_finds_deleted_and_changed_tasks_through_a_new_staging() {
+    // No webhooks and no `dateUpdated` bump: only the sweep can notice these task edits.
+    let sandbox = start_sandbox(one_location(CONTACTS)).await;
+    let location = sandbox.ghl.locations()[0].id.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings_for(&sandbox, dir.path());
+    // A sweep that covers every contact each run, with a staging never reused.
+    settings.sync.contacts_interval = ghl_sync::config::Dur::millis(1);
+    settings.sync.children_sweep_period = ghl_sync::config::Dur::millis(1);
+    settings.limits.ghl_daily_budget = 1_000_000_000_000;
+    let app = App::build(config(settings)).await.unwrap();
+    app.engine.run_once(&location, ONCE).await.unwrap();
+    assert_exactly_once(&sandbox, &app.store).await;
+
+    let contacts = sandbox.ghl.contact_ids(&location);
+    let with_tasks: Vec<&String> = contacts.iter().filter(|c| sandbox.ghl.tasks(c).len() >= 2).take(2).collect();
+    let deleted = sandbox.ghl.tasks(with_tasks[0])[0]["id"].as_str().unwrap().to_owned();
+    let changed = sandbox.ghl.tasks(with_tasks[1])[1]["id"].as_str().unwrap().to_owned();
+    assert!(sandbox.ghl.delete_task(&deleted));
+    assert!(sandbox.ghl.update_task(&changed, serde_json::json!({"title": "Swept"})));
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await; // past `contacts_interval`
+    sandbox.ghl.reset_stats();
+    let summary = app.engine.run_once(&location, RunOptions::default()).await.unwrap();
+    let tasks = tasks_in(&sandbox, &location);
+    assert_eq!(requests(&sandbox, TASK_LISTS), 0, "the sweep took its tasks from the staging");
+    assert_eq!(requests(&sandbox, SEARCH), pages_for(tasks));
+    assert_eq!(requests(&sandbox, NOTE_LISTS), CONTACTS as u64);
+    let rows = outbox(&app.store).await;
+    // (A pending `created` row is superseded by a delete, and takes an update's record.)
+    assert_eq!(rows[&("task".to_owned(), deleted.clone())].last().map(String::as_str), Some("deleted"));
+    let stored: Vec<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT child_id, record FROM children WHERE child_id IN (?, ?)")
+            .bind(&deleted)
+            .bind(&changed)
+            .fetch_all(app.store.read_pool())
+            .await
+            .unwrap();
+    assert_eq!(stored.len(), 1, "the deleted task is gone from the snapshot");
+    let record = ghl_sync::store::codec::unpack(&stored[0].1).unwrap();
+    assert_eq!((stored[0].0.as_str(), record["title"].as_str()), (changed.as_str(), Some("Swept")));
+    let events: Vec<(&str, u64)> = summary.events.iter().map(|(e, n)| (e.as_str(), *n)).collect();
+    assert_eq!(events, [("task.deleted", 1), ("task.updated", 1)], "nothing else changed");
     sandbox.stop().await;
 }

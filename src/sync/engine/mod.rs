@@ -400,8 +400,7 @@ impl Engine {
     ) -> Result<(), SyncError> {
         // A full pass starts its backlog afresh; a resumed bulk run continues it.
         let resume = sweep == Sweep::No;
-        if self.sync_due_children(location, options, summary, should_yield, resume).await? == children::Backlog::Left
-        {
+        if self.sync_due_children(location, options, summary, should_yield, resume).await? == children::Backlog::Left {
             summary.bulk_remaining = true;
             return Ok(());
         }

@@ -183,7 +183,8 @@ impl Engine {
             };
             let done = items.len() < limit as usize;
             let position = skip + items.len() as u64;
-            let tail: Vec<String> = ids.iter().rev().flatten().take(OVERLAP).rev().cloned().collect();
+            let mut tail: Vec<String> = ids.iter().rev().flatten().take(OVERLAP).cloned().collect();
+            tail.reverse();
             let mut tasks = Vec::with_capacity(items.len());
             let mut bad = Vec::new();
             // Items of the overlap are staged again too (same id: replaced, not doubled); one
@@ -229,9 +230,7 @@ fn anchor(tail: &[String], ids: &[Option<String>]) -> Anchor {
     if tail.is_empty() {
         return Anchor::Start;
     }
-    ids.iter()
-        .rposition(|id| id.as_ref().is_some_and(|id| tail.contains(id)))
-        .map_or(Anchor::Lost, Anchor::After)
+    ids.iter().rposition(|id| id.as_ref().is_some_and(|id| tail.contains(id))).map_or(Anchor::Lost, Anchor::After)
 }
 
 /// A search item's id (`_id`; `id` accepted too).
