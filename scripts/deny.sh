@@ -24,10 +24,10 @@ cargo deny --log-level warn check licenses bans sources
 
 export CARGO_HOME="${CARGO_HOME:-$HOME/.cargo}"
 if timeout 120 cargo deny --log-level error fetch db >/tmp/ghl-sync-deny-fetch.log 2>&1; then
-  cargo deny --log-level warn check --disable-fetch advisories
+  cargo deny --offline --log-level warn check advisories
 elif ls "$CARGO_HOME"/advisory-dbs/*/crates >/dev/null 2>&1; then
   echo "advisory database could not be refreshed; checking against the copy on disk"
-  cargo deny --log-level warn check --disable-fetch advisories
+  cargo deny --offline --log-level warn check advisories
 else
   echo "advisories: SKIPPED — the RustSec advisory database (github.com/rustsec/advisory-db) is not"
   echo "reachable from this machine and no copy is on disk. Reason from cargo-deny:"
