@@ -180,6 +180,39 @@ fn action_for(event: &Envelope) -> Action {
     }
 }
 
+/// A verified body, read: what the delivery asks of the store. Pure, so the fuzz target
+/// `ghl_webhook` (`fuzz/`) drives exactly the parsing the endpoint uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedWebhook {
+    /// The event type if it is one we know, else `other` (a bounded metrics label).
+    pub type_label: &'static str,
+    pub sent_at_ms: i64,
+    /// `webhookId`, or the body's SHA-256 when it has none (exact re-sends still dedupe).
+    pub event_id: String,
+    pub action: Action,
+}
+
+/// Why a body could not be read (answered 400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreadable {
+    Json,
+    Timestamp { type_label: &'static str },
+}
+
+/// Reads a GHL webhook body (after its signature was checked).
+pub fn parse_webhook(body: &[u8]) -> Result<ParsedWebhook, Unreadable> {
+    let event: Envelope = serde_json::from_slice(body).map_err(|_| Unreadable::Json)?;
+    let type_label =
+        event.event_type.as_deref().and_then(|t| KNOWN_TYPES.iter().find(|k| **k == t).copied()).unwrap_or("other");
+    let sent_at_ms = event.timestamp.as_ref().and_then(timestamp_ms).ok_or(Unreadable::Timestamp { type_label })?;
+    let event_id = event
+        .webhook_id
+        .clone()
+        .filter(|id| !id.is_empty())
+        .unwrap_or_else(|| format!("sha256:{}", hex(&Sha256::digest(body))));
+    Ok(ParsedWebhook { type_label, sent_at_ms, event_id, action: action_for(&event) })
+}
+
 /// Parses GHL's `timestamp`: ISO 8601 text, or a number of seconds / milliseconds.
 fn timestamp_ms(value: &serde_json::Value) -> Option<i64> {
     match value {
@@ -267,34 +300,27 @@ pub(super) async fn receive(State(state): State<ServerState>, headers: HeaderMap
     if let Err(verdict) = verify(&state, &headers, &body) {
         return reject(StatusCode::UNAUTHORIZED, "unknown", verdict, "invalid signature\n");
     }
-    // 2. Parse.
-    let event: Envelope = match serde_json::from_slice(&body) {
-        Ok(event) => event,
-        Err(_) => return reject(StatusCode::BAD_REQUEST, "unknown", Verdict::Malformed, "malformed JSON\n"),
+    // 2. Parse and 3. freshness.
+    let ParsedWebhook { type_label, sent_at_ms: sent_at, event_id, action } = match parse_webhook(&body) {
+        Ok(parsed) => parsed,
+        Err(Unreadable::Json) => {
+            return reject(StatusCode::BAD_REQUEST, "unknown", Verdict::Malformed, "malformed JSON\n");
+        }
+        Err(Unreadable::Timestamp { type_label }) => {
+            return reject(StatusCode::BAD_REQUEST, type_label, Verdict::Malformed, "missing or unreadable timestamp\n");
+        }
     };
-    let type_label =
-        event.event_type.as_deref().and_then(|t| KNOWN_TYPES.iter().find(|k| **k == t).copied()).unwrap_or("other");
-    // 3. Freshness. A stale or far-future delivery is answered 401, not 400: the payload is
-    // well-formed, but a correctly signed old body is exactly what a replay looks like, and
-    // freshness is part of GHL's webhook authentication (WebhookAuthentication doc). The
-    // window is `ghl.webhooks.max_age` both ways (it also absorbs clock skew). A genuine
-    // delivery retried later than that is lost as a hint; polling still picks the change up.
+    // A stale or far-future delivery is answered 401, not 400: the payload is well-formed,
+    // but a correctly signed old body is exactly what a replay looks like, and freshness is
+    // part of GHL's webhook authentication (WebhookAuthentication doc). The window is
+    // `ghl.webhooks.max_age` both ways (it also absorbs clock skew). A genuine delivery
+    // retried later than that is lost as a hint; polling still picks the change up.
     let max_age_ms = i64::try_from(state.config.settings.ghl.webhooks.max_age.get().as_millis()).unwrap_or(i64::MAX);
-    let Some(sent_at) = event.timestamp.as_ref().and_then(timestamp_ms) else {
-        return reject(StatusCode::BAD_REQUEST, type_label, Verdict::Malformed, "missing or unreadable timestamp\n");
-    };
     let now = now_ms();
     if now.saturating_sub(sent_at) > max_age_ms || sent_at.saturating_sub(now) > max_age_ms {
-        tracing::warn!(event.r#type = type_label, age_ms = now - sent_at, "Rejected a stale GHL webhook");
+        tracing::warn!(event.r#type = type_label, age_ms = now.saturating_sub(sent_at), "Rejected a stale GHL webhook");
         return reject(StatusCode::UNAUTHORIZED, type_label, Verdict::Stale, "stale timestamp\n");
     }
-    // A delivery without webhookId still dedupes exact re-sends by its body hash.
-    let event_id = event
-        .webhook_id
-        .clone()
-        .filter(|id| !id.is_empty())
-        .unwrap_or_else(|| format!("sha256:{}", hex(&Sha256::digest(&body))));
-    let action = action_for(&event);
     // 4. Durable record, then answer.
     match record(&state, &event_id, type_label, &action).await {
         Ok(verdict) => {

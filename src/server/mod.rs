@@ -48,7 +48,9 @@ use crate::config::{Config, ServerSettings};
 use crate::store::Store;
 
 pub use admin::{SyncNowAnswer, request_sync_now};
-pub use ghl_webhook::{INBOX_PURGE_INTERVAL, purge_inbox_periodically, purge_webhook_inbox};
+pub use ghl_webhook::{
+    INBOX_PURGE_INTERVAL, ParsedWebhook, Unreadable, parse_webhook, purge_inbox_periodically, purge_webhook_inbox,
+};
 pub use health::{check_health, local_url};
 
 /// Readiness flags shared between the daemon and `/readyz`. Cheap to clone.

@@ -115,6 +115,27 @@ async fn a_429_storm_is_ridden_out_and_every_record_reaches_the_outbox() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_storm_without_rate_limit_headers_pauses_for_the_configured_window_and_every_record_reaches_the_outbox() {
+    let sandbox = start_sandbox(fast_ghl(150)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings_for(&sandbox, dir.path());
+    settings.limits.ghl_burst_window = ghl_sync::config::Dur::millis(200);
+    let app = App::build(config(settings)).await.unwrap();
+    // 429s with no `X-RateLimit-*` and no `Retry-After` (a proxy answering for GHL): nothing
+    // says how long to wait, so the bucket pauses for the configured window and retries.
+    sandbox.ghl.set_fault("*", Fault { storm_429: Some(12), bare_429: true, ..Fault::default() });
+
+    sync_until_done(&app, 8).await;
+
+    let stats = sandbox.ghl.stats();
+    assert_eq!(stats.too_many_requests, 12, "the whole storm was served");
+    let counted: u64 = app.locations().await.unwrap().iter().map(|l| app.ghl.rate_limited_total(l)).sum();
+    assert_eq!(counted, 12, "every header-less 429 was counted against its location");
+    assert_exactly_once(&sandbox, &app.store).await;
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_5xx_storm_is_ridden_out_and_every_record_reaches_the_outbox() {
     let sandbox = start_sandbox(fast_ghl(150)).await;
     let dir = tempfile::tempdir().unwrap();

@@ -150,6 +150,16 @@ impl Sink {
         self.lock().modes.get(name).copied().unwrap_or_default()
     }
 
+    /// Removes and returns the recorded deliveries for `name` (or all), oldest first: a
+    /// long-running reader (the soak benchmark) sees each delivery once and keeps memory flat.
+    pub fn take(&self, name: Option<&str>) -> Vec<Delivery> {
+        let mut state = self.lock();
+        let (taken, kept) =
+            std::mem::take(&mut state.deliveries).into_iter().partition(|d| name.is_none_or(|name| d.name == name));
+        state.deliveries = kept;
+        taken
+    }
+
     /// Forgets all recorded deliveries (modes are kept).
     pub fn clear(&self) {
         self.lock().deliveries.clear();

@@ -201,6 +201,9 @@ pub struct Fault {
     pub status: Option<u16>,
     /// The next N requests get 429.
     pub storm_429: Option<u32>,
+    /// The storm's 429s carry no rate-limit headers and no `Retry-After` (a proxy or a CDN in
+    /// front of GHL answering for it).
+    pub bare_429: bool,
     /// Run the handler (the write happens) but answer `status` (default 422) anyway:
     /// "create returns 422 yet creates" (ghl.md §6.8, #64).
     pub status_after_write: bool,

@@ -203,6 +203,7 @@ async fn gate(AxState(ghl): AxState<FakeGhl>, mut req: Request, next: Next) -> R
     }
 
     // Faults that answer instead of the handler.
+    let mut bare = false;
     let early: Option<ApiError> = {
         let mut s = ghl.lock();
         let mut early = None;
@@ -212,6 +213,7 @@ async fn gate(AxState(ghl): AxState<FakeGhl>, mut req: Request, next: Next) -> R
             && n > 0
         {
             f.storm_429 = Some(n - 1);
+            bare = f.bare_429;
             early = Some(ApiError::too_many());
         }
         if early.is_none()
@@ -229,7 +231,19 @@ async fn gate(AxState(ghl): AxState<FakeGhl>, mut req: Request, next: Next) -> R
     };
     if let Some(error) = early {
         let headers = ghl.lock().rate_peek(bucket.as_deref());
-        return finish(&ghl, failure(&error), &headers);
+        let mut response = finish(&ghl, failure(&error), &headers);
+        if bare {
+            let names: Vec<_> = response
+                .headers()
+                .keys()
+                .filter(|name| name.as_str().starts_with("x-ratelimit") || name.as_str() == "retry-after")
+                .cloned()
+                .collect();
+            for name in names {
+                response.headers_mut().remove(name);
+            }
+        }
+        return response;
     }
 
     let headers = if token_route {
@@ -994,6 +1008,8 @@ struct FaultBody {
     status: Option<u16>,
     #[serde(alias = "storm_429", alias = "storm429")]
     storm_429: Option<u32>,
+    #[serde(alias = "bare_429")]
+    bare_429: bool,
     #[serde(alias = "status_after_write")]
     status_after_write: bool,
 }
@@ -1013,6 +1029,7 @@ async fn admin_set_fault(AxState(ghl): AxState<FakeGhl>, body: Bytes) -> Respons
             malformed_json: body.malformed_json,
             status: body.status,
             storm_429: body.storm_429,
+            bare_429: body.bare_429,
             status_after_write: body.status_after_write,
         },
     );
