@@ -130,7 +130,9 @@ async fn bench(seconds: f64, window: Duration, max: u32, share: f64, concurrency
         }
         let text: Vec<String> = pages
             .iter()
-            .map(|(name, (n, pagers))| format!("{name} ({pagers} pagers): {n} pages = {:.2} req/s", *n as f64 / elapsed))
+            .map(|(name, (n, pagers))| {
+                format!("{name} ({pagers} pagers): {n} pages = {:.2} req/s", *n as f64 / elapsed)
+            })
             .collect();
         println!("ghl_rate: by priority: {}", text.join("; "));
     }

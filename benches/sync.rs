@@ -789,7 +789,8 @@ fn main() {
         };
         // The poll interval scaled like the window (GHL's 10 s → 2 s: 60 s → 12 s).
         let poll = Duration::from_millis(env("SYNC_BENCH_LOCATION_POLL_MS", window.as_millis() as u64 * 6));
-        let concurrent = env("SYNC_BENCH_CONCURRENT", ghl_sync::config::SyncSettings::default().max_concurrent_locations);
+        let concurrent =
+            env("SYNC_BENCH_CONCURRENT", ghl_sync::config::SyncSettings::default().max_concurrent_locations);
         for count in counts.split(',').filter_map(|s| s.trim().parse().ok()) {
             runtime.block_on(locations(count, contacts, seconds, window, poll, concurrent));
         }

@@ -222,7 +222,9 @@ fn the_bulk_daily_share_defaults_to_half_and_a_bad_one_is_named() {
     for bad in ["0", "1.5", "-0.2"] {
         let found = problems(&format!("[limits]\nbulk_daily_share = {bad}\n"));
         assert!(
-            found.iter().any(|p| p.starts_with("limits.bulk_daily_share: must be a share greater than 0 and at most 1")),
+            found
+                .iter()
+                .any(|p| p.starts_with("limits.bulk_daily_share: must be a share greater than 0 and at most 1")),
             "{bad}: {found:#?}"
         );
     }

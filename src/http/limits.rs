@@ -183,7 +183,11 @@ enum Step {
     Granted,
     Refused(LimitScope),
     /// Not first in line, or first but the bucket has no slot before `until`.
-    Wait { until: Option<Instant>, generation: u64, changed: Arc<Notify> },
+    Wait {
+        until: Option<Instant>,
+        generation: u64,
+        changed: Arc<Notify>,
+    },
 }
 
 /// Rate limits of one service, keyed by bucket.
@@ -538,14 +542,10 @@ mod tests {
         }
         let order = granted.lock().unwrap().clone();
         assert_eq!(order.len(), 33);
-        assert_eq!(&order[..6], &[
-            Priority::Sweep,
-            Priority::Sweep,
-            Priority::Sweep,
-            Priority::Sweep,
-            Priority::Webhook,
-            Priority::Poll
-        ]);
+        assert_eq!(
+            &order[..6],
+            &[Priority::Sweep, Priority::Sweep, Priority::Sweep, Priority::Sweep, Priority::Webhook, Priority::Poll]
+        );
         assert!(order[6..32].iter().all(|p| *p == Priority::Sweep));
         // Export is the lowest: it goes when the sweep line is empty.
         assert_eq!(order[32], Priority::Export);
