@@ -2,7 +2,7 @@
 //! end-to-end latency). `cargo bench --bench sync` runs the full sizes; under
 //! `cargo test --all-targets` (no `--bench` argument) every section runs at a smoke size.
 //!
-//! Sections (select with `SYNC_BENCH=diff,backfill,rss,latency,fresh`; default all):
+//! Sections (select with `SYNC_BENCH=diff,backfill,rss,latency,fresh,locations`; default all):
 //! - `diff`: one backfill of `SYNC_BENCH_CONTACTS` contacts (fast limits, tasks/notes off),
 //!   GHL requests per contact on it and on a quiet re-poll against the floor (contacts / page
 //!   size), then the diff throughput on unchanged pages: `Engine::diff_page` (normalise, hash,
@@ -26,6 +26,16 @@
 //!   second apart (the fake emits its webhook); change → delivery latency p50/p99 and GHL requests
 //!   per contact for the whole backfill, with `[sync] bulk_yields = false` (each pass finishes
 //!   first, the behaviour before issue 22) and `true` (the default) in the same run.
+//! - `locations`: one real daemon (`ghl-sync run`, a child process) over `SYNC_BENCH_LOCATIONS`
+//!   (default 200; a comma list runs each size in turn, e.g. `25,50,100,200`) new locations of
+//!   `SYNC_BENCH_LOCATION_CONTACTS` (default 2,000) contacts with tasks and notes, each location
+//!   limited to 100 per `SYNC_BENCH_WINDOW_MS` by the fake, polled every
+//!   `SYNC_BENCH_LOCATION_POLL_MS` (default 6 windows, GHL's 60 s scaled), with
+//!   `SYNC_BENCH_CONCURRENT` locations at a time (default: `[sync] max_concurrent_locations`),
+//!   measured for `SYNC_BENCH_LOCATION_SECONDS` (default 60) while every location backfills:
+//!   requests/s against the sum of the per-location ceilings, fairness (max/min requests per
+//!   location), the daemon's CPU and RSS per location, the store's commits/s, write-lock time
+//!   and rows/s.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods, reason = "benchmark code")]
 
@@ -236,6 +246,7 @@ async fn backfill(contacts: usize, window: Duration, task_search: bool) {
         window,
         share: settings.limits.ghl_burst_share,
         daily_budget: settings.limits.ghl_daily_budget,
+        bulk_daily_share: settings.limits.bulk_daily_share,
     };
     let app = App::build(config(settings)).await.unwrap();
     let location = sandbox.ghl.locations().remove(0).id;
@@ -555,13 +566,198 @@ async fn fresh_mode(contacts: usize, edits: usize, window: Duration, bulk_yields
     );
 }
 
+// ---- many locations on one daemon ------------------------------------------------------------
+
+/// A free port on 127.0.0.1 (bound, then released for the daemon).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// CPU time (user + system) of process `pid`, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let ticks: f64 = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0);
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let rest = text.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (field(11) + field(12)) / ticks
+}
+
+/// Sum of the samples of `name` (any labels) whose label set contains `filter`.
+fn metric_sum(text: &str, name: &str, filter: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (key, value) = line.rsplit_once(' ')?;
+            let metric = key.split('{').next()?;
+            (metric == name && key.contains(filter)).then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+async fn scrape(client: &reqwest::Client, port: u16) -> Option<String> {
+    let response = client.get(format!("http://127.0.0.1:{port}/metrics")).send().await.ok()?;
+    response.text().await.ok()
+}
+
+/// Rows of the snapshot (contacts + children) and the outbox, read from the daemon's database.
+async fn stored_rows(db: &Path) -> (i64, i64) {
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(db).read_only(true);
+    let Ok(pool) = sqlx::SqlitePool::connect_with(options).await else { return (0, 0) };
+    let snapshot: i64 = sqlx::query_scalar("SELECT (SELECT COUNT(*) FROM contacts) + (SELECT COUNT(*) FROM children)")
+        .fetch_one(&pool)
+        .await
+        .unwrap_or(0);
+    let outbox: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(&pool).await.unwrap_or(0);
+    pool.close().await;
+    (snapshot, outbox)
+}
+
+/// One real daemon (`ghl-sync run`, a child process) over `count` new locations of `contacts`
+/// contacts each (tasks and notes on) at the scaled rate limit, for `seconds`: every location
+/// backfills (contacts, then children, in yielding slices) and re-polls every `poll`.
+async fn locations(count: usize, contacts: usize, seconds: f64, window: Duration, poll: Duration, concurrent: usize) {
+    let ghl = GhlOptions {
+        locations: count,
+        contacts_per_location: contacts,
+        max_appointments_per_contact: 0,
+        burst_max: 100,
+        burst_window: window,
+        daily_max: 100_000_000,
+        ..GhlOptions::default()
+    };
+    let seeding = Instant::now();
+    let sandbox = start(ghl).await;
+    let seeded = seeding.elapsed();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ghl-sync.db");
+    let port = free_port();
+    let mut text = format!(
+        "[store]\npath = {db:?}\n[ghl]\nbase_url = \"{}\"\n[limits]\nghl_burst_window = \"{}ms\"\nghl_daily_budget = 100000000\n\
+         [sync]\nindex_lag_margin = \"0s\"\ncontacts_interval = \"{}ms\"\nmax_concurrent_locations = {concurrent}\n\
+         [server]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n\
+         [connectors.webhook.bench]\nurl = \"{}\"\n",
+        sandbox.ghl_url(),
+        window.as_millis(),
+        poll.as_millis(),
+        sandbox.sink_url("bench"),
+    );
+    for location in sandbox.ghl.locations() {
+        text.push_str(&format!("[[ghl.locations]]\nid = \"{}\"\npit = \"{}\"\n", location.id, location.pit));
+    }
+    let path = dir.path().join("ghl-sync.toml");
+    std::fs::write(&path, text).unwrap();
+    let quota = ghl_sync::http::QuotaSettings {
+        burst_max: 100,
+        window,
+        share: ghl_sync::config::LimitSettings::default().ghl_burst_share,
+        daily_budget: 100_000_000,
+        bulk_daily_share: 1.0,
+    };
+    let ceiling = quota.ceiling_per_second() * count as f64;
+    let client = reqwest::Client::builder().build().unwrap();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_ghl-sync"))
+        .args(["--config", path.to_str().unwrap(), "run"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = daemon.id();
+    // From the first answer of /metrics: the daemon is up, the scheduler about to start.
+    let up = Instant::now();
+    let before = loop {
+        if let Some(text) = scrape(&client, port).await {
+            break text;
+        }
+        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited at start");
+        assert!(up.elapsed() < Duration::from_secs(60), "the daemon did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let startup = up.elapsed();
+    let cpu_before = cpu_seconds(pid);
+    let requests_before = sandbox.ghl.requests_by_bucket();
+    let started = Instant::now();
+    let mut rss_max = 0;
+    while started.elapsed().as_secs_f64() < seconds {
+        rss_max = rss_max.max(status_kb(pid, "VmRSS:").unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu_before;
+    let requests_after = sandbox.ghl.requests_by_bucket();
+    let after = scrape(&client, port).await.unwrap_or_default();
+    let hwm = status_kb(pid, "VmHWM:").unwrap_or(0);
+    let (rows, outbox) = stored_rows(&db).await;
+    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let status = daemon.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut daemon.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "the daemon failed: {stderr}");
+    let stats = sandbox.ghl.stats();
+    sandbox.stop().await;
+
+    let per_location: Vec<u64> = requests_after
+        .iter()
+        .filter(|(key, _)| key.starts_with("location:"))
+        .map(|(key, n)| n - requests_before.get(key).copied().unwrap_or(0))
+        .collect();
+    let total: u64 = per_location.iter().sum();
+    let (min, max) = (per_location.iter().copied().min().unwrap_or(0), per_location.iter().copied().max().unwrap_or(0));
+    let commits = metric_sum(&after, "ghl_sync_store_writes_total", "outcome=\"committed\"")
+        - metric_sum(&before, "ghl_sync_store_writes_total", "outcome=\"committed\"");
+    let held = metric_sum(&after, "ghl_sync_store_write_hold_seconds_sum", "")
+        - metric_sum(&before, "ghl_sync_store_write_hold_seconds_sum", "");
+    let waited = metric_sum(&after, "ghl_sync_store_write_wait_seconds_sum", "")
+        - metric_sum(&before, "ghl_sync_store_write_wait_seconds_sum", "");
+    let rate = total as f64 / elapsed;
+    println!(
+        "locations: {count} locations x {contacts} contacts (tasks+notes), limit 100 per {window:?} per location \
+         (share {}), poll every {poll:?}, max_concurrent_locations {concurrent}; {elapsed:.0} s measured after a \
+         {:.1} s start (seeding {:.1} s)",
+        quota.share,
+        startup.as_secs_f64(),
+        seeded.as_secs_f64(),
+    );
+    println!(
+        "locations: {total} requests = {rate:.0} req/s of a {ceiling:.0} req/s ceiling ({:.1} %); per location \
+         min {min} max {max} (max/min {}); 429s {}; {} locations with 0 requests",
+        rate / ceiling * 100.0,
+        if min == 0 { "inf".to_owned() } else { format!("{:.2}", max as f64 / min as f64) },
+        stats.too_many_requests,
+        per_location.iter().filter(|n| **n == 0).count() + count.saturating_sub(per_location.len()),
+    );
+    println!(
+        "locations: daemon CPU {:.2} cores ({:.1} ms CPU per location-second); RSS max {:.0} MB, VmHWM {:.0} MB \
+         ({:.2} MB per location); store {:.0} commits/s, write lock held {:.0} % of the time, {:.2} s waited \
+         per s; {:.0} snapshot rows/s ({rows} rows), {outbox} outbox rows",
+        cpu / elapsed,
+        cpu * 1000.0 / (elapsed * count as f64),
+        rss_max as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        hwm as f64 / 1024.0 / count as f64,
+        commits / elapsed,
+        held / elapsed * 100.0,
+        waited / elapsed,
+        rows as f64 / (elapsed + startup.as_secs_f64()),
+    );
+}
+
 fn main() {
     if let Ok(contacts) = std::env::var(CHILD_ENV) {
         sandbox_child(contacts.parse().unwrap());
         return;
     }
     let full = std::env::args().any(|a| a == "--bench");
-    let sections: String = env("SYNC_BENCH", "diff,backfill,rss,latency,fresh".to_owned());
+    let sections: String = env("SYNC_BENCH", "diff,backfill,rss,latency,fresh,locations".to_owned());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let window = Duration::from_millis(env("SYNC_BENCH_WINDOW_MS", 2_000));
     println!("machine: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
@@ -593,6 +789,24 @@ fn main() {
         let window = if full { window } else { Duration::from_millis(200) };
         for bulk_yields in [false, true] {
             runtime.block_on(fresh_mode(contacts, edits, window, bulk_yields));
+        }
+    }
+    if sections.contains("locations") {
+        let (counts, contacts, seconds) = if full {
+            (
+                env("SYNC_BENCH_LOCATIONS", "200".to_owned()),
+                env("SYNC_BENCH_LOCATION_CONTACTS", 2_000),
+                env("SYNC_BENCH_LOCATION_SECONDS", 60.0),
+            )
+        } else {
+            ("3".to_owned(), 20, 1.0)
+        };
+        // The poll interval scaled like the window (GHL's 10 s → 2 s: 60 s → 12 s).
+        let poll = Duration::from_millis(env("SYNC_BENCH_LOCATION_POLL_MS", window.as_millis() as u64 * 6));
+        let concurrent =
+            env("SYNC_BENCH_CONCURRENT", ghl_sync::config::SyncSettings::default().max_concurrent_locations);
+        for count in counts.split(',').filter_map(|s| s.trim().parse().ok()) {
+            runtime.block_on(locations(count, contacts, seconds, window, poll, concurrent));
         }
     }
 }

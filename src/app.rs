@@ -70,6 +70,7 @@ pub(crate) async fn build_workers(
         window: settings.limits.ghl_burst_window.get(),
         share: settings.limits.ghl_burst_share,
         daily_budget: settings.limits.ghl_daily_budget,
+        bulk_daily_share: settings.limits.bulk_daily_share,
     }));
     let api = ApiClient::new(
         ClientSettings {

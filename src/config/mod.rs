@@ -324,6 +324,9 @@ pub struct LimitSettings {
     pub ghl_burst_share: f64,
     /// Requests per location per day the daemon allows itself (GHL's cap is 200,000).
     pub ghl_daily_budget: u64,
+    /// Share (0–1] of the day's budget bulk work (children backfill and sweep, reconciliation,
+    /// exports) may spend; incremental work (webhooks, polls, write-backs) keeps the rest.
+    pub bulk_daily_share: f64,
     pub connect_timeout: Dur,
     pub request_timeout: Dur,
     /// Retries of a retryable failure before giving up for this run.
@@ -339,6 +342,7 @@ impl Default for LimitSettings {
             ghl_burst_window: Dur::secs(10),
             ghl_burst_share: 0.9,
             ghl_daily_budget: 180_000,
+            bulk_daily_share: 0.5,
             connect_timeout: Dur::secs(5),
             request_timeout: Dur::secs(30),
             max_retries: 6,

@@ -216,6 +216,25 @@ fn four_different_mistakes_are_all_reported_with_their_key_paths() {
 }
 
 #[test]
+fn the_bulk_daily_share_defaults_to_half_and_a_bad_one_is_named() {
+    let config = load("", &[]).unwrap();
+    assert!((config.settings.limits.bulk_daily_share - 0.5).abs() < f64::EPSILON);
+    for bad in ["0", "1.5", "-0.2"] {
+        let found = problems(&format!("[limits]\nbulk_daily_share = {bad}\n"));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.starts_with("limits.bulk_daily_share: must be a share greater than 0 and at most 1")),
+            "{bad}: {found:#?}"
+        );
+    }
+    let found = problems_with("", &[("GHL_SYNC__LIMITS__BULK_DAILY_SHARE", "2")]);
+    assert!(found.iter().any(|p| p.starts_with("GHL_SYNC__LIMITS__BULK_DAILY_SHARE: must be a share")), "{found:#?}");
+    let config = load("[limits]\nbulk_daily_share = 0.25\n", &[]).unwrap();
+    assert!((config.settings.limits.bulk_daily_share - 0.25).abs() < f64::EPSILON);
+}
+
+#[test]
 fn a_relative_url_names_its_key() {
     let found = problems("[connectors.webhook.slack]\nurl = \"/hook\"\n");
     assert_eq!(found, vec!["connectors.webhook.slack.url: relative URL without a base: \"/hook\"".to_owned()]);

@@ -221,6 +221,11 @@ impl LimitSettings {
             "must be a share greater than 0 and at most 1",
         );
         v.check(self.ghl_daily_budget >= 1, "limits.ghl_daily_budget", "must be at least 1");
+        v.check(
+            share(self.bulk_daily_share) && self.bulk_daily_share > 0.0,
+            "limits.bulk_daily_share",
+            "must be a share greater than 0 and at most 1",
+        );
         v.check(!self.request_timeout.get().is_zero(), "limits.request_timeout", "must be greater than zero");
         v.check(!self.connect_timeout.get().is_zero(), "limits.connect_timeout", "must be greater than zero");
     }

@@ -1,13 +1,27 @@
 //! Keyed rate limiting: one budget per (service, bucket) where a bucket is a GHL location
-//! (or company) or a connector's API key. A `governor` GCRA limiter paces requests; the
-//! server's own rate-limit headers correct it; a daily budget is split by priority.
+//! (or company) or a connector's API key. A GCRA pacer spaces requests; the server's own
+//! rate-limit headers correct it; the daily budget is split by priority.
+//!
+//! Budget by priority (issue 22), in both horizons:
+//! - **The window.** Requests waiting on one bucket queue by priority (webhook > poll >
+//!   write-back > sweep > reconcile > export), first come first served within a priority: the
+//!   next slot the pacer frees goes to the highest priority waiting, so a webhook or poll
+//!   request never queues behind a stream of sweep requests, and bulk work uses exactly what
+//!   incremental work leaves.
+//! - **The day.** Each priority stops when the budget left falls to its reserve, and the bulk
+//!   priorities (sweep, reconcile, export) together never spend more than
+//!   `bulk_daily_share` of the day's budget.
+//!
+//! The pacer runs on tokio's clock, so tests can pause time.
 
-use std::collections::HashMap;
-use std::num::NonZeroU32;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::LimitScope;
 
@@ -39,6 +53,11 @@ impl Priority {
             Priority::Reconcile => 0.15,
             Priority::Export => 0.20,
         }
+    }
+
+    /// Bulk work: it may use what incremental work leaves, within `bulk_daily_share` of the day.
+    pub fn is_bulk(self) -> bool {
+        matches!(self, Priority::Sweep | Priority::Reconcile | Priority::Export)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +92,9 @@ pub struct QuotaSettings {
     pub share: f64,
     /// Our own daily cap per bucket.
     pub daily_budget: u64,
+    /// Share (0–1] of the day's budget the bulk priorities (sweep, reconcile, export) may
+    /// spend together; incremental work keeps the rest.
+    pub bulk_daily_share: f64,
 }
 
 impl QuotaSettings {
@@ -85,17 +107,42 @@ impl QuotaSettings {
     pub fn ceiling_per_second(&self) -> f64 {
         f64::from(self.allowed_per_window()) / self.window.as_secs_f64()
     }
+
+    /// Requests per bucket and day the bulk priorities may spend together, of a day's `limit`.
+    fn bulk_cap(&self, limit: u64) -> u64 {
+        (limit as f64 * self.bulk_daily_share.clamp(0.0, 1.0)).floor() as u64
+    }
 }
 
-#[derive(Debug, Default, Clone)]
+/// A request waiting for a slot: lower sorts first (priority, then arrival).
+type Ticket = (Priority, u64);
+
+#[derive(Debug, Default)]
 struct Bucket {
     paused_until: Option<Instant>,
+    /// GCRA's theoretical arrival time of the next request.
+    tat: Option<Instant>,
     day: i64,
     used_today: u64,
+    /// Of `used_today`, what the bulk priorities spent.
+    bulk_used_today: u64,
     daily_remaining: Option<u64>,
     daily_limit: Option<u64>,
     remaining: Option<u64>,
     max: Option<u64>,
+    /// Requests waiting for a slot; the first one is the only one that may take the next.
+    waiting: BTreeSet<Ticket>,
+    /// Bumped whenever the first waiter may have changed; waiters re-check on a change.
+    generation: u64,
+    changed: Arc<Notify>,
+}
+
+impl Bucket {
+    /// Wakes the waiters: the first in line may be another now.
+    fn bump(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+        self.changed.notify_waiters();
+    }
 }
 
 /// A snapshot of one bucket, for metrics and `status`.
@@ -107,11 +154,48 @@ pub struct BucketSnapshot {
     pub remaining: Option<u64>,
 }
 
+/// GCRA (the generic cell rate algorithm, as in `governor`): a request is allowed when the
+/// theoretical arrival time is at most `tau` ahead; each request moves it `t` on.
+#[derive(Debug, Clone, Copy)]
+struct Gcra {
+    /// Emission interval: the window over the requests allowed in it.
+    t: Duration,
+    /// Burst tolerance: `t × (burst − 1)`.
+    tau: Duration,
+}
+
+impl Gcra {
+    /// Takes a slot at `now`, or says when the next one frees.
+    fn take(&self, tat: &mut Option<Instant>, now: Instant) -> Result<(), Instant> {
+        let at = tat.unwrap_or(now);
+        if let Some(earliest) = at.checked_sub(self.tau)
+            && now < earliest
+        {
+            return Err(earliest);
+        }
+        *tat = Some(at.max(now) + self.t);
+        Ok(())
+    }
+}
+
+/// What a waiting request does next.
+enum Step {
+    Granted,
+    Refused(LimitScope),
+    /// Not first in line, or first but the bucket has no slot before `until`.
+    Wait {
+        until: Option<Instant>,
+        generation: u64,
+        changed: Arc<Notify>,
+    },
+}
+
 /// Rate limits of one service, keyed by bucket.
 pub struct RateLimits {
     quota: QuotaSettings,
-    limiter: DefaultKeyedRateLimiter<String>,
+    gcra: Gcra,
     buckets: Mutex<HashMap<String, Bucket>>,
+    tickets: AtomicU64,
     /// 429 answers per bucket since this limiter was built (never reset; readers diff it).
     rate_limited: Mutex<HashMap<String, u64>>,
 }
@@ -132,6 +216,24 @@ fn day_number() -> i64 {
     crate::store::now_ms() / 86_400_000
 }
 
+/// Takes a waiting request out of its bucket's line when it leaves for any reason (granted,
+/// refused, or its caller gave up), so the next in line is never blocked by a gone request.
+struct InLine<'a> {
+    limits: &'a RateLimits,
+    bucket: &'a str,
+    ticket: Ticket,
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        self.limits.with_bucket(self.bucket, |state| {
+            if state.waiting.remove(&self.ticket) {
+                state.bump();
+            }
+        });
+    }
+}
+
 impl RateLimits {
     pub fn new(quota: QuotaSettings) -> Self {
         let allowed = quota.allowed_per_window();
@@ -146,14 +248,12 @@ impl RateLimits {
         let headroom = quota.burst_max.saturating_sub(allowed);
         let reserve = 2 * (low_water(u64::from(quota.burst_max)) as u32 + 1);
         let burst = headroom.saturating_sub(reserve).clamp(1, allowed.max(1));
-        let period = quota.window / allowed.max(1);
-        let governor_quota = Quota::with_period(period.max(Duration::from_micros(1)))
-            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+        let t = (quota.window / allowed.max(1)).max(Duration::from_micros(1));
         Self {
             quota,
-            limiter: RateLimiter::keyed(governor_quota),
+            gcra: Gcra { t, tau: t * (burst - 1) },
             buckets: Mutex::new(HashMap::new()),
+            tickets: AtomicU64::new(0),
             rate_limited: Mutex::new(HashMap::new()),
         }
     }
@@ -169,38 +269,91 @@ impl RateLimits {
         if state.day != today {
             state.day = today;
             state.used_today = 0;
+            state.bulk_used_today = 0;
             state.daily_remaining = None;
         }
         f(state)
     }
 
-    /// Waits until a request in `bucket` at `priority` may be sent, or refuses it when the
-    /// daily budget left is below the priority's reserve.
-    pub async fn acquire(&self, bucket: &str, priority: Priority) -> Result<(), LimitScope> {
-        loop {
-            let (paused_until, refused) = self.with_bucket(bucket, |state| {
-                let budget_left = self.quota.daily_budget.saturating_sub(state.used_today);
-                let left = match state.daily_remaining {
-                    Some(server) => budget_left.min(server),
-                    None => budget_left,
-                };
-                let limit = state.daily_limit.map_or(self.quota.daily_budget, |l| l.min(self.quota.daily_budget));
-                let reserve = (limit as f64 * priority.daily_reserve()).ceil() as u64;
-                let refused = left == 0 || (priority != Priority::Webhook && left <= reserve);
-                (state.paused_until, refused)
-            });
-            if refused {
-                return Err(LimitScope::Daily);
+    /// Whether the day's budget refuses a request at `priority` now.
+    fn refused_today(&self, state: &Bucket, priority: Priority) -> bool {
+        let budget_left = self.quota.daily_budget.saturating_sub(state.used_today);
+        let left = match state.daily_remaining {
+            Some(server) => budget_left.min(server),
+            None => budget_left,
+        };
+        let limit = state.daily_limit.map_or(self.quota.daily_budget, |l| l.min(self.quota.daily_budget));
+        let reserve = (limit as f64 * priority.daily_reserve()).ceil() as u64;
+        left == 0
+            || (priority != Priority::Webhook && left <= reserve)
+            || (priority.is_bulk() && state.bulk_used_today >= self.quota.bulk_cap(limit))
+    }
+
+    /// One look at the bucket for the request holding `ticket`.
+    fn step(&self, bucket: &str, ticket: Ticket) -> Step {
+        let (priority, _) = ticket;
+        self.with_bucket(bucket, |state| {
+            if self.refused_today(state, priority) {
+                return Step::Refused(LimitScope::Daily);
             }
-            match paused_until {
-                Some(until) if until > Instant::now() => tokio::time::sleep_until(until.into()).await,
-                _ => break,
+            let wait = |state: &Bucket, until| Step::Wait {
+                until,
+                generation: state.generation,
+                changed: state.changed.clone(),
+            };
+            if state.waiting.first() != Some(&ticket) {
+                return wait(state, None);
+            }
+            let now = Instant::now();
+            if let Some(until) = state.paused_until.filter(|until| *until > now) {
+                return wait(state, Some(until));
+            }
+            match self.gcra.take(&mut state.tat, now) {
+                Ok(()) => {
+                    state.used_today += 1;
+                    if priority.is_bulk() {
+                        state.bulk_used_today += 1;
+                    }
+                    Step::Granted
+                }
+                Err(until) => wait(state, Some(until)),
+            }
+        })
+    }
+
+    /// Waits until a request in `bucket` at `priority` may be sent, or refuses it when the
+    /// day's budget left for its priority is spent. Requests waiting on one bucket are served
+    /// highest priority first, in arrival order within a priority.
+    pub async fn acquire(&self, bucket: &str, priority: Priority) -> Result<(), LimitScope> {
+        let ticket = (priority, self.tickets.fetch_add(1, Ordering::Relaxed));
+        self.with_bucket(bucket, |state| {
+            state.waiting.insert(ticket);
+        });
+        // Leaving the line (on return or when the caller drops this future) lets the next in.
+        let _in_line = InLine { limits: self, bucket, ticket };
+        loop {
+            let (until, generation, changed) = match self.step(bucket, ticket) {
+                Step::Granted => return Ok(()),
+                Step::Refused(scope) => return Err(scope),
+                Step::Wait { until, generation, changed } => (until, generation, changed),
+            };
+            // Registered before the re-check, so a change in between is not missed.
+            let notified = changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.with_bucket(bucket, |state| state.generation) != generation {
+                continue;
+            }
+            match until {
+                Some(until) => {
+                    tokio::select! {
+                        _ = notified => {},
+                        _ = tokio::time::sleep_until(until) => {},
+                    }
+                }
+                None => notified.await,
             }
         }
-        let key = bucket.to_owned();
-        self.limiter.until_key_ready(&key).await;
-        self.with_bucket(bucket, |state| state.used_today += 1);
-        Ok(())
     }
 
     /// Corrects the bucket from what the server said.
@@ -274,31 +427,42 @@ impl RateLimits {
 mod tests {
     use super::*;
 
+    use proptest::prelude::*;
+
     fn quota(burst_max: u32, share: f64, daily: u64) -> QuotaSettings {
-        QuotaSettings { burst_max, window: Duration::from_secs(10), share, daily_budget: daily }
+        QuotaSettings { burst_max, window: Duration::from_secs(10), share, daily_budget: daily, bulk_daily_share: 1.0 }
     }
 
-    #[test]
-    fn the_limiter_never_allows_more_than_the_server_limit_in_a_window() {
+    /// Takes a slot at once if the bucket has one (no waiting, no line).
+    fn take_now(limits: &RateLimits, bucket: &str) -> bool {
+        limits.with_bucket(bucket, |state| limits.gcra.take(&mut state.tat, Instant::now()).is_ok())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_limiter_never_allows_more_than_the_server_limit_in_a_window() {
         let limits = RateLimits::new(quota(100, 0.9, 1000));
         // Without waiting, only the burst is available at once.
-        let key = "loc".to_owned();
-        let immediate = (0..200).filter(|_| limits.limiter.check_key(&key).is_ok()).count();
+        let immediate = (0..200).filter(|_| take_now(&limits, "loc")).count();
         assert_eq!(immediate, 4);
         // Burst plus a window of steady pacing stays above the low-water mark with as much
         // again to spare, so our own traffic never triggers the header-correction pause.
         assert!((immediate as u64 + 90) + low_water(100) < 100 - low_water(100));
         assert_eq!(quota(100, 0.9, 1).allowed_per_window(), 90);
         assert!((quota(100, 0.9, 1).ceiling_per_second() - 9.0).abs() < 1e-9);
+        // A whole window later, a window's worth more: 90 paced slots (and the burst again).
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let next = (0..200).filter(|_| take_now(&limits, "loc")).count();
+        assert!(next <= 90 + 4, "{next} slots after one window");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn low_priorities_yield_when_the_daily_budget_runs_short() {
         let limits = RateLimits::new(QuotaSettings {
             burst_max: 1000,
             window: Duration::from_secs(1),
             share: 1.0,
             daily_budget: 100,
+            bulk_daily_share: 1.0,
         });
         limits.observe(
             "loc",
@@ -313,15 +477,18 @@ mod tests {
         assert_eq!(limits.acquire("loc", Priority::Webhook).await, Err(LimitScope::Daily));
         // Other buckets are unaffected.
         assert_eq!(limits.acquire("other", Priority::Export).await, Ok(()));
+        // A refused request left the line: the next one is not blocked behind it.
+        assert!(limits.with_bucket("loc", |state| state.waiting.is_empty()));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_nearly_spent_window_pauses_the_bucket() {
         let limits = RateLimits::new(QuotaSettings {
             burst_max: 100,
             window: Duration::from_millis(200),
             share: 1.0,
             daily_budget: 100,
+            bulk_daily_share: 1.0,
         });
         limits.observe(
             "loc",
@@ -334,6 +501,157 @@ mod tests {
         );
         let started = Instant::now();
         limits.acquire("loc", Priority::Poll).await.unwrap();
-        assert!(started.elapsed() >= Duration::from_millis(150));
+        // Paused clock: time moved only because the limiter slept.
+        assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+
+    /// Spawns one `acquire` per priority, each recording its grant in `granted`.
+    fn spawn_acquires(
+        limits: &Arc<RateLimits>,
+        granted: &Arc<Mutex<Vec<Priority>>>,
+        priorities: &[Priority],
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        priorities
+            .iter()
+            .map(|&priority| {
+                let (limits, granted) = (limits.clone(), granted.clone());
+                tokio::spawn(async move {
+                    limits.acquire("loc", priority).await.unwrap();
+                    granted.lock().unwrap().push(priority);
+                })
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_or_webhook_request_issued_later_goes_before_queued_sweep_requests() {
+        // 100 per 10 s at 0.9: burst 4, then one slot every 111 ms.
+        let limits = Arc::new(RateLimits::new(quota(100, 0.9, 1_000_000)));
+        let granted = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = spawn_acquires(&limits, &granted, &[Priority::Sweep; 30]);
+        // Every sweep request is in line; the burst went to the first four.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(granted.lock().unwrap().len(), 4);
+        assert_eq!(limits.with_bucket("loc", |state| state.waiting.len()), 26);
+        // Later arrivals of higher priority: served before every sweep request still waiting,
+        // highest first, whatever their order of arrival.
+        tasks.extend(spawn_acquires(&limits, &granted, &[Priority::Poll, Priority::Export, Priority::Webhook]));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let order = granted.lock().unwrap().clone();
+        assert_eq!(order.len(), 33);
+        assert_eq!(
+            &order[..6],
+            &[Priority::Sweep, Priority::Sweep, Priority::Sweep, Priority::Sweep, Priority::Webhook, Priority::Poll]
+        );
+        assert!(order[6..32].iter().all(|p| *p == Priority::Sweep));
+        // Export is the lowest: it goes when the sweep line is empty.
+        assert_eq!(order[32], Priority::Export);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_that_gives_up_leaves_the_line() {
+        let limits = Arc::new(RateLimits::new(quota(100, 0.9, 1_000_000)));
+        for _ in 0..4 {
+            limits.acquire("loc", Priority::Poll).await.unwrap();
+        }
+        // The next slot is 111 ms away; a poll request gives up before it.
+        let gave_up = tokio::time::timeout(Duration::from_millis(10), limits.acquire("loc", Priority::Poll)).await;
+        assert!(gave_up.is_err());
+        assert!(limits.with_bucket("loc", |state| state.waiting.is_empty()));
+        // A sweep request behind it is not blocked by the gone request.
+        limits.acquire("loc", Priority::Sweep).await.unwrap();
+        assert_eq!(limits.with_bucket("loc", |state| state.used_today), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bulk_work_stops_at_its_share_of_the_day_while_webhooks_and_polls_go_on() {
+        let limits = RateLimits::new(QuotaSettings {
+            burst_max: 1000,
+            window: Duration::from_secs(1),
+            share: 1.0,
+            daily_budget: 100,
+            bulk_daily_share: 0.3,
+        });
+        for i in 0..30 {
+            let priority = [Priority::Sweep, Priority::Reconcile, Priority::Export][i % 3];
+            assert_eq!(limits.acquire("loc", priority).await, Ok(()), "bulk request {i}");
+        }
+        // 30 of 100 spent by bulk work: every bulk priority is refused from now on…
+        for priority in [Priority::Sweep, Priority::Reconcile, Priority::Export] {
+            assert_eq!(limits.acquire("loc", priority).await, Err(LimitScope::Daily), "{priority:?}");
+        }
+        // …while incremental work still has the rest of the day.
+        for priority in [Priority::Webhook, Priority::Poll, Priority::WriteBack] {
+            assert_eq!(limits.acquire("loc", priority).await, Ok(()), "{priority:?}");
+        }
+        // The share is of the day's limit the server states, when it is lower than ours.
+        limits.observe("other", LimitObservation { daily_limit: Some(10), ..Default::default() });
+        for _ in 0..3 {
+            assert_eq!(limits.acquire("other", Priority::Sweep).await, Ok(()));
+        }
+        assert_eq!(limits.acquire("other", Priority::Sweep).await, Err(LimitScope::Daily));
+        assert_eq!(limits.acquire("other", Priority::Webhook).await, Ok(()));
+    }
+
+    /// Largest number of `times` (sorted) inside any window of length `window`.
+    fn most_in_a_window(times: &[Instant], window: Duration) -> usize {
+        let mut most = 0;
+        let mut first = 0;
+        for (last, at) in times.iter().enumerate() {
+            while *at - times[first] >= window {
+                first += 1;
+            }
+            most = most.max(last - first + 1);
+        }
+        most
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Whatever mix of priorities arrives whenever, the grants in any window stay below the
+        /// server's limit (and its low-water mark), and every request is granted.
+        #[test]
+        fn no_mix_of_priorities_exceeds_the_window_limit(
+            arrivals in proptest::collection::vec((0usize..6, 0u64..3_000), 1..400),
+            share in 0.5f64..=1.0,
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+            let expected = arrivals.len();
+            let (most, count, limit) = runtime.block_on(async move {
+                let window = Duration::from_secs(1);
+                let quota = QuotaSettings { burst_max: 100, window, share, daily_budget: 1_000_000, bulk_daily_share: 1.0 };
+                let limits = Arc::new(RateLimits::new(quota));
+                let start = Instant::now();
+                let mut tasks = Vec::new();
+                for (priority, at) in arrivals.iter().copied() {
+                    let priority = [
+                        Priority::Webhook,
+                        Priority::Poll,
+                        Priority::WriteBack,
+                        Priority::Sweep,
+                        Priority::Reconcile,
+                        Priority::Export,
+                    ][priority];
+                    let limits = limits.clone();
+                    tasks.push(tokio::spawn(async move {
+                        tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+                        limits.acquire("loc", priority).await.unwrap();
+                        Instant::now()
+                    }));
+                }
+                let mut times = Vec::new();
+                for task in tasks {
+                    times.push(task.await.unwrap());
+                }
+                times.sort();
+                (most_in_a_window(&times, window), times.len(), 100 - low_water(100))
+            });
+            prop_assert_eq!(count, expected);
+            prop_assert!(most < limit as usize, "{} grants in one window", most);
+        }
     }
 }

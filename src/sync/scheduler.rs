@@ -304,8 +304,16 @@ async fn run(
         None => true,
     };
     if due {
-        let summary = engine.reconcile(location, RunOptions::default()).await?;
-        tracing::info!(listed = summary.contacts_seen, deletes = summary.changes(), "Reconciled `{location}`");
+        match engine.reconcile(location, RunOptions::default()).await {
+            Ok(summary) => {
+                tracing::info!(listed = summary.contacts_seen, deletes = summary.changes(), "Reconciled `{location}`");
+            }
+            // Bulk work's share of today's budget is spent: reconciliation waits for a later pass.
+            Err(error) if error.is_budget_spent() => {
+                tracing::debug!("Reconciliation of `{location}` waits: today's budget for bulk work is spent");
+            }
+            Err(error) => return Err(error),
+        }
     }
     Ok(false)
 }

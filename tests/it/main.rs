@@ -26,6 +26,7 @@ mod lucky_orange;
 mod lucky_orange_browser;
 mod lusha;
 mod once;
+mod priority;
 mod reliability;
 mod rules;
 mod rules_cli;

@@ -129,6 +129,8 @@ impl LushaClient {
             window: Duration::from_secs(60),
             share: 1.0,
             daily_budget: u64::from(settings.limits.per_day),
+            // Lusha's calls are all incremental work.
+            bulk_daily_share: 1.0,
         }));
         let api = ApiClient::new(
             ClientSettings {

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ghl::{GhlClient, GhlError};
+use crate::http::{HttpError, LimitScope};
 use crate::store::snapshot::{Commit, Committed};
 use crate::store::{Store, StoreError, cursors, locations, runs};
 
@@ -195,6 +196,14 @@ pub enum SyncError {
     NeedsReauth(String),
 }
 
+impl SyncError {
+    /// Our own rate limiter refused the request for today (`[limits]`: the day's budget, or
+    /// the bulk priorities' `bulk_daily_share` of it); GHL was not called.
+    pub fn is_budget_spent(&self) -> bool {
+        matches!(self, SyncError::Ghl(GhlError::Http(HttpError::BudgetExhausted { scope: LimitScope::Daily, .. })))
+    }
+}
+
 /// The sync engine for every location.
 pub struct Engine {
     store: Store,
@@ -208,6 +217,23 @@ pub struct Engine {
     /// Per location, the contacts a yielded children backlog read that stayed due: a resumed
     /// bulk run skips them (each is read once per pass, not once per slice).
     backlog_seen: std::sync::Mutex<HashMap<String, HashSet<String>>>,
+}
+
+/// Bulk work refused by the day's budget (the bulk share of it, usually) is not a failed pass:
+/// what was read is committed, the rest waits for the next pass, and the incremental work of
+/// this one counts as done. `Done` rather than `Left`, so the scheduler does not resume it at
+/// once (it would be refused again); the next full pass tries again.
+fn bulk_budget_spent(
+    location: &str,
+    outcome: Result<children::Backlog, SyncError>,
+) -> Result<children::Backlog, SyncError> {
+    match outcome {
+        Err(error) if error.is_budget_spent() => {
+            tracing::debug!("Bulk work for `{location}` waits for the next pass: today's budget for it is spent");
+            Ok(children::Backlog::Done)
+        }
+        other => other,
+    }
 }
 
 /// Whether a bulk run may sweep (full passes only: one sweep quota per pass).
@@ -400,16 +426,17 @@ impl Engine {
     ) -> Result<(), SyncError> {
         // A full pass starts its backlog afresh; a resumed bulk run continues it.
         let resume = sweep == Sweep::No;
-        if self.sync_due_children(location, options, summary, should_yield, resume).await? == children::Backlog::Left {
+        let backlog = self.sync_due_children(location, options, summary, should_yield, resume).await;
+        if bulk_budget_spent(location, backlog)? == children::Backlog::Left {
             summary.bulk_remaining = true;
             return Ok(());
         }
-        if sweep == Sweep::Yes
-            && !options.skip_sweep
-            && self.sweep_children(location, options, summary, should_yield).await? == children::Backlog::Left
-        {
-            // Reconciliation (bulk too) waits for the resumed run, after the waiting work.
-            summary.bulk_remaining = true;
+        if sweep == Sweep::Yes && !options.skip_sweep {
+            let swept = self.sweep_children(location, options, summary, should_yield).await;
+            if bulk_budget_spent(location, swept)? == children::Backlog::Left {
+                // Reconciliation (bulk too) waits for the resumed run, after the waiting work.
+                summary.bulk_remaining = true;
+            }
         }
         Ok(())
     }

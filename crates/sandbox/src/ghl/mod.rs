@@ -662,6 +662,12 @@ impl FakeGhl {
         self.lock().stats.clone()
     }
 
+    /// Requests accepted today per rate-limit bucket: `location:<id>` (a location's token) or
+    /// `company:<id>` (the agency's). Not reset by [`FakeGhl::reset_stats`].
+    pub fn requests_by_bucket(&self) -> BTreeMap<String, u64> {
+        self.lock().daily_used_by_bucket()
+    }
+
     /// Zeroes the counters.
     pub fn reset_stats(&self) {
         self.lock().stats = GhlStats::default();

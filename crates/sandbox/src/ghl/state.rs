@@ -842,6 +842,11 @@ impl State {
         }
     }
 
+    /// Requests accepted today per bucket (`location:<id>`, `company:<id>`).
+    pub(crate) fn daily_used_by_bucket(&self) -> std::collections::BTreeMap<String, u64> {
+        self.buckets.iter().map(|(key, bucket)| (key.clone(), bucket.daily_used)).collect()
+    }
+
     /// Takes one request from `bucket`; false (and a 429 counted) when over a limit.
     pub(crate) fn rate_take(&mut self, bucket: &str) -> (bool, RateHeaders) {
         let headers = self.rate_peek(Some(bucket));
