@@ -189,6 +189,9 @@ pub async fn enqueue_folding(
     Ok(outcomes)
 }
 
+/// Pending rows by entity id: their id and operation.
+type PendingRows = HashMap<String, (i64, String)>;
+
 /// One round of [`enqueue_folding`]: `round` names each record at most once.
 async fn enqueue_round(
     conn: &mut SqliteConnection,
@@ -202,7 +205,7 @@ async fn enqueue_round(
         ids.entry((change.connector, change.entity)).or_default().push(change.entity_id);
     }
     // The pending row of each record (at most one exists; the oldest if ever more).
-    let mut pending: HashMap<(&str, EntityKind), HashMap<String, (i64, String)>> = HashMap::new();
+    let mut pending: HashMap<(&str, EntityKind), PendingRows> = HashMap::new();
     for ((connector, entity), ids) in &ids {
         let found = pending.entry((*connector, *entity)).or_default();
         for chunk in ids.chunks(LOOKUP_IDS) {
