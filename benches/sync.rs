@@ -6,7 +6,10 @@
 //! - `diff`: one backfill of `SYNC_BENCH_CONTACTS` contacts (fast limits, tasks/notes off),
 //!   GHL requests per contact on it and on a quiet re-poll against the floor (contacts / page
 //!   size), then the diff throughput on unchanged pages: `Engine::diff_page` (normalise, hash,
-//!   snapshot lookup, the page's transaction) over every page again, HTTP excluded.
+//!   snapshot lookup, the page's transaction) over every page again, HTTP excluded
+//!   (`SYNC_BENCH_ROUNDS` rounds, default 3; 1 above 200,000 contacts, where the pages are
+//!   re-read from the fake each round instead of held in memory). The backfill's contacts/s
+//!   is the new-contact figure (one webhook connector: an outbox row per contact).
 //! - `backfill`: a backfill with tasks and notes under real-shaped limits (100 per
 //!   `SYNC_BENCH_WINDOW_MS`, default 2000; GHL's is 10000, share 0.9 as the daemon's default)
 //!   against the rate-limit floor (requests needed ÷ allowed rate); 429s; GHL requests per
@@ -15,7 +18,7 @@
 //! - `rss`: peak RSS (VmHWM) of a real `ghl-sync sync --once` child process syncing a large
 //!   location (`SYNC_BENCH_RSS`, default `100000,1000000` contacts, tasks/notes off) from a
 //!   sandbox in another child process (this binary re-executed), so the fake's memory is not
-//!   counted.
+//!   counted. `SYNC_BENCH_DAEMON` runs another build of `ghl-sync` instead of this one's.
 //! - `latency`: the full daemon (`App::run_until_stopped`, HTTP server, dispatcher) — from a
 //!   GHL change (the fake emits its signed webhook) to the delivery at the webhook sink,
 //!   p50/p99, driven by webhook hints, then without webhooks (poll every
@@ -138,6 +141,9 @@ async fn count(app: &App, sql: &str) -> i64 {
 
 // ---- diff throughput and requests per contact -----------------------------------------------
 
+/// Above this many contacts the diff section re-reads its pages each round instead of holding them.
+const HELD_PAGES_UP_TO: usize = 200_000;
+
 async fn diff(contacts: usize, rounds: usize) {
     let sandbox = start(fast(contacts, false)).await;
     let dir = tempfile::tempdir().unwrap();
@@ -175,39 +181,66 @@ async fn diff(contacts: usize, rounds: usize) {
         summary.contacts_seen
     );
 
-    // Every page as GHL sends it, read once; then the commit path alone, timed.
-    let mut pages = Vec::new();
-    let mut request = SearchRequest::updated_since(&location, page_size, None);
-    loop {
-        let page = app.ghl.search_contacts(&request, Priority::Poll).await.unwrap();
-        let n = page.contacts.len();
-        request.search_after = page.contacts.last().and_then(|c| c.get("searchAfter")).cloned();
-        pages.push(page.contacts);
-        if n < page_size as usize {
-            break;
+    // Every page as GHL sends it; then the commit path alone, timed. Up to
+    // `HELD_PAGES_UP_TO` contacts the pages are read once and held (each round diffs them
+    // back to back); above it they would not fit in memory (1M contacts as JSON values are
+    // several GB), so each round re-reads every page and times only `diff_page`.
+    let held = contacts <= HELD_PAGES_UP_TO;
+    let read_all = || async {
+        let mut pages = Vec::new();
+        let mut request = SearchRequest::updated_since(&location, page_size, None);
+        loop {
+            let page = app.ghl.search_contacts(&request, Priority::Poll).await.unwrap();
+            let n = page.contacts.len();
+            request.search_after = page.contacts.last().and_then(|c| c.get("searchAfter")).cloned();
+            pages.push(page.contacts);
+            if n < page_size as usize || !held {
+                return pages;
+            }
         }
-    }
+    };
+    let pages = if held { read_all().await } else { Vec::new() };
     let mut best = f64::MAX;
     let mut total = Duration::ZERO;
+    let mut page_count = pages.len();
     for _ in 0..rounds {
-        let copies = pages.clone();
-        let started = Instant::now();
+        let mut elapsed = Duration::ZERO;
         let mut seen = 0;
-        for page in copies {
+        let mut diff_one = async |page: Vec<serde_json::Value>| {
+            let started = Instant::now();
             let summary = app.engine.diff_page(&location, page).await.unwrap();
+            elapsed += started.elapsed();
             assert_eq!(summary.contacts_changed, 0, "nothing changed");
             seen += summary.contacts_seen;
+        };
+        if held {
+            for page in pages.clone() {
+                diff_one(page).await;
+            }
+        } else {
+            page_count = 0;
+            let mut request = SearchRequest::updated_since(&location, page_size, None);
+            loop {
+                let page = app.ghl.search_contacts(&request, Priority::Poll).await.unwrap();
+                let n = page.contacts.len();
+                request.search_after = page.contacts.last().and_then(|c| c.get("searchAfter")).cloned();
+                page_count += 1;
+                diff_one(page.contacts).await;
+                if n < page_size as usize {
+                    break;
+                }
+            }
         }
-        let elapsed = started.elapsed();
         assert_eq!(seen, contacts as u64);
         total += elapsed;
         best = best.min(elapsed.as_secs_f64());
     }
     assert_eq!(count(&app, "SELECT COUNT(*) FROM outbox").await, outbox_before);
-    // The CPU share of it: normalise + hash alone.
-    let copies = pages.clone();
+    // The CPU share of it: normalise + hash alone (on the held pages, else on one page).
+    let sample = if held { pages } else { read_all().await };
+    let sampled: usize = sample.iter().map(Vec::len).sum();
     let started = Instant::now();
-    for page in copies {
+    for page in sample {
         for item in page {
             let serde_json::Value::Object(map) = item else { continue };
             std::hint::black_box(contact_hash(&normalize_contact(map), &[]));
@@ -215,12 +248,12 @@ async fn diff(contacts: usize, rounds: usize) {
     }
     let cpu = started.elapsed().as_secs_f64();
     println!(
-        "diff throughput (unchanged, {contacts} contacts in {} pages, {rounds} rounds): best {:.0} contacts/s, \
+        "diff throughput (unchanged, {contacts} contacts in {page_count} pages, {rounds} rounds, pages {}): best {:.0} contacts/s, \
          mean {:.0} contacts/s (normalise + hash alone: {:.0} contacts/s)",
-        pages.len(),
+        if held { "held in memory" } else { "re-read per round, only diff_page timed" },
         contacts as f64 / best,
         (contacts * rounds) as f64 / total.as_secs_f64(),
-        contacts as f64 / cpu,
+        sampled as f64 / cpu,
     );
     sandbox.stop().await;
 }
@@ -329,7 +362,9 @@ fn rss(contacts: usize) {
     let path = dir.path().join("ghl-sync.toml");
     std::fs::write(&path, text).unwrap();
     let started = Instant::now();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_ghl-sync"))
+    // `SYNC_BENCH_DAEMON`: another build of the daemon (a before/after run of the same bench).
+    let daemon_bin = std::env::var("SYNC_BENCH_DAEMON").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ghl-sync").to_owned());
+    let mut daemon = Command::new(&daemon_bin)
         .args(["--config", path.to_str().unwrap(), "sync", "--once"])
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -763,7 +798,8 @@ fn main() {
     println!("machine: {} cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
     if sections.contains("diff") {
         let contacts = if full { env("SYNC_BENCH_CONTACTS", 50_000) } else { 1_000 };
-        runtime.block_on(diff(contacts, if full { 3 } else { 1 }));
+        let rounds = if full { env("SYNC_BENCH_ROUNDS", if contacts > HELD_PAGES_UP_TO { 1 } else { 3 }) } else { 1 };
+        runtime.block_on(diff(contacts, rounds));
     }
     if sections.contains("backfill") {
         let contacts = if full { env("SYNC_BENCH_BACKFILL_CONTACTS", 400) } else { 10 };

@@ -14,6 +14,12 @@ pub fn pack(value: &serde_json::Value) -> Vec<u8> {
     pack_bytes(&json)
 }
 
+/// Compresses a JSON object for storage, as [`pack`] of `Value::Object` (without a copy).
+pub fn pack_map(map: &serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
+    let json = serde_json::to_vec(map).unwrap_or_default();
+    pack_bytes(&json)
+}
+
 /// Compresses already-serialized JSON.
 pub fn pack_bytes(json: &[u8]) -> Vec<u8> {
     let mut encoder = DeflateEncoder::new(Vec::with_capacity(json.len() / 2 + 16), Compression::fast());
@@ -43,6 +49,14 @@ mod tests {
         let packed = pack(&value);
         assert!(packed.len() < serde_json::to_vec(&value).unwrap().len());
         assert_eq!(unpack(&packed).unwrap(), value);
+    }
+
+    #[test]
+    fn a_map_packs_as_its_object() {
+        let value = serde_json::json!({"id": "abc", "tags": ["x", "y"], "n": 3});
+        let serde_json::Value::Object(map) = &value else { unreachable!() };
+        assert_eq!(pack_map(map), pack(&value));
+        assert_eq!(unpack(&pack_map(map)).unwrap(), value);
     }
 
     #[test]

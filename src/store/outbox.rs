@@ -13,6 +13,8 @@
 //!   next. It takes plain data; nothing but SQL runs inside the transaction.
 //! - **Reads never write.** [`due`] and [`depth`] use the read pool.
 
+use std::collections::{HashMap, HashSet};
+
 use sqlx::SqliteConnection;
 
 use super::{Store, StoreError, dead_letters, now_ms};
@@ -67,10 +69,7 @@ pub async fn enqueue(
     key: Option<&str>,
 ) -> Result<Enqueued, StoreError> {
     let now = now_ms();
-    let key = key.map_or_else(
-        || idempotency_key(change.connector, change.entity, change.entity_id, change.revision, change.content_hash, ""),
-        str::to_owned,
-    );
+    let key = key.map_or_else(|| version_key(&change), str::to_owned);
     let pending: Option<(i64, String)> = sqlx::query_as(
         "SELECT id, operation FROM outbox WHERE connector = ? AND entity = ? AND entity_id = ? AND status = 'pending' LIMIT 1",
     )
@@ -82,50 +81,162 @@ pub async fn enqueue(
     match (pending, policy) {
         (Some(_), EnqueuePolicy::KeepPending) => Ok(Enqueued::AlreadyPending),
         (Some((id, operation)), EnqueuePolicy::Fold) => {
-            let previous = Operation::parse(&operation).unwrap_or(Operation::Updated);
-            let operation = coalesce(previous, change.operation);
-            sqlx::query(
-                "UPDATE outbox SET operation = ?, record = ?, content_hash = ?, revision = ?, idempotency_key = ?, \
-                 changed_at = ?, updated_at = ?, contact_id = COALESCE(?, contact_id) WHERE id = ?",
-            )
-            .bind(operation.as_str())
-            .bind(change.record)
-            .bind(&change.content_hash[..])
-            .bind(change.revision)
-            .bind(key)
-            .bind(change.changed_at)
-            .bind(now)
-            .bind(change.contact_id)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
+            fold_into(conn, id, &operation, &change, &key, now).await?;
             Ok(Enqueued::Folded)
         }
         (None, _) => {
-            sqlx::query(
-                "INSERT INTO outbox (connector, location_id, entity, entity_id, contact_id, operation, record, content_hash, \
-                 revision, idempotency_key, status, attempts, next_attempt_at, changed_at, created_at, updated_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)",
-            )
-            .bind(change.connector)
-            .bind(change.location_id)
-            .bind(change.entity.as_str())
-            .bind(change.entity_id)
-            .bind(change.contact_id)
-            .bind(change.operation.as_str())
-            .bind(change.record)
-            .bind(&change.content_hash[..])
-            .bind(change.revision)
-            .bind(key)
-            .bind(now)
-            .bind(change.changed_at)
-            .bind(now)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
+            insert_rows(conn, &[(change, key)], now).await?;
             Ok(Enqueued::Inserted)
         }
     }
+}
+
+/// The key of the record version a change carries.
+fn version_key(change: &NewChange<'_>) -> String {
+    idempotency_key(change.connector, change.entity, change.entity_id, change.revision, change.content_hash, "")
+}
+
+/// The sync's rule for a record that already has a pending row: the newer change folds into it.
+async fn fold_into(
+    conn: &mut SqliteConnection,
+    id: i64,
+    pending_operation: &str,
+    change: &NewChange<'_>,
+    key: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let previous = Operation::parse(pending_operation).unwrap_or(Operation::Updated);
+    let operation = coalesce(previous, change.operation);
+    sqlx::query(
+        "UPDATE outbox SET operation = ?, record = ?, content_hash = ?, revision = ?, idempotency_key = ?, \
+         changed_at = ?, updated_at = ?, contact_id = COALESCE(?, contact_id) WHERE id = ?",
+    )
+    .bind(operation.as_str())
+    .bind(change.record)
+    .bind(&change.content_hash[..])
+    .bind(change.revision)
+    .bind(key)
+    .bind(change.changed_at)
+    .bind(now)
+    .bind(change.contact_id)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Rows per multi-row `INSERT` (14 parameters each, far below SQLite's limit).
+const INSERT_ROWS: usize = 64;
+/// Records per pending-row lookup.
+const LOOKUP_IDS: usize = 500;
+
+/// New pending rows, in order (a multi-row `INSERT` per [`INSERT_ROWS`]).
+async fn insert_rows(
+    conn: &mut SqliteConnection,
+    rows: &[(NewChange<'_>, String)],
+    now: i64,
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(INSERT_ROWS) {
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!(
+            "INSERT INTO outbox (connector, location_id, entity, entity_id, contact_id, operation, record, content_hash, \
+             revision, idempotency_key, status, attempts, next_attempt_at, changed_at, created_at, updated_at) VALUES {values}"
+        );
+        let mut query = sqlx::query(&sql);
+        for (change, key) in chunk {
+            query = query
+                .bind(change.connector)
+                .bind(change.location_id)
+                .bind(change.entity.as_str())
+                .bind(change.entity_id)
+                .bind(change.contact_id)
+                .bind(change.operation.as_str())
+                .bind(change.record)
+                .bind(&change.content_hash[..])
+                .bind(change.revision)
+                .bind(key.as_str())
+                .bind(now)
+                .bind(change.changed_at)
+                .bind(now)
+                .bind(now);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// [`enqueue`] with [`EnqueuePolicy::Fold`] and the keys of the record versions, for many
+/// changes inside the caller's transaction (the sync's page commit), in a few statements
+/// instead of two per change: one lookup of pending rows per connector and entity, multi-row
+/// `INSERT`s for the rest (in the order given), an `UPDATE` per fold. The outcome is the same
+/// as [`enqueue`] called for each change in order: a record named twice is handled in a later
+/// round, where its second change folds into the row of its first.
+pub async fn enqueue_folding(
+    conn: &mut SqliteConnection,
+    changes: &[NewChange<'_>],
+) -> Result<Vec<Enqueued>, StoreError> {
+    let mut outcomes = vec![Enqueued::Inserted; changes.len()];
+    let mut rest: Vec<usize> = (0..changes.len()).collect();
+    while !rest.is_empty() {
+        let mut named = HashSet::new();
+        let (round, later): (Vec<usize>, Vec<usize>) = rest.iter().partition(|&&i| {
+            let change = &changes[i];
+            named.insert((change.connector, change.entity, change.entity_id))
+        });
+        enqueue_round(conn, changes, &round, &mut outcomes).await?;
+        rest = later;
+    }
+    Ok(outcomes)
+}
+
+/// Pending rows by entity id: their id and operation.
+type PendingRows = HashMap<String, (i64, String)>;
+
+/// One round of [`enqueue_folding`]: `round` names each record at most once.
+async fn enqueue_round(
+    conn: &mut SqliteConnection,
+    changes: &[NewChange<'_>],
+    round: &[usize],
+    outcomes: &mut [Enqueued],
+) -> Result<(), StoreError> {
+    let mut ids: HashMap<(&str, EntityKind), Vec<&str>> = HashMap::new();
+    for &i in round {
+        let change = &changes[i];
+        ids.entry((change.connector, change.entity)).or_default().push(change.entity_id);
+    }
+    // The pending row of each record (at most one exists; the oldest if ever more).
+    let mut pending: HashMap<(&str, EntityKind), PendingRows> = HashMap::new();
+    for ((connector, entity), ids) in &ids {
+        let found = pending.entry((*connector, *entity)).or_default();
+        for chunk in ids.chunks(LOOKUP_IDS) {
+            let placeholders = vec!["?"; chunk.len()].join(",");
+            let sql = format!(
+                "SELECT entity_id, id, operation FROM outbox WHERE connector = ? AND entity = ? AND status = 'pending' \
+                 AND entity_id IN ({placeholders}) ORDER BY id"
+            );
+            let mut query = sqlx::query_as::<_, (String, i64, String)>(&sql).bind(*connector).bind(entity.as_str());
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for (entity_id, id, operation) in query.fetch_all(&mut *conn).await? {
+                found.entry(entity_id).or_insert((id, operation));
+            }
+        }
+    }
+    let now = now_ms();
+    let mut inserts = Vec::with_capacity(round.len());
+    for &i in round {
+        let change = changes[i];
+        let key = version_key(&change);
+        match pending.get(&(change.connector, change.entity)).and_then(|found| found.get(change.entity_id)) {
+            Some((id, operation)) => {
+                fold_into(conn, *id, operation, &change, &key, now).await?;
+                outcomes[i] = Enqueued::Folded;
+            }
+            None => inserts.push((change, key)),
+        }
+    }
+    insert_rows(conn, &inserts, now).await
 }
 
 /// [`enqueue`] for several changes in one short write transaction (replay, tools): each change
@@ -514,6 +625,67 @@ mod tests {
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].2, b"v2");
         assert_eq!(rows[1].3, "old-key");
+    }
+
+    /// Every column but the timestamps, in id order.
+    async fn full_rows(store: &Store) -> Vec<(i64, String, String, String, String, Vec<u8>, Vec<u8>, i64, String)> {
+        sqlx::query_as(
+            "SELECT id, connector, entity, entity_id, operation, record, content_hash, revision, idempotency_key \
+             FROM outbox ORDER BY id",
+        )
+        .fetch_all(store.read_pool())
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_batch_enqueues_exactly_as_one_enqueue_per_change_in_order() {
+        // Two connectors, an old pending row, a delivered row, a record named three times
+        // (one batch has more rows than one INSERT takes).
+        let records: Vec<(String, Vec<u8>)> = (0..150).map(|i| (format!("c{}", i % 140), vec![i as u8; 3])).collect();
+        let hashes: Vec<[u8; 32]> = (0..150).map(|i| [i as u8; 32]).collect();
+        let mut batch = Vec::new();
+        for (i, (id, record)) in records.iter().enumerate() {
+            let op = if i % 3 == 0 { Operation::Created } else { Operation::Updated };
+            let first = change(id, op, &hashes[i], i as i64, record);
+            batch.push(first);
+            if i % 2 == 0 {
+                batch.push(NewChange { connector: "webhook.b", entity: EntityKind::Task, ..first });
+            }
+        }
+        batch.push(change("c7", Operation::Deleted, &[9; 32], 99, b""));
+        let seed = |store: Store| async move {
+            let mut tx = store.begin_write("test").await.unwrap();
+            let fold = EnqueuePolicy::Fold;
+            enqueue(&mut tx, change("c3", Operation::Created, &[7; 32], 1, b"old"), fold, None).await.unwrap();
+            enqueue(&mut tx, change("c5", Operation::Created, &[7; 32], 1, b"sent"), fold, None).await.unwrap();
+            sqlx::query("UPDATE outbox SET status = 'done' WHERE entity_id = 'c5'").execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+        };
+
+        let (_one_dir, one) = store().await;
+        seed(one.clone()).await;
+        let mut tx = one.begin_write("test").await.unwrap();
+        let mut expected = Vec::new();
+        for change in &batch {
+            expected.push(enqueue(&mut tx, *change, EnqueuePolicy::Fold, None).await.unwrap());
+        }
+        tx.commit().await.unwrap();
+
+        let (_batch_dir, batched) = store().await;
+        seed(batched.clone()).await;
+        let mut tx = batched.begin_write("test").await.unwrap();
+        let outcomes = enqueue_folding(&mut tx, &batch).await.unwrap();
+        tx.commit().await.unwrap();
+
+        assert_eq!(outcomes, expected);
+        assert!(outcomes.contains(&Enqueued::Folded) && outcomes.contains(&Enqueued::Inserted));
+        let rows = full_rows(&batched).await;
+        assert_eq!(rows, full_rows(&one).await);
+        assert!(rows.len() > INSERT_ROWS, "more rows than one INSERT takes: {}", rows.len());
+        let mut tx = batched.begin_write("test").await.unwrap();
+        assert_eq!(enqueue_folding(&mut tx, &[]).await.unwrap(), vec![]);
+        tx.rollback().await.unwrap();
     }
 
     #[tokio::test]

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use sqlx::{Row, SqliteConnection};
 
 use super::dead_letters::dead_letter_record;
-use super::outbox::{EnqueuePolicy, NewChange, enqueue};
+use super::outbox::{self, EnqueuePolicy, NewChange, enqueue};
 use super::{Store, StoreError, codec, cursors, now_ms, rules, writebacks};
 use crate::domain::diff::{ChildRecord, KnownChild, contact_change, diff_children, is_completed};
 use crate::domain::normalize::{Hash, ReadPath, contact_hash, fill_from_snapshot, get_only_changed};
@@ -110,6 +110,39 @@ async fn enqueue_all(
     revision: i64,
     done: &mut Committed,
 ) -> Result<(), StoreError> {
+    let version = Version { entity, entity_id, contact_id, operation, packed, hash, revision };
+    let mut changes = Vec::new();
+    stage_version(conn, commit, version, old, &mut changes, done).await?;
+    for change in changes {
+        enqueue(&mut *conn, change, EnqueuePolicy::Fold, None).await?;
+    }
+    Ok(())
+}
+
+/// One record version, as the outbox rows of its subscribers carry it.
+#[derive(Clone, Copy)]
+struct Version<'a> {
+    entity: EntityKind,
+    entity_id: &'a str,
+    contact_id: Option<&'a str>,
+    operation: Operation,
+    packed: &'a [u8],
+    hash: &'a Hash,
+    revision: i64,
+}
+
+/// [`enqueue_all`]'s decisions for one version: the `rules` subscriber's trigger event is
+/// written at once; the other subscribers' changes are pushed to `changes`, for the caller to
+/// enqueue (one by one, or a page's together with [`outbox::enqueue_folding`]). Counts them.
+async fn stage_version<'a>(
+    conn: &mut SqliteConnection,
+    commit: &Commit<'a>,
+    version: Version<'a>,
+    old: &(dyn Fn() -> Option<Value> + Sync),
+    changes: &mut Vec<NewChange<'a>>,
+    done: &mut Committed,
+) -> Result<(), StoreError> {
+    let Version { entity, entity_id, contact_id, operation, packed, hash, revision } = version;
     let event = event_type(entity, operation);
     let now = now_ms();
     let mut wrote = 0;
@@ -143,7 +176,7 @@ async fn enqueue_all(
             wrote += 1;
             continue;
         }
-        let change = NewChange {
+        changes.push(NewChange {
             connector: &subscriber.id,
             location_id: commit.location,
             entity,
@@ -154,8 +187,7 @@ async fn enqueue_all(
             content_hash: hash,
             revision,
             changed_at: now,
-        };
-        enqueue(&mut *conn, change, EnqueuePolicy::Fold, None).await?;
+        });
         wrote += 1;
     }
     if wrote > 0 {
@@ -248,9 +280,13 @@ pub async fn commit_contacts(
     ignored_custom_fields: &[String],
 ) -> Result<Committed, StoreError> {
     let ids: Vec<&str> = contacts.iter().map(|c| c.id.as_str()).collect();
-    let known = known_contacts(store, commit.location, &ids).await?;
-    // Decide outside the transaction (pure): hash, compare, and what to write.
-    let hashes: Vec<Hash> = contacts.iter().map(|c| contact_hash(&c.record, ignored_custom_fields)).collect();
+    // Decide outside the transaction (pure): hash, compare, and what to write. The hashing
+    // runs while the lookup's query runs on its connection's thread (`join!` polls the
+    // lookup first, which sends the query).
+    let (known, hashes) = tokio::join!(known_contacts(store, commit.location, &ids), async {
+        contacts.iter().map(|c| contact_hash(&c.record, ignored_custom_fields)).collect::<Vec<Hash>>()
+    });
+    let known = known?;
     // Stored records are needed only for two cases: a changed contact read by search keeps
     // the GET-only fields its stored record has, and a contact read by GET whose hash did not
     // move may still differ in a field only GET returns.
@@ -285,11 +321,8 @@ pub async fn commit_contacts(
             decision
         })
         .collect();
-    let packed: Vec<Option<Vec<u8>>> = contacts
-        .iter()
-        .zip(&decisions)
-        .map(|(c, d)| d.operation.map(|_| codec::pack(&Value::Object(c.record.clone()))))
-        .collect();
+    let packed: Vec<Option<Vec<u8>>> =
+        contacts.iter().zip(&decisions).map(|(c, d)| d.operation.map(|_| codec::pack_map(&c.record))).collect();
     let nothing_to_write =
         bad.is_empty() && cursor.is_none() && decisions.iter().all(|d| d.operation.is_none() && !d.children_due);
     let mut done = Committed::default();
@@ -299,61 +332,90 @@ pub async fn commit_contacts(
 
     let mut tx = store.begin_write("contacts_page").await?;
     let now = now_ms();
-    for (((contact, hash), decision), packed) in contacts.iter().zip(&hashes).zip(&decisions).zip(&packed) {
-        let (Some(operation), Some(packed)) = (decision.operation, packed) else {
-            if decision.children_due {
-                // Same content, moved dateUpdated: maybe a task or note changed (whether GHL
-                // bumps it is unknown), so its children are read; nothing is sent.
-                sqlx::query(
-                    "UPDATE contacts SET date_updated_ms = ?, children_synced_at = NULL, children_due_at = ? WHERE location_id = ? AND contact_id = ?",
-                )
-                .bind(contact.date_updated_ms)
-                .bind(now)
-                .bind(commit.location)
-                .bind(&contact.id)
-                .execute(&mut *tx)
-                .await?;
+    // In chunks that name each contact once (a contact twice in a page is written twice, in
+    // order, as before): a multi-row upsert per chunk, then its outbox rows together.
+    let mut start = 0;
+    while start < contacts.len() {
+        let mut named = HashSet::new();
+        let end = (start..contacts.len())
+            .find(|&i| i - start == UPSERT_ROWS || !named.insert(contacts[i].id.as_str()))
+            .unwrap_or(contacts.len());
+        let chunk = start..end;
+        start = end;
+        let mut upserts = Vec::with_capacity(chunk.len());
+        for i in chunk {
+            match (decisions[i].operation, &packed[i]) {
+                (Some(operation), Some(packed)) => upserts.push((i, operation, packed.as_slice())),
+                _ if decisions[i].children_due => {
+                    // Same content, moved dateUpdated: maybe a task or note changed (whether GHL
+                    // bumps it is unknown), so its children are read; nothing is sent.
+                    let contact = &contacts[i];
+                    sqlx::query(
+                        "UPDATE contacts SET date_updated_ms = ?, children_synced_at = NULL, children_due_at = ? WHERE location_id = ? AND contact_id = ?",
+                    )
+                    .bind(contact.date_updated_ms)
+                    .bind(now)
+                    .bind(commit.location)
+                    .bind(&contact.id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                _ => {}
             }
-            continue;
-        };
-        done.changed += 1;
-        let revision: i64 = sqlx::query_scalar(
-            "INSERT INTO contacts (location_id, contact_id, hash, record, date_updated_ms, children_synced_at, children_due_at, \
-             first_seen_at, revision, updated_at) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, 1, ?) ON CONFLICT (location_id, contact_id) \
-             DO UPDATE SET hash = excluded.hash, record = excluded.record, date_updated_ms = excluded.date_updated_ms, \
-             children_synced_at = NULL, children_due_at = excluded.children_due_at, revision = contacts.revision + 1, updated_at = excluded.updated_at RETURNING revision",
-        )
-        .bind(commit.location)
-        .bind(&contact.id)
-        .bind(&hash[..])
-        .bind(packed)
-        .bind(contact.date_updated_ms)
-        .bind(now)
-        .bind(now)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        // Echo suppression: an update whose content is exactly what our own GHL write-back
-        // produced is kept in the snapshot but not sent to any connector.
-        if operation == Operation::Updated
-            && writebacks::is_own_write(&mut tx, commit.location, &contact.id, hash).await?
-        {
+        }
+        if upserts.is_empty() {
             continue;
         }
-        enqueue_all(
-            &mut tx,
-            commit,
-            EntityKind::Contact,
-            &contact.id,
-            Some(&contact.id),
-            operation,
-            packed,
-            &|| stored.get(&contact.id).cloned().map(Value::Object),
-            hash,
-            revision,
-            &mut done,
-        )
-        .await?;
+        let values = vec!["(?, ?, ?, ?, ?, NULL, ?, ?, 1, ?)"; upserts.len()].join(", ");
+        let sql = format!(
+            "INSERT INTO contacts (location_id, contact_id, hash, record, date_updated_ms, children_synced_at, children_due_at, \
+             first_seen_at, revision, updated_at) VALUES {values} ON CONFLICT (location_id, contact_id) DO UPDATE SET \
+             hash = excluded.hash, record = excluded.record, date_updated_ms = excluded.date_updated_ms, \
+             children_synced_at = NULL, children_due_at = excluded.children_due_at, revision = contacts.revision + 1, \
+             updated_at = excluded.updated_at RETURNING contact_id, revision"
+        );
+        let mut query = sqlx::query_as::<_, (String, i64)>(&sql);
+        for &(i, _, packed) in &upserts {
+            let contact = &contacts[i];
+            query = query
+                .bind(commit.location)
+                .bind(&contact.id)
+                .bind(&hashes[i][..])
+                .bind(packed)
+                .bind(contact.date_updated_ms)
+                .bind(now)
+                .bind(now)
+                .bind(now);
+        }
+        let revisions: HashMap<String, i64> = query.fetch_all(&mut *tx).await?.into_iter().collect();
+        let mut changes = Vec::with_capacity(upserts.len() * commit.subscribers.len());
+        for (i, operation, packed) in upserts {
+            let contact = &contacts[i];
+            let Some(&revision) = revisions.get(&contact.id) else {
+                return Err(StoreError::Corrupt(format!("contact {} was upserted without a revision", contact.id)));
+            };
+            done.changed += 1;
+            let hash = &hashes[i];
+            // Echo suppression: an update whose content is exactly what our own GHL write-back
+            // produced is kept in the snapshot but not sent to any connector.
+            if operation == Operation::Updated
+                && writebacks::is_own_write(&mut tx, commit.location, &contact.id, hash).await?
+            {
+                continue;
+            }
+            let version = Version {
+                entity: EntityKind::Contact,
+                entity_id: &contact.id,
+                contact_id: Some(&contact.id),
+                operation,
+                packed,
+                hash,
+                revision,
+            };
+            let old = || stored.get(&contact.id).cloned().map(Value::Object);
+            stage_version(&mut tx, commit, version, &old, &mut changes, &mut done).await?;
+        }
+        outbox::enqueue_folding(&mut tx, &changes).await?;
     }
     for record in &bad {
         dead_letter_record(&mut tx, commit.location, record.entity, &record.reason, &record.raw).await?;
@@ -373,6 +435,9 @@ pub async fn commit_contacts(
     finish(tx, commit.dry_run).await?;
     Ok(done)
 }
+
+/// Contacts per multi-row upsert of a page commit (7 parameters each).
+const UPSERT_ROWS: usize = 100;
 
 /// A confirmed delete (GHL answered 404): the contact and its children leave the snapshot and
 /// a `contact.deleted` with the last known record (next revision) goes to the outbox. A
@@ -951,4 +1016,88 @@ async fn select_versions(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::normalize::normalize_contact;
+    use crate::store::temp_store;
+
+    fn read(id: &str, name: &str, updated: i64) -> ContactRead {
+        let Value::Object(map) = serde_json::json!({"id": id, "firstName": name}) else { unreachable!() };
+        ContactRead {
+            id: id.to_owned(),
+            date_updated_ms: Some(updated),
+            record: normalize_contact(map),
+            path: ReadPath::Search,
+        }
+    }
+
+    async fn outbox(store: &Store) -> Vec<(String, String, String, i64)> {
+        sqlx::query_as(
+            "SELECT connector, entity_id, operation, revision FROM outbox WHERE status = 'pending' ORDER BY id",
+        )
+        .fetch_all(store.read_pool())
+        .await
+        .unwrap()
+    }
+
+    async fn contact(store: &Store, id: &str) -> (i64, Value) {
+        let (revision, record): (i64, Vec<u8>) =
+            sqlx::query_as("SELECT revision, record FROM contacts WHERE location_id = 'loc' AND contact_id = ?")
+                .bind(id)
+                .fetch_one(store.read_pool())
+                .await
+                .unwrap();
+        (revision, codec::unpack(&record).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_page_writes_each_version_once_across_chunks_and_a_repeated_contact_in_order() {
+        let (_dir, store) = temp_store().await;
+        let subscribers = [Subscriber::all("webhook.a"), Subscriber::all("webhook.b")];
+        let commit = Commit { location: "loc", subscribers: &subscribers, dry_run: false };
+        // More contacts than one upsert takes; c5 again in a later chunk, c7 again in its own.
+        let mut page: Vec<ContactRead> = (0..250).map(|i| read(&format!("c{i}"), "ada", 1_000 + i)).collect();
+        page.insert(150, read("c5", "bea", 2_000));
+        page.insert(9, read("c7", "cy", 2_001));
+        let cursor = CursorAdvance { watermark_ms: 5_000, backfill_done: true };
+        let done = commit_contacts(&store, &commit, page, vec![], Some(cursor), &[]).await.unwrap();
+        assert_eq!(done.changed, 252);
+        assert_eq!(done.events.get("contact.created"), Some(&504));
+        let rows = outbox(&store).await;
+        assert_eq!(rows.len(), 500, "one pending row per contact and connector");
+        // The page's order, connector by connector within a contact.
+        assert_eq!(rows[0], ("webhook.a".into(), "c0".into(), "created".into(), 1));
+        assert_eq!(rows[1], ("webhook.b".into(), "c0".into(), "created".into(), 1));
+        assert_eq!(rows[499].1, "c249");
+        for id in ["c5", "c7"] {
+            let (revision, record) = contact(&store, id).await;
+            assert_eq!(revision, 2, "{id} was written twice");
+            assert_ne!(record["firstName"], "ada");
+            let theirs: Vec<_> = rows.iter().filter(|r| r.1 == id).collect();
+            assert_eq!(theirs.len(), 2);
+            assert!(theirs.iter().all(|r| r.2 == "created" && r.3 == 2), "{theirs:?}");
+        }
+        assert_eq!(cursors::contacts_watermark(&store, "loc").await.unwrap(), Some(5_000));
+
+        // Delivered; then one contact changes and the rest are the same.
+        let mut tx = store.begin_write("test").await.unwrap();
+        sqlx::query("UPDATE outbox SET status = 'done'").execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+        let mut page: Vec<ContactRead> = (0..250).map(|i| read(&format!("c{i}"), "ada", 1_000 + i)).collect();
+        page[5] = read("c5", "bea", 2_000);
+        page[7] = read("c7", "cy", 2_001);
+        page[42] = read("c42", "dee", 3_000);
+        let done = commit_contacts(&store, &commit, page, vec![], None, &[]).await.unwrap();
+        assert_eq!(done.changed, 1);
+        assert_eq!(
+            outbox(&store).await,
+            vec![
+                ("webhook.a".into(), "c42".into(), "updated".into(), 2),
+                ("webhook.b".into(), "c42".into(), "updated".into(), 2)
+            ]
+        );
+    }
 }

@@ -3,16 +3,21 @@
 //! next page (memory stays flat).
 
 use serde_json::Value;
+use tracing::Instrument as _;
 
 use super::{Engine, RunOptions, RunSummary, SyncError};
 use crate::domain::EntityKind;
 use crate::domain::normalize::{ReadPath, format_timestamp_ms, normalize_contact, parse_timestamp_ms};
 use crate::ghl::dto::SearchRequest;
+use crate::ghl::{GhlClient, GhlError};
 use crate::http::Priority;
 use crate::store::snapshot::{self, BadRecord, ContactRead, CursorAdvance};
 use crate::store::{codec, cursors, now_ms};
 
 impl Engine {
+    /// The contacts stream. The next page's request (and its parsing) runs in the background
+    /// while the current page commits, one page ahead; each page's cursor still moves only in
+    /// that page's own commit, so a kill between the read ahead and its commit re-reads the page.
     pub(super) async fn stream_contacts(
         &self,
         location: &str,
@@ -25,23 +30,31 @@ impl Engine {
         let mut high = watermark.unwrap_or(0);
         let since = watermark.map(|w| format_timestamp_ms((w - self.settings.overlap.as_millis() as i64).max(0)));
         let mut request = SearchRequest::updated_since(location, self.settings.page_size, since.as_deref());
+        summary.requests += 1;
+        let mut page = read_page(self.ghl.clone(), request.clone()).await?;
         loop {
-            summary.requests += 1;
-            let page = self.ghl.search_contacts(&request, Priority::Poll).await?;
-            let count = page.contacts.len();
-            let last_cursor = page.contacts.last().and_then(search_after_of);
-            let (records, bad) = parse_page(page.contacts, ReadPath::Search);
+            let ReadPage { count, total, last_cursor, records, bad } = page;
             let page_high = records.iter().filter_map(|r| r.date_updated_ms).max().unwrap_or(high);
             // Never move the watermark closer to now than the index lag margin, nor backwards.
             high = high.max(page_high.min(cap));
             let last_page = count < self.settings.page_size as usize;
             summary.pages += 1;
             summary.contacts_seen += records.len() as u64;
+            // Read the next page while this one commits (dropped, hence cancelled, if the
+            // commit fails).
+            let next = match (&last_cursor, last_page) {
+                (Some(cursor), false) => {
+                    request.search_after = Some(cursor.clone());
+                    summary.requests += 1;
+                    Some(ReadAhead::start(self.ghl.clone(), request.clone()))
+                }
+                _ => None,
+            };
             let cursor = CursorAdvance { watermark_ms: high, backfill_done: last_page };
             self.commit_page(location, records, bad, Some(cursor), options, summary).await?;
             self.record_progress(summary).await;
             if let Some(progress) = &self.progress {
-                progress.page(location, count as u64, page.total);
+                progress.page(location, count as u64, total);
             }
             // Children of the contacts a page changed are not read here: the stream runs to
             // its end first, so a new location's contacts reach connectors before its
@@ -49,8 +62,8 @@ impl Engine {
             if last_page {
                 break;
             }
-            match last_cursor {
-                Some(cursor) => request.search_after = Some(cursor),
+            match next {
+                Some(next) => page = next.finish(&self.ghl, &request).await?,
                 None => {
                     tracing::warn!(location.id = %location, "GHL search page without a searchAfter cursor; ending this scan");
                     break;
@@ -97,6 +110,57 @@ impl Engine {
         summary.contacts_changed += committed.changed;
         self.committed(summary, committed, options);
         Ok(())
+    }
+}
+
+/// One page of the contacts stream, read and parsed.
+struct ReadPage {
+    /// Items GHL returned (readable or not).
+    count: usize,
+    /// GHL's count for the query, if it gave one.
+    total: Option<u64>,
+    /// The last item's `searchAfter`: where the next page starts.
+    last_cursor: Option<Value>,
+    records: Vec<ContactRead>,
+    bad: Vec<BadRecord>,
+}
+
+/// `POST /contacts/search` for one page, then its parsing (JSON decoding and normalising are
+/// the CPU part, done off the committing task when read ahead).
+async fn read_page(ghl: GhlClient, request: SearchRequest) -> Result<ReadPage, GhlError> {
+    let page = ghl.search_contacts(&request, Priority::Poll).await?;
+    let count = page.contacts.len();
+    let last_cursor = page.contacts.last().and_then(search_after_of);
+    let (records, bad) = parse_page(page.contacts, ReadPath::Search);
+    Ok(ReadPage { count, total: page.total, last_cursor, records, bad })
+}
+
+/// The next page, read in a background task while the current one commits. Dropping it
+/// cancels the read (a failed commit, a cancelled run): nothing of it was stored, so nothing
+/// is lost.
+struct ReadAhead(tokio::task::JoinHandle<Result<ReadPage, GhlError>>);
+
+impl ReadAhead {
+    fn start(ghl: GhlClient, request: SearchRequest) -> Self {
+        Self(tokio::spawn(read_page(ghl, request).instrument(tracing::Span::current())))
+    }
+
+    /// The page read ahead. If its task died (a panic), the page is read again here, so the
+    /// stream behaves as without reading ahead.
+    async fn finish(mut self, ghl: &GhlClient, request: &SearchRequest) -> Result<ReadPage, GhlError> {
+        match (&mut self.0).await {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::warn!(error = %error, "Reading the next contacts page ahead failed; reading it again");
+                read_page(ghl.clone(), request.clone()).await
+            }
+        }
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
