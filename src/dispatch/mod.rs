@@ -602,12 +602,14 @@ impl Dispatcher {
             }
             // Not started because the daemon is stopping: due again on the next start.
             Outcome::Park(wait) if wait.is_zero() => {
-                Verdict::Parked { at: now, reason: "not started: the daemon was stopping".to_owned() }
+                Verdict::Parked { at: now, since: now, reason: "not started: the daemon was stopping".to_owned() }
             }
             // The connector is healthy and chose to wait: no attempt, no breaker.
-            Outcome::Park(wait) => {
-                Verdict::Parked { at: after(wait), reason: format!("parked by the connector for {} s", wait.as_secs()) }
-            }
+            Outcome::Park(wait) => Verdict::Parked {
+                at: after(wait),
+                since: now,
+                reason: format!("parked by the connector for {} s", wait.as_secs()),
+            },
             Outcome::Retry(_, reason) if attempts >= worker.settings.max_attempts => {
                 let reason = reason.unwrap_or_else(|| "target unavailable".to_owned());
                 tracing::warn!(connector.id = %worker.id, outbox.id = row.id, attempts, reason = %reason,
@@ -620,7 +622,7 @@ impl Dispatcher {
                 let reason = reason.unwrap_or_else(|| "retryable failure".to_owned());
                 tracing::warn!(connector.id = %worker.id, outbox.id = row.id, attempts, retry_in_ms, reason = %reason,
                     "Delivery {} to `{}` failed ({reason}); retrying in {retry_in_ms} ms", row.id, worker.id);
-                Verdict::Retry { at: after(wait), error: format!("attempt {attempts}: {reason}") }
+                Verdict::Retry { at: after(wait), since: now, error: format!("attempt {attempts}: {reason}") }
             }
         }
     }

@@ -331,10 +331,12 @@ pub enum Verdict {
     Delivered,
     /// Deliberately not delivered (a filter): the row is done, with the reason as its note.
     Skipped(String),
-    /// A retryable failure: one attempt is counted, the next one is due at `at` (epoch ms).
-    Retry { at: i64, error: String },
+    /// A retryable failure: one attempt is counted, the next one is due at `at` (epoch ms),
+    /// decided at `since` (the row's `updated_at`: a step back of the clock is measured from
+    /// the same reading as the wait, see [`reschedule_after_clock_step_back`]).
+    Retry { at: i64, since: i64, error: String },
     /// Held back by the connector: no attempt is counted, the next one is due at `at`.
-    Parked { at: i64, reason: String },
+    Parked { at: i64, since: i64, reason: String },
     /// Refused for good, out of attempts or unreadable: moved to dead letters.
     Dead(String),
 }
@@ -365,12 +367,12 @@ pub async fn record_outcomes(store: &Store, outcomes: &[DeliveryOutcome], now: i
             Verdict::Skipped(reason) => {
                 update(&mut tx, row, Update { done: true, attempt: 1, next_at: None, note: Some(reason) }, now).await?
             }
-            Verdict::Retry { at, error } => {
-                update(&mut tx, row, Update { done: false, attempt: 1, next_at: Some(*at), note: Some(error) }, now)
+            Verdict::Retry { at, since, error } => {
+                update(&mut tx, row, Update { done: false, attempt: 1, next_at: Some(*at), note: Some(error) }, *since)
                     .await?
             }
-            Verdict::Parked { at, reason } => {
-                update(&mut tx, row, Update { done: false, attempt: 0, next_at: Some(*at), note: Some(reason) }, now)
+            Verdict::Parked { at, since, reason } => {
+                update(&mut tx, row, Update { done: false, attempt: 0, next_at: Some(*at), note: Some(reason) }, *since)
                     .await?
             }
             Verdict::Dead(reason) => dead_letters::move_from_outbox(&mut tx, row, reason, now).await?,
@@ -629,8 +631,8 @@ mod tests {
         let verdicts = [
             Verdict::Delivered,
             Verdict::Skipped("filtered".into()),
-            Verdict::Retry { at: 7, error: "attempt 1 failed".into() },
-            Verdict::Parked { at: 9, reason: "budget".into() },
+            Verdict::Retry { at: 7, since: 1, error: "attempt 1 failed".into() },
+            Verdict::Parked { at: 9, since: 1, reason: "budget".into() },
             Verdict::Dead("refused".into()),
         ];
         let outcomes: Vec<_> =

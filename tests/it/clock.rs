@@ -176,7 +176,22 @@ async fn clock_steps_of_the_running_daemon_keep_retries_to_their_backoff_send_no
     .await;
     // Three-second tokens outlive the test's waits only through refreshes after 401s.
     let refreshed_back = until(Duration::from_secs(20), || sandbox.ghl.stats().refresh_grants > refreshes_before).await;
-    assert!(delivered, "the rows waiting to retry (or the change) were held by the step back");
+    if !delivered {
+        let accepted = sandbox.sink.accepted(Some("test"));
+        let arrived = accepted.iter().map(record_of).collect::<BTreeSet<_>>().len();
+        let changed = accepted.iter().any(|d| d.body.contains("AfterStepBack"));
+        let stats = sandbox.ghl.stats();
+        signal(&child, "KILL");
+        let (_, _, stderr) =
+            tokio::task::spawn_blocking(move || wait_with_limit(child, Duration::from_secs(20))).await.unwrap();
+        let tail: Vec<&str> = stderr.lines().rev().take(30).collect();
+        panic!(
+            "held by the step back: {arrived} of {} records, change arrived: {changed}, GHL statuses {:?}, refreshes {}: {tail:#?}",
+            expected.len(),
+            stats.statuses,
+            stats.refresh_grants
+        );
+    }
     assert!(refreshed_back, "no token refresh after the step back");
 
     // Two hours forward: tokens look expired (refreshed at once), rows are due early.

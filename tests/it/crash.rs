@@ -430,8 +430,8 @@ async fn seeded_sigkills_while_rules_act_create_each_task_and_note_once() {
     sandbox.stop().await;
 }
 
-/// `kill -9` during a Lusha lead import: 50 prospecting leads, enriched by id four at a time
-/// (eight per poll, a poll every 300 ms), each becoming a GHL contact with a task. Kills land
+/// `kill -9` during a Lusha lead import: 50 prospecting leads, two per poll
+/// (a poll every 500 ms, so the import spans the kills), each becoming a GHL contact with a task. Kills land
 /// between the Lusha call and its bookkeeping, between the stored result and the GHL create,
 /// and between the create and its task. After a clean run: every lead is one GHL contact (none
 /// twice), each with one task, and Lusha was paid exactly what the leads cost once.
@@ -462,7 +462,7 @@ async fn seeded_sigkills_during_a_lusha_lead_import_create_each_lead_once_with_o
         "[connectors.lusha]\nbase_url = \"{url}\"\napi_key = \"{key}\"\ndaily_credit_cap = 0\ncredit_reserve = 0\n\
          batch_size = 4\n\
          [connectors.lusha.limits]\nper_minute = 60000\nper_hour = 1000000\nper_day = 1000000\n\
-         [[connectors.lusha.leads]]\nname = \"all\"\nlocation = \"{location}\"\ninterval = \"300ms\"\nmax_per_poll = 8\n\
+         [[connectors.lusha.leads]]\nname = \"all\"\nlocation = \"{location}\"\ninterval = \"500ms\"\nmax_per_poll = 2\n\
          task = {{ title = \"Call {{firstName}} at {{company}}\", due_in = \"2d\" }}\n",
         url = sandbox.lusha_url(),
         key = sandbox.lusha.api_key(),
