@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::connectors::{self, Connector};
 use crate::dispatch::{Dispatcher, OpenCircuits};
@@ -41,6 +42,8 @@ pub struct App {
     tracker: TaskTracker,
     /// Cancels retry sleeps of outbound calls at shutdown.
     calls: CancellationToken,
+    /// The wall clock of everything stored with a time (`crate::clock`).
+    clock: Clock,
 }
 
 /// The user agent of every outbound request.
@@ -63,6 +66,7 @@ pub(crate) async fn build_workers(
     tokens: &Arc<TokenManager>,
     calls: &CancellationToken,
     circuits: &OpenCircuits,
+    clock: &Clock,
 ) -> anyhow::Result<Workers> {
     let settings = &config.settings;
     let limits = Arc::new(RateLimits::new(QuotaSettings {
@@ -103,6 +107,7 @@ pub(crate) async fn build_workers(
     let connectors = connectors::build_with(config, calls, Some(&deps))?;
     let dispatcher = Arc::new(
         Dispatcher::new(store.clone(), connectors.clone(), settings.dispatch.clone())
+            .with_clock(clock.clone())
             .with_open_circuits(circuits.clone()),
     );
     let waker = dispatcher.waker();
@@ -120,6 +125,11 @@ impl App {
         let settings = &config.settings;
         let path = settings.store.resolved_path();
         let lock = ProcessLock::acquire(&path)?;
+        let (clock, test_clock) = Clock::from_env();
+        if let Some(file) = test_clock {
+            tracing::warn!(file = %file.display(), "Test clock: the wall clock is moved by the offset in {} ({}); never set this outside tests",
+                file.display(), crate::clock::OFFSET_FILE_ENV);
+        }
         let store = Store::connect(&path, settings.store.busy_timeout.get())
             .await
             .with_context(|| format!("Failed to open the store at {}", path.display()))?;
@@ -130,7 +140,8 @@ impl App {
         let calls = CancellationToken::new();
         let tokens = Arc::new(
             TokenManager::from_config(&config, store.clone(), calls.clone())
-                .context("Failed to set up GHL credentials")?,
+                .context("Failed to set up GHL credentials")?
+                .with_clock(clock.clone()),
         );
         tokens.check_grants().await.context("Stored GHL credentials cannot be used")?;
         // Write-back connectors (Lusha) need GHL's write scope.
@@ -141,7 +152,7 @@ impl App {
         }
         let circuits = OpenCircuits::default();
         let Workers { ghl, engine, dispatcher, connectors } =
-            build_workers(&config, &store, &tokens, &calls, &circuits).await?;
+            build_workers(&config, &store, &tokens, &calls, &circuits, &clock).await?;
         let listener = if settings.server.enabled { Some(crate::server::bind(&settings.server).await?) } else { None };
         tracing::info!(database = %path.display(), locations = settings.ghl.locations.len(), "Store ready");
         Ok(Self {
@@ -159,6 +170,7 @@ impl App {
             _lock: lock,
             tracker: TaskTracker::new(),
             calls,
+            clock,
         })
     }
 
@@ -273,7 +285,7 @@ impl App {
                         workers_stop.cancel();
                         workers.close();
                         workers.wait().await;
-                        match build_workers(&config, &self.store, &self.tokens, &self.calls, &self.circuits).await {
+                        match build_workers(&config, &self.store, &self.tokens, &self.calls, &self.circuits, &self.clock).await {
                             Ok(built) => {
                                 self.ghl = built.ghl;
                                 self.engine = built.engine;

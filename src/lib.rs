@@ -4,6 +4,7 @@
 pub mod alerts;
 pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod connectors;
 pub mod crypto;

@@ -130,6 +130,31 @@ fn a_config_with_nothing_to_do_validates_with_warnings_that_say_how_to_add_one()
 }
 
 #[test]
+fn a_webhook_timeout_not_shorter_than_the_shutdown_grace_warns_naming_both_keys() {
+    let base = "[[ghl.locations]]\nid = \"a\"\npit = \"p\"\n[connectors.webhook.t]\nurl = \"https://x.example\"\n";
+    // The defaults agree: a request in flight at a stop ends within the grace.
+    let config = load(base, &[]).unwrap();
+    assert!(config.settings.connectors.webhook["t"].timeout.get() < config.settings.daemon.shutdown_grace.get());
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    for (extra, warns) in [
+        ("timeout = \"10s\"\n", true),
+        ("timeout = \"8s\"\n", true),
+        ("timeout = \"7s\"\n", false),
+        ("timeout = \"10s\"\n[daemon]\nshutdown_grace = \"15s\"\n", false),
+        ("timeout = \"10s\"\nenabled = false\n", false),
+    ] {
+        let config = load(&format!("{base}{extra}"), &[]).unwrap();
+        let warnings: Vec<String> =
+            config.warnings.iter().map(ToString::to_string).filter(|w| w.contains("timeout")).collect();
+        assert_eq!(warnings.len(), usize::from(warns), "{extra:?}: {warnings:#?}");
+        if warns {
+            assert!(warnings[0].starts_with("connectors.webhook.t.timeout: "), "{warnings:#?}");
+            assert!(warnings[0].contains("daemon.shutdown_grace (8s)"), "{warnings:#?}");
+        }
+    }
+}
+
+#[test]
 fn a_problem_in_an_environment_override_names_the_variable() {
     let text = "[sync]\npage_size = 100\n[connectors.webhook.t]\nurl = \"http://hooks.example.com/x\"\n";
     let env = [

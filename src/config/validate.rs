@@ -164,6 +164,22 @@ fn across_sections(settings: &Settings, v: &mut Validation) {
              with url = \"https://…\" (every connector: config/ghl-sync.example.toml)",
         );
     }
+    // A stop waits `daemon.shutdown_grace` for the requests in flight; a webhook request allowed
+    // to run longer can make the stop exit "anyway", and its batch is sent again after the restart.
+    let grace = settings.daemon.shutdown_grace.get();
+    for (name, hook) in settings.connectors.webhook.iter().filter(|(_, hook)| hook.enabled) {
+        if hook.timeout.get() >= grace {
+            v.warn(
+                format!("connectors.webhook.{name}.timeout"),
+                format!(
+                    "{} is not shorter than daemon.shutdown_grace ({}): a request still in flight at a stop can \
+                     outlast the grace, the daemon then exits without recording its outcome and the batch is sent \
+                     again (same idempotency keys) after the restart; lower the timeout or raise the grace",
+                    hook.timeout, settings.daemon.shutdown_grace
+                ),
+            );
+        }
+    }
     let any_oauth = ghl.locations.iter().any(|l| l.auth == LocationAuth::Oauth);
     if v.secrets.master_key.is_none() && (any_oauth || ghl.oauth.is_some()) {
         v.problem(

@@ -17,7 +17,7 @@
 mod breaker;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,12 +27,13 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::DispatchSettings;
 use crate::connectors::{Connector, Delivery, DeliverySettings, Outcome};
 use crate::domain::EntityKind;
 use crate::http::RetryPolicy;
 use crate::store::outbox::{self, DeliveryOutcome, OutboxRow, UnreadableRow, Verdict};
-use crate::store::{Store, StoreError, codec, now_ms, snapshot};
+use crate::store::{Store, StoreError, codec, snapshot};
 
 pub use breaker::{Breaker, Gate};
 
@@ -177,6 +178,11 @@ pub struct Dispatcher {
     workers: Vec<Arc<Worker>>,
     wake: DispatchWake,
     circuits: OpenCircuits,
+    /// The wall clock of `next_attempt_at` (injected: tests jump it).
+    clock: Clock,
+    /// The latest wall-clock reading (epoch ms; 0 before the first): a reading earlier than
+    /// this by more than [`CLOCK_STEP_BACK`] means the system clock went back.
+    latest_ms: AtomicI64,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -188,6 +194,10 @@ impl std::fmt::Debug for Dispatcher {
 /// Longest wait between two attempts to record held outcomes (a full disk is usually freed
 /// within minutes; `dispatch.backoff_max` is meant for remote targets and may be far longer).
 const RECORD_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// A wall-clock reading this much earlier than the latest one is a step back of the system
+/// clock (not jitter), and rows waiting in the outbox are rescheduled from the new time.
+pub const CLOCK_STEP_BACK: Duration = Duration::from_secs(1);
 
 impl Dispatcher {
     pub fn new(store: Store, connectors: Vec<Arc<dyn Connector>>, settings: DispatchSettings) -> Self {
@@ -206,7 +216,57 @@ impl Dispatcher {
             })
             .collect();
         let wake = DispatchWake { notifies: Arc::new(workers.iter().map(|w| w.wake.clone()).collect()) };
-        Self { store, settings, workers, wake, circuits: OpenCircuits::default() }
+        Self {
+            store,
+            settings,
+            workers,
+            wake,
+            circuits: OpenCircuits::default(),
+            clock: Clock::system(),
+            latest_ms: AtomicI64::new(0),
+        }
+    }
+
+    /// Reads wall-clock time from `clock` (tests jump it; the app passes the process clock).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The wall clock now, for reading due rows. At the first reading, and whenever the clock
+    /// went back since the last one, rows written "in the future" of now are rescheduled
+    /// (`outbox::reschedule_after_clock_step_back`): each waits what was left of its own wait
+    /// (a backoff, a park), not that plus the size of the step. A failure to reschedule is
+    /// logged (the rows then wait out the step).
+    async fn now_checked(&self) -> i64 {
+        let now = self.clock.now_ms();
+        let latest = self.latest_ms.fetch_max(now, Ordering::SeqCst);
+        let step = i64::try_from(CLOCK_STEP_BACK.as_millis()).unwrap_or(i64::MAX);
+        let first = latest == 0;
+        if first || latest > now.saturating_add(step) {
+            match outbox::reschedule_after_clock_step_back(&self.store, now, step).await {
+                Ok(moved) => {
+                    if !first {
+                        tracing::warn!(
+                            back_ms = latest - now,
+                            rescheduled = moved,
+                            "The system clock went back {} ms; {moved} waiting deliveries now wait only what was left of their backoff",
+                            latest - now
+                        );
+                    } else if moved > 0 {
+                        tracing::warn!(
+                            rescheduled = moved,
+                            "The system clock is behind the outbox's last writes (it went back while the daemon was stopped); {moved} waiting deliveries now wait only what was left of their backoff"
+                        );
+                    }
+                    self.latest_ms.store(now, Ordering::SeqCst);
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "Could not look for deliveries written before a step back of the system clock");
+                }
+            }
+        }
+        now
     }
 
     /// Reports circuit states into `circuits` (shared across config reloads).
@@ -241,7 +301,7 @@ impl Dispatcher {
     /// returns when nothing due is left for them (rows in backoff, parked or behind an open
     /// circuit are not due and stay pending).
     pub async fn run_once_for(&self, locations: Option<&[String]>) -> DispatchSummary {
-        let cutoff = now_ms();
+        let cutoff = self.now_checked().await;
         let mut summary = DispatchSummary::default();
         let passes = join_all(self.workers.iter().map(|worker| async move {
             let mut total = ConnectorSummary::default();
@@ -295,7 +355,8 @@ impl Dispatcher {
             max_backoff: self.settings.backoff_max.get().min(RECORD_BACKOFF_MAX),
         };
         while !stop.is_cancelled() {
-            let wait = match self.round(worker, now_ms(), None, &mut ConnectorSummary::default()).await {
+            let now = self.now_checked().await;
+            let wait = match self.round(worker, now, None, &mut ConnectorSummary::default()).await {
                 Ok(0) => poll,
                 Ok(_) => continue,
                 Err(RoundError::Record(_)) => {
@@ -331,7 +392,7 @@ impl Dispatcher {
     /// from the store at scrape time (`server::prometheus`), not set here.
     async fn housekeeping(&self) -> Result<u64, StoreError> {
         let retention = i64::try_from(self.settings.retention.get().as_millis()).unwrap_or(i64::MAX);
-        outbox::prune(&self.store, now_ms().saturating_sub(retention)).await
+        outbox::prune(&self.store, self.clock.now_ms().saturating_sub(retention)).await
     }
 
     /// One round for one connector: record outcomes still held from earlier rounds (taking no
@@ -416,7 +477,7 @@ impl Dispatcher {
         outcomes: Vec<DeliveryOutcome>,
         summary: &mut ConnectorSummary,
     ) -> Result<(), RoundError> {
-        match outbox::record_outcomes(&self.store, &outcomes).await {
+        match outbox::record_outcomes(&self.store, &outcomes, self.clock.now_ms()).await {
             Ok(applied) => {
                 let failures = worker.record_failures.swap(0, Ordering::Relaxed);
                 if failures > 0 {
@@ -504,7 +565,7 @@ impl Dispatcher {
             }
         };
 
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut answered = false;
         for ((row, _), outcome) in deliverable.iter().zip(outcomes) {
             answered |= !matches!(outcome, Outcome::Retry(..));
@@ -541,12 +602,14 @@ impl Dispatcher {
             }
             // Not started because the daemon is stopping: due again on the next start.
             Outcome::Park(wait) if wait.is_zero() => {
-                Verdict::Parked { at: now, reason: "not started: the daemon was stopping".to_owned() }
+                Verdict::Parked { at: now, since: now, reason: "not started: the daemon was stopping".to_owned() }
             }
             // The connector is healthy and chose to wait: no attempt, no breaker.
-            Outcome::Park(wait) => {
-                Verdict::Parked { at: after(wait), reason: format!("parked by the connector for {} s", wait.as_secs()) }
-            }
+            Outcome::Park(wait) => Verdict::Parked {
+                at: after(wait),
+                since: now,
+                reason: format!("parked by the connector for {} s", wait.as_secs()),
+            },
             Outcome::Retry(_, reason) if attempts >= worker.settings.max_attempts => {
                 let reason = reason.unwrap_or_else(|| "target unavailable".to_owned());
                 tracing::warn!(connector.id = %worker.id, outbox.id = row.id, attempts, reason = %reason,
@@ -559,7 +622,7 @@ impl Dispatcher {
                 let reason = reason.unwrap_or_else(|| "retryable failure".to_owned());
                 tracing::warn!(connector.id = %worker.id, outbox.id = row.id, attempts, retry_in_ms, reason = %reason,
                     "Delivery {} to `{}` failed ({reason}); retrying in {retry_in_ms} ms", row.id, worker.id);
-                Verdict::Retry { at: after(wait), error: format!("attempt {attempts}: {reason}") }
+                Verdict::Retry { at: after(wait), since: now, error: format!("attempt {attempts}: {reason}") }
             }
         }
     }

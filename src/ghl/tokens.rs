@@ -50,8 +50,8 @@ use crate::http::{ApiClient, HttpError, StatusCode};
 use crate::store::Store;
 use crate::store::grants::{self, GrantKind, GrantRow, Sealed};
 
-/// Milliseconds since the Unix epoch; replaceable in tests.
-pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+/// Token expiry is wall-clock time: the one clock type of the crate.
+pub use crate::clock::Clock;
 
 /// Scopes the daemon needs to read (reference/ghl.md §3.8).
 pub const READ_SCOPES: &[&str] =
@@ -192,7 +192,7 @@ impl TokenManager {
             oauth,
             pits,
             margin_ms: i64::try_from(refresh_margin.as_millis()).unwrap_or(i64::MAX),
-            clock: Arc::new(crate::store::now_ms),
+            clock: Clock::system(),
             reauth_command: "ghl-sync auth install".to_owned(),
             state: Mutex::new(State::default()),
         }
@@ -236,7 +236,7 @@ impl TokenManager {
     }
 
     fn now(&self) -> i64 {
-        (self.clock)()
+        self.clock.now_ms()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -748,7 +748,7 @@ mod tests {
         let clock = skew.clone();
         // A 5-minute margin and no OAuth client: any refresh attempt fails loudly.
         let tokens = TokenManager::new(store, Some(key()), None, StaticTokens::default(), Duration::from_secs(300))
-            .with_clock(Arc::new(move || crate::store::now_ms() + clock.load(Ordering::SeqCst)));
+            .with_clock(Clock::from_fn(move || crate::store::now_ms() + clock.load(Ordering::SeqCst)));
         let answer: TokenResponse = serde_json::from_value(serde_json::json!({
             "access_token": "access-1", "refresh_token": "refresh-1", "expires_in": 120,
             "userType": "Location", "locationId": "loc", "companyId": "co"

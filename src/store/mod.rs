@@ -59,7 +59,7 @@ pub mod writebacks;
 pub enum StoreError {
     #[error("cannot create the database directory {path}: {source}")]
     Directory { path: PathBuf, source: std::io::Error },
-    #[error("cannot open the lock file {path}: {source}")]
+    #[error("cannot open the lock file {path}: {source}{}", not_writable_hint(source))]
     LockFile { path: PathBuf, source: std::io::Error },
     #[error("cannot open the database {path}: {source}{hint}")]
     Open { path: PathBuf, source: sqlx::Error, hint: &'static str },
@@ -441,6 +441,17 @@ fn open_hint(path: &Path, error: &sqlx::Error) -> &'static str {
     }
 }
 
+/// A plain-words hint for a file the daemon must write but may not.
+fn not_writable_hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            " (read-only: the directory holding the database is not writable by this user or is on a read-only \
+             mount; nothing was changed: make it writable and start again)"
+        }
+        _ => "",
+    }
+}
+
 /// Best effort: whether the directory holding `path` has (almost) no free space left.
 fn disk_nearly_full(path: &Path) -> bool {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -503,10 +514,10 @@ impl ProcessLock {
     }
 }
 
-/// Milliseconds since the Unix epoch, the store's time unit.
+/// Milliseconds since the Unix epoch, the store's time unit: the process's wall clock
+/// ([`crate::clock::now_ms`]).
 pub fn now_ms() -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+    crate::clock::now_ms()
 }
 
 /// Rows a chunked delete removes per transaction.

@@ -393,6 +393,35 @@ pub async fn due(
     Ok(rows.into_iter().map(StoredRow::typed).collect())
 }
 
+/// After the wall clock went back: pending rows last written more than `tolerance_ms` after
+/// `now` wait, from `now`, what was left of their wait when they were written
+/// (`next_attempt_at - updated_at`, at least 0) instead of the size of the step plus that.
+/// Rows already due stay due. Returns the rows rescheduled.
+pub async fn reschedule_after_clock_step_back(store: &Store, now: i64, tolerance_ms: i64) -> Result<u64, StoreError> {
+    // Usually there is none: look before taking the writer.
+    let any: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox WHERE status = 'pending' AND updated_at > ?1 + ?2)")
+            .bind(now)
+            .bind(tolerance_ms)
+            .fetch_one(store.read_pool())
+            .await?;
+    if !any {
+        return Ok(0);
+    }
+    let mut tx = store.begin_write("outbox_clock_step_back").await?;
+    let moved = sqlx::query(
+        "UPDATE outbox SET next_attempt_at = ?1 + MAX(next_attempt_at - updated_at, 0), updated_at = ?1 \
+         WHERE status = 'pending' AND updated_at > ?1 + ?2",
+    )
+    .bind(now)
+    .bind(tolerance_ms)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    tx.commit().await?;
+    Ok(moved)
+}
+
 /// Rows of one connector still pending after a drain, for `sync --once`'s summary.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Undelivered {
@@ -433,10 +462,12 @@ pub enum Verdict {
     Delivered,
     /// Deliberately not delivered (a filter): the row is done, with the reason as its note.
     Skipped(String),
-    /// A retryable failure: one attempt is counted, the next one is due at `at` (epoch ms).
-    Retry { at: i64, error: String },
+    /// A retryable failure: one attempt is counted, the next one is due at `at` (epoch ms),
+    /// decided at `since` (the row's `updated_at`: a step back of the clock is measured from
+    /// the same reading as the wait, see [`reschedule_after_clock_step_back`]).
+    Retry { at: i64, since: i64, error: String },
     /// Held back by the connector: no attempt is counted, the next one is due at `at`.
-    Parked { at: i64, reason: String },
+    Parked { at: i64, since: i64, reason: String },
     /// Refused for good, out of attempts or unreadable: moved to dead letters.
     Dead(String),
 }
@@ -451,12 +482,12 @@ pub struct DeliveryOutcome {
 /// Records a batch's outcomes in one short write transaction. Each applies only while its row
 /// is still pending with the delivered content; the answer says, per outcome, whether it
 /// applied (`false`: the row was replaced in flight and stays pending with the newer change).
-pub async fn record_outcomes(store: &Store, outcomes: &[DeliveryOutcome]) -> Result<Vec<bool>, StoreError> {
+/// `now` is the wall clock the verdicts were computed with.
+pub async fn record_outcomes(store: &Store, outcomes: &[DeliveryOutcome], now: i64) -> Result<Vec<bool>, StoreError> {
     let mut applied = Vec::with_capacity(outcomes.len());
     if outcomes.is_empty() {
         return Ok(applied);
     }
-    let now = now_ms();
     let mut tx = store.begin_write("delivery_outcomes").await?;
     for outcome in outcomes {
         let row = &outcome.row;
@@ -467,12 +498,12 @@ pub async fn record_outcomes(store: &Store, outcomes: &[DeliveryOutcome]) -> Res
             Verdict::Skipped(reason) => {
                 update(&mut tx, row, Update { done: true, attempt: 1, next_at: None, note: Some(reason) }, now).await?
             }
-            Verdict::Retry { at, error } => {
-                update(&mut tx, row, Update { done: false, attempt: 1, next_at: Some(*at), note: Some(error) }, now)
+            Verdict::Retry { at, since, error } => {
+                update(&mut tx, row, Update { done: false, attempt: 1, next_at: Some(*at), note: Some(error) }, *since)
                     .await?
             }
-            Verdict::Parked { at, reason } => {
-                update(&mut tx, row, Update { done: false, attempt: 0, next_at: Some(*at), note: Some(reason) }, now)
+            Verdict::Parked { at, since, reason } => {
+                update(&mut tx, row, Update { done: false, attempt: 0, next_at: Some(*at), note: Some(reason) }, *since)
                     .await?
             }
             Verdict::Dead(reason) => dead_letters::move_from_outbox(&mut tx, row, reason, now).await?,
@@ -623,6 +654,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn after_a_clock_step_back_rows_written_in_the_future_wait_only_what_was_left_of_their_wait() {
+        let (_dir, store) = store().await;
+        let mut tx = store.begin_write("test").await.unwrap();
+        for (id, hash) in [("due", 1u8), ("waiting", 2), ("parked", 3), ("past", 4)] {
+            enqueue(&mut tx, change(id, Operation::Created, &[hash; 32], 1, b"v"), EnqueuePolicy::Fold, None)
+                .await
+                .unwrap();
+        }
+        // Written at t = 200,000 s (the clock then), waiting 0, 2 s and an hour; one written at 100,000 s.
+        let at = 200_000_000i64;
+        for (id, updated, next) in [
+            ("due", at, at - 5),
+            ("waiting", at, at + 2_000),
+            ("parked", at, at + 3_600_000),
+            ("past", 100_000_000, 100_002_000),
+        ] {
+            sqlx::query("UPDATE outbox SET updated_at = ?, next_attempt_at = ? WHERE entity_id = ?")
+                .bind(updated)
+                .bind(next)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        // The clock steps back a day: before the first three writes, after the last one.
+        let now = at - 86_400_000;
+        assert_eq!(reschedule_after_clock_step_back(&store, now, 1_000).await.unwrap(), 3);
+        let next: Vec<(String, i64, i64)> =
+            sqlx::query_as("SELECT entity_id, next_attempt_at, updated_at FROM outbox ORDER BY id")
+                .fetch_all(store.read_pool())
+                .await
+                .unwrap();
+        assert_eq!(
+            next,
+            vec![
+                ("due".to_owned(), now, now),
+                ("waiting".to_owned(), now + 2_000, now),
+                ("parked".to_owned(), now + 3_600_000, now),
+                ("past".to_owned(), 100_002_000, 100_000_000),
+            ]
+        );
+        assert_eq!(reschedule_after_clock_step_back(&store, now, 1_000).await.unwrap(), 0, "once only");
+    }
+
+    #[tokio::test]
     async fn keep_pending_leaves_a_newer_pending_row_alone_and_an_explicit_key_is_kept() {
         let (_dir, store) = store().await;
         let mut tx = store.begin_write("test").await.unwrap();
@@ -746,13 +823,13 @@ mod tests {
         let verdicts = [
             Verdict::Delivered,
             Verdict::Skipped("filtered".into()),
-            Verdict::Retry { at: 7, error: "attempt 1 failed".into() },
-            Verdict::Parked { at: 9, reason: "budget".into() },
+            Verdict::Retry { at: 7, since: 1, error: "attempt 1 failed".into() },
+            Verdict::Parked { at: 9, since: 1, reason: "budget".into() },
             Verdict::Dead("refused".into()),
         ];
         let outcomes: Vec<_> =
             rows.iter().zip(verdicts).map(|(row, verdict)| DeliveryOutcome { row: row.version(), verdict }).collect();
-        let applied = record_outcomes(&store, &outcomes).await.unwrap();
+        let applied = record_outcomes(&store, &outcomes, now_ms()).await.unwrap();
         assert_eq!(applied, vec![true, true, true, true, false], "the replaced row stays pending");
         let state: Vec<(String, String, i64, i64, Option<String>)> =
             sqlx::query_as("SELECT entity_id, status, attempts, next_attempt_at, last_error FROM outbox ORDER BY id")
@@ -773,7 +850,7 @@ mod tests {
         put(&store, change("c1", Operation::Created, &[3; 32], 4, b"v4")).await;
         let row = due_rows(&store).await.remove(0);
         let dead = DeliveryOutcome { row: row.version(), verdict: Verdict::Dead("refused".into()) };
-        assert_eq!(record_outcomes(&store, &[dead]).await.unwrap(), vec![true]);
+        assert_eq!(record_outcomes(&store, &[dead], now_ms()).await.unwrap(), vec![true]);
         assert!(due_rows(&store).await.is_empty());
         let letters = super::dead_letters::list(&store, None, 10).await.unwrap();
         assert_eq!(letters.len(), 1);
@@ -802,7 +879,9 @@ mod tests {
             ["c1", "c2", "c3"].iter().map(|id| (change(id, Operation::Updated, &[1; 32], 1, b"v"), None)).collect();
         enqueue_all(&store, "test", &changes, EnqueuePolicy::Fold).await.unwrap();
         let row = due_rows(&store).await.remove(0);
-        record_outcomes(&store, &[DeliveryOutcome { row: row.version(), verdict: Verdict::Delivered }]).await.unwrap();
+        record_outcomes(&store, &[DeliveryOutcome { row: row.version(), verdict: Verdict::Delivered }], now_ms())
+            .await
+            .unwrap();
         assert_eq!(prune(&store, 0).await.unwrap(), 0, "too recent");
         assert_eq!(prune(&store, i64::MAX).await.unwrap(), 1);
         let depth = depth(&store).await.unwrap();

@@ -66,9 +66,9 @@ impl Env {
         let store = Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
         let skew = Arc::new(AtomicI64::new(0));
         let clock_skew = skew.clone();
-        let tokens = TokenManager::from_config(&config, store.clone(), CancellationToken::new())
-            .unwrap()
-            .with_clock(Arc::new(move || ghl_sync::store::now_ms() + clock_skew.load(Ordering::SeqCst)));
+        let tokens = TokenManager::from_config(&config, store.clone(), CancellationToken::new()).unwrap().with_clock(
+            ghl_sync::clock::Clock::from_fn(move || ghl_sync::store::now_ms() + clock_skew.load(Ordering::SeqCst)),
+        );
         Self { sandbox, _dir: dir, config, store, tokens: Arc::new(tokens), skew }
     }
 

@@ -37,17 +37,17 @@ pub(crate) fn run_config(sandbox: &Sandbox, dir: &Path, webhook: &str, extra: &s
 }
 
 /// The (entity, entity_id) an envelope delivery is about.
-fn record_of(delivery: &Delivery) -> (String, String) {
+pub(crate) fn record_of(delivery: &Delivery) -> (String, String) {
     let body = delivery.json().expect("envelope deliveries are JSON");
     (body["entity"].as_str().unwrap().to_owned(), body["entity_id"].as_str().unwrap().to_owned())
 }
 
-fn key_of(delivery: &Delivery) -> String {
+pub(crate) fn key_of(delivery: &Delivery) -> String {
     delivery.header("idempotency-key").expect("every delivery carries its key").to_owned()
 }
 
 /// Accepted deliveries per idempotency key.
-fn accepted_by_key(deliveries: &[Delivery]) -> BTreeMap<String, usize> {
+pub(crate) fn accepted_by_key(deliveries: &[Delivery]) -> BTreeMap<String, usize> {
     let mut keys = BTreeMap::new();
     for delivery in deliveries.iter().filter(|d| d.accepted()) {
         *keys.entry(key_of(delivery)).or_insert(0) += 1;
@@ -230,11 +230,11 @@ async fn seeded_sigkills_of_the_running_daemon_then_a_clean_run_deliver_every_ch
     sandbox.stop().await;
 }
 
-const MASTER_KEY: &str = "6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b";
+pub(crate) const MASTER_KEY: &str = "6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b";
 
 /// Installs the app on the sandbox's only location through OAuth into the database at `db`
 /// (what `ghl-sync auth install` does), so the daemon runs on a grant that rotates.
-async fn install_oauth(sandbox: &Sandbox, db: &Path) {
+pub(crate) async fn install_oauth(sandbox: &Sandbox, db: &Path) {
     use ghl_sync::config::{Config, OAuthSettings, Secret, Settings};
     let (client_id, client_secret) = sandbox.ghl.oauth_client();
     let mut settings = Settings::default();
@@ -427,5 +427,237 @@ async fn seeded_sigkills_while_rules_act_create_each_task_and_note_once() {
             "contact {id}: tasks and notes made by the rule (seed {seed}, kills after {killed_after:?} ms)"
         );
     }
+    sandbox.stop().await;
+}
+
+/// `kill -9` during a Lusha lead import: 50 prospecting leads, two per poll
+/// (a poll every 500 ms, so the import spans the kills), each becoming a GHL contact with a task. Kills land
+/// between the Lusha call and its bookkeeping, between the stored result and the GHL create,
+/// and between the create and its task. After a clean run: every lead is one GHL contact (none
+/// twice), each with one task, and Lusha was paid exactly what the leads cost once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_sigkills_during_a_lusha_lead_import_create_each_lead_once_with_one_task_and_pay_once() {
+    use ghl_sync_sandbox::lusha::{Identity, LushaOptions};
+    use ghl_sync_sandbox::{Sandbox, SandboxOptions};
+
+    let (kills, seed) = crash_settings();
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x1ead);
+    let mut ghl = fast_ghl(0);
+    ghl.locations = 1;
+    ghl.max_tasks_per_contact = 0;
+    ghl.max_notes_per_contact = 0;
+    let lusha = LushaOptions { usage_per_minute: 0, ..LushaOptions::default() };
+    let sandbox = Sandbox::start(SandboxOptions { ghl, lusha, ..Default::default() }, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let location = sandbox.ghl.locations()[0].id.clone();
+    let leads = sandbox.lusha.lead_ids();
+    assert_eq!(leads.len(), 50);
+    let identities: Vec<Identity> = leads.iter().map(|id| Identity::Id(id.clone())).collect();
+    let predicted = sandbox.lusha.predict_cost(&identities, &["emails", "phones"], false);
+    assert!(predicted > 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let lusha = format!(
+        "[connectors.lusha]\nbase_url = \"{url}\"\napi_key = \"{key}\"\ndaily_credit_cap = 0\ncredit_reserve = 0\n\
+         batch_size = 4\n\
+         [connectors.lusha.limits]\nper_minute = 60000\nper_hour = 1000000\nper_day = 1000000\n\
+         [[connectors.lusha.leads]]\nname = \"all\"\nlocation = \"{location}\"\ninterval = \"500ms\"\nmax_per_poll = 2\n\
+         task = {{ title = \"Call {{firstName}} at {{company}}\", due_in = \"2d\" }}\n",
+        url = sandbox.lusha_url(),
+        key = sandbox.lusha.api_key(),
+    );
+    let text = run_config(&sandbox, dir.path(), "", &lusha)
+        .replace("contacts_interval = \"60s\"", "contacts_interval = \"1s\"");
+    let path = write_config(dir.path(), &text);
+    let path = path.to_str().unwrap().to_owned();
+
+    let started = Instant::now();
+    let mut killed_after = Vec::new();
+    for kill in 0..kills {
+        let mut child = spawn(&["run", "--config", &path], &[]);
+        let delay = Duration::from_millis(200 + rng.u64(..1_300));
+        tokio::time::sleep(delay).await;
+        if let Some(status) = child.try_wait().unwrap() {
+            let (_, _, stderr) = wait_with_limit(child, Duration::from_secs(1));
+            panic!("the daemon exited with {status} before kill {kill}: {stderr}");
+        }
+        signal(&child, "KILL");
+        tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+        killed_after.push(delay.as_millis());
+    }
+    let imported_during_kills = sandbox.ghl.contact_ids(&location).len();
+
+    // The clean run imports what is left, then stops gracefully.
+    let child = spawn(&["run", "--config", &path], &[]);
+    let lead_tagged = |sandbox: &Sandbox| {
+        let ids = sandbox.ghl.contact_ids(&location);
+        ids.iter()
+            .filter(|id| sandbox.ghl.contact(id).is_some_and(|c| c["tags"].to_string().contains("lusha:lead")))
+            .filter(|id| !sandbox.ghl.tasks(id).is_empty())
+            .count()
+    };
+    let complete = until(Duration::from_secs(120), || lead_tagged(&sandbox) >= 50).await;
+    // A few more polls: nothing more may be created or paid.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    signal(&child, "TERM");
+    let (status, _, stderr) = wait_exit(child, Duration::from_secs(20)).await;
+    assert!(
+        complete,
+        "{} of 50 leads imported (seed {seed}, kills after {killed_after:?} ms): {stderr}",
+        lead_tagged(&sandbox)
+    );
+    assert_eq!(status.code(), Some(0), "{stderr}");
+
+    let contacts = sandbox.ghl.contact_ids(&location);
+    assert_eq!(contacts.len(), 50, "a lead became two GHL contacts (seed {seed}, kills after {killed_after:?} ms)");
+    for id in &contacts {
+        assert_eq!(sandbox.ghl.tasks(id).len(), 1, "contact {id}: tasks (seed {seed})");
+    }
+    assert_eq!(
+        sandbox.lusha.ledger().spent,
+        predicted,
+        "credits spent twice (seed {seed}, kills after {killed_after:?} ms)"
+    );
+    eprintln!(
+        "crash loop during a Lusha lead import: seed {seed}, {kills} kills in {:.1} s, {imported_during_kills} of 50 leads in GHL before the clean run, {predicted} credits spent",
+        started.elapsed().as_secs_f64()
+    );
+    sandbox.stop().await;
+}
+
+/// `kill -9` while the Lucky Orange bridge takes identifications and site events: between
+/// restarts a client keeps identifying contacts (`POST /lo/identity`) and reporting a journey
+/// event for each (`POST /lo/events`, sometimes twice), while the daemon mints tokens and
+/// applies stored events to GHL. A rule turns each identification into a note (at most one per
+/// contact and day). After a clean run: every accepted event made exactly one task and its tag,
+/// every identified contact has exactly one note, every contact one valid token of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_sigkills_while_lucky_orange_identifies_and_ingests_events_apply_each_once() {
+    use std::collections::HashMap;
+
+    const ORIGIN: &str = "https://www.example.com";
+    let (kills, seed) = crash_settings();
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x10a5);
+    let mut ghl = fast_ghl(0);
+    ghl.locations = 1;
+    ghl.max_tasks_per_contact = 0;
+    ghl.max_notes_per_contact = 0;
+    let sandbox = start_sandbox(ghl).await;
+    let location = sandbox.ghl.locations()[0].id.clone();
+    let contacts: Vec<String> = (0..12)
+        .map(|i| sandbox.ghl.create_contact(&location, serde_json::json!({ "firstName": format!("Visitor{i}") })))
+        .collect();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[connectors.lucky_orange]\nsite_id = \"site-1\"\nallowed_origins = [\"https://www.example.com\"]\n\
+                 key = \"lucky-orange-test-key-0123456789-0123456789\"\nmint_interval = \"500ms\"\nrate_limit_per_minute = 100000\n\
+                 visit_fields = { last_seen = \"contact.lo_last_seen\", visits = \"contact.lo_visits\" }\n\
+                 [connectors.lucky_orange.events.pricing_viewed]\n\
+                 task = { title = \"Follow up: {name} viewed {page}\", due_in = \"1d\" }\ntag = \"lo:pricing\"\n\
+                 [[rules]]\nname = \"seen\"\non = [\"lucky_orange.identified\"]\n\
+                 [[rules.actions]]\ndo = \"ghl.create_note\"\nbody = \"Identified {contact.id}\"\n";
+    let text = run_config(&sandbox, dir.path(), "", extra)
+        .replace("[server]\nenabled = false\n", &format!("[server]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n"));
+    let path = write_config(dir.path(), &text);
+    let config = ghl_sync::config::load_from_str(
+        &text,
+        ghl_sync::config::ConfigSource::InCode,
+        std::collections::HashMap::new(),
+    )
+    .unwrap();
+    let keys = ghl_sync::connectors::lucky_orange::token_keys(&config).unwrap();
+    let path = path.to_str().unwrap().to_owned();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    // One identification and one event per contact and round; what the daemon answered.
+    let mut identified: HashMap<String, usize> = HashMap::new();
+    let mut accepted: HashMap<String, usize> = HashMap::new();
+    let report = |contact: &str, path: &str, body: serde_json::Value| {
+        let request = http.post(format!("{base}{path}")).header("origin", ORIGIN).json(&body);
+        let contact = contact.to_owned();
+        async move { (contact, request.send().await.map(|r| r.status().as_u16()).unwrap_or(0)) }
+    };
+
+    let started = Instant::now();
+    let mut killed_after = Vec::new();
+    for kill in 0..kills {
+        let mut child = spawn(&["run", "--config", &path], &[]);
+        let delay = Duration::from_millis(300 + rng.u64(..2_700));
+        let until_kill = Instant::now() + delay;
+        while Instant::now() < until_kill {
+            let contact = &contacts[rng.usize(..contacts.len())];
+            let token = keys.mint(contact, ghl_sync::store::now_ms() / 1000 + 3600);
+            let (who, status) = report(contact, "/lo/identity", serde_json::json!({ "t": token })).await;
+            if status == 200 {
+                *identified.entry(who).or_insert(0) += 1;
+            }
+            let event =
+                serde_json::json!({ "t": token, "type": "event", "name": "pricing_viewed", "page": "/pricing" });
+            let times = if rng.bool() { 2 } else { 1 };
+            for _ in 0..times {
+                let (who, status) = report(contact, "/lo/events", event.clone()).await;
+                if status == 202 {
+                    *accepted.entry(who).or_insert(0) += 1;
+                }
+            }
+            let visit = serde_json::json!({ "t": token, "type": "visit", "page": "/home", "visits": 2 });
+            report(contact, "/lo/events", visit).await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the daemon exited on its own before kill {kill}");
+        signal(&child, "KILL");
+        tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+        killed_after.push(delay.as_millis());
+    }
+    assert!(!accepted.is_empty() && !identified.is_empty(), "the bridge never answered during the loop");
+
+    // The clean run applies what the kills left, then stops gracefully.
+    let tasks = |id: &str| {
+        let title = |t: &serde_json::Value| t["title"].as_str().is_some_and(|t| t.starts_with("Follow up: Visitor"));
+        sandbox.ghl.tasks(id).iter().filter(|t| title(t)).count()
+    };
+    let notes =
+        |id: &str| sandbox.ghl.notes(id).iter().filter(|n| n["body"] == format!("Identified {id}").as_str()).count();
+    let child = spawn(&["run", "--config", &path], &[]);
+    let complete = until(Duration::from_secs(120), || {
+        accepted.keys().all(|id| tasks(id) > 0) && identified.keys().all(|id| notes(id) > 0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    signal(&child, "TERM");
+    let (status, _, stderr) = wait_exit(child, Duration::from_secs(20)).await;
+    assert!(complete, "not every accepted report reached GHL (seed {seed}, kills after {killed_after:?} ms): {stderr}");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+
+    let now = ghl_sync::store::now_ms() / 1000;
+    for id in &contacts {
+        let contact = sandbox.ghl.contact(id).unwrap();
+        assert!(tasks(id) <= 1, "contact {id}: {} tasks for one event (seed {seed})", tasks(id));
+        assert!(notes(id) <= 1, "contact {id}: {} notes for its identifications (seed {seed})", notes(id));
+        if accepted.contains_key(id) {
+            assert_eq!(tasks(id), 1);
+            assert!(contact["tags"].to_string().contains("lo:pricing"), "contact {id} lacks its tag");
+        }
+        // The one custom field holding a token that verifies: the contact's own.
+        let holders: Vec<String> = contact["customFields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["value"].as_str())
+            .filter_map(|value| keys.verify(value, now).ok())
+            .map(|claims| claims.sub)
+            .collect();
+        assert_eq!(holders, vec![id.clone()], "contact {id}: the tokens it holds name {holders:?}");
+    }
+    assert_eq!(sandbox.ghl.contact_ids(&location).len(), contacts.len(), "a contact was created");
+    eprintln!(
+        "crash loop with Lucky Orange: seed {seed}, {kills} kills in {:.1} s, {} contacts identified ({} answers), {} with events ({} accepted)",
+        started.elapsed().as_secs_f64(),
+        identified.len(),
+        identified.values().sum::<usize>(),
+        accepted.len(),
+        accepted.values().sum::<usize>()
+    );
     sandbox.stop().await;
 }

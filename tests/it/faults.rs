@@ -149,3 +149,110 @@ async fn a_full_disk_fails_the_run_with_a_clear_error_corrupts_nothing_and_the_s
     assert_eq!(integrity, "ok");
     sandbox.stop().await;
 }
+
+/// Every file of `dir` by name with its bytes.
+fn files_of(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_file())
+        .map(|path| (path.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&path).unwrap()))
+        .collect()
+}
+
+/// Sets the mode of `dir` and of every file in it.
+fn chmod_all(dir: &std::path::Path, dir_mode: u32, file_mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    for name in files_of(dir).keys() {
+        std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(file_mode)).unwrap();
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode)).unwrap();
+}
+
+/// The real binary on a store it can read but not write. As root (the suite's usual case, where
+/// file modes stop nothing) it runs as the unprivileged uid 65534 over root's files; otherwise
+/// as this user over files without write permission. Both `sync --once` and `run` refuse to
+/// start, exit 1 with an error naming the database and saying "read-only", and change no byte
+/// of the store; once the store is writable, the same user's run delivers every change made in
+/// between, each record under keys the target had not accepted before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_database_stops_the_start_with_exit_1_naming_it_changes_nothing_and_resumes_once_writable() {
+    use crate::crash::{accepted_by_key, record_of, run_config};
+    use crate::helpers::{euid, spawn, spawn_as, wait_with_limit, write_config};
+
+    let sandbox = start_sandbox(fast_ghl(20)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    std::fs::create_dir(&store_dir).unwrap();
+    let db = store_dir.join("ghl-sync.db");
+    // The config lives outside the store directory, readable by everyone.
+    let path = write_config(dir.path(), &run_config(&sandbox, &store_dir, "", ""));
+    chmod_all(dir.path(), 0o755, 0o644);
+    let path = path.to_str().unwrap().to_owned();
+    let sync = ["sync", "--once", "--config", path.as_str()];
+    let limit = Duration::from_secs(60);
+
+    // A first pass by the owner of the store: everything delivered.
+    let (status, stdout, stderr) = wait_with_limit(spawn(&sync, &[]), limit);
+    assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
+    let first = sandbox.sink.accepted(Some("test")).len();
+    assert!(first > 0);
+    // Changes while the store cannot be written: three edits and two new contacts.
+    let location = sandbox.ghl.locations()[0].id.clone();
+    let mut markers = Vec::new();
+    for (i, id) in sandbox.ghl.contact_ids(&location).into_iter().take(3).enumerate() {
+        let marker = format!("ReadOnly{i}");
+        assert!(sandbox.ghl.update_contact(&id, serde_json::json!({ "firstName": marker })));
+        markers.push(marker);
+    }
+    for i in 0..2 {
+        let marker = format!("ReadOnlyNew{i}");
+        sandbox.ghl.create_contact(&location, serde_json::json!({ "firstName": marker }));
+        markers.push(marker);
+    }
+
+    // The store becomes readable but not writable by the user who runs the daemon.
+    let root = euid() == 0;
+    let (as_user, dir_mode, file_mode) = if root { (65_534, 0o755, 0o644) } else { (euid(), 0o555, 0o444) };
+    chmod_all(&store_dir, dir_mode, file_mode);
+    let start = |args: &[&str]| if root { spawn_as(as_user, args, &[]) } else { spawn(args, &[]) };
+    let before = files_of(&store_dir);
+    assert!(before.contains_key("ghl-sync.db"), "{:?}", before.keys());
+    let run = ["run", "--config", path.as_str()];
+    for args in [&sync[..], &run[..]] {
+        let (status, stdout, stderr) = wait_with_limit(start(args), limit);
+        assert_eq!(status.code(), Some(1), "{args:?} as uid {as_user}: {stdout}\n{stderr}");
+        assert!(stderr.contains(db.to_str().unwrap()), "{args:?}: the error names the database: {stderr}");
+        assert!(stderr.contains("read-only"), "{args:?}: the error says read-only: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    assert_eq!(sandbox.sink.accepted(Some("test")).len(), first, "nothing was delivered");
+    assert!(files_of(&store_dir) == before, "a byte of the store changed while it was read-only");
+
+    // Writable again (the volume given to the daemon's user): the same user's run resumes.
+    if root {
+        std::os::unix::fs::chown(&store_dir, Some(as_user), Some(as_user)).unwrap();
+        for name in before.keys() {
+            std::os::unix::fs::chown(store_dir.join(name), Some(as_user), Some(as_user)).unwrap();
+        }
+    }
+    chmod_all(&store_dir, 0o700, 0o600);
+    let (status, stdout, stderr) = wait_with_limit(start(&sync), limit);
+    assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
+    let store = ghl_sync::store::Store::connect(&db, Duration::from_secs(5)).await.unwrap();
+    let integrity: String = sqlx::query_scalar("PRAGMA integrity_check").fetch_one(store.read_pool()).await.unwrap();
+    assert_eq!(integrity, "ok");
+    store.close().await;
+
+    // Every record arrived, every change made while read-only too, and no key twice.
+    let accepted = sandbox.sink.accepted(Some("test"));
+    let records: std::collections::BTreeSet<_> = accepted.iter().map(record_of).collect();
+    assert_eq!(records, crate::reliability::expected(&sandbox));
+    for marker in &markers {
+        let carrying = accepted.iter().filter(|d| d.body.contains(marker.as_str())).count();
+        assert_eq!(carrying, 1, "the change {marker} was delivered {carrying} times");
+    }
+    let repeated: Vec<_> = accepted_by_key(&accepted).into_iter().filter(|(_, n)| *n > 1).collect();
+    assert!(repeated.is_empty(), "keys accepted twice: {repeated:?}");
+    sandbox.stop().await;
+}

@@ -36,6 +36,25 @@ pub fn spawn_with_only(args: &[&str], env: &[(String, String)]) -> Child {
     spawn_command(command)
 }
 
+/// Like [`spawn`], but as user and group `id` (the caller must be root to switch; the standard
+/// library drops root's supplementary groups when it switches the user).
+pub fn spawn_as(id: u32, args: &[&str], env: &[(&str, &str)]) -> Child {
+    use std::os::unix::process::CommandExt as _;
+    let mut command = Command::new(binary());
+    command.args(args).uid(id).gid(id);
+    command.env_remove("RUST_LOG").env_remove("GHL_SYNC_CONFIG");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    spawn_command(command)
+}
+
+/// The effective user id of this process (the owner of `/proc/self`).
+pub fn euid() -> u32 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self").unwrap().uid()
+}
+
 fn spawn_command(mut command: Command) -> Child {
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = command.spawn().unwrap();

@@ -336,7 +336,7 @@ async fn tokens_are_minted_in_scope_capped_per_pass_and_never_fire_other_connect
 
     // With less than half the life left, a pass re-mints (the clock moves 4 of 7 days on).
     let later = ghl_sync::store::now_ms() + 4 * 86_400_000;
-    let connector = connector.with_clock(Arc::new(move || later));
+    let connector = connector.with_clock(ghl_sync::clock::Clock::from_fn(move || later));
     assert_eq!(connector.mint_pass().await.minted, 3, "capped again");
     drop(app);
 }

@@ -13,6 +13,7 @@ mod appointments;
 mod auth;
 mod bad_input;
 mod cli;
+mod clock;
 mod control;
 mod crash;
 mod daemon;

@@ -174,7 +174,7 @@ pub struct LuckyOrangeConnector {
     /// Custom field ids by location, resolved from keys once.
     fields: Mutex<HashMap<String, FieldIds>>,
     /// Milliseconds since the epoch (tests move time).
-    clock: Arc<dyn Fn() -> i64 + Send + Sync>,
+    clock: crate::clock::Clock,
     /// Raises `lucky_orange.journey_event` and `lucky_orange.replay_link` for the rules.
     rules: crate::rules::emit::Emitter,
 }
@@ -210,7 +210,7 @@ impl LuckyOrangeConnector {
             keys,
             writeback,
             fields: Mutex::new(HashMap::new()),
-            clock: Arc::new(crate::store::now_ms),
+            clock: crate::clock::Clock::system(),
             rules: crate::rules::emit::Emitter::none(),
         }
     }
@@ -222,7 +222,7 @@ impl LuckyOrangeConnector {
     }
 
     /// Uses `clock` (epoch ms) instead of the system clock.
-    pub fn with_clock(mut self, clock: Arc<dyn Fn() -> i64 + Send + Sync>) -> Self {
+    pub fn with_clock(mut self, clock: crate::clock::Clock) -> Self {
         self.clock = clock;
         self
     }
@@ -232,7 +232,7 @@ impl LuckyOrangeConnector {
     }
 
     fn now_ms(&self) -> i64 {
-        (self.clock)()
+        self.clock.now_ms()
     }
 
     /// The id of a custom field key in a location (read from GHL once, then cached).

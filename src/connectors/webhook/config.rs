@@ -65,8 +65,10 @@ fn default_concurrency() -> usize {
 fn default_max_attempts() -> u32 {
     12
 }
+/// Shorter than `daemon.shutdown_grace` (8 s): a request in flight at a stop finishes and its
+/// outcome is recorded before the daemon exits (validation warns when a config breaks this).
 fn default_webhook_timeout() -> Dur {
-    Dur::secs(10)
+    Dur::secs(5)
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
