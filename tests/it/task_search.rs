@@ -274,16 +274,10 @@ async fn tasks_stored_before_the_projection_are_reprojected_on_open_and_not_deli
     use ghl_sync::domain::normalize::{normalize_child, value_hash};
     use ghl_sync::store::codec;
 
-    let sandbox = start_sandbox(one_location(5)).await;
+    let sandbox = start_sandbox(one_location(20)).await;
     let location = sandbox.ghl.locations()[0].id.clone();
-    let contact = sandbox.ghl.contact_ids(&location)[0].clone();
-    let task_id = sandbox
-        .ghl
-        .create_task(
-            &contact,
-            serde_json::json!({"title": "Call back", "body": "b", "dueDate": "2026-03-01T10:00:00Z"}),
-        )
-        .unwrap();
+    let contact = sandbox.ghl.contact_ids(&location).into_iter().find(|c| !sandbox.ghl.tasks(c).is_empty()).unwrap();
+    let task_id = sandbox.ghl.tasks(&contact)[0]["id"].as_str().unwrap().to_owned();
     // Per-contact task reads (a PIT without the search's scope), as before issue 22.
     let pit = sandbox.ghl.create_pit(&location, &["contacts.readonly", "contacts.write"]).unwrap();
     let dir = tempfile::tempdir().unwrap();
