@@ -52,6 +52,7 @@ pub mod runs;
 pub mod snapshot;
 pub mod staged_tasks;
 pub mod status;
+mod upgrades;
 pub mod writebacks;
 
 /// Errors the store reports to its callers.
@@ -300,7 +301,7 @@ impl Store {
         Ok(store)
     }
 
-    /// Applies pending migrations; idempotent.
+    /// Applies pending migrations, then the one-time data upgrades not done yet; idempotent.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
         // No migrations table yet (a new database) reads as None.
@@ -313,7 +314,10 @@ impl Store {
         }
         let mut slot = self.writer.slot.lock().await;
         let conn = self.writer_conn(&mut slot).await?;
-        MIGRATOR.run(conn).await.map_err(|source| StoreError::Migrate { path: self.path.clone(), source })
+        MIGRATOR.run(conn).await.map_err(|source| StoreError::Migrate { path: self.path.clone(), source })?;
+        drop(slot);
+        // Data upgrades write through the one writer like every other write.
+        upgrades::run(self).await
     }
 
     /// The read pool. Its connections are `query_only`: writing through it fails.

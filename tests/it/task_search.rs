@@ -264,3 +264,75 @@ async fn the_sweep_finds_deleted_and_changed_tasks_through_a_new_staging() {
     assert_eq!(events, [("task.deleted", 1), ("task.updated", 1)], "nothing else changed");
     sandbox.stop().await;
 }
+
+/// An installation upgrading from before tasks were projected onto `TaskSchema`: its stored
+/// task records kept every field GHL sent. The store's one-time upgrade on open re-projects
+/// and re-hashes them, so the next read of the unchanged task delivers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_stored_before_the_projection_are_reprojected_on_open_and_not_delivered_again() {
+    use ghl_sync::domain::EntityKind;
+    use ghl_sync::domain::normalize::{normalize_child, value_hash};
+    use ghl_sync::store::codec;
+
+    let sandbox = start_sandbox(one_location(20)).await;
+    let location = sandbox.ghl.locations()[0].id.clone();
+    let contact = sandbox.ghl.contact_ids(&location).into_iter().find(|c| !sandbox.ghl.tasks(c).is_empty()).unwrap();
+    let task_id = sandbox.ghl.tasks(&contact)[0]["id"].as_str().unwrap().to_owned();
+    // Per-contact task reads (a PIT without the search's scope), as before issue 22.
+    let pit = sandbox.ghl.create_pit(&location, &["contacts.readonly", "contacts.write"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let app = build(&sandbox, dir.path(), Some(pit.clone())).await;
+    app.engine.run_once(&location, ONCE).await.unwrap();
+
+    // The task as the old normalisation stored it: with the fields beyond `TaskSchema` a
+    // per-contact read of real GHL carries; the database from before the upgrade marker.
+    let fresh = |sandbox: &Sandbox| {
+        let listed = sandbox.ghl.tasks(&contact).into_iter().find(|t| t["id"] == task_id.as_str()).unwrap();
+        normalize_child(EntityKind::Task, listed.as_object().unwrap().clone())
+    };
+    let mut old = fresh(&sandbox);
+    old.insert("locationId".into(), serde_json::json!(location));
+    old.insert("status".into(), serde_json::json!("incompleted"));
+    old.insert("isLocation".into(), serde_json::json!(false));
+    let mut conn = crate::helpers::raw(&app.store).await;
+    let updated = sqlx::query("UPDATE children SET record = ?, hash = ? WHERE kind = 'task' AND child_id = ?")
+        .bind(codec::pack(&serde_json::Value::Object(old.clone())))
+        .bind(&value_hash(&old)[..])
+        .bind(&task_id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(updated.rows_affected(), 1);
+    sqlx::query("DELETE FROM store_upgrades").execute(&mut conn).await.unwrap();
+    // Everything so far was delivered: any row from here on is a new delivery.
+    sqlx::query("UPDATE outbox SET status = 'done'").execute(&mut conn).await.unwrap();
+    drop(conn);
+    app.store.close().await;
+    drop(app);
+
+    // The upgrade: opening the store re-projects the record and re-hashes it.
+    let app = build(&sandbox, dir.path(), Some(pit)).await;
+    let (hash, record): (Vec<u8>, Vec<u8>) =
+        sqlx::query_as("SELECT hash, record FROM children WHERE kind = 'task' AND child_id = ?")
+            .bind(&task_id)
+            .fetch_one(app.store.read_pool())
+            .await
+            .unwrap();
+    let expected = fresh(&sandbox);
+    assert_eq!(codec::unpack(&record).unwrap(), serde_json::Value::Object(expected.clone()));
+    assert_eq!(hash, value_hash(&expected).to_vec(), "the hash a fresh per-contact read produces");
+
+    // A pass that reads the contact's tasks again delivers nothing for them.
+    ghl_sync::store::snapshot::mark_children_due(&app.store, &location, &contact).await.unwrap();
+    sandbox.ghl.reset_stats();
+    let summary = app.engine.run_once(&location, ONCE).await.unwrap();
+    assert!(requests(&sandbox, TASK_LISTS) >= 1, "the contact's tasks were read");
+    assert!(!summary.events.iter().any(|(event, _)| event.as_str() == "task.updated"), "{:?}", summary.events);
+    let updates: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE entity = 'task' AND operation = 'updated'")
+            .fetch_one(app.store.read_pool())
+            .await
+            .unwrap();
+    assert_eq!(updates, 0, "no task.updated enqueued");
+    sandbox.stop().await;
+}
