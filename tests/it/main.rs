@@ -19,6 +19,7 @@ mod daemon;
 mod dispatch;
 mod docker;
 mod export;
+mod fairness;
 mod faults;
 mod fresh;
 mod helpers;
