@@ -330,7 +330,9 @@ async fn soak(knobs: Knobs) {
 }
 
 fn signal_term(pid: u32) {
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    if let Err(error) = Command::new("kill").args(["-TERM", &pid.to_string()]).status() {
+        eprintln!("kill -TERM {pid}: {error}");
+    }
 }
 
 fn tail(log: &Path) -> String {

@@ -279,7 +279,7 @@ fn format_date(when: time::OffsetDateTime, format: &str) -> Option<Value> {
         "unix" => Some(Value::from(when.unix_timestamp())),
         "unix_ms" => i64::try_from(when.unix_timestamp_nanos() / 1_000_000).ok().map(Value::from),
         custom => {
-            let description = time::format_description::parse(custom).ok()?;
+            let description = time::format_description::parse_borrowed::<1>(custom).ok()?;
             when.format(&description).ok().map(Value::String)
         }
     }
@@ -287,7 +287,7 @@ fn format_date(when: time::OffsetDateTime, format: &str) -> Option<Value> {
 
 /// Checks a `format_date` format at config time.
 pub fn date_format_is_valid(format: &str) -> bool {
-    matches!(format, "rfc3339" | "unix" | "unix_ms") || time::format_description::parse(format).is_ok()
+    matches!(format, "rfc3339" | "unix" | "unix_ms") || time::format_description::parse_borrowed::<1>(format).is_ok()
 }
 
 fn insert_path(out: &mut Map<String, Value>, path: &str, value: Value) -> Result<(), ()> {
