@@ -153,8 +153,7 @@ fn collect(sandbox: &Sandbox, waiting: &mut Waiting, lags: &mut Vec<Duration>) -
     for delivery in deliveries.iter().filter(|d| d.accepted()) {
         accepted += 1;
         if let Some(start) = delivery.body.find("Soak") {
-            let marker: String =
-                delivery.body[start..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+            let marker: String = delivery.body[start..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
             if let Some((_, made)) = waiting.remove(&marker) {
                 lags.push(made.elapsed());
             }
@@ -174,8 +173,9 @@ async fn soak(knobs: Knobs) {
         daily_max: 100_000_000,
         ..GhlOptions::default()
     };
-    let sandbox =
-        Sandbox::start(SandboxOptions { ghl, ..SandboxOptions::default() }, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let sandbox = Sandbox::start(SandboxOptions { ghl, ..SandboxOptions::default() }, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = dir.path().join("ghl-sync.toml");
@@ -330,7 +330,9 @@ async fn soak(knobs: Knobs) {
 }
 
 fn signal_term(pid: u32) {
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    if let Err(error) = Command::new("kill").args(["-TERM", &pid.to_string()]).status() {
+        eprintln!("kill -TERM {pid}: {error}");
+    }
 }
 
 fn tail(log: &Path) -> String {

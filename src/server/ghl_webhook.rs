@@ -307,7 +307,12 @@ pub(super) async fn receive(State(state): State<ServerState>, headers: HeaderMap
             return reject(StatusCode::BAD_REQUEST, "unknown", Verdict::Malformed, "malformed JSON\n");
         }
         Err(Unreadable::Timestamp { type_label }) => {
-            return reject(StatusCode::BAD_REQUEST, type_label, Verdict::Malformed, "missing or unreadable timestamp\n");
+            return reject(
+                StatusCode::BAD_REQUEST,
+                type_label,
+                Verdict::Malformed,
+                "missing or unreadable timestamp\n",
+            );
         }
     };
     // A stale or far-future delivery is answered 401, not 400: the payload is well-formed,

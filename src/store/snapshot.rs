@@ -700,6 +700,29 @@ pub async fn children_due(
     Ok(due.into_iter().filter(|id| !skip.contains(id)).collect())
 }
 
+/// Those of `contacts` that were marked due by a change after they were first stored (the
+/// poll found them changed, or a webhook named them): incremental work, not the backlog of a
+/// first sync (a contact stored and marked due in one write, `first_seen_at = children_due_at`).
+pub async fn changed_since_stored(
+    store: &Store,
+    location: &str,
+    contacts: &[String],
+) -> Result<HashSet<String>, StoreError> {
+    if contacts.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ids = serde_json::to_string(contacts).unwrap_or_else(|_| "[]".to_owned());
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT contact_id FROM contacts WHERE location_id = ? AND contact_id IN (SELECT value FROM json_each(?)) \
+         AND first_seen_at < COALESCE(children_due_at, 0)",
+    )
+    .bind(location)
+    .bind(ids)
+    .fetch_all(store.read_pool())
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// Contacts whose children were read longest ago (before `stale_before`), for the sweep.
 pub async fn sweep_due(
     store: &Store,

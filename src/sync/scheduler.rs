@@ -7,10 +7,12 @@
 //! children backlog of a first sync, the sweep) stop between small chunks as soon as a webhook
 //! hint has arrived for the location or its next poll is due, and resume after that work. A
 //! location with bulk work left runs it whenever nothing else is waiting, one slice per
-//! concurrency permit, so other locations get their turns too.
+//! concurrency permit, so other locations get their turns too: bulk work also stops between
+//! chunks while another location waits for a permit (fair rotation; each turn still reads at
+//! least one chunk, so a location that yields always makes progress).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -126,7 +128,10 @@ pub fn spawn(
     stop: CancellationToken,
     tracker: &TaskTracker,
 ) {
-    let permits = Arc::new(Semaphore::new(settings.max_concurrent_locations.max(1)));
+    let permits = Arc::new(Permits {
+        semaphore: Semaphore::new(settings.max_concurrent_locations.max(1)),
+        waiting: AtomicUsize::new(0),
+    });
     let mut wakes = HashMap::new();
     let mut nows = BTreeMap::new();
     for location in locations {
@@ -143,6 +148,34 @@ pub fn spawn(
     }
     sync_now.replace(nows);
     tracker.spawn(route_hints(engine, wakes, wake, stop));
+}
+
+/// The concurrency permits shared by the location loops, and how many loops wait for one
+/// (bulk work holding a permit yields while another location waits).
+#[derive(Debug)]
+struct Permits {
+    semaphore: Semaphore,
+    waiting: AtomicUsize,
+}
+
+impl Permits {
+    /// Waits for a permit, counted as waiting meanwhile (also if the wait is dropped).
+    async fn acquire(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting(&self.waiting);
+        self.semaphore.acquire().await.ok()
+    }
+
+    /// Whether another location waits for a permit.
+    fn contended(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) > 0
+    }
 }
 
 /// The webhook receiver wakes one shared `Notify`; this wakes exactly the locations that
@@ -180,7 +213,7 @@ async fn location_loop(
     settings: ScheduleSettings,
     wake: Arc<Wake>,
     stop: CancellationToken,
-    permits: Arc<Semaphore>,
+    permits: Arc<Permits>,
 ) {
     let mut tick = tokio::time::interval(settings.contacts_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -219,7 +252,7 @@ async fn location_loop(
                 _ = std::future::ready(()), if bulk_left => Pass::Bulk,
             }
         };
-        let Ok(_permit) = permits.acquire().await else { break };
+        let Some(_permit) = permits.acquire().await else { break };
         if stop.is_cancelled() {
             break;
         }
@@ -231,7 +264,10 @@ async fn location_loop(
             last_full = Instant::now();
         }
         let interval = settings.contacts_interval;
-        let should_yield = || wake.interrupt.load(Ordering::Acquire) || last_full.elapsed() >= interval;
+        // Bulk work stops between chunks for a hint or sync-now, a due poll, or another
+        // location waiting for a permit (its turn); it resumes in a later bulk pass.
+        let should_yield =
+            || wake.interrupt.load(Ordering::Acquire) || last_full.elapsed() >= interval || permits.contended();
         let outcome = tokio::select! {
             // Cancelling drops the run between awaits: every committed page stays committed,
             // the page in flight is rolled back and read again next time.

@@ -20,6 +20,7 @@ mod daemon;
 mod dispatch;
 mod docker;
 mod export;
+mod fairness;
 mod faults;
 mod fresh;
 mod helpers;

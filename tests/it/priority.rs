@@ -6,6 +6,7 @@ use ghl_sync::app::App;
 use ghl_sync::http::Priority;
 use ghl_sync::store::snapshot;
 use ghl_sync::sync::engine::RunOptions;
+use serde_json::json;
 
 use crate::helpers::{config, fast_ghl, settings_for, start_sandbox};
 
@@ -29,6 +30,9 @@ async fn bulk_work_stops_at_its_share_of_the_day_and_the_pass_still_succeeds() {
     // that need 200.
     settings.limits.ghl_daily_budget = 1_000;
     settings.limits.bulk_daily_share = 0.05;
+    // Tasks per contact: the share is spent on child reads only (a location-wide task search
+    // would spend part of it on its pages).
+    settings.sync.task_search = false;
     let app = App::build(config(settings)).await.unwrap();
     let location = sandbox.ghl.locations()[0].id.clone();
 
@@ -50,4 +54,20 @@ async fn bulk_work_stops_at_its_share_of_the_day_and_the_pass_still_succeeds() {
     assert!(app.ghl.get_contact(&location, &contact, Priority::Webhook).await.unwrap().is_some());
     assert!(app.ghl.get_contact(&location, &contact, Priority::Poll).await.unwrap().is_some());
     assert!(app.ghl.get_contact(&location, &contact, Priority::Sweep).await.is_err());
+
+    // A contact changed in GHL: the poll finds it and its children are read at poll priority,
+    // not refused with the backlog that waits for tomorrow's share.
+    let changed = sandbox
+        .ghl
+        .contact_ids(&location)
+        .into_iter()
+        .find(|id| !due.contains(id))
+        .expect("a contact whose children were read");
+    assert!(sandbox.ghl.update_contact(&changed, json!({"city": "Freshton"})));
+    let summary = app.engine.run_once(&location, RunOptions::default()).await.unwrap();
+    assert_eq!(summary.contacts_changed, 1);
+    assert_eq!(child_reads(&sandbox), 52, "the changed contact's tasks and notes were read, no backlog contact's");
+    let still_due = snapshot::children_due(&app.store, &location, 1_000, &Default::default()).await.unwrap();
+    assert!(!still_due.contains(&changed), "the changed contact's children are read");
+    assert_eq!(still_due.len(), due.len(), "the backlog still waits for its share");
 }

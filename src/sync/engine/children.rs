@@ -106,7 +106,7 @@ impl Engine {
             if due.is_empty() {
                 return Ok(Backlog::Done);
             }
-            let left_due = self.sync_children_of(location, &due, Priority::Sweep, tasks, options, summary).await?;
+            let left_due = self.read_due_chunk(location, &due, tasks, options, summary).await?;
             // Read contacts are no longer due; only those still due must be skipped.
             if options.dry_run {
                 seen.extend(due);
@@ -117,6 +117,25 @@ impl Engine {
                 return Ok(Backlog::Left);
             }
         }
+    }
+
+    /// Reads a chunk of due contacts: those a change marked due after they were stored (found
+    /// changed by the poll, named by a webhook) at poll priority, so fresh changes never wait
+    /// for bulk work's share of the day (`[limits] bulk_daily_share`); the rest, the backlog of
+    /// a first sync, as bulk work. Returns the contacts left due.
+    async fn read_due_chunk(
+        &self,
+        location: &str,
+        due: &[String],
+        tasks: TaskSource,
+        options: RunOptions,
+        summary: &mut RunSummary,
+    ) -> Result<Vec<String>, SyncError> {
+        let changed = snapshot::changed_since_stored(&self.store, location, due).await?;
+        let (fresh, backlog): (Vec<String>, Vec<String>) = due.iter().cloned().partition(|id| changed.contains(id));
+        let mut left_due = self.sync_children_of(location, &fresh, Priority::Poll, tasks, options, summary).await?;
+        left_due.extend(self.sync_children_of(location, &backlog, Priority::Sweep, tasks, options, summary).await?);
+        Ok(left_due)
     }
 
     /// Contacts per chunk: large for a run that nothing waits on, small for yielding work.
