@@ -152,7 +152,8 @@ fn collect(sandbox: &Sandbox, waiting: &mut Waiting, lags: &mut Vec<Duration>) -
     let mut accepted = 0;
     for delivery in deliveries.iter().filter(|d| d.accepted()) {
         accepted += 1;
-        if let Some(start) = delivery.body.find("Soak") {
+        // Every marker the body names (an envelope may carry the record before the change too).
+        for (start, _) in delivery.body.match_indices("Soak") {
             let marker: String = delivery.body[start..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
             if let Some((_, made)) = waiting.remove(&marker) {
                 lags.push(made.elapsed());
@@ -177,6 +178,8 @@ async fn soak(knobs: Knobs) {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let dir =
+        if std::env::var_os("SOAK_DEBUG").is_some() { tempfile::TempDir::with_prefix("soak").unwrap() } else { dir };
     let port = free_port();
     let config = dir.path().join("ghl-sync.toml");
     std::fs::write(&config, config_text(&sandbox, dir.path(), port)).unwrap();
@@ -192,7 +195,7 @@ async fn soak(knobs: Knobs) {
             let id = sandbox
                 .ghl
                 .create_contact(&location.id, serde_json::json!({ "firstName": "Probe", "lastName": format!("P{i}") }));
-            probes.push(id);
+            probes.push((location.id.clone(), id));
         }
     }
 
@@ -206,6 +209,7 @@ async fn soak(knobs: Knobs) {
     let mut lags = Vec::new();
     let mut delivered = 0;
     let mut probes_made = 0usize;
+    let mut probes_replaced = 0usize;
     let mut samples = Vec::new();
     let mut serial = 0u64;
     let mut throttled_before = sandbox.ghl.stats().too_many_requests;
@@ -218,19 +222,34 @@ async fn soak(knobs: Knobs) {
         // A probe goes to a contact with no edit still on its way: the daemon delivers a
         // record's latest state, so a second edit before the first was read folds both into
         // one delivery (by design) and the first would never arrive as such.
-        let free: Vec<&String> = probes.iter().filter(|id| !waiting.values().any(|(w, _)| w == *id)).collect();
+        let free: Vec<usize> =
+            (0..probes.len()).filter(|&i| !waiting.values().any(|(w, _)| *w == probes[i].1)).collect();
         if now >= next_probe && !free.is_empty() {
-            let id = free[fastrand::usize(..free.len())];
+            let slot = free[fastrand::usize(..free.len())];
             serial += 1;
             let marker = format!("Soak{serial}x{}", fastrand::u32(..));
-            if sandbox.ghl.update_contact(id, serde_json::json!({ "lastName": marker })) {
-                waiting.insert(marker, (id.clone(), Instant::now()));
+            if sandbox.ghl.update_contact(&probes[slot].1, serde_json::json!({ "lastName": marker })) {
+                waiting.insert(marker, (probes[slot].1.clone(), Instant::now()));
                 probes_made += 1;
+            } else {
+                // A random change deleted this probe contact: a new one takes its place.
+                let location = probes[slot].0.clone();
+                probes[slot].1 = sandbox
+                    .ghl
+                    .create_contact(&location, serde_json::json!({ "firstName": "Probe", "lastName": "Replaced" }));
+                probes_replaced += 1;
             }
             next_probe += probe_gap;
         }
         delivered += collect(&sandbox, &mut waiting, &mut lags);
         if now >= next_sample {
+            if std::env::var_os("SOAK_DEBUG").is_some() {
+                for (marker, (id, made)) in
+                    waiting.iter().filter(|(_, (_, made))| made.elapsed() > Duration::from_secs(20))
+                {
+                    eprintln!("stuck {marker} on {id} for {:?} (db {})", made.elapsed(), db.display());
+                }
+            }
             assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited: {}", tail(&log));
             lags.sort();
             let (pending, hints, dead) = depths(&db).await;
@@ -315,14 +334,15 @@ async fn soak(knobs: Knobs) {
     if let (Some(warm), Some(last)) = (warm, samples.last()) {
         println!();
         println!(
-            "RSS after warm-up {:.1} MiB → at the end {:.1} MiB ({:+.1} %); open fds {} → {}; probe edits {} ({} deleted or rewritten by a random change, excluded); all others delivered",
+            "RSS after warm-up {:.1} MiB → at the end {:.1} MiB ({:+.1} %); open fds {} → {}; probe edits {} ({} deleted or rewritten by a random change before delivery, excluded; {} probe contacts deleted and replaced); all others delivered",
             warm.rss,
             last.rss,
             (last.rss / warm.rss - 1.0) * 100.0,
             warm.fds,
             fds_end,
             probes_made,
-            superseded
+            superseded,
+            probes_replaced
         );
         println!("RSS at stop {rss_end:.1} MiB");
     }

@@ -365,9 +365,9 @@ pub async fn due(
     const COLUMNS: &str = "SELECT id, connector, location_id, entity, entity_id, contact_id, operation, record, \
                            content_hash, revision, idempotency_key, attempts, changed_at FROM outbox WHERE id IN (";
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows: Vec<StoredRow> = match locations {
-        None => {
-            sqlx::query_as(&format!(
+    let rows: Vec<StoredRow> =
+        match locations {
+            None => sqlx::query_as(&format!(
                 "{COLUMNS}SELECT id FROM outbox WHERE connector = ?1 AND status = 'pending' AND next_attempt_at <= ?2 \
                  ORDER BY id LIMIT ?3) ORDER BY id"
             ))
@@ -375,10 +375,8 @@ pub async fn due(
             .bind(now)
             .bind(limit)
             .fetch_all(store.read_pool())
-            .await?
-        }
-        Some(locations) => {
-            sqlx::query_as(&format!(
+            .await?,
+            Some(locations) => sqlx::query_as(&format!(
                 "{COLUMNS}SELECT id FROM outbox WHERE connector = ?1 AND status = 'pending' AND next_attempt_at <= ?2 \
                  AND location_id IN (SELECT value FROM json_each(?4)) ORDER BY id LIMIT ?3) ORDER BY id"
             ))
@@ -387,9 +385,8 @@ pub async fn due(
             .bind(limit)
             .bind(serde_json::Value::from(locations.to_vec()).to_string())
             .fetch_all(store.read_pool())
-            .await?
-        }
-    };
+            .await?,
+        };
     Ok(rows.into_iter().map(StoredRow::typed).collect())
 }
 
