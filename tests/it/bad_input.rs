@@ -208,6 +208,112 @@ proptest! {
     }
 }
 
+/// Pieces of CEL: the allowed variables, unknown ones, operators, literals, macros, brackets
+/// and stray characters, so random joins hit both valid and broken expressions.
+fn cel_piece() -> impl Strategy<Value = String> {
+    prop_oneof![
+        proptest::sample::select(vec![
+            "trigger",
+            "contact",
+            "old",
+            "new",
+            "record",
+            "data",
+            "changed",
+            "tags_added",
+            "tags_removed",
+            "now",
+            "at",
+            "depth",
+            "location",
+            "nobody",
+            "contact.email",
+            "data.score",
+            "new.customFields",
+            "size(",
+            "has(",
+            ".exists(f, ",
+            ".all(x, ",
+            ".map(x, ",
+            "timestamp(",
+            "duration(",
+            "int(",
+            "string(",
+            " in ",
+            " && ",
+            " || ",
+            " == ",
+            " != ",
+            " < ",
+            " >= ",
+            " + ",
+            " - ",
+            " * ",
+            " / ",
+            " % ",
+            "!",
+            "-",
+            "?",
+            " : ",
+            "(",
+            ")",
+            "[",
+            "]",
+            "{",
+            "}",
+            ",",
+            ".",
+            "'",
+            "\"",
+            "\\",
+            "1",
+            "0",
+            "-9223372036854775808",
+            "1e309",
+            "3.5",
+            "true",
+            "null",
+            "b'x'",
+            "'vip'",
+            "\"2026-01-01T00:00:00Z\"",
+            "\"1h\"",
+        ])
+        .prop_map(str::to_owned),
+        "\\PC{0,6}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(cases(256))]
+
+    #[test]
+    fn rule_conditions_compile_or_fail_with_a_message_and_never_panic_when_evaluated(
+        pieces in proptest::collection::vec(cel_piece(), 0..24)
+    ) {
+        use ghl_sync::rules::expr::Condition;
+        let source = pieces.concat();
+        let event: ghl_sync::rules::RuleEvent = serde_json::from_value(json!({
+            "trigger": "contact.updated", "key": "k", "location_id": "loc", "entity": "contact",
+            "entity_id": "c1", "contact_id": "c1",
+            "old": {"id": "c1", "tags": ["a"], "email": "a@example.com"},
+            "new": {"id": "c1", "tags": ["a", "b"], "email": "b@example.com", "customFields": [{"id": "f", "value": 3}]},
+            "contact": {"id": "c1", "tags": ["a", "b"]}, "changed": ["email", "tags"], "tags_added": ["b"],
+            "data": {"score": 7, "list": [1, 2, 3]}, "at_ms": 1_700_000_000_000i64
+        }))
+        .unwrap();
+        match Condition::compile(&source) {
+            // Evaluation gives a verdict or an error message, never a panic (the CEL interpreter's
+            // own panics are caught inside `evaluate`).
+            Ok(condition) => {
+                if let Err(message) = condition.evaluate(&event, 1_700_000_000_000) {
+                    prop_assert!(!message.trim().is_empty());
+                }
+            }
+            Err(message) => prop_assert!(!message.trim().is_empty(), "an empty error for {source:?}"),
+        }
+    }
+}
+
 const LOCATION: &str = "loc_bad_input";
 
 fn signing_key() -> SigningKey {
