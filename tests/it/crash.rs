@@ -55,6 +55,22 @@ pub(crate) fn accepted_by_key(deliveries: &[Delivery]) -> BTreeMap<String, usize
     keys
 }
 
+/// One round of a kill loop: starts `ghl-sync run` with the config at `path`, waits a seeded
+/// `min_ms + 0..span_ms`, checks the daemon still runs and SIGKILLs it. Returns the delay (ms).
+async fn start_and_kill(path: &str, rng: &mut fastrand::Rng, min_ms: u64, span_ms: u64, kill: u32) -> u128 {
+    let mut child = spawn(&["run", "--config", path], &[]);
+    let delay = Duration::from_millis(min_ms + rng.u64(..span_ms));
+    tokio::time::sleep(delay).await;
+    if let Some(status) = child.try_wait().unwrap() {
+        let (_, _, stderr) = wait_with_limit(child, Duration::from_secs(1));
+        panic!("the daemon exited with {status} before kill {kill}: {stderr}");
+    }
+    signal(&child, "KILL");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(!status.success());
+    delay.as_millis()
+}
+
 /// Blocks (off the runtime) until the child exits, at most `limit`.
 async fn wait_exit(child: Child, limit: Duration) -> (std::process::ExitStatus, String, String) {
     tokio::task::spawn_blocking(move || wait_with_limit(child, limit)).await.unwrap()
@@ -173,14 +189,7 @@ async fn seeded_sigkills_of_the_running_daemon_then_a_clean_run_deliver_every_ch
             *changes.entry(id.clone()).or_insert(0) += 1;
             changed.insert(id, marker);
         }
-        let mut child = spawn(&["run", "--config", &path], &[]);
-        let delay = Duration::from_millis(150 + rng.u64(..1_350));
-        tokio::time::sleep(delay).await;
-        assert!(child.try_wait().unwrap().is_none(), "the daemon exited on its own before kill {kill}");
-        signal(&child, "KILL");
-        let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
-        assert!(!status.success());
-        killed_after.push(delay.as_millis());
+        killed_after.push(start_and_kill(&path, &mut rng, 150, 1_350, kill).await);
     }
 
     // The clean run: everything arrives, then a graceful stop.
@@ -322,16 +331,7 @@ async fn seeded_sigkills_during_refreshes_and_lusha_write_backs_pay_once_note_on
 
     let mut killed_after = Vec::new();
     for kill in 0..kills {
-        let mut child = spawn(&["run", "--config", &path], &[]);
-        let delay = Duration::from_millis(200 + rng.u64(..1_300));
-        tokio::time::sleep(delay).await;
-        if let Some(status) = child.try_wait().unwrap() {
-            let (_, _, stderr) = wait_with_limit(child, Duration::from_secs(1));
-            panic!("the daemon exited with {status} before kill {kill}: {stderr}");
-        }
-        signal(&child, "KILL");
-        tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
-        killed_after.push(delay.as_millis());
+        killed_after.push(start_and_kill(&path, &mut rng, 200, 1_300, kill).await);
     }
 
     // The clean run: every contact enriched and written back, then a change made now is
@@ -394,14 +394,7 @@ async fn seeded_sigkills_while_rules_act_create_each_task_and_note_once() {
     };
     let mut killed_after = Vec::new();
     for kill in 0..kills {
-        let mut child = spawn(&["run", "--config", &path], &[]);
-        let delay = Duration::from_millis(150 + rng.u64(..1_000));
-        tokio::time::sleep(delay).await;
-        assert!(child.try_wait().unwrap().is_none(), "the daemon exited on its own before kill {kill}");
-        signal(&child, "KILL");
-        let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
-        assert!(!status.success());
-        killed_after.push(delay.as_millis());
+        killed_after.push(start_and_kill(&path, &mut rng, 150, 1_000, kill).await);
     }
     // The clean run finishes what the kills left (it is given the time to start even when they
     // left nothing), then stops gracefully.
@@ -475,16 +468,7 @@ async fn seeded_sigkills_during_a_lusha_lead_import_create_each_lead_once_with_o
     let started = Instant::now();
     let mut killed_after = Vec::new();
     for kill in 0..kills {
-        let mut child = spawn(&["run", "--config", &path], &[]);
-        let delay = Duration::from_millis(200 + rng.u64(..1_300));
-        tokio::time::sleep(delay).await;
-        if let Some(status) = child.try_wait().unwrap() {
-            let (_, _, stderr) = wait_with_limit(child, Duration::from_secs(1));
-            panic!("the daemon exited with {status} before kill {kill}: {stderr}");
-        }
-        signal(&child, "KILL");
-        tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
-        killed_after.push(delay.as_millis());
+        killed_after.push(start_and_kill(&path, &mut rng, 200, 1_300, kill).await);
     }
     let imported_during_kills = sandbox.ghl.contact_ids(&location).len();
 
