@@ -331,6 +331,20 @@ fn sandbox_child(contacts: usize) {
     });
 }
 
+/// Starts a daemon build `bin` with the config at `config`: `ghl-sync --config CONFIG COMMAND ARGS…`,
+/// stderr piped for the bench to read, no `RUST_LOG` from the bench's environment.
+fn spawn_daemon(bin: &str, config: &Path, command: &str, args: &[&str]) -> std::process::Child {
+    Command::new(bin)
+        .args(["--config", config.to_str().unwrap(), command])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn status_kb(pid: u32, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = text.lines().find(|l| l.starts_with(key))?;
@@ -364,14 +378,7 @@ fn rss(contacts: usize) {
     let started = Instant::now();
     // `SYNC_BENCH_DAEMON`: another build of the daemon (a before/after run of the same bench).
     let daemon_bin = std::env::var("SYNC_BENCH_DAEMON").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ghl-sync").to_owned());
-    let mut daemon = Command::new(&daemon_bin)
-        .args(["--config", path.to_str().unwrap(), "sync", "--once"])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut daemon = spawn_daemon(&daemon_bin, &path, "sync", &["--once"]);
     let pid = daemon.id();
     let (mut hwm, mut rss_max) = (0, 0);
     let status = loop {
@@ -698,14 +705,7 @@ async fn locations(count: usize, contacts: usize, seconds: f64, window: Duration
     };
     let ceiling = quota.ceiling_per_second() * count as f64;
     let client = reqwest::Client::builder().build().unwrap();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_ghl-sync"))
-        .args(["--config", path.to_str().unwrap(), "run"])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut daemon = spawn_daemon(env!("CARGO_BIN_EXE_ghl-sync"), &path, "run", &[]);
     let pid = daemon.id();
     // From the first answer of /metrics: the daemon is up, the scheduler about to start.
     let up = Instant::now();

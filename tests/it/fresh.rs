@@ -11,18 +11,9 @@ use ghl_sync_sandbox::ghl::GhlOptions;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{config, eventually, settings_for, start_sandbox};
+use crate::helpers::{child_reads, config, eventually, settings_for, start_sandbox};
 
 const CONTACTS: usize = 240;
-
-/// Child reads the sandbox has answered (tasks and notes).
-fn child_reads(sandbox: &ghl_sync_sandbox::Sandbox) -> u64 {
-    let requests = sandbox.ghl.stats().requests;
-    ["GET /contacts/:contactId/tasks", "GET /contacts/:contactId/notes"]
-        .iter()
-        .map(|route| requests.get(*route).copied().unwrap_or(0))
-        .sum()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_hint_is_served_before_the_rest_of_the_children_backfill() {

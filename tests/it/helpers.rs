@@ -311,3 +311,12 @@ pub fn capture() -> (Capture, tracing::subscriber::DefaultGuard) {
     let guard = tracing::subscriber::set_default(ghl_sync::telemetry::subscriber(&settings, capture.clone()));
     (capture, guard)
 }
+
+/// Child reads the sandbox has answered (tasks and notes).
+pub fn child_reads(sandbox: &ghl_sync_sandbox::Sandbox) -> u64 {
+    let requests = sandbox.ghl.stats().requests;
+    ["GET /contacts/:contactId/tasks", "GET /contacts/:contactId/notes"]
+        .iter()
+        .map(|route| requests.get(*route).copied().unwrap_or(0))
+        .sum()
+}

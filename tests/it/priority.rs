@@ -8,16 +8,7 @@ use ghl_sync::store::snapshot;
 use ghl_sync::sync::engine::RunOptions;
 use serde_json::json;
 
-use crate::helpers::{config, fast_ghl, settings_for, start_sandbox};
-
-/// Child reads the sandbox has answered (tasks and notes).
-fn child_reads(sandbox: &ghl_sync_sandbox::Sandbox) -> u64 {
-    let requests = sandbox.ghl.stats().requests;
-    ["GET /contacts/:contactId/tasks", "GET /contacts/:contactId/notes"]
-        .iter()
-        .map(|route| requests.get(*route).copied().unwrap_or(0))
-        .sum()
-}
+use crate::helpers::{child_reads, config, fast_ghl, settings_for, start_sandbox};
 
 #[tokio::test]
 async fn bulk_work_stops_at_its_share_of_the_day_and_the_pass_still_succeeds() {
