@@ -52,12 +52,16 @@ pub struct Settings {
     pub rules: Vec<RuleSettings>,
 }
 
-/// `[store]`: where the SQLite database lives and how secrets in it are encrypted.
+/// `[store]`: where the database lives and how secrets in it are encrypted.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreSettings {
-    /// Database file. Empty: `$STATE_DIRECTORY/ghl-sync.db` under systemd, else `./data/ghl-sync.db`.
+    /// SQLite database file. Empty: `$STATE_DIRECTORY/ghl-sync.db` under systemd, else
+    /// `./data/ghl-sync.db`. The shorthand of `url = "sqlite://PATH"`.
     pub path: Option<PathBuf>,
+    /// `sqlite://PATH` or `postgres://user@host:port/database`. A PostgreSQL password is best
+    /// left out of the URL (libpq's `PGPASSWORD` or `~/.pgpass` are read).
+    pub url: Option<String>,
     /// How long a writer waits for SQLite's lock before failing.
     pub busy_timeout: Dur,
     /// Key that encrypts OAuth tokens at rest (32 bytes, base64 or hex).
@@ -68,13 +72,58 @@ pub struct StoreSettings {
 
 impl Default for StoreSettings {
     fn default() -> Self {
-        Self { path: None, busy_timeout: Dur::secs(5), master_key: None, master_key_env: None, master_key_file: None }
+        Self {
+            path: None,
+            url: None,
+            busy_timeout: Dur::secs(5),
+            master_key: None,
+            master_key_env: None,
+            master_key_file: None,
+        }
     }
 }
 
+/// Which database `[store]` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreTarget {
+    Sqlite(PathBuf),
+    /// The URL as configured (may hold a password: show it through
+    /// [`crate::store::redact_postgres_url`] only).
+    Postgres(String),
+}
+
+/// Parses `store.url`: `Ok(None)` when unset, `Err` with the problem's message.
+pub fn parse_store_url(url: &str) -> Result<StoreTarget, String> {
+    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        if path.is_empty() {
+            return Err("sqlite:// needs a file path, e.g. sqlite:///var/lib/ghl-sync/ghl-sync.db".to_owned());
+        }
+        return Ok(StoreTarget::Sqlite(PathBuf::from(path)));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(StoreTarget::Postgres(url.to_owned()));
+    }
+    Err(format!(
+        "must start with sqlite:// or postgres:// (got {:?})",
+        url.split_once("://").map_or("no scheme", |(scheme, _)| scheme)
+    ))
+}
+
 impl StoreSettings {
-    /// The database path after applying the defaults.
+    /// The database after applying the defaults (`url`, else `path`, else the default file).
+    pub fn target(&self) -> StoreTarget {
+        match self.url.as_deref().map(parse_store_url) {
+            Some(Ok(target)) => target,
+            // Validation refuses a bad URL before anything opens the store.
+            _ => StoreTarget::Sqlite(self.resolved_path()),
+        }
+    }
+
+    /// The SQLite database path after applying the defaults (`sqlite://` URLs included).
     pub fn resolved_path(&self) -> PathBuf {
+        if let Some(Ok(StoreTarget::Sqlite(path))) = self.url.as_deref().map(parse_store_url) {
+            return path;
+        }
         if let Some(path) = &self.path {
             return path.clone();
         }

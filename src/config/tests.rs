@@ -472,3 +472,20 @@ fn sync_appointments_takes_auto_true_or_false_from_the_file_or_the_environment()
     let found = problems("[sync]\nappointments = 3\n");
     assert!(found.iter().any(|p| p.starts_with("sync.appointments: ")), "{found:#?}");
 }
+
+#[test]
+fn the_store_url_names_sqlite_or_postgres_and_a_bad_one_is_refused_naming_the_key() {
+    let location = "[[ghl.locations]]\nid = \"a\"\npit = \"x\"\n";
+    let config = load(&format!("[store]\nurl = \"sqlite:///tmp/x/ghl.db\"\n{location}"), &[]).unwrap();
+    assert_eq!(config.settings.store.target(), StoreTarget::Sqlite(PathBuf::from("/tmp/x/ghl.db")));
+    assert_eq!(config.settings.store.resolved_path(), PathBuf::from("/tmp/x/ghl.db"));
+    let found = problems(&format!("[store]\nurl = \"mysql://db/x\"\n{location}"));
+    assert_eq!(found, vec!["store.url: must start with sqlite:// or postgres:// (got \"mysql\")".to_owned()]);
+    let found = problems(&format!("[store]\nurl = \"sqlite:///a.db\"\npath = \"/b.db\"\n{location}"));
+    assert!(found[0].starts_with("store.url: set store.url or store.path, not both"), "{found:?}");
+    // Issue 21: refused until every store operation runs on PostgreSQL, with the reason.
+    let found = problems(&format!("[store]\nurl = \"postgres://u:secret@db/ghl\"\n{location}"));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("PostgreSQL store is not finished"), "{found:?}");
+    assert!(!found[0].contains("secret"), "{found:?}");
+}

@@ -195,6 +195,36 @@ impl StoreSettings {
     /// one (`LoadCredential=master_key:…`; see deploy/systemd/ghl-sync.service).
     pub(super) fn validate(&self, v: &mut Validation) {
         v.check(!self.busy_timeout.get().is_zero(), "store.busy_timeout", "must be greater than zero");
+        if let Some(url) = &self.url {
+            if self.path.is_some() {
+                v.problem(
+                    "store.url",
+                    "set store.url or store.path, not both (path is the shorthand of sqlite://PATH)",
+                );
+            }
+            match super::parse_store_url(url) {
+                Err(message) => v.problem("store.url", message),
+                Ok(super::StoreTarget::Sqlite(_)) => {}
+                Ok(super::StoreTarget::Postgres(url)) => {
+                    if url.split_once("://").is_some_and(|(_, rest)| {
+                        rest.rsplit_once('@').is_some_and(|(credentials, _)| credentials.contains(':'))
+                    }) {
+                        v.warn(
+                            "store.url",
+                            "holds a password: prefer the PGPASSWORD environment variable or a ~/.pgpass file, \
+                             so the config file holds no secret",
+                        );
+                    }
+                    // Issue 21: the PostgreSQL backend exists (`Store::connect_postgres`), but not
+                    // every store operation runs on it yet.
+                    v.problem(
+                        "store.url",
+                        "the PostgreSQL store is not finished in this build (not every store operation runs on \
+                         PostgreSQL yet, issue 21); use SQLite (store.path or sqlite://PATH)",
+                    );
+                }
+            }
+        }
         let sources = (&self.master_key, &self.master_key_env, &self.master_key_file);
         v.secrets.master_key = if sources.0.is_none() && sources.1.is_none() && sources.2.is_none() {
             systemd_credential(MASTER_KEY_CREDENTIAL)

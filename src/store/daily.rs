@@ -6,8 +6,7 @@
 //! ([`add`]) or inside another store module's transaction ([`add_in`]: a run's progress, a
 //! webhook's inbox row), so a count is committed together with the work it counts.
 
-use sqlx::SqliteConnection;
-
+use super::db::{Conn, on_db};
 use super::{Store, StoreError, now_ms};
 
 /// Amounts to add to one location's counters for one day.
@@ -30,27 +29,24 @@ pub fn utc_day(ms: i64) -> String {
 }
 
 /// Adds `counts` to `location`'s counters of `day`, inside the caller's write transaction.
-pub(crate) async fn add_in(
-    conn: &mut SqliteConnection,
-    location: &str,
-    day: &str,
-    counts: DailyCounts,
-) -> Result<(), StoreError> {
+pub(crate) async fn add_in(conn: Conn<'_>, location: &str, day: &str, counts: DailyCounts) -> Result<(), StoreError> {
     if counts.is_zero() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO request_budget (location_id, day, requests, rate_limited, webhooks) VALUES (?, ?, ?, ?, ?) \
-         ON CONFLICT (location_id, day) DO UPDATE SET requests = requests + excluded.requests, \
-           rate_limited = rate_limited + excluded.rate_limited, webhooks = webhooks + excluded.webhooks",
+    on_db!(conn, |c| sqlx::query(
+        "INSERT INTO request_budget (location_id, day, requests, rate_limited, webhooks) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (location_id, day) DO UPDATE SET requests = request_budget.requests + excluded.requests, \
+           rate_limited = request_budget.rate_limited + excluded.rate_limited, \
+           webhooks = request_budget.webhooks + excluded.webhooks",
     )
     .bind(location)
     .bind(day)
     .bind(counts.requests)
     .bind(counts.rate_limited)
     .bind(counts.webhooks)
-    .execute(conn)
-    .await?;
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected()))?;
     Ok(())
 }
 
@@ -60,18 +56,19 @@ pub async fn add(store: &Store, location: &str, counts: DailyCounts) -> Result<(
         return Ok(());
     }
     let mut tx = store.begin_write("daily_counts").await?;
-    add_in(&mut tx, location, &utc_day(now_ms()), counts).await?;
+    add_in(tx.conn(), location, &utc_day(now_ms()), counts).await?;
     tx.commit().await
 }
 
 /// `location`'s counters of `day` (zero when nothing was counted).
 pub async fn read(store: &Store, location: &str, day: &str) -> Result<DailyCounts, StoreError> {
-    let row: Option<(i64, i64, i64)> =
-        sqlx::query_as("SELECT requests, rate_limited, webhooks FROM request_budget WHERE location_id = ? AND day = ?")
-            .bind(location)
-            .bind(day)
-            .fetch_optional(store.read_pool())
-            .await?;
+    let row: Option<(i64, i64, i64)> = on_db!(store.db(), |pool| sqlx::query_as(
+        "SELECT requests, rate_limited, webhooks FROM request_budget WHERE location_id = $1 AND day = $2"
+    )
+    .bind(location)
+    .bind(day)
+    .fetch_optional(pool)
+    .await)?;
     Ok(row
         .map(|(requests, rate_limited, webhooks)| DailyCounts { requests, rate_limited, webhooks })
         .unwrap_or_default())
@@ -83,7 +80,13 @@ mod tests {
 
     #[tokio::test]
     async fn counters_add_up_per_location_and_day() {
-        let (_dir, store) = crate::store::temp_store().await;
+        for (_guard, store) in crate::store::testing::stores().await {
+            counters_add_up(&store).await;
+        }
+    }
+
+    async fn counters_add_up(store: &Store) {
+        let store = store.clone();
         let today = utc_day(now_ms());
         add(&store, "a", DailyCounts { requests: 3, rate_limited: 1, webhooks: 0 }).await.unwrap();
         add(&store, "a", DailyCounts { requests: 2, rate_limited: 0, webhooks: 4 }).await.unwrap();

@@ -181,7 +181,7 @@ pub async fn record_webhook(
     {
         // "Webhooks today" per location on the status page, committed with the hint.
         let one = DailyCounts { webhooks: 1, ..DailyCounts::default() };
-        daily::add_in(&mut tx, location_id, &daily::utc_day(now), one).await?;
+        daily::add_in(tx.conn(), location_id, &daily::utc_day(now), one).await?;
     }
     tx.commit().await?;
     Ok(recorded)

@@ -5,15 +5,18 @@
 //!   `disallowed-methods` (clippy.toml) rejects them anywhere else in the crate, and this
 //!   module alone allows them. Write transactions can only be opened here: `begin_write` is
 //!   private to `store`, and the store hands out no writable pool.
+//! - **Two backends, one set of statements.** SQLite (the default, a file) or PostgreSQL
+//!   (`store.url = "postgres://…"`). Store functions write each statement once and run it
+//!   through [`db::on_db!`], compiled for both backends ([`db`] says which SQL both accept).
 //! - **One writer, fair, short.** All writes go through one dedicated connection behind a fair
-//!   (FIFO) async mutex: [`Store::begin_write`] takes it and starts `BEGIN IMMEDIATE`. Waiters
-//!   queue in order instead of polling SQLite's busy handler, so a webhook insert waits only for
-//!   the writes queued before it, never for a lucky sleeper. Write transactions are opened
-//!   inside the store's own operations, which take plain data: no caller can hold the write lock
-//!   across a network call.
-//! - **Reads cannot write.** Reads use a separate pool whose connections run with
-//!   `PRAGMA query_only = ON`: a write that bypasses the writer fails loudly instead of
-//!   contending for SQLite's lock.
+//!   (FIFO) async mutex: [`Store::begin_write`] takes it and starts the transaction
+//!   (`BEGIN IMMEDIATE` on SQLite). Waiters queue in order instead of polling SQLite's busy
+//!   handler, so a webhook insert waits only for the writes queued before it, never for a
+//!   lucky sleeper. Write transactions are opened inside the store's own operations, which
+//!   take plain data: no caller can hold the write lock across a network call.
+//! - **Reads cannot write.** Reads use a separate pool whose connections are read-only
+//!   (`PRAGMA query_only = ON` on SQLite, `default_transaction_read_only` on PostgreSQL): a
+//!   write that bypasses the writer fails loudly instead of contending for the lock.
 //! - **A failed transaction never poisons the writer.** A transaction that is dropped or fails
 //!   to commit is rolled back before the next one begins; if the rollback itself fails, the
 //!   connection is closed and a fresh one opened. The outcome of the last write is kept for
@@ -29,16 +32,20 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions as _, Connection as _};
 use tokio::sync::{Mutex, MutexGuard};
 
+use self::db::{Conn, Db, Pool, on_db};
+
 pub mod codec;
 pub mod contact_view;
 pub mod cursors;
 pub mod daily;
+pub(crate) mod db;
 pub mod dead_letters;
 pub mod grants;
 pub mod hints;
@@ -52,6 +59,8 @@ pub mod runs;
 pub mod snapshot;
 pub mod staged_tasks;
 pub mod status;
+#[cfg(test)]
+pub(crate) mod testing;
 mod upgrades;
 pub mod writebacks;
 
@@ -64,6 +73,8 @@ pub enum StoreError {
     LockFile { path: PathBuf, source: std::io::Error },
     #[error("cannot open the database {path}: {source}{hint}")]
     Open { path: PathBuf, source: sqlx::Error, hint: &'static str },
+    #[error("cannot connect to the PostgreSQL store {target}: {source}")]
+    OpenPostgres { target: String, source: sqlx::Error },
     #[error(
         "the database {path} was written by a newer ghl-sync (schema version {found}, this build knows up to {known}); \
          upgrade ghl-sync or point [store] path at another file"
@@ -85,20 +96,24 @@ pub enum StoreError {
 
 impl StoreError {
     /// Whether the error says the disk is full or the database cannot be written at all
-    /// (SQLite codes 13 `SQLITE_FULL`, 8 `SQLITE_READONLY`, 10 `SQLITE_IOERR`).
+    /// (SQLite codes 13 `SQLITE_FULL`, 8 `SQLITE_READONLY`, 10 `SQLITE_IOERR`; PostgreSQL
+    /// SQLSTATE 53100 `disk_full`, 25006 `read_only_sql_transaction`, 58030 `io_error`).
     pub fn is_disk_problem(&self) -> bool {
-        let code = match self {
+        let db = match self {
             StoreError::Query(sqlx::Error::Database(db))
-            | StoreError::Open { source: sqlx::Error::Database(db), .. } => {
-                db.code().and_then(|c| c.parse::<i64>().ok())
-            }
-            _ => None,
+            | StoreError::Open { source: sqlx::Error::Database(db), .. } => db,
+            _ => return false,
         };
+        if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() {
+            return matches!(db.code().as_deref(), Some("53100" | "25006" | "58030"));
+        }
+        let code = db.code().and_then(|c| c.parse::<i64>().ok());
         matches!(code.map(|c| c & 0xff), Some(8 | 10 | 13))
     }
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// How the last write went, for `/readyz` and `status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -110,54 +125,121 @@ pub struct WriteHealth {
 }
 
 /// The single write connection and what the last transaction left behind.
-struct WriterSlot {
-    conn: Option<SqliteConnection>,
+struct WriterSlot<C> {
+    conn: Option<C>,
     /// A transaction was dropped without commit or rollback: roll back before the next.
     dirty: bool,
 }
 
-struct Writer {
-    slot: Mutex<WriterSlot>,
-    options: SqliteConnectOptions,
+/// The one write connection of a backend and how to open it again.
+struct Writer<C: sqlx::Connection> {
+    slot: Mutex<WriterSlot<C>>,
+    options: C::Options,
+}
+
+impl<C: sqlx::Connection> Writer<C> {
+    fn new(conn: C, options: C::Options) -> Self {
+        Self { slot: Mutex::new(WriterSlot { conn: Some(conn), dirty: false }), options }
+    }
+}
+
+enum Backend {
+    Sqlite { read: SqlitePool, writer: Writer<SqliteConnection> },
+    Postgres { read: PgPool, writer: Writer<PgConnection> },
+}
+
+/// Where the store lives, for messages (a PostgreSQL URL without its credentials).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "{}", path.display()),
+            Location::Postgres(target) => f.write_str(target),
+        }
+    }
+}
+
+struct Inner {
+    backend: Backend,
     health: StdMutex<WriteHealth>,
+    location: Location,
 }
 
 /// Handle to the database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    /// Reads only (`query_only`): any write through it fails.
-    read: SqlitePool,
-    writer: Arc<Writer>,
-    path: PathBuf,
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Store").field("location", &self.inner.location).finish_non_exhaustive()
     }
 }
 
-/// An open write transaction on the store's one writer connection (`BEGIN IMMEDIATE`).
+type SlotGuard<'a> = Db<MutexGuard<'a, WriterSlot<SqliteConnection>>, MutexGuard<'a, WriterSlot<PgConnection>>>;
+type SlotMut<'a> = Db<&'a mut WriterSlot<SqliteConnection>, &'a mut WriterSlot<PgConnection>>;
+
+fn slot_mut<'a>(slot: &'a mut SlotGuard<'_>) -> SlotMut<'a> {
+    match slot {
+        Db::Sqlite(guard) => Db::Sqlite(&mut **guard),
+        Db::Postgres(guard) => Db::Postgres(&mut **guard),
+    }
+}
+
+/// An open write transaction on the store's one writer connection.
 /// Commit it with [`WriteTx::commit`]; dropping it rolls it back (before the next write).
 pub(crate) struct WriteTx<'a> {
-    slot: MutexGuard<'a, WriterSlot>,
-    writer: &'a Writer,
+    slot: SlotGuard<'a>,
+    health: &'a StdMutex<WriteHealth>,
     purpose: &'static str,
     started: Instant,
     finished: bool,
 }
 
+impl WriteTx<'_> {
+    /// The transaction's connection, for the backend's statements ([`db::on_db!`]).
+    pub(crate) fn conn(&mut self) -> Conn<'_> {
+        // A WriteTx exists only with an open connection (begin_write guarantees it).
+        match &mut self.slot {
+            Db::Sqlite(slot) => {
+                Db::Sqlite(slot.conn.as_mut().unwrap_or_else(|| unreachable!("write transaction without a connection")))
+            }
+            Db::Postgres(slot) => Db::Postgres(
+                slot.conn.as_mut().unwrap_or_else(|| unreachable!("write transaction without a connection")),
+            ),
+        }
+    }
+}
+
+/// Transitional (issue 21): store modules not yet written for both backends still use the
+/// transaction as a SQLite connection. Such code runs only on SQLite stores: a PostgreSQL
+/// store cannot be configured until every module runs on both (`config` refuses it).
 impl std::ops::Deref for WriteTx<'_> {
     type Target = SqliteConnection;
     fn deref(&self) -> &SqliteConnection {
-        // A WriteTx exists only with an open connection (begin_write guarantees it).
-        self.slot.conn.as_ref().unwrap_or_else(|| unreachable!("write transaction without a connection"))
+        match &self.slot {
+            Db::Sqlite(slot) => {
+                slot.conn.as_ref().unwrap_or_else(|| unreachable!("write transaction without a connection"))
+            }
+            Db::Postgres(_) => unreachable!("a SQLite-only store operation ran on PostgreSQL (issue 21)"),
+        }
     }
 }
 
 impl std::ops::DerefMut for WriteTx<'_> {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
-        self.slot.conn.as_mut().unwrap_or_else(|| unreachable!("write transaction without a connection"))
+        match &mut self.slot {
+            Db::Sqlite(slot) => {
+                slot.conn.as_mut().unwrap_or_else(|| unreachable!("write transaction without a connection"))
+            }
+            Db::Postgres(_) => unreachable!("a SQLite-only store operation ran on PostgreSQL (issue 21)"),
+        }
     }
 }
 
@@ -166,19 +248,19 @@ impl WriteTx<'_> {
     /// the next writer starts clean, and the error is returned.
     pub(crate) async fn commit(mut self) -> Result<(), StoreError> {
         self.finished = true;
-        let result = match self.slot.conn.as_mut() {
+        let result = on_db!(slot_mut(&mut self.slot), |slot| match slot.conn.as_mut() {
             Some(conn) => sqlx::query("COMMIT").execute(conn).await.map(|_| ()),
             None => Ok(()),
-        };
+        });
         match result {
             Ok(()) => {
-                self.writer.record(self.purpose, self.started, None);
+                record(self.health, self.purpose, self.started, None);
                 Ok(())
             }
             Err(error) => {
-                recover(&mut self.slot).await;
+                recover(slot_mut(&mut self.slot)).await;
                 let error = StoreError::Query(error);
-                self.writer.record(self.purpose, self.started, Some(&error));
+                record(self.health, self.purpose, self.started, Some(&error));
                 Err(error)
             }
         }
@@ -187,10 +269,12 @@ impl WriteTx<'_> {
     /// Rolls back (a dry run, or a decision to write nothing).
     pub(crate) async fn rollback(mut self) -> Result<(), StoreError> {
         self.finished = true;
-        if let Some(conn) = self.slot.conn.as_mut()
-            && sqlx::query("ROLLBACK").execute(conn).await.is_err()
-        {
-            recover(&mut self.slot).await;
+        let failed = on_db!(slot_mut(&mut self.slot), |slot| match slot.conn.as_mut() {
+            Some(conn) => sqlx::query("ROLLBACK").execute(conn).await.is_err(),
+            None => false,
+        });
+        if failed {
+            recover(slot_mut(&mut self.slot)).await;
         }
         Ok(())
     }
@@ -203,61 +287,66 @@ impl Drop for WriteTx<'_> {
             // half-way: the next `begin_write` rolls back first. Until a later commit
             // succeeds, readiness reports the store as failing to write: a full or read-only
             // disk fails statements before it fails commits.
-            self.slot.dirty = true;
+            on_db!(slot_mut(&mut self.slot), |slot| slot.dirty = true);
             let held = self.started.elapsed();
             metrics::counter!("ghl_sync_store_writes_total", "purpose" => self.purpose, "outcome" => "abandoned")
                 .increment(1);
             metrics::histogram!("ghl_sync_store_write_hold_seconds", "purpose" => self.purpose)
                 .record(held.as_secs_f64());
-            let mut health = self.writer.health.lock().unwrap_or_else(|e| e.into_inner());
+            let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
             health.failing = Some(format!("a `{}` write did not complete", self.purpose));
         }
     }
 }
 
 /// Brings the writer connection back to "no transaction": a rollback, else a new connection.
-async fn recover(slot: &mut WriterSlot) {
-    slot.dirty = false;
-    let Some(conn) = slot.conn.as_mut() else { return };
-    match sqlx::query("ROLLBACK").execute(&mut *conn).await {
-        Ok(_) => {}
-        // "cannot rollback - no transaction is active": already clean.
-        Err(error) if error.to_string().contains("no transaction is active") => {}
-        Err(error) => {
-            tracing::warn!(error = %error, "The store's write connection could not roll back; reopening it");
-            if let Some(conn) = slot.conn.take() {
-                let _closed = conn.close().await;
+async fn recover(slot: SlotMut<'_>) {
+    on_db!(slot, |slot| {
+        slot.dirty = false;
+        let Some(conn) = slot.conn.as_mut() else { return };
+        match sqlx::query("ROLLBACK").execute(&mut *conn).await {
+            Ok(_) => {}
+            // "cannot rollback - no transaction is active": already clean.
+            Err(error) if error.to_string().contains("no transaction is active") => {}
+            Err(error) => {
+                tracing::warn!(error = %error, "The store's write connection could not roll back; reopening it");
+                if let Some(conn) = slot.conn.take() {
+                    let _closed = conn.close().await;
+                }
             }
         }
-    }
+    })
 }
 
-impl Writer {
-    fn record(&self, purpose: &'static str, started: Instant, error: Option<&StoreError>) {
-        let held = started.elapsed();
-        let outcome = if error.is_some() { "failed" } else { "committed" };
-        metrics::counter!("ghl_sync_store_writes_total", "purpose" => purpose, "outcome" => outcome).increment(1);
-        metrics::histogram!("ghl_sync_store_write_hold_seconds", "purpose" => purpose).record(held.as_secs_f64());
-        if held > Duration::from_secs(2) {
-            tracing::warn!(
-                purpose,
-                held_ms = held.as_millis() as u64,
-                "A store write held the write lock for over 2 s"
-            );
+/// Counts a finished write transaction and keeps its outcome for `/readyz`.
+fn record(health: &StdMutex<WriteHealth>, purpose: &'static str, started: Instant, error: Option<&StoreError>) {
+    let held = started.elapsed();
+    let outcome = if error.is_some() { "failed" } else { "committed" };
+    metrics::counter!("ghl_sync_store_writes_total", "purpose" => purpose, "outcome" => outcome).increment(1);
+    metrics::histogram!("ghl_sync_store_write_hold_seconds", "purpose" => purpose).record(held.as_secs_f64());
+    if held > Duration::from_secs(2) {
+        tracing::warn!(purpose, held_ms = held.as_millis() as u64, "A store write held the write lock for over 2 s");
+    }
+    let mut health = health.lock().unwrap_or_else(|e| e.into_inner());
+    match error {
+        None => {
+            health.failing = None;
+            health.last_ok_ms = Some(now_ms());
         }
-        let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        match error {
-            None => {
-                health.failing = None;
-                health.last_ok_ms = Some(now_ms());
-            }
-            Some(error) => health.failing = Some(error.to_string()),
-        }
+        Some(error) => health.failing = Some(error.to_string()),
     }
 }
 
 /// What a read-only connection is told on open.
 const QUERY_ONLY: &str = "query_only";
+
+/// A PostgreSQL URL as it may be shown: scheme, host, port and database, no credentials.
+pub fn redact_postgres_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return "postgres://…".to_owned() };
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
+    format!("{scheme}://{rest}")
+}
 
 impl Store {
     /// Opens (creating if needed) the database at `path`, refuses a newer schema and migrates.
@@ -291,45 +380,108 @@ impl Store {
             .connect_with(options.clone().pragma(QUERY_ONLY, "ON"))
             .await
             .map_err(open_error)?;
-        let writer = Arc::new(Writer {
-            slot: Mutex::new(WriterSlot { conn: Some(writer_conn), dirty: false }),
-            options,
-            health: StdMutex::new(WriteHealth::default()),
-        });
-        let store = Self { read, writer, path: path.to_path_buf() };
+        let backend = Backend::Sqlite { read, writer: Writer::new(writer_conn, options) };
+        let store = Self::from_backend(backend, Location::Sqlite(path.to_path_buf()));
         store.migrate().await?;
         Ok(store)
     }
 
+    /// Connects to the PostgreSQL database at `url` (`postgres://user:password@host/db`),
+    /// refuses a newer schema and migrates (sqlx's migrator holds an advisory lock, so
+    /// replicas starting together migrate once).
+    pub async fn connect_postgres(url: &str, busy_timeout: Duration) -> Result<Self, StoreError> {
+        let target = redact_postgres_url(url);
+        let open_error = |source: sqlx::Error| StoreError::OpenPostgres { target: target.clone(), source };
+        let options = PgConnectOptions::from_str(url)
+            .map_err(open_error)?
+            .application_name("ghl-sync")
+            // A statement waiting on a lock longer than this fails like SQLite's busy timeout.
+            .options([("lock_timeout", format!("{}", busy_timeout.as_millis()))])
+            .log_statements(log::LevelFilter::Debug)
+            .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(5));
+        let writer_conn = options.connect().await.map_err(open_error)?;
+        let read = PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.clone().options([("default_transaction_read_only", "on")]))
+            .await
+            .map_err(open_error)?;
+        let backend = Backend::Postgres { read, writer: Writer::new(writer_conn, options) };
+        let store = Self::from_backend(backend, Location::Postgres(target));
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    fn from_backend(backend: Backend, location: Location) -> Self {
+        Self { inner: Arc::new(Inner { backend, health: StdMutex::new(WriteHealth::default()), location }) }
+    }
+
     /// Applies pending migrations, then the one-time data upgrades not done yet; idempotent.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let migrator = match &self.inner.backend {
+            Backend::Sqlite { .. } => &MIGRATOR,
+            Backend::Postgres { .. } => &PG_MIGRATOR,
+        };
+        let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
         // No migrations table yet (a new database) reads as None.
-        let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
-            .fetch_one(&self.read)
-            .await
-            .unwrap_or_default();
+        let applied: Option<i64> =
+            on_db!(self.db(), |pool| sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(pool)
+                .await
+                .unwrap_or_default());
+        let path = PathBuf::from(self.inner.location.to_string());
         if let Some(found) = applied.filter(|v| *v > known) {
-            return Err(StoreError::NewerSchema { path: self.path.clone(), found, known });
+            return Err(StoreError::NewerSchema { path, found, known });
         }
-        let mut slot = self.writer.slot.lock().await;
-        let conn = self.writer_conn(&mut slot).await?;
-        MIGRATOR.run(conn).await.map_err(|source| StoreError::Migrate { path: self.path.clone(), source })?;
-        drop(slot);
+        let migrated = match &self.inner.backend {
+            Backend::Sqlite { writer, .. } => {
+                let mut slot = writer.slot.lock().await;
+                let conn = writer_conn(writer, &mut slot, &self.inner.location).await?;
+                migrator.run(conn).await
+            }
+            Backend::Postgres { writer, .. } => {
+                let mut slot = writer.slot.lock().await;
+                let conn = writer_conn(writer, &mut slot, &self.inner.location).await?;
+                migrator.run(conn).await
+            }
+        };
+        migrated.map_err(|source| StoreError::Migrate { path, source })?;
         // Data upgrades write through the one writer like every other write.
         upgrades::run(self).await
     }
 
-    /// The read pool. Its connections are `query_only`: writing through it fails.
-    pub fn read_pool(&self) -> &SqlitePool {
-        &self.read
+    /// The read pool of the backend, for statements run through [`db::on_db!`].
+    pub(crate) fn db(&self) -> Pool<'_> {
+        match &self.inner.backend {
+            Backend::Sqlite { read, .. } => Db::Sqlite(read),
+            Backend::Postgres { read, .. } => Db::Postgres(read),
+        }
     }
 
-    /// Starts a write transaction (`BEGIN IMMEDIATE`) on the one writer connection, waiting
-    /// in line (FIFO) for it. `purpose` labels metrics and slow-write warnings.
+    /// Whether this store runs on PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.inner.backend, Backend::Postgres { .. })
+    }
+
+    /// The SQLite read pool (`query_only`: writing through it fails), for tests that inspect
+    /// a SQLite store and for store modules not yet written for both backends (issue 21).
+    ///
+    /// # Panics
+    /// On a PostgreSQL store (which `config` does not yet let users choose).
+    pub fn read_pool(&self) -> &SqlitePool {
+        match &self.inner.backend {
+            Backend::Sqlite { read, .. } => read,
+            Backend::Postgres { .. } => unreachable!("a SQLite-only store operation ran on PostgreSQL (issue 21)"),
+        }
+    }
+
+    /// Starts a write transaction on the one writer connection, waiting in line (FIFO) for
+    /// it. `purpose` labels metrics and slow-write warnings.
     pub(in crate::store) async fn begin_write(&self, purpose: &'static str) -> Result<WriteTx<'_>, StoreError> {
         let waited = Instant::now();
-        let slot = self.writer.slot.lock().await;
+        let slot = match &self.inner.backend {
+            Backend::Sqlite { writer, .. } => Db::Sqlite(writer.slot.lock().await),
+            Backend::Postgres { writer, .. } => Db::Postgres(writer.slot.lock().await),
+        };
         metrics::histogram!("ghl_sync_store_write_wait_seconds", "purpose" => purpose)
             .record(waited.elapsed().as_secs_f64());
         self.begin_on(slot, purpose).await
@@ -343,61 +495,66 @@ impl Store {
         deadline: Duration,
     ) -> Result<WriteTx<'_>, StoreError> {
         let waited = Instant::now();
-        let slot = match tokio::time::timeout(deadline, self.writer.slot.lock()).await {
-            Ok(slot) => slot,
-            Err(_) => {
-                metrics::counter!("ghl_sync_store_busy_total", "purpose" => purpose).increment(1);
-                return Err(StoreError::Busy(deadline));
+        let locked = match &self.inner.backend {
+            Backend::Sqlite { writer, .. } => tokio::time::timeout(deadline, writer.slot.lock()).await.map(Db::Sqlite),
+            Backend::Postgres { writer, .. } => {
+                tokio::time::timeout(deadline, writer.slot.lock()).await.map(Db::Postgres)
             }
+        };
+        let Ok(slot) = locked else {
+            metrics::counter!("ghl_sync_store_busy_total", "purpose" => purpose).increment(1);
+            return Err(StoreError::Busy(deadline));
         };
         metrics::histogram!("ghl_sync_store_write_wait_seconds", "purpose" => purpose)
             .record(waited.elapsed().as_secs_f64());
         self.begin_on(slot, purpose).await
     }
 
-    async fn begin_on<'a>(
-        &'a self,
-        mut slot: MutexGuard<'a, WriterSlot>,
-        purpose: &'static str,
-    ) -> Result<WriteTx<'a>, StoreError> {
+    async fn begin_on<'a>(&'a self, mut slot: SlotGuard<'a>, purpose: &'static str) -> Result<WriteTx<'a>, StoreError> {
         let started = Instant::now();
-        if slot.dirty {
-            recover(&mut slot).await;
-        }
-        let begun = match self.writer_conn(&mut slot).await {
-            Ok(conn) => sqlx::query("BEGIN IMMEDIATE").execute(conn).await.map_err(StoreError::Query),
-            Err(error) => Err(error),
+        let location = &self.inner.location;
+        let begun = match (&mut slot, &self.inner.backend) {
+            (Db::Sqlite(slot), Backend::Sqlite { writer, .. }) => {
+                if slot.dirty {
+                    recover(Db::Sqlite(&mut **slot)).await;
+                }
+                match writer_conn(writer, &mut **slot, location).await {
+                    Ok(conn) => {
+                        sqlx::query("BEGIN IMMEDIATE").execute(conn).await.map(|_| ()).map_err(StoreError::Query)
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+            (Db::Postgres(slot), Backend::Postgres { writer, .. }) => {
+                if slot.dirty {
+                    recover(Db::Postgres(&mut **slot)).await;
+                }
+                match writer_conn(writer, &mut **slot, location).await {
+                    Ok(conn) => sqlx::query("BEGIN").execute(conn).await.map(|_| ()).map_err(StoreError::Query),
+                    Err(error) => Err(error),
+                }
+            }
+            _ => unreachable!("a writer slot of another backend"),
         };
         if let Err(error) = begun {
             // Whatever the state of this connection, the next writer gets a fresh one.
-            if let Some(conn) = slot.conn.take() {
+            on_db!(slot_mut(&mut slot), |slot| if let Some(conn) = slot.conn.take() {
                 let _closed = conn.close().await;
-            }
-            self.writer.record(purpose, started, Some(&error));
+            });
+            record(&self.inner.health, purpose, started, Some(&error));
             return Err(error);
         }
-        Ok(WriteTx { slot, writer: &self.writer, purpose, started, finished: false })
-    }
-
-    /// The writer connection, reopened if an earlier failure closed it.
-    async fn writer_conn<'s>(&self, slot: &'s mut WriterSlot) -> Result<&'s mut SqliteConnection, StoreError> {
-        if slot.conn.is_none() {
-            let conn = self.writer.options.connect().await.map_err(|source| {
-                let hint = open_hint(&self.path, &source);
-                StoreError::Open { path: self.path.clone(), source, hint }
-            })?;
-            slot.conn = Some(conn);
-        }
-        slot.conn.as_mut().ok_or_else(|| StoreError::Corrupt("writer connection vanished".into()))
+        Ok(WriteTx { slot, health: &self.inner.health, purpose, started, finished: false })
     }
 
     /// Fault injection for tests and drills: caps the database at `pages` pages on the
     /// writer connection (SQLite's `max_page_count`), so a write that needs more space fails
     /// exactly as on a full disk (`SQLITE_FULL`); `None` lifts the cap. A reopened writer
-    /// connection starts uncapped.
+    /// connection starts uncapped. SQLite only (a no-op on PostgreSQL).
     pub async fn limit_pages_for_tests(&self, pages: Option<u64>) -> Result<(), StoreError> {
-        let mut slot = self.writer.slot.lock().await;
-        let conn = self.writer_conn(&mut slot).await?;
+        let Backend::Sqlite { writer, .. } = &self.inner.backend else { return Ok(()) };
+        let mut slot = writer.slot.lock().await;
+        let conn = writer_conn(writer, &mut slot, &self.inner.location).await?;
         let pages = pages.unwrap_or(1_073_741_823);
         sqlx::query(&format!("PRAGMA max_page_count = {pages}")).execute(conn).await?;
         Ok(())
@@ -405,29 +562,67 @@ impl Store {
 
     /// How the last write went (for `/readyz`).
     pub fn write_health(&self) -> WriteHealth {
-        self.writer.health.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner.health.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The SQLite database file (empty for a PostgreSQL store).
     pub fn path(&self) -> &Path {
-        &self.path
+        match &self.inner.location {
+            Location::Sqlite(path) => path,
+            Location::Postgres(_) => Path::new(""),
+        }
+    }
+
+    /// Where the store lives (a PostgreSQL URL without credentials).
+    pub fn location(&self) -> &Location {
+        &self.inner.location
     }
 
     /// The newest schema version applied to this database.
     pub async fn schema_version(&self) -> Result<i64, StoreError> {
-        let version: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = 1")
-            .fetch_one(&self.read)
-            .await?;
+        let version: Option<i64> =
+            on_db!(self.db(), |pool| sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(pool)
+                .await?);
         Ok(version.unwrap_or(0))
     }
 
     /// Closes the pools and the writer, waiting for connections to finish.
     pub async fn close(&self) {
-        self.read.close().await;
-        let mut slot = self.writer.slot.lock().await;
-        if let Some(conn) = slot.conn.take() {
-            let _closed = conn.close().await;
+        match &self.inner.backend {
+            Backend::Sqlite { read, writer } => {
+                read.close().await;
+                if let Some(conn) = writer.slot.lock().await.conn.take() {
+                    let _closed = conn.close().await;
+                }
+            }
+            Backend::Postgres { read, writer } => {
+                read.close().await;
+                if let Some(conn) = writer.slot.lock().await.conn.take() {
+                    let _closed = conn.close().await;
+                }
+            }
         }
     }
+}
+
+/// The writer connection, reopened if an earlier failure closed it.
+async fn writer_conn<'s, C: sqlx::Connection>(
+    writer: &Writer<C>,
+    slot: &'s mut WriterSlot<C>,
+    location: &Location,
+) -> Result<&'s mut C, StoreError> {
+    if slot.conn.is_none() {
+        let conn = writer.options.connect().await.map_err(|source| match location {
+            Location::Sqlite(path) => {
+                let hint = open_hint(path, &source);
+                StoreError::Open { path: path.clone(), source, hint }
+            }
+            Location::Postgres(target) => StoreError::OpenPostgres { target: target.clone(), source },
+        })?;
+        slot.conn = Some(conn);
+    }
+    slot.conn.as_mut().ok_or_else(|| StoreError::Corrupt("writer connection vanished".into()))
 }
 
 /// A plain-words hint for the errors users actually meet when opening a database.
@@ -583,6 +778,70 @@ mod tests {
         assert_eq!(mode, "wal");
         let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys").fetch_one(again.read_pool()).await.unwrap();
         assert_eq!(fk, 1);
+    }
+
+    /// Both backends' migrations must describe the same tables and columns at the same
+    /// schema version: a migration added to one directory only fails here.
+    #[tokio::test]
+    async fn postgres_and_sqlite_migrations_reach_the_same_version_tables_and_columns() {
+        use std::collections::BTreeSet;
+        let Some((_guard, pg)) = testing::postgres_store().await else { return };
+        let (_dir, lite) = temp_store().await;
+        assert_eq!(pg.schema_version().await.unwrap(), lite.schema_version().await.unwrap());
+        pg.migrate().await.unwrap();
+        let lite_columns: BTreeSet<(String, String)> = sqlx::query_as(
+            "SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p \
+             WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name != '_sqlx_migrations'",
+        )
+        .fetch_all(lite.read_pool())
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+        let Db::Postgres(pool) = pg.db() else { unreachable!() };
+        let pg_columns: BTreeSet<(String, String)> = sqlx::query_as(
+            "SELECT table_name::text, column_name::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name != '_sqlx_migrations'",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+        assert!(lite_columns.len() > 100, "{}", lite_columns.len());
+        assert_eq!(
+            lite_columns.symmetric_difference(&pg_columns).collect::<Vec<_>>(),
+            Vec::<&(String, String)>::new(),
+            "columns on one backend only"
+        );
+    }
+
+    #[tokio::test]
+    async fn on_postgres_a_dropped_write_is_rolled_back_a_commit_lands_and_the_read_pool_cannot_write() {
+        let Some((_guard, store)) = testing::postgres_store().await else { return };
+        let insert = "INSERT INTO webhook_inbox (source, event_id, received_at) VALUES ('t', $1, 0)";
+        {
+            let mut tx = store.begin_write("test").await.unwrap();
+            on_db!(tx.conn(), |c| sqlx::query(insert).bind("dropped").execute(c).await.map(|d| d.rows_affected()))
+                .unwrap();
+        }
+        let mut tx = store.begin_write("test").await.unwrap();
+        on_db!(tx.conn(), |c| sqlx::query(insert).bind("kept").execute(c).await.map(|d| d.rows_affected())).unwrap();
+        tx.commit().await.unwrap();
+        let ids: Vec<String> =
+            on_db!(store.db(), |p| sqlx::query_scalar("SELECT event_id FROM webhook_inbox").fetch_all(p).await)
+                .unwrap();
+        assert_eq!(ids, vec!["kept".to_owned()]);
+        let error = on_db!(store.db(), |p| sqlx::query(insert).bind("x").execute(p).await.map(|d| d.rows_affected()))
+            .unwrap_err();
+        assert!(error.to_string().contains("read-only"), "{error}");
+        let busy = {
+            let _held = store.begin_write("long").await.unwrap();
+            store.begin_write_within("webhook", Duration::from_millis(50)).await.err()
+        };
+        assert!(matches!(busy, Some(StoreError::Busy(_))));
+        store.begin_write("test").await.unwrap().commit().await.unwrap();
+        assert_eq!(store.write_health().failing, None);
     }
 
     #[tokio::test]

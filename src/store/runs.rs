@@ -146,7 +146,7 @@ async fn count_growth(
         rate_limited: (as_i64(progress.rate_limited) - rate_limited).max(0),
         webhooks: 0,
     };
-    daily::add_in(conn, &location, &daily::utc_day(now), growth).await?;
+    daily::add_in(super::db::Db::Sqlite(conn), &location, &daily::utc_day(now), growth).await?;
     Ok(Some(location))
 }
 

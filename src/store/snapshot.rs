@@ -423,7 +423,7 @@ pub async fn commit_contacts(
     }
     if let Some(cursor) = cursor {
         cursors::advance_in(
-            &mut tx,
+            tx.conn(),
             commit.location,
             cursors::CONTACTS,
             cursor.watermark_ms,

@@ -11,8 +11,8 @@
 //!   sync computes a child's record and hash. Revisions stay: no change is delivered.
 
 use serde_json::Value;
-use sqlx::Row as _;
 
+use super::db::on_db;
 use super::{Store, StoreError, codec, now_ms};
 use crate::domain::EntityKind;
 use crate::domain::normalize::{normalize_child, value_hash};
@@ -28,10 +28,11 @@ pub(super) async fn run(store: &Store) -> Result<(), StoreError> {
 }
 
 async fn is_done(store: &Store, name: &str) -> Result<bool, StoreError> {
-    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM store_upgrades WHERE name = ?")
-        .bind(name)
-        .fetch_optional(store.read_pool())
-        .await?;
+    let found: Option<i64> =
+        on_db!(store.db(), |pool| sqlx::query_scalar("SELECT CAST(1 AS BIGINT) FROM store_upgrades WHERE name = $1")
+            .bind(name)
+            .fetch_optional(pool)
+            .await)?;
     Ok(found.is_some())
 }
 
@@ -59,37 +60,36 @@ async fn project_tasks(store: &Store, chunk: u32) -> Result<(), StoreError> {
     loop {
         let mut tx = store.begin_write("upgrade_task_projection").await?;
         let (location, child) = after.clone().unwrap_or_default();
-        let rows = sqlx::query(
+        let rows: Vec<(String, String, Vec<u8>)> = on_db!(tx.conn(), |c| sqlx::query_as(
             "SELECT location_id, child_id, record FROM children \
-             WHERE kind = 'task' AND (location_id, child_id) > (?, ?) \
-             ORDER BY location_id, child_id LIMIT ?",
+             WHERE kind = 'task' AND (location_id, child_id) > ($1, $2) \
+             ORDER BY location_id, child_id LIMIT $3",
         )
         .bind(&location)
         .bind(&child)
-        .bind(chunk)
-        .fetch_all(&mut *tx)
-        .await?;
+        .bind(i64::from(chunk))
+        .fetch_all(c)
+        .await)?;
         let read = rows.len();
-        for row in rows {
-            let location_id: String = row.try_get(0)?;
-            let child_id: String = row.try_get(1)?;
-            let blob: Vec<u8> = row.try_get(2)?;
+        for (location_id, child_id, blob) in rows {
             counts.checked += 1;
             match codec::unpack(&blob) {
                 Ok(Value::Object(stored)) => {
                     let projected = normalize_child(EntityKind::Task, stored.clone());
                     if projected != stored {
                         let hash = value_hash(&projected);
-                        sqlx::query(
-                            "UPDATE children SET record = ?, hash = ? \
-                             WHERE location_id = ? AND kind = 'task' AND child_id = ?",
+                        let record = codec::pack(&Value::Object(projected));
+                        on_db!(tx.conn(), |c| sqlx::query(
+                            "UPDATE children SET record = $1, hash = $2 \
+                             WHERE location_id = $3 AND kind = 'task' AND child_id = $4",
                         )
-                        .bind(codec::pack(&Value::Object(projected)))
+                        .bind(&record)
                         .bind(&hash[..])
                         .bind(&location_id)
                         .bind(&child_id)
-                        .execute(&mut *tx)
-                        .await?;
+                        .execute(c)
+                        .await
+                        .map(|done| done.rows_affected()))?;
                         counts.rewritten += 1;
                     }
                 }
@@ -98,11 +98,14 @@ async fn project_tasks(store: &Store, chunk: u32) -> Result<(), StoreError> {
             after = Some((location_id, child_id));
         }
         if read < chunk as usize {
-            sqlx::query("INSERT OR IGNORE INTO store_upgrades (name, done_at) VALUES (?, ?)")
-                .bind(TASK_PROJECTION)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await?;
+            on_db!(tx.conn(), |c| sqlx::query(
+                "INSERT INTO store_upgrades (name, done_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING"
+            )
+            .bind(TASK_PROJECTION)
+            .bind(now_ms())
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected()))?;
             tx.commit().await?;
             break;
         }
@@ -122,7 +125,6 @@ mod tests {
     use serde_json::{Map, json};
 
     use super::*;
-    use crate::store::temp_store;
 
     fn obj(value: Value) -> Map<String, Value> {
         match value {
@@ -134,36 +136,49 @@ mod tests {
     /// Stores a task row as the normalisation before the projection left it: every field.
     async fn store_old_task(store: &Store, id: &str, record: &Map<String, Value>) {
         let mut tx = store.begin_write("test").await.unwrap();
-        sqlx::query(
+        let packed = codec::pack(&Value::Object(record.clone()));
+        on_db!(tx.conn(), |c| sqlx::query(
             "INSERT INTO children (location_id, contact_id, kind, child_id, hash, record, revision, updated_at) \
-             VALUES ('loc', 'c1', 'task', ?, ?, ?, 1, 0)",
+             VALUES ('loc', 'c1', 'task', $1, $2, $3, 1, 0)",
         )
         .bind(id)
         .bind(&value_hash(record)[..])
-        .bind(codec::pack(&Value::Object(record.clone())))
-        .execute(&mut *tx)
+        .bind(&packed)
+        .execute(c)
         .await
+        .map(|done| done.rows_affected()))
         .unwrap();
         tx.commit().await.unwrap();
     }
 
     async fn stored(store: &Store, id: &str) -> (Vec<u8>, Map<String, Value>, i64) {
-        let (hash, record, revision): (Vec<u8>, Vec<u8>, i64) =
-            sqlx::query_as("SELECT hash, record, revision FROM children WHERE kind = 'task' AND child_id = ?")
-                .bind(id)
-                .fetch_one(store.read_pool())
-                .await
-                .unwrap();
+        let (hash, record, revision): (Vec<u8>, Vec<u8>, i64) = on_db!(store.db(), |pool| sqlx::query_as(
+            "SELECT hash, record, revision FROM children WHERE kind = 'task' AND child_id = $1"
+        )
+        .bind(id)
+        .fetch_one(pool)
+        .await)
+        .unwrap();
         (hash, obj(codec::unpack(&record).unwrap()), revision)
     }
 
     #[tokio::test]
     async fn old_task_records_are_projected_and_rehashed_once_across_chunks() {
-        let (_dir, store) = temp_store().await;
+        for (_guard, store) in crate::store::testing::stores().await {
+            projected_once(&store).await;
+        }
+    }
+
+    async fn projected_once(store: &Store) {
+        let store = store.clone();
         // A fresh database is marked done on open.
         assert!(is_done(&store, TASK_PROJECTION).await.unwrap());
         let mut tx = store.begin_write("test").await.unwrap();
-        sqlx::query("DELETE FROM store_upgrades").execute(&mut *tx).await.unwrap();
+        on_db!(tx.conn(), |c| sqlx::query("DELETE FROM store_upgrades")
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected()))
+        .unwrap();
         tx.commit().await.unwrap();
         assert!(!is_done(&store, TASK_PROJECTION).await.unwrap());
 

@@ -1,0 +1,110 @@
+//! One statement, two backends: how the store runs the same SQL on SQLite and PostgreSQL.
+//!
+//! Every store function writes its statements once, in SQL both backends accept, and runs
+//! them through [`on_db!`], which compiles the code for each backend: the SQLite arm and the
+//! PostgreSQL arm are type-checked separately, so a statement whose parameters or row types
+//! do not fit one backend fails to compile rather than at run time on a user's machine.
+//!
+//! The SQL both accept:
+//! - parameters are `$1`, `$2`, … (sqlx's SQLite driver binds `$N` by number);
+//! - upserts are `INSERT … ON CONFLICT (…) DO UPDATE/NOTHING`, never `INSERT OR …`;
+//! - no two-argument `MAX(a, b)`/`MIN(a, b)` (`GREATEST` on PostgreSQL): use `CASE`, or
+//!   pick the text per backend with the `pg` flag [`on_db!`] binds;
+//! - integers are 64-bit on both (PostgreSQL columns are `BIGINT`), flags are 0/1 integers,
+//!   `SUM` is wrapped in `CAST(… AS BIGINT)` (PostgreSQL sums to NUMERIC);
+//! - text compares bytewise on both (PostgreSQL columns are `COLLATE "C"`).
+//!
+//! The two arms of [`on_db!`] must produce one type: `execute` answers a backend's own result
+//! type, so end it with `.map(|done| done.rows_affected())` inside the arm.
+
+use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::sqlite::{SqliteConnection, SqlitePool};
+
+/// A value for one backend or the other.
+pub enum Db<S, P> {
+    Sqlite(S),
+    Postgres(P),
+}
+
+/// A pool to read from (SQLite's is `query_only`, PostgreSQL's read-only).
+pub type Pool<'a> = Db<&'a SqlitePool, &'a PgPool>;
+
+/// A connection inside a write transaction.
+pub type Conn<'a> = Db<&'a mut SqliteConnection, &'a mut PgConnection>;
+
+impl Conn<'_> {
+    #[allow(dead_code, reason = "for the modules still to be ported (issue 21)")]
+    /// The same connection, borrowed again (to pass it to a helper and keep using it).
+    pub fn reborrow(&mut self) -> Conn<'_> {
+        match self {
+            Db::Sqlite(c) => Db::Sqlite(&mut **c),
+            Db::Postgres(c) => Db::Postgres(&mut **c),
+        }
+    }
+}
+
+/// Runs `$body` with `$c` bound to the backend's pool or connection, compiled once per
+/// backend. `on_db!(db, |c| …)` or `on_db!(db, |c, pg| …)`, where `pg` is `true` in the
+/// PostgreSQL arm (to pick a statement's text where the dialects differ).
+macro_rules! on_db {
+    ($db:expr, |$c:ident| $body:expr) => {
+        match $db {
+            $crate::store::db::Db::Sqlite($c) => $body,
+            $crate::store::db::Db::Postgres($c) => $body,
+        }
+    };
+    ($db:expr, |$c:ident, $pg:ident| $body:expr) => {
+        match $db {
+            $crate::store::db::Db::Sqlite($c) => {
+                let $pg = false;
+                $body
+            }
+            $crate::store::db::Db::Postgres($c) => {
+                let $pg = true;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_db;
+
+/// `$1, $2, …, $n` starting after `from` parameters: placeholders for statements built
+/// with a variable number of values (`IN (…)`, multi-row `VALUES`).
+pub fn params(from: usize, n: usize) -> String {
+    let mut out = String::with_capacity(n * 4);
+    for i in 0..n {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push('$');
+        out.push_str(&(from + i + 1).to_string());
+    }
+    out
+}
+
+/// `($a, $b, $c), ($d, $e, $f), …`: `rows` tuples of `width` placeholders after `from`.
+pub fn rows(from: usize, rows: usize, width: usize) -> String {
+    let mut out = String::with_capacity(rows * width * 5);
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        out.push_str(&params(from + r * width, width));
+        out.push(')');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_number_from_the_given_offset() {
+        assert_eq!(params(0, 3), "$1, $2, $3");
+        assert_eq!(params(2, 2), "$3, $4");
+        assert_eq!(params(0, 0), "");
+        assert_eq!(rows(1, 2, 2), "($2, $3), ($4, $5)");
+    }
+}
