@@ -722,7 +722,7 @@ pub fn now_ms() -> i64 {
 /// Rows a chunked delete removes per transaction.
 const DELETE_CHUNK: i64 = 2000;
 
-/// Runs `sql` (a `DELETE … WHERE key IN (SELECT key … WHERE … < ? … LIMIT ?)`, binding
+/// Runs `sql` (a `DELETE … WHERE key IN (SELECT key … WHERE … < $1 … LIMIT $2)`, binding
 /// `cutoff` then the chunk size) in short transactions until a chunk removes fewer rows than
 /// its size, so purging a large table never holds the writer long. Returns the rows removed.
 async fn delete_in_chunks(
@@ -734,7 +734,12 @@ async fn delete_in_chunks(
     let mut removed = 0;
     loop {
         let mut tx = store.begin_write(purpose).await?;
-        let done = sqlx::query(sql).bind(cutoff).bind(DELETE_CHUNK).execute(&mut *tx).await?.rows_affected();
+        let done = on_db!(tx.conn(), |c| sqlx::query(sql)
+            .bind(cutoff)
+            .bind(DELETE_CHUNK)
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected()))?;
         tx.commit().await?;
         removed += done;
         if done < DELETE_CHUNK as u64 {
