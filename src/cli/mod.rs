@@ -7,6 +7,7 @@ pub mod export;
 pub mod replay;
 pub mod rules;
 pub mod status;
+pub mod store;
 pub mod sync;
 
 use std::path::{Path, PathBuf};
@@ -114,6 +115,8 @@ pub enum Command {
     Rules(crate::cli::rules::RulesArgs),
     /// Export one location's contacts from the snapshot as CSV or JSON Lines.
     Export(crate::cli::export::ExportArgs),
+    /// The store itself: `store migrate --to postgres://…` copies the SQLite store into PostgreSQL.
+    Store(crate::cli::store::StoreArgs),
     /// Manage GHL credentials: OAuth install, private integration tokens, status.
     Auth {
         #[command(subcommand)]
@@ -184,6 +187,10 @@ pub async fn execute(cli: Cli) -> ExitCode {
         },
         Command::Export(args) => match load(cli.config.as_deref()) {
             Ok(config) => finish(crate::cli::export::run_export(&config, args).await),
+            Err(code) => code,
+        },
+        Command::Store(args) => match load(cli.config.as_deref()) {
+            Ok(config) => finish(crate::cli::store::run_store(&config, args).await),
             Err(code) => code,
         },
         // Needs no config: it runs before there is one (install steps).

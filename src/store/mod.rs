@@ -59,8 +59,9 @@ pub mod runs;
 pub mod snapshot;
 pub mod staged_tasks;
 pub mod status;
-#[cfg(test)]
-pub(crate) mod testing;
+#[doc(hidden)]
+pub mod testing;
+pub mod transfer;
 mod upgrades;
 pub mod writebacks;
 

@@ -37,6 +37,7 @@ mod rules_more;
 mod rules_triggers;
 mod security;
 mod server;
+mod store_migrate;
 mod sync;
 mod systemd;
 mod task_search;
