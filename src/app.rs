@@ -17,7 +17,7 @@ use crate::ghl::{GhlClient, TokenManager, TokenProvider, needed_scopes};
 use crate::http::{ApiClient, ClientSettings, HeaderScheme, QuotaSettings, RateLimits, RetryPolicy};
 use crate::server::{ServerState, install_metrics};
 use crate::store::locations::ConfiguredLocation;
-use crate::store::{ProcessLock, Store};
+use crate::store::{Store, StoreLock};
 use crate::sync::engine::{Engine, EngineSettings, RunOptions, RunSummary, Subscriber};
 use crate::sync::scheduler::{self, ScheduleSettings, SyncNow};
 
@@ -38,7 +38,7 @@ pub struct App {
     pub circuits: OpenCircuits,
     /// The HTTP listener, bound at build time so a taken port fails start-up.
     listener: Option<tokio::net::TcpListener>,
-    _lock: ProcessLock,
+    _lock: StoreLock,
     tracker: TaskTracker,
     /// Cancels retry sleeps of outbound calls at shutdown.
     calls: CancellationToken,
@@ -123,16 +123,16 @@ impl App {
     /// locations and builds the GHL client and the sync engine.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let settings = &config.settings;
-        let path = settings.store.resolved_path();
-        let lock = ProcessLock::acquire(&path)?;
+        let target = settings.store.target();
+        let lock = StoreLock::acquire(&target).await?;
         let (clock, test_clock) = Clock::from_env();
         if let Some(file) = test_clock {
             tracing::warn!(file = %file.display(), "Test clock: the wall clock is moved by the offset in {} ({}); never set this outside tests",
                 file.display(), crate::clock::OFFSET_FILE_ENV);
         }
-        let store = Store::connect(&path, settings.store.busy_timeout.get())
+        let store = Store::open(&target, settings.store.busy_timeout.get())
             .await
-            .with_context(|| format!("Failed to open the store at {}", path.display()))?;
+            .with_context(|| format!("Failed to open the store at {}", describe(&target)))?;
         register_locations(&store, &config).await?;
         // Metrics first: every component records into the one Prometheus recorder.
         install_metrics();
@@ -154,7 +154,7 @@ impl App {
         let Workers { ghl, engine, dispatcher, connectors } =
             build_workers(&config, &store, &tokens, &calls, &circuits, &clock).await?;
         let listener = if settings.server.enabled { Some(crate::server::bind(&settings.server).await?) } else { None };
-        tracing::info!(database = %path.display(), locations = settings.ghl.locations.len(), "Store ready");
+        tracing::info!(database = %describe(&target), locations = settings.ghl.locations.len(), "Store ready");
         Ok(Self {
             config,
             store,
@@ -389,12 +389,20 @@ impl App {
     }
 }
 
+/// The store as messages name it (a PostgreSQL URL without credentials).
+pub(crate) fn describe(target: &crate::config::StoreTarget) -> String {
+    match target {
+        crate::config::StoreTarget::Sqlite(path) => path.display().to_string(),
+        crate::config::StoreTarget::Postgres(url) => crate::store::redact_postgres_url(url),
+    }
+}
+
 /// Keys whose change needs a restart: the database, the listener, GHL credentials and
 /// locations, the webhook keys, logging.
 fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let (a, b) = (&old.settings, &new.settings);
     let mut changed = Vec::new();
-    if a.store.resolved_path() != b.store.resolved_path() {
+    if a.store.target() != b.store.target() {
         changed.push("store.path");
     }
     if a.server.listen != b.server.listen || a.server.enabled != b.server.enabled {

@@ -26,7 +26,7 @@ use crate::ghl::encode;
 use crate::ghl::oauth::UserType;
 use crate::ghl::tokens::{GrantStatus, TokenManager, missing_scopes, needed_scopes};
 use crate::store::grants::{GrantKind, LocationRow, Sealed};
-use crate::store::{ProcessLock, Store};
+use crate::store::{Store, StoreLock};
 
 /// `ghl-sync auth <command>`.
 #[derive(Debug, clap::Subcommand)]
@@ -181,11 +181,11 @@ impl std::fmt::Display for InstallReport {
 
 /// Runs an `auth` command: takes the database lock, opens the store, dispatches.
 pub async fn run(config: Config, command: AuthCommand) -> anyhow::Result<()> {
-    let path = config.settings.store.resolved_path();
-    let _lock = ProcessLock::acquire(&path).context("Failed to lock the database (stop the daemon first)")?;
-    let store = Store::connect(&path, config.settings.store.busy_timeout.get())
+    let target = config.settings.store.target();
+    let _lock = StoreLock::acquire(&target).await.context("Failed to lock the database (stop the daemon first)")?;
+    let store = Store::open(&target, config.settings.store.busy_timeout.get())
         .await
-        .with_context(|| format!("Failed to open the store at {}", path.display()))?;
+        .with_context(|| format!("Failed to open the store at {}", crate::app::describe(&target)))?;
     let tokens = TokenManager::from_config(&config, store.clone(), CancellationToken::new())?;
     let result = match command {
         AuthCommand::Install { write, code, timeout } => {

@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::connectors::{Connector, Delivery};
 use crate::domain::{EntityKind, Operation};
 use crate::ghl::{TokenManager, needed_scopes};
-use crate::store::{ProcessLock, Store};
+use crate::store::{Store, StoreLock};
 
 /// One line of `ghl-sync check`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,8 +70,8 @@ pub async fn sample(store: &Store, connector: &dyn Connector) -> anyhow::Result<
 /// skipped: two processes refreshing one OAuth grant is how installs get bricked.
 pub async fn check_ghl(config: &Config) -> Vec<CheckLine> {
     let line = |name: &str, ok: bool, detail: String| CheckLine { name: name.to_owned(), ok, detail };
-    let path = config.settings.store.resolved_path();
-    let _lock = match ProcessLock::acquire(&path) {
+    let target = config.settings.store.target();
+    let _lock = match StoreLock::acquire(&target).await {
         Ok(lock) => lock,
         Err(_) => {
             return vec![line(
@@ -82,7 +82,7 @@ pub async fn check_ghl(config: &Config) -> Vec<CheckLine> {
         }
     };
     let result = async {
-        let store = Store::connect(&path, config.settings.store.busy_timeout.get()).await?;
+        let store = Store::open(&target, config.settings.store.busy_timeout.get()).await?;
         register_locations(&store, config).await?;
         let calls = CancellationToken::new();
         let tokens = Arc::new(TokenManager::from_config(config, store.clone(), calls.clone())?);

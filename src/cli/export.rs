@@ -34,7 +34,7 @@ pub async fn run_export(config: &Config, args: ExportArgs) -> anyhow::Result<()>
         }
     });
     let settings = &config.settings.store;
-    let store = Store::connect(&settings.resolved_path(), settings.busy_timeout.get()).await?;
+    let store = Store::open(&settings.target(), settings.busy_timeout.get()).await?;
     let result = async {
         ensure_known_location(&store, &args.location).await?;
         // A bar on stderr, unless the export itself scrolls past on the same terminal.

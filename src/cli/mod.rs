@@ -127,10 +127,10 @@ pub enum Command {
 /// Opens the store named by the config (the operator commands).
 pub(crate) async fn open_store(config: &Config) -> anyhow::Result<crate::store::Store> {
     use anyhow::Context as _;
-    let path = config.settings.store.resolved_path();
-    crate::store::Store::connect(&path, config.settings.store.busy_timeout.get())
+    let target = config.settings.store.target();
+    crate::store::Store::open(&target, config.settings.store.busy_timeout.get())
         .await
-        .with_context(|| format!("Failed to open the store at {}", path.display()))
+        .with_context(|| format!("Failed to open the store at {}", crate::app::describe(&target)))
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -245,8 +245,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
             };
             let result = async {
                 let settings = &config.settings.store;
-                let store =
-                    crate::store::Store::connect(&settings.resolved_path(), settings.busy_timeout.get()).await?;
+                let store = crate::store::Store::open(&settings.target(), settings.busy_timeout.get()).await?;
                 crate::cli::status::print_status(&store, &config, json).await
             }
             .await;

@@ -85,6 +85,8 @@ pub enum StoreError {
     Migrate { path: PathBuf, source: sqlx::migrate::MigrateError },
     #[error("another ghl-sync process is using {path} (lock file {lock} is held)")]
     Locked { path: PathBuf, lock: PathBuf },
+    #[error("another ghl-sync process is using the PostgreSQL store {target} (it holds the daemon's advisory lock)")]
+    LockedPostgres { target: String },
     #[error("database query failed: {0}")]
     Query(#[from] sqlx::Error),
     #[error("a stored record is corrupt: {0}")]
@@ -412,6 +414,14 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens the store `[store]` names: a SQLite file or a PostgreSQL database.
+    pub async fn open(target: &crate::config::StoreTarget, busy_timeout: Duration) -> Result<Self, StoreError> {
+        match target {
+            crate::config::StoreTarget::Sqlite(path) => Self::connect(path, busy_timeout).await,
+            crate::config::StoreTarget::Postgres(url) => Self::connect_postgres(url, busy_timeout).await,
+        }
+    }
+
     fn from_backend(backend: Backend, location: Location) -> Self {
         Self { inner: Arc::new(Inner { backend, health: StdMutex::new(WriteHealth::default()), location }) }
     }
@@ -681,6 +691,46 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
+}
+
+/// The session advisory lock a daemon holds on a PostgreSQL store (`ghlsync\0` as an integer).
+const DAEMON_LOCK_KEY: i64 = 0x6768_6c73_796e_6300;
+
+/// What keeps a second daemon off one store: the SQLite lock file, or on PostgreSQL a session
+/// advisory lock held by a connection of its own for the life of the process (one daemon per
+/// database until replicas can share one, issue 21).
+#[derive(Debug)]
+pub enum StoreLock {
+    File(ProcessLock),
+    Postgres(PgConnection),
+}
+
+impl StoreLock {
+    /// Takes the lock of `target`, failing at once if another process holds it.
+    pub async fn acquire(target: &crate::config::StoreTarget) -> Result<Self, StoreError> {
+        match target {
+            crate::config::StoreTarget::Sqlite(path) => ProcessLock::acquire(path).map(Self::File),
+            crate::config::StoreTarget::Postgres(url) => {
+                let target = redact_postgres_url(url);
+                let open_error = |source: sqlx::Error| StoreError::OpenPostgres { target: target.clone(), source };
+                let mut conn = PgConnectOptions::from_str(url)
+                    .map_err(open_error)?
+                    .application_name("ghl-sync lock")
+                    .connect()
+                    .await
+                    .map_err(open_error)?;
+                let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                    .bind(DAEMON_LOCK_KEY)
+                    .fetch_one(&mut conn)
+                    .await?;
+                if !locked {
+                    let _closed = conn.close().await;
+                    return Err(StoreError::LockedPostgres { target });
+                }
+                Ok(Self::Postgres(conn))
+            }
+        }
+    }
 }
 
 /// An exclusive lock held while a process writes to the database: one daemon per database.
