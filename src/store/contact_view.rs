@@ -9,8 +9,8 @@
 //!   such), never an error for the whole view.
 
 use serde_json::Value;
-use sqlx::SqliteConnection;
 
+use super::db::{Conn, Db, on_db};
 use super::{Store, StoreError, codec};
 
 /// Everything about one contact id; [`ContactView::is_empty`] when the store has nothing.
@@ -110,38 +110,55 @@ fn decode(record: Option<Vec<u8>>) -> Option<Value> {
 
 /// Reads everything about contact `id`.
 pub async fn read(store: &Store, id: &str) -> Result<ContactView, StoreError> {
-    let mut tx = store.read_pool().begin().await?;
-    let view = ContactView {
-        snapshots: snapshots(&mut tx, id).await?,
-        deliveries: deliveries(&mut tx, id).await?,
-        dead_letters: dead_letters(&mut tx, id).await?,
-        lusha_answers: lusha_answers(&mut tx, id).await?,
-        lusha_leads: lusha_leads(&mut tx, id).await?,
-    };
-    tx.rollback().await?;
-    Ok(view)
+    match store.db() {
+        Db::Sqlite(pool) => {
+            let mut tx = pool.begin().await?;
+            let view = read_on(Db::Sqlite(&mut *tx), id).await?;
+            tx.rollback().await?;
+            Ok(view)
+        }
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            // One snapshot for the whole view (READ COMMITTED takes one per statement).
+            sqlx::query(super::snapshot::REPEATABLE_READ).execute(&mut *tx).await?;
+            let view = read_on(Db::Postgres(&mut *tx), id).await?;
+            tx.rollback().await?;
+            Ok(view)
+        }
+    }
+}
+
+/// [`read`] inside the read transaction of `conn`.
+async fn read_on(mut conn: Conn<'_>, id: &str) -> Result<ContactView, StoreError> {
+    Ok(ContactView {
+        snapshots: snapshots(conn.reborrow(), id).await?,
+        deliveries: deliveries(conn.reborrow(), id).await?,
+        dead_letters: dead_letters(conn.reborrow(), id).await?,
+        lusha_answers: lusha_answers(conn.reborrow(), id).await?,
+        lusha_leads: lusha_leads(conn, id).await?,
+    })
 }
 
 type SnapshotTuple = (String, Vec<u8>, Option<i64>, Option<i64>, i64, i64);
 
-async fn snapshots(conn: &mut SqliteConnection, id: &str) -> Result<Vec<ContactSnapshot>, StoreError> {
-    let rows: Vec<SnapshotTuple> = sqlx::query_as(
+async fn snapshots(mut conn: Conn<'_>, id: &str) -> Result<Vec<ContactSnapshot>, StoreError> {
+    let rows: Vec<SnapshotTuple> = on_db!(conn.reborrow(), |c| sqlx::query_as(
         "SELECT location_id, record, date_updated_ms, children_synced_at, first_seen_at, updated_at \
-         FROM contacts WHERE contact_id = ? ORDER BY location_id",
+         FROM contacts WHERE contact_id = $1 ORDER BY location_id",
     )
     .bind(id)
-    .fetch_all(&mut *conn)
-    .await?;
+    .fetch_all(c)
+    .await)?;
     let mut out = Vec::with_capacity(rows.len());
     for (location_id, record, date_updated_ms, children_synced_at, first_seen_at, updated_at) in rows {
-        let children: Vec<(String, String, Vec<u8>, i64)> = sqlx::query_as(
-            "SELECT kind, child_id, record, updated_at FROM children WHERE location_id = ? AND contact_id = ? \
+        let children: Vec<(String, String, Vec<u8>, i64)> = on_db!(conn.reborrow(), |c| sqlx::query_as(
+            "SELECT kind, child_id, record, updated_at FROM children WHERE location_id = $1 AND contact_id = $2 \
              ORDER BY kind, updated_at DESC",
         )
         .bind(&location_id)
         .bind(id)
-        .fetch_all(&mut *conn)
-        .await?;
+        .fetch_all(c)
+        .await)?;
         out.push(ContactSnapshot {
             location_id,
             record: decode(Some(record)),
@@ -165,15 +182,15 @@ async fn snapshots(conn: &mut SqliteConnection, id: &str) -> Result<Vec<ContactS
 
 type DeliveryTuple = (String, String, String, String, String, i64, Option<String>, i64, i64);
 
-async fn deliveries(conn: &mut SqliteConnection, id: &str) -> Result<Vec<Delivery>, StoreError> {
-    let rows: Vec<DeliveryTuple> = sqlx::query_as(
+async fn deliveries(conn: Conn<'_>, id: &str) -> Result<Vec<Delivery>, StoreError> {
+    let rows: Vec<DeliveryTuple> = on_db!(conn, |c| sqlx::query_as(
         "SELECT connector, entity, entity_id, operation, status, attempts, last_error, changed_at, updated_at \
-         FROM outbox WHERE contact_id = ? OR (entity = 'contact' AND entity_id = ?) ORDER BY changed_at DESC, id DESC",
+         FROM outbox WHERE contact_id = $1 OR (entity = 'contact' AND entity_id = $2) ORDER BY changed_at DESC, id DESC",
     )
     .bind(id)
     .bind(id)
-    .fetch_all(&mut *conn)
-    .await?;
+    .fetch_all(c)
+    .await)?;
     Ok(rows
         .into_iter()
         .map(|(connector, entity, entity_id, operation, status, attempts, last_error, changed_at, updated_at)| {
@@ -182,27 +199,27 @@ async fn deliveries(conn: &mut SqliteConnection, id: &str) -> Result<Vec<Deliver
         .collect())
 }
 
-async fn dead_letters(conn: &mut SqliteConnection, id: &str) -> Result<Vec<DeadLetter>, StoreError> {
-    Ok(sqlx::query_as(
+async fn dead_letters(conn: Conn<'_>, id: &str) -> Result<Vec<DeadLetter>, StoreError> {
+    Ok(on_db!(conn, |c| sqlx::query_as(
         "SELECT source, connector, entity, entity_id, operation, attempts, reason, created_at FROM dead_letters \
-         WHERE contact_id = ? OR (entity = 'contact' AND entity_id = ?) ORDER BY created_at DESC, id DESC",
+         WHERE contact_id = $1 OR (entity = 'contact' AND entity_id = $2) ORDER BY created_at DESC, id DESC",
     )
     .bind(id)
     .bind(id)
-    .fetch_all(&mut *conn)
-    .await?)
+    .fetch_all(c)
+    .await)?)
 }
 
 type AnswerTuple = (String, String, Option<String>, String, i64, i64, Option<i64>, Option<Vec<u8>>);
 
-async fn lusha_answers(conn: &mut SqliteConnection, id: &str) -> Result<Vec<LushaAnswer>, StoreError> {
-    let rows: Vec<AnswerTuple> = sqlx::query_as(
+async fn lusha_answers(conn: Conn<'_>, id: &str) -> Result<Vec<LushaAnswer>, StoreError> {
+    let rows: Vec<AnswerTuple> = on_db!(conn, |c| sqlx::query_as(
         "SELECT location_id, outcome, lusha_id, reveal_set, credits, enriched_at, written_at, result FROM lusha_cache \
-         WHERE contact_id = ? ORDER BY enriched_at DESC",
+         WHERE contact_id = $1 ORDER BY enriched_at DESC",
     )
     .bind(id)
-    .fetch_all(&mut *conn)
-    .await?;
+    .fetch_all(c)
+    .await)?;
     Ok(rows
         .into_iter()
         .map(|(location_id, outcome, lusha_id, reveal_set, credits, enriched_at, written_at, result)| LushaAnswer {
@@ -218,14 +235,14 @@ async fn lusha_answers(conn: &mut SqliteConnection, id: &str) -> Result<Vec<Lush
         .collect())
 }
 
-async fn lusha_leads(conn: &mut SqliteConnection, id: &str) -> Result<Vec<LushaLead>, StoreError> {
-    let rows: Vec<(String, String, String, Option<String>, i64, i64)> = sqlx::query_as(
-        "SELECT location_id, lead_id, search, action, credits, updated_at FROM lusha_leads WHERE contact_id = ? \
+async fn lusha_leads(conn: Conn<'_>, id: &str) -> Result<Vec<LushaLead>, StoreError> {
+    let rows: Vec<(String, String, String, Option<String>, i64, i64)> = on_db!(conn, |c| sqlx::query_as(
+        "SELECT location_id, lead_id, search, action, credits, updated_at FROM lusha_leads WHERE contact_id = $1 \
          ORDER BY updated_at DESC",
     )
     .bind(id)
-    .fetch_all(&mut *conn)
-    .await?;
+    .fetch_all(c)
+    .await)?;
     Ok(rows
         .into_iter()
         .map(|(location_id, lead_id, search, action, credits, updated_at)| LushaLead {
