@@ -367,7 +367,8 @@ pub async fn commit_contacts(
                     // Same content, moved dateUpdated: maybe a task or note changed (whether GHL
                     // bumps it is unknown), so its children are read; nothing is sent.
                     let contact = &contacts[i];
-                    on_db!(tx.conn(), |c| sqlx::query(
+                    on_db!(tx.conn(), |c| {
+                        sqlx::query(
                         "UPDATE contacts SET date_updated_ms = $1, children_synced_at = NULL, children_due_at = $2 WHERE location_id = $3 AND contact_id = $4",
                     )
                     .bind(contact.date_updated_ms)
@@ -376,7 +377,8 @@ pub async fn commit_contacts(
                     .bind(&contact.id)
                     .execute(c)
                     .await
-                    .map(|done| done.rows_affected()))?;
+                    .map(|done| done.rows_affected())
+                    })?;
                 }
                 _ => {}
             }
@@ -444,8 +446,7 @@ pub async fn commit_contacts(
     }
     for record in &bad {
         // PORT(dead_letters): pass `tx.conn()` once `dead_letter_record` takes a `Conn`.
-        dead_letter_record(sqlite_only(tx.conn()), commit.location, record.entity, &record.reason, &record.raw)
-            .await?;
+        dead_letter_record(sqlite_only(tx.conn()), commit.location, record.entity, &record.reason, &record.raw).await?;
         done.dead_letters += 1;
     }
     if let Some(cursor) = cursor {
@@ -557,14 +558,16 @@ async fn known_children(
     contact_id: &str,
     kind: EntityKind,
 ) -> Result<HashMap<String, (KnownChild, Vec<u8>, i64)>, sqlx::Error> {
-    let rows: Vec<(String, Vec<u8>, Vec<u8>, i64)> = on_db!(conn, |c| sqlx::query_as(
+    let rows: Vec<(String, Vec<u8>, Vec<u8>, i64)> = on_db!(conn, |c| {
+        sqlx::query_as(
         "SELECT child_id, hash, record, revision FROM children WHERE location_id = $1 AND contact_id = $2 AND kind = $3",
     )
     .bind(location)
     .bind(contact_id)
     .bind(kind.as_str())
     .fetch_all(c)
-    .await)?;
+    .await
+    })?;
     Ok(rows
         .into_iter()
         .map(|(id, hash, record, revision)| {
@@ -627,7 +630,8 @@ pub async fn commit_children(
                 let (hash, packed_record, revision) = match &change.record {
                     Some(child) => {
                         let record = packed.get(&child.id).cloned().unwrap_or_default();
-                        let revision: i64 = on_db!(tx.conn(), |c| sqlx::query_scalar(
+                        let revision: i64 = on_db!(tx.conn(), |c| {
+                            sqlx::query_scalar(
                             "INSERT INTO children (location_id, contact_id, kind, child_id, hash, record, revision, updated_at) \
                              VALUES ($1, $2, $3, $4, $5, $6, 1, $7) ON CONFLICT (location_id, kind, child_id) DO UPDATE SET \
                              contact_id = excluded.contact_id, hash = excluded.hash, record = excluded.record, \
@@ -641,7 +645,8 @@ pub async fn commit_children(
                         .bind(&record)
                         .bind(now)
                         .fetch_one(c)
-                        .await)?;
+                        .await
+                        })?;
                         (child.hash, record, revision)
                     }
                     None => {
@@ -742,7 +747,8 @@ pub async fn commit_children(
 /// Marks a contact's children for reading on the next pass (a webhook named it).
 pub async fn mark_children_due(store: &Store, location: &str, contact_id: &str) -> Result<(), StoreError> {
     let mut tx = store.begin_write("children_due").await?;
-    on_db!(tx.conn(), |c| sqlx::query(
+    on_db!(tx.conn(), |c| {
+        sqlx::query(
         "UPDATE contacts SET children_synced_at = NULL, children_due_at = $1 WHERE location_id = $2 AND contact_id = $3",
     )
     .bind(now_ms())
@@ -750,7 +756,8 @@ pub async fn mark_children_due(store: &Store, location: &str, contact_id: &str) 
     .bind(contact_id)
     .execute(c)
     .await
-    .map(|done| done.rows_affected()))?;
+    .map(|done| done.rows_affected())
+    })?;
     tx.commit().await
 }
 
@@ -811,24 +818,25 @@ pub async fn sweep_due(
     stale_before: i64,
     limit: u64,
 ) -> Result<Vec<String>, StoreError> {
-    Ok(on_db!(store.db(), |pool| sqlx::query_scalar(
+    Ok(on_db!(store.db(), |pool| {
+        sqlx::query_scalar(
         "SELECT contact_id FROM contacts WHERE location_id = $1 AND children_synced_at < $2 ORDER BY children_synced_at LIMIT $3",
     )
     .bind(location)
     .bind(stale_before)
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
     .fetch_all(pool)
-    .await)?)
+    .await
+    })?)
 }
 
 /// Contacts of `location` in the snapshot.
 pub async fn contact_count(store: &Store, location: &str) -> Result<u64, StoreError> {
-    let count: i64 = on_db!(store.db(), |pool| sqlx::query_scalar(
-        "SELECT COUNT(*) FROM contacts WHERE location_id = $1"
-    )
-    .bind(location)
-    .fetch_one(pool)
-    .await)?;
+    let count: i64 =
+        on_db!(store.db(), |pool| sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE location_id = $1")
+            .bind(location)
+            .fetch_one(pool)
+            .await)?;
     Ok(u64::try_from(count).unwrap_or(0))
 }
 
@@ -1012,14 +1020,16 @@ pub async fn contacts_page(
     after: &str,
     limit: usize,
 ) -> Result<Vec<(String, Value)>, StoreError> {
-    let rows: Vec<(String, Vec<u8>)> = on_db!(store.db(), |pool| sqlx::query_as(
+    let rows: Vec<(String, Vec<u8>)> = on_db!(store.db(), |pool| {
+        sqlx::query_as(
         "SELECT contact_id, record FROM contacts WHERE location_id = $1 AND contact_id > $2 ORDER BY contact_id LIMIT $3",
     )
     .bind(location_id)
     .bind(after)
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
     .fetch_all(pool)
-    .await)?;
+    .await
+    })?;
     Ok(rows.into_iter().map(|(id, blob)| (id, codec::unpack(&blob).unwrap_or(Value::Null))).collect())
 }
 
@@ -1157,7 +1167,7 @@ async fn select_versions(
 mod tests {
     use super::*;
     use crate::domain::normalize::normalize_contact;
-    use crate::store::temp_store;
+    use crate::store::testing::stores;
 
     fn read(id: &str, name: &str, updated: i64) -> ContactRead {
         let Value::Object(map) = serde_json::json!({"id": id, "firstName": name}) else { unreachable!() };
@@ -1170,27 +1180,44 @@ mod tests {
     }
 
     async fn outbox(store: &Store) -> Vec<(String, String, String, i64)> {
-        sqlx::query_as(
+        on_db!(store.db(), |pool| sqlx::query_as(
             "SELECT connector, entity_id, operation, revision FROM outbox WHERE status = 'pending' ORDER BY id",
         )
-        .fetch_all(store.read_pool())
-        .await
+        .fetch_all(pool)
+        .await)
         .unwrap()
     }
 
     async fn contact(store: &Store, id: &str) -> (i64, Value) {
-        let (revision, record): (i64, Vec<u8>) =
-            sqlx::query_as("SELECT revision, record FROM contacts WHERE location_id = 'loc' AND contact_id = ?")
-                .bind(id)
-                .fetch_one(store.read_pool())
-                .await
-                .unwrap();
+        let (revision, record): (i64, Vec<u8>) = on_db!(store.db(), |pool| sqlx::query_as(
+            "SELECT revision, record FROM contacts WHERE location_id = 'loc' AND contact_id = $1"
+        )
+        .bind(id)
+        .fetch_one(pool)
+        .await)
+        .unwrap();
         (revision, codec::unpack(&record).unwrap())
+    }
+
+    async fn execute(store: &Store, sql: &str) {
+        let mut tx = store.begin_write("test").await.unwrap();
+        on_db!(tx.conn(), |c| sqlx::query(sql).execute(c).await.map(|done| done.rows_affected())).unwrap();
+        tx.commit().await.unwrap();
     }
 
     #[tokio::test]
     async fn a_page_writes_each_version_once_across_chunks_and_a_repeated_contact_in_order() {
-        let (_dir, store) = temp_store().await;
+        for (_guard, store) in stores().await {
+            if store.is_postgres() {
+                // PORT(outbox, writebacks): remove once `outbox::enqueue_folding` and
+                // `writebacks::is_own_write` take a `Conn` (they run on SQLite only until then).
+                continue;
+            }
+            a_page_writes_each_version_once(&store).await;
+        }
+    }
+
+    async fn a_page_writes_each_version_once(store: &Store) {
         let subscribers = [Subscriber::all("webhook.a"), Subscriber::all("webhook.b")];
         let commit = Commit { location: "loc", subscribers: &subscribers, dry_run: false };
         // More contacts than one upsert takes; c5 again in a later chunk, c7 again in its own.
@@ -1198,41 +1225,181 @@ mod tests {
         page.insert(150, read("c5", "bea", 2_000));
         page.insert(9, read("c7", "cy", 2_001));
         let cursor = CursorAdvance { watermark_ms: 5_000, backfill_done: true };
-        let done = commit_contacts(&store, &commit, page, vec![], Some(cursor), &[]).await.unwrap();
+        let done = commit_contacts(store, &commit, page, vec![], Some(cursor), &[]).await.unwrap();
         assert_eq!(done.changed, 252);
         assert_eq!(done.events.get("contact.created"), Some(&504));
-        let rows = outbox(&store).await;
+        let rows = outbox(store).await;
         assert_eq!(rows.len(), 500, "one pending row per contact and connector");
         // The page's order, connector by connector within a contact.
         assert_eq!(rows[0], ("webhook.a".into(), "c0".into(), "created".into(), 1));
         assert_eq!(rows[1], ("webhook.b".into(), "c0".into(), "created".into(), 1));
         assert_eq!(rows[499].1, "c249");
         for id in ["c5", "c7"] {
-            let (revision, record) = contact(&store, id).await;
+            let (revision, record) = contact(store, id).await;
             assert_eq!(revision, 2, "{id} was written twice");
             assert_ne!(record["firstName"], "ada");
             let theirs: Vec<_> = rows.iter().filter(|r| r.1 == id).collect();
             assert_eq!(theirs.len(), 2);
             assert!(theirs.iter().all(|r| r.2 == "created" && r.3 == 2), "{theirs:?}");
         }
-        assert_eq!(cursors::contacts_watermark(&store, "loc").await.unwrap(), Some(5_000));
+        assert_eq!(cursors::contacts_watermark(store, "loc").await.unwrap(), Some(5_000));
 
         // Delivered; then one contact changes and the rest are the same.
-        let mut tx = store.begin_write("test").await.unwrap();
-        sqlx::query("UPDATE outbox SET status = 'done'").execute(&mut *tx).await.unwrap();
-        tx.commit().await.unwrap();
+        execute(store, "UPDATE outbox SET status = 'done'").await;
         let mut page: Vec<ContactRead> = (0..250).map(|i| read(&format!("c{i}"), "ada", 1_000 + i)).collect();
         page[5] = read("c5", "bea", 2_000);
         page[7] = read("c7", "cy", 2_001);
         page[42] = read("c42", "dee", 3_000);
-        let done = commit_contacts(&store, &commit, page, vec![], None, &[]).await.unwrap();
+        let done = commit_contacts(store, &commit, page, vec![], None, &[]).await.unwrap();
         assert_eq!(done.changed, 1);
         assert_eq!(
-            outbox(&store).await,
+            outbox(store).await,
             vec![
                 ("webhook.a".into(), "c42".into(), "updated".into(), 2),
                 ("webhook.b".into(), "c42".into(), "updated".into(), 2)
             ]
         );
+
+        // A confirmed delete: the contact and its children leave, the next revision goes out.
+        execute(store, "UPDATE outbox SET status = 'done'").await;
+        let done = delete_contact(store, &commit, "c42").await.unwrap();
+        assert_eq!(done.changed, 1);
+        assert!(!has_contact(store, "loc", "c42").await.unwrap());
+        assert_eq!(outbox(store).await[0], ("webhook.a".into(), "c42".into(), "deleted".into(), 3));
+        assert_eq!(delete_contact(store, &commit, "c42").await.unwrap(), Committed::default());
+    }
+
+    /// The snapshot's own statements (no connector listens, so no outbox row is written):
+    /// upserts in chunks, the children-due marks and their order, reconciliation, the reads.
+    #[tokio::test]
+    async fn the_snapshot_writes_and_reads_on_both_backends() {
+        for (_guard, store) in stores().await {
+            snapshot_writes_and_reads(&store).await;
+        }
+    }
+
+    async fn snapshot_writes_and_reads(store: &Store) {
+        let commit = Commit { location: "loc", subscribers: &[], dry_run: false };
+        let mut page: Vec<ContactRead> = (0..250).map(|i| read(&format!("c{i}"), "ada", 1_000 + i)).collect();
+        page.insert(150, read("c5", "bea", 2_000));
+        page.push(ContactRead { date_updated_ms: None, ..read("undated", "eve", 0) });
+        let cursor = CursorAdvance { watermark_ms: 5_000, backfill_done: false };
+        let done = commit_contacts(store, &commit, page, vec![], Some(cursor), &[]).await.unwrap();
+        assert_eq!(done.changed, 252);
+        assert!(!done.wrote_outbox);
+        assert_eq!(contact_count(store, "loc").await.unwrap(), 251);
+        assert_eq!(contact_count(store, "other").await.unwrap(), 0);
+        assert!(has_contact(store, "loc", "c249").await.unwrap());
+        assert!(!has_contact(store, "loc", "c250").await.unwrap());
+        let (revision, record) = contact(store, "c5").await;
+        assert_eq!((revision, record["firstName"].as_str()), (2, Some("bea")));
+        assert_eq!(contact_record(store, "loc", "c7").await.unwrap().unwrap()["firstName"], "ada");
+        assert_eq!(contact_record(store, "loc", "nobody").await.unwrap(), None);
+        // Not backfilled yet: no watermark to read from.
+        assert_eq!(cursors::contacts_watermark(store, "loc").await.unwrap(), None);
+
+        // All are due, newest dateUpdated first, the undated one last (as SQLite sorts NULLs).
+        let due = children_due(store, "loc", 1_000, &HashSet::new()).await.unwrap();
+        assert_eq!(due.len(), 251);
+        assert_eq!(&due[..3], ["c5", "c249", "c248"]);
+        assert_eq!(due.last().map(String::as_str), Some("undated"));
+        let skip: HashSet<String> = ["c249".to_owned()].into();
+        assert_eq!(children_due(store, "loc", 2, &skip).await.unwrap(), ["c5", "c248"]);
+
+        // Stored and marked due in one write: backlog, not a change.
+        let ids = vec!["c1".to_owned(), "c2".to_owned(), "nobody".to_owned()];
+        assert!(changed_since_stored(store, "loc", &ids).await.unwrap().is_empty());
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        mark_children_due(store, "loc", "c1").await.unwrap();
+        assert_eq!(changed_since_stored(store, "loc", &ids).await.unwrap(), HashSet::from(["c1".to_owned()]));
+
+        // The same content with a moved dateUpdated: the children are due, nothing is sent.
+        let reads = vec![read("c3", "ada", 9_000), read("c4", "ada", 1_004)];
+        let done = commit_contacts(store, &commit, reads, vec![], None, &[]).await.unwrap();
+        assert_eq!(done, Committed::default());
+        let filter = VersionFilter { contact: Some("c3".into()), ..VersionFilter::default() };
+        let versions = record_versions(store, &filter).await.unwrap();
+        assert_eq!(versions.len(), 1);
+        assert_eq!((versions[0].entity, versions[0].revision, versions[0].changed_at), (EntityKind::Contact, 1, 9_000));
+
+        // Children read (none): each contact is marked read; the sweep finds the oldest.
+        let empty = |id: &str| ChildrenRead {
+            contact_id: id.to_owned(),
+            tasks: Some(vec![]),
+            notes: Some(vec![]),
+            ..ChildrenRead::default()
+        };
+        let done = commit_children(store, &commit, vec![empty("c5"), empty("c249")]).await.unwrap();
+        assert_eq!(done, Committed::default());
+        assert_eq!(children_due(store, "loc", 2, &HashSet::new()).await.unwrap(), ["c3", "c248"]);
+        let later = now_ms() + 1_000;
+        assert_eq!(sweep_due(store, "loc", later, 10).await.unwrap().len(), 2);
+        assert!(sweep_due(store, "loc", 0, 10).await.unwrap().is_empty());
+
+        // Children as stored by an earlier commit (written directly: creating them through
+        // `commit_children` asks `writebacks`, not yet on both backends).
+        let mut tx = store.begin_write("test").await.unwrap();
+        on_db!(tx.conn(), |c| sqlx::query(
+            "INSERT INTO children (location_id, contact_id, kind, child_id, hash, record, revision, updated_at) \
+             VALUES ('loc', 'c5', 'task', 't1', $1, $2, 3, 7000)",
+        )
+        .bind(vec![7u8; 32])
+        .bind(codec::pack(&serde_json::json!({"id": "t1"})))
+        .execute(c)
+        .await
+        .map(|done| done.rows_affected()))
+        .unwrap();
+        tx.commit().await.unwrap();
+        let all = record_versions(store, &VersionFilter::default()).await.unwrap();
+        assert_eq!(all.len(), 252);
+        assert_eq!(all[0].entity_id, "c0");
+        assert_eq!((all[251].entity, all[251].entity_id.as_str(), all[251].revision), (EntityKind::Task, "t1", 3));
+        let since = VersionFilter { location: Some("loc".into()), since_ms: Some(6_000), ..VersionFilter::default() };
+        let recent: Vec<_> = record_versions(store, &since).await.unwrap().into_iter().map(|v| v.entity_id).collect();
+        // The undated contact counts from when the snapshot last changed it (now).
+        assert_eq!(recent, ["c3", "undated", "t1"]);
+        let mut tx = store.begin_write("test").await.unwrap();
+        let task = record_version_on(tx.conn(), "loc", EntityKind::Task, "t1").await.unwrap().unwrap();
+        assert_eq!((task.contact_id.as_str(), task.changed_at), ("c5", 7_000));
+        assert_eq!(record_version_on(tx.conn(), "loc", EntityKind::Note, "t1").await.unwrap(), None);
+        tx.rollback().await.unwrap();
+
+        // Reconciliation: ids listed (in chunks, some twice) are kept, the rest are candidates.
+        reconcile_reset(store, "loc").await.unwrap();
+        let listed: Vec<String> = (0..240).map(|i| format!("c{i}")).chain((0..200).map(|i| format!("c{i}"))).collect();
+        let listed: Vec<&str> = listed.iter().map(String::as_str).collect();
+        reconcile_seen(store, "loc", &listed).await.unwrap();
+        reconcile_seen(store, "loc", &listed[..10]).await.unwrap();
+        let mut candidates = reconcile_candidates(store, "loc", now_ms() + 1_000).await.unwrap();
+        candidates.sort();
+        let expected: Vec<String> =
+            (240..250).map(|i| format!("c{i}")).chain(["undated".to_owned()]).collect::<Vec<_>>();
+        assert_eq!(candidates, expected);
+        assert!(reconcile_candidates(store, "loc", 0).await.unwrap().is_empty());
+        reconcile_reset(store, "loc").await.unwrap();
+        assert_eq!(reconcile_candidates(store, "loc", now_ms() + 1_000).await.unwrap().len(), 251);
+
+        // Reads for exports, `check` and the schedule trigger.
+        let mut seen = Vec::new();
+        scan_location_contacts::<StoreError, _>(store, "loc", 2, |item| {
+            match item {
+                ScanItem::Total(n) => seen.push(format!("total {n}")),
+                ScanItem::Pass(p) => seen.push(format!("pass {p}")),
+                ScanItem::Contact { pass, contact_id, record } => {
+                    assert_eq!(record["id"], contact_id);
+                    if contact_id == "c0" || contact_id == "undated" {
+                        seen.push(format!("{pass} {contact_id}"));
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(seen, ["total 251", "pass 0", "0 c0", "0 undated", "pass 1", "1 c0", "1 undated"]);
+        assert_eq!(recent_contacts(store, 3).await.unwrap().len(), 3);
+        let page: Vec<String> =
+            contacts_page(store, "loc", "c1", 3).await.unwrap().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(page, ["c10", "c100", "c101"]);
     }
 }
