@@ -180,7 +180,9 @@ async fn requeue(conn: &mut SqliteConnection, stored: &Stored) -> Result<Option<
     let keep = EnqueuePolicy::KeepPending;
     if outbox::newer_delivered(conn, connector, entity, entity_id, revision, changed_at).await? {
         // Re-sending the old content would take the target back: send what is current now.
-        let Some(current) = snapshot::record_version_on(conn, location_id, entity, entity_id).await? else {
+        let Some(current) =
+            snapshot::record_version_on(super::db::Db::Sqlite(&mut *conn), location_id, entity, entity_id).await?
+        else {
             return Ok(Some(Retried::Gone));
         };
         let change = current.change(connector, Operation::Updated);
