@@ -57,7 +57,8 @@ CREATE TABLE contacts (
     PRIMARY KEY (location_id, contact_id)
 );
 CREATE INDEX contacts_by_contact_id ON contacts (contact_id, updated_at);
-CREATE INDEX contacts_children_due_recent ON contacts (location_id, children_synced_at, date_updated_ms DESC, contact_id);
+-- NULLS LAST: SQLite sorts NULL first ascending, so last in DESC; the sync's order is SQLite's.
+CREATE INDEX contacts_children_due_recent ON contacts (location_id, children_synced_at, date_updated_ms DESC NULLS LAST, contact_id);
 
 CREATE TABLE children (
     location_id TEXT COLLATE "C" NOT NULL,
