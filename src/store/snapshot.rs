@@ -399,7 +399,7 @@ pub async fn commit_contacts(
             // Echo suppression: an update whose content is exactly what our own GHL write-back
             // produced is kept in the snapshot but not sent to any connector.
             if operation == Operation::Updated
-                && writebacks::is_own_write(&mut tx, commit.location, &contact.id, hash).await?
+                && writebacks::is_own_write(tx.conn(), commit.location, &contact.id, hash).await?
             {
                 continue;
             }
@@ -418,7 +418,7 @@ pub async fn commit_contacts(
         outbox::enqueue_folding(&mut tx, &changes).await?;
     }
     for record in &bad {
-        dead_letter_record(&mut tx, commit.location, record.entity, &record.reason, &record.raw).await?;
+        dead_letter_record(tx.conn(), commit.location, record.entity, &record.reason, &record.raw).await?;
         done.dead_letters += 1;
     }
     if let Some(cursor) = cursor {
@@ -470,7 +470,7 @@ pub async fn delete_contact(store: &Store, commit: &Commit<'_>, contact_id: &str
     // A rule deleted it: the rules hear it from the rule's action (with its origin, so the
     // chain is bounded); every other connector still hears the delete.
     let without_rules: Vec<Subscriber>;
-    let commit = if writebacks::is_own_contact_delete(&mut tx, commit.location, contact_id).await? {
+    let commit = if writebacks::is_own_contact_delete(tx.conn(), commit.location, contact_id).await? {
         without_rules = except_rules(commit.subscribers);
         &Commit { subscribers: &without_rules, ..*commit }
     } else {
@@ -552,7 +552,7 @@ pub async fn commit_children(
     for (read, packed) in packed_reads {
         let contact_id = read.contact_id.as_str();
         for record in &read.bad {
-            dead_letter_record(&mut tx, commit.location, record.entity, &record.reason, &record.raw).await?;
+            dead_letter_record(tx.conn(), commit.location, record.entity, &record.reason, &record.raw).await?;
             done.dead_letters += 1;
         }
         let kinds = [
@@ -604,7 +604,7 @@ pub async fn commit_children(
                 let own = match (change.operation, &change.record) {
                     (Operation::Created, Some(child)) => {
                         writebacks::is_own_child(
-                            &mut tx,
+                            tx.conn(),
                             commit.location,
                             contact_id,
                             kind.as_str(),
@@ -615,7 +615,7 @@ pub async fn commit_children(
                     }
                     (_, Some(child)) if kind != EntityKind::Appointment => {
                         writebacks::is_own_child_change(
-                            &mut tx,
+                            tx.conn(),
                             commit.location,
                             kind.as_str(),
                             &change.id,
@@ -632,7 +632,7 @@ pub async fn commit_children(
                 let without_rules: Vec<Subscriber>;
                 let commit = if change.record.is_none()
                     && kind != EntityKind::Appointment
-                    && writebacks::is_own_child_change(&mut tx, commit.location, kind.as_str(), &change.id, None)
+                    && writebacks::is_own_child_change(tx.conn(), commit.location, kind.as_str(), &change.id, None)
                         .await?
                 {
                     without_rules = except_rules(commit.subscribers);
