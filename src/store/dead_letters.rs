@@ -84,11 +84,13 @@ pub async fn delivery_ids(store: &Store, connector: Option<&str>) -> Result<Vec<
 
 /// Dead letters per connector (per source for those without one), by name.
 pub async fn counts(store: &Store) -> Result<Vec<(String, i64)>, StoreError> {
-    Ok(on_db!(store.db(), |pool| sqlx::query_as(
+    Ok(on_db!(store.db(), |pool| {
+        sqlx::query_as(
         "SELECT COALESCE(connector, source), COUNT(*) FROM dead_letters GROUP BY COALESCE(connector, source) ORDER BY 1",
     )
     .fetch_all(pool)
-    .await)?)
+    .await
+    })?)
 }
 
 /// Deletes a dead letter. Returns whether it existed.
@@ -190,9 +192,7 @@ async fn requeue(conn: Conn<'_>, stored: &Stored) -> Result<Option<Retried>, Sto
     };
     // Transitional (issue 21): `outbox` and `snapshot` still take a SQLite connection; once
     // they take `Conn<'_>`, pass them `conn.reborrow()` instead.
-    let Db::Sqlite(conn) = conn else {
-        unreachable!("a SQLite-only store operation ran on PostgreSQL (issue 21)")
-    };
+    let Db::Sqlite(conn) = conn else { unreachable!("a SQLite-only store operation ran on PostgreSQL (issue 21)") };
     let revision = stored.revision.unwrap_or(0);
     let changed_at = stored.changed_at.unwrap_or_else(now_ms);
     let keep = EnqueuePolicy::KeepPending;
@@ -233,7 +233,9 @@ pub(super) async fn move_from_outbox(
     reason: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let copied = on_db!(conn.reborrow(), |c| sqlx::query(
+    let copied =
+        on_db!(conn.reborrow(), |c| {
+            sqlx::query(
         "INSERT INTO dead_letters (source, connector, location_id, entity, entity_id, contact_id, operation, record, \
          content_hash, revision, idempotency_key, attempts, reason, changed_at, created_at) \
          SELECT 'delivery', connector, location_id, entity, entity_id, contact_id, operation, record, content_hash, \
@@ -246,7 +248,8 @@ pub(super) async fn move_from_outbox(
     .bind(&row.content_hash)
     .execute(c)
     .await
-    .map(|done| done.rows_affected()))?;
+    .map(|done| done.rows_affected())
+        })?;
     if copied != 1 {
         return Ok(false);
     }

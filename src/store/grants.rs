@@ -172,7 +172,9 @@ async fn upsert_location(conn: Conn<'_>, location: &LocationRow, now: i64) -> Re
 pub async fn store_grant(store: &Store, grant: &NewGrant, locations: &[LocationRow]) -> Result<i64, StoreError> {
     let now = now_ms();
     let mut tx = store.begin_write("grant_store").await?;
-    let generation: i64 = on_db!(tx.conn(), |c| sqlx::query_scalar(
+    let generation: i64 =
+        on_db!(tx.conn(), |c| {
+            sqlx::query_scalar(
         "INSERT INTO grants (resource_id, resource_kind, company_id, access_token, refresh_token, expires_at, scope, \
            generation, needs_reauth, reauth_reason, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, 1, 0, NULL, $8) \
@@ -192,7 +194,8 @@ pub async fn store_grant(store: &Store, grant: &NewGrant, locations: &[LocationR
     .bind(&grant.scope)
     .bind(now)
     .fetch_one(c)
-    .await)?;
+    .await
+        })?;
     for location in locations {
         upsert_location(tx.conn(), location, now).await?;
     }
@@ -344,7 +347,6 @@ where
 mod tests {
     use super::*;
 
-
     fn grant(id: &str, kind: GrantKind) -> NewGrant {
         NewGrant {
             resource_id: id.into(),
@@ -435,7 +437,10 @@ mod tests {
         let a = load(pool, "a").await.unwrap().unwrap();
         assert_eq!((a.access_token, a.refresh_token), (Some(Sealed(vec![254, 253, 252])), Some(Sealed(vec![251]))));
         let b = load(pool, "b").await.unwrap().unwrap();
-        assert_eq!((b.access_token, b.refresh_token, b.kind), (Some(Sealed(vec![254, 253, 252])), None, GrantKind::Pit));
+        assert_eq!(
+            (b.access_token, b.refresh_token, b.kind),
+            (Some(Sealed(vec![254, 253, 252])), None, GrantKind::Pit)
+        );
         let refused = reseal_all(pool, |_| Err::<Sealed, _>(StoreError::Corrupt("no key".into()))).await;
         assert!(refused.is_err());
         assert_eq!(load(pool, "a").await.unwrap().unwrap().access_token, Some(Sealed(vec![254, 253, 252])));

@@ -54,11 +54,12 @@ pub async fn locations_with_hints(store: &Store) -> Result<Vec<String>, StoreErr
 
 /// Whether hints are waiting for `location`.
 pub async fn has_hints(store: &Store, location: &str) -> Result<bool, StoreError> {
-    let found: Option<i64> =
-        on_db!(store.db(), |pool| sqlx::query_scalar("SELECT 1 FROM dirty_contacts WHERE location_id = $1 LIMIT 1")
-            .bind(location)
-            .fetch_optional(pool)
-            .await)?;
+    let found: Option<i64> = on_db!(store.db(), |pool| sqlx::query_scalar(
+        "SELECT CAST(1 AS BIGINT) FROM dirty_contacts WHERE location_id = $1 LIMIT 1"
+    )
+    .bind(location)
+    .fetch_optional(pool)
+    .await)?;
     Ok(found.is_some())
 }
 

@@ -78,7 +78,7 @@ pub async fn list(store: &Store) -> Result<Vec<LocationRow>, StoreError> {
 pub async fn is_known(store: &Store, location: &str) -> Result<bool, StoreError> {
     let known: i64 = on_db!(store.db(), |pool| sqlx::query_scalar(
         "SELECT CASE WHEN EXISTS (SELECT 1 FROM locations WHERE id = $1) \
-           OR EXISTS (SELECT 1 FROM contacts WHERE location_id = $1) THEN 1 ELSE 0 END",
+           OR EXISTS (SELECT 1 FROM contacts WHERE location_id = $1) THEN CAST(1 AS BIGINT) ELSE 0 END",
     )
     .bind(location)
     .fetch_one(pool)
@@ -163,7 +163,7 @@ pub(crate) async fn install_in(
 ) -> Result<&'static str, StoreError> {
     let granted: i64 = on_db!(conn.reborrow(), |c| sqlx::query_scalar(
         "SELECT CASE WHEN EXISTS (SELECT 1 FROM grants WHERE resource_id = $1 AND needs_reauth = 0 \
-           AND access_token IS NOT NULL) THEN 1 ELSE 0 END",
+           AND access_token IS NOT NULL) THEN CAST(1 AS BIGINT) ELSE 0 END",
     )
     .bind(location_id)
     .fetch_one(c)
@@ -234,7 +234,8 @@ pub(crate) async fn uninstall_in(mut conn: Conn<'_>, target: Uninstall<'_>, now:
             .map(|done| done.rows_affected()))?;
         }
         Uninstall::Company { company_id } => {
-            on_db!(conn.reborrow(), |c| sqlx::query(
+            on_db!(conn.reborrow(), |c| {
+                sqlx::query(
                 "UPDATE locations SET status = 'uninstalled', status_reason = $1, updated_at = $2 WHERE company_id = $3",
             )
             .bind(UNINSTALL_REASON)
@@ -242,7 +243,8 @@ pub(crate) async fn uninstall_in(mut conn: Conn<'_>, target: Uninstall<'_>, now:
             .bind(company_id)
             .execute(c)
             .await
-            .map(|done| done.rows_affected()))?;
+            .map(|done| done.rows_affected())
+            })?;
             on_db!(conn, |c| sqlx::query(
                 "UPDATE grants SET needs_reauth = 1, reauth_reason = $1, updated_at = $2 \
                  WHERE resource_id = $3 OR company_id = $3",
@@ -261,7 +263,6 @@ pub(crate) async fn uninstall_in(mut conn: Conn<'_>, target: Uninstall<'_>, now:
 #[cfg(test)]
 mod tests {
     use super::*;
-
 
     fn configured(id: &str, enabled: bool, pit: bool) -> ConfiguredLocation {
         ConfiguredLocation { id: id.into(), name: Some(format!("name {id}")), enabled, pit }

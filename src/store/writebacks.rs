@@ -62,14 +62,16 @@ pub(crate) async fn is_own_child(
     child_id: &str,
     record: &Map<String, Value>,
 ) -> Result<bool, sqlx::Error> {
-    let by_id: Option<i64> = on_db!(conn.reborrow(), |c| sqlx::query_scalar(
-        "SELECT 1 FROM writebacks WHERE location_id = $1 AND target_id = $2 AND kind = $3 AND status = 'done' LIMIT 1",
+    let by_id: Option<i64> = on_db!(conn.reborrow(), |c| {
+        sqlx::query_scalar(
+        "SELECT CAST(1 AS BIGINT) FROM writebacks WHERE location_id = $1 AND target_id = $2 AND kind = $3 AND status = 'done' LIMIT 1",
     )
     .bind(location)
     .bind(child_id)
     .bind(kind)
     .fetch_optional(c)
-    .await)?;
+    .await
+    })?;
     if by_id.is_some() {
         return Ok(true);
     }
@@ -78,8 +80,9 @@ pub(crate) async fn is_own_child(
         "task" => child_content_key(text("title"), text("body")),
         _ => child_content_key(None, text("body")),
     };
-    let by_content: Option<i64> = on_db!(conn, |c| sqlx::query_scalar(
-        "SELECT 1 FROM writebacks WHERE location_id = $1 AND contact_id = $2 AND kind = $3 AND status = 'pending' \
+    let by_content: Option<i64> = on_db!(conn, |c| {
+        sqlx::query_scalar(
+        "SELECT CAST(1 AS BIGINT) FROM writebacks WHERE location_id = $1 AND contact_id = $2 AND kind = $3 AND status = 'pending' \
          AND content_hash = $4 LIMIT 1",
     )
     .bind(location)
@@ -87,7 +90,8 @@ pub(crate) async fn is_own_child(
     .bind(kind)
     .bind(&content[..])
     .fetch_optional(c)
-    .await)?;
+    .await
+    })?;
     Ok(by_content.is_some())
 }
 
@@ -128,15 +132,17 @@ pub(crate) async fn is_own_child_change(
             Ok(latest.is_some_and(|latest| latest.as_slice() == hash.as_slice()))
         }
         None => {
-            let own: Option<i64> = on_db!(conn, |c| sqlx::query_scalar(
-                "SELECT 1 FROM writebacks WHERE location_id = $1 AND target_id = $2 AND kind = $3 AND status = 'done' \
+            let own: Option<i64> = on_db!(conn, |c| {
+                sqlx::query_scalar(
+                "SELECT CAST(1 AS BIGINT) FROM writebacks WHERE location_id = $1 AND target_id = $2 AND kind = $3 AND status = 'done' \
                  LIMIT 1",
             )
             .bind(location)
             .bind(child_id)
             .bind(delete)
             .fetch_optional(c)
-            .await)?;
+            .await
+            })?;
             Ok(own.is_some())
         }
     }
@@ -148,14 +154,16 @@ pub(crate) async fn is_own_contact_delete(
     location: &str,
     contact_id: &str,
 ) -> Result<bool, sqlx::Error> {
-    let own: Option<i64> = on_db!(conn, |c| sqlx::query_scalar(
-        "SELECT 1 FROM writebacks WHERE location_id = $1 AND target_id = $2 AND kind = 'contact_delete' \
+    let own: Option<i64> = on_db!(conn, |c| {
+        sqlx::query_scalar(
+        "SELECT CAST(1 AS BIGINT) FROM writebacks WHERE location_id = $1 AND target_id = $2 AND kind = 'contact_delete' \
          AND status = 'done' LIMIT 1",
     )
     .bind(location)
     .bind(contact_id)
     .fetch_optional(c)
-    .await)?;
+    .await
+    })?;
     Ok(own.is_some())
 }
 
@@ -177,11 +185,12 @@ pub async fn was_own_write(
 /// Whether `key` was ever begun (pending or done): a repeat of a keyed write tells "mine
 /// from an earlier attempt" from "someone else's" with it.
 pub async fn exists(store: &super::Store, key: &str) -> Result<bool, super::StoreError> {
-    let found: Option<i64> =
-        on_db!(store.db(), |pool| sqlx::query_scalar("SELECT 1 FROM writebacks WHERE idempotency_key = $1")
-            .bind(key)
-            .fetch_optional(pool)
-            .await)?;
+    let found: Option<i64> = on_db!(store.db(), |pool| sqlx::query_scalar(
+        "SELECT CAST(1 AS BIGINT) FROM writebacks WHERE idempotency_key = $1"
+    )
+    .bind(key)
+    .fetch_optional(pool)
+    .await)?;
     Ok(found.is_some())
 }
 
@@ -310,7 +319,6 @@ pub async fn record_settled(store: &Store, contact_id: &str, keys: &[String], ha
 mod tests {
     use super::*;
     use serde_json::json;
-
 
     fn write<'a>(key: &'a str, kind: &'a str, content: Option<&'a [u8]>) -> NewWrite<'a> {
         NewWrite { key, location: "l", contact_id: Some("c"), kind, content }
