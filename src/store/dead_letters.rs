@@ -233,9 +233,8 @@ pub(super) async fn move_from_outbox(
     reason: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let copied =
-        on_db!(conn.reborrow(), |c| {
-            sqlx::query(
+    let copied = on_db!(conn.reborrow(), |c| {
+        sqlx::query(
         "INSERT INTO dead_letters (source, connector, location_id, entity, entity_id, contact_id, operation, record, \
          content_hash, revision, idempotency_key, attempts, reason, changed_at, created_at) \
          SELECT 'delivery', connector, location_id, entity, entity_id, contact_id, operation, record, content_hash, \
@@ -249,7 +248,7 @@ pub(super) async fn move_from_outbox(
     .execute(c)
     .await
     .map(|done| done.rows_affected())
-        })?;
+    })?;
     if copied != 1 {
         return Ok(false);
     }

@@ -172,9 +172,8 @@ async fn upsert_location(conn: Conn<'_>, location: &LocationRow, now: i64) -> Re
 pub async fn store_grant(store: &Store, grant: &NewGrant, locations: &[LocationRow]) -> Result<i64, StoreError> {
     let now = now_ms();
     let mut tx = store.begin_write("grant_store").await?;
-    let generation: i64 =
-        on_db!(tx.conn(), |c| {
-            sqlx::query_scalar(
+    let generation: i64 = on_db!(tx.conn(), |c| {
+        sqlx::query_scalar(
         "INSERT INTO grants (resource_id, resource_kind, company_id, access_token, refresh_token, expires_at, scope, \
            generation, needs_reauth, reauth_reason, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, 1, 0, NULL, $8) \
@@ -195,7 +194,7 @@ pub async fn store_grant(store: &Store, grant: &NewGrant, locations: &[LocationR
     .bind(now)
     .fetch_one(c)
     .await
-        })?;
+    })?;
     for location in locations {
         upsert_location(tx.conn(), location, now).await?;
     }
