@@ -1,8 +1,7 @@
 //! The `grants` table (and the `locations` rows grants create or park): OAuth grants and
 //! imported private integration tokens, tokens sealed with the master key.
 
-use sqlx::{Row, SqliteConnection};
-
+use super::db::{Conn, on_db};
 use super::{Store, StoreError, now_ms};
 
 /// What a grant row authenticates.
@@ -86,57 +85,71 @@ pub struct LocationRow {
 const COLUMNS: &str = "resource_id, resource_kind, company_id, access_token, refresh_token, expires_at, scope, \
                        generation, needs_reauth, reauth_reason, updated_at";
 
-fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<GrantRow, sqlx::Error> {
-    let kind: String = row.try_get("resource_kind")?;
-    let kind = GrantKind::parse(&kind).ok_or_else(|| sqlx::Error::ColumnDecode {
+/// A `grants` row as both backends decode it (the kind still text, the flag an integer).
+#[derive(sqlx::FromRow)]
+struct StoredGrant {
+    resource_id: String,
+    resource_kind: String,
+    company_id: Option<String>,
+    access_token: Option<Vec<u8>>,
+    refresh_token: Option<Vec<u8>>,
+    expires_at: Option<i64>,
+    scope: Option<String>,
+    generation: i64,
+    needs_reauth: i64,
+    reauth_reason: Option<String>,
+    updated_at: i64,
+}
+
+fn from_row(row: StoredGrant) -> Result<GrantRow, sqlx::Error> {
+    let kind = GrantKind::parse(&row.resource_kind).ok_or_else(|| sqlx::Error::ColumnDecode {
         index: "resource_kind".into(),
-        source: format!("unknown grant kind {kind:?}").into(),
+        source: format!("unknown grant kind {:?}", row.resource_kind).into(),
     })?;
     Ok(GrantRow {
-        resource_id: row.try_get("resource_id")?,
+        resource_id: row.resource_id,
         kind,
-        company_id: row.try_get("company_id")?,
-        access_token: row.try_get::<Option<Vec<u8>>, _>("access_token")?.map(Sealed),
-        refresh_token: row.try_get::<Option<Vec<u8>>, _>("refresh_token")?.map(Sealed),
-        expires_at: row.try_get("expires_at")?,
-        scope: row.try_get("scope")?,
-        generation: row.try_get("generation")?,
-        needs_reauth: row.try_get::<i64, _>("needs_reauth")? != 0,
-        reauth_reason: row.try_get("reauth_reason")?,
-        updated_at: row.try_get("updated_at")?,
+        company_id: row.company_id,
+        access_token: row.access_token.map(Sealed),
+        refresh_token: row.refresh_token.map(Sealed),
+        expires_at: row.expires_at,
+        scope: row.scope,
+        generation: row.generation,
+        needs_reauth: row.needs_reauth != 0,
+        reauth_reason: row.reauth_reason,
+        updated_at: row.updated_at,
     })
 }
 
 /// The grant row of `resource_id`, if any.
 pub async fn load(store: &Store, resource_id: &str) -> Result<Option<GrantRow>, StoreError> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM grants WHERE resource_id = ?"))
-        .bind(resource_id)
-        .fetch_optional(store.read_pool())
-        .await?;
-    Ok(row.as_ref().map(from_row).transpose()?)
+    let sql = format!("SELECT {COLUMNS} FROM grants WHERE resource_id = $1");
+    let row: Option<StoredGrant> =
+        on_db!(store.db(), |pool| sqlx::query_as(&sql).bind(resource_id).fetch_optional(pool).await)?;
+    Ok(row.map(from_row).transpose()?)
 }
 
 /// Every grant, ordered by kind and id.
 pub async fn list(store: &Store) -> Result<Vec<GrantRow>, StoreError> {
-    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM grants ORDER BY resource_kind, resource_id"))
-        .fetch_all(store.read_pool())
-        .await?;
-    Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
+    let sql = format!("SELECT {COLUMNS} FROM grants ORDER BY resource_kind, resource_id");
+    let rows: Vec<StoredGrant> = on_db!(store.db(), |pool| sqlx::query_as(&sql).fetch_all(pool).await)?;
+    Ok(rows.into_iter().map(from_row).collect::<Result<_, _>>()?)
 }
 
 /// The agency a location belongs to, as recorded by an install.
 pub async fn company_of_location(store: &Store, location_id: &str) -> Result<Option<String>, StoreError> {
-    let company: Option<Option<String>> = sqlx::query_scalar("SELECT company_id FROM locations WHERE id = ?")
-        .bind(location_id)
-        .fetch_optional(store.read_pool())
-        .await?;
+    let company: Option<Option<String>> =
+        on_db!(store.db(), |pool| sqlx::query_scalar("SELECT company_id FROM locations WHERE id = $1")
+            .bind(location_id)
+            .fetch_optional(pool)
+            .await)?;
     Ok(company.flatten())
 }
 
-async fn upsert_location(conn: &mut SqliteConnection, location: &LocationRow, now: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(
+async fn upsert_location(conn: Conn<'_>, location: &LocationRow, now: i64) -> Result<(), sqlx::Error> {
+    on_db!(conn, |c| sqlx::query(
         "INSERT INTO locations (id, name, company_id, status, status_reason, updated_at) \
-         VALUES (?, ?, ?, 'active', NULL, ?) \
+         VALUES ($1, $2, $3, 'active', NULL, $4) \
          ON CONFLICT(id) DO UPDATE SET name = COALESCE(excluded.name, locations.name), \
            company_id = COALESCE(excluded.company_id, locations.company_id), \
            status = CASE WHEN locations.status = 'needs_reauth' THEN 'active' ELSE locations.status END, \
@@ -147,8 +160,9 @@ async fn upsert_location(conn: &mut SqliteConnection, location: &LocationRow, no
     .bind(&location.name)
     .bind(&location.company_id)
     .bind(now)
-    .execute(conn)
-    .await?;
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected()))?;
     Ok(())
 }
 
@@ -158,10 +172,11 @@ async fn upsert_location(conn: &mut SqliteConnection, location: &LocationRow, no
 pub async fn store_grant(store: &Store, grant: &NewGrant, locations: &[LocationRow]) -> Result<i64, StoreError> {
     let now = now_ms();
     let mut tx = store.begin_write("grant_store").await?;
-    let generation: i64 = sqlx::query_scalar(
+    let generation: i64 = on_db!(tx.conn(), |c| {
+        sqlx::query_scalar(
         "INSERT INTO grants (resource_id, resource_kind, company_id, access_token, refresh_token, expires_at, scope, \
            generation, needs_reauth, reauth_reason, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, 1, 0, NULL, ?) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 1, 0, NULL, $8) \
          ON CONFLICT(resource_id) DO UPDATE SET resource_kind = excluded.resource_kind, \
            company_id = excluded.company_id, access_token = excluded.access_token, \
            refresh_token = excluded.refresh_token, expires_at = excluded.expires_at, scope = excluded.scope, \
@@ -177,10 +192,11 @@ pub async fn store_grant(store: &Store, grant: &NewGrant, locations: &[LocationR
     .bind(grant.expires_at)
     .bind(&grant.scope)
     .bind(now)
-    .fetch_one(&mut *tx)
-    .await?;
+    .fetch_one(c)
+    .await
+    })?;
     for location in locations {
-        upsert_location(&mut tx, location, now).await?;
+        upsert_location(tx.conn(), location, now).await?;
     }
     tx.commit().await?;
     Ok(generation)
@@ -199,10 +215,10 @@ pub async fn rotate(
     scope: Option<&str>,
 ) -> Result<Option<i64>, StoreError> {
     let mut tx = store.begin_write("grant_rotate").await?;
-    let updated: Option<i64> = sqlx::query_scalar(
-        "UPDATE grants SET access_token = ?, refresh_token = COALESCE(?, refresh_token), expires_at = ?, \
-           scope = COALESCE(?, scope), generation = generation + 1, updated_at = ? \
-         WHERE resource_id = ? AND generation = ? RETURNING generation",
+    let updated: Option<i64> = on_db!(tx.conn(), |c| sqlx::query_scalar(
+        "UPDATE grants SET access_token = $1, refresh_token = COALESCE($2, refresh_token), expires_at = $3, \
+           scope = COALESCE($4, scope), generation = generation + 1, updated_at = $5 \
+         WHERE resource_id = $6 AND generation = $7 RETURNING generation",
     )
     .bind(&access_token.0)
     .bind(refresh_token.map(|t| &t.0))
@@ -211,8 +227,8 @@ pub async fn rotate(
     .bind(now_ms())
     .bind(resource_id)
     .bind(generation)
-    .fetch_optional(&mut *tx)
-    .await?;
+    .fetch_optional(c)
+    .await)?;
     tx.commit().await?;
     Ok(updated)
 }
@@ -222,17 +238,17 @@ pub async fn rotate(
 pub async fn mark_needs_reauth(store: &Store, grant: &GrantRow, reason: &str) -> Result<bool, StoreError> {
     let now = now_ms();
     let mut tx = store.begin_write("grant_park").await?;
-    let updated = sqlx::query(
-        "UPDATE grants SET needs_reauth = 1, reauth_reason = ?, updated_at = ? \
-         WHERE resource_id = ? AND generation = ?",
+    let updated = on_db!(tx.conn(), |c| sqlx::query(
+        "UPDATE grants SET needs_reauth = 1, reauth_reason = $1, updated_at = $2 \
+         WHERE resource_id = $3 AND generation = $4",
     )
     .bind(reason)
     .bind(now)
     .bind(&grant.resource_id)
     .bind(grant.generation)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected()))?;
     if updated == 0 {
         tx.rollback().await?;
         return Ok(false);
@@ -240,20 +256,21 @@ pub async fn mark_needs_reauth(store: &Store, grant: &GrantRow, reason: &str) ->
     match grant.kind {
         GrantKind::Company => {
             // Every location of the agency that has no grant of its own.
-            sqlx::query(
-                "UPDATE locations SET status = 'needs_reauth', status_reason = ?, updated_at = ? \
-                 WHERE company_id = ? AND id NOT IN (SELECT resource_id FROM grants WHERE resource_kind != 'company')",
+            on_db!(tx.conn(), |c| sqlx::query(
+                "UPDATE locations SET status = 'needs_reauth', status_reason = $1, updated_at = $2 \
+                 WHERE company_id = $3 AND id NOT IN (SELECT resource_id FROM grants WHERE resource_kind != 'company')",
             )
             .bind(reason)
             .bind(now)
             .bind(&grant.resource_id)
-            .execute(&mut *tx)
-            .await?;
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected()))?;
         }
         GrantKind::Location | GrantKind::Pit => {
-            sqlx::query(
+            on_db!(tx.conn(), |c| sqlx::query(
                 "INSERT INTO locations (id, company_id, status, status_reason, updated_at) \
-                 VALUES (?, ?, 'needs_reauth', ?, ?) \
+                 VALUES ($1, $2, 'needs_reauth', $3, $4) \
                  ON CONFLICT(id) DO UPDATE SET status = 'needs_reauth', status_reason = excluded.status_reason, \
                    updated_at = excluded.updated_at",
             )
@@ -261,8 +278,9 @@ pub async fn mark_needs_reauth(store: &Store, grant: &GrantRow, reason: &str) ->
             .bind(&grant.company_id)
             .bind(reason)
             .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected()))?;
         }
     }
     tx.commit().await?;
@@ -271,22 +289,21 @@ pub async fn mark_needs_reauth(store: &Store, grant: &GrantRow, reason: &str) ->
 
 /// `(status, status_reason)` of a location row.
 pub async fn location_status(store: &Store, location_id: &str) -> Result<Option<(String, Option<String>)>, StoreError> {
-    let row = sqlx::query("SELECT status, status_reason FROM locations WHERE id = ?")
+    Ok(on_db!(store.db(), |pool| sqlx::query_as("SELECT status, status_reason FROM locations WHERE id = $1")
         .bind(location_id)
-        .fetch_optional(store.read_pool())
-        .await?;
-    Ok(row.map(|r| Ok::<_, sqlx::Error>((r.try_get("status")?, r.try_get("status_reason")?))).transpose()?)
+        .fetch_optional(pool)
+        .await)?)
 }
 
 /// Every grant that holds a token or is parked: `(resource_id, needs_reauth)`, for readiness
 /// (a grant without a token that is not parked is not a grant yet).
 pub async fn reauth_flags(store: &Store) -> Result<Vec<(String, bool)>, StoreError> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
+    let rows: Vec<(String, i64)> = on_db!(store.db(), |pool| sqlx::query_as(
         "SELECT resource_id, needs_reauth FROM grants WHERE access_token IS NOT NULL OR needs_reauth = 1 \
          ORDER BY resource_id",
     )
-    .fetch_all(store.read_pool())
-    .await?;
+    .fetch_all(pool)
+    .await)?;
     Ok(rows.into_iter().map(|(id, flag)| (id, flag != 0)).collect())
 }
 
@@ -300,21 +317,26 @@ where
 {
     let mut tx = store.begin_write("auth_rekey").await?;
     type Row = (String, Option<Vec<u8>>, Option<Vec<u8>>);
-    let rows: Vec<Row> = sqlx::query_as("SELECT resource_id, access_token, refresh_token FROM grants")
-        .fetch_all(&mut *tx)
-        .await
+    let rows: Vec<Row> =
+        on_db!(tx.conn(), |c| sqlx::query_as("SELECT resource_id, access_token, refresh_token FROM grants")
+            .fetch_all(c)
+            .await)
         .map_err(StoreError::from)?;
     let count = rows.len();
     for (resource, access, refresh) in rows {
         let access = access.map(|bytes| reseal(&Sealed(bytes))).transpose()?;
         let refresh = refresh.map(|bytes| reseal(&Sealed(bytes))).transpose()?;
-        sqlx::query("UPDATE grants SET access_token = ?, refresh_token = ? WHERE resource_id = ?")
-            .bind(access.map(|t| t.0))
-            .bind(refresh.map(|t| t.0))
-            .bind(resource)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
+        let (access, refresh) = (access.map(|t| t.0), refresh.map(|t| t.0));
+        on_db!(tx.conn(), |c| sqlx::query(
+            "UPDATE grants SET access_token = $1, refresh_token = $2 WHERE resource_id = $3"
+        )
+        .bind(&access)
+        .bind(&refresh)
+        .bind(&resource)
+        .execute(c)
+        .await
+        .map(|done| done.rows_affected()))
+        .map_err(StoreError::from)?;
     }
     tx.commit().await?;
     Ok(count)
@@ -323,8 +345,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    use crate::store::temp_store as store;
 
     fn grant(id: &str, kind: GrantKind) -> NewGrant {
         NewGrant {
@@ -340,8 +360,12 @@ mod tests {
 
     #[tokio::test]
     async fn reinstalling_bumps_the_generation_and_clears_the_reauth_mark() {
-        let (_dir, store) = store().await;
-        let pool = &store;
+        for (_guard, store) in crate::store::testing::stores().await {
+            reinstalling_bumps_the_generation_and_clears_the_reauth_mark_on(&store).await;
+        }
+    }
+
+    async fn reinstalling_bumps_the_generation_and_clears_the_reauth_mark_on(pool: &Store) {
         let location = LocationRow { id: "loc".into(), name: Some("A".into()), company_id: Some("co".into()) };
         assert_eq!(
             store_grant(pool, &grant("loc", GrantKind::Location), std::slice::from_ref(&location)).await.unwrap(),
@@ -358,8 +382,12 @@ mod tests {
 
     #[tokio::test]
     async fn rotation_only_applies_to_the_generation_it_read() {
-        let (_dir, store) = store().await;
-        let pool = &store;
+        for (_guard, store) in crate::store::testing::stores().await {
+            rotation_only_applies_to_the_generation_it_read_on(&store).await;
+        }
+    }
+
+    async fn rotation_only_applies_to_the_generation_it_read_on(pool: &Store) {
         store_grant(pool, &grant("loc", GrantKind::Location), &[]).await.unwrap();
         let new = Sealed(vec![9]);
         assert_eq!(rotate(pool, "loc", 1, &new, Some(&new), 99, None).await.unwrap(), Some(2));
@@ -373,8 +401,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_parked_company_grant_parks_its_locations_without_own_grants() {
-        let (_dir, store) = store().await;
-        let pool = &store;
+        for (_guard, store) in crate::store::testing::stores().await {
+            a_parked_company_grant_parks_its_locations_without_own_grants_on(&store).await;
+        }
+    }
+
+    async fn a_parked_company_grant_parks_its_locations_without_own_grants_on(pool: &Store) {
         let locs: Vec<LocationRow> = ["a", "b"]
             .iter()
             .map(|id| LocationRow { id: (*id).into(), name: None, company_id: Some("co".into()) })
@@ -387,5 +419,30 @@ mod tests {
         assert_eq!(location_status(pool, "b").await.unwrap().unwrap().0, "active");
         assert_eq!(company_of_location(pool, "a").await.unwrap().as_deref(), Some("co"));
         assert_eq!(list(pool).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn resealing_rewrites_every_token_or_none() {
+        for (_guard, store) in crate::store::testing::stores().await {
+            resealing_rewrites_every_token_or_none_on(&store).await;
+        }
+    }
+
+    async fn resealing_rewrites_every_token_or_none_on(pool: &Store) {
+        store_grant(pool, &grant("a", GrantKind::Location), &[]).await.unwrap();
+        store_grant(pool, &NewGrant { refresh_token: None, ..grant("b", GrantKind::Pit) }, &[]).await.unwrap();
+        let flip = |t: &Sealed| Ok::<_, StoreError>(Sealed(t.0.iter().map(|b| b ^ 0xff).collect()));
+        assert_eq!(reseal_all(pool, flip).await.unwrap(), 2);
+        let a = load(pool, "a").await.unwrap().unwrap();
+        assert_eq!((a.access_token, a.refresh_token), (Some(Sealed(vec![254, 253, 252])), Some(Sealed(vec![251]))));
+        let b = load(pool, "b").await.unwrap().unwrap();
+        assert_eq!(
+            (b.access_token, b.refresh_token, b.kind),
+            (Some(Sealed(vec![254, 253, 252])), None, GrantKind::Pit)
+        );
+        let refused = reseal_all(pool, |_| Err::<Sealed, _>(StoreError::Corrupt("no key".into()))).await;
+        assert!(refused.is_err());
+        assert_eq!(load(pool, "a").await.unwrap().unwrap().access_token, Some(Sealed(vec![254, 253, 252])));
+        assert_eq!(reauth_flags(pool).await.unwrap(), vec![("a".to_owned(), false), ("b".to_owned(), false)]);
     }
 }

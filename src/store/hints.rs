@@ -2,10 +2,10 @@
 //! the `webhook_inbox` they arrive through. A hint is only a nudge: the sync re-reads the
 //! contact from GHL, so order, duplicates and lost hints do not matter.
 
-use sqlx::SqliteConnection;
 use std::time::Duration;
 
 use super::daily::{self, DailyCounts};
+use super::db::{Conn, on_db};
 use super::{Store, StoreError, locations, now_ms};
 
 /// A contact a webhook named.
@@ -18,41 +18,48 @@ pub struct Hint {
 
 /// Hints of `location` older than `ready_before` (debounced), oldest first.
 pub async fn ready(store: &Store, location: &str, ready_before: i64, limit: u32) -> Result<Vec<Hint>, StoreError> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT contact_id, created_at FROM dirty_contacts WHERE location_id = ? AND created_at <= ? \
-         ORDER BY created_at LIMIT ?",
+    let rows: Vec<(String, i64)> = on_db!(store.db(), |pool| sqlx::query_as(
+        "SELECT contact_id, created_at FROM dirty_contacts WHERE location_id = $1 AND created_at <= $2 \
+         ORDER BY created_at LIMIT $3",
     )
     .bind(location)
     .bind(ready_before)
     .bind(i64::from(limit))
-    .fetch_all(store.read_pool())
-    .await?;
+    .fetch_all(pool)
+    .await)?;
     Ok(rows.into_iter().map(|(contact_id, created_at)| Hint { contact_id, created_at }).collect())
 }
 
 /// Drops a handled hint; a newer one for the same contact (arrived meanwhile) stays.
 pub async fn drop_handled(store: &Store, location: &str, hint: &Hint) -> Result<(), StoreError> {
     let mut tx = store.begin_write("hint_done").await?;
-    sqlx::query("DELETE FROM dirty_contacts WHERE location_id = ? AND contact_id = ? AND created_at <= ?")
-        .bind(location)
-        .bind(&hint.contact_id)
-        .bind(hint.created_at)
-        .execute(&mut *tx)
-        .await?;
+    on_db!(tx.conn(), |c| sqlx::query(
+        "DELETE FROM dirty_contacts WHERE location_id = $1 AND contact_id = $2 AND created_at <= $3"
+    )
+    .bind(location)
+    .bind(&hint.contact_id)
+    .bind(hint.created_at)
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected()))?;
     tx.commit().await
 }
 
 /// Locations that have hints waiting.
 pub async fn locations_with_hints(store: &Store) -> Result<Vec<String>, StoreError> {
-    Ok(sqlx::query_scalar("SELECT DISTINCT location_id FROM dirty_contacts").fetch_all(store.read_pool()).await?)
+    Ok(on_db!(store.db(), |pool| sqlx::query_scalar("SELECT DISTINCT location_id FROM dirty_contacts")
+        .fetch_all(pool)
+        .await)?)
 }
 
 /// Whether hints are waiting for `location`.
 pub async fn has_hints(store: &Store, location: &str) -> Result<bool, StoreError> {
-    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM dirty_contacts WHERE location_id = ? LIMIT 1")
-        .bind(location)
-        .fetch_optional(store.read_pool())
-        .await?;
+    let found: Option<i64> = on_db!(store.db(), |pool| sqlx::query_scalar(
+        "SELECT CAST(1 AS BIGINT) FROM dirty_contacts WHERE location_id = $1 LIMIT 1"
+    )
+    .bind(location)
+    .fetch_optional(pool)
+    .await)?;
     Ok(found.is_some())
 }
 
@@ -124,14 +131,14 @@ pub async fn record_webhook(
     let now = now_ms();
     // The inbox insert comes first, so the transaction writes at once.
     let mut tx = store.begin_write_within("ghl_webhook", deadline).await?;
-    let inserted = first_delivery(&mut tx, "ghl", event_id, type_label, now).await?;
+    let inserted = first_delivery(tx.conn(), "ghl", event_id, type_label, now).await?;
     if !inserted {
         tx.rollback().await?;
         return Ok(Recorded::Duplicate);
     }
     let recorded = match action {
         WebhookAction::Dirty { location_id, contact_id, reason, maybe_deleted } => {
-            let status = locations::status_in(&mut tx, location_id).await?;
+            let status = locations::status_in(tx.conn(), location_id).await?;
             let synced = match (configured.configured(location_id), status.as_deref()) {
                 (Some(false), _) => false,
                 (_, Some(locations::status::UNINSTALLED | locations::status::DISABLED)) => false,
@@ -139,20 +146,23 @@ pub async fn record_webhook(
                 (configured, None) => configured.is_some(),
             };
             if synced {
-                sqlx::query(
+                on_db!(tx.conn(), |c| sqlx::query(
                     "INSERT INTO dirty_contacts (location_id, contact_id, reason, maybe_deleted, created_at) \
-                     VALUES (?, ?, ?, ?, ?) \
+                     VALUES ($1, $2, $3, $4, $5) \
                      ON CONFLICT (location_id, contact_id) DO UPDATE SET reason = excluded.reason, \
-                     maybe_deleted = MAX(dirty_contacts.maybe_deleted, excluded.maybe_deleted), \
-                     created_at = MAX(dirty_contacts.created_at, excluded.created_at)",
+                     maybe_deleted = CASE WHEN excluded.maybe_deleted > dirty_contacts.maybe_deleted \
+                       THEN excluded.maybe_deleted ELSE dirty_contacts.maybe_deleted END, \
+                     created_at = CASE WHEN excluded.created_at > dirty_contacts.created_at \
+                       THEN excluded.created_at ELSE dirty_contacts.created_at END",
                 )
                 .bind(location_id)
                 .bind(contact_id)
                 .bind(reason)
                 .bind(i64::from(*maybe_deleted))
                 .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                .execute(c)
+                .await
+                .map(|done| done.rows_affected()))?;
                 Recorded::Accepted
             } else {
                 Recorded::IgnoredLocation
@@ -160,16 +170,16 @@ pub async fn record_webhook(
         }
         WebhookAction::Install { location_id, company_id } => {
             if let Some(location_id) = location_id {
-                locations::install_in(&mut tx, location_id, company_id.as_deref(), now).await?;
+                locations::install_in(tx.conn(), location_id, company_id.as_deref(), now).await?;
             }
             Recorded::Accepted
         }
         WebhookAction::Uninstall { location_id, company_id } => {
             if let Some(location_id) = location_id {
                 let uninstall = locations::Uninstall::Location { location_id, company_id: company_id.as_deref() };
-                locations::uninstall_in(&mut tx, uninstall, now).await?;
+                locations::uninstall_in(tx.conn(), uninstall, now).await?;
             } else if let Some(company_id) = company_id {
-                locations::uninstall_in(&mut tx, locations::Uninstall::Company { company_id }, now).await?;
+                locations::uninstall_in(tx.conn(), locations::Uninstall::Company { company_id }, now).await?;
             }
             Recorded::Accepted
         }
@@ -190,23 +200,23 @@ pub async fn record_webhook(
 /// Records `(source, event_id)` in the `webhook_inbox`, the one deduplication point of every
 /// inbound webhook (GHL, Lusha): `true` the first time the id is seen, `false` for a redelivery.
 pub(super) async fn first_delivery(
-    conn: &mut SqliteConnection,
+    conn: Conn<'_>,
     source: &str,
     event_id: &str,
     event_type: &str,
     now: i64,
 ) -> Result<bool, StoreError> {
-    let inserted = sqlx::query(
-        "INSERT INTO webhook_inbox (source, event_id, event_type, received_at) VALUES (?, ?, ?, ?) \
+    let inserted = on_db!(conn, |c| sqlx::query(
+        "INSERT INTO webhook_inbox (source, event_id, event_type, received_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (source, event_id) DO NOTHING",
     )
     .bind(source)
     .bind(event_id)
     .bind(event_type)
     .bind(now)
-    .execute(conn)
-    .await?
-    .rows_affected();
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected()))?;
     Ok(inserted == 1)
 }
 
@@ -217,8 +227,84 @@ pub async fn purge_inbox(store: &Store, cutoff_ms: i64) -> Result<u64, StoreErro
         store,
         "inbox_purge",
         "DELETE FROM webhook_inbox WHERE (source, event_id) IN \
-         (SELECT source, event_id FROM webhook_inbox WHERE received_at < ? LIMIT ?)",
+         (SELECT source, event_id FROM webhook_inbox WHERE received_at < $1 LIMIT $2)",
         cutoff_ms,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `a` is configured and enabled, `off` configured but disabled; nothing else is.
+    struct Configured;
+
+    impl LocationFilter for Configured {
+        fn configured(&self, location_id: &str) -> Option<bool> {
+            match location_id {
+                "a" => Some(true),
+                "off" => Some(false),
+                _ => None,
+            }
+        }
+    }
+
+    fn dirty(location: &str, contact: &str, maybe_deleted: bool) -> WebhookAction {
+        WebhookAction::Dirty {
+            location_id: location.into(),
+            contact_id: contact.into(),
+            reason: "ContactUpdate".into(),
+            maybe_deleted,
+        }
+    }
+
+    #[tokio::test]
+    async fn webhooks_dedupe_on_their_id_and_leave_hints_for_synced_locations_only() {
+        for (_guard, store) in crate::store::testing::stores().await {
+            webhooks_dedupe_and_leave_hints(&store).await;
+        }
+    }
+
+    async fn webhooks_dedupe_and_leave_hints(store: &Store) {
+        let record = |id: &'static str, action: WebhookAction| async move {
+            record_webhook(store, id, "t", &action, &Configured, Duration::from_secs(5)).await.unwrap()
+        };
+        assert_eq!(record("e1", dirty("a", "c1", true)).await, Recorded::Accepted);
+        assert_eq!(record("e1", dirty("a", "c2", false)).await, Recorded::Duplicate);
+        // A later hint for the same contact keeps "maybe deleted" and moves the time on.
+        assert_eq!(record("e2", dirty("a", "c1", false)).await, Recorded::Accepted);
+        assert_eq!(record("e3", dirty("off", "c1", false)).await, Recorded::IgnoredLocation);
+        assert_eq!(record("e4", dirty("elsewhere", "c1", false)).await, Recorded::IgnoredLocation);
+        assert_eq!(record("e5", WebhookAction::Unknown).await, Recorded::UnknownType);
+        // An install makes a location known: its hints are kept though it is not configured.
+        let install = WebhookAction::Install { location_id: Some("new".into()), company_id: Some("co".into()) };
+        assert_eq!(record("e6", install).await, Recorded::Accepted);
+        assert_eq!(record("e7", dirty("new", "c5", false)).await, Recorded::Accepted);
+        let uninstall = WebhookAction::Uninstall { location_id: None, company_id: Some("co".into()) };
+        assert_eq!(record("e8", uninstall).await, Recorded::Accepted);
+        assert_eq!(record("e9", dirty("new", "c6", false)).await, Recorded::IgnoredLocation);
+        assert_eq!(locations::status_of(store, "new").await.unwrap().as_deref(), Some(locations::status::UNINSTALLED));
+
+        let mut with_hints = locations_with_hints(store).await.unwrap();
+        with_hints.sort();
+        assert_eq!(with_hints, ["a", "new"]);
+        let hints = ready(store, "a", i64::MAX, 10).await.unwrap();
+        assert_eq!(hints.len(), 1);
+        assert_eq!(hints[0].contact_id, "c1");
+        let maybe_deleted: i64 = on_db!(store.db(), |pool| sqlx::query_scalar(
+            "SELECT maybe_deleted FROM dirty_contacts WHERE location_id = 'a' AND contact_id = 'c1'"
+        )
+        .fetch_one(pool)
+        .await)
+        .unwrap();
+        assert_eq!(maybe_deleted, 1);
+        assert!(ready(store, "a", hints[0].created_at - 1, 10).await.unwrap().is_empty());
+        // A hint older than the one handled stays dropped; "webhooks today" counted the accepted ones.
+        drop_handled(store, "a", &hints[0]).await.unwrap();
+        assert!(!has_hints(store, "a").await.unwrap());
+        assert!(has_hints(store, "new").await.unwrap());
+        let today = daily::read(store, "a", &daily::utc_day(now_ms())).await.unwrap();
+        assert_eq!(today.webhooks, 2);
+    }
 }

@@ -11,6 +11,7 @@
 //!   between the send and the record sends it once more).
 //! - Summaries hold ids, counts and thresholds only, never personal data.
 
+use super::db::on_db;
 use super::{Store, StoreError, now_ms};
 
 /// A condition active now, as the evaluator sees it.
@@ -67,31 +68,36 @@ impl Incident {
 pub async fn reconcile(store: &Store, alert: &str, active: &[ActiveCondition]) -> Result<Reconciled, StoreError> {
     let now = now_ms();
     let mut tx = store.begin_write("incidents").await?;
-    let open: Vec<String> =
-        sqlx::query_scalar("SELECT condition_key FROM incidents WHERE alert = ? AND resolved_at IS NULL")
-            .bind(alert)
-            .fetch_all(&mut *tx)
-            .await?;
+    let open: Vec<String> = on_db!(tx.conn(), |c| sqlx::query_scalar(
+        "SELECT condition_key FROM incidents WHERE alert = $1 AND resolved_at IS NULL"
+    )
+    .bind(alert)
+    .fetch_all(c)
+    .await)?;
     let mut changed = Reconciled::default();
     for condition in active.iter().filter(|c| !open.contains(&c.key)) {
-        sqlx::query("INSERT INTO incidents (alert, condition_key, summary, opened_at) VALUES (?, ?, ?, ?)")
-            .bind(alert)
-            .bind(&condition.key)
-            .bind(&condition.summary)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        on_db!(tx.conn(), |c| sqlx::query(
+            "INSERT INTO incidents (alert, condition_key, summary, opened_at) VALUES ($1, $2, $3, $4)"
+        )
+        .bind(alert)
+        .bind(&condition.key)
+        .bind(&condition.summary)
+        .bind(now)
+        .execute(c)
+        .await
+        .map(|done| done.rows_affected()))?;
         changed.opened += 1;
     }
     for key in open.iter().filter(|key| !active.iter().any(|c| &c.key == *key)) {
-        sqlx::query(
-            "UPDATE incidents SET resolved_at = ? WHERE alert = ? AND condition_key = ? AND resolved_at IS NULL",
+        on_db!(tx.conn(), |c| sqlx::query(
+            "UPDATE incidents SET resolved_at = $1 WHERE alert = $2 AND condition_key = $3 AND resolved_at IS NULL",
         )
         .bind(now)
         .bind(alert)
         .bind(key)
-        .execute(&mut *tx)
-        .await?;
+        .execute(c)
+        .await
+        .map(|done| done.rows_affected()))?;
         changed.resolved += 1;
     }
     tx.commit().await?;
@@ -102,14 +108,14 @@ pub async fn reconcile(store: &Store, alert: &str, active: &[ActiveCondition]) -
 /// before its opening went out is reported once, as resolved (its opening is marked sent with
 /// it: see [`mark_sent`]).
 pub async fn unsent(store: &Store, alert: &str) -> Result<Vec<Incident>, StoreError> {
-    Ok(sqlx::query_as(
+    Ok(on_db!(store.db(), |pool| sqlx::query_as(
         "SELECT id, alert, condition_key, summary, opened_at, resolved_at FROM incidents \
-         WHERE alert = ? AND (opened_sent_at IS NULL OR (resolved_at IS NOT NULL AND resolved_sent_at IS NULL)) \
+         WHERE alert = $1 AND (opened_sent_at IS NULL OR (resolved_at IS NOT NULL AND resolved_sent_at IS NULL)) \
          ORDER BY id",
     )
     .bind(alert)
-    .fetch_all(store.read_pool())
-    .await?)
+    .fetch_all(pool)
+    .await)?)
 }
 
 /// Records that `transition` of incident `id` was notified (a resolution also covers an
@@ -118,13 +124,13 @@ pub async fn mark_sent(store: &Store, id: i64, transition: Transition) -> Result
     let now = now_ms();
     let mut tx = store.begin_write("incidents").await?;
     let sql = match transition {
-        Transition::Opened => "UPDATE incidents SET opened_sent_at = ?, last_error = NULL WHERE id = ?",
+        Transition::Opened => "UPDATE incidents SET opened_sent_at = $1, last_error = NULL WHERE id = $2",
         Transition::Resolved => {
-            "UPDATE incidents SET resolved_sent_at = ?1, opened_sent_at = COALESCE(opened_sent_at, ?1), \
-             last_error = NULL WHERE id = ?2"
+            "UPDATE incidents SET resolved_sent_at = $1, opened_sent_at = COALESCE(opened_sent_at, $1), \
+             last_error = NULL WHERE id = $2"
         }
     };
-    sqlx::query(sql).bind(now).bind(id).execute(&mut *tx).await?;
+    on_db!(tx.conn(), |c| sqlx::query(sql).bind(now).bind(id).execute(c).await.map(|done| done.rows_affected()))?;
     tx.commit().await?;
     Ok(())
 }
@@ -132,7 +138,12 @@ pub async fn mark_sent(store: &Store, id: i64, transition: Transition) -> Result
 /// Records why a notification failed (it is tried again on the next evaluation).
 pub async fn mark_failed(store: &Store, id: i64, error: &str) -> Result<(), StoreError> {
     let mut tx = store.begin_write("incidents").await?;
-    sqlx::query("UPDATE incidents SET last_error = ? WHERE id = ?").bind(error).bind(id).execute(&mut *tx).await?;
+    on_db!(tx.conn(), |c| sqlx::query("UPDATE incidents SET last_error = $1 WHERE id = $2")
+        .bind(error)
+        .bind(id)
+        .execute(c)
+        .await
+        .map(|done| done.rows_affected()))?;
     tx.commit().await?;
     Ok(())
 }
@@ -140,7 +151,6 @@ pub async fn mark_failed(store: &Store, id: i64, error: &str) -> Result<(), Stor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::temp_store as store;
 
     fn active(key: &str) -> ActiveCondition {
         ActiveCondition { key: key.to_owned(), summary: format!("{key} is bad") }
@@ -148,28 +158,36 @@ mod tests {
 
     #[tokio::test]
     async fn an_incident_opens_once_stays_open_and_resolves_once() {
-        let (_dir, store) = store().await;
-        let first = reconcile(&store, "ops", &[active("circuit:webhook.a")]).await.unwrap();
+        for (_guard, store) in crate::store::testing::stores().await {
+            opens_once_stays_open_and_resolves_once(&store).await;
+        }
+    }
+
+    async fn opens_once_stays_open_and_resolves_once(store: &Store) {
+        let first = reconcile(store, "ops", &[active("circuit:webhook.a")]).await.unwrap();
         assert_eq!(first, Reconciled { opened: 1, resolved: 0 });
-        let again = reconcile(&store, "ops", &[active("circuit:webhook.a")]).await.unwrap();
+        let again = reconcile(store, "ops", &[active("circuit:webhook.a")]).await.unwrap();
         assert_eq!(again, Reconciled::default());
-        let pending = unsent(&store, "ops").await.unwrap();
+        let pending = unsent(store, "ops").await.unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].pending(), Transition::Opened);
-        mark_sent(&store, pending[0].id, Transition::Opened).await.unwrap();
-        assert!(unsent(&store, "ops").await.unwrap().is_empty());
+        // A failed notification stays unsent.
+        mark_failed(store, pending[0].id, "target answered 503").await.unwrap();
+        assert_eq!(unsent(store, "ops").await.unwrap().len(), 1);
+        mark_sent(store, pending[0].id, Transition::Opened).await.unwrap();
+        assert!(unsent(store, "ops").await.unwrap().is_empty());
         // Another alert target keeps its own incidents.
-        assert_eq!(reconcile(&store, "other", &[active("circuit:webhook.a")]).await.unwrap().opened, 1);
+        assert_eq!(reconcile(store, "other", &[active("circuit:webhook.a")]).await.unwrap().opened, 1);
 
-        let cleared = reconcile(&store, "ops", &[]).await.unwrap();
+        let cleared = reconcile(store, "ops", &[]).await.unwrap();
         assert_eq!(cleared, Reconciled { opened: 0, resolved: 1 });
-        let pending = unsent(&store, "ops").await.unwrap();
+        let pending = unsent(store, "ops").await.unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].pending(), Transition::Resolved);
-        mark_sent(&store, pending[0].id, Transition::Resolved).await.unwrap();
-        assert!(unsent(&store, "ops").await.unwrap().is_empty());
-        assert_eq!(reconcile(&store, "ops", &[]).await.unwrap(), Reconciled::default());
+        mark_sent(store, pending[0].id, Transition::Resolved).await.unwrap();
+        assert!(unsent(store, "ops").await.unwrap().is_empty());
+        assert_eq!(reconcile(store, "ops", &[]).await.unwrap(), Reconciled::default());
         // The condition again: a new incident.
-        assert_eq!(reconcile(&store, "ops", &[active("circuit:webhook.a")]).await.unwrap().opened, 1);
+        assert_eq!(reconcile(store, "ops", &[active("circuit:webhook.a")]).await.unwrap().opened, 1);
     }
 }

@@ -6,8 +6,7 @@
 //!   [`active`] is the one definition of that rule. `needs_reauth` locations stay in the
 //!   list: the engine skips them until a new grant clears the mark.
 //! - Public functions take `&Store` and plain data and run their whole transaction
-//!   themselves (writes through [`Store::begin_write`], reads through
-//!   [`Store::read_pool`]). The `*_in` helpers take a connection already inside a write
+//!   themselves (writes through [`Store::begin_write`], reads through [`Store::db`]). The `*_in` helpers take a connection already inside a write
 //!   transaction; they are for other store modules (the webhook inbox records an install in
 //!   the same transaction as its dedupe row) and for `server::ghl_webhook::record` until that
 //!   moves to `store::hints`.
@@ -15,8 +14,7 @@
 //!   else goes through here ([`mark_needs_reauth`] and [`status_of`] are for the sync engine,
 //!   whose own SQL on this table moves here with the rest of the engine's).
 
-use sqlx::SqliteConnection;
-
+use super::db::{Conn, on_db};
 use super::{Store, StoreError, now_ms};
 
 /// The statuses a location row can have.
@@ -49,20 +47,21 @@ pub struct LocationRow {
 
 /// The ids of the locations to sync, ordered: every location not `disabled` or `uninstalled`.
 pub async fn active(store: &Store) -> Result<Vec<String>, StoreError> {
-    let ids =
-        sqlx::query_scalar("SELECT id FROM locations WHERE status NOT IN ('disabled', 'uninstalled') ORDER BY id")
-            .fetch_all(store.read_pool())
-            .await?;
-    Ok(ids)
+    Ok(on_db!(store.db(), |pool| sqlx::query_scalar(
+        "SELECT id FROM locations WHERE status NOT IN ('disabled', 'uninstalled') ORDER BY id"
+    )
+    .fetch_all(pool)
+    .await)?)
 }
 
 /// Every location row, ordered by id.
 pub async fn list(store: &Store) -> Result<Vec<LocationRow>, StoreError> {
     type Row = (String, Option<String>, Option<String>, String, Option<String>);
-    let rows: Vec<Row> =
-        sqlx::query_as("SELECT id, name, company_id, status, status_reason FROM locations ORDER BY id")
-            .fetch_all(store.read_pool())
-            .await?;
+    let rows: Vec<Row> = on_db!(store.db(), |pool| sqlx::query_as(
+        "SELECT id, name, company_id, status, status_reason FROM locations ORDER BY id"
+    )
+    .fetch_all(pool)
+    .await)?;
     Ok(rows
         .into_iter()
         .map(|(id, name, company_id, status, status_reason)| LocationRow {
@@ -77,13 +76,14 @@ pub async fn list(store: &Store) -> Result<Vec<LocationRow>, StoreError> {
 
 /// Whether `location` is known: it has a row, or the snapshot has contacts of it.
 pub async fn is_known(store: &Store, location: &str) -> Result<bool, StoreError> {
-    let known: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM locations WHERE id = ?1) OR EXISTS (SELECT 1 FROM contacts WHERE location_id = ?1)",
+    let known: i64 = on_db!(store.db(), |pool| sqlx::query_scalar(
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM locations WHERE id = $1) \
+           OR EXISTS (SELECT 1 FROM contacts WHERE location_id = $1) THEN CAST(1 AS BIGINT) ELSE 0 END",
     )
     .bind(location)
-    .fetch_one(store.read_pool())
-    .await?;
-    Ok(known)
+    .fetch_one(pool)
+    .await)?;
+    Ok(known != 0)
 }
 
 /// Configured locations become rows, in one transaction. A location disabled in the config
@@ -98,54 +98,57 @@ pub async fn register_configured(store: &Store, locations: &[ConfiguredLocation]
     let mut tx = store.begin_write("locations_register").await?;
     for location in locations {
         let status = if location.enabled { status::ACTIVE } else { status::DISABLED };
-        sqlx::query(
-            "INSERT INTO locations (id, name, status, updated_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET name = COALESCE(excluded.name, name), updated_at = excluded.updated_at, \
-             status = CASE WHEN excluded.status = 'disabled' OR ? THEN excluded.status \
-                           WHEN status = 'disabled' THEN 'active' ELSE status END",
+        on_db!(tx.conn(), |c| sqlx::query(
+            "INSERT INTO locations (id, name, status, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO UPDATE SET name = COALESCE(excluded.name, locations.name), \
+             updated_at = excluded.updated_at, \
+             status = CASE WHEN excluded.status = 'disabled' OR $5 = 1 THEN excluded.status \
+                           WHEN locations.status = 'disabled' THEN 'active' ELSE locations.status END",
         )
         .bind(&location.id)
         .bind(&location.name)
         .bind(status)
         .bind(now)
-        .bind(location.pit)
-        .execute(&mut *tx)
-        .await?;
+        .bind(i64::from(location.pit))
+        .execute(c)
+        .await
+        .map(|done| done.rows_affected()))?;
     }
     tx.commit().await
 }
 
 /// The status of `location_id`'s row (None: no row yet).
 pub async fn status_of(store: &Store, location_id: &str) -> Result<Option<String>, StoreError> {
-    let status = sqlx::query_scalar("SELECT status FROM locations WHERE id = ?")
+    Ok(on_db!(store.db(), |pool| sqlx::query_scalar("SELECT status FROM locations WHERE id = $1")
         .bind(location_id)
-        .fetch_optional(store.read_pool())
-        .await?;
-    Ok(status)
+        .fetch_optional(pool)
+        .await)?)
 }
 
 /// Parks a location: `needs_reauth` with `reason` (no personal data), creating its row if
 /// needed. The engine does this when GHL refuses the location's token.
 pub async fn mark_needs_reauth(store: &Store, location_id: &str, reason: &str) -> Result<(), StoreError> {
     let mut tx = store.begin_write("location_park").await?;
-    sqlx::query(
-        "INSERT INTO locations (id, status, status_reason, updated_at) VALUES (?, 'needs_reauth', ?, ?) \
+    on_db!(tx.conn(), |c| sqlx::query(
+        "INSERT INTO locations (id, status, status_reason, updated_at) VALUES ($1, 'needs_reauth', $2, $3) \
          ON CONFLICT (id) DO UPDATE SET status = 'needs_reauth', status_reason = excluded.status_reason, \
          updated_at = excluded.updated_at",
     )
     .bind(location_id)
     .bind(reason)
     .bind(now_ms())
-    .execute(&mut *tx)
-    .await?;
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected()))?;
     tx.commit().await
 }
 
 /// The status of `location_id`'s row (None: no row), read inside a write transaction.
-pub(crate) async fn status_in(conn: &mut SqliteConnection, location_id: &str) -> Result<Option<String>, StoreError> {
-    let status =
-        sqlx::query_scalar("SELECT status FROM locations WHERE id = ?").bind(location_id).fetch_optional(conn).await?;
-    Ok(status)
+pub(crate) async fn status_in(conn: Conn<'_>, location_id: &str) -> Result<Option<String>, StoreError> {
+    Ok(on_db!(conn, |c| sqlx::query_scalar("SELECT status FROM locations WHERE id = $1")
+        .bind(location_id)
+        .fetch_optional(c)
+        .await)?)
 }
 
 /// INSTALL of the app in a location: remember it (and its company). A location whose grant
@@ -153,24 +156,25 @@ pub(crate) async fn status_in(conn: &mut SqliteConnection, location_id: &str) ->
 /// stores one. A location that is already active (or disabled) keeps its status. Returns the
 /// status the install asked for.
 pub(crate) async fn install_in(
-    conn: &mut SqliteConnection,
+    mut conn: Conn<'_>,
     location_id: &str,
     company_id: Option<&str>,
     now: i64,
 ) -> Result<&'static str, StoreError> {
-    let granted: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM grants WHERE resource_id = ? AND needs_reauth = 0 AND access_token IS NOT NULL)",
+    let granted: i64 = on_db!(conn.reborrow(), |c| sqlx::query_scalar(
+        "SELECT CASE WHEN EXISTS (SELECT 1 FROM grants WHERE resource_id = $1 AND needs_reauth = 0 \
+           AND access_token IS NOT NULL) THEN CAST(1 AS BIGINT) ELSE 0 END",
     )
     .bind(location_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    let (status, reason) = if granted {
+    .fetch_one(c)
+    .await)?;
+    let (status, reason) = if granted != 0 {
         (status::ACTIVE, None)
     } else {
         (status::NEEDS_REAUTH, Some("installed; waiting for the OAuth grant"))
     };
-    sqlx::query(
-        "INSERT INTO locations (id, company_id, status, status_reason, updated_at) VALUES (?, ?, ?, ?, ?) \
+    on_db!(conn, |c| sqlx::query(
+        "INSERT INTO locations (id, company_id, status, status_reason, updated_at) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (id) DO UPDATE SET company_id = COALESCE(excluded.company_id, locations.company_id), \
          status = CASE WHEN locations.status IN ('uninstalled', 'needs_reauth') THEN excluded.status \
                        ELSE locations.status END, \
@@ -183,8 +187,9 @@ pub(crate) async fn install_in(
     .bind(status)
     .bind(reason)
     .bind(now)
-    .execute(&mut *conn)
-    .await?;
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected()))?;
     Ok(status)
 }
 
@@ -202,16 +207,12 @@ pub enum Uninstall<'a> {
 
 /// UNINSTALL: stop syncing (status `uninstalled`, grants flagged `needs_reauth`), keep every
 /// row of data.
-pub(crate) async fn uninstall_in(
-    conn: &mut SqliteConnection,
-    target: Uninstall<'_>,
-    now: i64,
-) -> Result<(), StoreError> {
+pub(crate) async fn uninstall_in(mut conn: Conn<'_>, target: Uninstall<'_>, now: i64) -> Result<(), StoreError> {
     match target {
         Uninstall::Location { location_id, company_id } => {
-            sqlx::query(
+            on_db!(conn.reborrow(), |c| sqlx::query(
                 "INSERT INTO locations (id, company_id, status, status_reason, updated_at) \
-                 VALUES (?, ?, 'uninstalled', ?, ?) \
+                 VALUES ($1, $2, 'uninstalled', $3, $4) \
                  ON CONFLICT (id) DO UPDATE SET status = 'uninstalled', status_reason = excluded.status_reason, \
                  updated_at = excluded.updated_at",
             )
@@ -219,34 +220,41 @@ pub(crate) async fn uninstall_in(
             .bind(company_id)
             .bind(UNINSTALL_REASON)
             .bind(now)
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query("UPDATE grants SET needs_reauth = 1, reauth_reason = ?, updated_at = ? WHERE resource_id = ?")
-                .bind(UNINSTALL_REASON)
-                .bind(now)
-                .bind(location_id)
-                .execute(&mut *conn)
-                .await?;
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected()))?;
+            on_db!(conn, |c| sqlx::query(
+                "UPDATE grants SET needs_reauth = 1, reauth_reason = $1, updated_at = $2 WHERE resource_id = $3"
+            )
+            .bind(UNINSTALL_REASON)
+            .bind(now)
+            .bind(location_id)
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected()))?;
         }
         Uninstall::Company { company_id } => {
-            sqlx::query(
-                "UPDATE locations SET status = 'uninstalled', status_reason = ?, updated_at = ? WHERE company_id = ?",
+            on_db!(conn.reborrow(), |c| {
+                sqlx::query(
+                "UPDATE locations SET status = 'uninstalled', status_reason = $1, updated_at = $2 WHERE company_id = $3",
             )
             .bind(UNINSTALL_REASON)
             .bind(now)
             .bind(company_id)
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query(
-                "UPDATE grants SET needs_reauth = 1, reauth_reason = ?, updated_at = ? \
-                 WHERE resource_id = ? OR company_id = ?",
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected())
+            })?;
+            on_db!(conn, |c| sqlx::query(
+                "UPDATE grants SET needs_reauth = 1, reauth_reason = $1, updated_at = $2 \
+                 WHERE resource_id = $3 OR company_id = $3",
             )
             .bind(UNINSTALL_REASON)
             .bind(now)
             .bind(company_id)
-            .bind(company_id)
-            .execute(&mut *conn)
-            .await?;
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected()))?;
         }
     }
     Ok(())
@@ -256,47 +264,59 @@ pub(crate) async fn uninstall_in(
 mod tests {
     use super::*;
 
-    use crate::store::temp_store as store;
-
     fn configured(id: &str, enabled: bool, pit: bool) -> ConfiguredLocation {
         ConfiguredLocation { id: id.into(), name: Some(format!("name {id}")), enabled, pit }
     }
 
     #[tokio::test]
     async fn active_locations_exclude_disabled_and_uninstalled_ones_only() {
-        let (_dir, store) = store().await;
+        for (_guard, store) in crate::store::testing::stores().await {
+            active_locations_exclude_disabled_and_uninstalled_ones_only_on(&store).await;
+        }
+    }
+
+    async fn active_locations_exclude_disabled_and_uninstalled_ones_only_on(store: &Store) {
         register_configured(
-            &store,
+            store,
             &[configured("a", true, true), configured("b", false, true), configured("c", true, false)],
         )
         .await
         .unwrap();
         let mut tx = store.begin_write("test").await.unwrap();
-        uninstall_in(&mut tx, Uninstall::Location { location_id: "d", company_id: None }, 1).await.unwrap();
-        install_in(&mut tx, "e", Some("co"), 1).await.unwrap();
+        uninstall_in(tx.conn(), Uninstall::Location { location_id: "d", company_id: None }, 1).await.unwrap();
+        install_in(tx.conn(), "e", Some("co"), 1).await.unwrap();
         tx.commit().await.unwrap();
         // `e` has no grant: needs_reauth, still listed (the engine skips it until a grant).
-        assert_eq!(active(&store).await.unwrap(), ["a", "c", "e"]);
-        let rows = list(&store).await.unwrap();
+        assert_eq!(active(store).await.unwrap(), ["a", "c", "e"]);
+        let rows = list(store).await.unwrap();
         assert_eq!(rows.len(), 5);
         let e = rows.iter().find(|r| r.id == "e").unwrap();
         assert_eq!((e.status.as_str(), e.company_id.as_deref()), (status::NEEDS_REAUTH, Some("co")));
-        assert!(is_known(&store, "d").await.unwrap());
-        mark_needs_reauth(&store, "a", "token refused").await.unwrap();
-        assert_eq!(status_of(&store, "a").await.unwrap().as_deref(), Some(status::NEEDS_REAUTH));
-        assert_eq!(status_of(&store, "zz").await.unwrap(), None);
-        assert!(!is_known(&store, "zz").await.unwrap());
+        assert!(is_known(store, "d").await.unwrap());
+        mark_needs_reauth(store, "a", "token refused").await.unwrap();
+        assert_eq!(status_of(store, "a").await.unwrap().as_deref(), Some(status::NEEDS_REAUTH));
+        assert_eq!(status_of(store, "zz").await.unwrap(), None);
+        assert!(!is_known(store, "zz").await.unwrap());
     }
 
     #[tokio::test]
     async fn registering_again_re_enables_and_pit_locations_drop_a_reauth_mark() {
-        let (_dir, store) = store().await;
-        register_configured(&store, &[configured("pit", false, true), configured("oauth", true, false)]).await.unwrap();
+        for (_guard, store) in crate::store::testing::stores().await {
+            registering_again_re_enables_and_pit_locations_drop_a_reauth_mark_on(&store).await;
+        }
+    }
+
+    async fn registering_again_re_enables_and_pit_locations_drop_a_reauth_mark_on(store: &Store) {
+        register_configured(store, &[configured("pit", false, true), configured("oauth", true, false)]).await.unwrap();
         let mut tx = store.begin_write("test").await.unwrap();
-        sqlx::query("UPDATE locations SET status = 'needs_reauth'").execute(&mut *tx).await.unwrap();
+        on_db!(tx.conn(), |c| sqlx::query("UPDATE locations SET status = 'needs_reauth'")
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected()))
+        .unwrap();
         tx.commit().await.unwrap();
-        register_configured(&store, &[configured("pit", true, true), configured("oauth", true, false)]).await.unwrap();
-        let rows = list(&store).await.unwrap();
+        register_configured(store, &[configured("pit", true, true), configured("oauth", true, false)]).await.unwrap();
+        let rows = list(store).await.unwrap();
         let status_of = |id: &str| rows.iter().find(|r| r.id == id).unwrap().status.clone();
         assert_eq!(status_of("pit"), status::ACTIVE);
         assert_eq!(status_of("oauth"), status::NEEDS_REAUTH, "an OAuth location waits for a new install");
@@ -304,15 +324,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_company_uninstall_stops_every_location_of_the_company() {
-        let (_dir, store) = store().await;
+        for (_guard, store) in crate::store::testing::stores().await {
+            a_company_uninstall_stops_every_location_of_the_company_on(&store).await;
+        }
+    }
+
+    async fn a_company_uninstall_stops_every_location_of_the_company_on(store: &Store) {
         let mut tx = store.begin_write("test").await.unwrap();
-        install_in(&mut tx, "a", Some("co"), 1).await.unwrap();
-        install_in(&mut tx, "b", Some("co"), 1).await.unwrap();
-        install_in(&mut tx, "c", Some("other"), 1).await.unwrap();
-        uninstall_in(&mut tx, Uninstall::Company { company_id: "co" }, 2).await.unwrap();
-        assert_eq!(status_in(&mut tx, "a").await.unwrap().as_deref(), Some(status::UNINSTALLED));
-        assert_eq!(status_in(&mut tx, "zz").await.unwrap(), None);
+        install_in(tx.conn(), "a", Some("co"), 1).await.unwrap();
+        install_in(tx.conn(), "b", Some("co"), 1).await.unwrap();
+        install_in(tx.conn(), "c", Some("other"), 1).await.unwrap();
+        uninstall_in(tx.conn(), Uninstall::Company { company_id: "co" }, 2).await.unwrap();
+        assert_eq!(status_in(tx.conn(), "a").await.unwrap().as_deref(), Some(status::UNINSTALLED));
+        assert_eq!(status_in(tx.conn(), "zz").await.unwrap(), None);
         tx.commit().await.unwrap();
-        assert_eq!(active(&store).await.unwrap(), ["c"]);
+        assert_eq!(active(store).await.unwrap(), ["c"]);
     }
 }

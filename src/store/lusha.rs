@@ -455,7 +455,7 @@ pub enum Recorded {
 pub async fn record_signal(store: &Store, signal: &NewSignal) -> Result<Recorded, StoreError> {
     let now = now_ms();
     let mut tx = store.begin_write("lusha_webhook").await?;
-    let inserted = hints::first_delivery(&mut tx, "lusha", &signal.id, &signal.signal_type, now).await?;
+    let inserted = hints::first_delivery(tx.conn(), "lusha", &signal.id, &signal.signal_type, now).await?;
     if !inserted {
         tx.rollback().await?;
         return Ok(Recorded::Duplicate);

@@ -503,7 +503,7 @@ pub async fn record_outcomes(store: &Store, outcomes: &[DeliveryOutcome], now: i
                 update(&mut tx, row, Update { done: false, attempt: 0, next_at: Some(*at), note: Some(reason) }, *since)
                     .await?
             }
-            Verdict::Dead(reason) => dead_letters::move_from_outbox(&mut tx, row, reason, now).await?,
+            Verdict::Dead(reason) => dead_letters::move_from_outbox(tx.conn(), row, reason, now).await?,
         };
         applied.push(done);
     }

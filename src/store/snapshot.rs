@@ -421,9 +421,8 @@ pub async fn commit_contacts(
             let hash = &hashes[i];
             // Echo suppression: an update whose content is exactly what our own GHL write-back
             // produced is kept in the snapshot but not sent to any connector.
-            // PORT(writebacks): pass `tx.conn()` once `writebacks::is_own_write` takes a `Conn`.
             if operation == Operation::Updated
-                && writebacks::is_own_write(sqlite_only(tx.conn()), commit.location, &contact.id, hash).await?
+                && writebacks::is_own_write(tx.conn(), commit.location, &contact.id, hash).await?
             {
                 continue;
             }
@@ -445,8 +444,7 @@ pub async fn commit_contacts(
         }
     }
     for record in &bad {
-        // PORT(dead_letters): pass `tx.conn()` once `dead_letter_record` takes a `Conn`.
-        dead_letter_record(sqlite_only(tx.conn()), commit.location, record.entity, &record.reason, &record.raw).await?;
+        dead_letter_record(tx.conn(), commit.location, record.entity, &record.reason, &record.raw).await?;
         done.dead_letters += 1;
     }
     if let Some(cursor) = cursor {
@@ -525,8 +523,7 @@ pub async fn delete_contact(store: &Store, commit: &Commit<'_>, contact_id: &str
     // A rule deleted it: the rules hear it from the rule's action (with its origin, so the
     // chain is bounded); every other connector still hears the delete.
     let without_rules: Vec<Subscriber>;
-    // PORT(writebacks): pass `tx.conn()` once `is_own_contact_delete` takes a `Conn`.
-    let commit = if writebacks::is_own_contact_delete(sqlite_only(tx.conn()), commit.location, contact_id).await? {
+    let commit = if writebacks::is_own_contact_delete(tx.conn(), commit.location, contact_id).await? {
         without_rules = except_rules(commit.subscribers);
         &Commit { subscribers: &without_rules, ..*commit }
     } else {
@@ -610,9 +607,7 @@ pub async fn commit_children(
     for (read, packed) in packed_reads {
         let contact_id = read.contact_id.as_str();
         for record in &read.bad {
-            // PORT(dead_letters): pass `tx.conn()` once `dead_letter_record` takes a `Conn`.
-            dead_letter_record(sqlite_only(tx.conn()), commit.location, record.entity, &record.reason, &record.raw)
-                .await?;
+            dead_letter_record(tx.conn(), commit.location, record.entity, &record.reason, &record.raw).await?;
             done.dead_letters += 1;
         }
         let kinds = [
@@ -667,10 +662,9 @@ pub async fn commit_children(
                 // lead's task) or changed (a rule's action, which raises its own trigger event)
                 // is kept in the snapshot but not announced as a user's change.
                 let own = match (change.operation, &change.record) {
-                    // PORT(writebacks): pass `tx.conn()` once `is_own_child` takes a `Conn`.
                     (Operation::Created, Some(child)) => {
                         writebacks::is_own_child(
-                            sqlite_only(tx.conn()),
+                            tx.conn(),
                             commit.location,
                             contact_id,
                             kind.as_str(),
@@ -679,10 +673,9 @@ pub async fn commit_children(
                         )
                         .await?
                     }
-                    // PORT(writebacks): pass `tx.conn()` once `is_own_child_change` takes a `Conn`.
                     (_, Some(child)) if kind != EntityKind::Appointment => {
                         writebacks::is_own_child_change(
-                            sqlite_only(tx.conn()),
+                            tx.conn(),
                             commit.location,
                             kind.as_str(),
                             &change.id,
@@ -697,17 +690,10 @@ pub async fn commit_children(
                 }
                 // A task or note a rule deleted: as for contacts, only the rules skip it.
                 let without_rules: Vec<Subscriber>;
-                // PORT(writebacks): pass `tx.conn()` once `is_own_child_change` takes a `Conn`.
                 let commit = if change.record.is_none()
                     && kind != EntityKind::Appointment
-                    && writebacks::is_own_child_change(
-                        sqlite_only(tx.conn()),
-                        commit.location,
-                        kind.as_str(),
-                        &change.id,
-                        None,
-                    )
-                    .await?
+                    && writebacks::is_own_child_change(tx.conn(), commit.location, kind.as_str(), &change.id, None)
+                        .await?
                 {
                     without_rules = except_rules(commit.subscribers);
                     &Commit { subscribers: &without_rules, ..*commit }

@@ -139,7 +139,7 @@ pub async fn commit_page(
         .await?;
     }
     for record in bad {
-        dead_letter_record(&mut tx, location, record.entity, &record.reason, &record.raw).await?;
+        dead_letter_record(tx.conn(), location, record.entity, &record.reason, &record.raw).await?;
     }
     tx.commit().await?;
     Ok(true)

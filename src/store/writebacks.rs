@@ -11,29 +11,43 @@
 //!   [`is_own_child`] say whether a change read back from GHL is one our write-back produced.
 
 use serde_json::{Map, Value};
-use sqlx::SqliteConnection;
 
+use super::db::{Conn, on_db};
 use super::{Store, StoreError, now_ms};
 use crate::domain::child_content_key;
 use crate::domain::normalize::Hash;
 
+/// Which of two writes recorded in the same millisecond is the later one: on SQLite the key
+/// begun later (`rowid`, insertion order); PostgreSQL has no insertion order, so there the row
+/// last written by a later transaction (`xmin`, the id of the transaction that wrote the row
+/// version, as a number).
+fn latest_first(pg: bool) -> &'static str {
+    if pg { "updated_at DESC, CAST(CAST(xmin AS TEXT) AS BIGINT) DESC" } else { "updated_at DESC, rowid DESC" }
+}
+
+/// The latest done content hash of a contact's own writes (`$1` location, `$2` contact).
+fn own_write_sql(pg: bool) -> String {
+    format!(
+        "SELECT content_hash FROM writebacks WHERE location_id = $1 AND contact_id = $2 AND status = 'done' \
+         AND content_hash IS NOT NULL AND kind NOT IN ('note', 'task', 'task_update', 'task_complete', 'note_update') \
+         ORDER BY {} LIMIT 1",
+        latest_first(pg)
+    )
+}
+
 /// Whether `hash` is the content our most recent write to this contact produced. The sync
 /// asks inside the page's write transaction, for updated contacts.
 pub(crate) async fn is_own_write(
-    conn: &mut SqliteConnection,
+    conn: Conn<'_>,
     location: &str,
     contact_id: &str,
     hash: &Hash,
 ) -> Result<bool, sqlx::Error> {
-    let latest: Option<Vec<u8>> = sqlx::query_scalar(
-        "SELECT content_hash FROM writebacks WHERE location_id = ? AND contact_id = ? AND status = 'done' \
-         AND content_hash IS NOT NULL AND kind NOT IN ('note', 'task', 'task_update', 'task_complete', 'note_update') \
-         ORDER BY updated_at DESC, rowid DESC LIMIT 1",
-    )
-    .bind(location)
-    .bind(contact_id)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let latest: Option<Vec<u8>> = on_db!(conn, |c, pg| sqlx::query_scalar(&own_write_sql(pg))
+        .bind(location)
+        .bind(contact_id)
+        .fetch_optional(c)
+        .await)?;
     Ok(latest.is_some_and(|latest| latest.as_slice() == hash.as_slice()))
 }
 
@@ -41,21 +55,23 @@ pub(crate) async fn is_own_write(
 /// target, or, while the write is still pending (the sync read the child between GHL's answer
 /// and our bookkeeping, or after a crash there), its content matches the pending write's.
 pub(crate) async fn is_own_child(
-    conn: &mut SqliteConnection,
+    mut conn: Conn<'_>,
     location: &str,
     contact_id: &str,
     kind: &str,
     child_id: &str,
     record: &Map<String, Value>,
 ) -> Result<bool, sqlx::Error> {
-    let by_id: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM writebacks WHERE location_id = ? AND target_id = ? AND kind = ? AND status = 'done' LIMIT 1",
+    let by_id: Option<i64> = on_db!(conn.reborrow(), |c| {
+        sqlx::query_scalar(
+        "SELECT CAST(1 AS BIGINT) FROM writebacks WHERE location_id = $1 AND target_id = $2 AND kind = $3 AND status = 'done' LIMIT 1",
     )
     .bind(location)
     .bind(child_id)
     .bind(kind)
-    .fetch_optional(&mut *conn)
-    .await?;
+    .fetch_optional(c)
+    .await
+    })?;
     if by_id.is_some() {
         return Ok(true);
     }
@@ -64,16 +80,18 @@ pub(crate) async fn is_own_child(
         "task" => child_content_key(text("title"), text("body")),
         _ => child_content_key(None, text("body")),
     };
-    let by_content: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM writebacks WHERE location_id = ? AND contact_id = ? AND kind = ? AND status = 'pending' \
-         AND content_hash = ? LIMIT 1",
+    let by_content: Option<i64> = on_db!(conn, |c| {
+        sqlx::query_scalar(
+        "SELECT CAST(1 AS BIGINT) FROM writebacks WHERE location_id = $1 AND contact_id = $2 AND kind = $3 AND status = 'pending' \
+         AND content_hash = $4 LIMIT 1",
     )
     .bind(location)
     .bind(contact_id)
     .bind(kind)
     .bind(&content[..])
-    .fetch_optional(&mut *conn)
-    .await?;
+    .fetch_optional(c)
+    .await
+    })?;
     Ok(by_content.is_some())
 }
 
@@ -89,7 +107,7 @@ fn child_write_kinds(kind: &str) -> (&'static [&'static str], &'static str) {
 /// update (`hash`), the child's content is what our latest done update of it left
 /// (`record_settled` on the key); for a delete (`hash` = `None`), our write deleted it.
 pub(crate) async fn is_own_child_change(
-    conn: &mut SqliteConnection,
+    conn: Conn<'_>,
     location: &str,
     kind: &str,
     child_id: &str,
@@ -98,24 +116,33 @@ pub(crate) async fn is_own_child_change(
     let (updates, delete) = child_write_kinds(kind);
     match hash {
         Some(hash) => {
-            let sql = format!(
-                "SELECT content_hash FROM writebacks WHERE location_id = ? AND target_id = ? AND status = 'done' \
-                 AND content_hash IS NOT NULL AND kind IN ({}) ORDER BY updated_at DESC, rowid DESC LIMIT 1",
-                updates.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ")
-            );
-            let latest: Option<Vec<u8>> =
-                sqlx::query_scalar(&sql).bind(location).bind(child_id).fetch_optional(&mut *conn).await?;
+            let kinds = updates.iter().map(|k| format!("'{k}'")).collect::<Vec<_>>().join(", ");
+            let sql = |pg| {
+                format!(
+                    "SELECT content_hash FROM writebacks WHERE location_id = $1 AND target_id = $2 \
+                     AND status = 'done' AND content_hash IS NOT NULL AND kind IN ({kinds}) ORDER BY {} LIMIT 1",
+                    latest_first(pg)
+                )
+            };
+            let latest: Option<Vec<u8>> = on_db!(conn, |c, pg| sqlx::query_scalar(&sql(pg))
+                .bind(location)
+                .bind(child_id)
+                .fetch_optional(c)
+                .await)?;
             Ok(latest.is_some_and(|latest| latest.as_slice() == hash.as_slice()))
         }
         None => {
-            let own: Option<i64> = sqlx::query_scalar(
-                "SELECT 1 FROM writebacks WHERE location_id = ? AND target_id = ? AND kind = ? AND status = 'done' LIMIT 1",
+            let own: Option<i64> = on_db!(conn, |c| {
+                sqlx::query_scalar(
+                "SELECT CAST(1 AS BIGINT) FROM writebacks WHERE location_id = $1 AND target_id = $2 AND kind = $3 AND status = 'done' \
+                 LIMIT 1",
             )
             .bind(location)
             .bind(child_id)
             .bind(delete)
-            .fetch_optional(&mut *conn)
-            .await?;
+            .fetch_optional(c)
+            .await
+            })?;
             Ok(own.is_some())
         }
     }
@@ -123,17 +150,20 @@ pub(crate) async fn is_own_child_change(
 
 /// Whether our write-back deleted this contact (a rule's `ghl.delete_contact`).
 pub(crate) async fn is_own_contact_delete(
-    conn: &mut SqliteConnection,
+    conn: Conn<'_>,
     location: &str,
     contact_id: &str,
 ) -> Result<bool, sqlx::Error> {
-    let own: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM writebacks WHERE location_id = ? AND target_id = ? AND kind = 'contact_delete' AND status = 'done' LIMIT 1",
+    let own: Option<i64> = on_db!(conn, |c| {
+        sqlx::query_scalar(
+        "SELECT CAST(1 AS BIGINT) FROM writebacks WHERE location_id = $1 AND target_id = $2 AND kind = 'contact_delete' \
+         AND status = 'done' LIMIT 1",
     )
     .bind(location)
     .bind(contact_id)
-    .fetch_optional(&mut *conn)
-    .await?;
+    .fetch_optional(c)
+    .await
+    })?;
     Ok(own.is_some())
 }
 
@@ -144,17 +174,23 @@ pub async fn was_own_write(
     contact_id: &str,
     hash: &Hash,
 ) -> Result<bool, super::StoreError> {
-    let mut conn = store.read_pool().acquire().await?;
-    Ok(is_own_write(&mut conn, location, contact_id, hash).await?)
+    let latest: Option<Vec<u8>> = on_db!(store.db(), |pool, pg| sqlx::query_scalar(&own_write_sql(pg))
+        .bind(location)
+        .bind(contact_id)
+        .fetch_optional(pool)
+        .await)?;
+    Ok(latest.is_some_and(|latest| latest.as_slice() == hash.as_slice()))
 }
 
 /// Whether `key` was ever begun (pending or done): a repeat of a keyed write tells "mine
 /// from an earlier attempt" from "someone else's" with it.
 pub async fn exists(store: &super::Store, key: &str) -> Result<bool, super::StoreError> {
-    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM writebacks WHERE idempotency_key = ?")
-        .bind(key)
-        .fetch_optional(store.read_pool())
-        .await?;
+    let found: Option<i64> = on_db!(store.db(), |pool| sqlx::query_scalar(
+        "SELECT CAST(1 AS BIGINT) FROM writebacks WHERE idempotency_key = $1"
+    )
+    .bind(key)
+    .fetch_optional(pool)
+    .await)?;
     Ok(found.is_some())
 }
 
@@ -188,9 +224,9 @@ pub enum Begun {
 pub async fn begin(store: &Store, write: &NewWrite<'_>) -> Result<Begun, StoreError> {
     let now = now_ms();
     let mut tx = store.begin_write("writeback_begin").await?;
-    let inserted = sqlx::query(
+    let inserted = on_db!(tx.conn(), |c| sqlx::query(
         "INSERT INTO writebacks (idempotency_key, location_id, contact_id, kind, content_hash, status, created_at, \
-         updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
+         updated_at) VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7) ON CONFLICT (idempotency_key) DO NOTHING",
     )
     .bind(write.key)
     .bind(write.location)
@@ -199,17 +235,18 @@ pub async fn begin(store: &Store, write: &NewWrite<'_>) -> Result<Begun, StoreEr
     .bind(write.content)
     .bind(now)
     .bind(now)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected()))?;
     let begun = if inserted == 1 {
         Begun::New
     } else {
-        let row: Option<(String, Option<String>)> =
-            sqlx::query_as("SELECT status, target_id FROM writebacks WHERE idempotency_key = ?")
-                .bind(write.key)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let row: Option<(String, Option<String>)> = on_db!(tx.conn(), |c| sqlx::query_as(
+            "SELECT status, target_id FROM writebacks WHERE idempotency_key = $1"
+        )
+        .bind(write.key)
+        .fetch_optional(c)
+        .await)?;
         match row {
             Some((status, target)) if status == "done" => Begun::Done(target),
             _ => Begun::Pending,
@@ -223,32 +260,34 @@ pub async fn begin(store: &Store, write: &NewWrite<'_>) -> Result<Begun, StoreEr
 /// **after** the GHL call answered.
 pub async fn finish(store: &Store, key: &str, target: Option<&str>) -> Result<(), StoreError> {
     let mut tx = store.begin_write("writeback_finish").await?;
-    mark_done(&mut tx, key, target).await?;
+    mark_done(tx.conn(), key, target).await?;
     tx.commit().await
 }
 
 /// Marks a contact create done: the new contact's id is both the row's contact and its target.
 pub async fn finish_create(store: &Store, key: &str, contact_id: &str) -> Result<(), StoreError> {
     let mut tx = store.begin_write("writeback_finish").await?;
-    sqlx::query("UPDATE writebacks SET contact_id = ? WHERE idempotency_key = ?")
+    on_db!(tx.conn(), |c| sqlx::query("UPDATE writebacks SET contact_id = $1 WHERE idempotency_key = $2")
         .bind(contact_id)
         .bind(key)
-        .execute(&mut *tx)
-        .await?;
-    mark_done(&mut tx, key, Some(contact_id)).await?;
+        .execute(c)
+        .await
+        .map(|done| done.rows_affected()))?;
+    mark_done(tx.conn(), key, Some(contact_id)).await?;
     tx.commit().await
 }
 
-async fn mark_done(conn: &mut SqliteConnection, key: &str, target: Option<&str>) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE writebacks SET status = 'done', target_id = COALESCE(?, target_id), updated_at = ? \
-         WHERE idempotency_key = ?",
+async fn mark_done(conn: Conn<'_>, key: &str, target: Option<&str>) -> Result<(), StoreError> {
+    on_db!(conn, |c| sqlx::query(
+        "UPDATE writebacks SET status = 'done', target_id = COALESCE($1, target_id), updated_at = $2 \
+         WHERE idempotency_key = $3",
     )
     .bind(target)
     .bind(now_ms())
     .bind(key)
-    .execute(&mut *conn)
-    .await?;
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected()))?;
     Ok(())
 }
 
@@ -261,16 +300,17 @@ pub async fn record_settled(store: &Store, contact_id: &str, keys: &[String], ha
     let now = now_ms();
     let mut tx = store.begin_write("writeback_settle").await?;
     for key in keys {
-        sqlx::query(
-            "UPDATE writebacks SET content_hash = ?, contact_id = COALESCE(contact_id, ?), updated_at = ? \
-             WHERE idempotency_key = ?",
+        on_db!(tx.conn(), |c| sqlx::query(
+            "UPDATE writebacks SET content_hash = $1, contact_id = COALESCE(contact_id, $2), updated_at = $3 \
+             WHERE idempotency_key = $4",
         )
         .bind(hash.as_slice())
         .bind(contact_id)
         .bind(now)
         .bind(key)
-        .execute(&mut *tx)
-        .await?;
+        .execute(c)
+        .await
+        .map(|done| done.rows_affected()))?;
     }
     tx.commit().await
 }
@@ -280,73 +320,121 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    use crate::store::temp_store as store;
-
     fn write<'a>(key: &'a str, kind: &'a str, content: Option<&'a [u8]>) -> NewWrite<'a> {
         NewWrite { key, location: "l", contact_id: Some("c"), kind, content }
     }
 
     #[tokio::test]
     async fn a_key_is_new_once_pending_until_finished_then_done_with_its_target() {
-        let (_dir, store) = store().await;
-        assert_eq!(begin(&store, &write("k", "note", None)).await.unwrap(), Begun::New);
-        assert_eq!(begin(&store, &write("k", "note", None)).await.unwrap(), Begun::Pending);
-        finish(&store, "k", Some("n1")).await.unwrap();
-        assert_eq!(begin(&store, &write("k", "note", None)).await.unwrap(), Begun::Done(Some("n1".into())));
+        for (_guard, store) in crate::store::testing::stores().await {
+            a_key_is_new_once_pending_until_finished_then_done_with_its_target_on(&store).await;
+        }
+    }
+
+    async fn a_key_is_new_once_pending_until_finished_then_done_with_its_target_on(store: &Store) {
+        assert_eq!(begin(store, &write("k", "note", None)).await.unwrap(), Begun::New);
+        assert_eq!(begin(store, &write("k", "note", None)).await.unwrap(), Begun::Pending);
+        finish(store, "k", Some("n1")).await.unwrap();
+        assert_eq!(begin(store, &write("k", "note", None)).await.unwrap(), Begun::Done(Some("n1".into())));
         // Finishing again without an id keeps the recorded one.
-        finish(&store, "k", None).await.unwrap();
-        assert_eq!(begin(&store, &write("k", "note", None)).await.unwrap(), Begun::Done(Some("n1".into())));
+        finish(store, "k", None).await.unwrap();
+        assert_eq!(begin(store, &write("k", "note", None)).await.unwrap(), Begun::Done(Some("n1".into())));
 
         let create = NewWrite { key: "c1", location: "l", contact_id: None, kind: "contact_create", content: None };
-        assert_eq!(begin(&store, &create).await.unwrap(), Begun::New);
-        finish_create(&store, "c1", "new-contact").await.unwrap();
-        assert_eq!(begin(&store, &create).await.unwrap(), Begun::Done(Some("new-contact".into())));
+        assert_eq!(begin(store, &create).await.unwrap(), Begun::New);
+        finish_create(store, "c1", "new-contact").await.unwrap();
+        assert_eq!(begin(store, &create).await.unwrap(), Begun::Done(Some("new-contact".into())));
     }
 
     #[tokio::test]
     async fn own_writes_are_the_latest_recorded_content() {
-        let (_dir, store) = store().await;
+        for (_guard, store) in crate::store::testing::stores().await {
+            own_writes_are_the_latest_recorded_content_on(&store).await;
+        }
+    }
+
+    async fn own_writes_are_the_latest_recorded_content_on(store: &Store) {
         let a: Hash = [1; 32];
         let b: Hash = [2; 32];
-        assert!(!was_own_write(&store, "l", "c", &a).await.unwrap());
+        assert!(!was_own_write(store, "l", "c", &a).await.unwrap());
         for (key, hash) in [("k1", a), ("k2", b)] {
-            begin(&store, &write(key, "contact_update", None)).await.unwrap();
-            finish(&store, key, Some("c")).await.unwrap();
-            record_settled(&store, "c", &[key.to_owned()], &hash).await.unwrap();
+            begin(store, &write(key, "contact_update", None)).await.unwrap();
+            finish(store, key, Some("c")).await.unwrap();
+            record_settled(store, "c", &[key.to_owned()], &hash).await.unwrap();
         }
-        assert!(was_own_write(&store, "l", "c", &b).await.unwrap());
+        assert!(was_own_write(store, "l", "c", &b).await.unwrap());
         // An older state we wrote, come back later, is a user's change.
-        assert!(!was_own_write(&store, "l", "c", &a).await.unwrap());
-        assert!(!was_own_write(&store, "l", "other", &b).await.unwrap());
+        assert!(!was_own_write(store, "l", "c", &a).await.unwrap());
+        assert!(!was_own_write(store, "l", "other", &b).await.unwrap());
         // A write still pending (no answer from GHL recorded) is not ours yet.
         let c: Hash = [3; 32];
-        begin(&store, &write("k3", "contact_update", None)).await.unwrap();
-        record_settled(&store, "c", &["k3".to_owned()], &c).await.unwrap();
-        assert!(!was_own_write(&store, "l", "c", &c).await.unwrap());
-        assert!(was_own_write(&store, "l", "c", &b).await.unwrap());
+        begin(store, &write("k3", "contact_update", None)).await.unwrap();
+        record_settled(store, "c", &["k3".to_owned()], &c).await.unwrap();
+        assert!(!was_own_write(store, "l", "c", &c).await.unwrap());
+        assert!(was_own_write(store, "l", "c", &b).await.unwrap());
     }
 
     #[tokio::test]
     async fn own_children_are_known_by_id_when_done_and_by_content_while_pending() {
-        let (_dir, store) = store().await;
+        for (_guard, store) in crate::store::testing::stores().await {
+            own_children_are_known_by_id_when_done_and_by_content_while_pending_on(&store).await;
+        }
+    }
+
+    async fn own_children_are_known_by_id_when_done_and_by_content_while_pending_on(store: &Store) {
         let task = json!({"title": "Call Ada", "body": " Lusha lead "});
         let record = task.as_object().unwrap();
         let content = child_content_key(Some("Call Ada"), Some("Lusha lead"));
-        begin(&store, &write("k1", "task", Some(&content))).await.unwrap();
-        begin(&store, &write("k2", "note", Some(&content))).await.unwrap();
-        finish(&store, "k2", Some("n1")).await.unwrap();
-        let mut conn = store.read_pool().acquire().await.unwrap();
+        begin(store, &write("k1", "task", Some(&content))).await.unwrap();
+        begin(store, &write("k2", "note", Some(&content))).await.unwrap();
+        finish(store, "k2", Some("n1")).await.unwrap();
+        // Asked inside a write transaction, as the sync does.
+        let mut tx = store.begin_write("test").await.unwrap();
         // Pending: matched by content, whatever id GHL gave it; another contact's or a
         // different task is the user's.
-        assert!(is_own_child(&mut conn, "l", "c", "task", "t9", record).await.unwrap());
-        assert!(!is_own_child(&mut conn, "l", "other", "task", "t9", record).await.unwrap());
+        assert!(is_own_child(tx.conn(), "l", "c", "task", "t9", record).await.unwrap());
+        assert!(!is_own_child(tx.conn(), "l", "other", "task", "t9", record).await.unwrap());
         let other = json!({"title": "Call Ada", "body": "something else"});
-        assert!(!is_own_child(&mut conn, "l", "c", "task", "t9", other.as_object().unwrap()).await.unwrap());
+        assert!(!is_own_child(tx.conn(), "l", "c", "task", "t9", other.as_object().unwrap()).await.unwrap());
         // Done: matched by id only.
-        assert!(is_own_child(&mut conn, "l", "c", "note", "n1", &Map::new()).await.unwrap());
-        assert!(!is_own_child(&mut conn, "l", "c", "note", "n2", &Map::new()).await.unwrap());
+        assert!(is_own_child(tx.conn(), "l", "c", "note", "n1", &Map::new()).await.unwrap());
+        assert!(!is_own_child(tx.conn(), "l", "c", "note", "n2", &Map::new()).await.unwrap());
         // Child rows never count as the contact's own content.
         let hash: Hash = content;
-        assert!(!is_own_write(&mut conn, "l", "c", &hash).await.unwrap());
+        assert!(!is_own_write(tx.conn(), "l", "c", &hash).await.unwrap());
+        tx.rollback().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn own_child_changes_and_contact_deletes_are_known_by_target() {
+        for (_guard, store) in crate::store::testing::stores().await {
+            own_child_changes_and_contact_deletes_are_known_by_target_on(&store).await;
+        }
+    }
+
+    async fn own_child_changes_and_contact_deletes_are_known_by_target_on(store: &Store) {
+        let (a, b): (Hash, Hash) = ([4; 32], [5; 32]);
+        for (key, hash) in [("u1", a), ("u2", b)] {
+            begin(store, &write(key, "task_update", None)).await.unwrap();
+            finish(store, key, Some("t1")).await.unwrap();
+            record_settled(store, "c", &[key.to_owned()], &hash).await.unwrap();
+        }
+        begin(store, &write("d1", "task_delete", None)).await.unwrap();
+        finish(store, "d1", Some("t2")).await.unwrap();
+        begin(store, &write("d2", "contact_delete", None)).await.unwrap();
+        finish(store, "d2", Some("c9")).await.unwrap();
+        let mut tx = store.begin_write("test").await.unwrap();
+        // An update: only the content our latest update left is ours.
+        assert!(is_own_child_change(tx.conn(), "l", "task", "t1", Some(&b)).await.unwrap());
+        assert!(!is_own_child_change(tx.conn(), "l", "task", "t1", Some(&a)).await.unwrap());
+        assert!(!is_own_child_change(tx.conn(), "l", "note", "t1", Some(&b)).await.unwrap());
+        // A delete: ours when our write deleted that child.
+        assert!(is_own_child_change(tx.conn(), "l", "task", "t2", None).await.unwrap());
+        assert!(!is_own_child_change(tx.conn(), "l", "task", "t1", None).await.unwrap());
+        assert!(is_own_contact_delete(tx.conn(), "l", "c9").await.unwrap());
+        assert!(!is_own_contact_delete(tx.conn(), "l", "c").await.unwrap());
+        tx.rollback().await.unwrap();
+        assert!(exists(store, "d1").await.unwrap());
+        assert!(!exists(store, "nope").await.unwrap());
     }
 }
