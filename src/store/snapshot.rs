@@ -169,7 +169,7 @@ async fn stage_version<'a>(
                 at_ms: now,
                 ..RuleEvent::default()
             };
-            rules::enqueue_events_on(&mut *conn, std::slice::from_ref(&trigger)).await?;
+            rules::enqueue_events_on(super::db::Db::Sqlite(&mut *conn), std::slice::from_ref(&trigger)).await?;
             if commit.dry_run {
                 done.trigger_events.push(trigger);
             }
