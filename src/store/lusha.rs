@@ -339,7 +339,8 @@ pub struct StoredLead {
 
 /// Every `enriched` lead of `location`, oldest first.
 pub async fn enriched_leads(store: &Store, location: &str) -> Result<Vec<StoredLead>, StoreError> {
-    let rows: Vec<(String, String, Option<Vec<u8>>, i64, i64)> = on_db!(store.db(), |pool| sqlx::query_as(
+    type LeadRow = (String, String, Option<Vec<u8>>, i64, i64);
+    let rows: Vec<LeadRow> = on_db!(store.db(), |pool| sqlx::query_as(
         "SELECT lead_id, search, result, credits, updated_at FROM lusha_leads \
          WHERE location_id = $1 AND status = 'enriched' ORDER BY first_seen, lead_id",
     )
