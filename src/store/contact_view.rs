@@ -215,16 +215,15 @@ async fn dead_letters(conn: Conn<'_>, id: &str) -> Result<Vec<DeadLetter>, Store
 type AnswerTuple = (String, String, Option<String>, String, i64, i64, Option<i64>, Option<Vec<u8>>);
 
 async fn lusha_answers(conn: Conn<'_>, id: &str) -> Result<Vec<LushaAnswer>, StoreError> {
-    let rows: Vec<AnswerTuple> =
-        on_db!(conn, |c| {
-            sqlx::query_as(
+    let rows: Vec<AnswerTuple> = on_db!(conn, |c| {
+        sqlx::query_as(
         "SELECT location_id, outcome, lusha_id, reveal_set, credits, enriched_at, written_at, result FROM lusha_cache \
          WHERE contact_id = $1 ORDER BY enriched_at DESC",
     )
     .bind(id)
     .fetch_all(c)
     .await
-        })?;
+    })?;
     Ok(rows
         .into_iter()
         .map(|(location_id, outcome, lusha_id, reveal_set, credits, enriched_at, written_at, result)| LushaAnswer {

@@ -10,17 +10,18 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
+use super::db::on_db;
 use super::{Store, StoreError, codec};
 
 /// The stored contact an identity token names, in whichever location holds it (GHL contact
 /// ids are unique across locations). `None`: unknown or deleted.
 pub async fn find_contact(store: &Store, contact_id: &str) -> Result<Option<(String, Value)>, StoreError> {
-    let row: Option<(String, Vec<u8>)> = sqlx::query_as(
-        "SELECT location_id, record FROM contacts WHERE contact_id = ? ORDER BY updated_at DESC LIMIT 1",
+    let row: Option<(String, Vec<u8>)> = on_db!(store.db(), |pool| sqlx::query_as(
+        "SELECT location_id, record FROM contacts WHERE contact_id = $1 ORDER BY updated_at DESC LIMIT 1",
     )
     .bind(contact_id)
-    .fetch_optional(store.read_pool())
-    .await?;
+    .fetch_optional(pool)
+    .await)?;
     match row {
         Some((location, blob)) => Ok(Some((location, codec::unpack(&blob)?))),
         None => Ok(None),
@@ -29,10 +30,12 @@ pub async fn find_contact(store: &Store, contact_id: &str) -> Result<Option<(Str
 
 /// Expiry (Unix seconds) of the last token minted for each contact of a location.
 pub async fn token_expiries(store: &Store, location: &str) -> Result<HashMap<String, i64>, StoreError> {
-    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT contact_id, expires_at FROM lo_tokens WHERE location_id = ?")
-        .bind(location)
-        .fetch_all(store.read_pool())
-        .await?;
+    let rows: Vec<(String, i64)> = on_db!(store.db(), |pool| sqlx::query_as(
+        "SELECT contact_id, expires_at FROM lo_tokens WHERE location_id = $1"
+    )
+    .bind(location)
+    .fetch_all(pool)
+    .await)?;
     Ok(rows.into_iter().collect())
 }
 
@@ -45,8 +48,8 @@ pub async fn record_minted(
     expires_at: i64,
 ) -> Result<(), StoreError> {
     let mut tx = store.begin_write("lo_token").await?;
-    sqlx::query(
-        "INSERT INTO lo_tokens (location_id, contact_id, kid, expires_at, minted_at) VALUES (?, ?, ?, ?, ?) \
+    on_db!(tx.conn(), |c| sqlx::query(
+        "INSERT INTO lo_tokens (location_id, contact_id, kid, expires_at, minted_at) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (location_id, contact_id) DO UPDATE SET kid = excluded.kid, expires_at = excluded.expires_at, \
          minted_at = excluded.minted_at",
     )
@@ -55,8 +58,9 @@ pub async fn record_minted(
     .bind(kid)
     .bind(expires_at)
     .bind(super::now_ms())
-    .execute(&mut *tx)
-    .await?;
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected()))?;
     tx.commit().await
 }
 
@@ -159,9 +163,10 @@ const EVENT_COLUMNS: &str =
 /// Stores one report of the site; returns its id.
 pub async fn record_event(store: &Store, event: &NewEvent<'_>) -> Result<i64, StoreError> {
     let mut tx = store.begin_write("lo_event").await?;
-    let id: i64 = sqlx::query_scalar(
+    let id: i64 = on_db!(tx.conn(), |c| {
+        sqlx::query_scalar(
         "INSERT INTO lo_events (location_id, contact_id, kind, name, page, session_id, visits, occurred_at, status, outcome) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
     )
     .bind(event.location_id)
     .bind(event.contact_id)
@@ -173,19 +178,18 @@ pub async fn record_event(store: &Store, event: &NewEvent<'_>) -> Result<i64, St
     .bind(event.occurred_at)
     .bind(if event.pending { "pending" } else { "done" })
     .bind(event.outcome)
-    .fetch_one(&mut *tx)
-    .await?;
+    .fetch_one(c)
+    .await
+    })?;
     tx.commit().await?;
     Ok(id)
 }
 
 /// Pending rows (visits and journey events to apply to GHL), oldest first.
 pub async fn pending_events(store: &Store, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+    let sql = format!("SELECT {EVENT_COLUMNS} FROM lo_events WHERE status = 'pending' ORDER BY id LIMIT $1");
     let rows: Vec<EventRow> =
-        sqlx::query_as(&format!("SELECT {EVENT_COLUMNS} FROM lo_events WHERE status = 'pending' ORDER BY id LIMIT ?"))
-            .bind(limit)
-            .fetch_all(store.read_pool())
-            .await?;
+        on_db!(store.db(), |pool| sqlx::query_as(&sql).bind(i64::from(limit)).fetch_all(pool).await)?;
     Ok(rows.into_iter().map(event_of).collect())
 }
 
@@ -196,7 +200,7 @@ pub async fn purge_events(store: &Store, cutoff_ms: i64) -> Result<u64, StoreErr
         store,
         "lo_events_purge",
         "DELETE FROM lo_events WHERE id IN \
-         (SELECT id FROM lo_events WHERE occurred_at < ? AND status != 'pending' LIMIT ?)",
+         (SELECT id FROM lo_events WHERE occurred_at < $1 AND status != 'pending' LIMIT $2)",
         cutoff_ms,
     )
     .await
@@ -205,44 +209,45 @@ pub async fn purge_events(store: &Store, cutoff_ms: i64) -> Result<u64, StoreErr
 /// Marks a row applied (`done`) or deliberately not (`skipped`), with what was done.
 pub async fn finish_event(store: &Store, id: i64, status: &str, outcome: Option<&str>) -> Result<(), StoreError> {
     let mut tx = store.begin_write("lo_event_done").await?;
-    sqlx::query("UPDATE lo_events SET status = ?, outcome = ? WHERE id = ?")
+    on_db!(tx.conn(), |c| sqlx::query("UPDATE lo_events SET status = $1, outcome = $2 WHERE id = $3")
         .bind(status)
         .bind(outcome)
         .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        .execute(c)
+        .await
+        .map(|done| done.rows_affected()))?;
     tx.commit().await
 }
 
 /// When a visit of this contact was last written to GHL (epoch ms), for the per-contact throttle.
 pub async fn last_visit_write(store: &Store, contact_id: &str) -> Result<Option<i64>, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT MAX(occurred_at) FROM lo_events WHERE contact_id = ? AND kind = 'visit' AND status = 'done' \
+    Ok(on_db!(store.db(), |pool| sqlx::query_scalar(
+        "SELECT MAX(occurred_at) FROM lo_events WHERE contact_id = $1 AND kind = 'visit' AND status = 'done' \
          AND outcome = 'fields'",
     )
     .bind(contact_id)
-    .fetch_one(store.read_pool())
-    .await?)
+    .fetch_one(pool)
+    .await)?)
 }
 
 /// Everything recorded for one contact, newest first (the contact view).
 pub async fn contact_events(store: &Store, contact_id: &str, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
-    let rows: Vec<EventRow> = sqlx::query_as(&format!(
-        "SELECT {EVENT_COLUMNS} FROM lo_events WHERE contact_id = ? ORDER BY occurred_at DESC, id DESC LIMIT ?"
-    ))
-    .bind(contact_id)
-    .bind(limit)
-    .fetch_all(store.read_pool())
-    .await?;
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM lo_events WHERE contact_id = $1 ORDER BY occurred_at DESC, id DESC LIMIT $2"
+    );
+    let rows: Vec<EventRow> =
+        on_db!(store.db(), |pool| sqlx::query_as(&sql).bind(contact_id).bind(i64::from(limit)).fetch_all(pool).await)?;
     Ok(rows.into_iter().map(event_of).collect())
 }
 
 /// The token bookkeeping of one contact: `(kid, expires_at, minted_at)`.
 pub async fn contact_token(store: &Store, contact_id: &str) -> Result<Option<(String, i64, i64)>, StoreError> {
-    Ok(sqlx::query_as("SELECT kid, expires_at, minted_at FROM lo_tokens WHERE contact_id = ? ORDER BY minted_at DESC")
-        .bind(contact_id)
-        .fetch_optional(store.read_pool())
-        .await?)
+    Ok(on_db!(store.db(), |pool| sqlx::query_as(
+        "SELECT kid, expires_at, minted_at FROM lo_tokens WHERE contact_id = $1 ORDER BY minted_at DESC LIMIT 1"
+    )
+    .bind(contact_id)
+    .fetch_optional(pool)
+    .await)?)
 }
 
 /// Figures since `since_ms` across the systems (the insights page, `status --json`,
@@ -272,55 +277,58 @@ pub struct Figures {
 
 /// Counts since `since_ms`; `now_secs` decides which tokens are live.
 pub async fn figures(store: &Store, since_ms: i64, now_secs: i64) -> Result<Figures, StoreError> {
-    let pool = store.read_pool();
-    let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql).bind(since_ms);
-    let identified =
-        count("SELECT COUNT(DISTINCT contact_id) FROM lo_events WHERE kind = 'identify' AND occurred_at >= ?")
-            .fetch_one(pool)
-            .await?;
-    let visits =
-        count("SELECT COUNT(*) FROM lo_events WHERE kind = 'visit' AND occurred_at >= ?").fetch_one(pool).await?;
-    let with_replays =
-        count("SELECT COUNT(DISTINCT contact_id) FROM lo_events WHERE kind = 'replay' AND occurred_at >= ?")
-            .fetch_one(pool)
-            .await?;
-    let tasks_created = count(
-        "SELECT COUNT(*) FROM lo_events WHERE kind = 'event' AND status = 'done' AND outcome LIKE '%task%' \
-         AND occurred_at >= ?",
-    )
-    .fetch_one(pool)
-    .await?;
-    let events: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT name, COUNT(*) FROM lo_events WHERE kind = 'event' AND name IS NOT NULL AND occurred_at >= ? \
-         GROUP BY name ORDER BY COUNT(*) DESC, name",
-    )
-    .bind(since_ms)
-    .fetch_all(pool)
-    .await?;
-    let tokens_live: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM lo_tokens WHERE expires_at > ?")
-        .bind(now_secs)
+    Ok(on_db!(store.db(), |pool| {
+        let count = |sql: &'static str| sqlx::query_scalar::<_, i64>(sql).bind(since_ms);
+        let identified =
+            count("SELECT COUNT(DISTINCT contact_id) FROM lo_events WHERE kind = 'identify' AND occurred_at >= $1")
+                .fetch_one(pool)
+                .await?;
+        let visits =
+            count("SELECT COUNT(*) FROM lo_events WHERE kind = 'visit' AND occurred_at >= $1").fetch_one(pool).await?;
+        let with_replays =
+            count("SELECT COUNT(DISTINCT contact_id) FROM lo_events WHERE kind = 'replay' AND occurred_at >= $1")
+                .fetch_one(pool)
+                .await?;
+        let tasks_created = count(
+            "SELECT COUNT(*) FROM lo_events WHERE kind = 'event' AND status = 'done' AND outcome LIKE '%task%' \
+             AND occurred_at >= $1",
+        )
         .fetch_one(pool)
         .await?;
-    let contacts_synced: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts").fetch_one(pool).await?;
-    let contacts_new = count("SELECT COUNT(*) FROM contacts WHERE first_seen_at >= ?").fetch_one(pool).await?;
-    let lusha_enriched =
-        count("SELECT COUNT(DISTINCT contact_id) FROM lusha_cache WHERE found = 1 AND enriched_at >= ?")
+        let events: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT name, COUNT(*) FROM lo_events WHERE kind = 'event' AND name IS NOT NULL AND occurred_at >= $1 \
+             GROUP BY name ORDER BY COUNT(*) DESC, name",
+        )
+        .bind(since_ms)
+        .fetch_all(pool)
+        .await?;
+        let tokens_live: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM lo_tokens WHERE expires_at > $1")
+            .bind(now_secs)
             .fetch_one(pool)
             .await?;
-    let lusha_credits =
-        count("SELECT COALESCE(SUM(credits), 0) FROM lusha_cache WHERE enriched_at >= ?").fetch_one(pool).await?;
-    Ok(Figures {
-        contacts_synced,
-        contacts_new,
-        lusha_enriched,
-        lusha_credits,
-        tokens_live,
-        identified,
-        visits,
-        with_replays,
-        events,
-        tasks_created,
-    })
+        let contacts_synced: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts").fetch_one(pool).await?;
+        let contacts_new = count("SELECT COUNT(*) FROM contacts WHERE first_seen_at >= $1").fetch_one(pool).await?;
+        let lusha_enriched =
+            count("SELECT COUNT(DISTINCT contact_id) FROM lusha_cache WHERE found = 1 AND enriched_at >= $1")
+                .fetch_one(pool)
+                .await?;
+        let lusha_credits =
+            count("SELECT CAST(COALESCE(SUM(credits), 0) AS BIGINT) FROM lusha_cache WHERE enriched_at >= $1")
+                .fetch_one(pool)
+                .await?;
+        Figures {
+            contacts_synced,
+            contacts_new,
+            lusha_enriched,
+            lusha_credits,
+            tokens_live,
+            identified,
+            visits,
+            with_replays,
+            events,
+            tasks_created,
+        }
+    }))
 }
 
 /// Identifications per UTC day for the last `days` days, oldest first (the insights chart).
@@ -328,13 +336,13 @@ pub async fn identified_per_day(store: &Store, now_ms: i64, days: i64) -> Result
     const DAY: i64 = 86_400_000;
     let today = now_ms.div_euclid(DAY);
     let first = today - days + 1;
-    let rows: Vec<(i64, i64)> = sqlx::query_as(
+    let rows: Vec<(i64, i64)> = on_db!(store.db(), |pool| sqlx::query_as(
         "SELECT occurred_at / 86400000 AS day, COUNT(DISTINCT contact_id) FROM lo_events \
-         WHERE kind = 'identify' AND occurred_at >= ? GROUP BY day",
+         WHERE kind = 'identify' AND occurred_at >= $1 GROUP BY day",
     )
     .bind(first * DAY)
-    .fetch_all(store.read_pool())
-    .await?;
+    .fetch_all(pool)
+    .await)?;
     let mut per_day = vec![0; usize::try_from(days.max(0)).unwrap_or(0)];
     for (day, n) in rows {
         if let Some(slot) = usize::try_from(day - first).ok().and_then(|i| per_day.get_mut(i)) {
@@ -342,4 +350,92 @@ pub async fn identified_per_day(store: &Store, now_ms: i64, days: i64) -> Result
         }
     }
     Ok(per_day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400_000;
+
+    fn event(kind: EventKind, contact_id: &str, occurred_at: i64, pending: bool) -> NewEvent<'_> {
+        NewEvent {
+            location_id: "loc",
+            contact_id,
+            kind,
+            name: (kind == EventKind::Event).then_some("signup"),
+            page: Some("/pricing"),
+            session_id: None,
+            visits: (kind == EventKind::Visit).then_some(3),
+            occurred_at,
+            pending,
+            outcome: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_events_and_figures_round_trip() {
+        for (_guard, store) in crate::store::testing::stores().await {
+            tokens_events_and_figures(&store).await;
+        }
+    }
+
+    async fn tokens_events_and_figures(store: &Store) {
+        let store = store.clone();
+        let now = 10 * DAY + 5;
+        assert_eq!(find_contact(&store, "c1").await.unwrap(), None);
+        record_minted(&store, "loc", "c1", "k1", 100).await.unwrap();
+        record_minted(&store, "loc", "c1", "k2", 200).await.unwrap();
+        record_minted(&store, "loc", "c2", "k2", 50).await.unwrap();
+        assert_eq!(
+            token_expiries(&store, "loc").await.unwrap(),
+            HashMap::from([("c1".into(), 200), ("c2".into(), 50)])
+        );
+        let (kid, expires_at, _minted) = contact_token(&store, "c1").await.unwrap().unwrap();
+        assert_eq!((kid.as_str(), expires_at), ("k2", 200));
+        assert_eq!(contact_token(&store, "c3").await.unwrap(), None);
+
+        let identify = record_event(&store, &event(EventKind::Identify, "c1", now - DAY, false)).await.unwrap();
+        let visit = record_event(&store, &event(EventKind::Visit, "c1", now - 10, true)).await.unwrap();
+        let journey = record_event(&store, &event(EventKind::Event, "c2", now - 5, true)).await.unwrap();
+        record_event(&store, &event(EventKind::Identify, "c2", now, false)).await.unwrap();
+        assert!(identify < visit && visit < journey);
+        let pending = pending_events(&store, 10).await.unwrap();
+        assert_eq!(pending.iter().map(|e| e.id).collect::<Vec<_>>(), [visit, journey]);
+        assert_eq!(
+            (pending[0].kind, pending[0].visits, pending[0].page.as_deref()),
+            (EventKind::Visit, Some(3), Some("/pricing"))
+        );
+        assert_eq!(pending_events(&store, 1).await.unwrap().len(), 1);
+
+        assert_eq!(last_visit_write(&store, "c1").await.unwrap(), None);
+        finish_event(&store, visit, "done", Some("fields")).await.unwrap();
+        finish_event(&store, journey, "done", Some("task created")).await.unwrap();
+        assert_eq!(last_visit_write(&store, "c1").await.unwrap(), Some(now - 10));
+        assert!(pending_events(&store, 10).await.unwrap().is_empty());
+        let history = contact_events(&store, "c1", 10).await.unwrap();
+        assert_eq!(history.iter().map(|e| e.id).collect::<Vec<_>>(), [visit, identify]);
+        assert_eq!((history[0].status.as_str(), history[0].outcome.as_deref()), ("done", Some("fields")));
+
+        let figures = figures(&store, now - DAY, 100).await.unwrap();
+        assert_eq!(
+            figures,
+            Figures {
+                tokens_live: 1,
+                identified: 2,
+                visits: 1,
+                events: vec![("signup".into(), 1)],
+                tasks_created: 1,
+                ..Figures::default()
+            }
+        );
+        assert_eq!(identified_per_day(&store, now, 3).await.unwrap(), [0, 1, 1]);
+
+        // Set-aside and applied reports older than the cutoff go; pending ones stay.
+        record_event(&store, &event(EventKind::Visit, "c3", 1, true)).await.unwrap();
+        assert_eq!(purge_events(&store, now - 7).await.unwrap(), 2);
+        assert!(contact_events(&store, "c1", 10).await.unwrap().is_empty());
+        assert_eq!(contact_events(&store, "c2", 10).await.unwrap().len(), 2);
+        assert_eq!(pending_events(&store, 10).await.unwrap().len(), 1);
+    }
 }

@@ -13,8 +13,8 @@
 use std::collections::HashSet;
 
 use serde_json::Value;
-use sqlx::{Row, SqliteConnection};
 
+use super::db::{self, Conn, on_db};
 use super::{Store, StoreError, codec, hints, now_ms};
 
 /// What Lusha answered for one contact (`lusha_cache.outcome`).
@@ -76,25 +76,24 @@ impl Cached {
 
 /// The cached answer for `key`, if any.
 pub async fn cached(store: &Store, key: &CacheKey<'_>) -> Result<Option<Cached>, StoreError> {
-    let row = sqlx::query(
+    type CacheRow = (String, Option<String>, String, Option<Vec<u8>>, i64, Option<i64>);
+    let row: Option<CacheRow> = on_db!(store.db(), |pool| sqlx::query_as(
         "SELECT identity_hash, lusha_id, outcome, result, enriched_at, written_at FROM lusha_cache \
-         WHERE contact_id = ? AND identity_hash = ? AND reveal_set = ?",
+         WHERE contact_id = $1 AND identity_hash = $2 AND reveal_set = $3",
     )
     .bind(key.contact_id)
     .bind(key.identity_hash)
     .bind(key.reveal_set)
-    .fetch_optional(store.read_pool())
-    .await?;
-    let Some(row) = row else { return Ok(None) };
-    let outcome: String = row.try_get(2)?;
-    let result: Option<Vec<u8>> = row.try_get(3)?;
+    .fetch_optional(pool)
+    .await)?;
+    let Some((identity_hash, lusha_id, outcome, result, enriched_at, written_at)) = row else { return Ok(None) };
     Ok(Some(Cached {
-        identity_hash: row.try_get(0)?,
-        lusha_id: row.try_get(1)?,
+        identity_hash,
+        lusha_id,
         outcome: ResultKind::parse(&outcome),
         result: result.and_then(|bytes| codec::unpack(&bytes).ok()),
-        enriched_at: row.try_get(4)?,
-        written_at: row.try_get(5)?,
+        enriched_at,
+        written_at,
     }))
 }
 
@@ -123,13 +122,15 @@ pub struct Spend<'a> {
 /// older one for the same key (credits add up) and is marked not yet written back.
 pub async fn record_enrichment(store: &Store, spend: Spend<'_>, results: &[NewResult<'_>]) -> Result<(), StoreError> {
     let mut tx = store.begin_write("lusha_results").await?;
-    book(&mut tx, spend).await?;
+    book(tx.conn(), spend).await?;
     for new in results {
-        sqlx::query(
+        on_db!(tx.conn(), |c| {
+            sqlx::query(
             "INSERT INTO lusha_cache (location_id, contact_id, identity_hash, reveal_set, lusha_id, found, outcome, result, \
-             credits, enriched_at, written_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL) \
-             ON CONFLICT (contact_id, identity_hash, reveal_set) DO UPDATE SET lusha_id = COALESCE(excluded.lusha_id, lusha_id), \
-             found = excluded.found, outcome = excluded.outcome, result = excluded.result, credits = credits + excluded.credits, \
+             credits, enriched_at, written_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL) \
+             ON CONFLICT (contact_id, identity_hash, reveal_set) DO UPDATE SET \
+             lusha_id = COALESCE(excluded.lusha_id, lusha_cache.lusha_id), found = excluded.found, \
+             outcome = excluded.outcome, result = excluded.result, credits = lusha_cache.credits + excluded.credits, \
              enriched_at = excluded.enriched_at, written_at = NULL",
         )
         .bind(new.location)
@@ -142,8 +143,10 @@ pub async fn record_enrichment(store: &Store, spend: Spend<'_>, results: &[NewRe
         .bind(new.result.map(codec::pack))
         .bind(new.credits)
         .bind(new.enriched_at)
-        .execute(&mut *tx)
-        .await?;
+        .execute(c)
+        .await
+        .map(|done| done.rows_affected())
+        })?;
     }
     tx.commit().await
 }
@@ -151,19 +154,20 @@ pub async fn record_enrichment(store: &Store, spend: Spend<'_>, results: &[NewRe
 /// Books a call's spend alone (a call whose answers are kept elsewhere, or none).
 pub async fn book_spend(store: &Store, spend: Spend<'_>) -> Result<(), StoreError> {
     let mut tx = store.begin_write("lusha_spend").await?;
-    book(&mut tx, spend).await?;
+    book(tx.conn(), spend).await?;
     tx.commit().await
 }
 
-async fn book(conn: &mut SqliteConnection, spend: Spend<'_>) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO lusha_credits (day, spent, calls) VALUES (?, ?, 1) \
-         ON CONFLICT (day) DO UPDATE SET spent = spent + excluded.spent, calls = calls + 1",
+async fn book(conn: Conn<'_>, spend: Spend<'_>) -> Result<(), StoreError> {
+    on_db!(conn, |c| sqlx::query(
+        "INSERT INTO lusha_credits (day, spent, calls) VALUES ($1, $2, 1) \
+         ON CONFLICT (day) DO UPDATE SET spent = lusha_credits.spent + excluded.spent, calls = lusha_credits.calls + 1",
     )
     .bind(spend.day)
     .bind(spend.credits)
-    .execute(&mut *conn)
-    .await?;
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected()))?;
     Ok(())
 }
 
@@ -176,10 +180,11 @@ pub struct DaySpend {
 
 /// What was booked for `day` (`YYYY-MM-DD`, UTC).
 pub async fn spent_on(store: &Store, day: &str) -> Result<DaySpend, StoreError> {
-    let row: Option<(i64, i64)> = sqlx::query_as("SELECT spent, calls FROM lusha_credits WHERE day = ?")
-        .bind(day)
-        .fetch_optional(store.read_pool())
-        .await?;
+    let row: Option<(i64, i64)> =
+        on_db!(store.db(), |pool| sqlx::query_as("SELECT spent, calls FROM lusha_credits WHERE day = $1")
+            .bind(day)
+            .fetch_optional(pool)
+            .await)?;
     Ok(row.map(|(spent, calls)| DaySpend { spent, calls }).unwrap_or_default())
 }
 
@@ -193,26 +198,33 @@ pub async fn mark_written(
     also_under: Option<&str>,
 ) -> Result<(), StoreError> {
     let mut tx = store.begin_write("lusha_written").await?;
-    sqlx::query("UPDATE lusha_cache SET written_at = ? WHERE contact_id = ? AND identity_hash = ? AND reveal_set = ?")
-        .bind(written_at)
-        .bind(key.contact_id)
-        .bind(key.identity_hash)
-        .bind(key.reveal_set)
-        .execute(&mut *tx)
-        .await?;
+    on_db!(tx.conn(), |c| sqlx::query(
+        "UPDATE lusha_cache SET written_at = $1 WHERE contact_id = $2 AND identity_hash = $3 AND reveal_set = $4"
+    )
+    .bind(written_at)
+    .bind(key.contact_id)
+    .bind(key.identity_hash)
+    .bind(key.reveal_set)
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected()))?;
     if let Some(identity_hash) = also_under.filter(|h| *h != key.identity_hash) {
-        sqlx::query(
+        on_db!(tx.conn(), |c| {
+            sqlx::query(
             "INSERT INTO lusha_cache (location_id, contact_id, identity_hash, reveal_set, lusha_id, found, outcome, result, \
              credits, enriched_at, written_at) \
-             SELECT location_id, contact_id, ?, reveal_set, lusha_id, found, outcome, result, 0, enriched_at, written_at \
-             FROM lusha_cache WHERE contact_id = ? AND identity_hash = ? AND reveal_set = ? ON CONFLICT DO NOTHING",
+             SELECT location_id, contact_id, CAST($1 AS TEXT), reveal_set, lusha_id, found, outcome, result, 0, \
+             enriched_at, written_at \
+             FROM lusha_cache WHERE contact_id = $2 AND identity_hash = $3 AND reveal_set = $4 ON CONFLICT DO NOTHING",
         )
         .bind(identity_hash)
         .bind(key.contact_id)
         .bind(key.identity_hash)
         .bind(key.reveal_set)
-        .execute(&mut *tx)
-        .await?;
+        .execute(c)
+        .await
+        .map(|done| done.rows_affected())
+        })?;
     }
     tx.commit().await
 }
@@ -221,10 +233,11 @@ pub async fn mark_written(
 /// change refreshes it by Lusha id.
 pub async fn expire_found(store: &Store, contact_id: &str) -> Result<(), StoreError> {
     let mut tx = store.begin_write("lusha_expire").await?;
-    sqlx::query("UPDATE lusha_cache SET enriched_at = 0 WHERE contact_id = ? AND found = 1")
+    on_db!(tx.conn(), |c| sqlx::query("UPDATE lusha_cache SET enriched_at = 0 WHERE contact_id = $1 AND found = 1")
         .bind(contact_id)
-        .execute(&mut *tx)
-        .await?;
+        .execute(c)
+        .await
+        .map(|done| done.rows_affected()))?;
     tx.commit().await
 }
 
@@ -237,13 +250,15 @@ pub async fn contacts_enriched_as(store: &Store, lusha_ids: &[&str]) -> Result<V
     let sql = format!(
         "SELECT DISTINCT location_id, contact_id FROM lusha_cache WHERE found = 1 AND lusha_id IN ({}) \
          ORDER BY location_id, contact_id",
-        vec!["?"; ids.len()].join(",")
+        db::params(0, ids.len())
     );
-    let mut query = sqlx::query_as::<_, (String, String)>(&sql);
-    for id in ids {
-        query = query.bind(id);
-    }
-    Ok(query.fetch_all(store.read_pool()).await?)
+    Ok(on_db!(store.db(), |pool| {
+        let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+        for id in &ids {
+            query = query.bind(*id);
+        }
+        query.fetch_all(pool).await
+    })?)
 }
 
 // ---- prospecting leads ----
@@ -254,14 +269,16 @@ pub async fn known_leads(store: &Store, location: &str, ids: &[String]) -> Resul
     // Well under SQLite's bound-parameter limit per statement.
     for chunk in ids.chunks(500) {
         let sql = format!(
-            "SELECT lead_id FROM lusha_leads WHERE location_id = ? AND lead_id IN ({})",
-            vec!["?"; chunk.len()].join(",")
+            "SELECT lead_id FROM lusha_leads WHERE location_id = $1 AND lead_id IN ({})",
+            db::params(1, chunk.len())
         );
-        let mut query = sqlx::query_scalar::<_, String>(&sql).bind(location);
-        for id in chunk {
-            query = query.bind(id);
-        }
-        known.extend(query.fetch_all(store.read_pool()).await?);
+        known.extend(on_db!(store.db(), |pool| {
+            let mut query = sqlx::query_scalar::<_, String>(&sql).bind(location);
+            for id in chunk {
+                query = query.bind(id);
+            }
+            query.fetch_all(pool).await
+        })?);
     }
     Ok(known)
 }
@@ -287,12 +304,12 @@ pub async fn record_leads(
 ) -> Result<(), StoreError> {
     let now = now_ms();
     let mut tx = store.begin_write("lusha_leads").await?;
-    book(&mut tx, spend).await?;
+    book(tx.conn(), spend).await?;
     for lead in leads {
         let status = if lead.result.is_some() { "enriched" } else { "not_found" };
-        sqlx::query(
+        on_db!(tx.conn(), |c| sqlx::query(
             "INSERT INTO lusha_leads (location_id, lead_id, search, status, result, credits, first_seen, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (location_id, lead_id) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (location_id, lead_id) DO NOTHING",
         )
         .bind(location)
         .bind(lead.lead_id)
@@ -302,8 +319,9 @@ pub async fn record_leads(
         .bind(lead.credits)
         .bind(now)
         .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        .execute(c)
+        .await
+        .map(|done| done.rows_affected()))?;
     }
     tx.commit().await
 }
@@ -321,25 +339,24 @@ pub struct StoredLead {
 
 /// Every `enriched` lead of `location`, oldest first.
 pub async fn enriched_leads(store: &Store, location: &str) -> Result<Vec<StoredLead>, StoreError> {
-    let rows = sqlx::query(
+    type LeadRow = (String, String, Option<Vec<u8>>, i64, i64);
+    let rows: Vec<LeadRow> = on_db!(store.db(), |pool| sqlx::query_as(
         "SELECT lead_id, search, result, credits, updated_at FROM lusha_leads \
-         WHERE location_id = ? AND status = 'enriched' ORDER BY first_seen, lead_id",
+         WHERE location_id = $1 AND status = 'enriched' ORDER BY first_seen, lead_id",
     )
     .bind(location)
-    .fetch_all(store.read_pool())
-    .await?;
-    rows.into_iter()
-        .map(|row| {
-            let packed: Option<Vec<u8>> = row.try_get(2)?;
-            Ok(StoredLead {
-                lead_id: row.try_get(0)?,
-                search: row.try_get(1)?,
-                result: packed.and_then(|bytes| codec::unpack(&bytes).ok()),
-                credits: row.try_get(3)?,
-                enriched_at: row.try_get(4)?,
-            })
+    .fetch_all(pool)
+    .await)?;
+    Ok(rows
+        .into_iter()
+        .map(|(lead_id, search, packed, credits, enriched_at)| StoredLead {
+            lead_id,
+            search,
+            result: packed.and_then(|bytes| codec::unpack(&bytes).ok()),
+            credits,
+            enriched_at,
         })
-        .collect()
+        .collect())
 }
 
 /// Where a lead ended up.
@@ -358,14 +375,18 @@ pub async fn set_lead_aside(store: &Store, location: &str, lead_id: &str, end: L
         LeadEnd::Failed(reason) => ("failed", reason),
     };
     let mut tx = store.begin_write("lusha_lead").await?;
-    sqlx::query("UPDATE lusha_leads SET status = ?, action = NULL, error = ?, updated_at = ? WHERE location_id = ? AND lead_id = ?")
-        .bind(status)
-        .bind(reason)
-        .bind(now_ms())
-        .bind(location)
-        .bind(lead_id)
-        .execute(&mut *tx)
-        .await?;
+    on_db!(tx.conn(), |c| sqlx::query(
+        "UPDATE lusha_leads SET status = $1, action = NULL, error = $2, updated_at = $3 \
+         WHERE location_id = $4 AND lead_id = $5"
+    )
+    .bind(status)
+    .bind(reason)
+    .bind(now_ms())
+    .bind(location)
+    .bind(lead_id)
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected()))?;
     tx.commit().await
 }
 
@@ -391,9 +412,10 @@ pub async fn lead_imported(store: &Store, import: &LeadImport<'_>) -> Result<(),
     let now = now_ms();
     let mut tx = store.begin_write("lusha_lead").await?;
     if let Some(key) = &import.identity {
-        sqlx::query(
+        on_db!(tx.conn(), |c| {
+            sqlx::query(
             "INSERT INTO lusha_cache (location_id, contact_id, identity_hash, reveal_set, lusha_id, found, outcome, result, \
-             credits, enriched_at, written_at) VALUES (?, ?, ?, ?, ?, 1, 'found', ?, ?, ?, ?) \
+             credits, enriched_at, written_at) VALUES ($1, $2, $3, $4, $5, 1, 'found', $6, $7, $8, $9) \
              ON CONFLICT (contact_id, identity_hash, reveal_set) DO UPDATE SET lusha_id = excluded.lusha_id, found = 1, \
              outcome = 'found', result = excluded.result, enriched_at = excluded.enriched_at, written_at = excluded.written_at",
         )
@@ -406,20 +428,23 @@ pub async fn lead_imported(store: &Store, import: &LeadImport<'_>) -> Result<(),
         .bind(import.credits)
         .bind(import.enriched_at)
         .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        .execute(c)
+        .await
+        .map(|done| done.rows_affected())
+        })?;
     }
-    sqlx::query(
-        "UPDATE lusha_leads SET status = 'imported', contact_id = ?, action = ?, error = NULL, updated_at = ? \
-         WHERE location_id = ? AND lead_id = ?",
+    on_db!(tx.conn(), |c| sqlx::query(
+        "UPDATE lusha_leads SET status = 'imported', contact_id = $1, action = $2, error = NULL, updated_at = $3 \
+         WHERE location_id = $4 AND lead_id = $5",
     )
     .bind(import.contact_id)
     .bind(import.action)
     .bind(now)
     .bind(import.location)
     .bind(import.lead_id)
-    .execute(&mut *tx)
-    .await?;
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected()))?;
     tx.commit().await
 }
 
@@ -460,9 +485,10 @@ pub async fn record_signal(store: &Store, signal: &NewSignal) -> Result<Recorded
         tx.rollback().await?;
         return Ok(Recorded::Duplicate);
     }
-    sqlx::query(
+    on_db!(tx.conn(), |c| {
+        sqlx::query(
         "INSERT INTO lusha_signals (id, signal_type, entity_type, entity_id, subscription_id, data, \
-         credits_charged, sent_at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+         credits_charged, sent_at, received_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
     )
     .bind(&signal.id)
     .bind(&signal.signal_type)
@@ -473,8 +499,10 @@ pub async fn record_signal(store: &Store, signal: &NewSignal) -> Result<Recorded
     .bind(signal.credits_charged)
     .bind(&signal.sent_at)
     .bind(now)
-    .execute(&mut *tx)
-    .await?;
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected())
+    })?;
     tx.commit().await?;
     Ok(Recorded::Stored)
 }
@@ -492,35 +520,34 @@ pub struct PendingSignal {
 
 /// Up to `limit` unprocessed signals, oldest first.
 pub async fn pending_signals(store: &Store, limit: u32) -> Result<Vec<PendingSignal>, StoreError> {
-    let rows = sqlx::query(
+    let rows: Vec<(String, String, Option<String>, Vec<u8>)> = on_db!(store.db(), |pool| sqlx::query_as(
         "SELECT id, signal_type, entity_id, data FROM lusha_signals WHERE processed_at IS NULL \
-         ORDER BY received_at, id LIMIT ?",
+         ORDER BY received_at, id LIMIT $1",
     )
     .bind(i64::from(limit))
-    .fetch_all(store.read_pool())
-    .await?;
-    rows.into_iter()
-        .map(|row| {
-            let packed: Vec<u8> = row.try_get(3)?;
-            Ok(PendingSignal {
-                id: row.try_get(0)?,
-                signal_type: row.try_get(1)?,
-                entity_id: row.try_get(2)?,
-                data: codec::unpack(&packed).unwrap_or(Value::Null),
-            })
+    .fetch_all(pool)
+    .await)?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, signal_type, entity_id, packed)| PendingSignal {
+            id,
+            signal_type,
+            entity_id,
+            data: codec::unpack(&packed).unwrap_or(Value::Null),
         })
-        .collect()
+        .collect())
 }
 
 /// Marks a signal processed; `error` says why it was not applied (no personal data).
 pub async fn finish_signal(store: &Store, id: &str, error: Option<&str>) -> Result<(), StoreError> {
     let mut tx = store.begin_write("lusha_signal_done").await?;
-    sqlx::query("UPDATE lusha_signals SET processed_at = ?, error = ? WHERE id = ?")
+    on_db!(tx.conn(), |c| sqlx::query("UPDATE lusha_signals SET processed_at = $1, error = $2 WHERE id = $3")
         .bind(now_ms())
         .bind(error)
         .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        .execute(c)
+        .await
+        .map(|done| done.rows_affected()))?;
     tx.commit().await
 }
 
@@ -529,13 +556,19 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    use crate::store::temp_store as store;
+    use crate::store::testing::stores;
 
     const KEY: CacheKey<'static> = CacheKey { contact_id: "c1", identity_hash: "ih", reveal_set: "emails,phones" };
 
     #[tokio::test]
     async fn a_call_books_its_spend_and_caches_its_answers_together() {
-        let (_dir, store) = store().await;
+        for (_guard, store) in stores().await {
+            call_books_spend_and_caches_answers(&store).await;
+        }
+    }
+
+    async fn call_books_spend_and_caches_answers(store: &Store) {
+        let store = store.clone();
         let person = json!({"id": "v1.p", "firstName": "Ada"});
         let other = CacheKey { contact_id: "c2", ..KEY };
         let results = [
@@ -586,7 +619,13 @@ mod tests {
 
     #[tokio::test]
     async fn leads_are_recorded_once_then_imported_with_their_result_cached() {
-        let (_dir, store) = store().await;
+        for (_guard, store) in stores().await {
+            leads_recorded_once_then_imported(&store).await;
+        }
+    }
+
+    async fn leads_recorded_once_then_imported(store: &Store) {
+        let store = store.clone();
         let person = json!({"id": "lead-1"});
         let leads = [
             NewLead { lead_id: "lead-1", result: Some(&person), credits: 6 },
@@ -627,17 +666,25 @@ mod tests {
 
     #[tokio::test]
     async fn pending_signals_come_oldest_first_until_finished() {
-        let (_dir, store) = store().await;
+        for (_guard, store) in stores().await {
+            pending_signals_oldest_first(&store).await;
+        }
+    }
+
+    async fn pending_signals_oldest_first(store: &Store) {
+        let store = store.clone();
         let mut tx = store.begin_write("test").await.unwrap();
-        for (id, at) in [("s2", 2), ("s1", 1)] {
-            sqlx::query(
-                "INSERT INTO lusha_signals (id, signal_type, entity_id, data, received_at) VALUES (?, 'promotion', 'p', ?, ?)",
+        for (id, at) in [("s2", 2_i64), ("s1", 1)] {
+            on_db!(tx.conn(), |c| sqlx::query(
+                "INSERT INTO lusha_signals (id, signal_type, entity_id, data, received_at) \
+                 VALUES ($1, 'promotion', 'p', $2, $3)",
             )
             .bind(id)
             .bind(codec::pack(&json!({"personId": 1})))
             .bind(at)
-            .execute(&mut *tx)
+            .execute(c)
             .await
+            .map(|done| done.rows_affected()))
             .unwrap();
         }
         tx.commit().await.unwrap();
@@ -652,7 +699,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_signal_is_stored_once() {
-        let (_dir, store) = store().await;
+        for (_guard, store) in crate::store::testing::stores().await {
+            signal_stored_once(&store).await;
+        }
+    }
+
+    async fn signal_stored_once(store: &Store) {
+        let store = store.clone();
         let signal = NewSignal {
             id: "s1".into(),
             signal_type: "promotion".into(),
@@ -666,7 +719,8 @@ mod tests {
         assert_eq!(record_signal(&store, &signal).await.unwrap(), Recorded::Stored);
         assert_eq!(record_signal(&store, &signal).await.unwrap(), Recorded::Duplicate);
         let stored: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM lusha_signals").fetch_one(store.read_pool()).await.unwrap();
+            on_db!(store.db(), |pool| sqlx::query_scalar("SELECT COUNT(*) FROM lusha_signals").fetch_one(pool).await)
+                .unwrap();
         assert_eq!(stored, 1);
     }
 }

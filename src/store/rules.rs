@@ -12,8 +12,8 @@
 //!   (the sync's page commit).
 
 use sha2::{Digest, Sha256};
-use sqlx::SqliteConnection;
 
+use super::db::{Conn, Db, on_db};
 use super::outbox::{self, EnqueuePolicy, Enqueued, NewChange};
 use super::{Store, StoreError, codec, now_ms, snapshot};
 use crate::domain::{EntityKind, Operation, hex};
@@ -28,33 +28,36 @@ pub fn event_id(event_key: &str) -> String {
 /// Whether `connector` already has a row (any status) or a dead letter for (`entity`,
 /// `entity_id`) under `key`.
 async fn known(
-    conn: &mut SqliteConnection,
+    mut conn: Conn<'_>,
     connector: &str,
     entity: EntityKind,
     entity_id: &str,
     key: &str,
 ) -> Result<bool, StoreError> {
-    let in_outbox: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM outbox WHERE connector = ? AND entity = ? AND entity_id = ? AND idempotency_key = ? LIMIT 1",
+    // `CAST(1 AS BIGINT)`: a bare `1` is an INT4 on PostgreSQL, which does not decode as i64.
+    let in_outbox: Option<i64> = on_db!(conn.reborrow(), |c| sqlx::query_scalar(
+        "SELECT CAST(1 AS BIGINT) FROM outbox \
+         WHERE connector = $1 AND entity = $2 AND entity_id = $3 AND idempotency_key = $4 LIMIT 1",
     )
     .bind(connector)
     .bind(entity.as_str())
     .bind(entity_id)
     .bind(key)
-    .fetch_optional(&mut *conn)
-    .await?;
+    .fetch_optional(c)
+    .await)?;
     if in_outbox.is_some() {
         return Ok(true);
     }
-    let dead: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM dead_letters WHERE connector = ? AND entity = ? AND entity_id = ? AND idempotency_key = ? LIMIT 1",
+    let dead: Option<i64> = on_db!(conn, |c| sqlx::query_scalar(
+        "SELECT CAST(1 AS BIGINT) FROM dead_letters \
+         WHERE connector = $1 AND entity = $2 AND entity_id = $3 AND idempotency_key = $4 LIMIT 1",
     )
     .bind(connector)
     .bind(entity.as_str())
     .bind(entity_id)
     .bind(key)
-    .fetch_optional(&mut *conn)
-    .await?;
+    .fetch_optional(c)
+    .await)?;
     Ok(dead.is_some())
 }
 
@@ -66,15 +69,31 @@ struct OnceRow<'a> {
 
 /// Inserts `row` unless its key is known; `policy` applies to a pending row of the same record.
 async fn enqueue_once(
-    conn: &mut SqliteConnection,
+    mut conn: Conn<'_>,
     row: OnceRow<'_>,
     policy: EnqueuePolicy,
 ) -> Result<Option<Enqueued>, StoreError> {
     let change = row.change;
-    if known(conn, change.connector, change.entity, change.entity_id, row.key).await? {
+    if known(conn.reborrow(), change.connector, change.entity, change.entity_id, row.key).await? {
         return Ok(None);
     }
-    Ok(Some(outbox::enqueue(conn, change, policy, Some(row.key)).await?))
+    Ok(Some(enqueue(conn, change, policy, Some(row.key)).await?))
+}
+
+/// [`outbox::enqueue`] on the transaction's connection.
+///
+/// Transitional (issue 21): `outbox::enqueue` still takes a SQLite connection; once it takes
+/// a [`Conn`], call it directly (`outbox::enqueue(conn, …)`) and drop this.
+async fn enqueue(
+    conn: Conn<'_>,
+    change: NewChange<'_>,
+    policy: EnqueuePolicy,
+    key: Option<&str>,
+) -> Result<Enqueued, StoreError> {
+    match conn {
+        Db::Sqlite(c) => outbox::enqueue(c, change, policy, key).await,
+        Db::Postgres(_) => Err(StoreError::Corrupt("outbox::enqueue does not run on PostgreSQL yet (issue 21)".into())),
+    }
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -89,7 +108,7 @@ fn packed<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 
 /// [`enqueue_events`] inside the caller's write transaction (the sync writes its events in
 /// its page commit). Returns how many rows were added.
-pub async fn enqueue_events_on(conn: &mut SqliteConnection, events: &[RuleEvent]) -> Result<u64, StoreError> {
+pub async fn enqueue_events_on(mut conn: Conn<'_>, events: &[RuleEvent]) -> Result<u64, StoreError> {
     let mut added = 0;
     for event in events {
         let id = event_id(&event.key);
@@ -108,7 +127,7 @@ pub async fn enqueue_events_on(conn: &mut SqliteConnection, events: &[RuleEvent]
             changed_at: if event.at_ms > 0 { event.at_ms } else { now_ms() },
         };
         let row = OnceRow { change, key: &id };
-        if enqueue_once(conn, row, EnqueuePolicy::KeepPending).await?.is_some() {
+        if enqueue_once(conn.reborrow(), row, EnqueuePolicy::KeepPending).await?.is_some() {
             added += 1;
         }
     }
@@ -123,7 +142,7 @@ pub async fn enqueue_events(store: &Store, events: &[RuleEvent]) -> Result<u64, 
         return Ok(0);
     }
     let mut tx = store.begin_write("rule_events").await?;
-    let added = enqueue_events_on(&mut tx, events).await?;
+    let added = enqueue_events_on(tx.conn(), events).await?;
     tx.commit().await?;
     Ok(added)
 }
@@ -167,7 +186,7 @@ pub async fn enqueue_actions(store: &Store, actions: &[PlannedAction]) -> Result
         let hash = sha256(&record);
         let change = action_change(&connector, action, &record, &hash, now);
         let row = OnceRow { change, key: &action.key };
-        if enqueue_once(&mut tx, row, EnqueuePolicy::KeepPending).await?.is_some() {
+        if enqueue_once(tx.conn(), row, EnqueuePolicy::KeepPending).await?.is_some() {
             added += 1;
         }
     }
@@ -198,9 +217,10 @@ pub async fn replay_actions(
     salt: Option<&str>,
 ) -> Result<Replayed, StoreError> {
     let connector = actions_connector(rule);
-    let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
-        "SELECT record FROM outbox WHERE connector = ? AND entity = 'action' AND status = 'done' \
-         AND created_at >= ? AND (? IS NULL OR location_id = ?) AND (? IS NULL OR contact_id = ?) ORDER BY id",
+    let rows: Vec<(Vec<u8>,)> = on_db!(store.db(), |pool| sqlx::query_as(
+        "SELECT record FROM outbox WHERE connector = $1 AND entity = 'action' AND status = 'done' \
+         AND created_at >= $2 AND (CAST($3 AS TEXT) IS NULL OR location_id = $4) \
+         AND (CAST($5 AS TEXT) IS NULL OR contact_id = $6) ORDER BY id",
     )
     .bind(&connector)
     .bind(since_ms.unwrap_or(0))
@@ -208,8 +228,8 @@ pub async fn replay_actions(
     .bind(location)
     .bind(contact)
     .bind(contact)
-    .fetch_all(store.read_pool())
-    .await?;
+    .fetch_all(pool)
+    .await)?;
     let mut actions = Vec::with_capacity(rows.len());
     for (blob,) in rows {
         let Some(mut planned) = codec::unpack(&blob).ok().and_then(|v| serde_json::from_value::<PlannedAction>(v).ok())
@@ -228,7 +248,7 @@ pub async fn replay_actions(
         let record = packed(action)?;
         let hash = sha256(&record);
         let change = action_change(&connector, action, &record, &hash, now);
-        match outbox::enqueue(&mut tx, change, EnqueuePolicy::KeepPending, Some(&action.key)).await? {
+        match enqueue(tx.conn(), change, EnqueuePolicy::KeepPending, Some(&action.key)).await? {
             Enqueued::Inserted | Enqueued::Folded => done.enqueued += 1,
             Enqueued::AlreadyPending => done.already_pending += 1,
         }
@@ -300,7 +320,7 @@ pub async fn enqueue_delivery(store: &Store, connector: &str, planned: &PlannedA
         changed_at: now_ms(),
     };
     let mut tx = store.begin_write("rule_delivery").await?;
-    let done = enqueue_once(&mut tx, OnceRow { change, key: &planned.key }, EnqueuePolicy::KeepPending).await?;
+    let done = enqueue_once(tx.conn(), OnceRow { change, key: &planned.key }, EnqueuePolicy::KeepPending).await?;
     tx.commit().await?;
     Ok(match done {
         Some(Enqueued::Inserted | Enqueued::Folded) => Handed::Queued,
@@ -313,7 +333,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::store::temp_store as store;
 
     fn event(key: &str) -> RuleEvent {
         RuleEvent {
@@ -347,25 +366,42 @@ mod tests {
     }
 
     async fn rows(store: &Store) -> Vec<(String, String, String, String, String, Vec<u8>)> {
-        sqlx::query_as(
+        on_db!(store.db(), |pool| sqlx::query_as(
             "SELECT connector, entity, entity_id, idempotency_key, operation, record FROM outbox ORDER BY id",
         )
-        .fetch_all(store.read_pool())
-        .await
+        .fetch_all(pool)
+        .await)
         .unwrap()
+    }
+
+    /// The stores these tests run on. SQLite only until `outbox::enqueue` (and, for the dead
+    /// letter test, `outbox::due`/`record_outcomes`) run on PostgreSQL (issue 21): then
+    /// `crate::store::testing::stores()`.
+    async fn stores() -> Vec<(crate::store::testing::TempGuard, Store)> {
+        vec![crate::store::testing::sqlite_store().await]
     }
 
     #[tokio::test]
     async fn events_are_stored_once_per_key_with_the_whole_event() {
-        let (_dir, store) = store().await;
+        for (_guard, store) in stores().await {
+            events_stored_once_per_key(&store).await;
+        }
+    }
+
+    async fn events_stored_once_per_key(store: &Store) {
+        let store = store.clone();
         let long = "x".repeat(500);
         let events = [event("v1:contact.created"), event(&long)];
         assert_eq!(enqueue_events(&store, &events).await.unwrap(), 2);
         // Again (a replayed commit), and after delivery: nothing new.
         assert_eq!(enqueue_events(&store, &events).await.unwrap(), 0);
         let mut tx = store.begin_write("test").await.unwrap();
-        sqlx::query("UPDATE outbox SET status = 'done'").execute(&mut *tx).await.unwrap();
-        assert_eq!(enqueue_events_on(&mut tx, &events[..1]).await.unwrap(), 0);
+        on_db!(tx.conn(), |c| sqlx::query("UPDATE outbox SET status = 'done'")
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected()))
+        .unwrap();
+        assert_eq!(enqueue_events_on(tx.conn(), &events[..1]).await.unwrap(), 0);
         tx.commit().await.unwrap();
         let rows = rows(&store).await;
         assert_eq!(rows.len(), 2);
@@ -380,7 +416,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_dead_lettered_event_is_not_enqueued_again() {
-        let (_dir, store) = store().await;
+        for (_guard, store) in stores().await {
+            dead_lettered_event_not_enqueued_again(&store).await;
+        }
+    }
+
+    async fn dead_lettered_event_not_enqueued_again(store: &Store) {
+        let store = store.clone();
         enqueue_events(&store, &[event("k")]).await.unwrap();
         let row = outbox::due(&store, "rules", i64::MAX, 10, None).await.unwrap().remove(0).unwrap();
         let dead = outbox::DeliveryOutcome { row: row.version(), verdict: outbox::Verdict::Dead("no".into()) };
@@ -391,7 +433,13 @@ mod tests {
 
     #[tokio::test]
     async fn actions_go_to_their_rules_connector_once_per_key() {
-        let (_dir, store) = store().await;
+        for (_guard, store) in stores().await {
+            actions_go_to_their_rules_connector(&store).await;
+        }
+    }
+
+    async fn actions_go_to_their_rules_connector(store: &Store) {
+        let store = store.clone();
         let tag = Action::AddTags { contact_id: "c1".into(), tags: vec!["vip".into()] };
         let a = planned("vip", "k1", tag.clone());
         let b = planned("vip", "k2", tag);
@@ -409,7 +457,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_delivery_carries_the_event_record_under_the_action_key_once() {
-        let (_dir, store) = store().await;
+        for (_guard, store) in stores().await {
+            delivery_carries_the_event_record(&store).await;
+        }
+    }
+
+    async fn delivery_carries_the_event_record(store: &Store) {
+        let store = store.clone();
         let deliver = planned("done", "k1", Action::Deliver { connector: "webhook.crm".into() });
         assert_eq!(enqueue_delivery(&store, "webhook.crm", &deliver).await.unwrap(), Handed::Queued);
         assert_eq!(enqueue_delivery(&store, "webhook.crm", &deliver).await.unwrap(), Handed::Already);
@@ -428,7 +482,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_lusha_enrich_without_a_snapshot_hands_nothing() {
-        let (_dir, store) = store().await;
+        for (_guard, store) in stores().await {
+            lusha_enrich_without_snapshot(&store).await;
+        }
+    }
+
+    async fn lusha_enrich_without_snapshot(store: &Store) {
+        let store = store.clone();
         let enrich = planned("enrich", "k1", Action::LushaEnrich { contact_id: "c1".into() });
         assert_eq!(enqueue_delivery(&store, "lusha", &enrich).await.unwrap(), Handed::NoRecord);
         assert!(rows(&store).await.is_empty());

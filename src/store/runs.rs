@@ -12,9 +12,8 @@
 //! - Inside another store transaction (a page commit in the snapshot) use
 //!   [`record_progress_in`]: no extra commit per page.
 
-use sqlx::SqliteConnection;
-
 use super::daily::{self, DailyCounts};
+use super::db::{Conn, on_db};
 use super::{Store, StoreError, now_ms};
 
 /// A run's totals so far (or at its end).
@@ -53,12 +52,14 @@ fn as_i64(value: u64) -> i64 {
 /// `location`; returns its id.
 pub async fn start(store: &Store, location: &str, kind: &str) -> Result<i64, StoreError> {
     let mut tx = store.begin_write("run_start").await?;
-    let id: i64 = sqlx::query_scalar("INSERT INTO runs (location_id, kind, started_at) VALUES (?, ?, ?) RETURNING id")
-        .bind(location)
-        .bind(kind)
-        .bind(now_ms())
-        .fetch_one(&mut *tx)
-        .await?;
+    let id: i64 = on_db!(tx.conn(), |c| sqlx::query_scalar(
+        "INSERT INTO runs (location_id, kind, started_at) VALUES ($1, $2, $3) RETURNING id"
+    )
+    .bind(location)
+    .bind(kind)
+    .bind(now_ms())
+    .fetch_one(c)
+    .await)?;
     tx.commit().await?;
     Ok(id)
 }
@@ -66,18 +67,18 @@ pub async fn start(store: &Store, location: &str, kind: &str) -> Result<i64, Sto
 /// Records a running run's totals so far (after a committed page), in its own transaction.
 pub async fn record_progress(store: &Store, run_id: i64, progress: &RunProgress) -> Result<(), StoreError> {
     let mut tx = store.begin_write("run_progress").await?;
-    record_progress_in(&mut tx, run_id, progress, now_ms()).await?;
+    record_progress_in(tx.conn(), run_id, progress, now_ms()).await?;
     tx.commit().await
 }
 
 /// [`record_progress`] inside the caller's write transaction.
 pub(crate) async fn record_progress_in(
-    conn: &mut SqliteConnection,
+    mut conn: Conn<'_>,
     run_id: i64,
     progress: &RunProgress,
     now: i64,
 ) -> Result<(), StoreError> {
-    if count_growth(conn, run_id, progress, now).await?.is_none() {
+    if count_growth(conn.reborrow(), run_id, progress, now).await?.is_none() {
         return Ok(());
     }
     write_totals(conn, run_id, progress, None, now).await
@@ -94,23 +95,25 @@ pub async fn finish(
 ) -> Result<(), StoreError> {
     let now = now_ms();
     let mut tx = store.begin_write("run_finish").await?;
-    if count_growth(&mut tx, run_id, progress, now).await?.is_some() {
-        write_totals(&mut tx, run_id, progress, Some((outcome, error)), now).await?;
+    if count_growth(tx.conn(), run_id, progress, now).await?.is_some() {
+        write_totals(tx.conn(), run_id, progress, Some((outcome, error)), now).await?;
     }
     tx.commit().await
 }
 
 /// Writes a run's totals (and, when it ended, its outcome and error).
 async fn write_totals(
-    conn: &mut SqliteConnection,
+    conn: Conn<'_>,
     run_id: i64,
     progress: &RunProgress,
     ended: Option<(RunOutcome, Option<&str>)>,
     now: i64,
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE runs SET pages = ?, records_seen = ?, changes = ?, requests = ?, rate_limited = ?, progress_at = ?, \
-         finished_at = COALESCE(?, finished_at), outcome = COALESCE(?, outcome), error = COALESCE(?, error) WHERE id = ?",
+    on_db!(conn, |c| {
+        sqlx::query(
+        "UPDATE runs SET pages = $1, records_seen = $2, changes = $3, requests = $4, rate_limited = $5, progress_at = $6, \
+         finished_at = COALESCE($7, finished_at), outcome = COALESCE($8, outcome), error = COALESCE($9, error) \
+         WHERE id = $10",
     )
     .bind(as_i64(progress.pages))
     .bind(as_i64(progress.records_seen))
@@ -122,31 +125,34 @@ async fn write_totals(
     .bind(ended.map(|(outcome, _)| outcome.as_str()))
     .bind(ended.and_then(|(_, error)| error))
     .bind(run_id)
-    .execute(&mut *conn)
-    .await?;
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected())
+    })?;
     Ok(())
 }
 
 /// Adds what the run's requests and 429s grew by since its last record to the location's
 /// daily counters. Returns the run's location (None: no such run, nothing to do).
 async fn count_growth(
-    conn: &mut SqliteConnection,
+    mut conn: Conn<'_>,
     run_id: i64,
     progress: &RunProgress,
     now: i64,
 ) -> Result<Option<String>, StoreError> {
-    let row: Option<(String, i64, i64)> =
-        sqlx::query_as("SELECT location_id, requests, rate_limited FROM runs WHERE id = ?")
-            .bind(run_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let row: Option<(String, i64, i64)> = on_db!(conn.reborrow(), |c| sqlx::query_as(
+        "SELECT location_id, requests, rate_limited FROM runs WHERE id = $1"
+    )
+    .bind(run_id)
+    .fetch_optional(c)
+    .await)?;
     let Some((location, requests, rate_limited)) = row else { return Ok(None) };
     let growth = DailyCounts {
         requests: (as_i64(progress.requests) - requests).max(0),
         rate_limited: (as_i64(progress.rate_limited) - rate_limited).max(0),
         webhooks: 0,
     };
-    daily::add_in(super::db::Db::Sqlite(conn), &location, &daily::utc_day(now), growth).await?;
+    daily::add_in(conn, &location, &daily::utc_day(now), growth).await?;
     Ok(Some(location))
 }
 
@@ -156,7 +162,13 @@ mod tests {
 
     #[tokio::test]
     async fn progress_counts_each_request_once_however_often_it_is_recorded() {
-        let (_dir, store) = crate::store::temp_store().await;
+        for (_guard, store) in crate::store::testing::stores().await {
+            progress_counts_each_request_once(&store).await;
+        }
+    }
+
+    async fn progress_counts_each_request_once(store: &Store) {
+        let store = store.clone();
         let today = daily::utc_day(now_ms());
         let run = start(&store, "loc", "contacts").await.unwrap();
         let mut progress = RunProgress { pages: 1, records_seen: 100, changes: 100, requests: 3, rate_limited: 1 };
@@ -167,11 +179,11 @@ mod tests {
         progress.requests = 7;
         record_progress(&store, run, &progress).await.unwrap();
         let (pages, requests, outcome): (i64, i64, String) =
-            sqlx::query_as("SELECT pages, requests, outcome FROM runs WHERE id = ?")
+            on_db!(store.db(), |pool| sqlx::query_as("SELECT pages, requests, outcome FROM runs WHERE id = $1")
                 .bind(run)
-                .fetch_one(store.read_pool())
-                .await
-                .unwrap();
+                .fetch_one(pool)
+                .await)
+            .unwrap();
         assert_eq!((pages, requests, outcome.as_str()), (2, 7, "running"));
         progress.requests = 8;
         finish(&store, run, &progress, RunOutcome::Ok, None).await.unwrap();

@@ -171,8 +171,7 @@ async fn stage_version<'a>(
                 at_ms: now,
                 ..RuleEvent::default()
             };
-            // PORT(rules): pass `conn.reborrow()` once `rules::enqueue_events_on` takes a `Conn`.
-            rules::enqueue_events_on(sqlite_only(conn.reborrow()), std::slice::from_ref(&trigger)).await?;
+            rules::enqueue_events_on(conn.reborrow(), std::slice::from_ref(&trigger)).await?;
             if commit.dry_run {
                 done.trigger_events.push(trigger);
             }
