@@ -178,13 +178,15 @@ async fn requeue(conn: &mut SqliteConnection, stored: &Stored) -> Result<Option<
     let revision = stored.revision.unwrap_or(0);
     let changed_at = stored.changed_at.unwrap_or_else(now_ms);
     let keep = EnqueuePolicy::KeepPending;
-    if outbox::newer_delivered(conn, connector, entity, entity_id, revision, changed_at).await? {
+    if outbox::newer_delivered(super::db::Db::Sqlite(&mut *conn), connector, entity, entity_id, revision, changed_at)
+        .await?
+    {
         // Re-sending the old content would take the target back: send what is current now.
         let Some(current) = snapshot::record_version_on(conn, location_id, entity, entity_id).await? else {
             return Ok(Some(Retried::Gone));
         };
         let change = current.change(connector, Operation::Updated);
-        return Ok(Some(match outbox::enqueue(conn, change, keep, None).await? {
+        return Ok(Some(match outbox::enqueue(super::db::Db::Sqlite(&mut *conn), change, keep, None).await? {
             Enqueued::AlreadyPending => Retried::NewerPending,
             Enqueued::Inserted | Enqueued::Folded => Retried::RequeuedCurrent,
         }));
@@ -201,7 +203,7 @@ async fn requeue(conn: &mut SqliteConnection, stored: &Stored) -> Result<Option<
         revision,
         changed_at,
     };
-    Ok(Some(match outbox::enqueue(conn, change, keep, Some(key)).await? {
+    Ok(Some(match outbox::enqueue(super::db::Db::Sqlite(conn), change, keep, Some(key)).await? {
         Enqueued::AlreadyPending => Retried::NewerPending,
         Enqueued::Inserted | Enqueued::Folded => Retried::Requeued,
     }))

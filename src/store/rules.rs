@@ -74,7 +74,7 @@ async fn enqueue_once(
     if known(conn, change.connector, change.entity, change.entity_id, row.key).await? {
         return Ok(None);
     }
-    Ok(Some(outbox::enqueue(conn, change, policy, Some(row.key)).await?))
+    Ok(Some(outbox::enqueue(super::db::Db::Sqlite(conn), change, policy, Some(row.key)).await?))
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -228,7 +228,7 @@ pub async fn replay_actions(
         let record = packed(action)?;
         let hash = sha256(&record);
         let change = action_change(&connector, action, &record, &hash, now);
-        match outbox::enqueue(&mut tx, change, EnqueuePolicy::KeepPending, Some(&action.key)).await? {
+        match outbox::enqueue(tx.conn(), change, EnqueuePolicy::KeepPending, Some(&action.key)).await? {
             Enqueued::Inserted | Enqueued::Folded => done.enqueued += 1,
             Enqueued::AlreadyPending => done.already_pending += 1,
         }

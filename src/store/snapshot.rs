@@ -114,7 +114,7 @@ async fn enqueue_all(
     let mut changes = Vec::new();
     stage_version(conn, commit, version, old, &mut changes, done).await?;
     for change in changes {
-        enqueue(&mut *conn, change, EnqueuePolicy::Fold, None).await?;
+        enqueue(super::db::Db::Sqlite(&mut *conn), change, EnqueuePolicy::Fold, None).await?;
     }
     Ok(())
 }
@@ -415,7 +415,7 @@ pub async fn commit_contacts(
             let old = || stored.get(&contact.id).cloned().map(Value::Object);
             stage_version(&mut tx, commit, version, &old, &mut changes, &mut done).await?;
         }
-        outbox::enqueue_folding(&mut tx, &changes).await?;
+        outbox::enqueue_folding(tx.conn(), &changes).await?;
     }
     for record in &bad {
         dead_letter_record(&mut tx, commit.location, record.entity, &record.reason, &record.raw).await?;
