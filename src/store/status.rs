@@ -345,9 +345,8 @@ async fn read_locations(
         .fetch_optional(c)
         .await)?;
         let (requests_today, rate_limited_today, webhooks_today) = counters.unwrap_or_default();
-        let last_run: Option<RunStatus> =
-            on_db!(conn.reborrow(), |c| {
-                sqlx::query_as(
+        let last_run: Option<RunStatus> = on_db!(conn.reborrow(), |c| {
+            sqlx::query_as(
             "SELECT id, kind, outcome, started_at, finished_at, pages, records_seen, changes, requests, rate_limited, \
              progress_at, error \
              FROM runs WHERE location_id = $1 ORDER BY id DESC LIMIT 1",
@@ -355,7 +354,7 @@ async fn read_locations(
         .bind(&id)
         .fetch_optional(c)
         .await
-            })?;
+        })?;
         let last_ok_at: Option<i64> = on_db!(conn.reborrow(), |c| sqlx::query_scalar(
             "SELECT MAX(finished_at) FROM runs WHERE location_id = $1 AND kind = 'contacts' AND outcome = 'ok'",
         )
