@@ -71,7 +71,8 @@ async fn migrate(config: &Config, to: &str) -> anyhow::Result<()> {
         transfer.schema_version
     );
     println!(
-        "Note: this build does not yet run the daemon on PostgreSQL (issue 21); keep [store] on SQLite until it does."
+        "Next: set [store] url = \"{target_name}\" (the password through PGPASSWORD or ~/.pgpass) and start the daemon; \
+         keep the SQLite file until the daemon runs well on PostgreSQL."
     );
     source.close().await;
     target.close().await;

@@ -483,9 +483,8 @@ fn the_store_url_names_sqlite_or_postgres_and_a_bad_one_is_refused_naming_the_ke
     assert_eq!(found, vec!["store.url: must start with sqlite:// or postgres:// (got \"mysql\")".to_owned()]);
     let found = problems(&format!("[store]\nurl = \"sqlite:///a.db\"\npath = \"/b.db\"\n{location}"));
     assert!(found[0].starts_with("store.url: set store.url or store.path, not both"), "{found:?}");
-    // Issue 21: refused until every store operation runs on PostgreSQL, with the reason.
-    let found = problems(&format!("[store]\nurl = \"postgres://u:secret@db/ghl\"\n{location}"));
-    assert_eq!(found.len(), 1, "{found:?}");
-    assert!(found[0].contains("PostgreSQL store is not finished"), "{found:?}");
-    assert!(!found[0].contains("secret"), "{found:?}");
+    let config = load(&format!("[store]\nurl = \"postgres://u:secret@db/ghl\"\n{location}"), &[]).unwrap();
+    assert_eq!(config.settings.store.target(), StoreTarget::Postgres("postgres://u:secret@db/ghl".to_owned()));
+    let warning = config.warnings.iter().map(ToString::to_string).find(|w| w.starts_with("store.url")).unwrap();
+    assert!(warning.contains("PGPASSWORD") && !warning.contains("secret"), "{warning}");
 }

@@ -215,13 +215,6 @@ impl StoreSettings {
                              so the config file holds no secret",
                         );
                     }
-                    // Issue 21: the PostgreSQL backend exists (`Store::connect_postgres`), but not
-                    // every store operation runs on it yet.
-                    v.problem(
-                        "store.url",
-                        "the PostgreSQL store is not finished in this build (not every store operation runs on \
-                         PostgreSQL yet, issue 21); use SQLite (store.path or sqlite://PATH)",
-                    );
                 }
             }
         }

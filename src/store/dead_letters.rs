@@ -11,7 +11,7 @@
 //!   delivered since, the current version is enqueued instead (with its own key).
 //! - Every write is one short transaction opened here; reads use the read pool.
 
-use super::db::{Conn, Db, on_db};
+use super::db::{Conn, on_db};
 use super::outbox::{self, EnqueuePolicy, Enqueued, NewChange, RowVersion};
 use super::{Store, StoreError, now_ms, snapshot};
 use crate::domain::{EntityKind, Operation};
@@ -167,7 +167,7 @@ pub async fn retry(store: &Store, id: i64) -> Result<Option<Retried>, StoreError
 }
 
 /// Enqueues the dead letter's version (or the current one); `None` when it is not a delivery.
-async fn requeue(conn: Conn<'_>, stored: &Stored) -> Result<Option<Retried>, StoreError> {
+async fn requeue(mut conn: Conn<'_>, stored: &Stored) -> Result<Option<Retried>, StoreError> {
     let (
         "delivery",
         Some(connector),
@@ -190,21 +190,16 @@ async fn requeue(conn: Conn<'_>, stored: &Stored) -> Result<Option<Retried>, Sto
     else {
         return Ok(None);
     };
-    // Transitional (issue 21): `outbox` and `snapshot` still take a SQLite connection; once
-    // they take `Conn<'_>`, pass them `conn.reborrow()` instead.
-    let Db::Sqlite(conn) = conn else { unreachable!("a SQLite-only store operation ran on PostgreSQL (issue 21)") };
     let revision = stored.revision.unwrap_or(0);
     let changed_at = stored.changed_at.unwrap_or_else(now_ms);
     let keep = EnqueuePolicy::KeepPending;
-    if outbox::newer_delivered(conn, connector, entity, entity_id, revision, changed_at).await? {
+    if outbox::newer_delivered(conn.reborrow(), connector, entity, entity_id, revision, changed_at).await? {
         // Re-sending the old content would take the target back: send what is current now.
-        let Some(current) =
-            snapshot::record_version_on(super::db::Db::Sqlite(&mut *conn), location_id, entity, entity_id).await?
-        else {
+        let Some(current) = snapshot::record_version_on(conn.reborrow(), location_id, entity, entity_id).await? else {
             return Ok(Some(Retried::Gone));
         };
         let change = current.change(connector, Operation::Updated);
-        return Ok(Some(match outbox::enqueue(conn, change, keep, None).await? {
+        return Ok(Some(match outbox::enqueue(conn.reborrow(), change, keep, None).await? {
             Enqueued::AlreadyPending => Retried::NewerPending,
             Enqueued::Inserted | Enqueued::Folded => Retried::RequeuedCurrent,
         }));
@@ -313,9 +308,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_retried_version_goes_back_under_its_stored_key_once() {
-        // TODO(issue 21): run on `testing::stores()` once `outbox` runs on both backends.
-        let (_guard, store) = crate::store::testing::sqlite_store().await;
-        a_retried_version_goes_back_under_its_stored_key(&store).await;
+        for (_guard, store) in crate::store::testing::stores().await {
+            a_retried_version_goes_back_under_its_stored_key(&store).await;
+        }
     }
 
     async fn a_retried_version_goes_back_under_its_stored_key(store: &Store) {

@@ -220,32 +220,6 @@ impl WriteTx<'_> {
     }
 }
 
-/// Transitional (issue 21): store modules not yet written for both backends still use the
-/// transaction as a SQLite connection. Such code runs only on SQLite stores: a PostgreSQL
-/// store cannot be configured until every module runs on both (`config` refuses it).
-impl std::ops::Deref for WriteTx<'_> {
-    type Target = SqliteConnection;
-    fn deref(&self) -> &SqliteConnection {
-        match &self.slot {
-            Db::Sqlite(slot) => {
-                slot.conn.as_ref().unwrap_or_else(|| unreachable!("write transaction without a connection"))
-            }
-            Db::Postgres(_) => unreachable!("a SQLite-only store operation ran on PostgreSQL (issue 21)"),
-        }
-    }
-}
-
-impl std::ops::DerefMut for WriteTx<'_> {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        match &mut self.slot {
-            Db::Sqlite(slot) => {
-                slot.conn.as_mut().unwrap_or_else(|| unreachable!("write transaction without a connection"))
-            }
-            Db::Postgres(_) => unreachable!("a SQLite-only store operation ran on PostgreSQL (issue 21)"),
-        }
-    }
-}
-
 impl WriteTx<'_> {
     /// Commits. On failure the transaction is rolled back (or the connection replaced) so
     /// the next writer starts clean, and the error is returned.
@@ -473,11 +447,11 @@ impl Store {
         matches!(self.inner.backend, Backend::Postgres { .. })
     }
 
-    /// The SQLite read pool (`query_only`: writing through it fails), for tests that inspect
-    /// a SQLite store and for store modules not yet written for both backends (issue 21).
+    /// The SQLite read pool (`query_only`: writing through it fails), for tests that inspect a
+    /// SQLite store's tables. Store functions use [`Store::db`] (a unit test keeps it so).
     ///
     /// # Panics
-    /// On a PostgreSQL store (which `config` does not yet let users choose).
+    /// On a PostgreSQL store.
     pub fn read_pool(&self) -> &SqlitePool {
         match &self.inner.backend {
             Backend::Sqlite { read, .. } => read,
@@ -813,6 +787,14 @@ pub(crate) async fn temp_store() -> (tempfile::TempDir, Store) {
 mod tests {
     use super::*;
 
+    /// The SQLite connection of a SQLite store's write transaction (these tests are SQLite's).
+    fn sqlite<'a>(tx: &'a mut WriteTx<'_>) -> &'a mut SqliteConnection {
+        match tx.conn() {
+            Db::Sqlite(conn) => conn,
+            Db::Postgres(_) => unreachable!("a SQLite test store"),
+        }
+    }
+
     #[tokio::test]
     async fn migrations_apply_to_an_empty_database_and_are_idempotent() {
         let dir = tempfile::tempdir().unwrap();
@@ -910,7 +892,7 @@ mod tests {
             "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
              VALUES (9999, 'from the future', 1, x'00', 0)",
         )
-        .execute(&mut *tx)
+        .execute(sqlite(&mut tx))
         .await
         .unwrap();
         tx.commit().await.unwrap();
@@ -937,7 +919,7 @@ mod tests {
                 )
                 .bind(format!("e{attempt}"))
                 .bind(String::from_utf8_lossy(&big).into_owned())
-                .execute(&mut *tx)
+                .execute(sqlite(&mut tx))
                 .await?;
                 tx.commit().await
             }
@@ -949,7 +931,7 @@ mod tests {
         store.limit_pages_for_tests(None).await.unwrap();
         let mut tx = store.begin_write("test").await.unwrap();
         sqlx::query("INSERT INTO webhook_inbox (source, event_id, event_type, received_at) VALUES ('t', 'ok', 'x', 0)")
-            .execute(&mut *tx)
+            .execute(sqlite(&mut tx))
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -966,14 +948,14 @@ mod tests {
         {
             let mut tx = store.begin_write("test").await.unwrap();
             sqlx::query("INSERT INTO webhook_inbox (source, event_id, received_at) VALUES ('t', 'dropped', 0)")
-                .execute(&mut *tx)
+                .execute(sqlite(&mut tx))
                 .await
                 .unwrap();
             // Dropped without commit: a cancelled run.
         }
         let mut tx = store.begin_write("test").await.unwrap();
         sqlx::query("INSERT INTO webhook_inbox (source, event_id, received_at) VALUES ('t', 'kept', 0)")
-            .execute(&mut *tx)
+            .execute(sqlite(&mut tx))
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -1002,6 +984,40 @@ mod tests {
         assert!(matches!(busy, Err(StoreError::Busy(_))));
         held.commit().await.unwrap();
         store.begin_write_within("webhook", Duration::from_millis(50)).await.unwrap().commit().await.unwrap();
+    }
+
+    /// The rule "every store statement runs on both backends": outside their tests, store
+    /// modules reach the database only through `Store::db()` / `WriteTx::conn()` and
+    /// `on_db!`, never through the SQLite-only read pool or a bare SQLite connection.
+    /// (`transfer` copies SQLite into PostgreSQL and is SQLite-specific by nature.)
+    #[test]
+    fn store_modules_run_every_statement_on_both_backends() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store");
+        let mut offenders = Vec::new();
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.ends_with(".rs") || ["mod.rs", "db.rs", "testing.rs", "transfer.rs"].contains(&name.as_str()) {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
+            checked += 1;
+            for needle in ["read_pool()", "SqliteConnection", "SqlitePool", "sqlite_only"] {
+                if code.contains(needle) {
+                    offenders.push(format!("{name}: {needle}"));
+                }
+            }
+            // A statement that runs outside `on_db!` is compiled for one backend only.
+            for (i, line) in code.lines().enumerate() {
+                if line.contains("sqlx::query") && !code.contains("on_db!") {
+                    offenders.push(format!("{name}:{}: a statement and no on_db! in the file", i + 1));
+                }
+            }
+        }
+        assert!(checked > 15, "the walk found the store modules ({checked})");
+        assert!(offenders.is_empty(), "SQLite-only access in store modules: {offenders:?}");
     }
 
     /// The rule "SQL lives in src/store/ only" also holds where someone silenced clippy.

@@ -8,15 +8,14 @@
 //!   passes the stored key of an earlier delivery (dead-letter retry) or a salted one
 //!   (`replay --new-keys`).
 //! - **Outcomes apply to what was delivered.** [`record_outcomes`] writes a batch's outcomes in
-//!   one short write transaction, each `WHERE id = ? AND content_hash = ? AND status =
+//!   one short write transaction, each `WHERE id = $1 AND content_hash = $2 AND status =
 //!   'pending'`: a row whose content was replaced while in flight stays pending and goes out
 //!   next. It takes plain data; nothing but SQL runs inside the transaction.
 //! - **Reads never write.** [`due`] and [`depth`] use the read pool.
 
 use std::collections::{HashMap, HashSet};
 
-use sqlx::SqliteConnection;
-
+use super::db::{self, Conn, on_db};
 use super::{Store, StoreError, dead_letters, now_ms};
 use crate::domain::diff::coalesce;
 use crate::domain::{EntityKind, Operation, idempotency_key};
@@ -63,21 +62,23 @@ pub enum Enqueued {
 /// already has a pending row. At most one pending row per (connector, record) exists at any
 /// time, which gives per-record order by construction.
 pub async fn enqueue(
-    conn: &mut SqliteConnection,
+    mut conn: Conn<'_>,
     change: NewChange<'_>,
     policy: EnqueuePolicy,
     key: Option<&str>,
 ) -> Result<Enqueued, StoreError> {
     let now = now_ms();
     let key = key.map_or_else(|| version_key(&change), str::to_owned);
-    let pending: Option<(i64, String)> = sqlx::query_as(
-        "SELECT id, operation FROM outbox WHERE connector = ? AND entity = ? AND entity_id = ? AND status = 'pending' LIMIT 1",
+    let pending: Option<(i64, String)> = on_db!(conn.reborrow(), |c| {
+        sqlx::query_as(
+        "SELECT id, operation FROM outbox WHERE connector = $1 AND entity = $2 AND entity_id = $3 AND status = 'pending' LIMIT 1",
     )
     .bind(change.connector)
     .bind(change.entity.as_str())
     .bind(change.entity_id)
-    .fetch_optional(&mut *conn)
-    .await?;
+    .fetch_optional(c)
+    .await
+    })?;
     match (pending, policy) {
         (Some(_), EnqueuePolicy::KeepPending) => Ok(Enqueued::AlreadyPending),
         (Some((id, operation)), EnqueuePolicy::Fold) => {
@@ -98,7 +99,7 @@ fn version_key(change: &NewChange<'_>) -> String {
 
 /// The sync's rule for a record that already has a pending row: the newer change folds into it.
 async fn fold_into(
-    conn: &mut SqliteConnection,
+    conn: Conn<'_>,
     id: i64,
     pending_operation: &str,
     change: &NewChange<'_>,
@@ -107,9 +108,9 @@ async fn fold_into(
 ) -> Result<(), StoreError> {
     let previous = Operation::parse(pending_operation).unwrap_or(Operation::Updated);
     let operation = coalesce(previous, change.operation);
-    sqlx::query(
-        "UPDATE outbox SET operation = ?, record = ?, content_hash = ?, revision = ?, idempotency_key = ?, \
-         changed_at = ?, updated_at = ?, contact_id = COALESCE(?, contact_id) WHERE id = ?",
+    on_db!(conn, |c| sqlx::query(
+        "UPDATE outbox SET operation = $1, record = $2, content_hash = $3, revision = $4, idempotency_key = $5, \
+         changed_at = $6, updated_at = $7, contact_id = COALESCE($8, contact_id) WHERE id = $9",
     )
     .bind(operation.as_str())
     .bind(change.record)
@@ -120,47 +121,51 @@ async fn fold_into(
     .bind(now)
     .bind(change.contact_id)
     .bind(id)
-    .execute(&mut *conn)
-    .await?;
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected()))?;
     Ok(())
 }
 
-/// Rows per multi-row `INSERT` (14 parameters each, far below SQLite's limit).
+/// Rows per multi-row `INSERT` (14 parameters each, far below SQLite's and PostgreSQL's limits).
 const INSERT_ROWS: usize = 64;
 /// Records per pending-row lookup.
 const LOOKUP_IDS: usize = 500;
 
 /// New pending rows, in order (a multi-row `INSERT` per [`INSERT_ROWS`]).
-async fn insert_rows(
-    conn: &mut SqliteConnection,
-    rows: &[(NewChange<'_>, String)],
-    now: i64,
-) -> Result<(), StoreError> {
+async fn insert_rows(mut conn: Conn<'_>, rows: &[(NewChange<'_>, String)], now: i64) -> Result<(), StoreError> {
+    /// Parameters per row: 10 before the literal status and attempts, 4 after.
+    const WIDTH: usize = 14;
     for chunk in rows.chunks(INSERT_ROWS) {
-        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let values = (0..chunk.len())
+            .map(|r| format!("({}, 'pending', 0, {})", db::params(r * WIDTH, 10), db::params(r * WIDTH + 10, 4)))
+            .collect::<Vec<_>>()
+            .join(", ");
         let sql = format!(
             "INSERT INTO outbox (connector, location_id, entity, entity_id, contact_id, operation, record, content_hash, \
              revision, idempotency_key, status, attempts, next_attempt_at, changed_at, created_at, updated_at) VALUES {values}"
         );
-        let mut query = sqlx::query(&sql);
-        for (change, key) in chunk {
-            query = query
-                .bind(change.connector)
-                .bind(change.location_id)
-                .bind(change.entity.as_str())
-                .bind(change.entity_id)
-                .bind(change.contact_id)
-                .bind(change.operation.as_str())
-                .bind(change.record)
-                .bind(&change.content_hash[..])
-                .bind(change.revision)
-                .bind(key.as_str())
-                .bind(now)
-                .bind(change.changed_at)
-                .bind(now)
-                .bind(now);
-        }
-        query.execute(&mut *conn).await?;
+        on_db!(conn.reborrow(), |c| {
+            let mut query = sqlx::query(&sql);
+            for (change, key) in chunk {
+                query = query
+                    .bind(change.connector)
+                    .bind(change.location_id)
+                    .bind(change.entity.as_str())
+                    .bind(change.entity_id)
+                    .bind(change.contact_id)
+                    .bind(change.operation.as_str())
+                    .bind(change.record)
+                    .bind(&change.content_hash[..])
+                    .bind(change.revision)
+                    .bind(key.as_str())
+                    .bind(now)
+                    .bind(change.changed_at)
+                    .bind(now)
+                    .bind(now);
+            }
+            query.execute(c).await.map(|done| done.rows_affected())
+        })?;
     }
     Ok(())
 }
@@ -171,10 +176,7 @@ async fn insert_rows(
 /// `INSERT`s for the rest (in the order given), an `UPDATE` per fold. The outcome is the same
 /// as [`enqueue`] called for each change in order: a record named twice is handled in a later
 /// round, where its second change folds into the row of its first.
-pub async fn enqueue_folding(
-    conn: &mut SqliteConnection,
-    changes: &[NewChange<'_>],
-) -> Result<Vec<Enqueued>, StoreError> {
+pub async fn enqueue_folding(mut conn: Conn<'_>, changes: &[NewChange<'_>]) -> Result<Vec<Enqueued>, StoreError> {
     let mut outcomes = vec![Enqueued::Inserted; changes.len()];
     let mut rest: Vec<usize> = (0..changes.len()).collect();
     while !rest.is_empty() {
@@ -183,7 +185,7 @@ pub async fn enqueue_folding(
             let change = &changes[i];
             named.insert((change.connector, change.entity, change.entity_id))
         });
-        enqueue_round(conn, changes, &round, &mut outcomes).await?;
+        enqueue_round(conn.reborrow(), changes, &round, &mut outcomes).await?;
         rest = later;
     }
     Ok(outcomes)
@@ -194,7 +196,7 @@ type PendingRows = HashMap<String, (i64, String)>;
 
 /// One round of [`enqueue_folding`]: `round` names each record at most once.
 async fn enqueue_round(
-    conn: &mut SqliteConnection,
+    mut conn: Conn<'_>,
     changes: &[NewChange<'_>],
     round: &[usize],
     outcomes: &mut [Enqueued],
@@ -209,16 +211,19 @@ async fn enqueue_round(
     for ((connector, entity), ids) in &ids {
         let found = pending.entry((*connector, *entity)).or_default();
         for chunk in ids.chunks(LOOKUP_IDS) {
-            let placeholders = vec!["?"; chunk.len()].join(",");
+            let placeholders = db::params(2, chunk.len());
             let sql = format!(
-                "SELECT entity_id, id, operation FROM outbox WHERE connector = ? AND entity = ? AND status = 'pending' \
+                "SELECT entity_id, id, operation FROM outbox WHERE connector = $1 AND entity = $2 AND status = 'pending' \
                  AND entity_id IN ({placeholders}) ORDER BY id"
             );
-            let mut query = sqlx::query_as::<_, (String, i64, String)>(&sql).bind(*connector).bind(entity.as_str());
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            for (entity_id, id, operation) in query.fetch_all(&mut *conn).await? {
+            let rows: Vec<(String, i64, String)> = on_db!(conn.reborrow(), |c| {
+                let mut query = sqlx::query_as(&sql).bind(*connector).bind(entity.as_str());
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                query.fetch_all(c).await
+            })?;
+            for (entity_id, id, operation) in rows {
                 found.entry(entity_id).or_insert((id, operation));
             }
         }
@@ -230,7 +235,7 @@ async fn enqueue_round(
         let key = version_key(&change);
         match pending.get(&(change.connector, change.entity)).and_then(|found| found.get(change.entity_id)) {
             Some((id, operation)) => {
-                fold_into(conn, *id, operation, &change, &key, now).await?;
+                fold_into(conn.reborrow(), *id, operation, &change, &key, now).await?;
                 outcomes[i] = Enqueued::Folded;
             }
             None => inserts.push((change, key)),
@@ -253,7 +258,7 @@ pub async fn enqueue_all(
     }
     let mut tx = store.begin_write(purpose).await?;
     for (change, key) in changes {
-        done.push(enqueue(&mut tx, *change, policy, *key).await?);
+        done.push(enqueue(tx.conn(), *change, policy, *key).await?);
     }
     tx.commit().await?;
     Ok(done)
@@ -365,28 +370,28 @@ pub async fn due(
     const COLUMNS: &str = "SELECT id, connector, location_id, entity, entity_id, contact_id, operation, record, \
                            content_hash, revision, idempotency_key, attempts, changed_at FROM outbox WHERE id IN (";
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows: Vec<StoredRow> =
-        match locations {
-            None => sqlx::query_as(&format!(
-                "{COLUMNS}SELECT id FROM outbox WHERE connector = ?1 AND status = 'pending' AND next_attempt_at <= ?2 \
-                 ORDER BY id LIMIT ?3) ORDER BY id"
-            ))
-            .bind(connector)
-            .bind(now)
-            .bind(limit)
-            .fetch_all(store.read_pool())
-            .await?,
-            Some(locations) => sqlx::query_as(&format!(
-                "{COLUMNS}SELECT id FROM outbox WHERE connector = ?1 AND status = 'pending' AND next_attempt_at <= ?2 \
-                 AND location_id IN (SELECT value FROM json_each(?4)) ORDER BY id LIMIT ?3) ORDER BY id"
-            ))
-            .bind(connector)
-            .bind(now)
-            .bind(limit)
-            .bind(serde_json::Value::from(locations.to_vec()).to_string())
-            .fetch_all(store.read_pool())
-            .await?,
-        };
+    let rows: Vec<StoredRow> = match locations {
+        None => on_db!(store.db(), |pool| sqlx::query_as(&format!(
+            "{COLUMNS}SELECT id FROM outbox WHERE connector = $1 AND status = 'pending' AND next_attempt_at <= $2 \
+             ORDER BY id LIMIT $3) ORDER BY id"
+        ))
+        .bind(connector)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(pool)
+        .await)?,
+        Some(locations) => on_db!(store.db(), |pool, pg| sqlx::query_as(&format!(
+            "{COLUMNS}SELECT id FROM outbox WHERE connector = $1 AND status = 'pending' AND next_attempt_at <= $2 \
+             AND location_id IN ({}) ORDER BY id LIMIT $3) ORDER BY id",
+            json_values(pg, 4)
+        ))
+        .bind(connector)
+        .bind(now)
+        .bind(limit)
+        .bind(serde_json::Value::from(locations.to_vec()).to_string())
+        .fetch_all(pool)
+        .await)?,
+    };
     Ok(rows.into_iter().map(StoredRow::typed).collect())
 }
 
@@ -396,27 +401,41 @@ pub async fn due(
 /// Rows already due stay due. Returns the rows rescheduled.
 pub async fn reschedule_after_clock_step_back(store: &Store, now: i64, tolerance_ms: i64) -> Result<u64, StoreError> {
     // Usually there is none: look before taking the writer.
-    let any: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox WHERE status = 'pending' AND updated_at > ?1 + ?2)")
-            .bind(now)
-            .bind(tolerance_ms)
-            .fetch_one(store.read_pool())
-            .await?;
-    if !any {
-        return Ok(0);
-    }
-    let mut tx = store.begin_write("outbox_clock_step_back").await?;
-    let moved = sqlx::query(
-        "UPDATE outbox SET next_attempt_at = ?1 + MAX(next_attempt_at - updated_at, 0), updated_at = ?1 \
-         WHERE status = 'pending' AND updated_at > ?1 + ?2",
+    let any: i64 = on_db!(store.db(), |pool| sqlx::query_scalar(
+        "SELECT CAST(CASE WHEN EXISTS (SELECT 1 FROM outbox WHERE status = 'pending' AND updated_at > $1 + $2) \
+         THEN 1 ELSE 0 END AS BIGINT)"
     )
     .bind(now)
     .bind(tolerance_ms)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    .fetch_one(pool)
+    .await)?;
+    if any == 0 {
+        return Ok(0);
+    }
+    let mut tx = store.begin_write("outbox_clock_step_back").await?;
+    let moved = on_db!(tx.conn(), |c| sqlx::query(
+        "UPDATE outbox SET next_attempt_at = $1 + CASE WHEN next_attempt_at - updated_at > 0 \
+           THEN next_attempt_at - updated_at ELSE 0 END, updated_at = $1 \
+         WHERE status = 'pending' AND updated_at > $1 + $2",
+    )
+    .bind(now)
+    .bind(tolerance_ms)
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected()))?;
     tx.commit().await?;
     Ok(moved)
+}
+
+/// `SELECT …` of the strings in the JSON array bound as parameter `$n` (its JSON text), for
+/// `x IN (…)` with a list of any length: `json_each` on SQLite, `jsonb_array_elements_text`
+/// on PostgreSQL.
+pub(super) fn json_values(pg: bool, n: usize) -> String {
+    if pg {
+        format!("SELECT jsonb_array_elements_text(CAST(${n} AS JSONB))")
+    } else {
+        format!("SELECT value FROM json_each(${n})")
+    }
 }
 
 /// Rows of one connector still pending after a drain, for `sync --once`'s summary.
@@ -433,22 +452,24 @@ pub struct Undelivered {
 /// Pending rows of `connector` in `locations`.
 pub async fn undelivered(store: &Store, connector: &str, locations: &[String]) -> Result<Undelivered, StoreError> {
     let locations = serde_json::Value::from(locations.to_vec()).to_string();
-    let (pending, retrying): (i64, i64) = sqlx::query_as(
-        "SELECT COUNT(*), COALESCE(SUM(attempts > 0), 0) FROM outbox \
-         WHERE connector = ?1 AND status = 'pending' AND location_id IN (SELECT value FROM json_each(?2))",
-    )
+    let (pending, retrying): (i64, i64) = on_db!(store.db(), |pool, pg| sqlx::query_as(&format!(
+        "SELECT COUNT(*), CAST(COALESCE(SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END), 0) AS BIGINT) FROM outbox \
+         WHERE connector = $1 AND status = 'pending' AND location_id IN ({})",
+        json_values(pg, 2)
+    ))
     .bind(connector)
     .bind(&locations)
-    .fetch_one(store.read_pool())
-    .await?;
-    let last_error: Option<String> = sqlx::query_scalar(
-        "SELECT last_error FROM outbox WHERE connector = ?1 AND status = 'pending' AND last_error IS NOT NULL \
-         AND location_id IN (SELECT value FROM json_each(?2)) ORDER BY updated_at DESC LIMIT 1",
-    )
+    .fetch_one(pool)
+    .await)?;
+    let last_error: Option<String> = on_db!(store.db(), |pool, pg| sqlx::query_scalar(&format!(
+        "SELECT last_error FROM outbox WHERE connector = $1 AND status = 'pending' AND last_error IS NOT NULL \
+         AND location_id IN ({}) ORDER BY updated_at DESC LIMIT 1",
+        json_values(pg, 2)
+    ))
     .bind(connector)
     .bind(&locations)
-    .fetch_optional(store.read_pool())
-    .await?;
+    .fetch_optional(pool)
+    .await)?;
     Ok(Undelivered { pending, retrying, last_error })
 }
 
@@ -490,18 +511,29 @@ pub async fn record_outcomes(store: &Store, outcomes: &[DeliveryOutcome], now: i
         let row = &outcome.row;
         let done = match &outcome.verdict {
             Verdict::Delivered => {
-                update(&mut tx, row, Update { done: true, attempt: 1, next_at: None, note: None }, now).await?
+                update(tx.conn(), row, Update { done: true, attempt: 1, next_at: None, note: None }, now).await?
             }
             Verdict::Skipped(reason) => {
-                update(&mut tx, row, Update { done: true, attempt: 1, next_at: None, note: Some(reason) }, now).await?
+                update(tx.conn(), row, Update { done: true, attempt: 1, next_at: None, note: Some(reason) }, now)
+                    .await?
             }
             Verdict::Retry { at, since, error } => {
-                update(&mut tx, row, Update { done: false, attempt: 1, next_at: Some(*at), note: Some(error) }, *since)
-                    .await?
+                update(
+                    tx.conn(),
+                    row,
+                    Update { done: false, attempt: 1, next_at: Some(*at), note: Some(error) },
+                    *since,
+                )
+                .await?
             }
             Verdict::Parked { at, since, reason } => {
-                update(&mut tx, row, Update { done: false, attempt: 0, next_at: Some(*at), note: Some(reason) }, *since)
-                    .await?
+                update(
+                    tx.conn(),
+                    row,
+                    Update { done: false, attempt: 0, next_at: Some(*at), note: Some(reason) },
+                    *since,
+                )
+                .await?
             }
             Verdict::Dead(reason) => dead_letters::move_from_outbox(tx.conn(), row, reason, now).await?,
         };
@@ -518,15 +550,10 @@ struct Update<'a> {
     note: Option<&'a str>,
 }
 
-async fn update(
-    conn: &mut SqliteConnection,
-    row: &RowVersion,
-    update: Update<'_>,
-    now: i64,
-) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        "UPDATE outbox SET status = ?, attempts = attempts + ?, next_attempt_at = COALESCE(?, next_attempt_at), \
-         last_error = ?, updated_at = ? WHERE id = ? AND content_hash = ? AND status = 'pending'",
+async fn update(conn: Conn<'_>, row: &RowVersion, update: Update<'_>, now: i64) -> Result<bool, StoreError> {
+    let done = on_db!(conn, |c| sqlx::query(
+        "UPDATE outbox SET status = $1, attempts = attempts + $2, next_attempt_at = COALESCE($3, next_attempt_at), \
+         last_error = $4, updated_at = $5 WHERE id = $6 AND content_hash = $7 AND status = 'pending'",
     )
     .bind(if update.done { "done" } else { "pending" })
     .bind(update.attempt)
@@ -535,33 +562,34 @@ async fn update(
     .bind(now)
     .bind(row.id)
     .bind(&row.content_hash)
-    .execute(&mut *conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected()))?;
+    Ok(done == 1)
 }
 
 /// Whether a newer version of the record than (`revision`, `changed_at`) was delivered to
 /// `connector` (and not pruned yet). Revisions compare when both are known; rows written
 /// before revisions existed compare by `changed_at`.
 pub(super) async fn newer_delivered(
-    conn: &mut SqliteConnection,
+    conn: Conn<'_>,
     connector: &str,
     entity: EntityKind,
     entity_id: &str,
     revision: i64,
     changed_at: i64,
 ) -> Result<bool, StoreError> {
-    let found: Option<i64> = sqlx::query_scalar(
-        "SELECT id FROM outbox WHERE connector = ?1 AND entity = ?2 AND entity_id = ?3 AND status = 'done' \
-         AND CASE WHEN ?4 > 0 AND revision > 0 THEN revision > ?4 ELSE changed_at > ?5 END LIMIT 1",
+    let found: Option<i64> = on_db!(conn, |c| sqlx::query_scalar(
+        "SELECT id FROM outbox WHERE connector = $1 AND entity = $2 AND entity_id = $3 AND status = 'done' \
+         AND CASE WHEN $4 > 0 AND revision > 0 THEN revision > $4 ELSE changed_at > $5 END LIMIT 1",
     )
     .bind(connector)
     .bind(entity.as_str())
     .bind(entity_id)
     .bind(revision)
     .bind(changed_at)
-    .fetch_optional(&mut *conn)
-    .await?;
+    .fetch_optional(c)
+    .await)?;
     Ok(found.is_some())
 }
 
@@ -571,7 +599,7 @@ pub async fn prune(store: &Store, before: i64) -> Result<u64, StoreError> {
         store,
         "outbox_prune",
         "DELETE FROM outbox WHERE id IN \
-         (SELECT id FROM outbox WHERE status = 'done' AND updated_at < ? ORDER BY id LIMIT ?)",
+         (SELECT id FROM outbox WHERE status = 'done' AND updated_at < $1 ORDER BY id LIMIT $2)",
         before,
     )
     .await
@@ -588,12 +616,12 @@ pub struct QueueDepth {
 
 /// Pending rows per connector (connectors with none are absent), by connector id.
 pub async fn depth(store: &Store) -> Result<Vec<QueueDepth>, StoreError> {
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+    let rows: Vec<(String, i64, i64)> = on_db!(store.db(), |pool| sqlx::query_as(
         "SELECT connector, COUNT(*), MIN(created_at) FROM outbox WHERE status = 'pending' \
          GROUP BY connector ORDER BY connector",
     )
-    .fetch_all(store.read_pool())
-    .await?;
+    .fetch_all(pool)
+    .await)?;
     Ok(rows
         .into_iter()
         .map(|(connector, pending, oldest_created_at)| QueueDepth { connector, pending, oldest_created_at })
@@ -604,8 +632,7 @@ pub async fn depth(store: &Store) -> Result<Vec<QueueDepth>, StoreError> {
 mod tests {
     use super::*;
     use crate::store::Store;
-
-    use crate::store::temp_store as store;
+    use crate::store::testing::stores;
 
     fn change<'a>(id: &'a str, op: Operation, hash: &'a [u8; 32], revision: i64, record: &'a [u8]) -> NewChange<'a> {
         NewChange {
@@ -623,28 +650,42 @@ mod tests {
     }
 
     async fn rows(store: &Store) -> Vec<(String, String, Vec<u8>, String)> {
-        sqlx::query_as("SELECT entity_id, operation, record, idempotency_key FROM outbox ORDER BY id")
-            .fetch_all(store.read_pool())
-            .await
-            .unwrap()
+        on_db!(store.db(), |pool| sqlx::query_as(
+            "SELECT entity_id, operation, record, idempotency_key FROM outbox ORDER BY id"
+        )
+        .fetch_all(pool)
+        .await)
+        .unwrap()
+    }
+
+    /// Runs `sql` (no parameters) in its own write transaction.
+    async fn exec(store: &Store, sql: &str) {
+        let mut tx = store.begin_write("test").await.unwrap();
+        on_db!(tx.conn(), |c| sqlx::query(sql).execute(c).await.map(|done| done.rows_affected())).unwrap();
+        tx.commit().await.unwrap();
     }
 
     #[tokio::test]
     async fn a_newer_change_folds_into_the_pending_row_and_keeps_created() {
-        let (_dir, store) = store().await;
+        for (_guard, store) in stores().await {
+            newer_change_folds(&store).await;
+        }
+    }
+
+    async fn newer_change_folds(store: &Store) {
         let mut tx = store.begin_write("test").await.unwrap();
         let fold = EnqueuePolicy::Fold;
         assert_eq!(
-            enqueue(&mut tx, change("c1", Operation::Created, &[1; 32], 1, b"v1"), fold, None).await.unwrap(),
+            enqueue(tx.conn(), change("c1", Operation::Created, &[1; 32], 1, b"v1"), fold, None).await.unwrap(),
             Enqueued::Inserted
         );
         assert_eq!(
-            enqueue(&mut tx, change("c1", Operation::Updated, &[2; 32], 2, b"v2"), fold, None).await.unwrap(),
+            enqueue(tx.conn(), change("c1", Operation::Updated, &[2; 32], 2, b"v2"), fold, None).await.unwrap(),
             Enqueued::Folded
         );
-        enqueue(&mut tx, change("c2", Operation::Created, &[3; 32], 1, b"x"), fold, None).await.unwrap();
+        enqueue(tx.conn(), change("c2", Operation::Created, &[3; 32], 1, b"x"), fold, None).await.unwrap();
         tx.commit().await.unwrap();
-        let rows = rows(&store).await;
+        let rows = rows(store).await;
         assert_eq!(rows.len(), 2);
         assert_eq!((rows[0].0.as_str(), rows[0].1.as_str(), rows[0].2.as_slice()), ("c1", "created", &b"v2"[..]));
         assert_eq!(rows[0].3, idempotency_key("webhook.a", EntityKind::Contact, "c1", 2, &[2; 32], ""));
@@ -652,10 +693,15 @@ mod tests {
 
     #[tokio::test]
     async fn after_a_clock_step_back_rows_written_in_the_future_wait_only_what_was_left_of_their_wait() {
-        let (_dir, store) = store().await;
+        for (_guard, store) in stores().await {
+            clock_step_back(&store).await;
+        }
+    }
+
+    async fn clock_step_back(store: &Store) {
         let mut tx = store.begin_write("test").await.unwrap();
         for (id, hash) in [("due", 1u8), ("waiting", 2), ("parked", 3), ("past", 4)] {
-            enqueue(&mut tx, change(id, Operation::Created, &[hash; 32], 1, b"v"), EnqueuePolicy::Fold, None)
+            enqueue(tx.conn(), change(id, Operation::Created, &[hash; 32], 1, b"v"), EnqueuePolicy::Fold, None)
                 .await
                 .unwrap();
         }
@@ -667,23 +713,27 @@ mod tests {
             ("parked", at, at + 3_600_000),
             ("past", 100_000_000, 100_002_000),
         ] {
-            sqlx::query("UPDATE outbox SET updated_at = ?, next_attempt_at = ? WHERE entity_id = ?")
-                .bind(updated)
-                .bind(next)
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .unwrap();
+            on_db!(tx.conn(), |c| sqlx::query(
+                "UPDATE outbox SET updated_at = $1, next_attempt_at = $2 WHERE entity_id = $3"
+            )
+            .bind(updated)
+            .bind(next)
+            .bind(id)
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected()))
+            .unwrap();
         }
         tx.commit().await.unwrap();
         // The clock steps back a day: before the first three writes, after the last one.
         let now = at - 86_400_000;
-        assert_eq!(reschedule_after_clock_step_back(&store, now, 1_000).await.unwrap(), 3);
-        let next: Vec<(String, i64, i64)> =
-            sqlx::query_as("SELECT entity_id, next_attempt_at, updated_at FROM outbox ORDER BY id")
-                .fetch_all(store.read_pool())
-                .await
-                .unwrap();
+        assert_eq!(reschedule_after_clock_step_back(store, now, 1_000).await.unwrap(), 3);
+        let next: Vec<(String, i64, i64)> = on_db!(store.db(), |pool| sqlx::query_as(
+            "SELECT entity_id, next_attempt_at, updated_at FROM outbox ORDER BY id"
+        )
+        .fetch_all(pool)
+        .await)
+        .unwrap();
         assert_eq!(
             next,
             vec![
@@ -693,47 +743,61 @@ mod tests {
                 ("past".to_owned(), 100_002_000, 100_000_000),
             ]
         );
-        assert_eq!(reschedule_after_clock_step_back(&store, now, 1_000).await.unwrap(), 0, "once only");
+        assert_eq!(reschedule_after_clock_step_back(store, now, 1_000).await.unwrap(), 0, "once only");
     }
 
     #[tokio::test]
     async fn keep_pending_leaves_a_newer_pending_row_alone_and_an_explicit_key_is_kept() {
-        let (_dir, store) = store().await;
+        for (_guard, store) in stores().await {
+            keep_pending(&store).await;
+        }
+    }
+
+    async fn keep_pending(store: &Store) {
         let mut tx = store.begin_write("test").await.unwrap();
         let keep = EnqueuePolicy::KeepPending;
-        enqueue(&mut tx, change("c1", Operation::Updated, &[2; 32], 2, b"v2"), EnqueuePolicy::Fold, None)
+        enqueue(tx.conn(), change("c1", Operation::Updated, &[2; 32], 2, b"v2"), EnqueuePolicy::Fold, None)
             .await
             .unwrap();
-        let again = enqueue(&mut tx, change("c1", Operation::Updated, &[1; 32], 1, b"v1"), keep, Some("old-key"))
+        let again = enqueue(tx.conn(), change("c1", Operation::Updated, &[1; 32], 1, b"v1"), keep, Some("old-key"))
             .await
             .unwrap();
         assert_eq!(again, Enqueued::AlreadyPending);
         assert_eq!(
-            enqueue(&mut tx, change("c9", Operation::Updated, &[1; 32], 1, b"v1"), keep, Some("old-key"))
+            enqueue(tx.conn(), change("c9", Operation::Updated, &[1; 32], 1, b"v1"), keep, Some("old-key"))
                 .await
                 .unwrap(),
             Enqueued::Inserted
         );
         tx.commit().await.unwrap();
-        let rows = rows(&store).await;
+        let rows = rows(store).await;
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].2, b"v2");
         assert_eq!(rows[1].3, "old-key");
     }
 
+    type FullRow = (i64, String, String, String, String, Vec<u8>, Vec<u8>, i64, String);
+
     /// Every column but the timestamps, in id order.
-    async fn full_rows(store: &Store) -> Vec<(i64, String, String, String, String, Vec<u8>, Vec<u8>, i64, String)> {
-        sqlx::query_as(
+    async fn full_rows(store: &Store) -> Vec<FullRow> {
+        on_db!(store.db(), |pool| sqlx::query_as(
             "SELECT id, connector, entity, entity_id, operation, record, content_hash, revision, idempotency_key \
              FROM outbox ORDER BY id",
         )
-        .fetch_all(store.read_pool())
-        .await
+        .fetch_all(pool)
+        .await)
         .unwrap()
     }
 
     #[tokio::test]
     async fn a_batch_enqueues_exactly_as_one_enqueue_per_change_in_order() {
+        // One store enqueues one by one, the other (same backend) as a batch.
+        for ((_one_guard, one), (_batch_guard, batched)) in stores().await.into_iter().zip(stores().await) {
+            batch_as_one_by_one(&one, &batched).await;
+        }
+    }
+
+    async fn batch_as_one_by_one(one: &Store, batched: &Store) {
         // Two connectors, an old pending row, a delivered row, a record named three times
         // (one batch has more rows than one INSERT takes).
         let records: Vec<(String, Vec<u8>)> = (0..150).map(|i| (format!("c{}", i % 140), vec![i as u8; 3])).collect();
@@ -751,50 +815,57 @@ mod tests {
         let seed = |store: Store| async move {
             let mut tx = store.begin_write("test").await.unwrap();
             let fold = EnqueuePolicy::Fold;
-            enqueue(&mut tx, change("c3", Operation::Created, &[7; 32], 1, b"old"), fold, None).await.unwrap();
-            enqueue(&mut tx, change("c5", Operation::Created, &[7; 32], 1, b"sent"), fold, None).await.unwrap();
-            sqlx::query("UPDATE outbox SET status = 'done' WHERE entity_id = 'c5'").execute(&mut *tx).await.unwrap();
+            enqueue(tx.conn(), change("c3", Operation::Created, &[7; 32], 1, b"old"), fold, None).await.unwrap();
+            enqueue(tx.conn(), change("c5", Operation::Created, &[7; 32], 1, b"sent"), fold, None).await.unwrap();
             tx.commit().await.unwrap();
+            exec(&store, "UPDATE outbox SET status = 'done' WHERE entity_id = 'c5'").await;
         };
 
-        let (_one_dir, one) = store().await;
         seed(one.clone()).await;
         let mut tx = one.begin_write("test").await.unwrap();
         let mut expected = Vec::new();
         for change in &batch {
-            expected.push(enqueue(&mut tx, *change, EnqueuePolicy::Fold, None).await.unwrap());
+            expected.push(enqueue(tx.conn(), *change, EnqueuePolicy::Fold, None).await.unwrap());
         }
         tx.commit().await.unwrap();
 
-        let (_batch_dir, batched) = store().await;
         seed(batched.clone()).await;
         let mut tx = batched.begin_write("test").await.unwrap();
-        let outcomes = enqueue_folding(&mut tx, &batch).await.unwrap();
+        let outcomes = enqueue_folding(tx.conn(), &batch).await.unwrap();
         tx.commit().await.unwrap();
 
         assert_eq!(outcomes, expected);
         assert!(outcomes.contains(&Enqueued::Folded) && outcomes.contains(&Enqueued::Inserted));
-        let rows = full_rows(&batched).await;
-        assert_eq!(rows, full_rows(&one).await);
+        let rows = full_rows(batched).await;
+        assert_eq!(rows, full_rows(one).await);
         assert!(rows.len() > INSERT_ROWS, "more rows than one INSERT takes: {}", rows.len());
         let mut tx = batched.begin_write("test").await.unwrap();
-        assert_eq!(enqueue_folding(&mut tx, &[]).await.unwrap(), vec![]);
+        assert_eq!(enqueue_folding(tx.conn(), &[]).await.unwrap(), vec![]);
         tx.rollback().await.unwrap();
     }
 
     #[tokio::test]
     async fn a_delivered_row_is_not_reused() {
-        let (_dir, store) = store().await;
+        for (_guard, store) in stores().await {
+            delivered_row_not_reused(&store).await;
+        }
+    }
+
+    async fn delivered_row_not_reused(store: &Store) {
         let mut tx = store.begin_write("test").await.unwrap();
-        enqueue(&mut tx, change("c1", Operation::Created, &[1; 32], 1, b"v1"), EnqueuePolicy::Fold, None)
+        enqueue(tx.conn(), change("c1", Operation::Created, &[1; 32], 1, b"v1"), EnqueuePolicy::Fold, None)
             .await
             .unwrap();
-        sqlx::query("UPDATE outbox SET status = 'done'").execute(&mut *tx).await.unwrap();
-        enqueue(&mut tx, change("c1", Operation::Updated, &[2; 32], 2, b"v2"), EnqueuePolicy::Fold, None)
+        on_db!(tx.conn(), |c| sqlx::query("UPDATE outbox SET status = 'done'")
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected()))
+        .unwrap();
+        enqueue(tx.conn(), change("c1", Operation::Updated, &[2; 32], 2, b"v2"), EnqueuePolicy::Fold, None)
             .await
             .unwrap();
         tx.commit().await.unwrap();
-        assert_eq!(rows(&store).await.len(), 2);
+        assert_eq!(rows(store).await.len(), 2);
     }
 
     async fn put(store: &Store, change: NewChange<'_>) {
@@ -806,17 +877,88 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn due_rows_come_oldest_first_within_the_limit_and_the_locations_asked_for() {
+        for (_guard, store) in stores().await {
+            due_by_location(&store).await;
+        }
+    }
+
+    async fn due_by_location(store: &Store) {
+        let changes: Vec<_> = [("c1", "a"), ("c2", "b"), ("c3", "a"), ("c4", "c")]
+            .iter()
+            .map(|(id, location)| {
+                (NewChange { location_id: location, ..change(id, Operation::Updated, &[1; 32], 1, b"v") }, None)
+            })
+            .collect();
+        enqueue_all(store, "test", &changes, EnqueuePolicy::Fold).await.unwrap();
+        let ids = |rows: Vec<Result<OutboxRow, UnreadableRow>>| -> Vec<String> {
+            rows.into_iter().map(|row| row.unwrap().entity_id).collect()
+        };
+        assert_eq!(ids(due(store, "webhook.a", i64::MAX, 3, None).await.unwrap()), ["c1", "c2", "c3"]);
+        assert!(due(store, "webhook.a", 0, 10, None).await.unwrap().is_empty(), "not due yet");
+        assert!(due(store, "webhook.b", i64::MAX, 10, None).await.unwrap().is_empty());
+        let wanted = ["a".to_owned(), "c".to_owned()];
+        assert_eq!(ids(due(store, "webhook.a", i64::MAX, 10, Some(&wanted)).await.unwrap()), ["c1", "c3", "c4"]);
+        assert_eq!(ids(due(store, "webhook.a", i64::MAX, 1, Some(&wanted)).await.unwrap()), ["c1"]);
+        assert!(due(store, "webhook.a", i64::MAX, 10, Some(&[])).await.unwrap().is_empty());
+
+        // c3 failed once, c4 is parked: both pending, one retrying, the newest failure shown.
+        let rows = due_rows(store).await;
+        let outcomes = [
+            DeliveryOutcome {
+                row: rows[2].version(),
+                verdict: Verdict::Retry { at: 5, since: 10, error: "attempt 1 failed".into() },
+            },
+            DeliveryOutcome {
+                row: rows[3].version(),
+                verdict: Verdict::Parked { at: 5, since: 20, reason: "parked".into() },
+            },
+        ];
+        assert_eq!(record_outcomes(store, &outcomes, now_ms()).await.unwrap(), vec![true, true]);
+        let left = undelivered(store, "webhook.a", &wanted).await.unwrap();
+        assert_eq!(left, Undelivered { pending: 3, retrying: 1, last_error: Some("parked".into()) });
+        assert_eq!(undelivered(store, "webhook.a", &[]).await.unwrap(), Undelivered::default());
+    }
+
+    #[tokio::test]
+    async fn a_newer_delivered_version_is_found_by_revision_or_else_by_change_time() {
+        for (_guard, store) in stores().await {
+            newer_delivered_found(&store).await;
+        }
+    }
+
+    async fn newer_delivered_found(store: &Store) {
+        let old = NewChange { changed_at: 50, ..change("c1", Operation::Updated, &[1; 32], 0, b"v") };
+        put(store, NewChange { revision: 3, ..old }).await;
+        put(store, NewChange { entity_id: "c2", contact_id: Some("c2"), ..old }).await;
+        exec(store, "UPDATE outbox SET status = 'done'").await;
+        let mut tx = store.begin_write("test").await.unwrap();
+        let contact = EntityKind::Contact;
+        assert!(newer_delivered(tx.conn(), "webhook.a", contact, "c1", 2, 0).await.unwrap());
+        assert!(!newer_delivered(tx.conn(), "webhook.a", contact, "c1", 3, 0).await.unwrap());
+        assert!(newer_delivered(tx.conn(), "webhook.a", contact, "c2", 2, 49).await.unwrap(), "no revision: by time");
+        assert!(!newer_delivered(tx.conn(), "webhook.a", contact, "c2", 0, 50).await.unwrap());
+        assert!(!newer_delivered(tx.conn(), "webhook.b", contact, "c1", 1, 0).await.unwrap());
+        tx.rollback().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn outcomes_apply_only_to_the_delivered_content_in_one_transaction() {
-        let (_dir, store) = store().await;
+        for (_guard, store) in stores().await {
+            outcomes_apply_to_delivered_content(&store).await;
+        }
+    }
+
+    async fn outcomes_apply_to_delivered_content(store: &Store) {
         let changes: Vec<_> = ["c1", "c2", "c3", "c4", "c5"]
             .iter()
             .map(|id| (change(id, Operation::Updated, &[1; 32], 1, b"v1"), None))
             .collect();
-        enqueue_all(&store, "test", &changes, EnqueuePolicy::Fold).await.unwrap();
-        let rows = due_rows(&store).await;
+        enqueue_all(store, "test", &changes, EnqueuePolicy::Fold).await.unwrap();
+        let rows = due_rows(store).await;
         assert_eq!(rows.len(), 5);
         // c5 is replaced while in flight.
-        put(&store, change("c5", Operation::Updated, &[2; 32], 2, b"v2")).await;
+        put(store, change("c5", Operation::Updated, &[2; 32], 2, b"v2")).await;
         let verdicts = [
             Verdict::Delivered,
             Verdict::Skipped("filtered".into()),
@@ -826,62 +968,78 @@ mod tests {
         ];
         let outcomes: Vec<_> =
             rows.iter().zip(verdicts).map(|(row, verdict)| DeliveryOutcome { row: row.version(), verdict }).collect();
-        let applied = record_outcomes(&store, &outcomes, now_ms()).await.unwrap();
+        let applied = record_outcomes(store, &outcomes, now_ms()).await.unwrap();
         assert_eq!(applied, vec![true, true, true, true, false], "the replaced row stays pending");
-        let state: Vec<(String, String, i64, i64, Option<String>)> =
-            sqlx::query_as("SELECT entity_id, status, attempts, next_attempt_at, last_error FROM outbox ORDER BY id")
-                .fetch_all(store.read_pool())
-                .await
-                .unwrap();
+        let state: Vec<(String, String, i64, i64, Option<String>)> = on_db!(store.db(), |pool| sqlx::query_as(
+            "SELECT entity_id, status, attempts, next_attempt_at, last_error FROM outbox ORDER BY id"
+        )
+        .fetch_all(pool)
+        .await)
+        .unwrap();
         assert_eq!(state[0].1, "done");
         assert_eq!((state[1].1.as_str(), state[1].4.as_deref()), ("done", Some("filtered")));
         assert_eq!((state[2].1.as_str(), state[2].2, state[2].3), ("pending", 1, 7));
         assert_eq!((state[3].1.as_str(), state[3].2, state[3].3), ("pending", 0, 9), "parking is not an attempt");
         assert_eq!((state[4].0.as_str(), state[4].1.as_str(), state[4].2), ("c5", "pending", 0));
-        assert!(super::dead_letters::list(&store, None, 10).await.unwrap().is_empty());
+        assert!(super::dead_letters::list(store, None, 10).await.unwrap().is_empty());
     }
 
     #[tokio::test]
     async fn a_dead_letter_keeps_the_revision_and_key_of_the_row() {
-        let (_dir, store) = store().await;
-        put(&store, change("c1", Operation::Created, &[3; 32], 4, b"v4")).await;
-        let row = due_rows(&store).await.remove(0);
+        for (_guard, store) in stores().await {
+            dead_letter_keeps_revision_and_key(&store).await;
+        }
+    }
+
+    async fn dead_letter_keeps_revision_and_key(store: &Store) {
+        put(store, change("c1", Operation::Created, &[3; 32], 4, b"v4")).await;
+        let row = due_rows(store).await.remove(0);
         let dead = DeliveryOutcome { row: row.version(), verdict: Verdict::Dead("refused".into()) };
-        assert_eq!(record_outcomes(&store, &[dead], now_ms()).await.unwrap(), vec![true]);
-        assert!(due_rows(&store).await.is_empty());
-        let letters = super::dead_letters::list(&store, None, 10).await.unwrap();
+        assert_eq!(record_outcomes(store, &[dead], now_ms()).await.unwrap(), vec![true]);
+        assert!(due_rows(store).await.is_empty());
+        let letters = super::dead_letters::list(store, None, 10).await.unwrap();
         assert_eq!(letters.len(), 1);
         assert_eq!((letters[0].revision, letters[0].attempts, letters[0].reason.as_str()), (Some(4), 1, "refused"));
-        let key: String =
-            sqlx::query_scalar("SELECT idempotency_key FROM dead_letters").fetch_one(store.read_pool()).await.unwrap();
+        let key: String = on_db!(store.db(), |pool| sqlx::query_scalar("SELECT idempotency_key FROM dead_letters")
+            .fetch_one(pool)
+            .await)
+        .unwrap();
         assert_eq!(key, row.idempotency_key);
     }
 
     #[tokio::test]
     async fn a_row_of_an_unknown_kind_is_reported_unreadable_not_dropped() {
-        let (_dir, store) = store().await;
-        put(&store, change("c1", Operation::Created, &[3; 32], 1, b"v")).await;
-        let mut tx = store.begin_write("test").await.unwrap();
-        sqlx::query("UPDATE outbox SET entity = 'opportunity'").execute(&mut *tx).await.unwrap();
-        tx.commit().await.unwrap();
-        let rows = due(&store, "webhook.a", i64::MAX, 10, None).await.unwrap();
+        for (_guard, store) in stores().await {
+            unknown_kind_unreadable(&store).await;
+        }
+    }
+
+    async fn unknown_kind_unreadable(store: &Store) {
+        put(store, change("c1", Operation::Created, &[3; 32], 1, b"v")).await;
+        exec(store, "UPDATE outbox SET entity = 'opportunity'").await;
+        let rows = due(store, "webhook.a", i64::MAX, 10, None).await.unwrap();
         let Err(unreadable) = &rows[0] else { panic!("{rows:?}") };
         assert_eq!(unreadable.reason, "unknown entity \"opportunity\"");
     }
 
     #[tokio::test]
     async fn prune_deletes_only_old_delivered_rows_and_depth_counts_pending_ones() {
-        let (_dir, store) = store().await;
+        for (_guard, store) in stores().await {
+            prune_and_depth(&store).await;
+        }
+    }
+
+    async fn prune_and_depth(store: &Store) {
         let changes: Vec<_> =
             ["c1", "c2", "c3"].iter().map(|id| (change(id, Operation::Updated, &[1; 32], 1, b"v"), None)).collect();
-        enqueue_all(&store, "test", &changes, EnqueuePolicy::Fold).await.unwrap();
-        let row = due_rows(&store).await.remove(0);
-        record_outcomes(&store, &[DeliveryOutcome { row: row.version(), verdict: Verdict::Delivered }], now_ms())
+        enqueue_all(store, "test", &changes, EnqueuePolicy::Fold).await.unwrap();
+        let row = due_rows(store).await.remove(0);
+        record_outcomes(store, &[DeliveryOutcome { row: row.version(), verdict: Verdict::Delivered }], now_ms())
             .await
             .unwrap();
-        assert_eq!(prune(&store, 0).await.unwrap(), 0, "too recent");
-        assert_eq!(prune(&store, i64::MAX).await.unwrap(), 1);
-        let depth = depth(&store).await.unwrap();
+        assert_eq!(prune(store, 0).await.unwrap(), 0, "too recent");
+        assert_eq!(prune(store, i64::MAX).await.unwrap(), 1);
+        let depth = depth(store).await.unwrap();
         assert_eq!(depth.len(), 1);
         assert_eq!((depth[0].connector.as_str(), depth[0].pending), ("webhook.a", 2));
     }

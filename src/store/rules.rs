@@ -13,7 +13,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::db::{Conn, Db, on_db};
+use super::db::{Conn, on_db};
 use super::outbox::{self, EnqueuePolicy, Enqueued, NewChange};
 use super::{Store, StoreError, codec, now_ms, snapshot};
 use crate::domain::{EntityKind, Operation, hex};
@@ -77,23 +77,7 @@ async fn enqueue_once(
     if known(conn.reborrow(), change.connector, change.entity, change.entity_id, row.key).await? {
         return Ok(None);
     }
-    Ok(Some(enqueue(conn, change, policy, Some(row.key)).await?))
-}
-
-/// [`outbox::enqueue`] on the transaction's connection.
-///
-/// Transitional (issue 21): `outbox::enqueue` still takes a SQLite connection; once it takes
-/// a [`Conn`], call it directly (`outbox::enqueue(conn, …)`) and drop this.
-async fn enqueue(
-    conn: Conn<'_>,
-    change: NewChange<'_>,
-    policy: EnqueuePolicy,
-    key: Option<&str>,
-) -> Result<Enqueued, StoreError> {
-    match conn {
-        Db::Sqlite(c) => outbox::enqueue(c, change, policy, key).await,
-        Db::Postgres(_) => Err(StoreError::Corrupt("outbox::enqueue does not run on PostgreSQL yet (issue 21)".into())),
-    }
+    Ok(Some(outbox::enqueue(conn, change, policy, Some(row.key)).await?))
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -248,7 +232,7 @@ pub async fn replay_actions(
         let record = packed(action)?;
         let hash = sha256(&record);
         let change = action_change(&connector, action, &record, &hash, now);
-        match enqueue(tx.conn(), change, EnqueuePolicy::KeepPending, Some(&action.key)).await? {
+        match outbox::enqueue(tx.conn(), change, EnqueuePolicy::KeepPending, Some(&action.key)).await? {
             Enqueued::Inserted | Enqueued::Folded => done.enqueued += 1,
             Enqueued::AlreadyPending => done.already_pending += 1,
         }
@@ -374,12 +358,7 @@ mod tests {
         .unwrap()
     }
 
-    /// The stores these tests run on. SQLite only until `outbox::enqueue` (and, for the dead
-    /// letter test, `outbox::due`/`record_outcomes`) run on PostgreSQL (issue 21): then
-    /// `crate::store::testing::stores()`.
-    async fn stores() -> Vec<(crate::store::testing::TempGuard, Store)> {
-        vec![crate::store::testing::sqlite_store().await]
-    }
+    use crate::store::testing::stores;
 
     #[tokio::test]
     async fn events_are_stored_once_per_key_with_the_whole_event() {

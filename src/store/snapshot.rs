@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::{Map, Value};
-use sqlx::SqliteConnection;
 
 use super::db::{self, Conn, Db, on_db};
 use super::dead_letters::dead_letter_record;
@@ -115,8 +114,7 @@ async fn enqueue_all(
     let mut changes = Vec::new();
     stage_version(conn.reborrow(), commit, version, old, &mut changes, done).await?;
     for change in changes {
-        // PORT(outbox): pass `conn.reborrow()` once `outbox::enqueue` takes a `Conn`.
-        enqueue(sqlite_only(conn.reborrow()), change, EnqueuePolicy::Fold, None).await?;
+        enqueue(conn.reborrow(), change, EnqueuePolicy::Fold, None).await?;
     }
     Ok(())
 }
@@ -197,17 +195,6 @@ async fn stage_version<'a>(
         done.wrote_outbox = true;
     }
     Ok(())
-}
-
-/// The SQLite connection of `conn`, for the store functions of modules not yet written for
-/// both backends (issue 21: outbox, dead_letters, rules, writebacks), which still take one.
-/// Like `WriteTx`'s transitional `Deref`, such code runs only on SQLite stores; each call is
-/// marked `PORT(module)` and becomes a plain `conn` once that module takes a `Conn`.
-fn sqlite_only(conn: Conn<'_>) -> &mut SqliteConnection {
-    match conn {
-        Db::Sqlite(c) => c,
-        Db::Postgres(_) => unreachable!("a SQLite-only store operation ran on PostgreSQL (issue 21)"),
-    }
 }
 
 /// Every subscriber but the `rules` connector: a delete a rule made is announced to the
@@ -438,8 +425,7 @@ pub async fn commit_contacts(
             stage_version(tx.conn(), commit, version, &old, &mut changes, &mut done).await?;
         }
         if !changes.is_empty() {
-            // PORT(outbox): pass `tx.conn()` once `outbox::enqueue_folding` takes a `Conn`.
-            outbox::enqueue_folding(sqlite_only(tx.conn()), &changes).await?;
+            outbox::enqueue_folding(tx.conn(), &changes).await?;
         }
     }
     for record in &bad {
@@ -1193,11 +1179,6 @@ mod tests {
     #[tokio::test]
     async fn a_page_writes_each_version_once_across_chunks_and_a_repeated_contact_in_order() {
         for (_guard, store) in stores().await {
-            if store.is_postgres() {
-                // PORT(outbox, writebacks): remove once `outbox::enqueue_folding` and
-                // `writebacks::is_own_write` take a `Conn` (they run on SQLite only until then).
-                continue;
-            }
             a_page_writes_each_version_once(&store).await;
         }
     }

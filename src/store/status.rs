@@ -5,7 +5,8 @@
 //!
 //! Contract:
 //! - [`read`] takes one read transaction on the read pool, so every figure comes from the
-//!   same snapshot (WAL), while the daemon keeps writing. It never takes the writer.
+//!   same snapshot (SQLite's WAL; a REPEATABLE READ transaction on PostgreSQL), while the
+//!   daemon keeps writing. It never takes the writer.
 //! - Figures are as fresh as the store: a run's pages, changes and requests move while it
 //!   runs because the engine records its progress per page (`store::runs`), and the
 //!   per-location daily counters (requests, 429s, webhooks) are written as they happen.
@@ -14,8 +15,8 @@
 //! - Screens format; this module only reads. Times are epoch milliseconds.
 
 use serde::Serialize;
-use sqlx::SqliteConnection;
 
+use super::db::{Conn, Db, on_db};
 use super::locations::ConfiguredLocation;
 use super::{Store, StoreError, WriteHealth, now_ms};
 
@@ -211,36 +212,55 @@ pub struct LushaStatus {
 
 /// Whether the store answers a trivial read.
 pub async fn ping(store: &Store) -> Result<(), StoreError> {
-    sqlx::query_scalar::<_, i64>("SELECT 1").fetch_one(store.read_pool()).await?;
+    on_db!(store.db(), |pool| sqlx::query_scalar::<_, i64>("SELECT CAST(1 AS BIGINT)").fetch_one(pool).await)?;
     Ok(())
 }
 
 /// Reads the status. `configured` adds configured (enabled) locations that have no row yet
 /// and supplies names the store does not have.
 pub async fn read(store: &Store, configured: &[ConfiguredLocation]) -> Result<Status, StoreError> {
+    // One read transaction: every figure from the same snapshot (SQLite: the WAL snapshot of
+    // the transaction; PostgreSQL: a REPEATABLE READ transaction, READ COMMITTED would take
+    // a new snapshot per statement).
+    match store.db() {
+        Db::Sqlite(pool) => {
+            let mut tx = pool.begin().await?;
+            let status = read_in(Db::Sqlite(&mut *tx), store, configured).await?;
+            tx.rollback().await?;
+            Ok(status)
+        }
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
+            let status = read_in(Db::Postgres(&mut *tx), store, configured).await?;
+            tx.rollback().await?;
+            Ok(status)
+        }
+    }
+}
+
+/// [`read`] inside its read transaction (`conn`: a read-pool connection, not the writer).
+async fn read_in(mut conn: Conn<'_>, store: &Store, configured: &[ConfiguredLocation]) -> Result<Status, StoreError> {
     let now = now_ms();
     let day = super::daily::utc_day(now);
-    // One read transaction: every figure from the same snapshot.
-    let mut tx = store.read_pool().begin().await?;
-    let locations = read_locations(&mut tx, configured, now, &day).await?;
-    let (connectors, unattributed_dead_letters) = read_connectors(&mut tx, now).await?;
+    let locations = read_locations(conn.reborrow(), configured, now, &day).await?;
+    let (connectors, unattributed_dead_letters) = read_connectors(conn.reborrow(), now).await?;
     let totals = Totals {
-        contacts: count(&mut tx, "SELECT COUNT(*) FROM contacts").await?,
-        children: count(&mut tx, "SELECT COUNT(*) FROM children").await?,
-        dirty: count(&mut tx, "SELECT COUNT(*) FROM dirty_contacts").await?,
+        contacts: count(conn.reborrow(), "SELECT COUNT(*) FROM contacts").await?,
+        children: count(conn.reborrow(), "SELECT COUNT(*) FROM children").await?,
+        dirty: count(conn.reborrow(), "SELECT COUNT(*) FROM dirty_contacts").await?,
         pending: connectors.iter().map(|c| c.pending).sum(),
         dead_letters: connectors.iter().map(|c| c.dead_letters).sum::<i64>()
             + unattributed_dead_letters.iter().map(|s| s.dead_letters).sum::<i64>(),
     };
-    let deliveries_per_minute = read_deliveries_per_minute(&mut tx, now).await?;
-    let recent_errors = read_recent_errors(&mut tx).await?;
-    let lusha = read_lusha(&mut tx, &day).await?;
-    let incidents: Vec<OpenIncident> = sqlx::query_as(
+    let deliveries_per_minute = read_deliveries_per_minute(conn.reborrow(), now).await?;
+    let recent_errors = read_recent_errors(conn.reborrow()).await?;
+    let lusha = read_lusha(conn.reborrow(), &day).await?;
+    let incidents: Vec<OpenIncident> = on_db!(conn, |c| sqlx::query_as(
         "SELECT alert, condition_key, summary, opened_at FROM incidents WHERE resolved_at IS NULL ORDER BY id",
     )
-    .fetch_all(&mut *tx)
-    .await?;
-    tx.rollback().await?;
+    .fetch_all(c)
+    .await)?;
     Ok(Status {
         generated_at: now,
         day,
@@ -256,21 +276,22 @@ pub async fn read(store: &Store, configured: &[ConfiguredLocation]) -> Result<St
     })
 }
 
-async fn count(conn: &mut SqliteConnection, sql: &'static str) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar::<_, i64>(sql).fetch_one(conn).await?)
+async fn count(conn: Conn<'_>, sql: &'static str) -> Result<i64, StoreError> {
+    Ok(on_db!(conn, |c| sqlx::query_scalar::<_, i64>(sql).fetch_one(c).await)?)
 }
 
 type LocationRowTuple = (String, Option<String>, String, Option<String>);
 async fn read_locations(
-    conn: &mut SqliteConnection,
+    mut conn: Conn<'_>,
     configured: &[ConfiguredLocation],
     now: i64,
     day: &str,
 ) -> Result<Vec<LocationStatus>, StoreError> {
-    let rows: Vec<LocationRowTuple> =
-        sqlx::query_as("SELECT id, name, status, status_reason FROM locations ORDER BY id")
-            .fetch_all(&mut *conn)
-            .await?;
+    let rows: Vec<LocationRowTuple> = on_db!(conn.reborrow(), |c| sqlx::query_as(
+        "SELECT id, name, status, status_reason FROM locations ORDER BY id"
+    )
+    .fetch_all(c)
+    .await)?;
     let mut ids: Vec<(String, Option<LocationRowTuple>)> =
         rows.into_iter().map(|row| (row.0.clone(), Some(row))).collect();
     for location in configured.iter().filter(|l| l.enabled) {
@@ -287,12 +308,14 @@ async fn read_locations(
             Some((_, name, status, reason)) => (name.or(config_name), status, reason),
             None => (config_name, "configured".to_owned(), None),
         };
-        let streams: Vec<(String, i64, i64, i64)> = sqlx::query_as(
-            "SELECT stream, watermark_ms, backfill_done, updated_at FROM cursors WHERE location_id = ? ORDER BY stream",
+        let streams: Vec<(String, i64, i64, i64)> = on_db!(conn.reborrow(), |c| {
+            sqlx::query_as(
+            "SELECT stream, watermark_ms, backfill_done, updated_at FROM cursors WHERE location_id = $1 ORDER BY stream",
         )
         .bind(&id)
-        .fetch_all(&mut *conn)
-        .await?;
+        .fetch_all(c)
+        .await
+        })?;
         let streams: Vec<StreamCursor> = streams
             .into_iter()
             .map(|(stream, watermark_ms, backfill, updated_at)| StreamCursor {
@@ -303,36 +326,41 @@ async fn read_locations(
             })
             .collect();
         let contacts_cursor = streams.iter().find(|s| s.stream == "contacts");
-        let contacts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE location_id = ?")
-            .bind(&id)
-            .fetch_one(&mut *conn)
-            .await?;
-        let dirty: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dirty_contacts WHERE location_id = ?")
-            .bind(&id)
-            .fetch_one(&mut *conn)
-            .await?;
-        let counters: Option<(i64, i64, i64)> = sqlx::query_as(
-            "SELECT requests, rate_limited, webhooks FROM request_budget WHERE location_id = ? AND day = ?",
+        let contacts: i64 =
+            on_db!(conn.reborrow(), |c| sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE location_id = $1")
+                .bind(&id)
+                .fetch_one(c)
+                .await)?;
+        let dirty: i64 = on_db!(conn.reborrow(), |c| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM dirty_contacts WHERE location_id = $1"
+        )
+        .bind(&id)
+        .fetch_one(c)
+        .await)?;
+        let counters: Option<(i64, i64, i64)> = on_db!(conn.reborrow(), |c| sqlx::query_as(
+            "SELECT requests, rate_limited, webhooks FROM request_budget WHERE location_id = $1 AND day = $2",
         )
         .bind(&id)
         .bind(day)
-        .fetch_optional(&mut *conn)
-        .await?;
+        .fetch_optional(c)
+        .await)?;
         let (requests_today, rate_limited_today, webhooks_today) = counters.unwrap_or_default();
-        let last_run: Option<RunStatus> = sqlx::query_as(
+        let last_run: Option<RunStatus> = on_db!(conn.reborrow(), |c| {
+            sqlx::query_as(
             "SELECT id, kind, outcome, started_at, finished_at, pages, records_seen, changes, requests, rate_limited, \
              progress_at, error \
-             FROM runs WHERE location_id = ? ORDER BY id DESC LIMIT 1",
+             FROM runs WHERE location_id = $1 ORDER BY id DESC LIMIT 1",
         )
         .bind(&id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let last_ok_at: Option<i64> = sqlx::query_scalar(
-            "SELECT MAX(finished_at) FROM runs WHERE location_id = ? AND kind = 'contacts' AND outcome = 'ok'",
+        .fetch_optional(c)
+        .await
+        })?;
+        let last_ok_at: Option<i64> = on_db!(conn.reborrow(), |c| sqlx::query_scalar(
+            "SELECT MAX(finished_at) FROM runs WHERE location_id = $1 AND kind = 'contacts' AND outcome = 'ok'",
         )
         .bind(&id)
-        .fetch_one(&mut *conn)
-        .await?;
+        .fetch_one(c)
+        .await)?;
         out.push(LocationStatus {
             last_ok_at,
             name,
@@ -358,46 +386,46 @@ async fn read_locations(
     Ok(out)
 }
 
-async fn read_connectors(
-    conn: &mut SqliteConnection,
-    now: i64,
-) -> Result<(Vec<ConnectorStatus>, Vec<SourceCount>), StoreError> {
+async fn read_connectors(mut conn: Conn<'_>, now: i64) -> Result<(Vec<ConnectorStatus>, Vec<SourceCount>), StoreError> {
     let hour_ago = now - 3_600_000;
-    let rows: Vec<(String, i64, i64, Option<i64>, i64, i64)> = sqlx::query_as(
+    let rows: Vec<(String, i64, i64, Option<i64>, i64, i64)> = on_db!(conn.reborrow(), |c| sqlx::query_as(
         "SELECT connector, \
-           COALESCE(SUM(status = 'pending'), 0), \
-           COALESCE(SUM(status = 'pending' AND attempts > 0), 0), \
+           CAST(COALESCE(SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END), 0) AS BIGINT), \
+           CAST(COALESCE(SUM(CASE WHEN status = 'pending' AND attempts > 0 THEN 1 ELSE 0 END), 0) AS BIGINT), \
            MIN(CASE WHEN status = 'pending' THEN created_at END), \
-           COALESCE(SUM(status = 'done'), 0), \
-           COALESCE(SUM(status = 'done' AND updated_at >= ?), 0) \
+           CAST(COALESCE(SUM(CASE WHEN status = 'done' THEN 1 ELSE 0 END), 0) AS BIGINT), \
+           CAST(COALESCE(SUM(CASE WHEN status = 'done' AND updated_at >= $1 THEN 1 ELSE 0 END), 0) AS BIGINT) \
          FROM outbox GROUP BY connector \
-         UNION ALL SELECT DISTINCT connector, 0, 0, NULL, 0, 0 FROM dead_letters \
+         UNION ALL SELECT DISTINCT connector, 0, 0, CAST(NULL AS BIGINT), 0, 0 FROM dead_letters \
            WHERE connector IS NOT NULL AND connector NOT IN (SELECT DISTINCT connector FROM outbox) \
          ORDER BY 1",
     )
     .bind(hour_ago)
-    .fetch_all(&mut *conn)
-    .await?;
+    .fetch_all(c)
+    .await)?;
     let mut connectors = Vec::with_capacity(rows.len());
     for (connector, pending, retrying, oldest, delivered, delivered_last_hour) in rows {
-        let dead_letters: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE connector = ?")
-            .bind(&connector)
-            .fetch_one(&mut *conn)
-            .await?;
-        let retry: Option<(i64, String)> = sqlx::query_as(
+        let dead_letters: i64 =
+            on_db!(conn.reborrow(), |c| sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE connector = $1")
+                .bind(&connector)
+                .fetch_one(c)
+                .await)?;
+        let retry: Option<(i64, String)> = on_db!(conn.reborrow(), |c| sqlx::query_as(
             "SELECT updated_at, last_error FROM outbox \
-             WHERE connector = ? AND status = 'pending' AND attempts > 0 AND last_error IS NOT NULL \
+             WHERE connector = $1 AND status = 'pending' AND attempts > 0 AND last_error IS NOT NULL \
              ORDER BY updated_at DESC LIMIT 1",
         )
         .bind(&connector)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let dead: Option<(i64, String)> = sqlx::query_as(
-            "SELECT created_at, reason FROM dead_letters WHERE connector = ? ORDER BY created_at DESC, id DESC LIMIT 1",
+        .fetch_optional(c)
+        .await)?;
+        let dead: Option<(i64, String)> = on_db!(conn.reborrow(), |c| {
+            sqlx::query_as(
+            "SELECT created_at, reason FROM dead_letters WHERE connector = $1 ORDER BY created_at DESC, id DESC LIMIT 1",
         )
         .bind(&connector)
-        .fetch_optional(&mut *conn)
-        .await?;
+        .fetch_optional(c)
+        .await
+        })?;
         let last_error = match (retry, dead) {
             (Some((at, message)), Some((dead_at, _))) if at >= dead_at => {
                 Some(ConnectorError { at, kind: "retrying", message })
@@ -418,25 +446,25 @@ async fn read_connectors(
             last_error,
         });
     }
-    let sources: Vec<(String, i64)> = sqlx::query_as(
+    let sources: Vec<(String, i64)> = on_db!(conn, |c| sqlx::query_as(
         "SELECT source, COUNT(*) FROM dead_letters WHERE connector IS NULL GROUP BY source ORDER BY source",
     )
-    .fetch_all(&mut *conn)
-    .await?;
+    .fetch_all(c)
+    .await)?;
     let unattributed = sources.into_iter().map(|(source, dead_letters)| SourceCount { source, dead_letters }).collect();
     Ok((connectors, unattributed))
 }
 
-async fn read_deliveries_per_minute(conn: &mut SqliteConnection, now: i64) -> Result<Vec<i64>, StoreError> {
+async fn read_deliveries_per_minute(conn: Conn<'_>, now: i64) -> Result<Vec<i64>, StoreError> {
     let hour_ago = now - 3_600_000;
-    let rows: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT (updated_at - ?) / 60000 AS minute, COUNT(*) FROM outbox \
-         WHERE status = 'done' AND updated_at >= ? GROUP BY minute",
+    let rows: Vec<(i64, i64)> = on_db!(conn, |c| sqlx::query_as(
+        "SELECT (updated_at - $1) / 60000 AS minute, COUNT(*) FROM outbox \
+         WHERE status = 'done' AND updated_at >= $2 GROUP BY minute",
     )
     .bind(hour_ago)
     .bind(hour_ago)
-    .fetch_all(&mut *conn)
-    .await?;
+    .fetch_all(c)
+    .await)?;
     let mut buckets = vec![0i64; 60];
     for (minute, n) in rows {
         if let Some(slot) = usize::try_from(minute).ok().and_then(|m| buckets.get_mut(m)) {
@@ -446,35 +474,38 @@ async fn read_deliveries_per_minute(conn: &mut SqliteConnection, now: i64) -> Re
     Ok(buckets)
 }
 
-async fn read_recent_errors(conn: &mut SqliteConnection) -> Result<Vec<RecentError>, StoreError> {
-    let rows: Vec<(i64, String, String)> = sqlx::query_as(
+async fn read_recent_errors(conn: Conn<'_>) -> Result<Vec<RecentError>, StoreError> {
+    let rows: Vec<(i64, String, String)> = on_db!(conn, |c| sqlx::query_as(
         "SELECT at, origin, message FROM ( \
            SELECT COALESCE(finished_at, started_at) AS at, 'run ' || kind || ' ' || location_id AS origin, \
                   error AS message FROM runs WHERE error IS NOT NULL \
            UNION ALL \
            SELECT created_at, 'dead letter ' || COALESCE(connector, source), reason FROM dead_letters \
-         ) ORDER BY at DESC LIMIT 15",
+         ) AS errors ORDER BY at DESC LIMIT 15",
     )
-    .fetch_all(&mut *conn)
-    .await?;
+    .fetch_all(c)
+    .await)?;
     Ok(rows.into_iter().map(|(at, origin, message)| RecentError { at, origin, message }).collect())
 }
 
-async fn read_lusha(conn: &mut SqliteConnection, day: &str) -> Result<Option<LushaStatus>, StoreError> {
-    let (credits_today, calls_today): (i64, i64) =
-        sqlx::query_as("SELECT COALESCE(SUM(spent), 0), COALESCE(SUM(calls), 0) FROM lusha_credits WHERE day = ?")
-            .bind(day)
-            .fetch_one(&mut *conn)
-            .await?;
+async fn read_lusha(mut conn: Conn<'_>, day: &str) -> Result<Option<LushaStatus>, StoreError> {
+    let (credits_today, calls_today): (i64, i64) = on_db!(conn.reborrow(), |c| sqlx::query_as(
+        "SELECT CAST(COALESCE(SUM(spent), 0) AS BIGINT), CAST(COALESCE(SUM(calls), 0) AS BIGINT) \
+         FROM lusha_credits WHERE day = $1"
+    )
+    .bind(day)
+    .fetch_one(c)
+    .await)?;
     let status = LushaStatus {
         credits_today,
         calls_today,
-        found: count(conn, "SELECT COUNT(*) FROM lusha_cache WHERE found = 1").await?,
-        not_found: count(conn, "SELECT COUNT(*) FROM lusha_cache WHERE found = 0").await?,
-        enriched_contacts: count(conn, "SELECT COUNT(DISTINCT contact_id) FROM lusha_cache WHERE found = 1").await?,
-        leads_imported: count(conn, "SELECT COUNT(*) FROM lusha_leads WHERE status = 'imported'").await?,
-        leads_waiting: count(conn, "SELECT COUNT(*) FROM lusha_leads WHERE status = 'enriched'").await?,
-        leads_failed: count(conn, "SELECT COUNT(*) FROM lusha_leads WHERE status = 'failed'").await?,
+        found: count(conn.reborrow(), "SELECT COUNT(*) FROM lusha_cache WHERE found = 1").await?,
+        not_found: count(conn.reborrow(), "SELECT COUNT(*) FROM lusha_cache WHERE found = 0").await?,
+        enriched_contacts: count(conn.reborrow(), "SELECT COUNT(DISTINCT contact_id) FROM lusha_cache WHERE found = 1")
+            .await?,
+        leads_imported: count(conn.reborrow(), "SELECT COUNT(*) FROM lusha_leads WHERE status = 'imported'").await?,
+        leads_waiting: count(conn.reborrow(), "SELECT COUNT(*) FROM lusha_leads WHERE status = 'enriched'").await?,
+        leads_failed: count(conn.reborrow(), "SELECT COUNT(*) FROM lusha_leads WHERE status = 'failed'").await?,
         signals_pending: count(conn, "SELECT COUNT(*) FROM lusha_signals WHERE processed_at IS NULL").await?,
     };
     Ok((status != LushaStatus::default()).then_some(status))
@@ -484,13 +515,35 @@ async fn read_lusha(conn: &mut SqliteConnection, day: &str) -> Result<Option<Lus
 mod tests {
     use super::*;
     use crate::store::runs::{self, RunProgress};
+    use crate::store::testing::stores;
 
-    use crate::store::temp_store as store;
-
-    async fn exec(store: &Store, sql: &str) {
+    /// Runs `sql` with `binds` (text or integer) in its own write transaction.
+    async fn exec(store: &Store, sql: &str, binds: &[Bind<'_>]) {
         let mut tx = store.begin_write("test").await.unwrap();
-        sqlx::query(sql).execute(&mut *tx).await.unwrap();
+        on_db!(tx.conn(), |c| {
+            let mut query = sqlx::query(sql);
+            for bind in binds {
+                query = match *bind {
+                    Bind::Text(text) => query.bind(text),
+                    Bind::OptText(text) => query.bind(text),
+                    Bind::Int(n) => query.bind(n),
+                    Bind::OptInt(n) => query.bind(n),
+                    Bind::Blob(bytes) => query.bind(bytes),
+                };
+            }
+            query.execute(c).await.map(|done| done.rows_affected())
+        })
+        .unwrap();
         tx.commit().await.unwrap();
+    }
+
+    #[derive(Clone, Copy)]
+    enum Bind<'a> {
+        Text(&'a str),
+        OptText(Option<&'a str>),
+        Int(i64),
+        OptInt(Option<i64>),
+        Blob(&'a [u8]),
     }
 
     fn configured(id: &str) -> ConfiguredLocation {
@@ -499,13 +552,18 @@ mod tests {
 
     #[tokio::test]
     async fn a_running_pass_shows_its_progress_and_todays_requests() {
-        let (_dir, store) = store().await;
-        crate::store::locations::register_configured(&store, &[configured("loc")]).await.unwrap();
-        let run = runs::start(&store, "loc", "contacts").await.unwrap();
-        let progress = RunProgress { pages: 40, records_seen: 4000, changes: 3900, requests: 2345, rate_limited: 3 };
-        runs::record_progress(&store, run, &progress).await.unwrap();
+        for (_guard, store) in stores().await {
+            running_pass_shows_progress(&store).await;
+        }
+    }
 
-        let status = read(&store, &[configured("loc"), configured("not_yet")]).await.unwrap();
+    async fn running_pass_shows_progress(store: &Store) {
+        crate::store::locations::register_configured(store, &[configured("loc")]).await.unwrap();
+        let run = runs::start(store, "loc", "contacts").await.unwrap();
+        let progress = RunProgress { pages: 40, records_seen: 4000, changes: 3900, requests: 2345, rate_limited: 3 };
+        runs::record_progress(store, run, &progress).await.unwrap();
+
+        let status = read(store, &[configured("loc"), configured("not_yet")]).await.unwrap();
         assert!(status.store.writable);
         let loc = &status.locations[0];
         assert_eq!((loc.id.as_str(), loc.name.as_deref(), loc.in_store), ("loc", Some("Name loc"), true));
@@ -521,8 +579,73 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_locations_cursor_counters_and_failed_run_show_in_its_status() {
+        for (_guard, store) in stores().await {
+            location_figures(&store).await;
+        }
+    }
+
+    async fn location_figures(store: &Store) {
+        use crate::store::daily::{self, DailyCounts};
+        let now = now_ms();
+        exec(
+            store,
+            "INSERT INTO locations (id, name, status, status_reason, updated_at) VALUES ('loc', NULL, 'active', NULL, $1)",
+            &[Bind::Int(now)],
+        )
+        .await;
+        let mut tx = store.begin_write("test").await.unwrap();
+        crate::store::cursors::advance_in(tx.conn(), "loc", "contacts", 1234, true, now - 5_000).await.unwrap();
+        tx.commit().await.unwrap();
+        daily::add(store, "loc", DailyCounts { requests: 7, rate_limited: 1, webhooks: 2 }).await.unwrap();
+        for (started, finished, outcome, error) in [
+            (now - 9_000, Some(now - 8_000), "ok", None),
+            (now - 4_000, Some(now - 3_000), "failed", Some("GHL answered 500")),
+        ] {
+            exec(
+                store,
+                "INSERT INTO runs (location_id, kind, started_at, finished_at, outcome, error) \
+                 VALUES ('loc', 'contacts', $1, $2, $3, $4)",
+                &[Bind::Int(started), Bind::OptInt(finished), Bind::Text(outcome), Bind::OptText(error)],
+            )
+            .await;
+        }
+        exec(
+            store,
+            "INSERT INTO lusha_credits (day, spent, calls) VALUES ($1, 5, 2)",
+            &[Bind::Text(&daily::utc_day(now))],
+        )
+        .await;
+
+        let status = read(store, &[configured("loc")]).await.unwrap();
+        let loc = &status.locations[0];
+        assert_eq!((loc.name.as_deref(), loc.status.as_str(), loc.in_store), (Some("Name loc"), "active", true));
+        assert_eq!((loc.backfill_done, loc.watermark_ms), (true, Some(1234)));
+        assert!(loc.cursor_age_secs.is_some_and(|age| age >= 5));
+        assert_eq!((loc.requests_today, loc.rate_limited_today, loc.webhooks_today), (7, 1, 2));
+        assert_eq!((loc.contacts, loc.dirty), (0, 0));
+        assert_eq!(loc.last_run_outcome.as_deref(), Some("failed"));
+        assert_eq!(loc.last_error.as_deref(), Some("GHL answered 500"));
+        assert_eq!(loc.last_ok_at, Some(now - 8_000));
+        assert_eq!(loc.streams.len(), 1);
+        assert_eq!(
+            status.recent_errors,
+            [RecentError { at: now - 3_000, origin: "run contacts loc".into(), message: "GHL answered 500".into() }]
+        );
+        assert_eq!(status.lusha, Some(LushaStatus { credits_today: 5, calls_today: 2, ..LushaStatus::default() }));
+        assert_eq!(status.totals, Totals::default());
+        assert!(status.incidents.is_empty());
+        ping(store).await.unwrap();
+    }
+
+    #[tokio::test]
     async fn each_connector_has_its_own_queue_and_its_newest_failure() {
-        let (_dir, store) = store().await;
+        for (_guard, store) in stores().await {
+            connector_queues(&store).await;
+        }
+    }
+
+    async fn connector_queues(store: &Store) {
         let now = now_ms();
         for (connector, status, attempts, error, updated) in [
             ("webhook.crm", "pending", 0, None, now),
@@ -531,43 +654,51 @@ mod tests {
             ("lusha", "pending", 0, Some("parked by the connector for 60 s"), now),
         ] {
             exec(
-                &store,
-                &format!(
-                    "INSERT INTO outbox (connector, location_id, entity, entity_id, operation, content_hash, \
-                     idempotency_key, status, attempts, last_error, next_attempt_at, changed_at, created_at, updated_at) \
-                     VALUES ('{connector}', 'loc', 'contact', 'c', 'updated', x'00', 'k', '{status}', {attempts}, {}, \
-                     {now}, {now}, {now}, {updated})",
-                    error.map_or("NULL".to_owned(), |e| format!("'{e}'"))
-                ),
+                store,
+                "INSERT INTO outbox (connector, location_id, entity, entity_id, operation, content_hash, \
+                 idempotency_key, status, attempts, last_error, next_attempt_at, changed_at, created_at, updated_at) \
+                 VALUES ($1, 'loc', 'contact', 'c', 'updated', $2, 'k', $3, $4, $5, $6, $6, $6, $7)",
+                &[
+                    Bind::Text(connector),
+                    Bind::Blob(&[0]),
+                    Bind::Text(status),
+                    Bind::Int(attempts),
+                    Bind::OptText(error),
+                    Bind::Int(now),
+                    Bind::Int(updated),
+                ],
             )
             .await;
         }
         exec(
-            &store,
-            &format!(
-                "INSERT INTO dead_letters (source, connector, reason, created_at) VALUES \
-                 ('delivery', 'webhook.crm', 'the webhook answered 410 Gone', {}), \
-                 ('delivery', 'lucky_orange', 'gave up after 8 attempts (connection refused)', {now}), \
-                 ('record', NULL, 'unreadable contact c9', {now})",
-                now - 60_000
-            ),
+            store,
+            "INSERT INTO dead_letters (source, connector, reason, created_at) VALUES \
+             ('delivery', 'webhook.crm', 'the webhook answered 410 Gone', $1), \
+             ('delivery', 'lucky_orange', 'gave up after 8 attempts (connection refused)', $2), \
+             ('record', NULL, 'unreadable contact c9', $2)",
+            &[Bind::Int(now - 60_000), Bind::Int(now)],
         )
         .await;
-        let status = read(&store, &[]).await.unwrap();
+        let status = read(store, &[]).await.unwrap();
         let names: Vec<&str> = status.connectors.iter().map(|c| c.connector.as_str()).collect();
         assert_eq!(names, ["lucky_orange", "lusha", "webhook.crm"]);
         let crm = &status.connectors[2];
         assert_eq!((crm.pending, crm.retrying, crm.delivered, crm.dead_letters), (2, 1, 1, 1));
+        assert_eq!((crm.delivered_last_hour, crm.oldest_pending_at), (1, Some(now)));
         let error = crm.last_error.as_ref().unwrap();
         assert_eq!((error.kind, error.message.as_str()), ("retrying", "the webhook answered 503 Service Unavailable"));
         // A parked row is not a failure.
         assert_eq!(status.connectors[1].pending, 1);
         assert!(status.connectors[1].last_error.is_none());
         let lo = &status.connectors[0];
+        assert_eq!((lo.pending, lo.oldest_pending_at), (0, None));
         assert_eq!(lo.last_error.as_ref().unwrap().kind, "dead_letter");
         assert_eq!(status.unattributed_dead_letters, [SourceCount { source: "record".into(), dead_letters: 1 }]);
         assert_eq!((status.totals.pending, status.totals.dead_letters), (3, 3));
         assert_eq!(status.deliveries_per_minute.len(), 60);
         assert_eq!(status.deliveries_per_minute.iter().sum::<i64>(), 1);
+        assert_eq!(status.recent_errors.len(), 3);
+        assert_eq!(status.recent_errors[2].origin, "dead letter webhook.crm");
+        assert_eq!(status.lusha, None);
     }
 }

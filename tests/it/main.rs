@@ -28,6 +28,7 @@ mod lucky_orange;
 mod lucky_orange_browser;
 mod lusha;
 mod once;
+mod postgres;
 mod priority;
 mod reliability;
 mod rules;
