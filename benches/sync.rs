@@ -10,6 +10,8 @@
 //!   (`SYNC_BENCH_ROUNDS` rounds, default 3; 1 above 200,000 contacts, where the pages are
 //!   re-read from the fake each round instead of held in memory). The backfill's contacts/s
 //!   is the new-contact figure (one webhook connector: an outbox row per contact).
+//!   `SYNC_BENCH_BACKENDS=sqlite,postgres` runs it on each store in turn (PostgreSQL from
+//!   `GHL_SYNC_TEST_POSTGRES`, default the local server; a fresh database per run).
 //! - `backfill`: a backfill with tasks and notes under real-shaped limits (100 per
 //!   `SYNC_BENCH_WINDOW_MS`, default 2000; GHL's is 10000, share 0.9 as the daemon's default)
 //!   against the rate-limit floor (requests needed ÷ allowed rate); 429s; GHL requests per
@@ -135,7 +137,16 @@ fn requests(sandbox: &Sandbox) -> u64 {
     sandbox.ghl.stats().requests.values().sum()
 }
 
+/// The PostgreSQL store of the `diff` section (`SYNC_BENCH_BACKENDS=sqlite,postgres`).
+static POSTGRES_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 async fn count(app: &App, sql: &str) -> i64 {
+    if app.store.is_postgres() {
+        use sqlx::Connection as _;
+        let url = POSTGRES_URL.get().expect("the PostgreSQL bench store's URL");
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        return sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap();
+    }
     sqlx::query_scalar(sql).fetch_one(app.store.read_pool()).await.unwrap()
 }
 
@@ -144,10 +155,19 @@ async fn count(app: &App, sql: &str) -> i64 {
 /// Above this many contacts the diff section re-reads its pages each round instead of holding them.
 const HELD_PAGES_UP_TO: usize = 200_000;
 
-async fn diff(contacts: usize, rounds: usize) {
+async fn diff(contacts: usize, rounds: usize, postgres: bool) {
     let sandbox = start(fast(contacts, false)).await;
     let dir = tempfile::tempdir().unwrap();
     let mut settings = settings_for(&sandbox, dir.path());
+    let backend = if postgres { "PostgreSQL" } else { "SQLite" };
+    if postgres {
+        let url =
+            ghl_sync::store::testing::postgres_test_url().await.expect("a PostgreSQL server (GHL_SYNC_TEST_POSTGRES)");
+        POSTGRES_URL.set(url.clone()).expect("one PostgreSQL diff run per process");
+        settings.store.path = None;
+        settings.store.url = Some(url);
+    }
+    println!("store: {backend}");
     settings.sync.tasks = false;
     settings.sync.notes = false;
     let page_size = settings.sync.page_size;
@@ -799,7 +819,10 @@ fn main() {
     if sections.contains("diff") {
         let contacts = if full { env("SYNC_BENCH_CONTACTS", 50_000) } else { 1_000 };
         let rounds = if full { env("SYNC_BENCH_ROUNDS", if contacts > HELD_PAGES_UP_TO { 1 } else { 3 }) } else { 1 };
-        runtime.block_on(diff(contacts, rounds));
+        // `SYNC_BENCH_BACKENDS=sqlite,postgres`: the same section on each store, side by side.
+        for backend in env("SYNC_BENCH_BACKENDS", "sqlite".to_owned()).split(',') {
+            runtime.block_on(diff(contacts, rounds, backend.trim() == "postgres"));
+        }
     }
     if sections.contains("backfill") {
         let contacts = if full { env("SYNC_BENCH_BACKFILL_CONTACTS", 400) } else { 10 };
