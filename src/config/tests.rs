@@ -483,8 +483,8 @@ fn the_store_url_names_sqlite_or_postgres_and_a_bad_one_is_refused_naming_the_ke
     assert_eq!(found, vec!["store.url: must start with sqlite:// or postgres:// (got \"mysql\")".to_owned()]);
     let found = problems(&format!("[store]\nurl = \"sqlite:///a.db\"\npath = \"/b.db\"\n{location}"));
     assert!(found[0].starts_with("store.url: set store.url or store.path, not both"), "{found:?}");
-    let config = load(&format!("[store]\nurl = \"postgres://u:secret@db/ghl\"\n{location}"), &[]).unwrap();
-    assert_eq!(config.settings.store.target(), StoreTarget::Postgres("postgres://u:secret@db/ghl".to_owned()));
+    let config = load(&format!("[store]\nurl = \"postgres://u:hunter2@db/ghl\"\n{location}"), &[]).unwrap();
+    assert_eq!(config.settings.store.target(), StoreTarget::Postgres("postgres://u:hunter2@db/ghl".to_owned()));
     let warning = config.warnings.iter().map(ToString::to_string).find(|w| w.starts_with("store.url")).unwrap();
-    assert!(warning.contains("PGPASSWORD") && !warning.contains("secret"), "{warning}");
+    assert!(warning.contains("PGPASSWORD") && !warning.contains("hunter2"), "{warning}");
 }
