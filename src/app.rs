@@ -17,7 +17,7 @@ use crate::ghl::{GhlClient, TokenManager, TokenProvider, needed_scopes};
 use crate::http::{ApiClient, ClientSettings, HeaderScheme, QuotaSettings, RateLimits, RetryPolicy};
 use crate::server::{ServerState, install_metrics};
 use crate::store::locations::ConfiguredLocation;
-use crate::store::{Store, StoreLock};
+use crate::store::{Location, Store, StoreLock};
 use crate::sync::engine::{Engine, EngineSettings, RunOptions, RunSummary, Subscriber};
 use crate::sync::scheduler::{self, ScheduleSettings, SyncNow};
 
@@ -132,7 +132,7 @@ impl App {
         }
         let store = Store::open(&target, settings.store.busy_timeout.get())
             .await
-            .with_context(|| format!("Failed to open the store at {}", describe(&target)))?;
+            .with_context(|| format!("Failed to open the store at {}", Location::of(&target)))?;
         register_locations(&store, &config).await?;
         // Metrics first: every component records into the one Prometheus recorder.
         install_metrics();
@@ -154,7 +154,7 @@ impl App {
         let Workers { ghl, engine, dispatcher, connectors } =
             build_workers(&config, &store, &tokens, &calls, &circuits, &clock).await?;
         let listener = if settings.server.enabled { Some(crate::server::bind(&settings.server).await?) } else { None };
-        tracing::info!(database = %describe(&target), locations = settings.ghl.locations.len(), "Store ready");
+        tracing::info!(database = %Location::of(&target), locations = settings.ghl.locations.len(), "Store ready");
         Ok(Self {
             config,
             store,
@@ -386,14 +386,6 @@ impl App {
             config.secrets = self.config.secrets.clone();
         }
         Some(config)
-    }
-}
-
-/// The store as messages name it (a PostgreSQL URL without credentials).
-pub(crate) fn describe(target: &crate::config::StoreTarget) -> String {
-    match target {
-        crate::config::StoreTarget::Sqlite(path) => path.display().to_string(),
-        crate::config::StoreTarget::Postgres(url) => crate::store::redact_postgres_url(url),
     }
 }
 

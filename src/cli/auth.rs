@@ -185,7 +185,7 @@ pub async fn run(config: Config, command: AuthCommand) -> anyhow::Result<()> {
     let _lock = StoreLock::acquire(&target).await.context("Failed to lock the database (stop the daemon first)")?;
     let store = Store::open(&target, config.settings.store.busy_timeout.get())
         .await
-        .with_context(|| format!("Failed to open the store at {}", crate::app::describe(&target)))?;
+        .with_context(|| format!("Failed to open the store at {}", crate::store::Location::of(&target)))?;
     let tokens = TokenManager::from_config(&config, store.clone(), CancellationToken::new())?;
     let result = match command {
         AuthCommand::Install { write, code, timeout } => {

@@ -130,7 +130,7 @@ pub(crate) async fn open_store(config: &Config) -> anyhow::Result<crate::store::
     let target = config.settings.store.target();
     crate::store::Store::open(&target, config.settings.store.busy_timeout.get())
         .await
-        .with_context(|| format!("Failed to open the store at {}", crate::app::describe(&target)))
+        .with_context(|| format!("Failed to open the store at {}", crate::store::Location::of(&target)))
 }
 
 /// Runs the parsed command and returns the process exit code.

@@ -68,6 +68,17 @@ macro_rules! on_db {
 }
 pub(crate) use on_db;
 
+/// `SELECT …` of the strings in the JSON array bound as parameter `$n` (its JSON text), for
+/// `x IN (…)` with a list of any length: `json_each` on SQLite, `jsonb_array_elements_text`
+/// on PostgreSQL.
+pub fn json_values(pg: bool, n: usize) -> String {
+    if pg {
+        format!("SELECT jsonb_array_elements_text(CAST(${n} AS JSONB))")
+    } else {
+        format!("SELECT value FROM json_each(${n})")
+    }
+}
+
 /// `$1, $2, …, $n` starting after `from` parameters: placeholders for statements built
 /// with a variable number of values (`IN (…)`, multi-row `VALUES`).
 pub fn params(from: usize, n: usize) -> String {

@@ -158,6 +158,16 @@ pub enum Location {
     Postgres(String),
 }
 
+impl Location {
+    /// Where `[store]` points, as messages may show it.
+    pub fn of(target: &crate::config::StoreTarget) -> Self {
+        match target {
+            crate::config::StoreTarget::Sqlite(path) => Location::Sqlite(path.clone()),
+            crate::config::StoreTarget::Postgres(url) => Location::Postgres(redact_postgres_url(url)),
+        }
+    }
+}
+
 impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

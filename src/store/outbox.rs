@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::db::{self, Conn, on_db};
+use super::db::{self, Conn, json_values, on_db};
 use super::{Store, StoreError, dead_letters, now_ms};
 use crate::domain::diff::coalesce;
 use crate::domain::{EntityKind, Operation, idempotency_key};
@@ -427,17 +427,6 @@ pub async fn reschedule_after_clock_step_back(store: &Store, now: i64, tolerance
     Ok(moved)
 }
 
-/// `SELECT …` of the strings in the JSON array bound as parameter `$n` (its JSON text), for
-/// `x IN (…)` with a list of any length: `json_each` on SQLite, `jsonb_array_elements_text`
-/// on PostgreSQL.
-pub(super) fn json_values(pg: bool, n: usize) -> String {
-    if pg {
-        format!("SELECT jsonb_array_elements_text(CAST(${n} AS JSONB))")
-    } else {
-        format!("SELECT value FROM json_each(${n})")
-    }
-}
-
 /// Rows of one connector still pending after a drain, for `sync --once`'s summary.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Undelivered {
@@ -632,7 +621,7 @@ pub async fn depth(store: &Store) -> Result<Vec<QueueDepth>, StoreError> {
 mod tests {
     use super::*;
     use crate::store::Store;
-    use crate::store::testing::stores;
+    use crate::store::testing::{exec, stores};
 
     fn change<'a>(id: &'a str, op: Operation, hash: &'a [u8; 32], revision: i64, record: &'a [u8]) -> NewChange<'a> {
         NewChange {
@@ -656,13 +645,6 @@ mod tests {
         .fetch_all(pool)
         .await)
         .unwrap()
-    }
-
-    /// Runs `sql` (no parameters) in its own write transaction.
-    async fn exec(store: &Store, sql: &str) {
-        let mut tx = store.begin_write("test").await.unwrap();
-        on_db!(tx.conn(), |c| sqlx::query(sql).execute(c).await.map(|done| done.rows_affected())).unwrap();
-        tx.commit().await.unwrap();
     }
 
     #[tokio::test]

@@ -767,14 +767,11 @@ pub async fn changed_since_stored(
         return Ok(HashSet::new());
     }
     let ids = serde_json::to_string(contacts).unwrap_or_else(|_| "[]".to_owned());
-    let rows: Vec<String> = on_db!(store.db(), |pool, pg| sqlx::query_scalar(if pg {
-        "SELECT contact_id FROM contacts WHERE location_id = $1 \
-         AND contact_id IN (SELECT json_array_elements_text(CAST($2 AS JSON))) \
-         AND first_seen_at < COALESCE(children_due_at, 0)"
-    } else {
-        "SELECT contact_id FROM contacts WHERE location_id = $1 AND contact_id IN (SELECT value FROM json_each($2)) \
-         AND first_seen_at < COALESCE(children_due_at, 0)"
-    })
+    let rows: Vec<String> = on_db!(store.db(), |pool, pg| sqlx::query_scalar(&format!(
+        "SELECT contact_id FROM contacts WHERE location_id = $1 AND contact_id IN ({}) \
+         AND first_seen_at < COALESCE(children_due_at, 0)",
+        db::json_values(pg, 2)
+    ))
     .bind(location)
     .bind(&ids)
     .fetch_all(pool)
@@ -1138,7 +1135,7 @@ async fn select_versions(
 mod tests {
     use super::*;
     use crate::domain::normalize::normalize_contact;
-    use crate::store::testing::stores;
+    use crate::store::testing::{exec, stores};
 
     fn read(id: &str, name: &str, updated: i64) -> ContactRead {
         let Value::Object(map) = serde_json::json!({"id": id, "firstName": name}) else { unreachable!() };
@@ -1168,12 +1165,6 @@ mod tests {
         .await)
         .unwrap();
         (revision, codec::unpack(&record).unwrap())
-    }
-
-    async fn execute(store: &Store, sql: &str) {
-        let mut tx = store.begin_write("test").await.unwrap();
-        on_db!(tx.conn(), |c| sqlx::query(sql).execute(c).await.map(|done| done.rows_affected())).unwrap();
-        tx.commit().await.unwrap();
     }
 
     #[tokio::test]
@@ -1211,7 +1202,7 @@ mod tests {
         assert_eq!(cursors::contacts_watermark(store, "loc").await.unwrap(), Some(5_000));
 
         // Delivered; then one contact changes and the rest are the same.
-        execute(store, "UPDATE outbox SET status = 'done'").await;
+        exec(store, "UPDATE outbox SET status = 'done'").await;
         let mut page: Vec<ContactRead> = (0..250).map(|i| read(&format!("c{i}"), "ada", 1_000 + i)).collect();
         page[5] = read("c5", "bea", 2_000);
         page[7] = read("c7", "cy", 2_001);
@@ -1227,7 +1218,7 @@ mod tests {
         );
 
         // A confirmed delete: the contact and its children leave, the next revision goes out.
-        execute(store, "UPDATE outbox SET status = 'done'").await;
+        exec(store, "UPDATE outbox SET status = 'done'").await;
         let done = delete_contact(store, &commit, "c42").await.unwrap();
         assert_eq!(done.changed, 1);
         assert!(!has_contact(store, "loc", "c42").await.unwrap());

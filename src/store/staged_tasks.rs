@@ -12,9 +12,8 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
-use super::db::on_db;
+use super::db::{json_values, on_db};
 use super::dead_letters::dead_letter_record;
-use super::outbox::json_values;
 use super::snapshot::BadRecord;
 use super::{Store, StoreError, codec, now_ms};
 use crate::domain::diff::ChildRecord;

@@ -62,6 +62,15 @@ pub(crate) async fn postgres_store() -> Option<(TempGuard, Store)> {
     Some((TempGuard { _dir: None }, store))
 }
 
+/// Runs `sql` (no parameters) in its own write transaction (test set-up).
+#[cfg(test)]
+pub(crate) async fn exec(store: &Store, sql: &str) {
+    let mut tx = store.begin_write("test").await.unwrap_or_else(|e| panic!("begin: {e}"));
+    super::db::on_db!(tx.conn(), |c| sqlx::query(sql).execute(c).await.map(|done| done.rows_affected()))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    tx.commit().await.unwrap_or_else(|e| panic!("commit: {e}"));
+}
+
 /// Both backends' stores (SQLite first; PostgreSQL when a server answers or is required).
 #[cfg(test)]
 pub(crate) async fn stores() -> Vec<(TempGuard, Store)> {
