@@ -682,8 +682,10 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// The session advisory lock a daemon holds on a PostgreSQL store (`ghlsync\0` as an integer).
-const DAEMON_LOCK_KEY: i64 = 0x6768_6c73_796e_6300;
+/// The first half of the session advisory lock a daemon holds on a PostgreSQL store (`ghls`);
+/// the second half is the hash of the store's schema, since advisory locks are per database and
+/// one database may hold several stores (a schema each).
+const DAEMON_LOCK_KEY: i32 = 0x6768_6c73;
 
 /// What keeps a second daemon off one store: the SQLite lock file, or on PostgreSQL a session
 /// advisory lock held by a connection of its own for the life of the process (one daemon per
@@ -708,7 +710,7 @@ impl StoreLock {
                     .connect()
                     .await
                     .map_err(open_error)?;
-                let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext(current_schema()))")
                     .bind(DAEMON_LOCK_KEY)
                     .fetch_one(&mut conn)
                     .await?;
@@ -895,6 +897,33 @@ mod tests {
         assert!(matches!(busy, Some(StoreError::Busy(_))));
         store.begin_write("test").await.unwrap().commit().await.unwrap();
         assert_eq!(store.write_health().failing, None);
+    }
+
+    /// One daemon per store, not per database: stores in two schemas of one database lock
+    /// independently, a second lock on the same store is refused until the first is gone.
+    #[tokio::test]
+    async fn the_postgres_daemon_lock_is_per_store() {
+        use crate::config::StoreTarget;
+        let (Some(a), Some(b)) = (testing::postgres_test_url().await, testing::postgres_test_url().await) else {
+            return;
+        };
+        let (a, b) = (StoreTarget::Postgres(a), StoreTarget::Postgres(b));
+        let held = StoreLock::acquire(&a).await.unwrap();
+        let other_schema = StoreLock::acquire(&b).await.unwrap();
+        let again = StoreLock::acquire(&a).await.unwrap_err();
+        assert!(matches!(again, StoreError::LockedPostgres { .. }), "{again}");
+        drop(held);
+        // The server frees a session lock when its connection ends; that takes a moment.
+        let mut retaken = None;
+        for _ in 0..50 {
+            if let Ok(lock) = StoreLock::acquire(&a).await {
+                retaken = Some(lock);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(retaken.is_some(), "the lock was not freed with its connection");
+        drop(other_schema);
     }
 
     #[tokio::test]
