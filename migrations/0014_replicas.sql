@@ -31,3 +31,7 @@ CREATE TABLE location_leases (
 -- ms). A claim that outlives its replica expires and the row is claimed again (same key).
 ALTER TABLE outbox ADD COLUMN claimed_by TEXT;
 ALTER TABLE outbox ADD COLUMN claimed_until INTEGER;
+
+-- The replica that ran a sync run (`status`; a test checks no two replicas ran one location
+-- at once).
+ALTER TABLE runs ADD COLUMN replica TEXT;

@@ -19,6 +19,7 @@ use crate::server::{ServerState, install_metrics};
 use crate::store::locations::ConfiguredLocation;
 use crate::store::{Location, Store, StoreLock};
 use crate::sync::engine::{Engine, EngineSettings, RunOptions, RunSummary, Subscriber};
+use crate::sync::leases::{LeaseSettings, Leases};
 use crate::sync::scheduler::{self, ScheduleSettings, SyncNow};
 
 /// A built daemon, ready to run.
@@ -36,6 +37,9 @@ pub struct App {
     pub sync_now: SyncNow,
     /// Which connectors' circuits are open (for the alerts), across config reloads.
     pub circuits: OpenCircuits,
+    /// The locations this process may poll (replicas on PostgreSQL lease them; a daemon on
+    /// SQLite holds every one).
+    pub leases: Arc<Leases>,
     /// The HTTP listener, bound at build time so a taken port fails start-up.
     listener: Option<tokio::net::TcpListener>,
     _lock: StoreLock,
@@ -119,12 +123,24 @@ pub(crate) async fn build_workers(
 }
 
 impl App {
-    /// Opens the store (taking the one-daemon-per-database lock), registers the configured
-    /// locations and builds the GHL client and the sync engine.
+    /// Opens the store for a daemon (SQLite: one per file; PostgreSQL: one of any number of
+    /// replicas, which lease the locations), registers the configured locations and builds
+    /// the GHL client and the sync engine.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_locked(config, false).await
+    }
+
+    /// [`App::build`] for a one-shot run (`sync --once`), which polls every location without
+    /// leases: it needs the store to itself, so on PostgreSQL it is refused while replicas run
+    /// (and they wait for it).
+    pub async fn build_one_shot(config: Config) -> anyhow::Result<Self> {
+        Self::build_locked(config, true).await
+    }
+
+    async fn build_locked(config: Config, alone: bool) -> anyhow::Result<Self> {
         let settings = &config.settings;
         let target = settings.store.target();
-        let lock = StoreLock::acquire(&target).await?;
+        let lock = if alone { StoreLock::acquire(&target).await? } else { StoreLock::acquire_daemon(&target).await? };
         let (clock, test_clock) = Clock::from_env();
         if let Some(file) = test_clock {
             tracing::warn!(file = %file.display(), "Test clock: the wall clock is moved by the offset in {} ({}); never set this outside tests",
@@ -154,7 +170,8 @@ impl App {
         let Workers { ghl, engine, dispatcher, connectors } =
             build_workers(&config, &store, &tokens, &calls, &circuits, &clock).await?;
         let listener = if settings.server.enabled { Some(crate::server::bind(&settings.server).await?) } else { None };
-        tracing::info!(database = %Location::of(&target), locations = settings.ghl.locations.len(), "Store ready");
+        let leases = if store.is_postgres() && !alone { Leases::shared() } else { Leases::all() };
+        tracing::info!(database = %Location::of(&target), locations = settings.ghl.locations.len(), replica = crate::store::replica_id(), "Store ready");
         Ok(Self {
             config,
             store,
@@ -166,6 +183,7 @@ impl App {
             wake: Arc::new(Notify::new()),
             sync_now: SyncNow::default(),
             circuits,
+            leases,
             listener,
             _lock: lock,
             tracker: TaskTracker::new(),
@@ -262,6 +280,30 @@ impl App {
             stop.clone(),
         ));
 
+        if self.leases.is_shared() {
+            let settings = LeaseSettings {
+                ttl: self.config.settings.store.lease_ttl.get(),
+                window: self.config.settings.limits.ghl_burst_window.get(),
+            };
+            tracing::info!(
+                replica = crate::store::replica_id(),
+                lease_ttl_s = settings.ttl.as_secs(),
+                "Replica mode: locations are leased over the shared store"
+            );
+            self.tracker.spawn(crate::sync::leases::listen_for_hints(
+                self.store.clone(),
+                self.wake.clone(),
+                stop.clone(),
+            ));
+            self.tracker.spawn(crate::sync::leases::run(
+                self.leases.clone(),
+                self.store.clone(),
+                settings,
+                self.locations().await?,
+                self.sync_now.clone(),
+                stop.clone(),
+            ));
+        }
         let mut workers_stop = stop.child_token();
         let mut workers = TaskTracker::new();
         let locations = self.spawn_workers(&workers, &workers_stop).await?;
@@ -320,6 +362,7 @@ impl App {
         if !finished {
             tracing::warn!("Stopping with work in flight; it is committed page by page and resumes on the next start");
         }
+        crate::sync::leases::release(&self.leases, &self.store).await;
         self.store.close().await;
         tracing::info!("ghl-sync stopped");
         Ok(())
@@ -343,6 +386,7 @@ impl App {
         scheduler::spawn(
             self.engine.clone(),
             locations,
+            self.leases.clone(),
             ScheduleSettings::from_config(&settings.sync),
             self.wake.clone(),
             &self.sync_now,
@@ -396,6 +440,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
     if a.store.target() != b.store.target() {
         changed.push("store.path");
+    }
+    if a.store.lease_ttl != b.store.lease_ttl {
+        changed.push("store.lease_ttl");
     }
     if a.server.listen != b.server.listen || a.server.enabled != b.server.enabled {
         changed.push("server.listen");

@@ -415,6 +415,8 @@ mod tests {
             recent_errors: Vec::new(),
             lusha: None,
             incidents: Vec::new(),
+            replicas: Vec::new(),
+            leases: Vec::new(),
         };
         let line = demo_line(&status, &DemoCounters { delivered_to_sink: 5, ..DemoCounters::default() });
         assert!(line.contains("queues: lusha pending 7 dead 1, webhook.demo pending 3 dead 0"), "{line}");

@@ -21,3 +21,5 @@ CREATE TABLE location_leases (
 
 ALTER TABLE outbox ADD COLUMN claimed_by TEXT COLLATE "C";
 ALTER TABLE outbox ADD COLUMN claimed_until BIGINT;
+
+ALTER TABLE runs ADD COLUMN replica TEXT COLLATE "C";

@@ -422,6 +422,8 @@ mod tests {
             recent_errors: Vec::new(),
             lusha: None,
             incidents: Vec::new(),
+            replicas: Vec::new(),
+            leases: Vec::new(),
         }
     }
 

@@ -228,7 +228,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
             let deliver =
                 if dry_run || no_deliver { None } else { Some(std::time::Duration::from_secs(deliver_timeout.max(1))) };
             let result = async {
-                let app = App::build(config).await?;
+                let app = App::build_one_shot(config).await?;
                 crate::cli::sync::sync_once(app, location.as_deref(), dry_run, deliver).await
             }
             .await;

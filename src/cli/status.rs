@@ -95,6 +95,35 @@ pub fn render_text(status: &Status) -> String {
             writeln!(out, "    last error: {error}").ok();
         }
     }
+    if !status.replicas.is_empty() {
+        writeln!(out, "REPLICAS (daemons sharing the PostgreSQL store)").ok();
+        for r in &status.replicas {
+            let state = match r.stopped_at {
+                Some(at) => format!("stopped {}s ago", (now - at).max(0) / 1000),
+                None => format!("heartbeat {}s ago", (now - r.heartbeat_at).max(0) / 1000),
+            };
+            writeln!(
+                out,
+                "  {} (host {}, pid {}, v{}): {state}, {} lease(s)",
+                r.id, r.host, r.pid, r.version, r.leases
+            )
+            .ok();
+        }
+        for l in &status.leases {
+            match &l.holder {
+                Some(holder) if l.expires_at > now => writeln!(
+                    out,
+                    "  {} leased by {holder}, renewed {}s ago, expires in {}s, moved {} time(s)",
+                    l.location_id,
+                    (now - l.renewed_at).max(0) / 1000,
+                    (l.expires_at - now) / 1000,
+                    l.moves
+                ),
+                _ => writeln!(out, "  {} not leased (a replica claims it at its next heartbeat)", l.location_id),
+            }
+            .ok();
+        }
+    }
     if !status.incidents.is_empty() {
         writeln!(out, "OPEN INCIDENTS (alerts)").ok();
         for incident in &status.incidents {
@@ -203,6 +232,8 @@ mod tests {
             recent_errors: Vec::new(),
             lusha: None,
             incidents: Vec::new(),
+            replicas: Vec::new(),
+            leases: Vec::new(),
         };
         let text = render_text(&status);
         assert!(text.contains("today (UTC): 2345 request(s), 2 rate-limited (429), 7 webhook(s)"), "{text}");

@@ -64,6 +64,9 @@ pub struct StoreSettings {
     pub url: Option<String>,
     /// How long a writer waits for SQLite's lock before failing.
     pub busy_timeout: Dur,
+    /// PostgreSQL only: how long a replica's lease on a location lives without renewal
+    /// (renewed every third of it). A dead replica's locations move within about this long.
+    pub lease_ttl: Dur,
     /// Key that encrypts OAuth tokens at rest (32 bytes, base64 or hex).
     pub master_key: Option<Secret>,
     pub master_key_env: Option<String>,
@@ -76,6 +79,7 @@ impl Default for StoreSettings {
             path: None,
             url: None,
             busy_timeout: Dur::secs(5),
+            lease_ttl: Dur::secs(30),
             master_key: None,
             master_key_env: None,
             master_key_file: None,

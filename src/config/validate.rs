@@ -195,6 +195,12 @@ impl StoreSettings {
     /// one (`LoadCredential=master_key:…`; see deploy/systemd/ghl-sync.service).
     pub(super) fn validate(&self, v: &mut Validation) {
         v.check(!self.busy_timeout.get().is_zero(), "store.busy_timeout", "must be greater than zero");
+        let ttl = self.lease_ttl.get();
+        v.check(
+            ttl >= std::time::Duration::from_secs(3) && ttl <= std::time::Duration::from_secs(600),
+            "store.lease_ttl",
+            "must be between 3s and 10m",
+        );
         if let Some(url) = &self.url {
             if self.path.is_some() {
                 v.problem(

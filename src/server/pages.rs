@@ -270,6 +270,44 @@ fn status_body(status: &Status, problems: &[String], budget: u64) -> String {
     b.push_str("<h2>Deliveries per minute (last hour)</h2>");
     b.push_str(&chart(&buckets));
 
+    if !status.replicas.is_empty() {
+        b.push_str(
+            "<h2>Replicas</h2><table><tr><th>Replica</th><th>Host</th><th>Version</th><th>Heartbeat</th><th>Leases</th></tr>",
+        );
+        for r in &status.replicas {
+            let heartbeat = match r.stopped_at {
+                Some(at) => format!("stopped {}", age(now, Some(at))),
+                None => age(now, Some(r.heartbeat_at)),
+            };
+            write!(
+                b,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&r.id),
+                esc(&r.host),
+                esc(&r.version),
+                esc(&heartbeat),
+                r.leases
+            )
+            .ok();
+        }
+        b.push_str("</table><table><tr><th>Location</th><th>Leased by</th><th>Renewed</th><th>Moves</th></tr>");
+        for l in &status.leases {
+            let holder = match &l.holder {
+                Some(holder) if l.expires_at > now => esc(holder),
+                _ => "<span class=\"muted\">not leased</span>".to_owned(),
+            };
+            write!(
+                b,
+                "<tr><td>{}</td><td>{holder}</td><td>{}</td><td>{}</td></tr>",
+                esc(&l.location_id),
+                age(now, Some(l.renewed_at)),
+                l.moves
+            )
+            .ok();
+        }
+        b.push_str("</table>");
+    }
+
     if !status.incidents.is_empty() {
         b.push_str(
             "<h2>Open incidents</h2><table><tr><th>Since</th><th>Alert</th><th>Condition</th><th>Summary</th></tr>",

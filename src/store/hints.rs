@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::daily::{self, DailyCounts};
-use super::db::{Conn, on_db};
+use super::db::{Conn, Db, on_db};
 use super::{Store, StoreError, locations, now_ms};
 
 /// A contact a webhook named.
@@ -192,9 +192,51 @@ pub async fn record_webhook(
         // "Webhooks today" per location on the status page, committed with the hint.
         let one = DailyCounts { webhooks: 1, ..DailyCounts::default() };
         daily::add_in(tx.conn(), location_id, &daily::utc_day(now), one).await?;
+        notify_in(tx.conn(), location_id).await?;
     }
     tx.commit().await?;
     Ok(recorded)
+}
+
+/// The PostgreSQL channel that tells replicas a webhook was stored (payload: the location id):
+/// one per store, since notifications are database-wide and one database may hold several
+/// stores (a schema each).
+const HINTS_CHANNEL_SQL: &str = "'ghl_sync_hints_' || md5(current_schema())";
+
+/// On PostgreSQL, notifies every replica (sent when the caller's transaction commits, so the
+/// hint is readable when they wake); nothing on SQLite (one daemon: the receiver wakes it).
+pub(crate) async fn notify_in(conn: Conn<'_>, location: &str) -> Result<(), StoreError> {
+    if let Db::Postgres(c) = conn {
+        sqlx::query(&format!("SELECT pg_notify({HINTS_CHANNEL_SQL}, $1)")).bind(location).execute(c).await?;
+    }
+    Ok(())
+}
+
+/// Wake-ups for webhooks stored by any replica (`LISTEN` on the store's channel, on a
+/// connection of its own). Only on PostgreSQL.
+pub struct HintListener {
+    listener: sqlx::postgres::PgListener,
+}
+
+impl HintListener {
+    /// Listens on the store's database; `Ok(None)` on SQLite.
+    pub async fn connect(store: &Store) -> Result<Option<Self>, StoreError> {
+        let Db::Postgres(pool) = store.db() else { return Ok(None) };
+        let options = (*pool.connect_options()).clone();
+        let own = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect_lazy_with(options);
+        let mut listener = sqlx::postgres::PgListener::connect_with(&own).await?;
+        let channel: String =
+            sqlx::query_scalar(&format!("SELECT {HINTS_CHANNEL_SQL}")).fetch_one(&mut listener).await?;
+        listener.listen(&channel).await?;
+        Ok(Some(Self { listener }))
+    }
+
+    /// Waits for the next notification: `Ok(Some(location))`, or `Ok(None)` when the
+    /// connection was lost and re-established (notifications may have been missed: look at
+    /// every location's hints).
+    pub async fn next(&mut self) -> Result<Option<String>, StoreError> {
+        Ok(self.listener.try_recv().await?.map(|n| n.payload().to_owned()))
+    }
 }
 
 /// Records `(source, event_id)` in the `webhook_inbox`, the one deduplication point of every
@@ -257,6 +299,35 @@ mod tests {
             reason: "ContactUpdate".into(),
             maybe_deleted,
         }
+    }
+
+    /// A webhook stored through one replica wakes every replica listening on the database,
+    /// once its transaction has committed; a duplicate wakes nobody.
+    #[tokio::test]
+    async fn a_stored_webhook_notifies_listening_replicas_on_postgres() {
+        let Some(store) = crate::store::testing::postgres_store().await else { return };
+        let (_guard, store) = store;
+        let mut listener = HintListener::connect(&store).await.unwrap().expect("a listener on PostgreSQL");
+        let other = HintListener::connect(&store).await.unwrap().expect("a second replica's listener");
+        let record = |id: &'static str| {
+            let store = store.clone();
+            async move {
+                record_webhook(&store, id, "t", &dirty("a", "c1", false), &Configured, Duration::from_secs(5)).await
+            }
+        };
+        assert_eq!(record("n1").await.unwrap(), Recorded::Accepted);
+        let woken = tokio::time::timeout(Duration::from_secs(10), listener.next()).await.expect("notified");
+        assert_eq!(woken.unwrap().as_deref(), Some("a"));
+        let mut other = other;
+        let woken = tokio::time::timeout(Duration::from_secs(10), other.next()).await.expect("notified");
+        assert_eq!(woken.unwrap().as_deref(), Some("a"));
+        assert_eq!(record("n1").await.unwrap(), Recorded::Duplicate);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), listener.next()).await.is_err(),
+            "a duplicate wakes nobody"
+        );
+        let sqlite = crate::store::testing::sqlite_store().await;
+        assert!(HintListener::connect(&sqlite.1).await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -50,6 +50,7 @@ pub mod dead_letters;
 pub mod grants;
 pub mod hints;
 pub mod incidents;
+pub mod leases;
 pub mod locations;
 pub mod lucky_orange;
 pub mod lusha;
@@ -85,7 +86,10 @@ pub enum StoreError {
     Migrate { path: PathBuf, source: sqlx::migrate::MigrateError },
     #[error("another ghl-sync process is using {path} (lock file {lock} is held)")]
     Locked { path: PathBuf, lock: PathBuf },
-    #[error("another ghl-sync process is using the PostgreSQL store {target} (it holds the daemon's advisory lock)")]
+    #[error(
+        "other ghl-sync processes are using the PostgreSQL store {target} (a tool that needs it to itself, or daemons \
+         while a tool asks for it alone: stop them first)"
+    )]
     LockedPostgres { target: String },
     #[error("database query failed: {0}")]
     Query(#[from] sqlx::Error),
@@ -687,9 +691,10 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 /// one database may hold several stores (a schema each).
 const DAEMON_LOCK_KEY: i32 = 0x6768_6c73;
 
-/// What keeps a second daemon off one store: the SQLite lock file, or on PostgreSQL a session
-/// advisory lock held by a connection of its own for the life of the process (one daemon per
-/// database until replicas can share one, issue 21).
+/// What keeps processes that must not run together off one store: the SQLite lock file (one
+/// process per file), or on PostgreSQL a session advisory lock held by a connection of its own
+/// for the life of the process, shared by the daemons (replicas) and exclusive for the tools
+/// that need the store to themselves.
 #[derive(Debug)]
 pub enum StoreLock {
     File(ProcessLock),
@@ -697,8 +702,20 @@ pub enum StoreLock {
 }
 
 impl StoreLock {
-    /// Takes the lock of `target`, failing at once if another process holds it.
+    /// Takes the lock of `target` for a tool that needs the store to itself (no daemon may
+    /// run), failing at once if another process holds it.
     pub async fn acquire(target: &crate::config::StoreTarget) -> Result<Self, StoreError> {
+        Self::take(target, false).await
+    }
+
+    /// Takes the lock of `target` for a daemon: exclusive on SQLite (one daemon per file);
+    /// shared on PostgreSQL, where replicas run side by side (they lease the locations,
+    /// `store::leases`) but no tool holding [`StoreLock::acquire`] runs beside them.
+    pub async fn acquire_daemon(target: &crate::config::StoreTarget) -> Result<Self, StoreError> {
+        Self::take(target, true).await
+    }
+
+    async fn take(target: &crate::config::StoreTarget, shared: bool) -> Result<Self, StoreError> {
         match target {
             crate::config::StoreTarget::Sqlite(path) => ProcessLock::acquire(path).map(Self::File),
             crate::config::StoreTarget::Postgres(url) => {
@@ -710,10 +727,12 @@ impl StoreLock {
                     .connect()
                     .await
                     .map_err(open_error)?;
-                let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext(current_schema()))")
-                    .bind(DAEMON_LOCK_KEY)
-                    .fetch_one(&mut conn)
-                    .await?;
+                let sql = if shared {
+                    "SELECT pg_try_advisory_lock_shared($1, hashtext(current_schema()))"
+                } else {
+                    "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))"
+                };
+                let locked: bool = sqlx::query_scalar(sql).bind(DAEMON_LOCK_KEY).fetch_one(&mut conn).await?;
                 if !locked {
                     let _closed = conn.close().await;
                     return Err(StoreError::LockedPostgres { target });
@@ -753,6 +772,30 @@ impl ProcessLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// This process's replica id, `{host}-{pid}-{4 hex}`: the holder of its location leases and
+/// outbox claims, and the `replica` of its sync runs. The random tail tells a restarted
+/// process with a reused pid (containers start at pid 1) from its predecessor.
+pub fn replica_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| format!("{}-{}-{:04x}", host_name(), std::process::id(), fastrand::u16(..)))
+}
+
+/// The machine's host name (a container's id under Docker), for replica ids.
+pub fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| {
+            name.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+                .take(63)
+                .collect::<String>()
+        })
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "host".to_owned())
 }
 
 /// Milliseconds since the Unix epoch, the store's time unit: the process's wall clock
@@ -897,6 +940,30 @@ mod tests {
         assert!(matches!(busy, Some(StoreError::Busy(_))));
         store.begin_write("test").await.unwrap().commit().await.unwrap();
         assert_eq!(store.write_health().failing, None);
+    }
+
+    /// Replicas share a PostgreSQL store: daemon locks coexist, and a tool that needs the
+    /// store to itself is refused while any daemon runs (and keeps daemons out while it runs).
+    #[tokio::test]
+    async fn postgres_daemons_share_the_store_and_exclude_tools_that_need_it_alone() {
+        use crate::config::StoreTarget;
+        let Some(url) = testing::postgres_test_url().await else { return };
+        let target = StoreTarget::Postgres(url);
+        let first = StoreLock::acquire_daemon(&target).await.unwrap();
+        let second = StoreLock::acquire_daemon(&target).await.unwrap();
+        let tool = StoreLock::acquire(&target).await.unwrap_err();
+        assert!(matches!(tool, StoreError::LockedPostgres { .. }), "{tool}");
+        drop((first, second));
+        let mut tool = None;
+        for _ in 0..50 {
+            if let Ok(lock) = StoreLock::acquire(&target).await {
+                tool = Some(lock);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(tool.is_some(), "the daemons' locks were not freed with their connections");
+        assert!(StoreLock::acquire_daemon(&target).await.is_err(), "no daemon while a tool holds the store");
     }
 
     /// One daemon per store, not per database: stores in two schemas of one database lock

@@ -53,11 +53,12 @@ fn as_i64(value: u64) -> i64 {
 pub async fn start(store: &Store, location: &str, kind: &str) -> Result<i64, StoreError> {
     let mut tx = store.begin_write("run_start").await?;
     let id: i64 = on_db!(tx.conn(), |c| sqlx::query_scalar(
-        "INSERT INTO runs (location_id, kind, started_at) VALUES ($1, $2, $3) RETURNING id"
+        "INSERT INTO runs (location_id, kind, started_at, replica) VALUES ($1, $2, $3, $4) RETURNING id"
     )
     .bind(location)
     .bind(kind)
     .bind(now_ms())
+    .bind(super::replica_id())
     .fetch_one(c)
     .await)?;
     tx.commit().await?;

@@ -41,7 +41,17 @@ pub struct Status {
     pub lusha: Option<LushaStatus>,
     /// Open operator-alert incidents (`[[alerts]]`), oldest first.
     pub incidents: Vec<OpenIncident>,
+    /// Daemons sharing the store (PostgreSQL replicas) seen in the last hour, newest heartbeat
+    /// first, each with the leases it holds; empty on SQLite (one daemon).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<super::leases::ReplicaRow>,
+    /// Which replica polls which location (PostgreSQL replicas; empty on SQLite).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<super::leases::LeaseRow>,
 }
+
+/// Replicas whose last heartbeat is older than this are left out of the status.
+const REPLICAS_SHOWN_FOR_MS: i64 = 3600 * 1000;
 
 /// An open operator-alert incident (ids, counts and thresholds; no personal data).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
@@ -256,6 +266,8 @@ async fn read_in(mut conn: Conn<'_>, store: &Store, configured: &[ConfiguredLoca
     let deliveries_per_minute = read_deliveries_per_minute(conn.reborrow(), now).await?;
     let recent_errors = read_recent_errors(conn.reborrow()).await?;
     let lusha = read_lusha(conn.reborrow(), &day).await?;
+    let replicas = super::leases::replicas_in(conn.reborrow(), now, REPLICAS_SHOWN_FOR_MS).await?;
+    let leases = super::leases::leases_in(conn.reborrow()).await?;
     let incidents: Vec<OpenIncident> = on_db!(conn, |c| sqlx::query_as(
         "SELECT alert, condition_key, summary, opened_at FROM incidents WHERE resolved_at IS NULL ORDER BY id",
     )
@@ -273,6 +285,8 @@ async fn read_in(mut conn: Conn<'_>, store: &Store, configured: &[ConfiguredLoca
         recent_errors,
         lusha,
         incidents,
+        replicas,
+        leases,
     })
 }
 

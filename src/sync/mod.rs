@@ -2,4 +2,5 @@
 //! cursor in one transaction per page.
 
 pub mod engine;
+pub mod leases;
 pub mod scheduler;

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::engine::{Engine, RunOptions, SyncError};
+use super::leases::Leases;
 
 /// Scheduler settings, from `[sync]`.
 #[derive(Debug, Clone)]
@@ -118,10 +119,14 @@ impl SyncNow {
 }
 
 /// Spawns one loop per location on `tracker`; they stop when `stop` is cancelled, at a safe
-/// point (between runs; a run in progress finishes its page and stops).
+/// point (between runs; a run in progress finishes its page and stops). A loop runs passes
+/// only while `leases` lets this process poll its location (replicas: one holder per
+/// location; a single daemon holds them all).
+#[allow(clippy::too_many_arguments, reason = "the scheduler's inputs, each from the composition root")]
 pub fn spawn(
     engine: Arc<Engine>,
     locations: Vec<String>,
+    leases: Arc<Leases>,
     settings: ScheduleSettings,
     wake: Arc<Notify>,
     sync_now: &SyncNow,
@@ -142,8 +147,16 @@ pub fn spawn(
         // inside do not repeat it.
         let span = tracing::info_span!("location", location.id = %location);
         tracker.spawn(
-            location_loop(engine.clone(), location, settings.clone(), own, stop.clone(), permits.clone())
-                .instrument(span),
+            location_loop(
+                engine.clone(),
+                location,
+                leases.clone(),
+                settings.clone(),
+                own,
+                stop.clone(),
+                permits.clone(),
+            )
+            .instrument(span),
         );
     }
     sync_now.replace(nows);
@@ -210,6 +223,7 @@ async fn route_hints(
 async fn location_loop(
     engine: Arc<Engine>,
     location: String,
+    leases: Arc<Leases>,
     settings: ScheduleSettings,
     wake: Arc<Wake>,
     stop: CancellationToken,
@@ -252,9 +266,20 @@ async fn location_loop(
                 _ = std::future::ready(()), if bulk_left => Pass::Bulk,
             }
         };
+        if !leases.may_run(&location) {
+            // Another replica holds the location (or the quiet window after it moved here has
+            // not ended): its hints and polls are that replica's. Leasing it wakes a full pass.
+            (again, bulk_left) = (false, false);
+            continue;
+        }
         let Some(_permit) = permits.acquire().await else { break };
         if stop.is_cancelled() {
             break;
+        }
+        if !leases.may_run(&location) {
+            // The lease went while this loop waited for a permit.
+            (again, bulk_left) = (false, false);
+            continue;
         }
         if pass != Pass::Bulk {
             // Hints and requests that arrive from now on interrupt bulk work again.
@@ -266,8 +291,12 @@ async fn location_loop(
         let interval = settings.contacts_interval;
         // Bulk work stops between chunks for a hint or sync-now, a due poll, or another
         // location waiting for a permit (its turn); it resumes in a later bulk pass.
-        let should_yield =
-            || wake.interrupt.load(Ordering::Acquire) || last_full.elapsed() >= interval || permits.contended();
+        let should_yield = || {
+            wake.interrupt.load(Ordering::Acquire)
+                || last_full.elapsed() >= interval
+                || permits.contended()
+                || !leases.holds(&location)
+        };
         let outcome = tokio::select! {
             // Cancelling drops the run between awaits: every committed page stays committed,
             // the page in flight is rolled back and read again next time.

@@ -1,0 +1,256 @@
+//! Issue 21: replicas. Three real `ghl-sync run` processes share one PostgreSQL store and 30
+//! sandbox locations while contacts keep changing; one is `kill -9`ed mid-delivery, a second
+//! one later, and a fresh replica joins. Asserted from the outside (the sandbox's counters and
+//! the store's tables): the dead replicas' locations are taken over within the lease TTL plus
+//! one heartbeat, every change is delivered and repeats come only under the same idempotency
+//! key, GHL never answers 429, and no location is ever polled by two replicas at once (the
+//! `runs` each replica records never overlap across replicas). Skipped (with a message) where
+//! no PostgreSQL server answers, unless `GHL_SYNC_REQUIRE_POSTGRES=1` (`.ci/run`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use ghl_sync_sandbox::Sandbox;
+use ghl_sync_sandbox::ghl::GhlOptions;
+use ghl_sync_sandbox::sink::Delivery;
+
+use crate::crash::{key_of, record_of, run_config};
+use crate::helpers::{eventually, signal, spawn, start_sandbox, wait_with_limit, write_config};
+
+const LOCATIONS: usize = 30;
+
+/// A `runs` row: location, replica, started, finished, last progress.
+type RunRow = (String, String, i64, Option<i64>, Option<i64>);
+const LEASE_TTL: Duration = Duration::from_secs(3);
+
+/// The replicas' rows: pid → replica id.
+async fn replica_ids(pool: &sqlx::PgPool) -> BTreeMap<i64, String> {
+    let rows: Vec<(i64, String)> = sqlx::query_as("SELECT pid, id FROM replicas").fetch_all(pool).await.unwrap();
+    rows.into_iter().collect()
+}
+
+/// Unexpired leases: location → holder (the test and the replicas share a clock). Empty until
+/// the first replica has created the tables.
+async fn holders(pool: &sqlx::PgPool) -> BTreeMap<String, String> {
+    let now = ghl_sync::store::now_ms();
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT location_id, holder FROM location_leases WHERE holder IS NOT NULL AND expires_at > $1")
+            .bind(now)
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
+    rows.into_iter().collect()
+}
+
+async fn kill(child: Child) {
+    signal(&child, "KILL");
+    let mut child = child;
+    tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_thirty_locations_survive_kill_9_and_deliver_every_change_once_per_key() {
+    let Some(url) = ghl_sync::store::testing::postgres_test_url().await else { return };
+    // GHL's window scaled to one second: 40 requests per location per second.
+    let ghl = GhlOptions {
+        locations: LOCATIONS,
+        contacts_per_location: 15,
+        max_tasks_per_contact: 2,
+        max_notes_per_contact: 1,
+        burst_max: 40,
+        burst_window: Duration::from_secs(1),
+        daily_max: 10_000_000,
+        ..GhlOptions::default()
+    };
+    let sandbox: Sandbox = start_sandbox(ghl).await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = run_config(&sandbox, dir.path(), "batch_size = 20\n", "");
+    // The store is the shared PostgreSQL schema; polls every 2 s; GHL's scaled window.
+    let text = base
+        .replacen(
+            &format!("path = {:?}\n", dir.path().join("ghl-sync.db")),
+            &format!("url = {url:?}\nlease_ttl = \"3s\"\n"),
+            1,
+        )
+        .replace("contacts_interval = \"60s\"", "contacts_interval = \"2s\"")
+        .replace("ghl_burst_max = 100000", "ghl_burst_max = 40");
+    assert!(text.contains("lease_ttl") && text.contains("ghl_burst_max = 40"), "{text}");
+    let path = write_config(dir.path(), &text);
+    let path = path.to_str().unwrap().to_owned();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+
+    let started = Instant::now();
+    let mut replicas: Vec<Child> = (0..3).map(|_| spawn(&["run", "--config", &path], &[])).collect();
+    let spread = eventually(Duration::from_secs(30), || {
+        let holders = futures_executor_block(holders(&pool));
+        let mut per: BTreeMap<&String, usize> = BTreeMap::new();
+        for holder in holders.values() {
+            *per.entry(holder).or_insert(0) += 1;
+        }
+        holders.len() == LOCATIONS && per.len() == 3 && per.values().all(|n| *n == LOCATIONS / 3)
+    })
+    .await;
+    assert!(spread, "leases never spread 10/10/10: {:?}", holders(&pool).await);
+    eprintln!("replicas: 30 leases spread 10/10/10 after {:.1} s", started.elapsed().as_secs_f64());
+
+    // Contacts keep changing in every location while replicas die and join.
+    let locations: Vec<String> = sandbox.ghl.locations().into_iter().map(|l| l.id).collect();
+    let mut rng = fastrand::Rng::with_seed(21);
+    let mut changed: BTreeMap<String, String> = BTreeMap::new();
+    let mut changes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut mutate = |round: usize, sandbox: &Sandbox| {
+        for _ in 0..3 {
+            let location = &locations[rng.usize(..locations.len())];
+            let ids = sandbox.ghl.contact_ids(location);
+            let id = ids[rng.usize(..ids.len())].clone();
+            let marker = format!("Replica{round}x{}", rng.u32(..1_000_000));
+            assert!(sandbox.ghl.update_contact(&id, serde_json::json!({ "firstName": marker })));
+            *changes.entry(id.clone()).or_insert(0) += 1;
+            changed.insert(id, marker);
+        }
+    };
+
+    // Kill one replica in the middle of delivering the backfill.
+    let expected = crate::reliability::expected(&sandbox);
+    let mut round = 0;
+    while sandbox.sink.accepted(Some("test")).len() < expected.len() / 3 {
+        assert!(started.elapsed() < Duration::from_secs(90), "deliveries never got a third of the way");
+        mutate(round, &sandbox);
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ids = replica_ids(&pool).await;
+    let victim = replicas.remove(0);
+    let victim_id = ids[&i64::from(victim.id())].clone();
+    let before = holders(&pool).await;
+    let orphaned = before.values().filter(|h| **h == victim_id).count();
+    assert!(orphaned > 0, "the victim held no lease: {before:?}");
+    kill(victim).await;
+    let killed = Instant::now();
+    eprintln!(
+        "replicas: killed {victim_id} holding {orphaned} leases with {} of {} records delivered",
+        sandbox.sink.accepted(Some("test")).len(),
+        expected.len()
+    );
+    // Its locations move to the survivors within the TTL plus a heartbeat (plus slack).
+    loop {
+        let now = holders(&pool).await;
+        if now.len() == LOCATIONS && now.values().all(|h| *h != victim_id) {
+            break;
+        }
+        assert!(killed.elapsed() < LEASE_TTL * 3, "leases not taken over after {:?}: {now:?}", killed.elapsed());
+        mutate(round, &sandbox);
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let takeover = killed.elapsed();
+    eprintln!("replicas: {orphaned} leases taken over {} ms after kill -9", takeover.as_millis());
+    assert!(takeover <= LEASE_TTL + LEASE_TTL / 3 + Duration::from_millis(1500), "takeover took {takeover:?}");
+
+    // A fresh replica joins, then another one dies.
+    replicas.push(spawn(&["run", "--config", &path], &[]));
+    for _ in 0..15 {
+        mutate(round, &sandbox);
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    kill(replicas.remove(0)).await;
+    for _ in 0..10 {
+        mutate(round, &sandbox);
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Everything arrives: every record, and the latest change of every changed contact.
+    let expected = crate::reliability::expected(&sandbox);
+    let latest_arrived = |deliveries: &[Delivery]| {
+        changed.values().all(|marker| deliveries.iter().any(|d| d.body.contains(marker.as_str())))
+    };
+    let complete = eventually(Duration::from_secs(90), || {
+        let deliveries = sandbox.sink.accepted(Some("test"));
+        deliveries.iter().map(record_of).collect::<BTreeSet<_>>() == expected && latest_arrived(&deliveries)
+    })
+    .await;
+    let status_child = spawn(&["status", "--json", "--config", &path], &[]);
+    let status =
+        tokio::task::spawn_blocking(move || wait_with_limit(status_child, Duration::from_secs(20))).await.unwrap();
+    let mut stderrs = Vec::new();
+    for child in replicas {
+        signal(&child, "TERM");
+        let (exit, _, stderr) =
+            tokio::task::spawn_blocking(move || wait_with_limit(child, Duration::from_secs(20))).await.unwrap();
+        assert_eq!(exit.code(), Some(0), "{stderr}");
+        stderrs.push(stderr);
+    }
+    assert!(complete, "not every change arrived; last replicas' logs: {}", stderrs.join("\n---\n"));
+
+    // `status` showed the replicas and their leases.
+    let shown: serde_json::Value = serde_json::from_str(&status.1).unwrap_or_else(|e| panic!("{e}: {}", status.2));
+    assert!(shown["replicas"].as_array().is_some_and(|r| r.len() >= 2), "{}", shown["replicas"]);
+    assert_eq!(shown["leases"].as_array().map(Vec::len), Some(LOCATIONS));
+
+    // Repeats only under the same key.
+    let deliveries = sandbox.sink.accepted(Some("test"));
+    let mut keys: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    let mut records_of_key: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+    for delivery in &deliveries {
+        keys.entry(record_of(delivery)).or_default().insert(key_of(delivery));
+        records_of_key.entry(key_of(delivery)).or_default().insert(record_of(delivery));
+    }
+    assert!(records_of_key.values().all(|records| records.len() == 1), "a key was used for two records");
+    for ((entity, id), versions) in &keys {
+        let allowed = 1 + if entity == "contact" { changes.get(id).copied().unwrap_or(0) } else { 0 };
+        assert!(versions.len() <= allowed, "{entity} {id} went out under {} keys", versions.len());
+    }
+
+    // GHL never throttled anyone.
+    let stats = sandbox.ghl.stats();
+    assert_eq!(stats.too_many_requests, 0, "{:?}", stats.statuses);
+
+    // No location was ever polled by two replicas at once: each replica's runs of a location
+    // end before another replica's next run of it starts. A run cut short by kill -9 has no
+    // end: its last recorded progress is the bound.
+    let runs: Vec<RunRow> = sqlx::query_as(
+        "SELECT location_id, replica, started_at, finished_at, progress_at FROM runs ORDER BY location_id, started_at, id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut by_location: BTreeMap<&str, Vec<(&str, i64, i64)>> = BTreeMap::new();
+    for (location, replica, started_at, finished_at, progress_at) in &runs {
+        let end = finished_at.or(*progress_at).unwrap_or(*started_at);
+        by_location.entry(location).or_default().push((replica, *started_at, end));
+    }
+    let mut moves = 0;
+    for (location, runs) in &by_location {
+        for pair in runs.windows(2) {
+            let ((a, _, a_end), (b, b_start, _)) = (pair[0], pair[1]);
+            if a != b {
+                moves += 1;
+                assert!(
+                    a_end <= b_start,
+                    "{location}: {a}'s run ended at {a_end}, after {b}'s began at {b_start}; runs (replica, start, end): {runs:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(by_location.len(), LOCATIONS);
+    assert!(moves >= 10, "locations moved between replicas {moves} times");
+    eprintln!(
+        "replicas: {} records, {} changes, {} accepted deliveries, {} same-key redeliveries, {} runs, {moves} moves between replicas, {} GHL requests, 0 × 429",
+        expected.len(),
+        changed.len(),
+        deliveries.len(),
+        deliveries.len() - records_of_key.len(),
+        runs.len(),
+        stats.requests.values().sum::<u64>()
+    );
+    pool.close().await;
+    sandbox.stop().await;
+}
+
+/// Runs a store read from inside a synchronous `eventually` check.
+fn futures_executor_block<F: std::future::Future>(future: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
+}
