@@ -4,10 +4,18 @@
 //! - `bearer()` answers from an in-memory cache unless the token expires within
 //!   `ghl.oauth.refresh_margin`, capped at half the token's lifetime (a token that lives less
 //!   than twice the margin would otherwise be refreshed before every request).
-//! - Refresh is **single-flight per grant**: a `tokio::sync::Mutex` per grant is held for the
-//!   whole refresh, and the row is re-read inside the lock (another task may have rotated).
-//! - The rotated refresh token and the new access token are committed to SQLite in one
-//!   transaction **before** the access token is handed out.
+//! - Refresh is **single-flight per grant, across replicas**: in this process a
+//!   `tokio::sync::Mutex` per grant is held for the whole refresh; across processes sharing a
+//!   PostgreSQL store, the grant's advisory lock ([`grants::lock_refresh`]) is taken once a
+//!   refresh looks due, and the row is re-read under it: a newer generation another task or
+//!   replica committed meanwhile is used as is, without a call to GHL. So no two processes
+//!   ever spend the same refresh token. (SQLite has one daemon per file: the mutex suffices.)
+//! - The rotated refresh token and the new access token are committed to the store in one
+//!   transaction **before** the access token is handed out and before the advisory lock is
+//!   released.
+//! - A 401 (`invalidate`) forgets the refused token; the next `bearer` re-reads the row and
+//!   uses a newer generation if another replica rotated the grant, refreshing (under the lock,
+//!   after one more re-read) only if the row still holds the refused token.
 //! - Timeouts and 5xx are retried promptly by the OAuth `ApiClient` with the *same* refresh
 //!   token: GHL's 30 s grace answers a repeat with the same new pair.
 //! - `invalid_grant`: the row is re-read; a newer generation is used if there is one. Else the
@@ -33,6 +41,11 @@
 //!
 //! The same applies to a refresh whose answer never arrives (timeout): the client retries at
 //! once with the same token, inside the grace.
+//!
+//! With replicas, a replica killed in that window also ends its PostgreSQL session, which frees
+//! the grant's advisory lock: the next replica to need the token re-reads the row (still the
+//! old refresh token) and refreshes with it, inside the grace if it comes within 30 s. That is
+//! the one case where a refresh token is presented twice; without a crash it never is.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -52,6 +65,10 @@ use crate::store::grants::{self, GrantKind, GrantRow, Sealed};
 
 /// Token expiry is wall-clock time: the one clock type of the crate.
 pub use crate::clock::Clock;
+
+/// How long a refresh waits for another replica's refresh of the same grant: longer than one
+/// refresh with its retries (three attempts of at most 8 s, `OAuthClient::client_settings`).
+const REFRESH_LOCK_WAIT: Duration = Duration::from_secs(60);
 
 /// Scopes the daemon needs to read (reference/ghl.md §3.8).
 pub const READ_SCOPES: &[&str] =
@@ -426,7 +443,9 @@ impl TokenManager {
     }
 
     /// The token of a grant row's resource: cached, read from the row, or refreshed.
-    /// Single-flight: the grant's mutex is held throughout.
+    /// Single-flight: the grant's mutex is held throughout, and a refresh also holds the
+    /// grant's cross-replica lock ([`grants::lock_refresh`]) from the re-read of the row to
+    /// the commit of the rotated pair.
     async fn grant_token(&self, resource: &str) -> Result<SecretString, AuthError> {
         let lock = self.lock_for(resource);
         let _flight = lock.lock().await;
@@ -434,28 +453,63 @@ impl TokenManager {
         if let Some(token) = self.cached_fresh(resource) {
             return Ok(token);
         }
-        let row = grants::load(&self.store, resource)
+        if let Some(token) = self.stored_token(&self.load_grant(resource).await?)? {
+            return Ok(token);
+        }
+        // A refresh is due. Another replica may be refreshing this grant right now, or may
+        // have rotated it since we read the row: take the grant's cross-replica lock and read
+        // the row again under it, so only one process ever spends a given refresh token.
+        let replicas = grants::lock_refresh(&self.store, resource, REFRESH_LOCK_WAIT).await.map_err(db)?;
+        let outcome = async {
+            let row = self.load_grant(resource).await?;
+            match self.stored_token(&row)? {
+                Some(token) => {
+                    tracing::debug!(
+                        grant.resource = resource,
+                        generation = row.generation,
+                        "The GHL token of `{resource}` was rotated by another process; using it"
+                    );
+                    Ok(token)
+                }
+                None => self.refresh(row).await,
+            }
+        }
+        .await;
+        replicas.release().await;
+        outcome
+    }
+
+    /// The grant row of `resource`; `NoGrant` if there is none.
+    async fn load_grant(&self, resource: &str) -> Result<GrantRow, AuthError> {
+        grants::load(&self.store, resource)
             .await
             .map_err(db)?
-            .ok_or_else(|| AuthError::NoGrant { location: resource.to_owned() })?;
+            .ok_or_else(|| AuthError::NoGrant { location: resource.to_owned() })
+    }
+
+    /// The token `row` holds if it can be used as is (remembered in the cache), `None` when it
+    /// needs a refresh (due, or refused by GHL with a 401), the parked error for a parked grant.
+    fn stored_token(&self, row: &GrantRow) -> Result<Option<SecretString>, AuthError> {
+        let resource = row.resource_id.as_str();
         if row.needs_reauth {
-            return Err(self.parked(&row, row.reauth_reason.as_deref().unwrap_or("re-authorisation required")));
+            return Err(self.parked(row, row.reauth_reason.as_deref().unwrap_or("re-authorisation required")));
         }
         let access = self.open(row.access_token.as_ref(), resource)?;
         if row.kind == GrantKind::Pit {
             self.remember(resource, &access, row.updated_at, None, Source::Pit);
-            return Ok(access);
+            return Ok(Some(access));
         }
         let rejected = self.state().rejected.get(resource).is_some_and(|d| *d == digest(&access));
         // The row was written when the token was issued (install or rotation).
         if self.usable(row.updated_at, row.expires_at) && !rejected {
             self.remember(resource, &access, row.updated_at, row.expires_at, Source::Grant);
-            return Ok(access);
+            return Ok(Some(access));
         }
-        self.refresh(row).await
+        Ok(None)
     }
 
-    /// Refreshes `row` (its mutex is held by the caller) and commits before returning.
+    /// Refreshes `row` and commits before returning; the caller holds the grant's mutex and
+    /// its cross-replica lock, so the `invalid_grant` re-read below is under both too.
     async fn refresh(&self, row: GrantRow) -> Result<SecretString, AuthError> {
         let resource = row.resource_id.as_str();
         let oauth = self.oauth.as_ref().ok_or_else(|| {

@@ -1,5 +1,11 @@
 //! The `grants` table (and the `locations` rows grants create or park): OAuth grants and
-//! imported private integration tokens, tokens sealed with the master key.
+//! imported private integration tokens, tokens sealed with the master key; and the
+//! cross-replica refresh lock of a grant ([`lock_refresh`]).
+
+use std::time::{Duration, Instant};
+
+use sqlx::Connection as _;
+use sqlx::postgres::PgConnection;
 
 use super::db::{Conn, on_db};
 use super::{Store, StoreError, now_ms};
@@ -342,6 +348,112 @@ where
     Ok(count)
 }
 
+/// The first half of the PostgreSQL advisory lock key of a grant's refresh (`ghlr`); the
+/// second is `hashtext(current_schema() || ':' || resource_id)`, so stores in other schemas of
+/// one database never meet. Two grants whose hashes collide merely take turns. The daemon's
+/// own lock (`ghls`, [`super::StoreLock`]) uses another first half.
+const REFRESH_LOCK_KEY: i32 = 0x6768_6c72;
+
+/// The right to spend a grant's refresh token, across every process on the store: on
+/// PostgreSQL a session advisory lock held by a connection of its own; on SQLite nothing
+/// (one daemon per SQLite file, enforced by its lock file).
+///
+/// Release it with [`RefreshLock::release`] once the rotated pair is committed. Dropped
+/// instead (an error, a cancelled task), it is released in the background; if the process
+/// dies, PostgreSQL ends the session and frees the lock with it.
+#[must_use = "the lock is released when dropped"]
+pub struct RefreshLock {
+    held: Option<HeldLock>,
+}
+
+struct HeldLock {
+    conn: PgConnection,
+    key: i32,
+}
+
+impl std::fmt::Debug for RefreshLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshLock").field("postgres", &self.held.is_some()).finish()
+    }
+}
+
+/// Takes the refresh lock of grant `resource`, waiting at most `wait` for another process
+/// that holds it (PostgreSQL queues waiters fairly and wakes the next one as soon as it is
+/// released). Fails with [`StoreError::RefreshLockTimeout`] when the wait runs out. On
+/// SQLite it returns at once.
+pub async fn lock_refresh(store: &Store, resource: &str, wait: Duration) -> Result<RefreshLock, StoreError> {
+    let Some(mut conn) = store.dedicated_postgres("ghl-sync refresh lock").await? else {
+        return Ok(RefreshLock { held: None });
+    };
+    let started = Instant::now();
+    let key: i32 = sqlx::query_scalar("SELECT hashtext(current_schema() || ':' || $1)")
+        .bind(resource)
+        .fetch_one(&mut conn)
+        .await?;
+    // Advisory lock waits honour `lock_timeout` (at least 1 ms: 0 would mean "forever").
+    let wait_ms = wait.as_millis().clamp(1, i32::MAX as u128);
+    sqlx::query("SELECT set_config('lock_timeout', $1, false)").bind(wait_ms.to_string()).execute(&mut conn).await?;
+    let locked =
+        sqlx::query("SELECT pg_advisory_lock($1, $2)").bind(REFRESH_LOCK_KEY).bind(key).execute(&mut conn).await;
+    match locked {
+        Ok(_) => {
+            tracing::debug!(
+                grant.resource = resource,
+                waited_ms = started.elapsed().as_millis() as u64,
+                "Took the cross-replica refresh lock"
+            );
+            Ok(RefreshLock { held: Some(HeldLock { conn, key }) })
+        }
+        Err(error) => {
+            let _closed = conn.close().await;
+            match &error {
+                // 55P03 lock_not_available: `lock_timeout` ran out.
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => {
+                    Err(StoreError::RefreshLockTimeout { resource: resource.to_owned(), waited: wait })
+                }
+                _ => Err(StoreError::Query(error)),
+            }
+        }
+    }
+}
+
+impl RefreshLock {
+    /// Releases the lock and closes its connection. A failure is only logged: closing the
+    /// connection ends the session, which frees the lock anyway.
+    pub async fn release(mut self) {
+        if let Some(held) = self.held.take() {
+            held.unlock().await;
+        }
+    }
+}
+
+impl HeldLock {
+    async fn unlock(mut self) {
+        let unlocked = sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1, $2)")
+            .bind(REFRESH_LOCK_KEY)
+            .bind(self.key)
+            .fetch_one(&mut self.conn)
+            .await;
+        if let Err(error) = unlocked {
+            tracing::warn!(error = %error, "Could not release a refresh lock; closing its connection frees it");
+        }
+        let _closed = self.conn.close().await;
+    }
+}
+
+impl Drop for RefreshLock {
+    fn drop(&mut self) {
+        let Some(held) = self.held.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(held.unlock());
+            }
+            // No runtime left: dropping the connection ends the session, and with it the lock.
+            Err(_) => drop(held),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,5 +556,66 @@ mod tests {
         assert!(refused.is_err());
         assert_eq!(load(pool, "a").await.unwrap().unwrap().access_token, Some(Sealed(vec![254, 253, 252])));
         assert_eq!(reauth_flags(pool).await.unwrap(), vec![("a".to_owned(), false), ("b".to_owned(), false)]);
+    }
+
+    #[tokio::test]
+    async fn the_refresh_lock_is_exclusive_per_grant_bounded_and_freed_on_release_or_drop() {
+        for (_guard, store) in crate::store::testing::stores().await {
+            the_refresh_lock_is_exclusive_per_grant_bounded_and_freed_on_release_or_drop_on(&store).await;
+        }
+    }
+
+    async fn the_refresh_lock_is_exclusive_per_grant_bounded_and_freed_on_release_or_drop_on(store: &Store) {
+        let short = Duration::from_millis(100);
+        let held = lock_refresh(store, "loc", short).await.unwrap();
+        let second = lock_refresh(store, "loc", short).await;
+        if !store.is_postgres() {
+            // SQLite: one daemon per file, nothing to exclude.
+            second.unwrap().release().await;
+            held.release().await;
+            return;
+        }
+        let error = second.unwrap_err();
+        assert!(matches!(error, StoreError::RefreshLockTimeout { ref resource, .. } if resource == "loc"), "{error}");
+        assert!(error.to_string().contains("held by another replica"), "{error}");
+        // Another grant is not in the way.
+        lock_refresh(store, "other", short).await.unwrap().release().await;
+        // A waiter is woken when the holder releases, well before its own deadline.
+        let waiter = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let lock = lock_refresh(&store, "loc", Duration::from_secs(20)).await.unwrap();
+                (started.elapsed(), lock)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        held.release().await;
+        let (waited, lock) = waiter.await.unwrap();
+        assert!(waited >= Duration::from_millis(150) && waited < Duration::from_secs(10), "{waited:?}");
+        // Dropped without release (an error path, a cancelled task): freed in the background.
+        drop(lock);
+        let mut freed = false;
+        for _ in 0..50 {
+            match lock_refresh(store, "loc", short).await {
+                Ok(lock) => {
+                    lock.release().await;
+                    freed = true;
+                    break;
+                }
+                Err(StoreError::RefreshLockTimeout { .. }) => {}
+                Err(other) => panic!("{other}"),
+            }
+        }
+        assert!(freed, "a dropped refresh lock was never freed");
+    }
+
+    #[tokio::test]
+    async fn refresh_locks_of_stores_in_other_schemas_do_not_meet() {
+        let Some((_a, one)) = crate::store::testing::postgres_store().await else { return };
+        let Some((_b, two)) = crate::store::testing::postgres_store().await else { return };
+        let held = lock_refresh(&one, "loc", Duration::from_millis(100)).await.unwrap();
+        lock_refresh(&two, "loc", Duration::from_millis(100)).await.unwrap().release().await;
+        held.release().await;
     }
 }

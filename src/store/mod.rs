@@ -99,6 +99,10 @@ pub enum StoreError {
     /// as the webhook receiver, see this; they answer "try again later").
     #[error("the store is busy (no write slot within {0:?})")]
     Busy(Duration),
+    /// Another replica held the token refresh lock of a grant for longer than the wait allows
+    /// (its refresh hangs, or its connection is stuck); the caller retries later.
+    #[error("the token refresh of grant {resource} is held by another replica (not free within {waited:?})")]
+    RefreshLockTimeout { resource: String, waited: Duration },
 }
 
 impl StoreError {
@@ -459,6 +463,24 @@ impl Store {
             Backend::Sqlite { read, .. } => Db::Sqlite(read),
             Backend::Postgres { read, .. } => Db::Postgres(read),
         }
+    }
+
+    /// A new PostgreSQL connection of its own (not the writer, not from the read pool), with the
+    /// store's connect options (so the same schema), for session-level advisory locks that must
+    /// not be held by a shared connection; `None` on SQLite.
+    pub(in crate::store) async fn dedicated_postgres(
+        &self,
+        application_name: &str,
+    ) -> Result<Option<PgConnection>, StoreError> {
+        let Backend::Postgres { writer, .. } = &self.inner.backend else { return Ok(None) };
+        let conn = writer
+            .options
+            .clone()
+            .application_name(application_name)
+            .connect()
+            .await
+            .map_err(|source| StoreError::OpenPostgres { target: self.inner.location.to_string(), source })?;
+        Ok(Some(conn))
     }
 
     /// Whether this store runs on PostgreSQL.

@@ -32,6 +32,7 @@ mod postgres;
 mod priority;
 mod reliability;
 mod replicas;
+mod replica_tokens;
 mod rules;
 mod rules_cli;
 mod rules_exec;

@@ -165,7 +165,7 @@ pub struct LocationInfo {
 
 /// Request/response counters.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct GhlStats {
     /// Requests per `"METHOD /route/:template"`.
     pub requests: BTreeMap<String, u64>,
@@ -175,6 +175,11 @@ pub struct GhlStats {
     pub too_many_requests: u64,
     /// `grant_type=refresh_token` calls to `/oauth/token` (successful or not).
     pub refresh_grants: u64,
+    /// Refresh tokens presented again after they were rotated, inside the grace window (GHL
+    /// answers the same new pair): two clients spent one refresh token.
+    pub refresh_reuses: u64,
+    /// Refresh tokens presented again after the grace window: the whole grant was killed.
+    pub refresh_reuse_kills: u64,
     /// `invalid_grant` answers.
     pub invalid_grants: u64,
     /// Successful `authorization_code` grants.

@@ -765,10 +765,12 @@ impl State {
                 }
                 match used {
                     Some((at, issued)) if now.saturating_duration_since(at) <= grace => {
+                        self.stats.refresh_reuses += 1;
                         Ok(self.token_body(&issued, principal))
                     }
                     Some(_) => {
                         // Reuse after the grace window: the whole chain dies (as in GHL).
+                        self.stats.refresh_reuse_kills += 1;
                         self.kill_grant(grant);
                         self.stats.invalid_grants += 1;
                         Err(invalid_grant("Refresh token has already been used"))

@@ -197,6 +197,57 @@ async fn refresh_tokens_rotate_single_use_with_grace() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn refresh_token_reuses_are_counted_inside_and_after_the_grace() -> anyhow::Result<()> {
+    let env = Env::start(GhlOptions { refresh_grace: Duration::from_millis(300), ..small() }).await?;
+    let a = env.loc(0);
+    let (id, secret) = env.ghl().oauth_client();
+    let code = env.ghl().authorization_code(Some(&a.id));
+    let (_, first) = env
+        .token(&[("client_id", &id), ("client_secret", &secret), ("grant_type", "authorization_code"), ("code", &code)])
+        .await?;
+    let refresh = |r: String| {
+        let (id, secret) = (id.clone(), secret.clone());
+        let env = &env;
+        async move {
+            env.token(&[
+                ("client_id", id.as_str()),
+                ("client_secret", secret.as_str()),
+                ("grant_type", "refresh_token"),
+                ("refresh_token", r.as_str()),
+            ])
+            .await
+        }
+    };
+    let r1 = first["refresh_token"].as_str().unwrap_or_default().to_owned();
+    // A first spend is no reuse; an unknown token is no reuse either.
+    let (_, second) = refresh(r1.clone()).await?;
+    let r2 = second["refresh_token"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(refresh("rt-unknown".to_owned()).await?.0, 400);
+    let stats = env.ghl().stats();
+    assert_eq!((stats.refresh_reuses, stats.refresh_reuse_kills), (0, 0));
+    // Twice inside the grace: two reuses, same pair.
+    assert_eq!(refresh(r1.clone()).await?.1["refresh_token"], r2.as_str());
+    assert_eq!(refresh(r1.clone()).await?.0, 200);
+    let stats = env.ghl().stats();
+    assert_eq!((stats.refresh_reuses, stats.refresh_reuse_kills), (2, 0));
+    // After the grace: the reuse kills the grant, and is counted as such.
+    env.ghl().advance_clock(Duration::from_millis(400));
+    assert_eq!(refresh(r1.clone()).await?.0, 400);
+    // The rotated token of a dead grant is refused as revoked, not counted as a reuse.
+    assert_eq!(refresh(r2.clone()).await?.0, 400);
+    let stats = env.ghl().stats();
+    assert_eq!((stats.refresh_reuses, stats.refresh_reuse_kills), (2, 1));
+    assert_eq!(stats.refresh_grants, 6);
+    // The admin API shows them in camelCase.
+    let json: Value = env.http.get(env.url("/__admin/ghl/stats")).send().await?.json().await?;
+    assert_eq!((json["refreshReuses"].as_u64(), json["refreshReuseKills"].as_u64()), (Some(2), Some(1)));
+    env.ghl().reset_stats();
+    assert_eq!(env.ghl().stats().refresh_reuses, 0);
+    env.sandbox.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn agency_token_mints_location_tokens() -> anyhow::Result<()> {
     let env = Env::start(small()).await?;
     let a = env.loc(0);
