@@ -382,7 +382,7 @@ impl std::fmt::Debug for RefreshLock {
 /// released). Fails with [`StoreError::RefreshLockTimeout`] when the wait runs out. On
 /// SQLite it returns at once.
 pub async fn lock_refresh(store: &Store, resource: &str, wait: Duration) -> Result<RefreshLock, StoreError> {
-    let Some(mut conn) = store.dedicated_postgres("ghl-sync refresh lock").await? else {
+    let Some(mut conn) = store.dedicated_postgres(&format!("ghl-sync refresh {}", super::replica_id())).await? else {
         return Ok(RefreshLock { held: None });
     };
     let started = Instant::now();

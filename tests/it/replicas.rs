@@ -1,10 +1,12 @@
 //! Issue 21: replicas. Three real `ghl-sync run` processes share one PostgreSQL store and 30
-//! sandbox locations while contacts keep changing; one is `kill -9`ed mid-delivery, a second
-//! one later, and a fresh replica joins. Asserted from the outside (the sandbox's counters and
-//! the store's tables): the dead replicas' locations are taken over within the lease TTL plus
-//! one heartbeat, every change is delivered and repeats come only under the same idempotency
-//! key, GHL never answers 429, and no location is ever polled by two replicas at once (the
-//! `runs` each replica records never overlap across replicas). Skipped (with a message) where
+//! sandbox locations, each on an OAuth grant whose access token lives 2 s (refreshes all the
+//! time), while contacts keep changing; one replica is `kill -9`ed mid-delivery (and
+//! mid-refresh), a second one later, and a fresh replica joins. Asserted from the outside (the
+//! sandbox's counters and the store's tables): the dead replicas' locations are taken over
+//! within the lease TTL plus one heartbeat, every change is delivered and repeats come only
+//! under the same idempotency key, GHL never answers 429, no grant dies (no refresh token spent
+//! outside GHL's grace), and no location is ever polled by two replicas at once (the `runs`
+//! each replica records never overlap across replicas). Skipped (with a message) where
 //! no PostgreSQL server answers, unless `GHL_SYNC_REQUIRE_POSTGRES=1` (`.ci/run`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,10 +14,10 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use ghl_sync_sandbox::Sandbox;
-use ghl_sync_sandbox::ghl::GhlOptions;
+use ghl_sync_sandbox::ghl::{Fault, GhlOptions};
 use ghl_sync_sandbox::sink::Delivery;
 
-use crate::crash::{key_of, record_of, run_config};
+use crate::crash::{MASTER_KEY, key_of, record_of};
 use crate::helpers::{eventually, signal, spawn, start_sandbox, wait_with_limit, write_config};
 
 const LOCATIONS: usize = 30;
@@ -23,6 +25,38 @@ const LOCATIONS: usize = 30;
 /// A `runs` row: location, replica, started, finished, last progress.
 type RunRow = (String, String, i64, Option<i64>, Option<i64>);
 const LEASE_TTL: Duration = Duration::from_secs(3);
+
+/// Installs the app on every sandbox location through OAuth into the PostgreSQL store at
+/// `url` (what `ghl-sync auth install` does once per location).
+async fn install_grants(sandbox: &Sandbox, url: &str) {
+    use ghl_sync::config::{Config, Dur, OAuthSettings, Secret, Settings};
+    let (client_id, client_secret) = sandbox.ghl.oauth_client();
+    let mut settings = Settings::default();
+    settings.store.path = None;
+    settings.store.url = Some(url.to_owned());
+    settings.store.master_key = Some(Secret::new(MASTER_KEY.to_owned()));
+    settings.ghl.base_url = sandbox.ghl_url();
+    settings.ghl.oauth = Some(OAuthSettings {
+        client_id,
+        client_secret: Some(Secret::new(client_secret)),
+        client_secret_env: None,
+        client_secret_file: None,
+        redirect_url: "http://127.0.0.1:9/oauth/callback".parse().unwrap(),
+        refresh_margin: Dur::secs(60),
+        install_url: "https://marketplace.gohighlevel.com/v2/oauth/chooselocation".parse().unwrap(),
+    });
+    let config = Config::from_settings(settings).unwrap();
+    let store = ghl_sync::store::Store::connect_postgres(url, Duration::from_secs(5)).await.unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let tokens = ghl_sync::ghl::tokens::TokenManager::from_config(&config, store.clone(), cancel).unwrap();
+    for location in sandbox.ghl.locations() {
+        let code = sandbox.ghl.authorization_code(Some(&location.id));
+        let options =
+            ghl_sync::cli::auth::InstallOptions { write: false, code: Some(code), timeout: Duration::from_secs(5) };
+        ghl_sync::cli::auth::install(&config, &tokens, options, |_| {}).await.unwrap();
+    }
+    store.close().await;
+}
 
 /// The replicas' rows: pid → replica id.
 async fn replica_ids(pool: &sqlx::PgPool) -> BTreeMap<i64, String> {
@@ -61,21 +95,30 @@ async fn three_replicas_share_thirty_locations_survive_kill_9_and_deliver_every_
         burst_max: 40,
         burst_window: Duration::from_secs(1),
         daily_max: 10_000_000,
+        access_token_ttl: Duration::from_secs(2),
         ..GhlOptions::default()
     };
     let sandbox: Sandbox = start_sandbox(ghl).await;
+    // Every location runs on an OAuth grant whose access token lives 2 s: the replicas refresh
+    // (and GHL rotates the refresh token) about 30 times a second between them, each refresh
+    // slowed to 150 ms, so each kill lands in the middle of refreshes as well as deliveries.
+    install_grants(&sandbox, &url).await;
+    sandbox.ghl.set_fault("POST /oauth/token", Fault { latency: Duration::from_millis(150), ..Fault::default() });
     let dir = tempfile::tempdir().unwrap();
-    let base = run_config(&sandbox, dir.path(), "batch_size = 20\n", "");
-    // The store is the shared PostgreSQL schema; polls every 2 s; GHL's scaled window.
-    let text = base
-        .replacen(
-            &format!("path = {:?}\n", dir.path().join("ghl-sync.db")),
-            &format!("url = {url:?}\nlease_ttl = \"3s\"\n"),
-            1,
-        )
-        .replace("contacts_interval = \"60s\"", "contacts_interval = \"2s\"")
-        .replace("ghl_burst_max = 100000", "ghl_burst_max = 40");
-    assert!(text.contains("lease_ttl") && text.contains("ghl_burst_max = 40"), "{text}");
+    let (client_id, client_secret) = sandbox.ghl.oauth_client();
+    let text = format!(
+        "[store]\nurl = {url:?}\nlease_ttl = \"3s\"\nmaster_key = \"{MASTER_KEY}\"\n\
+         [ghl]\nbase_url = \"{ghl}\"\n[ghl.oauth]\nclient_id = \"{client_id}\"\nclient_secret = \"{client_secret}\"\n\
+         redirect_url = \"http://127.0.0.1:9/oauth/callback\"\n\
+         [server]\nenabled = false\n\
+         [sync]\ncontacts_interval = \"2s\"\nindex_lag_margin = \"0s\"\ndirty_debounce = \"0s\"\n\
+         [limits]\nghl_burst_max = 40\nghl_burst_window = \"1s\"\nghl_daily_budget = 10000000\nmax_backoff = \"200ms\"\n\
+         [dispatch]\npoll_interval = \"100ms\"\nbackoff_base = \"50ms\"\nbackoff_max = \"500ms\"\n\
+         [log]\nlevel = \"info\"\nformat = \"json\"\n\
+         [connectors.webhook.test]\nurl = \"{sink}\"\nbatch_size = 20\n",
+        ghl = sandbox.ghl_url(),
+        sink = sandbox.sink_url("test"),
+    );
     let path = write_config(dir.path(), &text);
     let path = path.to_str().unwrap().to_owned();
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
@@ -126,8 +169,28 @@ async fn three_replicas_share_thirty_locations_survive_kill_9_and_deliver_every_
     let before = holders(&pool).await;
     let orphaned = before.values().filter(|h| **h == victim_id).count();
     assert!(orphaned > 0, "the victim held no lease: {before:?}");
+    // Mid-refresh: wait (briefly) until the victim holds a grant's refresh lock, that is, it
+    // is between reading the row and committing the rotated pair (GHL's answer takes 150 ms).
+    let refreshing = format!("ghl-sync refresh {victim_id}");
+    let mut mid_refresh = false;
+    for _ in 0..200 {
+        let held: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = $1",
+        )
+        .bind(&refreshing)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if held > 0 {
+            mid_refresh = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     kill(victim).await;
     let killed = Instant::now();
+    assert!(mid_refresh, "the victim never held a refresh lock (10 grants due every second)");
     eprintln!(
         "replicas: killed {victim_id} holding {orphaned} leases with {} of {} records delivered",
         sandbox.sink.accepted(Some("test")).len(),
@@ -204,9 +267,16 @@ async fn three_replicas_share_thirty_locations_survive_kill_9_and_deliver_every_
         assert!(versions.len() <= allowed, "{entity} {id} went out under {} keys", versions.len());
     }
 
-    // GHL never throttled anyone.
+    // GHL never throttled anyone, and no grant died: a refresh token is spent again only by
+    // a replica that took over from one killed between GHL's answer and its commit, inside
+    // GHL's grace (counted as a reuse, answered with the same pair).
     let stats = sandbox.ghl.stats();
     assert_eq!(stats.too_many_requests, 0, "{:?}", stats.statuses);
+    assert_eq!((stats.refresh_reuse_kills, stats.invalid_grants), (0, 0), "a grant died: {stats:?}");
+    assert!(stats.refresh_grants >= 100, "refreshes all along: {}", stats.refresh_grants);
+    let needs_reauth: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM grants WHERE needs_reauth <> 0").fetch_one(&pool).await.unwrap();
+    assert_eq!(needs_reauth, 0);
 
     // No location was ever polled by two replicas at once: each replica's runs of a location
     // end before another replica's next run of it starts. A run cut short by kill -9 has no
@@ -238,13 +308,15 @@ async fn three_replicas_share_thirty_locations_survive_kill_9_and_deliver_every_
     assert_eq!(by_location.len(), LOCATIONS);
     assert!(moves >= 10, "locations moved between replicas {moves} times");
     eprintln!(
-        "replicas: {} records, {} changes, {} accepted deliveries, {} same-key redeliveries, {} runs, {moves} moves between replicas, {} GHL requests, 0 × 429",
+        "replicas: {} records, {} changes, {} accepted deliveries, {} same-key redeliveries, {} runs, {moves} moves between replicas, {} GHL requests, 0 × 429, {} refreshes, {} refresh-token reuses inside the grace, 0 grants lost",
         expected.len(),
         changed.len(),
         deliveries.len(),
         deliveries.len() - records_of_key.len(),
         runs.len(),
-        stats.requests.values().sum::<u64>()
+        stats.requests.values().sum::<u64>(),
+        stats.refresh_grants,
+        stats.refresh_reuses
     );
     pool.close().await;
     sandbox.stop().await;
