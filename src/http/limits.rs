@@ -399,6 +399,13 @@ impl RateLimits {
         *counts.entry(bucket.to_owned()).or_default() += 1;
     }
 
+    /// Counts `used` requests already made today in `bucket` (by an earlier process, or by the
+    /// replica that held the location before): the day's budget goes on from there. Never
+    /// lowers what this limiter counted itself.
+    pub fn seed_used_today(&self, bucket: &str, used: u64) {
+        self.with_bucket(bucket, |state| state.used_today = state.used_today.max(used));
+    }
+
     /// 429 answers received in `bucket` since this limiter was built. Monotonic: a run reads
     /// it at its start and diffs it to count its own.
     pub fn rate_limited_total(&self, bucket: &str) -> u64 {
@@ -479,6 +486,25 @@ mod tests {
         assert_eq!(limits.acquire("other", Priority::Export).await, Ok(()));
         // A refused request left the line: the next one is not blocked behind it.
         assert!(limits.with_bucket("loc", |state| state.waiting.is_empty()));
+    }
+
+    /// A location that moves to this process (or a restart) keeps the day's count: requests
+    /// made elsewhere today count against the budget here.
+    #[tokio::test(start_paused = true)]
+    async fn requests_made_elsewhere_today_count_against_the_budget() {
+        let limits = RateLimits::new(QuotaSettings {
+            burst_max: 1000,
+            window: Duration::from_secs(1),
+            share: 1.0,
+            daily_budget: 100,
+            bulk_daily_share: 1.0,
+        });
+        limits.seed_used_today("loc", 100);
+        assert_eq!(limits.acquire("loc", Priority::Webhook).await, Err(LimitScope::Daily));
+        assert_eq!(limits.acquire("other", Priority::Webhook).await, Ok(()));
+        // A lower figure (read before this limiter's own requests) changes nothing.
+        limits.seed_used_today("other", 0);
+        assert_eq!(limits.with_bucket("other", |state| state.used_today), 1);
     }
 
     #[tokio::test(start_paused = true)]

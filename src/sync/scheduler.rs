@@ -234,6 +234,7 @@ async fn location_loop(
     let mut failures: u32 = 0;
     let mut again = false;
     let mut bulk_left = false;
+    let mut leased = false;
     let mut last_full = Instant::now();
     loop {
         // A poll tick runs a full pass; a webhook hint (or hints left after a pass) runs a
@@ -269,8 +270,16 @@ async fn location_loop(
         if !leases.may_run(&location) {
             // Another replica holds the location (or the quiet window after it moved here has
             // not ended): its hints and polls are that replica's. Leasing it wakes a full pass.
-            (again, bulk_left) = (false, false);
+            (again, bulk_left, leased) = (false, false, false);
             continue;
+        }
+        if !leased {
+            // First pass here since start-up or since the location moved here: today's
+            // requests made before count against the day's budget.
+            leased = true;
+            if let Err(error) = engine.resume_daily_budget(&location).await {
+                tracing::warn!(error = %format!("{error:#}"), "Could not read today's GHL request count of `{location}`; the day's budget starts from this process's count");
+            }
         }
         let Some(_permit) = permits.acquire().await else { break };
         if stop.is_cancelled() {
@@ -278,7 +287,7 @@ async fn location_loop(
         }
         if !leases.may_run(&location) {
             // The lease went while this loop waited for a permit.
-            (again, bulk_left) = (false, false);
+            (again, bulk_left, leased) = (false, false, false);
             continue;
         }
         if pass != Pass::Bulk {

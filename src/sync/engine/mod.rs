@@ -287,6 +287,18 @@ impl Engine {
         &self.subscribers
     }
 
+    /// Carries today's GHL requests of `location` (stored with the runs that made them, by
+    /// this process before a restart or by the replica that held the location before) into the
+    /// limiter, so the daily budget is spent once across processes. Returns the count.
+    pub async fn resume_daily_budget(&self, location: &str) -> Result<u64, SyncError> {
+        let day = crate::store::daily::utc_day(crate::store::now_ms());
+        let used = u64::try_from(crate::store::daily::read(&self.store, location, &day).await?.requests).unwrap_or(0);
+        if let Some(limits) = self.ghl.api().limits() {
+            limits.seed_used_today(location, used);
+        }
+        Ok(used)
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }
