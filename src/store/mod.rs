@@ -761,6 +761,29 @@ pub fn now_ms() -> i64 {
     crate::clock::now_ms()
 }
 
+/// This process's replica id, the same for its whole life: `{hostname}-{pid}-{4 random hex
+/// digits}` (the hostname from `/etc/hostname`, else the `HOSTNAME` variable, else `host`; only
+/// ASCII letters, digits, `-`, `_` and `.` are kept). Outbox claims and location leases name
+/// their holder with it; the random part tells apart two processes that reuse a pid on one host
+/// (a container restarted with pid 1).
+pub fn replica_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|name| clean_host(&name))
+            .filter(|name| !name.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok().map(|name| clean_host(&name)).filter(|name| !name.is_empty()))
+            .unwrap_or_else(|| "host".to_owned());
+        format!("{host}-{}-{:04x}", std::process::id(), fastrand::u16(..))
+    })
+}
+
+/// A hostname as a replica id may carry it (trimmed, at most 64 safe characters).
+fn clean_host(name: &str) -> String {
+    name.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).take(64).collect()
+}
+
 /// Rows a chunked delete removes per transaction.
 const DELETE_CHUNK: i64 = 2000;
 
@@ -1102,5 +1125,18 @@ mod tests {
         assert!(matches!(ProcessLock::acquire(&path), Err(StoreError::Locked { .. })));
         drop(first);
         assert!(ProcessLock::acquire(&path).is_ok());
+    }
+
+    #[test]
+    fn the_replica_id_is_stable_and_names_host_pid_and_a_random_part() {
+        let id = replica_id();
+        assert_eq!(id, replica_id(), "one id per process");
+        let mut parts = id.rsplitn(3, '-');
+        let random = parts.next().unwrap();
+        assert_eq!(parts.next().unwrap(), std::process::id().to_string());
+        assert!(!parts.next().unwrap().is_empty(), "a host part: {id}");
+        assert!(random.len() == 4 && random.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+        assert_eq!(clean_host(" web-1.example\n"), "web-1.example");
+        assert_eq!(clean_host("a b/c\u{e9}"), "abc");
     }
 }

@@ -31,6 +31,7 @@ mod once;
 mod postgres;
 mod priority;
 mod reliability;
+mod replica_outbox;
 mod rules;
 mod rules_cli;
 mod rules_exec;
