@@ -451,7 +451,8 @@ impl Dispatcher {
     /// logged: if the store stays unwritable past the deadlines, another replica may take the
     /// rows and deliver them again (same keys).
     async fn renew_claims(&self) {
-        let ids: Vec<i64> = self.workers.iter().flat_map(|worker| worker.claimed().iter().copied().collect::<Vec<_>>()).collect();
+        let ids: Vec<i64> =
+            self.workers.iter().flat_map(|worker| worker.claimed().iter().copied().collect::<Vec<_>>()).collect();
         if ids.is_empty() {
             return;
         }
@@ -576,9 +577,10 @@ impl Dispatcher {
         let batch_size = worker.settings.batch_size.max(1);
         let locations = self.locations_for(worker, locations);
         let claim = Claim { claimer: &self.replica, now: self.clock.now_ms(), for_ms: millis(self.claim_ttl) };
-        let rows = outbox::claim(&self.store, &worker.id, cutoff, batch_size * batches_allowed, locations.as_deref(), claim)
-            .await
-            .map_err(RoundError::Read)?;
+        let rows =
+            outbox::claim(&self.store, &worker.id, cutoff, batch_size * batches_allowed, locations.as_deref(), claim)
+                .await
+                .map_err(RoundError::Read)?;
         if rows.is_empty() {
             return Ok(0);
         }

@@ -463,8 +463,13 @@ pub async fn claim(
              AND (claimed_until IS NULL OR claimed_until <= $5){in_locations} ORDER BY id LIMIT $6{lock}) \
              RETURNING {ROW_COLUMNS}"
         );
-        let mut query =
-            sqlx::query_as(&sql).bind(claim.claimer).bind(until).bind(connector).bind(due_by).bind(claim.now).bind(limit);
+        let mut query = sqlx::query_as(&sql)
+            .bind(claim.claimer)
+            .bind(until)
+            .bind(connector)
+            .bind(due_by)
+            .bind(claim.now)
+            .bind(limit);
         if let Some(locations) = &locations {
             query = query.bind(locations.as_str());
         }
@@ -1175,9 +1180,14 @@ mod tests {
             ["c1", "c2", "c3"].iter().map(|id| (change(id, Operation::Updated, &[1; 32], 1, b"v"), None)).collect();
         enqueue_all(store, "test", &changes, EnqueuePolicy::Fold).await.unwrap();
         let row = due_rows(store).await.remove(0);
-        record_outcomes(store, "test", &[DeliveryOutcome { row: row.version(), verdict: Verdict::Delivered }], now_ms())
-            .await
-            .unwrap();
+        record_outcomes(
+            store,
+            "test",
+            &[DeliveryOutcome { row: row.version(), verdict: Verdict::Delivered }],
+            now_ms(),
+        )
+        .await
+        .unwrap();
         assert_eq!(prune(store, 0).await.unwrap(), 0, "too recent");
         assert_eq!(prune(store, i64::MAX).await.unwrap(), 1);
         let depth = depth(store).await.unwrap();
@@ -1192,7 +1202,12 @@ mod tests {
 
     /// Claims due rows of `webhook.a` (all due: `due_by` is the far future).
     async fn claim_as(store: &Store, claim: Claim<'_>, limit: usize) -> Vec<OutboxRow> {
-        super::claim(store, "webhook.a", i64::MAX, limit, None, claim).await.unwrap().into_iter().map(Result::unwrap).collect()
+        super::claim(store, "webhook.a", i64::MAX, limit, None, claim)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect()
     }
 
     type ClaimState = (String, String, Option<String>, Option<i64>);
@@ -1209,8 +1224,7 @@ mod tests {
 
     async fn put_many(store: &Store, n: usize) {
         let ids: Vec<String> = (0..n).map(|i| format!("c{i:04}")).collect();
-        let changes: Vec<_> =
-            ids.iter().map(|id| (change(id, Operation::Updated, &[1; 32], 1, b"v"), None)).collect();
+        let changes: Vec<_> = ids.iter().map(|id| (change(id, Operation::Updated, &[1; 32], 1, b"v"), None)).collect();
         enqueue_all(store, "test", &changes, EnqueuePolicy::Fold).await.unwrap();
     }
 
@@ -1246,10 +1260,9 @@ mod tests {
         assert!(a_set.is_disjoint(&b_set), "a row claimed by both");
         assert_eq!(a.len() + b.len(), ROWS, "every row claimed: {} + {}", a.len(), b.len());
         // Each row names its claimer, with the deadline asked for.
-        let ids: Vec<i64> = on_db!(one.db(), |pool| sqlx::query_scalar("SELECT id FROM outbox ORDER BY id")
-            .fetch_all(pool)
-            .await)
-        .unwrap();
+        let ids: Vec<i64> =
+            on_db!(one.db(), |pool| sqlx::query_scalar("SELECT id FROM outbox ORDER BY id").fetch_all(pool).await)
+                .unwrap();
         for ((_, status, claimer, until), id) in claims(&two).await.into_iter().zip(ids) {
             let expected = if a_set.contains(&id) { "replica-a" } else { "replica-b" };
             assert_eq!((status.as_str(), claimer.as_deref(), until), ("pending", Some(expected), Some(61_000)));
