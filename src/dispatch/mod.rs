@@ -159,7 +159,7 @@ impl DispatchWake {
 /// Why a worker's round stopped.
 #[derive(Debug, thiserror::Error)]
 enum RoundError {
-    #[error("reading due outbox rows failed: {0}")]
+    #[error("claiming or reading due outbox rows failed: {0}")]
     Read(#[source] StoreError),
     #[error("recording delivery results in the store failed: {0}")]
     Record(#[source] StoreError),
@@ -511,9 +511,18 @@ impl Dispatcher {
             base_backoff: poll,
             max_backoff: self.settings.backoff_max.get().min(RECORD_BACKOFF_MAX),
         };
+        // Failed claims in a row: claiming writes, so a store that cannot write (full, locked by
+        // another process) fails every poll; it is reported once per streak and backed off.
+        let mut read_failures = 0u32;
         while !stop.is_cancelled() {
             let now = self.now_checked().await;
-            let wait = match self.round(worker, now, None, &mut ConnectorSummary::default()).await {
+            let result = self.round(worker, now, None, &mut ConnectorSummary::default()).await;
+            if !matches!(result, Err(RoundError::Read(_))) && read_failures > 0 {
+                tracing::info!(connector.id = %worker.id, failures = read_failures,
+                    "Taking outbox rows for `{}` again after {read_failures} failed attempts", worker.id);
+                read_failures = 0;
+            }
+            let wait = match result {
                 Ok(0) => poll,
                 Ok(_) => continue,
                 Err(RoundError::Record(_)) => {
@@ -526,8 +535,12 @@ impl Dispatcher {
                     continue;
                 }
                 Err(error @ RoundError::Read(_)) => {
-                    tracing::warn!(connector.id = %worker.id, error = %error, "Could not read due outbox rows for `{}`", worker.id);
-                    poll
+                    read_failures = read_failures.saturating_add(1);
+                    if read_failures == 1 {
+                        tracing::warn!(connector.id = %worker.id, error = %error,
+                            "Could not claim or read due outbox rows for `{}`; retrying with backoff", worker.id);
+                    }
+                    record_backoff.backoff(read_failures - 1)
                 }
             };
             tokio::select! {

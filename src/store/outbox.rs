@@ -446,38 +446,82 @@ pub async fn claim(
     if limit == 0 || locations.is_some_and(<[String]>::is_empty) {
         return Ok(Vec::new());
     }
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    // Candidates first, then the claim: the due rows' ids come from the covering index
+    // `outbox_due` alone (as in `due`), a window of them in id order, and only that window's
+    // rows are read to check their claims and take them. Checking the claim of every due row
+    // read each one from the table: with 50,000 rows waiting a claim of 50 cost 32 ms of the
+    // store's one writer on SQLite (5 ms this way). A window whose rows other claimers hold
+    // moves on to the next one.
+    let window = limit.saturating_mul(4).clamp(64, CLAIM_WINDOW_MAX);
     let until = claim.now.saturating_add(claim.for_ms);
     let locations = locations.map(|locations| serde_json::Value::from(locations.to_vec()).to_string());
     let mut tx = store.begin_write("outbox_claim").await?;
-    let mut rows: Vec<StoredRow> = on_db!(tx.conn(), |c, pg| {
-        let in_locations = match locations {
-            Some(_) => format!(" AND location_id IN ({})", json_values(pg, 7)),
-            None => String::new(),
-        };
-        // The one per-backend clause: SQLite has no row locks (its writer is exclusive).
-        let lock = if pg { " FOR UPDATE SKIP LOCKED" } else { "" };
-        let sql = format!(
-            "UPDATE outbox SET claimed_by = $1, claimed_until = $2 WHERE id IN (SELECT id FROM outbox \
-             WHERE connector = $3 AND status = 'pending' AND next_attempt_at <= $4 \
-             AND (claimed_until IS NULL OR claimed_until <= $5){in_locations} ORDER BY id LIMIT $6{lock}) \
-             RETURNING {ROW_COLUMNS}"
-        );
-        let mut query = sqlx::query_as(&sql)
-            .bind(claim.claimer)
-            .bind(until)
-            .bind(connector)
-            .bind(due_by)
-            .bind(claim.now)
-            .bind(limit);
-        if let Some(locations) = &locations {
-            query = query.bind(locations.as_str());
+    let mut rows: Vec<StoredRow> = Vec::new();
+    let mut after = None;
+    while rows.len() < limit {
+        let candidates = due_ids(tx.conn(), connector, due_by, after, window, locations.as_deref()).await?;
+        let Some(&last) = candidates.last() else { break };
+        let need = i64::try_from(limit - rows.len()).unwrap_or(i64::MAX);
+        let taken: Vec<StoredRow> = on_db!(tx.conn(), |c, pg| {
+            // The one per-backend clause: SQLite has no row locks (its writer is exclusive).
+            let lock = if pg { " FOR UPDATE SKIP LOCKED" } else { "" };
+            let sql = format!(
+                "UPDATE outbox SET claimed_by = $1, claimed_until = $2 WHERE id IN (SELECT id FROM outbox \
+                 WHERE id IN ({}) AND status = 'pending' AND next_attempt_at <= $3 \
+                 AND (claimed_until IS NULL OR claimed_until <= $4) ORDER BY id LIMIT $5{lock}) \
+                 RETURNING {ROW_COLUMNS}",
+                db::params(5, candidates.len())
+            );
+            let mut query =
+                sqlx::query_as(&sql).bind(claim.claimer).bind(until).bind(due_by).bind(claim.now).bind(need);
+            for id in &candidates {
+                query = query.bind(*id);
+            }
+            query.fetch_all(c).await
+        })?;
+        rows.extend(taken);
+        if candidates.len() < window {
+            break;
         }
-        query.fetch_all(c).await
-    })?;
+        after = Some(last);
+    }
     tx.commit().await?;
     rows.sort_unstable_by_key(|row| row.id);
     Ok(rows.into_iter().map(StoredRow::typed).collect())
+}
+
+/// The most candidate ids [`claim`] looks at per statement.
+const CLAIM_WINDOW_MAX: usize = 2_000;
+
+/// Up to `window` ids of pending rows of `connector` due at `due_by`, after `after`, in id
+/// order (claims are not looked at); with `locations` (a JSON list), only those locations'.
+async fn due_ids(
+    conn: Conn<'_>,
+    connector: &str,
+    due_by: i64,
+    after: Option<i64>,
+    window: usize,
+    locations: Option<&str>,
+) -> Result<Vec<i64>, StoreError> {
+    let window = i64::try_from(window).unwrap_or(i64::MAX);
+    Ok(on_db!(conn, |c, pg| {
+        let in_locations = match locations {
+            Some(_) => format!(" AND location_id IN ({})", json_values(pg, 5)),
+            None => String::new(),
+        };
+        // `id > $3` only past the first window: a bound on the rowid can lead SQLite to walk the
+        // table in id order (delivered rows included) instead of the covering index.
+        let after_clause = if after.is_some() { " AND id > $3" } else { " AND $3 IS NULL" };
+        let sql = format!(
+            "SELECT id FROM outbox WHERE connector = $1 AND status = 'pending' AND next_attempt_at <= $2\
+             {after_clause}{in_locations} ORDER BY id LIMIT $4"
+        );
+        let mut query = sqlx::query_scalar(&sql).bind(connector).bind(due_by).bind(after).bind(window);
+        if let Some(locations) = locations {
+            query = query.bind(locations);
+        }
+        query.fetch_all(c).await
+    })?)
 }
 
 /// Moves the deadline of `claimer`'s claims on the rows `ids` to `until` (epoch ms), while
@@ -1411,5 +1455,23 @@ mod tests {
         assert_eq!(held, [("c1", None), ("c2", None), ("c3", None), ("c4", Some("c"))]);
         let free = claim_in("d", 100, None).await;
         assert_eq!(free.iter().map(|r| r.entity_id.as_str()).collect::<Vec<_>>(), ["c1", "c2", "c3"]);
+    }
+
+    #[tokio::test]
+    async fn a_claimer_looks_past_candidate_windows_that_other_claimers_hold() {
+        for (_guard, store) in stores().await {
+            past_held_windows(&store).await;
+        }
+    }
+
+    async fn past_held_windows(store: &Store) {
+        put_many(store, 200).await;
+        // a holds the oldest 150 rows: more than two of b's candidate windows (64 ids each).
+        assert_eq!(claim_as(store, by("a", 0, 1_000), 150).await.len(), 150);
+        let b = claim_as(store, by("b", 0, 1_000), 5).await;
+        let ids: Vec<&str> = b.iter().map(|row| row.entity_id.as_str()).collect();
+        assert_eq!(ids, ["c0150", "c0151", "c0152", "c0153", "c0154"]);
+        assert_eq!(claim_as(store, by("c", 0, 1_000), 100).await.len(), 45, "the rest, whatever the limit");
+        assert!(claim_as(store, by("d", 0, 1_000), 10).await.is_empty());
     }
 }
