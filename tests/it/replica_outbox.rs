@@ -262,3 +262,30 @@ async fn connectors_that_call_ghl_take_only_rows_of_the_locations_the_replica_le
     assert_eq!(pending(&store).await, 0);
     sandbox.stop().await;
 }
+
+#[tokio::test]
+async fn claims_are_renewed_while_a_slow_delivery_runs_past_the_claim_ttl() {
+    let sandbox = Sandbox::start(SandboxOptions::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
+    let config = config(&sandbox, dir.path());
+    for i in 0..2 {
+        put(&store, CONNECTOR, "loc1", &format!("c{i}"), 1).await;
+    }
+    // Each request takes 500 ms; a claim lasts 120 ms unless renewed (every 40 ms).
+    sandbox.sink.set_mode("crm", SinkMode::Slow(Duration::from_millis(500)));
+    let connectors = connectors::build(&config, &CancellationToken::new()).unwrap();
+    let dispatcher = Dispatcher::new(store.clone(), connectors, config.settings.dispatch.clone())
+        .with_replica("replica-a".to_owned())
+        .with_claim_ttl(Duration::from_millis(120));
+    let other = async {
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let claim = outbox::Claim { claimer: "replica-b", now: now_ms(), for_ms: 1_000 };
+        outbox::claim(&store, CONNECTOR, i64::MAX, 10, None, claim).await.unwrap()
+    };
+    let (summary, taken) = tokio::join!(dispatcher.run_once(), other);
+    assert!(taken.is_empty(), "another replica took rows in flight: {taken:?}");
+    assert_eq!(summary.total().delivered, 2);
+    assert_eq!(sandbox.sink.deliveries(Some("crm")).len(), 2, "each row sent once");
+    sandbox.stop().await;
+}
