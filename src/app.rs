@@ -71,6 +71,7 @@ pub(crate) async fn build_workers(
     calls: &CancellationToken,
     circuits: &OpenCircuits,
     clock: &Clock,
+    leases: &Arc<Leases>,
 ) -> anyhow::Result<Workers> {
     let settings = &config.settings;
     let limits = Arc::new(RateLimits::new(QuotaSettings {
@@ -112,7 +113,13 @@ pub(crate) async fn build_workers(
     let dispatcher = Arc::new(
         Dispatcher::new(store.clone(), connectors.clone(), settings.dispatch.clone())
             .with_clock(clock.clone())
-            .with_open_circuits(circuits.clone()),
+            .with_open_circuits(circuits.clone())
+            .with_location_filter({
+                // Connectors that call GHL deliver only rows of the locations this replica
+                // leases (their GHL budget is the holder's); the others deliver any row.
+                let leases = leases.clone();
+                Arc::new(move || leases.held())
+            }),
     );
     let waker = dispatcher.waker();
     let engine = Arc::new(
@@ -167,10 +174,10 @@ impl App {
             tracing::warn!(resource, missing = %missing.join(" "), "The GHL grant of `{resource}` lacks scopes; reinstall the app with them");
         }
         let circuits = OpenCircuits::default();
-        let Workers { ghl, engine, dispatcher, connectors } =
-            build_workers(&config, &store, &tokens, &calls, &circuits, &clock).await?;
-        let listener = if settings.server.enabled { Some(crate::server::bind(&settings.server).await?) } else { None };
         let leases = if store.is_postgres() && !alone { Leases::shared() } else { Leases::all() };
+        let Workers { ghl, engine, dispatcher, connectors } =
+            build_workers(&config, &store, &tokens, &calls, &circuits, &clock, &leases).await?;
+        let listener = if settings.server.enabled { Some(crate::server::bind(&settings.server).await?) } else { None };
         tracing::info!(database = %Location::of(&target), locations = settings.ghl.locations.len(), replica = crate::store::replica_id(), "Store ready");
         Ok(Self {
             config,
@@ -327,7 +334,7 @@ impl App {
                         workers_stop.cancel();
                         workers.close();
                         workers.wait().await;
-                        match build_workers(&config, &self.store, &self.tokens, &self.calls, &self.circuits, &self.clock).await {
+                        match build_workers(&config, &self.store, &self.tokens, &self.calls, &self.circuits, &self.clock, &self.leases).await {
                             Ok(built) => {
                                 self.ghl = built.ghl;
                                 self.engine = built.engine;

@@ -86,8 +86,16 @@ pub async fn check_ghl(config: &Config) -> Vec<CheckLine> {
         register_locations(&store, config).await?;
         let calls = CancellationToken::new();
         let tokens = Arc::new(TokenManager::from_config(config, store.clone(), calls.clone())?);
-        let workers =
-            build_workers(config, &store, &tokens, &calls, &Default::default(), &crate::clock::Clock::system()).await?;
+        let workers = build_workers(
+            config,
+            &store,
+            &tokens,
+            &calls,
+            &Default::default(),
+            &crate::clock::Clock::system(),
+            &crate::sync::leases::Leases::all(),
+        )
+        .await?;
         let mut lines = Vec::new();
         let locations = crate::store::locations::active(&store).await?;
         if locations.is_empty() {

@@ -169,6 +169,14 @@ pub trait Connector: Send + Sync {
         DeliverySettings::default()
     }
 
+    /// Whether delivering calls GHL for the delivery's location (write-backs, and the reads
+    /// they need), spending that location's rate limit and daily budget. With replicas, the
+    /// dispatcher hands such a connector only rows of the locations its replica leases, so each
+    /// location's budget is spent by one process. Default: no (webhooks).
+    fn calls_ghl(&self) -> bool {
+        false
+    }
+
     /// Tests the connection (used by `ghl-sync check`).
     async fn check(&self) -> Result<CheckReport, ConnectorError>;
 

@@ -13,10 +13,23 @@
 //! backs off (exponentially, capped) and writes them before it takes any new row: a delivered
 //! batch is never sent again because its bookkeeping failed (only a restart in that state
 //! sends it again, under the same keys).
+//!
+//! Replicas: several daemons may drain one PostgreSQL store. A worker takes its rows with
+//! `outbox::claim` under its dispatcher's replica id ([`Dispatcher::with_replica`]), so no
+//! two workers anywhere deliver the same row at once. A claim lasts the claim TTL
+//! ([`claim_ttl`]) and is renewed every third of it while the row is in flight, so a slow
+//! delivery (timeouts, retries, rate-limit waits) keeps its rows however long it takes; the
+//! row's outcome ends the claim. A clean stop releases what is left (`outbox::release_claims`)
+//! for the other replicas at once; after `kill -9` the rows wait for their claims to expire
+//! and are delivered again under the same keys. Replicas' clocks must agree to well within the
+//! TTL (NTP), since a claim's deadline is the claimer's wall clock. Connectors that call GHL
+//! ([`Connector::calls_ghl`]) can be limited to the locations this replica leases
+//! ([`Dispatcher::with_location_filter`]), so each location's GHL budget is spent by one process.
 
 mod breaker;
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,7 +45,7 @@ use crate::config::DispatchSettings;
 use crate::connectors::{Connector, Delivery, DeliverySettings, Outcome};
 use crate::domain::EntityKind;
 use crate::http::RetryPolicy;
-use crate::store::outbox::{self, DeliveryOutcome, OutboxRow, UnreadableRow, Verdict};
+use crate::store::outbox::{self, Claim, DeliveryOutcome, OutboxRow, UnreadableRow, Verdict};
 use crate::store::{Store, StoreError, codec, snapshot};
 
 pub use breaker::{Breaker, Gate};
@@ -146,7 +159,7 @@ impl DispatchWake {
 /// Why a worker's round stopped.
 #[derive(Debug, thiserror::Error)]
 enum RoundError {
-    #[error("reading due outbox rows failed: {0}")]
+    #[error("claiming or reading due outbox rows failed: {0}")]
     Read(#[source] StoreError),
     #[error("recording delivery results in the store failed: {0}")]
     Record(#[source] StoreError),
@@ -156,6 +169,10 @@ struct Worker {
     connector: Arc<dyn Connector>,
     id: String,
     settings: DeliverySettings,
+    /// The connector calls GHL: only rows of the locations this replica leases are taken.
+    calls_ghl: bool,
+    /// Rows this worker claimed whose outcome is not recorded yet (their claims are renewed).
+    claimed: Mutex<BTreeSet<i64>>,
     breaker: Mutex<Breaker>,
     wake: Arc<Notify>,
     /// Outcomes of delivered batches the store could not record yet. They are written before
@@ -169,6 +186,29 @@ impl Worker {
     fn unrecorded(&self) -> std::sync::MutexGuard<'_, Vec<DeliveryOutcome>> {
         self.unrecorded.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn claimed(&self) -> std::sync::MutexGuard<'_, BTreeSet<i64>> {
+        self.claimed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The locations whose rows connectors that call GHL may take now (`None`: all of them). The
+/// app passes the set of locations this replica leases.
+pub type LocationFilter = Arc<dyn Fn() -> Option<Vec<String>> + Send + Sync>;
+
+/// The shortest claim TTL: how long rows claimed by a replica that died (`kill -9`) wait
+/// before another replica takes them. A live claimer renews its claims every third of the
+/// TTL, so the TTL need not cover the longest delivery.
+pub const CLAIM_TTL: Duration = Duration::from_secs(30);
+
+/// The claim TTL for `settings`: [`CLAIM_TTL`], or three poll intervals when that is longer
+/// (a worker that polls slowly still renews well before its claims run out).
+pub fn claim_ttl(settings: &DispatchSettings) -> Duration {
+    CLAIM_TTL.max(settings.poll_interval.get().saturating_mul(3))
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Drains the outbox into the connectors.
@@ -183,11 +223,20 @@ pub struct Dispatcher {
     /// The latest wall-clock reading (epoch ms; 0 before the first): a reading earlier than
     /// this by more than [`CLOCK_STEP_BACK`] means the system clock went back.
     latest_ms: AtomicI64,
+    /// The claimer id of this dispatcher's outbox claims.
+    replica: String,
+    /// How long a claim holds unless renewed ([`claim_ttl`]).
+    claim_ttl: Duration,
+    /// Limits connectors that call GHL to these locations (`None`: no limit).
+    location_filter: Option<LocationFilter>,
 }
 
 impl std::fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dispatcher").field("connectors", &self.connector_ids()).finish_non_exhaustive()
+        f.debug_struct("Dispatcher")
+            .field("connectors", &self.connector_ids())
+            .field("replica", &self.replica)
+            .finish_non_exhaustive()
     }
 }
 
@@ -207,6 +256,8 @@ impl Dispatcher {
                 Arc::new(Worker {
                     id: connector.id().to_owned(),
                     settings: connector.settings(),
+                    calls_ghl: connector.calls_ghl(),
+                    claimed: Mutex::new(BTreeSet::new()),
                     breaker: Mutex::new(Breaker::new(settings.breaker_threshold, settings.breaker_cooldown.get())),
                     wake: Arc::new(Notify::new()),
                     unrecorded: Mutex::new(Vec::new()),
@@ -218,13 +269,43 @@ impl Dispatcher {
         let wake = DispatchWake { notifies: Arc::new(workers.iter().map(|w| w.wake.clone()).collect()) };
         Self {
             store,
-            settings,
             workers,
             wake,
             circuits: OpenCircuits::default(),
             clock: Clock::system(),
             latest_ms: AtomicI64::new(0),
+            replica: crate::store::replica_id().to_owned(),
+            claim_ttl: claim_ttl(&settings),
+            location_filter: None,
+            settings,
         }
+    }
+
+    /// Claims outbox rows as `replica` (default: this process's [`crate::store::replica_id`]).
+    /// Two dispatchers on one store must have different ids.
+    pub fn with_replica(mut self, replica: String) -> Self {
+        self.replica = replica;
+        self
+    }
+
+    /// The claimer id of this dispatcher's outbox claims.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Claims rows for `ttl` (default: [`claim_ttl`] of the settings); renewed every third of it
+    /// while in flight.
+    pub fn with_claim_ttl(mut self, ttl: Duration) -> Self {
+        self.claim_ttl = ttl.max(Duration::from_millis(30));
+        self
+    }
+
+    /// Connectors that call GHL ([`Connector::calls_ghl`]) take only rows of the locations
+    /// `filter` names when they look for due rows (`None` from it: every location). Without a
+    /// filter (the default: one daemon) they take every location's rows.
+    pub fn with_location_filter(mut self, filter: LocationFilter) -> Self {
+        self.location_filter = Some(filter);
+        self
     }
 
     /// Reads wall-clock time from `clock` (tests jump it; the app passes the process clock).
@@ -312,8 +393,11 @@ impl Dispatcher {
                     Err(error) => return (worker.id.clone(), total, Some(format!("{}: {error}", worker.id))),
                 }
             }
-        }))
-        .await;
+        }));
+        let passes = tokio::select! {
+            passes = passes => passes,
+            never = self.renew_claims_forever() => match never {},
+        };
         for (id, counts, error) in passes {
             summary.connectors.insert(id, counts);
             summary.errors.extend(error);
@@ -327,7 +411,8 @@ impl Dispatcher {
 
     /// Runs the workers until `stop` is cancelled: each polls its due rows every
     /// `poll_interval` or when woken, and finishes its in-flight round before stopping. A
-    /// worker that cannot record outcomes backs off until the store can write again.
+    /// worker that cannot record outcomes backs off until the store can write again. Claims
+    /// are renewed while rows are in flight; at the end the claims still held are released.
     pub async fn run(&self, stop: CancellationToken) {
         let workers = self.workers.iter().map(|worker| self.work(worker, stop.clone()));
         let housekeeping = async {
@@ -343,7 +428,79 @@ impl Dispatcher {
                 }
             }
         };
-        tokio::join!(join_all(workers), housekeeping);
+        // Claims are renewed until the last in-flight round has recorded its outcomes.
+        tokio::select! {
+            _ = async { tokio::join!(join_all(workers), housekeeping) } => {}
+            never = self.renew_claims_forever() => match never {},
+        }
+        self.release_own_claims().await;
+    }
+
+    /// Renews the claims of the rows in flight every third of the claim TTL; never returns.
+    async fn renew_claims_forever(&self) -> std::convert::Infallible {
+        let every = self.claim_ttl / 3;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.renew_claims().await;
+        }
+    }
+
+    /// Moves the deadline of every claim in flight to a claim TTL from now. A failure is
+    /// logged: if the store stays unwritable past the deadlines, another replica may take the
+    /// rows and deliver them again (same keys).
+    async fn renew_claims(&self) {
+        let ids: Vec<i64> =
+            self.workers.iter().flat_map(|worker| worker.claimed().iter().copied().collect::<Vec<_>>()).collect();
+        if ids.is_empty() {
+            return;
+        }
+        let until = self.clock.now_ms().saturating_add(millis(self.claim_ttl));
+        match outbox::renew_claims(&self.store, &self.replica, &ids, until).await {
+            Ok(renewed) => {
+                tracing::debug!(claims = ids.len(), renewed, "Renewed the claims on the outbox rows in delivery");
+            }
+            Err(error) => {
+                tracing::warn!(claims = ids.len(), error = %error,
+                    "Could not renew the claims on {} outbox rows in delivery; if they expire another replica may deliver them again (same idempotency keys)",
+                    ids.len());
+            }
+        }
+    }
+
+    /// On a clean stop: releases the claims this dispatcher still holds (rows whose outcome
+    /// could not be recorded), so other replicas take them at once.
+    async fn release_own_claims(&self) {
+        match outbox::release_claims(&self.store, &self.replica).await {
+            Ok(0) => {}
+            Ok(released) => {
+                tracing::info!(released, "Released {released} claimed outbox rows for the other replicas");
+            }
+            Err(error) => {
+                tracing::warn!(error = %error,
+                    "Could not release this replica's outbox claims; its unfinished rows wait for the claims to expire");
+            }
+        }
+        for worker in &self.workers {
+            worker.claimed().clear();
+        }
+    }
+
+    /// The locations whose rows `worker` may take: those asked for (`sync --once`), and for a
+    /// connector that calls GHL only those the location filter allows (`None`: all).
+    fn locations_for<'a>(&self, worker: &Worker, asked: Option<&'a [String]>) -> Option<Cow<'a, [String]>> {
+        let allowed = match &self.location_filter {
+            Some(filter) if worker.calls_ghl => filter(),
+            _ => None,
+        };
+        match (asked, allowed) {
+            (asked, None) => asked.map(Cow::Borrowed),
+            (None, Some(allowed)) => Some(Cow::Owned(allowed)),
+            (Some(asked), Some(allowed)) => {
+                Some(Cow::Owned(asked.iter().filter(|location| allowed.contains(location)).cloned().collect()))
+            }
+        }
     }
 
     /// One worker's loop (see [`Dispatcher::run`]).
@@ -354,9 +511,18 @@ impl Dispatcher {
             base_backoff: poll,
             max_backoff: self.settings.backoff_max.get().min(RECORD_BACKOFF_MAX),
         };
+        // Failed claims in a row: claiming writes, so a store that cannot write (full, locked by
+        // another process) fails every poll; it is reported once per streak and backed off.
+        let mut read_failures = 0u32;
         while !stop.is_cancelled() {
             let now = self.now_checked().await;
-            let wait = match self.round(worker, now, None, &mut ConnectorSummary::default()).await {
+            let result = self.round(worker, now, None, &mut ConnectorSummary::default()).await;
+            if !matches!(result, Err(RoundError::Read(_))) && read_failures > 0 {
+                tracing::info!(connector.id = %worker.id, failures = read_failures,
+                    "Taking outbox rows for `{}` again after {read_failures} failed attempts", worker.id);
+                read_failures = 0;
+            }
+            let wait = match result {
                 Ok(0) => poll,
                 Ok(_) => continue,
                 Err(RoundError::Record(_)) => {
@@ -369,8 +535,12 @@ impl Dispatcher {
                     continue;
                 }
                 Err(error @ RoundError::Read(_)) => {
-                    tracing::warn!(connector.id = %worker.id, error = %error, "Could not read due outbox rows for `{}`", worker.id);
-                    poll
+                    read_failures = read_failures.saturating_add(1);
+                    if read_failures == 1 {
+                        tracing::warn!(connector.id = %worker.id, error = %error,
+                            "Could not claim or read due outbox rows for `{}`; retrying with backoff", worker.id);
+                    }
+                    record_backoff.backoff(read_failures - 1)
                 }
             };
             tokio::select! {
@@ -418,12 +588,16 @@ impl Dispatcher {
             Gate::Closed => worker.settings.concurrency.max(1),
         };
         let batch_size = worker.settings.batch_size.max(1);
-        let rows = outbox::due(&self.store, &worker.id, cutoff, batch_size * batches_allowed, locations)
-            .await
-            .map_err(RoundError::Read)?;
+        let locations = self.locations_for(worker, locations);
+        let claim = Claim { claimer: &self.replica, now: self.clock.now_ms(), for_ms: millis(self.claim_ttl) };
+        let rows =
+            outbox::claim(&self.store, &worker.id, cutoff, batch_size * batches_allowed, locations.as_deref(), claim)
+                .await
+                .map_err(RoundError::Read)?;
         if rows.is_empty() {
             return Ok(0);
         }
+        worker.claimed().extend(rows.iter().map(row_id));
         let taken = rows.len();
         let mut batches = Vec::new();
         let mut rows = rows.into_iter();
@@ -435,7 +609,15 @@ impl Dispatcher {
             batches.push(batch);
         }
         let results = join_all(batches.into_iter().map(|batch| async move {
-            let outcomes = self.deliver_batch(worker, batch).await.map_err(RoundError::Read)?;
+            let ids: Vec<i64> = batch.iter().map(row_id).collect();
+            let outcomes = match self.deliver_batch(worker, batch).await {
+                Ok(outcomes) => outcomes,
+                Err(error) => {
+                    // Nothing of the batch was sent: free its rows for any worker at once.
+                    self.release(worker, &ids).await;
+                    return Err(RoundError::Read(error));
+                }
+            };
             let mut counts = ConnectorSummary { batches: 1, ..ConnectorSummary::default() };
             self.record(worker, outcomes, &mut counts).await?;
             Ok::<_, RoundError>(counts)
@@ -459,6 +641,19 @@ impl Dispatcher {
         }
     }
 
+    /// Releases the claims on rows `worker` took but did not deliver (best effort: a claim
+    /// that cannot be released expires).
+    async fn release(&self, worker: &Worker, ids: &[i64]) {
+        if let Err(error) = outbox::release(&self.store, &self.replica, ids).await {
+            tracing::warn!(connector.id = %worker.id, rows = ids.len(), error = %error,
+                "Could not release the claims on {} undelivered outbox rows of `{}`; they wait for the claims to expire", ids.len(), worker.id);
+        }
+        let mut claimed = worker.claimed();
+        for id in ids {
+            claimed.remove(id);
+        }
+    }
+
     /// Records the outcomes held from earlier rounds, if any.
     async fn flush(&self, worker: &Worker, summary: &mut ConnectorSummary) -> Result<(), RoundError> {
         let held = std::mem::take(&mut *worker.unrecorded());
@@ -477,8 +672,14 @@ impl Dispatcher {
         outcomes: Vec<DeliveryOutcome>,
         summary: &mut ConnectorSummary,
     ) -> Result<(), RoundError> {
-        match outbox::record_outcomes(&self.store, &outcomes, self.clock.now_ms()).await {
+        match outbox::record_outcomes(&self.store, &self.replica, &outcomes, self.clock.now_ms()).await {
             Ok(applied) => {
+                {
+                    let mut claimed = worker.claimed();
+                    for outcome in &outcomes {
+                        claimed.remove(&outcome.row.id);
+                    }
+                }
                 let failures = worker.record_failures.swap(0, Ordering::Relaxed);
                 if failures > 0 {
                     tracing::info!(connector.id = %worker.id, failures,
@@ -625,6 +826,14 @@ impl Dispatcher {
                 Verdict::Retry { at: after(wait), since: now, error: format!("attempt {attempts}: {reason}") }
             }
         }
+    }
+}
+
+/// The outbox id of a claimed row, readable or not.
+fn row_id(row: &Result<OutboxRow, UnreadableRow>) -> i64 {
+    match row {
+        Ok(row) => row.id,
+        Err(unreadable) => unreadable.version.id,
     }
 }
 

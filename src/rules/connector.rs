@@ -188,6 +188,11 @@ impl Connector for RulesConnector {
         EVENTS_CONNECTOR
     }
 
+    /// Planning reads a business's contacts from GHL (the `business.*` triggers).
+    fn calls_ghl(&self) -> bool {
+        true
+    }
+
     fn interested(&self, event_type: &str, location: &str) -> bool {
         self.wanted.contains(event_type) && self.rules.rules().iter().any(|r| r.enabled && applies(r, location))
     }

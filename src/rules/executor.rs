@@ -530,6 +530,11 @@ impl Connector for RuleActions {
         &self.id
     }
 
+    /// Rule actions write to GHL through the write-back.
+    fn calls_ghl(&self) -> bool {
+        true
+    }
+
     /// Only the rules connector writes this connector's rows.
     fn interested(&self, _event_type: &str, _location: &str) -> bool {
         false

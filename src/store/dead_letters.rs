@@ -329,7 +329,7 @@ mod tests {
         enqueue_all(store, "test", &[(change, Some("first-key"))], EnqueuePolicy::Fold).await.unwrap();
         let row = due(store, "webhook.a", i64::MAX, 10, None).await.unwrap().remove(0).unwrap();
         let dead = DeliveryOutcome { row: row.version(), verdict: Verdict::Dead("refused".into()) };
-        record_outcomes(store, &[dead], crate::store::now_ms()).await.unwrap();
+        record_outcomes(store, "test", &[dead], crate::store::now_ms()).await.unwrap();
         let id = delivery_ids(store, Some("webhook.a")).await.unwrap()[0];
         assert_eq!(retry(store, id).await.unwrap(), Some(Retried::Requeued));
         let again = due(store, "webhook.a", i64::MAX, 10, None).await.unwrap().remove(0).unwrap();

@@ -796,34 +796,36 @@ impl ProcessLock {
     }
 }
 
-/// This process's replica id, `{host}-{pid}-{4 hex}`: the holder of its location leases and
-/// outbox claims, and the `replica` of its sync runs. The random tail tells a restarted
-/// process with a reused pid (containers start at pid 1) from its predecessor.
+/// Milliseconds since the Unix epoch, the store's time unit: the process's wall clock
+/// ([`crate::clock::now_ms`]).
+pub fn now_ms() -> i64 {
+    crate::clock::now_ms()
+}
+
+/// This process's replica id, the same for its whole life: `{hostname}-{pid}-{4 random hex
+/// digits}` (the hostname from `/etc/hostname`, else the `HOSTNAME` variable, else `host`; only
+/// ASCII letters, digits, `-`, `_` and `.` are kept). Outbox claims and location leases name
+/// their holder with it; the random part tells apart two processes that reuse a pid on one host
+/// (a container restarted with pid 1).
 pub fn replica_id() -> &'static str {
     static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     ID.get_or_init(|| format!("{}-{}-{:04x}", host_name(), std::process::id(), fastrand::u16(..)))
 }
 
-/// The machine's host name (a container's id under Docker), for replica ids.
+/// The machine's host name as a replica shows it (a container's id under Docker): from
+/// `/etc/hostname`, else `HOSTNAME`, else `host`.
 pub fn host_name() -> String {
-    std::env::var("HOSTNAME")
+    std::fs::read_to_string("/etc/hostname")
         .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|name| {
-            name.trim()
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-                .take(63)
-                .collect::<String>()
-        })
+        .map(|name| clean_host(&name))
         .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().map(|name| clean_host(&name)).filter(|name| !name.is_empty()))
         .unwrap_or_else(|| "host".to_owned())
 }
 
-/// Milliseconds since the Unix epoch, the store's time unit: the process's wall clock
-/// ([`crate::clock::now_ms`]).
-pub fn now_ms() -> i64 {
-    crate::clock::now_ms()
+/// A hostname as a replica id may carry it (trimmed, at most 64 safe characters).
+fn clean_host(name: &str) -> String {
+    name.trim().chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')).take(64).collect()
 }
 
 /// Rows a chunked delete removes per transaction.
@@ -1191,5 +1193,18 @@ mod tests {
         assert!(matches!(ProcessLock::acquire(&path), Err(StoreError::Locked { .. })));
         drop(first);
         assert!(ProcessLock::acquire(&path).is_ok());
+    }
+
+    #[test]
+    fn the_replica_id_is_stable_and_names_host_pid_and_a_random_part() {
+        let id = replica_id();
+        assert_eq!(id, replica_id(), "one id per process");
+        let mut parts = id.rsplitn(3, '-');
+        let random = parts.next().unwrap();
+        assert_eq!(parts.next().unwrap(), std::process::id().to_string());
+        assert!(!parts.next().unwrap().is_empty(), "a host part: {id}");
+        assert!(random.len() == 4 && random.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+        assert_eq!(clean_host(" web-1.example\n"), "web-1.example");
+        assert_eq!(clean_host("a b/c\u{e9}"), "abc");
     }
 }

@@ -405,7 +405,7 @@ mod tests {
         enqueue_events(&store, &[event("k")]).await.unwrap();
         let row = outbox::due(&store, "rules", i64::MAX, 10, None).await.unwrap().remove(0).unwrap();
         let dead = outbox::DeliveryOutcome { row: row.version(), verdict: outbox::Verdict::Dead("no".into()) };
-        outbox::record_outcomes(&store, &[dead], crate::store::now_ms()).await.unwrap();
+        outbox::record_outcomes(&store, "test", &[dead], crate::store::now_ms()).await.unwrap();
         assert_eq!(enqueue_events(&store, &[event("k")]).await.unwrap(), 0);
         assert!(rows(&store).await.is_empty());
     }

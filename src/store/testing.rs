@@ -79,6 +79,29 @@ pub(crate) async fn stores() -> Vec<(TempGuard, Store)> {
     out
 }
 
+/// Both backends' stores, each with a second handle on the same database (its own writer
+/// connection and read pool), as two replicas have: SQLite (two handles on one file) first,
+/// PostgreSQL (two handles on one schema) when a server answers or is required.
+#[cfg(test)]
+pub(crate) async fn store_pairs() -> Vec<(TempGuard, Store, Store)> {
+    let (dir, first) = super::temp_store().await;
+    let second = Store::connect(&dir.path().join("t.db"), Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("second SQLite handle: {e}"));
+    let mut out = vec![(TempGuard { _dir: Some(dir) }, first, second)];
+    if let Some(url) = postgres_test_url().await {
+        let open = || async {
+            Store::connect_postgres(&url, Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL test store: {e}"))
+        };
+        let first = open().await;
+        let second = open().await;
+        out.push((TempGuard { _dir: None }, first, second));
+    }
+    out
+}
+
 /// The URL of this process's test database, created on first use; `None` (with a message,
 /// once) when the server cannot be reached and the run does not require it.
 fn run_database() -> Option<String> {

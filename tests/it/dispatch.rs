@@ -690,19 +690,15 @@ async fn a_worker_that_cannot_record_outcomes_backs_off_and_never_resends_the_de
         let id = format!("c{i}");
         put(&env.store, "webhook.crm", "contact", &id, &id, "created", &contact(&id, 1)).await;
     }
-    // The dispatcher's store gives up on a busy writer after 20 ms; another connection holds
-    // the write lock, so every attempt to record outcomes fails ("database is locked").
+    // The dispatcher's store gives up on a busy writer after 20 ms; once the rows are claimed
+    // and in flight (a slow sink), another connection takes the write lock, so every attempt
+    // to record outcomes fails ("database is locked").
     let store = Store::connect(&path, Duration::from_millis(20)).await.unwrap();
     let mut settings = config.settings.dispatch.clone();
     settings.poll_interval = ghl_sync::config::Dur::millis(5);
     let connectors = connectors::build(&config, &CancellationToken::new()).unwrap();
     let dispatcher = Arc::new(Dispatcher::new(store.clone(), connectors, settings));
-    let mut holder = sqlx::SqliteConnection::connect_with(
-        &sqlx::sqlite::SqliteConnectOptions::new().filename(&path).busy_timeout(Duration::from_secs(5)),
-    )
-    .await
-    .unwrap();
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut holder).await.unwrap();
+    env.sandbox.sink.set_mode("crm", SinkMode::Slow(Duration::from_millis(300)));
 
     let stop = CancellationToken::new();
     let runner = tokio::spawn({
@@ -710,6 +706,26 @@ async fn a_worker_that_cannot_record_outcomes_backs_off_and_never_resends_the_de
         let stop = stop.clone();
         async move { dispatcher.run(stop).await }
     });
+    let claimed = || async {
+        let claimed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE claimed_by IS NOT NULL")
+            .fetch_one(env.store.read_pool())
+            .await
+            .unwrap();
+        claimed
+    };
+    for _ in 0..500 {
+        if claimed().await == 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_eq!(claimed().await, 6, "the rows were claimed");
+    let mut holder = sqlx::SqliteConnection::connect_with(
+        &sqlx::sqlite::SqliteConnectOptions::new().filename(&path).busy_timeout(Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
+    sqlx::query("BEGIN IMMEDIATE").execute(&mut holder).await.unwrap();
     env.sandbox.sink.wait_for(Some("crm"), 6, Duration::from_secs(10)).await;
     for _ in 0..500 {
         if store.write_health().failing.is_some() {

@@ -31,6 +31,7 @@ mod once;
 mod postgres;
 mod priority;
 mod reliability;
+mod replica_outbox;
 mod replica_tokens;
 mod replicas;
 mod rules;

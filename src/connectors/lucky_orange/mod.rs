@@ -582,6 +582,11 @@ impl Connector for LuckyOrangeConnector {
         CONNECTOR_ID
     }
 
+    /// Writes back to GHL (and reads the location's custom fields).
+    fn calls_ghl(&self) -> bool {
+        true
+    }
+
     fn interested(&self, event_type: &str, _location: &str) -> bool {
         matches!(event_type, "contact.created" | "contact.updated")
     }

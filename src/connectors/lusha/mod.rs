@@ -851,6 +851,11 @@ impl Connector for LushaConnector {
         ID
     }
 
+    /// Writes back to GHL (and reads the location's custom fields).
+    fn calls_ghl(&self) -> bool {
+        true
+    }
+
     fn interested(&self, event_type: &str, location: &str) -> bool {
         matches!(event_type, "contact.created" | "contact.updated")
             && (self.settings.locations.is_empty() || self.settings.locations.iter().any(|l| l == location))
