@@ -1062,6 +1062,17 @@ mod tests {
         enqueue_all(store, "test", &[(change, None)], EnqueuePolicy::Fold).await.unwrap();
     }
 
+    /// Rows for c1 and c3 in location a, c2 in b, c4 in c, in that order.
+    async fn enqueue_in_three_locations(store: &Store) {
+        let changes: Vec<_> = [("c1", "a"), ("c2", "b"), ("c3", "a"), ("c4", "c")]
+            .iter()
+            .map(|(id, location)| {
+                (NewChange { location_id: location, ..change(id, Operation::Updated, &[1; 32], 1, b"v") }, None)
+            })
+            .collect();
+        enqueue_all(store, "test", &changes, EnqueuePolicy::Fold).await.unwrap();
+    }
+
     async fn due_rows(store: &Store) -> Vec<OutboxRow> {
         due(store, "webhook.a", i64::MAX, 100, None).await.unwrap().into_iter().map(Result::unwrap).collect()
     }
@@ -1074,13 +1085,7 @@ mod tests {
     }
 
     async fn due_by_location(store: &Store) {
-        let changes: Vec<_> = [("c1", "a"), ("c2", "b"), ("c3", "a"), ("c4", "c")]
-            .iter()
-            .map(|(id, location)| {
-                (NewChange { location_id: location, ..change(id, Operation::Updated, &[1; 32], 1, b"v") }, None)
-            })
-            .collect();
-        enqueue_all(store, "test", &changes, EnqueuePolicy::Fold).await.unwrap();
+        enqueue_in_three_locations(store).await;
         let ids = |rows: Vec<Result<OutboxRow, UnreadableRow>>| -> Vec<String> {
             rows.into_iter().map(|row| row.unwrap().entity_id).collect()
         };
@@ -1417,13 +1422,7 @@ mod tests {
     }
 
     async fn renew_release_locations(store: &Store) {
-        let changes: Vec<_> = [("c1", "a"), ("c2", "b"), ("c3", "a"), ("c4", "c")]
-            .iter()
-            .map(|(id, location)| {
-                (NewChange { location_id: location, ..change(id, Operation::Updated, &[1; 32], 1, b"v") }, None)
-            })
-            .collect();
-        enqueue_all(store, "test", &changes, EnqueuePolicy::Fold).await.unwrap();
+        enqueue_in_three_locations(store).await;
         let claim_in = |claimer, now, locations: Option<&'static [&'static str]>| async move {
             let locations: Option<Vec<String>> = locations.map(|l| l.iter().map(|s| (*s).to_owned()).collect());
             let rows = super::claim(store, "webhook.a", i64::MAX, 10, locations.as_deref(), by(claimer, now, 100))

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use ghl_sync::cli::auth::{self as auth_cli, InstallOptions};
-use ghl_sync::config::{Config, Dur, OAuthSettings, Secret, Settings};
+use ghl_sync::config::{Config, Secret, Settings};
 use ghl_sync::crypto::MasterKey;
 use ghl_sync::ghl::dto::SearchRequest;
 use ghl_sync::ghl::oauth::UserType;
@@ -48,20 +48,11 @@ impl Env {
                 .await
                 .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let (client_id, client_secret) = sandbox.ghl.oauth_client();
         let mut settings = Settings::default();
         settings.store.path = Some(dir.path().join("ghl-sync.db"));
         settings.store.master_key = Some(Secret::new(KEY.to_owned()));
         settings.ghl.base_url = sandbox.ghl_url();
-        settings.ghl.oauth = Some(OAuthSettings {
-            client_id,
-            client_secret: Some(Secret::new(client_secret)),
-            client_secret_env: None,
-            client_secret_file: None,
-            redirect_url: Url::parse(redirect).unwrap(),
-            refresh_margin: Dur::secs(60),
-            install_url: Url::parse("https://marketplace.gohighlevel.com/v2/oauth/chooselocation").unwrap(),
-        });
+        settings.ghl.oauth = Some(crate::helpers::oauth_settings(&sandbox, redirect));
         let config = Config::from_settings(settings).unwrap();
         let store = Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
         let skew = Arc::new(AtomicI64::new(0));

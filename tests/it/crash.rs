@@ -46,6 +46,27 @@ pub(crate) fn key_of(delivery: &Delivery) -> String {
     delivery.header("idempotency-key").expect("every delivery carries its key").to_owned()
 }
 
+/// Repeats only under the same key: every key names one record, and a record went out under at
+/// most one key per version made of it (its creation, plus for a contact the `changes` made to
+/// it), an unchanged one under exactly one. Returns the same-key redeliveries.
+pub(crate) fn assert_one_key_per_version(deliveries: &[Delivery], changes: &BTreeMap<String, usize>) -> usize {
+    let mut keys: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    let mut records_of_key: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+    for delivery in deliveries {
+        keys.entry(record_of(delivery)).or_default().insert(key_of(delivery));
+        records_of_key.entry(key_of(delivery)).or_default().insert(record_of(delivery));
+    }
+    assert!(records_of_key.values().all(|records| records.len() == 1), "a key was used for two records");
+    for ((entity, id), versions) in &keys {
+        let changed = if entity == "contact" { changes.get(id).copied().unwrap_or(0) } else { 0 };
+        assert!(versions.len() <= 1 + changed, "{entity} {id} went out under {} keys", versions.len());
+        if changed == 0 {
+            assert_eq!(versions.len(), 1, "an unchanged {entity} went out under several keys");
+        }
+    }
+    deliveries.len() - records_of_key.len()
+}
+
 /// Accepted deliveries per idempotency key.
 pub(crate) fn accepted_by_key(deliveries: &[Delivery]) -> BTreeMap<String, usize> {
     let mut keys = BTreeMap::new();
@@ -213,21 +234,7 @@ async fn seeded_sigkills_of_the_running_daemon_then_a_clean_run_deliver_every_ch
     // Repeats only under the same key: a record has one key per version we made of it (its
     // creation, plus at most one per change made during the loop).
     let deliveries = sandbox.sink.accepted(Some("test"));
-    let mut keys: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
-    let mut records_of_key: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
-    for delivery in &deliveries {
-        keys.entry(record_of(delivery)).or_default().insert(key_of(delivery));
-        records_of_key.entry(key_of(delivery)).or_default().insert(record_of(delivery));
-    }
-    assert!(records_of_key.values().all(|records| records.len() == 1), "a key was used for two records");
-    for ((entity, id), versions) in &keys {
-        let allowed = 1 + if entity == "contact" { changes.get(id).copied().unwrap_or(0) } else { 0 };
-        assert!(versions.len() <= allowed, "{entity} {id} went out under {} keys", versions.len());
-        if entity != "contact" || !changed.contains_key(id) {
-            assert_eq!(versions.len(), 1, "an unchanged {entity} went out under several keys");
-        }
-    }
-    let redeliveries = deliveries.len() - records_of_key.len();
+    let redeliveries = assert_one_key_per_version(&deliveries, &changes);
     eprintln!(
         "crash loop: seed {seed}, {kills} kills in {:.1} s, {} records, {} changes, {} accepted deliveries, {} same-key redeliveries",
         started.elapsed().as_secs_f64(),
@@ -244,21 +251,12 @@ pub(crate) const MASTER_KEY: &str = "6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6
 /// Installs the app on the sandbox's only location through OAuth into the database at `db`
 /// (what `ghl-sync auth install` does), so the daemon runs on a grant that rotates.
 pub(crate) async fn install_oauth(sandbox: &Sandbox, db: &Path) {
-    use ghl_sync::config::{Config, OAuthSettings, Secret, Settings};
-    let (client_id, client_secret) = sandbox.ghl.oauth_client();
+    use ghl_sync::config::{Config, Secret, Settings};
     let mut settings = Settings::default();
     settings.store.path = Some(db.to_owned());
     settings.store.master_key = Some(Secret::new(MASTER_KEY.to_owned()));
     settings.ghl.base_url = sandbox.ghl_url();
-    settings.ghl.oauth = Some(OAuthSettings {
-        client_id,
-        client_secret: Some(Secret::new(client_secret)),
-        client_secret_env: None,
-        client_secret_file: None,
-        redirect_url: "http://127.0.0.1:9/oauth/callback".parse().unwrap(),
-        refresh_margin: ghl_sync::config::Dur::secs(60),
-        install_url: "https://marketplace.gohighlevel.com/v2/oauth/chooselocation".parse().unwrap(),
-    });
+    settings.ghl.oauth = Some(crate::helpers::oauth_settings(sandbox, "http://127.0.0.1:9/oauth/callback"));
     let config = Config::from_settings(settings).unwrap();
     let store = Store::connect(db, Duration::from_secs(5)).await.unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();

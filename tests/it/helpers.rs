@@ -320,3 +320,17 @@ pub fn child_reads(sandbox: &ghl_sync_sandbox::Sandbox) -> u64 {
         .map(|route| requests.get(*route).copied().unwrap_or(0))
         .sum()
 }
+
+/// The `[ghl.oauth]` settings of the sandbox's OAuth app, redirecting to `redirect`.
+pub fn oauth_settings(sandbox: &Sandbox, redirect: &str) -> ghl_sync::config::OAuthSettings {
+    let (client_id, client_secret) = sandbox.ghl.oauth_client();
+    ghl_sync::config::OAuthSettings {
+        client_id,
+        client_secret: Some(ghl_sync::config::Secret::new(client_secret)),
+        client_secret_env: None,
+        client_secret_file: None,
+        redirect_url: redirect.parse().unwrap(),
+        refresh_margin: ghl_sync::config::Dur::secs(60),
+        install_url: "https://marketplace.gohighlevel.com/v2/oauth/chooselocation".parse().unwrap(),
+    }
+}

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use ghl_sync::cli::auth::{self as auth_cli, InstallOptions};
-use ghl_sync::config::{Config, Dur, OAuthSettings, Secret, Settings};
+use ghl_sync::config::{Config, Secret, Settings};
 use ghl_sync::ghl::TokenProvider;
 use ghl_sync::ghl::tokens::TokenManager;
 use ghl_sync::store::{Store, grants};
@@ -17,7 +17,6 @@ use ghl_sync_sandbox::ghl::{Fault, GhlOptions};
 use ghl_sync_sandbox::{Sandbox, SandboxOptions};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
-use url::Url;
 
 const KEY: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 const TTL: Duration = Duration::from_secs(3600);
@@ -53,21 +52,12 @@ async fn setup(replicas: usize) -> Option<(Sandbox, Vec<Replica>, String)> {
     let sandbox = Sandbox::start(SandboxOptions { ghl: options, ..Default::default() }, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let (client_id, client_secret) = sandbox.ghl.oauth_client();
     let mut settings = Settings::default();
     settings.store.path = None;
     settings.store.url = Some(url.clone());
     settings.store.master_key = Some(Secret::new(KEY.to_owned()));
     settings.ghl.base_url = sandbox.ghl_url();
-    settings.ghl.oauth = Some(OAuthSettings {
-        client_id,
-        client_secret: Some(Secret::new(client_secret)),
-        client_secret_env: None,
-        client_secret_file: None,
-        redirect_url: Url::parse("http://127.0.0.1:9/oauth/callback").unwrap(),
-        refresh_margin: Dur::secs(60),
-        install_url: Url::parse("https://marketplace.gohighlevel.com/v2/oauth/chooselocation").unwrap(),
-    });
+    settings.ghl.oauth = Some(crate::helpers::oauth_settings(&sandbox, "http://127.0.0.1:9/oauth/callback"));
     let config = Config::from_settings(settings).unwrap();
     let mut started = Vec::new();
     for _ in 0..replicas {

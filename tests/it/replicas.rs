@@ -17,7 +17,7 @@ use ghl_sync_sandbox::Sandbox;
 use ghl_sync_sandbox::ghl::{Fault, GhlOptions};
 use ghl_sync_sandbox::sink::Delivery;
 
-use crate::crash::{MASTER_KEY, key_of, record_of};
+use crate::crash::{MASTER_KEY, assert_one_key_per_version, record_of};
 use crate::helpers::{eventually, signal, spawn, start_sandbox, wait_with_limit, write_config};
 
 const LOCATIONS: usize = 30;
@@ -29,22 +29,13 @@ const LEASE_TTL: Duration = Duration::from_secs(3);
 /// Installs the app on every sandbox location through OAuth into the PostgreSQL store at
 /// `url` (what `ghl-sync auth install` does once per location).
 async fn install_grants(sandbox: &Sandbox, url: &str) {
-    use ghl_sync::config::{Config, Dur, OAuthSettings, Secret, Settings};
-    let (client_id, client_secret) = sandbox.ghl.oauth_client();
+    use ghl_sync::config::{Config, Secret, Settings};
     let mut settings = Settings::default();
     settings.store.path = None;
     settings.store.url = Some(url.to_owned());
     settings.store.master_key = Some(Secret::new(MASTER_KEY.to_owned()));
     settings.ghl.base_url = sandbox.ghl_url();
-    settings.ghl.oauth = Some(OAuthSettings {
-        client_id,
-        client_secret: Some(Secret::new(client_secret)),
-        client_secret_env: None,
-        client_secret_file: None,
-        redirect_url: "http://127.0.0.1:9/oauth/callback".parse().unwrap(),
-        refresh_margin: Dur::secs(60),
-        install_url: "https://marketplace.gohighlevel.com/v2/oauth/chooselocation".parse().unwrap(),
-    });
+    settings.ghl.oauth = Some(crate::helpers::oauth_settings(sandbox, "http://127.0.0.1:9/oauth/callback"));
     let config = Config::from_settings(settings).unwrap();
     let store = ghl_sync::store::Store::connect_postgres(url, Duration::from_secs(5)).await.unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
@@ -255,17 +246,7 @@ async fn three_replicas_share_thirty_locations_survive_kill_9_and_deliver_every_
 
     // Repeats only under the same key.
     let deliveries = sandbox.sink.accepted(Some("test"));
-    let mut keys: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
-    let mut records_of_key: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
-    for delivery in &deliveries {
-        keys.entry(record_of(delivery)).or_default().insert(key_of(delivery));
-        records_of_key.entry(key_of(delivery)).or_default().insert(record_of(delivery));
-    }
-    assert!(records_of_key.values().all(|records| records.len() == 1), "a key was used for two records");
-    for ((entity, id), versions) in &keys {
-        let allowed = 1 + if entity == "contact" { changes.get(id).copied().unwrap_or(0) } else { 0 };
-        assert!(versions.len() <= allowed, "{entity} {id} went out under {} keys", versions.len());
-    }
+    let redeliveries = assert_one_key_per_version(&deliveries, &changes);
 
     // GHL never throttled anyone, and no grant died: a refresh token is spent again only by
     // a replica that took over from one killed between GHL's answer and its commit, inside
@@ -312,7 +293,7 @@ async fn three_replicas_share_thirty_locations_survive_kill_9_and_deliver_every_
         expected.len(),
         changed.len(),
         deliveries.len(),
-        deliveries.len() - records_of_key.len(),
+        redeliveries,
         runs.len(),
         stats.requests.values().sum::<u64>(),
         stats.refresh_grants,
