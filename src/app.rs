@@ -124,7 +124,11 @@ pub(crate) async fn build_workers(
     let waker = dispatcher.waker();
     let engine = Arc::new(
         Engine::new(store.clone(), ghl.clone(), engine_settings, subscribers(&connectors))
-            .on_commit(Arc::new(move || waker.wake())),
+            .on_commit(Arc::new(move || waker.wake()))
+            .with_fence({
+                let leases = leases.clone();
+                Arc::new(move |location: &str| leases.holds(location))
+            }),
     );
     Ok(Workers { ghl, engine, dispatcher, connectors })
 }
@@ -214,6 +218,10 @@ impl App {
             self.engine.subscribers().to_vec(),
         )
         .on_commit(Arc::new(move || waker.wake()));
+        let engine = match self.engine.fence() {
+            Some(fence) => engine.with_fence(fence),
+            None => engine,
+        };
         self.engine = Arc::new(engine.with_progress(progress));
         self
     }

@@ -368,7 +368,7 @@ async fn run(
     } else {
         tracing::debug!(requests = summary.requests, "Synced `{location}`: no changes");
     }
-    if pass == Pass::Hints || summary.bulk_remaining {
+    if pass == Pass::Hints || summary.bulk_remaining || !engine.may_poll(location) {
         // Reconciliation lists every id: bulk work, after the backlog.
         return Ok(summary.bulk_remaining);
     }

@@ -307,3 +307,52 @@ async fn three_replicas_share_thirty_locations_survive_kill_9_and_deliver_every_
 fn futures_executor_block<F: std::future::Future>(future: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
 }
+
+/// A replica that loses a location's lease in the middle of a contacts stream reads no further
+/// page (the page in hand is committed) and starts no bulk work; the next holder resumes from
+/// the stored cursor and reads the rest once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contacts_stream_stops_at_the_page_where_the_lease_is_lost_and_the_next_holder_resumes() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use ghl_sync::app::App;
+    use ghl_sync::sync::engine::{Engine, RunOptions};
+
+    let sandbox = start_sandbox(GhlOptions { locations: 1, ..crate::helpers::fast_ghl(350) }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = crate::helpers::settings_for(&sandbox, dir.path());
+    settings.sync.page_size = 100;
+    let app = App::build(crate::helpers::config(settings)).await.unwrap();
+    let location = sandbox.ghl.locations()[0].id.clone();
+    let engine = |fence: Option<ghl_sync::sync::engine::Fence>| {
+        let engine = Engine::new(
+            app.store.clone(),
+            app.ghl.clone(),
+            app.engine.settings().clone(),
+            app.engine.subscribers().to_vec(),
+        );
+        match fence {
+            Some(fence) => engine.with_fence(fence),
+            None => engine,
+        }
+    };
+    let searches = || sandbox.ghl.stats().requests.get("POST /contacts/search").copied().unwrap_or(0);
+    let tasks = || sandbox.ghl.stats().requests.keys().filter(|k| k.contains("/tasks") || k.contains("/notes")).count();
+
+    // The lease holds at the first page and is gone at the second.
+    let checks = Arc::new(AtomicUsize::new(0));
+    let counted = checks.clone();
+    let fenced = engine(Some(Arc::new(move |_: &str| counted.fetch_add(1, Ordering::SeqCst) == 0)));
+    let summary = fenced.run_once(&location, RunOptions::default()).await.unwrap();
+    assert_eq!((summary.pages, summary.contacts_seen), (2, 200), "{summary:?}");
+    assert_eq!(searches(), 2, "no page read after the lease was lost");
+    assert_eq!(tasks(), 0, "no bulk work after the lease was lost");
+
+    // The next holder reads on from the cursor (the seeded contacts share timestamps, so the
+    // overlap re-reads them) and stores the other 150 as new; none of the first 200 again.
+    let summary = engine(None).run_once(&location, RunOptions::default()).await.unwrap();
+    assert_eq!(summary.events.get("contact.created").copied(), Some(150), "{summary:?}");
+    assert_eq!(summary.contacts_changed, 150, "{summary:?}");
+    sandbox.stop().await;
+}

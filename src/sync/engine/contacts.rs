@@ -42,7 +42,10 @@ impl Engine {
             summary.contacts_seen += records.len() as u64;
             // Read the next page while this one commits (dropped, hence cancelled, if the
             // commit fails).
-            let next = match (&last_cursor, last_page) {
+            // A replica that lost the location's lease reads no further page; this one
+            // commits and the new holder resumes from the cursor.
+            let fenced = !last_page && !self.may_poll(location);
+            let next = match (&last_cursor, last_page || fenced) {
                 (Some(cursor), false) => {
                     request.search_after = Some(cursor.clone());
                     summary.requests += 1;
@@ -60,6 +63,13 @@ impl Engine {
             // its end first, so a new location's contacts reach connectors before its
             // children backlog (marked due in the store, read next, newest first).
             if last_page {
+                break;
+            }
+            if fenced {
+                tracing::info!(
+                    "Stopped reading `{location}` after page {}: this replica no longer holds its lease",
+                    summary.pages
+                );
                 break;
             }
             match next {

@@ -205,6 +205,9 @@ impl SyncError {
 }
 
 /// The sync engine for every location.
+/// Whether this process may poll a location ([`Engine::with_fence`]).
+pub type Fence = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 pub struct Engine {
     store: Store,
     ghl: GhlClient,
@@ -212,6 +215,9 @@ pub struct Engine {
     subscribers: Vec<Subscriber>,
     on_commit: Option<Arc<dyn Fn() + Send + Sync>>,
     progress: Option<Arc<dyn Progress>>,
+    /// Whether this process may still poll a location (replicas: it holds the lease). The
+    /// contacts stream stops between pages when it may not; `None`: always.
+    fence: Option<Fence>,
     /// Locations whose token may not use the location-wide task search (missing scope).
     task_search_refused: std::sync::Mutex<HashSet<String>>,
     /// Per location, the contacts a yielded children backlog read that stayed due: a resumed
@@ -263,6 +269,7 @@ impl Engine {
             subscribers,
             on_commit: None,
             progress: None,
+            fence: None,
             task_search_refused: std::sync::Mutex::default(),
             backlog_seen: std::sync::Mutex::default(),
         }
@@ -277,6 +284,24 @@ impl Engine {
     pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
         self.progress = Some(progress);
         self
+    }
+
+    /// Polls a location only while `fence(location)` (replicas: while this process holds its
+    /// lease): a contacts stream that loses it stops before its next page, the pages read so
+    /// far committed, and the new holder resumes from the stored cursor.
+    pub fn with_fence(mut self, fence: Fence) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// The fence set with [`Engine::with_fence`].
+    pub fn fence(&self) -> Option<Fence> {
+        self.fence.clone()
+    }
+
+    /// Whether this process may go on polling `location`.
+    pub(super) fn may_poll(&self, location: &str) -> bool {
+        self.fence.as_ref().is_none_or(|fence| fence(location))
     }
 
     pub fn settings(&self) -> &EngineSettings {
@@ -420,6 +445,10 @@ impl Engine {
     ) -> Result<(), SyncError> {
         self.process_hints(location, options, summary).await?;
         self.stream_contacts(location, options, summary).await?;
+        if !self.may_poll(location) {
+            // The lease went during the stream: the bulk work is the new holder's.
+            return Ok(());
+        }
         self.bulk_pass(location, options, summary, should_yield, Sweep::Yes).await
     }
 
