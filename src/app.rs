@@ -179,6 +179,19 @@ impl App {
         }
         let circuits = OpenCircuits::default();
         let leases = if store.is_postgres() && !alone { Leases::shared() } else { Leases::all() };
+        if !leases.is_shared() {
+            // This process holds the store alone: outbox claims left in it belong to a process
+            // that died (kill -9) and would hold their rows until the claim TTL.
+            let released = crate::store::outbox::release_dead_claims(&store)
+                .await
+                .context("Failed to release the outbox claims of a stopped process")?;
+            if released > 0 {
+                tracing::info!(
+                    released,
+                    "Released {released} outbox rows claimed by a process that stopped without finishing them"
+                );
+            }
+        }
         let Workers { ghl, engine, dispatcher, connectors } =
             build_workers(&config, &store, &tokens, &calls, &circuits, &clock, &leases).await?;
         let listener = if settings.server.enabled { Some(crate::server::bind(&settings.server).await?) } else { None };

@@ -594,6 +594,33 @@ pub async fn release_claims(store: &Store, claimer: &str) -> Result<u64, StoreEr
     Ok(released)
 }
 
+/// Ends every claim, whoever holds it: for a process that holds the store alone (a daemon on
+/// SQLite, `sync --once`, behind the exclusive lock), whose claimers can only be dead processes
+/// (`kill -9`): their rows go out at once under the same keys instead of after the claim TTL.
+/// Never call it while replicas share the store. Returns the claims ended.
+pub async fn release_dead_claims(store: &Store) -> Result<u64, StoreError> {
+    let any: i64 =
+        on_db!(store.db(), |pool| {
+            sqlx::query_scalar(
+        "SELECT CAST(CASE WHEN EXISTS (SELECT 1 FROM outbox WHERE claimed_by IS NOT NULL) THEN 1 ELSE 0 END AS BIGINT)"
+    )
+    .fetch_one(pool)
+    .await
+        })?;
+    if any == 0 {
+        return Ok(0);
+    }
+    let mut tx = store.begin_write("outbox_dead_claims_release").await?;
+    let released = on_db!(tx.conn(), |c| sqlx::query(
+        "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by IS NOT NULL"
+    )
+    .execute(c)
+    .await
+    .map(|done| done.rows_affected()))?;
+    tx.commit().await?;
+    Ok(released)
+}
+
 /// After the wall clock went back: pending rows last written more than `tolerance_ms` after
 /// `now` wait, from `now`, what was left of their wait when they were written
 /// (`next_attempt_at - updated_at`, at least 0) instead of the size of the step plus that.
@@ -1412,6 +1439,23 @@ mod tests {
         let dead = DeliveryOutcome { row: next[0].version(), verdict: Verdict::Dead("refused".into()) };
         assert_eq!(record_outcomes(store, "b", &[dead], now_ms()).await.unwrap(), vec![false]);
         assert_eq!(claim_as(store, by("c", 2_000, 60_000), 10).await[0].record.as_deref(), Some(&b"v3"[..]));
+    }
+
+    /// A process that holds the store alone frees the claims a killed process left: their
+    /// rows are claimable at once, not after the claim TTL.
+    #[tokio::test]
+    async fn dead_claims_are_released_for_a_process_that_holds_the_store_alone() {
+        for (_guard, store) in stores().await {
+            enqueue_in_three_locations(&store).await;
+            assert_eq!(claim_as(&store, by("killed", 1_000, 30_000), 10).await.len(), 4);
+            assert!(claim_as(&store, by("next", 2_000, 30_000), 10).await.is_empty(), "held until the TTL");
+            assert_eq!(release_dead_claims(&store).await.unwrap(), 4);
+            assert_eq!(claim_as(&store, by("next", 2_000, 30_000), 10).await.len(), 4);
+            assert_eq!(release_dead_claims(&store).await.unwrap(), 4);
+            let before = store.write_health().last_ok_ms;
+            assert_eq!(release_dead_claims(&store).await.unwrap(), 0);
+            assert_eq!(store.write_health().last_ok_ms, before, "nothing to release: no write");
+        }
     }
 
     #[tokio::test]

@@ -643,3 +643,46 @@ async fn seeded_sigkills_while_lucky_orange_identifies_and_ingests_events_apply_
     );
     sandbox.stop().await;
 }
+
+/// A `sync --once` killed while it delivers leaves its outbox rows claimed; the next run holds
+/// the store alone, so it frees those claims at start and delivers the rows at once (same keys)
+/// instead of waiting out the 30 s claim TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_after_a_kill_9_mid_delivery_frees_the_dead_claims_and_delivers_at_once() {
+    let sandbox = start_sandbox(fast_ghl(40)).await;
+    let expected = crate::reliability::expected(&sandbox);
+    let dir = tempfile::tempdir().unwrap();
+    let webhook = "batch_size = 10\nconcurrency = 1\ntimeout = \"5s\"\n";
+    let path = write_config(dir.path(), &run_config(&sandbox, dir.path(), webhook, ""));
+    let path = path.to_str().unwrap().to_owned();
+    sandbox.sink.set_mode("test", SinkMode::Slow(Duration::from_millis(200)));
+    let child = spawn(&["--config", &path, "sync", "--once"], &[]);
+    assert!(
+        until(Duration::from_secs(30), || !sandbox.sink.deliveries(Some("test")).is_empty()).await,
+        "deliveries never started"
+    );
+    signal(&child, "KILL");
+    let (status, _, _) = wait_exit(child, Duration::from_secs(5)).await;
+    assert!(!status.success());
+    let claimed: i64 = {
+        let store = Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
+        let n = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE claimed_by IS NOT NULL")
+            .fetch_one(store.read_pool())
+            .await
+            .unwrap();
+        store.close().await;
+        n
+    };
+    assert!(claimed > 0, "the killed run held claims");
+
+    sandbox.sink.set_mode("test", SinkMode::Ok);
+    let started = Instant::now();
+    let child = spawn(&["--config", &path, "sync", "--once", "--deliver-timeout", "20"], &[]);
+    let (status, _, stderr) = wait_exit(child, Duration::from_secs(40)).await;
+    assert!(status.success(), "the next run did not deliver everything: {stderr}");
+    assert!(stderr.contains("claimed by a process that stopped"), "{stderr}");
+    let delivered: BTreeSet<_> = sandbox.sink.accepted(Some("test")).iter().map(record_of).collect();
+    assert_eq!(delivered, expected);
+    eprintln!("{claimed} dead claims freed; the next run delivered everything in {} ms", started.elapsed().as_millis());
+    sandbox.stop().await;
+}
