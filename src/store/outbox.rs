@@ -599,14 +599,13 @@ pub async fn release_claims(store: &Store, claimer: &str) -> Result<u64, StoreEr
 /// (`kill -9`): their rows go out at once under the same keys instead of after the claim TTL.
 /// Never call it while replicas share the store. Returns the claims ended.
 pub async fn release_dead_claims(store: &Store) -> Result<u64, StoreError> {
-    let any: i64 =
-        on_db!(store.db(), |pool| {
-            sqlx::query_scalar(
+    let any: i64 = on_db!(store.db(), |pool| {
+        sqlx::query_scalar(
         "SELECT CAST(CASE WHEN EXISTS (SELECT 1 FROM outbox WHERE claimed_by IS NOT NULL) THEN 1 ELSE 0 END AS BIGINT)"
     )
     .fetch_one(pool)
     .await
-        })?;
+    })?;
     if any == 0 {
         return Ok(0);
     }
