@@ -79,6 +79,12 @@ pub fn json_values(pg: bool, n: usize) -> String {
     }
 }
 
+/// The JSON array text of `items`, to bind where [`json_values`] reads a list.
+pub fn json_list<S: AsRef<str>>(items: &[S]) -> String {
+    serde_json::Value::Array(items.iter().map(|item| serde_json::Value::String(item.as_ref().to_owned())).collect())
+        .to_string()
+}
+
 /// `$1, $2, …, $n` starting after `from` parameters: placeholders for statements built
 /// with a variable number of values (`IN (…)`, multi-row `VALUES`).
 pub fn params(from: usize, n: usize) -> String {
@@ -117,5 +123,11 @@ mod tests {
         assert_eq!(params(2, 2), "$3, $4");
         assert_eq!(params(0, 0), "");
         assert_eq!(rows(1, 2, 2), "($2, $3), ($4, $5)");
+    }
+
+    #[test]
+    fn lists_bind_as_json_arrays() {
+        assert_eq!(json_list(&["a", "b\"c"]), r#"["a","b\"c"]"#);
+        assert_eq!(json_list::<String>(&[]), "[]");
     }
 }

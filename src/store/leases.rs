@@ -19,7 +19,7 @@
 //! - Times are the callers' epoch ms ([`super::now_ms`]): replicas' clocks must agree to well
 //!   within the drain (NTP does; docs/scaling.md says so).
 
-use super::db::{Conn, Db, json_values, on_db, rows};
+use super::db::{Conn, json_list, json_values, on_db, rows};
 use super::{Store, StoreError};
 
 /// The replica calling [`tick`]: its row in `replicas`.
@@ -141,7 +141,7 @@ pub async fn tick(
     let share = locations.len().div_ceil(live as usize);
 
     let keep: Vec<&String> = keep.iter().filter(|k| locations.contains(k)).collect();
-    let keep_json = serde_json::to_string(&keep).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let keep_json = json_list(&keep);
     let mut renewed: Vec<String> = on_db!(conn.reborrow(), |c, pg| sqlx::query_scalar(&format!(
         "UPDATE location_leases SET expires_at = $1, renewed_at = $2 \
          WHERE holder = $3 AND location_id IN ({}) RETURNING location_id",
@@ -159,7 +159,7 @@ pub async fn tick(
     let mut acquired = Vec::new();
     if renewed.len() > share {
         released = renewed.split_off(share);
-        let json = serde_json::to_string(&released).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json = json_list(&released);
         on_db!(conn.reborrow(), |c, pg| sqlx::query(&format!(
             "UPDATE location_leases SET expires_at = $1 WHERE holder = $2 AND location_id IN ({})",
             json_values(pg, 3)
@@ -172,7 +172,7 @@ pub async fn tick(
         .map(|done| done.rows_affected()))?;
     } else if renewed.len() < share {
         let wanted = (share - renewed.len()) as i64;
-        let all = serde_json::to_string(locations).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let all = json_list(locations);
         let free: Vec<(String, Option<String>, i64)> = on_db!(conn.reborrow(), |c, pg| sqlx::query_as(&format!(
             "SELECT location_id, holder, expires_at FROM location_leases \
              WHERE location_id IN ({}) AND (holder IS NULL OR expires_at <= $2) \
@@ -187,7 +187,7 @@ pub async fn tick(
         .await)?;
         if !free.is_empty() {
             let ids: Vec<&String> = free.iter().map(|(id, _, _)| id).collect();
-            let json = serde_json::to_string(&ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let json = json_list(&ids);
             on_db!(conn.reborrow(), |c, pg| sqlx::query(&format!(
                 "UPDATE location_leases SET holder = $1, acquired_at = $2, renewed_at = $2, expires_at = $3, \
                    moves = moves + CASE WHEN holder IS NULL OR holder = $1 THEN 0 ELSE 1 END \
@@ -293,12 +293,6 @@ pub async fn leases(store: &Store) -> Result<Vec<LeaseRow>, StoreError> {
 /// [`leases`] inside a read transaction.
 pub(crate) async fn leases_in(conn: Conn<'_>) -> Result<Vec<LeaseRow>, StoreError> {
     Ok(on_db!(conn, |c| sqlx::query_as(LEASES_SQL).fetch_all(c).await)?)
-}
-
-/// Whether `store` is shared by replicas (PostgreSQL) or belongs to one daemon (SQLite, whose
-/// lock file admits one process).
-pub fn shared(store: &Store) -> bool {
-    matches!(store.db(), Db::Postgres(_))
 }
 
 #[cfg(test)]

@@ -404,7 +404,7 @@ pub async fn due(
         .bind(connector)
         .bind(now)
         .bind(limit)
-        .bind(serde_json::Value::from(locations.to_vec()).to_string())
+        .bind(db::json_list(locations))
         .fetch_all(pool)
         .await)?,
     };
@@ -454,7 +454,7 @@ pub async fn claim(
     // moves on to the next one.
     let window = limit.saturating_mul(4).clamp(64, CLAIM_WINDOW_MAX);
     let until = claim.now.saturating_add(claim.for_ms);
-    let locations = locations.map(|locations| serde_json::Value::from(locations.to_vec()).to_string());
+    let locations = locations.map(db::json_list);
     let mut tx = store.begin_write("outbox_claim").await?;
     let mut rows: Vec<StoredRow> = Vec::new();
     let mut after = None;
@@ -665,7 +665,7 @@ pub struct Undelivered {
 
 /// Pending rows of `connector` in `locations`.
 pub async fn undelivered(store: &Store, connector: &str, locations: &[String]) -> Result<Undelivered, StoreError> {
-    let locations = serde_json::Value::from(locations.to_vec()).to_string();
+    let locations = db::json_list(locations);
     let (pending, retrying): (i64, i64) = on_db!(store.db(), |pool, pg| sqlx::query_as(&format!(
         "SELECT COUNT(*), CAST(COALESCE(SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END), 0) AS BIGINT) FROM outbox \
          WHERE connector = $1 AND status = 'pending' AND location_id IN ({})",

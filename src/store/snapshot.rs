@@ -766,7 +766,7 @@ pub async fn changed_since_stored(
     if contacts.is_empty() {
         return Ok(HashSet::new());
     }
-    let ids = serde_json::to_string(contacts).unwrap_or_else(|_| "[]".to_owned());
+    let ids = super::db::json_list(contacts);
     let rows: Vec<String> = on_db!(store.db(), |pool, pg| sqlx::query_scalar(&format!(
         "SELECT contact_id FROM contacts WHERE location_id = $1 AND contact_id IN ({}) \
          AND first_seen_at < COALESCE(children_due_at, 0)",

@@ -166,7 +166,7 @@ pub async fn eligible(
     contacts: &[String],
     started_at: i64,
 ) -> Result<HashSet<String>, StoreError> {
-    let ids = serde_json::to_string(contacts).unwrap_or_else(|_| "[]".to_owned());
+    let ids = super::db::json_list(contacts);
     let rows: Vec<String> = on_db!(store.db(), |pool, pg| sqlx::query_scalar(&format!(
         "SELECT contact_id FROM contacts WHERE location_id = $1 AND contact_id IN ({}) \
          AND COALESCE(children_synced_at, 0) < $3 AND COALESCE(children_due_at, 0) < $4",
@@ -188,7 +188,7 @@ pub async fn tasks_of(
     location: &str,
     contacts: &[String],
 ) -> Result<HashMap<String, Vec<ChildRecord>>, StoreError> {
-    let ids = serde_json::to_string(contacts).unwrap_or_else(|_| "[]".to_owned());
+    let ids = super::db::json_list(contacts);
     let rows: Vec<(String, String, Vec<u8>, Vec<u8>)> = on_db!(store.db(), |pool, pg| sqlx::query_as(&format!(
         "SELECT contact_id, task_id, hash, record FROM staged_tasks WHERE location_id = $1 \
          AND contact_id IN ({}) ORDER BY contact_id, task_id",
