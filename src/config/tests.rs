@@ -378,6 +378,10 @@ fn the_export_section_parses_and_bad_values_are_reported() {
     assert_eq!(load("", &[]).unwrap().settings.export.schedule, ExportSchedule::Off);
     let found = problems("[export]\nschedule = \"hourly\"\n");
     assert!(found.iter().any(|p| p.contains("export.schedule")), "{found:?}");
+    let found = problems("[store]\nurl = \"postgres://db/x\"\n[export]\nschedule = \"nightly\"\n");
+    assert!(found.iter().any(|p| p.starts_with("export.directory: must be set")), "{found:?}");
+    let found = problems("[store]\nurl = \"postgres://db/x\"\n[export]\nschedule = \"nightly\"\ndirectory = \"/x\"\n");
+    assert!(!found.iter().any(|p| p.contains("export.directory")), "{found:?}");
     let found = problems("[export]\nat = \"3am\"\nkeep = 0\n");
     assert!(found.iter().any(|p| p.contains("export.at")), "{found:?}");
     assert!(found.iter().any(|p| p.contains("export.keep")), "{found:?}");

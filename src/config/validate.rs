@@ -84,6 +84,14 @@ pub(super) fn validate(settings: &Settings) -> Validation {
     settings.daemon.validate(&mut v);
     settings.dispatch.validate(&mut v);
     settings.export.validate(&mut v);
+    // On PostgreSQL there is no database file to put exports next to.
+    v.check(
+        settings.export.schedule == super::ExportSchedule::Off
+            || settings.export.directory.is_some()
+            || matches!(settings.store.target(), super::StoreTarget::Sqlite(_)),
+        "export.directory",
+        "must be set for scheduled exports when the store is PostgreSQL (there is no database file to put exports/ next to)",
+    );
     settings.ghl.validate(&mut v);
     settings.server.validate(&mut v);
     for (name, hook) in &settings.connectors.webhook {

@@ -156,7 +156,8 @@ impl<C: sqlx::Connection> Writer<C> {
 
 enum Backend {
     Sqlite { read: SqlitePool, writer: Writer<SqliteConnection> },
-    Postgres { read: PgPool, writer: Writer<PgConnection> },
+    /// `schema`: where the tables live (`current_schema()` at open).
+    Postgres { read: PgPool, writer: Writer<PgConnection>, schema: String },
 }
 
 /// Where the store lives, for messages (a PostgreSQL URL without its credentials).
@@ -405,7 +406,11 @@ impl Store {
             .connect_with(options.clone().options([("default_transaction_read_only", "on")]))
             .await
             .map_err(open_error)?;
-        let backend = Backend::Postgres { read, writer: Writer::new(writer_conn, options) };
+        // NULL when the search_path names no existing schema (the migrations then say so).
+        let schema: Option<String> =
+            sqlx::query_scalar("SELECT current_schema()").fetch_one(&read).await.map_err(open_error)?;
+        let schema = schema.unwrap_or_default();
+        let backend = Backend::Postgres { read, writer: Writer::new(writer_conn, options), schema };
         let store = Self::from_backend(backend, Location::Postgres(target));
         store.migrate().await?;
         Ok(store)
@@ -613,6 +618,17 @@ impl Store {
         Ok(version.unwrap_or(0))
     }
 
+    /// The PostgreSQL schema holding the store's tables (`current_schema()` when it was opened:
+    /// `public` unless the URL's `options` set a `search_path`); `None` on SQLite. The
+    /// integration tests reach a store's schema by it ([`Location`] shows no query string: it
+    /// may hold credentials).
+    pub fn postgres_schema(&self) -> Option<&str> {
+        match &self.inner.backend {
+            Backend::Sqlite { .. } => None,
+            Backend::Postgres { schema, .. } => Some(schema),
+        }
+    }
+
     /// Closes the pools and the writer, waiting for connections to finish.
     pub async fn close(&self) {
         match &self.inner.backend {
@@ -622,7 +638,7 @@ impl Store {
                     let _closed = conn.close().await;
                 }
             }
-            Backend::Postgres { read, writer } => {
+            Backend::Postgres { read, writer, .. } => {
                 read.close().await;
                 if let Some(conn) = writer.slot.lock().await.conn.take() {
                     let _closed = conn.close().await;

@@ -48,6 +48,13 @@ pub async fn postgres_test_url() -> Option<String> {
         .await
         .unwrap_or_else(|e| panic!("create schema: {e}"));
     let _closed = admin.close().await;
+    postgres_schema_url(&schema)
+}
+
+/// The URL of `schema` in this test run's PostgreSQL database (the integration tests reach a
+/// store they did not open by its [`Store::postgres_schema`](super::Store::postgres_schema)).
+pub fn postgres_schema_url(schema: &str) -> Option<String> {
+    let base = run_database()?;
     Some(format!("{base}?options=-c%20search_path%3D{schema}"))
 }
 

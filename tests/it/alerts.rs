@@ -22,7 +22,7 @@ async fn build(sandbox: &Sandbox, dir: &std::path::Path) -> App {
         dead_letters: 1,
         ..AlertSettings::default()
     }];
-    App::build(config(settings)).await.unwrap()
+    crate::helpers::app(config(settings)).await.unwrap()
 }
 
 fn alerter(app: &App) -> Alerter {
@@ -118,7 +118,7 @@ async fn an_open_circuit_alerts_in_the_slack_format_and_resolves_when_it_closes(
         url: Some(Secret::new(sandbox.sink_url("alerts").to_string())),
         ..AlertSettings::default()
     }];
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     let alerts = alerter(&app);
     let open = vec!["webhook.test".to_owned()];
     assert_eq!(alerts.evaluate(&open).await.unwrap().sent, 1);
@@ -156,7 +156,7 @@ async fn a_removed_custom_field_a_mapping_uses_alerts_once_and_resolves_when_it_
         url: Some(Secret::new(sandbox.sink_url("alerts").to_string())),
         ..AlertSettings::default()
     }];
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     let alerts = alerter(&app).with_field_check_every(std::time::Duration::ZERO);
     let locations = sandbox.ghl.locations();
     let (first, second) = (&locations[0].id, &locations[1].id);
@@ -213,7 +213,7 @@ async fn custom_fields_are_read_once_an_hour_per_location_and_the_condition_can_
         ..AlertSettings::default()
     };
     settings.alerts = vec![alert("on", true)];
-    let app = App::build(config(settings.clone())).await.unwrap();
+    let app = crate::helpers::app(config(settings.clone())).await.unwrap();
     let location = sandbox.ghl.locations()[0].id.clone();
     assert!(sandbox.ghl.delete_custom_field(&location, "contact.lusha_id"));
 
@@ -235,9 +235,9 @@ async fn custom_fields_are_read_once_an_hour_per_location_and_the_condition_can_
 
     // Turned off: no read at all, no incident.
     let dir = tempfile::tempdir().unwrap();
-    settings.store.path = Some(dir.path().join("ghl-sync.db"));
+    crate::helpers::set_store(&mut settings, &dir.path().join("ghl-sync.db"));
     settings.alerts = vec![alert("off", false)];
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     assert!(sandbox.ghl.delete_custom_field(&location, "contact.lusha_id"));
     let alerts = alerter(&app).with_field_check_every(std::time::Duration::ZERO);
     let before = custom_field_requests(&sandbox);

@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use ghl_sync::app::App;
 use ghl_sync::config::{AppointmentReads, Dur};
 use ghl_sync::sync::engine::RunOptions;
 use ghl_sync_sandbox::Sandbox;
@@ -64,7 +63,7 @@ async fn a_connector_subscribed_to_appointments_receives_each_change_made_in_ghl
         APPOINTMENT_EVENTS.iter().map(|e| (*e).to_owned()).collect();
     listen_for_webhooks(&mut settings, &sandbox);
     settings.sync.contacts_interval = Dur::secs(3600);
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     assert!(app.engine.settings().appointments, "a connector names appointment events: auto reads them");
     let addr = app.server_addr().unwrap();
     let location = sandbox.ghl.locations()[0].id.clone();
@@ -137,7 +136,7 @@ async fn requests_of_one_pass(
     let mut settings = settings_for(sandbox, dir.path());
     settings.sync.appointments = reads;
     settings.connectors.webhook.get_mut("test").unwrap().events = events.iter().map(|e| (*e).to_owned()).collect();
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     sandbox.ghl.reset_stats();
     let mut events_written = BTreeMap::new();
     for (location, result) in app.sync_once(None, RunOptions::default()).await.unwrap() {

@@ -49,12 +49,12 @@ impl Env {
                 .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut settings = Settings::default();
-        settings.store.path = Some(dir.path().join("ghl-sync.db"));
+        crate::helpers::set_store(&mut settings, &dir.path().join("ghl-sync.db"));
         settings.store.master_key = Some(Secret::new(KEY.to_owned()));
         settings.ghl.base_url = sandbox.ghl_url();
         settings.ghl.oauth = Some(crate::helpers::oauth_settings(&sandbox, redirect));
         let config = Config::from_settings(settings).unwrap();
-        let store = Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
+        let store = crate::helpers::open_store(&dir.path().join("ghl-sync.db")).await;
         let skew = Arc::new(AtomicI64::new(0));
         let clock_skew = skew.clone();
         let tokens = TokenManager::from_config(&config, store.clone(), CancellationToken::new()).unwrap().with_clock(
@@ -489,7 +489,7 @@ async fn an_oauth_grant_of_another_integration_is_imported_with_one_refresh_and_
 
     // Without a master key nothing is refreshed, so the pasted token is not burned.
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
+    let store = crate::helpers::open_store(&dir.path().join("ghl-sync.db")).await;
     let oauth = ghl_sync::ghl::tokens::oauth_client(&env.config, CancellationToken::new()).unwrap();
     let keyless = TokenManager::new(store.clone(), None, oauth, Default::default(), Duration::from_secs(60));
     let error = auth_cli::import_oauth(&env.config, &keyless, &location, pasted.clone()).await.unwrap_err();

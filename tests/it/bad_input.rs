@@ -13,7 +13,7 @@ use ghl_sync::connectors::mapping::{parse_template, render, validate_template};
 use ghl_sync::domain::normalize::{contact_hash, normalize_contact};
 use ghl_sync::ghl::dto::{Contact, SearchResponse};
 use ghl_sync::server::{self, ServerState};
-use ghl_sync::store::{Store, now_ms};
+use ghl_sync::store::now_ms;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -340,7 +340,7 @@ fn receiver() -> Receiver {
     let stop = CancellationToken::new();
     let url = runtime.block_on(async {
         let mut settings = Settings::default();
-        settings.store.path = Some(dir.path().join("ghl-sync.db"));
+        crate::helpers::set_store(&mut settings, &dir.path().join("ghl-sync.db"));
         settings.ghl.webhooks.public_keys = vec![public_key_spki()];
         settings.ghl.locations = vec![LocationSettings {
             id: LOCATION.to_owned(),
@@ -352,8 +352,8 @@ fn receiver() -> Receiver {
             enabled: true,
         }];
         let config = Config::from_settings(settings).unwrap();
-        let store = Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
-        sqlx::query("INSERT INTO locations (id, name, status, updated_at) VALUES (?, 'x', 'active', ?)")
+        let store = crate::helpers::open_store(&dir.path().join("ghl-sync.db")).await;
+        sqlx::query("INSERT INTO locations (id, name, status, updated_at) VALUES ($1, 'x', 'active', $2)")
             .bind(LOCATION)
             .bind(now_ms())
             .execute(&mut crate::helpers::raw(&store).await)

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::{signal, spawn, wait_for_file, wait_with_limit, write_config};
+use crate::helpers::{signal, spawn, wait_with_limit, write_config};
 
 #[test]
 fn validate_says_ok_for_the_example_config() {
@@ -131,13 +131,13 @@ fn run_stops_cleanly_on_sigterm_within_the_grace_and_never_logs_secrets() {
     let path = write_config(
         dir.path(),
         &format!(
-            "[store]\npath = \"{}\"\n[server]\nenabled = false\n[daemon]\nshutdown_grace = \"2s\"\n[log]\nlevel = \"trace\"\n\
+            "[store]\n{}[server]\nenabled = false\n[daemon]\nshutdown_grace = \"2s\"\n[log]\nlevel = \"trace\"\n\
              [[ghl.locations]]\nid = \"loc1\"\npit = \"pit-shutdown-test-secret\"\n",
-            db.display()
+            crate::helpers::store_keys(&db)
         ),
     );
     let child = spawn(&["run", "--config", path.to_str().unwrap()], &[]);
-    wait_for_file(&db, Duration::from_secs(20));
+    crate::helpers::wait_for_store(&db, Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(300));
     signal(&child, "TERM");
     let (status, _, stderr) = wait_with_limit(child, Duration::from_secs(5));

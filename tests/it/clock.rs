@@ -25,7 +25,7 @@ const HOUR_MS: i64 = 3_600_000;
 
 async fn pending(app: &App) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")
-        .fetch_one(app.store.read_pool())
+        .fetch_one(&crate::helpers::db(&app.store).await)
         .await
         .unwrap()
 }
@@ -57,7 +57,7 @@ async fn a_clock_step_back_delays_waiting_retries_by_their_backoff_not_the_step_
     settings.dispatch.backoff_base = Dur::millis(300);
     settings.dispatch.backoff_max = Dur::millis(600);
     settings.dispatch.breaker_threshold = 1_000;
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     let jumps = Jumps::default();
     let dispatcher = Dispatcher::new(app.store.clone(), app.connectors.clone(), app.config.settings.dispatch.clone())
         .with_clock(jumps.clock());
@@ -76,7 +76,7 @@ async fn a_clock_step_back_delays_waiting_retries_by_their_backoff_not_the_step_
     // 50 passes 100 ms apart are minutes short of the hour: only the fix drains the rows.
     assert!(drain(&app, &dispatcher, 50).await, "{} rows still wait for the hour", pending(&app).await);
     let attempts: Vec<i64> =
-        sqlx::query_scalar("SELECT DISTINCT attempts FROM outbox").fetch_all(app.store.read_pool()).await.unwrap();
+        sqlx::query_scalar("SELECT DISTINCT attempts FROM outbox").fetch_all(&crate::helpers::db(&app.store).await).await.unwrap();
     assert_eq!(attempts, vec![2], "one failed and one good attempt per row");
 
     // Back to the process clock and two hours on: changes that wait to retry are due at once
@@ -133,7 +133,7 @@ async fn clock_steps_of_the_running_daemon_keep_retries_to_their_backoff_send_no
     crate::crash::install_oauth(&sandbox, &db).await;
     let (client_id, client_secret) = sandbox.ghl.oauth_client();
     let text = format!(
-        "[store]\npath = {db:?}\nmaster_key = \"{key}\"\n\
+        "[store]\n{store}master_key = \"{key}\"\n\
          [ghl]\nbase_url = \"{ghl}\"\n[ghl.oauth]\nclient_id = \"{client_id}\"\nclient_secret = \"{client_secret}\"\n\
          redirect_url = \"http://127.0.0.1:9/oauth/callback\"\n\
          [server]\nenabled = false\n\
@@ -142,6 +142,7 @@ async fn clock_steps_of_the_running_daemon_keep_retries_to_their_backoff_send_no
          [dispatch]\npoll_interval = \"100ms\"\nbackoff_base = \"500ms\"\nbackoff_max = \"1s\"\nbreaker_threshold = 1000\n\
          [log]\nlevel = \"info\"\nformat = \"json\"\n\
          [connectors.webhook.test]\nurl = \"{sink}\"\n",
+        store = crate::helpers::store_keys(&db),
         key = crate::crash::MASTER_KEY,
         ghl = sandbox.ghl_url(),
         sink = sandbox.sink_url("test"),

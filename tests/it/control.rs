@@ -21,12 +21,12 @@ fn free_port() -> u16 {
 /// "sync now" can deliver a change), the listener on `port` with the admin token.
 fn control_config(sandbox: &Sandbox, dir: &std::path::Path, port: u16) -> String {
     let mut text = format!(
-        "[store]\npath = \"{}\"\n[ghl]\nbase_url = \"{}\"\n\
+        "[store]\n{}[ghl]\nbase_url = \"{}\"\n\
          [server]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nadmin_token = \"{ADMIN}\"\n\
          [sync]\ncontacts_interval = \"1h\"\nindex_lag_margin = \"0s\"\n\
          [limits]\nghl_burst_max = 100000\nghl_burst_window = \"1s\"\n\
          [dispatch]\npoll_interval = \"100ms\"\n[log]\nlevel = \"info\"\nformat = \"json\"\n",
-        dir.join("ghl-sync.db").display(),
+        crate::helpers::store_keys(&dir.join("ghl-sync.db")),
         sandbox.ghl_url()
     );
     for location in sandbox.ghl.locations() {
@@ -223,9 +223,9 @@ async fn sync_once_delivers_everything_it_queued_and_prints_a_summary_per_connec
         )),
         "{stdout}"
     );
-    let store = ghl_sync::store::Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
+    let store = crate::helpers::open_store(&dir.path().join("ghl-sync.db")).await;
     let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")
-        .fetch_one(store.read_pool())
+        .fetch_one(&crate::helpers::db(&store).await)
         .await
         .unwrap();
     assert_eq!(pending, 0, "the outbox still has pending rows");
@@ -256,7 +256,6 @@ async fn sync_once_delivers_everything_it_queued_and_prints_a_summary_per_connec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_delivery_stores_the_status_and_a_scrubbed_excerpt_of_the_answer() {
-    use ghl_sync::app::App;
 
     let sandbox = start_sandbox(fast_ghl(2)).await;
     let dir = tempfile::tempdir().unwrap();
@@ -268,7 +267,7 @@ async fn a_refused_delivery_stores_the_status_and_a_scrubbed_excerpt_of_the_answ
             r#"{"error":"invalid","message":"email ada.lovelace@example.com is already taken","phone":"+1 (555) 010-9999"}"#,
         ),
     );
-    let app = App::build(crate::helpers::config(settings)).await.unwrap();
+    let app = crate::helpers::app(crate::helpers::config(settings)).await.unwrap();
     for (_, result) in app.sync_once(None, Default::default()).await.unwrap() {
         result.unwrap();
     }
@@ -278,7 +277,7 @@ async fn a_refused_delivery_stores_the_status_and_a_scrubbed_excerpt_of_the_answ
     assert!(summary.total().dead > 0, "{summary:?}");
 
     let reasons: Vec<String> =
-        sqlx::query_scalar("SELECT reason FROM dead_letters").fetch_all(app.store.read_pool()).await.unwrap();
+        sqlx::query_scalar("SELECT reason FROM dead_letters").fetch_all(&crate::helpers::db(&app.store).await).await.unwrap();
     assert!(!reasons.is_empty());
     for reason in &reasons {
         assert!(reason.starts_with("the webhook answered 422 Unprocessable Entity: "), "{reason}");
@@ -304,7 +303,7 @@ async fn a_refused_delivery_stores_the_status_and_a_scrubbed_excerpt_of_the_answ
     settings.connectors.webhook.insert("test".into(), hook);
     app.store.close().await;
     drop(app);
-    let app = App::build(crate::helpers::config(settings)).await.unwrap();
+    let app = crate::helpers::app(crate::helpers::config(settings)).await.unwrap();
     let location = sandbox.ghl.locations()[0].id.clone();
     let contact = sandbox.ghl.contact_ids(&location)[0].clone();
     sandbox.ghl.update_contact(&contact, serde_json::json!({ "firstName": "Refused" }));
@@ -314,7 +313,7 @@ async fn a_refused_delivery_stores_the_status_and_a_scrubbed_excerpt_of_the_answ
     app.dispatcher.run_once().await;
     let errors: Vec<String> =
         sqlx::query_scalar("SELECT last_error FROM outbox WHERE status = 'pending' AND last_error IS NOT NULL")
-            .fetch_all(app.store.read_pool())
+            .fetch_all(&crate::helpers::db(&app.store).await)
             .await
             .unwrap();
     assert!(!errors.is_empty());

@@ -10,7 +10,6 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use ghl_sync::store::Store;
 use ghl_sync_sandbox::Sandbox;
 use ghl_sync_sandbox::sink::{Delivery, SinkMode};
 
@@ -20,12 +19,12 @@ use crate::helpers::{fast_ghl, signal, spawn, start_sandbox, wait_with_limit, wr
 /// server, one webhook connector `test` with `webhook` extra lines, `extra` appended.
 pub(crate) fn run_config(sandbox: &Sandbox, dir: &Path, webhook: &str, extra: &str) -> String {
     let mut text = format!(
-        "[store]\npath = {:?}\n[ghl]\nbase_url = \"{}\"\n[server]\nenabled = false\n\
+        "[store]\n{}[ghl]\nbase_url = \"{}\"\n[server]\nenabled = false\n\
          [sync]\ncontacts_interval = \"60s\"\nindex_lag_margin = \"0s\"\ndirty_debounce = \"0s\"\n\
          [limits]\nghl_burst_max = 100000\nghl_burst_window = \"1s\"\nghl_daily_budget = 10000000\nmax_backoff = \"200ms\"\n\
          [dispatch]\npoll_interval = \"100ms\"\nbackoff_base = \"50ms\"\nbackoff_max = \"500ms\"\n\
          [log]\nlevel = \"info\"\nformat = \"json\"\n",
-        dir.join("ghl-sync.db"),
+        crate::helpers::store_keys(&dir.join("ghl-sync.db")),
         sandbox.ghl_url()
     );
     for location in sandbox.ghl.locations() {
@@ -104,10 +103,10 @@ async fn until(limit: Duration, check: impl FnMut() -> bool) -> bool {
 
 /// Rows of the outbox of `webhook.test` by idempotency key: status.
 async fn outbox_status(db: &Path) -> BTreeMap<String, String> {
-    let store = Store::connect(db, Duration::from_secs(5)).await.unwrap();
+    let store = crate::helpers::open_store(db).await;
     let rows: Vec<(String, String)> =
         sqlx::query_as("SELECT idempotency_key, status FROM outbox WHERE connector = 'webhook.test'")
-            .fetch_all(store.read_pool())
+            .fetch_all(&crate::helpers::db(&store).await)
             .await
             .unwrap();
     store.close().await;
@@ -253,12 +252,12 @@ pub(crate) const MASTER_KEY: &str = "6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6
 pub(crate) async fn install_oauth(sandbox: &Sandbox, db: &Path) {
     use ghl_sync::config::{Config, Secret, Settings};
     let mut settings = Settings::default();
-    settings.store.path = Some(db.to_owned());
+    crate::helpers::set_store(&mut settings, &db.to_owned());
     settings.store.master_key = Some(Secret::new(MASTER_KEY.to_owned()));
     settings.ghl.base_url = sandbox.ghl_url();
     settings.ghl.oauth = Some(crate::helpers::oauth_settings(sandbox, "http://127.0.0.1:9/oauth/callback"));
     let config = Config::from_settings(settings).unwrap();
-    let store = Store::connect(db, Duration::from_secs(5)).await.unwrap();
+    let store = crate::helpers::open_store(db).await;
     let cancel = tokio_util::sync::CancellationToken::new();
     let tokens = ghl_sync::ghl::tokens::TokenManager::from_config(&config, store.clone(), cancel).unwrap();
     let location = sandbox.ghl.locations()[0].id.clone();
@@ -309,7 +308,7 @@ async fn seeded_sigkills_during_refreshes_and_lusha_write_backs_pay_once_note_on
     install_oauth(&sandbox, &db).await;
     let (client_id, client_secret) = sandbox.ghl.oauth_client();
     let text = format!(
-        "[store]\npath = {db:?}\nmaster_key = \"{MASTER_KEY}\"\n\
+        "[store]\n{store}master_key = \"{MASTER_KEY}\"\n\
          [ghl]\nbase_url = \"{ghl}\"\n[ghl.oauth]\nclient_id = \"{client_id}\"\nclient_secret = \"{client_secret}\"\n\
          redirect_url = \"http://127.0.0.1:9/oauth/callback\"\n\
          [server]\nenabled = false\n\
@@ -320,6 +319,7 @@ async fn seeded_sigkills_during_refreshes_and_lusha_write_backs_pay_once_note_on
          [connectors.lusha]\nbase_url = \"{lusha}\"\napi_key = \"{key}\"\ndaily_credit_cap = 0\ncredit_reserve = 0\n\
          batch_size = 4\nnote = true\n\
          [connectors.lusha.limits]\nper_minute = 60000\nper_hour = 1000000\nper_day = 1000000\n",
+        store = crate::helpers::store_keys(&db),
         ghl = sandbox.ghl_url(),
         lusha = sandbox.lusha_url(),
         key = sandbox.lusha.api_key(),
@@ -665,9 +665,9 @@ async fn a_run_after_a_kill_9_mid_delivery_frees_the_dead_claims_and_delivers_at
     let (status, _, _) = wait_exit(child, Duration::from_secs(5)).await;
     assert!(!status.success());
     let claimed: i64 = {
-        let store = Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
+        let store = crate::helpers::open_store(&dir.path().join("ghl-sync.db")).await;
         let n = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE claimed_by IS NOT NULL")
-            .fetch_one(store.read_pool())
+            .fetch_one(&crate::helpers::db(&store).await)
             .await
             .unwrap();
         store.close().await;

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use ghl_sync::app::App;
 use ghl_sync::config::Dur;
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +19,7 @@ async fn a_signed_ghl_webhook_gets_the_change_delivered_within_a_second() {
     // Polling alone would take a minute: only the webhook can make this fast.
     settings.sync.contacts_interval = Dur::secs(60);
     settings.sync.dirty_debounce = Dur::millis(50);
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     let addr = app.server_addr().unwrap();
     sandbox.ghl.set_webhook_url(Some(format!("http://{addr}/webhooks/ghl").parse().unwrap()));
     let stop = CancellationToken::new();
@@ -50,10 +49,10 @@ async fn a_signed_ghl_webhook_gets_the_change_delivered_within_a_second() {
 
 fn daemon_config(sandbox: &ghl_sync_sandbox::Sandbox, dir: &std::path::Path, to: &str) -> String {
     let mut text = format!(
-        "[store]\npath = \"{}\"\n[ghl]\nbase_url = \"{}\"\n[server]\nenabled = false\n\
+        "[store]\n{}[ghl]\nbase_url = \"{}\"\n[server]\nenabled = false\n\
          [sync]\ncontacts_interval = \"1s\"\nindex_lag_margin = \"0s\"\n[limits]\nghl_burst_max = 100000\nghl_burst_window = \"1s\"\n\
          [dispatch]\npoll_interval = \"100ms\"\n[log]\nlevel = \"info\"\nformat = \"json\"\n",
-        dir.join("ghl-sync.db").display(),
+        crate::helpers::store_keys(&dir.join("ghl-sync.db")),
         sandbox.ghl_url()
     );
     for location in sandbox.ghl.locations() {
@@ -228,7 +227,7 @@ async fn log_lines_name_each_field_once_and_print_no_debug_options() {
     let mut settings = settings_for(&sandbox, dir.path());
     settings.server.enabled = true;
     settings.server.listen = "127.0.0.1:0".parse().unwrap();
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     let stop = CancellationToken::new();
     let daemon = tokio::spawn(app.run_until_stopped(stop.clone()));
     assert!(eventually(Duration::from_secs(20), || logs.text().contains("\"message\":\"Synced `")).await);

@@ -32,7 +32,7 @@ struct Env {
 async fn env() -> Env {
     let sandbox = Sandbox::start(SandboxOptions::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
+    let store = crate::helpers::open_store(&dir.path().join("ghl-sync.db")).await;
     Env { sandbox, store, dir }
 }
 
@@ -40,9 +40,9 @@ impl Env {
     /// A config with fast retries and the given connector tables (`{sink:NAME}` → the sink URL).
     fn config(&self, connectors: &str) -> Config {
         let mut text = format!(
-            "[store]\npath = {:?}\n[dispatch]\nbackoff_base = \"10ms\"\nbackoff_max = \"40ms\"\n\
+            "[store]\n{}[dispatch]\nbackoff_base = \"10ms\"\nbackoff_max = \"40ms\"\n\
              breaker_threshold = 3\nbreaker_cooldown = \"30ms\"\n{connectors}",
-            self.dir.path().join("ghl-sync.db")
+            crate::helpers::store_keys(&self.dir.path().join("ghl-sync.db"))
         );
         for name in ["crm", "ops", "bad"] {
             text = text.replace(&format!("{{sink:{name}}}"), self.sandbox.sink_url(name).as_str());
@@ -57,14 +57,14 @@ impl Env {
 
     async fn pending(&self) -> i64 {
         sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")
-            .fetch_one(self.store.read_pool())
+            .fetch_one(&crate::helpers::db(&self.store).await)
             .await
             .unwrap()
     }
 
     async fn dead(&self) -> Vec<(String, String, String)> {
         sqlx::query_as("SELECT connector, entity_id, reason FROM dead_letters ORDER BY id")
-            .fetch_all(self.store.read_pool())
+            .fetch_all(&crate::helpers::db(&self.store).await)
             .await
             .unwrap()
     }
@@ -133,8 +133,10 @@ async fn snapshot(store: &Store, id: &str, record: &Value) {
     let mut conn = crate::helpers::raw(store).await;
     let mut tx = sqlx::Connection::begin(&mut conn).await.unwrap();
     sqlx::query(
-        "INSERT OR REPLACE INTO contacts (location_id, contact_id, hash, record, date_updated_ms, first_seen_at, \
-         revision, updated_at) VALUES ('loc1', ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO contacts (location_id, contact_id, hash, record, date_updated_ms, first_seen_at, \
+         revision, updated_at) VALUES ('loc1', $1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (location_id, contact_id) DO UPDATE SET hash = excluded.hash, record = excluded.record, \
+         date_updated_ms = excluded.date_updated_ms, revision = excluded.revision, updated_at = excluded.updated_at",
     )
     .bind(id)
     .bind(&hash(record)[..])
@@ -581,7 +583,7 @@ async fn parking_is_not_an_attempt_and_never_ends_in_dead_letters() {
     assert_eq!(parking.calls.load(std::sync::atomic::Ordering::SeqCst), 6);
     assert!(env.dead().await.is_empty());
     let attempts: i64 = sqlx::query_scalar("SELECT attempts FROM outbox WHERE connector = 'parking'")
-        .fetch_one(env.store.read_pool())
+        .fetch_one(&crate::helpers::db(&env.store).await)
         .await
         .unwrap();
     assert_eq!(attempts, 1);
@@ -693,7 +695,7 @@ async fn a_worker_that_cannot_record_outcomes_backs_off_and_never_resends_the_de
     // The dispatcher's store gives up on a busy writer after 20 ms; once the rows are claimed
     // and in flight (a slow sink), another connection takes the write lock, so every attempt
     // to record outcomes fails ("database is locked").
-    let store = Store::connect(&path, Duration::from_millis(20)).await.unwrap();
+    let store = crate::helpers::open_store_waiting(&path, Duration::from_millis(20)).await;
     let mut settings = config.settings.dispatch.clone();
     settings.poll_interval = ghl_sync::config::Dur::millis(5);
     let connectors = connectors::build(&config, &CancellationToken::new()).unwrap();
@@ -708,7 +710,7 @@ async fn a_worker_that_cannot_record_outcomes_backs_off_and_never_resends_the_de
     });
     let claimed = || async {
         let claimed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE claimed_by IS NOT NULL")
-            .fetch_one(env.store.read_pool())
+            .fetch_one(&crate::helpers::db(&env.store).await)
             .await
             .unwrap();
         claimed
@@ -720,12 +722,8 @@ async fn a_worker_that_cannot_record_outcomes_backs_off_and_never_resends_the_de
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     assert_eq!(claimed().await, 6, "the rows were claimed");
-    let mut holder = sqlx::SqliteConnection::connect_with(
-        &sqlx::sqlite::SqliteConnectOptions::new().filename(&path).busy_timeout(Duration::from_secs(5)),
-    )
-    .await
-    .unwrap();
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut holder).await.unwrap();
+    let mut holder = crate::helpers::raw(&env.store).await;
+    crate::helpers::hold_write_lock(&mut holder, "outbox").await;
     env.sandbox.sink.wait_for(Some("crm"), 6, Duration::from_secs(10)).await;
     for _ in 0..500 {
         if store.write_health().failing.is_some() {
@@ -756,7 +754,7 @@ async fn a_worker_that_cannot_record_outcomes_backs_off_and_never_resends_the_de
     runner.await.unwrap();
     assert_eq!(env.pending().await, 0, "the held outcomes were recorded once the store could write");
     let done: Vec<(String, i64)> = sqlx::query_as("SELECT status, attempts FROM outbox ORDER BY id")
-        .fetch_all(env.store.read_pool())
+        .fetch_all(&crate::helpers::db(&env.store).await)
         .await
         .unwrap();
     assert_eq!(done, vec![("done".to_owned(), 1); 6]);

@@ -298,11 +298,17 @@ async fn lives_as_documented(run: impl FnOnce(&str, &str) -> Run) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_docker_run_starts_a_healthy_daemon_that_syncs_and_stops_on_sigterm() {
+    if crate::helpers::sqlite_only("the shipped config keeps the store in a SQLite file") {
+        return;
+    }
     lives_as_documented(|_, _| readme_docker_run()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_compose_service_starts_a_healthy_daemon_that_syncs_and_stops_on_sigterm() {
+    if crate::helpers::sqlite_only("the shipped config keeps the store in a SQLite file") {
+        return;
+    }
     lives_as_documented(|location, pit| compose_service(&[("GHL_SYNC_LOCATION_ID", location), ("GHL_SYNC_PIT", pit)]))
         .await;
 }

@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use ghl_sync::app::App;
 use ghl_sync::config::{ExportFormat, ExportSchedule, ExportSettings};
 use ghl_sync::export::{CSV_COLUMNS, export_to_path, list_exports, run_scheduled_exports};
 use ghl_sync::sync::engine::RunOptions;
@@ -58,7 +57,7 @@ async fn both_formats_hold_every_contact_once_and_csv_escapes_round_trip() {
     );
     assert!(!tricky.is_empty());
     let dir = tempfile::tempdir().unwrap();
-    let app = App::build(config(settings_for(&sandbox, dir.path()))).await.unwrap();
+    let app = crate::helpers::app(config(settings_for(&sandbox, dir.path()))).await.unwrap();
     for (location, result) in app.sync_once(None, RunOptions { dry_run: false, skip_sweep: true }).await.unwrap() {
         result.unwrap_or_else(|e| panic!("sync of {location} failed: {e}"));
     }
@@ -129,7 +128,7 @@ async fn both_formats_hold_every_contact_once_and_csv_escapes_round_trip() {
     // The CLI, against the same database: stdout and --output, unknown location refused.
     app.store.close().await;
     let cfg =
-        write_config(dir.path(), &format!("[store]\npath = {:?}\n", dir.path().join("ghl-sync.db").to_str().unwrap()));
+        write_config(dir.path(), &format!("[store]\n{}", crate::helpers::store_keys(&dir.path().join("ghl-sync.db"))));
     let cfg = cfg.to_str().unwrap();
     // Read stdout while it runs (the export is larger than a pipe's buffer).
     let args = ["export", "--config", cfg, "--location", &location, "--format", "jsonl"].map(str::to_owned);
@@ -163,7 +162,7 @@ async fn both_formats_hold_every_contact_once_and_csv_escapes_round_trip() {
 async fn a_missed_slot_is_caught_up_at_start_and_old_exports_are_rotated() {
     let sandbox = start_sandbox(fast_ghl(30)).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = App::build(config(settings_for(&sandbox, dir.path()))).await.unwrap();
+    let app = crate::helpers::app(config(settings_for(&sandbox, dir.path()))).await.unwrap();
     for (location, result) in app.sync_once(None, RunOptions { dry_run: false, skip_sweep: true }).await.unwrap() {
         result.unwrap_or_else(|e| panic!("sync of {location} failed: {e}"));
     }
@@ -177,7 +176,8 @@ async fn a_missed_slot_is_caught_up_at_start_and_old_exports_are_rotated() {
     let settings = ExportSettings {
         schedule: ExportSchedule::Nightly,
         at: "03:00".into(),
-        directory: None,
+        // On SQLite the default (exports/ next to the database); PostgreSQL has no such place.
+        directory: crate::helpers::on_postgres().then(|| exports.clone()),
         format: ExportFormat::Jsonl,
         keep: 2,
     };

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use ghl_sync::app::App;
 use ghl_sync::config::Dur;
 use ghl_sync::store::snapshot;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +27,7 @@ async fn locations_take_turns_at_their_children_backlogs_with_one_permit() {
     settings.sync.contacts_interval = Dur::secs(3600);
     // Per-contact task reads: every backlog chunk is child reads.
     settings.sync.task_search = false;
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     let store = app.store.clone();
     let locations: Vec<String> = sandbox.ghl.locations().into_iter().map(|l| l.id).collect();
     assert_eq!(locations.len(), LOCATIONS);

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use ghl_sync::app::App;
 use ghl_sync::config::Dur;
 use ghl_sync::store::locations;
 use ghl_sync::sync::engine::{RunOptions, SyncError};
@@ -24,7 +23,7 @@ async fn hung_ghl_responses_time_out_are_retried_and_nothing_is_lost() {
     settings.limits.request_timeout = Dur::millis(300);
     settings.limits.max_retries = 30;
     settings.limits.max_backoff = Dur::millis(100);
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     // GHL accepts the search and never answers.
     sandbox.ghl.set_fault("POST /contacts/search", Fault { hang: true, ..Fault::default() });
     let run = tokio::spawn(async move {
@@ -50,7 +49,7 @@ async fn hung_ghl_responses_time_out_are_retried_and_nothing_is_lost() {
 async fn malformed_json_from_ghl_fails_the_run_is_counted_and_the_next_run_resumes_exactly_once() {
     let sandbox = start_sandbox(fast_ghl(40)).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = App::build(config(settings_for(&sandbox, dir.path()))).await.unwrap();
+    let app = crate::helpers::app(config(settings_for(&sandbox, dir.path()))).await.unwrap();
     // A truncated body on the children of every contact: the first page's reads fail.
     sandbox.ghl.set_fault("GET /contacts/:contactId/tasks", Fault { malformed_json: true, ..Fault::default() });
     for (location, result) in app.sync_once(None, RUN).await.unwrap() {
@@ -60,7 +59,7 @@ async fn malformed_json_from_ghl_fails_the_run_is_counted_and_the_next_run_resum
     }
     // Counted as failed runs (the status screens show them).
     let failed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs WHERE outcome = 'failed'")
-        .fetch_one(app.store.read_pool())
+        .fetch_one(&crate::helpers::db(&app.store).await)
         .await
         .unwrap();
     assert_eq!(failed, 2, "one failed run per location");
@@ -68,7 +67,7 @@ async fn malformed_json_from_ghl_fails_the_run_is_counted_and_the_next_run_resum
     // yet: the children that could not be read are read again by the next run.
     let by_entity: Vec<(String, i64)> =
         sqlx::query_as("SELECT entity, COUNT(*) FROM outbox GROUP BY entity ORDER BY entity")
-            .fetch_all(app.store.read_pool())
+            .fetch_all(&crate::helpers::db(&app.store).await)
             .await
             .unwrap();
     assert!(by_entity.iter().all(|(entity, _)| entity == "contact"), "{by_entity:?}");
@@ -87,7 +86,7 @@ async fn a_revoked_token_pauses_its_location_as_needs_reauth_while_the_others_sy
     // GHL answers a revoked PIT exactly as an unknown one: 401.
     let revoked = settings.ghl.locations[1].id.clone();
     settings.ghl.locations[1].pit = Some(ghl_sync::config::Secret::new("pit-revoked-0000000000000000".to_owned()));
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
 
     let results = app.sync_once(None, RUN).await.unwrap();
     for (location, result) in &results {
@@ -98,9 +97,9 @@ async fn a_revoked_token_pauses_its_location_as_needs_reauth_while_the_others_sy
         }
     }
     assert_eq!(locations::status_of(&app.store, &revoked).await.unwrap().as_deref(), Some("needs_reauth"));
-    let synced: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE location_id != ?")
+    let synced: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE location_id != $1")
         .bind(&revoked)
-        .fetch_one(app.store.read_pool())
+        .fetch_one(&crate::helpers::db(&app.store).await)
         .await
         .unwrap();
     assert_eq!(synced, 20, "the healthy location synced all its contacts");
@@ -120,11 +119,14 @@ async fn a_revoked_token_pauses_its_location_as_needs_reauth_while_the_others_sy
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_the_run_with_a_clear_error_corrupts_nothing_and_the_sync_resumes_after() {
+    if crate::helpers::sqlite_only("SQLite\'s page limit stands in for a full disk") {
+        return;
+    }
     let sandbox = start_sandbox(fast_ghl(60)).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = App::build(config(settings_for(&sandbox, dir.path()))).await.unwrap();
+    let app = crate::helpers::app(config(settings_for(&sandbox, dir.path()))).await.unwrap();
     // The disk is full: not one more page fits in the database file.
-    let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(app.store.read_pool()).await.unwrap();
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&crate::helpers::db(&app.store).await).await.unwrap();
     app.store.limit_pages_for_tests(Some(u64::try_from(pages).unwrap())).await.unwrap();
 
     for (location, result) in app.sync_once(None, RUN).await.unwrap() {
@@ -133,11 +135,11 @@ async fn a_full_disk_fails_the_run_with_a_clear_error_corrupts_nothing_and_the_s
         assert!(text.contains("full"), "{location}: the error says what is wrong: {text}");
     }
     let integrity: String =
-        sqlx::query_scalar("PRAGMA integrity_check").fetch_one(app.store.read_pool()).await.unwrap();
+        sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&crate::helpers::db(&app.store).await).await.unwrap();
     assert_eq!(integrity, "ok");
     let contacts: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM contacts").fetch_one(app.store.read_pool()).await.unwrap();
-    let outbox: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(app.store.read_pool()).await.unwrap();
+        sqlx::query_scalar("SELECT COUNT(*) FROM contacts").fetch_one(&crate::helpers::db(&app.store).await).await.unwrap();
+    let outbox: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(&crate::helpers::db(&app.store).await).await.unwrap();
     assert_eq!((contacts, outbox), (0, 0), "no half-committed page");
 
     // Space again: the same daemon resumes and every record arrives exactly once.
@@ -145,7 +147,7 @@ async fn a_full_disk_fails_the_run_with_a_clear_error_corrupts_nothing_and_the_s
     sync_until_done(&app, 3).await;
     assert_exactly_once(&sandbox, &app.store).await;
     let integrity: String =
-        sqlx::query_scalar("PRAGMA integrity_check").fetch_one(app.store.read_pool()).await.unwrap();
+        sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&crate::helpers::db(&app.store).await).await.unwrap();
     assert_eq!(integrity, "ok");
     sandbox.stop().await;
 }
@@ -177,6 +179,9 @@ fn chmod_all(dir: &std::path::Path, dir_mode: u32, file_mode: u32) {
 /// between, each record under keys the target had not accepted before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_database_stops_the_start_with_exit_1_naming_it_changes_nothing_and_resumes_once_writable() {
+    if crate::helpers::sqlite_only("the database files are made read-only") {
+        return;
+    }
     use crate::crash::{accepted_by_key, record_of, run_config};
     use crate::helpers::{euid, spawn, spawn_as, wait_with_limit, write_config};
 
@@ -239,8 +244,8 @@ async fn a_read_only_database_stops_the_start_with_exit_1_naming_it_changes_noth
     chmod_all(&store_dir, 0o700, 0o600);
     let (status, stdout, stderr) = wait_with_limit(start(&sync), limit);
     assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
-    let store = ghl_sync::store::Store::connect(&db, Duration::from_secs(5)).await.unwrap();
-    let integrity: String = sqlx::query_scalar("PRAGMA integrity_check").fetch_one(store.read_pool()).await.unwrap();
+    let store = crate::helpers::open_store(&db).await;
+    let integrity: String = sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&crate::helpers::db(&store).await).await.unwrap();
     assert_eq!(integrity, "ok");
     store.close().await;
 

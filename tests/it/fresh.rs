@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use ghl_sync::app::App;
 use ghl_sync::config::Dur;
 use ghl_sync::store::snapshot;
 use ghl_sync_sandbox::ghl::GhlOptions;
@@ -34,7 +33,7 @@ async fn a_webhook_hint_is_served_before_the_rest_of_the_children_backfill() {
     settings.limits.ghl_burst_window = Dur::secs(1);
     crate::helpers::listen_for_webhooks(&mut settings, &sandbox);
     settings.sync.contacts_interval = Dur::secs(3600);
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     let addr = app.server_addr().unwrap();
     let store = app.store.clone();
     let location = sandbox.ghl.locations()[0].id.clone();

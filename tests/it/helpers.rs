@@ -210,7 +210,7 @@ pub async fn start_sandbox(ghl: GhlOptions) -> Sandbox {
 /// `dir`, limits high enough not to pace tests, and one webhook connector `test`.
 pub fn settings_for(sandbox: &Sandbox, dir: &Path) -> Settings {
     let mut settings = Settings::default();
-    settings.store.path = Some(dir.join("ghl-sync.db"));
+    set_store(&mut settings, &dir.join("ghl-sync.db"));
     settings.ghl.base_url = sandbox.ghl_url();
     settings.ghl.locations = sandbox
         .ghl
@@ -247,6 +247,13 @@ pub fn listen_for_webhooks(settings: &mut Settings, sandbox: &Sandbox) {
     settings.ghl.webhooks.public_keys = vec![sandbox.ghl.webhook_public_key()];
 }
 
+/// The daemon in-process, holding its store alone as `sync --once` does (SQLite: the file's
+/// lock, as every daemon; PostgreSQL: the exclusive lock and every location without leases).
+/// Leases are a replica's business: the tests that run `ghl-sync run` processes cover them.
+pub async fn app(config: Config) -> anyhow::Result<ghl_sync::app::App> {
+    ghl_sync::app::App::build_one_shot(config).await
+}
+
 /// A validated config from settings.
 pub fn config(settings: Settings) -> Config {
     Config::from_settings(settings).unwrap()
@@ -265,15 +272,12 @@ pub async fn eventually(limit: std::time::Duration, mut check: impl FnMut() -> b
 }
 
 /// A writable connection of its own on the daemon's database, for test set-up and fault
-/// injection: the store itself allows writes only through its own operations.
-pub async fn raw(store: &ghl_sync::store::Store) -> sqlx::SqliteConnection {
-    use sqlx::ConnectOptions as _;
-    sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(store.path())
-        .busy_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .unwrap()
+/// injection (backend-neutral SQL, see [`db`]): the store itself allows writes only through
+/// its own operations.
+pub async fn raw(store: &ghl_sync::store::Store) -> sqlx::AnyConnection {
+    use sqlx::Connection as _;
+    sqlx::any::install_default_drivers();
+    sqlx::AnyConnection::connect(&store_url_of(store).await).await.unwrap_or_else(|e| panic!("connecting to the test's store: {e}"))
 }
 
 /// Log lines written by a thread-local subscriber (JSON, every level): a current-thread
@@ -333,4 +337,180 @@ pub fn oauth_settings(sandbox: &Sandbox, redirect: &str) -> ghl_sync::config::OA
         refresh_margin: ghl_sync::config::Dur::secs(60),
         install_url: "https://marketplace.gohighlevel.com/v2/oauth/chooselocation".parse().unwrap(),
     }
+}
+
+// ---- the store backend of this run ----------------------------------------------------------
+//
+// The suite runs twice in `scripts/test.sh` (the README's test command): on SQLite (default)
+// and with `GHL_SYNC_TEST_BACKEND=postgres`, where every test's daemon keeps its store in a
+// fresh schema of the run's PostgreSQL database (`ghl_sync::store::testing`). Tests name their
+// store through these helpers, never by a file path or URL of their own, and inspect it with
+// [`db`] (backend-neutral SQL: `$1` parameters, no PRAGMA); a test about SQLite itself (its
+// files, its lock, a full disk) says so with [`sqlite_only`].
+
+/// True when this run keeps the tests' stores on PostgreSQL (`GHL_SYNC_TEST_BACKEND=postgres`).
+pub fn on_postgres() -> bool {
+    match std::env::var("GHL_SYNC_TEST_BACKEND").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Err(_) => false,
+        Ok(other) => panic!("GHL_SYNC_TEST_BACKEND must be sqlite or postgres, not {other:?}"),
+    }
+}
+
+/// True (after saying why on stderr) when the test is about SQLite itself and this run is on
+/// PostgreSQL: the caller returns; its SQLite run covers it.
+pub fn sqlite_only(why: &str) -> bool {
+    if on_postgres() {
+        use std::io::Write as _;
+        let _ignored = writeln!(std::io::stderr(), "not run on PostgreSQL (SQLite-specific: {why})");
+    }
+    on_postgres()
+}
+
+/// True (after saying so) when the test already runs against PostgreSQL on its own, so the
+/// PostgreSQL pass of the suite would only repeat it.
+pub fn runs_postgres_itself() -> bool {
+    sqlite_only("the test uses PostgreSQL on its own in the default pass")
+}
+
+/// The fresh PostgreSQL schema standing in for the SQLite file `path`: one per path for the
+/// life of the test process, so a test that names its store twice gets the same one.
+fn postgres_url_for(path: &Path) -> String {
+    static URLS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<PathBuf, String>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut urls = URLS.lock().unwrap();
+    if let Some(url) = urls.get(path) {
+        return url.clone();
+    }
+    // On a thread of its own: callers may be inside a runtime.
+    let url = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(ghl_sync::store::testing::postgres_test_url())
+            })
+            .join()
+            .unwrap()
+    })
+    .unwrap_or_else(|| panic!("GHL_SYNC_TEST_BACKEND=postgres, but no PostgreSQL server answers (see above)"));
+    urls.insert(path.to_owned(), url.clone());
+    url
+}
+
+/// The lease TTL of tests' daemons on PostgreSQL: short, so a daemon restarted after `kill -9`
+/// gets its locations back within seconds (the default 30 s would outlast most tests).
+const TEST_LEASE_TTL_SECS: u64 = 3;
+
+/// The `[store]` keys of a test's store (the lines after `[store]`): `path = "…"` on SQLite,
+/// `url = "…"` and a short lease TTL on PostgreSQL. `path` is the SQLite file the test would
+/// use; on PostgreSQL it only names the schema.
+pub fn store_keys(path: &Path) -> String {
+    if on_postgres() {
+        format!("url = {:?}\nlease_ttl = \"{TEST_LEASE_TTL_SECS}s\"\n", postgres_url_for(path))
+    } else {
+        format!("path = {:?}\n", path.to_str().unwrap())
+    }
+}
+
+/// Points `settings` at the test's store (see [`store_keys`]).
+pub fn set_store(settings: &mut Settings, path: &Path) {
+    if on_postgres() {
+        settings.store.path = None;
+        settings.store.url = Some(postgres_url_for(path));
+        settings.store.lease_ttl = ghl_sync::config::Dur::secs(TEST_LEASE_TTL_SECS);
+    } else {
+        settings.store.url = None;
+        settings.store.path = Some(path.to_owned());
+    }
+}
+
+/// The URL of the test's store (`sqlite://…` or `postgres://…`), e.g. for `GHL_SYNC__STORE__URL`.
+pub fn store_url(path: &Path) -> String {
+    if on_postgres() { postgres_url_for(path) } else { format!("sqlite://{}", path.to_str().unwrap()) }
+}
+
+/// Opens the test's store (migrated) as a tool would, on this run's backend.
+pub async fn open_store(path: &Path) -> ghl_sync::store::Store {
+    open_store_waiting(path, Duration::from_secs(10)).await
+}
+
+/// Like [`open_store`], giving up on a held lock after `busy` (SQLite's busy timeout,
+/// PostgreSQL's `lock_timeout`).
+pub async fn open_store_waiting(path: &Path, busy: Duration) -> ghl_sync::store::Store {
+    let target = if on_postgres() {
+        ghl_sync::config::StoreTarget::Postgres(postgres_url_for(path))
+    } else {
+        ghl_sync::config::StoreTarget::Sqlite(path.to_owned())
+    };
+    ghl_sync::store::Store::open(&target, busy).await.unwrap()
+}
+
+/// Opens a transaction on `conn` that keeps others from writing `table` until `ROLLBACK`
+/// (SQLite: the database's write lock; PostgreSQL: an exclusive lock on the table, reads go on).
+pub async fn hold_write_lock(conn: &mut sqlx::AnyConnection, table: &str) {
+    if on_postgres() {
+        sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+        sqlx::query(&format!("LOCK TABLE {table} IN EXCLUSIVE MODE")).execute(&mut *conn).await.unwrap();
+    } else {
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.unwrap();
+    }
+}
+
+/// True once the test's store exists (the SQLite file, or on PostgreSQL a migrated schema: the
+/// daemon has created it at start-up).
+pub async fn store_exists(path: &Path) -> bool {
+    if !on_postgres() {
+        return path.exists();
+    }
+    let db = db_at(path).await;
+    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = 'outbox'")
+        .fetch_one(&db)
+        .await
+        .is_ok_and(|n| n > 0)
+}
+
+/// Waits until the daemon has created the test's store (see [`store_exists`]), at most `limit`.
+pub fn wait_for_store(path: &Path, limit: Duration) {
+    if !on_postgres() {
+        return wait_for_file(path, limit);
+    }
+    let started = Instant::now();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    while !runtime.block_on(store_exists(path)) {
+        assert!(started.elapsed() < limit, "the store of {} did not appear within {limit:?}", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A connection pool of its own on the test's store, read-write, for inspection and fault
+/// injection with backend-neutral SQL (`$1` parameters). One connection; dropped with the pool.
+pub async fn db(store: &ghl_sync::store::Store) -> sqlx::AnyPool {
+    any_pool(&store_url_of(store).await).await
+}
+
+/// The URL of an open store (its location shows no PostgreSQL schema: it is asked).
+async fn store_url_of(store: &ghl_sync::store::Store) -> String {
+    match store.location() {
+        ghl_sync::store::Location::Sqlite(path) => format!("sqlite://{}", path.to_str().unwrap()),
+        ghl_sync::store::Location::Postgres(_) => {
+            ghl_sync::store::testing::postgres_schema_url(store.postgres_schema().unwrap()).unwrap()
+        }
+    }
+}
+
+/// Like [`db`], for a store named by the path the test gave it (no `Store` at hand).
+pub async fn db_at(path: &Path) -> sqlx::AnyPool {
+    any_pool(&store_url(path)).await
+}
+
+async fn any_pool(url: &str) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::pool::PoolOptions::<sqlx::Any>::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("inspecting the test's store: {e}"))
 }

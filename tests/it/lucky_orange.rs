@@ -92,7 +92,7 @@ async fn sync_all(app: &App) -> u64 {
 
 async fn pending(app: &App) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")
-        .fetch_one(app.store.read_pool())
+        .fetch_one(&crate::helpers::db(&app.store).await)
         .await
         .unwrap()
 }
@@ -168,7 +168,7 @@ async fn identity_answers_only_allow_listed_traits_and_the_same_204_for_every_re
         sandbox.ghl.create_contact(&loc, json!({"firstName": "Opt", "lastName": "Out", "tags": ["lo:opt-out"]}));
     let later_dnd = sandbox.ghl.create_contact(&loc, json!({"firstName": "Later", "lastName": "Dnd"}));
     let deleted = sandbox.ghl.create_contact(&loc, json!({"firstName": "Gone", "lastName": "Soon"}));
-    let app = App::build(config(settings(&sandbox, dir.path(), |_| {}))).await.unwrap();
+    let app = crate::helpers::app(config(settings(&sandbox, dir.path(), |_| {}))).await.unwrap();
     sync_all(&app).await;
     let keys = lo::token_keys(&app.config).unwrap();
     let now = ghl_sync::store::now_ms() / 1000;
@@ -221,7 +221,7 @@ async fn identity_answers_only_allow_listed_traits_and_the_same_204_for_every_re
     // A contact who turns DND after the token went out, and one deleted from the store.
     sandbox.ghl.update_contact(&later_dnd, json!({"dnd": true}));
     sync_all(&app).await;
-    sqlx::query("DELETE FROM contacts WHERE contact_id = ?")
+    sqlx::query("DELETE FROM contacts WHERE contact_id = $1")
         .bind(&deleted)
         .execute(&mut crate::helpers::raw(&app.store).await)
         .await
@@ -260,9 +260,9 @@ async fn identity_answers_only_allow_listed_traits_and_the_same_204_for_every_re
 
     // The identification was recorded; logs carry the contact id, never the token or a trait.
     let identified: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM lo_events WHERE kind = 'identify' AND contact_id = ?")
+        sqlx::query_scalar("SELECT COUNT(*) FROM lo_events WHERE kind = 'identify' AND contact_id = $1")
             .bind(&ada)
-            .fetch_one(app.store.read_pool())
+            .fetch_one(&crate::helpers::db(&app.store).await)
             .await
             .unwrap();
     assert_eq!(identified, 2);
@@ -279,7 +279,7 @@ async fn identity_answers_only_allow_listed_traits_and_the_same_204_for_every_re
 async fn a_client_over_its_rate_limit_gets_429() {
     let sandbox = sandbox().await;
     let dir = tempfile::tempdir().unwrap();
-    let app = App::build(config(settings(&sandbox, dir.path(), |lo| lo.rate_limit_per_minute = 3))).await.unwrap();
+    let app = crate::helpers::app(config(settings(&sandbox, dir.path(), |lo| lo.rate_limit_per_minute = 3))).await.unwrap();
     let (server, stop) = start_server(&app).await;
     let http = reqwest::Client::new();
     let mut statuses = Vec::new();
@@ -302,7 +302,7 @@ async fn tokens_are_minted_in_scope_capped_per_pass_and_never_fire_other_connect
         ids.push(sandbox.ghl.create_contact(&loc, json!({"firstName": format!("P{i}"), "tags": ["newsletter"]})));
     }
     let outsider = sandbox.ghl.create_contact(&loc, json!({"firstName": "Out"}));
-    let app = App::build(config(settings(&sandbox, dir.path(), |lo| {
+    let app = crate::helpers::app(config(settings(&sandbox, dir.path(), |lo| {
         lo.max_mints_per_pass = 3;
         lo.scope_tags = vec!["newsletter".into()];
     })))
@@ -347,7 +347,7 @@ async fn a_journey_event_makes_exactly_one_task_and_visits_are_throttled() {
     let dir = tempfile::tempdir().unwrap();
     let loc = location(&sandbox);
     let ada = sandbox.ghl.create_contact(&loc, json!({"firstName": "Ada", "lastName": "Lovelace"}));
-    let app = App::build(config(settings(&sandbox, dir.path(), |_| {}))).await.unwrap();
+    let app = crate::helpers::app(config(settings(&sandbox, dir.path(), |_| {}))).await.unwrap();
     sync_all(&app).await;
     drain(&app).await;
     let keys = lo::token_keys(&app.config).unwrap();
@@ -399,7 +399,7 @@ async fn a_replay_link_makes_one_note_and_one_tag_after_replays_and_a_crash() {
     let ada = sandbox.ghl.create_contact(&loc, json!({"firstName": "Ada"}));
     let bob = sandbox.ghl.create_contact(&loc, json!({"firstName": "Bob"}));
     let eve = sandbox.ghl.create_contact(&loc, json!({"firstName": "Eve"}));
-    let app = App::build(config(settings(&sandbox, dir.path(), |_| {}))).await.unwrap();
+    let app = crate::helpers::app(config(settings(&sandbox, dir.path(), |_| {}))).await.unwrap();
     sync_all(&app).await;
     drain(&app).await;
 
@@ -466,7 +466,7 @@ async fn the_contact_view_insights_metrics_and_check_show_the_bridge() {
     let ada = sandbox.ghl.create_contact(&loc, json!({"firstName": "Ada", "lastName": "Lovelace"}));
     let mut settings = settings(&sandbox, dir.path(), |_| {});
     settings.server.admin_token = Some(Secret::new("admin-token-lo".to_owned()));
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     sync_all(&app).await;
     drain(&app).await;
     let connector = connector(&app);

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::response::Html;
-use ghl_sync::app::App;
 use ghl_sync::config::{Dur, LuckyOrangeSettings, Secret};
 use ghl_sync::connectors::lucky_orange::config::{EventAction, EventTask};
 use ghl_sync::connectors::lucky_orange::{self as lo, LuckyOrangeConnector};
@@ -163,7 +162,7 @@ async fn the_snippet_in_headless_chromium() {
         events,
         ..LuckyOrangeSettings::default()
     });
-    let app = App::build(crate::helpers::config(settings)).await.unwrap();
+    let app = crate::helpers::app(crate::helpers::config(settings)).await.unwrap();
     for (_, result) in app.sync_once(None, RunOptions { dry_run: false, skip_sweep: true }).await.unwrap() {
         result.unwrap();
     }
@@ -222,7 +221,7 @@ async fn the_snippet_in_headless_chromium() {
     // no error, no call; the opted-out visitor is not even looked up.
     let identified = || async {
         sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM lo_events WHERE kind = 'identify'")
-            .fetch_one(app.store.read_pool())
+            .fetch_one(&crate::helpers::db(&app.store).await)
             .await
             .unwrap()
     };

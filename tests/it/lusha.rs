@@ -86,9 +86,9 @@ async fn sync_all(app: &App) -> u64 {
 }
 
 async fn pending(app: &App, connector: &str) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND connector = ?")
+    sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND connector = $1")
         .bind(connector)
-        .fetch_one(app.store.read_pool())
+        .fetch_one(&crate::helpers::db(&app.store).await)
         .await
         .unwrap()
 }
@@ -135,7 +135,7 @@ async fn enrichment_spends_exactly_the_predicted_credits_once_and_never_echoes()
     let predicted = sandbox.lusha.predict_cost(&identities, &["emails", "phones"], true);
     assert!(predicted > 0);
 
-    let app = App::build(config(settings(&sandbox, dir.path(), |_| {}))).await.unwrap();
+    let app = crate::helpers::app(config(settings(&sandbox, dir.path(), |_| {}))).await.unwrap();
     assert_eq!(sync_all(&app).await, 10);
     drain(&app).await;
 
@@ -176,7 +176,7 @@ async fn enrichment_spends_exactly_the_predicted_credits_once_and_never_echoes()
 
     // A restart and a sync of unchanged contacts: zero Lusha calls.
     drop(app);
-    let app = App::build(config(settings(&sandbox, dir.path(), |_| {}))).await.unwrap();
+    let app = crate::helpers::app(config(settings(&sandbox, dir.path(), |_| {}))).await.unwrap();
     sync_all(&app).await;
     drain(&app).await;
     assert_eq!(sandbox.lusha.stats().total_requests(), requests);
@@ -231,7 +231,7 @@ async fn out_of_credits_loses_nothing_and_resumes_when_credits_return() {
         l.max_credits_per_contact = 1;
         l.stop_on_no_credits = Dur::secs(1);
     };
-    let app = App::build(config(settings(&sandbox, dir.path(), tweak))).await.unwrap();
+    let app = crate::helpers::app(config(settings(&sandbox, dir.path(), tweak))).await.unwrap();
     sync_all(&app).await;
     for _ in 0..5 {
         app.dispatcher.run_once().await;
@@ -241,7 +241,7 @@ async fn out_of_credits_loses_nothing_and_resumes_when_credits_return() {
     assert_eq!(sandbox.lusha.stats().payment_required, 1, "one 402, then the connector stops");
     assert_eq!(sandbox.lusha.ledger().spent, 0);
     let dead: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(app.store.read_pool()).await.unwrap();
+        sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(&crate::helpers::db(&app.store).await).await.unwrap();
     assert_eq!(dead, 0);
     // Stopped: no call at all while the balance is known to be too low.
     let requests = sandbox.lusha.stats().total_requests();
@@ -267,7 +267,7 @@ async fn hourly_and_daily_limits_park_instead_of_hammering() {
         let dir = tempfile::tempdir().unwrap();
         let emails = sandbox.lusha.sample_emails(3, found);
         create_contacts(&sandbox, &emails);
-        let app = App::build(config(settings(&sandbox, dir.path(), |_| {}))).await.unwrap();
+        let app = crate::helpers::app(config(settings(&sandbox, dir.path(), |_| {}))).await.unwrap();
         sync_all(&app).await;
         // The balance read takes the one allowed request; the search gets the 429.
         sandbox.lusha.set_limits(600, hour, day);
@@ -295,7 +295,7 @@ async fn write_back_creates_a_note_once_even_after_a_crash_mid_create() {
     let sandbox = sandbox().await;
     let dir = tempfile::tempdir().unwrap();
     let ids = create_contacts(&sandbox, &["wb.test@example.test".to_owned()]);
-    let app = App::build(config(settings(&sandbox, dir.path(), |_| {}))).await.unwrap();
+    let app = crate::helpers::app(config(settings(&sandbox, dir.path(), |_| {}))).await.unwrap();
     let location = location(&sandbox);
     let writeback = WriteBack::new(app.store.clone(), app.ghl.clone(), Arc::new(Vec::new()));
     let note = NoteWrite { body: Some("Enriched by Lusha — test".into()), ..NoteWrite::default() };
@@ -363,7 +363,7 @@ async fn prospecting_leads_become_ghl_contacts_once_and_signals_become_notes() {
 
     // Phase 1: the enrichment connector handles the 10 known contacts first.
     {
-        let app = App::build(config(settings(&sandbox, dir.path(), |_| {}))).await.unwrap();
+        let app = crate::helpers::app(config(settings(&sandbox, dir.path(), |_| {}))).await.unwrap();
         sync_all(&app).await;
         drain(&app).await;
     }
@@ -390,7 +390,7 @@ async fn prospecting_leads_become_ghl_contacts_once_and_signals_become_notes() {
     settings.server.lusha_webhook_secret = Some(Secret::new(SECRET.to_owned()));
     settings.server.admin_token = Some(Secret::new("admin-token".to_owned()));
     settings.sync.contacts_interval = Dur::millis(200);
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     let addr = app.server_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
     let daemon = tokio::spawn(app.run_until_stopped(stop.clone()));
@@ -524,7 +524,7 @@ async fn prospecting_leads_become_ghl_contacts_once_and_signals_become_notes() {
     stop.cancel();
     daemon.await.unwrap().unwrap();
     // `ghl-sync status` shows the books.
-    let store = ghl_sync::store::Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
+    let store = crate::helpers::open_store(&dir.path().join("ghl-sync.db")).await;
     let lusha = ghl_sync::store::status::read(&store, &[]).await.unwrap().lusha.expect("a Lusha section");
     assert_eq!((lusha.leads_imported, lusha.leads_waiting, lusha.leads_failed), (50, 0, 0));
     assert!(lusha.found >= 50, "{lusha:?}");
@@ -546,7 +546,7 @@ async fn a_lead_enriched_before_a_crash_is_imported_without_paying_again_and_onl
         lusha.leads = vec![toml::from_str(&format!("name = \"s\"\nlocation = \"{location}\"")).unwrap()];
     });
     let lusha_settings = settings.connectors.lusha.clone().unwrap();
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     let writeback = WriteBack::new(app.store.clone(), app.ghl.clone(), Arc::new(Vec::new()));
     let key = secrecy::SecretString::from(sandbox.lusha.api_key());
     let stop = tokio_util::sync::CancellationToken::new();
@@ -577,7 +577,7 @@ async fn a_lead_enriched_before_a_crash_is_imported_without_paying_again_and_onl
 
     // A crash right after the GHL create, before the lead was marked imported: the repeat
     // finds its own done write and creates nothing.
-    sqlx::query("UPDATE lusha_leads SET status = 'enriched' WHERE lead_id = ?")
+    sqlx::query("UPDATE lusha_leads SET status = 'enriched' WHERE lead_id = $1")
         .bind(&lead)
         .execute(&mut crate::helpers::raw(&app.store).await)
         .await
@@ -614,7 +614,7 @@ async fn sixty_new_contacts_are_all_enriched_the_same_day_when_real_spend_leaves
         lusha.max_credits_per_contact = defaults.max_credits_per_contact;
         lusha.credit_reserve = defaults.credit_reserve;
     });
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     assert_eq!(sync_all(&app).await, 60, "all 60 are in the outbox before the daemon starts");
     let stop = tokio_util::sync::CancellationToken::new();
     let daemon = tokio::spawn(app.run_until_stopped(stop.clone()));
@@ -628,7 +628,7 @@ async fn sixty_new_contacts_are_all_enriched_the_same_day_when_real_spend_leaves
     stop.cancel();
     daemon.await.unwrap().unwrap();
     assert!(all, "{} of 60 enriched; Lusha requests {:?}", enriched(&sandbox), sandbox.lusha.stats());
-    let store = ghl_sync::store::Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
+    let store = crate::helpers::open_store(&dir.path().join("ghl-sync.db")).await;
 
     // Every credit is accounted for: what Lusha's ledger charged is what we booked.
     let ledger = sandbox.lusha.ledger();
@@ -645,11 +645,11 @@ async fn sixty_new_contacts_are_all_enriched_the_same_day_when_real_spend_leaves
     // Nothing was parked: no Lusha row is left waiting, none was set aside.
     let waiting: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE connector = 'lusha' AND status = 'pending'")
-            .fetch_one(store.read_pool())
+            .fetch_one(&crate::helpers::db(&store).await)
             .await
             .unwrap();
     assert_eq!(waiting, 0, "no contact parked while the real budget had room");
-    let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(store.read_pool()).await.unwrap();
+    let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(&crate::helpers::db(&store).await).await.unwrap();
     assert_eq!(dead, 0);
     sandbox.stop().await;
 }
@@ -669,7 +669,7 @@ async fn a_daily_cap_used_up_by_real_spend_parks_the_rest_until_the_next_utc_day
         lusha.daily_credit_cap = cap;
         lusha.max_credits_per_contact = per_contact;
     };
-    let app = App::build(config(settings(&sandbox, dir.path(), tweak))).await.unwrap();
+    let app = crate::helpers::app(config(settings(&sandbox, dir.path(), tweak))).await.unwrap();
     let started = ghl_sync::store::now_ms();
     let next_day =
         started + i64::try_from(ghl_sync::connectors::lusha::until_next_utc_day(started).as_millis()).unwrap();
@@ -685,20 +685,20 @@ async fn a_daily_cap_used_up_by_real_spend_parks_the_rest_until_the_next_utc_day
     let today = ghl_sync::connectors::lusha::utc_day(started);
     assert_eq!(ghl_sync::store::lusha::spent_on(&app.store, &today).await.unwrap().spent, spent);
     let enriched: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE connector = 'lusha' AND status = 'done'")
-        .fetch_one(app.store.read_pool())
+        .fetch_one(&crate::helpers::db(&app.store).await)
         .await
         .unwrap();
     assert!(enriched > cap / per_contact, "{enriched} enriched: admission used the real spend, not the worst case");
     let parked: Vec<i64> =
         sqlx::query_scalar("SELECT next_attempt_at FROM outbox WHERE connector = 'lusha' AND status = 'pending'")
-            .fetch_all(app.store.read_pool())
+            .fetch_all(&crate::helpers::db(&app.store).await)
             .await
             .unwrap();
     assert_eq!(parked.len() as i64 + enriched, 20, "nothing lost");
     assert!(!parked.is_empty());
     assert!(parked.iter().all(|at| *at >= next_day), "parked until the next UTC day: {parked:?} vs {next_day}");
     let dead: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(app.store.read_pool()).await.unwrap();
+        sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(&crate::helpers::db(&app.store).await).await.unwrap();
     assert_eq!(dead, 0);
     // Parked: no more Lusha calls. The other connector delivered everything meanwhile.
     let requests = sandbox.lusha.stats().total_requests();
@@ -722,7 +722,7 @@ async fn no_budget_warning_is_logged_while_nothing_has_been_spent_today() {
         lusha.max_credits_per_contact = 12;
     });
     create_contacts(&sandbox, &sandbox.lusha.sample_emails(60, |_| true));
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     sync_all(&app).await;
     app.dispatcher.run_once().await;
     assert!(sandbox.lusha.ledger().spent > 0, "the first batch was enriched");

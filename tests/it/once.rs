@@ -24,14 +24,14 @@ async fn sync_all(app: &App) {
 
 async fn outbox_rows(app: &App) -> Vec<(String, String, String)> {
     sqlx::query_as("SELECT entity, entity_id, operation FROM outbox ORDER BY id")
-        .fetch_all(app.store.read_pool())
+        .fetch_all(&crate::helpers::db(&app.store).await)
         .await
         .unwrap()
 }
 
 async fn max_revision(app: &App) -> i64 {
     sqlx::query_scalar("SELECT MAX(revision) FROM outbox WHERE entity = 'contact'")
-        .fetch_one(app.store.read_pool())
+        .fetch_one(&crate::helpers::db(&app.store).await)
         .await
         .unwrap()
 }
@@ -61,7 +61,7 @@ async fn hint(app: &App, location: &str, contact: &str, id: &str) {
 async fn a_hint_for_an_unchanged_contact_read_by_get_delivers_nothing() {
     let sandbox = start_sandbox(fast_ghl(20)).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = App::build(config(settings_for(&sandbox, dir.path()))).await.unwrap();
+    let app = crate::helpers::app(config(settings_for(&sandbox, dir.path()))).await.unwrap();
     sync_all(&app).await;
     let before = outbox_rows(&app).await.len();
     let location = sandbox.ghl.locations()[0].id.clone();
@@ -93,7 +93,7 @@ async fn a_hint_for_an_unchanged_contact_read_by_get_delivers_nothing() {
 async fn a_contact_gone_before_its_children_are_read_is_deleted_and_the_pass_finishes() {
     let sandbox = start_sandbox(fast_ghl(20)).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = App::build(config(settings_for(&sandbox, dir.path()))).await.unwrap();
+    let app = crate::helpers::app(config(settings_for(&sandbox, dir.path()))).await.unwrap();
     sync_all(&app).await;
     let location = sandbox.ghl.locations()[0].id.clone();
     let gone = sandbox.ghl.contact_ids(&location)[3].clone();
@@ -124,7 +124,7 @@ async fn a_webhook_for_one_contact_costs_that_contacts_reads_and_no_search() {
     crate::helpers::listen_for_webhooks(&mut settings, &sandbox);
     settings.sync.contacts_interval = Dur::secs(3600);
     settings.sync.dirty_debounce = Dur::millis(50);
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     let addr = app.server_addr().unwrap();
     let store = app.store.clone();
     let locations: Vec<String> = sandbox.ghl.locations().into_iter().map(|l| l.id).collect();
@@ -183,7 +183,7 @@ async fn five_hundred_webhooks_during_a_twenty_thousand_contact_backfill_are_all
     let mut settings = settings_for(&sandbox, dir.path());
     crate::helpers::listen_for_webhooks(&mut settings, &sandbox);
     settings.sync.contacts_interval = Dur::secs(3600);
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     let addr = app.server_addr().unwrap();
     let store = app.store.clone();
     let location = sandbox.ghl.locations()[0].id.clone();
@@ -221,7 +221,7 @@ async fn five_hundred_webhooks_during_a_twenty_thousand_contact_backfill_are_all
     );
     let backfill_done = ghl_sync::store::cursors::contacts_watermark(&store, &location).await.unwrap().is_some();
     let recorded: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_inbox WHERE source = 'ghl'")
-        .fetch_one(store.read_pool())
+        .fetch_one(&crate::helpers::db(&store).await)
         .await
         .unwrap();
     assert_eq!(recorded, 500, "every accepted webhook is durable");

@@ -2,7 +2,6 @@
 //! share of the day's budget without failing the pass, and incremental work goes on. Counted
 //! in requests, not timed.
 
-use ghl_sync::app::App;
 use ghl_sync::http::Priority;
 use ghl_sync::store::snapshot;
 use ghl_sync::sync::engine::RunOptions;
@@ -24,7 +23,7 @@ async fn bulk_work_stops_at_its_share_of_the_day_and_the_pass_still_succeeds() {
     // Tasks per contact: the share is spent on child reads only (a location-wide task search
     // would spend part of it on its pages).
     settings.sync.task_search = false;
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     let location = sandbox.ghl.locations()[0].id.clone();
 
     let summary = app.engine.run_once(&location, RunOptions::default()).await.unwrap();

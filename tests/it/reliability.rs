@@ -37,7 +37,7 @@ pub(crate) fn expected(sandbox: &Sandbox) -> BTreeSet<(String, String)> {
 pub(crate) async fn outbox(store: &Store) -> BTreeMap<(String, String), Vec<String>> {
     let rows: Vec<(String, String, String)> =
         sqlx::query_as("SELECT entity, entity_id, operation FROM outbox WHERE connector = 'webhook.test' ORDER BY id")
-            .fetch_all(store.read_pool())
+            .fetch_all(&crate::helpers::db(&store).await)
             .await
             .unwrap();
     let mut map: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
@@ -93,7 +93,7 @@ pub(crate) async fn sync_until_done(app: &App, max_runs: usize) -> usize {
 async fn a_429_storm_is_ridden_out_and_every_record_reaches_the_outbox() {
     let sandbox = start_sandbox(fast_ghl(150)).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = App::build(config(settings_for(&sandbox, dir.path()))).await.unwrap();
+    let app = crate::helpers::app(config(settings_for(&sandbox, dir.path()))).await.unwrap();
     // The next 40 requests, whatever their route, are answered 429 (with GHL's headers: the
     // interval says when the window rolls over). Each 429 pauses the bucket and is retried;
     // a request that meets more 429s than `limits.max_retries` fails its run, and the next
@@ -120,7 +120,7 @@ async fn a_429_storm_without_rate_limit_headers_pauses_for_the_configured_window
     let dir = tempfile::tempdir().unwrap();
     let mut settings = settings_for(&sandbox, dir.path());
     settings.limits.ghl_burst_window = ghl_sync::config::Dur::millis(200);
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     // 429s with no `X-RateLimit-*` and no `Retry-After` (a proxy answering for GHL): nothing
     // says how long to wait, so the bucket pauses for the configured window and retries.
     sandbox.ghl.set_fault("*", Fault { storm_429: Some(12), bare_429: true, ..Fault::default() });
@@ -141,7 +141,7 @@ async fn a_5xx_storm_is_ridden_out_and_every_record_reaches_the_outbox() {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = settings_for(&sandbox, dir.path());
     settings.limits.max_backoff = ghl_sync::config::Dur::millis(50);
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     // A quarter of all requests fail with 503 and are retried with backoff; the rare request
     // that fails seven times in a row fails its run, and the next run resumes.
     sandbox.ghl.set_fault("*", Fault { error_rate: 0.25, ..Fault::default() });
@@ -190,7 +190,7 @@ async fn trace_level_logs_of_a_sync_with_storms_hold_no_token_secret_or_contact_
     let hook_secret = "whsec-bench-0123456789abcdef";
     settings.connectors.webhook.get_mut("test").unwrap().secret =
         Some(ghl_sync::config::Secret::new(hook_secret.to_owned()));
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     // Storms exercise the retry and rate-limit log lines too.
     sandbox.ghl.set_fault("POST /contacts/search", Fault { storm_429: Some(2), ..Fault::default() });
     sandbox.ghl.set_fault("GET /contacts/:contactId/tasks", Fault { error_rate: 0.2, ..Fault::default() });
@@ -228,7 +228,11 @@ async fn trace_level_logs_of_a_sync_with_storms_hold_no_token_secret_or_contact_
 /// one webhook connector `test`, no HTTP server).
 fn child_config(sandbox: &Sandbox, dir: &std::path::Path) -> std::path::PathBuf {
     let mut text =
-        format!("[store]\npath = {:?}\n[ghl]\nbase_url = \"{}\"\n", dir.join("ghl-sync.db"), sandbox.ghl_url());
+        format!(
+            "[store]\n{}[ghl]\nbase_url = \"{}\"\n",
+            crate::helpers::store_keys(&dir.join("ghl-sync.db")),
+            sandbox.ghl_url()
+        );
     for location in sandbox.ghl.locations() {
         text.push_str(&format!("[[ghl.locations]]\nid = \"{}\"\npit = \"{}\"\n", location.id, location.pit));
     }
@@ -286,7 +290,7 @@ async fn kill_9_during_backfill_then_a_clean_run_loses_and_duplicates_nothing() 
     assert!(killed > 0 || completed_early);
     if killed > 0 {
         // At least the first kill interrupted a backfill that had started writing.
-        assert!(db.exists(), "the child created its database before being killed");
+        assert!(crate::helpers::store_exists(&db).await, "the child created its database before being killed");
     }
 
     // The clean run: finishes the backfill from where the last committed page left it.
@@ -294,9 +298,9 @@ async fn kill_9_during_backfill_then_a_clean_run_loses_and_duplicates_nothing() 
     let (status, _, stderr) = tokio::task::block_in_place(|| wait_with_limit(child, Duration::from_secs(25)));
     assert!(status.success(), "the clean run failed: {stderr}");
 
-    let store = Store::connect(&db, Duration::from_secs(5)).await.unwrap();
+    let store = crate::helpers::open_store(&db).await;
     assert_exactly_once(&sandbox, &store).await;
-    let contacts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts").fetch_one(store.read_pool()).await.unwrap();
+    let contacts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts").fetch_one(&crate::helpers::db(&store).await).await.unwrap();
     assert_eq!(contacts, 1_200);
     sandbox.stop().await;
 }

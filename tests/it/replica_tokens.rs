@@ -78,6 +78,9 @@ async fn setup(replicas: usize) -> Option<(Sandbox, Vec<Replica>, String)> {
 /// keeps the race window wide open, so the control fails every time rather than by luck.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_refreshing_one_grant_concurrently_spend_its_refresh_token_once() {
+    if crate::helpers::runs_postgres_itself() {
+        return;
+    }
     let Some((sandbox, replicas, location)) = setup(2).await else { return };
     sandbox.ghl.set_fault("POST /oauth/token", Fault { latency: Duration::from_millis(200), ..Fault::default() });
     let mut seen = Vec::new();
@@ -119,6 +122,9 @@ async fn two_replicas_refreshing_one_grant_concurrently_spend_its_refresh_token_
 /// re-reads the row and uses the newer generation: no second refresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_on_a_token_another_replica_rotated_away_uses_the_newer_generation_without_refreshing() {
+    if crate::helpers::runs_postgres_itself() {
+        return;
+    }
     let Some((sandbox, replicas, location)) = setup(2).await else { return };
     let (a, b) = (&replicas[0], &replicas[1]);
     let first = b.tokens.bearer(&location).await.unwrap();

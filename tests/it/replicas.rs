@@ -76,6 +76,9 @@ async fn kill(child: Child) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_thirty_locations_survive_kill_9_and_deliver_every_change_once_per_key() {
+    if crate::helpers::runs_postgres_itself() {
+        return;
+    }
     let Some(url) = ghl_sync::store::testing::postgres_test_url().await else { return };
     // GHL's window scaled to one second: 40 requests per location per second.
     let ghl = GhlOptions {
@@ -316,14 +319,13 @@ async fn a_contacts_stream_stops_at_the_page_where_the_lease_is_lost_and_the_nex
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use ghl_sync::app::App;
     use ghl_sync::sync::engine::{Engine, RunOptions};
 
     let sandbox = start_sandbox(GhlOptions { locations: 1, ..crate::helpers::fast_ghl(350) }).await;
     let dir = tempfile::tempdir().unwrap();
     let mut settings = crate::helpers::settings_for(&sandbox, dir.path());
     settings.sync.page_size = 100;
-    let app = App::build(crate::helpers::config(settings)).await.unwrap();
+    let app = crate::helpers::app(crate::helpers::config(settings)).await.unwrap();
     let location = sandbox.ghl.locations()[0].id.clone();
     let engine = |fence: Option<ghl_sync::sync::engine::Fence>| {
         let engine = Engine::new(

@@ -59,7 +59,7 @@ async fn pending_rule_rows(app: &App) -> i64 {
     sqlx::query_scalar(
         "SELECT COUNT(*) FROM outbox WHERE status = 'pending' AND (connector = 'rules' OR connector LIKE 'rule.%')",
     )
-    .fetch_one(app.store.read_pool())
+    .fetch_one(&crate::helpers::db(&app.store).await)
     .await
     .unwrap()
 }
@@ -88,9 +88,9 @@ pub(crate) async fn sync_and_drain(app: &App) {
 
 /// Action rows of `rule` by status.
 pub(crate) async fn actions_of(app: &App, rule: &str) -> Vec<String> {
-    sqlx::query_scalar("SELECT status FROM outbox WHERE connector = ? ORDER BY id")
+    sqlx::query_scalar("SELECT status FROM outbox WHERE connector = $1 ORDER BY id")
         .bind(format!("rule.{rule}"))
-        .fetch_all(app.store.read_pool())
+        .fetch_all(&crate::helpers::db(&app.store).await)
         .await
         .unwrap()
 }
@@ -232,7 +232,7 @@ async fn each_trigger_fires_from_a_sandbox_mutation_and_each_action_lands_once()
     let sandbox = sandbox().await;
     let dir = tempfile::tempdir().unwrap();
     let location = location(&sandbox);
-    let app = App::build(config(settings(&sandbox, dir.path(), TRIGGER_RULES))).await.unwrap();
+    let app = crate::helpers::app(config(settings(&sandbox, dir.path(), TRIGGER_RULES))).await.unwrap();
     let business = sandbox.ghl.businesses(&location)[0].id.clone();
 
     let id = sandbox
@@ -394,7 +394,7 @@ async fn a_rule_does_not_fire_on_its_own_write_and_a_chain_stops_at_the_depth() 
     let sandbox = sandbox().await;
     let dir = tempfile::tempdir().unwrap();
     let location = location(&sandbox);
-    let app = App::build(config(settings(&sandbox, dir.path(), CHAIN_RULES))).await.unwrap();
+    let app = crate::helpers::app(config(settings(&sandbox, dir.path(), CHAIN_RULES))).await.unwrap();
     let id = sandbox.ghl.create_contact(&location, json!({"firstName": "Bo", "email": "bo@example.com"}));
     sync_and_drain(&app).await;
 
@@ -443,7 +443,7 @@ async fn a_crash_between_an_actions_key_and_its_ghl_call_creates_the_task_once()
         let sandbox = sandbox().await;
         let dir = tempfile::tempdir().unwrap();
         let location = location(&sandbox);
-        let app = App::build(config(settings(&sandbox, dir.path(), TASK_RULE))).await.unwrap();
+        let app = crate::helpers::app(config(settings(&sandbox, dir.path(), TASK_RULE))).await.unwrap();
         let id = sandbox.ghl.create_contact(&location, json!({"firstName": "Cy", "email": "cy@example.com"}));
         sync_and_drain(&app).await;
         assert!(sandbox.ghl.update_contact(&id, json!({"tags": ["hot"]})));
@@ -453,7 +453,7 @@ async fn a_crash_between_an_actions_key_and_its_ghl_call_creates_the_task_once()
         app.dispatcher.run_once().await;
         assert_eq!(actions_of(&app, "call").await, vec!["pending"]);
         let key: String = sqlx::query_scalar("SELECT idempotency_key FROM outbox WHERE connector = 'rule.call'")
-            .fetch_one(app.store.read_pool())
+            .fetch_one(&crate::helpers::db(&app.store).await)
             .await
             .unwrap();
         // The state `kill -9` leaves: the key recorded `pending` before the call, and the call

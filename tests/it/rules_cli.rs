@@ -132,10 +132,10 @@ due = "in 1d"
 /// The daemon's config for the sandbox (no listener, one webhook connector) plus [`RULES`].
 fn config_text(sandbox: &Sandbox, dir: &Path) -> String {
     let mut text = format!(
-        "[store]\npath = \"{}\"\n[ghl]\nbase_url = \"{}\"\n[server]\nenabled = false\n\
+        "[store]\n{}[ghl]\nbase_url = \"{}\"\n[server]\nenabled = false\n\
          [sync]\nindex_lag_margin = \"0s\"\n[limits]\nghl_burst_max = 100000\nghl_burst_window = \"1s\"\n\
          [log]\nlevel = \"warn\"\n",
-        dir.join("ghl-sync.db").display(),
+        crate::helpers::store_keys(&dir.join("ghl-sync.db")),
         sandbox.ghl_url()
     );
     for location in sandbox.ghl.locations() {
@@ -149,11 +149,11 @@ fn config_text(sandbox: &Sandbox, dir: &Path) -> String {
 /// Rows in the store's outbox (0 when the database was never created).
 async fn outbox_rows(dir: &Path) -> i64 {
     let path = dir.join("ghl-sync.db");
-    if !path.exists() {
+    if !crate::helpers::store_exists(&path).await {
         return 0;
     }
-    let store = ghl_sync::store::Store::connect(&path, Duration::from_secs(5)).await.unwrap();
-    let rows = sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(store.read_pool()).await.unwrap();
+    let store = crate::helpers::open_store(&path).await;
+    let rows = sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(&crate::helpers::db(&store).await).await.unwrap();
     store.close().await;
     rows
 }

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ghl_sync::app::App;
 use ghl_sync::connectors::{Connector, Delivery, Outcome};
 use ghl_sync::domain::{EntityKind, Operation, child_content_key};
 use ghl_sync::rules::executor::RuleActions;
@@ -87,7 +86,7 @@ async fn each_action_takes_effect_once_also_on_replay_and_after_a_crash_before_t
     let dir = tempfile::tempdir().unwrap();
     let location = sandbox.ghl.locations()[0].id.clone();
     let contact = sandbox.ghl.create_contact(&location, json!({"firstName": "Rule", "email": "rule@example.test"}));
-    let app = App::build(config(settings_for(&sandbox, dir.path()))).await.unwrap();
+    let app = crate::helpers::app(config(settings_for(&sandbox, dir.path()))).await.unwrap();
     let writeback = WriteBack::new(app.store.clone(), app.ghl.clone(), Arc::new(Vec::new()));
     let actions = RuleActions::new("r", writeback.clone(), app.store.clone(), false, CancellationToken::new());
 
@@ -193,7 +192,7 @@ async fn an_allowed_delete_removes_the_contact_once_and_a_gone_contact_counts_as
     let dir = tempfile::tempdir().unwrap();
     let location = sandbox.ghl.locations()[0].id.clone();
     let contact = sandbox.ghl.create_contact(&location, json!({"firstName": "Gone"}));
-    let app = App::build(config(settings_for(&sandbox, dir.path()))).await.unwrap();
+    let app = crate::helpers::app(config(settings_for(&sandbox, dir.path()))).await.unwrap();
     let writeback = WriteBack::new(app.store.clone(), app.ghl.clone(), Arc::new(Vec::new()));
     let actions = RuleActions::new("r", writeback, app.store.clone(), true, CancellationToken::new());
     let delete = planned(&location, &contact, 0, Action::DeleteContact { contact_id: contact.clone() });

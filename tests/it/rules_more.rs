@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use ghl_sync::app::App;
 use ghl_sync_sandbox::Sandbox;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -49,7 +48,7 @@ async fn each_appointment_trigger_fires_once_from_the_sandboxs_appointment_write
     let sandbox = sandbox().await;
     let dir = tempfile::tempdir().unwrap();
     let location = location(&sandbox);
-    let app = App::build(config(settings(&sandbox, dir.path(), APPOINTMENT_RULES))).await.unwrap();
+    let app = crate::helpers::app(config(settings(&sandbox, dir.path(), APPOINTMENT_RULES))).await.unwrap();
     assert!(app.engine.settings().appointments, "`appointments = \"auto\"` reads them for appointment.* rules");
     let id = sandbox.ghl.create_contact(&location, json!({"firstName": "Ann", "email": "ann@example.com"}));
     sync_and_drain(&app).await;
@@ -104,7 +103,7 @@ async fn appointments_are_not_read_when_no_rule_names_an_appointment_trigger() {
     let dir = tempfile::tempdir().unwrap();
     let rules =
         APPOINTMENT_RULES.replace("on = [\"appointment.", "on = [\"task.").replace("task.cancelled", "task.completed");
-    let app = App::build(config(settings(&sandbox, dir.path(), &rules))).await.unwrap();
+    let app = crate::helpers::app(config(settings(&sandbox, dir.path(), &rules))).await.unwrap();
     assert!(!app.engine.settings().appointments, "no rule or connector asks for appointments");
     let id = sandbox.ghl.create_contact(&sandbox.ghl.locations()[0].id, json!({"firstName": "Al"}));
     sandbox.ghl.create_appointment(&id, json!({"title": "Intro call", "startTime": "2031-03-04T10:00:00Z"})).unwrap();
@@ -168,7 +167,7 @@ async fn a_schedule_rule_creates_one_task_per_selected_contact_and_slot_also_acr
         sandbox.ghl.create_contact(&location, json!({"firstName": "Noa"})),
     ];
     let rules = schedule_rules();
-    let app = App::build(config(settings(&sandbox, dir.path(), &rules))).await.unwrap();
+    let app = crate::helpers::app(config(settings(&sandbox, dir.path(), &rules))).await.unwrap();
 
     // First start, empty store: the slot (two minutes old) waits for the first full read of
     // the location, then fires; the vip contact gets its task.
@@ -182,7 +181,7 @@ async fn a_schedule_rule_creates_one_task_per_selected_contact_and_slot_also_acr
 
     // Second start over the same store: the slot is still the newest and within the catch-up
     // window, so it is planned again, under the same keys: nothing new.
-    let app = App::build(config(settings(&sandbox, dir.path(), &rules))).await.unwrap();
+    let app = crate::helpers::app(config(settings(&sandbox, dir.path(), &rules))).await.unwrap();
     let stop = CancellationToken::new();
     let daemon = tokio::spawn(app.run_until_stopped(stop.clone()));
     assert!(eventually(Duration::from_secs(30), || schedule_runs(&logs.text()).len() == 2).await);
@@ -198,9 +197,9 @@ async fn a_schedule_rule_creates_one_task_per_selected_contact_and_slot_also_acr
     for other in &others {
         assert!(sandbox.ghl.tasks(other).is_empty(), "the condition did not select {other}");
     }
-    let store = ghl_sync::store::Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
+    let store = crate::helpers::open_store(&dir.path().join("ghl-sync.db")).await;
     let rows: Vec<String> = sqlx::query_scalar("SELECT status FROM outbox WHERE connector = 'rule.vip-call'")
-        .fetch_all(store.read_pool())
+        .fetch_all(&crate::helpers::db(&store).await)
         .await
         .unwrap();
     assert_eq!(rows, vec!["done"]);
@@ -231,7 +230,7 @@ async fn business_linked_carries_the_businesss_contacts_for_the_condition() {
     let sandbox = sandbox().await;
     let dir = tempfile::tempdir().unwrap();
     let location = location(&sandbox);
-    let app = App::build(config(settings(&sandbox, dir.path(), BUSINESS_RULES))).await.unwrap();
+    let app = crate::helpers::app(config(settings(&sandbox, dir.path(), BUSINESS_RULES))).await.unwrap();
     let business = sandbox.ghl.businesses(&location)[0].id.clone();
     let id = sandbox.ghl.create_contact(&location, json!({"firstName": "Bea", "email": "bea@example.com"}));
     sync_and_drain(&app).await;

@@ -93,7 +93,7 @@ async fn sync(app: &App) {
 
 async fn pending(app: &App) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE status = 'pending'")
-        .fetch_one(app.store.read_pool())
+        .fetch_one(&crate::helpers::db(&app.store).await)
         .await
         .unwrap()
 }
@@ -112,9 +112,9 @@ async fn drain(app: &App) {
 
 /// Contacts the action rows of `rule` are about.
 async fn action_contacts(app: &App, rule: &str) -> Vec<String> {
-    sqlx::query_scalar("SELECT contact_id FROM outbox WHERE connector = ? ORDER BY id")
+    sqlx::query_scalar("SELECT contact_id FROM outbox WHERE connector = $1 ORDER BY id")
         .bind(format!("rule.{rule}"))
-        .fetch_all(app.store.read_pool())
+        .fetch_all(&crate::helpers::db(&app.store).await)
         .await
         .unwrap()
 }
@@ -122,7 +122,7 @@ async fn action_contacts(app: &App, rule: &str) -> Vec<String> {
 /// Trigger event rows stored for the rules.
 async fn events(app: &App) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE connector = 'rules'")
-        .fetch_one(app.store.read_pool())
+        .fetch_one(&crate::helpers::db(&app.store).await)
         .await
         .unwrap()
 }
@@ -164,7 +164,7 @@ async fn lusha_enriched_and_not_found_each_act_once_also_after_a_replay_of_the_l
     let missing = sandbox.ghl.create_contact(&location, json!({"firstName": "Miss", "email": miss[0]}));
     let mut settings = with_rules(settings_for(&sandbox, dir.path()), ENRICH_RULES);
     settings.connectors.lusha = Some(lusha_settings(&sandbox));
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
 
     sync(&app).await;
     drain(&app).await;
@@ -251,7 +251,7 @@ async fn lusha_lead_imported_and_signal_act_once_also_after_a_replay_of_the_lead
     let mut lusha = lusha_settings(&sandbox);
     lusha.leads = vec![toml::from_str(&format!("name = \"s\"\nlocation = \"{location}\"\nmax_per_poll = 3")).unwrap()];
     settings.connectors.lusha = Some(lusha.clone());
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     sync(&app).await;
     drain(&app).await;
     // The connector as the daemon builds it (with its rule emitter), for calling its passes.
@@ -350,7 +350,7 @@ tags = ["r-replay"]
 async fn lo_app(sandbox: &Sandbox, dir: &std::path::Path) -> App {
     let mut settings = with_rules(settings_for(sandbox, dir), LO_RULES);
     settings.connectors.lucky_orange = Some(lo_settings());
-    App::build(config(settings)).await.unwrap()
+    crate::helpers::app(config(settings)).await.unwrap()
 }
 
 /// The Lucky Orange connector as the daemon builds it (with its rule emitter).

@@ -36,7 +36,7 @@ async fn sandbox() -> Sandbox {
 fn daemon_config(sandbox: &Sandbox, dir: &std::path::Path, port: u16) -> String {
     let location = &sandbox.ghl.locations()[0];
     format!(
-        "[store]\npath = {db:?}\n\
+        "[store]\n{store}\
          [ghl]\nbase_url = \"{ghl}\"\n[[ghl.locations]]\nid = \"{id}\"\npit = \"{pit}\"\n\
          [ghl.webhooks]\npublic_keys = [\"{key}\"]\n\
          [server]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nadmin_token = \"{ADMIN}\"\n\
@@ -47,7 +47,7 @@ fn daemon_config(sandbox: &Sandbox, dir: &std::path::Path, port: u16) -> String 
          [connectors.webhook.test]\nurl = \"{sink}\"\nsecret = \"{HOOK_SECRET}\"\n\
          [connectors.lusha]\nbase_url = \"{lusha}\"\napi_key = \"{lusha_key}\"\ndaily_credit_cap = 0\ncredit_reserve = 0\n\
          [connectors.lusha.limits]\nper_minute = 60000\nper_hour = 1000000\nper_day = 1000000\n",
-        db = dir.join("ghl-sync.db"),
+        store = crate::helpers::store_keys(&dir.join("ghl-sync.db")),
         ghl = sandbox.ghl_url(),
         id = location.id,
         pit = location.pit,

@@ -52,7 +52,7 @@ impl TestServer {
     async fn start_with(admin: bool, tweak: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = Settings::default();
-        settings.store.path = Some(dir.path().join("ghl-sync.db"));
+        crate::helpers::set_store(&mut settings, &dir.path().join("ghl-sync.db"));
         settings.ghl.webhooks.public_keys = vec![public_key_spki()];
         settings.ghl.locations = vec![LocationSettings {
             id: LOCATION.to_owned(),
@@ -70,8 +70,8 @@ impl TestServer {
         settings.server.lusha_webhook_secret = Some(Secret::new(LUSHA_SECRET.to_owned()));
         tweak(&mut settings);
         let config = Config::from_settings(settings).unwrap();
-        let store = Store::connect(&dir.path().join("ghl-sync.db"), Duration::from_secs(5)).await.unwrap();
-        sqlx::query("INSERT INTO locations (id, name, status, updated_at) VALUES (?, 'Server test', 'active', ?)")
+        let store = crate::helpers::open_store(&dir.path().join("ghl-sync.db")).await;
+        sqlx::query("INSERT INTO locations (id, name, status, updated_at) VALUES ($1, 'Server test', 'active', $2)")
             .bind(LOCATION)
             .bind(now_ms())
             .execute(&mut crate::helpers::raw(&store).await)
@@ -110,7 +110,7 @@ impl TestServer {
     }
 
     async fn count(&self, sql: &str) -> i64 {
-        sqlx::query_scalar(sql).fetch_one(self.store.read_pool()).await.unwrap()
+        sqlx::query_scalar(sql).fetch_one(&crate::helpers::db(&self.store).await).await.unwrap()
     }
 
     async fn stop(mut self) {
@@ -158,9 +158,9 @@ async fn a_signed_webhook_is_accepted_and_its_dirty_hint_is_durable() {
     // The scheduler is woken (notify_one stores a permit when nobody waits yet).
     tokio::time::timeout(Duration::from_secs(1), server.wake.notified()).await.unwrap();
     let row: (String, String, i64) =
-        sqlx::query_as("SELECT contact_id, reason, maybe_deleted FROM dirty_contacts WHERE location_id = ?")
+        sqlx::query_as("SELECT contact_id, reason, maybe_deleted FROM dirty_contacts WHERE location_id = $1")
             .bind(LOCATION)
-            .fetch_one(server.store.read_pool())
+            .fetch_one(&crate::helpers::db(&server.store).await)
             .await
             .unwrap();
     assert_eq!(row, ("contact_a".to_owned(), "ContactUpdate".to_owned(), 0));
@@ -304,9 +304,9 @@ async fn uninstall_stops_the_location_and_keeps_its_data() {
     }))
     .unwrap();
     assert_eq!(server.post_ghl(&uninstall, Some(&sign(&uninstall))).await.0, 200);
-    let status: String = sqlx::query_scalar("SELECT status FROM locations WHERE id = ?")
+    let status: String = sqlx::query_scalar("SELECT status FROM locations WHERE id = $1")
         .bind(LOCATION)
-        .fetch_one(server.store.read_pool())
+        .fetch_one(&crate::helpers::db(&server.store).await)
         .await
         .unwrap();
     assert_eq!(status, "uninstalled");
@@ -321,9 +321,9 @@ async fn uninstall_stops_the_location_and_keeps_its_data() {
     }))
     .unwrap();
     assert_eq!(server.post_ghl(&install, Some(&sign(&install))).await.0, 200);
-    let status: String = sqlx::query_scalar("SELECT status FROM locations WHERE id = ?")
+    let status: String = sqlx::query_scalar("SELECT status FROM locations WHERE id = $1")
         .bind(LOCATION)
-        .fetch_one(server.store.read_pool())
+        .fetch_one(&crate::helpers::db(&server.store).await)
         .await
         .unwrap();
     assert_eq!(status, "needs_reauth");
@@ -336,7 +336,7 @@ async fn readyz_flips_to_503_when_the_only_location_needs_reauth() {
     assert_eq!(server.get("/healthz", None).await, (200, "ok".to_owned()));
     let (status, body) = server.get("/readyz", None).await;
     assert_eq!(status, 200, "{body}");
-    sqlx::query("UPDATE locations SET status = 'needs_reauth' WHERE id = ?")
+    sqlx::query("UPDATE locations SET status = 'needs_reauth' WHERE id = $1")
         .bind(LOCATION)
         .execute(&mut crate::helpers::raw(&server.store).await)
         .await
@@ -348,14 +348,14 @@ async fn readyz_flips_to_503_when_the_only_location_needs_reauth() {
     assert!(json["not_ready"][0].as_str().unwrap().contains("locations"), "{body}");
 
     // Same when the location is active but its grant needs re-authorisation.
-    sqlx::query("UPDATE locations SET status = 'active' WHERE id = ?")
+    sqlx::query("UPDATE locations SET status = 'active' WHERE id = $1")
         .bind(LOCATION)
         .execute(&mut crate::helpers::raw(&server.store).await)
         .await
         .unwrap();
     assert_eq!(server.get("/readyz", None).await.0, 200);
     sqlx::query(
-        "INSERT INTO grants (resource_id, resource_kind, needs_reauth, updated_at) VALUES (?, 'location', 1, 0)",
+        "INSERT INTO grants (resource_id, resource_kind, needs_reauth, updated_at) VALUES ($1, 'location', 1, 0)",
     )
     .bind(LOCATION)
     .execute(&mut crate::helpers::raw(&server.store).await)
@@ -381,6 +381,9 @@ async fn readyz_flips_to_503_when_the_only_location_needs_reauth() {
 /// for sure), and GHL's retry is accepted and durable once the lock is gone.
 #[tokio::test]
 async fn a_webhook_the_store_cannot_take_in_time_is_answered_429_never_5xx_and_its_retry_is_kept() {
+    if crate::helpers::sqlite_only("another process holds SQLite's write lock") {
+        return;
+    }
     use sqlx::Connection as _;
     let server = TestServer::start(false).await;
     let path = server._dir.path().join("ghl-sync.db");
@@ -410,11 +413,14 @@ async fn a_webhook_the_store_cannot_take_in_time_is_answered_429_never_5xx_and_i
 /// reason, and ready again once a write succeeds.
 #[tokio::test]
 async fn readyz_says_the_store_cannot_write_until_a_write_succeeds_again() {
+    if crate::helpers::sqlite_only("another process holds SQLite's write lock") {
+        return;
+    }
     use sqlx::Connection as _;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ghl-sync.db");
     let mut settings = Settings::default();
-    settings.store.path = Some(path.clone());
+    crate::helpers::set_store(&mut settings, &path.clone());
     settings.ghl.locations = vec![LocationSettings {
         id: LOCATION.to_owned(),
         name: None,
@@ -470,7 +476,6 @@ async fn readyz_says_the_store_cannot_write_until_a_write_succeeds_again() {
 #[tokio::test]
 async fn the_status_page_shows_a_running_pass_as_it_goes_and_refreshes_itself() {
     use ghl_sync::store::runs::{self, RunProgress};
-    use sqlx::Connection as _;
     let server = TestServer::start(false).await;
     let run = runs::start(&server.store, LOCATION, "contacts").await.unwrap();
     let mut progress = RunProgress { pages: 20, records_seen: 2000, changes: 1990, requests: 2100, rate_limited: 3 };
@@ -483,26 +488,24 @@ async fn the_status_page_shows_a_running_pass_as_it_goes_and_refreshes_itself() 
     let body = event("ContactUpdate", "wh-status-0", "contact_s");
     assert_eq!(server.post_ghl(&body, Some(&sign(&body))).await.0, 200);
     // A delivery that keeps failing (what the dispatcher records in `last_error`).
-    let mut db =
-        sqlx::SqliteConnection::connect(&format!("sqlite://{}", server._dir.path().join("ghl-sync.db").display()))
-            .await
-            .unwrap();
+    let db = crate::helpers::db_at(&server._dir.path().join("ghl-sync.db")).await;
     let now = now_ms();
     sqlx::query(
         "INSERT INTO outbox (connector, location_id, entity, entity_id, contact_id, operation, record, content_hash, \
          idempotency_key, status, attempts, last_error, next_attempt_at, changed_at, created_at, updated_at) \
-         VALUES ('webhook.crm', ?, 'contact', 'c1', 'c1', 'updated', NULL, x'00', 'k', 'pending', 2, \
-         'connection refused', ?, ?, ?, ?)",
+         VALUES ('webhook.crm', $1, 'contact', 'c1', 'c1', 'updated', NULL, $6, 'k', 'pending', 2, \
+         'connection refused', $2, $3, $4, $5)",
     )
     .bind(LOCATION)
     .bind(now)
     .bind(now)
     .bind(now)
     .bind(now)
-    .execute(&mut db)
+    .bind(vec![0_u8])
+    .execute(&db)
     .await
     .unwrap();
-    db.close().await.unwrap();
+    db.close().await;
 
     let (status, body) = server.get("/status.json", None).await;
     assert_eq!(status, 200, "{body}");
@@ -553,7 +556,7 @@ async fn metrics_are_valid_prometheus_text_with_store_gauges() {
         sqlx::query(
             "INSERT INTO outbox (connector, location_id, entity, entity_id, contact_id, operation, record, \
              content_hash, idempotency_key, status, next_attempt_at, changed_at, created_at, updated_at) \
-             VALUES (?, ?, 'contact', 'c1', 'c1', 'updated', NULL, x'00', 'k', ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, 'contact', 'c1', 'c1', 'updated', NULL, $8, 'k', $3, $4, $5, $6, $7)",
         )
         .bind(connector)
         .bind(LOCATION)
@@ -562,11 +565,12 @@ async fn metrics_are_valid_prometheus_text_with_store_gauges() {
         .bind(now)
         .bind(now - 30_000)
         .bind(now)
+        .bind(vec![0_u8])
         .execute(&mut crate::helpers::raw(&server.store).await)
         .await
         .unwrap();
     }
-    sqlx::query("INSERT INTO cursors (location_id, stream, watermark_ms, updated_at) VALUES (?, 'contacts', ?, ?)")
+    sqlx::query("INSERT INTO cursors (location_id, stream, watermark_ms, updated_at) VALUES ($1, 'contacts', $2, $3)")
         .bind(LOCATION)
         .bind(now - 90_000)
         .bind(now)
@@ -598,29 +602,31 @@ async fn the_contact_view_requires_the_admin_token() {
     let record = serde_json::json!({"id": "contact_v", "firstName": "Ada", "email": "ada@example.com"});
     sqlx::query(
         "INSERT INTO contacts (location_id, contact_id, hash, record, first_seen_at, updated_at) \
-         VALUES (?, 'contact_v', x'00', ?, ?, ?)",
+         VALUES ($1, 'contact_v', $5, $2, $3, $4)",
     )
     .bind(LOCATION)
     .bind(codec::pack(&record))
     .bind(now)
     .bind(now)
+    .bind(vec![0_u8])
     .execute(&mut crate::helpers::raw(&server.store).await)
     .await
     .unwrap();
     sqlx::query(
         "INSERT INTO children (location_id, contact_id, kind, child_id, hash, record, updated_at) \
-         VALUES (?, 'contact_v', 'task', 'task_v', x'00', ?, ?)",
+         VALUES ($1, 'contact_v', 'task', 'task_v', $4, $2, $3)",
     )
     .bind(LOCATION)
     .bind(codec::pack(&serde_json::json!({"id": "task_v", "title": "Send the quote"})))
     .bind(now)
+    .bind(vec![0_u8])
     .execute(&mut crate::helpers::raw(&server.store).await)
     .await
     .unwrap();
     sqlx::query(
         "INSERT INTO dead_letters (source, connector, location_id, entity, entity_id, contact_id, operation, \
-         attempts, reason, created_at) VALUES ('delivery', 'webhook.crm', ?, 'contact', 'contact_v', 'contact_v', \
-         'updated', 12, 'HTTP 410 from webhook.crm', ?)",
+         attempts, reason, created_at) VALUES ('delivery', 'webhook.crm', $1, 'contact', 'contact_v', 'contact_v', \
+         'updated', 12, 'HTTP 410 from webhook.crm', $2)",
     )
     .bind(LOCATION)
     .bind(now)

@@ -14,7 +14,7 @@ use crate::helpers::{config, fast_ghl, settings_for, start_sandbox};
 async fn outbox(app: &App) -> BTreeMap<(String, String), Vec<String>> {
     let rows: Vec<(String, String, String)> =
         sqlx::query_as("SELECT entity, entity_id, operation FROM outbox WHERE connector = 'webhook.test' ORDER BY id")
-            .fetch_all(app.store.read_pool())
+            .fetch_all(&crate::helpers::db(&app.store).await)
             .await
             .unwrap();
     let mut map: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
@@ -25,7 +25,7 @@ async fn outbox(app: &App) -> BTreeMap<(String, String), Vec<String>> {
 }
 
 async fn outbox_count(app: &App) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(app.store.read_pool()).await.unwrap()
+    sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(&crate::helpers::db(&app.store).await).await.unwrap()
 }
 
 async fn sync_all(app: &App) {
@@ -47,7 +47,7 @@ fn child_requests(stats: &ghl_sync_sandbox::ghl::GhlStats) -> u64 {
 async fn backfill_puts_every_record_in_the_outbox_once_and_a_quiet_repoll_costs_no_child_requests() {
     let sandbox = start_sandbox(fast_ghl(10_000)).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = App::build(config(settings_for(&sandbox, dir.path()))).await.unwrap();
+    let app = crate::helpers::app(config(settings_for(&sandbox, dir.path()))).await.unwrap();
 
     sync_all(&app).await;
 
@@ -100,10 +100,10 @@ fn touched(mutations: &[ghl_sync_sandbox::ghl::Mutation]) -> BTreeMap<(String, S
 
 async fn new_rows(app: &App, after_id: i64) -> BTreeMap<(String, String), Vec<String>> {
     let rows: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT entity, entity_id, operation FROM outbox WHERE connector = 'webhook.test' AND id > ? ORDER BY id",
+        "SELECT entity, entity_id, operation FROM outbox WHERE connector = 'webhook.test' AND id > $1 ORDER BY id",
     )
     .bind(after_id)
-    .fetch_all(app.store.read_pool())
+    .fetch_all(&crate::helpers::db(&app.store).await)
     .await
     .unwrap();
     let mut map: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
@@ -117,7 +117,7 @@ async fn new_rows(app: &App, after_id: i64) -> BTreeMap<(String, String), Vec<St
 /// instead of folding into pending ones, and returns the last row id.
 async fn max_outbox_id(app: &App) -> i64 {
     sqlx::query("UPDATE outbox SET status = 'done'").execute(&mut crate::helpers::raw(&app.store).await).await.unwrap();
-    sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM outbox").fetch_one(app.store.read_pool()).await.unwrap()
+    sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM outbox").fetch_one(&crate::helpers::db(&app.store).await).await.unwrap()
 }
 
 /// Every contact's hash over the fields both read paths carry, from its full (GET) record.
@@ -151,7 +151,7 @@ async fn incremental_changes_reach_the_outbox(bump: bool) {
     let ghl = GhlOptions { children_bump_contact: bump, search_lag: Duration::from_millis(300), ..fast_ghl(300) };
     let sandbox = start_sandbox(ghl).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = App::build(config(settings_for(&sandbox, dir.path()))).await.unwrap();
+    let app = crate::helpers::app(config(settings_for(&sandbox, dir.path()))).await.unwrap();
     sync_all(&app).await;
     let before: BTreeSet<(String, String)> = outbox(&app).await.keys().cloned().collect();
     let mark = max_outbox_id(&app).await;
@@ -164,7 +164,7 @@ async fn incremental_changes_reach_the_outbox(bump: bool) {
         // (dirty contacts) carry those. Insert them as the receiver does.
         for m in &mutations {
             sqlx::query(
-                "INSERT INTO dirty_contacts (location_id, contact_id, reason, maybe_deleted, created_at) VALUES (?, ?, 'test', 0, 0) \
+                "INSERT INTO dirty_contacts (location_id, contact_id, reason, maybe_deleted, created_at) VALUES ($1, $2, 'test', 0, 0) \
                  ON CONFLICT DO NOTHING",
             )
             .bind(&m.location_id)
@@ -249,7 +249,7 @@ async fn incremental_changes_reach_the_outbox_through_hints_when_child_edits_do_
 async fn a_failed_reconciliation_listing_deletes_nothing_and_a_complete_one_deletes_exactly_the_gone() {
     let sandbox = start_sandbox(fast_ghl(1_200)).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = App::build(config(settings_for(&sandbox, dir.path()))).await.unwrap();
+    let app = crate::helpers::app(config(settings_for(&sandbox, dir.path()))).await.unwrap();
     sync_all(&app).await;
     let location = sandbox.ghl.locations()[0].id.clone();
     let ids = sandbox.ghl.contact_ids(&location);
@@ -283,7 +283,7 @@ async fn a_failed_reconciliation_listing_deletes_nothing_and_a_complete_one_dele
 async fn an_emptied_location_is_reconciled_to_deletes_each_confirmed_by_a_read() {
     let sandbox = start_sandbox(fast_ghl(40)).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = App::build(config(settings_for(&sandbox, dir.path()))).await.unwrap();
+    let app = crate::helpers::app(config(settings_for(&sandbox, dir.path()))).await.unwrap();
     sync_all(&app).await;
     let location = sandbox.ghl.locations()[0].id.clone();
     for id in sandbox.ghl.contact_ids(&location) {
@@ -302,7 +302,7 @@ async fn an_emptied_location_is_reconciled_to_deletes_each_confirmed_by_a_read()
 async fn a_dry_run_writes_nothing_but_reports_what_would_be_delivered() {
     let sandbox = start_sandbox(fast_ghl(50)).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = App::build(config(settings_for(&sandbox, dir.path()))).await.unwrap();
+    let app = crate::helpers::app(config(settings_for(&sandbox, dir.path()))).await.unwrap();
     let results = app.sync_once(None, RunOptions { dry_run: true, skip_sweep: true }).await.unwrap();
     for (_, result) in results {
         let summary = result.unwrap();
@@ -310,7 +310,7 @@ async fn a_dry_run_writes_nothing_but_reports_what_would_be_delivered() {
     }
     assert_eq!(outbox_count(&app).await, 0);
     let contacts: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM contacts").fetch_one(app.store.read_pool()).await.unwrap();
+        sqlx::query_scalar("SELECT COUNT(*) FROM contacts").fetch_one(&crate::helpers::db(&app.store).await).await.unwrap();
     assert_eq!(contacts, 0);
     sandbox.stop().await;
 }
@@ -319,17 +319,17 @@ async fn a_dry_run_writes_nothing_but_reports_what_would_be_delivered() {
 async fn a_malformed_contact_is_set_aside_and_the_rest_flow_on() {
     let sandbox = start_sandbox(fast_ghl(20)).await;
     let dir = tempfile::tempdir().unwrap();
-    let app = App::build(config(settings_for(&sandbox, dir.path()))).await.unwrap();
+    let app = crate::helpers::app(config(settings_for(&sandbox, dir.path()))).await.unwrap();
     // A write with an empty id is impossible through the API; corrupt one through the store
     // of the fake instead: a contact with an id far too long to be real.
     let location = sandbox.ghl.locations()[0].id.clone();
     sync_all(&app).await;
     let dead: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(app.store.read_pool()).await.unwrap();
+        sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(&crate::helpers::db(&app.store).await).await.unwrap();
     assert_eq!(dead, 0);
-    let contacts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE location_id = ?")
+    let contacts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE location_id = $1")
         .bind(&location)
-        .fetch_one(app.store.read_pool())
+        .fetch_one(&crate::helpers::db(&app.store).await)
         .await
         .unwrap();
     assert_eq!(contacts, 20);

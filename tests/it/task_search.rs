@@ -56,13 +56,13 @@ async fn build(sandbox: &Sandbox, dir: &Path, pit: Option<String>) -> App {
     if let Some(pit) = pit {
         settings.ghl.locations[0].pit = Some(Secret::new(pit));
     }
-    App::build(config(settings)).await.unwrap()
+    crate::helpers::app(config(settings)).await.unwrap()
 }
 
 /// Task id → stored hash (hex).
 async fn task_hashes(store: &Store) -> BTreeMap<String, String> {
     let rows: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT child_id, hash FROM children WHERE kind = 'task'")
-        .fetch_all(store.read_pool())
+        .fetch_all(&crate::helpers::db(&store).await)
         .await
         .unwrap();
     rows.into_iter().map(|(id, hash)| (id, hash.iter().map(|b| format!("{b:02x}")).collect())).collect()
@@ -133,9 +133,9 @@ async fn a_task_deleted_while_paging_is_neither_lost_nor_doubled() {
     // Three tasks of the first page are deleted: every later task moves three places up, so
     // a next page at `skip = 100` would miss three.
     let first_page: Vec<String> =
-        sqlx::query_scalar("SELECT task_id FROM staged_tasks WHERE location_id = ? ORDER BY task_id LIMIT 3")
+        sqlx::query_scalar("SELECT task_id FROM staged_tasks WHERE location_id = $1 ORDER BY task_id LIMIT 3")
             .bind(&location)
-            .fetch_all(app.store.read_pool())
+            .fetch_all(&crate::helpers::db(&app.store).await)
             .await
             .unwrap();
     for id in &first_page {
@@ -230,7 +230,7 @@ async fn the_sweep_finds_deleted_and_changed_tasks_through_a_new_staging() {
     settings.sync.contacts_interval = ghl_sync::config::Dur::millis(1);
     settings.sync.children_sweep_period = ghl_sync::config::Dur::millis(1);
     settings.limits.ghl_daily_budget = 1_000_000_000_000;
-    let app = App::build(config(settings)).await.unwrap();
+    let app = crate::helpers::app(config(settings)).await.unwrap();
     app.engine.run_once(&location, ONCE).await.unwrap();
     assert_exactly_once(&sandbox, &app.store).await;
 
@@ -251,10 +251,10 @@ async fn the_sweep_finds_deleted_and_changed_tasks_through_a_new_staging() {
     // (A pending `created` row is superseded by a delete, and takes an update's record.)
     assert_eq!(rows[&("task".to_owned(), deleted.clone())].last().map(String::as_str), Some("deleted"));
     let stored: Vec<(String, Vec<u8>)> =
-        sqlx::query_as("SELECT child_id, record FROM children WHERE child_id IN (?, ?)")
+        sqlx::query_as("SELECT child_id, record FROM children WHERE child_id IN ($1, $2)")
             .bind(&deleted)
             .bind(&changed)
-            .fetch_all(app.store.read_pool())
+            .fetch_all(&crate::helpers::db(&app.store).await)
             .await
             .unwrap();
     assert_eq!(stored.len(), 1, "the deleted task is gone from the snapshot");
@@ -295,7 +295,7 @@ async fn tasks_stored_before_the_projection_are_reprojected_on_open_and_not_deli
     old.insert("status".into(), serde_json::json!("incompleted"));
     old.insert("isLocation".into(), serde_json::json!(false));
     let mut conn = crate::helpers::raw(&app.store).await;
-    let updated = sqlx::query("UPDATE children SET record = ?, hash = ? WHERE kind = 'task' AND child_id = ?")
+    let updated = sqlx::query("UPDATE children SET record = $1, hash = $2 WHERE kind = 'task' AND child_id = $3")
         .bind(codec::pack(&serde_json::Value::Object(old.clone())))
         .bind(&value_hash(&old)[..])
         .bind(&task_id)
@@ -313,9 +313,9 @@ async fn tasks_stored_before_the_projection_are_reprojected_on_open_and_not_deli
     // The upgrade: opening the store re-projects the record and re-hashes it.
     let app = build(&sandbox, dir.path(), Some(pit)).await;
     let (hash, record): (Vec<u8>, Vec<u8>) =
-        sqlx::query_as("SELECT hash, record FROM children WHERE kind = 'task' AND child_id = ?")
+        sqlx::query_as("SELECT hash, record FROM children WHERE kind = 'task' AND child_id = $1")
             .bind(&task_id)
-            .fetch_one(app.store.read_pool())
+            .fetch_one(&crate::helpers::db(&app.store).await)
             .await
             .unwrap();
     let expected = fresh(&sandbox);
@@ -330,7 +330,7 @@ async fn tasks_stored_before_the_projection_are_reprojected_on_open_and_not_deli
     assert!(!summary.events.iter().any(|(event, _)| event.as_str() == "task.updated"), "{:?}", summary.events);
     let updates: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE entity = 'task' AND operation = 'updated'")
-            .fetch_one(app.store.read_pool())
+            .fetch_one(&crate::helpers::db(&app.store).await)
             .await
             .unwrap();
     assert_eq!(updates, 0, "no task.updated enqueued");
