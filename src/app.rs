@@ -305,6 +305,11 @@ impl App {
         self.tracker.spawn(crate::export::run_scheduled_exports(
             self.store.clone(),
             self.config.settings.export.clone(),
+            {
+                // A replica exports the locations it leases (each location once per slot).
+                let leases = self.leases.clone();
+                Arc::new(move |location: &str| leases.holds(location))
+            },
             stop.clone(),
         ));
 

@@ -351,7 +351,16 @@ pub fn export_directory(store: &Store, settings: &ExportSettings) -> PathBuf {
 /// `keep` are deleted. A slot missed while the daemon was down is caught up at start (when the
 /// location has an older export; a location's first export waits for a slot). Failures are
 /// logged and retried at the next slot. Returns at once when the schedule is off.
-pub async fn run_scheduled_exports(store: Store, settings: ExportSettings, stop: CancellationToken) {
+///
+/// Only locations `mine` accepts are exported: a replica exports the locations it leases, so
+/// each location is exported once per slot however many replicas run (a lease that moves
+/// mid-round leaves its slot to the next holder's catch-up, at most 15 minutes later).
+pub async fn run_scheduled_exports(
+    store: Store,
+    settings: ExportSettings,
+    mine: crate::sync::engine::Fence,
+    stop: CancellationToken,
+) {
     let Some(at) = parse_time_of_day(&settings.at) else {
         tracing::warn!(at = %settings.at, "export.at is not HH:MM; scheduled exports are off");
         return;
@@ -367,7 +376,7 @@ pub async fn run_scheduled_exports(store: Store, settings: ExportSettings, stop:
     while !stop.is_cancelled() {
         let now = OffsetDateTime::now_utc();
         let Some(slot) = last_slot(settings.schedule, at, now) else { return };
-        match scheduled_round(&store, &settings, &dir, slot, started, &stop).await {
+        match scheduled_round(&store, &settings, &dir, slot, started, &mine, &stop).await {
             Ok(()) => {}
             Err(error) => tracing::warn!(error = %format!("{error:#}"), "Scheduled export round failed"),
         }
@@ -387,9 +396,11 @@ async fn scheduled_round(
     dir: &Path,
     slot: OffsetDateTime,
     started: OffsetDateTime,
+    mine: &crate::sync::engine::Fence,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let locations = crate::store::locations::active(store).await?;
+    let mut locations = crate::store::locations::active(store).await?;
+    locations.retain(|location| mine(location));
     if locations.is_empty() {
         return Ok(());
     }
@@ -451,7 +462,7 @@ mod tests {
     #[allow(dead_code, reason = "a compile-time check")]
     fn scheduled_exports_can_be_spawned(store: Store, settings: ExportSettings, stop: CancellationToken) {
         fn spawnable<T: Send + 'static>(_: &T) {}
-        spawnable(&run_scheduled_exports(store, settings, stop));
+        spawnable(&run_scheduled_exports(store, settings, std::sync::Arc::new(|_: &str| true), stop));
     }
 
     #[test]

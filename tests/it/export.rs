@@ -2,6 +2,7 @@
 //! the scheduled exports (catch-up of a missed slot, atomic files, rotation).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ghl_sync::config::{ExportFormat, ExportSchedule, ExportSettings};
@@ -182,7 +183,7 @@ async fn a_missed_slot_is_caught_up_at_start_and_old_exports_are_rotated() {
         keep: 2,
     };
     let stop = CancellationToken::new();
-    let task = tokio::spawn(run_scheduled_exports(app.store.clone(), settings, stop.clone()));
+    let task = tokio::spawn(run_scheduled_exports(app.store.clone(), settings, Arc::new(|_: &str| true), stop.clone()));
     let started = std::time::Instant::now();
     loop {
         let newest = list_exports(&exports, &locations[0]).unwrap();
@@ -206,4 +207,49 @@ async fn a_missed_slot_is_caught_up_at_start_and_old_exports_are_rotated() {
         std::fs::read_dir(&exports).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".tmp")),
         "no temporary files"
     );
+}
+
+/// Replicas: a daemon exports only the locations it leases (the filter the app passes is the
+/// lease check), so a location is exported once per slot however many replicas run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_exports_cover_only_the_locations_this_daemon_holds() {
+    let sandbox = start_sandbox(fast_ghl(10)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let app = crate::helpers::app(config(settings_for(&sandbox, dir.path()))).await.unwrap();
+    for (location, result) in app.sync_once(None, RunOptions { dry_run: false, skip_sweep: true }).await.unwrap() {
+        result.unwrap_or_else(|e| panic!("sync of {location} failed: {e}"));
+    }
+    let exports = dir.path().join("exports");
+    std::fs::create_dir_all(&exports).unwrap();
+    let locations: Vec<String> = sandbox.ghl.locations().into_iter().map(|l| l.id).collect();
+    assert!(locations.len() >= 2);
+    // Both locations are due (an export older than the last slot).
+    for location in &locations[..2] {
+        std::fs::write(exports.join(format!("contacts-{location}-20000101T030000Z.csv")), "old").unwrap();
+    }
+    let settings = ExportSettings {
+        schedule: ExportSchedule::Nightly,
+        at: "03:00".into(),
+        directory: Some(exports.clone()),
+        format: ExportFormat::Jsonl,
+        keep: 5,
+    };
+    let held = locations[1].clone();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(run_scheduled_exports(
+        app.store.clone(),
+        settings,
+        Arc::new(move |location: &str| location == held),
+        stop.clone(),
+    ));
+    let started = std::time::Instant::now();
+    while list_exports(&exports, &locations[1]).unwrap().len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the held location was not exported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The round has passed the other location by now (a round is one pass over the list).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
+    assert_eq!(list_exports(&exports, &locations[0]).unwrap().len(), 1, "a location held elsewhere is not exported");
 }

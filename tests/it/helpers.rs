@@ -434,7 +434,7 @@ pub fn store_url(path: &Path) -> String {
 
 /// Opens the test's store (migrated) as a tool would, on this run's backend.
 pub async fn open_store(path: &Path) -> ghl_sync::store::Store {
-    open_store_waiting(path, Duration::from_secs(10)).await
+    open_store_waiting(path, Duration::from_secs(5)).await
 }
 
 /// Like [`open_store`], giving up on a held lock after `busy` (SQLite's busy timeout,
