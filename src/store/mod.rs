@@ -55,6 +55,7 @@ pub mod locations;
 pub mod lucky_orange;
 pub mod lusha;
 pub mod outbox;
+mod planner;
 pub mod rules;
 pub mod runs;
 pub mod snapshot;
@@ -190,6 +191,8 @@ struct Inner {
     backend: Backend,
     health: StdMutex<WriteHealth>,
     location: Location,
+    /// PostgreSQL: when the planner statistics were last checked ([`planner`]).
+    statistics: planner::Freshness,
 }
 
 /// Handle to the database. Cheap to clone.
@@ -425,7 +428,14 @@ impl Store {
     }
 
     fn from_backend(backend: Backend, location: Location) -> Self {
-        Self { inner: Arc::new(Inner { backend, health: StdMutex::new(WriteHealth::default()), location }) }
+        Self {
+            inner: Arc::new(Inner {
+                backend,
+                health: StdMutex::new(WriteHealth::default()),
+                location,
+                statistics: planner::Freshness::default(),
+            }),
+        }
     }
 
     /// Applies pending migrations, then the one-time data upgrades not done yet; idempotent.
@@ -549,6 +559,9 @@ impl Store {
                 if slot.dirty {
                     recover(Db::Sqlite(&mut **slot)).await;
                 }
+                // Until the transaction is handed out: a caller cancelled while `BEGIN` is on
+                // the wire leaves it open, and the next writer rolls back first.
+                slot.dirty = true;
                 match writer_conn(writer, &mut **slot, location).await {
                     Ok(conn) => {
                         sqlx::query("BEGIN IMMEDIATE").execute(conn).await.map(|_| ()).map_err(StoreError::Query)
@@ -560,6 +573,11 @@ impl Store {
                 if slot.dirty {
                     recover(Db::Postgres(&mut **slot)).await;
                 }
+                if self.inner.statistics.due() {
+                    tokio::spawn(planner::analyze_stale_tables(writer.options.clone()));
+                }
+                // See the SQLite arm.
+                slot.dirty = true;
                 match writer_conn(writer, &mut **slot, location).await {
                     Ok(conn) => sqlx::query("BEGIN").execute(conn).await.map(|_| ()).map_err(StoreError::Query),
                     Err(error) => Err(error),
@@ -575,6 +593,8 @@ impl Store {
             record(&self.inner.health, purpose, started, Some(&error));
             return Err(error);
         }
+        // Handed out: from here an unfinished transaction marks the slot when it drops.
+        on_db!(slot_mut(&mut slot), |slot| slot.dirty = false);
         Ok(WriteTx { slot, health: &self.inner.health, purpose, started, finished: false })
     }
 
@@ -1140,7 +1160,8 @@ mod tests {
     /// The rule "every store statement runs on both backends": outside their tests, store
     /// modules reach the database only through `Store::db()` / `WriteTx::conn()` and
     /// `on_db!`, never through the SQLite-only read pool or a bare SQLite connection.
-    /// (`transfer` copies SQLite into PostgreSQL and is SQLite-specific by nature.)
+    /// (`transfer` copies SQLite into PostgreSQL and `planner` refreshes PostgreSQL's planner
+    /// statistics: each is specific to a backend by nature.)
     #[test]
     fn store_modules_run_every_statement_on_both_backends() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store");
@@ -1149,7 +1170,7 @@ mod tests {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if !name.ends_with(".rs") || ["mod.rs", "db.rs", "testing.rs", "transfer.rs"].contains(&name.as_str()) {
+            if !name.ends_with(".rs") || ["mod.rs", "db.rs", "testing.rs", "transfer.rs", "planner.rs"].contains(&name.as_str()) {
                 continue;
             }
             let text = std::fs::read_to_string(&path).unwrap();
