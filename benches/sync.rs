@@ -39,13 +39,19 @@
 //!   `SYNC_BENCH_CONCURRENT` locations at a time (default: `[sync] max_concurrent_locations`),
 //!   measured for `SYNC_BENCH_LOCATION_SECONDS` (default 60) while every location backfills:
 //!   requests/s against the sum of the per-location ceilings, fairness (max/min requests per
-//!   location), the daemon's CPU and RSS per location, the store's commits/s, write-lock time
-//!   and rows/s.
+//!   location), the fake's 429s (must be 0), the daemon's CPU and RSS per location, the store's
+//!   commits/s, write-lock time (of each daemon's one writer connection) and rows/s.
+//!   `SYNC_BENCH_BACKENDS=sqlite,postgres` runs each size on each store in turn (as `diff`);
+//!   on PostgreSQL `SYNC_BENCH_REPLICAS=1,2` runs 1, then 2 daemons on the same config file and
+//!   store (issue 21's replicas, each with its own listener, splitting the locations by lease;
+//!   `[store] lease_ttl` is `SYNC_BENCH_LEASE_TTL` seconds, default 3, so leases spread within
+//!   seconds), CPU and RSS per replica, the PostgreSQL server's CPU for their connections, and
+//!   how long lease renewals waited for each replica's writer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods, reason = "benchmark code")]
 
 use std::io::{BufRead, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -137,17 +143,97 @@ fn requests(sandbox: &Sandbox) -> u64 {
     sandbox.ghl.stats().requests.values().sum()
 }
 
-/// The PostgreSQL store of the `diff` section (`SYNC_BENCH_BACKENDS=sqlite,postgres`).
-static POSTGRES_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// A bench run's store (`SYNC_BENCH_BACKENDS=sqlite,postgres`): a SQLite file in the run's
+/// directory, or a fresh PostgreSQL schema on `GHL_SYNC_TEST_POSTGRES` (default the local server).
+enum BenchStore {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
 
-async fn count(app: &App, sql: &str) -> i64 {
-    if app.store.is_postgres() {
-        use sqlx::Connection as _;
-        let url = POSTGRES_URL.get().expect("the PostgreSQL bench store's URL");
-        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
-        return sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap();
+impl BenchStore {
+    async fn new(backend: &str, dir: &Path) -> Self {
+        match backend.trim() {
+            "sqlite" => Self::Sqlite(dir.join("ghl-sync.db")),
+            "postgres" => Self::Postgres(
+                ghl_sync::store::testing::postgres_test_url()
+                    .await
+                    .expect("a PostgreSQL server (GHL_SYNC_TEST_POSTGRES)"),
+            ),
+            other => panic!("SYNC_BENCH_BACKENDS: unknown store {other:?} (sqlite or postgres)"),
+        }
     }
-    sqlx::query_scalar(sql).fetch_one(app.store.read_pool()).await.unwrap()
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "SQLite",
+            Self::Postgres(_) => "PostgreSQL",
+        }
+    }
+
+    fn is_postgres(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+
+    /// Points `[store]` at it.
+    fn apply(&self, settings: &mut ghl_sync::config::StoreSettings) {
+        match self {
+            Self::Sqlite(path) => settings.path = Some(path.clone()),
+            Self::Postgres(url) => {
+                settings.path = None;
+                settings.url = Some(url.clone());
+            }
+        }
+    }
+
+    /// The `[store]` key of a config file that points at it.
+    fn toml(&self) -> String {
+        match self {
+            Self::Sqlite(path) => format!("path = {path:?}"),
+            Self::Postgres(url) => format!("url = \"{url}\""),
+        }
+    }
+
+    /// One value of type `T` read with `sql` on a connection of the bench's own (read-only on
+    /// SQLite), beside the daemon's; `None` when the store cannot answer yet.
+    async fn scalar<T>(&self, sql: &str) -> Option<T>
+    where
+        T: Send + Unpin + for<'r> sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+        T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        use sqlx::Connection as _;
+        match self {
+            Self::Sqlite(path) => {
+                let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true);
+                let mut conn = sqlx::SqliteConnection::connect_with(&options).await.ok()?;
+                sqlx::query_scalar(sql).fetch_one(&mut conn).await.ok()
+            }
+            Self::Postgres(url) => {
+                let mut conn = sqlx::PgConnection::connect(url).await.ok()?;
+                sqlx::query_scalar(sql).fetch_one(&mut conn).await.ok()
+            }
+        }
+    }
+
+    /// CPU seconds so far of the PostgreSQL server processes serving the daemons' connections
+    /// to this store's database, by process id (none on SQLite: it runs inside the daemon).
+    async fn server_cpu(&self) -> std::collections::HashMap<u32, f64> {
+        let pids: Option<String> = match self {
+            Self::Sqlite(_) => None,
+            Self::Postgres(_) => {
+                self.scalar(
+                    "SELECT string_agg(pid::text, ',') FROM pg_stat_activity \
+                     WHERE datname = current_database() AND application_name = 'ghl-sync'",
+                )
+                .await
+            }
+        };
+        let pids = pids.unwrap_or_default();
+        pids.split(',').filter_map(|pid| pid.parse().ok()).map(|pid| (pid, cpu_seconds(pid))).collect()
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        self.scalar(sql).await.unwrap_or_else(|| panic!("{} store: {sql} failed", self.name()))
+    }
 }
 
 // ---- diff throughput and requests per contact -----------------------------------------------
@@ -155,19 +241,13 @@ async fn count(app: &App, sql: &str) -> i64 {
 /// Above this many contacts the diff section re-reads its pages each round instead of holding them.
 const HELD_PAGES_UP_TO: usize = 200_000;
 
-async fn diff(contacts: usize, rounds: usize, postgres: bool) {
+async fn diff(contacts: usize, rounds: usize, backend: &str) {
     let sandbox = start(fast(contacts, false)).await;
     let dir = tempfile::tempdir().unwrap();
     let mut settings = settings_for(&sandbox, dir.path());
-    let backend = if postgres { "PostgreSQL" } else { "SQLite" };
-    if postgres {
-        let url =
-            ghl_sync::store::testing::postgres_test_url().await.expect("a PostgreSQL server (GHL_SYNC_TEST_POSTGRES)");
-        POSTGRES_URL.set(url.clone()).expect("one PostgreSQL diff run per process");
-        settings.store.path = None;
-        settings.store.url = Some(url);
-    }
-    println!("store: {backend}");
+    let store = BenchStore::new(backend, dir.path()).await;
+    store.apply(&mut settings.store);
+    println!("store: {}", store.name());
     settings.sync.tasks = false;
     settings.sync.notes = false;
     let page_size = settings.sync.page_size;
@@ -191,11 +271,11 @@ async fn diff(contacts: usize, rounds: usize, postgres: bool) {
         contacts as f64 / backfill.as_secs_f64(),
     );
     sandbox.ghl.reset_stats();
-    let outbox_before = count(&app, "SELECT COUNT(*) FROM outbox").await;
+    let outbox_before = store.count("SELECT COUNT(*) FROM outbox").await;
     let summary = app.engine.run_once(&location, once).await.unwrap();
     let quiet = requests(&sandbox);
     assert_eq!(summary.changes(), 0);
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM outbox").await, outbox_before);
+    assert_eq!(store.count("SELECT COUNT(*) FROM outbox").await, outbox_before);
     println!(
         "requests: quiet re-poll: {quiet} request(s) for {contacts} contacts ({} re-read in the overlap window), 0 changes",
         summary.contacts_seen
@@ -255,7 +335,7 @@ async fn diff(contacts: usize, rounds: usize, postgres: bool) {
         total += elapsed;
         best = best.min(elapsed.as_secs_f64());
     }
-    assert_eq!(count(&app, "SELECT COUNT(*) FROM outbox").await, outbox_before);
+    assert_eq!(store.count("SELECT COUNT(*) FROM outbox").await, outbox_before);
     // The CPU share of it: normalise + hash alone (on the held pages, else on one page).
     let sample = if held { pages } else { read_all().await };
     let sampled: usize = sample.iter().map(Vec::len).sum();
@@ -351,18 +431,18 @@ fn sandbox_child(contacts: usize) {
     });
 }
 
-/// Starts a daemon build `bin` with the config at `config`: `ghl-sync --config CONFIG COMMAND ARGS…`,
+/// A daemon build `bin` with the config at `config`: `ghl-sync --config CONFIG COMMAND ARGS…`,
 /// stderr piped for the bench to read, no `RUST_LOG` from the bench's environment.
-fn spawn_daemon(bin: &str, config: &Path, command: &str, args: &[&str]) -> std::process::Child {
-    Command::new(bin)
+fn daemon_command(bin: &str, config: &Path, command: &str, args: &[&str]) -> Command {
+    let mut daemon = Command::new(bin);
+    daemon
         .args(["--config", config.to_str().unwrap(), command])
         .args(args)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+        .stderr(Stdio::piped());
+    daemon
 }
 
 fn status_kb(pid: u32, key: &str) -> Option<u64> {
@@ -398,7 +478,7 @@ fn rss(contacts: usize) {
     let started = Instant::now();
     // `SYNC_BENCH_DAEMON`: another build of the daemon (a before/after run of the same bench).
     let daemon_bin = std::env::var("SYNC_BENCH_DAEMON").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ghl-sync").to_owned());
-    let mut daemon = spawn_daemon(&daemon_bin, &path, "sync", &["--once"]);
+    let mut daemon = daemon_command(&daemon_bin, &path, "sync", &["--once"]).spawn().unwrap();
     let pid = daemon.id();
     let (mut hwm, mut rss_max) = (0, 0);
     let status = loop {
@@ -669,23 +749,89 @@ async fn scrape(client: &reqwest::Client, port: u16) -> Option<String> {
     response.text().await.ok()
 }
 
-/// Rows of the snapshot (contacts + children) and the outbox, read from the daemon's database.
-async fn stored_rows(db: &Path) -> (i64, i64) {
-    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(db).read_only(true);
-    let Ok(pool) = sqlx::SqlitePool::connect_with(options).await else { return (0, 0) };
-    let snapshot: i64 = sqlx::query_scalar("SELECT (SELECT COUNT(*) FROM contacts) + (SELECT COUNT(*) FROM children)")
-        .fetch_one(&pool)
-        .await
-        .unwrap_or(0);
-    let outbox: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(&pool).await.unwrap_or(0);
-    pool.close().await;
-    (snapshot, outbox)
+/// The parameters the `locations` section's runs share.
+#[derive(Clone, Copy)]
+struct LocationsBench {
+    contacts: usize,
+    seconds: f64,
+    window: Duration,
+    poll: Duration,
+    concurrent: usize,
+    /// `[store] lease_ttl` on PostgreSQL (seconds).
+    lease_ttl: u64,
 }
 
-/// One real daemon (`ghl-sync run`, a child process) over `count` new locations of `contacts`
-/// contacts each (tasks and notes on) at the scaled rate limit, for `seconds`: every location
-/// backfills (contacts, then children, in yielding slices) and re-polls every `poll`.
-async fn locations(count: usize, contacts: usize, seconds: f64, window: Duration, poll: Duration, concurrent: usize) {
+/// One `ghl-sync run` process of the `locations` section, its `/metrics` on `port`, its log
+/// (stderr, warnings and errors) in the file `log`.
+struct Replica {
+    daemon: std::process::Child,
+    port: u16,
+    log: PathBuf,
+    metrics_before: String,
+    cpu_before: f64,
+    rss_max: u64,
+}
+
+impl Replica {
+    /// Starts the daemon on the config at `path` (the same file for every replica), its
+    /// listener on a port of its own (`GHL_SYNC__SERVER__LISTEN`).
+    fn spawn(path: &Path, log: PathBuf) -> Self {
+        let port = free_port();
+        let daemon = daemon_command(env!("CARGO_BIN_EXE_ghl-sync"), path, "run", &[])
+            .env("GHL_SYNC__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self { daemon, port, log, metrics_before: String::new(), cpu_before: 0.0, rss_max: 0 }
+    }
+
+    /// Waits for the first answer of `/metrics`: the daemon is up, its scheduler about to start.
+    async fn wait_up(&mut self, client: &reqwest::Client, up: Instant) {
+        self.metrics_before = loop {
+            if let Some(text) = scrape(client, self.port).await {
+                break text;
+            }
+            assert!(self.daemon.try_wait().unwrap().is_none(), "a daemon exited at start");
+            assert!(up.elapsed() < Duration::from_secs(60), "a daemon did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+    }
+
+    fn pid(&self) -> u32 {
+        self.daemon.id()
+    }
+
+    /// Growth of the sum of metric `name` (samples whose labels contain `filter`) since start-up.
+    fn metric_growth(&self, after: &str, name: &str, filter: &str) -> f64 {
+        metric_sum(after, name, filter) - metric_sum(&self.metrics_before, name, filter)
+    }
+
+    /// SIGTERM, then the clean exit it must make; its log.
+    fn stop(mut self) -> String {
+        Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().unwrap();
+        let status = self.daemon.wait().unwrap();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(status.success(), "a daemon failed: {log}");
+        log
+    }
+}
+
+/// Kibibytes as whole mebibytes.
+fn mb(kb: &u64) -> String {
+    format!("{:.0}", *kb as f64 / 1024.0)
+}
+
+/// `values` joined by `/` (one per replica).
+fn per_replica(values: impl IntoIterator<Item = String>) -> String {
+    values.into_iter().collect::<Vec<_>>().join("/")
+}
+
+/// `replicas` real daemons (`ghl-sync run`, child processes, the same config and store) over
+/// `count` new locations of `contacts` contacts each (tasks and notes on) at the scaled rate
+/// limit, for `seconds`: every location backfills (contacts, then children, in yielding
+/// slices) and re-polls every `poll`. On PostgreSQL the replicas split the locations by lease.
+async fn locations(bench: &LocationsBench, count: usize, backend: &str, replicas: usize) {
+    let LocationsBench { contacts, seconds, window, poll, concurrent, lease_ttl } = *bench;
     let ghl = GhlOptions {
         locations: count,
         contacts_per_location: contacts,
@@ -699,13 +845,14 @@ async fn locations(count: usize, contacts: usize, seconds: f64, window: Duration
     let sandbox = start(ghl).await;
     let seeded = seeding.elapsed();
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("ghl-sync.db");
-    let port = free_port();
+    let store = BenchStore::new(backend, dir.path()).await;
+    let lease_ttl = if store.is_postgres() { format!("lease_ttl = \"{lease_ttl}s\"\n") } else { String::new() };
     let mut text = format!(
-        "[store]\npath = {db:?}\n[ghl]\nbase_url = \"{}\"\n[limits]\nghl_burst_window = \"{}ms\"\nghl_daily_budget = 100000000\n\
-         [sync]\nindex_lag_margin = \"0s\"\ncontacts_interval = \"{}ms\"\nmax_concurrent_locations = {concurrent}\n\
-         [server]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\n[log]\nlevel = \"warn\"\n\
+        "[store]\n{}\n{lease_ttl}[ghl]\nbase_url = \"{}\"\n[limits]\nghl_burst_window = \"{}ms\"\n\
+         ghl_daily_budget = 100000000\n[sync]\nindex_lag_margin = \"0s\"\ncontacts_interval = \"{}ms\"\n\
+         max_concurrent_locations = {concurrent}\n[server]\nenabled = true\n[log]\nlevel = \"warn\"\n\
          [connectors.webhook.bench]\nurl = \"{}\"\n",
+        store.toml(),
         sandbox.ghl_url(),
         window.as_millis(),
         poll.as_millis(),
@@ -725,38 +872,64 @@ async fn locations(count: usize, contacts: usize, seconds: f64, window: Duration
     };
     let ceiling = quota.ceiling_per_second() * count as f64;
     let client = reqwest::Client::builder().build().unwrap();
-    let mut daemon = spawn_daemon(env!("CARGO_BIN_EXE_ghl-sync"), &path, "run", &[]);
-    let pid = daemon.id();
-    // From the first answer of /metrics: the daemon is up, the scheduler about to start.
+    let mut daemons: Vec<Replica> =
+        (0..replicas).map(|i| Replica::spawn(&path, dir.path().join(format!("replica-{i}.log")))).collect();
     let up = Instant::now();
-    let before = loop {
-        if let Some(text) = scrape(&client, port).await {
-            break text;
-        }
-        assert!(daemon.try_wait().unwrap().is_none(), "the daemon exited at start");
-        assert!(up.elapsed() < Duration::from_secs(60), "the daemon did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    for daemon in &mut daemons {
+        daemon.wait_up(&client, up).await;
+    }
     let startup = up.elapsed();
-    let cpu_before = cpu_seconds(pid);
+    for daemon in &mut daemons {
+        daemon.cpu_before = cpu_seconds(daemon.pid());
+    }
+    let server_before = store.server_cpu().await;
     let requests_before = sandbox.ghl.requests_by_bucket();
     let started = Instant::now();
-    let mut rss_max = 0;
     while started.elapsed().as_secs_f64() < seconds {
-        rss_max = rss_max.max(status_kb(pid, "VmRSS:").unwrap_or(0));
+        for daemon in &mut daemons {
+            daemon.rss_max = daemon.rss_max.max(status_kb(daemon.pid(), "VmRSS:").unwrap_or(0));
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid) - cpu_before;
+    let cpu: Vec<f64> = daemons.iter().map(|d| cpu_seconds(d.pid()) - d.cpu_before).collect();
+    // A server process that started during the measurement counts whole; one that ended, not.
+    let server: f64 =
+        store.server_cpu().await.iter().map(|(pid, cpu)| cpu - server_before.get(pid).copied().unwrap_or(0.0)).sum();
     let requests_after = sandbox.ghl.requests_by_bucket();
-    let after = scrape(&client, port).await.unwrap_or_default();
-    let hwm = status_kb(pid, "VmHWM:").unwrap_or(0);
-    let (rows, outbox) = stored_rows(&db).await;
-    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
-    let status = daemon.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut daemon.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(status.success(), "the daemon failed: {stderr}");
+    let hwm: Vec<u64> = daemons.iter().map(|d| status_kb(d.pid(), "VmHWM:").unwrap_or(0)).collect();
+    let rss_max: Vec<u64> = daemons.iter().map(|d| d.rss_max).collect();
+    // The store metrics of each replica's writer connection, over the measured seconds.
+    let (mut commits, mut held, mut waited, mut lease_waits) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for daemon in &daemons {
+        let after = scrape(&client, daemon.port).await.unwrap_or_default();
+        let growth = |name: &str, filter: &str| daemon.metric_growth(&after, name, filter);
+        commits.push(growth("ghl_sync_store_writes_total", "outcome=\"committed\"") / elapsed);
+        held.push(growth("ghl_sync_store_write_hold_seconds_sum", "") / elapsed);
+        waited.push(growth("ghl_sync_store_write_wait_seconds_sum", "") / elapsed);
+        // How long lease renewals queued for the writer (a lease is trusted for 2/3 of the TTL
+        // from the start of its renewal).
+        let ticks = growth("ghl_sync_store_write_wait_seconds_count", "purpose=\"lease_tick\"");
+        let wait = growth("ghl_sync_store_write_wait_seconds_sum", "purpose=\"lease_tick\"");
+        lease_waits.push(format!("{ticks:.0} x {:.2} s", if ticks > 0.0 { wait / ticks } else { 0.0 }));
+    }
+    let rows: i64 =
+        store.scalar("SELECT (SELECT COUNT(*) FROM contacts) + (SELECT COUNT(*) FROM children)").await.unwrap_or(0);
+    let outbox: i64 = store.scalar("SELECT COUNT(*) FROM outbox").await.unwrap_or(0);
+    // Live leases per holder, before the clean stops release them (PostgreSQL only: a SQLite
+    // daemon holds every location without lease rows).
+    let leases: Option<String> = if store.is_postgres() {
+        store
+            .scalar(
+                "SELECT COALESCE(string_agg(n::text, '/' ORDER BY n DESC), 'none') FROM (SELECT COUNT(*) AS n \
+                 FROM location_leases WHERE holder IS NOT NULL \
+                 AND expires_at > (extract(epoch FROM now()) * 1000)::bigint GROUP BY holder) AS held",
+            )
+            .await
+    } else {
+        None
+    };
+    let logs: Vec<String> = daemons.into_iter().map(Replica::stop).collect();
     let stats = sandbox.ghl.stats();
     sandbox.stop().await;
 
@@ -767,43 +940,57 @@ async fn locations(count: usize, contacts: usize, seconds: f64, window: Duration
         .collect();
     let total: u64 = per_location.iter().sum();
     let (min, max) = (per_location.iter().copied().min().unwrap_or(0), per_location.iter().copied().max().unwrap_or(0));
-    let commits = metric_sum(&after, "ghl_sync_store_writes_total", "outcome=\"committed\"")
-        - metric_sum(&before, "ghl_sync_store_writes_total", "outcome=\"committed\"");
-    let held = metric_sum(&after, "ghl_sync_store_write_hold_seconds_sum", "")
-        - metric_sum(&before, "ghl_sync_store_write_hold_seconds_sum", "");
-    let waited = metric_sum(&after, "ghl_sync_store_write_wait_seconds_sum", "")
-        - metric_sum(&before, "ghl_sync_store_write_wait_seconds_sum", "");
     let rate = total as f64 / elapsed;
+    let cpu_total: f64 = cpu.iter().sum();
+    let hwm_total: u64 = hwm.iter().sum();
     println!(
-        "locations: {count} locations x {contacts} contacts (tasks+notes), limit 100 per {window:?} per location \
-         (share {}), poll every {poll:?}, max_concurrent_locations {concurrent}; {elapsed:.0} s measured after a \
-         {:.1} s start (seeding {:.1} s)",
+        "locations: {} store, {replicas} replica(s); {count} locations x {contacts} contacts (tasks+notes), limit 100 \
+         per {window:?} per location (share {}), poll every {poll:?}, max_concurrent_locations {concurrent}; \
+         {elapsed:.0} s measured after a {:.1} s start (seeding {:.1} s)",
+        store.name(),
         quota.share,
         startup.as_secs_f64(),
         seeded.as_secs_f64(),
     );
     println!(
         "locations: {total} requests = {rate:.0} req/s of a {ceiling:.0} req/s ceiling ({:.1} %); per location \
-         min {min} max {max} (max/min {}); 429s {}; {} locations with 0 requests",
+         min {min} max {max} (max/min {}); 429s {} (must be 0); {} locations with 0 requests; live leases per \
+         replica at the end {}; lease renewals per replica (count x mean wait for the writer) {}",
         rate / ceiling * 100.0,
         if min == 0 { "inf".to_owned() } else { format!("{:.2}", max as f64 / min as f64) },
         stats.too_many_requests,
         per_location.iter().filter(|n| **n == 0).count() + count.saturating_sub(per_location.len()),
+        leases.as_deref().unwrap_or("n/a (one daemon holds every location)"),
+        if store.is_postgres() { per_replica(lease_waits) } else { "n/a".to_owned() },
     );
     println!(
-        "locations: daemon CPU {:.2} cores ({:.1} ms CPU per location-second); RSS max {:.0} MB, VmHWM {:.0} MB \
-         ({:.2} MB per location); store {:.0} commits/s, write lock held {:.0} % of the time, {:.2} s waited \
-         per s; {:.0} snapshot rows/s ({rows} rows), {outbox} outbox rows",
-        cpu / elapsed,
-        cpu * 1000.0 / (elapsed * count as f64),
-        rss_max as f64 / 1024.0,
-        hwm as f64 / 1024.0,
-        hwm as f64 / 1024.0 / count as f64,
-        commits / elapsed,
-        held / elapsed * 100.0,
-        waited / elapsed,
+        "locations: daemon CPU {:.2} cores in all, per replica {} ({:.1} ms CPU per location-second); \
+         {}; RSS per replica max {} MB, VmHWM {} MB ({:.2} MB per location in all)",
+        cpu_total / elapsed,
+        per_replica(cpu.iter().map(|c| format!("{:.2}", c / elapsed))),
+        cpu_total * 1000.0 / (elapsed * count as f64),
+        if store.is_postgres() {
+            format!("PostgreSQL server processes of these connections {:.2} cores", server / elapsed)
+        } else {
+            "no server process (SQLite)".to_owned()
+        },
+        per_replica(rss_max.iter().map(mb)),
+        per_replica(hwm.iter().map(mb)),
+        hwm_total as f64 / 1024.0 / count as f64,
+    );
+    println!(
+        "locations: store {:.0} commits/s in all (per replica {}), each replica's writer connection held {} % of \
+         the time, {} s waited per s; {:.0} snapshot rows/s ({rows} rows), {outbox} outbox rows",
+        commits.iter().sum::<f64>(),
+        per_replica(commits.iter().map(|c| format!("{c:.0}"))),
+        per_replica(held.iter().map(|h| format!("{:.0}", h * 100.0))),
+        per_replica(waited.iter().map(|w| format!("{w:.2}"))),
         rows as f64 / (elapsed + startup.as_secs_f64()),
     );
+    for (i, log) in logs.iter().enumerate().filter(|(_, log)| !log.is_empty()) {
+        let last = log.lines().last().unwrap_or_default();
+        println!("locations: replica {i} logged {} line(s) at warn or above, the last: {last}", log.lines().count());
+    }
 }
 
 fn main() {
@@ -821,7 +1008,7 @@ fn main() {
         let rounds = if full { env("SYNC_BENCH_ROUNDS", if contacts > HELD_PAGES_UP_TO { 1 } else { 3 }) } else { 1 };
         // `SYNC_BENCH_BACKENDS=sqlite,postgres`: the same section on each store, side by side.
         for backend in env("SYNC_BENCH_BACKENDS", "sqlite".to_owned()).split(',') {
-            runtime.block_on(diff(contacts, rounds, backend.trim() == "postgres"));
+            runtime.block_on(diff(contacts, rounds, backend));
         }
     }
     if sections.contains("backfill") {
@@ -864,8 +1051,19 @@ fn main() {
         let poll = Duration::from_millis(env("SYNC_BENCH_LOCATION_POLL_MS", window.as_millis() as u64 * 6));
         let concurrent =
             env("SYNC_BENCH_CONCURRENT", ghl_sync::config::SyncSettings::default().max_concurrent_locations);
+        let bench =
+            LocationsBench { contacts, seconds, window, poll, concurrent, lease_ttl: env("SYNC_BENCH_LEASE_TTL", 3) };
+        let backends: String = env("SYNC_BENCH_BACKENDS", "sqlite".to_owned());
+        let replica_counts: Vec<usize> =
+            env("SYNC_BENCH_REPLICAS", "1".to_owned()).split(',').filter_map(|s| s.trim().parse().ok()).collect();
         for count in counts.split(',').filter_map(|s| s.trim().parse().ok()) {
-            runtime.block_on(locations(count, contacts, seconds, window, poll, concurrent));
+            for backend in backends.split(',') {
+                // Replicas share a PostgreSQL store; a SQLite file has one daemon (its lock file).
+                let replicas = if backend.trim() == "postgres" { &replica_counts[..] } else { &[1] };
+                for &n in replicas {
+                    runtime.block_on(locations(&bench, count, backend, n));
+                }
+            }
         }
     }
 }
