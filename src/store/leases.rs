@@ -98,7 +98,8 @@ pub async fn tick(
     now: i64,
     terms: LeaseTerms,
 ) -> Result<Tick, StoreError> {
-    let mut tx = store.begin_write("lease_tick").await?;
+    // On the urgent writer: a renewal queued behind page commits could outlast the fence.
+    let mut tx = store.begin_urgent_write("lease_tick").await?;
     let mut conn = tx.conn();
     on_db!(conn.reborrow(), |c| sqlx::query(
         "INSERT INTO replicas (id, host, pid, version, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $5, $6) \
@@ -378,6 +379,25 @@ mod tests {
             let moved: i64 = leases(&store).await.unwrap().iter().map(|l| l.moves).sum();
             assert!(moved >= 25, "moves counted: {moved}");
         }
+    }
+
+    /// A renewal must not queue behind the writer's page commits (a replica whose renewal
+    /// waits past its fence stops polling its own locations): on PostgreSQL it runs on the
+    /// urgent writer while a long write holds the main one.
+    #[tokio::test]
+    async fn a_renewal_does_not_wait_for_a_write_holding_the_main_writer_on_postgres() {
+        let Some((_guard, store)) = crate::store::testing::postgres_store().await else { return };
+        let all = locations(3);
+        let a = replica("a");
+        let held = tick(&store, &a, &all, &[], 0, TERMS).await.unwrap().held;
+        let page_commit = store.begin_write("test: a long page commit").await.unwrap();
+        let renewed =
+            tokio::time::timeout(std::time::Duration::from_secs(2), tick(&store, &a, &all, &held, 1_000, TERMS))
+                .await
+                .expect("the renewal waited for the main writer")
+                .unwrap();
+        assert_eq!(renewed.held, all);
+        page_commit.rollback().await.unwrap();
     }
 
     #[tokio::test]

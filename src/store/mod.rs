@@ -153,12 +153,27 @@ impl<C: sqlx::Connection> Writer<C> {
     fn new(conn: C, options: C::Options) -> Self {
         Self { slot: Mutex::new(WriterSlot { conn: Some(conn), dirty: false }), options }
     }
+
+    /// A writer that connects on first use.
+    fn lazy(options: C::Options) -> Self {
+        Self { slot: Mutex::new(WriterSlot { conn: None, dirty: false }), options }
+    }
 }
 
 enum Backend {
-    Sqlite { read: SqlitePool, writer: Writer<SqliteConnection> },
-    /// `schema`: where the tables live (`current_schema()` at open).
-    Postgres { read: PgPool, writer: Writer<PgConnection>, schema: String },
+    Sqlite {
+        read: SqlitePool,
+        writer: Writer<SqliteConnection>,
+    },
+    /// `schema`: where the tables live (`current_schema()` at open). `urgent`: a second writer
+    /// connection for short writes that must not queue behind page commits (lease renewals:
+    /// a replica whose renewal waits past its fence stops polling its own locations).
+    Postgres {
+        read: PgPool,
+        writer: Writer<PgConnection>,
+        urgent: Writer<PgConnection>,
+        schema: String,
+    },
 }
 
 /// Where the store lives, for messages (a PostgreSQL URL without its credentials).
@@ -413,7 +428,12 @@ impl Store {
         let schema: Option<String> =
             sqlx::query_scalar("SELECT current_schema()").fetch_one(&read).await.map_err(open_error)?;
         let schema = schema.unwrap_or_default();
-        let backend = Backend::Postgres { read, writer: Writer::new(writer_conn, options), schema };
+        let backend = Backend::Postgres {
+            read,
+            urgent: Writer::lazy(options.clone().application_name("ghl-sync urgent")),
+            writer: Writer::new(writer_conn, options),
+            schema,
+        };
         let store = Self::from_backend(backend, Location::Postgres(target));
         store.migrate().await?;
         Ok(store)
@@ -525,7 +545,22 @@ impl Store {
         };
         metrics::histogram!("ghl_sync_store_write_wait_seconds", "purpose" => purpose)
             .record(waited.elapsed().as_secs_f64());
-        self.begin_on(slot, purpose).await
+        self.begin_on(slot, purpose, false).await
+    }
+
+    /// Like [`Store::begin_write`], on PostgreSQL on the urgent writer connection, which no
+    /// page commit holds: for short writes whose delay costs more than their own time (lease
+    /// renewals). SQLite has one writer per database whatever the connection, so there it is
+    /// `begin_write`.
+    pub(in crate::store) async fn begin_urgent_write(&self, purpose: &'static str) -> Result<WriteTx<'_>, StoreError> {
+        let waited = Instant::now();
+        let slot = match &self.inner.backend {
+            Backend::Sqlite { writer, .. } => Db::Sqlite(writer.slot.lock().await),
+            Backend::Postgres { urgent, .. } => Db::Postgres(urgent.slot.lock().await),
+        };
+        metrics::histogram!("ghl_sync_store_write_wait_seconds", "purpose" => purpose)
+            .record(waited.elapsed().as_secs_f64());
+        self.begin_on(slot, purpose, true).await
     }
 
     /// Like [`Store::begin_write`], but gives up with [`StoreError::Busy`] when the writer is
@@ -548,10 +583,16 @@ impl Store {
         };
         metrics::histogram!("ghl_sync_store_write_wait_seconds", "purpose" => purpose)
             .record(waited.elapsed().as_secs_f64());
-        self.begin_on(slot, purpose).await
+        self.begin_on(slot, purpose, false).await
     }
 
-    async fn begin_on<'a>(&'a self, mut slot: SlotGuard<'a>, purpose: &'static str) -> Result<WriteTx<'a>, StoreError> {
+    /// Begins a transaction on `slot`, the writer's (or on PostgreSQL the `urgent` writer's).
+    async fn begin_on<'a>(
+        &'a self,
+        mut slot: SlotGuard<'a>,
+        purpose: &'static str,
+        urgent: bool,
+    ) -> Result<WriteTx<'a>, StoreError> {
         let started = Instant::now();
         let location = &self.inner.location;
         let begun = match (&mut slot, &self.inner.backend) {
@@ -569,7 +610,8 @@ impl Store {
                     Err(error) => Err(error),
                 }
             }
-            (Db::Postgres(slot), Backend::Postgres { writer, .. }) => {
+            (Db::Postgres(slot), Backend::Postgres { writer, urgent: urgent_writer, .. }) => {
+                let writer = if urgent { urgent_writer } else { writer };
                 if slot.dirty {
                     recover(Db::Postgres(&mut **slot)).await;
                 }
@@ -658,10 +700,12 @@ impl Store {
                     let _closed = conn.close().await;
                 }
             }
-            Backend::Postgres { read, writer, .. } => {
+            Backend::Postgres { read, writer, urgent, .. } => {
                 read.close().await;
-                if let Some(conn) = writer.slot.lock().await.conn.take() {
-                    let _closed = conn.close().await;
+                for writer in [writer, urgent] {
+                    if let Some(conn) = writer.slot.lock().await.conn.take() {
+                        let _closed = conn.close().await;
+                    }
                 }
             }
         }
@@ -1170,7 +1214,9 @@ mod tests {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if !name.ends_with(".rs") || ["mod.rs", "db.rs", "testing.rs", "transfer.rs", "planner.rs"].contains(&name.as_str()) {
+            if !name.ends_with(".rs")
+                || ["mod.rs", "db.rs", "testing.rs", "transfer.rs", "planner.rs"].contains(&name.as_str())
+            {
                 continue;
             }
             let text = std::fs::read_to_string(&path).unwrap();

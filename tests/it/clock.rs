@@ -75,8 +75,10 @@ async fn a_clock_step_back_delays_waiting_retries_by_their_backoff_not_the_step_
     sandbox.sink.set_mode("test", SinkMode::Ok);
     // 50 passes 100 ms apart are minutes short of the hour: only the fix drains the rows.
     assert!(drain(&app, &dispatcher, 50).await, "{} rows still wait for the hour", pending(&app).await);
-    let attempts: Vec<i64> =
-        sqlx::query_scalar("SELECT DISTINCT attempts FROM outbox").fetch_all(&crate::helpers::db(&app.store).await).await.unwrap();
+    let attempts: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT attempts FROM outbox")
+        .fetch_all(&crate::helpers::db(&app.store).await)
+        .await
+        .unwrap();
     assert_eq!(attempts, vec![2], "one failed and one good attempt per row");
 
     // Back to the process clock and two hours on: changes that wait to retry are due at once

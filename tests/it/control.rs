@@ -256,7 +256,6 @@ async fn sync_once_delivers_everything_it_queued_and_prints_a_summary_per_connec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_delivery_stores_the_status_and_a_scrubbed_excerpt_of_the_answer() {
-
     let sandbox = start_sandbox(fast_ghl(2)).await;
     let dir = tempfile::tempdir().unwrap();
     let settings = crate::helpers::settings_for(&sandbox, dir.path());
@@ -276,8 +275,10 @@ async fn a_refused_delivery_stores_the_status_and_a_scrubbed_excerpt_of_the_answ
     drop(guard);
     assert!(summary.total().dead > 0, "{summary:?}");
 
-    let reasons: Vec<String> =
-        sqlx::query_scalar("SELECT reason FROM dead_letters").fetch_all(&crate::helpers::db(&app.store).await).await.unwrap();
+    let reasons: Vec<String> = sqlx::query_scalar("SELECT reason FROM dead_letters")
+        .fetch_all(&crate::helpers::db(&app.store).await)
+        .await
+        .unwrap();
     assert!(!reasons.is_empty());
     for reason in &reasons {
         assert!(reason.starts_with("the webhook answered 422 Unprocessable Entity: "), "{reason}");

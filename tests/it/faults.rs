@@ -126,7 +126,8 @@ async fn a_full_disk_fails_the_run_with_a_clear_error_corrupts_nothing_and_the_s
     let dir = tempfile::tempdir().unwrap();
     let app = crate::helpers::app(config(settings_for(&sandbox, dir.path()))).await.unwrap();
     // The disk is full: not one more page fits in the database file.
-    let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&crate::helpers::db(&app.store).await).await.unwrap();
+    let pages: i64 =
+        sqlx::query_scalar("PRAGMA page_count").fetch_one(&crate::helpers::db(&app.store).await).await.unwrap();
     app.store.limit_pages_for_tests(Some(u64::try_from(pages).unwrap())).await.unwrap();
 
     for (location, result) in app.sync_once(None, RUN).await.unwrap() {
@@ -137,9 +138,14 @@ async fn a_full_disk_fails_the_run_with_a_clear_error_corrupts_nothing_and_the_s
     let integrity: String =
         sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&crate::helpers::db(&app.store).await).await.unwrap();
     assert_eq!(integrity, "ok");
-    let contacts: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM contacts").fetch_one(&crate::helpers::db(&app.store).await).await.unwrap();
-    let outbox: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(&crate::helpers::db(&app.store).await).await.unwrap();
+    let contacts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts")
+        .fetch_one(&crate::helpers::db(&app.store).await)
+        .await
+        .unwrap();
+    let outbox: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+        .fetch_one(&crate::helpers::db(&app.store).await)
+        .await
+        .unwrap();
     assert_eq!((contacts, outbox), (0, 0), "no half-committed page");
 
     // Space again: the same daemon resumes and every record arrives exactly once.
@@ -245,7 +251,8 @@ async fn a_read_only_database_stops_the_start_with_exit_1_naming_it_changes_noth
     let (status, stdout, stderr) = wait_with_limit(start(&sync), limit);
     assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
     let store = crate::helpers::open_store(&db).await;
-    let integrity: String = sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&crate::helpers::db(&store).await).await.unwrap();
+    let integrity: String =
+        sqlx::query_scalar("PRAGMA integrity_check").fetch_one(&crate::helpers::db(&store).await).await.unwrap();
     assert_eq!(integrity, "ok");
     store.close().await;
 

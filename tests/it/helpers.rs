@@ -277,7 +277,9 @@ pub async fn eventually(limit: std::time::Duration, mut check: impl FnMut() -> b
 pub async fn raw(store: &ghl_sync::store::Store) -> sqlx::AnyConnection {
     use sqlx::Connection as _;
     sqlx::any::install_default_drivers();
-    sqlx::AnyConnection::connect(&store_url_of(store).await).await.unwrap_or_else(|e| panic!("connecting to the test's store: {e}"))
+    sqlx::AnyConnection::connect(&store_url_of(store).await)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to the test's store: {e}"))
 }
 
 /// Log lines written by a thread-local subscriber (JSON, every level): a current-thread

@@ -279,7 +279,8 @@ async fn identity_answers_only_allow_listed_traits_and_the_same_204_for_every_re
 async fn a_client_over_its_rate_limit_gets_429() {
     let sandbox = sandbox().await;
     let dir = tempfile::tempdir().unwrap();
-    let app = crate::helpers::app(config(settings(&sandbox, dir.path(), |lo| lo.rate_limit_per_minute = 3))).await.unwrap();
+    let app =
+        crate::helpers::app(config(settings(&sandbox, dir.path(), |lo| lo.rate_limit_per_minute = 3))).await.unwrap();
     let (server, stop) = start_server(&app).await;
     let http = reqwest::Client::new();
     let mut statuses = Vec::new();

@@ -240,8 +240,10 @@ async fn out_of_credits_loses_nothing_and_resumes_when_credits_return() {
     assert_eq!(pending(&app, "lusha").await, 12, "everything waits for credits");
     assert_eq!(sandbox.lusha.stats().payment_required, 1, "one 402, then the connector stops");
     assert_eq!(sandbox.lusha.ledger().spent, 0);
-    let dead: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(&crate::helpers::db(&app.store).await).await.unwrap();
+    let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters")
+        .fetch_one(&crate::helpers::db(&app.store).await)
+        .await
+        .unwrap();
     assert_eq!(dead, 0);
     // Stopped: no call at all while the balance is known to be too low.
     let requests = sandbox.lusha.stats().total_requests();
@@ -649,7 +651,10 @@ async fn sixty_new_contacts_are_all_enriched_the_same_day_when_real_spend_leaves
             .await
             .unwrap();
     assert_eq!(waiting, 0, "no contact parked while the real budget had room");
-    let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(&crate::helpers::db(&store).await).await.unwrap();
+    let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters")
+        .fetch_one(&crate::helpers::db(&store).await)
+        .await
+        .unwrap();
     assert_eq!(dead, 0);
     sandbox.stop().await;
 }
@@ -697,8 +702,10 @@ async fn a_daily_cap_used_up_by_real_spend_parks_the_rest_until_the_next_utc_day
     assert_eq!(parked.len() as i64 + enriched, 20, "nothing lost");
     assert!(!parked.is_empty());
     assert!(parked.iter().all(|at| *at >= next_day), "parked until the next UTC day: {parked:?} vs {next_day}");
-    let dead: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(&crate::helpers::db(&app.store).await).await.unwrap();
+    let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters")
+        .fetch_one(&crate::helpers::db(&app.store).await)
+        .await
+        .unwrap();
     assert_eq!(dead, 0);
     // Parked: no more Lusha calls. The other connector delivered everything meanwhile.
     let requests = sandbox.lusha.stats().total_requests();

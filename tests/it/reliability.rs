@@ -227,12 +227,11 @@ async fn trace_level_logs_of_a_sync_with_storms_hold_no_token_secret_or_contact_
 /// A config file for a `ghl-sync` child aimed at the sandbox (PIT locations, fast limits,
 /// one webhook connector `test`, no HTTP server).
 fn child_config(sandbox: &Sandbox, dir: &std::path::Path) -> std::path::PathBuf {
-    let mut text =
-        format!(
-            "[store]\n{}[ghl]\nbase_url = \"{}\"\n",
-            crate::helpers::store_keys(&dir.join("ghl-sync.db")),
-            sandbox.ghl_url()
-        );
+    let mut text = format!(
+        "[store]\n{}[ghl]\nbase_url = \"{}\"\n",
+        crate::helpers::store_keys(&dir.join("ghl-sync.db")),
+        sandbox.ghl_url()
+    );
     for location in sandbox.ghl.locations() {
         text.push_str(&format!("[[ghl.locations]]\nid = \"{}\"\npit = \"{}\"\n", location.id, location.pit));
     }
@@ -300,7 +299,8 @@ async fn kill_9_during_backfill_then_a_clean_run_loses_and_duplicates_nothing() 
 
     let store = crate::helpers::open_store(&db).await;
     assert_exactly_once(&sandbox, &store).await;
-    let contacts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts").fetch_one(&crate::helpers::db(&store).await).await.unwrap();
+    let contacts: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM contacts").fetch_one(&crate::helpers::db(&store).await).await.unwrap();
     assert_eq!(contacts, 1_200);
     sandbox.stop().await;
 }

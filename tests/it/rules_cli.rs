@@ -153,7 +153,8 @@ async fn outbox_rows(dir: &Path) -> i64 {
         return 0;
     }
     let store = crate::helpers::open_store(&path).await;
-    let rows = sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(&crate::helpers::db(&store).await).await.unwrap();
+    let rows =
+        sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(&crate::helpers::db(&store).await).await.unwrap();
     store.close().await;
     rows
 }

@@ -117,7 +117,10 @@ async fn new_rows(app: &App, after_id: i64) -> BTreeMap<(String, String), Vec<St
 /// instead of folding into pending ones, and returns the last row id.
 async fn max_outbox_id(app: &App) -> i64 {
     sqlx::query("UPDATE outbox SET status = 'done'").execute(&mut crate::helpers::raw(&app.store).await).await.unwrap();
-    sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM outbox").fetch_one(&crate::helpers::db(&app.store).await).await.unwrap()
+    sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM outbox")
+        .fetch_one(&crate::helpers::db(&app.store).await)
+        .await
+        .unwrap()
 }
 
 /// Every contact's hash over the fields both read paths carry, from its full (GET) record.
@@ -309,8 +312,10 @@ async fn a_dry_run_writes_nothing_but_reports_what_would_be_delivered() {
         assert_eq!(summary.events.get("contact.created"), Some(&50));
     }
     assert_eq!(outbox_count(&app).await, 0);
-    let contacts: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM contacts").fetch_one(&crate::helpers::db(&app.store).await).await.unwrap();
+    let contacts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts")
+        .fetch_one(&crate::helpers::db(&app.store).await)
+        .await
+        .unwrap();
     assert_eq!(contacts, 0);
     sandbox.stop().await;
 }
@@ -324,8 +329,10 @@ async fn a_malformed_contact_is_set_aside_and_the_rest_flow_on() {
     // of the fake instead: a contact with an id far too long to be real.
     let location = sandbox.ghl.locations()[0].id.clone();
     sync_all(&app).await;
-    let dead: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters").fetch_one(&crate::helpers::db(&app.store).await).await.unwrap();
+    let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters")
+        .fetch_one(&crate::helpers::db(&app.store).await)
+        .await
+        .unwrap();
     assert_eq!(dead, 0);
     let contacts: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contacts WHERE location_id = $1")
         .bind(&location)
