@@ -275,11 +275,18 @@ pub async fn eventually(limit: std::time::Duration, mut check: impl FnMut() -> b
 /// injection (backend-neutral SQL, see [`db`]): the store itself allows writes only through
 /// its own operations.
 pub async fn raw(store: &ghl_sync::store::Store) -> sqlx::AnyConnection {
+    any_connection(&store_url_of(store)).await
+}
+
+/// Like [`raw`], for a store named by the path the test gave it (no `Store` at hand).
+pub async fn raw_at(path: &Path) -> sqlx::AnyConnection {
+    any_connection(&store_url(path)).await
+}
+
+async fn any_connection(url: &str) -> sqlx::AnyConnection {
     use sqlx::Connection as _;
     sqlx::any::install_default_drivers();
-    sqlx::AnyConnection::connect(&store_url_of(store).await)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to the test's store: {e}"))
+    sqlx::AnyConnection::connect(url).await.unwrap_or_else(|e| panic!("connecting to the test's store: {e}"))
 }
 
 /// Log lines written by a thread-local subscriber (JSON, every level): a current-thread
@@ -490,11 +497,11 @@ pub fn wait_for_store(path: &Path, limit: Duration) {
 /// A connection pool of its own on the test's store, read-write, for inspection and fault
 /// injection with backend-neutral SQL (`$1` parameters). One connection; dropped with the pool.
 pub async fn db(store: &ghl_sync::store::Store) -> sqlx::AnyPool {
-    any_pool(&store_url_of(store).await).await
+    any_pool(&store_url_of(store)).await
 }
 
 /// The URL of an open store (its location shows no PostgreSQL schema: it is asked).
-async fn store_url_of(store: &ghl_sync::store::Store) -> String {
+fn store_url_of(store: &ghl_sync::store::Store) -> String {
     match store.location() {
         ghl_sync::store::Location::Sqlite(path) => format!("sqlite://{}", path.to_str().unwrap()),
         ghl_sync::store::Location::Postgres(_) => {
@@ -515,4 +522,44 @@ async fn any_pool(url: &str) -> sqlx::AnyPool {
         .connect(url)
         .await
         .unwrap_or_else(|e| panic!("inspecting the test's store: {e}"))
+}
+
+/// The rule "tests name their store only through these helpers" (so the PostgreSQL pass runs
+/// every test on PostgreSQL): no test file opens a store, names a database file or reads the
+/// SQLite pool by itself, except the files about one backend or about moving between them.
+#[test]
+fn tests_name_their_store_only_through_the_helpers() {
+    const ABOUT_A_BACKEND: [&str; 6] = [
+        "helpers.rs",
+        "postgres.rs",       // the daemon on a PostgreSQL URL of its own
+        "replicas.rs",       // replicas sharing one PostgreSQL store
+        "replica_tokens.rs", // refresh across replicas on PostgreSQL
+        "replica_outbox.rs", // outbox claims of two PostgreSQL handles
+        "store_migrate.rs",  // SQLite into PostgreSQL
+    ];
+    let needles = [
+        "read_pool()",
+        "SqliteConnection",
+        "Store::connect(",
+        "Store::connect_postgres(",
+        "store.path = Some",
+        "\\npath = ",
+    ];
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it");
+    let mut offenders = Vec::new();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.ends_with(".rs") || ABOUT_A_BACKEND.contains(&name.as_str()) {
+            continue;
+        }
+        checked += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            offenders.extend(needles.iter().filter(|n| line.contains(*n)).map(|n| format!("{name}:{}: {n}", i + 1)));
+        }
+    }
+    assert!(checked > 25, "the walk found the test files ({checked})");
+    assert!(offenders.is_empty(), "tests naming their store by themselves: {offenders:?}");
 }

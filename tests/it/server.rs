@@ -387,8 +387,8 @@ async fn a_webhook_the_store_cannot_take_in_time_is_answered_429_never_5xx_and_i
     use sqlx::Connection as _;
     let server = TestServer::start(false).await;
     let path = server._dir.path().join("ghl-sync.db");
-    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut other).await.unwrap();
+    let mut other = crate::helpers::raw_at(&path).await;
+    crate::helpers::hold_write_lock(&mut other, "webhook_inbox").await;
     let body = event("ContactUpdate", "wh-locked-1", "contact-locked");
     let response = server
         .http
@@ -432,7 +432,7 @@ async fn readyz_says_the_store_cannot_write_until_a_write_succeeds_again() {
     }];
     let config = Config::from_settings(settings).unwrap();
     let configured = ghl_sync::cli::status::configured_locations(&config);
-    let store = Store::connect(&path, Duration::from_millis(100)).await.unwrap();
+    let store = crate::helpers::open_store_waiting(&path, Duration::from_millis(100)).await;
     ghl_sync::store::locations::register_configured(&store, &configured).await.unwrap();
     let state = ServerState::new(store.clone(), Arc::new(config), Arc::new(Notify::new()), server::install_metrics());
     let stop = CancellationToken::new();
@@ -445,8 +445,8 @@ async fn readyz_says_the_store_cannot_write_until_a_write_succeeds_again() {
     assert_eq!(readyz().await.0, 200);
 
     // Another process takes the write lock and keeps it.
-    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.unwrap();
-    sqlx::query("BEGIN IMMEDIATE").execute(&mut other).await.unwrap();
+    let mut other = crate::helpers::raw_at(&path).await;
+    crate::helpers::hold_write_lock(&mut other, "webhook_inbox").await;
     let failed = ghl_sync::store::locations::register_configured(&store, &configured).await;
     assert!(failed.is_err(), "the write should time out on the lock");
     let (status, body) = readyz().await;
