@@ -171,7 +171,7 @@ enum Backend {
     Postgres {
         read: PgPool,
         writer: Writer<PgConnection>,
-        urgent: Writer<PgConnection>,
+        urgent: Box<Writer<PgConnection>>,
         schema: String,
     },
 }
@@ -430,7 +430,7 @@ impl Store {
         let schema = schema.unwrap_or_default();
         let backend = Backend::Postgres {
             read,
-            urgent: Writer::lazy(options.clone().application_name("ghl-sync urgent")),
+            urgent: Box::new(Writer::lazy(options.clone().application_name("ghl-sync urgent"))),
             writer: Writer::new(writer_conn, options),
             schema,
         };
@@ -611,7 +611,7 @@ impl Store {
                 }
             }
             (Db::Postgres(slot), Backend::Postgres { writer, urgent: urgent_writer, .. }) => {
-                let writer = if urgent { urgent_writer } else { writer };
+                let writer = if urgent { &**urgent_writer } else { writer };
                 if slot.dirty {
                     recover(Db::Postgres(&mut **slot)).await;
                 }
@@ -702,7 +702,7 @@ impl Store {
             }
             Backend::Postgres { read, writer, urgent, .. } => {
                 read.close().await;
-                for writer in [writer, urgent] {
+                for writer in [writer, &**urgent] {
                     if let Some(conn) = writer.slot.lock().await.conn.take() {
                         let _closed = conn.close().await;
                     }

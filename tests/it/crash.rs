@@ -252,7 +252,7 @@ pub(crate) const MASTER_KEY: &str = "6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6
 pub(crate) async fn install_oauth(sandbox: &Sandbox, db: &Path) {
     use ghl_sync::config::{Config, Secret, Settings};
     let mut settings = Settings::default();
-    crate::helpers::set_store(&mut settings, &db.to_owned());
+    crate::helpers::set_store(&mut settings, db);
     settings.store.master_key = Some(Secret::new(MASTER_KEY.to_owned()));
     settings.ghl.base_url = sandbox.ghl_url();
     settings.ghl.oauth = Some(crate::helpers::oauth_settings(sandbox, "http://127.0.0.1:9/oauth/callback"));

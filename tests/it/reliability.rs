@@ -37,7 +37,7 @@ pub(crate) fn expected(sandbox: &Sandbox) -> BTreeSet<(String, String)> {
 pub(crate) async fn outbox(store: &Store) -> BTreeMap<(String, String), Vec<String>> {
     let rows: Vec<(String, String, String)> =
         sqlx::query_as("SELECT entity, entity_id, operation FROM outbox WHERE connector = 'webhook.test' ORDER BY id")
-            .fetch_all(&crate::helpers::db(&store).await)
+            .fetch_all(&crate::helpers::db(store).await)
             .await
             .unwrap();
     let mut map: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();

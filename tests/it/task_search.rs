@@ -62,7 +62,7 @@ async fn build(sandbox: &Sandbox, dir: &Path, pit: Option<String>) -> App {
 /// Task id → stored hash (hex).
 async fn task_hashes(store: &Store) -> BTreeMap<String, String> {
     let rows: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT child_id, hash FROM children WHERE kind = 'task'")
-        .fetch_all(&crate::helpers::db(&store).await)
+        .fetch_all(&crate::helpers::db(store).await)
         .await
         .unwrap();
     rows.into_iter().map(|(id, hash)| (id, hash.iter().map(|b| format!("{b:02x}")).collect())).collect()
