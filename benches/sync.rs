@@ -20,7 +20,8 @@
 //! - `rss`: peak RSS (VmHWM) of a real `ghl-sync sync --once` child process syncing a large
 //!   location (`SYNC_BENCH_RSS`, default `100000,1000000` contacts, tasks/notes off) from a
 //!   sandbox in another child process (this binary re-executed), so the fake's memory is not
-//!   counted. `SYNC_BENCH_DAEMON` runs another build of `ghl-sync` instead of this one's.
+//!   counted. `SYNC_BENCH_DAEMON` runs another build of `ghl-sync` instead of this one's (here
+//!   and in `locations`).
 //! - `latency`: the full daemon (`App::run_until_stopped`, HTTP server, dispatcher) — from a
 //!   GHL change (the fake emits its signed webhook) to the delivery at the webhook sink,
 //!   p50/p99, driven by webhook hints, then without webhooks (poll every
@@ -66,6 +67,12 @@ use ghl_sync_sandbox::{Sandbox, SandboxOptions};
 use tokio_util::sync::CancellationToken;
 
 const CHILD_ENV: &str = "GHL_SYNC_BENCH_SANDBOX_CONTACTS";
+
+/// The `ghl-sync` binary the `rss` and `locations` sections run: `SYNC_BENCH_DAEMON` names
+/// another build (a before/after run of the same bench), default this one's.
+fn daemon_bin() -> String {
+    std::env::var("SYNC_BENCH_DAEMON").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ghl-sync").to_owned())
+}
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -476,9 +483,7 @@ fn rss(contacts: usize) {
     let path = dir.path().join("ghl-sync.toml");
     std::fs::write(&path, text).unwrap();
     let started = Instant::now();
-    // `SYNC_BENCH_DAEMON`: another build of the daemon (a before/after run of the same bench).
-    let daemon_bin = std::env::var("SYNC_BENCH_DAEMON").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ghl-sync").to_owned());
-    let mut daemon = daemon_command(&daemon_bin, &path, "sync", &["--once"]).spawn().unwrap();
+    let mut daemon = daemon_command(&daemon_bin(), &path, "sync", &["--once"]).spawn().unwrap();
     let pid = daemon.id();
     let (mut hwm, mut rss_max) = (0, 0);
     let status = loop {
@@ -777,7 +782,7 @@ impl Replica {
     /// listener on a port of its own (`GHL_SYNC__SERVER__LISTEN`).
     fn spawn(path: &Path, log: PathBuf) -> Self {
         let port = free_port();
-        let daemon = daemon_command(env!("CARGO_BIN_EXE_ghl-sync"), path, "run", &[])
+        let daemon = daemon_command(&daemon_bin(), path, "run", &[])
             .env("GHL_SYNC__SERVER__LISTEN", format!("127.0.0.1:{port}"))
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -946,11 +951,12 @@ async fn locations(bench: &LocationsBench, count: usize, backend: &str, replicas
     println!(
         "locations: {} store, {replicas} replica(s); {count} locations x {contacts} contacts (tasks+notes), limit 100 \
          per {window:?} per location (share {}), poll every {poll:?}, max_concurrent_locations {concurrent}; \
-         {elapsed:.0} s measured after a {:.1} s start (seeding {:.1} s)",
+         {elapsed:.0} s measured after a {:.1} s start (seeding {:.1} s); daemon {}",
         store.name(),
         quota.share,
         startup.as_secs_f64(),
         seeded.as_secs_f64(),
+        daemon_bin(),
     );
     println!(
         "locations: {total} requests = {rate:.0} req/s of a {ceiling:.0} req/s ceiling ({:.1} %); per location \
