@@ -538,14 +538,7 @@ impl Store {
     /// Starts a write transaction on the one writer connection, waiting in line (FIFO) for
     /// it. `purpose` labels metrics and slow-write warnings.
     pub(in crate::store) async fn begin_write(&self, purpose: &'static str) -> Result<WriteTx<'_>, StoreError> {
-        let waited = Instant::now();
-        let slot = match &self.inner.backend {
-            Backend::Sqlite { writer, .. } => Db::Sqlite(writer.slot.lock().await),
-            Backend::Postgres { writer, .. } => Db::Postgres(writer.slot.lock().await),
-        };
-        metrics::histogram!("ghl_sync_store_write_wait_seconds", "purpose" => purpose)
-            .record(waited.elapsed().as_secs_f64());
-        self.begin_on(slot, purpose, false).await
+        self.begin_lane(purpose, false).await
     }
 
     /// Like [`Store::begin_write`], on PostgreSQL on the urgent writer connection, which no
@@ -553,14 +546,21 @@ impl Store {
     /// renewals). SQLite has one writer per database whatever the connection, so there it is
     /// `begin_write`.
     pub(in crate::store) async fn begin_urgent_write(&self, purpose: &'static str) -> Result<WriteTx<'_>, StoreError> {
+        self.begin_lane(purpose, true).await
+    }
+
+    /// Waits for the writer (on PostgreSQL the `urgent` one when asked) and begins.
+    async fn begin_lane(&self, purpose: &'static str, urgent: bool) -> Result<WriteTx<'_>, StoreError> {
         let waited = Instant::now();
         let slot = match &self.inner.backend {
             Backend::Sqlite { writer, .. } => Db::Sqlite(writer.slot.lock().await),
-            Backend::Postgres { urgent, .. } => Db::Postgres(urgent.slot.lock().await),
+            Backend::Postgres { writer, urgent: side, .. } => {
+                Db::Postgres(if urgent { &**side } else { writer }.slot.lock().await)
+            }
         };
         metrics::histogram!("ghl_sync_store_write_wait_seconds", "purpose" => purpose)
             .record(waited.elapsed().as_secs_f64());
-        self.begin_on(slot, purpose, true).await
+        self.begin_on(slot, purpose, urgent).await
     }
 
     /// Like [`Store::begin_write`], but gives up with [`StoreError::Busy`] when the writer is
