@@ -261,11 +261,13 @@ impl WriteTx<'_> {
     /// Commits. On failure the transaction is rolled back (or the connection replaced) so
     /// the next writer starts clean, and the error is returned.
     pub(crate) async fn commit(mut self) -> Result<(), StoreError> {
-        self.finished = true;
         let result = on_db!(slot_mut(&mut self.slot), |slot| match slot.conn.as_mut() {
             Some(conn) => sqlx::query("COMMIT").execute(conn).await.map(|_| ()),
             None => Ok(()),
         });
+        // Only now: a commit cancelled while `COMMIT` is on the wire drops this transaction
+        // unfinished, which marks the slot for a rollback by the next writer.
+        self.finished = true;
         match result {
             Ok(()) => {
                 record(self.health, self.purpose, self.started, None);
@@ -282,11 +284,12 @@ impl WriteTx<'_> {
 
     /// Rolls back (a dry run, or a decision to write nothing).
     pub(crate) async fn rollback(mut self) -> Result<(), StoreError> {
-        self.finished = true;
         let failed = on_db!(slot_mut(&mut self.slot), |slot| match slot.conn.as_mut() {
             Some(conn) => sqlx::query("ROLLBACK").execute(conn).await.is_err(),
             None => false,
         });
+        // As in `commit`: finished only once the rollback has answered.
+        self.finished = true;
         if failed {
             recover(slot_mut(&mut self.slot)).await;
         }
@@ -316,8 +319,13 @@ impl Drop for WriteTx<'_> {
 /// Brings the writer connection back to "no transaction": a rollback, else a new connection.
 async fn recover(slot: SlotMut<'_>) {
     on_db!(slot, |slot| {
-        slot.dirty = false;
-        let Some(conn) = slot.conn.as_mut() else { return };
+        // Clean only once the rollback has answered: a recovery cancelled half-way must not
+        // let the next writer commit what is left of an abandoned transaction.
+        slot.dirty = true;
+        let Some(conn) = slot.conn.as_mut() else {
+            slot.dirty = false;
+            return;
+        };
         match sqlx::query("ROLLBACK").execute(&mut *conn).await {
             Ok(_) => {}
             // "cannot rollback - no transaction is active": already clean.
@@ -329,6 +337,7 @@ async fn recover(slot: SlotMut<'_>) {
                 }
             }
         }
+        slot.dirty = false;
     })
 }
 
