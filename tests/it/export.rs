@@ -162,14 +162,7 @@ async fn both_formats_hold_every_contact_once_and_csv_escapes_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missed_slot_is_caught_up_at_start_and_old_exports_are_rotated() {
     let sandbox = start_sandbox(fast_ghl(30)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = crate::helpers::app(config(settings_for(&sandbox, dir.path()))).await.unwrap();
-    for (location, result) in app.sync_once(None, RunOptions { dry_run: false, skip_sweep: true }).await.unwrap() {
-        result.unwrap_or_else(|e| panic!("sync of {location} failed: {e}"));
-    }
-    let exports = dir.path().join("exports");
-    std::fs::create_dir_all(&exports).unwrap();
-    let locations: Vec<String> = sandbox.ghl.locations().into_iter().map(|l| l.id).collect();
+    let (_dir, app, exports, locations) = synced_with_an_exports_directory(&sandbox).await;
     // Two old exports of the first location: a nightly slot has passed since, so it is due.
     for stamp in ["20000101T030000Z", "20000102T030000Z"] {
         std::fs::write(exports.join(format!("contacts-{}-{stamp}.csv", locations[0])), "old").unwrap();
@@ -214,14 +207,7 @@ async fn a_missed_slot_is_caught_up_at_start_and_old_exports_are_rotated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_exports_cover_only_the_locations_this_daemon_holds() {
     let sandbox = start_sandbox(fast_ghl(10)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let app = crate::helpers::app(config(settings_for(&sandbox, dir.path()))).await.unwrap();
-    for (location, result) in app.sync_once(None, RunOptions { dry_run: false, skip_sweep: true }).await.unwrap() {
-        result.unwrap_or_else(|e| panic!("sync of {location} failed: {e}"));
-    }
-    let exports = dir.path().join("exports");
-    std::fs::create_dir_all(&exports).unwrap();
-    let locations: Vec<String> = sandbox.ghl.locations().into_iter().map(|l| l.id).collect();
+    let (_dir, app, exports, locations) = synced_with_an_exports_directory(&sandbox).await;
     assert!(locations.len() >= 2);
     // Both locations are due (an export older than the last slot).
     for location in &locations[..2] {
@@ -252,4 +238,20 @@ async fn scheduled_exports_cover_only_the_locations_this_daemon_holds() {
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(5), task).await.unwrap().unwrap();
     assert_eq!(list_exports(&exports, &locations[0]).unwrap().len(), 1, "a location held elsewhere is not exported");
+}
+
+/// A daemon whose store holds every sandbox location (one pass), an empty `exports/` directory
+/// next to its store, and the sandbox's location ids.
+async fn synced_with_an_exports_directory(
+    sandbox: &ghl_sync_sandbox::Sandbox,
+) -> (tempfile::TempDir, ghl_sync::app::App, std::path::PathBuf, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let app = crate::helpers::app(config(settings_for(sandbox, dir.path()))).await.unwrap();
+    for (location, result) in app.sync_once(None, RunOptions { dry_run: false, skip_sweep: true }).await.unwrap() {
+        result.unwrap_or_else(|e| panic!("sync of {location} failed: {e}"));
+    }
+    let exports = dir.path().join("exports");
+    std::fs::create_dir_all(&exports).unwrap();
+    let locations = sandbox.ghl.locations().into_iter().map(|l| l.id).collect();
+    (dir, app, exports, locations)
 }
