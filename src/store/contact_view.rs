@@ -11,6 +11,7 @@
 use serde_json::Value;
 
 use super::db::{Conn, Db, on_db};
+use super::snapshot::with_locations_holding_contacts;
 use super::{Store, StoreError, codec};
 
 /// Everything about one contact id; [`ContactView::is_empty`] when the store has nothing.
@@ -139,16 +140,17 @@ async fn read_on(mut conn: Conn<'_>, id: &str) -> Result<ContactView, StoreError
     })
 }
 
+/// Every stored row of contact `$1`, in location order.
+pub(super) const SNAPSHOTS: &str = with_locations_holding_contacts!(
+    "SELECT c.location_id, c.record, c.date_updated_ms, c.children_synced_at, c.first_seen_at, c.updated_at \
+     FROM held JOIN contacts c ON c.location_id = held.location_id WHERE c.contact_id = $1 \
+     ORDER BY c.location_id"
+);
+
 type SnapshotTuple = (String, Vec<u8>, Option<i64>, Option<i64>, i64, i64);
 
 async fn snapshots(mut conn: Conn<'_>, id: &str) -> Result<Vec<ContactSnapshot>, StoreError> {
-    let rows: Vec<SnapshotTuple> = on_db!(conn.reborrow(), |c| sqlx::query_as(
-        "SELECT location_id, record, date_updated_ms, children_synced_at, first_seen_at, updated_at \
-         FROM contacts WHERE contact_id = $1 ORDER BY location_id",
-    )
-    .bind(id)
-    .fetch_all(c)
-    .await)?;
+    let rows: Vec<SnapshotTuple> = on_db!(conn.reborrow(), |c| sqlx::query_as(SNAPSHOTS).bind(id).fetch_all(c).await)?;
     let mut out = Vec::with_capacity(rows.len());
     for (location_id, record, date_updated_ms, children_synced_at, first_seen_at, updated_at) in rows {
         let children: Vec<(String, String, Vec<u8>, i64)> = on_db!(conn.reborrow(), |c| sqlx::query_as(

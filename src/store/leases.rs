@@ -19,7 +19,7 @@
 //! - Times are the callers' epoch ms ([`super::now_ms`]): replicas' clocks must agree to well
 //!   within the drain (NTP does; docs/scaling.md says so).
 
-use super::db::{Conn, json_list, json_values, on_db, rows};
+use super::db::{Conn, for_backend, json_list, json_values, on_db, rows};
 use super::{Store, StoreError};
 
 /// The replica calling [`tick`]: its row in `replicas`.
@@ -124,7 +124,8 @@ pub async fn tick(
             "INSERT INTO location_leases (location_id) VALUES {} ON CONFLICT (location_id) DO NOTHING",
             rows(0, chunk.len(), 1)
         );
-        on_db!(conn.reborrow(), |c| {
+        on_db!(conn.reborrow(), |c, pg| {
+            let sql = for_backend(pg, &sql);
             let mut query = sqlx::query(&sql);
             for location in chunk {
                 query = query.bind(location);

@@ -11,17 +11,20 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::db::on_db;
+use super::snapshot::with_locations_holding_contacts;
 use super::{Store, StoreError, codec};
+
+/// The newest stored row of contact `$1`, in any location.
+pub(super) const FIND_CONTACT: &str = with_locations_holding_contacts!(
+    "SELECT c.location_id, c.record FROM held JOIN contacts c ON c.location_id = held.location_id \
+     WHERE c.contact_id = $1 ORDER BY c.updated_at DESC LIMIT 1"
+);
 
 /// The stored contact an identity token names, in whichever location holds it (GHL contact
 /// ids are unique across locations). `None`: unknown or deleted.
 pub async fn find_contact(store: &Store, contact_id: &str) -> Result<Option<(String, Value)>, StoreError> {
-    let row: Option<(String, Vec<u8>)> = on_db!(store.db(), |pool| sqlx::query_as(
-        "SELECT location_id, record FROM contacts WHERE contact_id = $1 ORDER BY updated_at DESC LIMIT 1",
-    )
-    .bind(contact_id)
-    .fetch_optional(pool)
-    .await)?;
+    let row: Option<(String, Vec<u8>)> =
+        on_db!(store.db(), |pool| sqlx::query_as(FIND_CONTACT).bind(contact_id).fetch_optional(pool).await)?;
     match row {
         Some((location, blob)) => Ok(Some((location, codec::unpack(&blob)?))),
         None => Ok(None),

@@ -252,7 +252,8 @@ pub async fn contacts_enriched_as(store: &Store, lusha_ids: &[&str]) -> Result<V
          ORDER BY location_id, contact_id",
         db::params(0, ids.len())
     );
-    Ok(on_db!(store.db(), |pool| {
+    Ok(on_db!(store.db(), |pool, pg| {
+        let sql = db::for_backend(pg, &sql);
         let mut query = sqlx::query_as::<_, (String, String)>(&sql);
         for id in &ids {
             query = query.bind(*id);
@@ -272,7 +273,8 @@ pub async fn known_leads(store: &Store, location: &str, ids: &[String]) -> Resul
             "SELECT lead_id FROM lusha_leads WHERE location_id = $1 AND lead_id IN ({})",
             db::params(1, chunk.len())
         );
-        known.extend(on_db!(store.db(), |pool| {
+        known.extend(on_db!(store.db(), |pool, pg| {
+            let sql = db::for_backend(pg, &sql);
             let mut query = sqlx::query_scalar::<_, String>(&sql).bind(location);
             for id in chunk {
                 query = query.bind(id);

@@ -991,6 +991,137 @@ mod tests {
         assert_eq!(fk, 1);
     }
 
+    /// Rows of contacts in three locations, one id held by two of them (written `updated_at`
+    /// apart so the newest is known), and a fourth location with other ids.
+    async fn contacts_in_locations(store: &Store) {
+        for (location, id, updated) in
+            [("loc_a", "c1", 1), ("loc_b", "c1", 3), ("loc_b", "c2", 2), ("loc_c", "c3", 2), ("loc_d", "c4", 2)]
+        {
+            let mut tx = store.begin_write("test").await.unwrap();
+            on_db!(tx.conn(), |c| sqlx::query(
+                "INSERT INTO contacts (location_id, contact_id, hash, record, first_seen_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, 0, $5)"
+            )
+            .bind(location)
+            .bind(id)
+            .bind(vec![0_u8; 32])
+            .bind(codec::pack(&serde_json::json!({ "id": id })))
+            .bind(updated)
+            .execute(c)
+            .await
+            .map(|done| done.rows_affected()))
+            .unwrap();
+            tx.commit().await.unwrap();
+        }
+    }
+
+    /// The lookups by contact id alone (`snapshot::with_locations_holding_contacts`) find a
+    /// contact in whichever location holds it, on both backends, and on SQLite never scan
+    /// `contacts`: every access to it is a search of its key (the plan), so dropping the index
+    /// on `contact_id` (migration 0015) did not make them scans.
+    #[tokio::test]
+    async fn lookups_by_contact_id_alone_seek_the_key_index() {
+        for (_guard, store) in testing::stores().await {
+            contacts_in_locations(&store).await;
+            let found = lucky_orange::find_contact(&store, "c1").await.unwrap().map(|(location, _)| location);
+            assert_eq!(found.as_deref(), Some("loc_b"), "the newest of the two rows");
+            assert_eq!(lucky_orange::find_contact(&store, "c3").await.unwrap().unwrap().0, "loc_c");
+            assert!(lucky_orange::find_contact(&store, "nobody").await.unwrap().is_none());
+            for (sql, expect) in [(lucky_orange::FIND_CONTACT, 1), (contact_view::SNAPSHOTS, 2)] {
+                let rows: Vec<(String,)> =
+                    on_db!(store.db(), |p| sqlx::query_as(sql).bind("c1").fetch_all(p).await).unwrap();
+                assert_eq!(rows.len(), expect, "{sql}");
+            }
+            if store.is_postgres() {
+                continue;
+            }
+            for sql in [lucky_orange::FIND_CONTACT, contact_view::SNAPSHOTS] {
+                let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}"))
+                    .bind("c1")
+                    .fetch_all(store.read_pool())
+                    .await
+                    .unwrap();
+                let steps: Vec<&str> = plan.iter().map(|(_, _, _, detail)| detail.as_str()).collect();
+                let searches = steps.iter().filter(|d| d.starts_with("SEARCH") && d.contains("INDEX")).count();
+                assert!(searches >= 3, "the key searched for the first, next and wanted rows: {steps:?}");
+                let scans: Vec<&&str> = steps.iter().filter(|d| d.starts_with("SCAN") && **d != "SCAN held").collect();
+                assert!(scans.is_empty(), "a scan of contacts: {scans:?} in {steps:?}");
+            }
+        }
+    }
+
+    /// Migration 0015 rebuilds SQLite's `contacts` as a rowid table: every row and column
+    /// survives, the table is no longer WITHOUT ROWID, and the index on `contact_id` is gone.
+    #[tokio::test]
+    async fn the_contacts_rebuild_keeps_every_row_and_column() {
+        use std::borrow::Cow;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let columns = "location_id, contact_id, hash, record, date_updated_ms, children_synced_at, \
+                       first_seen_at, updated_at, revision, children_due_at";
+        type Row = (String, String, Vec<u8>, Vec<u8>, Option<i64>, Option<i64>, i64, i64, i64, Option<i64>);
+        let before: Vec<Row> = {
+            let options = SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+            let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+            let old = sqlx::migrate::Migrator {
+                migrations: Cow::Owned(MIGRATOR.iter().filter(|m| m.version < 15).cloned().collect()),
+                ..sqlx::migrate::Migrator::DEFAULT
+            };
+            old.run(&pool).await.unwrap();
+            let shape: String = sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = 'contacts'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            assert!(shape.contains("WITHOUT ROWID"), "{shape}");
+            for i in 0..300_i64 {
+                sqlx::query(&format!(
+                    "INSERT INTO contacts ({columns}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                ))
+                .bind(format!("loc_{}", i % 3))
+                .bind(format!("c{i:04}"))
+                .bind(vec![u8::try_from(i % 256).unwrap(); 32])
+                .bind(codec::pack(&serde_json::json!({ "id": i, "pad": "x".repeat(600) })))
+                .bind((i % 2 == 0).then_some(i * 1_000))
+                .bind((i % 5 == 0).then_some(i))
+                .bind(i)
+                .bind(i + 1)
+                .bind(i % 4)
+                .bind((i % 3 == 0).then_some(i + 2))
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+            let rows = sqlx::query_as(&format!("SELECT {columns} FROM contacts ORDER BY location_id, contact_id"))
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            rows
+        };
+        let store = Store::connect(&path, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(store.schema_version().await.unwrap(), MIGRATOR.iter().map(|m| m.version).max().unwrap());
+        let after: Vec<Row> =
+            sqlx::query_as(&format!("SELECT {columns} FROM contacts ORDER BY location_id, contact_id"))
+                .fetch_all(store.read_pool())
+                .await
+                .unwrap();
+        assert_eq!(after.len(), 300);
+        assert!(before == after, "rows changed by the rebuild");
+        let shape: String = sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = 'contacts'")
+            .fetch_one(store.read_pool())
+            .await
+            .unwrap();
+        assert!(!shape.contains("WITHOUT ROWID"), "{shape}");
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'contacts' ORDER BY name",
+        )
+        .fetch_all(store.read_pool())
+        .await
+        .unwrap();
+        assert_eq!(indexes, ["contacts_children_due_recent", "sqlite_autoindex_contacts_1"]);
+        assert_eq!(lucky_orange::find_contact(&store, "c0007").await.unwrap().unwrap().0, "loc_1");
+    }
+
     /// Both backends' migrations must describe the same tables and columns at the same
     /// schema version: a migration added to one directory only fails here.
     #[tokio::test]

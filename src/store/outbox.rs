@@ -160,7 +160,8 @@ async fn insert_rows(mut conn: Conn<'_>, rows: &[(NewChange<'_>, String)], now: 
             "INSERT INTO outbox (connector, location_id, entity, entity_id, contact_id, operation, record, content_hash, \
              revision, idempotency_key, status, attempts, next_attempt_at, changed_at, created_at, updated_at) VALUES {values}"
         );
-        on_db!(conn.reborrow(), |c| {
+        on_db!(conn.reborrow(), |c, pg| {
+            let sql = db::for_backend(pg, &sql);
             let mut query = sqlx::query(&sql);
             for (change, key) in chunk {
                 query = query
@@ -231,7 +232,8 @@ async fn enqueue_round(
                 "SELECT entity_id, id, operation FROM outbox WHERE connector = $1 AND entity = $2 AND status = 'pending' \
                  AND entity_id IN ({placeholders}) ORDER BY id"
             );
-            let rows: Vec<(String, i64, String)> = on_db!(conn.reborrow(), |c| {
+            let rows: Vec<(String, i64, String)> = on_db!(conn.reborrow(), |c, pg| {
+                let sql = db::for_backend(pg, &sql);
                 let mut query = sqlx::query_as(&sql).bind(*connector).bind(entity.as_str());
                 for id in chunk {
                     query = query.bind(*id);
@@ -472,6 +474,7 @@ pub async fn claim(
                  RETURNING {ROW_COLUMNS}",
                 db::params(5, candidates.len())
             );
+            let sql = db::for_backend(pg, &sql);
             let mut query =
                 sqlx::query_as(&sql).bind(claim.claimer).bind(until).bind(due_by).bind(claim.now).bind(need);
             for id in &candidates {
@@ -538,7 +541,8 @@ pub async fn renew_claims(store: &Store, claimer: &str, ids: &[i64], until: i64)
             "UPDATE outbox SET claimed_until = $1 WHERE claimed_by = $2 AND status = 'pending' AND id IN ({})",
             db::params(2, chunk.len())
         );
-        renewed += on_db!(tx.conn(), |c| {
+        renewed += on_db!(tx.conn(), |c, pg| {
+            let sql = db::for_backend(pg, &sql);
             let mut query = sqlx::query(&sql).bind(until).bind(claimer);
             for id in chunk {
                 query = query.bind(*id);
@@ -570,7 +574,8 @@ async fn release_in(conn: Conn<'_>, claimer: &str, ids: &[i64]) -> Result<u64, S
         "UPDATE outbox SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = $1 AND id IN ({})",
         db::params(1, ids.len())
     );
-    Ok(on_db!(conn, |c| {
+    Ok(on_db!(conn, |c, pg| {
+        let sql = db::for_backend(pg, &sql);
         let mut query = sqlx::query(&sql).bind(claimer);
         for id in ids {
             query = query.bind(*id);

@@ -21,6 +21,26 @@ use crate::domain::normalize::{Hash, ReadPath, contact_hash, fill_from_snapshot,
 use crate::domain::{EntityKind, Operation, Subscriber, event_type, idempotency_key};
 use crate::rules::{EVENTS_CONNECTOR, RuleEvent};
 
+/// `$select`, a `SELECT … FROM held JOIN contacts c ON c.location_id = held.location_id …`,
+/// behind the CTE `held`: every location that holds contacts, found by a loose index scan of
+/// the contacts key (one seek per location). The lookups of a contact by id alone, in
+/// whichever location holds it, go through it: there is no index on `contact_id` alone, so
+/// that a new contact writes one random-key leaf (its key) and not two (migration 0015).
+/// Joining `held` keeps every such lookup a few index seeks per stored location instead of a
+/// scan of the table; `store::tests::lookups_by_contact_id_alone_seek_the_key_index` checks
+/// the plan.
+macro_rules! with_locations_holding_contacts {
+    ($select:literal) => {
+        concat!(
+            "WITH RECURSIVE held(location_id) AS (SELECT MIN(f.location_id) FROM contacts f UNION ALL \
+             SELECT (SELECT MIN(n.location_id) FROM contacts n WHERE n.location_id > held.location_id) \
+             FROM held WHERE held.location_id IS NOT NULL) ",
+            $select
+        )
+    };
+}
+pub(crate) use with_locations_holding_contacts;
+
 /// A contact as read from GHL, normalised (`domain::normalize::normalize_contact`).
 #[derive(Debug, Clone)]
 pub struct ContactRead {
@@ -226,7 +246,8 @@ async fn known_contacts(
             "SELECT contact_id, hash, date_updated_ms FROM contacts WHERE location_id = $1 AND contact_id IN ({})",
             db::params(1, chunk.len())
         );
-        let rows: Vec<(String, Vec<u8>, Option<i64>)> = on_db!(store.db(), |pool| {
+        let rows: Vec<(String, Vec<u8>, Option<i64>)> = on_db!(store.db(), |pool, pg| {
+            let sql = db::for_backend(pg, &sql);
             let mut query = sqlx::query_as(&sql).bind(location);
             for id in chunk {
                 query = query.bind(*id);
@@ -254,7 +275,8 @@ async fn stored_records(
             "SELECT contact_id, record FROM contacts WHERE location_id = $1 AND contact_id IN ({})",
             db::params(1, chunk.len())
         );
-        let rows: Vec<(String, Vec<u8>)> = on_db!(store.db(), |pool| {
+        let rows: Vec<(String, Vec<u8>)> = on_db!(store.db(), |pool, pg| {
+            let sql = db::for_backend(pg, &sql);
             let mut query = sqlx::query_as(&sql).bind(location);
             for id in chunk {
                 query = query.bind(*id);
@@ -380,7 +402,8 @@ pub async fn commit_contacts(
              children_synced_at = NULL, children_due_at = excluded.children_due_at, revision = contacts.revision + 1, \
              updated_at = excluded.updated_at RETURNING contact_id, revision"
         );
-        let returned: Vec<(String, i64)> = on_db!(tx.conn(), |c| {
+        let returned: Vec<(String, i64)> = on_db!(tx.conn(), |c, pg| {
+            let sql = db::for_backend(pg, &sql);
             let mut query = sqlx::query_as(&sql);
             for &(i, _, packed) in &upserts {
                 let contact = &contacts[i];
@@ -845,7 +868,8 @@ pub async fn reconcile_seen(store: &Store, location: &str, ids: &[&str]) -> Resu
             "INSERT INTO reconcile_seen (location_id, contact_id) VALUES {} ON CONFLICT DO NOTHING",
             db::rows(0, chunk.len(), 2)
         );
-        on_db!(tx.conn(), |c| {
+        on_db!(tx.conn(), |c, pg| {
+            let sql = db::for_backend(pg, &sql);
             let mut query = sqlx::query(&sql);
             for id in chunk {
                 query = query.bind(location).bind(*id);
