@@ -124,6 +124,13 @@ impl StoreError {
     }
 }
 
+/// The SQLite writer connection's page cache, in KiB (`PRAGMA cache_size = -N`).
+const WRITER_CACHE_KIB: u32 = 32 * 1024;
+
+/// WAL pages (4 KiB) after which the SQLite writer checkpoints (`PRAGMA wal_autocheckpoint`;
+/// SQLite's default is 1,000), and the size the WAL file is cut back to after one.
+const WAL_CHECKPOINT_PAGES: u32 = 16_000;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -395,15 +402,30 @@ impl Store {
             // Statements are logged at debug; only a really slow one (a stalled disk) warns.
             .log_statements(log::LevelFilter::Debug)
             .log_slow_statements(log::LevelFilter::Warn, Duration::from_secs(5));
+        // The writer's page cache holds the interior and hot leaf pages of the random-key
+        // indexes a first sync inserts into (the contacts key, `outbox_record`): with SQLite's
+        // default 2 MiB, a store of 1M contacts re-read most of them from the OS for each page
+        // commit. A bound, so RSS stays flat in the store's size (issue 22, docs/benchmarks.md).
+        //
+        // The writer also checkpoints less often than SQLite's default 1,000 WAL pages (4 MiB,
+        // less than one page commit of a first sync, so every commit also checkpointed): a
+        // random-key leaf dirtied by several commits is then copied into the database once per
+        // checkpoint instead of once per commit. The WAL file is cut back to the same bound
+        // after a checkpoint. Durability is the WAL's either way (`synchronous = FULL`).
+        let writer_options = options
+            .clone()
+            .pragma("cache_size", format!("-{WRITER_CACHE_KIB}"))
+            .pragma("wal_autocheckpoint", WAL_CHECKPOINT_PAGES.to_string())
+            .pragma("journal_size_limit", (WAL_CHECKPOINT_PAGES * 4096).to_string());
         // The writer connects first: it creates the file and switches it to WAL.
-        let writer_conn = options.connect().await.map_err(open_error)?;
+        let writer_conn = writer_options.connect().await.map_err(open_error)?;
         restrict_permissions(path);
         let read = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.clone().pragma(QUERY_ONLY, "ON"))
             .await
             .map_err(open_error)?;
-        let backend = Backend::Sqlite { read, writer: Writer::new(writer_conn, options) };
+        let backend = Backend::Sqlite { read, writer: Writer::new(writer_conn, writer_options) };
         let store = Self::from_backend(backend, Location::Sqlite(path.to_path_buf()));
         store.migrate().await?;
         Ok(store)
@@ -989,6 +1011,14 @@ mod tests {
         assert_eq!(mode, "wal");
         let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys").fetch_one(again.read_pool()).await.unwrap();
         assert_eq!(fk, 1);
+        let mut tx = again.begin_write("test").await.unwrap();
+        let cache: i64 = sqlx::query_scalar("PRAGMA cache_size").fetch_one(sqlite(&mut tx)).await.unwrap();
+        assert_eq!(cache, -i64::from(WRITER_CACHE_KIB), "the writer's own page cache");
+        let checkpoint: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint").fetch_one(sqlite(&mut tx)).await.unwrap();
+        assert_eq!(checkpoint, i64::from(WAL_CHECKPOINT_PAGES));
+        let limit: i64 = sqlx::query_scalar("PRAGMA journal_size_limit").fetch_one(sqlite(&mut tx)).await.unwrap();
+        assert_eq!(limit, i64::from(WAL_CHECKPOINT_PAGES) * 4096);
+        tx.rollback().await.unwrap();
     }
 
     /// Rows of contacts in three locations, one id held by two of them (written `updated_at`
