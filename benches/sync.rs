@@ -258,7 +258,9 @@ async fn diff(contacts: usize, rounds: usize, backend: &str) {
     settings.sync.tasks = false;
     settings.sync.notes = false;
     let page_size = settings.sync.page_size;
-    let app = App::build(config(settings)).await.unwrap();
+    // As `sync --once`: the store to itself, every location polled without leases (a daemon's
+    // `App::build` on PostgreSQL holds no lease here, so its pass stopped after one page).
+    let app = App::build_one_shot(config(settings)).await.unwrap();
     let location = sandbox.ghl.locations().remove(0).id;
     let once = RunOptions { dry_run: false, skip_sweep: true };
 
