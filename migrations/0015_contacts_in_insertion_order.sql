@@ -7,9 +7,10 @@
 -- Now the table is an ordinary rowid table: new contacts' records are appended to its last
 -- leaves, and only the small key index (location_id, contact_id) takes one random leaf per new
 -- contact. `contacts_by_contact_id` is dropped: the few lookups by contact id alone walk the
--- key index once per stored location (`store::snapshot::CONTACT_ID_ACROSS_LOCATIONS`).
+-- key index once per stored location (`store::snapshot::with_locations_holding_contacts!`).
 -- Measured with a replica of the schema (50,000 stored contacts, one 500-contact page): WAL
--- per new contact 21.1 KB before, 8.9 KB after. PostgreSQL keeps its heap table and index.
+-- per new contact 21.1 KB before, 8.9 KB after. PostgreSQL keeps its heap table; its own
+-- migration 0015 drops the same index.
 --
 -- The columns, their order and the key are unchanged; the rebuild runs in the migration's
 -- transaction, so an interrupted upgrade leaves the old table as it was.
