@@ -10,38 +10,63 @@ use tokio_util::task::TaskTracker;
 /// Exit code after a second signal forced the exit.
 pub const FORCED_EXIT_CODE: i32 = 130;
 
-/// Spawns the signal listener and returns the token it cancels on the first signal.
+/// Installs the SIGTERM/SIGINT handlers, spawns their listener and returns the token it
+/// cancels on the first signal. The handlers are in place when this returns (not when the
+/// listener task first runs): a signal sent right after it is a graceful stop, never the
+/// default disposition's death by signal. Call it first thing in a long-running command.
 pub fn listen_for_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
+    let mut signals = StopSignals::install();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.recv().await;
         tracing::info!("Shutdown requested; finishing in-flight work (a second signal exits at once)");
         cancel.cancel();
-        wait_for_signal().await;
+        signals.recv().await;
         tracing::warn!("Second signal: exiting now");
         std::process::exit(FORCED_EXIT_CODE);
     });
     token
 }
 
-#[cfg(unix)]
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        // Without signal handlers the process can still be stopped by SIGKILL; never return.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
+/// SIGTERM and SIGINT, as one stream.
+struct StopSignals {
+    #[cfg(unix)]
+    inner: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
 }
 
-#[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
+impl StopSignals {
+    #[cfg(unix)]
+    fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        // Without handlers the process can still be stopped by SIGKILL; `recv` never returns.
+        let inner = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(term), Ok(int)) => Some((term, int)),
+            _ => None,
+        };
+        Self { inner }
+    }
+
+    #[cfg(not(unix))]
+    fn install() -> Self {
+        Self {}
+    }
+
+    #[cfg(unix)]
+    async fn recv(&mut self) {
+        match &mut self.inner {
+            Some((term, int)) => tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            },
+            None => std::future::pending::<()>().await,
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn recv(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// A stream of one kind of signal: SIGHUP (config reload requests, [`reload_signals`]) or

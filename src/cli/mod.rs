@@ -206,13 +206,15 @@ pub async fn execute(cli: Cli) -> ExitCode {
             finish(crate::cli::auth::run(config, command).await)
         }
         Command::Run => {
+            // Before anything else: a stop requested while the daemon starts is a graceful one.
+            let stop = crate::shutdown::listen_for_signals();
             let config = match load(cli.config.as_deref()) {
                 Ok(config) => config,
                 Err(code) => return code,
             };
             crate::telemetry::init(&config.settings.log);
             log_warnings(&config);
-            finish(run_daemon(config).await)
+            finish(run_daemon(config, stop).await)
         }
         Command::Sync { once: _, now: true, location, .. } => match load(cli.config.as_deref()) {
             Ok(config) => finish(crate::cli::sync::sync_now(&config, location.as_deref()).await),
@@ -328,8 +330,7 @@ fn finish_with(result: anyhow::Result<ExitCode>) -> ExitCode {
     }
 }
 
-async fn run_daemon(config: Config) -> anyhow::Result<()> {
-    let stop = crate::shutdown::listen_for_signals();
+async fn run_daemon(config: Config, stop: tokio_util::sync::CancellationToken) -> anyhow::Result<()> {
     let app = App::build(config).await?;
     app.run_until_stopped(stop).await
 }
