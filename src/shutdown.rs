@@ -129,3 +129,25 @@ pub async fn drain(tracker: &TaskTracker, grace: Duration) -> bool {
         }
     }
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// The handlers exist when `listen_for_signals` returns, before its listener task has run
+    /// (a current-thread runtime runs nothing else until this test awaits). Were they installed
+    /// by the task, the SIGTERM below would kill the test process by the default disposition.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_sigterm_right_after_listen_for_signals_is_a_graceful_stop() {
+        let stop = listen_for_signals();
+        let sent = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(std::process::id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+        tokio::time::timeout(Duration::from_secs(10), stop.cancelled())
+            .await
+            .expect("the first SIGTERM cancels the stop token");
+    }
+}

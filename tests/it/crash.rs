@@ -269,6 +269,10 @@ async fn seeded_sigkills_of_the_running_daemon_then_a_clean_run_deliver_every_ch
     sandbox.stop().await;
 }
 
+/// An outbox row as [`explain_missing`] shows it: id, operation, status, attempts, claimed by,
+/// claimed until, next attempt at, last error.
+type OutboxDiagnosis = (i64, String, String, i64, Option<String>, Option<i64>, i64, Option<String>);
+
 /// What a kill loop's failed clean run left undelivered, and why as far as the store says: the
 /// records that never arrived, the changes whose latest version never arrived, and for each of
 /// their ids the snapshot's row and the outbox rows of `webhook.test` (status, attempts, claim,
@@ -279,7 +283,6 @@ async fn explain_missing(
     expected: &BTreeSet<(String, String)>,
     changed: &BTreeMap<String, String>,
 ) -> String {
-    use std::fmt::Write as _;
     let accepted: Vec<&Delivery> = deliveries.iter().filter(|d| d.accepted()).collect();
     let arrived: BTreeSet<(String, String)> = accepted.iter().map(|d| record_of(d)).collect();
     let missing: Vec<&(String, String)> = expected.difference(&arrived).collect();
@@ -307,8 +310,8 @@ async fn explain_missing(
                 .fetch_optional(&pool)
                 .await
                 .unwrap();
-        let _ = writeln!(out, "- {id} (latest marker {marker}): snapshot (revision, updated_at) {snapshot:?}");
-        let rows: Vec<(i64, String, String, i64, Option<String>, Option<i64>, i64, Option<String>)> = sqlx::query_as(
+        out.push_str(&format!("- {id} (latest marker {marker}): snapshot (revision, updated_at) {snapshot:?}\n"));
+        let rows: Vec<OutboxDiagnosis> = sqlx::query_as(
             "SELECT id, operation, status, attempts, claimed_by, claimed_until, next_attempt_at, last_error \
              FROM outbox WHERE connector = 'webhook.test' AND entity_id = $1 ORDER BY id",
         )
@@ -317,12 +320,11 @@ async fn explain_missing(
         .await
         .unwrap();
         for (row, operation, status, attempts, claimed_by, claimed_until, due, error) in rows {
-            let _ = writeln!(
-                out,
+            out.push_str(&format!(
                 "    outbox {row}: {operation} {status}, {attempts} attempts, claimed by {claimed_by:?} until {claimed_until:?}, \
-                 due in {} ms, last error {error:?}",
+                 due in {} ms, last error {error:?}\n",
                 due - now
-            );
+            ));
         }
         let dead: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dead_letters WHERE entity_id = $1")
             .bind(id)
@@ -330,7 +332,7 @@ async fn explain_missing(
             .await
             .unwrap();
         if dead > 0 {
-            let _ = writeln!(out, "    {dead} dead letters");
+            out.push_str(&format!("    {dead} dead letters\n"));
         }
     }
     pool.close().await;
