@@ -247,8 +247,10 @@ async fn seeded_sigkills_of_the_running_daemon_then_a_clean_run_deliver_every_ch
         let deliveries = sandbox.sink.deliveries(Some("test"));
         let why = explain_missing(&dir.path().join("ghl-sync.db"), &deliveries, &expected, &changed).await;
         panic!(
-            "not every change arrived (seed {seed}, kills after {killed_after:?} ms):\n{why}\n\
-             warnings and errors of the clean run:\n{}",
+            "not every change arrived (seed {seed}, kills after {killed_after:?} ms; the clean run made {} of the \
+             {} searches it was waited for):\n{why}\nwarnings and errors of the clean run:\n{}",
+            searches() - searched_before,
+            locations.len(),
             warnings_of(&stderr, 60)
         );
     }
