@@ -29,49 +29,45 @@ pub fn listen_for_signals() -> CancellationToken {
     token
 }
 
-/// SIGTERM and SIGINT, as one stream.
+/// SIGTERM and SIGINT, as one stream: two [`ReloadSignals`] (the handlers are installed when
+/// it is made). Where signals are not available, Ctrl-C.
 struct StopSignals {
     #[cfg(unix)]
-    inner: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+    term: ReloadSignals,
+    #[cfg(unix)]
+    int: ReloadSignals,
 }
 
 impl StopSignals {
-    #[cfg(unix)]
     fn install() -> Self {
-        use tokio::signal::unix::{SignalKind, signal};
-        // Without handlers the process can still be stopped by SIGKILL; `recv` never returns.
-        let inner = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(term), Ok(int)) => Some((term, int)),
-            _ => None,
-        };
-        Self { inner }
-    }
-
-    #[cfg(not(unix))]
-    fn install() -> Self {
-        Self {}
-    }
-
-    #[cfg(unix)]
-    async fn recv(&mut self) {
-        match &mut self.inner {
-            Some((term, int)) => tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
-            },
-            None => std::future::pending::<()>().await,
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::SignalKind;
+            Self { term: signals_of(SignalKind::terminate()), int: signals_of(SignalKind::interrupt()) }
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
         }
     }
 
-    #[cfg(not(unix))]
     async fn recv(&mut self) {
-        let _ = tokio::signal::ctrl_c().await;
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
-/// A stream of one kind of signal: SIGHUP (config reload requests, [`reload_signals`]) or
-/// SIGUSR1 (sync-now requests, [`sync_now_signals`]). Never yields where signals are not
-/// available.
+/// A stream of one kind of signal: SIGHUP (config reload requests, [`reload_signals`]),
+/// SIGUSR1 (sync-now requests, [`sync_now_signals`]), SIGTERM or SIGINT ([`StopSignals`]).
+/// Never yields where signals are not available, or when its handler could not be installed
+/// (the process can still be stopped by SIGKILL).
 pub struct ReloadSignals {
     #[cfg(unix)]
     inner: Option<tokio::signal::unix::Signal>,
@@ -89,12 +85,18 @@ impl ReloadSignals {
     }
 }
 
+/// Installs the handler of `kind` (when this returns, the signal no longer takes its default
+/// action) and returns its stream.
+#[cfg(unix)]
+fn signals_of(kind: tokio::signal::unix::SignalKind) -> ReloadSignals {
+    ReloadSignals { inner: tokio::signal::unix::signal(kind).ok() }
+}
+
 /// Listens for SIGHUP.
 pub fn reload_signals() -> ReloadSignals {
     #[cfg(unix)]
     {
-        let inner = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        ReloadSignals { inner }
+        signals_of(tokio::signal::unix::SignalKind::hangup())
     }
     #[cfg(not(unix))]
     {
@@ -106,8 +108,7 @@ pub fn reload_signals() -> ReloadSignals {
 pub fn sync_now_signals() -> ReloadSignals {
     #[cfg(unix)]
     {
-        let inner = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
-        ReloadSignals { inner }
+        signals_of(tokio::signal::unix::SignalKind::user_defined1())
     }
     #[cfg(not(unix))]
     {

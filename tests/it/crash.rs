@@ -83,8 +83,7 @@ async fn start_and_kill(path: &str, rng: &mut fastrand::Rng, min_ms: u64, span_m
     tokio::time::sleep(delay).await;
     if let Some(status) = child.try_wait().unwrap() {
         let (_, _, stderr) = wait_with_limit(child, Duration::from_secs(1));
-        let tail: Vec<&str> = stderr.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
-        panic!("the daemon exited with {status} before kill {kill}; the end of its log:\n{}", tail.join("\n"));
+        panic!("the daemon exited with {status} before kill {kill}:\n{}", excerpt(&stderr));
     }
     signal(&child, "KILL");
     let (status, _, stderr) = wait_exit(child, Duration::from_secs(10)).await;
@@ -346,16 +345,20 @@ async fn explain_missing(
 /// 30), then its last 10 lines. The whole log of a kill loop's run would push the assertion's
 /// own words out of CI's excerpt of the output.
 fn excerpt(stderr: &str) -> String {
-    let tail: Vec<&str> = stderr.lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect();
-    format!("{}\n[…]\n{}", warnings_of(stderr, 30), tail.join("\n"))
+    format!("{}\n[…]\n{}", warnings_of(stderr, 30), last(stderr.lines(), 10))
 }
 
 /// The WARN and ERROR lines of a daemon's JSON log, at most the last `most`.
 fn warnings_of(stderr: &str, most: usize) -> String {
-    let lines: Vec<&str> = stderr
-        .lines()
-        .filter(|line| line.contains("\"level\":\"WARN\"") || line.contains("\"level\":\"ERROR\""))
-        .collect();
+    last(
+        stderr.lines().filter(|line| line.contains("\"level\":\"WARN\"") || line.contains("\"level\":\"ERROR\"")),
+        most,
+    )
+}
+
+/// The last `most` of `lines`, one per line.
+fn last<'a>(lines: impl Iterator<Item = &'a str>, most: usize) -> String {
+    let lines: Vec<&str> = lines.collect();
     lines[lines.len().saturating_sub(most)..].join("\n")
 }
 
